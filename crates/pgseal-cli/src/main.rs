@@ -1,0 +1,67 @@
+//! The `pgseal` binary: parses the command line, sets up logging and dispatches to a
+//! command. All logic lives in the library crates.
+
+mod cli;
+mod commands;
+mod exit;
+mod home;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version come here too, and are not errors.
+            let _ = error.print();
+            return exit::code(if error.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    init_logging(&cli.global);
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            // The whole chain: the outer context says what failed, the inner causes say why.
+            eprintln!("error: {error:#}");
+            exit::code(exit::FAILURE)
+        }
+    }
+}
+
+fn run(cli: Cli) -> commands::Outcome {
+    let ctx = commands::Context {
+        home: home::resolve(cli.global.home.clone())?,
+        json: cli.global.json,
+    };
+    tracing::debug!(home = %ctx.home.display(), json = ctx.json, "starting");
+    match cli.command {
+        Command::Doctor => commands::doctor::run(&ctx),
+    }
+}
+
+/// Logs go to stderr so stdout stays clean for results and `--json`. `PGSEAL_LOG` (an
+/// `EnvFilter` directive such as `pgseal_local=debug`) overrides -v/-q.
+fn init_logging(global: &cli::GlobalArgs) {
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("PGSEAL_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,348 @@
+//! Running external programs the way pgseal needs them run.
+//!
+//! Every program pgseal drives (`initdb`, `pg_ctl`, `pg_basebackup`, `mkfs.ext4`, `mount`,
+//! `pgbouncer`, ...) goes through [`ExternalCommand`]: the child gets a clean environment
+//! (only `PATH`, a fixed `C` locale and what the caller names), its output is captured, and a
+//! failure comes back as [`Error::Command`] with the program, its exit status and the tail of
+//! its stderr, so the user sees *why* it failed, not only *that* it failed.
+//!
+//! PostgreSQL refuses to run as root, so [`RunAs`] lets a command run as another OS user
+//! (normally `postgres`); [`RunAs::server_user`] picks the right one for this process.
+//!
+//! Secrets never go on a command line: arguments are shown in errors and logs.
+
+mod program;
+pub mod run_as;
+
+pub use program::{find_program, find_program_in};
+pub use run_as::RunAs;
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+
+/// How many bytes of a failed program's stderr an error keeps (the end of it, where the
+/// reason usually is).
+const STDERR_TAIL_BYTES: usize = 4096;
+
+/// Errors from running an external program.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The program ran and exited unsuccessfully.
+    #[error("{program} failed ({status}): {stderr}")]
+    Command {
+        /// The program's name or path as it was invoked.
+        program: String,
+        /// How it exited.
+        status: ExitStatus,
+        /// The end of what it wrote to stderr (or stdout when stderr was empty), trimmed.
+        stderr: String,
+    },
+    /// The program could not be started at all (not found, not executable, ...).
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program's name or path.
+        program: String,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The OS user a command should run as does not exist.
+    #[error(
+        "OS user '{user}' does not exist; create it with: useradd --system --create-home --home-dir /var/lib/postgresql --shell /bin/bash {user}"
+    )]
+    NoSuchUser {
+        /// The missing user's name.
+        user: String,
+    },
+    /// Looking up an OS user failed.
+    #[error("cannot look up OS user '{user}': {source}")]
+    UserLookup {
+        /// The user's name.
+        user: String,
+        /// The underlying error.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// A result whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One invocation of an external program: built up, then [`run`](Self::run) once.
+///
+/// ```
+/// use pgseal_exec::ExternalCommand;
+/// let out = ExternalCommand::new("echo").arg("hello").run().unwrap();
+/// assert_eq!(out.stdout_text().trim(), "hello");
+/// ```
+#[derive(Clone)]
+pub struct ExternalCommand {
+    program: PathBuf,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    current_dir: Option<PathBuf>,
+    run_as: RunAs,
+    stdin: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for ExternalCommand {
+    // Environment values are left out: they are the one place a caller could pass a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExternalCommand")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field(
+                "env_names",
+                &self.envs.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("current_dir", &self.current_dir)
+            .field("run_as", &self.run_as)
+            .finish()
+    }
+}
+
+/// What a successful run produced.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    /// Everything the program wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything the program wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl CommandOutput {
+    /// Stdout as text (invalid UTF-8 replaced).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Stderr as text (invalid UTF-8 replaced).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+impl ExternalCommand {
+    /// A command for `program`: a path, or a bare name looked up on `PATH`.
+    pub fn new(program: impl AsRef<Path>) -> Self {
+        Self {
+            program: program.as_ref().to_path_buf(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            current_dir: None,
+            run_as: RunAs::CurrentUser,
+            stdin: None,
+        }
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    /// Adds several arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// Sets one environment variable for the child (on top of the clean base environment).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
+        self
+    }
+
+    /// Runs the child in `dir`.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.current_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Runs the child as another OS user.
+    pub fn run_as(mut self, run_as: RunAs) -> Self {
+        self.run_as = run_as;
+        self
+    }
+
+    /// Feeds these bytes to the child's stdin (otherwise stdin is empty).
+    pub fn stdin_bytes(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// The program as it will be invoked, for messages.
+    pub fn program_name(&self) -> String {
+        self.program.display().to_string()
+    }
+
+    /// The command line as text, for logs and messages (never holds secrets: see crate docs).
+    pub fn display_command_line(&self) -> String {
+        std::iter::once(self.program.as_os_str())
+            .chain(self.args.iter().map(OsString::as_os_str))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Builds the `std` command with the clean environment applied.
+    fn to_std_command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
+        cmd.env_clear();
+        cmd.env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        );
+        // A fixed locale keeps messages parseable and identical on every machine.
+        cmd.env("LC_ALL", "C");
+        cmd.env("LANG", "C");
+        self.run_as.apply(&mut cmd);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        if let Some(dir) = &self.current_dir {
+            cmd.current_dir(dir);
+        }
+        cmd
+    }
+
+    /// Runs the program to completion, capturing its output. A non-zero exit is
+    /// [`Error::Command`].
+    pub fn run(&self) -> Result<CommandOutput> {
+        let output = self.output()?;
+        if output.status.success() {
+            Ok(CommandOutput {
+                stdout: output.stdout,
+                stderr: output.stderr,
+            })
+        } else {
+            Err(Error::Command {
+                program: self.program_name(),
+                status: output.status,
+                stderr: failure_text(&output),
+            })
+        }
+    }
+
+    /// Runs the program and returns its raw outcome whatever the exit status, for callers
+    /// that give meaning to particular exit codes (as `pg_ctl status` does).
+    pub fn output(&self) -> Result<Output> {
+        tracing::debug!(command = %self.display_command_line(), run_as = ?self.run_as, "running external program");
+        let mut cmd = self.to_std_command();
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let spawn_error = |source| Error::Spawn {
+            program: self.program_name(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_error)?;
+        if let Some(bytes) = &self.stdin {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin was piped");
+            // A child that exits without reading all of stdin is reported by its exit status.
+            let _ = stdin.write_all(bytes);
+        }
+        child.wait_with_output().map_err(spawn_error)
+    }
+}
+
+/// The end of stderr (or of stdout when stderr is empty), trimmed, for an error message.
+fn failure_text(output: &Output) -> String {
+    let raw = if output.stderr.iter().all(u8::is_ascii_whitespace) {
+        &output.stdout
+    } else {
+        &output.stderr
+    };
+    let start = raw.len().saturating_sub(STDERR_TAIL_BYTES);
+    let text = String::from_utf8_lossy(&raw[start..]).trim().to_string();
+    if text.is_empty() {
+        "(no output)".to_string()
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_carries_program_status_and_stderr() {
+        let err = ExternalCommand::new("sh")
+            .args(["-c", "echo doing; echo 'it broke' >&2; exit 3"])
+            .run()
+            .unwrap_err();
+        match err {
+            Error::Command {
+                program,
+                status,
+                stderr,
+            } => {
+                assert_eq!(program, "sh");
+                assert_eq!(status.code(), Some(3));
+                assert_eq!(stderr, "it broke");
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+    }
+
+    #[test]
+    fn environment_is_clean_but_for_path_locale_and_named_variables() {
+        // The test runner's own environment has far more than these four variables.
+        assert!(std::env::vars_os().count() > 4);
+        let out = ExternalCommand::new("env")
+            .env("PGSEAL_TEST_VAR", "x")
+            .run()
+            .unwrap()
+            .stdout_text();
+        let mut names: Vec<&str> = out.lines().filter_map(|l| l.split('=').next()).collect();
+        names.sort();
+        assert_eq!(names, ["LANG", "LC_ALL", "PATH", "PGSEAL_TEST_VAR"]);
+    }
+
+    #[test]
+    fn missing_program_is_a_spawn_error() {
+        let err = ExternalCommand::new("/nonexistent/pgseal-no-such-program")
+            .run()
+            .unwrap_err();
+        assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("cannot start /nonexistent/pgseal-no-such-program")
+        );
+    }
+
+    #[test]
+    fn stdin_is_fed_and_stdout_captured() {
+        let out = ExternalCommand::new("cat")
+            .stdin_bytes(b"abc".to_vec())
+            .run()
+            .unwrap();
+        assert_eq!(out.stdout, b"abc");
+    }
+
+    #[test]
+    fn stderr_tail_is_bounded() {
+        let err = ExternalCommand::new("sh")
+            .args(["-c", "head -c 100000 /dev/zero | tr '\\0' x >&2; exit 1"])
+            .run()
+            .unwrap_err();
+        let Error::Command { stderr, .. } = err else {
+            panic!("expected a command error")
+        };
+        assert_eq!(stderr.len(), STDERR_TAIL_BYTES);
+    }
+}

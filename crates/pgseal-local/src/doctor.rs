@@ -1,0 +1,562 @@
+//! `pgseal doctor`: checks this machine for everything the local platform needs.
+//!
+//! Each [`Check`] says what was found, whether pgseal can do without it, and — when it is
+//! missing — the exact command that fixes it. The checks read the machine only; nothing is
+//! changed. Paths under `/dev`, `/sys`, `/proc` and `/usr/lib/postgresql` are read below
+//! [`DoctorInputs::system_root`] so tests can point them at a prepared tree.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use pgseal_exec::{RunAs, find_program_in, run_as::SERVER_OS_USER};
+use pgseal_pg::install::{DiscoverError, PgInstall, packaged_bindirs};
+use serde::Serialize;
+
+/// The oldest PostgreSQL major version pgseal runs local servers with.
+pub const MIN_PG_MAJOR: u32 = 13;
+/// The Debian package that provides the server.
+const SERVER_PACKAGE: &str = "postgresql-15";
+/// Linux capability number of CAP_SYS_ADMIN (mount, fscrypt key ioctls).
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// What the checks look at: the search path, overrides, pgseal's home and the system root.
+#[derive(Debug, Clone)]
+pub struct DoctorInputs {
+    /// The `PATH` to look for programs on.
+    pub search_path: Option<OsString>,
+    /// The `PGSEAL_PG_BINDIR` override, if set.
+    pub pg_bindir_override: Option<OsString>,
+    /// pgseal's data directory (`--home` / `PGSEAL_HOME`).
+    pub home: PathBuf,
+    /// Where `/dev`, `/sys`, `/proc` and `/usr` are read from: `/` on a real run.
+    pub system_root: PathBuf,
+}
+
+impl DoctorInputs {
+    /// The inputs of this process: its `PATH`, its `PGSEAL_PG_BINDIR`, and `/`.
+    pub fn from_process(home: PathBuf) -> Self {
+        DoctorInputs {
+            search_path: std::env::var_os("PATH"),
+            pg_bindir_override: std::env::var_os(pgseal_pg::install::BINDIR_ENV),
+            home,
+            system_root: PathBuf::from("/"),
+        }
+    }
+
+    fn sys(&self, path: &str) -> PathBuf {
+        self.system_root.join(path.trim_start_matches('/'))
+    }
+}
+
+/// Whether pgseal can run without a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Need {
+    /// The local platform does not work without it.
+    Required,
+    /// Some commands need it (named in [`Check::needed_for`]); the rest work without it.
+    Recommended,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Present and usable.
+    Ok,
+    /// Absent or unusable.
+    Missing,
+}
+
+/// One thing checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// A stable identifier (`postgres_binaries`, `pgbouncer`, ...), for scripts.
+    pub id: &'static str,
+    /// What was checked, for people.
+    pub title: &'static str,
+    /// What was found.
+    pub status: Status,
+    /// Whether pgseal can do without it.
+    pub need: Need,
+    /// What it is used for.
+    pub needed_for: &'static str,
+    /// What was found, or why it is missing.
+    pub detail: String,
+    /// The command (or step) that fixes it, when missing.
+    pub fix: Option<String>,
+}
+
+/// All checks of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    /// True when nothing required is missing.
+    pub ready: bool,
+    /// Every check, in a fixed order.
+    pub checks: Vec<Check>,
+}
+
+impl DoctorReport {
+    /// The checks that failed and are required.
+    pub fn missing_required(&self) -> impl Iterator<Item = &Check> {
+        self.checks
+            .iter()
+            .filter(|c| c.status == Status::Missing && c.need == Need::Required)
+    }
+
+    /// The check with this id.
+    pub fn check(&self, id: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.id == id)
+    }
+}
+
+/// Runs every check.
+pub fn run_doctor(inputs: &DoctorInputs) -> DoctorReport {
+    let is_root = nix::unistd::Uid::effective().is_root();
+    let install = PgInstall::discover_with(
+        inputs.pg_bindir_override.as_deref(),
+        inputs.search_path.as_deref(),
+    );
+    let checks = vec![
+        check_server_binaries(inputs, &install),
+        check_pgbench(&install),
+        check_server_user(is_root),
+        check_home(&inputs.home),
+        check_privileges(inputs, is_root),
+        check_kernel_fscrypt(inputs),
+        check_loop_devices(inputs),
+        check_program(inputs, "mkfs_ext4", "mkfs.ext4", "e2fsprogs"),
+        check_program(inputs, "losetup", "losetup", "mount"),
+        check_program(inputs, "mount", "mount", "mount"),
+        check_pgbouncer(inputs),
+    ];
+    let ready = !checks
+        .iter()
+        .any(|c| c.status == Status::Missing && c.need == Need::Required);
+    DoctorReport { ready, checks }
+}
+
+fn ok(
+    id: &'static str,
+    title: &'static str,
+    need: Need,
+    needed_for: &'static str,
+    detail: String,
+) -> Check {
+    Check {
+        id,
+        title,
+        status: Status::Ok,
+        need,
+        needed_for,
+        detail,
+        fix: None,
+    }
+}
+
+fn missing(
+    id: &'static str,
+    title: &'static str,
+    need: Need,
+    needed_for: &'static str,
+    detail: String,
+    fix: String,
+) -> Check {
+    Check {
+        id,
+        title,
+        status: Status::Missing,
+        need,
+        needed_for,
+        detail,
+        fix: Some(fix),
+    }
+}
+
+fn check_server_binaries(
+    inputs: &DoctorInputs,
+    install: &Result<PgInstall, DiscoverError>,
+) -> Check {
+    const ID: &str = "postgres_binaries";
+    const TITLE: &str = "PostgreSQL server binaries";
+    const FOR: &str = "every local instance, snapshot and restore";
+    let apt = format!("apt-get install -y {SERVER_PACKAGE}");
+    match install {
+        Ok(install) if install.version.major < MIN_PG_MAJOR => missing(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            format!(
+                "PostgreSQL {} in {} is older than {MIN_PG_MAJOR}",
+                install.version,
+                install.bindir.display()
+            ),
+            apt,
+        ),
+        Ok(install) => ok(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            format!(
+                "PostgreSQL {} in {} (from {})",
+                install.version,
+                install.bindir.display(),
+                install.origin
+            ),
+        ),
+        Err(error) => {
+            // Installed but not on PATH (Debian keeps server programs out of PATH): point at it.
+            let packaged = packaged_bindirs(&inputs.system_root);
+            let fix = match (error, packaged.first()) {
+                (DiscoverError::NoPgConfig, Some(dir)) => {
+                    let dir =
+                        Path::new("/").join(dir.strip_prefix(&inputs.system_root).unwrap_or(dir));
+                    format!("export PGSEAL_PG_BINDIR={}", dir.display())
+                }
+                _ => apt,
+            };
+            missing(ID, TITLE, Need::Required, FOR, error.to_string(), fix)
+        }
+    }
+}
+
+fn check_pgbench(install: &Result<PgInstall, DiscoverError>) -> Check {
+    const ID: &str = "pgbench";
+    const TITLE: &str = "pgbench";
+    const FOR: &str = "pgseal demo and the benchmarks (sample data and load)";
+    match install {
+        Ok(install) if install.program("pgbench").is_file() => ok(
+            ID,
+            TITLE,
+            Need::Recommended,
+            FOR,
+            install.program("pgbench").display().to_string(),
+        ),
+        Ok(install) => missing(
+            ID,
+            TITLE,
+            Need::Recommended,
+            FOR,
+            format!("not in {}", install.bindir.display()),
+            format!(
+                "apt-get install -y postgresql-client-{}",
+                install.version.major
+            ),
+        ),
+        Err(_) => missing(
+            ID,
+            TITLE,
+            Need::Recommended,
+            FOR,
+            "no PostgreSQL installation found".into(),
+            format!("apt-get install -y {SERVER_PACKAGE}"),
+        ),
+    }
+}
+
+fn check_server_user(is_root: bool) -> Check {
+    const ID: &str = "server_os_user";
+    const TITLE: &str = "OS user to run servers as";
+    const FOR: &str = "running PostgreSQL servers (they refuse to run as root)";
+    if !is_root {
+        let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| "the current user".into());
+        return ok(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            format!("servers run as {me}"),
+        );
+    }
+    match RunAs::user(SERVER_OS_USER) {
+        Ok(user) => ok(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            format!(
+                "running as root; servers run as '{SERVER_OS_USER}' (uid {})",
+                user.ids().0
+            ),
+        ),
+        Err(error) => missing(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            format!("running as root and there is no '{SERVER_OS_USER}' user"),
+            match error {
+                pgseal_exec::Error::NoSuchUser { user } => format!(
+                    "useradd --system --create-home --home-dir /var/lib/postgresql --shell /bin/bash {user}"
+                ),
+                other => format!("check the system's user database: {other}"),
+            },
+        ),
+    }
+}
+
+fn check_home(home: &Path) -> Check {
+    const ID: &str = "home";
+    const TITLE: &str = "pgseal home directory";
+    const FOR: &str = "instances, snapshots, keys and journals";
+    let existing = home.ancestors().find(|p| p.exists());
+    let writable =
+        existing.is_some_and(|p| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok());
+    if writable {
+        let state = if home.exists() {
+            "exists"
+        } else {
+            "will be created"
+        };
+        ok(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            format!("{} ({state})", home.display()),
+        )
+    } else {
+        missing(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            format!("{} cannot be written", home.display()),
+            "pass --home DIR (or set PGSEAL_HOME) to a directory you can write".into(),
+        )
+    }
+}
+
+fn check_privileges(inputs: &DoctorInputs, is_root: bool) -> Check {
+    const ID: &str = "volume_privileges";
+    const TITLE: &str = "privileges for encrypted volumes";
+    const FOR: &str = "encrypted instances (loop mounts and fscrypt key ioctls)";
+    let has_cap = effective_capabilities(&inputs.sys("/proc/self/status"))
+        .is_some_and(|caps| caps & (1u64 << CAP_SYS_ADMIN) != 0);
+    match (is_root, has_cap) {
+        (_, true) => ok(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            format!(
+                "{} with CAP_SYS_ADMIN",
+                if is_root { "root" } else { "non-root" }
+            ),
+        ),
+        (true, false) => missing(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            "root, but without CAP_SYS_ADMIN (a restricted container?)".into(),
+            "run pgseal where root has CAP_SYS_ADMIN (e.g. a privileged container or the host)"
+                .into(),
+        ),
+        (false, false) => missing(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            "not root and no CAP_SYS_ADMIN".into(),
+            "run pgseal as root: sudo -E pgseal ...".into(),
+        ),
+    }
+}
+
+/// The effective capability set from a `/proc/<pid>/status` file.
+fn effective_capabilities(status_file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(status_file).ok()?;
+    let hex = text.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn check_kernel_fscrypt(inputs: &DoctorInputs) -> Check {
+    const ID: &str = "kernel_fscrypt";
+    const TITLE: &str = "kernel fscrypt support for ext4";
+    const FOR: &str = "encrypted instances (AES-256-XTS file contents)";
+    let feature = inputs.sys("/sys/fs/ext4/features/encryption");
+    if feature.exists() {
+        ok(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            "/sys/fs/ext4/features/encryption present".into(),
+        )
+    } else {
+        missing(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            "/sys/fs/ext4/features/encryption is absent: this kernel's ext4 cannot encrypt".into(),
+            "boot a kernel built with CONFIG_FS_ENCRYPTION=y (Debian's stock kernels are); in a container the host's kernel decides; then modprobe ext4".into(),
+        )
+    }
+}
+
+fn check_loop_devices(inputs: &DoctorInputs) -> Check {
+    const ID: &str = "loop_devices";
+    const TITLE: &str = "loop devices";
+    const FOR: &str = "encrypted instances (each volume is a loop-mounted image)";
+    let control = inputs.sys("/dev/loop-control");
+    let loop0 = inputs.sys("/dev/loop0");
+    if control.exists() || loop0.exists() {
+        let which = if control.exists() {
+            "/dev/loop-control"
+        } else {
+            "/dev/loop0"
+        };
+        ok(ID, TITLE, Need::Required, FOR, format!("{which} present"))
+    } else {
+        missing(
+            ID,
+            TITLE,
+            Need::Required,
+            FOR,
+            "neither /dev/loop-control nor /dev/loop0 exists".into(),
+            "modprobe loop (in a container: give it the host's /dev/loop-control and loop devices)"
+                .into(),
+        )
+    }
+}
+
+fn check_program(
+    inputs: &DoctorInputs,
+    id: &'static str,
+    program: &'static str,
+    package: &str,
+) -> Check {
+    const FOR: &str = "encrypted instances (making and mounting volumes)";
+    let title: &'static str = match id {
+        "mkfs_ext4" => "mkfs.ext4",
+        "losetup" => "losetup",
+        _ => "mount / umount",
+    };
+    match find_program_in(program, inputs.search_path.as_deref()) {
+        Some(path) => ok(id, title, Need::Required, FOR, path.display().to_string()),
+        None => missing(
+            id,
+            title,
+            Need::Required,
+            FOR,
+            format!("{program} is not on PATH"),
+            format!("apt-get install -y {package}"),
+        ),
+    }
+}
+
+fn check_pgbouncer(inputs: &DoctorInputs) -> Check {
+    const ID: &str = "pgbouncer";
+    const TITLE: &str = "PgBouncer";
+    const FOR: &str = "endpoints (switching applications without reconnects) and pgseal demo";
+    match find_program_in("pgbouncer", inputs.search_path.as_deref()) {
+        Some(path) => ok(
+            ID,
+            TITLE,
+            Need::Recommended,
+            FOR,
+            path.display().to_string(),
+        ),
+        None => missing(
+            ID,
+            TITLE,
+            Need::Recommended,
+            FOR,
+            "pgbouncer is not on PATH".into(),
+            "apt-get install -y pgbouncer".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs_with_path(path: Option<OsString>, root: &Path) -> DoctorInputs {
+        DoctorInputs {
+            search_path: path,
+            pg_bindir_override: None,
+            home: root.join("home"),
+            system_root: root.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn empty_machine_reports_every_gap_with_a_fix() {
+        let root = tempfile::tempdir().unwrap();
+        let report = run_doctor(&inputs_with_path(Some(OsString::new()), root.path()));
+        assert!(!report.ready);
+        for id in [
+            "postgres_binaries",
+            "kernel_fscrypt",
+            "loop_devices",
+            "mkfs_ext4",
+            "losetup",
+            "mount",
+            "pgbouncer",
+        ] {
+            let check = report.check(id).unwrap();
+            assert_eq!(check.status, Status::Missing, "{id}");
+            assert!(
+                check.fix.as_deref().is_some_and(|f| !f.is_empty()),
+                "{id} has a fix"
+            );
+        }
+        assert_eq!(
+            report.check("postgres_binaries").unwrap().fix.as_deref(),
+            Some("apt-get install -y postgresql-15")
+        );
+        assert_eq!(
+            report.check("pgbouncer").unwrap().fix.as_deref(),
+            Some("apt-get install -y pgbouncer")
+        );
+        assert_eq!(report.check("home").unwrap().status, Status::Ok);
+    }
+
+    #[test]
+    fn installed_but_off_path_server_points_at_its_bindir() {
+        let root = tempfile::tempdir().unwrap();
+        let bin = root.path().join("usr/lib/postgresql/15/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("postgres"), "").unwrap();
+        let report = run_doctor(&inputs_with_path(Some(OsString::new()), root.path()));
+        assert_eq!(
+            report.check("postgres_binaries").unwrap().fix.as_deref(),
+            Some("export PGSEAL_PG_BINDIR=/usr/lib/postgresql/15/bin")
+        );
+    }
+
+    #[test]
+    fn capability_parsing_reads_cap_eff() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("status");
+        std::fs::write(&f, "Name:\tx\nCapEff:\t000001ffffffffff\n").unwrap();
+        let caps = effective_capabilities(&f).unwrap();
+        assert_ne!(caps & (1 << CAP_SYS_ADMIN), 0);
+        std::fs::write(&f, "CapEff:\t0000000000000000\n").unwrap();
+        assert_eq!(effective_capabilities(&f), Some(0));
+    }
+
+    #[test]
+    fn this_machine_after_setup_is_ready() {
+        // The set-up script installs everything; this is the real machine, not a fake tree.
+        let home = tempfile::tempdir().unwrap();
+        let report = run_doctor(&DoctorInputs::from_process(home.path().join("pgseal")));
+        let gaps: Vec<_> = report
+            .missing_required()
+            .map(|c| (c.id, c.detail.clone()))
+            .collect();
+        assert!(report.ready, "required pieces missing: {gaps:?}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["ready"], true);
+        assert_eq!(json["checks"][0]["id"], "postgres_binaries");
+    }
+}

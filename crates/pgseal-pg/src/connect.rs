@@ -1,0 +1,64 @@
+//! Opening connections to PostgreSQL.
+
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, NoTls};
+
+/// A connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {target}: {source}")]
+pub struct ConnectError {
+    /// The server, as [`describe_target`] names it (no password).
+    pub target: String,
+    /// The driver's error.
+    #[source]
+    pub source: tokio_postgres::Error,
+}
+
+/// Names the server a config points at, for messages: `user@host:port/dbname`. Never
+/// includes the password.
+pub fn describe_target(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{}:{}/{}",
+        config.get_user().unwrap_or("?"),
+        host,
+        port,
+        config.get_dbname().unwrap_or("?")
+    )
+}
+
+/// Connects (without TLS) and drives the connection on the current tokio runtime. The
+/// connection task ends when the returned client is dropped.
+pub async fn connect(config: &Config) -> Result<Client, ConnectError> {
+    let (client, connection) = config.connect(NoTls).await.map_err(|source| ConnectError {
+        target: describe_target(config),
+        source,
+    })?;
+    let target = describe_target(config);
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%target, %error, "connection closed with an error");
+        }
+    });
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_description_never_shows_the_password() {
+        let config: Config = "postgres://alice:s3cret@db.example:6543/app"
+            .parse()
+            .unwrap();
+        let text = describe_target(&config);
+        assert_eq!(text, "alice@db.example:6543/app");
+        assert!(!text.contains("s3cret"));
+    }
+}

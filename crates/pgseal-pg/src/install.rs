@@ -1,0 +1,263 @@
+//! Discovering the PostgreSQL server installation pgseal runs its local servers with.
+//!
+//! The binaries directory comes from `PGSEAL_PG_BINDIR` when set, else from
+//! `pg_config --bindir` with `pg_config` found on `PATH`. Either way the directory must hold
+//! every program in [`REQUIRED_PROGRAMS`], and `postgres --version` gives the version.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use pgseal_exec::{ExternalCommand, find_program_in};
+use serde::Serialize;
+
+/// The environment variable that names the binaries directory explicitly.
+pub const BINDIR_ENV: &str = "PGSEAL_PG_BINDIR";
+
+/// Programs pgseal needs from the server installation.
+pub const REQUIRED_PROGRAMS: &[&str] = &["postgres", "initdb", "pg_ctl", "pg_basebackup"];
+
+/// Why no usable installation was found.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// `PGSEAL_PG_BINDIR` is unset and `pg_config` is not on `PATH`.
+    #[error("pg_config is not on PATH and {BINDIR_ENV} is not set")]
+    NoPgConfig,
+    /// `pg_config --bindir` failed.
+    #[error("cannot ask pg_config for the binaries directory: {0}")]
+    PgConfig(#[source] pgseal_exec::Error),
+    /// The binaries directory lacks programs pgseal needs.
+    #[error("{} (from {origin}) lacks {}", bindir.display(), missing.join(", "))]
+    MissingPrograms {
+        /// The directory looked in.
+        bindir: PathBuf,
+        /// Where the directory came from.
+        origin: BindirOrigin,
+        /// The programs it lacks.
+        missing: Vec<String>,
+    },
+    /// `postgres --version` failed or printed something unexpected.
+    #[error("cannot tell the PostgreSQL version of {}: {reason}", program.display())]
+    Version {
+        /// The `postgres` program asked.
+        program: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Where the binaries directory came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindirOrigin {
+    /// The `PGSEAL_PG_BINDIR` environment variable.
+    Env,
+    /// `pg_config --bindir`.
+    PgConfig,
+}
+
+impl fmt::Display for BindirOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindirOrigin::Env => write!(f, "{BINDIR_ENV}"),
+            BindirOrigin::PgConfig => write!(f, "pg_config --bindir"),
+        }
+    }
+}
+
+/// A PostgreSQL server version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PgVersion {
+    /// Major version (15 for 15.18).
+    pub major: u32,
+    /// Minor version (18 for 15.18).
+    pub minor: u32,
+}
+
+impl fmt::Display for PgVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+impl PgVersion {
+    /// Parses the output of `postgres --version`, e.g.
+    /// `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
+    pub fn parse_version_output(text: &str) -> Option<Self> {
+        let rest = text
+            .split("(PostgreSQL)")
+            .nth(1)?
+            .split_whitespace()
+            .next()?;
+        let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+        Some(PgVersion { major, minor })
+    }
+}
+
+/// A usable PostgreSQL server installation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PgInstall {
+    /// The directory that holds `postgres`, `initdb`, `pg_ctl`, ...
+    pub bindir: PathBuf,
+    /// Where that directory came from.
+    pub origin: BindirOrigin,
+    /// The server's version.
+    pub version: PgVersion,
+}
+
+impl PgInstall {
+    /// Discovers the installation from this process's environment.
+    pub fn discover() -> Result<Self, DiscoverError> {
+        Self::discover_with(
+            std::env::var_os(BINDIR_ENV).as_deref(),
+            std::env::var_os("PATH").as_deref(),
+        )
+    }
+
+    /// Discovers the installation from an explicit `PGSEAL_PG_BINDIR` value and search path.
+    pub fn discover_with(
+        bindir_override: Option<&OsStr>,
+        search_path: Option<&OsStr>,
+    ) -> Result<Self, DiscoverError> {
+        let (bindir, origin) = match bindir_override.filter(|v| !v.is_empty()) {
+            Some(dir) => (PathBuf::from(dir), BindirOrigin::Env),
+            None => {
+                let pg_config =
+                    find_program_in("pg_config", search_path).ok_or(DiscoverError::NoPgConfig)?;
+                let mut cmd = ExternalCommand::new(pg_config).arg("--bindir");
+                if let Some(path) = search_path {
+                    cmd = cmd.env("PATH", path);
+                }
+                let out = cmd.run().map_err(DiscoverError::PgConfig)?;
+                (
+                    PathBuf::from(out.stdout_text().trim()),
+                    BindirOrigin::PgConfig,
+                )
+            }
+        };
+        let missing: Vec<String> = REQUIRED_PROGRAMS
+            .iter()
+            .filter(|p| find_program_in(p, Some(bindir.as_os_str())).is_none())
+            .map(|p| p.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(DiscoverError::MissingPrograms {
+                bindir,
+                origin,
+                missing,
+            });
+        }
+        let postgres = bindir.join("postgres");
+        let version_error = |reason: String| DiscoverError::Version {
+            program: postgres.clone(),
+            reason,
+        };
+        let out = ExternalCommand::new(&postgres)
+            .arg("--version")
+            .run()
+            .map_err(|e| version_error(e.to_string()))?;
+        let text = out.stdout_text();
+        let version = PgVersion::parse_version_output(&text)
+            .ok_or_else(|| version_error(format!("unexpected output {:?}", text.trim())))?;
+        Ok(PgInstall {
+            bindir,
+            origin,
+            version,
+        })
+    }
+
+    /// The path of one of the installation's programs (`initdb`, `pg_ctl`, ...).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+}
+
+/// Server binaries directories a distribution package would have installed, newest first
+/// (Debian and Ubuntu put them under `/usr/lib/postgresql/N/bin`). Used for hints only.
+pub fn packaged_bindirs(root: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(root.join("usr/lib/postgresql"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let major: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("postgres").is_file().then_some((major, bin))
+        })
+        .collect();
+    found.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The `PATH` value that puts `dir` first, for children that need a particular install.
+pub fn path_with_first(dir: &Path) -> OsString {
+    let mut dirs = vec![dir.to_path_buf()];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).unwrap_or_else(|_| dir.as_os_str().to_os_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn parses_debian_and_plain_version_strings() {
+        let v = PgVersion::parse_version_output(
+            "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n",
+        );
+        assert_eq!(
+            v,
+            Some(PgVersion {
+                major: 15,
+                minor: 18
+            })
+        );
+        let v = PgVersion::parse_version_output("postgres (PostgreSQL) 17beta1");
+        assert_eq!(
+            v,
+            Some(PgVersion {
+                major: 17,
+                minor: 0
+            })
+        );
+        assert_eq!(PgVersion::parse_version_output("bash 5.2"), None);
+    }
+
+    #[test]
+    fn no_pg_config_on_path_is_reported() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = PgInstall::discover_with(None, Some(empty.path().as_os_str())).unwrap_err();
+        assert!(matches!(err, DiscoverError::NoPgConfig), "{err:?}");
+    }
+
+    #[test]
+    fn override_lacking_programs_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("postgres");
+        std::fs::write(&fake, "#!/bin/sh\necho 'postgres (PostgreSQL) 15.2'\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = PgInstall::discover_with(Some(dir.path().as_os_str()), None).unwrap_err();
+        let DiscoverError::MissingPrograms {
+            missing, origin, ..
+        } = err
+        else {
+            panic!("expected missing programs, got {err:?}")
+        };
+        assert_eq!(origin, BindirOrigin::Env);
+        assert_eq!(missing, ["initdb", "pg_ctl", "pg_basebackup"]);
+    }
+
+    #[test]
+    fn finds_the_machine_installation() {
+        // The set-up script installs postgresql-15; this is the real discovery path.
+        let install =
+            PgInstall::discover().expect("PostgreSQL server binaries (run scripts/setup)");
+        assert!(install.version.major >= 13, "{install:?}");
+        assert!(install.program("initdb").is_file());
+    }
+}

@@ -1,0 +1,348 @@
+//! The throwaway cluster itself.
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use pgseal_exec::{ExternalCommand, RunAs};
+use pgseal_pg::{ConnectError, PgInstall};
+use tempfile::TempDir;
+
+/// How many times a start is retried with a new port when the chosen one was taken.
+const PORT_ATTEMPTS: usize = 8;
+/// Seconds `pg_ctl` waits for the server to start or stop.
+const PG_CTL_WAIT_SECONDS: &str = "60";
+/// The superuser every test cluster has (trust authentication, loopback only).
+pub const SUPERUSER: &str = "postgres";
+
+/// Errors from setting up a test cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable PostgreSQL installation.
+    #[error("no PostgreSQL server installation (run scripts/setup): {0}")]
+    Install(#[from] pgseal_pg::DiscoverError),
+    /// An external program failed.
+    #[error(transparent)]
+    Exec(#[from] pgseal_exec::Error),
+    /// A file-system step failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server did not start; its log tail is included.
+    #[error("server did not start on port {port}: {reason}\n--- server log tail ---\n{log_tail}")]
+    Start {
+        /// The port it was started on.
+        port: u16,
+        /// What pg_ctl said.
+        reason: String,
+        /// The end of the server log.
+        log_tail: String,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Builds a [`TestCluster`] with server settings of the test's choosing.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    settings: Vec<(String, String)>,
+}
+
+impl ClusterBuilder {
+    /// Sets one `postgresql.conf` parameter (later calls win). The defaults are
+    /// `wal_level=logical` with room for slots and senders, and `fsync=off` for speed.
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Runs `initdb` and starts the server. Blocking: call it before or outside async code,
+    /// or through `spawn_blocking`.
+    pub fn start(self) -> Result<TestCluster, Error> {
+        let install = PgInstall::discover()?;
+        let run_as = RunAs::server_user()?;
+        let root = tempfile::Builder::new()
+            .prefix("pgseal-test-")
+            .tempdir()
+            .map_err(io_error("create the cluster's temp dir"))?;
+        run_as
+            .chown(root.path())
+            .map_err(io_error("give the cluster's temp dir to the server user"))?;
+        let data_dir = root.path().join("data");
+        let socket_dir = root.path().join("socket");
+        fs::create_dir(&socket_dir).map_err(io_error("create the socket dir"))?;
+        run_as
+            .chown(&socket_dir)
+            .map_err(io_error("give the socket dir to the server user"))?;
+
+        ExternalCommand::new(install.program("initdb"))
+            .arg("-D")
+            .arg(&data_dir)
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ])
+            .args(["--no-sync", "--no-instructions"])
+            .run_as(run_as.clone())
+            .run()?;
+
+        let mut cluster = TestCluster {
+            root: Some(root),
+            data_dir,
+            socket_dir,
+            log_path: PathBuf::new(),
+            port: 0,
+            install,
+            run_as,
+            running: false,
+        };
+        cluster.log_path = cluster.root_path().join("server.log");
+        cluster.start_on_free_port(&self.settings)?;
+        Ok(cluster)
+    }
+}
+
+/// A running, throwaway PostgreSQL cluster; stopped and deleted on `Drop`.
+#[derive(Debug)]
+pub struct TestCluster {
+    root: Option<TempDir>,
+    data_dir: PathBuf,
+    socket_dir: PathBuf,
+    log_path: PathBuf,
+    port: u16,
+    install: PgInstall,
+    run_as: RunAs,
+    running: bool,
+}
+
+impl TestCluster {
+    /// A builder with the default settings.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            settings: vec![
+                ("wal_level".into(), "logical".into()),
+                ("max_wal_senders".into(), "10".into()),
+                ("max_replication_slots".into(), "10".into()),
+                ("max_connections".into(), "40".into()),
+                ("shared_buffers".into(), "32MB".into()),
+                ("fsync".into(), "off".into()),
+            ],
+        }
+    }
+
+    /// Starts a cluster with the default settings.
+    pub fn start() -> Result<Self, Error> {
+        Self::builder().start()
+    }
+
+    fn root_path(&self) -> &Path {
+        self.root.as_ref().expect("root lives until drop").path()
+    }
+
+    fn start_on_free_port(&mut self, settings: &[(String, String)]) -> Result<(), Error> {
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            self.port = free_port().map_err(io_error("find a free port"))?;
+            self.write_settings(settings)?;
+            let result = ExternalCommand::new(self.install.program("pg_ctl"))
+                .args(["start", "-w", "-t", PG_CTL_WAIT_SECONDS, "-D"])
+                .arg(&self.data_dir)
+                .arg("-l")
+                .arg(&self.log_path)
+                .run_as(self.run_as.clone())
+                .run();
+            match result {
+                Ok(_) => {
+                    self.running = true;
+                    tracing::debug!(port = self.port, data_dir = %self.data_dir.display(), "test cluster started");
+                    return Ok(());
+                }
+                Err(error) => {
+                    let log_tail = self.log_tail(30);
+                    let start_error = Error::Start {
+                        port: self.port,
+                        reason: error.to_string(),
+                        log_tail: log_tail.clone(),
+                    };
+                    if !log_tail.contains("could not bind") && !log_tail.contains("already in use")
+                    {
+                        return Err(start_error);
+                    }
+                    tracing::debug!(
+                        port = self.port,
+                        "port taken meanwhile; retrying with another"
+                    );
+                    last_error = Some(start_error);
+                }
+            }
+        }
+        Err(last_error.expect("at least one attempt was made"))
+    }
+
+    /// Writes this cluster's own settings (port, socket, caller's) after `initdb`'s defaults.
+    fn write_settings(&self, settings: &[(String, String)]) -> Result<(), Error> {
+        let mut text = String::from("# pgseal-testkit\n");
+        let own = [
+            ("port".to_string(), self.port.to_string()),
+            ("listen_addresses".to_string(), "127.0.0.1".to_string()),
+            (
+                "unix_socket_directories".to_string(),
+                self.socket_dir.display().to_string(),
+            ),
+            (
+                "log_line_prefix".to_string(),
+                "%m [%p] %q%u@%d ".to_string(),
+            ),
+        ];
+        for (name, value) in own.iter().chain(settings) {
+            text.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
+        }
+        let path = self.data_dir.join("postgresql.pgseal-test.conf");
+        fs::write(&path, text).map_err(io_error("write the cluster's settings"))?;
+        let conf = self.data_dir.join("postgresql.conf");
+        let current = fs::read_to_string(&conf).map_err(io_error("read postgresql.conf"))?;
+        if !current.contains("include_if_exists = 'postgresql.pgseal-test.conf'") {
+            let mut file = fs::OpenOptions::new()
+                .append(true)
+                .open(&conf)
+                .map_err(io_error("open postgresql.conf"))?;
+            writeln!(file, "include_if_exists = 'postgresql.pgseal-test.conf'")
+                .map_err(io_error("append to postgresql.conf"))?;
+        }
+        Ok(())
+    }
+
+    /// The TCP port the server listens on (loopback).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory holding the server's unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The installation the server runs from.
+    pub fn install(&self) -> &PgInstall {
+        &self.install
+    }
+
+    /// A connection URL for `dbname` as the superuser, over TCP loopback.
+    pub fn url(&self, dbname: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    /// A connection config for `dbname` as the superuser, over TCP loopback.
+    pub fn config(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(SUPERUSER)
+            .dbname(dbname)
+            .application_name("pgseal-testkit");
+        config
+    }
+
+    /// Connects to `dbname` as the superuser.
+    pub async fn connect(&self, dbname: &str) -> Result<tokio_postgres::Client, ConnectError> {
+        pgseal_pg::connect(&self.config(dbname)).await
+    }
+
+    /// The server log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Stops the server now (`Drop` does this too); its files stay until the value drops.
+    pub fn stop(&mut self) -> Result<(), Error> {
+        if self.running {
+            ExternalCommand::new(self.install.program("pg_ctl"))
+                .args(["stop", "-w", "-m", "fast", "-t", PG_CTL_WAIT_SECONDS, "-D"])
+                .arg(&self.data_dir)
+                .run_as(self.run_as.clone())
+                .run()?;
+            self.running = false;
+        }
+        Ok(())
+    }
+
+    /// Copies the server log somewhere that outlives the temp dir and says where.
+    fn keep_log(&self) {
+        let dir = std::env::temp_dir().join("pgseal-test-logs");
+        let kept = dir.join(format!("cluster-{}-{}.log", self.port, std::process::id()));
+        let copied = fs::create_dir_all(&dir).and_then(|_| fs::copy(&self.log_path, &kept));
+        match copied {
+            Ok(_) => eprintln!(
+                "pgseal-testkit: test failed; server log of port {} kept at {}\n--- log tail ---\n{}",
+                self.port,
+                kept.display(),
+                self.log_tail(20)
+            ),
+            Err(e) => eprintln!("pgseal-testkit: could not keep the server log: {e}"),
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_log();
+        }
+        if self.running {
+            // Immediate: nothing here is worth a shutdown checkpoint.
+            let stopped = ExternalCommand::new(self.install.program("pg_ctl"))
+                .args([
+                    "stop",
+                    "-w",
+                    "-m",
+                    "immediate",
+                    "-t",
+                    PG_CTL_WAIT_SECONDS,
+                    "-D",
+                ])
+                .arg(&self.data_dir)
+                .run_as(self.run_as.clone())
+                .run();
+            if let Err(e) = stopped {
+                eprintln!(
+                    "pgseal-testkit: could not stop the cluster on port {}: {e}",
+                    self.port
+                );
+            }
+        }
+        if let Some(root) = self.root.take()
+            && let Err(e) = root.close()
+        {
+            eprintln!("pgseal-testkit: could not remove the cluster's temp dir: {e}");
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now (the kernel's choice).
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
