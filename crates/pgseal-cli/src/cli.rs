@@ -58,6 +58,10 @@ pub struct GlobalArgs {
     /// Log only errors to stderr
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Read the key store's passphrase from FILE (first line) instead of PGSEAL_PASSPHRASE
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// The commands.
@@ -74,4 +78,137 @@ For each missing piece it prints the exact command that fixes it. Nothing is cha
 Exits 3 when something required is missing, 0 otherwise (missing recommended pieces are
 listed as warnings).")]
     Doctor,
+
+    /// Manage KMS keys in the local key store (create, rotate, disable, schedule deletion)
+    #[command(long_about = KEY_ABOUT)]
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeyCommand,
+    },
+
+    /// Encrypt a file or stream into the sealed-stream format under a KMS key
+    #[command(long_about = "\
+Encrypt IN into OUT in pgseal's sealed-stream format (docs/sealed-stream.md): AES-256-GCM in
+chunks under a fresh data key from the KMS, bound to the encryption context. Memory use is
+bounded whatever the input's size. Use - for stdin or stdout.
+
+OUT is written to a temp file beside it and renamed into place only when complete, so a
+failure or interruption never leaves a partial OUT. An existing OUT is refused unless
+--force is given.
+
+Example:
+  pgseal seal --key alias/backups --context purpose=backup base.tar base.tar.sealed")]
+    Seal(SealArgs),
+
+    /// Decrypt a sealed stream, checking every chunk; refuses damaged or tampered input
+    #[command(long_about = "\
+Decrypt IN (a pgseal sealed stream) into OUT. The key and encryption context come from the
+stream's header; the KMS key must exist and be enabled in this key store.
+
+Every chunk is authenticated before its plaintext is written, and the stream must end with
+its final chunk: altered, truncated, reordered or duplicated data fails with exit code 9
+and OUT is not created. With OUT = - (stdout), a failure after some output means what was
+written must be discarded; the exit code says so.")]
+    Unseal(UnsealArgs),
+}
+
+const KEY_ABOUT: &str = "\
+Manage KMS keys in the local key store (PGSEAL_HOME/kms). A KMS key never leaves the store:
+it generates and unwraps data keys, and data is encrypted with those data keys (envelope
+encryption, as in a cloud KMS).
+
+The store is encrypted under a key derived from a passphrase (Argon2id), read from
+PGSEAL_PASSPHRASE or --passphrase-file; it is created on first use with that passphrase.
+The managed key `pgseal/default` is created when first used, like `aws/rds`.
+
+Keys are named by id or alias (`orders`, or `alias/orders`). Every operation is recorded in
+PGSEAL_HOME/kms/audit.log, never with key material.";
+
+/// `pgseal key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a KMS key
+    Create {
+        /// An alias to name it by (letters, digits, '/', '_', '-', '.')
+        #[arg(long)]
+        alias: Option<String>,
+        /// Free text: what the key is for
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List every KMS key
+    List,
+    /// Show one key: id, aliases, state, versions
+    Describe {
+        /// Key id or alias
+        key: String,
+    },
+    /// Add new key material: new data keys use it, everything wrapped before still opens
+    Rotate {
+        /// Key id or alias
+        key: String,
+    },
+    /// Disable a key: every operation with it is refused until it is enabled
+    Disable {
+        /// Key id or alias
+        key: String,
+    },
+    /// Enable a disabled key
+    Enable {
+        /// Key id or alias
+        key: String,
+    },
+    /// Schedule a key's deletion; it refuses use meanwhile and is deleted for good after
+    /// the waiting period (data under it can then never be decrypted)
+    ScheduleDeletion {
+        /// Key id or alias
+        key: String,
+        /// Waiting period in days (7 to 30)
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// Cancel a scheduled deletion; the key is left disabled (enable it to use it)
+    CancelDeletion {
+        /// Key id or alias
+        key: String,
+    },
+}
+
+/// `pgseal seal ...`
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// KMS key id or alias to seal under
+    #[arg(long, default_value = "pgseal/default")]
+    pub key: String,
+    /// Encryption context item KEY=VALUE (repeatable); bound into the stream, shown in the
+    /// audit log, never secret
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub context: Vec<String>,
+    /// Plaintext bytes per chunk (4096 to 16777216)
+    #[arg(long, default_value_t = pgseal_crypto::stream::DEFAULT_CHUNK_SIZE, hide = true)]
+    pub chunk_size: u32,
+    /// Replace OUT if it exists
+    #[arg(long)]
+    pub force: bool,
+    /// The data to seal (- for stdin)
+    #[arg(value_name = "IN")]
+    pub input: PathBuf,
+    /// Where to write the sealed stream (- for stdout)
+    #[arg(value_name = "OUT")]
+    pub output: PathBuf,
+}
+
+/// `pgseal unseal ...`
+#[derive(Debug, Args)]
+pub struct UnsealArgs {
+    /// Replace OUT if it exists
+    #[arg(long)]
+    pub force: bool,
+    /// The sealed stream (- for stdin)
+    #[arg(value_name = "IN")]
+    pub input: PathBuf,
+    /// Where to write the plaintext (- for stdout)
+    #[arg(value_name = "OUT")]
+    pub output: PathBuf,
 }

@@ -10,6 +10,20 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// A precondition is not met: nothing was changed; fix what the output lists and run again.
 pub const PRECONDITION: u8 = 3;
+/// No passphrase for the key store (PGSEAL_PASSPHRASE or --passphrase-file).
+pub const NO_PASSPHRASE: u8 = 4;
+/// The passphrase does not open the key store.
+pub const WRONG_PASSPHRASE: u8 = 5;
+/// The key store file is damaged or was changed outside pgseal.
+pub const KEYSTORE_DAMAGED: u8 = 6;
+/// No KMS key with that id or alias.
+pub const KEY_NOT_FOUND: u8 = 7;
+/// The KMS key is disabled or pending deletion.
+pub const KEY_UNUSABLE: u8 = 8;
+/// Sealed data is damaged or was tampered with.
+pub const TAMPERED: u8 = 9;
+/// The input is not a pgseal sealed stream.
+pub const NOT_SEALED: u8 = 10;
 
 /// The text for `--help`.
 pub const HELP_TEXT: &str = "\
@@ -17,7 +31,36 @@ Exit codes:
   0  success
   1  failure (the message says why)
   2  usage error (wrong command line)
-  3  precondition not met: nothing was changed; fix what is listed and run again";
+  3  precondition not met: nothing was changed; fix what is listed and run again
+  4  no passphrase for the key store (set PGSEAL_PASSPHRASE or pass --passphrase-file)
+  5  wrong passphrase for the key store
+  6  key store damaged or changed outside pgseal
+  7  no KMS key with that id or alias
+  8  KMS key disabled or pending deletion
+  9  sealed data damaged or tampered with
+  10 input is not a pgseal sealed stream";
+
+/// The exit code for a failed command: a library error's kind decides; anything else is 1.
+pub fn for_error(error: &anyhow::Error) -> u8 {
+    use pgseal_crypto::ErrorKind;
+    let Some(crypto) = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<pgseal_crypto::Error>())
+    else {
+        return FAILURE;
+    };
+    match crypto.kind() {
+        ErrorKind::NoPassphrase => NO_PASSPHRASE,
+        ErrorKind::WrongPassphrase => WRONG_PASSPHRASE,
+        ErrorKind::KeyStoreDamaged => KEYSTORE_DAMAGED,
+        ErrorKind::KeyNotFound => KEY_NOT_FOUND,
+        ErrorKind::KeyUnusable => KEY_UNUSABLE,
+        ErrorKind::Tampered => TAMPERED,
+        ErrorKind::NotSealed => NOT_SEALED,
+        ErrorKind::InvalidInput => USAGE,
+        ErrorKind::Io => FAILURE,
+    }
+}
 
 /// An [`ExitCode`] from one of the constants above.
 pub fn code(value: u8) -> ExitCode {

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Err(error) => {
             // The whole chain: the outer context says what failed, the inner causes say why.
             eprintln!("error: {error:#}");
-            exit::code(exit::FAILURE)
+            exit::code(exit::for_error(&error))
         }
     }
 }
@@ -41,10 +41,15 @@ fn run(cli: Cli) -> commands::Outcome {
     let ctx = commands::Context {
         home: home::resolve(cli.global.home.clone())?,
         json: cli.global.json,
+        quiet: cli.global.quiet,
+        passphrase_file: cli.global.passphrase_file.clone(),
     };
     tracing::debug!(home = %ctx.home.display(), json = ctx.json, "starting");
     match cli.command {
         Command::Doctor => commands::doctor::run(&ctx),
+        Command::Key { action } => commands::key::run(&ctx, &action),
+        Command::Seal(args) => commands::seal::seal(&ctx, &args),
+        Command::Unseal(args) => commands::seal::unseal(&ctx, &args),
     }
 }
 

@@ -2,16 +2,42 @@
 //! result as text or JSON. No logic of its own beyond that.
 
 pub mod doctor;
+pub mod key;
+pub mod seal;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context as _;
+use pgseal_crypto::{LocalKms, Passphrase};
 
 /// What every command gets besides its own arguments.
 #[derive(Debug)]
 pub struct Context {
     /// pgseal's home directory (resolved, absolute).
-    pub home: std::path::PathBuf,
+    pub home: PathBuf,
     /// Print JSON instead of text.
     pub json: bool,
+    /// Print no progress or status lines.
+    pub quiet: bool,
+    /// `--passphrase-file`, if given.
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl Context {
+    /// Opens (or on first use creates) the local key store under the home directory.
+    pub fn open_kms(&self) -> anyhow::Result<LocalKms> {
+        let passphrase = Passphrase::from_file_or_env(self.passphrase_file.as_deref())?;
+        let dir = self.home.join("kms");
+        LocalKms::open(&dir, &passphrase).context("cannot use the local KMS")
+    }
+
+    /// Writes a status line to stderr unless `--quiet`.
+    pub fn status(&self, line: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("{line}");
+        }
+    }
 }
 
 /// Prints `value` as pretty JSON on stdout.

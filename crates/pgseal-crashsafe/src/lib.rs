@@ -1,0 +1,216 @@
+//! Crash-safe writes for pgseal's state files (key store, instance metadata, ...).
+//!
+//! [`write_atomic`] leaves either the old file or the complete new one, never a mix or a
+//! truncated file, whatever moment the process or the machine stops: it writes a temp file
+//! beside the target, fsyncs it, renames it over the target, then fsyncs the directory so
+//! the rename itself is durable.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// A file that appears at its path only once complete: written to a temp file beside it,
+/// then [`commit`](Self::commit)ted (fsync, rename, fsync dir). Dropped without a commit,
+/// the temp file is removed and the path is untouched.
+#[derive(Debug)]
+pub struct PendingFile {
+    file: Option<File>,
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl PendingFile {
+    /// Starts writing `path` with permission bits `mode`. With `overwrite` false, an
+    /// existing `path` is refused now (`AlreadyExists`) and checked again at commit.
+    pub fn create(path: &Path, mode: u32, overwrite: bool) -> io::Result<Self> {
+        if !overwrite && path.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already exists", path.display()),
+            ));
+        }
+        let dir = parent_dir(path)?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".partial-{}", std::process::id()));
+        let tmp = dir.join(tmp_name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        Ok(PendingFile {
+            file: Some(file),
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Makes the file durable and puts it at its path.
+    pub fn commit(mut self) -> io::Result<()> {
+        let file = self.file.take().expect("committed once");
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&self.tmp, &self.path)?;
+        sync_dir(parent_dir(&self.path)?)
+    }
+}
+
+impl Write for PendingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.as_mut().expect("not committed").write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably, with permission bits `mode`
+/// (e.g. `0o600` for anything secret). The parent directory must exist.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = parent_dir(path)?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // `mode` at creation is filtered by the umask; set it exactly.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates `dir` (and its parents) with permission bits `mode` on the last component, and
+/// makes the new entry durable.
+pub fn create_dir_all_durable(dir: &Path, mode: u32) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Fsyncs a directory, making renames and new entries in it durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent_dir(path: &Path) -> io::Result<&Path> {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Ok(Path::new(".")),
+        Some(p) => Ok(p),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path has no parent directory",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_content_with_exact_mode_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+    }
+
+    #[test]
+    fn pending_file_appears_only_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        let mut pending = PendingFile::create(&path, 0o600, false).unwrap();
+        pending.write_all(b"data").unwrap();
+        assert!(!path.exists());
+        pending.commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"data");
+
+        let err = PendingFile::create(&path, 0o600, false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+
+        let mut dropped = PendingFile::create(&path, 0o600, true).unwrap();
+        dropped.write_all(b"half").unwrap();
+        drop(dropped);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"data",
+            "an uncommitted file changes nothing"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn failure_leaves_the_old_file_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"old", 0o600).unwrap();
+        // A directory in the way of the rename makes the write fail after the temp file.
+        let blocked = dir.path().join("blocked");
+        fs::create_dir(&blocked).unwrap();
+        fs::write(blocked.join("x"), b"").unwrap();
+        assert!(write_atomic(&blocked, b"new", 0o600).is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        let leftovers = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp-")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+}
