@@ -20,6 +20,7 @@
 //! (the CLI writes to a temp file and renames it only on success).
 
 use std::io::{self, Read, Write};
+use std::sync::mpsc;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::digest;
@@ -209,6 +210,42 @@ fn chunk_nonce(index: u64, last: bool) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
+/// Authenticates and decrypts sealed chunk `index` in place, leaving its plaintext in
+/// `buf`; `last` says whether the input ended right after it.
+fn open_chunk(key: &LessSafeKey, index: u64, buf: &mut Vec<u8>, last: bool) -> Result<()> {
+    if buf.len() < TAG_LEN {
+        return Err(Error::tampered(if index == 0 && buf.is_empty() {
+            "the stream ends right after its header (truncated)".to_string()
+        } else {
+            format!("chunk {index} is cut short (truncated)")
+        }));
+    }
+    // Kept only for the last chunk, to tell a cut-off stream from an altered chunk.
+    let backup = last.then(|| buf.clone());
+    match key.open_in_place(chunk_nonce(index, last), Aad::empty(), buf) {
+        Ok(plain) => {
+            let len = plain.len();
+            buf.truncate(len);
+            Ok(())
+        }
+        Err(_) => {
+            let cut_here = backup.is_some_and(|mut copy| {
+                key.open_in_place(chunk_nonce(index, false), Aad::empty(), &mut copy)
+                    .is_ok()
+            });
+            Err(Error::tampered(if cut_here {
+                format!(
+                    "the stream ends after chunk {index} but that is not its final chunk (truncated)"
+                )
+            } else {
+                format!(
+                    "chunk {index} fails authentication (altered, reordered, duplicated, or data added after the end)"
+                )
+            }))
+        }
+    }
+}
+
 /// Reads until `buf` is full or the input ends; returns how many bytes were read.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -236,24 +273,88 @@ pub struct SealSummary {
     pub sealed_bytes: u64,
 }
 
-/// Seals everything written to it into `out`. Call [`finish`](Self::finish): a writer
-/// dropped without it leaves a stream that fails to open (as truncated).
-pub struct SealWriter<W: Write> {
-    out: W,
-    key_id: KeyId,
+/// The per-chunk half of sealing: the stream key, the chunk counter and the totals.
+struct ChunkSealer {
     key: LessSafeKey,
+    key_id: KeyId,
     chunk_size: usize,
-    buf: Vec<u8>,
     index: u64,
     plaintext_bytes: u64,
     sealed_bytes: u64,
 }
 
+impl ChunkSealer {
+    /// Asks the KMS for a data key and builds the header (with its commitment) to write
+    /// first.
+    fn start(
+        kms: &dyn Kms,
+        key: &str,
+        context: EncryptionContext,
+        chunk_size: u32,
+    ) -> Result<(Self, Vec<u8>)> {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+            return Err(Error::InvalidInput(format!(
+                "chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
+            )));
+        }
+        let generated = kms.generate_data_key(key, DataKeySpec::Aes256Gcm, &context)?;
+        let key_id = generated.wrapped.key_id()?;
+        let mut salt = [0u8; SALT_LEN];
+        aws_lc_rs::rand::fill(&mut salt).expect("the system random generator never fails here");
+        let header = StreamHeader::encode(&key_id, &generated.wrapped, &context, chunk_size, salt);
+        let (stream_key, commitment) = header.derive(generated.plaintext.expose());
+        let mut header_bytes = header.bytes;
+        header_bytes.extend_from_slice(&commitment);
+        let sealer = ChunkSealer {
+            key: stream_key,
+            key_id,
+            chunk_size: chunk_size as usize,
+            index: 0,
+            plaintext_bytes: 0,
+            sealed_bytes: header_bytes.len() as u64,
+        };
+        Ok((sealer, header_bytes))
+    }
+
+    /// Seals `buf` (at most one chunk of plaintext) in place and appends its tag.
+    fn seal(&mut self, buf: &mut Vec<u8>, last: bool) -> io::Result<()> {
+        debug_assert!(buf.len() <= self.chunk_size);
+        let plain = buf.len();
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(chunk_nonce(self.index, last), Aad::empty(), buf)
+            .map_err(|_| io::Error::other("AES-GCM sealing failed"))?;
+        buf.extend_from_slice(tag.as_ref());
+        self.plaintext_bytes += plain as u64;
+        self.sealed_bytes += buf.len() as u64;
+        self.index += 1;
+        Ok(())
+    }
+
+    fn summary(&self) -> SealSummary {
+        SealSummary {
+            key_id: self.key_id.clone(),
+            plaintext_bytes: self.plaintext_bytes,
+            chunks: self.index,
+            sealed_bytes: self.sealed_bytes,
+        }
+    }
+}
+
+/// Seals everything written to it into `out`. Call [`finish`](Self::finish): a writer
+/// dropped without it leaves a stream that fails to open (as truncated). For whole inputs,
+/// [`seal_from`] is faster (it writes on a second thread).
+pub struct SealWriter<W: Write> {
+    out: W,
+    sealer: ChunkSealer,
+    buf: Vec<u8>,
+}
+
 impl<W: Write> std::fmt::Debug for SealWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SealWriter")
-            .field("chunk_size", &self.chunk_size)
-            .field("index", &self.index)
+            .field("chunk_size", &self.sealer.chunk_size)
+            .field("index", &self.sealer.index)
             .finish_non_exhaustive()
     }
 }
@@ -268,42 +369,20 @@ impl<W: Write> SealWriter<W> {
         mut out: W,
         chunk_size: u32,
     ) -> Result<Self> {
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
-            return Err(Error::InvalidInput(format!(
-                "chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
-            )));
-        }
-        let generated = kms.generate_data_key(key, DataKeySpec::Aes256Gcm, &context)?;
-        let key_id = generated.wrapped.key_id()?;
-        let mut salt = [0u8; SALT_LEN];
-        aws_lc_rs::rand::fill(&mut salt).expect("the system random generator never fails here");
-        let header = StreamHeader::encode(&key_id, &generated.wrapped, &context, chunk_size, salt);
-        let (stream_key, commitment) = header.derive(generated.plaintext.expose());
-        out.write_all(&header.bytes)
-            .and_then(|_| out.write_all(&commitment))
+        let (sealer, header) = ChunkSealer::start(kms, key, context, chunk_size)?;
+        out.write_all(&header)
             .map_err(Error::io("cannot write the sealed stream's header"))?;
         Ok(SealWriter {
             out,
-            key_id,
-            key: stream_key,
-            chunk_size: chunk_size as usize,
-            buf: Vec::with_capacity(chunk_size as usize + TAG_LEN),
-            index: 0,
-            plaintext_bytes: 0,
-            sealed_bytes: (header.bytes.len() + COMMITMENT_LEN) as u64,
+            buf: Vec::with_capacity(sealer.chunk_size + TAG_LEN),
+            sealer,
         })
     }
 
     fn emit(&mut self, last: bool) -> io::Result<()> {
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(chunk_nonce(self.index, last), Aad::empty(), &mut self.buf)
-            .map_err(|_| io::Error::other("AES-GCM sealing failed"))?;
+        self.sealer.seal(&mut self.buf, last)?;
         self.out.write_all(&self.buf)?;
-        self.out.write_all(tag.as_ref())?;
-        self.sealed_bytes += (self.buf.len() + TAG_LEN) as u64;
         self.buf.clear();
-        self.index += 1;
         Ok(())
     }
 
@@ -312,12 +391,7 @@ impl<W: Write> SealWriter<W> {
         self.emit(true)
             .and_then(|_| self.out.flush())
             .map_err(|e| Error::from_io(e, "cannot write the sealed stream"))?;
-        let summary = SealSummary {
-            key_id: self.key_id.clone(),
-            plaintext_bytes: self.plaintext_bytes,
-            chunks: self.index,
-            sealed_bytes: self.sealed_bytes,
-        };
+        let summary = self.sealer.summary();
         Ok((self.out, summary))
     }
 }
@@ -325,16 +399,16 @@ impl<W: Write> SealWriter<W> {
 impl<W: Write> Write for SealWriter<W> {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
         let total = data.len();
+        let chunk_size = self.sealer.chunk_size;
         while !data.is_empty() {
             // A full buffer is sealed only once more data shows it is not the last chunk.
-            if self.buf.len() == self.chunk_size {
+            if self.buf.len() == chunk_size {
                 self.emit(false)?;
             }
-            let take = (self.chunk_size - self.buf.len()).min(data.len());
+            let take = (chunk_size - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
         }
-        self.plaintext_bytes += total as u64;
         Ok(total)
     }
 
@@ -429,40 +503,8 @@ impl<R: Read> UnsealReader<R> {
         } else {
             true
         };
-        if self.buf.len() < TAG_LEN {
-            return Err(Error::tampered(if self.index == 0 && self.buf.is_empty() {
-                "the stream ends right after its header (truncated)".to_string()
-            } else {
-                format!("chunk {} is cut short (truncated)", self.index)
-            }));
-        }
-        // Kept only for the last chunk, to tell a cut-off stream from an altered chunk.
-        let backup = last.then(|| self.buf.clone());
-        match self
-            .key
-            .open_in_place(chunk_nonce(self.index, last), Aad::empty(), &mut self.buf)
-        {
-            Ok(plain) => self.plain_len = plain.len(),
-            Err(_) => {
-                let mut copy = backup.unwrap_or_default();
-                let cut_here = last
-                    && self
-                        .key
-                        .open_in_place(chunk_nonce(self.index, false), Aad::empty(), &mut copy)
-                        .is_ok();
-                return Err(Error::tampered(if cut_here {
-                    format!(
-                        "the stream ends after chunk {} but that is not its final chunk (truncated)",
-                        self.index
-                    )
-                } else {
-                    format!(
-                        "chunk {} fails authentication (altered, reordered, duplicated, or data added after the end)",
-                        self.index
-                    )
-                }));
-            }
-        }
+        open_chunk(&self.key, self.index, &mut self.buf, last)?;
+        self.plain_len = self.buf.len();
         self.pos = 0;
         self.finished = last;
         self.index += 1;
@@ -495,23 +537,187 @@ impl<R: Read> Read for UnsealReader<R> {
     }
 }
 
-/// Opens a sealed stream and copies all of its plaintext to `out`; returns the bytes
-/// written. On error, what was written to `out` must be discarded.
-pub fn unseal_to(kms: &dyn Kms, input: impl Read, out: &mut impl Write) -> Result<u64> {
-    let mut reader = UnsealReader::open(kms, input)?;
-    io::copy(&mut reader, out).map_err(|e| Error::from_io(e, "cannot write the unsealed data"))
+/// Buffers the pipeline owns in all: bounded memory (this many chunks), enough to keep
+/// the reader, the crypto and the writer busy at once.
+const PIPELINE_BUFFERS: usize = 8;
+/// Chunks queued between two stages.
+const PIPELINE_DEPTH: usize = 2;
+
+/// Reads up to `n` bytes from `r` into the empty `buf`; returns how many were read.
+fn fill(r: &mut impl Read, buf: &mut Vec<u8>, n: usize) -> io::Result<usize> {
+    buf.resize(n, 0);
+    let got = read_full(r, buf)?;
+    buf.truncate(got);
+    Ok(got)
 }
 
-/// Seals all of `input` into `out` under `key` and `context`.
+/// A three-stage pipeline over a fixed pool of buffers: a reader thread cuts `input` into
+/// pieces of `piece` bytes (every piece but the last is full; an empty input is one empty
+/// last piece), `transform(piece, last)` runs on the calling thread, and a writer thread
+/// writes `prefix` and then each transformed piece to `out`. Reading, crypto and writing
+/// overlap; memory stays at `PIPELINE_BUFFERS` buffers of `capacity` bytes. Any stage's
+/// failure stops the others; a read error is reported as such, never taken for the end.
+fn pipeline<R, W>(
+    input: &mut R,
+    out: &mut W,
+    piece: usize,
+    capacity: usize,
+    prefix: &[u8],
+    mut transform: impl FnMut(&mut Vec<u8>, bool) -> Result<()>,
+) -> Result<()>
+where
+    R: Read + Send,
+    W: Write + Send,
+{
+    std::thread::scope(|scope| {
+        let (pool_tx, pool_rx) = mpsc::sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
+        for _ in 0..PIPELINE_BUFFERS {
+            pool_tx
+                .send(Vec::with_capacity(capacity))
+                .expect("the pool holds every buffer");
+        }
+        let (read_tx, read_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPELINE_DEPTH);
+        let (write_tx, write_rx) = mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+
+        scope.spawn(move || {
+            let mut first = true;
+            // Ends when the input ends, or when the pool or the consumer is gone.
+            while let Ok(mut buf) = pool_rx.recv() {
+                let got = match fill(input, &mut buf, piece) {
+                    Ok(got) => got,
+                    Err(e) => {
+                        let _ = read_tx.send(Err(e));
+                        return;
+                    }
+                };
+                if got == 0 && !first {
+                    return;
+                }
+                first = false;
+                if read_tx.send(Ok(buf)).is_err() || got < piece {
+                    return;
+                }
+            }
+        });
+        let writer = scope.spawn(move || -> io::Result<()> {
+            out.write_all(prefix)?;
+            for mut buf in write_rx {
+                out.write_all(&buf)?;
+                buf.clear();
+                // The pool is gone only once the reader has stopped; a lost buffer is fine.
+                let _ = pool_tx.send(buf);
+            }
+            out.flush()
+        });
+
+        let read_error = |e: io::Error| Error::io("cannot read the input")(e);
+        let writer_gone =
+            || Error::io("cannot write the output")(io::Error::other("the writer stopped"));
+        let produced = (|| -> Result<()> {
+            let Ok(first) = read_rx.recv() else {
+                return Err(read_error(io::Error::other("the reader stopped")));
+            };
+            let mut current = first.map_err(read_error)?;
+            loop {
+                let next = match read_rx.recv() {
+                    Ok(Ok(buf)) => Some(buf),
+                    Ok(Err(e)) => return Err(read_error(e)),
+                    Err(_) => None,
+                };
+                transform(&mut current, next.is_none())?;
+                write_tx.send(current).map_err(|_| writer_gone())?;
+                match next {
+                    Some(buf) => current = buf,
+                    None => return Ok(()),
+                }
+            }
+        })();
+        drop(write_tx);
+        drop(read_rx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+        match (produced, written) {
+            // A write error stops the producer too: report the cause.
+            (_, Err(e)) => Err(Error::io("cannot write the output")(e)),
+            (produced, Ok(())) => produced,
+        }
+    })
+}
+
+impl<R: Read + Send> UnsealReader<R> {
+    /// Copies all remaining plaintext to `out`; returns the bytes written. Reading,
+    /// decrypting and writing run on three threads. On error, what was written to `out`
+    /// must be discarded.
+    pub fn copy_to(&mut self, out: &mut (impl Write + Send)) -> Result<u64> {
+        let fresh = self.index == 0 && self.peeked.is_none() && self.failed.is_none();
+        if !fresh {
+            // Part-read already: go on chunk by chunk on this thread.
+            let mut total = 0u64;
+            loop {
+                out.write_all(&self.buf[self.pos..self.plain_len])
+                    .map_err(Error::io("cannot write the unsealed data"))?;
+                total += (self.plain_len - self.pos) as u64;
+                self.pos = self.plain_len;
+                if self.finished {
+                    return Ok(total);
+                }
+                if let Some(reason) = &self.failed {
+                    return Err(Error::tampered(reason.clone()));
+                }
+                self.next_chunk()?;
+            }
+        }
+        let key = &self.key;
+        let mut index = 0u64;
+        let mut total = 0u64;
+        let piece = self.chunk_size + TAG_LEN;
+        let result = pipeline(&mut self.inner, out, piece, piece, &[], |buf, last| {
+            open_chunk(key, index, buf, last)?;
+            index += 1;
+            total += buf.len() as u64;
+            Ok(())
+        });
+        self.index = index;
+        match result {
+            Ok(()) => {
+                self.finished = true;
+                Ok(total)
+            }
+            Err(e) => {
+                if let Error::Tampered { reason } = &e {
+                    self.failed = Some(reason.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Opens a sealed stream and copies all of its plaintext to `out`; returns the bytes
+/// written. On error, what was written to `out` must be discarded.
+pub fn unseal_to(
+    kms: &dyn Kms,
+    input: impl Read + Send,
+    out: &mut (impl Write + Send),
+) -> Result<u64> {
+    UnsealReader::open(kms, input)?.copy_to(out)
+}
+
+/// Seals all of `input` into `out` under `key` and `context`. Reading, sealing and
+/// writing run on three threads, in bounded memory.
 pub fn seal_from(
     kms: &dyn Kms,
     key: &str,
     context: EncryptionContext,
-    input: &mut impl Read,
-    out: impl Write,
+    input: &mut (impl Read + Send),
+    out: &mut (impl Write + Send),
     chunk_size: u32,
 ) -> Result<SealSummary> {
-    let mut writer = SealWriter::new(kms, key, context, out, chunk_size)?;
-    io::copy(input, &mut writer).map_err(|e| Error::from_io(e, "cannot read the data to seal"))?;
-    Ok(writer.finish()?.1)
+    let (mut sealer, header) = ChunkSealer::start(kms, key, context, chunk_size)?;
+    let cs = sealer.chunk_size;
+    pipeline(input, out, cs, cs + TAG_LEN, &header, |buf, last| {
+        sealer.seal(buf, last).map_err(Error::io("cannot seal"))
+    })?;
+    Ok(sealer.summary())
 }

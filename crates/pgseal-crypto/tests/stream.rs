@@ -284,3 +284,100 @@ proptest! {
         prop_assert!(unseal(&f.kms, &sealed).is_err());
     }
 }
+
+/// A reader that fails after `ok_bytes`.
+struct FailingReader {
+    data: Vec<u8>,
+    pos: usize,
+    ok_bytes: usize,
+}
+
+impl Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.ok_bytes {
+            return Err(std::io::Error::other("disk on fire"));
+        }
+        let n = buf
+            .len()
+            .min(self.ok_bytes - self.pos)
+            .min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_read_error_fails_the_seal_and_never_yields_a_stream_that_opens() {
+    let f = fixture();
+    let plain = data(10 * CS as usize);
+    for ok_bytes in [0, 1, CS as usize, 3 * CS as usize + 5] {
+        let mut input = FailingReader {
+            data: plain.clone(),
+            pos: 0,
+            ok_bytes,
+        };
+        let mut out = Vec::new();
+        let err = seal_from(&f.kms, "snap", ctx(), &mut input, &mut out, CS).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert!(
+            unseal(&f.kms, &out).is_err(),
+            "a partial stream from a failed read must not open (ok_bytes {ok_bytes})"
+        );
+    }
+}
+
+/// A writer that fails after `ok_bytes`.
+struct FailingWriter {
+    written: usize,
+    ok_bytes: usize,
+}
+
+impl std::io::Write for FailingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() > self.ok_bytes {
+            return Err(std::io::Error::other("volume full"));
+        }
+        self.written += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_write_error_stops_seal_and_unseal_with_its_cause() {
+    let f = fixture();
+    let plain = data(20 * CS as usize);
+    let mut out = FailingWriter {
+        written: 0,
+        ok_bytes: 5 * CS as usize,
+    };
+    let err = seal_from(&f.kms, "snap", ctx(), &mut &plain[..], &mut out, CS).unwrap_err();
+    assert!(err.to_string().contains("volume full"), "{err}");
+
+    let sealed = seal(&f.kms, &plain);
+    let mut out = FailingWriter {
+        written: 0,
+        ok_bytes: 5 * CS as usize,
+    };
+    let err = unseal_to(&f.kms, &sealed[..], &mut out).unwrap_err();
+    assert!(err.to_string().contains("volume full"), "{err}");
+}
+
+#[test]
+fn copy_to_after_a_partial_read_returns_the_rest_exactly() {
+    let f = fixture();
+    let plain = data(5 * CS as usize + 77);
+    let sealed = seal(&f.kms, &plain);
+    let mut reader = UnsealReader::open(&f.kms, &sealed[..]).unwrap();
+    let mut head = vec![0u8; CS as usize + 10];
+    reader.read_exact(&mut head).unwrap();
+    let mut rest = Vec::new();
+    let n = reader.copy_to(&mut rest).unwrap();
+    assert_eq!(n as usize, rest.len());
+    head.extend_from_slice(&rest);
+    assert_eq!(head, plain);
+}

@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgseal_crashsafe::PendingFile;
-use pgseal_crypto::stream::{SealWriter, UnsealReader};
-use pgseal_crypto::{EncryptionContext, Error as CryptoError};
+use pgseal_crypto::EncryptionContext;
+use pgseal_crypto::stream::{UnsealReader, seal_from};
 use serde::Serialize;
 
 use super::{Context, Outcome, print_json};
@@ -18,14 +18,14 @@ use crate::exit;
 /// Where output goes: a file that appears only when complete, or stdout.
 enum Output {
     File(PendingFile),
-    Stdout(io::StdoutLock<'static>),
+    Stdout(io::Stdout),
 }
 
 impl Output {
     /// Refuses an existing file (without --force) before anything is read or written.
     fn open(path: &Path, force: bool) -> anyhow::Result<Self> {
         if is_dash(path) {
-            return Ok(Output::Stdout(io::stdout().lock()));
+            return Ok(Output::Stdout(io::stdout()));
         }
         let pending = PendingFile::create(path, 0o600, force).map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => anyhow::anyhow!(
@@ -65,9 +65,9 @@ fn is_dash(path: &Path) -> bool {
 }
 
 /// The input and its size when known (for the progress bar).
-fn open_input(path: &Path) -> anyhow::Result<(Box<dyn Read>, Option<u64>)> {
+fn open_input(path: &Path) -> anyhow::Result<(Box<dyn Read + Send>, Option<u64>)> {
     if is_dash(path) {
-        return Ok((Box::new(io::stdin().lock()), None));
+        return Ok((Box::new(io::stdin()), None));
     }
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = file
@@ -117,16 +117,14 @@ pub fn seal(ctx: &Context, args: &SealArgs) -> Outcome {
     let (input, len) = open_input(&args.input)?;
     let mut output = Output::open(&args.output, args.force)?;
     let bar = progress(ctx, len, "sealing");
-    let mut writer = SealWriter::new(
+    let summary = seal_from(
         &kms,
         &args.key,
         context.clone(),
+        &mut bar.wrap_read(input),
         &mut output,
         args.chunk_size,
     )?;
-    io::copy(&mut bar.wrap_read(input), &mut writer)
-        .map_err(|e| CryptoError::from_io(e, "cannot seal the input"))?;
-    let (_, summary) = writer.finish()?;
     bar.finish_and_clear();
     output.finish()?;
     let report = SealReport {
@@ -166,12 +164,11 @@ pub fn unseal(ctx: &Context, args: &UnsealArgs) -> Outcome {
     let mut reader = UnsealReader::open(&kms, bar.wrap_read(input))?;
     let header = reader.header().clone();
     let mut output = Output::open(&args.output, args.force)?;
-    let copied = io::copy(&mut reader, &mut output);
+    let copied = reader.copy_to(&mut output);
     bar.finish_and_clear();
     let bytes = match copied {
         Ok(bytes) => bytes,
-        Err(e) => {
-            let error = CryptoError::from_io(e, "cannot unseal the input");
+        Err(error) => {
             if matches!(output, Output::Stdout(_)) {
                 return Err(anyhow::Error::new(error)
                     .context("unsealing stopped part-way: discard what was written to stdout"));
