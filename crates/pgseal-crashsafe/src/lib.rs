@@ -10,6 +10,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// A file that appears at its path only once complete: written to a temp file beside it,
 /// then [`commit`](Self::commit)ted (fsync, rename, fsync dir). Dropped without a commit,
 /// the temp file is removed and the path is untouched.
@@ -18,6 +21,7 @@ pub struct PendingFile {
     file: Option<File>,
     tmp: std::path::PathBuf,
     path: std::path::PathBuf,
+    overwrite: bool,
 }
 
 impl PendingFile {
@@ -30,33 +34,32 @@ impl PendingFile {
                 format!("{} already exists", path.display()),
             ));
         }
-        let dir = parent_dir(path)?;
-        let name = path
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".partial-{}", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        let (tmp, file) = create_temp_beside(path, mode)?;
         Ok(PendingFile {
             file: Some(file),
             tmp,
             path: path.to_path_buf(),
+            overwrite,
         })
     }
 
-    /// Makes the file durable and puts it at its path.
+    /// Makes the file durable and puts it at its path. Without `overwrite`, a file that
+    /// appeared at the path meanwhile is not replaced (`AlreadyExists`).
     pub fn commit(mut self) -> io::Result<()> {
-        let file = self.file.take().expect("committed once");
+        let file = self.file.as_ref().expect("committed once");
         file.sync_all()?;
-        drop(file);
-        fs::rename(&self.tmp, &self.path)?;
+        if self.overwrite {
+            fs::rename(&self.tmp, &self.path)?;
+        } else {
+            renameat2(
+                AT_FDCWD,
+                &self.tmp,
+                AT_FDCWD,
+                &self.path,
+                RenameFlags::RENAME_NOREPLACE,
+            )?;
+        }
+        self.file = None;
         sync_dir(parent_dir(&self.path)?)
     }
 }
@@ -82,32 +85,44 @@ impl Drop for PendingFile {
 /// Writes `bytes` to `path` atomically and durably, with permission bits `mode`
 /// (e.g. `0o600` for anything secret). The parent directory must exist.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = PendingFile::create(path, mode, true)?;
+    file.write_all(bytes)?;
+    file.commit()
+}
+
+/// Creates a new, empty temp file beside `path` (same directory, so a rename is atomic),
+/// named `.NAME.partial-PID-N`, with permission bits exactly `mode`.
+fn create_temp_beside(path: &Path, mode: u32) -> io::Result<(std::path::PathBuf, File)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = parent_dir(path)?;
-    let file_name = path
+    let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut file = OpenOptions::new()
+    loop {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(
+            ".partial-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = dir.join(tmp_name);
+        match OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
-            .open(&tmp)?;
-        // `mode` at creation is filtered by the umask; set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+            .open(&tmp)
+        {
+            Ok(file) => {
+                // `mode` at creation is filtered by the umask; set it exactly.
+                file.set_permissions(fs::Permissions::from_mode(mode))?;
+                return Ok((tmp, file));
+            }
+            // A stale temp file of a crashed process that had the same PID.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
     }
-    result
 }
 
 /// Creates `dir` (and its parents) with permission bits `mode` on the last component, and
@@ -174,6 +189,18 @@ mod tests {
 
         let err = PendingFile::create(&path, 0o600, false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+
+        // A file that appears while writing is not replaced either.
+        let late = dir.path().join("late.bin");
+        let mut pending = PendingFile::create(&late, 0o600, false).unwrap();
+        pending.write_all(b"mine").unwrap();
+        fs::write(&late, b"theirs").unwrap();
+        assert_eq!(
+            pending.commit().unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(fs::read(&late).unwrap(), b"theirs");
+        fs::remove_file(&late).unwrap();
 
         let mut dropped = PendingFile::create(&path, 0o600, true).unwrap();
         dropped.write_all(b"half").unwrap();
