@@ -3,5 +3,9 @@
 //!
 //! - [`doctor`]: what this machine has for the local platform, what it lacks, and the exact
 //!   command that fixes each gap.
+//! - [`volume`] and [`fscrypt`]: kernel-encrypted volumes (ext4 image, loop mount, fscrypt
+//!   v2 policy, AES-256-XTS).
 
 pub mod doctor;
+pub mod fscrypt;
+pub mod volume;
