@@ -1,18 +1,16 @@
 //! The throwaway cluster itself.
 
 use std::fs;
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use pgseal_exec::{ExternalCommand, RunAs};
+use pgseal_exec::RunAs;
+use pgseal_pg::server::{ServerControl, StopMode};
 use pgseal_pg::{ConnectError, PgInstall};
 use tempfile::TempDir;
 
 /// How many times a start is retried with a new port when the chosen one was taken.
 const PORT_ATTEMPTS: usize = 8;
-/// Seconds `pg_ctl` waits for the server to start or stop.
-const PG_CTL_WAIT_SECONDS: &str = "60";
 /// The superuser every test cluster has (trust authentication, loopback only).
 pub const SUPERUSER: &str = "postgres";
 
@@ -25,6 +23,9 @@ pub enum Error {
     /// An external program failed.
     #[error(transparent)]
     Exec(#[from] pgseal_exec::Error),
+    /// Controlling the server failed.
+    #[error(transparent)]
+    Server(#[from] pgseal_pg::server::ServerError),
     /// A file-system step failed.
     #[error("{what}: {source}")]
     Io {
@@ -84,31 +85,21 @@ impl ClusterBuilder {
             .chown(&socket_dir)
             .map_err(io_error("give the socket dir to the server user"))?;
 
-        ExternalCommand::new(install.program("initdb"))
-            .arg("-D")
-            .arg(&data_dir)
-            .args([
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-            ])
-            .args(["--no-sync", "--no-instructions"])
-            .run_as(run_as.clone())
-            .run()?;
+        let server = ServerControl {
+            install,
+            run_as,
+            log_path: root.path().join("server.log"),
+            data_dir,
+        };
+        server.initdb(SUPERUSER, "trust", "C")?;
 
         let mut cluster = TestCluster {
             root: Some(root),
-            data_dir,
             socket_dir,
-            log_path: PathBuf::new(),
             port: 0,
-            install,
-            run_as,
+            server,
             running: false,
         };
-        cluster.log_path = cluster.root_path().join("server.log");
         cluster.start_on_free_port(&self.settings)?;
         Ok(cluster)
     }
@@ -118,12 +109,9 @@ impl ClusterBuilder {
 #[derive(Debug)]
 pub struct TestCluster {
     root: Option<TempDir>,
-    data_dir: PathBuf,
     socket_dir: PathBuf,
-    log_path: PathBuf,
     port: u16,
-    install: PgInstall,
-    run_as: RunAs,
+    server: ServerControl,
     running: bool,
 }
 
@@ -147,26 +135,16 @@ impl TestCluster {
         Self::builder().start()
     }
 
-    fn root_path(&self) -> &Path {
-        self.root.as_ref().expect("root lives until drop").path()
-    }
-
     fn start_on_free_port(&mut self, settings: &[(String, String)]) -> Result<(), Error> {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             self.port = free_port().map_err(io_error("find a free port"))?;
             self.write_settings(settings)?;
-            let result = ExternalCommand::new(self.install.program("pg_ctl"))
-                .args(["start", "-w", "-t", PG_CTL_WAIT_SECONDS, "-D"])
-                .arg(&self.data_dir)
-                .arg("-l")
-                .arg(&self.log_path)
-                .run_as(self.run_as.clone())
-                .run();
+            let result = self.server.start();
             match result {
                 Ok(_) => {
                     self.running = true;
-                    tracing::debug!(port = self.port, data_dir = %self.data_dir.display(), "test cluster started");
+                    tracing::debug!(port = self.port, data_dir = %self.data_dir().display(), "test cluster started");
                     return Ok(());
                 }
                 Err(error) => {
@@ -191,9 +169,8 @@ impl TestCluster {
         Err(last_error.expect("at least one attempt was made"))
     }
 
-    /// Writes this cluster's own settings (port, socket, caller's) after `initdb`'s defaults.
+    /// Writes this cluster's own settings (port, socket) and the caller's.
     fn write_settings(&self, settings: &[(String, String)]) -> Result<(), Error> {
-        let mut text = String::from("# pgseal-testkit\n");
         let own = [
             ("port".to_string(), self.port.to_string()),
             ("listen_addresses".to_string(), "127.0.0.1".to_string()),
@@ -206,21 +183,8 @@ impl TestCluster {
                 "%m [%p] %q%u@%d ".to_string(),
             ),
         ];
-        for (name, value) in own.iter().chain(settings) {
-            text.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
-        }
-        let path = self.data_dir.join("postgresql.pgseal-test.conf");
-        fs::write(&path, text).map_err(io_error("write the cluster's settings"))?;
-        let conf = self.data_dir.join("postgresql.conf");
-        let current = fs::read_to_string(&conf).map_err(io_error("read postgresql.conf"))?;
-        if !current.contains("include_if_exists = 'postgresql.pgseal-test.conf'") {
-            let mut file = fs::OpenOptions::new()
-                .append(true)
-                .open(&conf)
-                .map_err(io_error("open postgresql.conf"))?;
-            writeln!(file, "include_if_exists = 'postgresql.pgseal-test.conf'")
-                .map_err(io_error("append to postgresql.conf"))?;
-        }
+        let all: Vec<(String, String)> = own.into_iter().chain(settings.iter().cloned()).collect();
+        self.server.write_settings(&all)?;
         Ok(())
     }
 
@@ -236,12 +200,12 @@ impl TestCluster {
 
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+        &self.server.data_dir
     }
 
     /// The installation the server runs from.
     pub fn install(&self) -> &PgInstall {
-        &self.install
+        &self.server.install
     }
 
     /// A connection URL for `dbname` as the superuser, over TCP loopback.
@@ -268,23 +232,17 @@ impl TestCluster {
 
     /// The server log so far.
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
+        fs::read_to_string(&self.server.log_path).unwrap_or_default()
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        let text = self.log_text();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.server.log_tail(lines)
     }
 
     /// Stops the server now (`Drop` does this too); its files stay until the value drops.
     pub fn stop(&mut self) -> Result<(), Error> {
         if self.running {
-            ExternalCommand::new(self.install.program("pg_ctl"))
-                .args(["stop", "-w", "-m", "fast", "-t", PG_CTL_WAIT_SECONDS, "-D"])
-                .arg(&self.data_dir)
-                .run_as(self.run_as.clone())
-                .run()?;
+            self.server.stop(StopMode::Fast)?;
             self.running = false;
         }
         Ok(())
@@ -294,7 +252,7 @@ impl TestCluster {
     fn keep_log(&self) {
         let dir = std::env::temp_dir().join("pgseal-test-logs");
         let kept = dir.join(format!("cluster-{}-{}.log", self.port, std::process::id()));
-        let copied = fs::create_dir_all(&dir).and_then(|_| fs::copy(&self.log_path, &kept));
+        let copied = fs::create_dir_all(&dir).and_then(|_| fs::copy(&self.server.log_path, &kept));
         match copied {
             Ok(_) => eprintln!(
                 "pgseal-testkit: test failed; server log of port {} kept at {}\n--- log tail ---\n{}",
@@ -314,20 +272,7 @@ impl Drop for TestCluster {
         }
         if self.running {
             // Immediate: nothing here is worth a shutdown checkpoint.
-            let stopped = ExternalCommand::new(self.install.program("pg_ctl"))
-                .args([
-                    "stop",
-                    "-w",
-                    "-m",
-                    "immediate",
-                    "-t",
-                    PG_CTL_WAIT_SECONDS,
-                    "-D",
-                ])
-                .arg(&self.data_dir)
-                .run_as(self.run_as.clone())
-                .run();
-            if let Err(e) = stopped {
+            if let Err(e) = self.server.stop(StopMode::Immediate) {
                 eprintln!(
                     "pgseal-testkit: could not stop the cluster on port {}: {e}",
                     self.port

@@ -1,0 +1,190 @@
+//! Controlling one PostgreSQL server: `initdb`, its settings file, `pg_ctl` start/stop.
+//! Used by the local platform's instances and by the test harness.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use pgseal_exec::{ExternalCommand, RunAs};
+
+use crate::PgInstall;
+
+/// Seconds `pg_ctl` waits for a start or stop.
+const PG_CTL_WAIT_SECONDS: &str = "120";
+/// The settings file pgseal owns, included from `postgresql.conf`.
+pub const SETTINGS_FILE: &str = "postgresql.pgseal.conf";
+
+/// Server control failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A program failed.
+    #[error(transparent)]
+    Exec(#[from] pgseal_exec::Error),
+    /// A settings file could not be written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setting's name is not a PostgreSQL parameter name.
+    #[error("'{0}' is not a valid parameter name")]
+    BadParameter(String),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+/// How to stop a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Disconnect sessions, checkpoint, stop (`-m fast`).
+    Fast,
+    /// Stop at once; crash recovery at the next start (`-m immediate`).
+    Immediate,
+}
+
+/// One server's data directory, log file, installation and OS user.
+#[derive(Debug, Clone)]
+pub struct ServerControl {
+    /// The installation that runs it.
+    pub install: PgInstall,
+    /// The OS user it runs as.
+    pub run_as: RunAs,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where `pg_ctl` sends its log.
+    pub log_path: PathBuf,
+}
+
+impl ServerControl {
+    fn pg_ctl(&self) -> ExternalCommand {
+        ExternalCommand::new(self.install.program("pg_ctl")).run_as(self.run_as.clone())
+    }
+
+    /// Runs `initdb` with superuser `superuser`: trust on the unix socket (whose directory
+    /// only the server's OS user and root can enter), `host_auth` for TCP.
+    pub fn initdb(
+        &self,
+        superuser: &str,
+        host_auth: &str,
+        locale: &str,
+    ) -> Result<(), ServerError> {
+        ExternalCommand::new(self.install.program("initdb"))
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-U", superuser, "--auth-local=trust"])
+            .arg(format!("--auth-host={host_auth}"))
+            .args(["--encoding=UTF8", "--no-instructions"])
+            .arg(format!("--locale={locale}"))
+            .run_as(self.run_as.clone())
+            .run()?;
+        Ok(())
+    }
+
+    /// Writes `settings` to [`SETTINGS_FILE`] in the data directory (replacing it) and makes
+    /// sure `postgresql.conf` includes it last, so these win over initdb's defaults.
+    pub fn write_settings(&self, settings: &[(String, String)]) -> Result<(), ServerError> {
+        let mut text =
+            String::from("# Written by pgseal; edit with `pgseal instance set-param`.\n");
+        for (name, value) in settings {
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if !valid {
+                return Err(ServerError::BadParameter(name.clone()));
+            }
+            text.push_str(&format!(
+                "{name} = '{}'\n",
+                value.replace('\\', "\\\\").replace('\'', "''")
+            ));
+        }
+        let path = self.data_dir.join(SETTINGS_FILE);
+        fs::write(&path, text).map_err(io_error(format!("cannot write {}", path.display())))?;
+        let (uid, gid) = self.run_as.ids();
+        nix::unistd::chown(&path, Some(uid.into()), Some(gid.into())).map_err(|e| {
+            io_error(format!("cannot give {} to the server user", path.display()))(e.into())
+        })?;
+        let conf = self.data_dir.join("postgresql.conf");
+        let include = format!("include_if_exists = '{SETTINGS_FILE}'");
+        let current = fs::read_to_string(&conf).map_err(io_error("cannot read postgresql.conf"))?;
+        if !current.lines().any(|l| l.trim() == include) {
+            let mut file = fs::OpenOptions::new()
+                .append(true)
+                .open(&conf)
+                .map_err(io_error("cannot open postgresql.conf"))?;
+            writeln!(file, "{include}").map_err(io_error("cannot append to postgresql.conf"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&self) -> Result<(), ServerError> {
+        self.pg_ctl()
+            .args(["start", "-w", "-t", PG_CTL_WAIT_SECONDS, "-D"])
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&self.log_path)
+            .run()?;
+        Ok(())
+    }
+
+    /// Stops the server and waits until it is down. A server that is not running is fine.
+    pub fn stop(&self, mode: StopMode) -> Result<(), ServerError> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        let mode = match mode {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        };
+        self.pg_ctl()
+            .args(["stop", "-w", "-t", PG_CTL_WAIT_SECONDS, "-m", mode, "-D"])
+            .arg(&self.data_dir)
+            .run()?;
+        Ok(())
+    }
+
+    /// Makes the server re-read its settings files.
+    pub fn reload(&self) -> Result<(), ServerError> {
+        self.pg_ctl()
+            .args(["reload", "-D"])
+            .arg(&self.data_dir)
+            .run()?;
+        Ok(())
+    }
+
+    /// True while a server runs on the data directory (`pg_ctl status` exits 0).
+    pub fn is_running(&self) -> bool {
+        self.data_dir.join("postmaster.pid").exists()
+            && self
+                .pg_ctl()
+                .args(["status", "-D"])
+                .arg(&self.data_dir)
+                .output()
+                .is_ok_and(|o| o.status.success())
+    }
+
+    /// The last `lines` lines of the server log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// Creates `dir` (if missing) owned by `run_as` with mode 0700, as PostgreSQL requires of
+/// its data directory.
+pub fn create_owned_dir(dir: &Path, run_as: &RunAs) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !dir.exists() {
+        fs::create_dir(dir)?;
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    run_as.chown(dir)
+}
