@@ -43,7 +43,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Where pgseal keeps instances, snapshots, keys and journals
-    /// [default: $XDG_DATA_HOME/pgseal, or ~/.local/share/pgseal]
+    /// [default: /var/lib/pgseal as root; else $XDG_DATA_HOME/pgseal or ~/.local/share/pgseal]
     #[arg(long, global = true, env = "PGSEAL_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
 
@@ -87,6 +87,14 @@ listed as warnings).")]
         action: KeyCommand,
     },
 
+    /// Manage local PostgreSQL instances (plain or on encrypted storage), like RDS instances
+    #[command(long_about = INSTANCE_ABOUT)]
+    Instance {
+        /// What to do.
+        #[command(subcommand)]
+        action: InstanceCommand,
+    },
+
     /// Encrypt a file or stream into the sealed-stream format under a KMS key
     #[command(long_about = "\
 Encrypt IN into OUT in pgseal's sealed-stream format (docs/sealed-stream.md): AES-256-GCM in
@@ -124,6 +132,116 @@ The managed key `pgseal/default` is created when first used, like `aws/rds`.
 
 Keys are named by id or alias (`orders`, or `alias/orders`). Every operation is recorded in
 PGSEAL_HOME/kms/audit.log, never with key material.";
+
+const INSTANCE_ABOUT: &str = "\
+Manage PostgreSQL servers pgseal runs on this machine, as RDS runs DB instances. Each has
+a name, a loopback port, allocated storage, parameters, and a log, under
+PGSEAL_HOME/instances/NAME. Servers run as the OS user `postgres` when pgseal runs as root.
+
+An encrypted instance (--encrypted) keeps its whole data directory (tables, WAL, logs) on a
+volume encrypted by the kernel: an ext4 image of the allocated size, loop-mounted, under an
+fscrypt v2 policy (AES-256-XTS contents, AES-256-CTS names). Its 64-byte volume key is a data
+key from the KMS bound to the instance's name; only the wrapped form is stored. The key is
+given to the kernel when the instance starts and taken back, and the volume unmounted, when
+it stops. As with RDS, an instance's key never changes: a new key means a migration.
+
+Connect over the unix socket (trust, for root and `postgres` only), or over TCP as user
+postgres with the master password (--master-password-file or PGSEAL_MASTER_PASSWORD).
+
+Examples:
+  pgseal instance create orders --param wal_level=logical
+  pgseal instance create orders-enc --encrypted --key alias/orders --storage 20GiB
+  pgseal instance set-param orders max_wal_senders=20 --apply
+  psql \"$(pgseal instance url orders --socket)\"";
+
+/// `pgseal instance ...`
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Create and start an instance
+    Create {
+        /// Instance name: lowercase letters, digits and '-', starting with a letter
+        name: String,
+        /// Keep the data on a kernel-encrypted volume
+        #[arg(long)]
+        encrypted: bool,
+        /// KMS key for the volume (id or alias); implies --encrypted
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// TCP port on 127.0.0.1 [default: the first free from 5433]
+        #[arg(long)]
+        port: Option<u16>,
+        /// Allocated storage, e.g. 10GiB or 512MiB (the encrypted volume's size)
+        #[arg(long, default_value = "10GiB", value_parser = parse_storage)]
+        storage: u64,
+        /// Server parameter NAME=VALUE (repeatable)
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// File whose first line is the master user's password (else PGSEAL_MASTER_PASSWORD;
+        /// without either, only unix-socket logins work)
+        #[arg(long, value_name = "FILE")]
+        master_password_file: Option<PathBuf>,
+    },
+    /// List instances with their status
+    List,
+    /// Show one instance: status, port, encryption, key, storage, parameters, paths
+    Describe {
+        /// Instance name
+        name: String,
+    },
+    /// Start an instance (an encrypted one is reopened through the KMS)
+    Start {
+        /// Instance name
+        name: String,
+    },
+    /// Stop an instance (an encrypted one's key leaves the kernel; only ciphertext remains)
+    Stop {
+        /// Instance name
+        name: String,
+    },
+    /// Restart an instance's server
+    Reboot {
+        /// Instance name
+        name: String,
+    },
+    /// Delete an instance and all its data
+    Delete {
+        /// Instance name
+        name: String,
+        /// Confirm: all of the instance's data is deleted for good
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Set server parameters; says which need a restart, and restarts only with --apply
+    SetParam {
+        /// Instance name
+        name: String,
+        /// NAME=VALUE pairs
+        #[arg(required = true, value_name = "NAME=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// Restart now if a parameter needs it (wal_level, max_replication_slots, ...)
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Print a connection URL
+    Url {
+        /// Instance name
+        name: String,
+        /// The unix-socket URL (trust; root and postgres only) instead of TCP
+        #[arg(long)]
+        socket: bool,
+    },
+}
+
+fn parse_storage(text: &str) -> Result<u64, String> {
+    pgseal_local::instance::parse_size(text)
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("'{text}' is not NAME=VALUE")),
+    }
+}
 
 /// `pgseal key ...`
 #[derive(Debug, Subcommand)]

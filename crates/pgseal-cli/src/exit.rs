@@ -43,6 +43,12 @@ Exit codes:
 /// The exit code for a failed command: a library error's kind decides; anything else is 1.
 pub fn for_error(error: &anyhow::Error) -> u8 {
     use pgseal_crypto::ErrorKind;
+    let local = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<pgseal_local::instance::LocalError>());
+    if local.is_some_and(|e| e.is_precondition()) {
+        return PRECONDITION;
+    }
     let Some(crypto) = error
         .chain()
         .find_map(|e| e.downcast_ref::<pgseal_crypto::Error>())

@@ -1,5 +1,8 @@
-//! Where pgseal keeps its state: `--home`, else `PGSEAL_HOME`, else
-//! `$XDG_DATA_HOME/pgseal`, else `~/.local/share/pgseal`.
+//! Where pgseal keeps its state: `--home`, else `PGSEAL_HOME`, else (as root)
+//! `/var/lib/pgseal`, else `$XDG_DATA_HOME/pgseal`, else `~/.local/share/pgseal`.
+//!
+//! Root gets a system directory because the servers pgseal starts run as `postgres`, which
+//! cannot pass through root's home (`/root` is 0700).
 
 use std::path::PathBuf;
 

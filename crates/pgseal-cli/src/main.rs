@@ -48,6 +48,7 @@ fn run(cli: Cli) -> commands::Outcome {
     match cli.command {
         Command::Doctor => commands::doctor::run(&ctx),
         Command::Key { action } => commands::key::run(&ctx, &action),
+        Command::Instance { action } => commands::instance::run(&ctx, &action),
         Command::Seal(args) => commands::seal::seal(&ctx, &args),
         Command::Unseal(args) => commands::seal::unseal(&ctx, &args),
     }

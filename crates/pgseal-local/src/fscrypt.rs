@@ -31,6 +31,8 @@ const REMOVAL_FILES_BUSY: u32 = 0x1;
 const FS_IOC_ADD_ENCRYPTION_KEY: libc::c_ulong = 0xC050_6617;
 /// `_IOR('f', 19, struct fscrypt_policy_v1)`; takes a v2 policy too (the version byte says).
 const FS_IOC_SET_ENCRYPTION_POLICY: libc::c_ulong = 0x800C_6613;
+/// `_IOWR('f', 22, __u8[9])`: FS_IOC_GET_ENCRYPTION_POLICY_EX.
+const FS_IOC_GET_ENCRYPTION_POLICY_EX: libc::c_ulong = 0xC009_6616;
 /// `_IOWR('f', 24, struct fscrypt_remove_key_arg)`.
 const FS_IOC_REMOVE_ENCRYPTION_KEY: libc::c_ulong = 0xC040_6618;
 
@@ -129,6 +131,25 @@ pub fn set_policy(dir: &Path, id: KeyIdentifier) -> Result<(), FscryptError> {
     policy[3] = POLICY_FLAGS_PAD_32;
     policy[8..24].copy_from_slice(&id.0);
     ioctl(dir, "set policy", FS_IOC_SET_ENCRYPTION_POLICY, &mut policy)
+}
+
+/// The key identifier of the v2 policy on `dir` (readable whether or not the key is
+/// present in the kernel).
+pub fn policy_key_id(dir: &Path) -> Result<KeyIdentifier, FscryptError> {
+    // struct fscrypt_get_policy_ex_arg { __u64 policy_size; union { ...v2 (24 bytes) } }
+    let mut arg = [0u8; 8 + 24];
+    arg[0..8].copy_from_slice(&24u64.to_ne_bytes());
+    ioctl(dir, "get policy", FS_IOC_GET_ENCRYPTION_POLICY_EX, &mut arg)?;
+    if arg[8] != POLICY_V2 {
+        return Err(FscryptError::Ioctl {
+            operation: "get policy",
+            path: dir.display().to_string(),
+            source: std::io::Error::other(format!("policy version {} is not v2", arg[8])),
+        });
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&arg[16..32]);
+    Ok(KeyIdentifier(id))
 }
 
 /// What removing a key found.

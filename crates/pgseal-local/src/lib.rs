@@ -3,9 +3,12 @@
 //!
 //! - [`doctor`]: what this machine has for the local platform, what it lacks, and the exact
 //!   command that fixes each gap.
+//! - [`instance`]: PostgreSQL servers pgseal creates and runs, plain or on encrypted
+//!   volumes.
 //! - [`volume`] and [`fscrypt`]: kernel-encrypted volumes (ext4 image, loop mount, fscrypt
 //!   v2 policy, AES-256-XTS).
 
 pub mod doctor;
 pub mod fscrypt;
+pub mod instance;
 pub mod volume;

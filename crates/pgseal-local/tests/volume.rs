@@ -38,6 +38,10 @@ fn encrypted_files_are_ciphertext_in_the_image_and_unreadable_once_locked() {
     let id = vol.unlock(&key).unwrap();
     let secret_dir = vol.mount_point.join("data");
     vol.make_encrypted_dir(&secret_dir, id).unwrap();
+    assert_eq!(
+        pgseal_local::fscrypt::policy_key_id(&secret_dir).unwrap(),
+        id
+    );
     // One marker only inside the encrypted directory, one only in a control file outside it.
     let secret_marker = b"PGSEAL-SECRET-MARKER-7f3a9c";
     let control_marker = b"PGSEAL-CONTROL-MARKER-2b8e1d";

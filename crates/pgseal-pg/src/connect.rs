@@ -48,6 +48,21 @@ pub async fn connect(config: &Config) -> Result<Client, ConnectError> {
     Ok(client)
 }
 
+/// Sets `role`'s password from a SCRAM-SHA-256 verifier computed here, so the plaintext
+/// never reaches the server (nor its logs, whatever `log_statement` says).
+pub async fn set_scram_password(
+    client: &tokio_postgres::Client,
+    role: &str,
+    password: &[u8],
+) -> Result<(), tokio_postgres::Error> {
+    let verifier = postgres_protocol::password::scram_sha_256(password);
+    let role = role.replace('"', "\"\"");
+    // A verifier is base64 and '$'/':' only: no quote can occur in it.
+    client
+        .batch_execute(&format!("ALTER ROLE \"{role}\" PASSWORD '{verifier}'"))
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

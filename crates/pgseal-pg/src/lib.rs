@@ -9,5 +9,5 @@ pub mod connect;
 pub mod install;
 pub mod server;
 
-pub use connect::{ConnectError, connect, describe_target};
+pub use connect::{ConnectError, connect, describe_target, set_scram_password};
 pub use install::{DiscoverError, PgInstall, PgVersion};

@@ -2,6 +2,7 @@
 //! result as text or JSON. No logic of its own beyond that.
 
 pub mod doctor;
+pub mod instance;
 pub mod key;
 pub mod seal;
 

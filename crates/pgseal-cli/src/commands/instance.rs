@@ -1,0 +1,254 @@
+//! `pgseal instance ...`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, bail};
+use pgseal_crypto::Kms;
+use pgseal_local::instance::{InstanceInfo, InstanceSpec, LocalInstances};
+use zeroize::Zeroizing;
+
+use super::{Context, Outcome, print_json};
+use crate::cli::InstanceCommand;
+use crate::exit;
+
+/// The environment variable that may hold the master password.
+const MASTER_PASSWORD_ENV: &str = "PGSEAL_MASTER_PASSWORD";
+
+/// Runs one instance command.
+pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
+    let instances = LocalInstances::open(&ctx.home)?;
+    // The KMS is opened only where an encrypted instance needs it.
+    let kms_for = |name: &str| -> anyhow::Result<Option<pgseal_crypto::LocalKms>> {
+        match instances.record(name) {
+            Ok(r) if r.encryption.is_some() => Ok(Some(ctx.open_kms()?)),
+            _ => Ok(None),
+        }
+    };
+    match action {
+        InstanceCommand::Create {
+            name,
+            encrypted,
+            key,
+            port,
+            storage,
+            params,
+            master_password_file,
+        } => {
+            let encryption_key = match (encrypted, key) {
+                (_, Some(k)) => Some(k.clone()),
+                (true, None) => Some(pgseal_crypto::keystore::DEFAULT_KEY_ALIAS.to_string()),
+                (false, None) => None,
+            };
+            let master_password = match master_password_file {
+                Some(path) => {
+                    let text = Zeroizing::new(
+                        std::fs::read_to_string(path)
+                            .with_context(|| format!("cannot read {}", path.display()))?,
+                    );
+                    Some(Zeroizing::new(
+                        text.lines().next().unwrap_or("").to_string(),
+                    ))
+                }
+                None => std::env::var(MASTER_PASSWORD_ENV)
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                    .map(Zeroizing::new),
+            };
+            if master_password.as_ref().is_some_and(|p| p.is_empty()) {
+                bail!("the master password file is empty");
+            }
+            let kms = match encryption_key {
+                Some(_) => Some(ctx.open_kms()?),
+                None => None,
+            };
+            let spec = InstanceSpec {
+                name: name.clone(),
+                port: *port,
+                storage_bytes: *storage,
+                encryption_key,
+                params: params.iter().cloned().collect::<BTreeMap<_, _>>(),
+                master_password,
+            };
+            ctx.status(format!("creating instance {name}..."));
+            let info = instances.create(&spec, as_dyn(kms.as_ref()))?;
+            show(ctx, &info)
+        }
+        InstanceCommand::List => {
+            let list = instances.list()?;
+            if ctx.json {
+                print_json(&list)?;
+            } else {
+                print!("{}", render_list(&list));
+            }
+            Ok(exit::code(exit::OK))
+        }
+        InstanceCommand::Describe { name } => show(ctx, &instances.describe(name)?),
+        InstanceCommand::Start { name } => {
+            let kms = kms_for(name)?;
+            show(ctx, &instances.start(name, as_dyn(kms.as_ref()))?)
+        }
+        InstanceCommand::Stop { name } => show(ctx, &instances.stop(name)?),
+        InstanceCommand::Reboot { name } => {
+            let kms = kms_for(name)?;
+            show(ctx, &instances.reboot(name, as_dyn(kms.as_ref()))?)
+        }
+        InstanceCommand::Delete { name, yes } => {
+            instances.describe(name)?;
+            if !yes {
+                bail!(
+                    "deleting instance {name} removes all of its data for good; run again with --yes to confirm"
+                );
+            }
+            instances.delete(name)?;
+            ctx.status(format!("deleted instance {name}"));
+            Ok(exit::code(exit::OK))
+        }
+        InstanceCommand::SetParam {
+            name,
+            params,
+            apply,
+        } => {
+            let kms = if *apply { kms_for(name)? } else { None };
+            let params: BTreeMap<String, String> = params.iter().cloned().collect();
+            let change = instances.set_params(name, &params, *apply, as_dyn(kms.as_ref()))?;
+            if ctx.json {
+                print_json(&change)?;
+            } else {
+                if !change.applied.is_empty() {
+                    println!("in effect: {}", change.applied.join(", "));
+                }
+                if change.restarted {
+                    println!("instance {name} was restarted to apply them");
+                }
+                if !change.pending_restart.is_empty() {
+                    println!(
+                        "need a restart: {} (run `pgseal instance set-param {name} ... --apply` or `pgseal instance reboot {name}`)",
+                        change.pending_restart.join(", ")
+                    );
+                }
+            }
+            Ok(exit::code(exit::OK))
+        }
+        InstanceCommand::Url { name, socket } => {
+            let info = instances.describe(name)?;
+            let url = if *socket {
+                format!(
+                    "postgresql://postgres@/postgres?host={}&port={}",
+                    info.socket_dir.display(),
+                    info.port
+                )
+            } else {
+                info.url.clone()
+            };
+            if ctx.json {
+                print_json(&serde_json::json!({ "url": url }))?;
+            } else {
+                println!("{url}");
+            }
+            Ok(exit::code(exit::OK))
+        }
+    }
+}
+
+/// The KMS as the platform takes it.
+fn as_dyn(kms: Option<&pgseal_crypto::LocalKms>) -> Option<&dyn Kms> {
+    kms.map(|k| k as &dyn Kms)
+}
+
+fn show(ctx: &Context, info: &InstanceInfo) -> Outcome {
+    if ctx.json {
+        print_json(info)?;
+    } else {
+        print!("{}", render_one(info));
+    }
+    Ok(exit::code(exit::OK))
+}
+
+fn gib(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+fn render_one(i: &InstanceInfo) -> String {
+    let mut out = format!(
+        "name:        {}\nstatus:      {}\nengine:      PostgreSQL {}\nport:        {}\nurl:         {}\nsocket dir:  {}\nencrypted:   {}\n",
+        i.name,
+        i.status,
+        i.engine_version,
+        i.port,
+        i.url,
+        i.socket_dir.display(),
+        i.encrypted
+    );
+    if let (Some(id), Some(r)) = (&i.key_id, &i.key_ref) {
+        out.push_str(&format!(
+            "key id:      {id}\nkey:         {r}\nvolume:      {}\n",
+            i.volume_image
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ));
+    }
+    out.push_str(&format!(
+        "storage:     {}\ncreated:     {}\ndata dir:    {}\nlog:         {}\n",
+        gib(i.storage_bytes),
+        i.created,
+        i.data_dir.display(),
+        i.log_path.display()
+    ));
+    if let Some(s) = &i.source_snapshot {
+        out.push_str(&format!("from snapshot: {s}\n"));
+    }
+    if !i.params.is_empty() {
+        let p: Vec<String> = i.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("parameters:  {}\n", p.join(" ")));
+    }
+    if i.status == "incomplete" {
+        out.push_str(&format!("note:        creation did not finish; remove it with `pgseal instance delete {} --yes`\n", i.name));
+    }
+    out
+}
+
+fn render_list(list: &[InstanceInfo]) -> String {
+    if list.is_empty() {
+        return "No instances yet. Create one with `pgseal instance create NAME`.\n".to_string();
+    }
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "STATUS".into(),
+        "PORT".into(),
+        "ENCRYPTED".into(),
+        "KEY".into(),
+        "STORAGE".into(),
+    ]];
+    for i in list {
+        rows.push([
+            i.name.clone(),
+            i.status.to_string(),
+            i.port.to_string(),
+            if i.encrypted {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+            i.key_ref.clone().unwrap_or_else(|| "-".into()),
+            gib(i.storage_bytes),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            format!("{}\n", cells.join("  ").trim_end())
+        })
+        .collect()
+}

@@ -1,0 +1,135 @@
+//! `pgseal instance` as a user runs it, on real servers.
+
+use std::process::{Command, Output};
+
+struct Home(tempfile::TempDir);
+
+impl Home {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_pgseal"))
+            .env("PGSEAL_HOME", self.0.path().join("home"))
+            .env("PGSEAL_PASSPHRASE", "cli instance test passphrase")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        for name in ["cli-plain", "cli-enc"] {
+            let _ = self.run(&["instance", "delete", name, "--yes"]);
+        }
+    }
+}
+
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string()
+}
+
+#[test]
+fn instance_commands_create_describe_stop_start_and_delete() {
+    let h = Home(tempfile::tempdir().unwrap());
+    let port = free_port();
+    let created = h.json(&[
+        "instance",
+        "create",
+        "cli-plain",
+        "--port",
+        &port,
+        "--storage",
+        "512MiB",
+        "--param",
+        "wal_level=logical",
+        "--json",
+    ]);
+    assert_eq!(created["status"], "available");
+    assert_eq!(created["params"]["wal_level"], "logical");
+    assert_eq!(created["encrypted"], false);
+
+    let enc = h.json(&[
+        "instance",
+        "create",
+        "cli-enc",
+        "--encrypted",
+        "--port",
+        &free_port(),
+        "--storage",
+        "256MiB",
+        "--json",
+    ]);
+    assert_eq!(enc["encrypted"], true);
+    let default_key = h.json(&["key", "describe", "pgseal/default", "--json"]);
+    assert_eq!(
+        enc["key_id"], default_key["key_id"],
+        "--encrypted without --key uses the managed default key"
+    );
+
+    let list = h.json(&["instance", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    assert_eq!(
+        h.json(&["instance", "stop", "cli-enc", "--json"])["status"],
+        "stopped"
+    );
+    assert_eq!(
+        h.json(&["instance", "start", "cli-enc", "--json"])["status"],
+        "available"
+    );
+
+    let change = h.json(&[
+        "instance",
+        "set-param",
+        "cli-plain",
+        "max_wal_senders=13",
+        "--json",
+    ]);
+    assert_eq!(change["pending_restart"][0], "max_wal_senders");
+    let url = h.json(&["instance", "url", "cli-plain", "--json"]);
+    assert_eq!(
+        url["url"],
+        format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    );
+
+    // Precondition failures exit 3 and make nothing.
+    let out = h.run(&["instance", "create", "cli-plain", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = h.run(&["instance", "create", "Bad_Name"]);
+    assert_eq!(out.status.code(), Some(3));
+
+    let out = h.run(&["instance", "delete", "cli-plain"]);
+    assert!(!out.status.success(), "delete asks for --yes");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert!(
+        h.run(&["instance", "delete", "cli-plain", "--yes"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        h.json(&["instance", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

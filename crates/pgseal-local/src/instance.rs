@@ -1,0 +1,920 @@
+//! Local instances: PostgreSQL servers pgseal creates and runs, as RDS runs DB instances.
+//!
+//! Layout under `PGSEAL_HOME/instances/NAME/` (directories 0711 so the server's OS user
+//! can pass through, files pgseal owns 0600):
+//! - `instance.json`: the record (port, storage, parameters, encryption key id and wrapped
+//!   volume key, creation time, source snapshot), written crash-safely;
+//! - `socket/`: the server's unix socket (0700, server user only);
+//! - plain instances: `data/` and `log/`;
+//! - encrypted instances: `volume.img` (ext4, the ciphertext at rest) mounted at `mnt/`,
+//!   where `mnt/pgseal/` is under an fscrypt v2 policy and holds `data/` and `log/`: tables,
+//!   WAL and logs are all encrypted. The volume key is a 64-byte KMS data key bound to the
+//!   instance's name; only its wrapped form is stored. It is added to the kernel when the
+//!   instance starts and removed, and the volume unmounted, when it stops.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use pgseal_crypto::{DataKeySpec, EncryptionContext, Kms, WrappedKey};
+use pgseal_exec::{ExternalCommand, RunAs};
+use pgseal_pg::PgInstall;
+use pgseal_pg::server::{ServerControl, ServerError, StopMode, create_owned_dir};
+use serde::{Deserialize, Serialize};
+
+use crate::fscrypt::KeyIdentifier;
+use crate::volume::{Volume, VolumeError};
+
+/// The superuser every instance has (the RDS "master user").
+pub const MASTER_USER: &str = "postgres";
+/// Default allocated storage: 10 GiB (a sparse image: only what is used takes disk).
+pub const DEFAULT_STORAGE_BYTES: u64 = 10 << 30;
+/// Smallest allocated storage: room for initdb, WAL segments and a checkpoint.
+pub const MIN_STORAGE_BYTES: u64 = 256 << 20;
+/// The first port tried when none is given.
+pub const FIRST_AUTO_PORT: u16 = 5433;
+/// The encryption-context key that binds a volume key to its instance.
+pub const CONTEXT_INSTANCE: &str = "pgseal:instance";
+const RECORD_FILE: &str = "instance.json";
+
+/// Local platform failures. [`LocalError::is_precondition`] tells the ones where nothing
+/// was changed and the user can fix the input and run again.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The name is not a valid instance name.
+    #[error(
+        "'{0}' is not a valid instance name: use 1-63 lowercase letters, digits and '-', starting with a letter"
+    )]
+    BadName(String),
+    /// An instance of that name exists.
+    #[error("instance '{0}' already exists (see `pgseal instance list`)")]
+    NameTaken(String),
+    /// No instance of that name.
+    #[error("no instance '{0}' (see `pgseal instance list`)")]
+    NotFound(String),
+    /// The port is taken.
+    #[error("port {port} is in use{by}; choose another with --port", by = by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default())]
+    PortInUse {
+        /// The port.
+        port: u16,
+        /// Which instance holds it, if one of ours.
+        by: Option<String>,
+    },
+    /// Encrypted volumes cannot be made here.
+    #[error(
+        "encrypted instances are not possible on this machine: {reason}; run `pgseal doctor` for the fix"
+    )]
+    EncryptionUnavailable {
+        /// What is missing.
+        reason: String,
+    },
+    /// A request that cannot be carried out as given.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The server's OS user cannot reach pgseal's home.
+    #[error(
+        "the server's OS user cannot enter {dir}: choose a home it can traverse (--home /var/lib/pgseal), or allow it (chmod o+x on each parent)"
+    )]
+    Unreachable {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// No usable PostgreSQL installation.
+    #[error(transparent)]
+    Install(#[from] pgseal_pg::DiscoverError),
+    /// A KMS operation failed.
+    #[error("KMS: {0}")]
+    Kms(#[from] pgseal_crypto::Error),
+    /// A volume operation failed.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// Controlling the server failed.
+    #[error("{0}\n--- server log tail ---\n{1}")]
+    Server(#[source] ServerError, String),
+    /// A program failed.
+    #[error(transparent)]
+    Exec(#[from] pgseal_exec::Error),
+    /// SQL on the instance failed.
+    #[error("SQL on instance '{instance}': {source}")]
+    Sql {
+        /// The instance.
+        instance: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A file-system step failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An instance record cannot be read.
+    #[error("instance record {path} is damaged: {reason}")]
+    RecordDamaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl LocalError {
+    /// True when nothing was changed and fixing the input (name, port, key, machine set-up)
+    /// and running again is the way on.
+    pub fn is_precondition(&self) -> bool {
+        matches!(
+            self,
+            LocalError::BadName(_)
+                | LocalError::NameTaken(_)
+                | LocalError::PortInUse { .. }
+                | LocalError::EncryptionUnavailable { .. }
+                | LocalError::InvalidInput(_)
+                | LocalError::Unreachable { .. }
+        )
+    }
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
+    let what = what.into();
+    move |source| LocalError::Io { what, source }
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// The instance's name.
+    pub name: String,
+    /// The TCP port; `None` picks a free one from [`FIRST_AUTO_PORT`].
+    pub port: Option<u16>,
+    /// Allocated storage in bytes (the encrypted volume's size).
+    pub storage_bytes: u64,
+    /// `Some(key)` for an encrypted instance under that KMS key id or alias.
+    pub encryption_key: Option<String>,
+    /// Server parameters.
+    pub params: BTreeMap<String, String>,
+    /// The master user's password, if TCP logins should work.
+    pub master_password: Option<zeroize::Zeroizing<String>>,
+}
+
+/// The encryption part of a record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionRecord {
+    /// The KMS key id.
+    pub key_id: String,
+    /// The key as the user named it at creation (alias or id).
+    pub key_ref: String,
+    /// The volume key wrapped by the KMS (base64).
+    pub wrapped_volume_key: String,
+}
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    /// Being created; a record left in this state after a crash is incomplete.
+    Creating,
+    /// Created.
+    Created,
+}
+
+/// An instance's record, `instance.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRecord {
+    /// The name.
+    pub name: String,
+    /// The TCP port (loopback).
+    pub port: u16,
+    /// When it was created (RFC 3339).
+    pub created: String,
+    /// The PostgreSQL version it was created with.
+    pub engine_version: String,
+    /// Allocated storage in bytes.
+    pub storage_bytes: u64,
+    /// Encryption, if encrypted.
+    pub encryption: Option<EncryptionRecord>,
+    /// Server parameters set through pgseal.
+    pub params: BTreeMap<String, String>,
+    /// The snapshot it was restored from, if any.
+    pub source_snapshot: Option<String>,
+    /// Creation state.
+    pub state: RecordState,
+}
+
+/// An instance as `describe` and `list` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceInfo {
+    /// The name.
+    pub name: String,
+    /// `available`, `stopped` or `incomplete` (a creation that did not finish: delete it).
+    pub status: &'static str,
+    /// The TCP port (loopback).
+    pub port: u16,
+    /// A URL for the master user over TCP (needs the master password).
+    pub url: String,
+    /// The unix socket directory (trust authentication for root and the server user).
+    pub socket_dir: PathBuf,
+    /// True for an encrypted instance.
+    pub encrypted: bool,
+    /// The KMS key id, if encrypted.
+    pub key_id: Option<String>,
+    /// The key as named at creation, if encrypted.
+    pub key_ref: Option<String>,
+    /// Allocated storage in bytes.
+    pub storage_bytes: u64,
+    /// The PostgreSQL version.
+    pub engine_version: String,
+    /// When it was created.
+    pub created: String,
+    /// Server parameters set through pgseal.
+    pub params: BTreeMap<String, String>,
+    /// The snapshot it was restored from.
+    pub source_snapshot: Option<String>,
+    /// The data directory (on the encrypted volume when encrypted).
+    pub data_dir: PathBuf,
+    /// The server log.
+    pub log_path: PathBuf,
+    /// The volume image (the ciphertext at rest), if encrypted.
+    pub volume_image: Option<PathBuf>,
+}
+
+/// What `set_params` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamChange {
+    /// Parameters now in effect (the server re-read its settings).
+    pub applied: Vec<String>,
+    /// Parameters that take effect only after a restart.
+    pub pending_restart: Vec<String>,
+    /// True when the instance was restarted to apply them.
+    pub restarted: bool,
+}
+
+/// Paths of one instance.
+struct Paths {
+    dir: PathBuf,
+    record: PathBuf,
+    socket: PathBuf,
+    /// The directory holding `data/` and `log/` (under the fscrypt policy when encrypted).
+    root: PathBuf,
+    volume: Option<Volume>,
+}
+
+impl Paths {
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    fn log_dir(&self) -> PathBuf {
+        self.root.join("log")
+    }
+    fn log(&self) -> PathBuf {
+        self.log_dir().join("postgresql.log")
+    }
+}
+
+/// The local platform's instances.
+#[derive(Debug, Clone)]
+pub struct LocalInstances {
+    home: PathBuf,
+    install: PgInstall,
+    run_as: RunAs,
+}
+
+/// Checks an instance name (RDS-style identifier).
+pub fn check_name(name: &str) -> Result<(), LocalError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LocalError::BadName(name.to_string()))
+    }
+}
+
+/// Parses a size such as `10GiB`, `512MiB`, `1TiB` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 10GiB, 512MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit (use MiB, GiB or TiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl LocalInstances {
+    /// The instances under `home`, run with the machine's PostgreSQL installation.
+    pub fn open(home: &Path) -> Result<Self, LocalError> {
+        Ok(LocalInstances {
+            home: home.to_path_buf(),
+            install: PgInstall::discover()?,
+            run_as: RunAs::server_user()?,
+        })
+    }
+
+    fn instances_dir(&self) -> PathBuf {
+        self.home.join("instances")
+    }
+
+    fn paths(&self, record: &InstanceRecord) -> Paths {
+        let dir = self.instances_dir().join(&record.name);
+        let volume = record
+            .encryption
+            .as_ref()
+            .map(|_| Volume::new(dir.join("volume.img"), dir.join("mnt")));
+        let root = match &volume {
+            Some(v) => v.mount_point.join("pgseal"),
+            None => dir.clone(),
+        };
+        Paths {
+            record: dir.join(RECORD_FILE),
+            socket: dir.join("socket"),
+            root,
+            volume,
+            dir,
+        }
+    }
+
+    fn server(&self, paths: &Paths) -> ServerControl {
+        ServerControl {
+            install: self.install.clone(),
+            run_as: self.run_as.clone(),
+            data_dir: paths.data(),
+            log_path: paths.log(),
+        }
+    }
+
+    fn server_error(&self, paths: &Paths, error: ServerError) -> LocalError {
+        LocalError::Server(error, self.server(paths).log_tail(15))
+    }
+
+    fn write_record(&self, record: &InstanceRecord) -> Result<(), LocalError> {
+        let path = self.instances_dir().join(&record.name).join(RECORD_FILE);
+        let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
+        pgseal_crashsafe::write_atomic(&path, &bytes, 0o600)
+            .map_err(io_error(format!("cannot write {}", path.display())))
+    }
+
+    /// Reads an instance's record.
+    pub fn record(&self, name: &str) -> Result<InstanceRecord, LocalError> {
+        check_name(name)?;
+        let path = self.instances_dir().join(name).join(RECORD_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LocalError::NotFound(name.to_string()));
+            }
+            Err(e) => return Err(io_error(format!("cannot read {}", path.display()))(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| LocalError::RecordDamaged {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    fn all_records(&self) -> Result<Vec<InstanceRecord>, LocalError> {
+        let dir = self.instances_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(format!("cannot list {}", dir.display()))(e)),
+        };
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if check_name(&name).is_ok() && entry.path().join(RECORD_FILE).exists() {
+                records.push(self.record(&name)?);
+            }
+        }
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(records)
+    }
+
+    fn info(&self, record: &InstanceRecord) -> InstanceInfo {
+        let paths = self.paths(record);
+        let status = match record.state {
+            RecordState::Creating => "incomplete",
+            RecordState::Created
+                if paths.volume.as_ref().is_none_or(Volume::is_mounted)
+                    && self.server(&paths).is_running() =>
+            {
+                "available"
+            }
+            RecordState::Created => "stopped",
+        };
+        InstanceInfo {
+            name: record.name.clone(),
+            status,
+            port: record.port,
+            url: format!(
+                "postgres://{MASTER_USER}@127.0.0.1:{}/postgres",
+                record.port
+            ),
+            socket_dir: paths.socket.clone(),
+            encrypted: record.encryption.is_some(),
+            key_id: record.encryption.as_ref().map(|e| e.key_id.clone()),
+            key_ref: record.encryption.as_ref().map(|e| e.key_ref.clone()),
+            storage_bytes: record.storage_bytes,
+            engine_version: record.engine_version.clone(),
+            created: record.created.clone(),
+            params: record.params.clone(),
+            source_snapshot: record.source_snapshot.clone(),
+            data_dir: paths.data(),
+            log_path: paths.log(),
+            volume_image: paths.volume.as_ref().map(|v| v.image.clone()),
+        }
+    }
+
+    /// Describes one instance.
+    pub fn describe(&self, name: &str) -> Result<InstanceInfo, LocalError> {
+        Ok(self.info(&self.record(name)?))
+    }
+
+    /// Every instance, by name.
+    pub fn list(&self) -> Result<Vec<InstanceInfo>, LocalError> {
+        Ok(self.all_records()?.iter().map(|r| self.info(r)).collect())
+    }
+
+    /// Picks the port: the one asked for if free, else the first free one from
+    /// [`FIRST_AUTO_PORT`] that no other instance has.
+    fn choose_port(&self, asked: Option<u16>) -> Result<u16, LocalError> {
+        let records = self.all_records()?;
+        let owner = |port: u16| {
+            records
+                .iter()
+                .find(|r| r.port == port)
+                .map(|r| r.name.clone())
+        };
+        match asked {
+            Some(port) if port < 1024 => Err(LocalError::InvalidInput(format!(
+                "port {port} is privileged: the server runs as an unprivileged user; choose 1024 or above"
+            ))),
+            Some(port) => match owner(port) {
+                Some(by) => Err(LocalError::PortInUse {
+                    port,
+                    by: Some(format!("instance '{by}'")),
+                }),
+                None if !port_free(port) => Err(LocalError::PortInUse { port, by: None }),
+                None => Ok(port),
+            },
+            None => (FIRST_AUTO_PORT..u16::MAX)
+                .find(|p| owner(*p).is_none() && port_free(*p))
+                .ok_or(LocalError::PortInUse {
+                    port: FIRST_AUTO_PORT,
+                    by: None,
+                }),
+        }
+    }
+
+    /// Checks what encrypted volumes need, before anything is made.
+    fn check_encryption_possible(&self) -> Result<(), LocalError> {
+        let unavailable = |reason: &str| {
+            Err(LocalError::EncryptionUnavailable {
+                reason: reason.to_string(),
+            })
+        };
+        if !nix::unistd::Uid::effective().is_root() {
+            return unavailable("pgseal is not running as root");
+        }
+        if !Path::new("/sys/fs/ext4/features/encryption").exists() {
+            return unavailable("the kernel's ext4 has no encryption support");
+        }
+        if !Path::new("/dev/loop-control").exists() && !Path::new("/dev/loop0").exists() {
+            return unavailable("there are no loop devices");
+        }
+        if pgseal_exec::find_program("mkfs.ext4").is_none() {
+            return unavailable("mkfs.ext4 is not on PATH");
+        }
+        Ok(())
+    }
+
+    /// Makes a directory that the server user may pass through (0711), durably.
+    fn make_passable_dir(dir: &Path) -> Result<(), LocalError> {
+        pgseal_crashsafe::create_dir_all_durable(dir, 0o711)
+            .map_err(io_error(format!("cannot create {}", dir.display())))
+    }
+
+    /// Proves the server's OS user can enter `dir` (every parent must be traversable).
+    fn check_reachable(&self, dir: &Path) -> Result<(), LocalError> {
+        let ok = ExternalCommand::new("test")
+            .arg("-x")
+            .arg(dir)
+            .run_as(self.run_as.clone())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            Ok(())
+        } else {
+            Err(LocalError::Unreachable {
+                dir: dir.to_path_buf(),
+            })
+        }
+    }
+
+    /// Creates and starts an instance. Every input is checked before anything is made; a
+    /// failure part-way removes what was made.
+    pub fn create(
+        &self,
+        spec: &InstanceSpec,
+        kms: Option<&dyn Kms>,
+    ) -> Result<InstanceInfo, LocalError> {
+        check_name(&spec.name)?;
+        if spec.storage_bytes < MIN_STORAGE_BYTES {
+            return Err(LocalError::InvalidInput(format!(
+                "--storage must be at least {} MiB",
+                MIN_STORAGE_BYTES >> 20
+            )));
+        }
+        let dir = self.instances_dir().join(&spec.name);
+        if dir.exists() {
+            return Err(LocalError::NameTaken(spec.name.clone()));
+        }
+        let port = self.choose_port(spec.port)?;
+        // Parameters pgseal manages itself cannot be set by hand.
+        for reserved in [
+            "port",
+            "listen_addresses",
+            "unix_socket_directories",
+            "data_directory",
+        ] {
+            if spec.params.contains_key(reserved) {
+                return Err(LocalError::InvalidInput(format!(
+                    "'{reserved}' is managed by pgseal; use --port for the port"
+                )));
+            }
+        }
+        let encryption = match &spec.encryption_key {
+            None => None,
+            Some(key) => {
+                self.check_encryption_possible()?;
+                let kms = kms.ok_or_else(|| {
+                    LocalError::InvalidInput("an encrypted instance needs the KMS".into())
+                })?;
+                // Resolve and test the key now: a disabled key fails before anything is made.
+                let meta = kms.describe_key(key)?;
+                let context = EncryptionContext::new().with(CONTEXT_INSTANCE, &spec.name);
+                let generated = kms.generate_data_key(key, DataKeySpec::Aes256Xts, &context)?;
+                Some((
+                    EncryptionRecord {
+                        key_id: meta.key_id.0,
+                        key_ref: key.clone(),
+                        wrapped_volume_key: B64.encode(generated.wrapped.as_bytes()),
+                    },
+                    generated.plaintext,
+                ))
+            }
+        };
+        Self::make_passable_dir(&self.home)?;
+        Self::make_passable_dir(&self.instances_dir())?;
+        self.check_reachable(&self.instances_dir())?;
+
+        let record = InstanceRecord {
+            name: spec.name.clone(),
+            port,
+            created: now_rfc3339(),
+            engine_version: self.install.version.to_string(),
+            storage_bytes: spec.storage_bytes,
+            encryption: encryption.as_ref().map(|(r, _)| r.clone()),
+            params: spec.params.clone(),
+            source_snapshot: None,
+            state: RecordState::Creating,
+        };
+        std::fs::create_dir(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        let made = (|| {
+            Self::make_passable_dir(&dir)?;
+            self.write_record(&record)?;
+            let paths = self.paths(&record);
+            if let (Some(volume), Some((_, key))) = (&paths.volume, &encryption) {
+                volume.create(spec.storage_bytes)?;
+                volume.mount()?;
+                let id = volume.unlock(key)?;
+                volume.make_encrypted_dir(&paths.root, id)?;
+                std::fs::set_permissions(
+                    &paths.root,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o711),
+                )
+                .map_err(io_error("cannot set the encrypted directory's mode"))?;
+            }
+            for owned in [paths.data(), paths.log_dir(), paths.socket.clone()] {
+                create_owned_dir(&owned, &self.run_as)
+                    .map_err(io_error(format!("cannot create {}", owned.display())))?;
+            }
+            let server = self.server(&paths);
+            server
+                .initdb(MASTER_USER, "scram-sha-256", "C.UTF-8")
+                .map_err(|e| self.server_error(&paths, e))?;
+            server
+                .write_settings(&self.settings(&record, &paths))
+                .map_err(|e| self.server_error(&paths, e))?;
+            server.start().map_err(|e| self.server_error(&paths, e))?;
+            if let Some(password) = &spec.master_password {
+                self.with_client(&record, |client| async move {
+                    pgseal_pg::set_scram_password(&client, MASTER_USER, password.as_bytes()).await
+                })?;
+            }
+            let mut done = record.clone();
+            done.state = RecordState::Created;
+            self.write_record(&done)?;
+            Ok(self.info(&done))
+        })();
+        match made {
+            Ok(info) => {
+                tracing::info!(instance = %spec.name, port, encrypted = info.encrypted, "instance created");
+                Ok(info)
+            }
+            Err(error) => {
+                // Undo: nothing half-made stays behind.
+                if let Err(cleanup) = self.remove_files(&record) {
+                    tracing::warn!(instance = %spec.name, %cleanup, "could not remove a failed instance's files");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The settings pgseal writes: its own, then the instance's parameters.
+    fn settings(&self, record: &InstanceRecord, paths: &Paths) -> Vec<(String, String)> {
+        let mut settings = vec![
+            ("port".to_string(), record.port.to_string()),
+            ("listen_addresses".to_string(), "127.0.0.1".to_string()),
+            (
+                "unix_socket_directories".to_string(),
+                paths.socket.display().to_string(),
+            ),
+            (
+                "log_line_prefix".to_string(),
+                "%m [%p] %q%u@%d ".to_string(),
+            ),
+        ];
+        settings.extend(record.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        settings
+    }
+
+    /// Runs `work` with a superuser connection over the instance's unix socket.
+    fn with_client<F, Fut, T>(&self, record: &InstanceRecord, work: F) -> Result<T, LocalError>
+    where
+        F: FnOnce(tokio_postgres::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let paths = self.paths(record);
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&paths.socket)
+            .port(record.port)
+            .user(MASTER_USER)
+            .dbname("postgres")
+            .application_name("pgseal");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io_error("cannot start an async runtime"))?;
+        let sql_error = |source| LocalError::Sql {
+            instance: record.name.clone(),
+            source,
+        };
+        runtime.block_on(async {
+            let client = pgseal_pg::connect(&config)
+                .await
+                .map_err(|e| sql_error(e.source))?;
+            work(client).await.map_err(sql_error)
+        })
+    }
+
+    /// Opens the volume (encrypted instances) and starts the server. Idempotent.
+    pub fn start(&self, name: &str, kms: Option<&dyn Kms>) -> Result<InstanceInfo, LocalError> {
+        let record = self.created_record(name)?;
+        let paths = self.paths(&record);
+        if let (Some(volume), Some(enc)) = (&paths.volume, &record.encryption) {
+            let kms = kms.ok_or_else(|| {
+                LocalError::InvalidInput("starting an encrypted instance needs the KMS".into())
+            })?;
+            let wrapped =
+                WrappedKey::from_bytes(B64.decode(&enc.wrapped_volume_key).map_err(|e| {
+                    LocalError::RecordDamaged {
+                        path: paths.record.clone(),
+                        reason: format!("wrapped volume key: {e}"),
+                    }
+                })?);
+            // Unwrap first: a disabled key fails before the volume is touched.
+            let key = kms.decrypt(
+                &wrapped,
+                &EncryptionContext::new().with(CONTEXT_INSTANCE, &record.name),
+            )?;
+            volume.mount()?;
+            volume.unlock(&key)?;
+        }
+        let server = self.server(&paths);
+        if !server.is_running() {
+            if !port_free(record.port) {
+                return Err(LocalError::PortInUse {
+                    port: record.port,
+                    by: None,
+                });
+            }
+            // Settings are rewritten so a changed socket path or port always holds.
+            server
+                .write_settings(&self.settings(&record, &paths))
+                .map_err(|e| self.server_error(&paths, e))?;
+            server.start().map_err(|e| self.server_error(&paths, e))?;
+        }
+        Ok(self.info(&record))
+    }
+
+    /// Stops the server, removes the volume key from the kernel and unmounts the volume
+    /// (encrypted instances), leaving only ciphertext. Idempotent.
+    pub fn stop(&self, name: &str) -> Result<InstanceInfo, LocalError> {
+        let record = self.created_record(name)?;
+        let paths = self.paths(&record);
+        self.stop_files(&record, &paths, StopMode::Fast)?;
+        Ok(self.info(&record))
+    }
+
+    fn stop_files(
+        &self,
+        record: &InstanceRecord,
+        paths: &Paths,
+        mode: StopMode,
+    ) -> Result<(), LocalError> {
+        if let Some(volume) = &paths.volume {
+            if !volume.is_mounted() {
+                return Ok(());
+            }
+            self.server(paths)
+                .stop(mode)
+                .map_err(|e| self.server_error(paths, e))?;
+            if let Some(id) = self.volume_key_id(record, paths)? {
+                let removal = volume.lock(id)?;
+                if removal.files_busy {
+                    tracing::warn!(instance = %record.name, "files still open while locking the volume");
+                }
+            }
+            volume.unmount()?;
+        } else {
+            self.server(paths)
+                .stop(mode)
+                .map_err(|e| self.server_error(paths, e))?;
+        }
+        Ok(())
+    }
+
+    /// The kernel identifier of the volume key, read from the encrypted directory's policy.
+    fn volume_key_id(
+        &self,
+        _record: &InstanceRecord,
+        paths: &Paths,
+    ) -> Result<Option<KeyIdentifier>, LocalError> {
+        if !paths.root.exists() {
+            return Ok(None);
+        }
+        Ok(Some(
+            crate::fscrypt::policy_key_id(&paths.root).map_err(VolumeError::from)?,
+        ))
+    }
+
+    /// Restarts the server (a reboot in RDS terms).
+    pub fn reboot(&self, name: &str, kms: Option<&dyn Kms>) -> Result<InstanceInfo, LocalError> {
+        let record = self.created_record(name)?;
+        let paths = self.paths(&record);
+        self.server(&paths)
+            .stop(StopMode::Fast)
+            .map_err(|e| self.server_error(&paths, e))?;
+        self.start(name, kms)
+    }
+
+    fn created_record(&self, name: &str) -> Result<InstanceRecord, LocalError> {
+        let record = self.record(name)?;
+        if record.state == RecordState::Creating {
+            return Err(LocalError::InvalidInput(format!(
+                "instance '{name}' was never fully created; remove it with `pgseal instance delete {name} --yes`"
+            )));
+        }
+        Ok(record)
+    }
+
+    /// Stops the instance and deletes all of its files (the volume image with them).
+    pub fn delete(&self, name: &str) -> Result<(), LocalError> {
+        let record = self.record(name)?;
+        self.remove_files(&record)?;
+        tracing::info!(instance = %name, "instance deleted");
+        Ok(())
+    }
+
+    fn remove_files(&self, record: &InstanceRecord) -> Result<(), LocalError> {
+        let paths = self.paths(record);
+        let _ = self.server(&paths).stop(StopMode::Immediate);
+        if let Some(volume) = &paths.volume {
+            volume.unmount()?;
+        }
+        match std::fs::remove_dir_all(&paths.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(format!("cannot remove {}", paths.dir.display()))(
+                e,
+            )),
+        }
+    }
+
+    /// Sets parameters. Those the server can take on reload take effect at once; those that
+    /// need a restart (such as `wal_level`) are reported, and applied by a restart only when
+    /// `apply_with_restart` is true.
+    pub fn set_params(
+        &self,
+        name: &str,
+        params: &BTreeMap<String, String>,
+        apply_with_restart: bool,
+        kms: Option<&dyn Kms>,
+    ) -> Result<ParamChange, LocalError> {
+        let mut record = self.created_record(name)?;
+        for reserved in [
+            "port",
+            "listen_addresses",
+            "unix_socket_directories",
+            "data_directory",
+        ] {
+            if params.contains_key(reserved) {
+                return Err(LocalError::InvalidInput(format!(
+                    "'{reserved}' is managed by pgseal"
+                )));
+            }
+        }
+        record.params.extend(params.clone());
+        let paths = self.paths(&record);
+        let server = self.server(&paths);
+        let running = paths.volume.as_ref().is_none_or(Volume::is_mounted) && server.is_running();
+        if !running {
+            self.write_record(&record)?;
+            return Ok(ParamChange {
+                applied: Vec::new(),
+                pending_restart: params.keys().cloned().collect(),
+                restarted: false,
+            });
+        }
+        server
+            .write_settings(&self.settings(&record, &paths))
+            .map_err(|e| self.server_error(&paths, e))?;
+        server.reload().map_err(|e| self.server_error(&paths, e))?;
+        self.write_record(&record)?;
+        let names: Vec<String> = params.keys().cloned().collect();
+        let pending: Vec<String> = self.with_client(&record, |client| async move {
+            // pg_reload_conf() is asynchronous; wait for the postmaster to have re-read.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let rows = client
+                .query(
+                    "SELECT name FROM pg_settings WHERE pending_restart AND name = ANY($1)",
+                    &[&names],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        })?;
+        let applied = params
+            .keys()
+            .filter(|k| !pending.contains(k))
+            .cloned()
+            .collect();
+        if apply_with_restart && !pending.is_empty() {
+            self.reboot(name, kms)?;
+            return Ok(ParamChange {
+                applied: params.keys().cloned().collect(),
+                pending_restart: Vec::new(),
+                restarted: true,
+            });
+        }
+        Ok(ParamChange {
+            applied,
+            pending_restart: pending,
+            restarted: false,
+        })
+    }
+}
