@@ -95,6 +95,14 @@ listed as warnings).")]
         action: InstanceCommand,
     },
 
+    /// Take, copy, restore and manage snapshots (physical base backups, plain or sealed)
+    #[command(long_about = SNAPSHOT_ABOUT)]
+    Snapshot {
+        /// What to do.
+        #[command(subcommand)]
+        action: SnapshotCommand,
+    },
+
     /// Encrypt a file or stream into the sealed-stream format under a KMS key
     #[command(long_about = "\
 Encrypt IN into OUT in pgseal's sealed-stream format (docs/sealed-stream.md): AES-256-GCM in
@@ -153,6 +161,92 @@ Examples:
   pgseal instance create orders-enc --encrypted --key alias/orders --storage 20GiB
   pgseal instance set-param orders max_wal_senders=20 --apply
   psql \"$(pgseal instance url orders --socket)\"";
+
+const SNAPSHOT_ABOUT: &str = "\
+Snapshots are online physical base backups (pg_basebackup, no downtime) of a local
+instance or of any PostgreSQL reachable by URL, stored under PGSEAL_HOME/snapshots/NAME.
+With --key, a snapshot is sealed while it streams (docs/sealed-stream.md), so no plaintext
+copy of the database ever lands on disk.
+
+The rules RDS enforces hold here too:
+  - a snapshot of an encrypted instance is encrypted under that instance's key;
+  - a plain snapshot restores to a plain instance, an encrypted one to an instance
+    encrypted under the snapshot's key: to reach encrypted storage from a plain snapshot,
+    make an encrypted copy first (`snapshot copy --key`);
+  - an instance's key never changes; copying a snapshot under another key is the way to
+    move data to a new key.
+
+A restore records the copy's handoff LSN (where its WAL ends), shown by `instance describe`.
+
+Examples:
+  pgseal snapshot create orders --name orders-0101 --key alias/orders
+  pgseal snapshot create --source-url postgres://app@db.internal/app --name ext-0101
+  pgseal snapshot copy ext-0101 --name ext-0101-enc --key alias/orders
+  pgseal snapshot restore ext-0101-enc --instance orders-enc --storage 50GiB";
+
+/// `pgseal snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot of an instance (or of --source-url), sealed with --key
+    Create {
+        /// The instance to snapshot (or give --source-url)
+        #[arg(required_unless_present = "source_url", conflicts_with = "source_url")]
+        instance: Option<String>,
+        /// Snapshot any PostgreSQL by URL; the password is passed to pg_basebackup through
+        /// its environment, never its command line
+        #[arg(long, value_name = "URL")]
+        source_url: Option<String>,
+        /// The snapshot's name
+        #[arg(long)]
+        name: String,
+        /// Seal the snapshot while it streams under this KMS key (id or alias)
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// Seal under the managed default key (same as --key pgseal/default)
+        #[arg(long, conflicts_with = "key")]
+        encrypt: bool,
+    },
+    /// Copy a snapshot, encrypting it (--key) or moving it to another key
+    Copy {
+        /// The snapshot to copy
+        source: String,
+        /// The copy's name
+        #[arg(long)]
+        name: String,
+        /// Seal the copy under this KMS key [default for an encrypted source: its key]
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// Seal under the managed default key (same as --key pgseal/default)
+        #[arg(long, conflicts_with = "key")]
+        encrypt: bool,
+    },
+    /// Restore a snapshot into a new instance (encrypted exactly when the snapshot is)
+    Restore {
+        /// The snapshot
+        snapshot: String,
+        /// The new instance's name
+        #[arg(long)]
+        instance: String,
+        /// TCP port on 127.0.0.1 [default: the first free from 5433]
+        #[arg(long)]
+        port: Option<u16>,
+        /// Allocated storage [default: 10GiB, or more if the snapshot needs it]
+        #[arg(long, value_parser = parse_storage)]
+        storage: Option<u64>,
+    },
+    /// List snapshots
+    List,
+    /// Show one snapshot
+    Describe {
+        /// The snapshot
+        name: String,
+    },
+    /// Delete a snapshot
+    Delete {
+        /// The snapshot
+        name: String,
+    },
+}
 
 /// `pgseal instance ...`
 #[derive(Debug, Subcommand)]

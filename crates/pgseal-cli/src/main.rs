@@ -49,6 +49,7 @@ fn run(cli: Cli) -> commands::Outcome {
         Command::Doctor => commands::doctor::run(&ctx),
         Command::Key { action } => commands::key::run(&ctx, &action),
         Command::Instance { action } => commands::instance::run(&ctx, &action),
+        Command::Snapshot { action } => commands::snapshot::run(&ctx, &action),
         Command::Seal(args) => commands::seal::seal(&ctx, &args),
         Command::Unseal(args) => commands::seal::unseal(&ctx, &args),
     }

@@ -259,6 +259,104 @@ impl ExternalCommand {
     }
 }
 
+/// Which of a spawned program's standard streams the caller gets to stream through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipe {
+    /// The caller writes the program's stdin.
+    Stdin,
+    /// The caller reads the program's stdout.
+    Stdout,
+}
+
+/// A program started with [`ExternalCommand::spawn`]: the caller streams through its
+/// stdin or stdout while its stderr is collected on a thread; [`finish`](Self::finish)
+/// waits for it and turns a failure into [`Error::Command`].
+#[derive(Debug)]
+pub struct RunningCommand {
+    program: String,
+    child: std::process::Child,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl RunningCommand {
+    /// The program's stdin, when spawned with [`Pipe::Stdin`] (once).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// The program's stdout, when spawned with [`Pipe::Stdout`] (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// Waits for the program; a non-zero exit is [`Error::Command`] with its stderr.
+    /// Close or drop the stdin you took first, or a program reading it never ends.
+    pub fn finish(mut self) -> Result<CommandOutput> {
+        let status = self.child.wait().map_err(|source| Error::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let output = Output {
+            status,
+            stdout: Vec::new(),
+            stderr,
+        };
+        if status.success() {
+            Ok(CommandOutput {
+                stdout: Vec::new(),
+                stderr: output.stderr,
+            })
+        } else {
+            Err(Error::Command {
+                program: self.program,
+                status,
+                stderr: failure_text(&output),
+            })
+        }
+    }
+
+    /// Stops the program at once (SIGKILL) and reaps it; for cleaning up after a failure
+    /// on the caller's side.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ExternalCommand {
+    /// Starts the program with `pipe` connected to the caller, the other standard stream
+    /// discarded, and stderr collected.
+    pub fn spawn(&self, pipe: Pipe) -> Result<RunningCommand> {
+        tracing::debug!(command = %self.display_command_line(), run_as = ?self.run_as, ?pipe, "starting external program");
+        let mut cmd = self.to_std_command();
+        match pipe {
+            Pipe::Stdin => cmd.stdin(Stdio::piped()).stdout(Stdio::null()),
+            Pipe::Stdout => cmd.stdin(Stdio::null()).stdout(Stdio::piped()),
+        };
+        cmd.stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: self.program_name(),
+            source,
+        })?;
+        let mut stderr_pipe = child.stderr.take().expect("stderr was piped");
+        let stderr = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stderr_pipe, &mut buf);
+            buf
+        });
+        Ok(RunningCommand {
+            program: self.program_name(),
+            child,
+            stderr: Some(stderr),
+        })
+    }
+}
+
 /// The end of stderr (or of stdout when stderr is empty), trimmed, for an error message.
 fn failure_text(output: &Output) -> String {
     let raw = if output.stderr.iter().all(u8::is_ascii_whitespace) {
@@ -332,6 +430,32 @@ mod tests {
             .run()
             .unwrap();
         assert_eq!(out.stdout, b"abc");
+    }
+
+    #[test]
+    fn spawned_programs_stream_and_report_failures() {
+        let mut running = ExternalCommand::new("sh")
+            .args(["-c", "echo streamed; echo warn >&2"])
+            .spawn(Pipe::Stdout)
+            .unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut running.take_stdout().unwrap(), &mut out).unwrap();
+        assert_eq!(out, "streamed\n");
+        assert_eq!(running.finish().unwrap().stderr_text(), "warn\n");
+
+        let mut running = ExternalCommand::new("sh")
+            .args(["-c", "n=$(wc -c); echo \"got $n\" >&2; exit 4"])
+            .spawn(Pipe::Stdin)
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = running.take_stdin().unwrap();
+            stdin.write_all(b"12345").unwrap();
+        }
+        let Error::Command { status, stderr, .. } = running.finish().unwrap_err() else {
+            panic!("expected a command error")
+        };
+        assert_eq!((status.code(), stderr.as_str()), (Some(4), "got 5"));
     }
 
     #[test]

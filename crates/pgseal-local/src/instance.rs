@@ -97,11 +97,14 @@ pub enum LocalError {
     /// A program failed.
     #[error(transparent)]
     Exec(#[from] pgseal_exec::Error),
-    /// SQL on the instance failed.
-    #[error("SQL on instance '{instance}': {source}")]
+    /// A server could not be reached.
+    #[error(transparent)]
+    Connect(#[from] pgseal_pg::ConnectError),
+    /// SQL failed.
+    #[error("SQL on {target}: {source}")]
     Sql {
-        /// The instance.
-        instance: String,
+        /// What it ran against (`instance 'orders'`, `the source of snapshot ...`).
+        target: String,
         /// The driver's error.
         #[source]
         source: tokio_postgres::Error,
@@ -205,6 +208,9 @@ pub struct InstanceRecord {
     pub params: BTreeMap<String, String>,
     /// The snapshot it was restored from, if any.
     pub source_snapshot: Option<String>,
+    /// What its first start after a restore showed (the handoff LSN among them).
+    #[serde(default)]
+    pub restore: Option<crate::snapshot::RestoreFacts>,
     /// Creation state.
     pub state: RecordState,
 }
@@ -238,6 +244,8 @@ pub struct InstanceInfo {
     pub params: BTreeMap<String, String>,
     /// The snapshot it was restored from.
     pub source_snapshot: Option<String>,
+    /// What the first start after a restore showed, with the handoff LSN.
+    pub restore: Option<crate::snapshot::RestoreFacts>,
     /// The data directory (on the encrypted volume when encrypted).
     pub data_dir: PathBuf,
     /// The server log.
@@ -258,7 +266,7 @@ pub struct ParamChange {
 }
 
 /// Paths of one instance.
-struct Paths {
+pub(crate) struct Paths {
     dir: PathBuf,
     record: PathBuf,
     socket: PathBuf,
@@ -268,7 +276,7 @@ struct Paths {
 }
 
 impl Paths {
-    fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.root.join("data")
     }
     fn log_dir(&self) -> PathBuf {
@@ -282,9 +290,9 @@ impl Paths {
 /// The local platform's instances.
 #[derive(Debug, Clone)]
 pub struct LocalInstances {
-    home: PathBuf,
-    install: PgInstall,
-    run_as: RunAs,
+    pub(crate) home: PathBuf,
+    pub(crate) install: PgInstall,
+    pub(crate) run_as: RunAs,
 }
 
 /// Checks an instance name (RDS-style identifier).
@@ -300,6 +308,29 @@ pub fn check_name(name: &str) -> Result<(), LocalError> {
     } else {
         Err(LocalError::BadName(name.to_string()))
     }
+}
+
+/// Parameters pgseal manages itself, which cannot be set by hand.
+const RESERVED_PARAMS: [&str; 4] = [
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "data_directory",
+];
+
+fn check_reserved(params: &BTreeMap<String, String>) -> Result<(), LocalError> {
+    match RESERVED_PARAMS.iter().find(|r| params.contains_key(**r)) {
+        Some(reserved) => Err(LocalError::InvalidInput(format!(
+            "'{reserved}' is managed by pgseal (the port is --port)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A checked, not yet made, instance: its record and (encrypted) its volume key.
+pub(crate) struct NewInstance {
+    pub(crate) record: InstanceRecord,
+    pub(crate) volume_key: Option<pgseal_crypto::DataKey>,
 }
 
 /// Parses a size such as `10GiB`, `512MiB`, `1TiB` or a plain number of bytes.
@@ -344,11 +375,11 @@ impl LocalInstances {
         })
     }
 
-    fn instances_dir(&self) -> PathBuf {
+    pub(crate) fn instances_dir(&self) -> PathBuf {
         self.home.join("instances")
     }
 
-    fn paths(&self, record: &InstanceRecord) -> Paths {
+    pub(crate) fn paths(&self, record: &InstanceRecord) -> Paths {
         let dir = self.instances_dir().join(&record.name);
         let volume = record
             .encryption
@@ -376,7 +407,7 @@ impl LocalInstances {
         }
     }
 
-    fn server_error(&self, paths: &Paths, error: ServerError) -> LocalError {
+    pub(crate) fn server_error(&self, paths: &Paths, error: ServerError) -> LocalError {
         LocalError::Server(error, self.server(paths).log_tail(15))
     }
 
@@ -422,7 +453,7 @@ impl LocalInstances {
         Ok(records)
     }
 
-    fn info(&self, record: &InstanceRecord) -> InstanceInfo {
+    pub(crate) fn info(&self, record: &InstanceRecord) -> InstanceInfo {
         let paths = self.paths(record);
         let status = match record.state {
             RecordState::Creating => "incomplete",
@@ -451,6 +482,7 @@ impl LocalInstances {
             created: record.created.clone(),
             params: record.params.clone(),
             source_snapshot: record.source_snapshot.clone(),
+            restore: record.restore.clone(),
             data_dir: paths.data(),
             log_path: paths.log(),
             volume_image: paths.volume.as_ref().map(|v| v.image.clone()),
@@ -521,7 +553,7 @@ impl LocalInstances {
     }
 
     /// Makes a directory that the server user may pass through (0711), durably.
-    fn make_passable_dir(dir: &Path) -> Result<(), LocalError> {
+    pub(crate) fn make_passable_dir(dir: &Path) -> Result<(), LocalError> {
         pgseal_crashsafe::create_dir_all_durable(dir, 0o711)
             .map_err(io_error(format!("cannot create {}", dir.display())))
     }
@@ -550,6 +582,32 @@ impl LocalInstances {
         spec: &InstanceSpec,
         kms: Option<&dyn Kms>,
     ) -> Result<InstanceInfo, LocalError> {
+        let plan = self.plan_new(spec, spec.encryption_key.as_deref(), kms)?;
+        let record = self.build(plan, |paths, server| {
+            server
+                .initdb(MASTER_USER, "scram-sha-256", "C.UTF-8")
+                .map_err(|e| self.server_error(paths, e))
+        })?;
+        if let Some(password) = &spec.master_password
+            && let Err(error) = self.with_client(&record, |client| async move {
+                pgseal_pg::set_scram_password(&client, MASTER_USER, password.as_bytes()).await
+            })
+        {
+            let _ = self.remove_files(&record);
+            return Err(error);
+        }
+        tracing::info!(instance = %record.name, port = record.port, encrypted = record.encryption.is_some(), "instance created");
+        Ok(self.info(&record))
+    }
+
+    /// Checks everything about a new instance and prepares its record and volume key;
+    /// nothing is made yet. `encryption_key` names the KMS key for an encrypted instance.
+    pub(crate) fn plan_new(
+        &self,
+        spec: &InstanceSpec,
+        encryption_key: Option<&str>,
+        kms: Option<&dyn Kms>,
+    ) -> Result<NewInstance, LocalError> {
         check_name(&spec.name)?;
         if spec.storage_bytes < MIN_STORAGE_BYTES {
             return Err(LocalError::InvalidInput(format!(
@@ -557,25 +615,12 @@ impl LocalInstances {
                 MIN_STORAGE_BYTES >> 20
             )));
         }
-        let dir = self.instances_dir().join(&spec.name);
-        if dir.exists() {
+        if self.instances_dir().join(&spec.name).exists() {
             return Err(LocalError::NameTaken(spec.name.clone()));
         }
         let port = self.choose_port(spec.port)?;
-        // Parameters pgseal manages itself cannot be set by hand.
-        for reserved in [
-            "port",
-            "listen_addresses",
-            "unix_socket_directories",
-            "data_directory",
-        ] {
-            if spec.params.contains_key(reserved) {
-                return Err(LocalError::InvalidInput(format!(
-                    "'{reserved}' is managed by pgseal; use --port for the port"
-                )));
-            }
-        }
-        let encryption = match &spec.encryption_key {
+        check_reserved(&spec.params)?;
+        let encryption = match encryption_key {
             None => None,
             Some(key) => {
                 self.check_encryption_possible()?;
@@ -589,35 +634,55 @@ impl LocalInstances {
                 Some((
                     EncryptionRecord {
                         key_id: meta.key_id.0,
-                        key_ref: key.clone(),
+                        key_ref: key.to_string(),
                         wrapped_volume_key: B64.encode(generated.wrapped.as_bytes()),
                     },
                     generated.plaintext,
                 ))
             }
         };
+        let (encryption, volume_key) = match encryption {
+            Some((record, key)) => (Some(record), Some(key)),
+            None => (None, None),
+        };
+        Ok(NewInstance {
+            record: InstanceRecord {
+                name: spec.name.clone(),
+                port,
+                created: now_rfc3339(),
+                engine_version: self.install.version.to_string(),
+                storage_bytes: spec.storage_bytes,
+                encryption,
+                params: spec.params.clone(),
+                source_snapshot: None,
+                restore: None,
+                state: RecordState::Creating,
+            },
+            volume_key,
+        })
+    }
+
+    /// Makes a planned instance: its directory and record (state `creating`), the encrypted
+    /// volume, the owned directories; then `populate` fills the data directory (initdb, or a
+    /// snapshot's files), and the server is configured and started. On failure everything
+    /// made is removed again.
+    pub(crate) fn build(
+        &self,
+        plan: NewInstance,
+        populate: impl FnOnce(&Paths, &ServerControl) -> Result<(), LocalError>,
+    ) -> Result<InstanceRecord, LocalError> {
+        let NewInstance { record, volume_key } = plan;
         Self::make_passable_dir(&self.home)?;
         Self::make_passable_dir(&self.instances_dir())?;
         self.check_reachable(&self.instances_dir())?;
-
-        let record = InstanceRecord {
-            name: spec.name.clone(),
-            port,
-            created: now_rfc3339(),
-            engine_version: self.install.version.to_string(),
-            storage_bytes: spec.storage_bytes,
-            encryption: encryption.as_ref().map(|(r, _)| r.clone()),
-            params: spec.params.clone(),
-            source_snapshot: None,
-            state: RecordState::Creating,
-        };
+        let dir = self.instances_dir().join(&record.name);
         std::fs::create_dir(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
         let made = (|| {
             Self::make_passable_dir(&dir)?;
             self.write_record(&record)?;
             let paths = self.paths(&record);
-            if let (Some(volume), Some((_, key))) = (&paths.volume, &encryption) {
-                volume.create(spec.storage_bytes)?;
+            if let (Some(volume), Some(key)) = (&paths.volume, &volume_key) {
+                volume.create(record.storage_bytes)?;
                 volume.mount()?;
                 let id = volume.unlock(key)?;
                 volume.make_encrypted_dir(&paths.root, id)?;
@@ -632,36 +697,27 @@ impl LocalInstances {
                     .map_err(io_error(format!("cannot create {}", owned.display())))?;
             }
             let server = self.server(&paths);
-            server
-                .initdb(MASTER_USER, "scram-sha-256", "C.UTF-8")
-                .map_err(|e| self.server_error(&paths, e))?;
+            populate(&paths, &server)?;
             server
                 .write_settings(&self.settings(&record, &paths))
                 .map_err(|e| self.server_error(&paths, e))?;
             server.start().map_err(|e| self.server_error(&paths, e))?;
-            if let Some(password) = &spec.master_password {
-                self.with_client(&record, |client| async move {
-                    pgseal_pg::set_scram_password(&client, MASTER_USER, password.as_bytes()).await
-                })?;
-            }
             let mut done = record.clone();
             done.state = RecordState::Created;
             self.write_record(&done)?;
-            Ok(self.info(&done))
+            Ok(done)
         })();
-        match made {
-            Ok(info) => {
-                tracing::info!(instance = %spec.name, port, encrypted = info.encrypted, "instance created");
-                Ok(info)
+        made.inspect_err(|_| {
+            // Undo: nothing half-made stays behind.
+            if let Err(cleanup) = self.remove_files(&record) {
+                tracing::warn!(instance = %record.name, %cleanup, "could not remove a failed instance's files");
             }
-            Err(error) => {
-                // Undo: nothing half-made stays behind.
-                if let Err(cleanup) = self.remove_files(&record) {
-                    tracing::warn!(instance = %spec.name, %cleanup, "could not remove a failed instance's files");
-                }
-                Err(error)
-            }
-        }
+        })
+    }
+
+    /// Saves a changed record (for modules that add facts to it).
+    pub(crate) fn save_record(&self, record: &InstanceRecord) -> Result<(), LocalError> {
+        self.write_record(record)
     }
 
     /// The settings pgseal writes: its own, then the instance's parameters.
@@ -683,7 +739,11 @@ impl LocalInstances {
     }
 
     /// Runs `work` with a superuser connection over the instance's unix socket.
-    fn with_client<F, Fut, T>(&self, record: &InstanceRecord, work: F) -> Result<T, LocalError>
+    pub(crate) fn with_client<F, Fut, T>(
+        &self,
+        record: &InstanceRecord,
+        work: F,
+    ) -> Result<T, LocalError>
     where
         F: FnOnce(tokio_postgres::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -701,13 +761,11 @@ impl LocalInstances {
             .build()
             .map_err(io_error("cannot start an async runtime"))?;
         let sql_error = |source| LocalError::Sql {
-            instance: record.name.clone(),
+            target: format!("instance '{}'", record.name),
             source,
         };
         runtime.block_on(async {
-            let client = pgseal_pg::connect(&config)
-                .await
-                .map_err(|e| sql_error(e.source))?;
+            let client = pgseal_pg::connect(&config).await?;
             work(client).await.map_err(sql_error)
         })
     }
@@ -813,7 +871,7 @@ impl LocalInstances {
         self.start(name, kms)
     }
 
-    fn created_record(&self, name: &str) -> Result<InstanceRecord, LocalError> {
+    pub(crate) fn created_record(&self, name: &str) -> Result<InstanceRecord, LocalError> {
         let record = self.record(name)?;
         if record.state == RecordState::Creating {
             return Err(LocalError::InvalidInput(format!(
@@ -831,7 +889,7 @@ impl LocalInstances {
         Ok(())
     }
 
-    fn remove_files(&self, record: &InstanceRecord) -> Result<(), LocalError> {
+    pub(crate) fn remove_files(&self, record: &InstanceRecord) -> Result<(), LocalError> {
         let paths = self.paths(record);
         let _ = self.server(&paths).stop(StopMode::Immediate);
         if let Some(volume) = &paths.volume {
@@ -857,18 +915,7 @@ impl LocalInstances {
         kms: Option<&dyn Kms>,
     ) -> Result<ParamChange, LocalError> {
         let mut record = self.created_record(name)?;
-        for reserved in [
-            "port",
-            "listen_addresses",
-            "unix_socket_directories",
-            "data_directory",
-        ] {
-            if params.contains_key(reserved) {
-                return Err(LocalError::InvalidInput(format!(
-                    "'{reserved}' is managed by pgseal"
-                )));
-            }
-        }
+        check_reserved(params)?;
         record.params.extend(params.clone());
         let paths = self.paths(&record);
         let server = self.server(&paths);

@@ -5,10 +5,13 @@
 //!   command that fixes each gap.
 //! - [`instance`]: PostgreSQL servers pgseal creates and runs, plain or on encrypted
 //!   volumes.
+//! - [`snapshot`]: base-backup snapshots (plain or sealed while streaming), copies,
+//!   restores with the handoff LSN.
 //! - [`volume`] and [`fscrypt`]: kernel-encrypted volumes (ext4 image, loop mount, fscrypt
 //!   v2 policy, AES-256-XTS).
 
 pub mod doctor;
 pub mod fscrypt;
 pub mod instance;
+pub mod snapshot;
 pub mod volume;

@@ -1,13 +1,16 @@
 //! PostgreSQL toolkit for pgseal.
 //!
 //! - [`install`]: where the PostgreSQL server programs are and which version they are.
+//! - [`lsn`]: WAL positions.
 //! - [`server`]: `initdb`, settings and `pg_ctl` for one server.
 //! - [`connect`]: opening a `tokio-postgres` connection with errors that name the server
 //!   (never the password).
 
 pub mod connect;
 pub mod install;
+pub mod lsn;
 pub mod server;
 
 pub use connect::{ConnectError, connect, describe_target, set_scram_password};
 pub use install::{DiscoverError, PgInstall, PgVersion};
+pub use lsn::Lsn;

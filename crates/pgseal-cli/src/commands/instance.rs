@@ -202,6 +202,16 @@ fn render_one(i: &InstanceInfo) -> String {
     if let Some(s) = &i.source_snapshot {
         out.push_str(&format!("from snapshot: {s}\n"));
     }
+    if let Some(f) = &i.restore {
+        out.push_str(&format!(
+            "handoff LSN: {} (backup end {}, redo done at {})\n",
+            f.handoff_lsn,
+            f.backup_end_lsn,
+            f.redo_done_at
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
     if !i.params.is_empty() {
         let p: Vec<String> = i.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         out.push_str(&format!("parameters:  {}\n", p.join(" ")));

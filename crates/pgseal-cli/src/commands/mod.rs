@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod instance;
 pub mod key;
 pub mod seal;
+pub mod snapshot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

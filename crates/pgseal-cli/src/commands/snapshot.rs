@@ -1,0 +1,246 @@
+//! `pgseal snapshot ...`.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pgseal_crypto::Kms;
+use pgseal_crypto::keystore::DEFAULT_KEY_ALIAS;
+use pgseal_local::instance::{DEFAULT_STORAGE_BYTES, InstanceSpec, LocalInstances};
+use pgseal_local::snapshot::{SnapshotFrom, SnapshotRecord, SnapshotSource};
+
+use super::{Context, Outcome, print_json};
+use crate::cli::SnapshotCommand;
+use crate::exit;
+
+/// Shows byte progress: a bar on a terminal, a log line every 5 seconds otherwise.
+struct Reporter {
+    bar: Option<ProgressBar>,
+    last_line: Mutex<std::time::Instant>,
+    verb: &'static str,
+    quiet: bool,
+}
+
+impl Reporter {
+    fn new(ctx: &Context, verb: &'static str) -> Self {
+        let bar = (!ctx.quiet && !ctx.json && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_message(verb);
+            bar
+        });
+        Reporter {
+            bar,
+            last_line: Mutex::new(std::time::Instant::now()),
+            verb,
+            quiet: ctx.quiet || ctx.json,
+        }
+    }
+
+    fn report(&self, done: u64, total: Option<u64>) {
+        if let Some(bar) = &self.bar {
+            if let Some(t) = total {
+                bar.set_length(t.max(done));
+            }
+            bar.set_position(done);
+        } else if !self.quiet {
+            let mut last = self.last_line.lock().expect("not poisoned");
+            if last.elapsed().as_secs() >= 5 {
+                *last = std::time::Instant::now();
+                tracing::info!(verb = self.verb, bytes = done, total = ?total, "progress");
+            }
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Runs one snapshot command.
+pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
+    let instances = LocalInstances::open(&ctx.home)?;
+    match action {
+        SnapshotCommand::Create {
+            instance,
+            source_url,
+            name,
+            key,
+            encrypt,
+        } => {
+            let from = match (instance, source_url) {
+                (Some(i), _) => SnapshotFrom::Instance(i.clone()),
+                (None, Some(u)) => SnapshotFrom::Url(u.clone()),
+                (None, None) => anyhow::bail!("name an INSTANCE or give --source-url"),
+            };
+            let key = key
+                .clone()
+                .or_else(|| encrypt.then(|| DEFAULT_KEY_ALIAS.to_string()));
+            // The KMS is needed to seal, and for any snapshot of an encrypted instance.
+            let needs_kms = key.is_some()
+                || matches!(&from, SnapshotFrom::Instance(i) if instances.record(i).is_ok_and(|r| r.encryption.is_some()));
+            let kms = if needs_kms {
+                Some(ctx.open_kms()?)
+            } else {
+                None
+            };
+            let reporter = Reporter::new(ctx, "snapshot");
+            let record = instances.create_snapshot(
+                &from,
+                name,
+                key.as_deref(),
+                kms.as_ref().map(|k| k as &dyn Kms),
+                &|d, t| reporter.report(d, t),
+            );
+            reporter.done();
+            show(ctx, &record?)
+        }
+        SnapshotCommand::Copy {
+            source,
+            name,
+            key,
+            encrypt,
+        } => {
+            let key = key
+                .clone()
+                .or_else(|| encrypt.then(|| DEFAULT_KEY_ALIAS.to_string()));
+            let needs_kms = key.is_some()
+                || instances
+                    .snapshot(source)
+                    .is_ok_and(|s| s.encryption.is_some());
+            let kms = if needs_kms {
+                Some(ctx.open_kms()?)
+            } else {
+                None
+            };
+            let reporter = Reporter::new(ctx, "copy");
+            let record = instances.copy_snapshot(
+                source,
+                name,
+                key.as_deref(),
+                kms.as_ref().map(|k| k as &dyn Kms),
+                &|d, t| reporter.report(d, t),
+            );
+            reporter.done();
+            show(ctx, &record?)
+        }
+        SnapshotCommand::Restore {
+            snapshot,
+            instance,
+            port,
+            storage,
+        } => {
+            let snap = instances.snapshot(snapshot)?;
+            let kms = if snap.encryption.is_some() {
+                Some(ctx.open_kms()?)
+            } else {
+                None
+            };
+            // Default storage: 10 GiB, or what the snapshot needs with room to grow.
+            let needed = snap.backup_bytes * 2 + (256 << 20);
+            let spec = InstanceSpec {
+                name: instance.clone(),
+                port: *port,
+                storage_bytes: storage.unwrap_or(DEFAULT_STORAGE_BYTES.max(needed)),
+                encryption_key: None,
+                params: Default::default(),
+                master_password: None,
+            };
+            let reporter = Reporter::new(ctx, "restore");
+            let info = instances.restore_snapshot(
+                snapshot,
+                &spec,
+                kms.as_ref().map(|k| k as &dyn Kms),
+                &|d, t| reporter.report(d, t),
+            );
+            reporter.done();
+            let info = info?;
+            if ctx.json {
+                print_json(&info)?;
+            } else {
+                println!(
+                    "restored snapshot {snapshot} into instance {} ({}, port {})",
+                    info.name,
+                    if info.encrypted { "encrypted" } else { "plain" },
+                    info.port
+                );
+                if let Some(facts) = &info.restore {
+                    println!(
+                        "handoff LSN {} (backup end {}, replay position at first start {})",
+                        facts.handoff_lsn,
+                        facts.backup_end_lsn,
+                        facts
+                            .replay_lsn
+                            .map(|l| l.to_string())
+                            .unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+            Ok(exit::code(exit::OK))
+        }
+        SnapshotCommand::List => {
+            let list = instances.snapshots()?;
+            if ctx.json {
+                print_json(&list)?;
+            } else if list.is_empty() {
+                println!(
+                    "No snapshots yet. Take one with `pgseal snapshot create INSTANCE --name NAME`."
+                );
+            } else {
+                println!(
+                    "{:<24} {:<10} {:<12} {:<14} CREATED",
+                    "NAME", "ENCRYPTED", "SIZE", "END LSN"
+                );
+                for s in &list {
+                    println!(
+                        "{:<24} {:<10} {:<12} {:<14} {}",
+                        s.name,
+                        if s.encryption.is_some() { "yes" } else { "no" },
+                        format!("{} MiB", s.backup_bytes >> 20),
+                        s.end_lsn.to_string(),
+                        s.created
+                    );
+                }
+            }
+            Ok(exit::code(exit::OK))
+        }
+        SnapshotCommand::Describe { name } => show(ctx, &instances.snapshot(name)?),
+        SnapshotCommand::Delete { name } => {
+            instances.delete_snapshot(name)?;
+            ctx.status(format!("deleted snapshot {name}"));
+            Ok(exit::code(exit::OK))
+        }
+    }
+}
+
+fn show(ctx: &Context, s: &SnapshotRecord) -> Outcome {
+    if ctx.json {
+        print_json(s)?;
+        return Ok(exit::code(exit::OK));
+    }
+    let source = match &s.source {
+        SnapshotSource::Instance { name } => format!("instance {name}"),
+        SnapshotSource::External { target } => format!("external {target}"),
+        SnapshotSource::Copy { of } => format!("copy of snapshot {of}"),
+    };
+    println!(
+        "name:       {}\nsource:     {source}\ncreated:    {}\nengine:     PostgreSQL {}",
+        s.name, s.created, s.engine_version
+    );
+    match &s.encryption {
+        Some(e) => println!("encrypted:  true\nkey id:     {}", e.key_id),
+        None => println!("encrypted:  false"),
+    }
+    println!(
+        "backup:     {} bytes ({} stored)\nWAL:        {} .. {}",
+        s.backup_bytes, s.stored_bytes, s.start_lsn, s.end_lsn
+    );
+    Ok(exit::code(exit::OK))
+}

@@ -1,0 +1,791 @@
+//! Snapshots: physical base backups of an instance or of any PostgreSQL reachable by URL,
+//! plain or sealed; copies (encrypting, or re-keying); and restores into new instances.
+//!
+//! A snapshot is one tar stream from `pg_basebackup -D - -Ft -X fetch`: data files, the
+//! WAL the backup needs and `backup_manifest`. A plain snapshot stores it as
+//! `snapshot.tar`; an encrypted one is sealed while it streams (`snapshot.tar.sealed`, the
+//! format in `docs/sealed-stream.md`), so no plaintext copy of the database lands on disk.
+//! `-X fetch` needs the WAL to survive until the backup ends: pgseal holds a *temporary*
+//! physical slot on a SQL session for the backup's duration, which the server drops by
+//! itself if pgseal dies, so no slot is ever left behind to fill the source's disk.
+//!
+//! The rules RDS enforces hold: a snapshot of an encrypted instance is encrypted under the
+//! instance's key; a plain snapshot restores to a plain instance and an encrypted one to an
+//! instance encrypted under the snapshot's key (so a plain snapshot reaches encrypted
+//! storage only through an encrypted copy); an instance's key never changes.
+//!
+//! A restore records what its first start showed ([`RestoreFacts`]): the backup's end LSN,
+//! `pg_last_wal_replay_lsn()` and the log's `redo done at` line, and from them the handoff
+//! LSN by the rule in FIELD-NOTES (for a base backup, the replay position at first start,
+//! which must lie at or after the backup's end and after `redo done at`).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+
+use pgseal_crypto::stream::{UnsealReader, seal_from};
+use pgseal_crypto::{EncryptionContext, Kms};
+use pgseal_exec::{ExternalCommand, Pipe, RunAs};
+use pgseal_pg::Lsn;
+use pgseal_pg::lsn::lsn_after;
+use serde::{Deserialize, Serialize};
+
+use crate::instance::{
+    InstanceInfo, InstanceSpec, LocalError, LocalInstances, MASTER_USER, check_name,
+};
+
+const SNAPSHOT_RECORD: &str = "snapshot.json";
+/// The encryption-context key that binds a sealed snapshot to its name.
+pub const CONTEXT_SNAPSHOT: &str = "pgseal:snapshot";
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
+    let what = what.into();
+    move |source| LocalError::Io { what, source }
+}
+
+/// Where a snapshot's data came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SnapshotSource {
+    /// A local instance.
+    Instance {
+        /// Its name.
+        name: String,
+    },
+    /// A server reached by URL (shown without its password).
+    External {
+        /// `user@host:port/dbname`.
+        target: String,
+    },
+    /// A copy of another snapshot.
+    Copy {
+        /// The snapshot copied.
+        of: String,
+    },
+}
+
+/// How a snapshot is encrypted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotEncryption {
+    /// The KMS key id its data key is wrapped under.
+    pub key_id: String,
+}
+
+/// A snapshot's record, `snapshot.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRecord {
+    /// The name.
+    pub name: String,
+    /// When it was taken (RFC 3339).
+    pub created: String,
+    /// Where its data came from.
+    pub source: SnapshotSource,
+    /// The source's PostgreSQL version (`server_version`).
+    pub engine_version: String,
+    /// Encryption, if sealed.
+    pub encryption: Option<SnapshotEncryption>,
+    /// Where the backup's WAL starts.
+    pub start_lsn: Lsn,
+    /// Where the backup ends: a restore is consistent from here on.
+    pub end_lsn: Lsn,
+    /// Bytes of the backup itself (the tar stream).
+    pub backup_bytes: u64,
+    /// Bytes stored (with the sealed format's overhead).
+    pub stored_bytes: u64,
+    /// The source instance's parameters, carried to restores.
+    pub params: BTreeMap<String, String>,
+}
+
+/// What the first start of a restored instance showed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFacts {
+    /// The snapshot restored.
+    pub snapshot: String,
+    /// The snapshot's backup end LSN.
+    pub backup_end_lsn: Lsn,
+    /// `pg_last_wal_replay_lsn()` at first start (NULL after any later restart).
+    pub replay_lsn: Option<Lsn>,
+    /// The log's `redo done at` LSN (the *start* of the last record replayed).
+    pub redo_done_at: Option<Lsn>,
+    /// The log's `invalid record length at` LSN (the end of the WAL, for crash copies).
+    pub invalid_record_at: Option<Lsn>,
+    /// The LSN where this copy's WAL ends: replication into it must start exactly here.
+    pub handoff_lsn: Lsn,
+}
+
+/// What a snapshot is taken from.
+#[derive(Debug, Clone)]
+pub enum SnapshotFrom {
+    /// A local instance, by name.
+    Instance(String),
+    /// Any PostgreSQL, by URL (`postgres://user:password@host:port/db`).
+    Url(String),
+}
+
+/// Progress reports: bytes done so far, and the expected total when known.
+pub type Progress<'a> = &'a (dyn Fn(u64, Option<u64>) + Sync);
+
+/// A reader that reports the bytes read through it.
+struct Counting<'a, R> {
+    inner: R,
+    done: u64,
+    total: Option<u64>,
+    progress: Progress<'a>,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.progress)(self.done, self.total);
+        Ok(n)
+    }
+}
+
+/// Connection details for `pg_basebackup` and for the SQL session beside it.
+struct SourceConn {
+    /// Arguments naming the server (`-h`, `-p`, `-U`).
+    args: Vec<String>,
+    /// The password, passed to `pg_basebackup` through its environment, never its arguments.
+    password: Option<zeroize::Zeroizing<String>>,
+    config: tokio_postgres::Config,
+}
+
+fn source_from_url(url: &str) -> Result<(SourceConn, String), LocalError> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        LocalError::InvalidInput(format!("--source-url is not a PostgreSQL URL: {e}"))
+    })?;
+    let target = pgseal_pg::describe_target(&config);
+    let mut args = Vec::new();
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => args.extend(["-h".to_string(), h.clone()]),
+        Some(tokio_postgres::config::Host::Unix(p)) => {
+            args.extend(["-h".to_string(), p.display().to_string()])
+        }
+        None => {}
+    }
+    if let Some(port) = config.get_ports().first() {
+        args.extend(["-p".to_string(), port.to_string()]);
+    }
+    if let Some(user) = config.get_user() {
+        args.extend(["-U".to_string(), user.to_string()]);
+    }
+    let password = config
+        .get_password()
+        .map(|p| zeroize::Zeroizing::new(String::from_utf8_lossy(p).into_owned()));
+    Ok((
+        SourceConn {
+            args,
+            password,
+            config,
+        },
+        target,
+    ))
+}
+
+impl LocalInstances {
+    fn snapshots_dir(&self) -> PathBuf {
+        self.home.join("snapshots")
+    }
+
+    fn snapshot_dir(&self, name: &str) -> PathBuf {
+        self.snapshots_dir().join(name)
+    }
+
+    fn snapshot_data_path(&self, record: &SnapshotRecord) -> PathBuf {
+        let file = if record.encryption.is_some() {
+            "snapshot.tar.sealed"
+        } else {
+            "snapshot.tar"
+        };
+        self.snapshot_dir(&record.name).join(file)
+    }
+
+    /// Reads a snapshot's record.
+    pub fn snapshot(&self, name: &str) -> Result<SnapshotRecord, LocalError> {
+        check_name(name)?;
+        let path = self.snapshot_dir(name).join(SNAPSHOT_RECORD);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LocalError::InvalidInput(format!(
+                    "no snapshot '{name}' (see `pgseal snapshot list`)"
+                )));
+            }
+            Err(e) => return Err(io_error(format!("cannot read {}", path.display()))(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| LocalError::RecordDamaged {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Every snapshot, by name.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>, LocalError> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(self.snapshots_dir()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_error("cannot list snapshots")(e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().join(SNAPSHOT_RECORD).exists() {
+                out.push(self.snapshot(&name)?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Deletes a snapshot.
+    pub fn delete_snapshot(&self, name: &str) -> Result<(), LocalError> {
+        self.snapshot(name)?;
+        std::fs::remove_dir_all(self.snapshot_dir(name))
+            .map_err(io_error(format!("cannot delete snapshot {name}")))
+    }
+
+    /// Makes a new snapshot's directory, refusing a taken or invalid name.
+    fn new_snapshot_dir(&self, name: &str) -> Result<PathBuf, LocalError> {
+        check_name(name)?;
+        let dir = self.snapshot_dir(name);
+        if dir.exists() {
+            return Err(LocalError::InvalidInput(format!(
+                "snapshot '{name}' already exists"
+            )));
+        }
+        pgseal_crashsafe::create_dir_all_durable(&self.snapshots_dir(), 0o700)
+            .map_err(io_error("cannot create the snapshots directory"))?;
+        std::fs::create_dir(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        Ok(dir)
+    }
+
+    fn write_snapshot_record(&self, record: &SnapshotRecord) -> Result<(), LocalError> {
+        let path = self.snapshot_dir(&record.name).join(SNAPSHOT_RECORD);
+        let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
+        pgseal_crashsafe::write_atomic(&path, &bytes, 0o600)
+            .map_err(io_error(format!("cannot write {}", path.display())))
+    }
+
+    /// Takes a snapshot online (no downtime). `encrypt_key` seals it while it streams; for an
+    /// encrypted instance the snapshot is always sealed, under the instance's own key.
+    pub fn create_snapshot(
+        &self,
+        from: &SnapshotFrom,
+        name: &str,
+        encrypt_key: Option<&str>,
+        kms: Option<&dyn Kms>,
+        progress: Progress<'_>,
+    ) -> Result<SnapshotRecord, LocalError> {
+        check_name(name)?;
+        if self.snapshot_dir(name).exists() {
+            return Err(LocalError::InvalidInput(format!(
+                "snapshot '{name}' already exists"
+            )));
+        }
+        let (conn, source, params, key) = match from {
+            SnapshotFrom::Instance(instance) => {
+                let record = self.created_record(instance)?;
+                let info = self.info(&record);
+                if info.status != "available" {
+                    return Err(LocalError::InvalidInput(format!(
+                        "instance '{instance}' is {}; start it first (`pgseal instance start {instance}`)",
+                        info.status
+                    )));
+                }
+                let key = match (&record.encryption, encrypt_key) {
+                    (Some(enc), None) => Some(enc.key_id.clone()),
+                    (Some(enc), Some(asked)) => {
+                        let kms = kms.ok_or_else(|| {
+                            LocalError::InvalidInput("sealing needs the KMS".into())
+                        })?;
+                        let asked_id = kms.resolve(asked)?.0;
+                        if asked_id != enc.key_id {
+                            return Err(LocalError::InvalidInput(format!(
+                                "a snapshot of encrypted instance '{instance}' is encrypted under its key {}; \
+                                 to change keys, copy the snapshot with `pgseal snapshot copy --key`",
+                                enc.key_id
+                            )));
+                        }
+                        Some(asked_id)
+                    }
+                    (None, asked) => asked.map(str::to_string),
+                };
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .host_path(&info.socket_dir)
+                    .port(info.port)
+                    .user(MASTER_USER)
+                    .dbname("postgres");
+                let args = vec![
+                    "-h".to_string(),
+                    info.socket_dir.display().to_string(),
+                    "-p".to_string(),
+                    info.port.to_string(),
+                    "-U".to_string(),
+                    MASTER_USER.to_string(),
+                ];
+                (
+                    SourceConn {
+                        args,
+                        password: None,
+                        config,
+                    },
+                    SnapshotSource::Instance {
+                        name: instance.clone(),
+                    },
+                    record.params.clone(),
+                    key,
+                )
+            }
+            SnapshotFrom::Url(url) => {
+                let (conn, target) = source_from_url(url)?;
+                (
+                    conn,
+                    SnapshotSource::External { target },
+                    BTreeMap::new(),
+                    encrypt_key.map(str::to_string),
+                )
+            }
+        };
+        let seal = match &key {
+            Some(k) => {
+                let kms =
+                    kms.ok_or_else(|| LocalError::InvalidInput("sealing needs the KMS".into()))?;
+                // Fails now, before the backup starts, for an unknown or disabled key.
+                let meta = kms.describe_key(k)?;
+                if meta.state != pgseal_crypto::KeyState::Enabled {
+                    return Err(LocalError::Kms(pgseal_crypto::Error::KeyDisabled {
+                        key_id: meta.key_id.0,
+                    }));
+                }
+                Some((kms, k.clone()))
+            }
+            None => None,
+        };
+
+        let dir = self.new_snapshot_dir(name)?;
+        let made = self.stream_backup(&conn, name, seal, progress).and_then(
+            |(taken, stored_bytes, key_id)| {
+                let record = SnapshotRecord {
+                    name: name.to_string(),
+                    created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                        .to_string(),
+                    source: source.clone(),
+                    engine_version: taken.server_version,
+                    encryption: key_id.map(|key_id| SnapshotEncryption { key_id }),
+                    start_lsn: taken.start_lsn,
+                    end_lsn: taken.end_lsn,
+                    backup_bytes: taken.bytes,
+                    stored_bytes,
+                    params: params.clone(),
+                };
+                self.write_snapshot_record(&record)?;
+                Ok(record)
+            },
+        );
+        made.inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+    }
+
+    /// Runs `pg_basebackup` into the snapshot's file (sealed when `seal` is given) while a
+    /// SQL session holds a temporary physical slot. Returns what was taken, the bytes
+    /// stored and the key id sealed under.
+    fn stream_backup(
+        &self,
+        conn: &SourceConn,
+        name: &str,
+        seal: Option<(&dyn Kms, String)>,
+        progress: Progress<'_>,
+    ) -> Result<(Taken, u64, Option<String>), LocalError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(io_error("cannot start an async runtime"))?;
+        let target = pgseal_pg::describe_target(&conn.config);
+        let sql_error = |source| LocalError::Sql {
+            target: format!("the source of snapshot '{name}' ({target})"),
+            source,
+        };
+        let slot = format!(
+            "pgseal_snapshot_{}_{}",
+            std::process::id(),
+            name.replace('-', "_")
+        );
+        let (client, server_version, total) = runtime.block_on(async {
+            let client = pgseal_pg::connect(&conn.config).await?;
+            // Temporary: dropped by the server when this session ends, however it ends.
+            client
+                .execute("SELECT pg_create_physical_replication_slot($1, true, true)", &[&slot])
+                .await
+                .map_err(sql_error)?;
+            let row = client
+                .query_one("SELECT current_setting('server_version'), (SELECT sum(pg_database_size(oid))::bigint FROM pg_database)", &[])
+                .await
+                .map_err(sql_error)?;
+            Ok::<_, LocalError>((client, row.get::<_, String>(0), row.get::<_, Option<i64>>(1)))
+        })?;
+
+        let mut cmd = ExternalCommand::new(self.install.program("pg_basebackup"))
+            .args([
+                "-D",
+                "-",
+                "-F",
+                "t",
+                "-X",
+                "fetch",
+                "--checkpoint=fast",
+                "-v",
+                "--no-password",
+            ])
+            .arg(format!("--label=pgseal snapshot {name}"))
+            .args(&conn.args);
+        if let Some(password) = &conn.password {
+            cmd = cmd.env("PGPASSWORD", password.as_str());
+        }
+        let mut running = cmd.spawn(Pipe::Stdout)?;
+        let stdout = running.take_stdout().expect("stdout was piped");
+        let mut input = Counting {
+            inner: stdout,
+            done: 0,
+            total: total.map(|t| t as u64),
+            progress,
+        };
+        let file_name = if seal.is_some() {
+            "snapshot.tar.sealed"
+        } else {
+            "snapshot.tar"
+        };
+        let path = self.snapshot_dir(name).join(file_name);
+        let mut out = pgseal_crashsafe::PendingFile::create(&path, 0o600, false)
+            .map_err(io_error(format!("cannot create {}", path.display())))?;
+        let copied: Result<(u64, Option<String>), LocalError> = match &seal {
+            Some((kms, key)) => {
+                let context = EncryptionContext::new().with(CONTEXT_SNAPSHOT, name);
+                seal_from(
+                    *kms,
+                    key,
+                    context,
+                    &mut input,
+                    &mut out,
+                    pgseal_crypto::stream::DEFAULT_CHUNK_SIZE,
+                )
+                .map(|summary| (summary.sealed_bytes, Some(summary.key_id.0)))
+                .map_err(LocalError::Kms)
+            }
+            None => std::io::copy(&mut input, &mut out)
+                .map(|n| (n, None))
+                .map_err(io_error("cannot write the snapshot")),
+        };
+        let bytes = input.done;
+        let (stored, key_id) = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                running.kill();
+                return Err(e);
+            }
+        };
+        let finished = running.finish()?;
+        out.commit()
+            .map_err(io_error(format!("cannot put {} in place", path.display())))?;
+        drop(client);
+        let log = finished.stderr_text();
+        let lsn = |marker: &str| {
+            lsn_after(&log, marker).ok_or_else(|| {
+                LocalError::InvalidInput(format!(
+                    "pg_basebackup did not report its {marker}: {log}"
+                ))
+            })
+        };
+        Ok((
+            Taken {
+                server_version,
+                start_lsn: lsn("write-ahead log start point: ")?,
+                end_lsn: lsn("write-ahead log end point: ")?,
+                bytes,
+            },
+            stored,
+            key_id,
+        ))
+    }
+
+    /// Copies a snapshot: plain or encrypted under `key` (a plain snapshot becomes encrypted
+    /// this way, and an encrypted one can move to another key). An encrypted snapshot can
+    /// not be copied to a plain one. The data streams through; nothing plaintext is written.
+    pub fn copy_snapshot(
+        &self,
+        source: &str,
+        name: &str,
+        key: Option<&str>,
+        kms: Option<&dyn Kms>,
+        progress: Progress<'_>,
+    ) -> Result<SnapshotRecord, LocalError> {
+        let src = self.snapshot(source)?;
+        check_name(name)?;
+        if self.snapshot_dir(name).exists() {
+            return Err(LocalError::InvalidInput(format!(
+                "snapshot '{name}' already exists"
+            )));
+        }
+        let key = match (&src.encryption, key) {
+            (Some(enc), None) => Some(enc.key_id.clone()),
+            (_, Some(k)) => Some(k.to_string()),
+            (None, None) => None,
+        };
+        let kms_needed = || {
+            kms.ok_or_else(|| LocalError::InvalidInput("encrypted snapshots need the KMS".into()))
+        };
+        if let Some(k) = &key {
+            kms_needed()?.describe_key(k)?;
+        }
+        let file = std::fs::File::open(self.snapshot_data_path(&src))
+            .map_err(io_error("cannot open the snapshot"))?;
+        let total = Some(src.backup_bytes);
+        // The plaintext tar as a stream: unsealed on the fly for an encrypted source.
+        let plain: Box<dyn Read + Send> = match &src.encryption {
+            Some(_) => Box::new(UnsealReader::open(kms_needed()?, file)?),
+            None => Box::new(file),
+        };
+        let mut input = Counting {
+            inner: plain,
+            done: 0,
+            total,
+            progress,
+        };
+        let dir = self.new_snapshot_dir(name)?;
+        let made = (|| {
+            let file_name = if key.is_some() {
+                "snapshot.tar.sealed"
+            } else {
+                "snapshot.tar"
+            };
+            let path = dir.join(file_name);
+            let mut out = pgseal_crashsafe::PendingFile::create(&path, 0o600, false)
+                .map_err(io_error(format!("cannot create {}", path.display())))?;
+            let (stored, key_id) = match &key {
+                Some(k) => {
+                    let context = EncryptionContext::new().with(CONTEXT_SNAPSHOT, name);
+                    let s = seal_from(
+                        kms_needed()?,
+                        k,
+                        context,
+                        &mut input,
+                        &mut out,
+                        pgseal_crypto::stream::DEFAULT_CHUNK_SIZE,
+                    )?;
+                    (s.sealed_bytes, Some(s.key_id.0))
+                }
+                None => (
+                    std::io::copy(&mut input, &mut out)
+                        .map_err(io_error("cannot copy the snapshot"))?,
+                    None,
+                ),
+            };
+            out.commit()
+                .map_err(io_error(format!("cannot put {} in place", path.display())))?;
+            let record = SnapshotRecord {
+                name: name.to_string(),
+                created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string(),
+                source: SnapshotSource::Copy {
+                    of: src.name.clone(),
+                },
+                encryption: key_id.map(|key_id| SnapshotEncryption { key_id }),
+                stored_bytes: stored,
+                ..src.clone()
+            };
+            self.write_snapshot_record(&record)?;
+            Ok(record)
+        })();
+        made.inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+    }
+
+    /// Restores a snapshot into a new instance: plain from a plain snapshot, encrypted under
+    /// the snapshot's key from an encrypted one. The stream is authenticated before the
+    /// server starts; a damaged snapshot leaves no instance behind. Records the handoff LSN.
+    pub fn restore_snapshot(
+        &self,
+        snapshot: &str,
+        spec: &InstanceSpec,
+        kms: Option<&dyn Kms>,
+        progress: Progress<'_>,
+    ) -> Result<InstanceInfo, LocalError> {
+        let snap = self.snapshot(snapshot)?;
+        if spec.encryption_key.is_some() {
+            return Err(LocalError::InvalidInput(
+                "a restore takes its encryption from the snapshot: a plain snapshot restores to a plain instance; \
+                 to restore onto encrypted storage, first make an encrypted copy (`pgseal snapshot copy --key`)"
+                    .into(),
+            ));
+        }
+        let needed = snap.backup_bytes + snap.backup_bytes / 4 + (256 << 20);
+        if spec.storage_bytes < needed {
+            return Err(LocalError::InvalidInput(format!(
+                "--storage {} MiB is too small for snapshot '{snapshot}' ({} MiB of data); give at least {} MiB",
+                spec.storage_bytes >> 20,
+                snap.backup_bytes >> 20,
+                needed >> 20
+            )));
+        }
+        let mut spec = spec.clone();
+        for (k, v) in &snap.params {
+            spec.params.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        // Authenticate the header and unwrap the data key before anything is made.
+        let file = std::fs::File::open(self.snapshot_data_path(&snap))
+            .map_err(io_error("cannot open the snapshot"))?;
+        let mut reader: Box<dyn Read + Send> = match &snap.encryption {
+            Some(_) => {
+                let kms = kms.ok_or_else(|| {
+                    LocalError::InvalidInput("encrypted snapshots need the KMS".into())
+                })?;
+                Box::new(UnsealReader::open(kms, file)?)
+            }
+            None => Box::new(file),
+        };
+        let key_id = snap.encryption.as_ref().map(|e| e.key_id.clone());
+        let mut plan = self.plan_new(&spec, key_id.as_deref(), kms)?;
+        plan.record.source_snapshot = Some(snap.name.clone());
+        let run_as = self.run_as.clone();
+        let record = self.build(plan, |paths, _server| {
+            let mut input = Counting {
+                inner: &mut reader,
+                done: 0,
+                total: Some(snap.backup_bytes),
+                progress,
+            };
+            extract_tar(&mut input, &paths.data(), &run_as)?;
+            complete_config(&paths.data(), &run_as)
+        })?;
+        let facts = self.first_start_facts(&record, &snap);
+        let mut record = record;
+        match facts {
+            Ok(facts) => {
+                tracing::info!(instance = %record.name, snapshot = %snap.name, handoff_lsn = %facts.handoff_lsn, "restored");
+                record.restore = Some(facts);
+                self.save_record(&record)?;
+                Ok(self.info(&record))
+            }
+            Err(e) => {
+                let _ = self.remove_files(&record);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the handoff facts right after the first start and checks them.
+    fn first_start_facts(
+        &self,
+        record: &crate::instance::InstanceRecord,
+        snap: &SnapshotRecord,
+    ) -> Result<RestoreFacts, LocalError> {
+        let replay: Option<String> = self.with_client(record, |client| async move {
+            let row = client
+                .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+                .await?;
+            Ok(row.get(0))
+        })?;
+        let replay_lsn = replay.as_deref().and_then(|t| t.parse().ok());
+        let log = std::fs::read_to_string(self.info(record).log_path).unwrap_or_default();
+        let redo_done_at = lsn_after(&log, "redo done at ");
+        let invalid_record_at = lsn_after(&log, "invalid record length at ");
+        let handoff = replay_lsn.or(invalid_record_at).ok_or_else(|| {
+            LocalError::InvalidInput("the restored copy reported no end of WAL (no replay LSN, no 'invalid record length' line)".into())
+        })?;
+        if handoff < snap.end_lsn || redo_done_at.is_some_and(|r| r >= handoff) {
+            return Err(LocalError::InvalidInput(format!(
+                "the restored copy's end of WAL {handoff} fails the handoff checks (backup end {}, redo done at {})",
+                snap.end_lsn,
+                redo_done_at
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into())
+            )));
+        }
+        Ok(RestoreFacts {
+            snapshot: snap.name.clone(),
+            backup_end_lsn: snap.end_lsn,
+            replay_lsn,
+            redo_done_at,
+            invalid_record_at,
+            handoff_lsn: handoff,
+        })
+    }
+}
+
+/// What `pg_basebackup` took.
+struct Taken {
+    server_version: String,
+    start_lsn: Lsn,
+    end_lsn: Lsn,
+    bytes: u64,
+}
+
+/// Extracts a tar stream into `dir` as the server's OS user (so ownership is right).
+fn extract_tar(
+    input: &mut impl Read,
+    dir: &std::path::Path,
+    run_as: &RunAs,
+) -> Result<(), LocalError> {
+    let mut running = ExternalCommand::new("tar")
+        .args(["-x", "-f", "-", "-C"])
+        .arg(dir)
+        .run_as(run_as.clone())
+        .spawn(Pipe::Stdin)?;
+    let mut stdin = running.take_stdin().expect("stdin was piped");
+    let copied = std::io::copy(input, &mut stdin);
+    drop(stdin);
+    match copied {
+        Ok(_) => {
+            running.finish()?;
+            Ok(())
+        }
+        Err(e) => {
+            running.kill();
+            Err(
+                match e
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<pgseal_crypto::Error>())
+                {
+                    true => LocalError::Kms(pgseal_crypto::Error::from_io(
+                        e,
+                        "cannot unseal the snapshot",
+                    )),
+                    false => io_error("cannot restore the snapshot's files")(e),
+                },
+            )
+        }
+    }
+}
+
+/// Gives a restored data directory what a backup of a distribution-managed cluster lacks
+/// (Debian keeps `postgresql.conf` and `pg_hba.conf` in /etc): a minimal config that
+/// includes pgseal's settings, and an access policy like the one instances are made with.
+fn complete_config(data: &std::path::Path, run_as: &RunAs) -> Result<(), LocalError> {
+    let write = |name: &str, text: &str| -> Result<(), LocalError> {
+        let path = data.join(name);
+        if !path.exists() {
+            std::fs::write(&path, text)
+                .map_err(io_error(format!("cannot write {}", path.display())))?;
+            run_as.chown(&path).map_err(io_error(format!(
+                "cannot give {} to the server user",
+                path.display()
+            )))?;
+        }
+        Ok(())
+    };
+    write(
+        "postgresql.conf",
+        "# Written by pgseal at restore; settings are in postgresql.pgseal.conf.\n",
+    )?;
+    write(
+        "pg_hba.conf",
+        "local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n",
+    )
+}
