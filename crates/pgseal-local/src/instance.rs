@@ -55,6 +55,9 @@ pub enum LocalError {
     /// No instance of that name.
     #[error("no instance '{0}' (see `pgseal instance list`)")]
     NotFound(String),
+    /// No snapshot of that name.
+    #[error("no snapshot '{0}' (see `pgseal snapshot list`)")]
+    SnapshotNotFound(String),
     /// The port is taken.
     #[error("port {port} is in use{by}; choose another with --port", by = by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default())]
     PortInUse {

@@ -5,6 +5,7 @@
 //!   command that fixes each gap.
 //! - [`instance`]: PostgreSQL servers pgseal creates and runs, plain or on encrypted
 //!   volumes.
+//! - [`platform`]: all of it behind the engine's `Platform` trait.
 //! - [`snapshot`]: base-backup snapshots (plain or sealed while streaming), copies,
 //!   restores with the handoff LSN.
 //! - [`volume`] and [`fscrypt`]: kernel-encrypted volumes (ext4 image, loop mount, fscrypt
@@ -13,5 +14,6 @@
 pub mod doctor;
 pub mod fscrypt;
 pub mod instance;
+pub mod platform;
 pub mod snapshot;
 pub mod volume;

@@ -211,9 +211,7 @@ impl LocalInstances {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(LocalError::InvalidInput(format!(
-                    "no snapshot '{name}' (see `pgseal snapshot list`)"
-                )));
+                return Err(LocalError::SnapshotNotFound(name.to_string()));
             }
             Err(e) => return Err(io_error(format!("cannot read {}", path.display()))(e)),
         };

@@ -1,0 +1,211 @@
+//! The `Platform` trait: what the migration engine needs from wherever databases live (the
+//! local platform on this machine, RDS/Aurora through the AWS SDK), and nothing more.
+//!
+//! The engine speaks only to this trait and to PostgreSQL over SQL; it never knows which
+//! platform it drives. Every operation is async (cloud APIs are, and local ones run on a
+//! blocking pool) and returns [`PlatformError`], whose [`ErrorKind`] decides what the
+//! engine does next.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+
+use pgseal_pg::Lsn;
+use serde::Serialize;
+
+/// What kind of failure a [`PlatformError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No such instance or snapshot.
+    NotFound,
+    /// The request cannot be carried out as given; nothing was changed (name taken, port
+    /// in use, a rule such as "a plain snapshot restores to a plain instance").
+    Precondition,
+    /// The KMS refused (unknown, disabled or pending-deletion key).
+    Key,
+    /// Stored data failed authentication (a damaged or tampered snapshot).
+    Tampered,
+    /// Anything else; the message says what.
+    Other,
+}
+
+/// A platform operation failed.
+#[derive(Debug)]
+pub struct PlatformError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// The platform's own error, with its chain.
+    pub inner: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl PlatformError {
+    /// Wraps a platform's error with its kind.
+    pub fn new(
+        kind: ErrorKind,
+        inner: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        PlatformError {
+            kind,
+            inner: inner.into(),
+        }
+    }
+}
+
+impl fmt::Display for PlatformError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl std::error::Error for PlatformError {
+    // The inner error's own message is ours; its cause comes next in the chain.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source()
+    }
+}
+
+/// A result whose error is a [`PlatformError`].
+pub type Result<T> = std::result::Result<T, PlatformError>;
+
+/// What to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewInstance {
+    /// The instance's name.
+    pub name: String,
+    /// A port, where the platform lets the caller choose.
+    pub port: Option<u16>,
+    /// Allocated storage in bytes; `None` for the platform's default.
+    pub storage_bytes: Option<u64>,
+    /// `Some(key)` for an encrypted instance under that KMS key (id, alias or ARN).
+    pub encryption_key: Option<String>,
+    /// Server parameters.
+    pub params: BTreeMap<String, String>,
+}
+
+/// An instance's lifecycle state, as the engine needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    /// Accepting connections.
+    Available,
+    /// Stopped.
+    Stopped,
+    /// Being created, modified or rebooted.
+    Busy,
+    /// Failed or incomplete; needs a person.
+    Failed,
+}
+
+/// An instance as the engine sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Instance {
+    /// The name.
+    pub name: String,
+    /// Its state.
+    pub status: InstanceStatus,
+    /// True when its storage is encrypted.
+    pub encrypted: bool,
+    /// The KMS key id, when encrypted.
+    pub key_id: Option<String>,
+    /// The PostgreSQL version.
+    pub engine_version: String,
+    /// Server parameters set through the platform.
+    pub params: BTreeMap<String, String>,
+    /// The snapshot it was restored from, if any.
+    pub source_snapshot: Option<String>,
+}
+
+/// A snapshot as the engine sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// The name.
+    pub name: String,
+    /// True when encrypted.
+    pub encrypted: bool,
+    /// The KMS key id, when encrypted.
+    pub key_id: Option<String>,
+    /// Where the backup ends, when the platform knows.
+    pub end_lsn: Option<Lsn>,
+}
+
+/// Where a restored copy's WAL ends, and the evidence for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Handoff {
+    /// The LSN logical replication into the copy must start from, exactly.
+    pub lsn: Lsn,
+    /// The last replayed record's start (`redo done at`), when known: must be below `lsn`.
+    pub redo_done_at: Option<Lsn>,
+    /// The backup's end, when known: `lsn` must not be below it.
+    pub backup_end_lsn: Option<Lsn>,
+}
+
+/// What setting parameters did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamsChanged {
+    /// Parameters now in effect.
+    pub applied: Vec<String>,
+    /// Parameters waiting for a restart.
+    pub pending_restart: Vec<String>,
+    /// True when the instance was restarted to apply them.
+    pub restarted: bool,
+}
+
+/// What the migration engine needs from a platform.
+pub trait Platform: Send + Sync {
+    /// Describes an instance.
+    fn describe_instance(&self, name: &str) -> impl Future<Output = Result<Instance>> + Send;
+
+    /// Creates an instance and waits until it is available.
+    fn create_instance(&self, spec: &NewInstance) -> impl Future<Output = Result<Instance>> + Send;
+
+    /// Sets parameters; restarts only when `restart` is true and one needs it.
+    fn set_params(
+        &self,
+        name: &str,
+        params: &BTreeMap<String, String>,
+        restart: bool,
+    ) -> impl Future<Output = Result<ParamsChanged>> + Send;
+
+    /// Restarts an instance and waits until it is available.
+    fn reboot_instance(&self, name: &str) -> impl Future<Output = Result<Instance>> + Send;
+
+    /// Deletes an instance and its storage.
+    fn delete_instance(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Takes a snapshot of an instance; encrypted instances' snapshots are encrypted under
+    /// their key, and `key` seals a plain instance's snapshot.
+    fn create_snapshot(
+        &self,
+        instance: &str,
+        name: &str,
+        key: Option<&str>,
+    ) -> impl Future<Output = Result<Snapshot>> + Send;
+
+    /// Copies a snapshot encrypted under `key`.
+    fn copy_snapshot_encrypted(
+        &self,
+        source: &str,
+        name: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Snapshot>> + Send;
+
+    /// Restores a snapshot into a new instance (encrypted exactly when the snapshot is).
+    fn restore_snapshot(
+        &self,
+        snapshot: &str,
+        spec: &NewInstance,
+    ) -> impl Future<Output = Result<Instance>> + Send;
+
+    /// Deletes a snapshot.
+    fn delete_snapshot(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Where a restored instance's WAL ended at its first start.
+    fn handoff(&self, instance: &str) -> impl Future<Output = Result<Handoff>> + Send;
+
+    /// How to reach an instance over SQL as its master user.
+    fn connection(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = Result<tokio_postgres::Config>> + Send;
+}
