@@ -305,6 +305,15 @@ pub enum InstanceCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Grow an instance's allocated storage (online where the kernel allows, else with a
+    /// brief restart; `pgseal doctor` says which)
+    Resize {
+        /// Instance name
+        name: String,
+        /// The new allocated storage, e.g. 20GiB (never smaller than now)
+        #[arg(long, value_parser = parse_storage)]
+        storage: u64,
+    },
     /// Set server parameters; says which need a restart, and restarts only with --apply
     SetParam {
         /// Instance name

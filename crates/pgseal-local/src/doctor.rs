@@ -129,6 +129,7 @@ pub fn run_doctor(inputs: &DoctorInputs) -> DoctorReport {
         check_program(inputs, "losetup", "losetup", "mount"),
         check_program(inputs, "mount", "mount", "mount"),
         check_pgbouncer(inputs),
+        check_online_resize(inputs),
     ];
     let ready = !checks
         .iter()
@@ -473,6 +474,33 @@ fn check_pgbouncer(inputs: &DoctorInputs) -> Check {
             "pgbouncer is not on PATH".into(),
             "apt-get install -y pgbouncer".into(),
         ),
+    }
+}
+
+fn check_online_resize(inputs: &DoctorInputs) -> Check {
+    const ID: &str = "online_resize";
+    const TITLE: &str = "online volume growth";
+    const FOR: &str = "growing an encrypted instance without a restart (instance resize)";
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let has = effective_capabilities(&inputs.sys("/proc/self/status"))
+        .is_some_and(|caps| caps & (1u64 << CAP_SYS_RESOURCE) != 0);
+    if has {
+        ok(
+            ID,
+            TITLE,
+            Need::Recommended,
+            FOR,
+            "CAP_SYS_RESOURCE present".into(),
+        )
+    } else {
+        missing(
+            ID,
+            TITLE,
+            Need::Recommended,
+            FOR,
+            "no CAP_SYS_RESOURCE: ext4 cannot grow while mounted; resize restarts the instance briefly".into(),
+            "run pgseal where root has CAP_SYS_RESOURCE (the host, or a container given that capability)".into(),
+        )
     }
 }
 

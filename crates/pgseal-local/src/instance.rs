@@ -257,6 +257,29 @@ pub struct InstanceInfo {
     pub volume_image: Option<PathBuf>,
 }
 
+/// How a resize was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeHow {
+    /// The volume grew while the server ran.
+    Online,
+    /// The server was stopped, the volume grown, and the server started again.
+    WithRestart,
+    /// The instance was stopped; its volume grew.
+    Offline,
+    /// A plain instance: only the record changed.
+    RecordOnly,
+}
+
+/// What `resize` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resized {
+    /// The instance afterwards.
+    pub instance: InstanceInfo,
+    /// How.
+    pub how: ResizeHow,
+}
+
 /// What `set_params` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParamChange {
@@ -905,6 +928,55 @@ impl LocalInstances {
                 e,
             )),
         }
+    }
+
+    /// Grows an instance's allocated storage (never shrinks it). An encrypted instance's
+    /// volume grows online where the kernel allows it (CAP_SYS_RESOURCE), else offline,
+    /// with a restart of a running instance; a plain instance's storage is the machine's
+    /// file system, so only the record changes.
+    pub fn resize(
+        &self,
+        name: &str,
+        storage_bytes: u64,
+        kms: Option<&dyn Kms>,
+    ) -> Result<Resized, LocalError> {
+        let mut record = self.created_record(name)?;
+        if storage_bytes < record.storage_bytes {
+            return Err(LocalError::InvalidInput(format!(
+                "storage can only grow: {name} has {} MiB, asked for {} MiB",
+                record.storage_bytes >> 20,
+                storage_bytes >> 20
+            )));
+        }
+        let paths = self.paths(&record);
+        let mut how = ResizeHow::RecordOnly;
+        if let Some(volume) = &paths.volume {
+            let running = volume.is_mounted();
+            if running && crate::volume::can_grow_online() {
+                volume.grow(storage_bytes)?;
+                how = ResizeHow::Online;
+            } else {
+                if running && kms.is_none() {
+                    return Err(LocalError::InvalidInput(
+                        "growing this running instance needs a restart, and the restart needs the KMS".into(),
+                    ));
+                }
+                self.stop_files(&record, &paths, StopMode::Fast)?;
+                volume.grow_offline(storage_bytes)?;
+                how = ResizeHow::Offline;
+                if running {
+                    self.start(name, kms)?;
+                    how = ResizeHow::WithRestart;
+                }
+            }
+        }
+        record.storage_bytes = storage_bytes;
+        self.write_record(&record)?;
+        tracing::info!(instance = %name, storage_bytes, ?how, "instance storage grown");
+        Ok(Resized {
+            instance: self.info(&record),
+            how,
+        })
     }
 
     /// Sets parameters. Those the server can take on reload take effect at once; those that

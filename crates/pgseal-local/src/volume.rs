@@ -105,6 +105,78 @@ impl Volume {
         Ok(())
     }
 
+    /// Makes the image file `size_bytes` long (sparse); false when it already is.
+    fn grow_image(&self, size_bytes: u64) -> Result<bool, VolumeError> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.image)
+            .map_err(io_error(format!(
+                "cannot open volume image {}",
+                self.image.display()
+            )))?;
+        let current = file
+            .metadata()
+            .map_err(io_error("cannot read the image's size"))?
+            .len();
+        if size_bytes <= current {
+            return Ok(false);
+        }
+        file.set_len(size_bytes).map_err(io_error(format!(
+            "cannot grow volume image {}",
+            self.image.display()
+        )))?;
+        Ok(true)
+    }
+
+    /// Grows an unmounted volume to `size_bytes`: the image, a forced check, the file system.
+    pub fn grow_offline(&self, size_bytes: u64) -> Result<(), VolumeError> {
+        if !self.grow_image(size_bytes)? {
+            return Ok(());
+        }
+        // resize2fs insists on a freshly checked file system; e2fsck exits 1 when it fixed
+        // something (fine), 2 and up when it could not.
+        let check = ExternalCommand::new("e2fsck")
+            .args(["-f", "-p"])
+            .arg(&self.image)
+            .output()?;
+        if check.status.code().is_none_or(|c| c > 1) {
+            return Err(VolumeError::Exec(pgseal_exec::Error::Command {
+                program: "e2fsck".into(),
+                status: check.status,
+                stderr: String::from_utf8_lossy(&check.stderr).trim().to_string(),
+            }));
+        }
+        ExternalCommand::new("resize2fs").arg(&self.image).run()?;
+        Ok(())
+    }
+
+    /// Grows the volume to `size_bytes` while it is mounted: the image file, the loop
+    /// device's idea of its size, then the file system (ext4 grows online). The kernel
+    /// allows this only with CAP_SYS_RESOURCE ([`can_grow_online`]).
+    pub fn grow(&self, size_bytes: u64) -> Result<(), VolumeError> {
+        if !self.grow_image(size_bytes)? {
+            return Ok(());
+        }
+        let out = ExternalCommand::new("losetup")
+            .arg("-j")
+            .arg(&self.image)
+            .run()?;
+        let device =
+            out.stdout_text()
+                .lines()
+                .find_map(|l| l.split(':').next().map(str::to_string))
+                .ok_or_else(|| {
+                    io_error("cannot find the volume's loop device")(std::io::Error::other(
+                        format!("no loop device backs {}", self.image.display()),
+                    ))
+                })?;
+        ExternalCommand::new("losetup")
+            .args(["-c", &device])
+            .run()?;
+        ExternalCommand::new("resize2fs").arg(&device).run()?;
+        Ok(())
+    }
+
     /// Adds the volume key to the mounted file system.
     pub fn unlock(&self, key: &DataKey) -> Result<KeyIdentifier, VolumeError> {
         Ok(fscrypt::add_key(&self.mount_point, key)?)
@@ -122,6 +194,21 @@ impl Volume {
     pub fn lock(&self, id: KeyIdentifier) -> Result<fscrypt::Removal, VolumeError> {
         Ok(fscrypt::remove_key(&self.mount_point, id)?)
     }
+}
+
+/// True when this process may grow a mounted ext4 file system (the kernel's online resize
+/// needs CAP_SYS_RESOURCE, which restricted containers drop).
+pub fn can_grow_online() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .map(|h| h.trim().to_string())
+        })
+        .and_then(|h| u64::from_str_radix(&h, 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 /// True when `path` is a mount point (listed in `/proc/self/mountinfo`).

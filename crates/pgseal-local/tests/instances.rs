@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{Fixture, files_containing, sql};
-use pgseal_local::instance::LocalError;
+use pgseal_local::instance::{LocalError, ResizeHow};
 
 #[test]
 fn plain_instance_lifecycle_and_parameters() {
@@ -208,5 +208,64 @@ fn a_failed_start_during_create_removes_everything() {
     assert!(
         !f.home().join("instances/broken").exists(),
         "no half-made instance"
+    );
+}
+
+#[test]
+fn a_full_encrypted_volume_fails_writes_with_disk_full_and_can_be_grown() {
+    let f = Fixture::new();
+    f.kms.create_key(Some("k"), "").unwrap();
+    let info = f
+        .instances
+        .create(&f.spec("full", Some("k")), Some(&f.kms))
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fill = |rows: i64| {
+        runtime.block_on(async {
+            let mut config = tokio_postgres::Config::new();
+            config.host_path(&info.socket_dir).port(info.port).user("postgres").dbname("postgres");
+            let client = pgseal_pg::connect(&config).await.unwrap();
+            // EXTERNAL: stored uncompressed, so the rows really take their size on disk.
+            client
+                .batch_execute("CREATE TABLE IF NOT EXISTS big (v text); ALTER TABLE big ALTER v SET STORAGE EXTERNAL")
+                .await
+                .unwrap();
+            client
+                .execute("INSERT INTO big SELECT repeat(md5(g::text), 128) FROM generate_series(1, $1::bigint) g", &[&rows])
+                .await
+                .map(|_| ())
+        })
+    };
+    // 256 MiB of storage: 150,000 rows of 4 KiB (600 MiB, and as much WAL) cannot fit.
+    let err = fill(150_000).unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::DISK_FULL),
+        "{err:?}"
+    );
+
+    let grown = f.instances.resize("full", 1 << 30, Some(&f.kms)).unwrap();
+    assert_eq!(grown.instance.storage_bytes, 1 << 30);
+    assert_eq!(grown.instance.status, "available");
+    let expected = if pgseal_local::volume::can_grow_online() {
+        ResizeHow::Online
+    } else {
+        ResizeHow::WithRestart
+    };
+    assert_eq!(grown.how, expected);
+    fill(20_000).expect("writes succeed after the volume grew");
+    let image = std::fs::metadata(f.home().join("instances/full/volume.img"))
+        .unwrap()
+        .len();
+    assert_eq!(image, 1 << 30);
+    assert!(
+        matches!(
+            f.instances.resize("full", 512 << 20, Some(&f.kms)),
+            Err(LocalError::InvalidInput(_))
+        ),
+        "never shrinks"
     );
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
 use pgseal_crypto::Kms;
-use pgseal_local::instance::{InstanceInfo, InstanceSpec, LocalInstances};
+use pgseal_local::instance::{InstanceInfo, InstanceSpec, LocalInstances, ResizeHow};
 use zeroize::Zeroizing;
 
 use super::{Context, Outcome, print_json};
@@ -101,6 +101,29 @@ pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
             }
             instances.delete(name)?;
             ctx.status(format!("deleted instance {name}"));
+            Ok(exit::code(exit::OK))
+        }
+        InstanceCommand::Resize { name, storage } => {
+            let kms = kms_for(name)?;
+            let resized = instances.resize(name, *storage, as_dyn(kms.as_ref()))?;
+            if ctx.json {
+                print_json(&resized)?;
+            } else {
+                let how = match resized.how {
+                    ResizeHow::Online => "online, without a restart",
+                    ResizeHow::WithRestart => {
+                        "with a brief restart (no CAP_SYS_RESOURCE for online growth)"
+                    }
+                    ResizeHow::Offline => "while stopped",
+                    ResizeHow::RecordOnly => {
+                        "plain instance: its data lives on this machine's file system"
+                    }
+                };
+                println!(
+                    "instance {name} now has {} of storage ({how})",
+                    gib(resized.instance.storage_bytes)
+                );
+            }
             Ok(exit::code(exit::OK))
         }
         InstanceCommand::SetParam {
