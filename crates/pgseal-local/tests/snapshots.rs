@@ -374,3 +374,54 @@ fn bad_snapshot_requests_are_refused_before_anything_is_made() {
         .unwrap_err();
     assert!(err.to_string().contains("too small"), "{err}");
 }
+
+#[test]
+fn a_snapshot_that_runs_out_of_disk_leaves_nothing_behind() {
+    let f = Fixture::new();
+    let src = source(&f);
+    sql(
+        &src,
+        "INSERT INTO rows SELECT g, repeat(md5(g::text), 20) FROM generate_series(10001, 160000) g",
+    );
+    // The snapshots directory on a 32 MiB file system: the ~60 MiB backup cannot fit.
+    let snapshots = f.home().join("snapshots");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    let small =
+        pgseal_local::volume::Volume::new(f.dir.path().join("small.img"), snapshots.clone());
+    small.create(32 << 20).unwrap();
+    small.mount().unwrap();
+    struct Unmount(pgseal_local::volume::Volume);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = self.0.unmount();
+        }
+    }
+    let _guard = Unmount(small);
+
+    let err = f
+        .instances
+        .create_snapshot(
+            &SnapshotFrom::Instance("source".into()),
+            "too-big",
+            None,
+            None,
+            &no_progress,
+        )
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("No space left on device")
+            || err.to_string().contains("No space left"),
+        "{err}"
+    );
+    let left: Vec<String> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect();
+    assert!(left.is_empty(), "partial files left: {left:?}");
+    // The source is untouched and serving; its backup slot went with the session.
+    assert_eq!(
+        sql(&src, "SELECT count(*) FROM pg_replication_slots"),
+        ["0"]
+    );
+}
