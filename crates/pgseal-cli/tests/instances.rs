@@ -133,3 +133,35 @@ fn instance_commands_create_describe_stop_start_and_delete() {
         1
     );
 }
+
+#[test]
+fn without_root_an_encrypted_instance_is_refused_with_a_pointer_to_doctor() {
+    use std::os::unix::process::CommandExt;
+    let postgres = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("the postgres OS user");
+    let dir = tempfile::tempdir().unwrap();
+    nix::unistd::chown(dir.path(), Some(postgres.uid), Some(postgres.gid)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgseal"))
+        .uid(postgres.uid.as_raw())
+        .gid(postgres.gid.as_raw())
+        .env("PGSEAL_HOME", dir.path().join("home"))
+        .env("PGSEAL_PASSPHRASE", "unprivileged test passphrase")
+        .args([
+            "instance",
+            "create",
+            "nope",
+            "--encrypted",
+            "--storage",
+            "256MiB",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("not running as root") && stderr.contains("pgseal doctor"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("home/instances/nope").exists());
+}

@@ -131,6 +131,7 @@ pub fn run_doctor(inputs: &DoctorInputs) -> DoctorReport {
         check_pgbouncer(inputs),
         check_online_resize(inputs),
         check_kernel_aes(inputs),
+        check_leftovers(inputs),
     ];
     let ready = !checks
         .iter()
@@ -530,6 +531,59 @@ fn check_kernel_aes(inputs: &DoctorInputs) -> Check {
     }
 }
 
+/// Loop devices and mounts of pgseal volumes whose instance is gone: a crash between
+/// mounting and recording can leave them, and they survive until detached.
+fn check_leftovers(inputs: &DoctorInputs) -> Check {
+    const ID: &str = "leftover_volumes";
+    const TITLE: &str = "leftover volumes";
+    const FOR: &str =
+        "a clean machine (leaked loop devices and mounts hold disk space and devices)";
+    let instances = inputs.home.join("instances");
+    let gone = |path: &Path| -> bool {
+        // .../instances/NAME/(volume.img|mnt): the instance is gone when its record is.
+        path.strip_prefix(&instances)
+            .ok()
+            .and_then(|rest| rest.components().next())
+            .is_some_and(|name| !instances.join(name).join("instance.json").exists())
+    };
+    let mut fixes = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(inputs.sys("/sys/block")) {
+        for entry in entries.flatten() {
+            let dev = entry.file_name().to_string_lossy().into_owned();
+            let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file"))
+            else {
+                continue;
+            };
+            let backing = backing.trim().trim_end_matches(" (deleted)");
+            if gone(Path::new(backing)) {
+                fixes.push(format!("losetup -d /dev/{dev}"));
+            }
+        }
+    }
+    if let Ok(info) = std::fs::read_to_string(inputs.sys("/proc/self/mountinfo")) {
+        for mount_point in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if mount_point.ends_with("/mnt") && gone(Path::new(mount_point)) {
+                fixes.insert(0, format!("umount -d {mount_point}"));
+            }
+        }
+    }
+    if fixes.is_empty() {
+        ok(ID, TITLE, Need::Recommended, FOR, "none".into())
+    } else {
+        missing(
+            ID,
+            TITLE,
+            Need::Recommended,
+            FOR,
+            format!(
+                "{} left behind by instances that no longer exist",
+                fixes.len()
+            ),
+            fixes.join(" && "),
+        )
+    }
+}
+
 fn check_online_resize(inputs: &DoctorInputs) -> Check {
     const ID: &str = "online_resize";
     const TITLE: &str = "online volume growth";
@@ -628,6 +682,32 @@ mod tests {
         let hardware = format!("{software}\nname         : aes\ndriver       : aes-aesni\n");
         std::fs::write(root.path().join("proc/crypto"), hardware).unwrap();
         assert_eq!(check_kernel_aes(&inputs).status, Status::Ok);
+    }
+
+    #[test]
+    fn leaked_loop_devices_of_deleted_instances_are_reported_with_the_fix() {
+        let root = tempfile::tempdir().unwrap();
+        let inputs = inputs_with_path(None, root.path());
+        let live = inputs.home.join("instances/live");
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(live.join("instance.json"), "{}").unwrap();
+        for (dev, backing) in [
+            ("loop3", inputs.home.join("instances/gone/volume.img")),
+            ("loop4", live.join("volume.img")),
+        ] {
+            let dir = root.path().join("sys/block").join(dev).join("loop");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("backing_file"),
+                format!("{} (deleted)\n", backing.display()),
+            )
+            .unwrap();
+        }
+        let check = check_leftovers(&inputs);
+        assert_eq!(check.status, Status::Missing);
+        assert_eq!(check.fix.as_deref(), Some("losetup -d /dev/loop3"));
+        std::fs::remove_dir_all(root.path().join("sys/block/loop3")).unwrap();
+        assert_eq!(check_leftovers(&inputs).status, Status::Ok);
     }
 
     #[test]
