@@ -4,11 +4,27 @@ mod common;
 
 use common::{Fixture, files_containing, sql};
 use pgseal_local::instance::LocalError;
-use pgseal_local::snapshot::{SnapshotFrom, SnapshotSource};
+use pgseal_local::snapshot::{SnapshotFrom, SnapshotRecord, SnapshotSource};
 
 const MARKER: &str = "PGSEAL-SNAPSHOT-MARKER-5d20";
 
 fn no_progress(_: u64, _: Option<u64>) {}
+
+/// Takes a snapshot of a local instance.
+fn take(
+    f: &Fixture,
+    instance: &str,
+    name: &str,
+    key: Option<&str>,
+) -> Result<SnapshotRecord, LocalError> {
+    f.instances.create_snapshot(
+        &SnapshotFrom::Instance(instance.into()),
+        name,
+        key,
+        Some(&f.kms),
+        &no_progress,
+    )
+}
 
 /// A plain source instance with marker rows.
 fn source(f: &Fixture) -> pgseal_local::instance::InstanceInfo {
@@ -30,16 +46,7 @@ fn source(f: &Fixture) -> pgseal_local::instance::InstanceInfo {
 fn plain_snapshot_restores_to_a_plain_instance_with_the_same_data_and_a_handoff_lsn() {
     let f = Fixture::new();
     let src = source(&f);
-    let snap = f
-        .instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("source".into()),
-            "snap-plain",
-            None,
-            None,
-            &no_progress,
-        )
-        .unwrap();
+    let snap = take(&f, "source", "snap-plain", None).unwrap();
     assert!(snap.encryption.is_none());
     assert_eq!(
         snap.source,
@@ -106,16 +113,7 @@ fn sealed_snapshots_keep_plaintext_off_disk_and_restore_onto_encrypted_storage()
     let key = f.kms.create_key(Some("snap-key"), "").unwrap().key_id;
 
     // Sealed while streaming: the marker is nowhere in the snapshot directory.
-    let sealed = f
-        .instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("source".into()),
-            "snap-sealed",
-            Some("snap-key"),
-            Some(&f.kms),
-            &no_progress,
-        )
-        .unwrap();
+    let sealed = take(&f, "source", "snap-sealed", Some("snap-key")).unwrap();
     assert_eq!(
         sealed.encryption.as_ref().map(|e| e.key_id.as_str()),
         Some(key.0.as_str())
@@ -125,15 +123,7 @@ fn sealed_snapshots_keep_plaintext_off_disk_and_restore_onto_encrypted_storage()
     );
 
     // A plain snapshot cannot be restored onto encrypted storage...
-    f.instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("source".into()),
-            "snap-plain",
-            None,
-            None,
-            &no_progress,
-        )
-        .unwrap();
+    take(&f, "source", "snap-plain", None).unwrap();
     let mut spec = f.spec("enc", Some("snap-key"));
     spec.storage_bytes = 1 << 30;
     let err = f
@@ -185,28 +175,10 @@ fn sealed_snapshots_keep_plaintext_off_disk_and_restore_onto_encrypted_storage()
     // A snapshot of the encrypted instance is sealed under its key, and only that key.
     f.instances.start("enc", Some(&f.kms)).unwrap();
     f.kms.create_key(Some("other"), "").unwrap();
-    let err = f
-        .instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("enc".into()),
-            "snap-other",
-            Some("other"),
-            Some(&f.kms),
-            &no_progress,
-        )
-        .unwrap_err();
+    let err = take(&f, "enc", "snap-other", Some("other")).unwrap_err();
     assert!(err.to_string().contains("under its key"), "{err}");
     assert!(!f.home().join("snapshots/snap-other").exists());
-    let of_enc = f
-        .instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("enc".into()),
-            "snap-of-enc",
-            None,
-            Some(&f.kms),
-            &no_progress,
-        )
-        .unwrap();
+    let of_enc = take(&f, "enc", "snap-of-enc", None).unwrap();
     assert_eq!(of_enc.encryption.unwrap().key_id, key.0);
 
     // Re-keying goes through a copy.
@@ -228,15 +200,7 @@ fn a_damaged_sealed_snapshot_fails_the_restore_and_leaves_no_instance() {
     let f = Fixture::new();
     source(&f);
     f.kms.create_key(Some("k"), "").unwrap();
-    f.instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("source".into()),
-            "snap",
-            Some("k"),
-            Some(&f.kms),
-            &no_progress,
-        )
-        .unwrap();
+    take(&f, "source", "snap", Some("k")).unwrap();
     let path = f.home().join("snapshots/snap/snapshot.tar.sealed");
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
@@ -308,27 +272,9 @@ fn an_external_server_by_url_can_be_snapshotted_and_restored() {
 fn bad_snapshot_requests_are_refused_before_anything_is_made() {
     let f = Fixture::new();
     source(&f);
-    let err = f
-        .instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("nope".into()),
-            "s1",
-            None,
-            None,
-            &no_progress,
-        )
-        .unwrap_err();
+    let err = take(&f, "nope", "s1", None).unwrap_err();
     assert!(matches!(err, LocalError::NotFound(_)), "{err}");
-    let err = f
-        .instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("source".into()),
-            "s1",
-            Some("no-such-key"),
-            Some(&f.kms),
-            &no_progress,
-        )
-        .unwrap_err();
+    let err = take(&f, "source", "s1", Some("no-such-key")).unwrap_err();
     assert!(err.to_string().contains("no KMS key"), "{err}");
     let err = f
         .instances
@@ -345,29 +291,12 @@ fn bad_snapshot_requests_are_refused_before_anything_is_made() {
     assert!(!f.home().join("snapshots/s1").exists());
 
     f.instances.stop("source").unwrap();
-    let err = f
-        .instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("source".into()),
-            "s1",
-            None,
-            None,
-            &no_progress,
-        )
-        .unwrap_err();
+    let err = take(&f, "source", "s1", None).unwrap_err();
     assert!(err.to_string().contains("start it first"), "{err}");
 
     // Too little storage for the snapshot.
     f.instances.start("source", None).unwrap();
-    f.instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("source".into()),
-            "s2",
-            None,
-            None,
-            &no_progress,
-        )
-        .unwrap();
+    take(&f, "source", "s2", None).unwrap();
     let err = f
         .instances
         .restore_snapshot("s2", &f.spec("tiny", None), None, &no_progress)
@@ -398,16 +327,7 @@ fn a_snapshot_that_runs_out_of_disk_leaves_nothing_behind() {
     }
     let _guard = Unmount(small);
 
-    let err = f
-        .instances
-        .create_snapshot(
-            &SnapshotFrom::Instance("source".into()),
-            "too-big",
-            None,
-            None,
-            &no_progress,
-        )
-        .unwrap_err();
+    let err = take(&f, "source", "too-big", None).unwrap_err();
     assert!(
         format!("{err:#}").contains("No space left on device")
             || err.to_string().contains("No space left"),

@@ -249,7 +249,7 @@ fn render_list(list: &[InstanceInfo]) -> String {
     if list.is_empty() {
         return "No instances yet. Create one with `pgseal instance create NAME`.\n".to_string();
     }
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "NAME".to_string(),
         "STATUS".into(),
         "PORT".into(),
@@ -258,7 +258,7 @@ fn render_list(list: &[InstanceInfo]) -> String {
         "STORAGE".into(),
     ]];
     for i in list {
-        rows.push([
+        rows.push(vec![
             i.name.clone(),
             i.status.to_string(),
             i.port.to_string(),
@@ -271,17 +271,5 @@ fn render_list(list: &[InstanceInfo]) -> String {
             gib(i.storage_bytes),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            format!("{}\n", cells.join("  ").trim_end())
-        })
-        .collect()
+    super::render_table(&rows)
 }

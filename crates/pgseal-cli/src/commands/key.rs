@@ -70,7 +70,7 @@ fn render_list(keys: &[KeyMetadata]) -> String {
     if keys.is_empty() {
         return "No KMS keys yet. Create one with `pgseal key create --alias NAME`.\n".to_string();
     }
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "KEY ID".to_string(),
         "ALIASES".into(),
         "STATE".into(),
@@ -78,7 +78,7 @@ fn render_list(keys: &[KeyMetadata]) -> String {
         "CREATED".into(),
     ]];
     for k in keys {
-        rows.push([
+        rows.push(vec![
             k.key_id.to_string(),
             if k.aliases.is_empty() {
                 "-".into()
@@ -90,17 +90,5 @@ fn render_list(keys: &[KeyMetadata]) -> String {
             k.created.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            format!("{}\n", cells.join("  ").trim_end())
-        })
-        .collect()
+    super::render_table(&rows)
 }

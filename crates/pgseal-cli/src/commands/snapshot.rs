@@ -194,20 +194,21 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
                     "No snapshots yet. Take one with `pgseal snapshot create INSTANCE --name NAME`."
                 );
             } else {
-                println!(
-                    "{:<24} {:<10} {:<12} {:<14} CREATED",
-                    "NAME", "ENCRYPTED", "SIZE", "END LSN"
-                );
+                let mut rows = vec![
+                    ["NAME", "ENCRYPTED", "SIZE", "END LSN", "CREATED"]
+                        .map(String::from)
+                        .to_vec(),
+                ];
                 for s in &list {
-                    println!(
-                        "{:<24} {:<10} {:<12} {:<14} {}",
-                        s.name,
-                        if s.encryption.is_some() { "yes" } else { "no" },
+                    rows.push(vec![
+                        s.name.clone(),
+                        if s.encryption.is_some() { "yes" } else { "no" }.to_string(),
                         format!("{} MiB", s.backup_bytes >> 20),
                         s.end_lsn.to_string(),
-                        s.created
-                    );
+                        s.created.clone(),
+                    ]);
                 }
+                print!("{}", super::render_table(&rows));
             }
             Ok(exit::code(exit::OK))
         }
