@@ -3,11 +3,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
-use pgseal_crypto::Kms;
 use pgseal_local::instance::{InstanceInfo, InstanceSpec, LocalInstances, ResizeHow};
 use zeroize::Zeroizing;
 
-use super::{Context, Outcome, print_json};
+use super::{Context, Outcome, as_dyn, chosen_key, print_json};
 use crate::cli::InstanceCommand;
 use crate::exit;
 
@@ -34,11 +33,8 @@ pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
             params,
             master_password_file,
         } => {
-            let encryption_key = match (encrypted, key) {
-                (_, Some(k)) => Some(k.clone()),
-                (true, None) => Some(pgseal_crypto::keystore::DEFAULT_KEY_ALIAS.to_string()),
-                (false, None) => None,
-            };
+            // --key alone implies --encrypted.
+            let encryption_key = chosen_key(key, *encrypted);
             let master_password = match master_password_file {
                 Some(path) => {
                     let text = Zeroizing::new(
@@ -57,10 +53,7 @@ pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
             if master_password.as_ref().is_some_and(|p| p.is_empty()) {
                 bail!("the master password file is empty");
             }
-            let kms = match encryption_key {
-                Some(_) => Some(ctx.open_kms()?),
-                None => None,
-            };
+            let kms = ctx.open_kms_if(encryption_key.is_some())?;
             let spec = InstanceSpec {
                 name: name.clone(),
                 port: *port,
@@ -171,11 +164,6 @@ pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
             Ok(exit::code(exit::OK))
         }
     }
-}
-
-/// The KMS as the platform takes it.
-fn as_dyn(kms: Option<&pgseal_crypto::LocalKms>) -> Option<&dyn Kms> {
-    kms.map(|k| k as &dyn Kms)
 }
 
 fn show(ctx: &Context, info: &InstanceInfo) -> Outcome {

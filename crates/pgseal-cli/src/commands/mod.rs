@@ -34,12 +34,29 @@ impl Context {
         LocalKms::open(&dir, &passphrase).context("cannot use the local KMS")
     }
 
+    /// Opens the key store only when `needed` (plain operations never ask for the
+    /// passphrase).
+    pub fn open_kms_if(&self, needed: bool) -> anyhow::Result<Option<LocalKms>> {
+        needed.then(|| self.open_kms()).transpose()
+    }
+
     /// Writes a status line to stderr unless `--quiet`.
     pub fn status(&self, line: impl std::fmt::Display) {
         if !self.quiet {
             eprintln!("{line}");
         }
     }
+}
+
+/// The KMS as the platform calls take it.
+pub fn as_dyn(kms: Option<&LocalKms>) -> Option<&dyn pgseal_crypto::Kms> {
+    kms.map(|k| k as &dyn pgseal_crypto::Kms)
+}
+
+/// The key a `--key K` / `--encrypt` pair names: K, or the managed default key.
+pub fn chosen_key(key: &Option<String>, encrypt: bool) -> Option<String> {
+    key.clone()
+        .or_else(|| encrypt.then(|| pgseal_crypto::keystore::DEFAULT_KEY_ALIAS.to_string()))
 }
 
 /// Renders rows as left-aligned columns two spaces apart; the first row is the header.

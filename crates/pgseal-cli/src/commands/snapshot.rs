@@ -4,12 +4,10 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pgseal_crypto::Kms;
-use pgseal_crypto::keystore::DEFAULT_KEY_ALIAS;
 use pgseal_local::instance::{DEFAULT_STORAGE_BYTES, InstanceSpec, LocalInstances};
 use pgseal_local::snapshot::{SnapshotFrom, SnapshotRecord, SnapshotSource};
 
-use super::{Context, Outcome, print_json};
+use super::{Context, Outcome, as_dyn, chosen_key, print_json};
 use crate::cli::SnapshotCommand;
 use crate::exit;
 
@@ -80,23 +78,17 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
                 (None, Some(u)) => SnapshotFrom::Url(u.clone()),
                 (None, None) => anyhow::bail!("name an INSTANCE or give --source-url"),
             };
-            let key = key
-                .clone()
-                .or_else(|| encrypt.then(|| DEFAULT_KEY_ALIAS.to_string()));
+            let key = chosen_key(key, *encrypt);
             // The KMS is needed to seal, and for any snapshot of an encrypted instance.
             let needs_kms = key.is_some()
                 || matches!(&from, SnapshotFrom::Instance(i) if instances.record(i).is_ok_and(|r| r.encryption.is_some()));
-            let kms = if needs_kms {
-                Some(ctx.open_kms()?)
-            } else {
-                None
-            };
+            let kms = ctx.open_kms_if(needs_kms)?;
             let reporter = Reporter::new(ctx, "snapshot");
             let record = instances.create_snapshot(
                 &from,
                 name,
                 key.as_deref(),
-                kms.as_ref().map(|k| k as &dyn Kms),
+                as_dyn(kms.as_ref()),
                 &|d, t| reporter.report(d, t),
             );
             reporter.done();
@@ -108,24 +100,18 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
             key,
             encrypt,
         } => {
-            let key = key
-                .clone()
-                .or_else(|| encrypt.then(|| DEFAULT_KEY_ALIAS.to_string()));
+            let key = chosen_key(key, *encrypt);
             let needs_kms = key.is_some()
                 || instances
                     .snapshot(source)
                     .is_ok_and(|s| s.encryption.is_some());
-            let kms = if needs_kms {
-                Some(ctx.open_kms()?)
-            } else {
-                None
-            };
+            let kms = ctx.open_kms_if(needs_kms)?;
             let reporter = Reporter::new(ctx, "copy");
             let record = instances.copy_snapshot(
                 source,
                 name,
                 key.as_deref(),
-                kms.as_ref().map(|k| k as &dyn Kms),
+                as_dyn(kms.as_ref()),
                 &|d, t| reporter.report(d, t),
             );
             reporter.done();
@@ -138,11 +124,7 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
             storage,
         } => {
             let snap = instances.snapshot(snapshot)?;
-            let kms = if snap.encryption.is_some() {
-                Some(ctx.open_kms()?)
-            } else {
-                None
-            };
+            let kms = ctx.open_kms_if(snap.encryption.is_some())?;
             // Default storage: 10 GiB, or what the snapshot needs with room to grow.
             let needed = snap.backup_bytes * 2 + (256 << 20);
             let spec = InstanceSpec {
@@ -154,12 +136,10 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
                 master_password: None,
             };
             let reporter = Reporter::new(ctx, "restore");
-            let info = instances.restore_snapshot(
-                snapshot,
-                &spec,
-                kms.as_ref().map(|k| k as &dyn Kms),
-                &|d, t| reporter.report(d, t),
-            );
+            let info =
+                instances.restore_snapshot(snapshot, &spec, as_dyn(kms.as_ref()), &|d, t| {
+                    reporter.report(d, t)
+                });
             reporter.done();
             let info = info?;
             if ctx.json {
