@@ -429,6 +429,29 @@ impl LocalInstances {
             Ok::<_, LocalError>((client, row.get::<_, String>(0), row.get::<_, Option<i64>>(1)))
         })?;
 
+        let taken = self.run_pg_basebackup(conn, name, seal, progress, total, server_version);
+        // Drop the slot now, whatever happened: the server would drop it when the session
+        // closes, but only some moments after this returns.
+        runtime.block_on(async {
+            if let Err(error) = client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
+                tracing::warn!(%slot, %error, "could not drop the snapshot's temporary slot; the server drops it with the session");
+            }
+        });
+        drop(client);
+        taken
+    }
+
+    /// Runs `pg_basebackup` into the snapshot's file (sealed when `seal` is given) and reads
+    /// the WAL positions it reports.
+    fn run_pg_basebackup(
+        &self,
+        conn: &SourceConn,
+        name: &str,
+        seal: Option<(&dyn Kms, String)>,
+        progress: Progress<'_>,
+        total: Option<i64>,
+        server_version: String,
+    ) -> Result<(Taken, u64, Option<String>), LocalError> {
         let mut cmd = ExternalCommand::new(self.install.program("pg_basebackup"))
             .args([
                 "-D",
@@ -491,7 +514,6 @@ impl LocalInstances {
         let finished = running.finish()?;
         out.commit()
             .map_err(io_error(format!("cannot put {} in place", path.display())))?;
-        drop(client);
         let log = finished.stderr_text();
         let lsn = |marker: &str| {
             lsn_after(&log, marker).ok_or_else(|| {
