@@ -24,6 +24,8 @@ pub const KEY_UNUSABLE: u8 = 8;
 pub const TAMPERED: u8 = 9;
 /// The input is not a pgseal sealed stream.
 pub const NOT_SEALED: u8 = 10;
+/// `workload verify` found missing, duplicated or unexpected transactions.
+pub const VERIFY_FAILED: u8 = 11;
 
 /// The text for `--help`.
 pub const HELP_TEXT: &str = "\
@@ -38,7 +40,8 @@ Exit codes:
   7  no KMS key with that id or alias
   8  KMS key disabled or pending deletion
   9  sealed data damaged or tampered with
-  10 input is not a pgseal sealed stream";
+  10 input is not a pgseal sealed stream
+  11 workload verify found missing, duplicated or unexpected transactions";
 
 /// The exit code for a failed command: a library error's kind decides; anything else is 1.
 pub fn for_error(error: &anyhow::Error) -> u8 {
@@ -79,9 +82,23 @@ mod tests {
 
     #[test]
     fn help_text_lists_every_code() {
-        for c in [OK, FAILURE, USAGE, PRECONDITION] {
+        let all = [
+            OK,
+            FAILURE,
+            USAGE,
+            PRECONDITION,
+            NO_PASSPHRASE,
+            WRONG_PASSPHRASE,
+            KEYSTORE_DAMAGED,
+            KEY_NOT_FOUND,
+            KEY_UNUSABLE,
+            TAMPERED,
+            NOT_SEALED,
+            VERIFY_FAILED,
+        ];
+        for c in all {
             assert!(
-                HELP_TEXT.contains(&format!("  {c}  ")),
+                HELP_TEXT.contains(&format!("  {c:<2} ")),
                 "code {c} undocumented"
             );
         }

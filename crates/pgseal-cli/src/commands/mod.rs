@@ -6,6 +6,7 @@ pub mod instance;
 pub mod key;
 pub mod seal;
 pub mod snapshot;
+pub mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,0 +1,108 @@
+//! `pgseal workload ...`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pgseal_local::instance::{LocalInstances, MASTER_USER};
+use pgseal_workload::{Ledger, RunOptions, read_ledger, run as run_workload, verify};
+
+use super::{Context, Outcome, print_json};
+use crate::cli::{WorkloadCommand, WorkloadTarget};
+use crate::exit;
+
+/// The connection a target names. A URL's password is taken from PGPASSWORD when the URL
+/// has none; a URL that holds one is used, with a warning.
+fn config(ctx: &Context, target: &WorkloadTarget) -> anyhow::Result<tokio_postgres::Config> {
+    if let Some(name) = &target.instance {
+        let info = LocalInstances::open(&ctx.home)?.describe(name)?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&info.socket_dir)
+            .port(info.port)
+            .user(MASTER_USER)
+            .dbname("postgres");
+        return Ok(config);
+    }
+    let url = target.url.as_deref().context("give --url or --instance")?;
+    let mut config: tokio_postgres::Config =
+        url.parse().context("--url is not a PostgreSQL URL")?;
+    if config.get_password().is_some() {
+        tracing::warn!(
+            "the --url holds a password, which other users can see in the process list; put it in PGSEAL's environment as PGPASSWORD instead"
+        );
+    } else if let Ok(password) = std::env::var("PGPASSWORD") {
+        config.password(password);
+    }
+    Ok(config)
+}
+
+/// Runs one workload command.
+pub fn run(ctx: &Context, action: &WorkloadCommand) -> Outcome {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match action {
+        WorkloadCommand::Run {
+            target,
+            rate,
+            duration,
+            clients,
+        } => {
+            let config = config(ctx, target)?;
+            let ledger = Arc::new(Ledger::open(&target.ledger)?);
+            let opts = RunOptions {
+                rate: *rate,
+                duration: Duration::from_secs(*duration),
+                clients: *clients,
+            };
+            ctx.status(format!(
+                "writing {rate} tx/s from {clients} clients for {duration} s; ledger {}",
+                target.ledger.display()
+            ));
+            let summary = runtime.block_on(run_workload(&config, ledger, &opts))?;
+            if ctx.json {
+                print_json(&summary)?;
+            } else {
+                println!(
+                    "acknowledged {} (inserts {}, updates {}, deletes {}), uncertain {}, client errors {}",
+                    summary.acknowledged,
+                    summary.inserts,
+                    summary.updates,
+                    summary.deletes,
+                    summary.uncertain,
+                    summary.client_errors
+                );
+            }
+            Ok(exit::code(exit::OK))
+        }
+        WorkloadCommand::Verify { target } => {
+            let config = config(ctx, target)?;
+            let entries = read_ledger(&target.ledger)?;
+            let v = runtime.block_on(verify(&config, &entries))?;
+            if ctx.json {
+                print_json(&v)?;
+            } else {
+                println!(
+                    "acknowledged {}, uncertain {}, missing {}, duplicated {}, unexpected {}",
+                    v.acknowledged, v.uncertain, v.missing, v.duplicated, v.unexpected
+                );
+                for (what, ids) in [
+                    ("missing", &v.missing_ids),
+                    ("duplicated", &v.duplicated_ids),
+                    ("unexpected", &v.unexpected_ids),
+                ] {
+                    if !ids.is_empty() {
+                        let shown: Vec<String> = ids.iter().map(i64::to_string).collect();
+                        println!("  {what} (first {}): {}", ids.len(), shown.join(" "));
+                    }
+                }
+            }
+            Ok(exit::code(if v.is_clean() {
+                exit::OK
+            } else {
+                exit::VERIFY_FAILED
+            }))
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Writing the workload.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::{Client, Config};
+
+use crate::ledger::{Entry, Kind, Ledger, Outcome};
+use crate::{Error, SCHEMA};
+
+/// How much to write.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Transactions per second over all clients.
+    pub rate: f64,
+    /// How long to write.
+    pub duration: Duration,
+    /// Concurrent connections.
+    pub clients: usize,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    /// Transactions whose `COMMIT` was acknowledged (all in the ledger).
+    pub acknowledged: u64,
+    /// Transactions whose `COMMIT` got no answer (in the ledger as uncertain).
+    pub uncertain: u64,
+    /// Lost connections and failed transactions; each was retried on a new connection.
+    pub client_errors: u64,
+    /// Acknowledged inserts, updates and deletes.
+    pub inserts: u64,
+    /// See `inserts`.
+    pub updates: u64,
+    /// See `inserts`.
+    pub deletes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    acknowledged: AtomicU64,
+    uncertain: AtomicU64,
+    client_errors: AtomicU64,
+    inserts: AtomicU64,
+    updates: AtomicU64,
+    deletes: AtomicU64,
+}
+
+/// Creates the workload's tables if missing, then writes at `rate` for `duration` from
+/// `clients` connections, recording each finished transaction in `ledger`.
+pub async fn run(
+    config: &Config,
+    ledger: Arc<Ledger>,
+    opts: &RunOptions,
+) -> Result<RunSummary, Error> {
+    let setup = pgseal_pg::connect(config).await?;
+    setup.batch_execute(SCHEMA).await?;
+    // Ids continue above everything earlier runs wrote, so ledgers can be appended to.
+    let base: i64 = setup
+        .query_one(
+            "SELECT coalesce(max(txid), 0) + 1 FROM pgseal_ledger_events",
+            &[],
+        )
+        .await?
+        .get(0);
+    drop(setup);
+    let counters = Arc::new(Counters::default());
+    let deadline = Instant::now() + opts.duration;
+    let clients = opts.clients.max(1);
+    let period = Duration::from_secs_f64(clients as f64 / opts.rate.max(0.001));
+    let mut tasks = Vec::new();
+    for client_no in 0..clients {
+        let (config, ledger, counters) = (config.clone(), ledger.clone(), counters.clone());
+        tasks.push(tokio::spawn(async move {
+            client_loop(
+                config, ledger, counters, client_no, clients, base, period, deadline,
+            )
+            .await
+        }));
+    }
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(join) => tracing::warn!(%join, "a workload client panicked"),
+        }
+    }
+    ledger.sync()?;
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let c = &counters;
+    Ok(RunSummary {
+        acknowledged: c.acknowledged.load(Ordering::Relaxed),
+        uncertain: c.uncertain.load(Ordering::Relaxed),
+        client_errors: c.client_errors.load(Ordering::Relaxed),
+        inserts: c.inserts.load(Ordering::Relaxed),
+        updates: c.updates.load(Ordering::Relaxed),
+        deletes: c.deletes.load(Ordering::Relaxed),
+    })
+}
+
+/// How one transaction ended.
+enum TxEnd {
+    Committed,
+    /// The connection was lost during COMMIT.
+    InDoubt,
+    /// It did not commit (an error before COMMIT, or the server refused the COMMIT).
+    Failed(tokio_postgres::Error),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client_loop(
+    config: Config,
+    ledger: Arc<Ledger>,
+    counters: Arc<Counters>,
+    client_no: usize,
+    clients: usize,
+    base: i64,
+    period: Duration,
+    deadline: Instant,
+) -> Result<(), Error> {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client: Option<Client> = None;
+    // This client's acknowledged accounts, and its key-less rows not yet deleted.
+    let mut accounts: Vec<i64> = Vec::new();
+    let mut rows: Vec<i64> = Vec::new();
+    let mut seq: i64 = 0;
+    while Instant::now() < deadline {
+        ticker.tick().await;
+        let c = match &client {
+            Some(c) if !c.is_closed() => c,
+            _ => match pgseal_pg::connect(&config).await {
+                Ok(c) => client.insert(c),
+                Err(error) => {
+                    counters.client_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(client_no, %error, "reconnecting");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let txid = base + seq * clients as i64 + client_no as i64;
+        seq += 1;
+        let (kind, target) = match seq % 4 {
+            2 if !accounts.is_empty() => {
+                (Kind::Update, accounts[(seq as usize / 4) % accounts.len()])
+            }
+            3 if !rows.is_empty() => (Kind::Delete, rows[0]),
+            _ => (Kind::Insert, txid),
+        };
+        let outcome = transaction(c, client_no, txid, kind, target).await;
+        let entry = |outcome| Entry {
+            outcome,
+            txid,
+            kind,
+            target,
+        };
+        match outcome {
+            TxEnd::Committed => {
+                ledger.record(entry(Outcome::Acknowledged))?;
+                counters.acknowledged.fetch_add(1, Ordering::Relaxed);
+                match kind {
+                    Kind::Insert => {
+                        accounts.push(txid);
+                        rows.push(txid);
+                        counters.inserts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Kind::Update => {
+                        counters.updates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Kind::Delete => {
+                        rows.retain(|r| *r != target);
+                        counters.deletes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            TxEnd::InDoubt => {
+                ledger.record(entry(Outcome::Uncertain))?;
+                counters.uncertain.fetch_add(1, Ordering::Relaxed);
+                counters.client_errors.fetch_add(1, Ordering::Relaxed);
+                // A delete that may have happened is not tried again on that row.
+                if kind == Kind::Delete {
+                    rows.retain(|r| *r != target);
+                }
+                client = None;
+            }
+            TxEnd::Failed(error) if !is_retryable(&error) => {
+                // The same statement would fail again: stop and say why.
+                return Err(Error::Sql(error));
+            }
+            TxEnd::Failed(error) => {
+                counters.client_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client_no, %error, "transaction failed; retrying on a fresh connection");
+                client = None;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Errors a cutover, a fence or an operator can cause, which a new attempt may get past:
+/// no answer at all (connection lost), connection exceptions (08), operator intervention
+/// such as a terminated backend (57), read-only transactions under a write fence (25006),
+/// rollbacks (40), exhausted resources (53) and lock timeouts (55P03). Anything else
+/// (an undefined table, a violated constraint) would fail the same way again.
+fn is_retryable(error: &tokio_postgres::Error) -> bool {
+    let Some(db) = error.as_db_error() else {
+        return true;
+    };
+    let code = db.code().code();
+    ["08", "57", "40", "53"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "25006"
+        || code == "55P03"
+}
+
+async fn transaction(
+    client: &Client,
+    client_no: usize,
+    txid: i64,
+    kind: Kind,
+    target: i64,
+) -> TxEnd {
+    let body = async {
+        client.batch_execute("BEGIN").await?;
+        client
+            .execute(
+                "INSERT INTO pgseal_ledger_events (txid, client, kind, target) VALUES ($1, $2, $3, $4)",
+                &[&txid, &(client_no as i32), &kind.as_str(), &target],
+            )
+            .await?;
+        match kind {
+            Kind::Insert => {
+                client
+                    .execute(
+                        "INSERT INTO pgseal_ledger_accounts (id, balance) VALUES ($1, 100)",
+                        &[&txid],
+                    )
+                    .await?;
+                client
+                    .execute("INSERT INTO pgseal_ledger_nokey (txid, note) VALUES ($1, 'row of ' || $1::bigint::text)", &[&txid])
+                    .await?;
+            }
+            Kind::Update => {
+                client
+                    .execute(
+                        "UPDATE pgseal_ledger_accounts SET balance = balance + 1, updated_by = $1 WHERE id = $2",
+                        &[&txid, &target],
+                    )
+                    .await?;
+            }
+            Kind::Delete => {
+                client
+                    .execute(
+                        "DELETE FROM pgseal_ledger_nokey WHERE txid = $1",
+                        &[&target],
+                    )
+                    .await?;
+            }
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    if let Err(error) = body.await {
+        // Best effort: a broken connection rolls back by itself.
+        let _ = client.batch_execute("ROLLBACK").await;
+        return TxEnd::Failed(error);
+    }
+    match client.batch_execute("COMMIT").await {
+        Ok(()) => TxEnd::Committed,
+        // The server answered: it did not commit.
+        Err(error) if error.as_db_error().is_some() => TxEnd::Failed(error),
+        // No answer: it may have committed.
+        Err(_) => TxEnd::InDoubt,
+    }
+}
