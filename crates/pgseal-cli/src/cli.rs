@@ -103,6 +103,14 @@ listed as warnings).")]
         action: SnapshotCommand,
     },
 
+    /// Plan a migration onto encrypted storage (read-only preflight)
+    #[command(long_about = MIGRATE_ABOUT)]
+    Migrate {
+        /// What to do.
+        #[command(subcommand)]
+        action: MigrateCommand,
+    },
+
     /// Write a ledger workload that proves no transaction is lost or applied twice
     #[command(long_about = WORKLOAD_ABOUT)]
     Workload {
@@ -191,6 +199,50 @@ Examples:
   pgseal snapshot create --source-url postgres://app@db.internal/app --name ext-0101
   pgseal snapshot copy ext-0101 --name ext-0101-enc --key alias/orders
   pgseal snapshot restore ext-0101-enc --instance orders-enc --storage 50GiB";
+
+const MIGRATE_ABOUT: &str = "\
+Move a database onto an encrypted instance with logical replication from the exact end of
+an encrypted snapshot. `migrate plan` is the read-only preflight: it reports every problem
+at once, each with its fix, and changes nothing; it exits 3 while a blocker remains.
+
+It checks: wal_level, free replication slots and WAL senders, privileges, tables without a
+primary key or replica identity (--replica-identity-full opts in to setting it), unlogged
+tables and large objects (not migrated), long-running transactions (they block slot
+creation), name clashes with existing slots, publications and subscriptions, free disk for
+the snapshot and the restored copy, and the target key.
+
+Example:
+  pgseal migrate plan --source orders --key alias/orders
+  PGPASSWORD=... pgseal migrate plan --source postgres://admin@db.internal/app --target app-enc";
+
+/// `pgseal migrate ...`
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Check everything a migration needs, change nothing (exit 3 while a blocker remains)
+    Plan {
+        /// The source: a local instance name, or postgres://URL (password in PGPASSWORD)
+        #[arg(long)]
+        source: String,
+        /// The encrypted instance to create [default: SOURCE-enc for an instance]
+        #[arg(long)]
+        target: Option<String>,
+        /// KMS key for the target (id or alias)
+        #[arg(long, default_value = "pgseal/default")]
+        key: String,
+        /// The migration's name (its slot, publication and subscription are named after it)
+        #[arg(long, default_value = "m1")]
+        name: String,
+        /// Allow pgseal to restart a managed source to set wal_level=logical
+        #[arg(long)]
+        allow_restart: bool,
+        /// Set REPLICA IDENTITY FULL on tables without a primary key
+        #[arg(long)]
+        replica_identity_full: bool,
+        /// Report transactions open longer than this many seconds
+        #[arg(long, default_value_t = 60)]
+        long_transaction_seconds: i64,
+    },
+}
 
 const WORKLOAD_ABOUT: &str = "\
 The ledger workload writes transactions (inserts, updates of earlier rows, deletes from a

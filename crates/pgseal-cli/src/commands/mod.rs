@@ -4,6 +4,7 @@
 pub mod doctor;
 pub mod instance;
 pub mod key;
+pub mod migrate;
 pub mod seal;
 pub mod snapshot;
 pub mod workload;

@@ -1,0 +1,357 @@
+//! Preflight: everything that would stop or endanger a migration, found before anything is
+//! changed on the source. Each [`Finding`] says what is wrong, whether it blocks, and what
+//! to do; the checks only read (catalog queries), so running them is always safe.
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The migration cannot start until this is fixed (or opted into).
+    Blocker,
+    /// The migration can start; the user should know (something will not be migrated).
+    Warning,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// A stable identifier, for scripts.
+    pub id: &'static str,
+    /// Blocker or warning.
+    pub severity: Severity,
+    /// What is wrong, with the objects concerned.
+    pub detail: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+/// What the checks are told besides the source itself.
+#[derive(Debug, Clone)]
+pub struct PreflightInput {
+    /// The migration's name; slot, publication and subscription are named after it.
+    pub migration: String,
+    /// True when the source is an instance pgseal manages (it can change its parameters).
+    pub managed_source: Option<String>,
+    /// The user allows a restart of the source to set `wal_level` (`--allow-restart`).
+    pub allow_restart: bool,
+    /// The user opts in to `REPLICA IDENTITY FULL` for tables without a key.
+    pub replica_identity_full: bool,
+    /// Transactions older than this many seconds are reported (they block slot creation).
+    pub long_transaction_seconds: i64,
+    /// Bytes free where the snapshot and the restored copy will live, if known.
+    pub free_bytes: Option<u64>,
+    /// A problem with the target key found by the caller (disabled, pending deletion, unknown).
+    pub key_problem: Option<String>,
+    /// A problem with the target found by the caller (its name is taken, ...).
+    pub target_problem: Option<String>,
+}
+
+/// Everything preflight found.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreflightReport {
+    /// The source's size in bytes (all databases).
+    pub source_bytes: u64,
+    /// The source's version.
+    pub server_version: String,
+    /// Tables that will be published.
+    pub tables: u64,
+    /// The findings, blockers first.
+    pub findings: Vec<Finding>,
+}
+
+impl PreflightReport {
+    /// True when nothing blocks the migration.
+    pub fn ready(&self) -> bool {
+        !self
+            .findings
+            .iter()
+            .any(|f| f.severity == Severity::Blocker)
+    }
+}
+
+/// The slot, publication and subscription name for a migration.
+pub fn replication_name(migration: &str) -> String {
+    let cleaned: String = migration
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("pgseal_{cleaned}")
+}
+
+fn blocker(id: &'static str, detail: String, fix: String) -> Finding {
+    Finding {
+        id,
+        severity: Severity::Blocker,
+        detail,
+        fix,
+    }
+}
+
+fn warning(id: &'static str, detail: String, fix: String) -> Finding {
+    Finding {
+        id,
+        severity: Severity::Warning,
+        detail,
+        fix,
+    }
+}
+
+/// Lists names, the first few and a count beyond.
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
+}
+
+/// Runs every check against the source database `client` is connected to.
+pub async fn preflight(
+    client: &Client,
+    input: &PreflightInput,
+) -> Result<PreflightReport, tokio_postgres::Error> {
+    let mut findings = Vec::new();
+    let setting = |rows: &[tokio_postgres::Row], name: &str| -> String {
+        rows.iter()
+            .find(|r| r.get::<_, String>(0) == name)
+            .map(|r| r.get::<_, String>(1))
+            .unwrap_or_default()
+    };
+    let settings = client
+        .query(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders', 'server_version')",
+            &[],
+        )
+        .await?;
+    let server_version = setting(&settings, "server_version");
+
+    // 1. wal_level.
+    let wal_level = setting(&settings, "wal_level");
+    if wal_level != "logical" {
+        let fix = match (&input.managed_source, input.allow_restart) {
+            (Some(_), true) => "pgseal sets it and restarts the source at `migrate start` (--allow-restart given)".to_string(),
+            (Some(name), false) => format!(
+                "pass --allow-restart to let pgseal set it and restart {name}, or run `pgseal instance set-param {name} wal_level=logical --apply`"
+            ),
+            (None, _) => "ALTER SYSTEM SET wal_level = logical; then restart the server (on RDS: rds.logical_replication = 1 in a custom parameter group)".to_string(),
+        };
+        let blocks = !(input.managed_source.is_some() && input.allow_restart);
+        let detail = format!("wal_level is {wal_level}; logical replication needs logical");
+        findings.push(if blocks {
+            blocker("wal_level", detail, fix)
+        } else {
+            warning("wal_level", detail, fix)
+        });
+    }
+
+    // 2. Free slots and senders: one of each for the migration, one more for rollback.
+    let used = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots), (SELECT count(*) FROM pg_stat_replication)",
+            &[],
+        )
+        .await?;
+    for (name, in_use) in [
+        ("max_replication_slots", used.get::<_, i64>(0)),
+        ("max_wal_senders", used.get::<_, i64>(1)),
+    ] {
+        let max: i64 = setting(&settings, name).parse().unwrap_or(0);
+        if max - in_use < 2 {
+            findings.push(blocker(
+                if name == "max_wal_senders" { "max_wal_senders" } else { "max_replication_slots" },
+                format!("{name} is {max} with {in_use} in use; the migration needs 2 free (one to migrate, one to roll back)"),
+                format!("ALTER SYSTEM SET {name} = {}; then restart the server", (in_use + 4).max(10)),
+            ));
+        }
+    }
+
+    // 3. Privileges.
+    let role = client
+        .query_one("SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user", &[])
+        .await?;
+    let (user, is_super, can_replicate): (String, bool, bool) =
+        (role.get(0), role.get(1), role.get(2));
+    if !is_super && !can_replicate {
+        findings.push(blocker(
+            "privileges",
+            format!("role {user} is neither superuser nor REPLICATION"),
+            format!("ALTER ROLE {user} REPLICATION; (on RDS: GRANT rds_replication TO {user};) and make it own the tables or be superuser"),
+        ));
+    }
+
+    // 4. Tables and replica identity: UPDATE/DELETE on a published table without one fails
+    //    on the production source.
+    let tables = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname), c.relreplident::text, \
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+                    c.relpersistence::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+            &[],
+        )
+        .await?;
+    let mut no_identity = Vec::new();
+    let mut unlogged = Vec::new();
+    for t in &tables {
+        let (name, ident, has_pk, persistence): (String, String, bool, String) =
+            (t.get(0), t.get(1), t.get(2), t.get(3));
+        if persistence == "u" {
+            unlogged.push(name);
+            continue;
+        }
+        // 'd' uses the primary key; 'n' has none; 'f' full and 'i' an index are usable.
+        if ident == "n" || (ident == "d" && !has_pk) {
+            no_identity.push(name);
+        }
+    }
+    if !no_identity.is_empty() {
+        let detail = format!(
+            "{} table(s) without a primary key or replica identity: {}; once published, UPDATE and DELETE on them fail on the source",
+            no_identity.len(),
+            list(&no_identity)
+        );
+        findings.push(if input.replica_identity_full {
+            warning("replica_identity", detail, "pgseal sets REPLICA IDENTITY FULL on them (--replica-identity-full given)".into())
+        } else {
+            blocker(
+                "replica_identity",
+                detail,
+                "add primary keys, or pass --replica-identity-full to let pgseal set REPLICA IDENTITY FULL (updates then log whole rows)".into(),
+            )
+        });
+    }
+    if !unlogged.is_empty() {
+        findings.push(warning(
+            "unlogged_tables",
+            format!("{} unlogged table(s) cannot be replicated and are not migrated: {}", unlogged.len(), list(&unlogged)),
+            "ALTER TABLE ... SET LOGGED before the migration, or recreate their contents on the target".into(),
+        ));
+    }
+
+    // 5. Large objects are not replicated.
+    let large_objects: i64 = client
+        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+        .await?
+        .get(0);
+    if large_objects > 0 {
+        findings.push(warning(
+            "large_objects",
+            format!("{large_objects} large object(s) are in the snapshot but later changes to them are not replicated"),
+            "avoid changing large objects during the migration, or move them to bytea columns".into(),
+        ));
+    }
+
+    // 6. Long transactions hold up slot creation (it waits for running transactions).
+    let long = client
+        .query(
+            "SELECT pid, coalesce(usename::text, '?'), extract(epoch FROM now() - xact_start)::bigint \
+             FROM pg_stat_activity WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() \
+               AND now() - xact_start > make_interval(secs => $1::bigint) ORDER BY xact_start",
+            &[&input.long_transaction_seconds],
+        )
+        .await?;
+    if !long.is_empty() {
+        let items: Vec<String> = long
+            .iter()
+            .map(|r| {
+                format!(
+                    "pid {} ({}, {} s)",
+                    r.get::<_, i32>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i64>(2)
+                )
+            })
+            .collect();
+        findings.push(blocker(
+            "long_transactions",
+            format!("{} transaction(s) open longer than {} s: {}; creating the slot would wait for them", items.len(), input.long_transaction_seconds, list(&items)),
+            "let them finish, or end them: SELECT pg_terminate_backend(PID)".into(),
+        ));
+    }
+
+    // 7. Name clashes.
+    let name = replication_name(&input.migration);
+    let clash = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
+                    EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1), \
+                    EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)",
+            &[&name],
+        )
+        .await?;
+    for (i, kind) in ["replication slot", "publication", "subscription"]
+        .iter()
+        .enumerate()
+    {
+        if clash.get::<_, bool>(i) {
+            findings.push(blocker(
+                "name_clash",
+                format!("a {kind} named {name} already exists on the source"),
+                format!("choose another --name, or if it is left from an earlier attempt: `pgseal migrate abort {}`", input.migration),
+            ));
+        }
+    }
+
+    // 8. Room for the snapshot and the restored copy.
+    let source_bytes: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database",
+            &[],
+        )
+        .await?
+        .get(0);
+    let source_bytes = source_bytes.max(0) as u64;
+    if let Some(free) = input.free_bytes {
+        let needed = source_bytes * 2 + (source_bytes / 5);
+        if free < needed {
+            findings.push(blocker(
+                "disk_space",
+                format!("{} MiB free; the snapshot and the restored copy need about {} MiB (2.2x the source's {} MiB)", free >> 20, needed >> 20, source_bytes >> 20),
+                "free space, or point --home at a larger file system".into(),
+            ));
+        }
+    }
+
+    // 9. The key.
+    if let Some(problem) = &input.key_problem {
+        findings.push(blocker(
+            "key",
+            problem.clone(),
+            "choose another --key, or fix this one (`pgseal key describe`)".into(),
+        ));
+    }
+
+    // 10. The target.
+    if let Some(problem) = &input.target_problem {
+        findings.push(blocker(
+            "target",
+            problem.clone(),
+            "choose another --target".into(),
+        ));
+    }
+
+    findings.sort_by_key(|f| f.severity == Severity::Warning);
+    Ok(PreflightReport {
+        source_bytes,
+        server_version,
+        tables: tables.len() as u64,
+        findings,
+    })
+}

@@ -1,0 +1,154 @@
+//! Preflight against real servers: a clean source, and a source with every problem at once.
+
+use std::time::Duration;
+
+use pgseal_core::preflight::{PreflightInput, Severity, preflight};
+use pgseal_testkit::TestCluster;
+
+fn input() -> PreflightInput {
+    PreflightInput {
+        migration: "m1".into(),
+        managed_source: None,
+        allow_restart: false,
+        replica_identity_full: false,
+        long_transaction_seconds: 1,
+        free_bytes: None,
+        key_problem: None,
+        target_problem: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_source_has_no_findings() {
+    let db = tokio::task::spawn_blocking(TestCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let c = db.connect("postgres").await.unwrap();
+    c.batch_execute("CREATE TABLE t (id int primary key, v text); CREATE TABLE f (v text); ALTER TABLE f REPLICA IDENTITY FULL")
+        .await
+        .unwrap();
+    let report = preflight(&c, &input()).await.unwrap();
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    assert!(report.ready());
+    assert_eq!(report.tables, 2);
+    assert!(report.source_bytes > 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
+    let db = tokio::task::spawn_blocking(|| {
+        TestCluster::builder()
+            .setting("wal_level", "replica")
+            .setting("max_replication_slots", "2")
+            .start()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let c = db.connect("postgres").await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE keyed (id int primary key); CREATE TABLE loose (v text); \
+         CREATE UNLOGGED TABLE scratch (v text); SELECT lo_create(0); \
+         SELECT pg_create_physical_replication_slot('pgseal_m1'); CREATE PUBLICATION pgseal_m1 FOR TABLE keyed",
+    )
+    .await
+    .unwrap();
+    // A transaction held open past the threshold.
+    let holder = db.connect("postgres").await.unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT txid_current()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let before = c
+        .query_one("SELECT (SELECT count(*) FROM pg_replication_slots), (SELECT count(*) FROM pg_publication), (SELECT relreplident::text FROM pg_class WHERE relname = 'loose')", &[])
+        .await
+        .unwrap();
+    let mut inp = input();
+    inp.free_bytes = Some(1 << 20);
+    inp.key_problem = Some("KMS key k is disabled".into());
+    inp.target_problem = Some("instance orders-enc already exists".into());
+    let report = preflight(&c, &inp).await.unwrap();
+    let ids: Vec<&str> = report.findings.iter().map(|f| f.id).collect();
+    for expected in [
+        "wal_level",
+        "max_replication_slots",
+        "replica_identity",
+        "unlogged_tables",
+        "large_objects",
+        "long_transactions",
+        "name_clash",
+        "disk_space",
+        "key",
+        "target",
+    ] {
+        assert!(
+            ids.contains(&expected),
+            "{expected} not reported: {:#?}",
+            report.findings
+        );
+    }
+    assert!(!report.ready());
+    let find = |id: &str| report.findings.iter().find(|f| f.id == id).unwrap();
+    assert!(find("replica_identity").detail.contains("public.loose"));
+    assert!(!find("replica_identity").detail.contains("keyed"));
+    assert!(find("unlogged_tables").detail.contains("public.scratch"));
+    assert_eq!(find("unlogged_tables").severity, Severity::Warning);
+    assert_eq!(
+        ids.iter().filter(|i| **i == "name_clash").count(),
+        2,
+        "slot and publication"
+    );
+    assert!(
+        report.findings.iter().all(|f| !f.fix.is_empty()),
+        "every finding has a fix"
+    );
+    // Blockers come first.
+    let first_warning = report
+        .findings
+        .iter()
+        .position(|f| f.severity == Severity::Warning)
+        .unwrap();
+    assert!(
+        report.findings[first_warning..]
+            .iter()
+            .all(|f| f.severity == Severity::Warning)
+    );
+
+    let after = c
+        .query_one("SELECT (SELECT count(*) FROM pg_replication_slots), (SELECT count(*) FROM pg_publication), (SELECT relreplident::text FROM pg_class WHERE relname = 'loose')", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            before.get::<_, i64>(0),
+            before.get::<_, i64>(1),
+            before.get::<_, String>(2)
+        ),
+        (
+            after.get::<_, i64>(0),
+            after.get::<_, i64>(1),
+            after.get::<_, String>(2)
+        ),
+        "preflight changes nothing"
+    );
+
+    // Opting in turns those blockers into warnings.
+    let mut opted = input();
+    opted.replica_identity_full = true;
+    opted.managed_source = Some("orders".into());
+    opted.allow_restart = true;
+    let report = preflight(&c, &opted).await.unwrap();
+    let sev = |id: &str| {
+        report
+            .findings
+            .iter()
+            .find(|f| f.id == id)
+            .map(|f| f.severity)
+    };
+    assert_eq!(sev("replica_identity"), Some(Severity::Warning));
+    assert_eq!(sev("wal_level"), Some(Severity::Warning));
+    drop(holder);
+}
