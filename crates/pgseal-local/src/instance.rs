@@ -280,6 +280,21 @@ pub struct Resized {
     pub how: ResizeHow,
 }
 
+impl InstanceInfo {
+    /// A connection to the instance's `postgres` database as the master user, over its
+    /// unix socket (trust: root and the server's OS user only).
+    pub fn sql_config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.socket_dir)
+            .port(self.port)
+            .user(MASTER_USER)
+            .dbname("postgres")
+            .application_name("pgseal");
+        config
+    }
+}
+
 /// What `set_params` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParamChange {
@@ -774,14 +789,7 @@ impl LocalInstances {
         F: FnOnce(tokio_postgres::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        let paths = self.paths(record);
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host_path(&paths.socket)
-            .port(record.port)
-            .user(MASTER_USER)
-            .dbname("postgres")
-            .application_name("pgseal");
+        let config = self.info(record).sql_config();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -11,7 +11,7 @@ use pgseal_platform::{
 };
 
 use crate::instance::{
-    DEFAULT_STORAGE_BYTES, InstanceInfo, InstanceSpec, LocalError, LocalInstances, MASTER_USER,
+    DEFAULT_STORAGE_BYTES, InstanceInfo, InstanceSpec, LocalError, LocalInstances,
 };
 use crate::snapshot::{SnapshotFrom, SnapshotRecord};
 
@@ -237,13 +237,7 @@ impl Platform for LocalPlatform {
         let name = name.to_string();
         self.blocking(move |s| {
             let info = s.instances.describe(&name)?;
-            let mut config = tokio_postgres::Config::new();
-            config
-                .host_path(&info.socket_dir)
-                .port(info.port)
-                .user(MASTER_USER)
-                .dbname("postgres")
-                .application_name("pgseal");
+            let config = info.sql_config();
             Ok(config)
         })
         .await

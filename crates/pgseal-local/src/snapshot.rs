@@ -155,7 +155,8 @@ struct SourceConn {
 }
 
 fn source_from_url(url: &str) -> Result<(SourceConn, String), LocalError> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| {
+    // The password comes from PGPASSWORD when the URL has none.
+    let (config, _) = pgseal_pg::config_from_url(url).map_err(|e| {
         LocalError::InvalidInput(format!("--source-url is not a PostgreSQL URL: {e}"))
     })?;
     let target = pgseal_pg::describe_target(&config);
@@ -312,12 +313,7 @@ impl LocalInstances {
                     }
                     (None, asked) => asked.map(str::to_string),
                 };
-                let mut config = tokio_postgres::Config::new();
-                config
-                    .host_path(&info.socket_dir)
-                    .port(info.port)
-                    .user(MASTER_USER)
-                    .dbname("postgres");
+                let config = info.sql_config();
                 let args = vec![
                     "-h".to_string(),
                     info.socket_dir.display().to_string(),

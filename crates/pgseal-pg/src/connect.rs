@@ -32,6 +32,18 @@ pub fn describe_target(config: &Config) -> String {
     )
 }
 
+/// Parses a PostgreSQL URL. When the URL holds no password, `PGPASSWORD` from this
+/// process's environment supplies it (so it never has to go on a command line); the flag
+/// says whether the URL itself carried one, which callers should warn about.
+pub fn config_from_url(url: &str) -> Result<(Config, bool), tokio_postgres::Error> {
+    let mut config: Config = url.parse()?;
+    let in_url = config.get_password().is_some();
+    if !in_url && let Ok(password) = std::env::var("PGPASSWORD") {
+        config.password(password);
+    }
+    Ok((config, in_url))
+}
+
 /// Connects (without TLS) and drives the connection on the current tokio runtime. The
 /// connection task ends when the returned client is dropped.
 pub async fn connect(config: &Config) -> Result<Client, ConnectError> {

@@ -11,6 +11,6 @@ pub mod install;
 pub mod lsn;
 pub mod server;
 
-pub use connect::{ConnectError, connect, describe_target, set_scram_password};
+pub use connect::{ConnectError, config_from_url, connect, describe_target, set_scram_password};
 pub use install::{DiscoverError, PgInstall, PgVersion};
 pub use lsn::Lsn;

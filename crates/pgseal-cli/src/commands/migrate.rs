@@ -6,9 +6,9 @@ use anyhow::Context as _;
 use pgseal_core::preflight::{PreflightInput, PreflightReport, Severity, preflight};
 use pgseal_crypto::keystore::DEFAULT_KEY_ALIAS;
 use pgseal_crypto::{KeyState, Kms};
-use pgseal_local::instance::{LocalInstances, MASTER_USER};
+use pgseal_local::instance::LocalInstances;
 
-use super::{Context, Outcome, print_json};
+use super::{Context, Outcome, print_json, url_config};
 use crate::cli::MigrateCommand;
 use crate::exit;
 
@@ -58,23 +58,12 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
     let is_url = source.starts_with("postgres://") || source.starts_with("postgresql://");
     let instances = LocalInstances::open(&ctx.home)?;
     let (config, managed) = if is_url {
-        let mut config: tokio_postgres::Config =
-            source.parse().context("--source is not a PostgreSQL URL")?;
-        if config.get_password().is_none()
-            && let Ok(password) = std::env::var("PGPASSWORD")
-        {
-            config.password(password);
-        }
-        (config, None)
+        (url_config(source, "--source")?, None)
     } else {
-        let info = instances.describe(source)?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host_path(&info.socket_dir)
-            .port(info.port)
-            .user(MASTER_USER)
-            .dbname("postgres");
-        (config, Some(source.clone()))
+        (
+            instances.describe(source)?.sql_config(),
+            Some(source.clone()),
+        )
     };
     let target = target
         .clone()

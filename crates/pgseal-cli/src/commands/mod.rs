@@ -50,6 +50,20 @@ impl Context {
     }
 }
 
+/// Parses a URL given as `flag`, the password coming from PGPASSWORD when the URL has none.
+/// A URL that holds a password is used, with a warning: the process list shows it.
+pub fn url_config(url: &str, flag: &str) -> anyhow::Result<tokio_postgres::Config> {
+    use anyhow::Context as _;
+    let (config, password_in_url) = pgseal_pg::config_from_url(url)
+        .with_context(|| format!("{flag} is not a PostgreSQL URL"))?;
+    if password_in_url {
+        tracing::warn!(
+            "{flag} holds a password, which other users can see in the process list; set PGPASSWORD instead"
+        );
+    }
+    Ok(config)
+}
+
 /// The KMS as the platform calls take it.
 pub fn as_dyn(kms: Option<&LocalKms>) -> Option<&dyn pgseal_crypto::Kms> {
     kms.map(|k| k as &dyn pgseal_crypto::Kms)

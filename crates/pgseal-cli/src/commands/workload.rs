@@ -4,37 +4,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use pgseal_local::instance::{LocalInstances, MASTER_USER};
+use pgseal_local::instance::LocalInstances;
 use pgseal_workload::{Ledger, RunOptions, read_ledger, run as run_workload, verify};
 
-use super::{Context, Outcome, print_json};
+use super::{Context, Outcome, print_json, url_config};
 use crate::cli::{WorkloadCommand, WorkloadTarget};
 use crate::exit;
 
-/// The connection a target names. A URL's password is taken from PGPASSWORD when the URL
-/// has none; a URL that holds one is used, with a warning.
+/// The connection a target names (see [`url_config`] for URLs and their passwords).
 fn config(ctx: &Context, target: &WorkloadTarget) -> anyhow::Result<tokio_postgres::Config> {
     if let Some(name) = &target.instance {
-        let info = LocalInstances::open(&ctx.home)?.describe(name)?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host_path(&info.socket_dir)
-            .port(info.port)
-            .user(MASTER_USER)
-            .dbname("postgres");
-        return Ok(config);
+        return Ok(LocalInstances::open(&ctx.home)?
+            .describe(name)?
+            .sql_config());
     }
     let url = target.url.as_deref().context("give --url or --instance")?;
-    let mut config: tokio_postgres::Config =
-        url.parse().context("--url is not a PostgreSQL URL")?;
-    if config.get_password().is_some() {
-        tracing::warn!(
-            "the --url holds a password, which other users can see in the process list; put it in PGSEAL's environment as PGPASSWORD instead"
-        );
-    } else if let Ok(password) = std::env::var("PGPASSWORD") {
-        config.password(password);
-    }
-    Ok(config)
+    url_config(url, "--url")
 }
 
 /// Runs one workload command.
