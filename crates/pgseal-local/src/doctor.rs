@@ -340,8 +340,7 @@ fn check_privileges(inputs: &DoctorInputs, is_root: bool) -> Check {
     const ID: &str = "volume_privileges";
     const TITLE: &str = "privileges for encrypted volumes";
     const FOR: &str = "encrypted instances (loop mounts and fscrypt key ioctls)";
-    let has_cap = effective_capabilities(&inputs.sys("/proc/self/status"))
-        .is_some_and(|caps| caps & (1u64 << CAP_SYS_ADMIN) != 0);
+    let has_cap = has_capability(&inputs.sys("/proc/self/status"), CAP_SYS_ADMIN);
     match (is_root, has_cap) {
         (_, true) => ok(
             ID,
@@ -371,6 +370,14 @@ fn check_privileges(inputs: &DoctorInputs, is_root: bool) -> Check {
             "run pgseal as root: sudo -E pgseal ...".into(),
         ),
     }
+}
+
+/// Linux capability number of CAP_SYS_RESOURCE (growing a mounted ext4).
+pub(crate) const CAP_SYS_RESOURCE: u32 = 24;
+
+/// True when the `/proc/<pid>/status` file gives the capability `cap` as effective.
+pub(crate) fn has_capability(status_file: &Path, cap: u32) -> bool {
+    effective_capabilities(status_file).is_some_and(|caps| caps & (1u64 << cap) != 0)
 }
 
 /// The effective capability set from a `/proc/<pid>/status` file.
@@ -588,9 +595,7 @@ fn check_online_resize(inputs: &DoctorInputs) -> Check {
     const ID: &str = "online_resize";
     const TITLE: &str = "online volume growth";
     const FOR: &str = "growing an encrypted instance without a restart (instance resize)";
-    const CAP_SYS_RESOURCE: u32 = 24;
-    let has = effective_capabilities(&inputs.sys("/proc/self/status"))
-        .is_some_and(|caps| caps & (1u64 << CAP_SYS_RESOURCE) != 0);
+    let has = has_capability(&inputs.sys("/proc/self/status"), CAP_SYS_RESOURCE);
     if has {
         ok(
             ID,

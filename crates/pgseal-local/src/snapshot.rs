@@ -197,12 +197,63 @@ impl LocalInstances {
     }
 
     fn snapshot_data_path(&self, record: &SnapshotRecord) -> PathBuf {
-        let file = if record.encryption.is_some() {
+        self.data_path(&record.name, record.encryption.is_some())
+    }
+
+    /// The file a snapshot's data lives in, sealed or plain.
+    fn data_path(&self, name: &str, sealed: bool) -> PathBuf {
+        let file = if sealed {
             "snapshot.tar.sealed"
         } else {
             "snapshot.tar"
         };
-        self.snapshot_dir(&record.name).join(file)
+        self.snapshot_dir(name).join(file)
+    }
+
+    /// Writes `input` as snapshot `name`'s data, sealed under `seal` when given (bound to
+    /// the snapshot's name); the file appears only once complete. Returns the bytes stored
+    /// and the key id sealed under.
+    fn write_data(
+        &self,
+        name: &str,
+        input: &mut (impl Read + Send),
+        seal: Option<(&dyn Kms, &str)>,
+    ) -> Result<(u64, Option<String>), LocalError> {
+        let path = self.data_path(name, seal.is_some());
+        let mut out = pgseal_crashsafe::PendingFile::create(&path, 0o600, false)
+            .map_err(io_error(format!("cannot create {}", path.display())))?;
+        let written = match seal {
+            Some((kms, key)) => {
+                let context = EncryptionContext::new().with(CONTEXT_SNAPSHOT, name);
+                let summary = seal_from(
+                    kms,
+                    key,
+                    context,
+                    input,
+                    &mut out,
+                    pgseal_crypto::stream::DEFAULT_CHUNK_SIZE,
+                )?;
+                (summary.sealed_bytes, Some(summary.key_id.0))
+            }
+            None => (
+                std::io::copy(input, &mut out).map_err(io_error("cannot write the snapshot"))?,
+                None,
+            ),
+        };
+        out.commit()
+            .map_err(io_error(format!("cannot put {} in place", path.display())))?;
+        Ok(written)
+    }
+
+    /// Refuses an invalid or taken snapshot name.
+    fn check_new_snapshot(&self, name: &str) -> Result<(), LocalError> {
+        check_name(name)?;
+        if self.snapshot_dir(name).exists() {
+            return Err(LocalError::InvalidInput(format!(
+                "snapshot '{name}' already exists"
+            )));
+        }
+        Ok(())
     }
 
     /// Reads a snapshot's record.
@@ -249,13 +300,8 @@ impl LocalInstances {
 
     /// Makes a new snapshot's directory, refusing a taken or invalid name.
     fn new_snapshot_dir(&self, name: &str) -> Result<PathBuf, LocalError> {
-        check_name(name)?;
+        self.check_new_snapshot(name)?;
         let dir = self.snapshot_dir(name);
-        if dir.exists() {
-            return Err(LocalError::InvalidInput(format!(
-                "snapshot '{name}' already exists"
-            )));
-        }
         pgseal_crashsafe::create_dir_all_durable(&self.snapshots_dir(), 0o700)
             .map_err(io_error("cannot create the snapshots directory"))?;
         std::fs::create_dir(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
@@ -279,12 +325,7 @@ impl LocalInstances {
         kms: Option<&dyn Kms>,
         progress: Progress<'_>,
     ) -> Result<SnapshotRecord, LocalError> {
-        check_name(name)?;
-        if self.snapshot_dir(name).exists() {
-            return Err(LocalError::InvalidInput(format!(
-                "snapshot '{name}' already exists"
-            )));
-        }
+        self.check_new_snapshot(name)?;
         let (conn, source, params, key) = match from {
             SnapshotFrom::Instance(instance) => {
                 let record = self.created_record(instance)?;
@@ -473,32 +514,11 @@ impl LocalInstances {
             total: total.map(|t| t as u64),
             progress,
         };
-        let file_name = if seal.is_some() {
-            "snapshot.tar.sealed"
-        } else {
-            "snapshot.tar"
-        };
-        let path = self.snapshot_dir(name).join(file_name);
-        let mut out = pgseal_crashsafe::PendingFile::create(&path, 0o600, false)
-            .map_err(io_error(format!("cannot create {}", path.display())))?;
-        let copied: Result<(u64, Option<String>), LocalError> = match &seal {
-            Some((kms, key)) => {
-                let context = EncryptionContext::new().with(CONTEXT_SNAPSHOT, name);
-                seal_from(
-                    *kms,
-                    key,
-                    context,
-                    &mut input,
-                    &mut out,
-                    pgseal_crypto::stream::DEFAULT_CHUNK_SIZE,
-                )
-                .map(|summary| (summary.sealed_bytes, Some(summary.key_id.0)))
-                .map_err(LocalError::Kms)
-            }
-            None => std::io::copy(&mut input, &mut out)
-                .map(|n| (n, None))
-                .map_err(io_error("cannot write the snapshot")),
-        };
+        let copied = self.write_data(
+            name,
+            &mut input,
+            seal.as_ref().map(|(kms, key)| (*kms, key.as_str())),
+        );
         let bytes = input.done;
         let (stored, key_id) = match copied {
             Ok(c) => c,
@@ -507,9 +527,9 @@ impl LocalInstances {
                 return Err(e);
             }
         };
+        // A failure here leaves a complete-looking file; the caller removes the snapshot's
+        // directory on any error.
         let finished = running.finish()?;
-        out.commit()
-            .map_err(io_error(format!("cannot put {} in place", path.display())))?;
         let log = finished.stderr_text();
         let lsn = |marker: &str| {
             lsn_after(&log, marker).ok_or_else(|| {
@@ -542,12 +562,7 @@ impl LocalInstances {
         progress: Progress<'_>,
     ) -> Result<SnapshotRecord, LocalError> {
         let src = self.snapshot(source)?;
-        check_name(name)?;
-        if self.snapshot_dir(name).exists() {
-            return Err(LocalError::InvalidInput(format!(
-                "snapshot '{name}' already exists"
-            )));
-        }
+        self.check_new_snapshot(name)?;
         let key = match (&src.encryption, key) {
             (Some(enc), None) => Some(enc.key_id.clone()),
             (_, Some(k)) => Some(k.to_string()),
@@ -575,35 +590,11 @@ impl LocalInstances {
         };
         let dir = self.new_snapshot_dir(name)?;
         let made = (|| {
-            let file_name = if key.is_some() {
-                "snapshot.tar.sealed"
-            } else {
-                "snapshot.tar"
+            let seal = match &key {
+                Some(k) => Some((kms_needed()?, k.as_str())),
+                None => None,
             };
-            let path = dir.join(file_name);
-            let mut out = pgseal_crashsafe::PendingFile::create(&path, 0o600, false)
-                .map_err(io_error(format!("cannot create {}", path.display())))?;
-            let (stored, key_id) = match &key {
-                Some(k) => {
-                    let context = EncryptionContext::new().with(CONTEXT_SNAPSHOT, name);
-                    let s = seal_from(
-                        kms_needed()?,
-                        k,
-                        context,
-                        &mut input,
-                        &mut out,
-                        pgseal_crypto::stream::DEFAULT_CHUNK_SIZE,
-                    )?;
-                    (s.sealed_bytes, Some(s.key_id.0))
-                }
-                None => (
-                    std::io::copy(&mut input, &mut out)
-                        .map_err(io_error("cannot copy the snapshot"))?,
-                    None,
-                ),
-            };
-            out.commit()
-                .map_err(io_error(format!("cannot put {} in place", path.display())))?;
+            let (stored, key_id) = self.write_data(name, &mut input, seal)?;
             let record = SnapshotRecord {
                 name: name.to_string(),
                 created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())

@@ -199,16 +199,10 @@ impl Volume {
 /// True when this process may grow a mounted ext4 file system (the kernel's online resize
 /// needs CAP_SYS_RESOURCE, which restricted containers drop).
 pub fn can_grow_online() -> bool {
-    const CAP_SYS_RESOURCE: u32 = 24;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .map(|h| h.trim().to_string())
-        })
-        .and_then(|h| u64::from_str_radix(&h, 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+    crate::doctor::has_capability(
+        Path::new("/proc/self/status"),
+        crate::doctor::CAP_SYS_RESOURCE,
+    )
 }
 
 /// True when `path` is a mount point (listed in `/proc/self/mountinfo`).

@@ -50,6 +50,24 @@ impl Context {
     }
 }
 
+/// A byte progress bar labelled `verb`, when progress should show: on a terminal, and
+/// neither `--quiet` nor `--json`.
+pub fn byte_bar(ctx: &Context, verb: &str, len: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if ctx.quiet || ctx.json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(verb.to_string());
+    Some(bar)
+}
+
 /// Parses a URL given as `flag`, the password coming from PGPASSWORD when the URL has none.
 /// A URL that holds a password is used, with a warning: the process list shows it.
 pub fn url_config(url: &str, flag: &str) -> anyhow::Result<tokio_postgres::Config> {

@@ -5,7 +5,7 @@ use std::io::{self, IsTerminal, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use pgseal_crashsafe::PendingFile;
 use pgseal_crypto::EncryptionContext;
 use pgseal_crypto::stream::{UnsealReader, seal_from};
@@ -80,20 +80,9 @@ fn open_input(path: &Path) -> anyhow::Result<(Box<dyn Read + Send>, Option<u64>)
 
 /// A byte progress bar on a terminal for inputs over 64 MiB; hidden otherwise.
 fn progress(ctx: &Context, len: Option<u64>, verb: &str) -> ProgressBar {
-    match len {
-        Some(len) if !ctx.quiet && !ctx.json && len > 64 << 20 && io::stderr().is_terminal() => {
-            let bar = ProgressBar::new(len);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )
-                .expect("valid template"),
-            );
-            bar.set_message(verb.to_string());
-            bar
-        }
-        _ => ProgressBar::hidden(),
-    }
+    len.filter(|len| *len > 64 << 20)
+        .and_then(|len| super::byte_bar(ctx, verb, len))
+        .unwrap_or_else(ProgressBar::hidden)
 }
 
 /// What `seal` reports.

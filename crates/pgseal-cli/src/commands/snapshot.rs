@@ -1,9 +1,8 @@
 //! `pgseal snapshot ...`.
 
-use std::io::IsTerminal;
 use std::sync::Mutex;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use pgseal_local::instance::{DEFAULT_STORAGE_BYTES, InstanceSpec, LocalInstances};
 use pgseal_local::snapshot::{SnapshotFrom, SnapshotRecord, SnapshotSource};
 
@@ -21,17 +20,7 @@ struct Reporter {
 
 impl Reporter {
     fn new(ctx: &Context, verb: &'static str) -> Self {
-        let bar = (!ctx.quiet && !ctx.json && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )
-                .expect("valid template"),
-            );
-            bar.set_message(verb);
-            bar
-        });
+        let bar = super::byte_bar(ctx, verb, 0);
         Reporter {
             bar,
             last_line: Mutex::new(std::time::Instant::now()),
