@@ -202,46 +202,109 @@ Examples:
 
 const MIGRATE_ABOUT: &str = "\
 Move a database onto an encrypted instance with logical replication from the exact end of
-an encrypted snapshot. `migrate plan` is the read-only preflight: it reports every problem
-at once, each with its fix, and changes nothing; it exits 3 while a blocker remains.
+an encrypted snapshot, under live writes.
 
-It checks: wal_level, free replication slots and WAL senders, privileges, tables without a
-primary key or replica identity (--replica-identity-full opts in to setting it), unlogged
-tables and large objects (not migrated), long-running transactions (they block slot
-creation), name clashes with existing slots, publications and subscriptions, free disk for
-the snapshot and the restored copy, and the target key.
+  plan     read-only preflight: every problem at once, each with its fix (exit 3 while a
+           blocker remains). Checks wal_level, free slots and WAL senders, privileges,
+           tables without a primary key or replica identity, unlogged tables and large
+           objects (not migrated), long transactions (they block slot creation), name
+           clashes, free disk, the target key.
+  start    runs the ten steps and returns once the target replicates:
+             1 preflight  2 prepare_source (wal_level, replica identity, publication, slot)
+             3 snapshot (encrypted, taken after the slot)  4 restore (encrypted target)
+             5 target_housekeeping  6 subscription (disabled, copy_data=false)
+             7 guards (handoff LSN vs redo and the slot)  8 origin_advance  9 enable
+             10 replicating
+           Every step is journaled (PGSEAL_HOME/journal.sqlite) and idempotent.
+  resume   continues after a failure, a crash or a kill, from the step that did not finish.
+  abort    removes what the migration created: target, snapshot, and on the source the
+           slot, publication and replica identity changes.
+  status   phase, step history with timings, lag, WAL the slot holds on the source, apply
+           errors, schema drift with the DDL to run on the target.
+  list     every migration in the journal.
 
-Example:
+Examples:
   pgseal migrate plan --source orders --key alias/orders
-  PGPASSWORD=... pgseal migrate plan --source postgres://admin@db.internal/app --target app-enc";
+  pgseal migrate start --source orders --key alias/orders --name orders-enc
+  pgseal migrate status orders-enc --watch --max-slot-retention 20GiB
+  pgseal migrate abort orders-enc";
+
+/// What a migration moves and how, as `plan` and `start` take it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrationArgs {
+    /// The source: a local instance name (`plan` also takes postgres://URL, password in PGPASSWORD)
+    #[arg(long)]
+    pub source: String,
+    /// The encrypted instance to create [default: SOURCE-enc]
+    #[arg(long)]
+    pub target: Option<String>,
+    /// KMS key for the target (id or alias)
+    #[arg(long, default_value = "pgseal/default")]
+    pub key: String,
+    /// The migration's name (its slot, publication and subscription are pgseal_NAME)
+    #[arg(long, default_value = "m1")]
+    pub name: String,
+    /// The database to migrate
+    #[arg(long, default_value = "postgres")]
+    pub database: String,
+    /// Allow pgseal to restart a managed source to set wal_level=logical
+    #[arg(long)]
+    pub allow_restart: bool,
+    /// Set REPLICA IDENTITY FULL on tables without a primary key
+    #[arg(long)]
+    pub replica_identity_full: bool,
+    /// Report transactions open longer than this many seconds
+    #[arg(long, default_value_t = 60)]
+    pub long_transaction_seconds: i64,
+}
 
 /// `pgseal migrate ...`
 #[derive(Debug, Subcommand)]
 pub enum MigrateCommand {
     /// Check everything a migration needs, change nothing (exit 3 while a blocker remains)
-    Plan {
-        /// The source: a local instance name, or postgres://URL (password in PGPASSWORD)
+    Plan(MigrationArgs),
+    /// Run a migration until the encrypted target replicates (journaled, resumable)
+    Start {
+        /// What to migrate.
+        #[command(flatten)]
+        args: MigrationArgs,
+        /// Publish only these tables (schema.table, comma-separated) [default: all]
+        #[arg(long, value_delimiter = ',')]
+        tables: Option<Vec<String>>,
+        /// TCP port for the target instance [default: a free one]
         #[arg(long)]
-        source: String,
-        /// The encrypted instance to create [default: SOURCE-enc for an instance]
-        #[arg(long)]
-        target: Option<String>,
-        /// KMS key for the target (id or alias)
-        #[arg(long, default_value = "pgseal/default")]
-        key: String,
-        /// The migration's name (its slot, publication and subscription are named after it)
-        #[arg(long, default_value = "m1")]
-        name: String,
-        /// Allow pgseal to restart a managed source to set wal_level=logical
-        #[arg(long)]
-        allow_restart: bool,
-        /// Set REPLICA IDENTITY FULL on tables without a primary key
-        #[arg(long)]
-        replica_identity_full: bool,
-        /// Report transactions open longer than this many seconds
-        #[arg(long, default_value_t = 60)]
-        long_transaction_seconds: i64,
+        target_port: Option<u16>,
+        /// WAL the slot may hold on the source before `status` aborts the migration (e.g. 20GiB)
+        #[arg(long, value_parser = parse_storage)]
+        max_slot_retention: Option<u64>,
     },
+    /// Continue a migration after a failure, crash or kill
+    Resume {
+        /// The migration's name.
+        name: String,
+    },
+    /// Remove everything a migration created (target, snapshot, slot, publication)
+    Abort {
+        /// The migration's name.
+        name: String,
+    },
+    /// Phase, steps, lag, slot retention, apply errors and schema drift
+    Status {
+        /// The migration's name.
+        name: String,
+        /// Redraw every INTERVAL seconds until interrupted
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between redraws with --watch
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Abort the migration when the slot holds more WAL than this on the source
+        /// (warning at 80%) [default: the limit given at start]
+        #[arg(long, value_parser = parse_storage)]
+        max_slot_retention: Option<u64>,
+    },
+    /// List migrations
+    List,
 }
 
 const WORKLOAD_ABOUT: &str = "\

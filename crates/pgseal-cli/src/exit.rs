@@ -52,6 +52,26 @@ pub fn for_error(error: &anyhow::Error) -> u8 {
     if local.is_some_and(|e| e.is_precondition()) {
         return PRECONDITION;
     }
+    for cause in error.chain() {
+        if let Some(engine) = cause.downcast_ref::<pgseal_core::EngineError>() {
+            if let pgseal_core::EngineError::Platform { source, .. } = engine
+                && source.kind == pgseal_platform::ErrorKind::Key
+            {
+                return KEY_UNUSABLE;
+            }
+            return if engine.is_precondition() {
+                PRECONDITION
+            } else {
+                FAILURE
+            };
+        }
+        if let Some(journal) = cause.downcast_ref::<pgseal_core::JournalError>() {
+            use pgseal_core::JournalError::{Busy, Exists, NotFound};
+            if matches!(journal, NotFound(_) | Exists(_) | Busy(..)) {
+                return PRECONDITION;
+            }
+        }
+    }
     let Some(crypto) = error
         .chain()
         .find_map(|e| e.downcast_ref::<pgseal_crypto::Error>())

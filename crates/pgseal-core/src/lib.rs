@@ -1,4 +1,19 @@
-//! pgseal's migration engine. So far: [`preflight`], the read-only checks `migrate plan`
-//! runs, which report every problem at once, each with its fix, and change nothing.
+//! pgseal's migration engine (snapshot strategy).
+//!
+//! - [`preflight`]: the read-only checks `migrate plan` runs; every problem at once.
+//! - [`steps`]: the ten steps from source to replicating target, and the failpoints.
+//! - [`journal`]: the SQLite journal of specs, phases, step runs and created resources.
+//! - [`engine`]: the step runner and the LSN guards.
+//! - [`status`]: lag, slot retention, apply errors, schema drift.
+//! - [`abort`]: removes everything a migration created.
 
+pub mod abort;
+pub mod engine;
+pub mod journal;
 pub mod preflight;
+pub mod status;
+pub mod steps;
+
+pub use engine::{Engine, EngineError, Event, Surroundings};
+pub use journal::{Journal, JournalError, MigrationLock, MigrationSpec, Phase};
+pub use steps::Step;

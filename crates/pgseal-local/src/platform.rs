@@ -209,6 +209,30 @@ impl Platform for LocalPlatform {
         .await
     }
 
+    async fn describe_snapshot(&self, name: &str) -> Result<Snapshot> {
+        let name = name.to_string();
+        self.blocking(move |s| s.instances.snapshot(&name).map(snapshot))
+            .await
+    }
+
+    async fn subscriber_conninfo(&self, name: &str, dbname: &str) -> Result<String> {
+        // Both servers run as the same OS user, which the socket directory (0700) and
+        // its trust rule admit: no password is needed, so none is stored.
+        let (name, dbname) = (name.to_string(), dbname.to_string());
+        self.blocking(move |s| {
+            let info = s.instances.describe(&name)?;
+            let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+            Ok(format!(
+                "host={} port={} user={} dbname={}",
+                quote(&info.socket_dir.display().to_string()),
+                info.port,
+                quote(crate::instance::MASTER_USER),
+                quote(&dbname)
+            ))
+        })
+        .await
+    }
+
     async fn delete_snapshot(&self, name: &str) -> Result<()> {
         let name = name.to_string();
         self.blocking(move |s| s.instances.delete_snapshot(&name))

@@ -5,10 +5,14 @@
 //! - [`server`]: `initdb`, settings and `pg_ctl` for one server.
 //! - [`connect`]: opening a `tokio-postgres` connection with errors that name the server
 //!   (never the password).
+//! - [`replication`]: publications, logical slots, subscriptions and their origins.
+//! - [`schema`]: column-list fingerprints and the drift between two databases.
 
 pub mod connect;
 pub mod install;
 pub mod lsn;
+pub mod replication;
+pub mod schema;
 pub mod server;
 
 pub use connect::{ConnectError, config_from_url, connect, describe_target, set_scram_password};

@@ -84,7 +84,7 @@ pub struct NewInstance {
 }
 
 /// An instance's lifecycle state, as the engine needs to know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceStatus {
     /// Accepting connections.
@@ -98,7 +98,7 @@ pub enum InstanceStatus {
 }
 
 /// An instance as the engine sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Instance {
     /// The name.
     pub name: String,
@@ -117,7 +117,7 @@ pub struct Instance {
 }
 
 /// A snapshot as the engine sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Snapshot {
     /// The name.
     pub name: String,
@@ -130,7 +130,7 @@ pub struct Snapshot {
 }
 
 /// Where a restored copy's WAL ends, and the evidence for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Handoff {
     /// The LSN logical replication into the copy must start from, exactly.
     pub lsn: Lsn,
@@ -197,11 +197,23 @@ pub trait Platform: Send + Sync {
         spec: &NewInstance,
     ) -> impl Future<Output = Result<Instance>> + Send;
 
+    /// Describes a snapshot (only complete snapshots exist).
+    fn describe_snapshot(&self, name: &str) -> impl Future<Output = Result<Snapshot>> + Send;
+
     /// Deletes a snapshot.
     fn delete_snapshot(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// Where a restored instance's WAL ended at its first start.
     fn handoff(&self, instance: &str) -> impl Future<Output = Result<Handoff>> + Send;
+
+    /// A libpq connection string by which another instance's server (a subscriber)
+    /// reaches `instance`'s database `dbname` as its master user. It may hold a password:
+    /// never log it.
+    fn subscriber_conninfo(
+        &self,
+        instance: &str,
+        dbname: &str,
+    ) -> impl Future<Output = Result<String>> + Send;
 
     /// How to reach an instance over SQL as its master user.
     fn connection(

@@ -8,8 +8,16 @@ use pgseal_crypto::keystore::DEFAULT_KEY_ALIAS;
 use pgseal_crypto::{KeyState, Kms};
 use pgseal_local::instance::LocalInstances;
 
-use super::{Context, Outcome, print_json, url_config};
-use crate::cli::MigrateCommand;
+use pgseal_core::journal::format_ms;
+use pgseal_core::status::{MigrationStatus, Retention};
+use pgseal_core::{
+    Engine, EngineError, Event, Journal, MigrationLock, MigrationSpec, Phase, Surroundings,
+};
+use pgseal_local::instance::LocalError;
+use pgseal_local::platform::LocalPlatform;
+
+use super::{Context, Outcome, print_json, render_table, url_config};
+use crate::cli::{MigrateCommand, MigrationArgs};
 use crate::exit;
 
 /// Bytes free on the file system that holds `path` (or its nearest existing parent).
@@ -46,47 +54,68 @@ fn key_problem(ctx: &Context, key: &str) -> Option<String> {
 
 /// Runs one migrate command.
 pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
-    let MigrateCommand::Plan {
-        source,
-        target,
-        key,
-        name,
-        allow_restart,
-        replica_identity_full,
-        long_transaction_seconds,
-    } = action;
-    let is_url = source.starts_with("postgres://") || source.starts_with("postgresql://");
-    let instances = LocalInstances::open(&ctx.home)?;
-    let (config, managed) = if is_url {
-        (url_config(source, "--source")?, None)
-    } else {
-        (
-            instances.describe(source)?.sql_config(),
-            Some(source.clone()),
-        )
-    };
-    let target = target
+    match action {
+        MigrateCommand::Plan(args) => plan(ctx, args),
+        MigrateCommand::Start {
+            args,
+            tables,
+            target_port,
+            max_slot_retention,
+        } => start(ctx, args, tables.clone(), *target_port, *max_slot_retention),
+        MigrateCommand::Resume { name } => resume(ctx, name),
+        MigrateCommand::Abort { name } => abort(ctx, name),
+        MigrateCommand::Status {
+            name,
+            watch,
+            interval,
+            max_slot_retention,
+        } => status(ctx, name, *watch, *interval, *max_slot_retention),
+        MigrateCommand::List => list(ctx),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn is_url(source: &str) -> bool {
+    source.starts_with("postgres://") || source.starts_with("postgresql://")
+}
+
+fn default_target(args: &MigrationArgs) -> Option<String> {
+    args.target
         .clone()
-        .or_else(|| managed.as_ref().map(|s| format!("{s}-enc")));
+        .or_else(|| (!is_url(&args.source)).then(|| format!("{}-enc", args.source)))
+}
+
+fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
+    let instances = LocalInstances::open(&ctx.home)?;
+    let (config, managed) = if is_url(&args.source) {
+        (url_config(&args.source, "--source")?, None)
+    } else {
+        let mut config = instances.describe(&args.source)?.sql_config();
+        config.dbname(&args.database);
+        (config, Some(args.source.clone()))
+    };
+    let target = default_target(args);
     let target_problem = match &target {
         Some(t) if instances.describe(t).is_ok() => Some(format!("instance {t} already exists")),
         Some(_) => None,
         None => Some("name the encrypted instance to create with --target".to_string()),
     };
     let input = PreflightInput {
-        migration: name.clone(),
+        migration: args.name.clone(),
         managed_source: managed,
-        allow_restart: *allow_restart,
-        replica_identity_full: *replica_identity_full,
-        long_transaction_seconds: *long_transaction_seconds,
+        allow_restart: args.allow_restart,
+        replica_identity_full: args.replica_identity_full,
+        long_transaction_seconds: args.long_transaction_seconds,
         free_bytes: free_bytes(&ctx.home),
-        key_problem: key_problem(ctx, key),
+        key_problem: key_problem(ctx, &args.key),
         target_problem,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let report = runtime.block_on(async {
+    let report = runtime()?.block_on(async {
         let client = pgseal_pg::connect(&config).await?;
         anyhow::Ok(
             preflight(&client, &input)
@@ -99,7 +128,12 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
     } else {
         print!(
             "{}",
-            render(&report, source, target.as_deref().unwrap_or("?"), name)
+            render(
+                &report,
+                &args.source,
+                target.as_deref().unwrap_or("?"),
+                &args.name
+            )
         );
     }
     Ok(exit::code(if report.ready() {
@@ -107,6 +141,361 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
     } else {
         exit::PRECONDITION
     }))
+}
+
+/// The local platform, with the key store when `kms` (creating, snapshotting and
+/// restoring encrypted instances need it; status and abort do not).
+fn platform(ctx: &Context, kms: bool) -> anyhow::Result<LocalPlatform> {
+    Ok(LocalPlatform::new(
+        LocalInstances::open(&ctx.home)?,
+        ctx.open_kms_if(kms)?,
+    ))
+}
+
+/// Prints each step as it starts and ends (stderr, unless --quiet).
+fn observer(ctx: &Context) -> impl Fn(&Event) + '_ {
+    move |event| match event {
+        Event::Started(step) => ctx.status(format!("[{:>2}/10] {step} ...", step.number())),
+        Event::Done {
+            step,
+            elapsed,
+            summary,
+        } => ctx.status(format!(
+            "[{:>2}/10] {step} done in {:.1} s: {summary}",
+            step.number(),
+            elapsed.as_secs_f64()
+        )),
+        Event::AlreadyDone(step) => {
+            ctx.status(format!("[{:>2}/10] {step} (done earlier)", step.number()))
+        }
+    }
+}
+
+fn start(
+    ctx: &Context,
+    args: &MigrationArgs,
+    tables: Option<Vec<String>>,
+    target_port: Option<u16>,
+    max_slot_retention: Option<u64>,
+) -> Outcome {
+    if is_url(&args.source) {
+        anyhow::bail!(LocalError::InvalidInput(
+            "migrate start takes a local instance as --source; a server reached by URL can be checked with `migrate plan` and snapshotted with `snapshot create --source-url`, but not migrated yet".into()
+        ));
+    }
+    let spec = MigrationSpec {
+        name: args.name.clone(),
+        source: args.source.clone(),
+        target: default_target(args).expect("an instance source has a default target"),
+        target_port,
+        key: args.key.clone(),
+        database: args.database.clone(),
+        tables,
+        allow_restart: args.allow_restart,
+        replica_identity_full: args.replica_identity_full,
+        long_transaction_seconds: args.long_transaction_seconds,
+        max_slot_retention,
+    };
+    pgseal_local::instance::check_name(&spec.target)?;
+    let _lock = MigrationLock::acquire(&ctx.home, &spec.name)?;
+    let journal = Journal::open(&ctx.home)?;
+    let kms = ctx.open_kms()?;
+    // The managed default key is made on first use; other keys must exist and be enabled.
+    if args.key.trim_start_matches("alias/") == DEFAULT_KEY_ALIAS {
+        kms.resolve(&args.key)?;
+    }
+    let surroundings = Surroundings {
+        free_bytes: free_bytes(&ctx.home),
+        key_problem: key_problem(ctx, &args.key),
+    };
+    journal.create(&spec)?;
+    ctx.status(format!(
+        "migration {}: {} -> encrypted instance {} under {} (journal {})",
+        spec.name,
+        spec.source,
+        spec.target,
+        spec.key,
+        journal.path().display()
+    ));
+    let result = drive(ctx, &journal, &spec.name, surroundings);
+    // A start that preflight stopped created nothing: forget it, so that the same name
+    // can be started again with the fixes (some of them are options).
+    if let Err(e) = &result
+        && e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<EngineError>(),
+                Some(EngineError::Blocked(_))
+            )
+        })
+    {
+        journal.forget(&spec.name)?;
+    }
+    result
+}
+
+fn resume(ctx: &Context, name: &str) -> Outcome {
+    let _lock = MigrationLock::acquire(&ctx.home, name)?;
+    let journal = Journal::open(&ctx.home)?;
+    let record = journal.migration(name)?;
+    let surroundings = Surroundings {
+        free_bytes: free_bytes(&ctx.home),
+        key_problem: key_problem(ctx, &record.spec.key),
+    };
+    ctx.status(format!(
+        "resuming migration {name} (phase {})",
+        record.phase.as_str()
+    ));
+    drive(ctx, &journal, name, surroundings)
+}
+
+/// Runs the engine and reports how it ended.
+fn drive(ctx: &Context, journal: &Journal, name: &str, surroundings: Surroundings) -> Outcome {
+    let platform = platform(ctx, true)?;
+    let runtime = runtime()?;
+    let observe = observer(ctx);
+    let result = runtime.block_on(async {
+        let engine = Engine::new(&platform, journal, name, surroundings, &observe)?;
+        engine.run().await
+    });
+    if let Err(e) = result {
+        let hint = if matches!(e, EngineError::Blocked(_)) {
+            "nothing was changed; fix the blockers and run `pgseal migrate start` again".to_string()
+        } else {
+            format!(
+                "`pgseal migrate resume {name}` retries from this step; `pgseal migrate abort {name}` removes what was created"
+            )
+        };
+        return Err(anyhow::Error::new(e).context(format!("migration {name} stopped ({hint})")));
+    }
+    let report = runtime.block_on(pgseal_core::status::status(&platform, journal, name, None))?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "migration {name} is replicating: {} -> {} (encrypted), handoff LSN {}",
+            report.migration.spec.source,
+            report.migration.spec.target,
+            report
+                .handoff
+                .as_ref()
+                .map_or("?".to_string(), |h| h.lsn.to_string())
+        );
+        println!("follow it with: pgseal migrate status {name} --watch");
+    }
+    Ok(exit::code(exit::OK))
+}
+
+fn abort(ctx: &Context, name: &str) -> Outcome {
+    let _lock = MigrationLock::acquire(&ctx.home, name)?;
+    let journal = Journal::open(&ctx.home)?;
+    let platform = platform(ctx, false)?;
+    let report = runtime()?.block_on(pgseal_core::abort::abort(&platform, &journal, name))?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        for line in &report.removed {
+            println!("removed {line}");
+        }
+        for line in &report.already_gone {
+            println!("already gone: {line}");
+        }
+        println!("migration {name} aborted; the source keeps serving as before");
+    }
+    Ok(exit::code(exit::OK))
+}
+
+fn list(ctx: &Context) -> Outcome {
+    let journal = Journal::open(&ctx.home)?;
+    let migrations = journal.list()?;
+    if ctx.json {
+        return print_json(&migrations).map(|()| exit::code(exit::OK));
+    }
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "PHASE".into(),
+        "SOURCE".into(),
+        "TARGET".into(),
+        "KEY".into(),
+        "CREATED".into(),
+    ]];
+    for m in &migrations {
+        rows.push(vec![
+            m.spec.name.clone(),
+            m.phase.as_str().to_string(),
+            m.spec.source.clone(),
+            m.spec.target.clone(),
+            m.spec.key.clone(),
+            format_ms(m.created_ms),
+        ]);
+    }
+    print!("{}", render_table(&rows));
+    Ok(exit::code(exit::OK))
+}
+
+fn status(
+    ctx: &Context,
+    name: &str,
+    watch: bool,
+    interval: f64,
+    max_slot_retention: Option<u64>,
+) -> Outcome {
+    use std::io::IsTerminal;
+    let journal = Journal::open(&ctx.home)?;
+    let platform = platform(ctx, false)?;
+    let runtime = runtime()?;
+    let redraw = watch && std::io::stdout().is_terminal() && !ctx.json;
+    loop {
+        let report = runtime.block_on(pgseal_core::status::status(
+            &platform,
+            &journal,
+            name,
+            max_slot_retention,
+        ))?;
+        if ctx.json {
+            print_json(&report)?;
+        } else {
+            if redraw {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render_status(&report));
+        }
+        if report.retention == Retention::Exceeded && report.migration.phase != Phase::Aborted {
+            eprintln!(
+                "pgseal: the slot holds more WAL than --max-slot-retention allows: aborting migration {name} to protect the source's disk"
+            );
+            let _lock = MigrationLock::acquire(&ctx.home, name)?;
+            runtime.block_on(pgseal_core::abort::abort(&platform, &journal, name))?;
+            eprintln!("pgseal: migration {name} aborted (slot and publication dropped)");
+            return Ok(exit::code(exit::PRECONDITION));
+        }
+        if !watch {
+            return Ok(exit::code(exit::OK));
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(interval.max(0.2)));
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{bytes} B")
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    }
+}
+
+fn render_status(s: &MigrationStatus) -> String {
+    let spec = &s.migration.spec;
+    let mut out = format!(
+        "migration {}: {} -> {} (key {}, database {})
+phase: {}{}
+",
+        spec.name,
+        spec.source,
+        spec.target,
+        spec.key,
+        spec.database,
+        s.migration.phase.as_str(),
+        s.migration
+            .error
+            .as_deref()
+            .map_or(String::new(), |e| format!(" - {e}"))
+    );
+    if let Some(h) = &s.handoff {
+        out.push_str(&format!(
+            "handoff LSN: {}
+",
+            h.lsn
+        ));
+    }
+    out.push_str("\nsteps:\n");
+    let mut rows = vec![vec![
+        "#".to_string(),
+        "STEP".into(),
+        "OUTCOME".into(),
+        "STARTED".into(),
+        "SECONDS".into(),
+    ]];
+    for run in &s.steps {
+        rows.push(vec![
+            run.step.number().to_string(),
+            run.step.as_str().to_string(),
+            match run.outcome {
+                pgseal_core::journal::Outcome::Done => "done".to_string(),
+                pgseal_core::journal::Outcome::Failed => "failed".to_string(),
+                pgseal_core::journal::Outcome::Running if s.migration.phase == Phase::Running => {
+                    "running or interrupted".to_string()
+                }
+                pgseal_core::journal::Outcome::Running => "interrupted".to_string(),
+            },
+            format_ms(run.started_ms),
+            run.duration()
+                .map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64())),
+        ]);
+    }
+    out.push_str(&render_table(&rows));
+    if let Some(r) = &s.replication {
+        out.push_str("\nreplication:\n");
+        out.push_str(&format!("  source WAL position   {}\n", r.source_lsn));
+        match &r.slot {
+            Some(slot) => {
+                out.push_str(&format!(
+                    "  slot {}  {}, confirmed up to {}, holds {} of WAL ({})\n",
+                    slot.name,
+                    if slot.active { "active" } else { "inactive" },
+                    slot.confirmed_flush_lsn
+                        .map_or("?".to_string(), |l| l.to_string()),
+                    slot.retained_bytes
+                        .map_or("?".to_string(), |b| mib(b.max(0) as u64)),
+                    slot.wal_status.as_deref().unwrap_or("?")
+                ));
+            }
+            None => out.push_str("  slot: missing\n"),
+        }
+        if let Some(lag) = r.lag_bytes {
+            out.push_str(&format!(
+                "  lag                   {}{}\n",
+                mib(lag),
+                r.lag_seconds
+                    .map_or(String::new(), |s| format!(", {s:.1} s"))
+            ));
+        }
+        if let Some(sub) = &r.subscription {
+            out.push_str(&format!(
+                "  subscription {}  {}, worker {}, applied up to {}, apply errors {}\n",
+                sub.name,
+                if sub.enabled { "enabled" } else { "disabled" },
+                sub.worker_pid
+                    .map_or("not running".to_string(), |p| format!("pid {p}")),
+                sub.applied_lsn.map_or("?".to_string(), |l| l.to_string()),
+                sub.apply_errors
+            ));
+        }
+    }
+    if let Some(schema) = &s.schema {
+        out.push_str(&format!(
+            "\nschema: source {} target {}{}\n",
+            schema.source_fingerprint,
+            schema.target_fingerprint,
+            if schema.drift.is_empty() {
+                " (equal)"
+            } else {
+                " (DRIFT)"
+            }
+        ));
+        for d in &schema.drift {
+            out.push_str(&format!(
+                "  {}: {}\n    run on the target: {}\n",
+                d.table, d.detail, d.statement
+            ));
+        }
+    }
+    for w in &s.warnings {
+        out.push_str(&format!("\nwarning: {w}"));
+    }
+    if !s.warnings.is_empty() {
+        out.push('\n');
+    }
+    out
 }
 
 fn render(r: &PreflightReport, source: &str, target: &str, name: &str) -> String {

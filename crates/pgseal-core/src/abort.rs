@@ -1,0 +1,119 @@
+//! `abort`: removes everything a migration created, newest first — the target instance,
+//! snapshots, and on the source the slot (above all: a forgotten slot fills the source's
+//! disk), the publication and any replica identity pgseal changed.
+//!
+//! It works from the journal's resource list, which records each resource *before* it is
+//! created, so an abort after a crash at any point finds everything; removing what is
+//! already gone is not an error, so an interrupted abort is simply run again.
+
+use pgseal_pg::replication;
+use pgseal_platform::{ErrorKind, Platform};
+use tokio_postgres::Client;
+
+use crate::engine::{EngineError, connect_to};
+use crate::journal::{Journal, Phase};
+
+/// What `abort` removed, as `kind name` lines in the order done.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AbortReport {
+    /// What was removed.
+    pub removed: Vec<String>,
+    /// What was recorded but already gone.
+    pub already_gone: Vec<String>,
+}
+
+/// Aborts migration `name`; see the module documentation.
+pub async fn abort<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+) -> Result<AbortReport, EngineError> {
+    let record = journal.migration(name)?;
+    let spec = record.spec;
+    journal.set_phase(name, Phase::Aborting, None)?;
+    let mut report = AbortReport::default();
+    let mut source: Option<Client> = None;
+    for resource in journal.resources(name)? {
+        let label = format!("{} {}", resource.kind, resource.name);
+        let removed = match resource.kind.as_str() {
+            "instance" => match platform.delete_instance(&resource.name).await {
+                Ok(()) => true,
+                Err(e) if e.kind == ErrorKind::NotFound => false,
+                Err(source) => {
+                    return Err(EngineError::Platform {
+                        what: format!("deleting the target {}", resource.name),
+                        source,
+                    });
+                }
+            },
+            "snapshot" => match platform.delete_snapshot(&resource.name).await {
+                Ok(()) => true,
+                Err(e) if e.kind == ErrorKind::NotFound => false,
+                Err(source) => {
+                    return Err(EngineError::Platform {
+                        what: format!("deleting snapshot {}", resource.name),
+                        source,
+                    });
+                }
+            },
+            kind => {
+                if source.is_none() {
+                    source =
+                        Some(connect_to(platform, &spec.source, &spec.database, "source").await?);
+                }
+                let client = source.as_ref().expect("connected above");
+                let sql = |what: String| {
+                    move |source| EngineError::Sql {
+                        role: "source",
+                        what,
+                        source,
+                    }
+                };
+                match kind {
+                    "slot" => replication::drop_slot(client, &resource.name)
+                        .await
+                        .map_err(sql(format!("dropping slot {}", resource.name)))?,
+                    "publication" => replication::drop_publication(client, &resource.name)
+                        .await
+                        .map_err(sql(format!("dropping publication {}", resource.name)))?,
+                    "replica_identity" => {
+                        match client
+                            .batch_execute(&format!(
+                                "ALTER TABLE {} REPLICA IDENTITY DEFAULT",
+                                resource.name
+                            ))
+                            .await
+                        {
+                            Ok(()) => true,
+                            Err(e)
+                                if e.code()
+                                    == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+                            {
+                                false
+                            }
+                            Err(e) => {
+                                return Err(sql(format!(
+                                    "restoring the replica identity of {}",
+                                    resource.name
+                                ))(e));
+                            }
+                        }
+                    }
+                    other => {
+                        tracing::warn!(migration = %name, kind = other, "unknown resource kind in the journal; left alone");
+                        false
+                    }
+                }
+            }
+        };
+        tracing::info!(migration = %name, resource = %label, removed, "abort");
+        if removed {
+            report.removed.push(label);
+        } else {
+            report.already_gone.push(label);
+        }
+        journal.remove_resource(name, &resource.kind, &resource.name)?;
+    }
+    journal.set_phase(name, Phase::Aborted, None)?;
+    Ok(report)
+}

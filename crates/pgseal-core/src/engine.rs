@@ -1,0 +1,899 @@
+//! The step runner: takes a migration from its spec to a replicating encrypted target,
+//! one journaled, idempotent [`Step`] at a time, through the [`Platform`] trait and SQL.
+//!
+//! The two facts it lives by (`FIELD-NOTES.md`): logical replication into the restored
+//! copy must start exactly where the copy's WAL ends (the handoff LSN), and the slot must
+//! exist before the snapshot — a slot whose `confirmed_flush_lsn` is past the handoff LSN
+//! silently skips the transactions in between. [`Step::Guards`] refuses to enable the
+//! subscription unless both hold.
+
+use std::time::{Duration, Instant};
+
+use pgseal_pg::replication::{self, SlotState};
+use pgseal_pg::{ConnectError, Lsn};
+use pgseal_platform::{ErrorKind, Handoff, InstanceStatus, NewInstance, Platform, PlatformError};
+use serde_json::json;
+use tokio_postgres::Client;
+
+use crate::journal::{Journal, JournalError, MigrationSpec, Phase};
+use crate::preflight::{PreflightInput, PreflightReport, Severity, preflight};
+use crate::steps::{Step, failpoint, test_hook};
+
+/// A migration step could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A server could not be reached.
+    #[error("cannot connect to the {role}")]
+    Connect {
+        /// `source` or `target`.
+        role: &'static str,
+        /// The connection error (names the server, never the password).
+        #[source]
+        source: ConnectError,
+    },
+    /// An SQL statement failed.
+    #[error("{what} on the {role}")]
+    Sql {
+        /// `source` or `target`.
+        role: &'static str,
+        /// What was being done.
+        what: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The platform refused or failed.
+    #[error("{what}")]
+    Platform {
+        /// What was being done.
+        what: String,
+        /// The platform's error.
+        #[source]
+        source: PlatformError,
+    },
+    /// Preflight found blockers; nothing was changed.
+    #[error("preflight found {} blocker(s), nothing was changed: {}", blockers(.0).len(), blockers(.0).join("; "))]
+    Blocked(Box<PreflightReport>),
+    /// A safety guard refused to go on.
+    #[error("guard failed, the subscription stays disabled: {0}")]
+    Guard(String),
+    /// The migration cannot go on as it stands; the message says what to do.
+    #[error("{0}")]
+    Precondition(String),
+    /// A wait timed out.
+    #[error("timed out after {seconds} s waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        seconds: u64,
+    },
+}
+
+fn blockers(report: &PreflightReport) -> Vec<String> {
+    report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Blocker)
+        .map(|f| format!("{} (fix: {})", f.detail, f.fix))
+        .collect()
+}
+
+impl EngineError {
+    /// True when the user must change something before trying again (a blocker, a guard,
+    /// a refused precondition), as opposed to a failure a retry may clear.
+    pub fn is_precondition(&self) -> bool {
+        match self {
+            EngineError::Blocked(_) | EngineError::Guard(_) | EngineError::Precondition(_) => true,
+            EngineError::Journal(e) => matches!(
+                e,
+                JournalError::NotFound(_) | JournalError::Exists(_) | JournalError::Busy(..)
+            ),
+            EngineError::Platform { source, .. } => {
+                matches!(source.kind, ErrorKind::Precondition | ErrorKind::Key)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The message of an error and of its causes, joined by `: ` (what the journal records).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Facts about the surroundings that preflight cannot read over SQL; the caller finds them.
+#[derive(Debug, Clone, Default)]
+pub struct Surroundings {
+    /// Bytes free where the snapshot and the restored copy will live, if known.
+    pub free_bytes: Option<u64>,
+    /// A problem with the target key (disabled, pending deletion, unknown), if any.
+    pub key_problem: Option<String>,
+}
+
+/// What the engine reports as it goes.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A step starts.
+    Started(Step),
+    /// A step finished; `summary` says what it did.
+    Done {
+        /// The step.
+        step: Step,
+        /// How long it ran.
+        elapsed: Duration,
+        /// One line on what it did.
+        summary: String,
+    },
+    /// A step was done by an earlier run.
+    AlreadyDone(Step),
+}
+
+/// Runs one migration's steps.
+pub struct Engine<'a, P: Platform> {
+    platform: &'a P,
+    journal: &'a Journal,
+    spec: MigrationSpec,
+    surroundings: Surroundings,
+    observer: Box<dyn Fn(&Event) + 'a>,
+}
+
+/// How long the engine waits for the apply worker to start.
+const WORKER_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl<'a, P: Platform> Engine<'a, P> {
+    /// An engine for the recorded migration `name`.
+    pub fn new(
+        platform: &'a P,
+        journal: &'a Journal,
+        name: &str,
+        surroundings: Surroundings,
+        observer: impl Fn(&Event) + 'a,
+    ) -> Result<Self, EngineError> {
+        let spec = journal.migration(name)?.spec;
+        Ok(Engine {
+            platform,
+            journal,
+            spec,
+            surroundings,
+            observer: Box::new(observer),
+        })
+    }
+
+    /// Runs every step not yet done, in order, and returns once the target replicates.
+    /// A failure is journaled (phase `failed`, the step's error) and returned; running
+    /// again retries from the failed step.
+    pub async fn run(&self) -> Result<(), EngineError> {
+        let name = &self.spec.name;
+        let record = self.journal.migration(name)?;
+        match record.phase {
+            Phase::Aborting | Phase::Aborted => {
+                return Err(EngineError::Precondition(format!(
+                    "migration {name} was aborted; start a new one (with another --name, or after `pgseal migrate abort {name}` has finished)"
+                )));
+            }
+            Phase::Replicating => return Ok(()),
+            Phase::Running | Phase::Failed => {}
+        }
+        self.journal.set_phase(name, Phase::Running, None)?;
+        for step in Step::ALL {
+            if self.journal.outputs(name, step)?.is_some() {
+                (self.observer)(&Event::AlreadyDone(step));
+                continue;
+            }
+            let run = self.journal.step_started(name, step)?;
+            (self.observer)(&Event::Started(step));
+            failpoint("before", step);
+            let started = Instant::now();
+            tracing::info!(migration = %name, %step, "step started");
+            match self.run_step(step).await {
+                Ok((outputs, summary)) => {
+                    failpoint("after", step);
+                    self.journal.step_done(run, &outputs)?;
+                    let elapsed = started.elapsed();
+                    tracing::info!(migration = %name, %step, seconds = elapsed.as_secs_f64(), "step done");
+                    (self.observer)(&Event::Done {
+                        step,
+                        elapsed,
+                        summary,
+                    });
+                }
+                Err(error) => {
+                    let text = error_chain(&error);
+                    tracing::info!(migration = %name, %step, error = %text, "step failed");
+                    self.journal.step_failed(run, &text)?;
+                    self.journal.set_phase(
+                        name,
+                        Phase::Failed,
+                        Some(&format!("step {step}: {text}")),
+                    )?;
+                    return Err(error);
+                }
+            }
+        }
+        self.journal.set_phase(name, Phase::Replicating, None)?;
+        Ok(())
+    }
+
+    async fn run_step(&self, step: Step) -> Result<(serde_json::Value, String), EngineError> {
+        match step {
+            Step::Preflight => self.preflight().await,
+            Step::PrepareSource => self.prepare_source().await,
+            Step::Snapshot => self.snapshot().await,
+            Step::Restore => self.restore().await,
+            Step::TargetHousekeeping => self.target_housekeeping().await,
+            Step::Subscription => self.subscription().await,
+            Step::Guards => self.guards().await,
+            Step::OriginAdvance => self.origin_advance().await,
+            Step::Enable => self.enable().await,
+            Step::Replicating => self.replicating().await,
+        }
+    }
+
+    fn platform_error(what: impl Into<String>) -> impl FnOnce(PlatformError) -> EngineError {
+        let what = what.into();
+        move |source| EngineError::Platform { what, source }
+    }
+
+    fn sql(
+        role: &'static str,
+        what: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
+        let what = what.into();
+        move |source| EngineError::Sql { role, what, source }
+    }
+
+    async fn connect(&self, instance: &str, role: &'static str) -> Result<Client, EngineError> {
+        connect_to(self.platform, instance, &self.spec.database, role).await
+    }
+
+    fn recorded<T: serde::de::DeserializeOwned>(
+        &self,
+        step: Step,
+        field: &str,
+    ) -> Result<T, EngineError> {
+        let outputs = self
+            .journal
+            .outputs(&self.spec.name, step)?
+            .ok_or_else(|| {
+                EngineError::Precondition(format!("step {step} has no recorded outputs"))
+            })?;
+        serde_json::from_value(outputs[field].clone()).map_err(|e| {
+            EngineError::Precondition(format!(
+                "the journal's {step}.{field} cannot be read ({e}): the journal was edited?"
+            ))
+        })
+    }
+
+    // 1.
+    async fn preflight(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let source = self.connect(&self.spec.source, "source").await?;
+        let target_problem = match self.platform.describe_instance(&self.spec.target).await {
+            Ok(_) => Some(format!("instance {} already exists", self.spec.target)),
+            Err(e) if e.kind == ErrorKind::NotFound => None,
+            Err(e) => return Err(Self::platform_error("describing the target")(e)),
+        };
+        let input = PreflightInput {
+            migration: self.spec.name.clone(),
+            managed_source: Some(self.spec.source.clone()),
+            allow_restart: self.spec.allow_restart,
+            replica_identity_full: self.spec.replica_identity_full,
+            long_transaction_seconds: self.spec.long_transaction_seconds,
+            free_bytes: self.surroundings.free_bytes,
+            key_problem: self.surroundings.key_problem.clone(),
+            target_problem,
+        };
+        let report = preflight(&source, &input)
+            .await
+            .map_err(Self::sql("source", "preflight"))?;
+        if !report.ready() {
+            return Err(EngineError::Blocked(Box::new(report)));
+        }
+        let summary = format!(
+            "{} tables, {} MiB, {} warning(s)",
+            report.tables,
+            report.source_bytes >> 20,
+            report.findings.len()
+        );
+        Ok((json!({ "report": report }), summary))
+    }
+
+    // 2.
+    async fn prepare_source(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let name = self.spec.replication_name();
+        let mut source = self.connect(&self.spec.source, "source").await?;
+        let wal_level: String = source
+            .query_one("SHOW wal_level", &[])
+            .await
+            .map_err(Self::sql("source", "reading wal_level"))?
+            .get(0);
+        let mut restarted = false;
+        if wal_level != "logical" {
+            if !self.spec.allow_restart {
+                return Err(EngineError::Precondition(format!(
+                    "wal_level is {wal_level} on {}; pass --allow-restart to let pgseal set it to logical and restart the source",
+                    self.spec.source
+                )));
+            }
+            let params = [("wal_level".to_string(), "logical".to_string())].into();
+            self.platform
+                .set_params(&self.spec.source, &params, true)
+                .await
+                .map_err(Self::platform_error(
+                    "setting wal_level=logical on the source",
+                ))?;
+            restarted = true;
+            source = self.connect(&self.spec.source, "source").await?;
+        }
+
+        let mut identity_changed = Vec::new();
+        if self.spec.replica_identity_full {
+            let rows = source
+                .query(
+                    "SELECT format('%I.%I', n.nspname, c.relname), n.nspname::text || '.' || c.relname::text \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' \
+                       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                       AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+                            (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+                     ORDER BY 1",
+                    &[],
+                )
+                .await
+                .map_err(Self::sql("source", "listing tables without replica identity"))?;
+            for row in rows {
+                let (table, plain): (String, String) = (row.get(0), row.get(1));
+                if let Some(wanted) = &self.spec.tables
+                    && !wanted
+                        .iter()
+                        .any(|w| replication::qualified(w) == replication::qualified(&plain))
+                {
+                    continue;
+                }
+                self.journal
+                    .add_resource(&self.spec.name, "replica_identity", &table)?;
+                source
+                    .batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL"))
+                    .await
+                    .map_err(Self::sql(
+                        "source",
+                        format!("setting REPLICA IDENTITY FULL on {table}"),
+                    ))?;
+                identity_changed.push(table);
+            }
+        }
+
+        self.journal
+            .add_resource(&self.spec.name, "publication", &name)?;
+        replication::create_publication(&source, &name, self.spec.tables.as_deref())
+            .await
+            .map_err(Self::sql("source", format!("creating publication {name}")))?;
+        let tables = replication::published_tables(&source, &name)
+            .await
+            .map_err(Self::sql("source", "listing published tables"))?;
+
+        let slot = if test_hook("late-slot") {
+            tracing::warn!("test hook late-slot: the slot is created after the snapshot");
+            None
+        } else {
+            Some(self.create_slot(&source, &name).await?)
+        };
+        let summary = format!(
+            "publication {name} ({} tables){}{}",
+            tables.len(),
+            match &slot {
+                Some(s) => format!(", slot {name} at {}", lsn_text(s.confirmed_flush_lsn)),
+                None => String::new(),
+            },
+            if restarted {
+                ", wal_level set to logical (restarted)"
+            } else {
+                ""
+            }
+        );
+        // Keep the session until here: a failure above must not leave a half-made slot.
+        drop(source);
+        Ok((
+            json!({
+                "publication": name,
+                "tables": tables,
+                "slot": slot,
+                "restarted_for_wal_level": restarted,
+                "replica_identity_full": identity_changed,
+            }),
+            summary,
+        ))
+    }
+
+    async fn create_slot(&self, source: &Client, name: &str) -> Result<SlotState, EngineError> {
+        self.journal.add_resource(&self.spec.name, "slot", name)?;
+        let (slot, _) = replication::create_logical_slot(source, name)
+            .await
+            .map_err(Self::sql("source", format!("creating logical slot {name}")))?;
+        if slot.database.as_deref() != Some(self.spec.database.as_str()) {
+            return Err(EngineError::Precondition(format!(
+                "slot {name} exists for database {:?}, not {}; abort this migration and drop that slot",
+                slot.database, self.spec.database
+            )));
+        }
+        Ok(slot)
+    }
+
+    // 3.
+    async fn snapshot(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let snap = self.spec.snapshot_name();
+        let existing = match self.platform.describe_snapshot(&snap).await {
+            Ok(s) => Some(s),
+            Err(e) if e.kind == ErrorKind::NotFound => None,
+            Err(e) => return Err(Self::platform_error("describing the snapshot")(e)),
+        };
+        let snapshot = match existing {
+            Some(s) => s,
+            None => {
+                let source = self
+                    .platform
+                    .describe_instance(&self.spec.source)
+                    .await
+                    .map_err(Self::platform_error("describing the source"))?;
+                self.journal
+                    .add_resource(&self.spec.name, "snapshot", &snap)?;
+                if source.encrypted {
+                    // Under another key already: snapshot under its key, copy under the new one.
+                    let plain_key_snap = format!("{snap}-src");
+                    self.journal
+                        .add_resource(&self.spec.name, "snapshot", &plain_key_snap)?;
+                    if let Err(e) = self.platform.describe_snapshot(&plain_key_snap).await {
+                        if e.kind != ErrorKind::NotFound {
+                            return Err(Self::platform_error("describing the snapshot")(e));
+                        }
+                        self.platform
+                            .create_snapshot(&self.spec.source, &plain_key_snap, None)
+                            .await
+                            .map_err(Self::platform_error("snapshotting the source"))?;
+                    }
+                    let copy = self
+                        .platform
+                        .copy_snapshot_encrypted(&plain_key_snap, &snap, &self.spec.key)
+                        .await
+                        .map_err(Self::platform_error(
+                            "copying the snapshot under the new key",
+                        ))?;
+                    self.platform
+                        .delete_snapshot(&plain_key_snap)
+                        .await
+                        .map_err(Self::platform_error("deleting the intermediate snapshot"))?;
+                    self.journal
+                        .remove_resource(&self.spec.name, "snapshot", &plain_key_snap)?;
+                    copy
+                } else {
+                    self.platform
+                        .create_snapshot(&self.spec.source, &snap, Some(&self.spec.key))
+                        .await
+                        .map_err(Self::platform_error("taking the encrypted snapshot"))?
+                }
+            }
+        };
+        if !snapshot.encrypted {
+            return Err(EngineError::Precondition(format!(
+                "snapshot {snap} is not encrypted; abort the migration"
+            )));
+        }
+        let mut late_slot = None;
+        if test_hook("late-slot") {
+            let source = self.connect(&self.spec.source, "source").await?;
+            late_slot = Some(
+                self.create_slot(&source, &self.spec.replication_name())
+                    .await?,
+            );
+        }
+        let summary = format!(
+            "{snap}, encrypted under {}, backup ends at {}",
+            snapshot.key_id.as_deref().unwrap_or("?"),
+            lsn_text(snapshot.end_lsn)
+        );
+        Ok((
+            json!({ "snapshot": snapshot, "late_slot": late_slot }),
+            summary,
+        ))
+    }
+
+    // 4.
+    async fn restore(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let snap = self.spec.snapshot_name();
+        let target = &self.spec.target;
+        let ours = self
+            .journal
+            .resources(&self.spec.name)?
+            .iter()
+            .any(|r| r.kind == "instance" && &r.name == target);
+        let existing = match self.platform.describe_instance(target).await {
+            Ok(i) => Some(i),
+            Err(e) if e.kind == ErrorKind::NotFound => None,
+            Err(e) => return Err(Self::platform_error("describing the target")(e)),
+        };
+        let instance = match existing {
+            Some(i) if !ours => {
+                return Err(EngineError::Precondition(format!(
+                    "instance {} exists and was not made by migration {} (status {:?}); choose another --target",
+                    i.name, self.spec.name, i.status
+                )));
+            }
+            Some(i)
+                if i.status == InstanceStatus::Available
+                    && i.source_snapshot.as_deref() == Some(snap.as_str()) =>
+            {
+                i
+            }
+            Some(i) => {
+                // A restore that was interrupted: start again from the snapshot.
+                tracing::warn!(target = %i.name, status = ?i.status, "removing an interrupted restore");
+                self.platform
+                    .delete_instance(target)
+                    .await
+                    .map_err(Self::platform_error("removing the interrupted restore"))?;
+                self.restore_new(&snap).await?
+            }
+            None => {
+                self.journal
+                    .add_resource(&self.spec.name, "instance", target)?;
+                self.restore_new(&snap).await?
+            }
+        };
+        let snapshot: pgseal_platform::Snapshot = self.recorded(Step::Snapshot, "snapshot")?;
+        if !instance.encrypted || instance.key_id != snapshot.key_id {
+            return Err(EngineError::Precondition(format!(
+                "target {} is {} (key {}), expected encrypted under {}; refusing to go on",
+                instance.name,
+                if instance.encrypted {
+                    "encrypted"
+                } else {
+                    "NOT encrypted"
+                },
+                instance.key_id.as_deref().unwrap_or("none"),
+                snapshot.key_id.as_deref().unwrap_or("?")
+            )));
+        }
+        let handoff = self
+            .platform
+            .handoff(target)
+            .await
+            .map_err(Self::platform_error("reading the target's handoff LSN"))?;
+        let summary = format!(
+            "{target}, encrypted under {}, handoff LSN {}",
+            instance.key_id.as_deref().unwrap_or("?"),
+            handoff.lsn
+        );
+        Ok((json!({ "instance": instance, "handoff": handoff }), summary))
+    }
+
+    async fn restore_new(&self, snap: &str) -> Result<pgseal_platform::Instance, EngineError> {
+        let spec = NewInstance {
+            name: self.spec.target.clone(),
+            port: self.spec.target_port,
+            storage_bytes: None,
+            // Encrypted exactly as the snapshot is (checked after the restore).
+            encryption_key: None,
+            params: Default::default(),
+        };
+        self.platform
+            .restore_snapshot(snap, &spec)
+            .await
+            .map_err(Self::platform_error(
+                "restoring the snapshot into the target",
+            ))
+    }
+
+    // 5.
+    async fn target_housekeeping(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let name = self.spec.replication_name();
+        let target = self.connect(&self.spec.target, "target").await?;
+        let dropped_publication = replication::drop_publication(&target, &name)
+            .await
+            .map_err(Self::sql("target", "dropping the copied publication"))?;
+        // A new instance's slots can only be copies of the source's: they would hold
+        // the target's WAL forever.
+        let slots: Vec<String> = target
+            .query(
+                "SELECT slot_name::text FROM pg_replication_slots WHERE NOT temporary",
+                &[],
+            )
+            .await
+            .map_err(Self::sql("target", "listing slots"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for slot in &slots {
+            replication::drop_slot(&target, slot)
+                .await
+                .map_err(Self::sql("target", format!("dropping copied slot {slot}")))?;
+        }
+        // Subscriptions the source had came along too; they must not pull from the
+        // source's own publishers.
+        let foreign: Vec<String> = target
+            .query(
+                "SELECT subname::text FROM pg_subscription WHERE subenabled AND subname <> $1",
+                &[&name],
+            )
+            .await
+            .map_err(Self::sql("target", "listing copied subscriptions"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for sub in &foreign {
+            target
+                .batch_execute(&format!(
+                    "ALTER SUBSCRIPTION {} DISABLE",
+                    replication::quote_ident(sub)
+                ))
+                .await
+                .map_err(Self::sql(
+                    "target",
+                    format!("disabling copied subscription {sub}"),
+                ))?;
+        }
+        let summary = format!(
+            "dropped publication: {}, slots dropped: {}, subscriptions disabled: {}",
+            if dropped_publication {
+                "yes"
+            } else {
+                "none there"
+            },
+            slots.len(),
+            foreign.len()
+        );
+        Ok((
+            json!({
+                "dropped_publication": dropped_publication,
+                "dropped_slots": slots,
+                "disabled_subscriptions": foreign,
+            }),
+            summary,
+        ))
+    }
+
+    // 6.
+    async fn subscription(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let name = self.spec.replication_name();
+        let conninfo = self
+            .platform
+            .subscriber_conninfo(&self.spec.source, &self.spec.database)
+            .await
+            .map_err(Self::platform_error(
+                "finding how the target reaches the source",
+            ))?;
+        let target = self.connect(&self.spec.target, "target").await?;
+        let (sub, _) = replication::create_subscription(&target, &name, &conninfo, &name, &name)
+            .await
+            .map_err(Self::sql("target", format!("creating subscription {name}")))?;
+        let summary = format!("{name} (oid {}), disabled, copy_data=false", sub.oid);
+        Ok((json!({ "subscription": sub.name, "oid": sub.oid }), summary))
+    }
+
+    // 7.
+    async fn guards(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let name = self.spec.replication_name();
+        let handoff: Handoff = self.recorded(Step::Restore, "handoff")?;
+        let source = self.connect(&self.spec.source, "source").await?;
+        let slot = replication::slot(&source, &name)
+            .await
+            .map_err(Self::sql("source", "reading the slot"))?
+            .ok_or_else(|| {
+                EngineError::Guard(format!(
+                    "slot {name} is gone from the source: the changes since the snapshot cannot be replayed; abort this migration and start again"
+                ))
+            })?;
+        let verdict = check_guards(&handoff, &slot);
+        if let Err(why) = verdict {
+            return Err(EngineError::Guard(why));
+        }
+        let confirmed = slot.confirmed_flush_lsn;
+        let summary = format!(
+            "handoff {} > redo done at {}, slot confirmed_flush {} <= handoff",
+            handoff.lsn,
+            lsn_text(handoff.redo_done_at),
+            lsn_text(confirmed)
+        );
+        Ok((json!({ "handoff": handoff, "slot": slot }), summary))
+    }
+
+    // 8.
+    async fn origin_advance(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let name = self.spec.replication_name();
+        let handoff: Handoff = self.recorded(Step::Restore, "handoff")?;
+        let target = self.connect(&self.spec.target, "target").await?;
+        let sub = self.subscription_state(&target, &name).await?;
+        if sub.enabled {
+            return Err(EngineError::Precondition(format!(
+                "subscription {name} is enabled but its origin was not advanced by pgseal: the target may have applied from the wrong position; abort this migration"
+            )));
+        }
+        replication::advance_origin(&target, &sub, handoff.lsn)
+            .await
+            .map_err(Self::sql("target", "advancing the replication origin"))?;
+        let after = self.subscription_state(&target, &name).await?;
+        if after.applied_lsn != Some(handoff.lsn) {
+            return Err(EngineError::Precondition(format!(
+                "origin {} reads {} after advancing to {}",
+                sub.origin(),
+                lsn_text(after.applied_lsn),
+                handoff.lsn
+            )));
+        }
+        Ok((
+            json!({ "origin": sub.origin(), "lsn": handoff.lsn }),
+            format!("{} -> {}", sub.origin(), handoff.lsn),
+        ))
+    }
+
+    async fn subscription_state(
+        &self,
+        target: &Client,
+        name: &str,
+    ) -> Result<replication::SubscriptionState, EngineError> {
+        replication::subscription(target, name)
+            .await
+            .map_err(Self::sql("target", "reading the subscription"))?
+            .ok_or_else(|| {
+                EngineError::Precondition(format!(
+                    "subscription {name} is missing on the target; abort this migration"
+                ))
+            })
+    }
+
+    // 9.
+    async fn enable(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let name = self.spec.replication_name();
+        let target = self.connect(&self.spec.target, "target").await?;
+        replication::enable_subscription(&target, &name)
+            .await
+            .map_err(Self::sql("target", "enabling the subscription"))?;
+        Ok((json!({ "enabled": true }), format!("{name} enabled")))
+    }
+
+    // 10.
+    async fn replicating(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let name = self.spec.replication_name();
+        let target = self.connect(&self.spec.target, "target").await?;
+        let source = self.connect(&self.spec.source, "source").await?;
+        let started = Instant::now();
+        loop {
+            let sub = self.subscription_state(&target, &name).await?;
+            let slot = replication::slot(&source, &name)
+                .await
+                .map_err(Self::sql("source", "reading the slot"))?;
+            if let (Some(pid), Some(slot)) = (sub.worker_pid, &slot)
+                && slot.active
+            {
+                let summary = format!(
+                    "apply worker pid {pid}, applied up to {}",
+                    lsn_text(sub.applied_lsn)
+                );
+                return Ok((
+                    json!({ "worker_pid": pid, "applied_lsn": sub.applied_lsn }),
+                    summary,
+                ));
+            }
+            if sub.apply_errors > 0 {
+                return Err(EngineError::Precondition(format!(
+                    "the apply worker of {name} failed {} time(s); see the target's server log",
+                    sub.apply_errors
+                )));
+            }
+            if started.elapsed() > WORKER_START_TIMEOUT {
+                return Err(EngineError::Timeout {
+                    what: format!("the apply worker of {name} to stream from the slot"),
+                    seconds: WORKER_START_TIMEOUT.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Connects to `instance`'s database `dbname` as its master user.
+pub async fn connect_to<P: Platform>(
+    platform: &P,
+    instance: &str,
+    dbname: &str,
+    role: &'static str,
+) -> Result<Client, EngineError> {
+    let mut config =
+        platform
+            .connection(instance)
+            .await
+            .map_err(|source| EngineError::Platform {
+                what: format!("finding how to reach the {role} {instance}"),
+                source,
+            })?;
+    config.dbname(dbname);
+    pgseal_pg::connect(&config)
+        .await
+        .map_err(|source| EngineError::Connect { role, source })
+}
+
+fn lsn_text(lsn: Option<Lsn>) -> String {
+    lsn.map_or_else(|| "unknown".to_string(), |l| l.to_string())
+}
+
+/// The two rules of `FIELD-NOTES.md`, checked before the subscription may be enabled:
+/// the handoff LSN is past the last replayed record's start (and not before the backup's
+/// end), and the slot has not confirmed anything past it. `Err` says which fails and why.
+pub fn check_guards(handoff: &Handoff, slot: &SlotState) -> Result<(), String> {
+    if let Some(redo) = handoff.redo_done_at
+        && handoff.lsn <= redo
+    {
+        return Err(format!(
+            "handoff LSN {} is not past `redo done at` {redo}: starting there would apply the last transaction twice",
+            handoff.lsn
+        ));
+    }
+    if let Some(end) = handoff.backup_end_lsn
+        && handoff.lsn < end
+    {
+        return Err(format!(
+            "handoff LSN {} is before the backup's end {end}: the copy is not consistent there",
+            handoff.lsn
+        ));
+    }
+    match slot.confirmed_flush_lsn {
+        None => Err(format!(
+            "slot {} has no confirmed_flush_lsn (not a logical slot?)",
+            slot.name
+        )),
+        Some(confirmed) if confirmed > handoff.lsn => Err(format!(
+            "slot {} has confirmed_flush_lsn {confirmed}, past the handoff LSN {}: the transactions committed between them are in neither the copy nor the slot and would be lost without any error (the slot was created after the snapshot). Abort this migration (`pgseal migrate abort`) and start again",
+            slot.name, handoff.lsn
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(confirmed: u64) -> SlotState {
+        SlotState {
+            name: "pgseal_m1".into(),
+            slot_type: "logical".into(),
+            database: Some("postgres".into()),
+            active: false,
+            active_pid: None,
+            restart_lsn: Some(Lsn(confirmed)),
+            confirmed_flush_lsn: Some(Lsn(confirmed)),
+            wal_status: Some("reserved".into()),
+            retained_bytes: Some(0),
+        }
+    }
+
+    fn handoff(lsn: u64, redo: u64) -> Handoff {
+        Handoff {
+            lsn: Lsn(lsn),
+            redo_done_at: Some(Lsn(redo)),
+            backup_end_lsn: Some(Lsn(redo)),
+        }
+    }
+
+    #[test]
+    fn guards_pass_only_when_the_slot_is_not_past_the_handoff_and_redo_is_below_it() {
+        assert!(check_guards(&handoff(1000, 900), &slot(800)).is_ok());
+        assert!(check_guards(&handoff(1000, 900), &slot(1000)).is_ok());
+        let late = check_guards(&handoff(1000, 900), &slot(1001)).unwrap_err();
+        assert!(late.contains("would be lost"), "{late}");
+        let twice = check_guards(&handoff(900, 900), &slot(800)).unwrap_err();
+        assert!(twice.contains("twice"), "{twice}");
+    }
+}

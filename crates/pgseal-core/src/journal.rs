@@ -1,0 +1,688 @@
+//! The journal: every migration's spec, phase, step runs (with their outputs and errors)
+//! and the resources it created, in one SQLite database under `PGSEAL_HOME`.
+//!
+//! Writes are synchronous (`synchronous = FULL` in WAL mode): once a call returns, what it
+//! recorded survives a crash or a power cut. A step is recorded as started before its work
+//! and as done, with its outputs, after it; a resource is recorded *before* it is created,
+//! so `abort` can always find everything there might be to remove.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::steps::Step;
+
+/// A journal operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The SQLite database could not be opened, read or written.
+    #[error("journal {path}: {source}")]
+    Sqlite {
+        /// The journal's file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A stored value could not be decoded (the journal was edited or is from a newer pgseal).
+    #[error("journal {path}: migration {migration}: {detail}")]
+    Corrupt {
+        /// The journal's file.
+        path: PathBuf,
+        /// The migration concerned.
+        migration: String,
+        /// What could not be read.
+        detail: String,
+    },
+    /// No migration of that name.
+    #[error("no migration named '{0}' (see `pgseal migrate list`)")]
+    NotFound(String),
+    /// A migration of that name exists already.
+    #[error(
+        "a migration named '{0}' exists already: `pgseal migrate resume {0}` continues it, `pgseal migrate abort {0}` removes it"
+    )]
+    Exists(String),
+    /// Another pgseal process is working on the migration.
+    #[error(
+        "migration '{0}' is being run by another pgseal process (its lock {1} is held); wait for it or stop it first"
+    )]
+    Busy(String, PathBuf),
+    /// The lock file could not be opened.
+    #[error("cannot lock migration '{migration}' ({path}): {source}")]
+    Lock {
+        /// The migration.
+        migration: String,
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Steps are running (or a process running them was killed: `resume` continues).
+    Running,
+    /// A step failed; the error says why. `resume` retries it, `abort` removes everything.
+    Failed,
+    /// The target is applying the source's changes.
+    Replicating,
+    /// `abort` is removing what was created (or was interrupted doing so: run it again).
+    Aborting,
+    /// Everything the migration created is gone.
+    Aborted,
+}
+
+impl Phase {
+    /// The phase's name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Failed => "failed",
+            Phase::Replicating => "replicating",
+            Phase::Aborting => "aborting",
+            Phase::Aborted => "aborted",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Phase> {
+        [
+            Phase::Running,
+            Phase::Failed,
+            Phase::Replicating,
+            Phase::Aborting,
+            Phase::Aborted,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == text)
+    }
+}
+
+/// What a migration moves, from where to where, with the user's choices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationSpec {
+    /// The migration's name.
+    pub name: String,
+    /// The source instance on the platform.
+    pub source: String,
+    /// The encrypted instance to create.
+    pub target: String,
+    /// A port for the target, where the platform lets one choose.
+    pub target_port: Option<u16>,
+    /// The KMS key the target is encrypted under (id, alias or ARN).
+    pub key: String,
+    /// The database replicated.
+    pub database: String,
+    /// The tables published (`schema.table`); `None` for all tables.
+    pub tables: Option<Vec<String>>,
+    /// The user allows a restart of the source to set `wal_level`.
+    pub allow_restart: bool,
+    /// The user opts in to `REPLICA IDENTITY FULL` for tables without a key.
+    pub replica_identity_full: bool,
+    /// Transactions older than this many seconds are reported by preflight.
+    pub long_transaction_seconds: i64,
+    /// WAL the slot may hold on the source before `status` aborts the migration.
+    pub max_slot_retention: Option<u64>,
+}
+
+impl MigrationSpec {
+    /// The slot, publication and subscription name.
+    pub fn replication_name(&self) -> String {
+        crate::preflight::replication_name(&self.name)
+    }
+
+    /// The encrypted snapshot's name.
+    pub fn snapshot_name(&self) -> String {
+        format!("pgseal-{}", self.name)
+    }
+}
+
+/// A migration as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationRecord {
+    /// What it does.
+    pub spec: MigrationSpec,
+    /// Where it stands.
+    pub phase: Phase,
+    /// The last error, while failed.
+    pub error: Option<String>,
+    /// When it was created (unix milliseconds).
+    pub created_ms: i64,
+    /// When it last changed (unix milliseconds).
+    pub updated_ms: i64,
+}
+
+/// How a step run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Still running, or the process running it was killed.
+    Running,
+    /// Done; its outputs are recorded.
+    Done,
+    /// Failed; its error is recorded.
+    Failed,
+}
+
+/// One run of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRun {
+    /// The step.
+    pub step: Step,
+    /// When it started (unix milliseconds).
+    pub started_ms: i64,
+    /// When it ended, if it did.
+    pub finished_ms: Option<i64>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What it produced (step-specific JSON), when done.
+    pub outputs: Option<serde_json::Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl StepRun {
+    /// How long it ran, when it ended.
+    pub fn duration(&self) -> Option<Duration> {
+        self.finished_ms
+            .map(|f| Duration::from_millis((f - self.started_ms).max(0) as u64))
+    }
+}
+
+/// Something a migration created (or was about to create) that `abort` must remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resource {
+    /// `slot`, `publication`, `replica_identity`, `snapshot` or `instance`.
+    pub kind: String,
+    /// Its name (`schema.table` for a replica identity change).
+    pub name: String,
+}
+
+/// The journal database.
+#[derive(Debug)]
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// The current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds as RFC 3339 (UTC, seconds).
+pub fn format_ms(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+        .to_string()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS migration (
+    name       TEXT PRIMARY KEY,
+    spec       TEXT NOT NULL,
+    phase      TEXT NOT NULL,
+    error      TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS step_run (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    migration   TEXT NOT NULL REFERENCES migration(name),
+    step        TEXT NOT NULL,
+    started_ms  INTEGER NOT NULL,
+    finished_ms INTEGER,
+    outcome     TEXT NOT NULL,
+    outputs     TEXT,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS step_run_by_migration ON step_run (migration, step);
+CREATE TABLE IF NOT EXISTS resource (
+    migration TEXT NOT NULL REFERENCES migration(name),
+    kind      TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    added_ms  INTEGER NOT NULL,
+    PRIMARY KEY (migration, kind, name)
+);
+";
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `PGSEAL_HOME/journal.sqlite`.
+    pub fn open(home: &Path) -> Result<Journal, JournalError> {
+        let path = home.join("journal.sqlite");
+        let wrap = |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(home).map_err(|e| {
+            wrap(rusqlite::Error::InvalidPath(
+                format!("{}: {e}", home.display()).into(),
+            ))
+        })?;
+        let conn = Connection::open(&path).map_err(wrap)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(wrap)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(wrap)?;
+        conn.execute_batch(SCHEMA).map_err(wrap)?;
+        Ok(Journal { conn, path })
+    }
+
+    /// The journal's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn wrap(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+        |source| JournalError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Records a new migration, phase `running`.
+    pub fn create(&self, spec: &MigrationSpec) -> Result<(), JournalError> {
+        let text = serde_json::to_string(spec).expect("a spec serialises");
+        let now = now_ms();
+        match self.conn.execute(
+            "INSERT INTO migration (name, spec, phase, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![spec.name, text, Phase::Running.as_str(), now],
+        ) {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(JournalError::Exists(spec.name.clone()))
+            }
+            Err(e) => Err(self.wrap()(e)),
+        }
+    }
+
+    /// Forgets a migration that created nothing (a `start` that preflight stopped), so the
+    /// same name can be started again with other options. Refused while resources remain.
+    pub fn forget(&self, name: &str) -> Result<(), JournalError> {
+        if !self.resources(name)?.is_empty() {
+            return Err(JournalError::Corrupt {
+                path: self.path.clone(),
+                migration: name.to_string(),
+                detail: "cannot forget a migration that created resources; abort it".into(),
+            });
+        }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(self.wrap())?;
+        let result = self
+            .conn
+            .execute("DELETE FROM step_run WHERE migration = ?1", params![name])
+            .and_then(|_| {
+                self.conn
+                    .execute("DELETE FROM migration WHERE name = ?1", params![name])
+            });
+        match result {
+            Ok(_) => self.conn.execute_batch("COMMIT").map_err(self.wrap()),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(self.wrap()(e))
+            }
+        }
+    }
+
+    /// Reads one migration.
+    pub fn migration(&self, name: &str) -> Result<MigrationRecord, JournalError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT spec, phase, error, created_ms, updated_ms FROM migration WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.wrap())?
+            .ok_or_else(|| JournalError::NotFound(name.to_string()))?;
+        self.decode(name, row)
+    }
+
+    fn decode(
+        &self,
+        name: &str,
+        (spec, phase, error, created_ms, updated_ms): (String, String, Option<String>, i64, i64),
+    ) -> Result<MigrationRecord, JournalError> {
+        let corrupt = |detail: String| JournalError::Corrupt {
+            path: self.path.clone(),
+            migration: name.to_string(),
+            detail,
+        };
+        Ok(MigrationRecord {
+            spec: serde_json::from_str(&spec).map_err(|e| corrupt(format!("spec: {e}")))?,
+            phase: Phase::parse(&phase).ok_or_else(|| corrupt(format!("phase '{phase}'")))?,
+            error,
+            created_ms,
+            updated_ms,
+        })
+    }
+
+    /// Every migration, oldest first.
+    pub fn list(&self) -> Result<Vec<MigrationRecord>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, spec, phase, error, created_ms, updated_ms FROM migration ORDER BY created_ms, name")
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    (
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ),
+                ))
+            })
+            .map_err(self.wrap())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.wrap())?;
+        rows.into_iter()
+            .map(|(name, row)| self.decode(&name, row))
+            .collect()
+    }
+
+    /// Sets a migration's phase and error.
+    pub fn set_phase(
+        &self,
+        name: &str,
+        phase: Phase,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "UPDATE migration SET phase = ?2, error = ?3, updated_ms = ?4 WHERE name = ?1",
+                params![name, phase.as_str(), error, now_ms()],
+            )
+            .map_err(self.wrap())?;
+        Ok(())
+    }
+
+    /// Records that a step starts; returns the run's id.
+    pub fn step_started(&self, name: &str, step: Step) -> Result<i64, JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO step_run (migration, step, started_ms, outcome) VALUES (?1, ?2, ?3, 'running')",
+                params![name, step.as_str(), now_ms()],
+            )
+            .map_err(self.wrap())?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records that a step run finished, with its outputs.
+    pub fn step_done(&self, run: i64, outputs: &serde_json::Value) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "UPDATE step_run SET outcome = 'done', finished_ms = ?2, outputs = ?3 WHERE id = ?1",
+                params![run, now_ms(), outputs.to_string()],
+            )
+            .map_err(self.wrap())?;
+        Ok(())
+    }
+
+    /// Records that a step run failed.
+    pub fn step_failed(&self, run: i64, error: &str) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "UPDATE step_run SET outcome = 'failed', finished_ms = ?2, error = ?3 WHERE id = ?1",
+                params![run, now_ms(), error],
+            )
+            .map_err(self.wrap())?;
+        Ok(())
+    }
+
+    /// Every step run of a migration, in order.
+    pub fn step_runs(&self, name: &str) -> Result<Vec<StepRun>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT step, started_ms, finished_ms, outcome, outputs, error FROM step_run WHERE migration = ?1 ORDER BY id",
+            )
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params![name], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(self.wrap())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.wrap())?;
+        let corrupt = |detail: String| JournalError::Corrupt {
+            path: self.path.clone(),
+            migration: name.to_string(),
+            detail,
+        };
+        rows.into_iter()
+            .map(|(step, started_ms, finished_ms, outcome, outputs, error)| {
+                Ok(StepRun {
+                    step: Step::parse(&step).ok_or_else(|| corrupt(format!("step '{step}'")))?,
+                    started_ms,
+                    finished_ms,
+                    outcome: match outcome.as_str() {
+                        "done" => Outcome::Done,
+                        "failed" => Outcome::Failed,
+                        _ => Outcome::Running,
+                    },
+                    outputs: outputs
+                        .map(|o| serde_json::from_str(&o))
+                        .transpose()
+                        .map_err(|e| corrupt(format!("outputs of {step}: {e}")))?,
+                    error,
+                })
+            })
+            .collect()
+    }
+
+    /// The outputs of a step's successful run, if it has one.
+    pub fn outputs(
+        &self,
+        name: &str,
+        step: Step,
+    ) -> Result<Option<serde_json::Value>, JournalError> {
+        Ok(self
+            .step_runs(name)?
+            .into_iter()
+            .rev()
+            .find(|r| r.step == step && r.outcome == Outcome::Done)
+            .and_then(|r| r.outputs))
+    }
+
+    /// Records a resource before it is created.
+    pub fn add_resource(&self, name: &str, kind: &str, resource: &str) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO resource (migration, kind, name, added_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![name, kind, resource, now_ms()],
+            )
+            .map_err(self.wrap())?;
+        Ok(())
+    }
+
+    /// Forgets a resource once it is removed.
+    pub fn remove_resource(
+        &self,
+        name: &str,
+        kind: &str,
+        resource: &str,
+    ) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "DELETE FROM resource WHERE migration = ?1 AND kind = ?2 AND name = ?3",
+                params![name, kind, resource],
+            )
+            .map_err(self.wrap())?;
+        Ok(())
+    }
+
+    /// The resources a migration recorded, newest first.
+    pub fn resources(&self, name: &str) -> Result<Vec<Resource>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, name FROM resource WHERE migration = ?1 ORDER BY added_ms DESC, rowid DESC")
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params![name], |r| {
+                Ok(Resource {
+                    kind: r.get(0)?,
+                    name: r.get(1)?,
+                })
+            })
+            .map_err(self.wrap())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.wrap())?;
+        Ok(rows)
+    }
+}
+
+/// An exclusive lock on one migration, held while a process works on it (released when
+/// dropped, or by the kernel when the process dies).
+#[derive(Debug)]
+pub struct MigrationLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl MigrationLock {
+    /// Takes the lock on `PGSEAL_HOME/migrations/NAME.lock`, failing at once when another
+    /// process holds it.
+    pub fn acquire(home: &Path, name: &str) -> Result<MigrationLock, JournalError> {
+        let dir = home.join("migrations");
+        let path = dir.join(format!("{name}.lock"));
+        let lock_error = |source| JournalError::Lock {
+            migration: name.to_string(),
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(lock_error)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lock_error)?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(MigrationLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                Err(JournalError::Busy(name.to_string(), path))
+            }
+            Err((_, errno)) => Err(lock_error(std::io::Error::from(errno))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> MigrationSpec {
+        MigrationSpec {
+            name: name.into(),
+            source: "src".into(),
+            target: "src-enc".into(),
+            target_port: None,
+            key: "pgseal/default".into(),
+            database: "postgres".into(),
+            tables: None,
+            allow_restart: false,
+            replica_identity_full: false,
+            long_transaction_seconds: 60,
+            max_slot_retention: None,
+        }
+    }
+
+    #[test]
+    fn steps_outputs_and_resources_survive_reopening() {
+        let home = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(home.path()).unwrap();
+            j.create(&spec("m1")).unwrap();
+            assert!(matches!(
+                j.create(&spec("m1")).unwrap_err(),
+                JournalError::Exists(_)
+            ));
+            let run = j.step_started("m1", Step::Preflight).unwrap();
+            j.step_done(run, &serde_json::json!({"ready": true}))
+                .unwrap();
+            let run = j.step_started("m1", Step::PrepareSource).unwrap();
+            j.step_failed(run, "boom").unwrap();
+            j.step_started("m1", Step::PrepareSource).unwrap();
+            j.add_resource("m1", "slot", "pgseal_m1").unwrap();
+            j.add_resource("m1", "publication", "pgseal_m1").unwrap();
+            j.add_resource("m1", "slot", "pgseal_m1").unwrap();
+            j.set_phase("m1", Phase::Failed, Some("boom")).unwrap();
+        }
+        let j = Journal::open(home.path()).unwrap();
+        let m = j.migration("m1").unwrap();
+        assert_eq!((m.phase, m.error.as_deref()), (Phase::Failed, Some("boom")));
+        assert_eq!(m.spec, spec("m1"));
+        let runs = j.step_runs("m1").unwrap();
+        let outcomes: Vec<_> = runs.iter().map(|r| (r.step, r.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                (Step::Preflight, Outcome::Done),
+                (Step::PrepareSource, Outcome::Failed),
+                (Step::PrepareSource, Outcome::Running)
+            ]
+        );
+        assert_eq!(
+            j.outputs("m1", Step::Preflight).unwrap().unwrap()["ready"],
+            true
+        );
+        assert_eq!(j.outputs("m1", Step::PrepareSource).unwrap(), None);
+        let kinds: Vec<_> = j
+            .resources("m1")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.kind)
+            .collect();
+        assert_eq!(kinds.len(), 2);
+        j.remove_resource("m1", "slot", "pgseal_m1").unwrap();
+        assert_eq!(j.resources("m1").unwrap().len(), 1);
+        assert!(matches!(
+            j.migration("nope").unwrap_err(),
+            JournalError::NotFound(_)
+        ));
+    }
+
+    #[test]
+    fn a_second_process_cannot_take_a_held_lock() {
+        let home = tempfile::tempdir().unwrap();
+        let held = MigrationLock::acquire(home.path(), "m1").unwrap();
+        // flock locks belong to the open file description: a second open is a second owner.
+        assert!(matches!(
+            MigrationLock::acquire(home.path(), "m1").unwrap_err(),
+            JournalError::Busy(..)
+        ));
+        drop(held);
+        MigrationLock::acquire(home.path(), "m1").unwrap();
+    }
+}
