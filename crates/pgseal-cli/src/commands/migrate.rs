@@ -197,6 +197,8 @@ fn start(
         max_slot_retention,
     };
     pgseal_local::instance::check_name(&spec.target)?;
+    // An unknown source is bad input: refused before anything is recorded.
+    LocalInstances::open(&ctx.home)?.describe(&spec.source)?;
     let _lock = MigrationLock::acquire(&ctx.home, &spec.name)?;
     let journal = Journal::open(&ctx.home)?;
     let kms = ctx.open_kms()?;

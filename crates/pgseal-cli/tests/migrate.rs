@@ -1,0 +1,625 @@
+//! `pgseal migrate start|resume|abort|status|list` as a user runs them: real local
+//! instances, a real encrypted target, the ledger workload writing throughout, and the
+//! process killed (SIGABRT at a named failpoint) between every pair of steps.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const STEPS: [&str; 10] = [
+    "preflight",
+    "prepare_source",
+    "snapshot",
+    "restore",
+    "target_housekeeping",
+    "subscription",
+    "guards",
+    "origin_advance",
+    "enable",
+    "replicating",
+];
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pgseal"));
+        c.env("PGSEAL_HOME", self.dir.path().join("home"))
+            .env("PGSEAL_PASSPHRASE", "cli migrate test passphrase")
+            .env_remove("PGSEAL_FAILPOINT")
+            .env_remove("PGSEAL_TEST_HOOK")
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn run_env(&self, env: (&str, &str), args: &[&str]) -> Output {
+        self.command(args).env(env.0, env.1).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_slice(&self.ok(&args).stdout).unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A plain source instance with `params`.
+    fn source(&self, name: &str, params: &[&str]) {
+        let port = free_port();
+        let mut args = vec![
+            "instance",
+            "create",
+            name,
+            "--port",
+            &port,
+            "--storage",
+            "1GiB",
+        ];
+        for p in params {
+            args.extend(["--param", p]);
+        }
+        self.ok(&args);
+    }
+
+    /// A SQL session on an instance's database, over its unix socket.
+    fn sql(&self, instance: &str, db: &str) -> Sql {
+        let info = self.json(&["instance", "describe", instance]);
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(info["socket_dir"].as_str().unwrap())
+            .port(info["port"].as_u64().unwrap() as u16)
+            .user("postgres")
+            .dbname(db);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = runtime.block_on(async {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client
+        });
+        Sql { runtime, client }
+    }
+
+    /// Starts the ledger workload against an instance, for `seconds`.
+    fn workload(&self, instance: &str, ledger: &str, seconds: u32) -> Workload {
+        let child = self
+            .command(&[
+                "workload",
+                "run",
+                "--instance",
+                instance,
+                "--ledger",
+                ledger,
+                "--rate",
+                "150",
+                "--clients",
+                "3",
+                "--duration",
+                &seconds.to_string(),
+                "--json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Workload(Some(child))
+    }
+
+    fn verify(&self, instance: &str, ledger: &str) -> serde_json::Value {
+        let out = self.run(&[
+            "workload",
+            "verify",
+            "--instance",
+            instance,
+            "--ledger",
+            ledger,
+            "--json",
+        ]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!("verify: {}", String::from_utf8_lossy(&out.stderr));
+        })
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        // Abort every migration, then delete every instance: no server, mount or slot
+        // outlives the test.
+        if let Ok(out) = self.command(&["migrate", "list", "--json"]).output()
+            && let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        {
+            for m in list.as_array().into_iter().flatten() {
+                let name = m["spec"]["name"].as_str().unwrap_or_default();
+                let _ = self.run(&["migrate", "abort", name]);
+            }
+        }
+        if let Ok(out) = self.command(&["instance", "list", "--json"]).output()
+            && let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        {
+            for i in list.as_array().into_iter().flatten() {
+                let name = i["name"].as_str().unwrap_or_default();
+                let _ = self.run(&["instance", "delete", name, "--yes"]);
+            }
+        }
+    }
+}
+
+struct Sql {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Sql {
+    fn exec(&self, sql: &str) {
+        self.runtime
+            .block_on(self.client.batch_execute(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    fn text(&self, sql: &str) -> String {
+        self.runtime
+            .block_on(self.client.query_one(sql, &[]))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get::<_, Option<String>>(0)
+            .unwrap_or_default()
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        self.runtime
+            .block_on(self.client.query_one(sql, &[]))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
+    /// pgseal's slots and publications on this server.
+    fn pgseal_objects(&self) -> i64 {
+        self.count(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgseal%') \
+                  + (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pgseal%')",
+        )
+    }
+
+    /// A digest of every ledger table's rows.
+    fn ledger_digest(&self) -> String {
+        [
+            "pgseal_ledger_events",
+            "pgseal_ledger_accounts",
+            "pgseal_ledger_nokey",
+        ]
+        .iter()
+        .map(|t| {
+            self.text(&format!(
+                "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {t} t"
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+}
+
+struct Workload(Option<Child>);
+
+impl Workload {
+    fn finish(mut self) -> serde_json::Value {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "workload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An LSN's text (`X/Y`) as a number.
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string()
+}
+
+/// Asserts the process ended by SIGABRT at a failpoint.
+fn assert_crashed(out: &Output, failpoint: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "{failpoint}: expected an abort, got {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(failpoint));
+}
+
+/// Waits until the target has every acknowledged transaction (it is replicating).
+fn wait_caught_up(h: &Home, target: &str, ledger: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = h.verify(target, ledger);
+        if v["missing"] == 0 && v["duplicated"] == 0 && v["unexpected"] == 0 {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "target never caught up: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload("src", &ledger, 20);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Step by step: each run is killed right after its step's work, before the journal
+    // records it done; the next run must redo or recognise that work.
+    let first = h.run_env(
+        ("PGSEAL_FAILPOINT", "after:preflight"),
+        &["migrate", "start", "--source", "src", "--name", "m1"],
+    );
+    assert_crashed(&first, "after:preflight");
+    for step in &STEPS[1..] {
+        let point = format!("after:{step}");
+        let out = h.run_env(("PGSEAL_FAILPOINT", &point), &["migrate", "resume", "m1"]);
+        assert_crashed(&out, &point);
+        let status = h.json(&["migrate", "status", "m1"]);
+        assert_eq!(status["migration"]["phase"], "running");
+    }
+    // The journal's view: every step before `replicating` is done exactly once.
+    let status = h.json(&["migrate", "status", "m1"]);
+    let runs = status["steps"].as_array().unwrap();
+    for step in &STEPS[..9] {
+        let done = runs
+            .iter()
+            .filter(|r| r["step"] == *step && r["outcome"] == "done")
+            .count();
+        assert_eq!(done, 1, "{step}: {status}");
+    }
+
+    let resumed = h.ok(&["migrate", "resume", "m1"]);
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("is replicating"));
+    let run = writes.finish();
+    assert!(run["acknowledged"].as_u64().unwrap() > 1000, "{run}");
+
+    let on_target = wait_caught_up(&h, "src-enc", &ledger);
+    let on_source = h.verify("src", &ledger);
+    assert_eq!(on_source["missing"], 0, "{on_source}");
+    assert_eq!(on_source["duplicated"], 0, "{on_source}");
+    assert_eq!(on_target["acknowledged"], run["acknowledged"]);
+    assert_eq!(
+        h.sql("src", "postgres").ledger_digest(),
+        h.sql("src-enc", "postgres").ledger_digest(),
+        "table contents differ"
+    );
+
+    // The target is encrypted under the managed key, at the handoff LSN journaled.
+    let target = h.json(&["instance", "describe", "src-enc"]);
+    assert_eq!(target["encrypted"], true);
+    let status = h.json(&["migrate", "status", "m1"]);
+    assert_eq!(status["migration"]["phase"], "replicating");
+    assert_eq!(status["handoff"]["lsn"], target["restore"]["handoff_lsn"]);
+    assert_eq!(
+        status["replication"]["subscription"]["apply_errors"], 0,
+        "{status}"
+    );
+
+    // `list` shows it; abort removes everything, source keeps its data.
+    let list = h.json(&["migrate", "list"]);
+    assert_eq!(list[0]["phase"], "replicating");
+    h.ok(&["migrate", "abort", "m1"]);
+    assert_eq!(h.sql("src", "postgres").pgseal_objects(), 0);
+    let instances = h.json(&["instance", "list"]);
+    assert_eq!(instances.as_array().unwrap().len(), 1);
+    assert_eq!(h.json(&["snapshot", "list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn abort_after_any_step_leaves_no_slot_publication_target_or_snapshot() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    src.exec("CREATE TABLE loose (v text); INSERT INTO loose VALUES ('a')");
+    for (i, step) in STEPS.iter().enumerate() {
+        let name = format!("a{i}");
+        let point = format!("after:{step}");
+        let out = h.run_env(
+            ("PGSEAL_FAILPOINT", &point),
+            &[
+                "migrate",
+                "start",
+                "--source",
+                "src",
+                "--name",
+                &name,
+                "--target",
+                &format!("t{i}"),
+                "--replica-identity-full",
+            ],
+        );
+        assert_crashed(&out, &point);
+        let out = h.ok(&["migrate", "abort", &name]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("aborted"), "{text}");
+        assert_eq!(src.pgseal_objects(), 0, "after {step}");
+        assert_eq!(
+            src.text("SELECT relreplident::text FROM pg_class WHERE relname = 'loose'"),
+            "d",
+            "replica identity restored after {step}"
+        );
+        assert_eq!(
+            h.json(&["instance", "list"]).as_array().unwrap().len(),
+            1,
+            "target left after {step}"
+        );
+        assert_eq!(
+            h.json(&["snapshot", "list"]).as_array().unwrap().len(),
+            0,
+            "snapshot left after {step}"
+        );
+        let again = h.ok(&["migrate", "abort", &name]);
+        assert!(String::from_utf8_lossy(&again.stdout).contains("aborted"));
+        let resumed = h.run(&["migrate", "resume", &name]);
+        assert_eq!(
+            resumed.status.code(),
+            Some(3),
+            "an aborted migration stays aborted"
+        );
+    }
+}
+
+#[test]
+fn a_slot_created_after_the_snapshot_is_caught_and_the_subscription_stays_disabled() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload("src", &ledger, 8);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = h.run_env(
+        ("PGSEAL_TEST_HOOK", "late-slot"),
+        &["migrate", "start", "--source", "src", "--name", "late"],
+    );
+    writes.finish();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("past the handoff LSN"), "{stderr}");
+    assert!(stderr.contains("would be lost"), "{stderr}");
+
+    let status = h.json(&["migrate", "status", "late"]);
+    assert_eq!(status["migration"]["phase"], "failed");
+    let sub = &status["replication"]["subscription"];
+    assert_eq!(sub["enabled"], false, "{status}");
+    let handoff: String = status["handoff"]["lsn"].as_str().unwrap().into();
+    let confirmed: String = status["replication"]["slot"]["confirmed_flush_lsn"]
+        .as_str()
+        .unwrap()
+        .into();
+    assert!(lsn(&confirmed) > lsn(&handoff), "{confirmed} vs {handoff}");
+
+    // Resuming runs into the same guard; abort cleans up.
+    assert_eq!(h.run(&["migrate", "resume", "late"]).status.code(), Some(3));
+    h.ok(&["migrate", "abort", "late"]);
+    assert_eq!(h.sql("src", "postgres").pgseal_objects(), 0);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error_and_the_source_is_untouched() {
+    let h = Home::new();
+    h.source("plainwal", &[]);
+    let src = h.sql("plainwal", "postgres");
+    let start = |extra: &[&str]| {
+        let mut args = vec!["migrate", "start", "--source", "plainwal", "--name", "bad"];
+        args.extend(extra);
+        h.run(&args)
+    };
+    let untouched = || {
+        assert_eq!(src.pgseal_objects(), 0);
+        assert_eq!(h.json(&["instance", "list"]).as_array().unwrap().len(), 1);
+        assert_eq!(h.json(&["migrate", "list"]).as_array().unwrap().len(), 0);
+    };
+
+    // No such source.
+    let out = h.run(&["migrate", "start", "--source", "nosuch", "--name", "bad"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+    untouched();
+
+    // wal_level=replica without --allow-restart.
+    let out = start(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("wal_level is replica"), "{stderr}");
+    assert!(stderr.contains("--allow-restart"), "{stderr}");
+    untouched();
+
+    // A table without a primary key.
+    src.exec("CREATE TABLE loose (v text)");
+    let out = start(&["--allow-restart"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("public.loose"), "{stderr}");
+    assert!(stderr.contains("--replica-identity-full"), "{stderr}");
+    untouched();
+    assert_eq!(src.text("SHOW wal_level"), "replica");
+
+    // A disabled key.
+    h.ok(&["key", "create", "--alias", "off"]);
+    h.ok(&["key", "disable", "alias/off"]);
+    let out = start(&[
+        "--allow-restart",
+        "--replica-identity-full",
+        "--key",
+        "alias/off",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("disabled"), "{stderr}");
+    untouched();
+
+    // Unreachable server and wrong password, by URL (plan: the read-only check).
+    let out = h.run(&[
+        "migrate",
+        "plan",
+        "--source",
+        &format!("postgres://postgres@127.0.0.1:{}/postgres", free_port()),
+        "--target",
+        "x",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("127.0.0.1"), "{stderr}");
+    let url = h.json(&["instance", "url", "plainwal"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = h
+        .command(&["migrate", "plan", "--source", &url, "--target", "x"])
+        .env("PGPASSWORD", "wrong")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+
+    // With the fixes given, the same name starts (preflight's refusals left no record);
+    // the restart for wal_level is done by pgseal.
+    let out = start(&["--allow-restart", "--replica-identity-full"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let src = h.sql("plainwal", "postgres");
+    assert_eq!(src.text("SHOW wal_level"), "logical");
+    assert_eq!(
+        src.text("SELECT relreplident::text FROM pg_class WHERE relname = 'loose'"),
+        "f"
+    );
+}
+
+#[test]
+fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    src.exec("CREATE TABLE items (id bigint PRIMARY KEY, v text)");
+    src.exec("CREATE DATABASE other");
+    h.ok(&["migrate", "start", "--source", "src", "--name", "s1"]);
+
+    // 1. WAL written in another database is not lag of ours once decoded past.
+    let other = h.sql("src", "other");
+    other.exec(
+        "CREATE TABLE bulk AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 150000) g",
+    );
+    let written = src.count("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (lag, naive) = loop {
+        let status = h.json(&["migrate", "status", "s1"]);
+        let rep = &status["replication"];
+        let lag = rep["lag_bytes"].as_u64().unwrap();
+        // What "source position minus last applied transaction" would say: the trap.
+        let naive = lsn(rep["source_lsn"].as_str().unwrap())
+            - lsn(rep["subscription"]["applied_lsn"].as_str().unwrap());
+        if lag < 1 << 20 || Instant::now() > deadline {
+            break (lag, naive);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        lag < 1 << 20,
+        "lag {lag} B after 30 MB of another database's WAL (position {written})"
+    );
+    assert!(
+        naive > 20 << 20,
+        "the other database wrote too little: {naive} B"
+    );
+
+    // 2. Our own writes are applied and the lag returns to ~0.
+    src.exec("INSERT INTO items SELECT g, 'v' FROM generate_series(1, 1000) g");
+    let tgt = h.sql("src-enc", "postgres");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tgt.count("SELECT count(*) FROM items") != 1000 {
+        assert!(Instant::now() < deadline, "rows never arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 3. DDL on the source is drift, with the statement for the target.
+    src.exec("ALTER TABLE items ADD COLUMN note text");
+    let status = h.json(&["migrate", "status", "s1"]);
+    let drift = status["schema"]["drift"].as_array().unwrap();
+    assert_eq!(drift.len(), 1, "{status}");
+    let statement = drift[0]["statement"].as_str().unwrap();
+    assert_eq!(
+        statement,
+        r#"ALTER TABLE "public"."items" ADD COLUMN "note" text;"#
+    );
+    let text = String::from_utf8_lossy(&h.ok(&["migrate", "status", "s1"]).stdout).to_string();
+    assert!(text.contains("DRIFT") && text.contains(statement), "{text}");
+    tgt.exec(statement);
+    let status = h.json(&["migrate", "status", "s1"]);
+    assert_eq!(status["schema"]["drift"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        status["schema"]["source_fingerprint"],
+        status["schema"]["target_fingerprint"]
+    );
+
+    // 4. The retention guard: with the target down, the slot holds the source's WAL; over
+    //    the limit, status aborts the migration.
+    h.ok(&["instance", "stop", "src-enc"]);
+    src.exec("INSERT INTO items SELECT g, 'w' FROM generate_series(1001, 5000) g");
+    let out = h.run(&["migrate", "status", "s1", "--max-slot-retention", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("aborting migration s1"), "{stderr}");
+    assert_eq!(src.pgseal_objects(), 0);
+    let list = h.json(&["migrate", "list"]);
+    assert_eq!(list[0]["phase"], "aborted");
+}
