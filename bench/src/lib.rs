@@ -84,3 +84,87 @@ pub fn write_incompressible(path: &Path, mib: usize) -> anyhow::Result<()> {
     f.into_inner()?.sync_all()?;
     Ok(())
 }
+
+/// The passphrase benchmark homes use (throwaway key stores only).
+pub const PASSPHRASE: &str = "benchmark passphrase only";
+
+/// Runs `pgseal` and the PostgreSQL programs against one throwaway pgseal home.
+#[derive(Debug)]
+pub struct Harness {
+    /// The `pgseal` binary built beside the benchmark.
+    pub pgseal: PathBuf,
+    /// `PGSEAL_HOME` for this run.
+    pub home: PathBuf,
+    /// The PostgreSQL server programs.
+    pub bindir: PathBuf,
+}
+
+impl Harness {
+    /// A harness over `home`, with the `pgseal` binary beside this one.
+    pub fn new(home: &Path) -> anyhow::Result<Harness> {
+        Ok(Harness {
+            pgseal: sibling_binary("pgseal")?,
+            home: home.to_path_buf(),
+            bindir: pgseal_pg::PgInstall::discover()?.bindir,
+        })
+    }
+
+    /// A quiet `pgseal ARGS` command on this home.
+    pub fn pgseal(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.pgseal);
+        c.env("PGSEAL_HOME", &self.home)
+            .env("PGSEAL_PASSPHRASE", PASSPHRASE)
+            .arg("-q")
+            .args(args);
+        c
+    }
+
+    /// Runs `pgseal ARGS --json` and parses its output; a failure is an error.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = self.pgseal(args).arg("--json").output()?;
+        if !out.status.success() {
+            bail!("pgseal {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `-h SOCKET -p PORT -U postgres` for an instance.
+    pub fn conn(&self, instance: &str) -> anyhow::Result<Vec<String>> {
+        let info = self.json(&["instance", "describe", instance])?;
+        Ok(vec![
+            "-h".into(),
+            info["socket_dir"].as_str().context("socket_dir")?.into(),
+            "-p".into(),
+            info["port"].to_string(),
+            "-U".into(),
+            "postgres".into(),
+        ])
+    }
+
+    /// A PostgreSQL program (`pgbench`, `pg_basebackup`, `psql`).
+    pub fn program(&self, name: &str) -> Command {
+        Command::new(self.bindir.join(name))
+    }
+
+    /// `pgbench -i -s SCALE` on an instance's `postgres` database.
+    pub fn pgbench_init(&self, instance: &str, scale: u32) -> anyhow::Result<()> {
+        let mut c = self.program("pgbench");
+        c.args(["-i", "-q", "-s", &scale.to_string()])
+            .args(self.conn(instance)?)
+            .arg("postgres");
+        timed(c).map(|_| ())
+    }
+
+    /// One value from `psql -Atc SQL` on an instance's `postgres` database.
+    pub fn psql(&self, instance: &str, sql: &str) -> anyhow::Result<String> {
+        let out = self
+            .program("psql")
+            .args(self.conn(instance)?)
+            .args(["-d", "postgres", "-Atc", sql])
+            .output()?;
+        if !out.status.success() {
+            bail!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}

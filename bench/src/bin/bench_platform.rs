@@ -8,82 +8,31 @@
 //! Usage: `bench-platform [SCALE] [SECONDS] [ROUNDS]` (default 50, 30, 3), as root, from
 //! the workspace root. Run `bench/platform`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use pgseal_bench::{median, sibling_binary, timed};
 
-const PASSPHRASE: &str = "benchmark passphrase only";
+use pgseal_bench::{Harness as Bench, median, timed};
 
-struct Bench {
-    pgseal: PathBuf,
-    home: PathBuf,
-    bindir: PathBuf,
-}
-
-impl Bench {
-    fn pgseal(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.pgseal);
-        c.env("PGSEAL_HOME", &self.home)
-            .env("PGSEAL_PASSPHRASE", PASSPHRASE)
-            .arg("-q")
-            .args(args);
-        c
+/// Runs `pgbench -c 4 -j 2 -T SECONDS` on an instance and returns its TPS.
+fn pgbench_tps(b: &Bench, instance: &str, seconds: u32) -> anyhow::Result<f64> {
+    let out = b
+        .program("pgbench")
+        .args(["-c", "4", "-j", "2", "-T", &seconds.to_string(), "-n"])
+        .args(b.conn(instance)?)
+        .arg("postgres")
+        .output()?;
+    if !out.status.success() {
+        bail!("pgbench: {}", String::from_utf8_lossy(&out.stderr));
     }
-
-    fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let out = self.pgseal(args).arg("--json").output()?;
-        if !out.status.success() {
-            bail!("pgseal {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
-    }
-
-    /// `-h SOCKET -p PORT -U postgres` for an instance.
-    fn conn(&self, instance: &str) -> anyhow::Result<Vec<String>> {
-        let info = self.json(&["instance", "describe", instance])?;
-        Ok(vec![
-            "-h".into(),
-            info["socket_dir"].as_str().context("socket_dir")?.into(),
-            "-p".into(),
-            info["port"].to_string(),
-            "-U".into(),
-            "postgres".into(),
-        ])
-    }
-
-    fn program(&self, name: &str) -> Command {
-        Command::new(self.bindir.join(name))
-    }
-
-    fn pgbench_init(&self, instance: &str, scale: u32) -> anyhow::Result<()> {
-        let mut c = self.program("pgbench");
-        c.args(["-i", "-q", "-s", &scale.to_string()])
-            .args(self.conn(instance)?)
-            .arg("postgres");
-        timed(c).map(|_| ())
-    }
-
-    /// Runs pgbench and returns its TPS.
-    fn pgbench_tps(&self, instance: &str, seconds: u32) -> anyhow::Result<f64> {
-        let out = self
-            .program("pgbench")
-            .args(["-c", "4", "-j", "2", "-T", &seconds.to_string(), "-n"])
-            .args(self.conn(instance)?)
-            .arg("postgres")
-            .output()?;
-        if !out.status.success() {
-            bail!("pgbench: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| l.strip_prefix("tps = "))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("no tps line in pgbench output: {text}"))
-    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no tps line in pgbench output: {text}"))
 }
 
 fn secs(d: Duration) -> f64 {
@@ -102,12 +51,7 @@ fn main() -> anyhow::Result<()> {
         dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    let install = pgseal_pg::PgInstall::discover()?;
-    let b = Bench {
-        pgseal: sibling_binary("pgseal")?,
-        home: dir.path().join("home"),
-        bindir: install.bindir.clone(),
-    };
+    let b = Bench::new(&dir.path().join("home"))?;
     let result = run(&b, dir.path(), scale, seconds, rounds);
     // Whatever happened, leave no server or mount behind.
     for name in ["bench-plain", "bench-enc", "restore-plain", "restore-enc"] {
@@ -199,7 +143,7 @@ fn run(b: &Bench, dir: &Path, scale: u32, seconds: u32, rounds: usize) -> anyhow
             ["bench-enc", "bench-plain"]
         };
         for inst in order {
-            let tps = b.pgbench_tps(inst, seconds)?;
+            let tps = pgbench_tps(b, inst, seconds)?;
             if inst == "bench-plain" {
                 tps_plain.push(tps)
             } else {
