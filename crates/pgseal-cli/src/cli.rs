@@ -226,13 +226,14 @@ an encrypted snapshot, under live writes.
 Examples:
   pgseal migrate plan --source orders --key alias/orders
   pgseal migrate start --source orders --key alias/orders --name orders-enc
+  PGPASSWORD=... pgseal migrate start --source postgres://admin@db.internal/app --target app-enc
   pgseal migrate status orders-enc --watch --max-slot-retention 20GiB
   pgseal migrate abort orders-enc";
 
 /// What a migration moves and how, as `plan` and `start` take it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrationArgs {
-    /// The source: a local instance name (`plan` also takes postgres://URL, password in PGPASSWORD)
+    /// The source: a local instance name, or postgres://USER@HOST:PORT/DB (password in PGPASSWORD)
     #[arg(long)]
     pub source: String,
     /// The encrypted instance to create [default: SOURCE-enc]
@@ -244,7 +245,7 @@ pub struct MigrationArgs {
     /// The migration's name (its slot, publication and subscription are pgseal_NAME)
     #[arg(long, default_value = "m1")]
     pub name: String,
-    /// The database to migrate
+    /// The database to migrate (for a URL source: the URL's)
     #[arg(long, default_value = "postgres")]
     pub database: String,
     /// Allow pgseal to restart a managed source to set wal_level=logical

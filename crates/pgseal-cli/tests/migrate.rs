@@ -108,14 +108,12 @@ impl Home {
         Sql { runtime, client }
     }
 
-    /// Starts the ledger workload against an instance, for `seconds`.
-    fn workload(&self, instance: &str, ledger: &str, seconds: u32) -> Workload {
+    /// Starts the ledger workload against `on` (`--instance I` or `--url U`), for `seconds`.
+    fn workload(&self, on: &[&str], ledger: &str, seconds: u32) -> Workload {
         let child = self
-            .command(&[
-                "workload",
-                "run",
-                "--instance",
-                instance,
+            .command(&["workload", "run"])
+            .args(on)
+            .args([
                 "--ledger",
                 ledger,
                 "--rate",
@@ -133,16 +131,13 @@ impl Home {
         Workload(Some(child))
     }
 
-    fn verify(&self, instance: &str, ledger: &str) -> serde_json::Value {
-        let out = self.run(&[
-            "workload",
-            "verify",
-            "--instance",
-            instance,
-            "--ledger",
-            ledger,
-            "--json",
-        ]);
+    fn verify(&self, on: &[&str], ledger: &str) -> serde_json::Value {
+        let out = self
+            .command(&["workload", "verify"])
+            .args(on)
+            .args(["--ledger", ledger, "--json"])
+            .output()
+            .unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
             panic!("verify: {}", String::from_utf8_lossy(&out.stderr));
         })
@@ -280,7 +275,7 @@ fn assert_crashed(out: &Output, failpoint: &str) {
 fn wait_caught_up(h: &Home, target: &str, ledger: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let v = h.verify(target, ledger);
+        let v = h.verify(&["--instance", target], ledger);
         if v["missing"] == 0 && v["duplicated"] == 0 && v["unexpected"] == 0 {
             return v;
         }
@@ -294,7 +289,7 @@ fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
     let h = Home::new();
     h.source("src", &["wal_level=logical"]);
     let ledger = h.path("ledger").display().to_string();
-    let writes = h.workload("src", &ledger, 20);
+    let writes = h.workload(&["--instance", "src"], &ledger, 20);
     std::thread::sleep(Duration::from_secs(1));
 
     // Step by step: each run is killed right after its step's work, before the journal
@@ -328,7 +323,7 @@ fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
     assert!(run["acknowledged"].as_u64().unwrap() > 1000, "{run}");
 
     let on_target = wait_caught_up(&h, "src-enc", &ledger);
-    let on_source = h.verify("src", &ledger);
+    let on_source = h.verify(&["--instance", "src"], &ledger);
     assert_eq!(on_source["missing"], 0, "{on_source}");
     assert_eq!(on_source["duplicated"], 0, "{on_source}");
     assert_eq!(on_target["acknowledged"], run["acknowledged"]);
@@ -418,7 +413,7 @@ fn a_slot_created_after_the_snapshot_is_caught_and_the_subscription_stays_disabl
     let h = Home::new();
     h.source("src", &["wal_level=logical"]);
     let ledger = h.path("ledger").display().to_string();
-    let writes = h.workload("src", &ledger, 8);
+    let writes = h.workload(&["--instance", "src"], &ledger, 8);
     std::thread::sleep(Duration::from_secs(1));
     let out = h.run_env(
         ("PGSEAL_TEST_HOOK", "late-slot"),
@@ -622,4 +617,61 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
     assert_eq!(src.pgseal_objects(), 0);
     let list = h.json(&["migrate", "list"]);
     assert_eq!(list[0]["phase"], "aborted");
+}
+
+#[test]
+fn a_server_reached_by_url_migrates_under_live_writes_and_aborts_clean() {
+    let db = pgseal_testkit::TestCluster::start().unwrap();
+    let h = Home::new();
+    let url = db.url("postgres");
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload(&["--url", &url], &ledger, 10);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The journal keeps the URL: one with a password is refused.
+    let with_password = url.replace("postgres@", "postgres:secret@");
+    let out = h.run(&[
+        "migrate",
+        "start",
+        "--source",
+        &with_password,
+        "--target",
+        "ext-enc",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PGPASSWORD"));
+
+    h.ok(&[
+        "migrate", "start", "--source", &url, "--target", "ext-enc", "--name", "ext",
+    ]);
+    let run = writes.finish();
+    let on_target = wait_caught_up(&h, "ext-enc", &ledger);
+    assert_eq!(on_target["acknowledged"], run["acknowledged"]);
+    let on_source = h.verify(&["--url", &url], &ledger);
+    assert_eq!(
+        (
+            on_source["missing"].as_u64(),
+            on_source["duplicated"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        h.json(&["instance", "describe", "ext-enc"])["encrypted"],
+        true
+    );
+
+    h.ok(&["migrate", "abort", "ext"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = runtime.block_on(db.connect("postgres")).unwrap();
+    let left: i64 = runtime
+        .block_on(client.query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+            &[],
+        ))
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 }

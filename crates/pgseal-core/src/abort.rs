@@ -10,7 +10,7 @@ use pgseal_pg::replication;
 use pgseal_platform::{ErrorKind, Platform};
 use tokio_postgres::Client;
 
-use crate::engine::{EngineError, connect_to};
+use crate::engine::{EngineError, connect_source};
 use crate::journal::{Journal, Phase};
 
 /// What `abort` removed, as `kind name` lines in the order done.
@@ -58,8 +58,7 @@ pub async fn abort<P: Platform>(
             },
             kind => {
                 if source.is_none() {
-                    source =
-                        Some(connect_to(platform, &spec.source, &spec.database, "source").await?);
+                    source = Some(connect_source(platform, &spec).await?);
                 }
                 let client = source.as_ref().expect("connected above");
                 let sql = |what: String| {

@@ -256,8 +256,18 @@ impl<'a, P: Platform> Engine<'a, P> {
         move |source| EngineError::Sql { role, what, source }
     }
 
-    async fn connect(&self, instance: &str, role: &'static str) -> Result<Client, EngineError> {
-        connect_to(self.platform, instance, &self.spec.database, role).await
+    async fn source(&self) -> Result<Client, EngineError> {
+        connect_source(self.platform, &self.spec).await
+    }
+
+    async fn target(&self) -> Result<Client, EngineError> {
+        connect_to(
+            self.platform,
+            &self.spec.target,
+            &self.spec.database,
+            "target",
+        )
+        .await
     }
 
     fn recorded<T: serde::de::DeserializeOwned>(
@@ -280,7 +290,7 @@ impl<'a, P: Platform> Engine<'a, P> {
 
     // 1.
     async fn preflight(&self) -> Result<(serde_json::Value, String), EngineError> {
-        let source = self.connect(&self.spec.source, "source").await?;
+        let source = self.source().await?;
         let target_problem = match self.platform.describe_instance(&self.spec.target).await {
             Ok(_) => Some(format!("instance {} already exists", self.spec.target)),
             Err(e) if e.kind == ErrorKind::NotFound => None,
@@ -288,7 +298,11 @@ impl<'a, P: Platform> Engine<'a, P> {
         };
         let input = PreflightInput {
             migration: self.spec.name.clone(),
-            managed_source: Some(self.spec.source.clone()),
+            managed_source: self
+                .spec
+                .source_url()
+                .is_none()
+                .then(|| self.spec.source.clone()),
             allow_restart: self.spec.allow_restart,
             replica_identity_full: self.spec.replica_identity_full,
             long_transaction_seconds: self.spec.long_transaction_seconds,
@@ -314,7 +328,7 @@ impl<'a, P: Platform> Engine<'a, P> {
     // 2.
     async fn prepare_source(&self) -> Result<(serde_json::Value, String), EngineError> {
         let name = self.spec.replication_name();
-        let mut source = self.connect(&self.spec.source, "source").await?;
+        let mut source = self.source().await?;
         let wal_level: String = source
             .query_one("SHOW wal_level", &[])
             .await
@@ -322,6 +336,11 @@ impl<'a, P: Platform> Engine<'a, P> {
             .get(0);
         let mut restarted = false;
         if wal_level != "logical" {
+            if self.spec.source_url().is_some() {
+                return Err(EngineError::Precondition(format!(
+                    "wal_level is {wal_level} on the source; run ALTER SYSTEM SET wal_level = logical there and restart it (on RDS: rds.logical_replication = 1)"
+                )));
+            }
             if !self.spec.allow_restart {
                 return Err(EngineError::Precondition(format!(
                     "wal_level is {wal_level} on {}; pass --allow-restart to let pgseal set it to logical and restart the source",
@@ -336,7 +355,7 @@ impl<'a, P: Platform> Engine<'a, P> {
                     "setting wal_level=logical on the source",
                 ))?;
             restarted = true;
-            source = self.connect(&self.spec.source, "source").await?;
+            source = self.source().await?;
         }
 
         let mut identity_changed = Vec::new();
@@ -442,6 +461,14 @@ impl<'a, P: Platform> Engine<'a, P> {
         };
         let snapshot = match existing {
             Some(s) => s,
+            None if self.spec.source_url().is_some() => {
+                self.journal
+                    .add_resource(&self.spec.name, "snapshot", &snap)?;
+                self.platform
+                    .create_snapshot_of_url(&self.spec.source, &snap, &self.spec.key)
+                    .await
+                    .map_err(Self::platform_error("taking the encrypted snapshot"))?
+            }
             None => {
                 let source = self
                     .platform
@@ -493,7 +520,7 @@ impl<'a, P: Platform> Engine<'a, P> {
         }
         let mut late_slot = None;
         if test_hook("late-slot") {
-            let source = self.connect(&self.spec.source, "source").await?;
+            let source = self.source().await?;
             late_slot = Some(
                 self.create_slot(&source, &self.spec.replication_name())
                     .await?,
@@ -599,7 +626,7 @@ impl<'a, P: Platform> Engine<'a, P> {
     // 5.
     async fn target_housekeeping(&self) -> Result<(serde_json::Value, String), EngineError> {
         let name = self.spec.replication_name();
-        let target = self.connect(&self.spec.target, "target").await?;
+        let target = self.target().await?;
         let dropped_publication = replication::drop_publication(&target, &name)
             .await
             .map_err(Self::sql("target", "dropping the copied publication"))?;
@@ -667,14 +694,19 @@ impl<'a, P: Platform> Engine<'a, P> {
     // 6.
     async fn subscription(&self) -> Result<(serde_json::Value, String), EngineError> {
         let name = self.spec.replication_name();
-        let conninfo = self
-            .platform
-            .subscriber_conninfo(&self.spec.source, &self.spec.database)
-            .await
-            .map_err(Self::platform_error(
-                "finding how the target reaches the source",
-            ))?;
-        let target = self.connect(&self.spec.target, "target").await?;
+        let conninfo = match self.spec.source_url() {
+            // The subscription keeps the password in the target's catalog (on its
+            // encrypted storage), as PostgreSQL does for any subscription.
+            Some(url) => pgseal_pg::conninfo(&source_config(url)?),
+            None => self
+                .platform
+                .subscriber_conninfo(&self.spec.source, &self.spec.database)
+                .await
+                .map_err(Self::platform_error(
+                    "finding how the target reaches the source",
+                ))?,
+        };
+        let target = self.target().await?;
         let (sub, _) = replication::create_subscription(&target, &name, &conninfo, &name, &name)
             .await
             .map_err(Self::sql("target", format!("creating subscription {name}")))?;
@@ -686,7 +718,7 @@ impl<'a, P: Platform> Engine<'a, P> {
     async fn guards(&self) -> Result<(serde_json::Value, String), EngineError> {
         let name = self.spec.replication_name();
         let handoff: Handoff = self.recorded(Step::Restore, "handoff")?;
-        let source = self.connect(&self.spec.source, "source").await?;
+        let source = self.source().await?;
         let slot = replication::slot(&source, &name)
             .await
             .map_err(Self::sql("source", "reading the slot"))?
@@ -713,7 +745,7 @@ impl<'a, P: Platform> Engine<'a, P> {
     async fn origin_advance(&self) -> Result<(serde_json::Value, String), EngineError> {
         let name = self.spec.replication_name();
         let handoff: Handoff = self.recorded(Step::Restore, "handoff")?;
-        let target = self.connect(&self.spec.target, "target").await?;
+        let target = self.target().await?;
         let sub = self.subscription_state(&target, &name).await?;
         if sub.enabled {
             return Err(EngineError::Precondition(format!(
@@ -756,7 +788,7 @@ impl<'a, P: Platform> Engine<'a, P> {
     // 9.
     async fn enable(&self) -> Result<(serde_json::Value, String), EngineError> {
         let name = self.spec.replication_name();
-        let target = self.connect(&self.spec.target, "target").await?;
+        let target = self.target().await?;
         replication::enable_subscription(&target, &name)
             .await
             .map_err(Self::sql("target", "enabling the subscription"))?;
@@ -766,8 +798,8 @@ impl<'a, P: Platform> Engine<'a, P> {
     // 10.
     async fn replicating(&self) -> Result<(serde_json::Value, String), EngineError> {
         let name = self.spec.replication_name();
-        let target = self.connect(&self.spec.target, "target").await?;
-        let source = self.connect(&self.spec.source, "source").await?;
+        let target = self.target().await?;
+        let source = self.source().await?;
         let started = Instant::now();
         loop {
             let sub = self.subscription_state(&target, &name).await?;
@@ -800,6 +832,29 @@ impl<'a, P: Platform> Engine<'a, P> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// The connection settings of a source given by URL (password from `PGPASSWORD`).
+fn source_config(url: &str) -> Result<tokio_postgres::Config, EngineError> {
+    pgseal_pg::config_from_url(url)
+        .map(|(config, _)| config)
+        .map_err(|e| EngineError::Precondition(format!("the source URL cannot be parsed: {e}")))
+}
+
+/// Connects to the migration's source: its URL, or the platform instance's database.
+pub async fn connect_source<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+) -> Result<Client, EngineError> {
+    match spec.source_url() {
+        Some(url) => pgseal_pg::connect(&source_config(url)?)
+            .await
+            .map_err(|source| EngineError::Connect {
+                role: "source",
+                source,
+            }),
+        None => connect_to(platform, &spec.source, &spec.database, "source").await,
     }
 }
 

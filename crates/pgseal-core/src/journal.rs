@@ -109,7 +109,7 @@ impl Phase {
 pub struct MigrationSpec {
     /// The migration's name.
     pub name: String,
-    /// The source instance on the platform.
+    /// The source: an instance on the platform, or a `postgres://` URL without password.
     pub source: String,
     /// The encrypted instance to create.
     pub target: String,
@@ -135,6 +135,13 @@ impl MigrationSpec {
     /// The slot, publication and subscription name.
     pub fn replication_name(&self) -> String {
         crate::preflight::replication_name(&self.name)
+    }
+
+    /// The source's URL when it is a server outside the platform (`postgres://...`, no
+    /// password: that comes from `PGPASSWORD` at each run and is never journaled).
+    pub fn source_url(&self) -> Option<&str> {
+        (self.source.starts_with("postgres://") || self.source.starts_with("postgresql://"))
+            .then_some(self.source.as_str())
     }
 
     /// The encrypted snapshot's name.

@@ -16,7 +16,7 @@ use pgseal_pg::schema::{self, Drift};
 use pgseal_platform::{Handoff, Platform};
 use serde::Serialize;
 
-use crate::engine::{EngineError, connect_to};
+use crate::engine::{EngineError, connect_source, connect_to};
 use crate::journal::{Journal, MigrationRecord, Phase, StepRun};
 use crate::steps::Step;
 
@@ -108,7 +108,7 @@ pub async fn status<P: Platform>(
     let mut replication_status = None;
     let mut schema_status = None;
     if live && source_prepared {
-        let source = connect_to(platform, &spec.source, &spec.database, "source").await?;
+        let source = connect_source(platform, &spec).await?;
         let sql = |what: &str| {
             let what = what.to_string();
             move |source| EngineError::Sql {

@@ -372,7 +372,14 @@ fn check_reserved(params: &BTreeMap<String, String>) -> Result<(), LocalError> {
 pub(crate) struct NewInstance {
     pub(crate) record: InstanceRecord,
     pub(crate) volume_key: Option<pgseal_crypto::DataKey>,
+    /// True when pgseal chose the port (it may choose another if that one is taken by the
+    /// time the server starts).
+    pub(crate) auto_port: bool,
 }
+
+/// How many other ports an instance whose port pgseal chose tries when another process
+/// takes its port between the choice and the server's start.
+const PORT_RETRIES: usize = 5;
 
 /// Parses a size such as `10GiB`, `512MiB`, `1TiB` or a plain number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -562,13 +569,19 @@ impl LocalInstances {
                 None if !port_free(port) => Err(LocalError::PortInUse { port, by: None }),
                 None => Ok(port),
             },
-            None => (FIRST_AUTO_PORT..u16::MAX)
-                .find(|p| owner(*p).is_none() && port_free(*p))
-                .ok_or(LocalError::PortInUse {
-                    port: FIRST_AUTO_PORT,
-                    by: None,
-                }),
+            None => self.choose_port_after(FIRST_AUTO_PORT - 1),
         }
+    }
+
+    /// The first free port after `taken` that no instance has.
+    fn choose_port_after(&self, taken: u16) -> Result<u16, LocalError> {
+        let records = self.all_records()?;
+        (taken.saturating_add(1)..u16::MAX)
+            .find(|p| !records.iter().any(|r| r.port == *p) && port_free(*p))
+            .ok_or(LocalError::PortInUse {
+                port: taken,
+                by: None,
+            })
     }
 
     /// Checks what encrypted volumes need, before anything is made.
@@ -687,6 +700,7 @@ impl LocalInstances {
             None => (None, None),
         };
         Ok(NewInstance {
+            auto_port: spec.port.is_none(),
             record: InstanceRecord {
                 name: spec.name.clone(),
                 port,
@@ -712,7 +726,11 @@ impl LocalInstances {
         plan: NewInstance,
         populate: impl FnOnce(&Paths, &ServerControl) -> Result<(), LocalError>,
     ) -> Result<InstanceRecord, LocalError> {
-        let NewInstance { record, volume_key } = plan;
+        let NewInstance {
+            mut record,
+            volume_key,
+            auto_port,
+        } = plan;
         Self::make_passable_dir(&self.home)?;
         Self::make_passable_dir(&self.instances_dir())?;
         self.check_reachable(&self.instances_dir())?;
@@ -739,10 +757,24 @@ impl LocalInstances {
             }
             let server = self.server(&paths);
             populate(&paths, &server)?;
-            server
-                .write_settings(&self.settings(&record, &paths))
-                .map_err(|e| self.server_error(&paths, e))?;
-            server.start().map_err(|e| self.server_error(&paths, e))?;
+            let mut retries = if auto_port { PORT_RETRIES } else { 0 };
+            loop {
+                server
+                    .write_settings(&self.settings(&record, &paths))
+                    .map_err(|e| self.server_error(&paths, e))?;
+                match server.start() {
+                    Ok(()) => break,
+                    // Another process bound the port after it was chosen: choose again.
+                    Err(_) if retries > 0 && server.log_tail(5).contains("could not bind") => {
+                        retries -= 1;
+                        let taken = record.port;
+                        record.port = self.choose_port_after(taken)?;
+                        tracing::info!(instance = %record.name, taken, port = record.port, "port taken meanwhile; trying another");
+                        self.write_record(&record)?;
+                    }
+                    Err(e) => return Err(self.server_error(&paths, e)),
+                }
+            }
             let mut done = record.clone();
             done.state = RecordState::Created;
             self.write_record(&done)?;

@@ -182,6 +182,20 @@ impl Platform for LocalPlatform {
         .await
     }
 
+    async fn create_snapshot_of_url(&self, url: &str, name: &str, key: &str) -> Result<Snapshot> {
+        let (from, name, key) = (
+            SnapshotFrom::Url(url.to_string()),
+            name.to_string(),
+            key.to_string(),
+        );
+        self.blocking(move |s| {
+            s.instances
+                .create_snapshot(&from, &name, Some(&key), s.kms(), &no_progress)
+                .map(snapshot)
+        })
+        .await
+    }
+
     async fn copy_snapshot_encrypted(
         &self,
         source: &str,
@@ -220,15 +234,9 @@ impl Platform for LocalPlatform {
         // its trust rule admit: no password is needed, so none is stored.
         let (name, dbname) = (name.to_string(), dbname.to_string());
         self.blocking(move |s| {
-            let info = s.instances.describe(&name)?;
-            let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-            Ok(format!(
-                "host={} port={} user={} dbname={}",
-                quote(&info.socket_dir.display().to_string()),
-                info.port,
-                quote(crate::instance::MASTER_USER),
-                quote(&dbname)
-            ))
+            let mut config = s.instances.describe(&name)?.sql_config();
+            config.dbname(&dbname);
+            Ok(pgseal_pg::conninfo(&config))
         })
         .await
     }

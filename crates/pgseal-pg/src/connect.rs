@@ -44,6 +44,35 @@ pub fn config_from_url(url: &str) -> Result<(Config, bool), tokio_postgres::Erro
     Ok((config, in_url))
 }
 
+/// A libpq connection string (`host=... port=... user=... dbname=... password=...`) for
+/// `config`, as a server-side client (a subscription) takes it. It holds the password when
+/// the config does: never log it.
+pub fn conninfo(config: &Config) -> String {
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut parts = Vec::new();
+    match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => parts.push(format!("host={}", quote(h))),
+        Some(Host::Unix(p)) => parts.push(format!("host={}", quote(&p.display().to_string()))),
+        None => {}
+    }
+    if let Some(port) = config.get_ports().first() {
+        parts.push(format!("port={port}"));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={}", quote(user)));
+    }
+    if let Some(db) = config.get_dbname() {
+        parts.push(format!("dbname={}", quote(db)));
+    }
+    if let Some(password) = config.get_password() {
+        parts.push(format!(
+            "password={}",
+            quote(&String::from_utf8_lossy(password))
+        ));
+    }
+    parts.join(" ")
+}
+
 /// Connects (without TLS) and drives the connection on the current tokio runtime. The
 /// connection task ends when the returned client is dropped.
 pub async fn connect(config: &Config) -> Result<Client, ConnectError> {
@@ -87,5 +116,25 @@ mod tests {
         let text = describe_target(&config);
         assert_eq!(text, "alice@db.example:6543/app");
         assert!(!text.contains("s3cret"));
+    }
+}
+
+#[cfg(test)]
+mod conninfo_tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_quotes_every_value() {
+        let mut config = Config::new();
+        config
+            .host("db.internal")
+            .port(5433)
+            .user("app")
+            .dbname("it's")
+            .password(r"p\w'd");
+        assert_eq!(
+            conninfo(&config),
+            r"host='db.internal' port=5433 user='app' dbname='it\'s' password='p\\w\'d'"
+        );
     }
 }

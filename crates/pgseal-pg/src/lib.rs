@@ -15,6 +15,8 @@ pub mod replication;
 pub mod schema;
 pub mod server;
 
-pub use connect::{ConnectError, config_from_url, connect, describe_target, set_scram_password};
+pub use connect::{
+    ConnectError, config_from_url, connect, conninfo, describe_target, set_scram_password,
+};
 pub use install::{DiscoverError, PgInstall, PgVersion};
 pub use lsn::Lsn;

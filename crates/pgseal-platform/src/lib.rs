@@ -182,6 +182,16 @@ pub trait Platform: Send + Sync {
         key: Option<&str>,
     ) -> impl Future<Output = Result<Snapshot>> + Send;
 
+    /// Takes a snapshot of a server outside the platform, reached by `url` (its password
+    /// from `PGPASSWORD`), sealed under `key`. Platforms that cannot (a cloud cannot back
+    /// up a server it does not run) refuse with [`ErrorKind::Precondition`].
+    fn create_snapshot_of_url(
+        &self,
+        url: &str,
+        name: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Snapshot>> + Send;
+
     /// Copies a snapshot encrypted under `key`.
     fn copy_snapshot_encrypted(
         &self,

@@ -90,6 +90,11 @@ fn default_target(args: &MigrationArgs) -> Option<String> {
         .or_else(|| (!is_url(&args.source)).then(|| format!("{}-enc", args.source)))
 }
 
+/// Parses a `--source` URL; the flag says whether it held a password.
+fn url_config_checked(url: &str) -> anyhow::Result<(tokio_postgres::Config, bool)> {
+    pgseal_pg::config_from_url(url).context("--source is not a PostgreSQL URL")
+}
+
 fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
     let instances = LocalInstances::open(&ctx.home)?;
     let (config, managed) = if is_url(&args.source) {
@@ -178,18 +183,42 @@ fn start(
     target_port: Option<u16>,
     max_slot_retention: Option<u64>,
 ) -> Outcome {
-    if is_url(&args.source) {
-        anyhow::bail!(LocalError::InvalidInput(
-            "migrate start takes a local instance as --source; a server reached by URL can be checked with `migrate plan` and snapshotted with `snapshot create --source-url`, but not migrated yet".into()
-        ));
-    }
+    // A URL source: the journal keeps the URL, so it must not hold the password; the
+    // database is the URL's.
+    let (database, target) = if is_url(&args.source) {
+        let (config, password_in_url) = url_config_checked(&args.source)?;
+        if password_in_url {
+            anyhow::bail!(LocalError::InvalidInput(
+                "the --source URL holds a password; the journal keeps the URL, so give the password in PGPASSWORD (at start and at each resume/abort/status) instead".into()
+            ));
+        }
+        let target = args.target.clone().ok_or_else(|| {
+            LocalError::InvalidInput(
+                "name the encrypted instance to create with --target (a URL source has no default)"
+                    .into(),
+            )
+        })?;
+        let database = config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or("postgres")
+            .to_string();
+        (database, target)
+    } else {
+        // An unknown source is bad input: refused before anything is recorded.
+        LocalInstances::open(&ctx.home)?.describe(&args.source)?;
+        (
+            args.database.clone(),
+            default_target(args).expect("an instance source has a default target"),
+        )
+    };
     let spec = MigrationSpec {
         name: args.name.clone(),
         source: args.source.clone(),
-        target: default_target(args).expect("an instance source has a default target"),
+        target,
         target_port,
         key: args.key.clone(),
-        database: args.database.clone(),
+        database,
         tables,
         allow_restart: args.allow_restart,
         replica_identity_full: args.replica_identity_full,
@@ -197,8 +226,6 @@ fn start(
         max_slot_retention,
     };
     pgseal_local::instance::check_name(&spec.target)?;
-    // An unknown source is bad input: refused before anything is recorded.
-    LocalInstances::open(&ctx.home)?.describe(&spec.source)?;
     let _lock = MigrationLock::acquire(&ctx.home, &spec.name)?;
     let journal = Journal::open(&ctx.home)?;
     let kms = ctx.open_kms()?;
