@@ -155,6 +155,18 @@ impl Harness {
         timed(c).map(|_| ())
     }
 
+    /// Times `pg_basebackup -D DIR -Ft -X fetch --checkpoint=fast` of an instance into a
+    /// fresh `DIR` (removed first); leaves `DIR/base.tar` for the caller.
+    pub fn basebackup(&self, instance: &str, dir: &Path) -> anyhow::Result<Run> {
+        let _ = std::fs::remove_dir_all(dir);
+        let mut c = self.program("pg_basebackup");
+        c.arg("-D")
+            .arg(dir)
+            .args(["-F", "t", "-X", "fetch", "--checkpoint=fast"])
+            .args(self.conn(instance)?);
+        timed(c)
+    }
+
     /// One value from `psql -Atc SQL` on an instance's `postgres` database.
     pub fn psql(&self, instance: &str, sql: &str) -> anyhow::Result<String> {
         let out = self

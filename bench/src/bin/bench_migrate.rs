@@ -69,13 +69,7 @@ fn run(b: &Harness, dir: &std::path::Path, scale: u32, rounds: usize) -> anyhow:
             let _ = timed(Command::new("sync"));
             if (round + turn) % 2 == 0 {
                 let target = dir.join("basebackup");
-                let _ = std::fs::remove_dir_all(&target);
-                let mut c = b.program("pg_basebackup");
-                c.arg("-D")
-                    .arg(&target)
-                    .args(["-F", "t", "-X", "fetch", "--checkpoint=fast"])
-                    .args(b.conn("bench-src")?);
-                t_base.push(timed(c)?.elapsed);
+                t_base.push(b.basebackup("bench-src", &target)?.elapsed);
                 std::fs::remove_dir_all(&target)?;
             } else {
                 let name = format!("r{round}");
@@ -113,13 +107,7 @@ fn run(b: &Harness, dir: &std::path::Path, scale: u32, rounds: usize) -> anyhow:
     // The floor no engine can beat here: the same bytes written once onto encrypted
     // storage (fscrypt AES-256-XTS on a loop device; the kernel's AES driver decides it).
     let target = dir.join("basebackup");
-    let _ = std::fs::remove_dir_all(&target);
-    let mut c = b.program("pg_basebackup");
-    c.arg("-D")
-        .arg(&target)
-        .args(["-F", "t", "-X", "fetch", "--checkpoint=fast"])
-        .args(b.conn("bench-src")?);
-    timed(c)?;
+    b.basebackup("bench-src", &target)?;
     b.json(&[
         "instance",
         "create",

@@ -75,14 +75,10 @@ fn run(b: &Bench, dir: &Path, scale: u32, seconds: u32, rounds: usize) -> anyhow
         for step in 0..2 {
             let _ = timed(Command::new("sync"));
             if (round + step) % 2 == 0 {
-                let target = dir.join("basebackup");
-                let _ = std::fs::remove_dir_all(&target);
-                let mut c = b.program("pg_basebackup");
-                c.arg("-D")
-                    .arg(&target)
-                    .args(["-F", "t", "-X", "fetch", "--checkpoint=fast"])
-                    .args(b.conn("bench-plain")?);
-                t_base.push(timed(c)?.elapsed);
+                t_base.push(
+                    b.basebackup("bench-plain", &dir.join("basebackup"))?
+                        .elapsed,
+                );
             } else {
                 let _ = b.pgseal(&["snapshot", "delete", "snap-enc"]).output();
                 t_snap.push(
