@@ -95,6 +95,14 @@ listed as warnings).")]
         action: InstanceCommand,
     },
 
+    /// Run PgBouncer endpoints in front of instances: the address applications keep at cutover
+    #[command(long_about = ENDPOINT_ABOUT)]
+    Endpoint {
+        /// What to do.
+        #[command(subcommand)]
+        action: EndpointCommand,
+    },
+
     /// Take, copy, restore and manage snapshots (physical base backups, plain or sealed)
     #[command(long_about = SNAPSHOT_ABOUT)]
     Snapshot {
@@ -199,6 +207,49 @@ Examples:
   pgseal snapshot create --source-url postgres://app@db.internal/app --name ext-0101
   pgseal snapshot copy ext-0101 --name ext-0101-enc --key alias/orders
   pgseal snapshot restore ext-0101-enc --instance orders-enc --storage 50GiB";
+
+const ENDPOINT_ABOUT: &str = "\
+An endpoint is the address applications use: a PgBouncer (Debian's package, transaction
+pooling) in front of an instance. At cutover pgseal pauses it, fences and drains the
+source, points it at the encrypted instance and resumes it: clients keep their connections
+and see a pause, not an error.
+
+The endpoint listens on its unix socket only (PGSEAL_HOME/endpoints/NAME/run, reachable by
+root and the server's OS user, trust authentication, like the instances' sockets).
+
+Examples:
+  pgseal endpoint create orders-ep --instance orders
+  pgseal workload run --endpoint orders-ep --ledger run.ledger
+  pgseal endpoint describe orders-ep
+  pgseal endpoint delete orders-ep";
+
+/// `pgseal endpoint ...`
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Start a PgBouncer in front of an instance
+    Create {
+        /// The endpoint's name.
+        name: String,
+        /// The instance it sends connections to
+        #[arg(long)]
+        instance: String,
+        /// The port its socket is named after (.s.PGSQL.PORT)
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+    /// List endpoints
+    List,
+    /// Show one endpoint: the instance behind it, its URL, whether it runs
+    Describe {
+        /// The endpoint's name.
+        name: String,
+    },
+    /// Stop an endpoint's PgBouncer and remove it
+    Delete {
+        /// The endpoint's name.
+        name: String,
+    },
+}
 
 const MIGRATE_ABOUT: &str = "\
 Move a database onto an encrypted instance with logical replication from the exact end of
@@ -306,7 +357,49 @@ pub enum MigrateCommand {
     },
     /// List migrations
     List,
+    /// Move applications to the target: fence, drain, sequences, switch (back on failure)
+    #[command(long_about = CUTOVER_ABOUT)]
+    Cutover {
+        /// The migration's name.
+        name: String,
+        /// The endpoint to switch [default: the one endpoint in front of the source, if any]
+        #[arg(long, conflicts_with = "on_switch")]
+        endpoint: Option<String>,
+        /// Without an endpoint: run this shell command at the switch, with PGSEAL_NEW_URL,
+        /// PGSEAL_MIGRATION and PGSEAL_TARGET in its environment
+        #[arg(long)]
+        on_switch: Option<String>,
+        /// The largest replication lag at which cutover may start (e.g. 16MiB)
+        #[arg(long, default_value = "16MiB", value_parser = parse_storage)]
+        max_lag: u64,
+        /// Seconds fence, drain and sequences may take before pgseal lifts the fence again
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        /// Only check the preconditions
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
+
+const CUTOVER_ABOUT: &str = "\
+Move applications from the source to the encrypted target with a pause, not an outage:
+
+  1 checks: replicating, lag under --max-lag, no apply errors, worker running, no schema drift
+  2 pause the endpoint (new transactions wait; running ones finish)
+  3 fence every write path to the source database: no new session of any role
+    (ALLOW_CONNECTIONS false), every other session ended; proven for a window
+  4 drain: wait until the target confirms applied+flushed the source's position after the fence
+  5 set every sequence on the target from the source's last_value/is_called
+  6 disable the subscription, point the endpoint at the target, resume, first write
+
+If anything fails or --timeout passes before the switch, the fence is lifted, the endpoint
+resumed on the source and the migration replicates again; the error says why. The write
+pause (pause to first write accepted on the target) is journaled.
+
+Examples:
+  pgseal migrate cutover orders-enc --dry-run
+  pgseal migrate cutover orders-enc --endpoint orders-ep
+  pgseal migrate cutover orders-enc --on-switch './repoint-app.sh'";
 
 const WORKLOAD_ABOUT: &str = "\
 The ledger workload writes transactions (inserts, updates of earlier rows, deletes from a
@@ -329,13 +422,16 @@ pub struct WorkloadTarget {
     /// A PostgreSQL URL (postgres://user@host:port/db); the password comes from PGPASSWORD
     #[arg(
         long,
-        conflicts_with = "instance",
-        required_unless_present = "instance"
+        conflicts_with_all = ["instance", "endpoint"],
+        required_unless_present_any = ["instance", "endpoint"]
     )]
     pub url: Option<String>,
     /// A local instance, reached through its unix socket
-    #[arg(long)]
+    #[arg(long, conflicts_with = "endpoint")]
     pub instance: Option<String>,
+    /// An endpoint (PgBouncer), reached through its unix socket
+    #[arg(long)]
+    pub endpoint: Option<String>,
     /// The ledger file
     #[arg(long)]
     pub ledger: PathBuf,

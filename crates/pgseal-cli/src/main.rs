@@ -49,6 +49,7 @@ fn run(cli: Cli) -> commands::Outcome {
         Command::Doctor => commands::doctor::run(&ctx),
         Command::Key { action } => commands::key::run(&ctx, &action),
         Command::Instance { action } => commands::instance::run(&ctx, &action),
+        Command::Endpoint { action } => commands::endpoint::run(&ctx, &action),
         Command::Snapshot { action } => commands::snapshot::run(&ctx, &action),
         Command::Workload { action } => commands::workload::run(&ctx, &action),
         Command::Migrate { action } => commands::migrate::run(&ctx, &action),

@@ -29,6 +29,12 @@ pub async fn abort<P: Platform>(
     name: &str,
 ) -> Result<AbortReport, EngineError> {
     let record = journal.migration(name)?;
+    if matches!(record.phase, Phase::CutOver | Phase::CuttingOver) {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} is {}: applications may already write to the target, so abort would lose data; `pgseal migrate resume {name}` finishes an interrupted cutover",
+            record.phase.as_str()
+        )));
+    }
     let spec = record.spec;
     journal.set_phase(name, Phase::Aborting, None)?;
     let mut report = AbortReport::default();

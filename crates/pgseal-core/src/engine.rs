@@ -185,7 +185,12 @@ impl<'a, P: Platform> Engine<'a, P> {
                     "migration {name} was aborted; start a new one (with another --name, or after `pgseal migrate abort {name}` has finished)"
                 )));
             }
-            Phase::Replicating => return Ok(()),
+            Phase::Replicating | Phase::CutOver => return Ok(()),
+            Phase::CuttingOver => {
+                return Err(EngineError::Precondition(format!(
+                    "migration {name} was interrupted during cutover; `pgseal migrate resume {name}` lifts the fence first"
+                )));
+            }
             Phase::Running | Phase::Failed => {}
         }
         self.journal.set_phase(name, Phase::Running, None)?;
@@ -240,6 +245,9 @@ impl<'a, P: Platform> Engine<'a, P> {
             Step::OriginAdvance => self.origin_advance().await,
             Step::Enable => self.enable().await,
             Step::Replicating => self.replicating().await,
+            Step::Cutover => Err(EngineError::Precondition(
+                "cutover is not a step of `start`: run `pgseal migrate cutover`".into(),
+            )),
         }
     }
 
@@ -847,14 +855,27 @@ pub async fn connect_source<P: Platform>(
     platform: &P,
     spec: &MigrationSpec,
 ) -> Result<Client, EngineError> {
+    connect_source_db(platform, spec, &spec.database).await
+}
+
+/// Connects to another database (`dbname`) of the migration's source server.
+pub async fn connect_source_db<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+    dbname: &str,
+) -> Result<Client, EngineError> {
     match spec.source_url() {
-        Some(url) => pgseal_pg::connect(&source_config(url)?)
-            .await
-            .map_err(|source| EngineError::Connect {
-                role: "source",
-                source,
-            }),
-        None => connect_to(platform, &spec.source, &spec.database, "source").await,
+        Some(url) => {
+            let mut config = source_config(url)?;
+            config.dbname(dbname);
+            pgseal_pg::connect(&config)
+                .await
+                .map_err(|source| EngineError::Connect {
+                    role: "source",
+                    source,
+                })
+        }
+        None => connect_to(platform, &spec.source, dbname, "source").await,
     }
 }
 

@@ -72,6 +72,11 @@ pub enum Phase {
     Failed,
     /// The target is applying the source's changes.
     Replicating,
+    /// `cutover` is fencing, draining and switching (or was interrupted doing so:
+    /// `resume` lifts the fence and returns to replicating).
+    CuttingOver,
+    /// Applications use the target; the source is fenced.
+    CutOver,
     /// `abort` is removing what was created (or was interrupted doing so: run it again).
     Aborting,
     /// Everything the migration created is gone.
@@ -85,6 +90,8 @@ impl Phase {
             Phase::Running => "running",
             Phase::Failed => "failed",
             Phase::Replicating => "replicating",
+            Phase::CuttingOver => "cutting_over",
+            Phase::CutOver => "cut_over",
             Phase::Aborting => "aborting",
             Phase::Aborted => "aborted",
         }
@@ -95,6 +102,8 @@ impl Phase {
             Phase::Running,
             Phase::Failed,
             Phase::Replicating,
+            Phase::CuttingOver,
+            Phase::CutOver,
             Phase::Aborting,
             Phase::Aborted,
         ]

@@ -5,9 +5,11 @@
 //! - [`journal`]: the SQLite journal of specs, phases, step runs and created resources.
 //! - [`engine`]: the step runner and the LSN guards.
 //! - [`status`]: lag, slot retention, apply errors, schema drift.
+//! - [`cutover`]: fence, drain, sequences, switch; lifted again on any failure.
 //! - [`abort`]: removes everything a migration created.
 
 pub mod abort;
+pub mod cutover;
 pub mod engine;
 pub mod journal;
 pub mod preflight;

@@ -16,7 +16,7 @@ use pgseal_pg::schema::{self, Drift};
 use pgseal_platform::{Handoff, Platform};
 use serde::Serialize;
 
-use crate::engine::{EngineError, connect_source, connect_to};
+use crate::engine::{EngineError, connect_source, connect_source_db, connect_to};
 use crate::journal::{Journal, MigrationRecord, Phase, StepRun};
 use crate::steps::Step;
 
@@ -108,7 +108,19 @@ pub async fn status<P: Platform>(
     let mut replication_status = None;
     let mut schema_status = None;
     if live && source_prepared {
-        let source = connect_source(platform, &spec).await?;
+        // Once fenced, the source database refuses connections: read the server-wide
+        // facts (WAL position, slot) from another database, and skip the schema.
+        let fenced = matches!(migration.phase, Phase::CutOver | Phase::CuttingOver);
+        let source = if fenced {
+            let other = if spec.database == "postgres" {
+                "template1"
+            } else {
+                "postgres"
+            };
+            connect_source_db(platform, &spec, other).await?
+        } else {
+            connect_source(platform, &spec).await?
+        };
         let sql = |what: &str| {
             let what = what.to_string();
             move |source| EngineError::Sql {
@@ -142,24 +154,27 @@ pub async fn status<P: Platform>(
                             what: "reading the subscription".into(),
                             source,
                         })?;
-                    let tables = replication::published_tables(&source, &rep_name)
-                        .await
-                        .map_err(sql("listing published tables"))?;
-                    let src_cols = schema::columns(&source, &tables)
-                        .await
-                        .map_err(sql("reading the schema"))?;
-                    let dst_cols = schema::columns(&target, &tables).await.map_err(|source| {
-                        EngineError::Sql {
-                            role: "target",
-                            what: "reading the schema".into(),
-                            source,
-                        }
-                    })?;
-                    schema_status = Some(SchemaStatus {
-                        source_fingerprint: schema::fingerprint(&src_cols),
-                        target_fingerprint: schema::fingerprint(&dst_cols),
-                        drift: schema::drift(&src_cols, &dst_cols),
-                    });
+                    if !fenced {
+                        let tables = replication::published_tables(&source, &rep_name)
+                            .await
+                            .map_err(sql("listing published tables"))?;
+                        let src_cols = schema::columns(&source, &tables)
+                            .await
+                            .map_err(sql("reading the schema"))?;
+                        let dst_cols =
+                            schema::columns(&target, &tables).await.map_err(|source| {
+                                EngineError::Sql {
+                                    role: "target",
+                                    what: "reading the schema".into(),
+                                    source,
+                                }
+                            })?;
+                        schema_status = Some(SchemaStatus {
+                            source_fingerprint: schema::fingerprint(&src_cols),
+                            target_fingerprint: schema::fingerprint(&dst_cols),
+                            drift: schema::drift(&src_cols, &dst_cols),
+                        });
+                    }
                 }
                 Err(e) => warnings.push(format!("target not reachable: {e}")),
             }

@@ -27,6 +27,9 @@ pub enum Step {
     Enable,
     /// The apply worker runs and the slot is in use: the target is replicating.
     Replicating,
+    /// Writes fenced on the source, drained, sequences set, applications switched to the
+    /// target (`migrate cutover`; not one of the ten steps of `start`).
+    Cutover,
 }
 
 impl Step {
@@ -57,17 +60,25 @@ impl Step {
             Step::OriginAdvance => "origin_advance",
             Step::Enable => "enable",
             Step::Replicating => "replicating",
+            Step::Cutover => "cutover",
         }
     }
 
     /// The step of that name.
     pub fn parse(text: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|s| s.as_str() == text)
+        Step::ALL
+            .into_iter()
+            .chain([Step::Cutover])
+            .find(|s| s.as_str() == text)
     }
 
     /// Its position, counting from 1.
     pub fn number(self) -> usize {
-        Step::ALL.iter().position(|s| *s == self).unwrap_or(0) + 1
+        Step::ALL
+            .iter()
+            .position(|s| *s == self)
+            .unwrap_or(Step::ALL.len())
+            + 1
     }
 }
 

@@ -423,6 +423,16 @@ impl LocalInstances {
         })
     }
 
+    /// pgseal's home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The OS user servers run as.
+    pub(crate) fn run_as(&self) -> &RunAs {
+        &self.run_as
+    }
+
     pub(crate) fn instances_dir(&self) -> PathBuf {
         self.home.join("instances")
     }

@@ -3,6 +3,7 @@
 //!
 //! - [`doctor`]: what this machine has for the local platform, what it lacks, and the exact
 //!   command that fixes each gap.
+//! - [`endpoint`]: PgBouncer endpoints in front of instances, switched at cutover.
 //! - [`instance`]: PostgreSQL servers pgseal creates and runs, plain or on encrypted
 //!   volumes.
 //! - [`platform`]: all of it behind the engine's `Platform` trait.
@@ -12,6 +13,7 @@
 //!   v2 policy, AES-256-XTS).
 
 pub mod doctor;
+pub mod endpoint;
 pub mod fscrypt;
 pub mod instance;
 pub mod platform;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio_postgres::types::Type;
 
 use serde::Serialize;
 use tokio_postgres::{Client, Config};
@@ -59,12 +60,14 @@ pub async fn run(
     setup.batch_execute(SCHEMA).await?;
     // Ids continue above everything earlier runs wrote, so ledgers can be appended to.
     let base: i64 = setup
-        .query_one(
+        .query_typed(
             "SELECT coalesce(max(txid), 0) + 1 FROM pgseal_ledger_events",
             &[],
         )
         .await?
-        .get(0);
+        .first()
+        .map(|r| r.get(0))
+        .unwrap_or(1);
     drop(setup);
     let counters = Arc::new(Counters::default());
     let deadline = Instant::now() + opts.duration;
@@ -230,36 +233,44 @@ async fn transaction(
     let body = async {
         client.batch_execute("BEGIN").await?;
         client
-            .execute(
+            .query_typed(
                 "INSERT INTO pgseal_ledger_events (txid, client, kind, target) VALUES ($1, $2, $3, $4)",
-                &[&txid, &(client_no as i32), &kind.as_str(), &target],
+                &[
+                    (&txid, Type::INT8),
+                    (&(client_no as i32), Type::INT4),
+                    (&kind.as_str(), Type::TEXT),
+                    (&target, Type::INT8),
+                ],
             )
             .await?;
         match kind {
             Kind::Insert => {
                 client
-                    .execute(
+                    .query_typed(
                         "INSERT INTO pgseal_ledger_accounts (id, balance) VALUES ($1, 100)",
-                        &[&txid],
+                        &[(&txid, Type::INT8)],
                     )
                     .await?;
                 client
-                    .execute("INSERT INTO pgseal_ledger_nokey (txid, note) VALUES ($1, 'row of ' || $1::bigint::text)", &[&txid])
+                    .query_typed(
+                        "INSERT INTO pgseal_ledger_nokey (txid, note) VALUES ($1, 'row of ' || $1::bigint::text)",
+                        &[(&txid, Type::INT8)],
+                    )
                     .await?;
             }
             Kind::Update => {
                 client
-                    .execute(
+                    .query_typed(
                         "UPDATE pgseal_ledger_accounts SET balance = balance + 1, updated_by = $1 WHERE id = $2",
-                        &[&txid, &target],
+                        &[(&txid, Type::INT8), (&target, Type::INT8)],
                     )
                     .await?;
             }
             Kind::Delete => {
                 client
-                    .execute(
+                    .query_typed(
                         "DELETE FROM pgseal_ledger_nokey WHERE txid = $1",
-                        &[&target],
+                        &[(&target, Type::INT8)],
                     )
                     .await?;
             }

@@ -50,19 +50,19 @@ fn note(count: &mut u64, ids: &mut Vec<i64>, id: i64, n: u64) {
 pub async fn verify(config: &Config, entries: &[Entry]) -> Result<Verification, Error> {
     let client = pgseal_pg::connect(config).await?;
     let events: HashSet<i64> = client
-        .query("SELECT txid FROM pgseal_ledger_events", &[])
+        .query_typed("SELECT txid FROM pgseal_ledger_events", &[])
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
     let balances: HashMap<i64, i64> = client
-        .query("SELECT id, balance FROM pgseal_ledger_accounts", &[])
+        .query_typed("SELECT id, balance FROM pgseal_ledger_accounts", &[])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let nokey: HashMap<i64, i64> = client
-        .query(
+        .query_typed(
             "SELECT txid, count(*) FROM pgseal_ledger_nokey GROUP BY txid",
             &[],
         )

@@ -8,6 +8,7 @@ use pgseal_crypto::keystore::DEFAULT_KEY_ALIAS;
 use pgseal_crypto::{KeyState, Kms};
 use pgseal_local::instance::LocalInstances;
 
+use pgseal_core::cutover::{CutoverOptions, Recovered};
 use pgseal_core::journal::format_ms;
 use pgseal_core::status::{MigrationStatus, Retention};
 use pgseal_core::{
@@ -16,6 +17,7 @@ use pgseal_core::{
 use pgseal_local::instance::LocalError;
 use pgseal_local::platform::LocalPlatform;
 
+use super::switch::{EndpointSwitch, HookSwitch, resume_endpoint};
 use super::{Context, Outcome, print_json, render_table, url_config};
 use crate::cli::{MigrateCommand, MigrationArgs};
 use crate::exit;
@@ -71,6 +73,24 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             max_slot_retention,
         } => status(ctx, name, *watch, *interval, *max_slot_retention),
         MigrateCommand::List => list(ctx),
+        MigrateCommand::Cutover {
+            name,
+            endpoint,
+            on_switch,
+            max_lag,
+            timeout,
+            dry_run,
+        } => cutover(
+            ctx,
+            name,
+            endpoint.as_deref(),
+            on_switch.clone(),
+            &CutoverOptions {
+                max_lag: *max_lag,
+                timeout: std::time::Duration::from_secs_f64(timeout.max(1.0)),
+                dry_run: *dry_run,
+            },
+        ),
     }
 }
 
@@ -266,6 +286,9 @@ fn resume(ctx: &Context, name: &str) -> Outcome {
     let _lock = MigrationLock::acquire(&ctx.home, name)?;
     let journal = Journal::open(&ctx.home)?;
     let record = journal.migration(name)?;
+    if record.phase == Phase::CuttingOver {
+        return recover_cutover(ctx, &journal, name);
+    }
     let surroundings = Surroundings {
         free_bytes: free_bytes(&ctx.home),
         key_problem: key_problem(ctx, &record.spec.key),
@@ -310,6 +333,141 @@ fn drive(ctx: &Context, journal: &Journal, name: &str, surroundings: Surrounding
                 .map_or("?".to_string(), |h| h.lsn.to_string())
         );
         println!("follow it with: pgseal migrate status {name} --watch");
+    }
+    Ok(exit::code(exit::OK))
+}
+
+/// The endpoints in front of `instance`.
+fn endpoints_of(instances: &LocalInstances, instance: &str) -> anyhow::Result<Vec<String>> {
+    Ok(instances
+        .endpoints()?
+        .into_iter()
+        .filter(|e| e.record.instance == instance)
+        .map(|e| e.record.name)
+        .collect())
+}
+
+fn cutover(
+    ctx: &Context,
+    name: &str,
+    endpoint: Option<&str>,
+    on_switch: Option<String>,
+    options: &CutoverOptions,
+) -> Outcome {
+    let _lock = MigrationLock::acquire(&ctx.home, name)?;
+    let journal = Journal::open(&ctx.home)?;
+    let spec = journal.migration(name)?.spec;
+    let instances = LocalInstances::open(&ctx.home)?;
+    let platform = platform(ctx, false)?;
+    let runtime = runtime()?;
+    let endpoint = match (endpoint, &on_switch, spec.source_url()) {
+        (Some(e), _, _) => Some(e.to_string()),
+        (None, Some(_), _) | (None, None, Some(_)) => None,
+        (None, None, None) => {
+            let found = endpoints_of(&instances, &spec.source)?;
+            if found.len() > 1 {
+                anyhow::bail!(LocalError::InvalidInput(format!(
+                    "several endpoints are in front of {}: {}; choose one with --endpoint",
+                    spec.source,
+                    found.join(", ")
+                )));
+            }
+            found.into_iter().next()
+        }
+    };
+    let report = match endpoint {
+        Some(endpoint) => {
+            let switch = EndpointSwitch {
+                instances: instances.clone(),
+                endpoint,
+                target: spec.target.clone(),
+                database: spec.database.clone(),
+            };
+            runtime.block_on(pgseal_core::cutover::cutover(
+                &platform, &journal, name, &switch, options,
+            ))?
+        }
+        None => {
+            let target = instances.describe(&spec.target)?;
+            let mut target_config = target.sql_config();
+            target_config.dbname(&spec.database);
+            let switch = HookSwitch {
+                command: on_switch,
+                migration: name.to_string(),
+                target: spec.target.clone(),
+                new_url: target
+                    .url
+                    .replace("/postgres", &format!("/{}", spec.database)),
+                target_config,
+            };
+            runtime.block_on(pgseal_core::cutover::cutover(
+                &platform, &journal, name, &switch, options,
+            ))?
+        }
+    };
+    if ctx.json {
+        print_json(&report)?;
+    } else if report.dry_run {
+        if report.failed_checks.is_empty() {
+            println!("cutover of {name}: every precondition holds (dry run, nothing changed)");
+        } else {
+            println!("cutover of {name} would be refused:");
+            for c in &report.failed_checks {
+                println!("  - {c}");
+            }
+        }
+    } else {
+        println!(
+            "cut over {name} to {} with {}: write pause {} ms (drained at {} after the fence at {}), {} sequence(s) set, {} source session(s) ended",
+            spec.target,
+            report.switch,
+            report.write_pause_ms.unwrap_or(0),
+            report.drained_lsn.map_or("?".into(), |l| l.to_string()),
+            report.fence_lsn.map_or("?".into(), |l| l.to_string()),
+            report.sequences.len(),
+            report.sessions_ended
+        );
+        println!(
+            "the source {} stays fenced (no connections to {})",
+            spec.source, spec.database
+        );
+    }
+    Ok(exit::code(
+        if report.dry_run && !report.failed_checks.is_empty() {
+            exit::PRECONDITION
+        } else {
+            exit::OK
+        },
+    ))
+}
+
+/// `resume` of a cutover that was interrupted: back to replicating before the switch,
+/// finished forward after it; endpoints in front of either side are resumed.
+fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
+    let spec = journal.migration(name)?.spec;
+    let instances = LocalInstances::open(&ctx.home)?;
+    let platform = platform(ctx, false)?;
+    let runtime = runtime()?;
+    let outcome = runtime.block_on(pgseal_core::cutover::recover_interrupted(
+        &platform, journal, name,
+    ))?;
+    let mut endpoints = endpoints_of(&instances, &spec.source)?;
+    endpoints.extend(endpoints_of(&instances, &spec.target)?);
+    for e in endpoints {
+        if outcome == Recovered::CutOver {
+            runtime.block_on(instances.point_endpoint(&e, &spec.target))?;
+        }
+        runtime
+            .block_on(resume_endpoint(&instances.endpoint(&e)?))
+            .map_err(|err| anyhow::anyhow!("resuming endpoint {e}: {err}"))?;
+    }
+    match outcome {
+        Recovered::BackToReplicating => println!(
+            "the interrupted cutover of {name} was undone: fence lifted, replicating again; run `pgseal migrate cutover {name}` again"
+        ),
+        Recovered::CutOver => {
+            println!("the interrupted cutover of {name} had switched: it is now cut over")
+        }
     }
     Ok(exit::code(exit::OK))
 }
@@ -415,9 +573,7 @@ fn mib(bytes: u64) -> String {
 fn render_status(s: &MigrationStatus) -> String {
     let spec = &s.migration.spec;
     let mut out = format!(
-        "migration {}: {} -> {} (key {}, database {})
-phase: {}{}
-",
+        "migration {}: {} -> {} (key {}, database {})\nphase: {}{}\n",
         spec.name,
         spec.source,
         spec.target,
@@ -430,10 +586,17 @@ phase: {}{}
             .map_or(String::new(), |e| format!(" - {e}"))
     );
     if let Some(h) = &s.handoff {
+        out.push_str(&format!("handoff LSN: {}\n", h.lsn));
+    }
+    if let Some(done) = s.steps.iter().rev().find(|r| {
+        r.step == pgseal_core::Step::Cutover && r.outcome == pgseal_core::journal::Outcome::Done
+    }) && let Some(outputs) = &done.outputs
+    {
         out.push_str(&format!(
-            "handoff LSN: {}
-",
-            h.lsn
+            "cut over with {}: write pause {} ms, {} sequence(s) set\n",
+            outputs["switch"].as_str().unwrap_or("?"),
+            outputs["write_pause_ms"],
+            outputs["sequences"].as_array().map_or(0, Vec::len)
         ));
     }
     out.push_str("\nsteps:\n");

@@ -2,11 +2,13 @@
 //! result as text or JSON. No logic of its own beyond that.
 
 pub mod doctor;
+pub mod endpoint;
 pub mod instance;
 pub mod key;
 pub mod migrate;
 pub mod seal;
 pub mod snapshot;
+pub mod switch;
 pub mod workload;
 
 use std::path::PathBuf;

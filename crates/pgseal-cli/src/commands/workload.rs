@@ -18,7 +18,15 @@ fn config(ctx: &Context, target: &WorkloadTarget) -> anyhow::Result<tokio_postgr
             .describe(name)?
             .sql_config());
     }
-    let url = target.url.as_deref().context("give --url or --instance")?;
+    if let Some(name) = &target.endpoint {
+        return Ok(LocalInstances::open(&ctx.home)?
+            .endpoint(name)?
+            .sql_config("postgres"));
+    }
+    let url = target
+        .url
+        .as_deref()
+        .context("give --url, --instance or --endpoint")?;
     url_config(url, "--url")
 }
 

@@ -1,0 +1,133 @@
+//! The ways `migrate cutover` moves applications: an endpoint (PgBouncer paused, pointed
+//! at the target, resumed), a hook command, or the new URL printed.
+
+use pgseal_core::cutover::{Switch, SwitchError};
+use pgseal_local::endpoint::{EndpointInfo, admin};
+use pgseal_local::instance::LocalInstances;
+
+/// One write the way applications make it: assigns a transaction id and commits.
+async fn write_once(config: &tokio_postgres::Config) -> Result<(), SwitchError> {
+    let client = pgseal_pg::connect(config).await?;
+    client.simple_query("SELECT pg_current_xact_id()").await?;
+    Ok(())
+}
+
+/// Sends `RESUME` to an endpoint; one that is not paused is fine.
+pub async fn resume_endpoint(info: &EndpointInfo) -> Result<(), SwitchError> {
+    match admin(info, "RESUME").await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.to_string().contains("not paused") || format!("{e:?}").contains("not paused") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A PgBouncer endpoint in front of the source.
+pub struct EndpointSwitch {
+    /// The local platform's instances and endpoints.
+    pub instances: LocalInstances,
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// The instance to point it at.
+    pub target: String,
+    /// The database applications use.
+    pub database: String,
+}
+
+impl EndpointSwitch {
+    fn info(&self) -> Result<EndpointInfo, SwitchError> {
+        Ok(self.instances.endpoint(&self.endpoint)?)
+    }
+}
+
+impl Switch for EndpointSwitch {
+    fn describe(&self) -> String {
+        format!("endpoint {}", self.endpoint)
+    }
+
+    async fn pause(&self) -> Result<(), SwitchError> {
+        admin(&self.info()?, "PAUSE").await?;
+        Ok(())
+    }
+
+    async fn point_to_target(&self) -> Result<(), SwitchError> {
+        self.instances
+            .point_endpoint(&self.endpoint, &self.target)
+            .await?;
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<(), SwitchError> {
+        resume_endpoint(&self.info()?).await
+    }
+
+    async fn probe_write(&self) -> Result<(), SwitchError> {
+        write_once(&self.info()?.sql_config(&self.database)).await
+    }
+}
+
+/// No endpoint: a hook command is run with the new URL in its environment, or the URL is
+/// printed for the operator.
+pub struct HookSwitch {
+    /// `sh -c` command, if any.
+    pub command: Option<String>,
+    /// The migration's name.
+    pub migration: String,
+    /// The target instance.
+    pub target: String,
+    /// The target's URL (no password).
+    pub new_url: String,
+    /// How pgseal writes to the target.
+    pub target_config: tokio_postgres::Config,
+}
+
+impl Switch for HookSwitch {
+    fn describe(&self) -> String {
+        match &self.command {
+            Some(c) => format!("hook `{c}`"),
+            None => "printed URL".to_string(),
+        }
+    }
+
+    async fn pause(&self) -> Result<(), SwitchError> {
+        Ok(())
+    }
+
+    async fn point_to_target(&self) -> Result<(), SwitchError> {
+        match &self.command {
+            None => {
+                eprintln!(
+                    "pgseal: applications must now use {} (instance {})",
+                    self.new_url, self.target
+                );
+                Ok(())
+            }
+            Some(command) => {
+                let status = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(command)
+                    .env("PGSEAL_NEW_URL", &self.new_url)
+                    .env("PGSEAL_MIGRATION", &self.migration)
+                    .env("PGSEAL_TARGET", &self.target)
+                    .status()
+                    .await?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("the --on-switch hook failed ({status})").into())
+                }
+            }
+        }
+    }
+
+    async fn resume(&self) -> Result<(), SwitchError> {
+        Ok(())
+    }
+
+    async fn probe_write(&self) -> Result<(), SwitchError> {
+        write_once(&self.target_config).await
+    }
+}

@@ -1,0 +1,443 @@
+//! Cutover: moves applications from the source to the replicating encrypted target with a
+//! pause, not an outage, and nothing lost.
+//!
+//! 1. Preconditions (all listed at once): replicating, lag under the limit, no apply
+//!    errors, the apply worker running, schema fingerprints equal.
+//! 2. [`Switch::pause`]: the endpoint holds new transactions, waiting for running ones.
+//! 3. Fence **every** write path to the source database: `ALLOW_CONNECTIONS false` (no new
+//!    session of any role, superusers included), then every other client session of that
+//!    database is ended. Proof: for a window, no session but pgseal's is connected to the
+//!    database and no prepared transaction of it waits; new connections are refused.
+//! 4. Drain: the source's WAL position after the fence is read, and pgseal waits until the
+//!    slot's `confirmed_flush_lsn` — what the target reports applied *and flushed* — has
+//!    reached it.
+//! 5. Every sequence of the database is set on the target from the source's
+//!    `last_value`/`is_called` (not `MAX(column)`, not only owned sequences), and read back.
+//! 6. The subscription is disabled, [`Switch::point_to_target`], [`Switch::resume`], and a
+//!    first write through the switch measures the write pause.
+//!
+//! If anything fails (or `timeout` passes) before the switch, the fence is lifted, the
+//! subscription re-enabled, the endpoint resumed on the source, and the migration is back
+//! to replicating; the error says why.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use pgseal_pg::Lsn;
+use pgseal_pg::replication::{self, quote_ident};
+use pgseal_platform::Platform;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::engine::{EngineError, connect_source, connect_source_db, connect_to};
+use crate::journal::{Journal, Phase};
+use crate::status::status;
+use crate::steps::{Step, failpoint};
+
+/// An error of a [`Switch`].
+pub type SwitchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How applications are moved from the source to the target: an endpoint (PgBouncer), a
+/// hook command, or nothing but the new URL printed.
+pub trait Switch: Sync {
+    /// What it is, for messages.
+    fn describe(&self) -> String;
+    /// Holds new transactions (waiting for running ones to end).
+    fn pause(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
+    /// Sends applications to the target from now on.
+    fn point_to_target(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
+    /// Lets transactions flow again, wherever they now go.
+    fn resume(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
+    /// Makes one write the way applications do, once switched (measures the pause).
+    fn probe_write(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
+}
+
+/// What cutover is asked to do.
+#[derive(Debug, Clone)]
+pub struct CutoverOptions {
+    /// The largest lag (bytes) at which cutover may start.
+    pub max_lag: u64,
+    /// How long fence, drain and sequences may take before pgseal gives up and lifts the fence.
+    pub timeout: Duration,
+    /// Only check the preconditions.
+    pub dry_run: bool,
+}
+
+/// One sequence set on the target.
+#[derive(Debug, Clone, Serialize)]
+pub struct SequenceSync {
+    /// `schema.sequence`.
+    pub sequence: String,
+    /// The source's `last_value`.
+    pub last_value: i64,
+    /// The source's `is_called`.
+    pub is_called: bool,
+}
+
+/// What cutover did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CutoverReport {
+    /// Preconditions that failed (empty when all hold).
+    pub failed_checks: Vec<String>,
+    /// True when only the checks ran.
+    pub dry_run: bool,
+    /// Client sessions of the source database ended by the fence.
+    pub sessions_ended: i64,
+    /// The source's WAL position once fenced.
+    pub fence_lsn: Option<Lsn>,
+    /// The target's confirmed position when drained (≥ `fence_lsn`).
+    pub drained_lsn: Option<Lsn>,
+    /// Milliseconds from pause to drained.
+    pub drain_ms: Option<u64>,
+    /// Sequences set on the target.
+    pub sequences: Vec<SequenceSync>,
+    /// Milliseconds from pause to the first write accepted through the switch.
+    pub write_pause_ms: Option<u64>,
+    /// What the applications were switched with.
+    pub switch: String,
+}
+
+/// Checks the preconditions; returns what fails.
+async fn check<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    max_lag: u64,
+) -> Result<Vec<String>, EngineError> {
+    let st = status(platform, journal, name, None).await?;
+    let mut failed = Vec::new();
+    if st.migration.phase != Phase::Replicating {
+        failed.push(format!(
+            "the migration is {}, not replicating",
+            st.migration.phase.as_str()
+        ));
+    }
+    match &st.replication {
+        None => failed.push("replication state unknown (servers not reached)".into()),
+        Some(rep) => {
+            match rep.lag_bytes {
+                Some(lag) if lag > max_lag => {
+                    failed.push(format!("lag is {lag} bytes, above --max-lag {max_lag}"))
+                }
+                None => failed.push("lag unknown: the slot is missing".into()),
+                _ => {}
+            }
+            match &rep.subscription {
+                None => failed.push("the subscription is missing on the target".into()),
+                Some(sub) => {
+                    if sub.apply_errors > 0 {
+                        failed.push(format!(
+                            "the apply worker reported {} error(s)",
+                            sub.apply_errors
+                        ));
+                    }
+                    if sub.worker_pid.is_none() {
+                        failed.push("the apply worker is not running".into());
+                    }
+                }
+            }
+        }
+    }
+    if let Some(schema) = &st.schema
+        && !schema.drift.is_empty()
+    {
+        failed.push(format!(
+            "schema drift ({} difference(s)); `pgseal migrate status {name}` shows the DDL to run on the target",
+            schema.drift.len()
+        ));
+    }
+    Ok(failed)
+}
+
+fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
+    let what = what.to_string();
+    move |source| EngineError::Sql { role, what, source }
+}
+
+/// Closes every write path to database `db`: no new session, every other session ended;
+/// returns how many sessions were ended once the fence is proven. `admin` is a session on
+/// another database of the source server (PostgreSQL refuses `ALLOW_CONNECTIONS false`
+/// for the current database); `keep` is pgseal's own session on `db`, which stays.
+async fn fence(admin: &Client, db: &str, keep: i32) -> Result<i64, EngineError> {
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            quote_ident(db)
+        ))
+        .await
+        .map_err(sql("source", "refusing new connections to the database"))?;
+    let mut ended = 0;
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        let row = admin
+            .query_one(
+                "WITH others AS (SELECT pid FROM pg_stat_activity \
+                    WHERE datname = $1 AND pid <> $2 \
+                      AND backend_type = 'client backend') \
+                 SELECT (SELECT count(*) FROM others), \
+                        (SELECT count(*) FROM others WHERE pg_terminate_backend(pid)), \
+                        (SELECT count(*) FROM pg_prepared_xacts WHERE database = $1)",
+                &[&db, &keep],
+            )
+            .await
+            .map_err(sql("source", "ending the database's sessions"))?;
+        let (others, terminated, prepared): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        ended += terminated;
+        if prepared > 0 {
+            return Err(EngineError::Precondition(format!(
+                "{prepared} prepared transaction(s) of the database wait for COMMIT PREPARED or ROLLBACK PREPARED; resolve them first"
+            )));
+        }
+        if others == 0 {
+            // Proven once nothing has been connected for a whole window.
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_millis(200) {
+                return Ok(ended);
+            }
+        } else {
+            quiet_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn lift_fence(admin: &Client, db: &str) -> Result<(), EngineError> {
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            quote_ident(db)
+        ))
+        .await
+        .map_err(sql("source", "lifting the fence"))
+}
+
+/// A session on another database of the source server, for the fence.
+async fn admin_session<P: Platform>(
+    platform: &P,
+    spec: &crate::journal::MigrationSpec,
+) -> Result<Client, EngineError> {
+    let other = if spec.database == "postgres" {
+        "template1"
+    } else {
+        "postgres"
+    };
+    connect_source_db(platform, spec, other).await
+}
+
+/// Waits until the target has confirmed everything up to `lsn` applied and flushed.
+async fn drain(source: &Client, slot: &str, lsn: Lsn) -> Result<Lsn, EngineError> {
+    loop {
+        let state = replication::slot(source, slot)
+            .await
+            .map_err(sql("source", "reading the slot"))?
+            .ok_or_else(|| EngineError::Precondition(format!("slot {slot} is gone")))?;
+        if let Some(confirmed) = state.confirmed_flush_lsn
+            && confirmed >= lsn
+        {
+            return Ok(confirmed);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sets every sequence of the source database on the target, and reads them back.
+async fn sync_sequences(
+    source: &Client,
+    target: &Client,
+) -> Result<Vec<SequenceSync>, EngineError> {
+    let names: Vec<String> = source
+        .query(
+            "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(sql("source", "listing sequences"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut synced = Vec::new();
+    for seq in names {
+        let row = source
+            .query_one(&format!("SELECT last_value, is_called FROM {seq}"), &[])
+            .await
+            .map_err(sql("source", "reading a sequence"))?;
+        let (last_value, is_called): (i64, bool) = (row.get(0), row.get(1));
+        let back: i64 = target
+            .query_one(
+                "SELECT setval($1::text::regclass, $2, $3)",
+                &[&seq, &last_value, &is_called],
+            )
+            .await
+            .map_err(sql("target", "setting a sequence"))?
+            .get(0);
+        if back != last_value {
+            return Err(EngineError::Precondition(format!(
+                "sequence {seq} reads {back} on the target after setting {last_value}"
+            )));
+        }
+        synced.push(SequenceSync {
+            sequence: seq,
+            last_value,
+            is_called,
+        });
+    }
+    Ok(synced)
+}
+
+/// Runs the cutover of migration `name`; see the module documentation.
+pub async fn cutover<P: Platform, S: Switch>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    switch: &S,
+    options: &CutoverOptions,
+) -> Result<CutoverReport, EngineError> {
+    let spec = journal.migration(name)?.spec;
+    let failed_checks = check(platform, journal, name, options.max_lag).await?;
+    let mut report = CutoverReport {
+        failed_checks,
+        dry_run: options.dry_run,
+        sessions_ended: 0,
+        fence_lsn: None,
+        drained_lsn: None,
+        drain_ms: None,
+        sequences: Vec::new(),
+        write_pause_ms: None,
+        switch: switch.describe(),
+    };
+    if options.dry_run {
+        return Ok(report);
+    }
+    if !report.failed_checks.is_empty() {
+        return Err(EngineError::Precondition(format!(
+            "cutover refused, nothing was changed: {}",
+            report.failed_checks.join("; ")
+        )));
+    }
+    let rep_name = spec.replication_name();
+    let source = connect_source(platform, &spec).await?;
+    let admin = admin_session(platform, &spec).await?;
+    let own_pid: i32 = source
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(sql("source", "reading pgseal's session id"))?
+        .get(0);
+    let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
+    let run = journal.step_started(name, Step::Cutover)?;
+    journal.set_phase(name, Phase::CuttingOver, None)?;
+
+    // Every wait below is bounded by `options.timeout` as a whole.
+    let paused = Instant::now();
+    let before_switch = async {
+        switch.pause().await.map_err(|e| {
+            EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
+        })?;
+        journal.add_resource(name, "fence", &spec.database)?;
+        report.sessions_ended = fence(&admin, &spec.database, own_pid).await?;
+        failpoint("after", Step::Cutover);
+        let fence_lsn = replication::current_wal_lsn(&source)
+            .await
+            .map_err(sql("source", "reading the WAL position"))?;
+        report.fence_lsn = Some(fence_lsn);
+        report.drained_lsn = Some(drain(&source, &rep_name, fence_lsn).await?);
+        report.drain_ms = Some(paused.elapsed().as_millis() as u64);
+        report.sequences = sync_sequences(&source, &target).await?;
+        target
+            .batch_execute(&format!(
+                "ALTER SUBSCRIPTION {} DISABLE",
+                quote_ident(&rep_name)
+            ))
+            .await
+            .map_err(sql("target", "disabling the subscription"))?;
+        Ok::<(), EngineError>(())
+    };
+    let outcome = match tokio::time::timeout(options.timeout, before_switch).await {
+        Ok(result) => result,
+        Err(_) => Err(EngineError::Timeout {
+            what: "fence, drain and sequences".into(),
+            seconds: options.timeout.as_secs(),
+        }),
+    };
+    if let Err(error) = outcome {
+        // Back to where we were: the source serves, the target replicates.
+        let undo = async {
+            lift_fence(&admin, &spec.database).await?;
+            journal.remove_resource(name, "fence", &spec.database)?;
+            replication::enable_subscription(&target, &rep_name)
+                .await
+                .map_err(sql("target", "re-enabling the subscription"))?;
+            Ok::<(), EngineError>(())
+        }
+        .await;
+        let resumed = switch.resume().await;
+        let text = crate::engine::error_chain(&error);
+        journal.step_failed(run, &text)?;
+        journal.set_phase(name, Phase::Replicating, None)?;
+        undo?;
+        resumed.map_err(|e| {
+            EngineError::Precondition(format!("resuming {}: {e}", switch.describe()))
+        })?;
+        return Err(error);
+    }
+
+    // From here on applications may write to the target: a crash is finished forward.
+    journal.add_resource(name, "switched", &spec.target)?;
+    switch.point_to_target().await.map_err(|e| {
+        EngineError::Precondition(format!("pointing {} at the target: {e}", switch.describe()))
+    })?;
+    switch
+        .resume()
+        .await
+        .map_err(|e| EngineError::Precondition(format!("resuming {}: {e}", switch.describe())))?;
+    switch.probe_write().await.map_err(|e| {
+        EngineError::Precondition(format!(
+            "the first write through {} failed: {e}",
+            switch.describe()
+        ))
+    })?;
+    report.write_pause_ms = Some(paused.elapsed().as_millis() as u64);
+    journal.step_done(
+        run,
+        &serde_json::to_value(&report).expect("a report serialises"),
+    )?;
+    journal.set_phase(name, Phase::CutOver, None)?;
+    tracing::info!(migration = %name, write_pause_ms = report.write_pause_ms, sequences = report.sequences.len(), "cut over");
+    Ok(report)
+}
+
+/// Where an interrupted cutover was left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// It had not switched: the fence is lifted and the migration replicates again.
+    BackToReplicating,
+    /// It had switched: the migration is cut over (the caller points and resumes the switch
+    /// again, which is idempotent).
+    CutOver,
+}
+
+/// After a crash during cutover: before the switch, lifts the fence, re-enables the
+/// subscription and returns the migration to replicating; after it, marks it cut over.
+pub async fn recover_interrupted<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+) -> Result<Recovered, EngineError> {
+    let spec = journal.migration(name)?.spec;
+    if journal
+        .resources(name)?
+        .iter()
+        .any(|r| r.kind == "switched")
+    {
+        journal.set_phase(name, Phase::CutOver, None)?;
+        return Ok(Recovered::CutOver);
+    }
+    let admin = admin_session(platform, &spec).await?;
+    lift_fence(&admin, &spec.database).await?;
+    journal.remove_resource(name, "fence", &spec.database)?;
+    let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
+    replication::enable_subscription(&target, &spec.replication_name())
+        .await
+        .map_err(sql("target", "re-enabling the subscription"))?;
+    journal.set_phase(name, Phase::Replicating, None)?;
+    Ok(Recovered::BackToReplicating)
+}
