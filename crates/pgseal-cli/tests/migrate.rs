@@ -675,3 +675,202 @@ fn a_server_reached_by_url_migrates_under_live_writes_and_aborts_clean() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+/// A second role writing directly to the source, one insert per transaction, recording
+/// each acknowledged id; it stops when its session is ended and reconnecting fails.
+fn direct_writer(
+    socket: String,
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<i64>, String)> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut config = tokio_postgres::Config::new();
+            config
+                .host_path(&socket)
+                .port(port)
+                .user("writer2")
+                .dbname("postgres");
+            let mut acked = Vec::new();
+            let mut last_error = String::new();
+            let mut id = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let client = match config.connect(tokio_postgres::NoTls).await {
+                    Ok((client, conn)) => {
+                        tokio::spawn(conn);
+                        client
+                    }
+                    Err(e) => {
+                        last_error = format!("{e:?}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                loop {
+                    id += 1;
+                    match client
+                        .execute("INSERT INTO side_writes (id) VALUES ($1)", &[&id])
+                        .await
+                    {
+                        Ok(_) => acked.push(id),
+                        Err(e) => {
+                            last_error = format!("{e:?}");
+                            break;
+                        }
+                    }
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            (acked, last_error)
+        })
+    })
+}
+
+#[test]
+fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_syncs_sequences() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    src.exec(
+        "CREATE ROLE writer2 LOGIN; \
+         CREATE TABLE side_writes (id bigint PRIMARY KEY); GRANT INSERT ON side_writes TO writer2; \
+         CREATE SEQUENCE free_seq; SELECT setval('free_seq', 41); SELECT nextval('free_seq'); \
+         CREATE TABLE owned (id bigserial PRIMARY KEY); INSERT INTO owned DEFAULT VALUES;",
+    );
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
+    h.ok(&["migrate", "start", "--source", "src", "--name", "c1"]);
+    let info = h.json(&["instance", "describe", "src"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let side = direct_writer(
+        info["socket_dir"].as_str().unwrap().to_string(),
+        info["port"].as_u64().unwrap() as u16,
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    let dry = h.json(&["migrate", "cutover", "c1", "--dry-run"]);
+    assert_eq!(dry["failed_checks"].as_array().unwrap().len(), 0, "{dry}");
+    let report = h.json(&["migrate", "cutover", "c1"]);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (side_acked, side_error) = side.join().unwrap();
+    let run = writes.finish();
+
+    // The workload went through the endpoint the whole time: a pause, no error.
+    assert_eq!(run["client_errors"], 0, "{run}");
+    let on_target = h.verify(&["--instance", "src-enc"], &ledger);
+    assert_eq!(on_target["acknowledged"], run["acknowledged"]);
+    assert_eq!(
+        (
+            on_target["missing"].as_u64(),
+            on_target["duplicated"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{on_target}"
+    );
+    // The other role was fenced: its session ended, reconnecting refused, and every write
+    // it had acknowledged is on the target.
+    assert!(!side_acked.is_empty());
+    assert!(
+        side_error.contains("not currently accepting connections")
+            || side_error.contains("terminat"),
+        "{side_error}"
+    );
+    let tgt = h.sql("src-enc", "postgres");
+    let max_acked = *side_acked.iter().max().unwrap();
+    assert_eq!(
+        tgt.count(&format!(
+            "SELECT count(*) FROM side_writes WHERE id <= {max_acked}"
+        )),
+        side_acked.len() as i64
+    );
+    // Every sequence, owned or not, from the source's last_value.
+    assert_eq!(tgt.count("SELECT last_value FROM free_seq"), 42);
+    assert_eq!(tgt.count("SELECT nextval('free_seq')"), 43);
+    assert_eq!(tgt.count("SELECT nextval('owned_id_seq')"), 2);
+    assert!(
+        report["sequences"].as_array().unwrap().len() >= 2,
+        "{report}"
+    );
+    let pause = report["write_pause_ms"].as_u64().unwrap();
+    assert!(pause > 0 && pause < 5000, "{report}");
+    let drained = lsn(report["drained_lsn"].as_str().unwrap());
+    assert!(drained >= lsn(report["fence_lsn"].as_str().unwrap()));
+
+    // The endpoint points at the target, the source stays fenced, the journal says so.
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        "src-enc"
+    );
+    let admin = h.sql("src", "template1");
+    assert_eq!(
+        admin.text("SELECT datallowconn::text FROM pg_database WHERE datname = 'postgres'"),
+        "false"
+    );
+    let status = h.json(&["migrate", "status", "c1"]);
+    assert_eq!(status["migration"]["phase"], "cut_over");
+    // Abort would delete the instance applications now use: refused.
+    assert_eq!(h.run(&["migrate", "abort", "c1"]).status.code(), Some(3));
+    h.ok(&["endpoint", "delete", "src-ep"]);
+    // Let the test's cleanup remove the instances: lift the fence first.
+    admin.exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
+}
+
+#[test]
+fn a_crash_during_cutover_then_resume_lifts_the_fence_and_a_second_cutover_converges() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 20);
+    h.ok(&["migrate", "start", "--source", "src", "--name", "c2"]);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Killed once the source is fenced and the endpoint paused.
+    let out = h.run_env(
+        ("PGSEAL_FAILPOINT", "after:cutover"),
+        &["migrate", "cutover", "c2"],
+    );
+    assert_crashed(&out, "after:cutover");
+    assert_eq!(
+        h.json(&["migrate", "status", "c2"])["migration"]["phase"],
+        "cutting_over"
+    );
+    let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "c2"]).stdout).to_string();
+    assert!(text.contains("undone"), "{text}");
+    let admin = h.sql("src", "template1");
+    assert_eq!(
+        admin.text("SELECT datallowconn::text FROM pg_database WHERE datname = 'postgres'"),
+        "true"
+    );
+    assert_eq!(
+        h.json(&["migrate", "status", "c2"])["migration"]["phase"],
+        "replicating"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    h.json(&["migrate", "cutover", "c2"]);
+    let run = writes.finish();
+    assert_eq!(run["client_errors"], 0, "{run}");
+    let on_target = h.verify(&["--instance", "src-enc"], &ledger);
+    assert_eq!(
+        (
+            on_target["missing"].as_u64(),
+            on_target["duplicated"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{on_target}"
+    );
+    assert_eq!(on_target["acknowledged"], run["acknowledged"]);
+    h.ok(&["endpoint", "delete", "src-ep"]);
+    admin.exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
+}
