@@ -50,6 +50,20 @@ fn run(cli: Cli) -> commands::Outcome {
         Command::Key { action } => commands::key::run(&ctx, &action),
         Command::Instance { action } => commands::instance::run(&ctx, &action),
         Command::Endpoint { action } => commands::endpoint::run(&ctx, &action),
+        Command::Demo {
+            scale,
+            duration,
+            rate,
+            keep,
+        } => commands::demo::run(
+            &ctx,
+            &commands::demo::DemoOptions {
+                scale,
+                duration,
+                rate,
+                keep,
+            },
+        ),
         Command::Snapshot { action } => commands::snapshot::run(&ctx, &action),
         Command::Workload { action } => commands::workload::run(&ctx, &action),
         Command::Migrate { action } => commands::migrate::run(&ctx, &action),

@@ -29,7 +29,10 @@ pub async fn abort<P: Platform>(
     name: &str,
 ) -> Result<AbortReport, EngineError> {
     let record = journal.migration(name)?;
-    if matches!(record.phase, Phase::CutOver | Phase::CuttingOver) {
+    if matches!(
+        record.phase,
+        Phase::CutOver | Phase::CuttingOver | Phase::CleanedUp
+    ) {
         return Err(EngineError::Precondition(format!(
             "migration {name} is {}: applications may already write to the target, so abort would lose data; `pgseal migrate resume {name}` finishes an interrupted cutover",
             record.phase.as_str()

@@ -441,3 +441,102 @@ pub async fn recover_interrupted<P: Platform>(
     journal.set_phase(name, Phase::Replicating, None)?;
     Ok(Recovered::BackToReplicating)
 }
+
+/// What `cleanup` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CleanupReport {
+    /// `kind name` of each object removed.
+    pub removed: Vec<String>,
+}
+
+/// After cutover: drops the subscription on the target, the slot, publication and replica
+/// identity changes on the source, and the snapshot. The source stays fenced (its
+/// database refuses connections); the target instance stays, it is the database now.
+pub async fn cleanup<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+) -> Result<CleanupReport, EngineError> {
+    let record = journal.migration(name)?;
+    if record.phase == Phase::CleanedUp {
+        return Ok(CleanupReport::default());
+    }
+    if record.phase != Phase::CutOver {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} is {}; cleanup follows a cutover (before one, `pgseal migrate abort {name}` removes everything)",
+            record.phase.as_str()
+        )));
+    }
+    let spec = record.spec;
+    let rep_name = spec.replication_name();
+    let mut report = CleanupReport::default();
+    let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
+    if replication::drop_subscription(&target, &rep_name)
+        .await
+        .map_err(sql("target", "dropping the subscription"))?
+    {
+        report
+            .removed
+            .push(format!("subscription {rep_name} (target)"));
+    }
+    // The publication lives in the fenced database: let pgseal in for a moment, fence
+    // again at once (ending anyone else who slipped in), and drop it from inside.
+    let admin = admin_session(platform, &spec).await?;
+    lift_fence(&admin, &spec.database).await?;
+    let source = connect_source(platform, &spec).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            quote_ident(&spec.database)
+        ))
+        .await
+        .map_err(sql("source", "fencing the database again"))?;
+    let source = source?;
+    let own_pid: i32 = source
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(sql("source", "reading pgseal's session id"))?
+        .get(0);
+    fence(&admin, &spec.database, own_pid).await?;
+    for resource in journal.resources(name)? {
+        let label = format!("{} {}", resource.kind, resource.name);
+        let removed = match resource.kind.as_str() {
+            "slot" => replication::drop_slot(&source, &resource.name)
+                .await
+                .map_err(sql("source", "dropping the slot"))?,
+            "publication" => replication::drop_publication(&source, &resource.name)
+                .await
+                .map_err(sql("source", "dropping the publication"))?,
+            "replica_identity" => {
+                source
+                    .batch_execute(&format!(
+                        "ALTER TABLE {} REPLICA IDENTITY DEFAULT",
+                        resource.name
+                    ))
+                    .await
+                    .map_err(sql("source", "restoring a replica identity"))?;
+                true
+            }
+            "snapshot" => match platform.delete_snapshot(&resource.name).await {
+                Ok(()) => true,
+                Err(e) if e.kind == pgseal_platform::ErrorKind::NotFound => false,
+                Err(source) => {
+                    return Err(EngineError::Platform {
+                        what: format!("deleting snapshot {}", resource.name),
+                        source,
+                    });
+                }
+            },
+            // The target is the database now; the fence and the switch are history.
+            _ => false,
+        };
+        if removed {
+            report.removed.push(label);
+        }
+        if resource.kind != "fence" {
+            journal.remove_resource(name, &resource.kind, &resource.name)?;
+        }
+    }
+    journal.set_phase(name, Phase::CleanedUp, None)?;
+    Ok(report)
+}

@@ -185,7 +185,7 @@ impl<'a, P: Platform> Engine<'a, P> {
                     "migration {name} was aborted; start a new one (with another --name, or after `pgseal migrate abort {name}` has finished)"
                 )));
             }
-            Phase::Replicating | Phase::CutOver => return Ok(()),
+            Phase::Replicating | Phase::CutOver | Phase::CleanedUp => return Ok(()),
             Phase::CuttingOver => {
                 return Err(EngineError::Precondition(format!(
                     "migration {name} was interrupted during cutover; `pgseal migrate resume {name}` lifts the fence first"

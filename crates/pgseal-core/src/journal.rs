@@ -77,6 +77,8 @@ pub enum Phase {
     CuttingOver,
     /// Applications use the target; the source is fenced.
     CutOver,
+    /// Cut over, and the replication objects on both sides and the snapshot are gone.
+    CleanedUp,
     /// `abort` is removing what was created (or was interrupted doing so: run it again).
     Aborting,
     /// Everything the migration created is gone.
@@ -92,6 +94,7 @@ impl Phase {
             Phase::Replicating => "replicating",
             Phase::CuttingOver => "cutting_over",
             Phase::CutOver => "cut_over",
+            Phase::CleanedUp => "cleaned_up",
             Phase::Aborting => "aborting",
             Phase::Aborted => "aborted",
         }
@@ -104,6 +107,7 @@ impl Phase {
             Phase::Replicating,
             Phase::CuttingOver,
             Phase::CutOver,
+            Phase::CleanedUp,
             Phase::Aborting,
             Phase::Aborted,
         ]

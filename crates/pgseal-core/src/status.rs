@@ -100,7 +100,7 @@ pub async fn status<P: Platform>(
         .outputs(name, Step::Restore)?
         .and_then(|o| serde_json::from_value(o["handoff"].clone()).ok());
     let mut warnings = Vec::new();
-    let live = !matches!(migration.phase, Phase::Aborted);
+    let live = !matches!(migration.phase, Phase::Aborted | Phase::CleanedUp);
     let source_prepared = journal.outputs(name, Step::PrepareSource)?.is_some();
     let target_made = handoff.is_some();
     let rep_name = spec.replication_name();

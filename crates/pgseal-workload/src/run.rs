@@ -20,6 +20,8 @@ pub struct RunOptions {
     pub duration: Duration,
     /// Concurrent connections.
     pub clients: usize,
+    /// Set to end the run early (each client finishes its transaction first).
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a run did.
@@ -76,9 +78,10 @@ pub async fn run(
     let mut tasks = Vec::new();
     for client_no in 0..clients {
         let (config, ledger, counters) = (config.clone(), ledger.clone(), counters.clone());
+        let stop = opts.stop.clone();
         tasks.push(tokio::spawn(async move {
             client_loop(
-                config, ledger, counters, client_no, clients, base, period, deadline,
+                config, ledger, counters, client_no, clients, base, period, deadline, stop,
             )
             .await
         }));
@@ -125,6 +128,7 @@ async fn client_loop(
     base: i64,
     period: Duration,
     deadline: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), Error> {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -133,7 +137,7 @@ async fn client_loop(
     let mut accounts: Vec<i64> = Vec::new();
     let mut rows: Vec<i64> = Vec::new();
     let mut seq: i64 = 0;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         ticker.tick().await;
         let c = match &client {
             Some(c) if !c.is_closed() => c,

@@ -19,6 +19,7 @@ fn opts(seconds: u64) -> RunOptions {
         rate: 300.0,
         duration: Duration::from_secs(seconds),
         clients: 4,
+        stop: Default::default(),
     }
 }
 

@@ -73,6 +73,11 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             max_slot_retention,
         } => status(ctx, name, *watch, *interval, *max_slot_retention),
         MigrateCommand::List => list(ctx),
+        MigrateCommand::Cleanup {
+            name,
+            retire_source,
+            delete_source,
+        } => cleanup(ctx, name, *retire_source, *delete_source),
         MigrateCommand::Cutover {
             name,
             endpoint,
@@ -468,6 +473,43 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
         Recovered::CutOver => {
             println!("the interrupted cutover of {name} had switched: it is now cut over")
         }
+    }
+    Ok(exit::code(exit::OK))
+}
+
+fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
+    let _lock = MigrationLock::acquire(&ctx.home, name)?;
+    let journal = Journal::open(&ctx.home)?;
+    let spec = journal.migration(name)?.spec;
+    if (retire || delete) && spec.source_url().is_some() {
+        anyhow::bail!(LocalError::InvalidInput(
+            "the source is a server reached by URL: pgseal cannot stop or delete it".into()
+        ));
+    }
+    let platform = platform(ctx, false)?;
+    let runtime = runtime()?;
+    let mut report = runtime.block_on(pgseal_core::cutover::cleanup(&platform, &journal, name))?;
+    let instances = LocalInstances::open(&ctx.home)?;
+    if retire {
+        instances.stop(&spec.source)?;
+        report
+            .removed
+            .push(format!("(stopped) instance {}", spec.source));
+    }
+    if delete {
+        instances.delete(&spec.source)?;
+        report.removed.push(format!("instance {}", spec.source));
+    }
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        for line in &report.removed {
+            println!("removed {line}");
+        }
+        println!(
+            "migration {name} cleaned up; {} is the database now",
+            spec.target
+        );
     }
     Ok(exit::code(exit::OK))
 }

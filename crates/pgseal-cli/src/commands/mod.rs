@@ -1,6 +1,7 @@
 //! One module per command: each turns parsed arguments into library calls and renders the
 //! result as text or JSON. No logic of its own beyond that.
 
+pub mod demo;
 pub mod doctor;
 pub mod endpoint;
 pub mod instance;

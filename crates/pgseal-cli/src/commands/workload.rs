@@ -48,6 +48,7 @@ pub fn run(ctx: &Context, action: &WorkloadCommand) -> Outcome {
                 rate: *rate,
                 duration: Duration::from_secs(*duration),
                 clients: *clients,
+                stop: Default::default(),
             };
             ctx.status(format!(
                 "writing {rate} tx/s from {clients} clients for {duration} s; ledger {}",
