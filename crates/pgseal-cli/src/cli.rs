@@ -393,6 +393,21 @@ pub enum MigrateCommand {
     },
     /// List migrations
     List,
+    /// After cutover: switch back to the source by reverse replication, losing nothing
+    #[command(long_about = ROLLBACK_ABOUT)]
+    Rollback {
+        /// The migration's name.
+        name: String,
+        /// The endpoint to switch back [default: the one endpoint in front of the target]
+        #[arg(long, conflicts_with = "on_switch")]
+        endpoint: Option<String>,
+        /// Without an endpoint: run this shell command at the switch (PGSEAL_NEW_URL is the source's)
+        #[arg(long)]
+        on_switch: Option<String>,
+        /// Seconds fence, drain and sequences may take before pgseal gives up
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
     /// After cutover: drop subscription, slot, publication and snapshot; retire the source
     Cleanup {
         /// The migration's name.
@@ -427,6 +442,17 @@ pub enum MigrateCommand {
         dry_run: bool,
     },
 }
+
+const ROLLBACK_ABOUT: &str = "\
+Switch applications back from the encrypted target to the source after a cutover. At
+cutover pgseal set up replication from the target back to the source, starting exactly at
+the switch; rollback pauses the endpoint, fences the target, lets the source apply
+everything written on the target since cutover, sets every sequence on the source from the
+target, points the endpoint back and resumes. Nothing written on the target is lost.
+Available until `migrate cleanup`.
+
+Example:
+  pgseal migrate rollback orders-enc";
 
 const CUTOVER_ABOUT: &str = "\
 Move applications from the source to the encrypted target with a pause, not an outage:

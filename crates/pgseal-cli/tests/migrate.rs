@@ -874,3 +874,97 @@ fn a_crash_during_cutover_then_resume_lifts_the_fence_and_a_second_cutover_conve
     h.ok(&["endpoint", "delete", "src-ep"]);
     admin.exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
 }
+
+/// pgseal's slots, publications and subscriptions on a server (all databases' slots; this
+/// database's publications and subscriptions).
+fn pgseal_everything(sql: &Sql) -> i64 {
+    sql.count(
+        "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgseal%') \
+              + (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pgseal%') \
+              + (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'pgseal%')",
+    )
+}
+
+#[test]
+fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_nothing() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    h.sql("src", "postgres")
+        .exec("CREATE SEQUENCE invoice_no; SELECT nextval('invoice_no')");
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 18);
+    h.ok(&["migrate", "start", "--source", "src", "--name", "r1"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let cut = h.json(&["migrate", "cutover", "r1"]);
+    assert_eq!(cut["rollback_ready"], true, "{cut}");
+    // Writes land on the target now, including a sequence advanced there.
+    std::thread::sleep(Duration::from_secs(3));
+    h.sql("src-enc", "postgres")
+        .exec("SELECT nextval('invoice_no') FROM generate_series(1, 10)");
+    let back = h.json(&["migrate", "rollback", "r1"]);
+    assert!(back["write_pause_ms"].as_u64().unwrap() < 5000, "{back}");
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        "src"
+    );
+    let run = writes.finish();
+    assert_eq!(run["client_errors"], 0, "{run}");
+
+    // Everything acknowledged, before, during and after both switches, is on the source.
+    let on_source = h.verify(&["--instance", "src"], &ledger);
+    assert_eq!(on_source["acknowledged"], run["acknowledged"]);
+    assert_eq!(
+        (
+            on_source["missing"].as_u64(),
+            on_source["duplicated"].as_u64(),
+            on_source["unexpected"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{on_source}"
+    );
+    let src = h.sql("src", "postgres");
+    assert_eq!(src.count("SELECT last_value FROM invoice_no"), 11);
+    assert_eq!(
+        h.json(&["migrate", "status", "r1"])["migration"]["phase"],
+        "rolled_back"
+    );
+
+    // Cleanup: the abandoned target goes, and no pgseal object stays on the source.
+    h.ok(&["migrate", "cleanup", "r1"]);
+    assert_eq!(pgseal_everything(&src), 0);
+    assert_eq!(h.json(&["instance", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(h.json(&["snapshot", "list"]).as_array().unwrap().len(), 0);
+    h.ok(&["endpoint", "delete", "src-ep"]);
+}
+
+#[test]
+fn cleanup_after_cutover_leaves_no_slot_publication_or_subscription_on_either_side() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    h.ok(&["migrate", "start", "--source", "src", "--name", "k1"]);
+    h.json(&[
+        "migrate",
+        "cutover",
+        "k1",
+        "--on-switch",
+        "test -n \"$PGSEAL_NEW_URL\"",
+    ]);
+    let out = h.json(&["migrate", "cleanup", "k1", "--retire-source"]);
+    assert!(out["removed"].as_array().unwrap().len() >= 4, "{out}");
+    assert_eq!(pgseal_everything(&h.sql("src-enc", "postgres")), 0);
+    assert_eq!(
+        h.json(&["instance", "describe", "src"])["status"],
+        "stopped"
+    );
+    assert_eq!(h.json(&["snapshot", "list"]).as_array().unwrap().len(), 0);
+    // The source's catalogs, read from its files after a restart with the fence lifted.
+    h.ok(&["instance", "start", "src"]);
+    let admin = h.sql("src", "template1");
+    admin.exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
+    assert_eq!(pgseal_everything(&h.sql("src", "postgres")), 0);
+    assert_eq!(
+        h.json(&["migrate", "status", "k1"])["migration"]["phase"],
+        "cleaned_up"
+    );
+}

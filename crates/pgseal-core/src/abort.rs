@@ -31,7 +31,7 @@ pub async fn abort<P: Platform>(
     let record = journal.migration(name)?;
     if matches!(
         record.phase,
-        Phase::CutOver | Phase::CuttingOver | Phase::CleanedUp
+        Phase::CutOver | Phase::CuttingOver | Phase::CleanedUp | Phase::RolledBack
     ) {
         return Err(EngineError::Precondition(format!(
             "migration {name} is {}: applications may already write to the target, so abort would lose data; `pgseal migrate resume {name}` finishes an interrupted cutover",

@@ -95,6 +95,8 @@ pub struct CutoverReport {
     pub write_pause_ms: Option<u64>,
     /// What the applications were switched with.
     pub switch: String,
+    /// True when reverse replication (target → source) was set up for `rollback`.
+    pub rollback_ready: bool,
 }
 
 /// Checks the preconditions; returns what fails.
@@ -304,6 +306,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         sequences: Vec::new(),
         write_pause_ms: None,
         switch: switch.describe(),
+        rollback_ready: false,
     };
     if options.dry_run {
         return Ok(report);
@@ -349,6 +352,7 @@ pub async fn cutover<P: Platform, S: Switch>(
             ))
             .await
             .map_err(sql("target", "disabling the subscription"))?;
+        report.rollback_ready = prepare_reverse(platform, journal, &spec, &source, &target).await?;
         Ok::<(), EngineError>(())
     };
     let outcome = match tokio::time::timeout(options.timeout, before_switch).await {
@@ -361,6 +365,7 @@ pub async fn cutover<P: Platform, S: Switch>(
     if let Err(error) = outcome {
         // Back to where we were: the source serves, the target replicates.
         let undo = async {
+            drop_reverse(journal, &spec, &source, &target).await?;
             lift_fence(&admin, &spec.database).await?;
             journal.remove_resource(name, "fence", &spec.database)?;
             replication::enable_subscription(&target, &rep_name)
@@ -402,6 +407,340 @@ pub async fn cutover<P: Platform, S: Switch>(
     )?;
     journal.set_phase(name, Phase::CutOver, None)?;
     tracing::info!(migration = %name, write_pause_ms = report.write_pause_ms, sequences = report.sequences.len(), "cut over");
+    Ok(report)
+}
+
+/// The name of the reverse publication, slot and subscription (target → source).
+pub fn reverse_name(spec: &crate::journal::MigrationSpec) -> String {
+    format!("{}_back", spec.replication_name())
+}
+
+/// Sets up replication from the target back to the source, starting exactly at the switch
+/// point (no application has written to the target yet): publication and slot on the
+/// target, a disabled subscription on the source. `rollback` enables it. Returns false
+/// (and sets nothing up) when the target's `wal_level` is not logical.
+async fn prepare_reverse<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    spec: &crate::journal::MigrationSpec,
+    source: &Client,
+    target: &Client,
+) -> Result<bool, EngineError> {
+    let name = &spec.name;
+    let back = reverse_name(spec);
+    let wal_level: String = target
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(sql("target", "reading wal_level"))?
+        .get(0);
+    if wal_level != "logical" {
+        tracing::warn!(migration = %name, %wal_level, "no reverse replication: rollback will be unavailable");
+        return Ok(false);
+    }
+    journal.add_resource(name, "reverse_publication", &back)?;
+    replication::create_publication(target, &back, spec.tables.as_deref())
+        .await
+        .map_err(sql("target", "creating the reverse publication"))?;
+    journal.add_resource(name, "reverse_slot", &back)?;
+    replication::create_logical_slot(target, &back)
+        .await
+        .map_err(sql("target", "creating the reverse slot"))?;
+    let conninfo = platform
+        .subscriber_conninfo(&spec.target, &spec.database)
+        .await
+        .map_err(|source| EngineError::Platform {
+            what: "finding how the source reaches the target".into(),
+            source,
+        })?;
+    journal.add_resource(name, "reverse_subscription", &back)?;
+    replication::create_subscription(source, &back, &conninfo, &back, &back)
+        .await
+        .map_err(sql("source", "creating the reverse subscription"))?;
+    Ok(true)
+}
+
+/// Removes the reverse replication objects (after a failed cutover).
+async fn drop_reverse(
+    journal: &Journal,
+    spec: &crate::journal::MigrationSpec,
+    source: &Client,
+    target: &Client,
+) -> Result<(), EngineError> {
+    let back = reverse_name(spec);
+    replication::drop_subscription(source, &back)
+        .await
+        .map_err(sql("source", "dropping the reverse subscription"))?;
+    replication::drop_slot(target, &back)
+        .await
+        .map_err(sql("target", "dropping the reverse slot"))?;
+    replication::drop_publication(target, &back)
+        .await
+        .map_err(sql("target", "dropping the reverse publication"))?;
+    for kind in [
+        "reverse_subscription",
+        "reverse_slot",
+        "reverse_publication",
+    ] {
+        journal.remove_resource(&spec.name, kind, &back)?;
+    }
+    Ok(())
+}
+
+/// What `rollback` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    /// The target's WAL position once fenced.
+    pub fence_lsn: Lsn,
+    /// The source's confirmed position of the reverse slot when drained (≥ `fence_lsn`).
+    pub drained_lsn: Lsn,
+    /// Sequences set on the source from the target.
+    pub sequences: Vec<SequenceSync>,
+    /// Milliseconds from pause to the first write accepted on the source.
+    pub write_pause_ms: u64,
+    /// What the applications were switched with.
+    pub switch: String,
+}
+
+/// Switches applications back from the target to the source after a cutover, with the
+/// same procedure in reverse: pause, fence the target, let the source apply everything
+/// written on the target since the switch (reverse replication), set the sequences from
+/// the target, point the switch at the source, resume. Nothing written on the target after
+/// cutover is lost. On failure before the switch the target serves again.
+pub async fn rollback<P: Platform, S: Switch>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    switch: &S,
+    timeout: Duration,
+) -> Result<RollbackReport, EngineError> {
+    let record = journal.migration(name)?;
+    if record.phase != Phase::CutOver {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} is {}; rollback follows a cutover",
+            record.phase.as_str()
+        )));
+    }
+    let spec = record.spec;
+    if !journal
+        .resources(name)?
+        .iter()
+        .any(|r| r.kind == "reverse_subscription")
+    {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} has no reverse replication (the target's wal_level is not logical, or cleanup ran): rollback is unavailable"
+        )));
+    }
+    let back = reverse_name(&spec);
+    let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
+    let target_own: i32 = target
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(sql("target", "reading pgseal's session id"))?
+        .get(0);
+    let other = if spec.database == "postgres" {
+        "template1"
+    } else {
+        "postgres"
+    };
+    let target_admin = connect_to(platform, &spec.target, other, "target").await?;
+    let source_admin = admin_session(platform, &spec).await?;
+    let run = journal.step_started(name, Step::Rollback)?;
+    let paused = Instant::now();
+    let mut source: Option<Client> = None;
+    let mut fence_lsn = None;
+    let mut drained = None;
+    let mut sequences = Vec::new();
+    let before_switch = async {
+        switch.pause().await.map_err(|e| {
+            EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
+        })?;
+        // The source database lets its apply worker in (anyone else is ended until the
+        // switch); the worker must reach the target before the target is fenced, since a
+        // fenced database refuses new walsender connections too.
+        lift_fence(&source_admin, &spec.database).await?;
+        let client = connect_source(platform, &spec).await?;
+        replication::enable_subscription(&client, &back)
+            .await
+            .map_err(sql("source", "enabling the reverse subscription"))?;
+        let own: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(sql("source", "reading pgseal's session id"))?
+            .get(0);
+        loop {
+            let slot = replication::slot(&target, &back)
+                .await
+                .map_err(sql("target", "reading the reverse slot"))?;
+            if slot.is_some_and(|s| s.active) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        journal.add_resource(name, "target_fence", &spec.database)?;
+        fence(&target_admin, &spec.database, target_own).await?;
+        let lsn = replication::current_wal_lsn(&target)
+            .await
+            .map_err(sql("target", "reading the WAL position"))?;
+        fence_lsn = Some(lsn);
+        source = Some(client);
+        loop {
+            source_admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity                      WHERE datname = $1 AND pid <> $2 AND backend_type = 'client backend'",
+                    &[&spec.database, &own],
+                )
+                .await
+                .map_err(sql("source", "keeping other sessions out"))?;
+            let slot = replication::slot(&target, &back)
+                .await
+                .map_err(sql("target", "reading the reverse slot"))?
+                .ok_or_else(|| EngineError::Precondition(format!("reverse slot {back} is gone")))?;
+            if let Some(confirmed) = slot.confirmed_flush_lsn
+                && confirmed >= lsn
+            {
+                drained = Some(confirmed);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let client = source.as_ref().expect("connected above");
+        sequences = sync_sequences(&target, client).await?;
+        client
+            .batch_execute(&format!(
+                "ALTER SUBSCRIPTION {} DISABLE",
+                quote_ident(&back)
+            ))
+            .await
+            .map_err(sql("source", "disabling the reverse subscription"))?;
+        Ok::<(), EngineError>(())
+    };
+    let outcome = match tokio::time::timeout(timeout, before_switch).await {
+        Ok(result) => result,
+        Err(_) => Err(EngineError::Timeout {
+            what: "fence, reverse drain and sequences".into(),
+            seconds: timeout.as_secs(),
+        }),
+    };
+    if let Err(error) = outcome {
+        // The target keeps serving: fence the source again, lift the target's fence.
+        let undo = async {
+            if let Some(client) = &source {
+                let _ = client
+                    .batch_execute(&format!(
+                        "ALTER SUBSCRIPTION {} DISABLE",
+                        quote_ident(&back)
+                    ))
+                    .await;
+            }
+            source_admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+                    quote_ident(&spec.database)
+                ))
+                .await
+                .map_err(sql("source", "fencing the source again"))?;
+            lift_fence(&target_admin, &spec.database).await?;
+            journal.remove_resource(name, "target_fence", &spec.database)?;
+            Ok::<(), EngineError>(())
+        }
+        .await;
+        let resumed = switch.resume().await;
+        journal.step_failed(run, &crate::engine::error_chain(&error))?;
+        undo?;
+        resumed.map_err(|e| {
+            EngineError::Precondition(format!("resuming {}: {e}", switch.describe()))
+        })?;
+        return Err(error);
+    }
+    journal.add_resource(name, "switched_back", &spec.source)?;
+    switch.point_to_target().await.map_err(|e| {
+        EngineError::Precondition(format!("pointing {} at the source: {e}", switch.describe()))
+    })?;
+    switch
+        .resume()
+        .await
+        .map_err(|e| EngineError::Precondition(format!("resuming {}: {e}", switch.describe())))?;
+    switch.probe_write().await.map_err(|e| {
+        EngineError::Precondition(format!(
+            "the first write through {} failed: {e}",
+            switch.describe()
+        ))
+    })?;
+    let report = RollbackReport {
+        fence_lsn: fence_lsn.expect("set before the switch"),
+        drained_lsn: drained.expect("set before the switch"),
+        sequences,
+        write_pause_ms: paused.elapsed().as_millis() as u64,
+        switch: switch.describe(),
+    };
+    journal.remove_resource(name, "fence", &spec.database)?;
+    journal.step_done(
+        run,
+        &serde_json::to_value(&report).expect("a report serialises"),
+    )?;
+    journal.set_phase(name, Phase::RolledBack, None)?;
+    tracing::info!(migration = %name, write_pause_ms = report.write_pause_ms, "rolled back");
+    Ok(report)
+}
+
+/// After a rollback: the source is the database again. Drops the reverse subscription,
+/// the slot, publication and replica identity changes on the source, the snapshot, and
+/// deletes the abandoned target instance (with the reverse slot and publication in it).
+async fn cleanup_after_rollback<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    spec: crate::journal::MigrationSpec,
+) -> Result<CleanupReport, EngineError> {
+    let mut report = CleanupReport::default();
+    let source = connect_source(platform, &spec).await?;
+    for resource in journal.resources(name)? {
+        let label = format!("{} {}", resource.kind, resource.name);
+        let removed = match resource.kind.as_str() {
+            "reverse_subscription" => replication::drop_subscription(&source, &resource.name)
+                .await
+                .map_err(sql("source", "dropping the reverse subscription"))?,
+            "slot" => replication::drop_slot(&source, &resource.name)
+                .await
+                .map_err(sql("source", "dropping the slot"))?,
+            "publication" => replication::drop_publication(&source, &resource.name)
+                .await
+                .map_err(sql("source", "dropping the publication"))?,
+            "replica_identity" => {
+                source
+                    .batch_execute(&format!(
+                        "ALTER TABLE {} REPLICA IDENTITY DEFAULT",
+                        resource.name
+                    ))
+                    .await
+                    .map_err(sql("source", "restoring a replica identity"))?;
+                true
+            }
+            "snapshot" | "instance" => {
+                let result = if resource.kind == "snapshot" {
+                    platform.delete_snapshot(&resource.name).await
+                } else {
+                    platform.delete_instance(&resource.name).await
+                };
+                match result {
+                    Ok(()) => true,
+                    Err(e) if e.kind == pgseal_platform::ErrorKind::NotFound => false,
+                    Err(source) => {
+                        return Err(EngineError::Platform {
+                            what: format!("deleting {label}"),
+                            source,
+                        });
+                    }
+                }
+            }
+            _ => false,
+        };
+        if removed {
+            report.removed.push(label);
+        }
+        journal.remove_resource(name, &resource.kind, &resource.name)?;
+    }
+    journal.set_phase(name, Phase::CleanedUp, None)?;
     Ok(report)
 }
 
@@ -461,6 +800,9 @@ pub async fn cleanup<P: Platform>(
     if record.phase == Phase::CleanedUp {
         return Ok(CleanupReport::default());
     }
+    if record.phase == Phase::RolledBack {
+        return cleanup_after_rollback(platform, journal, name, record.spec).await;
+    }
     if record.phase != Phase::CutOver {
         return Err(EngineError::Precondition(format!(
             "migration {name} is {}; cleanup follows a cutover (before one, `pgseal migrate abort {name}` removes everything)",
@@ -471,6 +813,20 @@ pub async fn cleanup<P: Platform>(
     let rep_name = spec.replication_name();
     let mut report = CleanupReport::default();
     let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
+    let back = reverse_name(&spec);
+    // Rollback is no longer possible after cleanup: the reverse objects go too.
+    if replication::drop_slot(&target, &back)
+        .await
+        .map_err(sql("target", "dropping the reverse slot"))?
+    {
+        report.removed.push(format!("slot {back} (target)"));
+    }
+    if replication::drop_publication(&target, &back)
+        .await
+        .map_err(sql("target", "dropping the reverse publication"))?
+    {
+        report.removed.push(format!("publication {back} (target)"));
+    }
     if replication::drop_subscription(&target, &rep_name)
         .await
         .map_err(sql("target", "dropping the subscription"))?
@@ -501,6 +857,9 @@ pub async fn cleanup<P: Platform>(
     for resource in journal.resources(name)? {
         let label = format!("{} {}", resource.kind, resource.name);
         let removed = match resource.kind.as_str() {
+            "reverse_subscription" => replication::drop_subscription(&source, &resource.name)
+                .await
+                .map_err(sql("source", "dropping the reverse subscription"))?,
             "slot" => replication::drop_slot(&source, &resource.name)
                 .await
                 .map_err(sql("source", "dropping the slot"))?,

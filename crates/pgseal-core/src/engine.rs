@@ -185,7 +185,9 @@ impl<'a, P: Platform> Engine<'a, P> {
                     "migration {name} was aborted; start a new one (with another --name, or after `pgseal migrate abort {name}` has finished)"
                 )));
             }
-            Phase::Replicating | Phase::CutOver | Phase::CleanedUp => return Ok(()),
+            Phase::Replicating | Phase::CutOver | Phase::CleanedUp | Phase::RolledBack => {
+                return Ok(());
+            }
             Phase::CuttingOver => {
                 return Err(EngineError::Precondition(format!(
                     "migration {name} was interrupted during cutover; `pgseal migrate resume {name}` lifts the fence first"
@@ -245,7 +247,7 @@ impl<'a, P: Platform> Engine<'a, P> {
             Step::OriginAdvance => self.origin_advance().await,
             Step::Enable => self.enable().await,
             Step::Replicating => self.replicating().await,
-            Step::Cutover => Err(EngineError::Precondition(
+            Step::Cutover | Step::Rollback => Err(EngineError::Precondition(
                 "cutover is not a step of `start`: run `pgseal migrate cutover`".into(),
             )),
         }

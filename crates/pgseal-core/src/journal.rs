@@ -77,6 +77,8 @@ pub enum Phase {
     CuttingOver,
     /// Applications use the target; the source is fenced.
     CutOver,
+    /// Switched back to the source by `rollback`; the target is fenced and abandoned.
+    RolledBack,
     /// Cut over, and the replication objects on both sides and the snapshot are gone.
     CleanedUp,
     /// `abort` is removing what was created (or was interrupted doing so: run it again).
@@ -95,6 +97,7 @@ impl Phase {
             Phase::CuttingOver => "cutting_over",
             Phase::CutOver => "cut_over",
             Phase::CleanedUp => "cleaned_up",
+            Phase::RolledBack => "rolled_back",
             Phase::Aborting => "aborting",
             Phase::Aborted => "aborted",
         }
@@ -108,6 +111,7 @@ impl Phase {
             Phase::CuttingOver,
             Phase::CutOver,
             Phase::CleanedUp,
+            Phase::RolledBack,
             Phase::Aborting,
             Phase::Aborted,
         ]

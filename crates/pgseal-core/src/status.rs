@@ -111,6 +111,7 @@ pub async fn status<P: Platform>(
         // Once fenced, the source database refuses connections: read the server-wide
         // facts (WAL position, slot) from another database, and skip the schema.
         let fenced = matches!(migration.phase, Phase::CutOver | Phase::CuttingOver);
+        let rolled_back = migration.phase == Phase::RolledBack;
         let source = if fenced {
             let other = if spec.database == "postgres" {
                 "template1"
@@ -144,7 +145,7 @@ pub async fn status<P: Platform>(
             .map_err(sql("reading pg_stat_replication"))?
             .and_then(|r| r.get(0));
         let mut subscription = None;
-        if target_made {
+        if target_made && !rolled_back {
             match connect_to(platform, &spec.target, &spec.database, "target").await {
                 Ok(target) => {
                     subscription = replication::subscription(&target, &rep_name)

@@ -30,6 +30,8 @@ pub enum Step {
     /// Writes fenced on the source, drained, sequences set, applications switched to the
     /// target (`migrate cutover`; not one of the ten steps of `start`).
     Cutover,
+    /// Back to the source by reverse replication (`migrate rollback`).
+    Rollback,
 }
 
 impl Step {
@@ -61,6 +63,7 @@ impl Step {
             Step::Enable => "enable",
             Step::Replicating => "replicating",
             Step::Cutover => "cutover",
+            Step::Rollback => "rollback",
         }
     }
 
@@ -68,7 +71,7 @@ impl Step {
     pub fn parse(text: &str) -> Option<Step> {
         Step::ALL
             .into_iter()
-            .chain([Step::Cutover])
+            .chain([Step::Cutover, Step::Rollback])
             .find(|s| s.as_str() == text)
     }
 

@@ -73,6 +73,18 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             max_slot_retention,
         } => status(ctx, name, *watch, *interval, *max_slot_retention),
         MigrateCommand::List => list(ctx),
+        MigrateCommand::Rollback {
+            name,
+            endpoint,
+            on_switch,
+            timeout,
+        } => rollback(
+            ctx,
+            name,
+            endpoint.as_deref(),
+            on_switch.clone(),
+            std::time::Duration::from_secs_f64(timeout.max(1.0)),
+        ),
         MigrateCommand::Cleanup {
             name,
             retire_source,
@@ -473,6 +485,83 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
         Recovered::CutOver => {
             println!("the interrupted cutover of {name} had switched: it is now cut over")
         }
+    }
+    Ok(exit::code(exit::OK))
+}
+
+fn rollback(
+    ctx: &Context,
+    name: &str,
+    endpoint: Option<&str>,
+    on_switch: Option<String>,
+    timeout: std::time::Duration,
+) -> Outcome {
+    let _lock = MigrationLock::acquire(&ctx.home, name)?;
+    let journal = Journal::open(&ctx.home)?;
+    let spec = journal.migration(name)?.spec;
+    let instances = LocalInstances::open(&ctx.home)?;
+    let platform = platform(ctx, false)?;
+    let runtime = runtime()?;
+    let endpoint = match (endpoint, &on_switch) {
+        (Some(e), _) => Some(e.to_string()),
+        (None, Some(_)) => None,
+        (None, None) => endpoints_of(&instances, &spec.target)?.into_iter().next(),
+    };
+    let report = match (endpoint, spec.source_url()) {
+        (Some(endpoint), None) => {
+            let switch = EndpointSwitch {
+                instances: instances.clone(),
+                endpoint,
+                target: spec.source.clone(),
+                database: spec.database.clone(),
+            };
+            runtime.block_on(pgseal_core::cutover::rollback(
+                &platform, &journal, name, &switch, timeout,
+            ))?
+        }
+        (_, url) => {
+            let (config, new_url) = match url {
+                Some(url) => (url_config(url, "the source URL")?, url.to_string()),
+                None => {
+                    let source = instances.describe(&spec.source)?;
+                    let mut config = source.sql_config();
+                    config.dbname(&spec.database);
+                    (
+                        config,
+                        source
+                            .url
+                            .replace("/postgres", &format!("/{}", spec.database)),
+                    )
+                }
+            };
+            let switch = HookSwitch {
+                command: on_switch,
+                migration: name.to_string(),
+                target: spec.source.clone(),
+                new_url,
+                target_config: config,
+            };
+            runtime.block_on(pgseal_core::cutover::rollback(
+                &platform, &journal, name, &switch, timeout,
+            ))?
+        }
+    };
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "rolled {name} back to {} with {}: write pause {} ms (drained at {} after the target's fence at {}), {} sequence(s) set",
+            spec.source,
+            report.switch,
+            report.write_pause_ms,
+            report.drained_lsn,
+            report.fence_lsn,
+            report.sequences.len()
+        );
+        println!(
+            "the encrypted target {} stays fenced; `pgseal migrate cleanup {name}` removes it",
+            spec.target
+        );
     }
     Ok(exit::code(exit::OK))
 }
