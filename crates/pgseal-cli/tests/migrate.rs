@@ -826,39 +826,61 @@ fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_sy
 }
 
 #[test]
-fn a_crash_during_cutover_then_resume_lifts_the_fence_and_a_second_cutover_converges() {
+fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
     let h = Home::new();
     h.source("src", &["wal_level=logical"]);
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
     let ledger = h.path("ledger").display().to_string();
-    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 20);
+    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
     h.ok(&["migrate", "start", "--source", "src", "--name", "c2"]);
-    std::thread::sleep(Duration::from_secs(2));
+    let admin = h.sql("src", "template1");
+    let allowed =
+        || admin.text("SELECT datallowconn::text FROM pg_database WHERE datname = 'postgres'");
 
-    // Killed once the source is fenced and the endpoint paused.
+    // Killed before the switch (fenced; drained and sequences set): resume undoes it.
+    for point in ["cutover:fenced", "cutover:drained"] {
+        std::thread::sleep(Duration::from_secs(2));
+        let out = h.run_env(("PGSEAL_FAILPOINT", point), &["migrate", "cutover", "c2"]);
+        assert_crashed(&out, point);
+        assert_eq!(
+            h.json(&["migrate", "status", "c2"])["migration"]["phase"],
+            "cutting_over"
+        );
+        assert_eq!(
+            allowed(),
+            "false",
+            "{point}: the fence holds after the crash"
+        );
+        let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "c2"]).stdout).to_string();
+        assert!(text.contains("undone"), "{point}: {text}");
+        assert_eq!(allowed(), "true", "{point}");
+        assert_eq!(
+            h.json(&["migrate", "status", "c2"])["migration"]["phase"],
+            "replicating"
+        );
+        assert_eq!(
+            h.json(&["endpoint", "describe", "src-ep"])["instance"],
+            "src"
+        );
+    }
+    // Killed after the switch: resume finishes forward.
+    std::thread::sleep(Duration::from_secs(2));
     let out = h.run_env(
-        ("PGSEAL_FAILPOINT", "after:cutover"),
+        ("PGSEAL_FAILPOINT", "cutover:switched"),
         &["migrate", "cutover", "c2"],
     );
-    assert_crashed(&out, "after:cutover");
-    assert_eq!(
-        h.json(&["migrate", "status", "c2"])["migration"]["phase"],
-        "cutting_over"
-    );
+    assert_crashed(&out, "cutover:switched");
     let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "c2"]).stdout).to_string();
-    assert!(text.contains("undone"), "{text}");
-    let admin = h.sql("src", "template1");
-    assert_eq!(
-        admin.text("SELECT datallowconn::text FROM pg_database WHERE datname = 'postgres'"),
-        "true"
-    );
+    assert!(text.contains("now cut over"), "{text}");
     assert_eq!(
         h.json(&["migrate", "status", "c2"])["migration"]["phase"],
-        "replicating"
+        "cut_over"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        "src-enc"
+    );
 
-    h.json(&["migrate", "cutover", "c2"]);
     let run = writes.finish();
     assert_eq!(run["client_errors"], 0, "{run}");
     let on_target = h.verify(&["--instance", "src-enc"], &ledger);

@@ -32,7 +32,7 @@ use tokio_postgres::Client;
 use crate::engine::{EngineError, connect_source, connect_source_db, connect_to};
 use crate::journal::{Journal, Phase};
 use crate::status::status;
-use crate::steps::{Step, failpoint};
+use crate::steps::{Step, failpoint_at};
 
 /// An error of a [`Switch`].
 pub type SwitchError = Box<dyn std::error::Error + Send + Sync>;
@@ -337,13 +337,14 @@ pub async fn cutover<P: Platform, S: Switch>(
         })?;
         journal.add_resource(name, "fence", &spec.database)?;
         report.sessions_ended = fence(&admin, &spec.database, own_pid).await?;
-        failpoint("after", Step::Cutover);
+        failpoint_at("cutover:fenced");
         let fence_lsn = replication::current_wal_lsn(&source)
             .await
             .map_err(sql("source", "reading the WAL position"))?;
         report.fence_lsn = Some(fence_lsn);
         report.drained_lsn = Some(drain(&source, &rep_name, fence_lsn).await?);
         report.drain_ms = Some(paused.elapsed().as_millis() as u64);
+        failpoint_at("cutover:drained");
         report.sequences = sync_sequences(&source, &target).await?;
         target
             .batch_execute(&format!(
@@ -390,6 +391,7 @@ pub async fn cutover<P: Platform, S: Switch>(
     switch.point_to_target().await.map_err(|e| {
         EngineError::Precondition(format!("pointing {} at the target: {e}", switch.describe()))
     })?;
+    failpoint_at("cutover:switched");
     switch
         .resume()
         .await

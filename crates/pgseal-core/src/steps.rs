@@ -107,6 +107,15 @@ pub fn failpoint(when: &str, step: Step) {
     }
 }
 
+/// Ends the process abruptly when `PGSEAL_FAILPOINT` names `point` (points inside a step,
+/// such as `cutover:fenced`, `cutover:drained`, `cutover:switched`).
+pub fn failpoint_at(point: &str) {
+    if std::env::var(FAILPOINT_VAR).is_ok_and(|wanted| wanted == point) {
+        eprintln!("pgseal: failpoint {point} reached: aborting the process");
+        std::process::abort();
+    }
+}
+
 /// The environment variable of test hooks that make the engine misbehave on purpose, to
 /// prove its guards: `late-slot` creates the slot after the snapshot instead of before.
 pub const TEST_HOOK_VAR: &str = "PGSEAL_TEST_HOOK";
