@@ -180,3 +180,16 @@ impl Harness {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
+
+/// A work directory on the disk under the current directory (not tmpfs: benchmarks are
+/// about real files), traversable by the server's OS user; removed when dropped.
+pub fn work_dir() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("pgseal-bench-")
+        .tempdir_in(std::env::current_dir()?)?;
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    Ok(dir)
+}

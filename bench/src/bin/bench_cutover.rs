@@ -123,13 +123,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5);
     let rate: f64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(200.0);
-    let dir = tempfile::Builder::new()
-        .prefix("pgseal-bench-")
-        .tempdir_in(std::env::current_dir()?)?;
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
+    let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let result = (|| {
         let endpoint = chain(&b, "ep", true, rounds, rate)?;

@@ -23,13 +23,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let scale: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50);
     let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
-    let dir = tempfile::Builder::new()
-        .prefix("pgseal-bench-")
-        .tempdir_in(std::env::current_dir()?)?;
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
+    let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let result = run(&b, dir.path(), scale, rounds);
     // Whatever happened, leave no migration, server or mount behind.

@@ -388,20 +388,7 @@ pub async fn cutover<P: Platform, S: Switch>(
 
     // From here on applications may write to the target: a crash is finished forward.
     journal.add_resource(name, "switched", &spec.target)?;
-    switch.point_to_target().await.map_err(|e| {
-        EngineError::Precondition(format!("pointing {} at the target: {e}", switch.describe()))
-    })?;
-    failpoint_at("cutover:switched");
-    switch
-        .resume()
-        .await
-        .map_err(|e| EngineError::Precondition(format!("resuming {}: {e}", switch.describe())))?;
-    switch.probe_write().await.map_err(|e| {
-        EngineError::Precondition(format!(
-            "the first write through {} failed: {e}",
-            switch.describe()
-        ))
-    })?;
+    switch_over(switch, "target", "cutover:switched").await?;
     report.write_pause_ms = Some(paused.elapsed().as_millis() as u64);
     journal.step_done(
         run,
@@ -410,6 +397,24 @@ pub async fn cutover<P: Platform, S: Switch>(
     journal.set_phase(name, Phase::CutOver, None)?;
     tracing::info!(migration = %name, write_pause_ms = report.write_pause_ms, sequences = report.sequences.len(), "cut over");
     Ok(report)
+}
+
+/// Points the switch at the other side (`to`, for messages), resumes it, and makes the
+/// first write through it; `point` is the failpoint between pointing and resuming.
+async fn switch_over<S: Switch>(switch: &S, to: &str, point: &str) -> Result<(), EngineError> {
+    let failed = |what: &str, e: SwitchError| {
+        EngineError::Precondition(format!("{what} {}: {e}", switch.describe()))
+    };
+    switch
+        .point_to_target()
+        .await
+        .map_err(|e| failed(&format!("pointing at the {to}:"), e))?;
+    failpoint_at(point);
+    switch.resume().await.map_err(|e| failed("resuming", e))?;
+    switch
+        .probe_write()
+        .await
+        .map_err(|e| failed("the first write failed through", e))
 }
 
 /// The name of the reverse publication, slot and subscription (target → source).
@@ -655,19 +660,7 @@ pub async fn rollback<P: Platform, S: Switch>(
         return Err(error);
     }
     journal.add_resource(name, "switched_back", &spec.source)?;
-    switch.point_to_target().await.map_err(|e| {
-        EngineError::Precondition(format!("pointing {} at the source: {e}", switch.describe()))
-    })?;
-    switch
-        .resume()
-        .await
-        .map_err(|e| EngineError::Precondition(format!("resuming {}: {e}", switch.describe())))?;
-    switch.probe_write().await.map_err(|e| {
-        EngineError::Precondition(format!(
-            "the first write through {} failed: {e}",
-            switch.describe()
-        ))
-    })?;
+    switch_over(switch, "source", "rollback:switched").await?;
     let report = RollbackReport {
         fence_lsn: fence_lsn.expect("set before the switch"),
         drained_lsn: drained.expect("set before the switch"),
@@ -685,27 +678,28 @@ pub async fn rollback<P: Platform, S: Switch>(
     Ok(report)
 }
 
-/// After a rollback: the source is the database again. Drops the reverse subscription,
-/// the slot, publication and replica identity changes on the source, the snapshot, and
-/// deletes the abandoned target instance (with the reverse slot and publication in it).
-async fn cleanup_after_rollback<P: Platform>(
+/// Removes what the journal lists for migration `name`, on the source (`source` is a
+/// session on its database) and on the platform (snapshots; instances when
+/// `delete_instances`), and forgets each; the fence stays on record. Returns what was
+/// removed, as `kind name`.
+async fn remove_resources<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
-    spec: crate::journal::MigrationSpec,
-) -> Result<CleanupReport, EngineError> {
-    let mut report = CleanupReport::default();
-    let source = connect_source(platform, &spec).await?;
+    source: &Client,
+    delete_instances: bool,
+) -> Result<Vec<String>, EngineError> {
+    let mut removed_all = Vec::new();
     for resource in journal.resources(name)? {
         let label = format!("{} {}", resource.kind, resource.name);
         let removed = match resource.kind.as_str() {
-            "reverse_subscription" => replication::drop_subscription(&source, &resource.name)
+            "reverse_subscription" => replication::drop_subscription(source, &resource.name)
                 .await
                 .map_err(sql("source", "dropping the reverse subscription"))?,
-            "slot" => replication::drop_slot(&source, &resource.name)
+            "slot" => replication::drop_slot(source, &resource.name)
                 .await
                 .map_err(sql("source", "dropping the slot"))?,
-            "publication" => replication::drop_publication(&source, &resource.name)
+            "publication" => replication::drop_publication(source, &resource.name)
                 .await
                 .map_err(sql("source", "dropping the publication"))?,
             "replica_identity" => {
@@ -718,7 +712,7 @@ async fn cleanup_after_rollback<P: Platform>(
                     .map_err(sql("source", "restoring a replica identity"))?;
                 true
             }
-            "snapshot" | "instance" => {
+            "snapshot" | "instance" if resource.kind == "snapshot" || delete_instances => {
                 let result = if resource.kind == "snapshot" {
                     platform.delete_snapshot(&resource.name).await
                 } else {
@@ -738,10 +732,27 @@ async fn cleanup_after_rollback<P: Platform>(
             _ => false,
         };
         if removed {
-            report.removed.push(label);
+            removed_all.push(label);
         }
-        journal.remove_resource(name, &resource.kind, &resource.name)?;
+        if resource.kind != "fence" {
+            journal.remove_resource(name, &resource.kind, &resource.name)?;
+        }
     }
+    Ok(removed_all)
+}
+
+/// After a rollback: the source is the database again. Drops the reverse subscription,
+/// the slot, publication and replica identity changes on the source, the snapshot, and
+/// deletes the abandoned target instance (with the reverse slot and publication in it).
+async fn cleanup_after_rollback<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    spec: crate::journal::MigrationSpec,
+) -> Result<CleanupReport, EngineError> {
+    let mut report = CleanupReport::default();
+    let source = connect_source(platform, &spec).await?;
+    report.removed = remove_resources(platform, journal, name, &source, true).await?;
     journal.set_phase(name, Phase::CleanedUp, None)?;
     Ok(report)
 }
@@ -856,48 +867,10 @@ pub async fn cleanup<P: Platform>(
         .map_err(sql("source", "reading pgseal's session id"))?
         .get(0);
     fence(&admin, &spec.database, own_pid).await?;
-    for resource in journal.resources(name)? {
-        let label = format!("{} {}", resource.kind, resource.name);
-        let removed = match resource.kind.as_str() {
-            "reverse_subscription" => replication::drop_subscription(&source, &resource.name)
-                .await
-                .map_err(sql("source", "dropping the reverse subscription"))?,
-            "slot" => replication::drop_slot(&source, &resource.name)
-                .await
-                .map_err(sql("source", "dropping the slot"))?,
-            "publication" => replication::drop_publication(&source, &resource.name)
-                .await
-                .map_err(sql("source", "dropping the publication"))?,
-            "replica_identity" => {
-                source
-                    .batch_execute(&format!(
-                        "ALTER TABLE {} REPLICA IDENTITY DEFAULT",
-                        resource.name
-                    ))
-                    .await
-                    .map_err(sql("source", "restoring a replica identity"))?;
-                true
-            }
-            "snapshot" => match platform.delete_snapshot(&resource.name).await {
-                Ok(()) => true,
-                Err(e) if e.kind == pgseal_platform::ErrorKind::NotFound => false,
-                Err(source) => {
-                    return Err(EngineError::Platform {
-                        what: format!("deleting snapshot {}", resource.name),
-                        source,
-                    });
-                }
-            },
-            // The target is the database now; the fence and the switch are history.
-            _ => false,
-        };
-        if removed {
-            report.removed.push(label);
-        }
-        if resource.kind != "fence" {
-            journal.remove_resource(name, &resource.kind, &resource.name)?;
-        }
-    }
+    // The target is the database now: its instance stays; the fence stays on record.
+    report
+        .removed
+        .extend(remove_resources(platform, journal, name, &source, false).await?);
     journal.set_phase(name, Phase::CleanedUp, None)?;
     Ok(report)
 }

@@ -405,18 +405,8 @@ fn cutover(
             ))?
         }
         None => {
-            let target = instances.describe(&spec.target)?;
-            let mut target_config = target.sql_config();
-            target_config.dbname(&spec.database);
-            let switch = HookSwitch {
-                command: on_switch,
-                migration: name.to_string(),
-                target: spec.target.clone(),
-                new_url: target
-                    .url
-                    .replace("/postgres", &format!("/{}", spec.database)),
-                target_config,
-            };
+            let switch =
+                HookSwitch::to_instance(&instances, &spec.target, &spec.database, on_switch, name)?;
             runtime.block_on(pgseal_core::cutover::cutover(
                 &platform, &journal, name, &switch, options,
             ))?
@@ -519,28 +509,21 @@ fn rollback(
                 &platform, &journal, name, &switch, timeout,
             ))?
         }
-        (_, url) => {
-            let (config, new_url) = match url {
-                Some(url) => (url_config(url, "the source URL")?, url.to_string()),
-                None => {
-                    let source = instances.describe(&spec.source)?;
-                    let mut config = source.sql_config();
-                    config.dbname(&spec.database);
-                    (
-                        config,
-                        source
-                            .url
-                            .replace("/postgres", &format!("/{}", spec.database)),
-                    )
-                }
-            };
+        (_, Some(url)) => {
             let switch = HookSwitch {
                 command: on_switch,
                 migration: name.to_string(),
-                target: spec.source.clone(),
-                new_url,
-                target_config: config,
+                target: url.to_string(),
+                new_url: url.to_string(),
+                target_config: url_config(url, "the source URL")?,
             };
+            runtime.block_on(pgseal_core::cutover::rollback(
+                &platform, &journal, name, &switch, timeout,
+            ))?
+        }
+        (None, None) => {
+            let switch =
+                HookSwitch::to_instance(&instances, &spec.source, &spec.database, on_switch, name)?;
             runtime.block_on(pgseal_core::cutover::rollback(
                 &platform, &journal, name, &switch, timeout,
             ))?

@@ -84,6 +84,28 @@ pub struct HookSwitch {
     pub target_config: tokio_postgres::Config,
 }
 
+impl HookSwitch {
+    /// A hook (or printed URL) switch to a local instance's database.
+    pub fn to_instance(
+        instances: &LocalInstances,
+        instance: &str,
+        database: &str,
+        command: Option<String>,
+        migration: &str,
+    ) -> Result<HookSwitch, pgseal_local::instance::LocalError> {
+        let info = instances.describe(instance)?;
+        let mut target_config = info.sql_config();
+        target_config.dbname(database);
+        Ok(HookSwitch {
+            command,
+            migration: migration.to_string(),
+            target: instance.to_string(),
+            new_url: info.url.replace("/postgres", &format!("/{database}")),
+            target_config,
+        })
+    }
+}
+
 impl Switch for HookSwitch {
     fn describe(&self) -> String {
         match &self.command {
