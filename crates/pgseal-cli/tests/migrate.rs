@@ -990,3 +990,98 @@ fn cleanup_after_cutover_leaves_no_slot_publication_or_subscription_on_either_si
         "cleaned_up"
     );
 }
+
+#[test]
+fn validate_is_clean_on_equal_data_of_every_type_and_names_each_planted_difference() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    src.exec(
+        "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
+         INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 60000) g; \
+         CREATE TABLE kinds (a text, b int, f float8, n numeric, ts timestamptz, arr int[], \
+             j json, jb jsonb, bin bytea, big text, PRIMARY KEY (a, b)); \
+         INSERT INTO kinds VALUES \
+           ('x', 1, -0.0, 1.50, '2026-01-01 12:00+02', '{1,2,NULL}', '{\"k\": [1, 2]}', '{\"k\": 1}', '\\x00ff', repeat('toast', 100000)), \
+           ('x', 2, 1e308, 0.1, NULL, NULL, NULL, NULL, NULL, NULL), \
+           ('y', 1, 'NaN', -12345678901234567890.12345, 'infinity', '{}', '[]', '[]', '', ''); \
+         CREATE TABLE loose (v text); INSERT INTO loose VALUES ('a'), ('a'), ('b'); \
+         ALTER TABLE loose REPLICA IDENTITY FULL",
+    );
+    h.ok(&["migrate", "start", "--source", "src", "--name", "v1"]);
+    let clean = h.json(&["migrate", "validate", "v1"]);
+    assert_eq!(clean["clean"], true, "{clean}");
+    assert_eq!(clean["mismatched_rows"], 0);
+    let items = clean["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.items")
+        .unwrap();
+    assert_eq!(items["rows"], 60000);
+    assert_eq!(items["state"], "validated");
+
+    // Behind replication's back on the target: one row changed, one deleted, one added;
+    // a composite-key row changed; a key-less row duplicated.
+    h.sql("src-enc", "postgres").exec(
+        "SET session_replication_role = replica; \
+         UPDATE items SET v = 'changed' WHERE id = 777; DELETE FROM items WHERE id = 4242; \
+         INSERT INTO items VALUES (999999, 'extra'); \
+         UPDATE kinds SET n = 1.5000 WHERE a = 'x' AND b = 1; \
+         INSERT INTO loose VALUES ('b')",
+    );
+    let out = h.run(&["migrate", "validate", "v1", "--json"]);
+    assert_eq!(out.status.code(), Some(11));
+    let dirty: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let table = |name: &str| {
+        dirty["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == name)
+            .unwrap()
+            .clone()
+    };
+    let items = table("public.items");
+    assert_eq!(items["state"], "mismatched");
+    assert_eq!(items["missing"], serde_json::json!(["4242"]));
+    assert_eq!(items["extra"], serde_json::json!(["999999"]));
+    assert_eq!(items["different"], serde_json::json!(["777"]));
+    let kinds = table("public.kinds");
+    assert_eq!(
+        kinds["different"],
+        serde_json::json!(["x|1"]),
+        "numeric 1.50 vs 1.5000"
+    );
+    let loose = table("public.loose");
+    assert_eq!(loose["state"], "no_primary_key");
+    assert_eq!(loose["mismatched_rows"], 1);
+    assert_eq!(dirty["mismatched_rows"], 5);
+    let text = String::from_utf8_lossy(&h.run(&["migrate", "validate", "v1"]).stdout).to_string();
+    assert!(
+        text.contains("4242") && text.contains("NOT clean"),
+        "{text}"
+    );
+
+    // Cutover refuses while the last validation found mismatches.
+    let out = h.run(&["migrate", "cutover", "v1", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mismatched row"));
+}
+
+#[test]
+fn validate_under_the_ledger_workload_reports_no_false_mismatch() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload(&["--instance", "src"], &ledger, 20);
+    std::thread::sleep(Duration::from_secs(1));
+    h.ok(&["migrate", "start", "--source", "src", "--name", "w1"]);
+    for _ in 0..3 {
+        let report = h.json(&["migrate", "validate", "w1"]);
+        assert_eq!(report["mismatched_rows"], 0, "{report}");
+        assert_eq!(report["clean"], true, "{report}");
+        assert!(report["rows"].as_i64().unwrap() > 0);
+    }
+    writes.finish();
+}

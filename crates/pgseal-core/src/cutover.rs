@@ -140,6 +140,14 @@ async fn check<P: Platform>(
             }
         }
     }
+    if let Some(last) = journal.outputs(name, Step::Validate)?
+        && last["clean"] == false
+    {
+        failed.push(format!(
+            "the last validation found {} mismatched row(s); `pgseal migrate validate {name}` again once fixed",
+            last["mismatched_rows"]
+        ));
+    }
     if let Some(schema) = &st.schema
         && !schema.drift.is_empty()
     {

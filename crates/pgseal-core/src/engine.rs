@@ -247,7 +247,7 @@ impl<'a, P: Platform> Engine<'a, P> {
             Step::OriginAdvance => self.origin_advance().await,
             Step::Enable => self.enable().await,
             Step::Replicating => self.replicating().await,
-            Step::Cutover | Step::Rollback => Err(EngineError::Precondition(
+            Step::Cutover | Step::Rollback | Step::Validate => Err(EngineError::Precondition(
                 "cutover is not a step of `start`: run `pgseal migrate cutover`".into(),
             )),
         }

@@ -6,6 +6,7 @@
 //! - [`engine`]: the step runner and the LSN guards.
 //! - [`status`]: lag, slot retention, apply errors, schema drift.
 //! - [`cutover`]: fence, drain, sequences, switch; lifted again on any failure.
+//! - [`validate`]: chunked, server-side row-hash comparison of source and target.
 //! - [`abort`]: removes everything a migration created.
 
 pub mod abort;
@@ -15,6 +16,7 @@ pub mod journal;
 pub mod preflight;
 pub mod status;
 pub mod steps;
+pub mod validate;
 
 pub use engine::{Engine, EngineError, Event, Surroundings};
 pub use journal::{Journal, JournalError, MigrationLock, MigrationSpec, Phase};

@@ -73,6 +73,8 @@ pub struct MigrationStatus {
     pub schema: Option<SchemaStatus>,
     /// The retention verdict.
     pub retention: Retention,
+    /// The last validation's summary (`clean`, `rows`, `mismatched_rows`, `seconds`), if any.
+    pub last_validation: Option<serde_json::Value>,
     /// Problems worth a person's attention.
     pub warnings: Vec<String>,
 }
@@ -238,7 +240,22 @@ pub async fn status<P: Platform>(
             schema.drift.len()
         ));
     }
+    let last_validation = journal.outputs(name, Step::Validate)?.map(|v| {
+        serde_json::json!({
+            "clean": v["clean"], "rows": v["rows"],
+            "mismatched_rows": v["mismatched_rows"], "seconds": v["seconds"],
+        })
+    });
+    if last_validation
+        .as_ref()
+        .is_some_and(|v| v["clean"] == false)
+    {
+        warnings.push(
+            "the last validation was not clean (`pgseal migrate validate` lists the rows)".into(),
+        );
+    }
     Ok(MigrationStatus {
+        last_validation,
         migration,
         steps,
         handoff,

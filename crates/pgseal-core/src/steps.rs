@@ -32,6 +32,8 @@ pub enum Step {
     Cutover,
     /// Back to the source by reverse replication (`migrate rollback`).
     Rollback,
+    /// Source and target compared table by table (`migrate validate`).
+    Validate,
 }
 
 impl Step {
@@ -64,6 +66,7 @@ impl Step {
             Step::Replicating => "replicating",
             Step::Cutover => "cutover",
             Step::Rollback => "rollback",
+            Step::Validate => "validate",
         }
     }
 
@@ -71,7 +74,7 @@ impl Step {
     pub fn parse(text: &str) -> Option<Step> {
         Step::ALL
             .into_iter()
-            .chain([Step::Cutover, Step::Rollback])
+            .chain([Step::Cutover, Step::Rollback, Step::Validate])
             .find(|s| s.as_str() == text)
     }
 

@@ -73,6 +73,7 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             max_slot_retention,
         } => status(ctx, name, *watch, *interval, *max_slot_retention),
         MigrateCommand::List => list(ctx),
+        MigrateCommand::Validate { name, tables } => validate(ctx, name, tables.as_deref()),
         MigrateCommand::Rollback {
             name,
             endpoint,
@@ -479,6 +480,66 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
     Ok(exit::code(exit::OK))
 }
 
+fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
+    let journal = Journal::open(&ctx.home)?;
+    let platform = platform(ctx, false)?;
+    let runtime = runtime()?;
+    let progress = |t: &pgseal_core::validate::TableReport| {
+        ctx.status(format!(
+            "  {:<40} {:>10} rows {:>5} chunks {:>7.2} s  {:?}",
+            t.table, t.rows, t.chunks, t.seconds, t.state
+        ))
+    };
+    let report = runtime.block_on(pgseal_core::validate::validate(
+        &platform, &journal, name, tables, &progress,
+    ))?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        for t in report
+            .tables
+            .iter()
+            .filter(|t| t.mismatched_rows > 0 || t.error.is_some())
+        {
+            println!("{}: {} mismatched row(s)", t.table, t.mismatched_rows);
+            for (label, keys) in [
+                ("missing on the target", &t.missing),
+                ("extra on the target", &t.extra),
+                ("different", &t.different),
+            ] {
+                if !keys.is_empty() {
+                    let shown: Vec<&str> = keys.iter().take(5).map(String::as_str).collect();
+                    println!(
+                        "  {label}: {}{}",
+                        shown.join(", "),
+                        if keys.len() > 5 {
+                            format!(" and {} more", keys.len() - 5)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+            if let Some(e) = &t.error {
+                println!("  error: {e}");
+            }
+        }
+        println!(
+            "validation of {name}: {} rows in {} tables compared in {:.1} s, {} mismatched: {}",
+            report.rows,
+            report.tables.len(),
+            report.seconds,
+            report.mismatched_rows,
+            if report.clean { "clean" } else { "NOT clean" }
+        );
+    }
+    Ok(exit::code(if report.clean {
+        exit::OK
+    } else {
+        exit::VERIFY_FAILED
+    }))
+}
+
 fn rollback(
     ctx: &Context,
     name: &str,
@@ -794,6 +855,18 @@ fn render_status(s: &MigrationStatus) -> String {
                 d.table, d.detail, d.statement
             ));
         }
+    }
+    if let Some(v) = &s.last_validation {
+        out.push_str(&format!(
+            "\nlast validation: {} rows, {} mismatched ({})\n",
+            v["rows"],
+            v["mismatched_rows"],
+            if v["clean"] == true {
+                "clean"
+            } else {
+                "NOT clean"
+            }
+        ));
     }
     for w in &s.warnings {
         out.push_str(&format!("\nwarning: {w}"));

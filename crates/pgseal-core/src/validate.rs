@@ -1,0 +1,632 @@
+//! Validation: proves the target's tables equal the source's, row by row in effect, while
+//! replication runs.
+//!
+//! Each published table with a primary key is cut into key ranges (chunks) whose size
+//! adapts to about half a second of work. For each chunk both servers compute, in parallel
+//! and server-side, `count(*)` and `bit_xor` of a 64-bit hash of every row
+//! (`hash_record_extended(ROW(...), 0)`); columns whose hash follows equality rather than
+//! identity (numeric `1.0` = `1.00`, float `-0` = `0`) or that have no hash (json, geometric
+//! types, ...) are hashed as text, under identical session settings on both sides. A chunk
+//! that differs is compared again once the target has applied past the source's position
+//! at the first read (replication may simply have been behind); if it still differs, the
+//! (key, row hash) lists of both sides are merged and the keys reported as missing, extra
+//! or different. A chunk whose source side keeps changing is reported *unstable* after a
+//! few tries, not as a mismatch. Tables without a primary key are compared as multisets of
+//! row hashes.
+//!
+//! A clean result means: for every chunk, at one moment at which the target had applied
+//! everything the source had committed when the source side was read, the count and the
+//! XOR of the row hashes were equal on both sides. Two different rows colliding in a
+//! 64-bit hash, or an even number of identical differences cancelling in the XOR within
+//! one chunk, would go unnoticed.
+
+use std::time::{Duration, Instant};
+
+use pgseal_pg::Lsn;
+use pgseal_pg::replication::{self, qualified, quote_ident};
+use pgseal_platform::Platform;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::engine::{EngineError, connect_source, connect_to};
+use crate::journal::Journal;
+use crate::steps::Step;
+
+/// Session settings applied on both sides, so row text does not depend on them.
+const SESSION: &str = "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; \
+     SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET IntervalStyle = 'postgres'";
+
+/// Types hashed by their binary value (their hash is exact); every other column is hashed
+/// as its text.
+const EXACT_TYPES: &[&str] = &[
+    "int2",
+    "int4",
+    "int8",
+    "text",
+    "varchar",
+    "bpchar",
+    "bool",
+    "bytea",
+    "date",
+    "timestamp",
+    "timestamptz",
+    "uuid",
+    "oid",
+    "jsonb",
+    "time",
+    "char",
+    "name",
+];
+
+/// How many keys of each kind the report lists per table.
+const LISTED: usize = 50;
+
+/// Seconds of work a chunk aims at.
+const CHUNK_SECONDS: f64 = 0.5;
+
+/// Tries before a chunk whose source keeps changing is called unstable.
+const TRIES: usize = 3;
+
+/// A table's validation state, in the vocabulary DBAs know from AWS DMS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableState {
+    /// Every chunk equal.
+    Validated,
+    /// Some rows differ.
+    Mismatched,
+    /// Some chunks kept changing; the rest equal.
+    Suspended,
+    /// No primary key: compared as multisets of row hashes.
+    NoPrimaryKey,
+    /// The comparison itself failed.
+    Error,
+}
+
+/// One table's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// `schema.table`.
+    pub table: String,
+    /// Its state.
+    pub state: TableState,
+    /// Rows compared (source side).
+    pub rows: i64,
+    /// Chunks compared.
+    pub chunks: usize,
+    /// Seconds taken.
+    pub seconds: f64,
+    /// Keys on the source missing on the target (first few).
+    pub missing: Vec<String>,
+    /// Keys on the target not on the source (first few).
+    pub extra: Vec<String>,
+    /// Keys whose rows differ (first few).
+    pub different: Vec<String>,
+    /// Differing rows in all (missing + extra + different, or by hash without a key).
+    pub mismatched_rows: i64,
+    /// Chunks that kept changing.
+    pub unstable_chunks: usize,
+    /// The error, when the state is `error`.
+    pub error: Option<String>,
+}
+
+/// The whole validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationReport {
+    /// Per table.
+    pub tables: Vec<TableReport>,
+    /// Rows compared in all.
+    pub rows: i64,
+    /// Differing rows in all.
+    pub mismatched_rows: i64,
+    /// Seconds in all.
+    pub seconds: f64,
+    /// True when every table is validated (or, without a key, equal as a multiset).
+    pub clean: bool,
+}
+
+fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
+    let what = what.to_string();
+    move |source| EngineError::Sql { role, what, source }
+}
+
+/// A table's key columns (with their types) and row-hash expression.
+struct Shape {
+    table: String,
+    key: Vec<(String, String)>,
+    row_hash: String,
+}
+
+async fn shape(client: &Client, table: &str) -> Result<Shape, EngineError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, t.typname::text FROM pg_attribute a \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&qualified(table)],
+        )
+        .await
+        .map_err(sql("source", "reading a table's columns"))?;
+    let parts: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let (name, typ): (String, String) = (r.get(0), r.get(1));
+            if EXACT_TYPES.contains(&typ.as_str()) {
+                quote_ident(&name)
+            } else {
+                format!("{}::text", quote_ident(&name))
+            }
+        })
+        .collect();
+    let key = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_index i \
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY k.n",
+            &[&qualified(table)],
+        )
+        .await
+        .map_err(sql("source", "reading a primary key"))?
+        .iter()
+        .map(|r| (quote_ident(&r.get::<_, String>(0)), r.get::<_, String>(1)))
+        .collect();
+    Ok(Shape {
+        table: qualified(table),
+        key,
+        row_hash: format!("hash_record_extended(ROW({}), 0)", parts.join(", ")),
+    })
+}
+
+impl Shape {
+    fn key_tuple(&self) -> String {
+        let cols: Vec<&str> = self.key.iter().map(|(c, _)| c.as_str()).collect();
+        format!("({})", cols.join(", "))
+    }
+
+    /// The key as one text (`a|b`), for reports and merging.
+    fn key_text(&self) -> String {
+        let cols: Vec<String> = self.key.iter().map(|(c, _)| format!("{c}::text")).collect();
+        format!("concat_ws('|', {})", cols.join(", "))
+    }
+
+    /// A key value (one text per column) as a typed row literal.
+    fn literal(&self, values: &[String]) -> String {
+        let parts: Vec<String> = self
+            .key
+            .iter()
+            .zip(values)
+            .map(|((_, t), v)| format!("{}::{t}", replication::quote_literal(v)))
+            .collect();
+        format!("({})", parts.join(", "))
+    }
+
+    /// The WHERE clause of the chunk `(lo, hi]`.
+    fn range(&self, lo: Option<&[String]>, hi: Option<&[String]>) -> String {
+        let mut conds = vec!["true".to_string()];
+        if let Some(lo) = lo {
+            conds.push(format!("{} > {}", self.key_tuple(), self.literal(lo)));
+        }
+        if let Some(hi) = hi {
+            conds.push(format!("{} <= {}", self.key_tuple(), self.literal(hi)));
+        }
+        conds.join(" AND ")
+    }
+}
+
+/// `(count, xor of row hashes)` of a chunk.
+async fn checksum(
+    client: &Client,
+    shape: &Shape,
+    cond: &str,
+    role: &'static str,
+) -> Result<(i64, i64), EngineError> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(bit_xor({}), 0) FROM {} WHERE {cond}",
+                shape.row_hash, shape.table
+            ),
+            &[],
+        )
+        .await
+        .map_err(sql(role, "checksumming a chunk"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// `key text -> row hash` of a chunk.
+async fn hashes(
+    client: &Client,
+    shape: &Shape,
+    cond: &str,
+    role: &'static str,
+) -> Result<std::collections::BTreeMap<String, i64>, EngineError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {}, {} FROM {} WHERE {cond}",
+                shape.key_text(),
+                shape.row_hash,
+                shape.table
+            ),
+            &[],
+        )
+        .await
+        .map_err(sql(role, "listing a chunk's rows"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// `row hash -> count` of a table without a key.
+async fn multiset(
+    client: &Client,
+    shape: &Shape,
+    role: &'static str,
+) -> Result<std::collections::BTreeMap<i64, i64>, EngineError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {} AS h, count(*) FROM {} GROUP BY 1",
+                shape.row_hash, shape.table
+            ),
+            &[],
+        )
+        .await
+        .map_err(sql(role, "hashing a table"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The two sides, and how to wait until the target has applied up to a source position.
+struct Sides<'a> {
+    source: &'a Client,
+    target: &'a Client,
+    slot: String,
+}
+
+impl Sides<'_> {
+    /// The source's position now (everything it has committed is below it).
+    async fn source_lsn(&self) -> Result<Lsn, EngineError> {
+        replication::current_wal_lsn(self.source)
+            .await
+            .map_err(sql("source", "reading the WAL position"))
+    }
+
+    /// Waits (up to 30 s) until the target has applied and flushed everything up to `lsn`.
+    async fn applied(&self, lsn: Lsn) -> Result<(), EngineError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let slot = replication::slot(self.source, &self.slot)
+                .await
+                .map_err(sql("source", "reading the slot"))?;
+            match slot.and_then(|s| s.confirmed_flush_lsn) {
+                None => return Ok(()), // not replicating: nothing to wait for
+                Some(c) if c >= lsn => return Ok(()),
+                Some(_) if Instant::now() > deadline => {
+                    return Err(EngineError::Timeout {
+                        what: format!("the target to apply up to {lsn}"),
+                        seconds: 30,
+                    });
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+/// What one consistent read of both sides returns.
+enum Read {
+    /// `(count, xor)` of the source and of the target.
+    Sums((i64, i64), (i64, i64)),
+    /// `key -> row hash` of the source and of the target.
+    Rows(
+        std::collections::BTreeMap<String, i64>,
+        std::collections::BTreeMap<String, i64>,
+    ),
+    /// `row hash -> count` of the source and of the target (no key).
+    Multisets(
+        std::collections::BTreeMap<i64, i64>,
+        std::collections::BTreeMap<i64, i64>,
+    ),
+}
+
+/// What to read.
+#[derive(Clone, Copy)]
+enum Want {
+    Sums,
+    Rows,
+    Multisets,
+}
+
+/// Reads both sides at the same point of the replication stream: the source table is held
+/// in SHARE mode (writers to it wait, for milliseconds) while its side is read, the target
+/// has applied everything the source had committed by then, and its side is read. `None`
+/// when the lock could not be had within 2 s (a long transaction holds the table).
+async fn consistent(
+    sides: &Sides<'_>,
+    shape: &Shape,
+    cond: &str,
+    want: Want,
+) -> Result<Option<Read>, EngineError> {
+    let src = sides.source;
+    if let Err(e) = src
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '2s'; LOCK TABLE {} IN SHARE MODE",
+            shape.table
+        ))
+        .await
+    {
+        let _ = src.batch_execute("ROLLBACK").await;
+        if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+            return Ok(None);
+        }
+        return Err(sql("source", "locking a table")(e));
+    }
+    let result = async {
+        let source_side = match want {
+            Want::Sums => Read::Sums(checksum(src, shape, cond, "source").await?, (0, 0)),
+            Want::Rows => Read::Rows(
+                hashes(src, shape, cond, "source").await?,
+                Default::default(),
+            ),
+            Want::Multisets => {
+                Read::Multisets(multiset(src, shape, "source").await?, Default::default())
+            }
+        };
+        let lsn = sides.source_lsn().await?;
+        sides.applied(lsn).await?;
+        let t = sides.target;
+        Ok::<Read, EngineError>(match source_side {
+            Read::Sums(a, _) => Read::Sums(a, checksum(t, shape, cond, "target").await?),
+            Read::Rows(a, _) => Read::Rows(a, hashes(t, shape, cond, "target").await?),
+            Read::Multisets(a, _) => Read::Multisets(a, multiset(t, shape, "target").await?),
+        })
+    }
+    .await;
+    let _ = src.batch_execute("ROLLBACK").await;
+    result.map(Some)
+}
+
+/// Compares one chunk; returns (source rows, mismatch?, unstable?).
+async fn compare_chunk(
+    sides: &Sides<'_>,
+    shape: &Shape,
+    cond: &str,
+) -> Result<(i64, bool, bool), EngineError> {
+    let (src, dst) = tokio::join!(
+        checksum(sides.source, shape, cond, "source"),
+        checksum(sides.target, shape, cond, "target")
+    );
+    let src = src?;
+    if src == dst? {
+        return Ok((src.0, false, false));
+    }
+    // The target may only have been behind: compare again at one point of the stream.
+    for _ in 0..TRIES {
+        if let Some(Read::Sums(a, b)) = consistent(sides, shape, cond, Want::Sums).await? {
+            return Ok((a.0, a != b, false));
+        }
+    }
+    Ok((src.0, false, true))
+}
+
+/// Adds the differences between two `key -> row hash` lists to a report.
+fn merge(
+    report: &mut TableReport,
+    src: &std::collections::BTreeMap<String, i64>,
+    dst: &std::collections::BTreeMap<String, i64>,
+) {
+    for (k, h) in src {
+        let list = match dst.get(k) {
+            None => &mut report.missing,
+            Some(d) if d != h => &mut report.different,
+            Some(_) => continue,
+        };
+        report.mismatched_rows += 1;
+        if list.len() < LISTED {
+            list.push(k.clone());
+        }
+    }
+    for k in dst.keys().filter(|k| !src.contains_key(*k)) {
+        report.mismatched_rows += 1;
+        if report.extra.len() < LISTED {
+            report.extra.push(k.clone());
+        }
+    }
+}
+
+/// Validates one table.
+async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError> {
+    let started = Instant::now();
+    let shape = shape(sides.source, name).await?;
+    let mut report = TableReport {
+        table: name.to_string(),
+        state: TableState::Validated,
+        rows: 0,
+        chunks: 0,
+        seconds: 0.0,
+        missing: Vec::new(),
+        extra: Vec::new(),
+        different: Vec::new(),
+        mismatched_rows: 0,
+        unstable_chunks: 0,
+        error: None,
+    };
+    if shape.key.is_empty() {
+        report.state = TableState::NoPrimaryKey;
+        let mut read = None;
+        for _ in 0..TRIES {
+            read = consistent(sides, &shape, "true", Want::Multisets).await?;
+            if read.is_some() {
+                break;
+            }
+        }
+        let Some(Read::Multisets(src, dst)) = read else {
+            report.state = TableState::Suspended;
+            report.unstable_chunks = 1;
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        };
+        report.rows = src.values().sum();
+        report.chunks = 1;
+        let all: std::collections::BTreeSet<&i64> = src.keys().chain(dst.keys()).collect();
+        for h in all {
+            let (a, b) = (
+                src.get(h).copied().unwrap_or(0),
+                dst.get(h).copied().unwrap_or(0),
+            );
+            if a > b && report.missing.len() < LISTED {
+                report.missing.push(format!("row hash {h} x{}", a - b));
+            }
+            if b > a && report.extra.len() < LISTED {
+                report.extra.push(format!("row hash {h} x{}", b - a));
+            }
+            report.mismatched_rows += (a - b).abs();
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    let key_cols: Vec<String> = shape
+        .key
+        .iter()
+        .map(|(c, _)| format!("{c}::text"))
+        .collect();
+    let mut lo: Option<Vec<String>> = None;
+    let mut chunk_rows: i64 = 20_000;
+    loop {
+        // The chunk's upper bound: the key `chunk_rows` rows on, on the source.
+        let bound = sides
+            .source
+            .query_opt(
+                &format!(
+                    "SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1",
+                    key_cols.join(", "),
+                    shape.table,
+                    shape.range(lo.as_deref(), None),
+                    shape
+                        .key
+                        .iter()
+                        .map(|(c, _)| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    chunk_rows - 1
+                ),
+                &[],
+            )
+            .await
+            .map_err(sql("source", "finding a chunk's bound"))?;
+        let hi: Option<Vec<String>> = bound.map(|r| {
+            (0..shape.key.len())
+                .map(|i| r.get::<_, String>(i))
+                .collect()
+        });
+        let cond = shape.range(lo.as_deref(), hi.as_deref());
+        let t = Instant::now();
+        let (rows, mismatch, unstable) = compare_chunk(sides, &shape, &cond).await?;
+        report.rows += rows;
+        report.chunks += 1;
+        if unstable {
+            report.unstable_chunks += 1;
+        }
+        if mismatch {
+            let mut read = None;
+            for _ in 0..TRIES {
+                read = consistent(sides, &shape, &cond, Want::Rows).await?;
+                if read.is_some() {
+                    break;
+                }
+            }
+            match read {
+                Some(Read::Rows(src, dst)) => merge(&mut report, &src, &dst),
+                _ => report.unstable_chunks += 1,
+            }
+        }
+        // About half a second of work per chunk.
+        let took = t.elapsed().as_secs_f64().max(0.001);
+        chunk_rows = ((chunk_rows as f64 * CHUNK_SECONDS / took) as i64).clamp(1_000, 2_000_000);
+        match hi {
+            Some(hi) => lo = Some(hi),
+            None => break,
+        }
+    }
+    // Rows beyond the source's last key exist only on the target: the last chunk is
+    // unbounded above, so they were compared there.
+    report.state = if report.mismatched_rows > 0 {
+        TableState::Mismatched
+    } else if report.unstable_chunks > 0 {
+        TableState::Suspended
+    } else {
+        TableState::Validated
+    };
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Validates migration `name`'s published tables (or `tables`), records the result in the
+/// journal (step `validate`), and returns it.
+pub async fn validate<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    tables: Option<&[String]>,
+    progress: &(dyn Fn(&TableReport) + Sync),
+) -> Result<ValidationReport, EngineError> {
+    let spec = journal.migration(name)?.spec;
+    let source = connect_source(platform, &spec).await?;
+    let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
+    for (client, role) in [(&source, "source"), (&target, "target")] {
+        client
+            .batch_execute(SESSION)
+            .await
+            .map_err(sql(role, "setting the session"))?;
+    }
+    let listed = match tables {
+        Some(t) => t.to_vec(),
+        None => replication::published_tables(&source, &spec.replication_name())
+            .await
+            .map_err(sql("source", "listing published tables"))?,
+    };
+    let run = journal.step_started(name, Step::Validate)?;
+    let sides = Sides {
+        source: &source,
+        target: &target,
+        slot: spec.replication_name(),
+    };
+    let started = Instant::now();
+    let mut reports = Vec::new();
+    for t in &listed {
+        let report = match table(&sides, t).await {
+            Ok(r) => r,
+            Err(e) => TableReport {
+                table: t.clone(),
+                state: TableState::Error,
+                rows: 0,
+                chunks: 0,
+                seconds: 0.0,
+                missing: Vec::new(),
+                extra: Vec::new(),
+                different: Vec::new(),
+                mismatched_rows: 0,
+                unstable_chunks: 0,
+                error: Some(crate::engine::error_chain(&e)),
+            },
+        };
+        progress(&report);
+        reports.push(report);
+    }
+    let report = ValidationReport {
+        rows: reports.iter().map(|r| r.rows).sum(),
+        mismatched_rows: reports.iter().map(|r| r.mismatched_rows).sum(),
+        seconds: started.elapsed().as_secs_f64(),
+        clean: reports.iter().all(|r| {
+            matches!(r.state, TableState::Validated)
+                || (r.state == TableState::NoPrimaryKey && r.mismatched_rows == 0)
+        }),
+        tables: reports,
+    };
+    journal.step_done(
+        run,
+        &serde_json::to_value(&report).expect("a report serialises"),
+    )?;
+    Ok(report)
+}
