@@ -32,9 +32,11 @@ use crate::engine::{EngineError, connect_source, connect_to};
 use crate::journal::Journal;
 use crate::steps::Step;
 
-/// Session settings applied on both sides, so row text does not depend on them.
+/// Session settings applied on both sides, so row text does not depend on them; and no
+/// parallel workers, so each side's scan keeps to one core while both run at once.
 const SESSION: &str = "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; \
-     SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET IntervalStyle = 'postgres'";
+     SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET IntervalStyle = 'postgres'; \
+     SET max_parallel_workers_per_gather = 0";
 
 /// Types hashed by their binary value (their hash is exact); every other column is hashed
 /// as its text.
@@ -175,7 +177,13 @@ async fn shape(client: &Client, table: &str) -> Result<Shape, EngineError> {
     Ok(Shape {
         table: qualified(table),
         key,
-        row_hash: format!("hash_record_extended(ROW({}), 0)", parts.join(", ")),
+        // The whole-row value when every column hashes exactly (cheapest), else a ROW of
+        // the columns with text where needed.
+        row_hash: if parts.iter().all(|p| !p.ends_with("::text")) {
+            "hash_record_extended(pgseal_row, 0)".to_string()
+        } else {
+            format!("hash_record_extended(ROW({}), 0)", parts.join(", "))
+        },
     })
 }
 
@@ -225,7 +233,7 @@ async fn checksum(
     let row = client
         .query_one(
             &format!(
-                "SELECT count(*), coalesce(bit_xor({}), 0) FROM {} WHERE {cond}",
+                "SELECT count(*), coalesce(bit_xor({}), 0) FROM {} pgseal_row WHERE {cond}",
                 shape.row_hash, shape.table
             ),
             &[],
@@ -245,7 +253,7 @@ async fn hashes(
     let rows = client
         .query(
             &format!(
-                "SELECT {}, {} FROM {} WHERE {cond}",
+                "SELECT {}, {} FROM {} pgseal_row WHERE {cond}",
                 shape.key_text(),
                 shape.row_hash,
                 shape.table
@@ -266,7 +274,7 @@ async fn multiset(
     let rows = client
         .query(
             &format!(
-                "SELECT {} AS h, count(*) FROM {} GROUP BY 1",
+                "SELECT {} AS h, count(*) FROM {} pgseal_row GROUP BY 1",
                 shape.row_hash, shape.table
             ),
             &[],
@@ -448,7 +456,7 @@ async fn buckets(
     let rows = client
         .query(
             &format!(
-                "SELECT ({key} >> {BUCKET_BITS})::int8, count(*), bit_xor({}) FROM {} WHERE {cond} GROUP BY 1",
+                "SELECT ({key} >> {BUCKET_BITS})::int8, count(*), bit_xor({}) FROM {} pgseal_row WHERE {cond} GROUP BY 1",
                 shape.row_hash, shape.table
             ),
             &[],
