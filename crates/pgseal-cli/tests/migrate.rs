@@ -757,9 +757,26 @@ fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_sy
     );
     std::thread::sleep(Duration::from_secs(3));
 
+    let validated = h.json(&["migrate", "validate", "c1"]);
+    assert_eq!(validated["clean"], true, "{validated}");
+    std::thread::sleep(Duration::from_secs(2));
     let dry = h.json(&["migrate", "cutover", "c1", "--dry-run"]);
     assert_eq!(dry["failed_checks"].as_array().unwrap().len(), 0, "{dry}");
     let report = h.json(&["migrate", "cutover", "c1"]);
+    // The final check re-verified only what changed since the validation began.
+    let check = &report["final_check"];
+    assert_eq!(check["mismatched_rows"], 0, "{report}");
+    assert!(check["rows"].as_i64().unwrap() > 0, "{report}");
+    assert!(
+        check["rows"].as_i64().unwrap() < validated["rows"].as_i64().unwrap(),
+        "{report}"
+    );
+    // The change log is gone from the target before it takes writes.
+    assert_eq!(
+        h.sql("src-enc", "postgres")
+            .count("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgseal_validate'"),
+        0
+    );
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (side_acked, side_error) = side.join().unwrap();
@@ -1084,4 +1101,34 @@ fn validate_under_the_ledger_workload_reports_no_false_mismatch() {
         assert!(report["rows"].as_i64().unwrap() > 0);
     }
     writes.finish();
+}
+
+#[test]
+fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    h.sql("src", "postgres").exec(
+        "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
+         INSERT INTO items SELECT g, 'v' FROM generate_series(1, 5000) g",
+    );
+    h.ok(&["migrate", "start", "--source", "src", "--name", "f1"]);
+    assert_eq!(h.json(&["migrate", "validate", "f1"])["clean"], true);
+    // After the clean pass: a row changed on the target behind replication's back.
+    h.sql("src-enc", "postgres").exec(
+        "SET session_replication_role = replica; UPDATE items SET v = 'sneaky' WHERE id = 321",
+    );
+    let out = h.run(&["migrate", "cutover", "f1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("final check") && stderr.contains("public.items: 321"),
+        "{stderr}"
+    );
+    // Refused before the switch: the fence is lifted and the source still serves.
+    assert_eq!(
+        h.json(&["migrate", "status", "f1"])["migration"]["phase"],
+        "replicating"
+    );
+    let src = h.sql("src", "postgres");
+    src.exec("INSERT INTO items VALUES (5001, 'after')");
 }

@@ -97,6 +97,8 @@ pub struct CutoverReport {
     pub switch: String,
     /// True when reverse replication (target → source) was set up for `rollback`.
     pub rollback_ready: bool,
+    /// The re-verification of rows changed since the last clean validation, if one ran.
+    pub final_check: Option<crate::validate::FinalCheck>,
 }
 
 /// Checks the preconditions; returns what fails.
@@ -315,6 +317,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         write_pause_ms: None,
         switch: switch.describe(),
         rollback_ready: false,
+        final_check: None,
     };
     if options.dry_run {
         return Ok(report);
@@ -353,6 +356,22 @@ pub async fn cutover<P: Platform, S: Switch>(
         report.drained_lsn = Some(drain(&source, &rep_name, fence_lsn).await?);
         report.drain_ms = Some(paused.elapsed().as_millis() as u64);
         failpoint_at("cutover:drained");
+        // Only what changed since the last clean validation pass is verified again.
+        if let Some(last) = journal.outputs(name, Step::Validate)?
+            && last["clean"] == true
+            && let Some(horizon) = last["horizon"].as_i64()
+        {
+            let check = crate::validate::final_check(&source, &target, horizon).await?;
+            let (mismatched, keys) = (check.mismatched_rows, check.keys.clone());
+            report.final_check = Some(check);
+            if mismatched > 0 {
+                return Err(EngineError::Precondition(format!(
+                    "the final check found {mismatched} row(s) differing since the last validation: {}",
+                    keys.join(", ")
+                )));
+            }
+        }
+        crate::validate::drop_change_log(&target).await?;
         report.sequences = sync_sequences(&source, &target).await?;
         target
             .batch_execute(&format!(

@@ -125,6 +125,9 @@ pub struct ValidationReport {
     pub seconds: f64,
     /// True when every table is validated (or, without a key, equal as a multiset).
     pub clean: bool,
+    /// The target's change log position when this pass began: the cutover's final check
+    /// re-verifies only rows changed after it.
+    pub horizon: i64,
 }
 
 fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
@@ -720,6 +723,7 @@ pub async fn validate<P: Platform>(
             .await
             .map_err(sql("source", "listing published tables"))?,
     };
+    let horizon = install_change_log(&target, &listed).await?;
     let run = journal.step_started(name, Step::Validate)?;
     let sides = Sides {
         source: &source,
@@ -757,10 +761,227 @@ pub async fn validate<P: Platform>(
                 || (r.state == TableState::NoPrimaryKey && r.mismatched_rows == 0)
         }),
         tables: reports,
+        horizon,
     };
+    // Rows changed before this pass began were covered by it.
+    target
+        .execute(
+            &format!("DELETE FROM {CHANGE_LOG} WHERE id <= $1"),
+            &[&horizon],
+        )
+        .await
+        .map_err(sql("target", "trimming the change log"))?;
     journal.step_done(
         run,
         &serde_json::to_value(&report).expect("a report serialises"),
     )?;
     Ok(report)
+}
+
+/// The target-side change log: the keys every replicated change touched, recorded by an
+/// `ENABLE ALWAYS` trigger (it fires for the apply worker too) on each validated table.
+const CHANGE_LOG: &str = "pgseal_validate.changes";
+
+/// Installs (idempotently) the change log and its triggers on the target's tables and
+/// returns the log's current position (the horizon of a pass that starts now).
+async fn install_change_log(target: &Client, tables: &[String]) -> Result<i64, EngineError> {
+    target
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS pgseal_validate; \
+             CREATE TABLE IF NOT EXISTS {CHANGE_LOG} (id bigserial PRIMARY KEY, tbl regclass NOT NULL, key jsonb); \
+             CREATE OR REPLACE FUNCTION pgseal_validate.record_change() RETURNS trigger \
+             LANGUAGE plpgsql SET search_path = pg_catalog AS $f$ \
+             DECLARE r jsonb; k jsonb := NULL; c text; \
+             BEGIN \
+               r := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END); \
+               IF TG_NARGS > 0 THEN \
+                 k := '{{}}'::jsonb; \
+                 FOREACH c IN ARRAY TG_ARGV LOOP k := k || jsonb_build_object(c, r -> c); END LOOP; \
+               END IF; \
+               INSERT INTO {CHANGE_LOG} (tbl, key) VALUES (TG_RELID, k); \
+               IF TG_OP = 'UPDATE' AND TG_NARGS > 0 THEN \
+                 r := to_jsonb(OLD); k := '{{}}'::jsonb; \
+                 FOREACH c IN ARRAY TG_ARGV LOOP k := k || jsonb_build_object(c, r -> c); END LOOP; \
+                 INSERT INTO {CHANGE_LOG} (tbl, key) VALUES (TG_RELID, k); \
+               END IF; \
+               RETURN NULL; \
+             END $f$"
+        ))
+        .await
+        .map_err(sql("target", "installing the change log"))?;
+    for table in tables {
+        let key: Vec<String> = target
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY k.n",
+                &[&qualified(table)],
+            )
+            .await
+            .map_err(sql("target", "reading a primary key"))?
+            .iter()
+            .map(|r| replication::quote_literal(&r.get::<_, String>(0)))
+            .collect();
+        let exists = target
+            .query_opt(
+                "SELECT 1 FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname = 'pgseal_changes'",
+                &[&qualified(table)],
+            )
+            .await
+            .map_err(sql("target", "reading triggers"))?
+            .is_some();
+        if !exists {
+            target
+                .batch_execute(&format!(
+                    "CREATE TRIGGER pgseal_changes AFTER INSERT OR UPDATE OR DELETE ON {t} \
+                     FOR EACH ROW EXECUTE FUNCTION pgseal_validate.record_change({args}); \
+                     ALTER TABLE {t} ENABLE ALWAYS TRIGGER pgseal_changes",
+                    t = qualified(table),
+                    args = key.join(", ")
+                ))
+                .await
+                .map_err(sql("target", "installing a change trigger"))?;
+        }
+    }
+    let row = target
+        .query_one(
+            &format!("SELECT coalesce(max(id), 0) FROM {CHANGE_LOG}"),
+            &[],
+        )
+        .await
+        .map_err(sql("target", "reading the change log"))?;
+    Ok(row.get(0))
+}
+
+/// Removes the change log and its triggers from the target (before it takes writes).
+pub async fn drop_change_log(target: &Client) -> Result<(), EngineError> {
+    target
+        .batch_execute("DROP SCHEMA IF EXISTS pgseal_validate CASCADE")
+        .await
+        .map_err(sql("target", "removing the change log"))
+}
+
+/// What the cutover's final check found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FinalCheck {
+    /// Rows re-verified (keys changed since the last full pass, and key-less tables).
+    pub rows: i64,
+    /// Rows that differ.
+    pub mismatched_rows: i64,
+    /// The first differing keys, as `table: key`.
+    pub keys: Vec<String>,
+    /// Milliseconds taken.
+    pub millis: u64,
+}
+
+/// Re-verifies only what changed on the target since the last clean full pass began
+/// (`horizon`): rows by key, and whole key-less tables touched. Both sides are still (the
+/// source fenced and drained), so one read of each side is exact.
+pub async fn final_check(
+    source: &Client,
+    target: &Client,
+    horizon: i64,
+) -> Result<FinalCheck, EngineError> {
+    let started = Instant::now();
+    let mut check = FinalCheck::default();
+    let present = target
+        .query_opt(
+            "SELECT 1 FROM pg_class WHERE oid = to_regclass($1)",
+            &[&CHANGE_LOG],
+        )
+        .await
+        .map_err(sql("target", "looking for the change log"))?
+        .is_some();
+    if !present {
+        return Ok(check);
+    }
+    for (client, role) in [(source, "source"), (target, "target")] {
+        client
+            .batch_execute(SESSION)
+            .await
+            .map_err(sql(role, "setting the session"))?;
+    }
+    let groups = target
+        .query(
+            &format!(
+                "SELECT n.nspname || '.' || c.relname, \
+                        (jsonb_agg(DISTINCT l.key) FILTER (WHERE l.key IS NOT NULL))::text, bool_or(l.key IS NULL) \
+                 FROM {CHANGE_LOG} l JOIN pg_class c ON c.oid = l.tbl \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE l.id > $1 GROUP BY 1"
+            ),
+            &[&horizon],
+        )
+        .await
+        .map_err(sql("target", "reading the change log"))?;
+    for g in groups {
+        let (table, keys, keyless): (String, Option<String>, bool) = (g.get(0), g.get(1), g.get(2));
+        let shape = shape(source, &table).await?;
+        if keyless || shape.key.is_empty() {
+            let (a, b) = (
+                multiset(source, &shape, "source").await?,
+                multiset(target, &shape, "target").await?,
+            );
+            check.rows += a.values().sum::<i64>();
+            let all: std::collections::BTreeSet<&i64> = a.keys().chain(b.keys()).collect();
+            for h in all {
+                let d = (a.get(h).copied().unwrap_or(0) - b.get(h).copied().unwrap_or(0)).abs();
+                if d > 0 && check.keys.len() < LISTED {
+                    check.keys.push(format!("{table}: row hash {h}"));
+                }
+                check.mismatched_rows += d;
+            }
+            continue;
+        }
+        let Some(keys) = keys else { continue };
+        let cols: Vec<String> = shape
+            .key
+            .iter()
+            .map(|(c, t)| {
+                format!(
+                    "(j ->> {})::{t}",
+                    replication::quote_literal(c.trim_matches('"'))
+                )
+            })
+            .collect();
+        let cond = format!(
+            "{} IN (SELECT {} FROM jsonb_array_elements({}::jsonb) j)",
+            shape.key_tuple(),
+            cols.join(", "),
+            replication::quote_literal(&keys)
+        );
+        let (a, b) = (
+            hashes(source, &shape, &cond, "source").await?,
+            hashes(target, &shape, &cond, "target").await?,
+        );
+        check.rows +=
+            serde_json::from_str::<Vec<serde_json::Value>>(&keys).map_or(0, |k| k.len() as i64);
+        let mut report = TableReport {
+            table: table.clone(),
+            state: TableState::Validated,
+            rows: 0,
+            chunks: 0,
+            seconds: 0.0,
+            missing: Vec::new(),
+            extra: Vec::new(),
+            different: Vec::new(),
+            mismatched_rows: 0,
+            unstable_chunks: 0,
+            error: None,
+        };
+        merge(&mut report, &a, &b);
+        check.mismatched_rows += report.mismatched_rows;
+        for k in report
+            .missing
+            .iter()
+            .chain(&report.extra)
+            .chain(&report.different)
+        {
+            if check.keys.len() < LISTED {
+                check.keys.push(format!("{table}: {k}"));
+            }
+        }
+    }
+    check.millis = started.elapsed().as_millis() as u64;
+    Ok(check)
 }

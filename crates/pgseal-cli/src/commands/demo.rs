@@ -392,6 +392,7 @@ fn story(
             "fence_lsn": report.fence_lsn,
             "drained_lsn": report.drained_lsn,
             "switch": report.switch,
+            "final_check": report.final_check,
         },
         "validation": {
             "method": "pgseal migrate validate: chunked row-hash comparison of every published table",
