@@ -287,11 +287,29 @@ async fn multiset(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// The two sides, and how to wait until the target has applied up to a source position.
+/// What validation reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A table starts; `estimated_rows` from the planner's statistics.
+    Table {
+        /// `schema.table`.
+        table: &'a str,
+        /// About how many rows it has.
+        estimated_rows: i64,
+    },
+    /// Rows compared so far in the current table.
+    Rows(i64),
+    /// A table is done.
+    Done(&'a TableReport),
+}
+
+/// The two sides, how to wait until the target has applied up to a source position, and
+/// where progress goes.
 struct Sides<'a> {
     source: &'a Client,
     target: &'a Client,
     slot: String,
+    progress: &'a (dyn Fn(Progress<'_>) + Sync),
 }
 
 impl Sides<'_> {
@@ -512,6 +530,7 @@ async fn integer_key(
         );
         let (src, dst) = (src?, dst?);
         report.rows += src.values().map(|v| v.0).sum::<i64>();
+        (sides.progress)(Progress::Rows(report.rows));
         report.chunks += 1;
         let differing: Vec<i64> = src
             .keys()
@@ -661,6 +680,7 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
         let t = Instant::now();
         let (rows, mismatch, unstable) = compare_chunk(sides, &shape, &cond).await?;
         report.rows += rows;
+        (sides.progress)(Progress::Rows(report.rows));
         report.chunks += 1;
         if unstable {
             report.unstable_chunks += 1;
@@ -706,7 +726,7 @@ pub async fn validate<P: Platform>(
     journal: &Journal,
     name: &str,
     tables: Option<&[String]>,
-    progress: &(dyn Fn(&TableReport) + Sync),
+    progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<ValidationReport, EngineError> {
     let spec = journal.migration(name)?.spec;
     let source = connect_source(platform, &spec).await?;
@@ -729,10 +749,23 @@ pub async fn validate<P: Platform>(
         source: &source,
         target: &target,
         slot: spec.replication_name(),
+        progress,
     };
     let started = Instant::now();
     let mut reports = Vec::new();
     for t in &listed {
+        let estimated_rows: i64 = source
+            .query_one(
+                "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::text::regclass",
+                &[&qualified(t)],
+            )
+            .await
+            .map_err(sql("source", "reading a table's size"))?
+            .get(0);
+        progress(Progress::Table {
+            table: t,
+            estimated_rows,
+        });
         let report = match table(&sides, t).await {
             Ok(r) => r,
             Err(e) => TableReport {
@@ -749,7 +782,7 @@ pub async fn validate<P: Platform>(
                 error: Some(crate::engine::error_chain(&e)),
             },
         };
-        progress(&report);
+        progress(Progress::Done(&report));
         reports.push(report);
     }
     let report = ValidationReport {

@@ -292,7 +292,7 @@ fn story(
             &journal,
             &names.migration,
             None,
-            &|_| {},
+            &|_: pgseal_core::validate::Progress<'_>| {},
         ))?;
         let (compared, mismatched) = (validation.rows, validation.mismatched_rows);
         ctx.status(format!(

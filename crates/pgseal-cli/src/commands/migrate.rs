@@ -480,15 +480,56 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
     Ok(exit::code(exit::OK))
 }
 
+/// A table state's name, as the JSON output spells it.
+fn state_name(state: pgseal_core::validate::TableState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
     let journal = Journal::open(&ctx.home)?;
     let platform = platform(ctx, false)?;
     let runtime = runtime()?;
-    let progress = |t: &pgseal_core::validate::TableReport| {
-        ctx.status(format!(
-            "  {:<40} {:>10} rows {:>5} chunks {:>7.2} s  {:?}",
-            t.table, t.rows, t.chunks, t.seconds, t.state
-        ))
+    use pgseal_core::validate::Progress;
+    use std::io::IsTerminal;
+    let bars = !ctx.quiet && !ctx.json && std::io::stderr().is_terminal();
+    let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
+    let progress = |p: Progress<'_>| match p {
+        Progress::Table {
+            table,
+            estimated_rows,
+        } if bars => {
+            let b = indicatif::ProgressBar::new(estimated_rows.max(1) as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:40} {wide_bar} {human_pos}/{human_len} rows, eta {eta}",
+                )
+                .expect("valid template"),
+            );
+            b.set_message(table.to_string());
+            *bar.lock().expect("not poisoned") = Some(b);
+        }
+        Progress::Rows(rows) => {
+            if let Some(b) = bar.lock().expect("not poisoned").as_ref() {
+                b.set_position(rows.max(0) as u64);
+            }
+        }
+        Progress::Done(t) => {
+            if let Some(b) = bar.lock().expect("not poisoned").take() {
+                b.finish_and_clear();
+            }
+            ctx.status(format!(
+                "  {:<40} {:>10} rows {:>5} chunks {:>7.2} s  {}",
+                t.table,
+                t.rows,
+                t.chunks,
+                t.seconds,
+                state_name(t.state)
+            ));
+        }
+        Progress::Table { .. } => {}
     };
     let report = runtime.block_on(pgseal_core::validate::validate(
         &platform, &journal, name, tables, &progress,
@@ -524,6 +565,25 @@ fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
                 println!("  error: {e}");
             }
         }
+        let mut rows = vec![vec![
+            "TABLE".to_string(),
+            "STATE".into(),
+            "ROWS".into(),
+            "CHUNKS".into(),
+            "SECONDS".into(),
+            "MISMATCHED".into(),
+        ]];
+        for t in &report.tables {
+            rows.push(vec![
+                t.table.clone(),
+                state_name(t.state),
+                t.rows.to_string(),
+                t.chunks.to_string(),
+                format!("{:.2}", t.seconds),
+                t.mismatched_rows.to_string(),
+            ]);
+        }
+        print!("{}", render_table(&rows));
         println!(
             "validation of {name}: {} rows in {} tables compared in {:.1} s, {} mismatched: {}",
             report.rows,
