@@ -1064,6 +1064,15 @@ fn validate_is_clean_on_equal_data_of_every_type_and_names_each_planted_differen
     assert_eq!(items["missing"], serde_json::json!(["4242"]));
     assert_eq!(items["extra"], serde_json::json!(["999999"]));
     assert_eq!(items["different"], serde_json::json!(["777"]));
+    let detail = items["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["key"] == "777")
+        .unwrap();
+    assert_eq!(detail["kind"], "different");
+    assert_eq!(detail["source"], "(777,v777)");
+    assert_eq!(detail["target"], "(777,changed)");
     let kinds = table("public.kinds");
     assert_eq!(
         kinds["different"],

@@ -70,10 +70,11 @@ const CHUNK_SECONDS: f64 = 0.5;
 const TRIES: usize = 3;
 
 /// A table's validation state, in the vocabulary DBAs know from AWS DMS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum TableState {
     /// Every chunk equal.
+    #[default]
     Validated,
     /// Some rows differ.
     Mismatched,
@@ -85,8 +86,21 @@ pub enum TableState {
     Error,
 }
 
-/// One table's result.
+/// A differing row as both sides have it (its text), for the first few differences.
 #[derive(Debug, Clone, Serialize)]
+pub struct RowDetail {
+    /// `missing`, `extra` or `different`.
+    pub kind: &'static str,
+    /// The key.
+    pub key: String,
+    /// The source's row, if it has one.
+    pub source: Option<String>,
+    /// The target's row, if it has one.
+    pub target: Option<String>,
+}
+
+/// One table's result.
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct TableReport {
     /// `schema.table`.
     pub table: String,
@@ -110,6 +124,8 @@ pub struct TableReport {
     pub unstable_chunks: usize,
     /// The error, when the state is `error`.
     pub error: Option<String>,
+    /// The first differing rows in full, from both sides.
+    pub details: Vec<RowDetail>,
 }
 
 /// The whole validation.
@@ -191,6 +207,11 @@ async fn shape(client: &Client, table: &str) -> Result<Shape, EngineError> {
 }
 
 impl Shape {
+    /// True for a single `smallint`, `integer` or `bigint` key.
+    fn is_integer_key(&self) -> bool {
+        self.key.len() == 1 && ["smallint", "integer", "bigint"].contains(&self.key[0].1.as_str())
+    }
+
     fn key_tuple(&self) -> String {
         let cols: Vec<&str> = self.key.iter().map(|(c, _)| c.as_str()).collect();
         format!("({})", cols.join(", "))
@@ -463,6 +484,73 @@ fn merge(
     }
 }
 
+/// How many differing rows are fetched in full for the report.
+const DETAILED: usize = 10;
+
+/// `key -> row text` for the given keys.
+async fn rows_by_key(
+    client: &Client,
+    query: &str,
+    keys: &[String],
+    role: &'static str,
+) -> Result<std::collections::BTreeMap<String, String>, EngineError> {
+    Ok(client
+        .query(query, &[&keys])
+        .await
+        .map_err(sql(role, "fetching differing rows"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Fetches the first few differing rows in full from both sides.
+async fn details(
+    sides: &Sides<'_>,
+    shape: &Shape,
+    report: &mut TableReport,
+) -> Result<(), EngineError> {
+    let wanted: Vec<(&'static str, String)> = [
+        ("missing", &report.missing),
+        ("extra", &report.extra),
+        ("different", &report.different),
+    ]
+    .into_iter()
+    .flat_map(|(kind, keys)| keys.iter().map(move |k| (kind, k.clone())))
+    .take(DETAILED)
+    .collect();
+    if wanted.is_empty() || shape.key.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = wanted.iter().map(|(_, k)| k.clone()).collect();
+    // Integer keys are found through the index; others by their text (a scan, only
+    // when something differs).
+    let filter = if shape.is_integer_key() {
+        format!("{} = ANY($1::text[]::int8[])", shape.key[0].0)
+    } else {
+        format!("{} = ANY($1)", shape.key_text())
+    };
+    let query = format!(
+        "SELECT {}, pgseal_row::text FROM {} pgseal_row WHERE {filter}",
+        shape.key_text(),
+        shape.table,
+    );
+    let (src, dst) = tokio::join!(
+        rows_by_key(sides.source, &query, &keys, "source"),
+        rows_by_key(sides.target, &query, &keys, "target")
+    );
+    let (src, dst) = (src?, dst?);
+    report.details = wanted
+        .into_iter()
+        .map(|(kind, key)| RowDetail {
+            kind,
+            source: src.get(&key).cloned(),
+            target: dst.get(&key).cloned(),
+            key,
+        })
+        .collect();
+    Ok(())
+}
+
 /// Keys per bucket in the integer-key path (`key >> BUCKET_BITS`).
 const BUCKET_BITS: u32 = 10;
 
@@ -584,15 +672,8 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
     let mut report = TableReport {
         table: name.to_string(),
         state: TableState::Validated,
-        rows: 0,
-        chunks: 0,
-        seconds: 0.0,
-        missing: Vec::new(),
-        extra: Vec::new(),
-        different: Vec::new(),
-        mismatched_rows: 0,
-        unstable_chunks: 0,
         error: None,
+        ..Default::default()
     };
     if shape.key.is_empty() {
         report.state = TableState::NoPrimaryKey;
@@ -629,9 +710,9 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
         return Ok(report);
     }
 
-    if shape.key.len() == 1 && ["smallint", "integer", "bigint"].contains(&shape.key[0].1.as_str())
-    {
+    if shape.is_integer_key() {
         integer_key(sides, &shape, &mut report).await?;
+        details(sides, &shape, &mut report).await?;
         report.state = if report.mismatched_rows > 0 {
             TableState::Mismatched
         } else if report.unstable_chunks > 0 {
@@ -708,6 +789,7 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
     }
     // Rows beyond the source's last key exist only on the target: the last chunk is
     // unbounded above, so they were compared there.
+    details(sides, &shape, &mut report).await?;
     report.state = if report.mismatched_rows > 0 {
         TableState::Mismatched
     } else if report.unstable_chunks > 0 {
@@ -771,15 +853,8 @@ pub async fn validate<P: Platform>(
             Err(e) => TableReport {
                 table: t.clone(),
                 state: TableState::Error,
-                rows: 0,
-                chunks: 0,
-                seconds: 0.0,
-                missing: Vec::new(),
-                extra: Vec::new(),
-                different: Vec::new(),
-                mismatched_rows: 0,
-                unstable_chunks: 0,
                 error: Some(crate::engine::error_chain(&e)),
+                ..Default::default()
             },
         };
         progress(Progress::Done(&report));
@@ -992,15 +1067,8 @@ pub async fn final_check(
         let mut report = TableReport {
             table: table.clone(),
             state: TableState::Validated,
-            rows: 0,
-            chunks: 0,
-            seconds: 0.0,
-            missing: Vec::new(),
-            extra: Vec::new(),
-            different: Vec::new(),
-            mismatched_rows: 0,
-            unstable_chunks: 0,
             error: None,
+            ..Default::default()
         };
         merge(&mut report, &a, &b);
         check.mismatched_rows += report.mismatched_rows;
