@@ -111,7 +111,7 @@ listed as warnings).")]
         action: SnapshotCommand,
     },
 
-    /// Plan a migration onto encrypted storage (read-only preflight)
+    /// Migrate onto encrypted storage: plan, start, status, validate, cutover, rollback, cleanup
     #[command(long_about = MIGRATE_ABOUT)]
     Migrate {
         /// What to do.
