@@ -303,7 +303,8 @@ an encrypted snapshot, under live writes.
              7 guards (handoff LSN vs redo and the slot)  8 origin_advance  9 enable
              10 replicating
            Every step is journaled (PGSEAL_HOME/journal.sqlite) and idempotent.
-  resume   continues after a failure, a crash or a kill, from the step that did not finish.
+  resume   continues after a failure, a crash or a kill, from the step that did not finish;
+           an interrupted cutover or rollback is undone before its switch, finished after it.
   abort    removes what the migration created: target, snapshot, and on the source the
            slot, publication and replica identity changes.
   status   phase, step history with timings, lag, WAL the slot holds on the source, apply

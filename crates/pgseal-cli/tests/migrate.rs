@@ -1141,3 +1141,70 @@ fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
     let src = h.sql("src", "postgres");
     src.exec("INSERT INTO items VALUES (5001, 'after')");
 }
+
+#[test]
+fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_lost() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
+    h.ok(&["migrate", "start", "--source", "src", "--name", "rb"]);
+    std::thread::sleep(Duration::from_secs(1));
+    h.json(&["migrate", "cutover", "rb"]);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Killed with the target fenced, before switching back: resume lets the target serve.
+    let out = h.run_env(
+        ("PGSEAL_FAILPOINT", "rollback:fenced"),
+        &["migrate", "rollback", "rb"],
+    );
+    assert_crashed(&out, "rollback:fenced");
+    let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "rb"]).stdout).to_string();
+    assert!(text.contains("rollback of rb was undone"), "{text}");
+    assert_eq!(
+        h.json(&["migrate", "status", "rb"])["migration"]["phase"],
+        "cut_over"
+    );
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        "src-enc"
+    );
+    let allowed = |instance: &str| {
+        h.sql(instance, "template1")
+            .text("SELECT datallowconn::text FROM pg_database WHERE datname = 'postgres'")
+    };
+    assert_eq!(
+        (allowed("src"), allowed("src-enc")),
+        ("false".into(), "true".into())
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Killed after switching back: resume finishes it.
+    let out = h.run_env(
+        ("PGSEAL_FAILPOINT", "rollback:switched"),
+        &["migrate", "rollback", "rb"],
+    );
+    assert_crashed(&out, "rollback:switched");
+    let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "rb"]).stdout).to_string();
+    assert!(text.contains("now rolled back"), "{text}");
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        "src"
+    );
+
+    let run = writes.finish();
+    assert_eq!(run["client_errors"], 0, "{run}");
+    let on_source = h.verify(&["--instance", "src"], &ledger);
+    assert_eq!(on_source["acknowledged"], run["acknowledged"]);
+    assert_eq!(
+        (
+            on_source["missing"].as_u64(),
+            on_source["duplicated"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{on_source}"
+    );
+    h.ok(&["migrate", "cleanup", "rb"]);
+    h.ok(&["endpoint", "delete", "src-ep"]);
+}

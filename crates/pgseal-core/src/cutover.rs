@@ -612,6 +612,7 @@ pub async fn rollback<P: Platform, S: Switch>(
         }
         journal.add_resource(name, "target_fence", &spec.database)?;
         fence(&target_admin, &spec.database, target_own).await?;
+        failpoint_at("rollback:fenced");
         let lsn = replication::current_wal_lsn(&target)
             .await
             .map_err(sql("target", "reading the WAL position"))?;
@@ -784,6 +785,65 @@ async fn cleanup_after_rollback<P: Platform>(
     Ok(report)
 }
 
+/// After a crash during rollback (the migration still cut over, the target fenced): before
+/// the switch back, the target serves again (source re-fenced, reverse subscription
+/// disabled, target's fence lifted); after it, the migration is marked rolled back. The
+/// caller resumes the switch (pointed at the source when rolled back).
+pub async fn recover_interrupted_rollback<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+) -> Result<Recovered, EngineError> {
+    let spec = journal.migration(name)?.spec;
+    let resources = journal.resources(name)?;
+    if resources.iter().any(|r| r.kind == "switched_back") {
+        journal.remove_resource(name, "fence", &spec.database)?;
+        journal.set_phase(name, Phase::RolledBack, None)?;
+        return Ok(Recovered::RolledBack);
+    }
+    let back = reverse_name(&spec);
+    let source_admin = admin_session(platform, &spec).await?;
+    // The source database may be open (the fence was lifted for the reverse apply).
+    source_admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            quote_ident(&spec.database)
+        ))
+        .await
+        .map_err(sql("source", "opening the source database for a moment"))?;
+    let source = connect_source(platform, &spec).await;
+    source_admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            quote_ident(&spec.database)
+        ))
+        .await
+        .map_err(sql("source", "fencing the source again"))?;
+    let source = source?;
+    source
+        .batch_execute(&format!(
+            "ALTER SUBSCRIPTION {} DISABLE",
+            quote_ident(&back)
+        ))
+        .await
+        .map_err(sql("source", "disabling the reverse subscription"))?;
+    let own: i32 = source
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(sql("source", "reading pgseal's session id"))?
+        .get(0);
+    fence(&source_admin, &spec.database, own).await?;
+    let other = if spec.database == "postgres" {
+        "template1"
+    } else {
+        "postgres"
+    };
+    let target_admin = connect_to(platform, &spec.target, other, "target").await?;
+    lift_fence(&target_admin, &spec.database).await?;
+    journal.remove_resource(name, "target_fence", &spec.database)?;
+    Ok(Recovered::StillCutOver)
+}
+
 /// Where an interrupted cutover was left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovered {
@@ -792,6 +852,10 @@ pub enum Recovered {
     /// It had switched: the migration is cut over (the caller points and resumes the switch
     /// again, which is idempotent).
     CutOver,
+    /// A rollback had not switched back: the target serves again, still cut over.
+    StillCutOver,
+    /// A rollback had switched back: the migration is rolled back.
+    RolledBack,
 }
 
 /// After a crash during cutover: before the switch, lifts the fence, re-enables the

@@ -307,6 +307,14 @@ fn resume(ctx: &Context, name: &str) -> Outcome {
     if record.phase == Phase::CuttingOver {
         return recover_cutover(ctx, &journal, name);
     }
+    if record.phase == Phase::CutOver
+        && journal
+            .resources(name)?
+            .iter()
+            .any(|r| r.kind == "target_fence")
+    {
+        return recover_cutover(ctx, &journal, name);
+    }
     let surroundings = Surroundings {
         free_bytes: free_bytes(&ctx.home),
         key_problem: key_problem(ctx, &record.spec.key),
@@ -456,14 +464,27 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
     let instances = LocalInstances::open(&ctx.home)?;
     let platform = platform(ctx, false)?;
     let runtime = runtime()?;
-    let outcome = runtime.block_on(pgseal_core::cutover::recover_interrupted(
-        &platform, journal, name,
-    ))?;
+    let rolling_back = journal.migration(name)?.phase == Phase::CutOver;
+    let outcome = if rolling_back {
+        runtime.block_on(pgseal_core::cutover::recover_interrupted_rollback(
+            &platform, journal, name,
+        ))?
+    } else {
+        runtime.block_on(pgseal_core::cutover::recover_interrupted(
+            &platform, journal, name,
+        ))?
+    };
     let mut endpoints = endpoints_of(&instances, &spec.source)?;
     endpoints.extend(endpoints_of(&instances, &spec.target)?);
     for e in endpoints {
-        if outcome == Recovered::CutOver {
-            runtime.block_on(instances.point_endpoint(&e, &spec.target))?;
+        match outcome {
+            Recovered::CutOver => {
+                runtime.block_on(instances.point_endpoint(&e, &spec.target))?;
+            }
+            Recovered::RolledBack => {
+                runtime.block_on(instances.point_endpoint(&e, &spec.source))?;
+            }
+            Recovered::BackToReplicating | Recovered::StillCutOver => {}
         }
         runtime
             .block_on(resume_endpoint(&instances.endpoint(&e)?))
@@ -475,6 +496,12 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
         ),
         Recovered::CutOver => {
             println!("the interrupted cutover of {name} had switched: it is now cut over")
+        }
+        Recovered::StillCutOver => println!(
+            "the interrupted rollback of {name} was undone: the target serves again; run `pgseal migrate rollback {name}` again"
+        ),
+        Recovered::RolledBack => {
+            println!("the interrupted rollback of {name} had switched back: it is now rolled back")
         }
     }
     Ok(exit::code(exit::OK))
