@@ -223,6 +223,33 @@ async fn lift_fence(admin: &Client, db: &str) -> Result<(), EngineError> {
         .map_err(sql("source", "lifting the fence"))
 }
 
+/// A session on the source database however it is fenced: the fence is lifted for a
+/// moment, pgseal connects, the fence is closed again at once and anyone else who slipped
+/// in is ended. Returns pgseal's session, with the fence in place.
+async fn slip_in<P: Platform>(
+    platform: &P,
+    spec: &crate::journal::MigrationSpec,
+) -> Result<Client, EngineError> {
+    let admin = admin_session(platform, spec).await?;
+    lift_fence(&admin, &spec.database).await?;
+    let source = connect_source(platform, spec).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            quote_ident(&spec.database)
+        ))
+        .await
+        .map_err(sql("source", "fencing the database again"))?;
+    let source = source?;
+    let own: i32 = source
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(sql("source", "reading pgseal's session id"))?
+        .get(0);
+    fence(&admin, &spec.database, own).await?;
+    Ok(source)
+}
+
 /// A session on another database of the source server, for the fence.
 async fn admin_session<P: Platform>(
     platform: &P,
@@ -802,24 +829,8 @@ pub async fn recover_interrupted_rollback<P: Platform>(
         return Ok(Recovered::RolledBack);
     }
     let back = reverse_name(&spec);
-    let source_admin = admin_session(platform, &spec).await?;
-    // The source database may be open (the fence was lifted for the reverse apply).
-    source_admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            quote_ident(&spec.database)
-        ))
-        .await
-        .map_err(sql("source", "opening the source database for a moment"))?;
-    let source = connect_source(platform, &spec).await;
-    source_admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            quote_ident(&spec.database)
-        ))
-        .await
-        .map_err(sql("source", "fencing the source again"))?;
-    let source = source?;
+    // The source database may be open (its fence was lifted for the reverse apply).
+    let source = slip_in(platform, &spec).await?;
     source
         .batch_execute(&format!(
             "ALTER SUBSCRIPTION {} DISABLE",
@@ -827,12 +838,6 @@ pub async fn recover_interrupted_rollback<P: Platform>(
         ))
         .await
         .map_err(sql("source", "disabling the reverse subscription"))?;
-    let own: i32 = source
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(sql("source", "reading pgseal's session id"))?
-        .get(0);
-    fence(&source_admin, &spec.database, own).await?;
     let other = if spec.database == "postgres" {
         "template1"
     } else {
@@ -939,25 +944,8 @@ pub async fn cleanup<P: Platform>(
             .removed
             .push(format!("subscription {rep_name} (target)"));
     }
-    // The publication lives in the fenced database: let pgseal in for a moment, fence
-    // again at once (ending anyone else who slipped in), and drop it from inside.
-    let admin = admin_session(platform, &spec).await?;
-    lift_fence(&admin, &spec.database).await?;
-    let source = connect_source(platform, &spec).await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            quote_ident(&spec.database)
-        ))
-        .await
-        .map_err(sql("source", "fencing the database again"))?;
-    let source = source?;
-    let own_pid: i32 = source
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(sql("source", "reading pgseal's session id"))?
-        .get(0);
-    fence(&admin, &spec.database, own_pid).await?;
+    // The publication lives in the fenced database: drop it from inside.
+    let source = slip_in(platform, &spec).await?;
     // The target is the database now: its instance stays; the fence stays on record.
     report
         .removed
