@@ -271,6 +271,33 @@ fn assert_crashed(out: &Output, failpoint: &str) {
     assert!(String::from_utf8_lossy(&out.stderr).contains(failpoint));
 }
 
+/// Runs `args` killed at `point`, then `migrate resume M`; checks what resume says, the
+/// phase after it and where the endpoint `src-ep` points.
+fn crash_then_resume(
+    h: &Home,
+    point: &str,
+    args: &[&str],
+    says: &str,
+    phase: &str,
+    endpoint_on: &str,
+) {
+    let out = h.run_env(("PGSEAL_FAILPOINT", point), args);
+    assert_crashed(&out, point);
+    let migration = args[2];
+    let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", migration]).stdout).to_string();
+    assert!(text.contains(says), "{point}: {text}");
+    assert_eq!(
+        h.json(&["migrate", "status", migration])["migration"]["phase"],
+        phase,
+        "{point}"
+    );
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        endpoint_on,
+        "{point}"
+    );
+}
+
 /// Waits until the target has every acknowledged transaction (it is replicating).
 fn wait_caught_up(h: &Home, target: &str, ledger: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -882,20 +909,13 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
     }
     // Killed after the switch: resume finishes forward.
     std::thread::sleep(Duration::from_secs(2));
-    let out = h.run_env(
-        ("PGSEAL_FAILPOINT", "cutover:switched"),
+    crash_then_resume(
+        &h,
+        "cutover:switched",
         &["migrate", "cutover", "c2"],
-    );
-    assert_crashed(&out, "cutover:switched");
-    let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "c2"]).stdout).to_string();
-    assert!(text.contains("now cut over"), "{text}");
-    assert_eq!(
-        h.json(&["migrate", "status", "c2"])["migration"]["phase"],
-        "cut_over"
-    );
-    assert_eq!(
-        h.json(&["endpoint", "describe", "src-ep"])["instance"],
-        "src-enc"
+        "now cut over",
+        "cut_over",
+        "src-enc",
     );
 
     let run = writes.finish();
@@ -1155,20 +1175,13 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
     std::thread::sleep(Duration::from_secs(2));
 
     // Killed with the target fenced, before switching back: resume lets the target serve.
-    let out = h.run_env(
-        ("PGSEAL_FAILPOINT", "rollback:fenced"),
+    crash_then_resume(
+        &h,
+        "rollback:fenced",
         &["migrate", "rollback", "rb"],
-    );
-    assert_crashed(&out, "rollback:fenced");
-    let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "rb"]).stdout).to_string();
-    assert!(text.contains("rollback of rb was undone"), "{text}");
-    assert_eq!(
-        h.json(&["migrate", "status", "rb"])["migration"]["phase"],
-        "cut_over"
-    );
-    assert_eq!(
-        h.json(&["endpoint", "describe", "src-ep"])["instance"],
-        "src-enc"
+        "rollback of rb was undone",
+        "cut_over",
+        "src-enc",
     );
     let allowed = |instance: &str| {
         h.sql(instance, "template1")
@@ -1181,16 +1194,13 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
     std::thread::sleep(Duration::from_secs(2));
 
     // Killed after switching back: resume finishes it.
-    let out = h.run_env(
-        ("PGSEAL_FAILPOINT", "rollback:switched"),
+    crash_then_resume(
+        &h,
+        "rollback:switched",
         &["migrate", "rollback", "rb"],
-    );
-    assert_crashed(&out, "rollback:switched");
-    let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "rb"]).stdout).to_string();
-    assert!(text.contains("now rolled back"), "{text}");
-    assert_eq!(
-        h.json(&["endpoint", "describe", "src-ep"])["instance"],
-        "src"
+        "now rolled back",
+        "rolled_back",
+        "src",
     );
 
     let run = writes.finish();
