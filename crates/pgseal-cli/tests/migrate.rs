@@ -271,6 +271,22 @@ fn assert_crashed(out: &Output, failpoint: &str) {
     assert!(String::from_utf8_lossy(&out.stderr).contains(failpoint));
 }
 
+/// Verifies the ledger on `instance`: every acknowledged transaction there once, nothing
+/// else.
+fn assert_all_landed(h: &Home, instance: &str, ledger: &str, run: &serde_json::Value) {
+    let v = h.verify(&["--instance", instance], ledger);
+    assert_eq!(v["acknowledged"], run["acknowledged"], "{v}");
+    assert_eq!(
+        (
+            v["missing"].as_u64(),
+            v["duplicated"].as_u64(),
+            v["unexpected"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{instance}: {v}"
+    );
+}
+
 /// Runs `args` killed at `point`, then `migrate resume M`; checks what resume says, the
 /// phase after it and where the endpoint `src-ep` points.
 fn crash_then_resume(
@@ -811,16 +827,7 @@ fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_sy
 
     // The workload went through the endpoint the whole time: a pause, no error.
     assert_eq!(run["client_errors"], 0, "{run}");
-    let on_target = h.verify(&["--instance", "src-enc"], &ledger);
-    assert_eq!(on_target["acknowledged"], run["acknowledged"]);
-    assert_eq!(
-        (
-            on_target["missing"].as_u64(),
-            on_target["duplicated"].as_u64()
-        ),
-        (Some(0), Some(0)),
-        "{on_target}"
-    );
+    assert_all_landed(&h, "src-enc", &ledger, &run);
     // The other role was fenced: its session ended, reconnecting refused, and every write
     // it had acknowledged is on the target.
     assert!(!side_acked.is_empty());
@@ -920,16 +927,7 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
 
     let run = writes.finish();
     assert_eq!(run["client_errors"], 0, "{run}");
-    let on_target = h.verify(&["--instance", "src-enc"], &ledger);
-    assert_eq!(
-        (
-            on_target["missing"].as_u64(),
-            on_target["duplicated"].as_u64()
-        ),
-        (Some(0), Some(0)),
-        "{on_target}"
-    );
-    assert_eq!(on_target["acknowledged"], run["acknowledged"]);
+    assert_all_landed(&h, "src-enc", &ledger, &run);
     h.ok(&["endpoint", "delete", "src-ep"]);
     admin.exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
 }
@@ -971,17 +969,7 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
     assert_eq!(run["client_errors"], 0, "{run}");
 
     // Everything acknowledged, before, during and after both switches, is on the source.
-    let on_source = h.verify(&["--instance", "src"], &ledger);
-    assert_eq!(on_source["acknowledged"], run["acknowledged"]);
-    assert_eq!(
-        (
-            on_source["missing"].as_u64(),
-            on_source["duplicated"].as_u64(),
-            on_source["unexpected"].as_u64()
-        ),
-        (Some(0), Some(0), Some(0)),
-        "{on_source}"
-    );
+    assert_all_landed(&h, "src", &ledger, &run);
     let src = h.sql("src", "postgres");
     assert_eq!(src.count("SELECT last_value FROM invoice_no"), 11);
     assert_eq!(
@@ -1205,16 +1193,7 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
 
     let run = writes.finish();
     assert_eq!(run["client_errors"], 0, "{run}");
-    let on_source = h.verify(&["--instance", "src"], &ledger);
-    assert_eq!(on_source["acknowledged"], run["acknowledged"]);
-    assert_eq!(
-        (
-            on_source["missing"].as_u64(),
-            on_source["duplicated"].as_u64()
-        ),
-        (Some(0), Some(0)),
-        "{on_source}"
-    );
+    assert_all_landed(&h, "src", &ledger, &run);
     h.ok(&["migrate", "cleanup", "rb"]);
     h.ok(&["endpoint", "delete", "src-ep"]);
 }
