@@ -1126,13 +1126,16 @@ fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
     h.source("src", &["wal_level=logical"]);
     h.sql("src", "postgres").exec(
         "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
-         INSERT INTO items SELECT g, 'v' FROM generate_series(1, 5000) g",
+         INSERT INTO items SELECT g, 'v' FROM generate_series(1, 5000) g; \
+         CREATE TABLE loose (v text); ALTER TABLE loose REPLICA IDENTITY FULL; \
+         INSERT INTO loose VALUES ('a')",
     );
     h.ok(&["migrate", "start", "--source", "src", "--name", "f1"]);
     assert_eq!(h.json(&["migrate", "validate", "f1"])["clean"], true);
     // After the clean pass: a row changed on the target behind replication's back.
     h.sql("src-enc", "postgres").exec(
-        "SET session_replication_role = replica; UPDATE items SET v = 'sneaky' WHERE id = 321",
+        "SET session_replication_role = replica; UPDATE items SET v = 'sneaky' WHERE id = 321; \
+         INSERT INTO loose VALUES ('b')",
     );
     let out = h.run(&["migrate", "cutover", "f1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1141,6 +1144,7 @@ fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
         stderr.contains("final check") && stderr.contains("public.items: 321"),
         "{stderr}"
     );
+    assert!(stderr.contains("public.loose: row hash"), "{stderr}");
     // Refused before the switch: the fence is lifted and the source still serves.
     assert_eq!(
         h.json(&["migrate", "status", "f1"])["migration"]["phase"],

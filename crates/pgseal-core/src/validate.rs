@@ -896,61 +896,65 @@ async fn install_change_log(target: &Client, tables: &[String]) -> Result<i64, E
     target
         .batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS pgseal_validate; \
-             CREATE TABLE IF NOT EXISTS {CHANGE_LOG} (id bigserial PRIMARY KEY, tbl regclass NOT NULL, key jsonb); \
-             CREATE OR REPLACE FUNCTION pgseal_validate.record_change() RETURNS trigger \
-             LANGUAGE plpgsql SET search_path = pg_catalog AS $f$ \
-             DECLARE r jsonb; k jsonb := NULL; c text; \
-             BEGIN \
-               r := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END); \
-               IF TG_NARGS > 0 THEN \
-                 k := '{{}}'::jsonb; \
-                 FOREACH c IN ARRAY TG_ARGV LOOP k := k || jsonb_build_object(c, r -> c); END LOOP; \
-               END IF; \
-               INSERT INTO {CHANGE_LOG} (tbl, key) VALUES (TG_RELID, k); \
-               IF TG_OP = 'UPDATE' AND TG_NARGS > 0 THEN \
-                 r := to_jsonb(OLD); k := '{{}}'::jsonb; \
-                 FOREACH c IN ARRAY TG_ARGV LOOP k := k || jsonb_build_object(c, r -> c); END LOOP; \
-                 INSERT INTO {CHANGE_LOG} (tbl, key) VALUES (TG_RELID, k); \
-               END IF; \
-               RETURN NULL; \
-             END $f$"
+             CREATE TABLE IF NOT EXISTS {CHANGE_LOG} (id bigserial PRIMARY KEY, tbl regclass NOT NULL, key jsonb)"
         ))
         .await
         .map_err(sql("target", "installing the change log"))?;
     for table in tables {
-        let key: Vec<String> = target
-            .query(
-                "SELECT a.attname::text FROM pg_index i \
-                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true \
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                 WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY k.n",
+        let row = target
+            .query_one(
+                "SELECT c.oid::int8, \
+                        coalesce(array_agg(a.attname::text ORDER BY k.n) FILTER (WHERE a.attname IS NOT NULL), '{}') \
+                 FROM pg_class c \
+                 LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
+                 LEFT JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true \
+                 LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+                 WHERE c.oid = $1::text::regclass GROUP BY c.oid",
                 &[&qualified(table)],
             )
             .await
-            .map_err(sql("target", "reading a primary key"))?
-            .iter()
-            .map(|r| replication::quote_literal(&r.get::<_, String>(0)))
-            .collect();
-        let exists = target
-            .query_opt(
-                "SELECT 1 FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname = 'pgseal_changes'",
-                &[&qualified(table)],
+            .map_err(sql("target", "reading a primary key"))?;
+        let (oid, key): (i64, Vec<String>) = (row.get(0), row.get(1));
+        // One function a table, with the key columns named statically: no whole-row
+        // conversion per change. A key-less table only records that it was touched.
+        let function = format!("pgseal_validate.log_{oid}");
+        let body = if key.is_empty() {
+            format!("INSERT INTO {CHANGE_LOG} (tbl, key) VALUES (TG_RELID, NULL); RETURN NULL;")
+        } else {
+            let build = |row: &str| {
+                let pairs: Vec<String> = key
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}, {row}.{}",
+                            replication::quote_literal(c),
+                            quote_ident(c)
+                        )
+                    })
+                    .collect();
+                format!("jsonb_build_object({})", pairs.join(", "))
+            };
+            let (new, old) = (build("NEW"), build("OLD"));
+            format!(
+                "IF TG_OP <> 'DELETE' THEN INSERT INTO {CHANGE_LOG} (tbl, key) VALUES (TG_RELID, {new}); END IF; \
+                 IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND {old} <> {new}) THEN \
+                   INSERT INTO {CHANGE_LOG} (tbl, key) VALUES (TG_RELID, {old}); END IF; \
+                 RETURN NULL;"
             )
+        };
+        // Row level even without a key: the apply worker fires row triggers only.
+        target
+            .batch_execute(&format!(
+                "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql \
+                 SET search_path = pg_catalog AS $f$ BEGIN {body} END $f$; \
+                 DROP TRIGGER IF EXISTS pgseal_changes ON {t}; \
+                 CREATE TRIGGER pgseal_changes AFTER INSERT OR UPDATE OR DELETE ON {t} \
+                 FOR EACH ROW EXECUTE FUNCTION {function}(); \
+                 ALTER TABLE {t} ENABLE ALWAYS TRIGGER pgseal_changes",
+                t = qualified(table),
+            ))
             .await
-            .map_err(sql("target", "reading triggers"))?
-            .is_some();
-        if !exists {
-            target
-                .batch_execute(&format!(
-                    "CREATE TRIGGER pgseal_changes AFTER INSERT OR UPDATE OR DELETE ON {t} \
-                     FOR EACH ROW EXECUTE FUNCTION pgseal_validate.record_change({args}); \
-                     ALTER TABLE {t} ENABLE ALWAYS TRIGGER pgseal_changes",
-                    t = qualified(table),
-                    args = key.join(", ")
-                ))
-                .await
-                .map_err(sql("target", "installing a change trigger"))?;
-        }
+            .map_err(sql("target", "installing a change trigger"))?;
     }
     let row = target
         .query_one(
