@@ -255,28 +255,16 @@ async fn admin_session<P: Platform>(
     platform: &P,
     spec: &crate::journal::MigrationSpec,
 ) -> Result<Client, EngineError> {
-    let other = if spec.database == "postgres" {
-        "template1"
-    } else {
-        "postgres"
-    };
+    let other = crate::engine::other_database(&spec.database);
     connect_source_db(platform, spec, other).await
 }
 
 /// Waits until the target has confirmed everything up to `lsn` applied and flushed.
 async fn drain(source: &Client, slot: &str, lsn: Lsn) -> Result<Lsn, EngineError> {
-    loop {
-        let state = replication::slot(source, slot)
-            .await
-            .map_err(sql("source", "reading the slot"))?
-            .ok_or_else(|| EngineError::Precondition(format!("slot {slot} is gone")))?;
-        if let Some(confirmed) = state.confirmed_flush_lsn
-            && confirmed >= lsn
-        {
-            return Ok(confirmed);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    replication::wait_confirmed(source, slot, lsn)
+        .await
+        .map_err(sql("source", "reading the slot"))?
+        .ok_or_else(|| EngineError::Precondition(format!("slot {slot} is gone")))
 }
 
 /// Sets every sequence of the source database on the target, and reads them back.
@@ -598,11 +586,7 @@ pub async fn rollback<P: Platform, S: Switch>(
         .await
         .map_err(sql("target", "reading pgseal's session id"))?
         .get(0);
-    let other = if spec.database == "postgres" {
-        "template1"
-    } else {
-        "postgres"
-    };
+    let other = crate::engine::other_database(&spec.database);
     let target_admin = connect_to(platform, &spec.target, other, "target").await?;
     let source_admin = admin_session(platform, &spec).await?;
     let run = journal.step_started(name, Step::Rollback)?;
@@ -838,11 +822,7 @@ pub async fn recover_interrupted_rollback<P: Platform>(
         ))
         .await
         .map_err(sql("source", "disabling the reverse subscription"))?;
-    let other = if spec.database == "postgres" {
-        "template1"
-    } else {
-        "postgres"
-    };
+    let other = crate::engine::other_database(&spec.database);
     let target_admin = connect_to(platform, &spec.target, other, "target").await?;
     lift_fence(&target_admin, &spec.database).await?;
     journal.remove_resource(name, "target_fence", &spec.database)?;

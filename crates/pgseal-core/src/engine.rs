@@ -881,6 +881,16 @@ pub async fn connect_source_db<P: Platform>(
     }
 }
 
+/// A database of the same server other than `db`, for work PostgreSQL refuses from
+/// inside `db` itself (fencing it) or that must go on while `db` is fenced.
+pub fn other_database(db: &str) -> &'static str {
+    if db == "postgres" {
+        "template1"
+    } else {
+        "postgres"
+    }
+}
+
 /// Connects to `instance`'s database `dbname` as its master user.
 pub async fn connect_to<P: Platform>(
     platform: &P,

@@ -115,11 +115,7 @@ pub async fn status<P: Platform>(
         let fenced = matches!(migration.phase, Phase::CutOver | Phase::CuttingOver);
         let rolled_back = migration.phase == Phase::RolledBack;
         let source = if fenced {
-            let other = if spec.database == "postgres" {
-                "template1"
-            } else {
-                "postgres"
-            };
+            let other = crate::engine::other_database(&spec.database);
             connect_source_db(platform, &spec, other).await?
         } else {
             connect_source(platform, &spec).await?

@@ -342,23 +342,17 @@ impl Sides<'_> {
     }
 
     /// Waits (up to 30 s) until the target has applied and flushed everything up to `lsn`.
+    /// Without a slot (not replicating) there is nothing to wait for.
     async fn applied(&self, lsn: Lsn) -> Result<(), EngineError> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let slot = replication::slot(self.source, &self.slot)
-                .await
-                .map_err(sql("source", "reading the slot"))?;
-            match slot.and_then(|s| s.confirmed_flush_lsn) {
-                None => return Ok(()), // not replicating: nothing to wait for
-                Some(c) if c >= lsn => return Ok(()),
-                Some(_) if Instant::now() > deadline => {
-                    return Err(EngineError::Timeout {
-                        what: format!("the target to apply up to {lsn}"),
-                        seconds: 30,
-                    });
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
+        let wait = replication::wait_confirmed(self.source, &self.slot, lsn);
+        match tokio::time::timeout(Duration::from_secs(30), wait).await {
+            Ok(result) => result
+                .map(|_| ())
+                .map_err(sql("source", "reading the slot")),
+            Err(_) => Err(EngineError::Timeout {
+                what: format!("the target to apply up to {lsn}"),
+                seconds: 30,
+            }),
         }
     }
 }
@@ -390,8 +384,24 @@ enum Want {
 /// Reads both sides at the same point of the replication stream: the source table is held
 /// in SHARE mode (writers to it wait, for milliseconds) while its side is read, the target
 /// has applied everything the source had committed by then, and its side is read. `None`
-/// when the lock could not be had within 2 s (a long transaction holds the table).
+/// when the lock could not be had within 2 s in any of [`TRIES`] tries (a long transaction
+/// holds the table).
 async fn consistent(
+    sides: &Sides<'_>,
+    shape: &Shape,
+    cond: &str,
+    want: Want,
+) -> Result<Option<Read>, EngineError> {
+    for _ in 0..TRIES {
+        if let Some(read) = consistent_once(sides, shape, cond, want).await? {
+            return Ok(Some(read));
+        }
+    }
+    Ok(None)
+}
+
+/// One try of [`consistent`].
+async fn consistent_once(
     sides: &Sides<'_>,
     shape: &Shape,
     cond: &str,
@@ -451,12 +461,33 @@ async fn compare_chunk(
         return Ok((src.0, false, false));
     }
     // The target may only have been behind: compare again at one point of the stream.
-    for _ in 0..TRIES {
-        if let Some(Read::Sums(a, b)) = consistent(sides, shape, cond, Want::Sums).await? {
-            return Ok((a.0, a != b, false));
-        }
+    match consistent(sides, shape, cond, Want::Sums).await? {
+        Some(Read::Sums(a, b)) => Ok((a.0, a != b, false)),
+        _ => Ok((src.0, false, true)),
     }
-    Ok((src.0, false, true))
+}
+
+/// Adds the differences between two `row hash -> count` multisets (a table without a key)
+/// to a report.
+fn merge_multisets(
+    report: &mut TableReport,
+    src: &std::collections::BTreeMap<i64, i64>,
+    dst: &std::collections::BTreeMap<i64, i64>,
+) {
+    let all: std::collections::BTreeSet<&i64> = src.keys().chain(dst.keys()).collect();
+    for h in all {
+        let (a, b) = (
+            src.get(h).copied().unwrap_or(0),
+            dst.get(h).copied().unwrap_or(0),
+        );
+        if a > b && report.missing.len() < LISTED {
+            report.missing.push(format!("row hash {h} x{}", a - b));
+        }
+        if b > a && report.extra.len() < LISTED {
+            report.extra.push(format!("row hash {h} x{}", b - a));
+        }
+        report.mismatched_rows += (a - b).abs();
+    }
 }
 
 /// Adds the differences between two `key -> row hash` lists to a report.
@@ -633,29 +664,13 @@ async fn integer_key(
             let last = first + (1 << BUCKET_BITS) - 1;
             let cond =
                 format!("{key} > {lo} AND {key} <= {hi} AND {key} >= {first} AND {key} <= {last}");
-            let mut verdict = None;
-            for _ in 0..TRIES {
-                if let Some(Read::Sums(a, b)) = consistent(sides, shape, &cond, Want::Sums).await? {
-                    verdict = Some(a != b);
-                    break;
-                }
-            }
-            match verdict {
+            match consistent(sides, shape, &cond, Want::Sums).await? {
+                Some(Read::Sums(a, b)) if a == b => {}
+                Some(_) => match consistent(sides, shape, &cond, Want::Rows).await? {
+                    Some(Read::Rows(a, b)) => merge(report, &a, &b),
+                    _ => report.unstable_chunks += 1,
+                },
                 None => report.unstable_chunks += 1,
-                Some(false) => {}
-                Some(true) => {
-                    let mut read = None;
-                    for _ in 0..TRIES {
-                        read = consistent(sides, shape, &cond, Want::Rows).await?;
-                        if read.is_some() {
-                            break;
-                        }
-                    }
-                    match read {
-                        Some(Read::Rows(a, b)) => merge(report, &a, &b),
-                        _ => report.unstable_chunks += 1,
-                    }
-                }
             }
         }
         let took = t.elapsed().as_secs_f64().max(0.001);
@@ -677,14 +692,9 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
     };
     if shape.key.is_empty() {
         report.state = TableState::NoPrimaryKey;
-        let mut read = None;
-        for _ in 0..TRIES {
-            read = consistent(sides, &shape, "true", Want::Multisets).await?;
-            if read.is_some() {
-                break;
-            }
-        }
-        let Some(Read::Multisets(src, dst)) = read else {
+        let Some(Read::Multisets(src, dst)) =
+            consistent(sides, &shape, "true", Want::Multisets).await?
+        else {
             report.state = TableState::Suspended;
             report.unstable_chunks = 1;
             report.seconds = started.elapsed().as_secs_f64();
@@ -692,20 +702,7 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
         };
         report.rows = src.values().sum();
         report.chunks = 1;
-        let all: std::collections::BTreeSet<&i64> = src.keys().chain(dst.keys()).collect();
-        for h in all {
-            let (a, b) = (
-                src.get(h).copied().unwrap_or(0),
-                dst.get(h).copied().unwrap_or(0),
-            );
-            if a > b && report.missing.len() < LISTED {
-                report.missing.push(format!("row hash {h} x{}", a - b));
-            }
-            if b > a && report.extra.len() < LISTED {
-                report.extra.push(format!("row hash {h} x{}", b - a));
-            }
-            report.mismatched_rows += (a - b).abs();
-        }
+        merge_multisets(&mut report, &src, &dst);
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
@@ -767,14 +764,7 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
             report.unstable_chunks += 1;
         }
         if mismatch {
-            let mut read = None;
-            for _ in 0..TRIES {
-                read = consistent(sides, &shape, &cond, Want::Rows).await?;
-                if read.is_some() {
-                    break;
-                }
-            }
-            match read {
+            match consistent(sides, &shape, &cond, Want::Rows).await? {
                 Some(Read::Rows(src, dst)) => merge(&mut report, &src, &dst),
                 _ => report.unstable_chunks += 1,
             }
@@ -1029,52 +1019,26 @@ pub async fn final_check(
     for g in groups {
         let (table, keys, keyless): (String, Option<String>, bool) = (g.get(0), g.get(1), g.get(2));
         let shape = shape(source, &table).await?;
+        let mut report = TableReport {
+            table: table.clone(),
+            ..Default::default()
+        };
         if keyless || shape.key.is_empty() {
             let (a, b) = (
                 multiset(source, &shape, "source").await?,
                 multiset(target, &shape, "target").await?,
             );
             check.rows += a.values().sum::<i64>();
-            let all: std::collections::BTreeSet<&i64> = a.keys().chain(b.keys()).collect();
-            for h in all {
-                let d = (a.get(h).copied().unwrap_or(0) - b.get(h).copied().unwrap_or(0)).abs();
-                if d > 0 && check.keys.len() < LISTED {
-                    check.keys.push(format!("{table}: row hash {h}"));
-                }
-                check.mismatched_rows += d;
-            }
-            continue;
+            merge_multisets(&mut report, &a, &b);
+        } else if let Some(keys) = keys {
+            check.rows +=
+                serde_json::from_str::<Vec<serde_json::Value>>(&keys).map_or(0, |k| k.len() as i64);
+            merge(
+                &mut report,
+                &changed_rows(source, &shape, &keys, "source").await?,
+                &changed_rows(target, &shape, &keys, "target").await?,
+            );
         }
-        let Some(keys) = keys else { continue };
-        let cols: Vec<String> = shape
-            .key
-            .iter()
-            .map(|(c, t)| {
-                format!(
-                    "(j ->> {})::{t}",
-                    replication::quote_literal(c.trim_matches('"'))
-                )
-            })
-            .collect();
-        let cond = format!(
-            "{} IN (SELECT {} FROM jsonb_array_elements({}::jsonb) j)",
-            shape.key_tuple(),
-            cols.join(", "),
-            replication::quote_literal(&keys)
-        );
-        let (a, b) = (
-            hashes(source, &shape, &cond, "source").await?,
-            hashes(target, &shape, &cond, "target").await?,
-        );
-        check.rows +=
-            serde_json::from_str::<Vec<serde_json::Value>>(&keys).map_or(0, |k| k.len() as i64);
-        let mut report = TableReport {
-            table: table.clone(),
-            state: TableState::Validated,
-            error: None,
-            ..Default::default()
-        };
-        merge(&mut report, &a, &b);
         check.mismatched_rows += report.mismatched_rows;
         for k in report
             .missing
@@ -1089,4 +1053,31 @@ pub async fn final_check(
     }
     check.millis = started.elapsed().as_millis() as u64;
     Ok(check)
+}
+
+/// `key -> row hash` of the rows whose keys are in `keys` (a JSON array of key objects,
+/// as the change log records them).
+async fn changed_rows(
+    client: &Client,
+    shape: &Shape,
+    keys: &str,
+    role: &'static str,
+) -> Result<std::collections::BTreeMap<String, i64>, EngineError> {
+    let cols: Vec<String> = shape
+        .key
+        .iter()
+        .map(|(c, t)| {
+            format!(
+                "(j ->> {})::{t}",
+                replication::quote_literal(c.trim_matches('"'))
+            )
+        })
+        .collect();
+    let cond = format!(
+        "{} IN (SELECT {} FROM jsonb_array_elements({}::jsonb) j)",
+        shape.key_tuple(),
+        cols.join(", "),
+        replication::quote_literal(keys)
+    );
+    hashes(client, shape, &cond, role).await
 }

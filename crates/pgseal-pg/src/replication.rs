@@ -139,6 +139,27 @@ pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, tokio_postgr
     Ok(true)
 }
 
+/// Waits until slot `name` has `confirmed_flush_lsn` ≥ `lsn` — the subscriber has applied
+/// and flushed everything before it — polling every 10 ms, and returns that position;
+/// `None` when the slot does not exist. Callers bound the wait.
+pub async fn wait_confirmed(
+    client: &Client,
+    name: &str,
+    lsn: Lsn,
+) -> Result<Option<Lsn>, tokio_postgres::Error> {
+    loop {
+        let Some(state) = slot(client, name).await? else {
+            return Ok(None);
+        };
+        if let Some(confirmed) = state.confirmed_flush_lsn
+            && confirmed >= lsn
+        {
+            return Ok(Some(confirmed));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// True when a publication of that name exists in the connected database.
 pub async fn publication_exists(
     client: &Client,
