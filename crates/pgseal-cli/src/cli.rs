@@ -327,7 +327,8 @@ pub struct MigrationArgs {
     /// The encrypted instance to create [default: SOURCE-enc]
     #[arg(long)]
     pub target: Option<String>,
-    /// KMS key for the target (id or alias)
+    /// KMS key for the target: id, alias or ARN [default: pgseal/default locally,
+    /// alias/aws/rds for rds:/aurora: sources]
     #[arg(long, default_value = "pgseal/default")]
     pub key: String,
     /// The migration's name (its slot, publication and subscription are pgseal_NAME)
@@ -345,6 +346,21 @@ pub struct MigrationArgs {
     /// Report transactions open longer than this many seconds
     #[arg(long, default_value_t = 60)]
     pub long_transaction_seconds: i64,
+    /// AWS region for rds:/aurora: sources [default: the standard chain, e.g. AWS_REGION]
+    #[arg(long, help_heading = "AWS")]
+    pub region: Option<String>,
+    /// An AWS-compatible API endpoint [default: AWS_ENDPOINT_URL, or AWS itself]
+    #[arg(long, help_heading = "AWS")]
+    pub endpoint_url: Option<String>,
+    /// Reach instance ID's SQL endpoint at HOST:PORT (a tunnel or bastion), e.g.
+    /// prod=127.0.0.1:15432; repeatable; ID is the name given to this migration (pgseal
+    /// follows the renames of cutover itself)
+    #[arg(long, value_name = "ID=HOST:PORT", help_heading = "AWS")]
+    pub connect_via: Vec<String>,
+    /// The address the other instance uses to reach ID for replication, when not ID's
+    /// endpoint address; repeatable
+    #[arg(long, value_name = "ID=HOST:PORT", help_heading = "AWS")]
+    pub peer_via: Vec<String>,
 }
 
 /// `pgseal migrate ...`

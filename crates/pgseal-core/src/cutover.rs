@@ -142,6 +142,27 @@ async fn check<P: Platform>(
             }
         }
     }
+    // The target must be encrypted under the snapshot's key, as the platform says now.
+    if let Some(snapshot) = journal.outputs(name, Step::Snapshot)? {
+        let expected = snapshot["snapshot"]["restore_key"]
+            .as_str()
+            .or(snapshot["snapshot"]["key_id"].as_str())
+            .map(str::to_string);
+        match platform.describe_instance(&st.migration.spec.target).await {
+            Ok(target) if !target.encrypted => failed.push(format!(
+                "the target {} is NOT encrypted (the platform reports StorageEncrypted=false): cutting over would move the data onto unencrypted storage",
+                target.name
+            )),
+            Ok(target) if target.key_id != expected => failed.push(format!(
+                "the target {} is encrypted under {}, not the expected {}",
+                target.name,
+                target.key_id.as_deref().unwrap_or("no key"),
+                expected.as_deref().unwrap_or("?")
+            )),
+            Ok(_) => {}
+            Err(e) => failed.push(format!("the target cannot be described: {e}")),
+        }
+    }
     if let Some(last) = journal.outputs(name, Step::Validate)?
         && last["clean"] == false
     {
@@ -604,6 +625,26 @@ pub async fn rollback<P: Platform, S: Switch>(
         // fenced database refuses new walsender connections too.
         lift_fence(&source_admin, &spec.database).await?;
         let client = connect_source(platform, &spec).await?;
+        // The target's address may have changed since the reverse subscription was made
+        // (renamed at cutover): point it at the target as it is now.
+        let target_conninfo = platform
+            .subscriber_conninfo(&spec.target, &spec.database)
+            .await
+            .map_err(|source| EngineError::Platform {
+                what: "finding how the source reaches the target".into(),
+                source,
+            })?;
+        client
+            .batch_execute(&format!(
+                "ALTER SUBSCRIPTION {} CONNECTION {}",
+                quote_ident(&back),
+                replication::quote_literal(&target_conninfo)
+            ))
+            .await
+            .map_err(sql(
+                "source",
+                "pointing the reverse subscription at the target",
+            ))?;
         replication::enable_subscription(&client, &back)
             .await
             .map_err(sql("source", "enabling the reverse subscription"))?;
@@ -773,7 +814,8 @@ async fn remove_resources<P: Platform>(
         if removed {
             removed_all.push(label);
         }
-        if resource.kind != "fence" {
+        // The fence and the renames stay on record: they say what the names mean now.
+        if resource.kind != "fence" && resource.kind != "renamed" {
             journal.remove_resource(name, &resource.kind, &resource.name)?;
         }
     }

@@ -523,7 +523,7 @@ impl<'a, P: Platform> Engine<'a, P> {
                 }
             }
         };
-        if !snapshot.encrypted {
+        if !snapshot.encrypted && snapshot.restore_key.is_none() {
             return Err(EngineError::Precondition(format!(
                 "snapshot {snap} is not encrypted; abort the migration"
             )));
@@ -590,7 +590,8 @@ impl<'a, P: Platform> Engine<'a, P> {
             }
         };
         let snapshot: pgseal_platform::Snapshot = self.recorded(Step::Snapshot, "snapshot")?;
-        if !instance.encrypted || instance.key_id != snapshot.key_id {
+        let expected_key = snapshot.restore_key.clone().or(snapshot.key_id.clone());
+        if !instance.encrypted || instance.key_id != expected_key {
             return Err(EngineError::Precondition(format!(
                 "target {} is {} (key {}), expected encrypted under {}; refusing to go on",
                 instance.name,
@@ -600,7 +601,7 @@ impl<'a, P: Platform> Engine<'a, P> {
                     "NOT encrypted"
                 },
                 instance.key_id.as_deref().unwrap_or("none"),
-                snapshot.key_id.as_deref().unwrap_or("?")
+                expected_key.as_deref().unwrap_or("?")
             )));
         }
         let handoff = self
@@ -617,12 +618,14 @@ impl<'a, P: Platform> Engine<'a, P> {
     }
 
     async fn restore_new(&self, snap: &str) -> Result<pgseal_platform::Instance, EngineError> {
+        let snapshot: pgseal_platform::Snapshot = self.recorded(Step::Snapshot, "snapshot")?;
         let spec = NewInstance {
             name: self.spec.target.clone(),
             port: self.spec.target_port,
             storage_bytes: None,
-            // Encrypted exactly as the snapshot is (checked after the restore).
-            encryption_key: None,
+            // Encrypted exactly as the snapshot is, or under the key a restore must
+            // encrypt it with (checked after the restore).
+            encryption_key: snapshot.restore_key,
             params: Default::default(),
         };
         self.platform

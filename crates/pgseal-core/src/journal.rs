@@ -146,6 +146,11 @@ pub struct MigrationSpec {
     pub long_transaction_seconds: i64,
     /// WAL the slot may hold on the source before `status` aborts the migration.
     pub max_slot_retention: Option<u64>,
+    /// Platform settings that hold for the migration's whole life, as `key → value`
+    /// (for AWS: `region`, `endpoint_url`, `connect_via.NAME`, `peer_via.NAME`); empty
+    /// for the local platform. Never a secret.
+    #[serde(default)]
+    pub platform: std::collections::BTreeMap<String, String>,
 }
 
 impl MigrationSpec {
@@ -639,6 +644,7 @@ mod tests {
             replica_identity_full: false,
             long_transaction_seconds: 60,
             max_slot_retention: None,
+            platform: Default::default(),
         }
     }
 

@@ -83,6 +83,7 @@ fn snapshot(record: SnapshotRecord) -> Snapshot {
         encrypted: record.encryption.is_some(),
         key_id: record.encryption.map(|e| e.key_id),
         end_lsn: Some(record.end_lsn),
+        restore_key: None,
     }
 }
 

@@ -127,6 +127,11 @@ pub struct Snapshot {
     pub key_id: Option<String>,
     /// Where the backup ends, when the platform knows.
     pub end_lsn: Option<Lsn>,
+    /// For a plain snapshot that a restore encrypts (Aurora cannot copy a plain cluster
+    /// snapshot under a key; `RestoreDBClusterFromSnapshot` takes one): the key (ARN) the
+    /// restore must use. `None` everywhere else.
+    #[serde(default)]
+    pub restore_key: Option<String>,
 }
 
 /// Where a restored copy's WAL ends, and the evidence for it.

@@ -188,6 +188,58 @@ impl TestCluster {
         Ok(())
     }
 
+    /// A new cluster started from a `pg_basebackup` of this one taken now, the way a
+    /// restored snapshot starts: its first start replays the copied WAL and logs `redo done
+    /// at` and `invalid record length at` (the handoff line, see [`TestCluster::log_text`]).
+    /// `settings` are written as for a new cluster. Blocking.
+    pub fn restore_copy(&self, settings: &[(String, String)]) -> Result<TestCluster, Error> {
+        let run_as = self.server.run_as.clone();
+        let root = tempfile::Builder::new()
+            .prefix("pgseal-test-copy-")
+            .tempdir()
+            .map_err(io_error("create the copy's temp dir"))?;
+        run_as
+            .chown(root.path())
+            .map_err(io_error("give the copy's temp dir to the server user"))?;
+        let socket_dir = root.path().join("socket");
+        fs::create_dir(&socket_dir).map_err(io_error("create the socket dir"))?;
+        run_as
+            .chown(&socket_dir)
+            .map_err(io_error("give the socket dir to the server user"))?;
+        let data_dir = root.path().join("data");
+        pgseal_exec::ExternalCommand::new(self.server.install.program("pg_basebackup"))
+            .arg("-D")
+            .arg(&data_dir)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                SUPERUSER,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ])
+            .arg(format!("--port={}", self.port))
+            .run_as(run_as.clone())
+            .run()?;
+        let server = ServerControl {
+            install: self.server.install.clone(),
+            run_as,
+            log_path: root.path().join("server.log"),
+            data_dir,
+        };
+        let mut copy = TestCluster {
+            root: Some(root),
+            socket_dir,
+            port: 0,
+            server,
+            running: false,
+        };
+        copy.start_on_free_port(settings)?;
+        Ok(copy)
+    }
+
     /// The TCP port the server listens on (loopback).
     pub fn port(&self) -> u16 {
         self.port

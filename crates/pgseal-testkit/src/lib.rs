@@ -21,5 +21,7 @@
 //! ```
 
 mod cluster;
+pub mod moto;
 
 pub use cluster::{ClusterBuilder, Error, TestCluster};
+pub use moto::MotoServer;

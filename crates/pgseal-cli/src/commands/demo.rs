@@ -251,6 +251,7 @@ fn story(
             replica_identity_full: true,
             long_transaction_seconds: 60,
             max_slot_retention: None,
+            platform: Default::default(),
         };
         journal.create(&spec)?;
         let observe = |e: &pgseal_core::Event| {

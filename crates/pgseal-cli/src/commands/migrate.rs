@@ -15,8 +15,8 @@ use pgseal_core::{
     Engine, EngineError, Event, Journal, MigrationLock, MigrationSpec, Phase, Surroundings,
 };
 use pgseal_local::instance::LocalError;
-use pgseal_local::platform::LocalPlatform;
 
+use super::platform::{AnyPlatform, for_spec, is_aws_source};
 use super::switch::{EndpointSwitch, HookSwitch, resume_endpoint};
 use super::{Context, Outcome, print_json, render_table, url_config};
 use crate::cli::{MigrateCommand, MigrationArgs};
@@ -134,31 +134,64 @@ fn url_config_checked(url: &str) -> anyhow::Result<(tokio_postgres::Config, bool
 }
 
 fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
-    let instances = LocalInstances::open(&ctx.home)?;
-    let (config, managed) = if is_url(&args.source) {
-        (url_config(&args.source, "--source")?, None)
-    } else {
-        let mut config = instances.describe(&args.source)?.sql_config();
-        config.dbname(&args.database);
-        (config, Some(args.source.clone()))
-    };
-    let target = default_target(args);
-    let target_problem = match &target {
-        Some(t) if instances.describe(t).is_ok() => Some(format!("instance {t} already exists")),
-        Some(_) => None,
-        None => Some("name the encrypted instance to create with --target".to_string()),
-    };
+    let runtime = runtime()?;
+    let (config, managed, target, target_problem, key_problem, free) =
+        if is_aws_source(&args.source) {
+            use pgseal_platform::Platform as _;
+            let spec = spec_from_args(ctx, args, None, None, None)?;
+            let platform = for_spec(ctx, &runtime, None, &spec, false)?;
+            let mut config = runtime.block_on(platform.connection(&spec.source))?;
+            config.dbname(&spec.database);
+            let target_problem = runtime
+                .block_on(platform.describe_instance(&spec.target))
+                .ok()
+                .map(|_| format!("{} already exists", spec.target));
+            let key_problem = key_problem_on(ctx, &runtime, &platform, &spec.key);
+            (
+                config,
+                Some(args.source.clone()),
+                Some(spec.target),
+                target_problem,
+                key_problem,
+                None,
+            )
+        } else {
+            let instances = LocalInstances::open(&ctx.home)?;
+            let (config, managed) = if is_url(&args.source) {
+                (url_config(&args.source, "--source")?, None)
+            } else {
+                let mut config = instances.describe(&args.source)?.sql_config();
+                config.dbname(&args.database);
+                (config, Some(args.source.clone()))
+            };
+            let target = default_target(args);
+            let target_problem = match &target {
+                Some(t) if instances.describe(t).is_ok() => {
+                    Some(format!("instance {t} already exists"))
+                }
+                Some(_) => None,
+                None => Some("name the encrypted instance to create with --target".to_string()),
+            };
+            (
+                config,
+                managed,
+                target,
+                target_problem,
+                key_problem(ctx, &args.key),
+                free_bytes(&ctx.home),
+            )
+        };
     let input = PreflightInput {
         migration: args.name.clone(),
         managed_source: managed,
         allow_restart: args.allow_restart,
         replica_identity_full: args.replica_identity_full,
         long_transaction_seconds: args.long_transaction_seconds,
-        free_bytes: free_bytes(&ctx.home),
-        key_problem: key_problem(ctx, &args.key),
+        free_bytes: free,
+        key_problem,
         target_problem,
     };
-    let report = runtime()?.block_on(async {
+    let report = runtime.block_on(async {
         let client = pgseal_pg::connect(&config).await?;
         anyhow::Ok(
             preflight(&client, &input)
@@ -186,13 +219,17 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
     }))
 }
 
-/// The local platform, with the key store when `kms` (creating, snapshotting and
-/// restoring encrypted instances need it; status and abort do not).
-fn platform(ctx: &Context, kms: bool) -> anyhow::Result<LocalPlatform> {
-    Ok(LocalPlatform::new(
-        LocalInstances::open(&ctx.home)?,
-        ctx.open_kms_if(kms)?,
-    ))
+/// The platform migration `name` runs on, with the local key store when `kms` (creating,
+/// snapshotting and restoring encrypted local instances need it; status and abort do not).
+fn platform(
+    ctx: &Context,
+    runtime: &tokio::runtime::Runtime,
+    journal: &Journal,
+    name: &str,
+    kms: bool,
+) -> anyhow::Result<AnyPlatform> {
+    let spec = journal.migration(name)?.spec;
+    for_spec(ctx, runtime, Some(journal), &spec, kms)
 }
 
 /// Prints each step as it starts and ends (stderr, unless --quiet).
@@ -214,13 +251,44 @@ fn observer(ctx: &Context) -> impl Fn(&Event) + '_ {
     }
 }
 
-fn start(
+/// The migration `args` describe, checked before anything is recorded.
+fn spec_from_args(
     ctx: &Context,
     args: &MigrationArgs,
     tables: Option<Vec<String>>,
     target_port: Option<u16>,
     max_slot_retention: Option<u64>,
-) -> Outcome {
+) -> anyhow::Result<MigrationSpec> {
+    let aws = is_aws_source(&args.source);
+    let mut platform = std::collections::BTreeMap::new();
+    if aws {
+        for (key, value) in [
+            ("region", &args.region),
+            ("endpoint_url", &args.endpoint_url),
+        ] {
+            if let Some(v) = value {
+                platform.insert(key.to_string(), v.clone());
+            }
+        }
+        #[cfg(feature = "aws")]
+        for (prefix, routes) in [
+            ("connect_via", &args.connect_via),
+            ("peer_via", &args.peer_via),
+        ] {
+            for route in routes {
+                let (id, address) = pgseal_aws::parse_route(route)?;
+                platform.insert(format!("{prefix}.{id}"), address);
+            }
+        }
+    } else if args.region.is_some()
+        || args.endpoint_url.is_some()
+        || !args.connect_via.is_empty()
+        || !args.peer_via.is_empty()
+    {
+        anyhow::bail!(LocalError::InvalidInput(
+            "--region, --endpoint-url, --connect-via and --peer-via are for AWS sources (rds:ID, aurora:ID)".into()
+        ));
+    }
     // A URL source: the journal keeps the URL, so it must not hold the password; the
     // database is the URL's.
     let (database, target) = if is_url(&args.source) {
@@ -242,39 +310,100 @@ fn start(
             .unwrap_or("postgres")
             .to_string();
         (database, target)
+    } else if aws {
+        let id = args.source.split_once(':').map_or("", |(_, id)| id);
+        let target = args.target.clone().unwrap_or_else(|| format!("{id}-enc"));
+        (args.database.clone(), target)
     } else {
         // An unknown source is bad input: refused before anything is recorded.
         LocalInstances::open(&ctx.home)?.describe(&args.source)?;
+        pgseal_local::instance::check_name(
+            &default_target(args).expect("an instance source has a default target"),
+        )?;
         (
             args.database.clone(),
             default_target(args).expect("an instance source has a default target"),
         )
     };
-    let spec = MigrationSpec {
+    let key = if aws && args.key == DEFAULT_KEY_ALIAS {
+        "alias/aws/rds".to_string()
+    } else {
+        args.key.clone()
+    };
+    Ok(MigrationSpec {
         name: args.name.clone(),
         source: args.source.clone(),
         target,
         target_port,
-        key: args.key.clone(),
+        key,
         database,
         tables,
         allow_restart: args.allow_restart,
         replica_identity_full: args.replica_identity_full,
         long_transaction_seconds: args.long_transaction_seconds,
         max_slot_retention,
-    };
-    pgseal_local::instance::check_name(&spec.target)?;
+        platform,
+    })
+}
+
+/// What is wrong with the migration's key, if anything, on its platform.
+fn key_problem_on(
+    ctx: &Context,
+    runtime: &tokio::runtime::Runtime,
+    platform: &AnyPlatform,
+    key: &str,
+) -> Option<String> {
+    match platform {
+        AnyPlatform::Local(_) => {
+            let _ = runtime;
+            key_problem(ctx, key)
+        }
+        #[cfg(feature = "aws")]
+        AnyPlatform::Aws(aws) => runtime
+            .block_on(aws.check_key(key))
+            .err()
+            .map(|e| e.to_string()),
+    }
+}
+
+fn start(
+    ctx: &Context,
+    args: &MigrationArgs,
+    tables: Option<Vec<String>>,
+    target_port: Option<u16>,
+    max_slot_retention: Option<u64>,
+) -> Outcome {
+    let spec = spec_from_args(ctx, args, tables, target_port, max_slot_retention)?;
     let _lock = MigrationLock::acquire(&ctx.home, &spec.name)?;
     let journal = Journal::open(&ctx.home)?;
-    let kms = ctx.open_kms()?;
-    // The managed default key is made on first use; other keys must exist and be enabled.
-    if args.key.trim_start_matches("alias/") == DEFAULT_KEY_ALIAS {
-        kms.resolve(&args.key)?;
-    }
-    let surroundings = Surroundings {
-        free_bytes: free_bytes(&ctx.home),
-        key_problem: key_problem(ctx, &args.key),
+    let runtime = runtime()?;
+    let platform = for_spec(ctx, &runtime, None, &spec, false)?;
+    let surroundings = match &platform {
+        AnyPlatform::Local(_) => {
+            let kms = ctx.open_kms()?;
+            // The managed default key is made on first use; other keys must exist and be
+            // enabled.
+            if args.key.trim_start_matches("alias/") == DEFAULT_KEY_ALIAS {
+                kms.resolve(&args.key)?;
+            }
+            Surroundings {
+                free_bytes: free_bytes(&ctx.home),
+                key_problem: key_problem(ctx, &args.key),
+            }
+        }
+        #[cfg(feature = "aws")]
+        AnyPlatform::Aws(aws) => {
+            // An unknown source, or a bad target name, is refused before anything is recorded.
+            use pgseal_platform::Platform as _;
+            runtime.block_on(aws.describe_instance(&spec.source))?;
+            pgseal_aws::settings::check_identifier(&spec.target)?;
+            Surroundings {
+                free_bytes: None,
+                key_problem: key_problem_on(ctx, &runtime, &platform, &spec.key),
+            }
+        }
     };
+    drop(runtime);
     journal.create(&spec)?;
     ctx.status(format!(
         "migration {}: {} -> encrypted instance {} under {} (journal {})",
@@ -315,9 +444,15 @@ fn resume(ctx: &Context, name: &str) -> Outcome {
     {
         return recover_cutover(ctx, &journal, name);
     }
-    let surroundings = Surroundings {
-        free_bytes: free_bytes(&ctx.home),
-        key_problem: key_problem(ctx, &record.spec.key),
+    let surroundings = {
+        let runtime = runtime()?;
+        let platform = for_spec(ctx, &runtime, Some(&journal), &record.spec, false)?;
+        Surroundings {
+            free_bytes: matches!(platform, AnyPlatform::Local(_))
+                .then(|| free_bytes(&ctx.home))
+                .flatten(),
+            key_problem: key_problem_on(ctx, &runtime, &platform, &record.spec.key),
+        }
     };
     ctx.status(format!(
         "resuming migration {name} (phase {})",
@@ -328,8 +463,8 @@ fn resume(ctx: &Context, name: &str) -> Outcome {
 
 /// Runs the engine and reports how it ended.
 fn drive(ctx: &Context, journal: &Journal, name: &str, surroundings: Surroundings) -> Outcome {
-    let platform = platform(ctx, true)?;
     let runtime = runtime()?;
+    let platform = platform(ctx, &runtime, journal, name, true)?;
     let observe = observer(ctx);
     let result = runtime.block_on(async {
         let engine = Engine::new(&platform, journal, name, surroundings, &observe)?;
@@ -384,8 +519,16 @@ fn cutover(
     let journal = Journal::open(&ctx.home)?;
     let spec = journal.migration(name)?.spec;
     let instances = LocalInstances::open(&ctx.home)?;
-    let platform = platform(ctx, false)?;
     let runtime = runtime()?;
+    let platform = platform(ctx, &runtime, &journal, name, false)?;
+    #[cfg(feature = "aws")]
+    if let AnyPlatform::Aws(aws) = &platform {
+        let switch = rename_switch(ctx, aws, &spec, endpoint, on_switch.as_deref(), false)?;
+        let report = runtime.block_on(pgseal_core::cutover::cutover(
+            &platform, &journal, name, &switch, options,
+        ))?;
+        return print_cutover(ctx, name, &spec, &report);
+    }
     let endpoint = match (endpoint, &on_switch, spec.source_url()) {
         (Some(e), _, _) => Some(e.to_string()),
         (None, Some(_), _) | (None, None, Some(_)) => None,
@@ -421,6 +564,16 @@ fn cutover(
             ))?
         }
     };
+    print_cutover(ctx, name, &spec, &report)
+}
+
+/// Prints what cutover did (or would refuse); exit 3 for a refused dry run.
+fn print_cutover(
+    ctx: &Context,
+    name: &str,
+    spec: &MigrationSpec,
+    report: &pgseal_core::cutover::CutoverReport,
+) -> Outcome {
     if ctx.json {
         print_json(&report)?;
     } else if report.dry_run {
@@ -457,13 +610,40 @@ fn cutover(
     ))
 }
 
+/// The rename switch of an AWS migration (`back` for rollback); `--endpoint` and
+/// `--on-switch` are for local instances.
+#[cfg(feature = "aws")]
+fn rename_switch(
+    ctx: &Context,
+    aws: &pgseal_aws::AwsPlatform,
+    spec: &MigrationSpec,
+    endpoint: Option<&str>,
+    on_switch: Option<&str>,
+    back: bool,
+) -> anyhow::Result<super::switch::RenameSwitch> {
+    if endpoint.is_some() || on_switch.is_some() {
+        anyhow::bail!(LocalError::InvalidInput(
+            "on AWS the switch renames the instances (applications keep their endpoint); --endpoint and --on-switch are for local instances".into()
+        ));
+    }
+    Ok(super::switch::RenameSwitch {
+        platform: aws.clone(),
+        home: ctx.home.clone(),
+        migration: spec.name.clone(),
+        source: spec.source.clone(),
+        target: spec.target.clone(),
+        database: spec.database.clone(),
+        back,
+    })
+}
+
 /// `resume` of a cutover that was interrupted: back to replicating before the switch,
 /// finished forward after it; endpoints in front of either side are resumed.
 fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
     let spec = journal.migration(name)?.spec;
     let instances = LocalInstances::open(&ctx.home)?;
-    let platform = platform(ctx, false)?;
     let runtime = runtime()?;
+    let platform = platform(ctx, &runtime, &journal, name, false)?;
     let rolling_back = journal.migration(name)?.phase == Phase::CutOver;
     let outcome = if rolling_back {
         runtime.block_on(pgseal_core::cutover::recover_interrupted_rollback(
@@ -474,8 +654,25 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
             &platform, journal, name,
         ))?
     };
-    let mut endpoints = endpoints_of(&instances, &spec.source)?;
-    endpoints.extend(endpoints_of(&instances, &spec.target)?);
+    #[cfg(feature = "aws")]
+    if let AnyPlatform::Aws(aws) = &platform
+        && matches!(outcome, Recovered::CutOver | Recovered::RolledBack)
+    {
+        use pgseal_core::cutover::Switch as _;
+        let back = outcome == Recovered::RolledBack;
+        let switch = rename_switch(ctx, aws, &spec, None, None, back)?;
+        runtime
+            .block_on(switch.point_to_target())
+            .map_err(|e| anyhow::anyhow!("finishing {}: {e}", switch.describe()))?;
+    }
+    let mut endpoints = if matches!(platform, AnyPlatform::Local(_)) {
+        endpoints_of(&instances, &spec.source)?
+    } else {
+        Vec::new()
+    };
+    if matches!(platform, AnyPlatform::Local(_)) {
+        endpoints.extend(endpoints_of(&instances, &spec.target)?);
+    }
     for e in endpoints {
         match outcome {
             Recovered::CutOver => {
@@ -517,8 +714,8 @@ fn state_name(state: pgseal_core::validate::TableState) -> String {
 
 fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
     let journal = Journal::open(&ctx.home)?;
-    let platform = platform(ctx, false)?;
     let runtime = runtime()?;
+    let platform = platform(ctx, &runtime, &journal, name, false)?;
     use pgseal_core::validate::Progress;
     use std::io::IsTerminal;
     let bars = !ctx.quiet && !ctx.json && std::io::stderr().is_terminal();
@@ -638,8 +835,16 @@ fn rollback(
     let journal = Journal::open(&ctx.home)?;
     let spec = journal.migration(name)?.spec;
     let instances = LocalInstances::open(&ctx.home)?;
-    let platform = platform(ctx, false)?;
     let runtime = runtime()?;
+    let platform = platform(ctx, &runtime, &journal, name, false)?;
+    #[cfg(feature = "aws")]
+    if let AnyPlatform::Aws(aws) = &platform {
+        let switch = rename_switch(ctx, aws, &spec, endpoint, on_switch.as_deref(), true)?;
+        let report = runtime.block_on(pgseal_core::cutover::rollback(
+            &platform, &journal, name, &switch, timeout,
+        ))?;
+        return print_rollback(ctx, name, &spec, &report);
+    }
     let endpoint = match (endpoint, &on_switch) {
         (Some(e), _) => Some(e.to_string()),
         (None, Some(_)) => None,
@@ -677,6 +882,16 @@ fn rollback(
             ))?
         }
     };
+    print_rollback(ctx, name, &spec, &report)
+}
+
+/// Prints what rollback did.
+fn print_rollback(
+    ctx: &Context,
+    name: &str,
+    spec: &MigrationSpec,
+    report: &pgseal_core::cutover::RollbackReport,
+) -> Outcome {
     if ctx.json {
         print_json(&report)?;
     } else {
@@ -706,9 +921,45 @@ fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
             "the source is a server reached by URL: pgseal cannot stop or delete it".into()
         ));
     }
-    let platform = platform(ctx, false)?;
     let runtime = runtime()?;
+    let platform = platform(ctx, &runtime, &journal, name, false)?;
+    if matches!(platform, AnyPlatform::Local(_)) {
+        let mut report =
+            runtime.block_on(pgseal_core::cutover::cleanup(&platform, &journal, name))?;
+        cleanup_local_source(ctx, &spec, retire, delete, &mut report)?;
+        return print_cleanup(ctx, name, &spec, &report);
+    }
+    if retire {
+        anyhow::bail!(LocalError::InvalidInput(format!(
+            "--retire-source is for local instances; on AWS the source stays as {}{}: delete it with --delete-source once you are sure",
+            spec.source
+                .split_once(':')
+                .map_or(spec.source.as_str(), |(_, id)| id),
+            RETIRED_SUFFIX
+        )));
+    }
     let mut report = runtime.block_on(pgseal_core::cutover::cleanup(&platform, &journal, name))?;
+    if delete {
+        use pgseal_platform::Platform as _;
+        runtime.block_on(platform.delete_instance(&spec.source))?;
+        report
+            .removed
+            .push(format!("instance {} (the old source)", spec.source));
+    }
+    print_cleanup(ctx, name, &spec, &report)
+}
+
+/// What the source name becomes at an AWS cutover.
+const RETIRED_SUFFIX: &str = "-pre-pgseal";
+
+/// Stops (`retire`) or deletes the local source after cleanup.
+fn cleanup_local_source(
+    ctx: &Context,
+    spec: &MigrationSpec,
+    retire: bool,
+    delete: bool,
+    report: &mut pgseal_core::cutover::CleanupReport,
+) -> anyhow::Result<()> {
     let instances = LocalInstances::open(&ctx.home)?;
     if retire {
         instances.stop(&spec.source)?;
@@ -720,6 +971,16 @@ fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
         instances.delete(&spec.source)?;
         report.removed.push(format!("instance {}", spec.source));
     }
+    Ok(())
+}
+
+/// Prints what cleanup removed.
+fn print_cleanup(
+    ctx: &Context,
+    name: &str,
+    spec: &MigrationSpec,
+    report: &pgseal_core::cutover::CleanupReport,
+) -> Outcome {
     if ctx.json {
         print_json(&report)?;
     } else {
@@ -737,8 +998,9 @@ fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
 fn abort(ctx: &Context, name: &str) -> Outcome {
     let _lock = MigrationLock::acquire(&ctx.home, name)?;
     let journal = Journal::open(&ctx.home)?;
-    let platform = platform(ctx, false)?;
-    let report = runtime()?.block_on(pgseal_core::abort::abort(&platform, &journal, name))?;
+    let runtime = runtime()?;
+    let platform = platform(ctx, &runtime, &journal, name, false)?;
+    let report = runtime.block_on(pgseal_core::abort::abort(&platform, &journal, name))?;
     if ctx.json {
         print_json(&report)?;
     } else {
@@ -790,8 +1052,8 @@ fn status(
 ) -> Outcome {
     use std::io::IsTerminal;
     let journal = Journal::open(&ctx.home)?;
-    let platform = platform(ctx, false)?;
     let runtime = runtime()?;
+    let platform = platform(ctx, &runtime, &journal, name, false)?;
     let redraw = watch && std::io::stdout().is_terminal() && !ctx.json;
     loop {
         let report = runtime.block_on(pgseal_core::status::status(

@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod instance;
 pub mod key;
 pub mod migrate;
+pub mod platform;
 pub mod seal;
 pub mod snapshot;
 pub mod switch;

@@ -153,3 +153,112 @@ impl Switch for HookSwitch {
         write_once(&self.target_config).await
     }
 }
+
+/// AWS: applications keep their endpoint because the target takes the source's name. At
+/// cutover the source becomes `<id>-pre-pgseal` and the target `<id>`; rollback renames
+/// them back. Each rename is journaled (kind `renamed`, `NAME=NEW_ID`) before it is made,
+/// so a crash in between is finished by `resume`.
+#[cfg(feature = "aws")]
+pub struct RenameSwitch {
+    /// The AWS platform (shares its rename map with the engine's).
+    pub platform: pgseal_aws::AwsPlatform,
+    /// pgseal's home (the journal is opened there for each rename).
+    pub home: std::path::PathBuf,
+    /// The migration's name.
+    pub migration: String,
+    /// The source's name, as the migration knows it (`rds:prod`).
+    pub source: String,
+    /// The target's name, as the migration knows it (`prod-enc`).
+    pub target: String,
+    /// The database applications use.
+    pub database: String,
+    /// True for rollback: names go back to what they were.
+    pub back: bool,
+}
+
+#[cfg(feature = "aws")]
+impl RenameSwitch {
+    fn base(name: &str) -> &str {
+        name.split_once(':').map_or(name, |(_, id)| id)
+    }
+
+    /// The two renames in the order they must happen: `(name, new id)`.
+    fn renames(&self) -> [(String, String); 2] {
+        let (source, target) = (Self::base(&self.source), Self::base(&self.target));
+        if self.back {
+            // The target gives the name back first.
+            [
+                (target.to_string(), target.to_string()),
+                (source.to_string(), source.to_string()),
+            ]
+        } else {
+            [
+                (
+                    source.to_string(),
+                    format!("{source}{}", pgseal_aws::RETIRED_SUFFIX),
+                ),
+                (target.to_string(), source.to_string()),
+            ]
+        }
+    }
+}
+
+#[cfg(feature = "aws")]
+impl Switch for RenameSwitch {
+    fn describe(&self) -> String {
+        let source = Self::base(&self.source);
+        if self.back {
+            format!("renames back ({} -> {source})", Self::base(&self.target))
+        } else {
+            format!(
+                "renames ({source} -> {source}{}, {} -> {source})",
+                pgseal_aws::RETIRED_SUFFIX,
+                Self::base(&self.target)
+            )
+        }
+    }
+
+    async fn pause(&self) -> Result<(), SwitchError> {
+        // The fence holds writes; renames keep the endpoint for what comes after it.
+        Ok(())
+    }
+
+    async fn point_to_target(&self) -> Result<(), SwitchError> {
+        let journal = pgseal_core::Journal::open(&self.home)?;
+        for (name, new_id) in self.renames() {
+            let forward = format!("{name}={new_id}");
+            if self.back {
+                self.platform.rename(&name, &new_id).await?;
+                let recorded: Vec<String> = journal
+                    .resources(&self.migration)?
+                    .into_iter()
+                    .filter(|r| r.kind == "renamed" && r.name.starts_with(&format!("{name}=")))
+                    .map(|r| r.name)
+                    .collect();
+                for r in recorded {
+                    journal.remove_resource(&self.migration, "renamed", &r)?;
+                }
+            } else {
+                journal.add_resource(&self.migration, "renamed", &forward)?;
+                self.platform.rename(&name, &new_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<(), SwitchError> {
+        Ok(())
+    }
+
+    async fn probe_write(&self) -> Result<(), SwitchError> {
+        use pgseal_platform::Platform as _;
+        let to = if self.back {
+            &self.source
+        } else {
+            &self.target
+        };
+        let mut config = self.platform.connection(to).await?;
+        config.dbname(&self.database);
+        write_once(&config).await
+    }
+}

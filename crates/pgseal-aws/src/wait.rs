@@ -1,0 +1,80 @@
+//! Waiting on AWS: every wait polls the resource's status, reports it with the elapsed
+//! time, and gives up after the configured timeout (running the command again resumes it,
+//! because every step first looks at what already exists).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{AwsError, Result};
+
+/// Where progress lines go (the CLI prints them; by default they are only traced).
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// One look at a resource being waited on.
+pub(crate) enum Poll<T> {
+    /// The wait is over.
+    Done(T),
+    /// Not yet; the resource's status now.
+    Pending(String),
+}
+
+/// Polls `probe` every `interval` until it is done or `timeout` passes; `what` names the
+/// wait in progress lines and in the timeout error.
+pub(crate) async fn until<T, F, Fut>(
+    progress: &Progress,
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut probe: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Poll<T>>>,
+{
+    let started = Instant::now();
+    let mut last = String::from("unknown");
+    loop {
+        match probe().await? {
+            Poll::Done(value) => {
+                if started.elapsed() >= interval {
+                    progress(&format!(
+                        "{what}: done after {}",
+                        elapsed_text(started.elapsed())
+                    ));
+                }
+                return Ok(value);
+            }
+            Poll::Pending(status) => {
+                if status != last || started.elapsed().as_secs() % 60 < interval.as_secs() {
+                    progress(&format!(
+                        "{what}: {status} ({} elapsed)",
+                        elapsed_text(started.elapsed())
+                    ));
+                }
+                tracing::debug!(what, %status, elapsed_s = started.elapsed().as_secs(), "waiting");
+                last = status;
+            }
+        }
+        if started.elapsed() >= timeout {
+            return Err(AwsError::Timeout {
+                what: what.to_string(),
+                seconds: timeout.as_secs(),
+                last,
+            });
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// `1m05s`, `42s`, `0.4s`.
+fn elapsed_text(elapsed: Duration) -> String {
+    let secs = elapsed.as_secs();
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else if secs >= 10 {
+        format!("{secs}s")
+    } else {
+        format!("{:.1}s", elapsed.as_secs_f64())
+    }
+}
