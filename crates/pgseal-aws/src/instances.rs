@@ -230,20 +230,14 @@ impl AwsPlatform {
 
     /// Deletes RDS instance `id` without a final snapshot and waits until it is gone.
     pub(crate) async fn delete_db_instance(&self, id: &str) -> Result<()> {
-        let result = self
-            .rds
+        self.rds
             .delete_db_instance()
             .db_instance_identifier(id)
             .skip_final_snapshot(true)
             .delete_automated_backups(true)
             .send()
             .await
-            .map_err(|e| api("DeleteDBInstance", e));
-        match result {
-            Ok(_) => {}
-            Err(AwsError::NotFound(m)) => return Err(AwsError::NotFound(m)),
-            Err(e) => return Err(e),
-        }
+            .map_err(|e| api("DeleteDBInstance", e))?;
         (self.progress)(&format!("deleting instance {id}"));
         crate::wait::until(
             &self.progress,

@@ -158,8 +158,14 @@ impl AwsPlatform {
     /// The instance or cluster `id` as AWS describes it (no name resolution).
     pub(crate) async fn describe_raw(&self, id: &str) -> Result<Described> {
         match self.settings.flavor {
-            Flavor::Rds => self.describe_db_instance(id).await.map(Described::Rds),
-            Flavor::Aurora => self.describe_db_cluster(id).await.map(Described::Aurora),
+            Flavor::Rds => self
+                .describe_db_instance(id)
+                .await
+                .map(|i| Described::Rds(Box::new(i))),
+            Flavor::Aurora => self
+                .describe_db_cluster(id)
+                .await
+                .map(|c| Described::Aurora(Box::new(c))),
         }
     }
 
@@ -278,9 +284,9 @@ pub(crate) fn base_name(name: &str) -> &str {
 #[derive(Debug, Clone)]
 pub enum Described {
     /// An RDS DB instance.
-    Rds(aws_sdk_rds::types::DbInstance),
+    Rds(Box<aws_sdk_rds::types::DbInstance>),
     /// An Aurora DB cluster.
-    Aurora(aws_sdk_rds::types::DbCluster),
+    Aurora(Box<aws_sdk_rds::types::DbCluster>),
 }
 
 impl Described {

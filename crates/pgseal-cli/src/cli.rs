@@ -321,10 +321,11 @@ Examples:
 /// What a migration moves and how, as `plan` and `start` take it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrationArgs {
-    /// The source: a local instance name, or postgres://USER@HOST:PORT/DB (password in PGPASSWORD)
+    /// The source: a local instance name, postgres://USER@HOST:PORT/DB (password in
+    /// PGPASSWORD), or rds:INSTANCE_ID / aurora:CLUSTER_ID (AWS; built with --features aws)
     #[arg(long)]
     pub source: String,
-    /// The encrypted instance to create [default: SOURCE-enc]
+    /// The encrypted instance to create [default: SOURCE-enc; on AWS: ID-enc]
     #[arg(long)]
     pub target: Option<String>,
     /// KMS key for the target: id, alias or ARN [default: pgseal/default locally,

@@ -67,6 +67,14 @@ pub fn for_error(error: &anyhow::Error) -> u8 {
                 FAILURE
             };
         }
+        if let Some(platform) = cause.downcast_ref::<pgseal_platform::PlatformError>() {
+            use pgseal_platform::ErrorKind::{Key, NotFound, Precondition};
+            match platform.kind {
+                Key => return KEY_UNUSABLE,
+                NotFound | Precondition => return PRECONDITION,
+                _ => {}
+            }
+        }
         if let Some(journal) = cause.downcast_ref::<pgseal_core::JournalError>() {
             use pgseal_core::JournalError::{Busy, Exists, NotFound};
             if matches!(journal, NotFound(_) | Exists(_) | Busy(..)) {

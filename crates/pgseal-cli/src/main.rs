@@ -1,5 +1,7 @@
 //! The `pgseal` binary: parses the command line, sets up logging and dispatches to a
 //! command. All logic lives in the library crates.
+// The AWS SDK futures nest deeply inside the migrate commands' async blocks.
+#![recursion_limit = "256"]
 
 mod cli;
 mod commands;

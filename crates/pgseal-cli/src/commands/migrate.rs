@@ -643,7 +643,7 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
     let spec = journal.migration(name)?.spec;
     let instances = LocalInstances::open(&ctx.home)?;
     let runtime = runtime()?;
-    let platform = platform(ctx, &runtime, &journal, name, false)?;
+    let platform = platform(ctx, &runtime, journal, name, false)?;
     let rolling_back = journal.migration(name)?.phase == Phase::CutOver;
     let outcome = if rolling_back {
         runtime.block_on(pgseal_core::cutover::recover_interrupted_rollback(

@@ -1,0 +1,349 @@
+//! `pgseal migrate` on the AWS platform, end to end: moto is the control plane (RDS, KMS,
+//! CloudWatch Logs) and local PostgreSQL clusters are the data plane, joined by
+//! `--connect-via` / `--peer-via`. moto runs no PostgreSQL, so the test plays RDS's part
+//! in between: after pgseal has snapshotted the source (the process is stopped at the
+//! `before:restore` failpoint), it makes the "restored" server as a base backup of the
+//! source and puts that server's own first-start log lines into moto's CloudWatch Logs.
+#![cfg(feature = "aws")]
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use pgseal_testkit::moto::seed::Seed;
+use pgseal_testkit::{MotoServer, TestCluster};
+
+struct Aws {
+    moto: MotoServer,
+    home: tempfile::TempDir,
+}
+
+impl Aws {
+    fn new() -> Aws {
+        Aws {
+            moto: MotoServer::start().unwrap(),
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pgseal"));
+        c.env("PGSEAL_HOME", self.home.path().join("home"))
+            .env("PGSEAL_PASSPHRASE", "cli aws test passphrase")
+            .env("PGSEAL_AWS_POLL_MS", "100")
+            .env("PGSEAL_AWS_HANDOFF_SECONDS", "20")
+            .env_remove("PGSEAL_FAILPOINT")
+            .env_remove("PGPASSWORD")
+            .envs(self.moto.env())
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.ok(&args)).unwrap()
+    }
+
+    fn ledger(&self) -> String {
+        self.home.path().join("ledger").display().to_string()
+    }
+
+    fn verify(&self, url: &str) -> serde_json::Value {
+        let out = self
+            .command(&[
+                "workload",
+                "verify",
+                "--url",
+                url,
+                "--ledger",
+                &self.ledger(),
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("verify: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn route(id: &str, cluster: &TestCluster) -> String {
+    format!("{id}=127.0.0.1:{}", cluster.port())
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn an_rds_migration_under_live_writes_cuts_over_by_rename_with_nothing_lost() {
+    let aws = Aws::new();
+    let rt = runtime();
+    let seed = rt.block_on(Seed::new(&aws.moto));
+    let key_arn = rt.block_on(seed.key("alias/pgseal-e2e"));
+    rt.block_on(seed.rds_instance("shop", None));
+    let source = TestCluster::start().unwrap();
+    let source_url = source.url("postgres");
+
+    // Bad input first: an unknown key is refused before anything is made.
+    let out = aws.run(&[
+        "migrate",
+        "start",
+        "--source",
+        "rds:shop",
+        "--key",
+        "alias/no-such-key",
+        "--name",
+        "bad",
+        "--connect-via",
+        &route("shop", &source),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("alias/no-such-key"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(rt.block_on(seed.snapshots()).is_empty());
+    // An unknown source too.
+    let out = aws.run(&["migrate", "start", "--source", "rds:nope", "--name", "bad"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
+
+    let mut writes = aws
+        .command(&[
+            "workload",
+            "run",
+            "--url",
+            &source_url,
+            "--ledger",
+            &aws.ledger(),
+            "--rate",
+            "150",
+            "--clients",
+            "3",
+            "--duration",
+            "12",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Publication, slot, snapshot and its encrypted copy; stopped before the restore.
+    let start = [
+        "migrate",
+        "start",
+        "--source",
+        "rds:shop",
+        "--key",
+        "alias/pgseal-e2e",
+        "--name",
+        "e2e",
+        "--connect-via",
+        &route("shop", &source),
+        "--peer-via",
+        &route("shop", &source),
+    ];
+    let out = aws
+        .command(&start)
+        .env("PGSEAL_FAILPOINT", "before:restore")
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("before:restore"), "{}", stderr(&out));
+    assert_eq!(rt.block_on(seed.snapshots()), ["pgseal-e2e"]);
+
+    // RDS's part: the restored server, from a copy of the source taken after the slot,
+    // under the writes; its first start logs where its WAL ends.
+    let target = source
+        .restore_copy(&[
+            ("wal_level".into(), "logical".into()),
+            ("max_replication_slots".into(), "10".into()),
+            ("max_wal_senders".into(), "10".into()),
+            ("fsync".into(), "off".into()),
+        ])
+        .unwrap();
+    let log = target.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("redo done at") || l.contains("invalid record length at"))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("invalid record length")),
+        "{log}"
+    );
+    rt.block_on(seed.log_lines("/aws/rds/instance/shop-enc/postgresql", &lines));
+
+    let target_route = route("shop-enc", &target);
+    let resumed = aws
+        .command(&["migrate", "resume", "e2e"])
+        .env("PGSEAL_CONNECT_VIA", &target_route)
+        .env("PGSEAL_PEER_VIA", &target_route)
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+
+    let run: serde_json::Value =
+        serde_json::from_slice(&writes.wait_with_output_ref().stdout).unwrap();
+    assert!(run["acknowledged"].as_u64().unwrap() > 300, "{run}");
+    let target_url = target.url("postgres");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = aws.verify(&target_url);
+        if v["missing"] == 0 && v["duplicated"] == 0 && v["unexpected"] == 0 {
+            assert_eq!(v["acknowledged"], run["acknowledged"]);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never caught up: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The target is encrypted under the key, checked again at cutover; cutover renames.
+    let via = target_route.clone();
+    let cut = aws
+        .command(&["migrate", "cutover", "e2e"])
+        .env("PGSEAL_CONNECT_VIA", &via)
+        .env("PGSEAL_PEER_VIA", &via)
+        .output()
+        .unwrap();
+    assert!(cut.status.success(), "{}", stderr(&cut));
+    let shop = rt.block_on(seed.instance("shop")).unwrap();
+    assert_eq!(shop.storage_encrypted(), Some(true));
+    assert_eq!(shop.kms_key_id(), Some(key_arn.as_str()));
+    let old = rt.block_on(seed.instance("shop-pre-pgseal")).unwrap();
+    assert_ne!(old.storage_encrypted(), Some(true));
+    assert!(rt.block_on(seed.instance("shop-enc")).is_none());
+    let status = aws.json(&["migrate", "status", "e2e"]);
+    assert_eq!(status["migration"]["phase"], "cut_over", "{status}");
+
+    // Every acknowledged transaction is on the target exactly once.
+    let v = aws.verify(&target_url);
+    assert_eq!(
+        (
+            v["missing"].as_u64(),
+            v["duplicated"].as_u64(),
+            v["unexpected"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["acknowledged"], run["acknowledged"]);
+
+    // Cleanup removes the replication objects on both sides; the renames stay known.
+    let cleaned = aws
+        .command(&["migrate", "cleanup", "e2e"])
+        .env("PGSEAL_CONNECT_VIA", &via)
+        .env("PGSEAL_PEER_VIA", &via)
+        .output()
+        .unwrap();
+    assert!(cleaned.status.success(), "{}", stderr(&cleaned));
+    let left: i64 = rt.block_on(async {
+        let s = source.connect("template1").await.unwrap();
+        let t = target.connect("postgres").await.unwrap();
+        let on_source: i64 = s
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let on_target: i64 = t
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_subscription)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        on_source + on_target
+    });
+    assert_eq!(left, 0);
+    assert!(rt.block_on(seed.snapshots()).is_empty());
+}
+
+#[test]
+fn an_aurora_target_that_is_not_encrypted_is_refused_before_any_cutover() {
+    let aws = Aws::new();
+    let rt = runtime();
+    let seed = rt.block_on(Seed::new(&aws.moto));
+    rt.block_on(seed.key("alias/aurora-e2e"));
+    rt.block_on(seed.aurora_cluster("orders"));
+    let source = TestCluster::start().unwrap();
+
+    let out = aws.run(&[
+        "migrate",
+        "start",
+        "--source",
+        "aurora:orders",
+        "--key",
+        "alias/aurora-e2e",
+        "--name",
+        "aur",
+        "--connect-via",
+        &route("orders", &source),
+    ]);
+    // moto restores the cluster with StorageEncrypted=false despite KmsKeyId.
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("NOT encrypted"), "{}", stderr(&out));
+    let out = aws.run(&["migrate", "cutover", "aur", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(3), "{text}{}", stderr(&out));
+    assert!(text.contains("NOT encrypted"), "{text}");
+    // Abort removes the cluster, its writer and the snapshot.
+    aws.ok(&["migrate", "abort", "aur"]);
+    assert!(rt.block_on(seed.instance("orders-enc-writer")).is_none());
+}
+
+/// Waits for a child that was spawned with piped output.
+trait WaitRef {
+    fn wait_with_output_ref(&mut self) -> Output;
+}
+
+impl WaitRef for std::process::Child {
+    fn wait_with_output_ref(&mut self) -> Output {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        use std::io::Read;
+        if let Some(mut s) = self.stdout.take() {
+            s.read_to_end(&mut stdout).unwrap();
+        }
+        if let Some(mut s) = self.stderr.take() {
+            s.read_to_end(&mut stderr).unwrap();
+        }
+        let status = self.wait().unwrap();
+        assert!(
+            status.success(),
+            "workload: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
