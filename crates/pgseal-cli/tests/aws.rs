@@ -3,7 +3,8 @@
 //! `--connect-via` / `--peer-via`. moto runs no PostgreSQL, so the test plays RDS's part
 //! in between: after pgseal has snapshotted the source (the process is stopped at the
 //! `before:restore` failpoint), it makes the "restored" server as a base backup of the
-//! source and puts that server's own first-start log lines into moto's CloudWatch Logs.
+//! source and puts that server's first-start facts into moto's CloudWatch Logs, as the
+//! lines RDS logs.
 #![cfg(feature = "aws")]
 
 use std::process::{Command, Output};
@@ -96,11 +97,17 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-#[test]
-fn an_rds_migration_under_live_writes_cuts_over_by_rename_with_nothing_lost() {
-    let aws = Aws::new();
-    let rt = runtime();
-    let seed = rt.block_on(Seed::new(&aws.moto));
+/// What [`cut_over`] leaves: the two servers, the workload's summary, the routes.
+struct CutOver {
+    source: TestCluster,
+    target: TestCluster,
+    run: serde_json::Value,
+    via: String,
+}
+
+/// Migrates `rds:shop` (data plane: a local cluster) under the ledger workload, cuts over
+/// by rename and checks every acknowledged transaction is on the target once.
+fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
     let key_arn = rt.block_on(seed.key("alias/pgseal-e2e"));
     rt.block_on(seed.rds_instance("shop", None));
     let source = TestCluster::start().unwrap();
@@ -186,16 +193,31 @@ fn an_rds_migration_under_live_writes_cuts_over_by_rename_with_nothing_lost() {
             ("fsync".into(), "off".into()),
         ])
         .unwrap();
+    // What RDS logs at the first start of a restored crash copy: `redo done at` and
+    // `invalid record length at END`. A copy recovered from a backup label may end its
+    // recovery without the second line, so the test writes it from the copy's own end
+    // of WAL (pg_last_wal_replay_lsn), checked against the real line when there is one.
     let log = target.log_text();
-    let lines: Vec<&str> = log
+    let end: String = rt.block_on(async {
+        let c = target.connect("postgres").await.unwrap();
+        c.query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    let redo = log
         .lines()
-        .filter(|l| l.contains("redo done at") || l.contains("invalid record length at"))
-        .collect();
-    assert!(
-        lines.iter().any(|l| l.contains("invalid record length")),
-        "{log}"
-    );
-    rt.block_on(seed.log_lines("/aws/rds/instance/shop-enc/postgresql", &lines));
+        .find(|l| l.contains("redo done at"))
+        .unwrap_or_else(|| panic!("no redo line: {log}"))
+        .to_string();
+    if let Some(real) = log.lines().find(|l| l.contains("invalid record length at")) {
+        assert!(real.contains(&format!("at {end}:")), "{real} vs {end}");
+    }
+    let end_line = format!("LOG:  invalid record length at {end}: wanted 24, got 0");
+    rt.block_on(seed.log_lines(
+        "/aws/rds/instance/shop-enc/postgresql",
+        &[redo.as_str(), end_line.as_str()],
+    ));
 
     let target_route = route("shop-enc", &target);
     let resumed = aws
@@ -251,6 +273,25 @@ fn an_rds_migration_under_live_writes_cuts_over_by_rename_with_nothing_lost() {
         "{v}"
     );
     assert_eq!(v["acknowledged"], run["acknowledged"]);
+    CutOver {
+        source,
+        target,
+        run,
+        via,
+    }
+}
+
+#[test]
+fn an_rds_migration_under_live_writes_cuts_over_by_rename_with_nothing_lost() {
+    let aws = Aws::new();
+    let rt = runtime();
+    let seed = rt.block_on(Seed::new(&aws.moto));
+    let CutOver {
+        source,
+        target,
+        via,
+        ..
+    } = cut_over(&aws, &rt, &seed);
 
     // Cleanup removes the replication objects on both sides; the renames stay known.
     let cleaned = aws
@@ -283,6 +324,88 @@ fn an_rds_migration_under_live_writes_cuts_over_by_rename_with_nothing_lost() {
     });
     assert_eq!(left, 0);
     assert!(rt.block_on(seed.snapshots()).is_empty());
+}
+
+#[test]
+fn an_rds_rollback_renames_back_and_keeps_what_was_written_on_the_target() {
+    let aws = Aws::new();
+    let rt = runtime();
+    let seed = rt.block_on(Seed::new(&aws.moto));
+    let CutOver {
+        source,
+        target,
+        run,
+        via,
+    } = cut_over(&aws, &rt, &seed);
+    // Applications write to the target after the cutover (the same ledger, appended).
+    let after = aws
+        .command(&[
+            "workload",
+            "run",
+            "--url",
+            &target.url("postgres"),
+            "--ledger",
+            &aws.ledger(),
+            "--rate",
+            "100",
+            "--clients",
+            "2",
+            "--duration",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(after.status.success(), "{}", stderr(&after));
+    let after: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert!(after["acknowledged"].as_u64().unwrap() > 100, "{after}");
+
+    let back = aws
+        .command(&["migrate", "rollback", "e2e"])
+        .env("PGSEAL_CONNECT_VIA", &via)
+        .env("PGSEAL_PEER_VIA", &via)
+        .output()
+        .unwrap();
+    assert!(back.status.success(), "{}", stderr(&back));
+    // The names are back: applications reach the source under its own name again.
+    assert_ne!(
+        rt.block_on(seed.instance("shop"))
+            .unwrap()
+            .storage_encrypted(),
+        Some(true)
+    );
+    assert_eq!(
+        rt.block_on(seed.instance("shop-enc"))
+            .unwrap()
+            .storage_encrypted(),
+        Some(true)
+    );
+    assert!(rt.block_on(seed.instance("shop-pre-pgseal")).is_none());
+    // Everything acknowledged before and after the cutover is on the source, once.
+    let v = aws.verify(&source.url("postgres"));
+    assert_eq!(
+        (
+            v["missing"].as_u64(),
+            v["duplicated"].as_u64(),
+            v["unexpected"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{v}"
+    );
+    assert_eq!(
+        v["acknowledged"].as_u64(),
+        Some(run["acknowledged"].as_u64().unwrap() + after["acknowledged"].as_u64().unwrap())
+    );
+    // Cleanup after a rollback deletes the abandoned encrypted target.
+    let cleaned = aws
+        .command(&["migrate", "cleanup", "e2e"])
+        .env("PGSEAL_CONNECT_VIA", &via)
+        .env("PGSEAL_PEER_VIA", &via)
+        .output()
+        .unwrap();
+    assert!(cleaned.status.success(), "{}", stderr(&cleaned));
+    assert!(rt.block_on(seed.instance("shop-enc")).is_none());
+    assert!(rt.block_on(seed.instance("shop")).is_some());
 }
 
 #[test]
