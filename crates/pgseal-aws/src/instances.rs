@@ -279,6 +279,44 @@ impl AwsPlatform {
         self.wait_gone(id, &format!("cluster {id}")).await
     }
 
+    /// Stops the RDS instance or Aurora cluster `id` and waits until it is stopped. (AWS
+    /// starts a stopped instance again after seven days.)
+    pub(crate) async fn stop(&self, id: &str) -> Result<()> {
+        match self.describe_raw(id).await? {
+            Described::Rds(_) => {
+                self.rds
+                    .stop_db_instance()
+                    .db_instance_identifier(id)
+                    .send()
+                    .await
+                    .map_err(|e| api("StopDBInstance", e))?;
+            }
+            Described::Aurora(_) => {
+                self.rds
+                    .stop_db_cluster()
+                    .db_cluster_identifier(id)
+                    .send()
+                    .await
+                    .map_err(|e| api("StopDBCluster", e))?;
+            }
+        }
+        crate::wait::until(
+            &self.progress,
+            &format!("{id} to stop"),
+            self.settings.wait_timeout,
+            self.settings.poll_interval,
+            || async {
+                let d = self.describe_raw(id).await?;
+                if d.status() == "stopped" {
+                    Ok(crate::wait::Poll::Done(()))
+                } else {
+                    Ok(crate::wait::Poll::Pending(d.status().to_string()))
+                }
+            },
+        )
+        .await
+    }
+
     /// Reboots the RDS instance `id`, or the writer of Aurora cluster `id`, and waits
     /// until it is available with its parameters in sync.
     pub(crate) async fn reboot(&self, id: &str) -> Result<()> {

@@ -95,6 +95,13 @@ impl AwsPlatform {
         }
     }
 
+    /// Stops the instance or cluster the migration calls `name` (`cleanup
+    /// --retire-source`) and waits until it is stopped.
+    pub async fn stop_instance(&self, name: &str) -> Result<()> {
+        let id = self.resolve(name).await?;
+        self.stop(&id).await
+    }
+
     /// The AWS identifier `name` has now: its renamed identifier when that exists,
     /// otherwise its own (a rename that was journaled but not made yet).
     pub async fn resolve(&self, name: &str) -> Result<String> {

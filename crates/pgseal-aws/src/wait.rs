@@ -78,3 +78,58 @@ fn elapsed_text(elapsed: Duration) -> String {
         format!("{:.1}s", elapsed.as_secs_f64())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wait_reports_each_new_status_and_times_out_naming_the_last_one() {
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        let progress: Progress = Arc::new(move |l: &str| sink.lock().unwrap().push(l.into()));
+        let polls = Mutex::new(0);
+        let result: Result<()> = until(
+            &progress,
+            "instance x",
+            Duration::from_millis(150),
+            Duration::from_millis(20),
+            || async {
+                let mut n = polls.lock().unwrap();
+                *n += 1;
+                Ok(Poll::Pending(
+                    if *n < 3 { "creating" } else { "backing-up" }.into(),
+                ))
+            },
+        )
+        .await;
+        match result {
+            Err(AwsError::Timeout { what, last, .. }) => {
+                assert_eq!(what, "instance x");
+                assert_eq!(last, "backing-up");
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        let lines = lines.lock().unwrap();
+        assert!(lines[0].starts_with("instance x: creating ("), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("backing-up")), "{lines:?}");
+        assert!(*polls.lock().unwrap() >= 5);
+    }
+
+    #[tokio::test]
+    async fn a_wait_returns_what_the_probe_found() {
+        let progress: Progress = Arc::new(|_: &str| {});
+        let found = until(
+            &progress,
+            "snapshot s",
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            || async { Ok(Poll::Done(42)) },
+        )
+        .await
+        .unwrap();
+        assert_eq!(found, 42);
+    }
+}

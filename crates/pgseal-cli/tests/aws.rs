@@ -133,6 +133,18 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
         stderr(&out)
     );
     assert!(rt.block_on(seed.snapshots()).is_empty());
+    // The plan reads the source through the route and finds nothing blocking.
+    let plan = aws.ok(&[
+        "migrate",
+        "plan",
+        "--source",
+        "rds:shop",
+        "--key",
+        "alias/pgseal-e2e",
+        "--connect-via",
+        &route("shop", &source),
+    ]);
+    assert!(plan.contains("Ready"), "{plan}");
     // An unknown source too.
     let out = aws.run(&["migrate", "start", "--source", "rds:nope", "--name", "bad"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -293,9 +305,10 @@ fn an_rds_migration_under_live_writes_cuts_over_by_rename_with_nothing_lost() {
         ..
     } = cut_over(&aws, &rt, &seed);
 
-    // Cleanup removes the replication objects on both sides; the renames stay known.
+    // Cleanup removes the replication objects on both sides and stops the old source;
+    // the renames stay known.
     let cleaned = aws
-        .command(&["migrate", "cleanup", "e2e"])
+        .command(&["migrate", "cleanup", "e2e", "--retire-source"])
         .env("PGSEAL_CONNECT_VIA", &via)
         .env("PGSEAL_PEER_VIA", &via)
         .output()
@@ -324,6 +337,14 @@ fn an_rds_migration_under_live_writes_cuts_over_by_rename_with_nothing_lost() {
     });
     assert_eq!(left, 0);
     assert!(rt.block_on(seed.snapshots()).is_empty());
+    let old = rt.block_on(seed.instance("shop-pre-pgseal")).unwrap();
+    assert_eq!(old.db_instance_status(), Some("stopped"));
+    assert_eq!(
+        rt.block_on(seed.instance("shop"))
+            .unwrap()
+            .db_instance_status(),
+        Some("available")
+    );
 }
 
 #[test]

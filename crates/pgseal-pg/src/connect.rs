@@ -1,7 +1,10 @@
 //! Opening connections to PostgreSQL.
 
 use tokio_postgres::config::Host;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls};
+
+use crate::tls::{TlsError, TlsMode, TlsPolicy};
 
 /// A connection could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -9,9 +12,20 @@ use tokio_postgres::{Client, Config, NoTls};
 pub struct ConnectError {
     /// The server, as [`describe_target`] names it (no password).
     pub target: String,
-    /// The driver's error.
+    /// Why.
     #[source]
-    pub source: tokio_postgres::Error,
+    pub source: ConnectFailure,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    /// The driver's (or the server's) error.
+    #[error(transparent)]
+    Driver(#[from] tokio_postgres::Error),
+    /// The TLS settings (`PGSSLMODE`, `PGSSLROOTCERT`) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Names the server a config points at, for messages: `user@host:port/dbname`. Never
@@ -73,20 +87,62 @@ pub fn conninfo(config: &Config) -> String {
     parts.join(" ")
 }
 
-/// Connects (without TLS) and drives the connection on the current tokio runtime. The
-/// connection task ends when the returned client is dropped.
+/// Connects and drives the connection on the current tokio runtime, with TLS as
+/// `PGSSLMODE`/`PGSSLROOTCERT` say (libpq's meanings; by default TLS when the server offers
+/// it). The connection task ends when the returned client is dropped.
 pub async fn connect(config: &Config) -> Result<Client, ConnectError> {
-    let (client, connection) = config.connect(NoTls).await.map_err(|source| ConnectError {
+    let policy = TlsPolicy::from_env().map_err(|e| ConnectError {
         target: describe_target(config),
-        source,
+        source: e.into(),
     })?;
+    connect_with(config, &policy).await
+}
+
+/// [`connect`] with an explicit TLS policy. The stricter of the policy and the config's own
+/// `sslmode` (a URL's `?sslmode=require`) wins.
+pub async fn connect_with(config: &Config, policy: &TlsPolicy) -> Result<Client, ConnectError> {
     let target = describe_target(config);
+    let failed = |source: ConnectFailure| ConnectError {
+        target: target.clone(),
+        source,
+    };
+    let mut config = config.clone();
+    // PostgreSQL has no TLS on unix sockets.
+    let unix = matches!(config.get_hosts().first(), Some(Host::Unix(_)));
+    let mode = match (policy.mode, config.get_ssl_mode()) {
+        _ if unix => SslMode::Disable,
+        (TlsMode::Disable, _) => SslMode::Disable,
+        (TlsMode::Prefer, mode) => mode,
+        (_, _) => SslMode::Require,
+    };
+    config.ssl_mode(mode);
+    let client = if mode == SslMode::Disable {
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| failed(e.into()))?;
+        spawn_connection(target.clone(), connection);
+        client
+    } else {
+        let connector = policy.connector().map_err(|e| failed(e.into()))?;
+        let (client, connection) = config
+            .connect(connector)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        spawn_connection(target.clone(), connection);
+        client
+    };
+    Ok(client)
+}
+
+/// Drives a connection until its client is dropped.
+fn spawn_connection<S, T>(target: String, connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%target, %error, "connection closed with an error");
         }
     });
-    Ok(client)
 }
 
 /// Sets `role`'s password from a SCRAM-SHA-256 verifier computed here, so the plaintext

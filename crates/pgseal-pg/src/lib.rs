@@ -14,9 +14,11 @@ pub mod lsn;
 pub mod replication;
 pub mod schema;
 pub mod server;
+pub mod tls;
 
 pub use connect::{
-    ConnectError, config_from_url, connect, conninfo, describe_target, set_scram_password,
+    ConnectError, ConnectFailure, config_from_url, connect, connect_with, conninfo,
+    describe_target, set_scram_password,
 };
 pub use install::{DiscoverError, PgInstall, PgVersion};
 pub use lsn::Lsn;

@@ -929,16 +929,18 @@ fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
         cleanup_local_source(ctx, &spec, retire, delete, &mut report)?;
         return print_cleanup(ctx, name, &spec, &report);
     }
-    if retire {
-        anyhow::bail!(LocalError::InvalidInput(format!(
-            "--retire-source is for local instances; on AWS the source stays as {}{}: delete it with --delete-source once you are sure",
+    let mut report = runtime.block_on(pgseal_core::cutover::cleanup(&platform, &journal, name))?;
+    #[cfg(feature = "aws")]
+    if retire && let AnyPlatform::Aws(aws) = &platform {
+        runtime.block_on(aws.stop_instance(&spec.source))?;
+        report.removed.push(format!(
+            "(stopped) {}{} (the old source; AWS starts it again after 7 days unless deleted)",
             spec.source
                 .split_once(':')
                 .map_or(spec.source.as_str(), |(_, id)| id),
-            RETIRED_SUFFIX
-        )));
+            pgseal_aws::RETIRED_SUFFIX
+        ));
     }
-    let mut report = runtime.block_on(pgseal_core::cutover::cleanup(&platform, &journal, name))?;
     if delete {
         use pgseal_platform::Platform as _;
         runtime.block_on(platform.delete_instance(&spec.source))?;
@@ -948,9 +950,6 @@ fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
     }
     print_cleanup(ctx, name, &spec, &report)
 }
-
-/// What the source name becomes at an AWS cutover.
-const RETIRED_SUFFIX: &str = "-pre-pgseal";
 
 /// Stops (`retire`) or deletes the local source after cleanup.
 fn cleanup_local_source(
