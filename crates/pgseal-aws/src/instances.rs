@@ -94,15 +94,32 @@ impl AwsPlatform {
                 request = request.vpc_security_group_ids(sg);
             }
         }
-        (self.progress)(&format!(
-            "restoring {snapshot} as {id} ({})",
-            source.db_instance_class().unwrap_or("?")
-        ));
-        request
-            .send()
-            .await
-            .map_err(|e| api("RestoreDBInstanceFromDBSnapshot", e))?;
-        self.wait_available(id, &format!("instance {id}")).await?;
+        // Already restored (or still restoring) from this snapshot: wait for it.
+        let exists = match self.describe_db_instance(id).await {
+            Ok(i) => {
+                let tag = Described::Rds(Box::new(i)).to_instance(id).source_snapshot;
+                if tag.as_deref() != Some(snapshot) {
+                    return Err(AwsError::Precondition(format!(
+                        "instance {id} exists and was not restored from {snapshot}"
+                    )));
+                }
+                true
+            }
+            Err(AwsError::NotFound(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if !exists {
+            (self.progress)(&format!(
+                "restoring {snapshot} as {id} ({})",
+                source.db_instance_class().unwrap_or("?")
+            ));
+            request
+                .send()
+                .await
+                .map_err(|e| api("RestoreDBInstanceFromDBSnapshot", e))?;
+        }
+        self.wait_until_available(id, &format!("instance {id}"))
+            .await?;
         Ok(())
     }
 
@@ -157,7 +174,8 @@ impl AwsPlatform {
                 .await
                 .map_err(|e| api("RestoreDBClusterFromSnapshot", e))?;
         }
-        self.wait_available(id, &format!("cluster {id}")).await?;
+        self.wait_until_available(id, &format!("cluster {id}"))
+            .await?;
         let writer = format!("{id}-writer");
         let class = self
             .writer_class(&source)

@@ -161,7 +161,7 @@ impl AwsPlatform {
                     .map_err(|e| api("ModifyDBCluster", e))?;
             }
         }
-        self.wait_available(id, &format!("{id} to take parameter group {custom}"))
+        self.wait_until_available(id, &format!("{id} to take parameter group {custom}"))
             .await?;
         Ok(custom)
     }

@@ -156,7 +156,7 @@ impl AwsPlatform {
             self.wait_gone(&current, &format!("the old name {current}"))
                 .await?;
         }
-        self.wait_available(new_id, &format!("{new_id} after the rename"))
+        self.wait_until_available(new_id, &format!("{new_id} after the rename"))
             .await?;
         self.set_renamed(name, new_id);
         Ok(())
@@ -177,7 +177,7 @@ impl AwsPlatform {
     }
 
     /// Waits until `id` is available.
-    pub(crate) async fn wait_available(&self, id: &str, what: &str) -> Result<Described> {
+    pub(crate) async fn wait_until_available(&self, id: &str, what: &str) -> Result<Described> {
         wait::until(
             &self.progress,
             what,
@@ -499,6 +499,29 @@ impl Platform for AwsPlatform {
             }
         };
         Ok(self.instance(&spec.name).await?)
+    }
+
+    async fn wait_available(&self, name: &str) -> pgseal_platform::Result<Instance> {
+        let id = self.resolve(name).await?;
+        match self.describe_raw(&id).await? {
+            Described::Rds(_) => {
+                self.wait_until_available(&id, &format!("instance {id}"))
+                    .await?;
+            }
+            // The writer may not have been added yet: finishing the restore adds it.
+            Described::Aurora(cluster) => {
+                let snapshot = Described::Aurora(cluster)
+                    .to_instance(name)
+                    .source_snapshot
+                    .ok_or_else(|| {
+                        AwsError::Precondition(format!(
+                            "cluster {id} carries no {SNAPSHOT_TAG} tag"
+                        ))
+                    })?;
+                self.restore_db_cluster(&snapshot, &id, None).await?;
+            }
+        }
+        Ok(self.instance(name).await?)
     }
 
     async fn describe_snapshot(&self, name: &str) -> pgseal_platform::Result<Snapshot> {

@@ -66,6 +66,20 @@ async fn the_rds_sequence_encrypts_under_an_alias_and_an_arn_restores_encrypted_
     assert!(restored.encrypted);
     assert_eq!(restored.key_id.as_deref(), Some(arn.as_str()));
     assert_eq!(restored.source_snapshot.as_deref(), Some("pgseal-m1"));
+    // A restore resumed after pgseal was killed waits for the instance AWS is making;
+    // it neither restores twice nor takes over an instance it did not make.
+    let again = aws
+        .restore_snapshot("pgseal-m1", &target("src-enc"))
+        .await
+        .unwrap();
+    assert_eq!(again.key_id, restored.key_id);
+    let waited = aws.wait_available("src-enc").await.unwrap();
+    assert_eq!(waited.status, InstanceStatus::Available);
+    let foreign = aws
+        .restore_snapshot("pgseal-m1-arn", &target("src-enc"))
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.kind, ErrorKind::Precondition, "{foreign}");
     let raw = seed.instance("src-enc").await.unwrap();
     assert_eq!(raw.db_instance_class(), source.db_instance_class());
     assert_eq!(raw.enabled_cloudwatch_logs_exports(), ["postgresql"]);

@@ -574,6 +574,15 @@ impl<'a, P: Platform> Engine<'a, P> {
             {
                 i
             }
+            Some(i)
+                if i.status == InstanceStatus::Busy
+                    && i.source_snapshot.as_deref() == Some(snap.as_str())
+                    && let Ok(waited) = self.platform.wait_available(target).await
+                    && waited.status == InstanceStatus::Available =>
+            {
+                // A restore the platform carried on with while pgseal was gone.
+                waited
+            }
             Some(i) => {
                 // A restore that was interrupted: start again from the snapshot.
                 tracing::warn!(target = %i.name, status = ?i.status, "removing an interrupted restore");

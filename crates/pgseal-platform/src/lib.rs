@@ -212,6 +212,13 @@ pub trait Platform: Send + Sync {
         spec: &NewInstance,
     ) -> impl Future<Output = Result<Instance>> + Send;
 
+    /// Waits for an instance that is still being made (a restore a crashed pgseal left
+    /// running, on a platform that goes on without it) and describes it. Platforms whose
+    /// work stops with pgseal keep this default: describe it as it is.
+    fn wait_available(&self, name: &str) -> impl Future<Output = Result<Instance>> + Send {
+        self.describe_instance(name)
+    }
+
     /// Describes a snapshot (only complete snapshots exist).
     fn describe_snapshot(&self, name: &str) -> impl Future<Output = Result<Snapshot>> + Send;
 

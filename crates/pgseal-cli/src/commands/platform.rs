@@ -78,6 +78,9 @@ impl Platform for AnyPlatform {
     async fn restore_snapshot(&self, snapshot: &str, spec: &NewInstance) -> Result<Instance> {
         each!(self, p => p.restore_snapshot(snapshot, spec).await)
     }
+    async fn wait_available(&self, name: &str) -> Result<Instance> {
+        each!(self, p => p.wait_available(name).await)
+    }
     async fn describe_snapshot(&self, name: &str) -> Result<Snapshot> {
         each!(self, p => p.describe_snapshot(name).await)
     }
