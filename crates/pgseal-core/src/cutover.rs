@@ -192,13 +192,7 @@ fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> 
 /// another database of the source server (PostgreSQL refuses `ALLOW_CONNECTIONS false`
 /// for the current database); `keep` is pgseal's own session on `db`, which stays.
 async fn fence(admin: &Client, db: &str, keep: i32) -> Result<i64, EngineError> {
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            quote_ident(db)
-        ))
-        .await
-        .map_err(sql("source", "refusing new connections to the database"))?;
+    allow_connections(admin, db, false, "refusing new connections to the database").await?;
     let mut ended = 0;
     let mut quiet_since: Option<Instant> = None;
     loop {
@@ -235,13 +229,24 @@ async fn fence(admin: &Client, db: &str, keep: i32) -> Result<i64, EngineError> 
 }
 
 async fn lift_fence(admin: &Client, db: &str) -> Result<(), EngineError> {
+    allow_connections(admin, db, true, "lifting the fence").await
+}
+
+/// `ALTER DATABASE db ALLOW_CONNECTIONS allow`, from `admin` (a session on another
+/// database); `what` names the step in an error.
+async fn allow_connections(
+    admin: &Client,
+    db: &str,
+    allow: bool,
+    what: &str,
+) -> Result<(), EngineError> {
     admin
         .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
             quote_ident(db)
         ))
         .await
-        .map_err(sql("source", "lifting the fence"))
+        .map_err(sql("source", what))
 }
 
 /// A session on the source database however it is fenced: the fence is lifted for a
@@ -254,13 +259,7 @@ async fn slip_in<P: Platform>(
     let admin = admin_session(platform, spec).await?;
     lift_fence(&admin, &spec.database).await?;
     let source = connect_source(platform, spec).await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            quote_ident(&spec.database)
-        ))
-        .await
-        .map_err(sql("source", "fencing the database again"))?;
+    allow_connections(&admin, &spec.database, false, "fencing the database again").await?;
     let source = source?;
     let own: i32 = source
         .query_one("SELECT pg_backend_pid()", &[])
@@ -515,18 +514,27 @@ async fn prepare_reverse<P: Platform>(
     replication::create_logical_slot(target, &back)
         .await
         .map_err(sql("target", "creating the reverse slot"))?;
-    let conninfo = platform
-        .subscriber_conninfo(&spec.target, &spec.database)
-        .await
-        .map_err(|source| EngineError::Platform {
-            what: "finding how the source reaches the target".into(),
-            source,
-        })?;
+    let conninfo = target_conninfo(platform, spec).await?;
     journal.add_resource(name, "reverse_subscription", &back)?;
     replication::create_subscription(source, &back, &conninfo, &back, &back)
         .await
         .map_err(sql("source", "creating the reverse subscription"))?;
     Ok(true)
+}
+
+/// How the source's server reaches the target's database (the reverse subscription's
+/// connection; it may hold a password: never log it).
+async fn target_conninfo<P: Platform>(
+    platform: &P,
+    spec: &crate::journal::MigrationSpec,
+) -> Result<String, EngineError> {
+    platform
+        .subscriber_conninfo(&spec.target, &spec.database)
+        .await
+        .map_err(|source| EngineError::Platform {
+            what: "finding how the source reaches the target".into(),
+            source,
+        })
 }
 
 /// Removes the reverse replication objects (after a failed cutover).
@@ -627,13 +635,7 @@ pub async fn rollback<P: Platform, S: Switch>(
         let client = connect_source(platform, &spec).await?;
         // The target's address may have changed since the reverse subscription was made
         // (renamed at cutover): point it at the target as it is now.
-        let target_conninfo = platform
-            .subscriber_conninfo(&spec.target, &spec.database)
-            .await
-            .map_err(|source| EngineError::Platform {
-                what: "finding how the source reaches the target".into(),
-                source,
-            })?;
+        let target_conninfo = target_conninfo(platform, &spec).await?;
         client
             .batch_execute(&format!(
                 "ALTER SUBSCRIPTION {} CONNECTION {}",
@@ -719,13 +721,13 @@ pub async fn rollback<P: Platform, S: Switch>(
                     ))
                     .await;
             }
-            source_admin
-                .batch_execute(&format!(
-                    "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-                    quote_ident(&spec.database)
-                ))
-                .await
-                .map_err(sql("source", "fencing the source again"))?;
+            allow_connections(
+                &source_admin,
+                &spec.database,
+                false,
+                "fencing the source again",
+            )
+            .await?;
             lift_fence(&target_admin, &spec.database).await?;
             journal.remove_resource(name, "target_fence", &spec.database)?;
             Ok::<(), EngineError>(())
