@@ -5,6 +5,8 @@ use aws_sdk_rds::types::{DbCluster, DbInstance, Tag};
 
 use crate::error::{AwsError, Result, api};
 use crate::platform::{AwsPlatform, Described, SNAPSHOT_TAG};
+use crate::snapshots::SnapshotFacts;
+use crate::wait::Goal;
 
 /// What PostgreSQL log type RDS exports to CloudWatch Logs (the handoff line is in it).
 const LOG_EXPORT: &str = "postgresql";
@@ -40,28 +42,48 @@ impl AwsPlatform {
             .ok_or_else(|| AwsError::NotFound(format!("Aurora cluster {id} not found")))
     }
 
-    /// The instance or cluster a snapshot was taken of, as it is now.
-    async fn snapshot_origin(&self, snapshot: &str) -> Result<Described> {
+    /// A snapshot's facts, and the instance or cluster it was taken of, as it is now.
+    async fn snapshot_origin(&self, snapshot: &str) -> Result<(SnapshotFacts, Described)> {
         let facts = self
             .find_snapshot(snapshot)
             .await?
             .ok_or_else(|| AwsError::NotFound(format!("snapshot {snapshot} not found")))?;
-        let origin = facts.origin.ok_or_else(|| {
+        let origin = facts.origin.clone().ok_or_else(|| {
             AwsError::Precondition(format!("snapshot {snapshot} names no source"))
         })?;
-        self.describe_raw(&origin).await.map_err(|e| match e {
+        let described = self.describe_raw(&origin).await.map_err(|e| match e {
             AwsError::NotFound(_) => AwsError::Precondition(format!(
                 "{origin}, which snapshot {snapshot} was taken of, is gone: pgseal restores with its instance class, parameter group, subnet group and security groups"
             )),
             other => other,
-        })
+        })?;
+        Ok((facts, described))
     }
 
     /// Restores RDS snapshot `snapshot` as instance `id` with the source's instance class,
     /// parameter group, subnet group, security groups, port and availability settings, and
     /// the `postgresql` log exported to CloudWatch Logs; waits until it is available.
     pub(crate) async fn restore_db_instance(&self, snapshot: &str, id: &str) -> Result<()> {
-        let Described::Rds(source) = self.snapshot_origin(snapshot).await? else {
+        // Already restored (or still restoring) from this snapshot: wait for it.
+        match self.describe_db_instance(id).await {
+            Ok(i) => {
+                let tag = Described::Rds(Box::new(i)).to_instance(id).source_snapshot;
+                if tag.as_deref() != Some(snapshot) {
+                    return Err(AwsError::Precondition(format!(
+                        "instance {id} exists and was not restored from {snapshot}"
+                    )));
+                }
+            }
+            Err(AwsError::NotFound(_)) => self.start_instance_restore(snapshot, id).await?,
+            Err(e) => return Err(e),
+        }
+        self.wait_until_available(id, &format!("instance {id}"))
+            .await
+    }
+
+    /// Sends `RestoreDBInstanceFromDBSnapshot` with the source's settings.
+    async fn start_instance_restore(&self, snapshot: &str, id: &str) -> Result<()> {
+        let (_, Described::Rds(source)) = self.snapshot_origin(snapshot).await? else {
             unreachable!("an RDS platform describes instances")
         };
         let mut request = self
@@ -94,56 +116,35 @@ impl AwsPlatform {
                 request = request.vpc_security_group_ids(sg);
             }
         }
-        // Already restored (or still restoring) from this snapshot: wait for it.
-        let exists = match self.describe_db_instance(id).await {
-            Ok(i) => {
-                let tag = Described::Rds(Box::new(i)).to_instance(id).source_snapshot;
-                if tag.as_deref() != Some(snapshot) {
-                    return Err(AwsError::Precondition(format!(
-                        "instance {id} exists and was not restored from {snapshot}"
-                    )));
-                }
-                true
-            }
-            Err(AwsError::NotFound(_)) => false,
-            Err(e) => return Err(e),
-        };
-        if !exists {
-            (self.progress)(&format!(
-                "restoring {snapshot} as {id} ({})",
-                source.db_instance_class().unwrap_or("?")
-            ));
-            request
-                .send()
-                .await
-                .map_err(|e| api("RestoreDBInstanceFromDBSnapshot", e))?;
-        }
-        self.wait_until_available(id, &format!("instance {id}"))
-            .await?;
+        (self.progress)(&format!(
+            "restoring {snapshot} as {id} ({})",
+            source.db_instance_class().unwrap_or("?")
+        ));
+        request
+            .send()
+            .await
+            .map_err(|e| api("RestoreDBInstanceFromDBSnapshot", e))?;
         Ok(())
     }
 
     /// Restores Aurora cluster snapshot `snapshot` as cluster `id` encrypted under `key`
-    /// (else the key recorded with the snapshot, else the snapshot's own), with the source cluster's settings, adds a writer instance of the source
-    /// writer's class, and waits until both are available.
+    /// (else the key recorded with the snapshot, else the snapshot's own), with the source
+    /// cluster's settings, adds a writer instance of the source writer's class, and waits
+    /// until both are available. What exists already is waited for, not made again.
     pub(crate) async fn restore_db_cluster(
         &self,
         snapshot: &str,
         id: &str,
         key: Option<&str>,
     ) -> Result<()> {
-        let Described::Aurora(source) = self.snapshot_origin(snapshot).await? else {
+        let (facts, Described::Aurora(source)) = self.snapshot_origin(snapshot).await? else {
             unreachable!("an Aurora platform describes clusters")
         };
-        let facts = self
-            .find_snapshot(snapshot)
-            .await?
-            .ok_or_else(|| AwsError::NotFound(format!("snapshot {snapshot} not found")))?;
         let engine = facts
             .engine
             .or_else(|| source.engine().map(str::to_string))
             .unwrap_or_else(|| "aurora-postgresql".into());
-        if self.find_cluster(id).await?.is_none() {
+        if self.status_of(id).await?.is_none() {
             let mut request = self
                 .rds
                 .restore_db_cluster_from_snapshot()
@@ -177,16 +178,11 @@ impl AwsPlatform {
         self.wait_until_available(id, &format!("cluster {id}"))
             .await?;
         let writer = format!("{id}-writer");
-        let class = self
-            .writer_class(&source)
-            .await?
-            .unwrap_or_else(|| "db.r6g.large".into());
-        let exists = match self.describe_db_instance(&writer).await {
-            Ok(_) => true,
-            Err(AwsError::NotFound(_)) => false,
-            Err(e) => return Err(e),
-        };
-        if !exists {
+        if self.instance_status(&writer).await?.is_none() {
+            let class = self
+                .writer_class(&source)
+                .await?
+                .unwrap_or_else(|| "db.r6g.large".into());
             (self.progress)(&format!("adding writer {writer} ({class}) to {id}"));
             self.rds
                 .create_db_instance()
@@ -201,14 +197,6 @@ impl AwsPlatform {
         self.wait_instance_available(&writer).await
     }
 
-    async fn find_cluster(&self, id: &str) -> Result<Option<DbCluster>> {
-        match self.describe_db_cluster(id).await {
-            Ok(c) => Ok(Some(c)),
-            Err(AwsError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// The instance class of a cluster's writer.
     async fn writer_class(&self, cluster: &DbCluster) -> Result<Option<String>> {
         match writer_of(cluster) {
@@ -221,28 +209,22 @@ impl AwsPlatform {
         }
     }
 
+    /// The status of RDS instance `id` (Aurora members too); `None` when it does not exist.
+    async fn instance_status(&self, id: &str) -> Result<Option<String>> {
+        match self.describe_db_instance(id).await {
+            Ok(i) => Ok(Some(
+                i.db_instance_status().unwrap_or("unknown").to_string(),
+            )),
+            Err(AwsError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits until the RDS instance `id` (an Aurora member) is available.
     async fn wait_instance_available(&self, id: &str) -> Result<()> {
-        crate::wait::until(
-            &self.progress,
-            &format!("instance {id}"),
-            self.settings.wait_timeout,
-            self.settings.poll_interval,
-            || async {
-                match self.describe_db_instance(id).await {
-                    Ok(i) if i.db_instance_status() == Some("available") => {
-                        Ok(crate::wait::Poll::Done(()))
-                    }
-                    Ok(i) => Ok(crate::wait::Poll::Pending(
-                        i.db_instance_status().unwrap_or("unknown").to_string(),
-                    )),
-                    Err(AwsError::NotFound(_)) => {
-                        Ok(crate::wait::Poll::Pending("not there yet".into()))
-                    }
-                    Err(e) => Err(e),
-                }
-            },
-        )
+        self.wait_for(&format!("instance {id}"), Goal::Status("available"), || {
+            self.instance_status(id)
+        })
         .await
     }
 
@@ -257,21 +239,9 @@ impl AwsPlatform {
             .await
             .map_err(|e| api("DeleteDBInstance", e))?;
         (self.progress)(&format!("deleting instance {id}"));
-        crate::wait::until(
-            &self.progress,
-            &format!("instance {id} to be deleted"),
-            self.settings.wait_timeout,
-            self.settings.poll_interval,
-            || async {
-                match self.describe_db_instance(id).await {
-                    Ok(i) => Ok(crate::wait::Poll::Pending(
-                        i.db_instance_status().unwrap_or("unknown").to_string(),
-                    )),
-                    Err(AwsError::NotFound(_)) => Ok(crate::wait::Poll::Done(())),
-                    Err(e) => Err(e),
-                }
-            },
-        )
+        self.wait_for(&format!("instance {id} to be deleted"), Goal::Gone, || {
+            self.instance_status(id)
+        })
         .await
     }
 
@@ -318,17 +288,14 @@ impl AwsPlatform {
                     .map_err(|e| api("StopDBCluster", e))?;
             }
         }
-        crate::wait::until(
-            &self.progress,
+        // Gone while stopping is an error, not "not there yet".
+        self.wait_for(
             &format!("{id} to stop"),
-            self.settings.wait_timeout,
-            self.settings.poll_interval,
+            Goal::Status("stopped"),
             || async {
-                let d = self.describe_raw(id).await?;
-                if d.status() == "stopped" {
-                    Ok(crate::wait::Poll::Done(()))
-                } else {
-                    Ok(crate::wait::Poll::Pending(d.status().to_string()))
+                match self.status_of(id).await? {
+                    Some(status) => Ok(Some(status)),
+                    None => Err(AwsError::NotFound(format!("{id} is gone"))),
                 }
             },
         )

@@ -23,6 +23,15 @@ pub fn custom_group(id: &str) -> String {
     format!("pgseal-{id}")
 }
 
+/// A copy that a run before this one already made is fine.
+fn already_there_is_fine<T>(copied: Result<T>) -> Result<()> {
+    match copied {
+        Ok(_) => Ok(()),
+        Err(AwsError::Api { code: Some(c), .. }) if c == "DBParameterGroupAlreadyExists" => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl AwsPlatform {
     /// Sets `params` on `id`'s (custom) parameter group; reboots when `restart` and a
     /// parameter waits for one.
@@ -120,12 +129,7 @@ impl AwsPlatform {
                     .send()
                     .await
                     .map_err(|e| api("CopyDBParameterGroup", e));
-                match copied {
-                    Ok(_) => {}
-                    Err(AwsError::Api { code: Some(c), .. })
-                        if c == "DBParameterGroupAlreadyExists" => {}
-                    Err(e) => return Err(e),
-                }
+                already_there_is_fine(copied)?;
                 self.rds
                     .modify_db_instance()
                     .db_instance_identifier(id)
@@ -145,12 +149,7 @@ impl AwsPlatform {
                     .send()
                     .await
                     .map_err(|e| api("CopyDBClusterParameterGroup", e));
-                match copied {
-                    Ok(_) => {}
-                    Err(AwsError::Api { code: Some(c), .. })
-                        if c == "DBParameterGroupAlreadyExists" => {}
-                    Err(e) => return Err(e),
-                }
+                already_there_is_fine(copied)?;
                 self.rds
                     .modify_db_cluster()
                     .db_cluster_identifier(id)

@@ -13,7 +13,7 @@ use pgseal_platform::{
 
 use crate::error::{AwsError, Result, api};
 use crate::settings::{AwsSettings, Flavor, check_identifier, parse_source};
-use crate::wait::{self, Poll, Progress};
+use crate::wait::{Goal, Progress};
 
 /// The tag a restored instance or cluster carries: the snapshot it was restored from.
 pub const SNAPSHOT_TAG: &str = "pgseal:snapshot";
@@ -112,12 +112,10 @@ impl AwsPlatform {
             .expect("rename map lock")
             .get(&base)
             .cloned();
-        if let Some(id) = renamed {
-            match self.describe_raw(&id).await {
-                Ok(_) => return Ok(id),
-                Err(AwsError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+        if let Some(id) = renamed
+            && self.status_of(&id).await?.is_some()
+        {
+            return Ok(id);
         }
         check_identifier(&base)?;
         Ok(base)
@@ -176,41 +174,25 @@ impl AwsPlatform {
         }
     }
 
+    /// The status of the instance or cluster `id`; `None` when it does not exist.
+    pub(crate) async fn status_of(&self, id: &str) -> Result<Option<String>> {
+        match self.describe_raw(id).await {
+            Ok(d) => Ok(Some(d.status().to_string())),
+            Err(AwsError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits until `id` is available.
-    pub(crate) async fn wait_until_available(&self, id: &str, what: &str) -> Result<Described> {
-        wait::until(
-            &self.progress,
-            what,
-            self.settings.wait_timeout,
-            self.settings.poll_interval,
-            || async {
-                match self.describe_raw(id).await {
-                    Ok(d) if d.status() == "available" => Ok(Poll::Done(d)),
-                    Ok(d) => Ok(Poll::Pending(d.status().to_string())),
-                    Err(AwsError::NotFound(_)) => Ok(Poll::Pending("not there yet".into())),
-                    Err(e) => Err(e),
-                }
-            },
-        )
-        .await
+    pub(crate) async fn wait_until_available(&self, id: &str, what: &str) -> Result<()> {
+        self.wait_for(what, Goal::Status("available"), || self.status_of(id))
+            .await
     }
 
     /// Waits until `id` no longer exists.
     pub(crate) async fn wait_gone(&self, id: &str, what: &str) -> Result<()> {
-        wait::until(
-            &self.progress,
-            &format!("{what} to go"),
-            self.settings.wait_timeout,
-            self.settings.poll_interval,
-            || async {
-                match self.describe_raw(id).await {
-                    Ok(d) => Ok(Poll::Pending(d.status().to_string())),
-                    Err(AwsError::NotFound(_)) => Ok(Poll::Done(())),
-                    Err(e) => Err(e),
-                }
-            },
-        )
-        .await
+        self.wait_for(&format!("{what} to go"), Goal::Gone, || self.status_of(id))
+            .await
     }
 
     /// How pgseal (`peer` false) or the other instance (`peer` true) reaches `name` over
