@@ -14,12 +14,13 @@
 //! tunnel (`--connect-via`) does not match the certificate's name: use `verify-ca` there.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How strictly a connection uses TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +95,23 @@ impl TlsPolicy {
         Ok(TlsPolicy { mode, root_cert })
     }
 
-    /// The rustls connector for this policy (never called for [`TlsMode::Disable`]).
+    /// The rustls connector for this policy, built once and reused while the policy stays
+    /// the same (building reads the roots file): every connection asks for it.
     pub fn connector(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect, TlsError> {
+        static LAST: Mutex<Option<(TlsPolicy, MakeRustlsConnect)>> = Mutex::new(None);
+        let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((policy, connector)) = last.as_ref()
+            && policy == self
+        {
+            return Ok(connector.clone());
+        }
+        let connector = self.build_connector()?;
+        *last = Some((self.clone(), connector.clone()));
+        Ok(connector)
+    }
+
+    /// Builds the rustls connector for this policy (never asked for [`TlsMode::Disable`]).
+    fn build_connector(&self) -> Result<MakeRustlsConnect, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier: Arc<dyn ServerCertVerifier> = match (&self.root_cert, self.mode) {
             (None, TlsMode::VerifyCa) => return Err(TlsError::NoRoots("verify-ca")),
@@ -123,7 +139,7 @@ impl TlsPolicy {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+        Ok(MakeRustlsConnect::new(config))
     }
 }
 
