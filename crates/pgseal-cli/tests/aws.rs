@@ -54,6 +54,18 @@ impl Aws {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// Runs `args` with the target reached through `route` (pgseal and the source's
+    /// server alike), which must succeed.
+    fn ok_via(&self, args: &[&str], route: &str) {
+        let out = self
+            .command(args)
+            .env("PGSEAL_CONNECT_VIA", route)
+            .env("PGSEAL_PEER_VIA", route)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut args = args.to_vec();
         args.push("--json");
@@ -232,13 +244,7 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
     ));
 
     let target_route = route("shop-enc", &target);
-    let resumed = aws
-        .command(&["migrate", "resume", "e2e"])
-        .env("PGSEAL_CONNECT_VIA", &target_route)
-        .env("PGSEAL_PEER_VIA", &target_route)
-        .output()
-        .unwrap();
-    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    aws.ok_via(&["migrate", "resume", "e2e"], &target_route);
 
     let run: serde_json::Value =
         serde_json::from_slice(&writes.wait_with_output_ref().stdout).unwrap();
@@ -256,14 +262,7 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
     }
 
     // The target is encrypted under the key, checked again at cutover; cutover renames.
-    let via = target_route.clone();
-    let cut = aws
-        .command(&["migrate", "cutover", "e2e"])
-        .env("PGSEAL_CONNECT_VIA", &via)
-        .env("PGSEAL_PEER_VIA", &via)
-        .output()
-        .unwrap();
-    assert!(cut.status.success(), "{}", stderr(&cut));
+    aws.ok_via(&["migrate", "cutover", "e2e"], &target_route);
     let shop = rt.block_on(seed.instance("shop")).unwrap();
     assert_eq!(shop.storage_encrypted(), Some(true));
     assert_eq!(shop.kms_key_id(), Some(key_arn.as_str()));
@@ -289,7 +288,7 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
         source,
         target,
         run,
-        via,
+        via: target_route,
     }
 }
 
@@ -307,13 +306,7 @@ fn an_rds_migration_under_live_writes_cuts_over_by_rename_with_nothing_lost() {
 
     // Cleanup removes the replication objects on both sides and stops the old source;
     // the renames stay known.
-    let cleaned = aws
-        .command(&["migrate", "cleanup", "e2e", "--retire-source"])
-        .env("PGSEAL_CONNECT_VIA", &via)
-        .env("PGSEAL_PEER_VIA", &via)
-        .output()
-        .unwrap();
-    assert!(cleaned.status.success(), "{}", stderr(&cleaned));
+    aws.ok_via(&["migrate", "cleanup", "e2e", "--retire-source"], &via);
     let left: i64 = rt.block_on(async {
         let s = source.connect("template1").await.unwrap();
         let t = target.connect("postgres").await.unwrap();
@@ -381,13 +374,7 @@ fn an_rds_rollback_renames_back_and_keeps_what_was_written_on_the_target() {
     let after: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
     assert!(after["acknowledged"].as_u64().unwrap() > 100, "{after}");
 
-    let back = aws
-        .command(&["migrate", "rollback", "e2e"])
-        .env("PGSEAL_CONNECT_VIA", &via)
-        .env("PGSEAL_PEER_VIA", &via)
-        .output()
-        .unwrap();
-    assert!(back.status.success(), "{}", stderr(&back));
+    aws.ok_via(&["migrate", "rollback", "e2e"], &via);
     // The names are back: applications reach the source under its own name again.
     assert_ne!(
         rt.block_on(seed.instance("shop"))
@@ -418,13 +405,7 @@ fn an_rds_rollback_renames_back_and_keeps_what_was_written_on_the_target() {
         Some(run["acknowledged"].as_u64().unwrap() + after["acknowledged"].as_u64().unwrap())
     );
     // Cleanup after a rollback deletes the abandoned encrypted target.
-    let cleaned = aws
-        .command(&["migrate", "cleanup", "e2e"])
-        .env("PGSEAL_CONNECT_VIA", &via)
-        .env("PGSEAL_PEER_VIA", &via)
-        .output()
-        .unwrap();
-    assert!(cleaned.status.success(), "{}", stderr(&cleaned));
+    aws.ok_via(&["migrate", "cleanup", "e2e"], &via);
     assert!(rt.block_on(seed.instance("shop-enc")).is_none());
     assert!(rt.block_on(seed.instance("shop")).is_some());
 }

@@ -16,7 +16,7 @@ use pgseal_core::{
 };
 use pgseal_local::instance::LocalError;
 
-use super::platform::{AnyPlatform, for_spec, is_aws_source};
+use super::platform::{AnyPlatform, aws_id, for_spec, is_aws_source};
 use super::switch::{EndpointSwitch, HookSwitch, resume_endpoint};
 use super::{Context, Outcome, print_json, render_table, url_config};
 use crate::cli::{MigrateCommand, MigrationArgs};
@@ -311,8 +311,10 @@ fn spec_from_args(
             .to_string();
         (database, target)
     } else if aws {
-        let id = args.source.split_once(':').map_or("", |(_, id)| id);
-        let target = args.target.clone().unwrap_or_else(|| format!("{id}-enc"));
+        let target = args
+            .target
+            .clone()
+            .unwrap_or_else(|| format!("{}-enc", aws_id(&args.source)));
         (args.database.clone(), target)
     } else {
         // An unknown source is bad input: refused before anything is recorded.
@@ -935,9 +937,7 @@ fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
         runtime.block_on(aws.stop_instance(&spec.source))?;
         report.removed.push(format!(
             "(stopped) {}{} (the old source; AWS starts it again after 7 days unless deleted)",
-            spec.source
-                .split_once(':')
-                .map_or(spec.source.as_str(), |(_, id)| id),
+            aws_id(&spec.source),
             pgseal_aws::RETIRED_SUFFIX
         ));
     }

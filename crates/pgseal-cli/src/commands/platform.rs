@@ -15,6 +15,13 @@ pub fn is_aws_source(source: &str) -> bool {
     source.starts_with("rds:") || source.starts_with("aurora:")
 }
 
+/// The identifier in `rds:ID` / `aurora:ID`; other names as they are.
+pub fn aws_id(name: &str) -> &str {
+    name.strip_prefix("rds:")
+        .or_else(|| name.strip_prefix("aurora:"))
+        .unwrap_or(name)
+}
+
 /// The platform of one migration.
 pub enum AnyPlatform {
     /// Instances on this machine.

@@ -178,13 +178,12 @@ pub struct RenameSwitch {
 
 #[cfg(feature = "aws")]
 impl RenameSwitch {
-    fn base(name: &str) -> &str {
-        name.split_once(':').map_or(name, |(_, id)| id)
-    }
-
     /// The two renames in the order they must happen: `(name, new id)`.
     fn renames(&self) -> [(String, String); 2] {
-        let (source, target) = (Self::base(&self.source), Self::base(&self.target));
+        let (source, target) = (
+            super::platform::aws_id(&self.source),
+            super::platform::aws_id(&self.target),
+        );
         if self.back {
             // The target gives the name back first.
             [
@@ -206,14 +205,17 @@ impl RenameSwitch {
 #[cfg(feature = "aws")]
 impl Switch for RenameSwitch {
     fn describe(&self) -> String {
-        let source = Self::base(&self.source);
+        let source = super::platform::aws_id(&self.source);
         if self.back {
-            format!("renames back ({} -> {source})", Self::base(&self.target))
+            format!(
+                "renames back ({} -> {source})",
+                super::platform::aws_id(&self.target)
+            )
         } else {
             format!(
                 "renames ({source} -> {source}{}, {} -> {source})",
                 pgseal_aws::RETIRED_SUFFIX,
-                Self::base(&self.target)
+                super::platform::aws_id(&self.target)
             )
         }
     }
