@@ -76,6 +76,22 @@ impl Aws {
         self.home.path().join("ledger").display().to_string()
     }
 
+    /// Verifies the ledger at `url`: `acknowledged` transactions, each there once, and
+    /// nothing else.
+    fn assert_all_landed(&self, url: &str, acknowledged: u64) {
+        let v = self.verify(url);
+        assert_eq!(
+            (
+                v["missing"].as_u64(),
+                v["duplicated"].as_u64(),
+                v["unexpected"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "{v}"
+        );
+        assert_eq!(v["acknowledged"].as_u64(), Some(acknowledged), "{v}");
+    }
+
     fn verify(&self, url: &str) -> serde_json::Value {
         let out = self
             .command(&[
@@ -273,17 +289,7 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
     assert_eq!(status["migration"]["phase"], "cut_over", "{status}");
 
     // Every acknowledged transaction is on the target exactly once.
-    let v = aws.verify(&target_url);
-    assert_eq!(
-        (
-            v["missing"].as_u64(),
-            v["duplicated"].as_u64(),
-            v["unexpected"].as_u64()
-        ),
-        (Some(0), Some(0), Some(0)),
-        "{v}"
-    );
-    assert_eq!(v["acknowledged"], run["acknowledged"]);
+    aws.assert_all_landed(&target_url, run["acknowledged"].as_u64().unwrap());
     CutOver {
         source,
         target,
@@ -390,19 +396,9 @@ fn an_rds_rollback_renames_back_and_keeps_what_was_written_on_the_target() {
     );
     assert!(rt.block_on(seed.instance("shop-pre-pgseal")).is_none());
     // Everything acknowledged before and after the cutover is on the source, once.
-    let v = aws.verify(&source.url("postgres"));
-    assert_eq!(
-        (
-            v["missing"].as_u64(),
-            v["duplicated"].as_u64(),
-            v["unexpected"].as_u64()
-        ),
-        (Some(0), Some(0), Some(0)),
-        "{v}"
-    );
-    assert_eq!(
-        v["acknowledged"].as_u64(),
-        Some(run["acknowledged"].as_u64().unwrap() + after["acknowledged"].as_u64().unwrap())
+    aws.assert_all_landed(
+        &source.url("postgres"),
+        run["acknowledged"].as_u64().unwrap() + after["acknowledged"].as_u64().unwrap(),
     );
     // Cleanup after a rollback deletes the abandoned encrypted target.
     aws.ok_via(&["migrate", "cleanup", "e2e"], &via);
