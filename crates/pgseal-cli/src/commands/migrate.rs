@@ -379,7 +379,7 @@ fn start(
     let _lock = MigrationLock::acquire(&ctx.home, &spec.name)?;
     let journal = Journal::open(&ctx.home)?;
     let runtime = runtime()?;
-    let platform = for_spec(ctx, &runtime, None, &spec, false)?;
+    let platform = for_spec(ctx, &runtime, None, &spec, true)?;
     let surroundings = match &platform {
         AnyPlatform::Local(_) => {
             let kms = ctx.open_kms()?;
@@ -405,7 +405,6 @@ fn start(
             }
         }
     };
-    drop(runtime);
     journal.create(&spec)?;
     ctx.status(format!(
         "migration {}: {} -> encrypted instance {} under {} (journal {})",
@@ -415,7 +414,7 @@ fn start(
         spec.key,
         journal.path().display()
     ));
-    let result = drive(ctx, &journal, &spec.name, surroundings);
+    let result = drive(ctx, &runtime, &platform, &journal, &spec.name, surroundings);
     // A start that preflight stopped created nothing: forget it, so that the same name
     // can be started again with the fixes (some of them are options).
     if let Err(e) = &result
@@ -446,30 +445,33 @@ fn resume(ctx: &Context, name: &str) -> Outcome {
     {
         return recover_cutover(ctx, &journal, name);
     }
-    let surroundings = {
-        let runtime = runtime()?;
-        let platform = for_spec(ctx, &runtime, Some(&journal), &record.spec, false)?;
-        Surroundings {
-            free_bytes: matches!(platform, AnyPlatform::Local(_))
-                .then(|| free_bytes(&ctx.home))
-                .flatten(),
-            key_problem: key_problem_on(ctx, &runtime, &platform, &record.spec.key),
-        }
+    let runtime = runtime()?;
+    let platform = for_spec(ctx, &runtime, Some(&journal), &record.spec, true)?;
+    let surroundings = Surroundings {
+        free_bytes: matches!(platform, AnyPlatform::Local(_))
+            .then(|| free_bytes(&ctx.home))
+            .flatten(),
+        key_problem: key_problem_on(ctx, &runtime, &platform, &record.spec.key),
     };
     ctx.status(format!(
         "resuming migration {name} (phase {})",
         record.phase.as_str()
     ));
-    drive(ctx, &journal, name, surroundings)
+    drive(ctx, &runtime, &platform, &journal, name, surroundings)
 }
 
 /// Runs the engine and reports how it ended.
-fn drive(ctx: &Context, journal: &Journal, name: &str, surroundings: Surroundings) -> Outcome {
-    let runtime = runtime()?;
-    let platform = platform(ctx, &runtime, journal, name, true)?;
+fn drive(
+    ctx: &Context,
+    runtime: &tokio::runtime::Runtime,
+    platform: &AnyPlatform,
+    journal: &Journal,
+    name: &str,
+    surroundings: Surroundings,
+) -> Outcome {
     let observe = observer(ctx);
     let result = runtime.block_on(async {
-        let engine = Engine::new(&platform, journal, name, surroundings, &observe)?;
+        let engine = Engine::new(platform, journal, name, surroundings, &observe)?;
         engine.run().await
     });
     if let Err(e) = result {
@@ -482,7 +484,7 @@ fn drive(ctx: &Context, journal: &Journal, name: &str, surroundings: Surrounding
         };
         return Err(anyhow::Error::new(e).context(format!("migration {name} stopped ({hint})")));
     }
-    let report = runtime.block_on(pgseal_core::status::status(&platform, journal, name, None))?;
+    let report = runtime.block_on(pgseal_core::status::status(platform, journal, name, None))?;
     if ctx.json {
         print_json(&report)?;
     } else {
