@@ -228,7 +228,6 @@ impl Switch for RenameSwitch {
     async fn point_to_target(&self) -> Result<(), SwitchError> {
         let journal = pgseal_core::Journal::open(&self.home)?;
         for (name, new_id) in self.renames() {
-            let forward = format!("{name}={new_id}");
             if self.back {
                 self.platform.rename(&name, &new_id).await?;
                 let recorded: Vec<String> = journal
@@ -241,7 +240,7 @@ impl Switch for RenameSwitch {
                     journal.remove_resource(&self.migration, "renamed", &r)?;
                 }
             } else {
-                journal.add_resource(&self.migration, "renamed", &forward)?;
+                journal.add_resource(&self.migration, "renamed", &format!("{name}={new_id}"))?;
                 self.platform.rename(&name, &new_id).await?;
             }
         }
