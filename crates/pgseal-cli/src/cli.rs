@@ -288,16 +288,21 @@ pub enum EndpointCommand {
 }
 
 const MIGRATE_ABOUT: &str = "\
-Move a database onto an encrypted instance with logical replication from the exact end of
-an encrypted snapshot, under live writes.
+Move a PostgreSQL instance onto an encrypted instance with logical replication from the
+exact end of an encrypted snapshot, under live writes. A switch moves every database, so
+a migration carries every database that accepts connections (one publication, slot and
+subscription each); --database narrows it, and what stays outside is kept on the source by
+an endpoint or named at cutover.
 
-  plan     read-only preflight: every problem at once, each with its fix (exit 3 while a
-           blocker remains). Checks wal_level, free slots and WAL senders, privileges,
-           tables without a primary key or replica identity, unlogged tables and large
-           objects (not migrated), long transactions (they block slot creation), name
-           clashes, free disk, the target key.
+  plan     read-only preflight: the scope (databases, tables, sizes, what is not carried)
+           and every problem at once, each with its fix (exit 3 while a blocker remains).
+           Checks wal_level, free slots, WAL senders and apply workers for every database,
+           privileges, tables without a primary key or replica identity, unlogged tables
+           and large objects (not migrated), long and prepared transactions (they block
+           slot creation), name clashes, free disk, the target key.
   start    runs the ten steps and returns once the target replicates:
-             1 preflight  2 prepare_source (wal_level, replica identity, publication, slot)
+             1 preflight  2 prepare_source (wal_level, replica identity, a publication
+               and a slot per database, every slot before the snapshot)
              3 snapshot (encrypted, taken after the slot)  4 restore (encrypted target)
              5 target_housekeeping  6 subscription (disabled, copy_data=false)
              7 guards (handoff LSN vs redo and the slot)  8 origin_advance  9 enable
@@ -335,9 +340,16 @@ pub struct MigrationArgs {
     /// The migration's name (its slot, publication and subscription are pgseal_NAME)
     #[arg(long, default_value = "m1")]
     pub name: String,
-    /// The database to migrate (for a URL source: the URL's)
-    #[arg(long, default_value = "postgres")]
-    pub database: String,
+    /// Narrow the migration to this database; repeatable [default: the whole instance,
+    /// every database that accepts connections and is not a template]. What stays
+    /// outside is kept on the source by an endpoint, or refused at cutover unless
+    /// accepted with --leave-stale
+    #[arg(long = "database", value_name = "NAME")]
+    pub databases: Vec<String>,
+    /// Seconds creating a slot may wait for running (or prepared) transactions before
+    /// `start` gives up and removes what it made (exit 3)
+    #[arg(long, default_value_t = pgseal_core::journal::DEFAULT_SLOT_WAIT_SECONDS)]
+    pub slot_wait: u64,
     /// Allow pgseal to restart a managed source to set wal_level=logical
     #[arg(long)]
     pub allow_restart: bool,
@@ -374,7 +386,9 @@ pub enum MigrateCommand {
         /// What to migrate.
         #[command(flatten)]
         args: MigrationArgs,
-        /// Publish only these tables (schema.table, comma-separated) [default: all]
+        /// Publish only these tables (schema.table, comma-separated) of the one
+        /// --database given [default: all]; cutover refuses to leave the others stale
+        /// unless accepted with --leave-stale DATABASE/SCHEMA.TABLE
         #[arg(long, value_delimiter = ',')]
         tables: Option<Vec<String>>,
         /// TCP port for the target instance [default: a free one]
@@ -467,6 +481,11 @@ pub enum MigrateCommand {
         /// Only check the preconditions
         #[arg(long)]
         dry_run: bool,
+        /// Accept that this database (NAME) or table (DATABASE/SCHEMA.TABLE), which the
+        /// migration does not replicate, is stale on the target after the switch;
+        /// repeatable; journaled with the cutover
+        #[arg(long, value_name = "NAME")]
+        leave_stale: Vec<String>,
     },
 }
 
@@ -501,13 +520,20 @@ Example:
 const CUTOVER_ABOUT: &str = "\
 Move applications from the source to the encrypted target with a pause, not an outage:
 
-  1 checks: replicating, lag under --max-lag, no apply errors, worker running, no schema drift
+  1 checks, per database: replicating, lag under --max-lag, no apply errors, worker
+    running, no schema drift; nothing the switch moves left stale (databases outside the
+    migration when the switch moves the whole instance, tables outside the publication,
+    unlogged tables) unless accepted with --leave-stale
   2 pause the endpoint (new transactions wait; running ones finish)
-  3 fence every write path to the source database: no new session of any role
-    (ALLOW_CONNECTIONS false), every other session ended; proven for a window
-  4 drain: wait until the target confirms applied+flushed the source's position after the fence
-  5 set every sequence on the target from the source's last_value/is_called
-  6 disable the subscription, point the endpoint at the target, resume, first write
+  3 fence every write path to every migrated database: no new session of any role
+    (ALLOW_CONNECTIONS false), every other session and background worker ended;
+    proven for a window
+  4 drain: a barrier committed with synchronous_commit=on, then wait until every slot
+    confirms applied+flushed the position after it
+  5 set every sequence of every database on the target from the source's
+    last_value/is_called
+  6 disable the subscriptions, point the endpoint at the target (databases outside the
+    migration stay on the source), resume, first write
 
 If anything fails or --timeout passes before the switch, the fence is lifted, the endpoint
 resumed on the source and the migration replicates again; the error says why. The write
@@ -516,7 +542,8 @@ pause (pause to first write accepted on the target) is journaled.
 Examples:
   pgseal migrate cutover orders-enc --dry-run
   pgseal migrate cutover orders-enc --endpoint orders-ep
-  pgseal migrate cutover orders-enc --on-switch './repoint-app.sh'";
+  pgseal migrate cutover orders-enc --on-switch './repoint-app.sh'
+  pgseal migrate cutover orders-enc --on-switch './repoint-app.sh' --leave-stale scratch";
 
 const WORKLOAD_ABOUT: &str = "\
 The ledger workload writes transactions (inserts, updates of earlier rows, deletes from a

@@ -1,6 +1,6 @@
 //! `abort`: removes everything a migration created, newest first — the target instance,
-//! snapshots, and on the source the slot (above all: a forgotten slot fills the source's
-//! disk), the publication and any replica identity pgseal changed.
+//! snapshots, and in every database of the source its slot (above all: a forgotten slot
+//! fills the source's disk), its publication and any replica identity pgseal changed.
 //!
 //! It works from the journal's resource list, which records each resource *before* it is
 //! created, so an abort after a crash at any point finds everything; removing what is
@@ -10,7 +10,7 @@ use pgseal_pg::replication;
 use pgseal_platform::{ErrorKind, Platform};
 use tokio_postgres::Client;
 
-use crate::engine::{EngineError, connect_source};
+use crate::engine::{EngineError, connect_source_db};
 use crate::journal::{Journal, Phase};
 
 /// What `abort` removed, as `kind name` lines in the order done.
@@ -41,9 +41,14 @@ pub async fn abort<P: Platform>(
     let spec = record.spec;
     journal.set_phase(name, Phase::Aborting, None)?;
     let mut report = AbortReport::default();
-    let mut source: Option<Client> = None;
+    // One session per database of the source, opened when first needed.
+    let mut sessions: std::collections::HashMap<String, Client> = Default::default();
     for resource in journal.resources(name)? {
-        let label = format!("{} {}", resource.kind, resource.name);
+        let label = if resource.database.is_empty() {
+            format!("{} {}", resource.kind, resource.name)
+        } else {
+            format!("{} {} ({})", resource.kind, resource.name, resource.database)
+        };
         let removed = match resource.kind.as_str() {
             "instance" => match platform.delete_instance(&resource.name).await {
                 Ok(()) => true,
@@ -66,10 +71,16 @@ pub async fn abort<P: Platform>(
                 }
             },
             kind => {
-                if source.is_none() {
-                    source = Some(connect_source(platform, &spec).await?);
+                let database = if resource.database.is_empty() {
+                    spec.database.clone()
+                } else {
+                    resource.database.clone()
+                };
+                if !sessions.contains_key(&database) {
+                    let client = connect_source_db(platform, &spec, &database).await?;
+                    sessions.insert(database.clone(), client);
                 }
-                let client = source.as_ref().expect("connected above");
+                let client = &sessions[&database];
                 let sql = |what: String| {
                     move |source| EngineError::Sql {
                         role: "source",
@@ -120,7 +131,7 @@ pub async fn abort<P: Platform>(
         } else {
             report.already_gone.push(label);
         }
-        journal.remove_resource(name, &resource.kind, &resource.name)?;
+        journal.remove_resource(name, &resource.kind, &resource.database, &resource.name)?;
     }
     journal.set_phase(name, Phase::Aborted, None)?;
     Ok(report)

@@ -1,25 +1,38 @@
 //! Cutover: moves applications from the source to the replicating encrypted target with a
-//! pause, not an outage, and nothing lost.
+//! pause, not an outage, and nothing lost — for every database of the migration's scope
+//! (one [`Stream`] each).
 //!
-//! 1. Preconditions (all listed at once): replicating, lag under the limit, no apply
-//!    errors, the apply worker running, schema fingerprints equal.
+//! 1. Preconditions (all listed at once): replicating, every stream's lag under the limit,
+//!    no apply errors, every apply worker running, schema fingerprints equal, and nothing
+//!    the switch moves left stale: a database outside the scope (when the switch moves
+//!    the whole instance), a table outside a publication, an unlogged table, a published
+//!    table the target's subscription does not know — each refused unless the user
+//!    accepted it by name (`--leave-stale`, journaled with the cutover).
 //! 2. [`Switch::pause`]: the endpoint holds new transactions, waiting for running ones.
-//! 3. Fence **every** write path to the source database: `ALLOW_CONNECTIONS false` (no new
-//!    session of any role, superusers included), then every other client session of that
-//!    database is ended. Proof: for a window, no session but pgseal's is connected to the
-//!    database and no prepared transaction of it waits; new connections are refused.
-//! 4. Drain: the source's WAL position after the fence is read, and pgseal waits until the
-//!    slot's `confirmed_flush_lsn` — what the target reports applied *and flushed* — has
-//!    reached it.
-//! 5. Every sequence of the database is set on the target from the source's
+//! 3. Fence **every** write path to **every** database of the scope: `ALLOW_CONNECTIONS
+//!    false` (no new session of any role, superusers included), then every other session
+//!    of those databases is ended — client backends and background workers (job
+//!    schedulers, extension workers, the apply worker of a subscription the source itself
+//!    has); only walsenders (they read) and autovacuum stay. A background worker that
+//!    comes back although connections are refused is named with the fix, and cutover
+//!    refuses. Proof: for a window, no such session is connected and no prepared
+//!    transaction of those databases waits.
+//! 4. Drain: a barrier is committed with `synchronous_commit = on` (so every earlier
+//!    commit, asynchronous ones included, is flushed before it), and pgseal waits until
+//!    every stream's slot has `confirmed_flush_lsn` — what the target reports applied
+//!    *and flushed* — at or past the flushed position after it.
+//! 5. Every sequence of every database is set on the target from the source's
 //!    `last_value`/`is_called` (not `MAX(column)`, not only owned sequences), and read back.
-//! 6. The subscription is disabled, [`Switch::point_to_target`], [`Switch::resume`], and a
-//!    first write through the switch measures the write pause.
+//! 6. The subscriptions are disabled, reverse replication is prepared per database,
+//!    [`Switch::point_to_target`] (an endpoint keeps routing the databases outside the
+//!    scope to the source), [`Switch::resume`], and a first write through the switch
+//!    measures the write pause.
 //!
-//! If anything fails (or `timeout` passes) before the switch, the fence is lifted, the
-//! subscription re-enabled, the endpoint resumed on the source, and the migration is back
+//! If anything fails (or `timeout` passes) before the switch, the fences are lifted, the
+//! subscriptions re-enabled, the endpoint resumed on the source, and the migration is back
 //! to replicating; the error says why.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -29,23 +42,32 @@ use pgseal_platform::Platform;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::engine::{EngineError, connect_source, connect_source_db, connect_to};
-use crate::journal::{Journal, Phase};
+use crate::engine::{EngineError, admin_database, connect_source_db, connect_to, streams_of};
+use crate::journal::{INSTANCE, Journal, MigrationSpec, Phase};
 use crate::status::status;
 use crate::steps::{Step, failpoint_at};
+use crate::stream::{self, Stream};
 
 /// An error of a [`Switch`].
 pub type SwitchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How applications are moved from the source to the target: an endpoint (PgBouncer), a
-/// hook command, or nothing but the new URL printed.
+/// hook command, an AWS rename, or nothing but the new URL printed.
 pub trait Switch: Sync {
     /// What it is, for messages.
     fn describe(&self) -> String;
+    /// True when the switch can keep sending databases outside the migration to the
+    /// source (an endpoint with one entry per database); false when it moves the whole
+    /// instance (a hook, a rename).
+    fn keeps_other_databases(&self) -> bool;
     /// Holds new transactions (waiting for running ones to end).
     fn pause(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
-    /// Sends applications to the target from now on.
-    fn point_to_target(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
+    /// Sends applications to the other side from now on, except for the databases in
+    /// `stay` (outside the migration), which keep going to the side they were on.
+    fn point_to_target(
+        &self,
+        stay: &[String],
+    ) -> impl Future<Output = Result<(), SwitchError>> + Send;
     /// Lets transactions flow again, wherever they now go.
     fn resume(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
     /// Makes one write the way applications do, once switched (measures the pause).
@@ -53,7 +75,7 @@ pub trait Switch: Sync {
 }
 
 /// What cutover is asked to do.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CutoverOptions {
     /// The largest lag (bytes) at which cutover may start.
     pub max_lag: u64,
@@ -61,31 +83,44 @@ pub struct CutoverOptions {
     pub timeout: Duration,
     /// Only check the preconditions.
     pub dry_run: bool,
+    /// Databases (`NAME`) and tables (`DATABASE/SCHEMA.TABLE`) the user accepts to leave
+    /// stale on the target.
+    pub leave_stale: Vec<String>,
 }
 
-/// One sequence set on the target.
+/// One sequence set on the other side.
 #[derive(Debug, Clone, Serialize)]
 pub struct SequenceSync {
+    /// Its database.
+    pub database: String,
     /// `schema.sequence`.
     pub sequence: String,
-    /// The source's `last_value`.
+    /// The `last_value` read.
     pub last_value: i64,
-    /// The source's `is_called`.
+    /// The `is_called` read.
     pub is_called: bool,
 }
 
 /// What cutover did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct CutoverReport {
     /// Preconditions that failed (empty when all hold).
     pub failed_checks: Vec<String>,
     /// True when only the checks ran.
     pub dry_run: bool,
-    /// Client sessions of the source database ended by the fence.
+    /// The databases moved (one stream each).
+    pub databases: Vec<String>,
+    /// Databases outside the migration that the switch keeps sending to the source.
+    pub kept_on_source: Vec<String>,
+    /// Databases and tables the user accepted to leave stale (`--leave-stale`).
+    pub left_stale: Vec<String>,
+    /// Client sessions of the fenced databases ended by the fence.
     pub sessions_ended: i64,
-    /// The source's WAL position once fenced.
+    /// Background workers ended by the fence (`backend_type pid database`).
+    pub workers_ended: Vec<String>,
+    /// The flushed WAL position after the fence's barrier.
     pub fence_lsn: Option<Lsn>,
-    /// The target's confirmed position when drained (≥ `fence_lsn`).
+    /// The lowest confirmed position of the slots when drained (≥ `fence_lsn`).
     pub drained_lsn: Option<Lsn>,
     /// Milliseconds from pause to drained.
     pub drain_ms: Option<u64>,
@@ -101,12 +136,117 @@ pub struct CutoverReport {
     pub final_check: Option<crate::validate::FinalCheck>,
 }
 
-/// Checks the preconditions; returns what fails.
-async fn check<P: Platform>(
+fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
+    let what = what.to_string();
+    move |source| EngineError::Sql { role, what, source }
+}
+
+/// What the switch would leave stale on the target; each entry is `(name, why)`, `name`
+/// as `--leave-stale` takes it.
+async fn stale<P: Platform, S: Switch>(
+    platform: &P,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+    switch: &S,
+    kept_on_source: &mut Vec<String>,
+) -> Result<Vec<(String, String)>, EngineError> {
+    let mut stale = Vec::new();
+    let home = connect_source_db(platform, spec, &spec.database).await?;
+    let all = stream::databases(&home)
+        .await
+        .map_err(sql("source", "listing databases"))?;
+    for db in stream::outside(&all, streams) {
+        if switch.keeps_other_databases() {
+            kept_on_source.push(db.name.clone());
+        } else {
+            stale.push((
+                db.name.clone(),
+                format!(
+                    "database {} is not in this migration, and {} moves the whole instance: the target has the snapshot's stale copy of it",
+                    db.name,
+                    switch.describe()
+                ),
+            ));
+        }
+    }
+    for s in streams {
+        let source = connect_source_db(platform, spec, &s.database).await?;
+        let target = connect_to(platform, &spec.target, &s.database, "target").await?;
+        let tables: Vec<(String, bool, bool)> = source
+            .query(
+                "SELECT n.nspname || '.' || c.relname, c.relpersistence = 'u', \
+                        EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = $1 \
+                                AND p.schemaname = n.nspname AND p.tablename = c.relname) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' \
+                 ORDER BY 1",
+                &[&s.name],
+            )
+            .await
+            .map_err(sql("source", "listing tables"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let subscribed: Vec<String> = target
+            .query(
+                "SELECT n.nspname || '.' || c.relname FROM pg_subscription_rel r \
+                 JOIN pg_subscription s ON s.oid = r.srsubid \
+                 JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE s.subname = $1 AND r.srsubstate = 'r'",
+                &[&s.name],
+            )
+            .await
+            .map_err(sql("target", "listing subscribed tables"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (table, unlogged, published) in tables {
+            let why = if unlogged {
+                "is unlogged: it cannot be replicated and is empty on the target"
+            } else if !published {
+                "is outside the migration's publication: the target has the snapshot's stale copy"
+            } else if !subscribed.contains(&table) {
+                "was created after the migration started: the target's subscription does not apply it (ALTER SUBSCRIPTION ... REFRESH PUBLICATION on the target copies it)"
+            } else {
+                continue;
+            };
+            stale.push((
+                format!("{}/{table}", s.database),
+                format!("table {table} of {} {why}", s.database),
+            ));
+        }
+    }
+    Ok(stale)
+}
+
+/// The source's databases outside migration `name` (where an endpoint keeps sending
+/// them once cut over).
+pub async fn databases_outside<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
-    max_lag: u64,
+) -> Result<Vec<String>, EngineError> {
+    let spec = journal.migration(name)?.spec;
+    let streams = streams_of(journal, name)?;
+    let admin = admin_session(platform, &spec, &streams).await?;
+    let all = stream::databases(&admin)
+        .await
+        .map_err(sql("source", "listing databases"))?;
+    Ok(stream::outside(&all, &streams)
+        .into_iter()
+        .map(|d| d.name.clone())
+        .collect())
+}
+
+/// Checks the preconditions; returns what fails, and fills the report's scope fields.
+async fn check<P: Platform, S: Switch>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    switch: &S,
+    options: &CutoverOptions,
+    report: &mut CutoverReport,
 ) -> Result<Vec<String>, EngineError> {
     let st = status(platform, journal, name, None).await?;
     let mut failed = Vec::new();
@@ -119,25 +259,37 @@ async fn check<P: Platform>(
     match &st.replication {
         None => failed.push("replication state unknown (servers not reached)".into()),
         Some(rep) => {
-            match rep.lag_bytes {
-                Some(lag) if lag > max_lag => {
-                    failed.push(format!("lag is {lag} bytes, above --max-lag {max_lag}"))
+            for s in &rep.streams {
+                let db = &s.database;
+                match s.lag_bytes {
+                    Some(lag) if lag > options.max_lag => failed.push(format!(
+                        "{db}: lag is {lag} bytes, above --max-lag {}",
+                        options.max_lag
+                    )),
+                    None => failed.push(format!("{db}: lag unknown: the slot is missing")),
+                    _ => {}
                 }
-                None => failed.push("lag unknown: the slot is missing".into()),
-                _ => {}
-            }
-            match &rep.subscription {
-                None => failed.push("the subscription is missing on the target".into()),
-                Some(sub) => {
-                    if sub.apply_errors > 0 {
-                        failed.push(format!(
-                            "the apply worker reported {} error(s)",
-                            sub.apply_errors
-                        ));
+                match &s.subscription {
+                    None => failed.push(format!("{db}: the subscription is missing on the target")),
+                    Some(sub) => {
+                        if sub.apply_errors > 0 {
+                            failed.push(format!(
+                                "{db}: the apply worker reported {} error(s)",
+                                sub.apply_errors
+                            ));
+                        }
+                        if sub.worker_pid.is_none() {
+                            failed.push(format!("{db}: the apply worker is not running"));
+                        }
                     }
-                    if sub.worker_pid.is_none() {
-                        failed.push("the apply worker is not running".into());
-                    }
+                }
+                if let Some(schema) = &s.schema
+                    && !schema.drift.is_empty()
+                {
+                    failed.push(format!(
+                        "{db}: schema drift ({} difference(s)); `pgseal migrate status {name}` shows the DDL to run on the target",
+                        schema.drift.len()
+                    ));
                 }
             }
         }
@@ -171,55 +323,102 @@ async fn check<P: Platform>(
             last["mismatched_rows"]
         ));
     }
-    if let Some(schema) = &st.schema
-        && !schema.drift.is_empty()
-    {
-        failed.push(format!(
-            "schema drift ({} difference(s)); `pgseal migrate status {name}` shows the DDL to run on the target",
-            schema.drift.len()
-        ));
+    if st.replication.is_some() {
+        let streams = streams_of(journal, name)?;
+        let spec = &st.migration.spec;
+        for (item, why) in stale(platform, spec, &streams, switch, &mut report.kept_on_source).await? {
+            if options.leave_stale.contains(&item) {
+                report.left_stale.push(item);
+            } else {
+                failed.push(format!(
+                    "{why}; migrate it too, or accept it with --leave-stale {item}"
+                ));
+            }
+        }
     }
     Ok(failed)
 }
 
-fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
-    let what = what.to_string();
-    move |source| EngineError::Sql { role, what, source }
+/// What the fence ended.
+#[derive(Debug, Default)]
+struct Fenced {
+    sessions: i64,
+    workers: Vec<String>,
 }
 
-/// Closes every write path to database `db`: no new session, every other session ended;
-/// returns how many sessions were ended once the fence is proven. `admin` is a session on
-/// another database of the source server (PostgreSQL refuses `ALLOW_CONNECTIONS false`
-/// for the current database); `keep` is pgseal's own session on `db`, which stays.
-async fn fence(admin: &Client, db: &str, keep: i32) -> Result<i64, EngineError> {
-    allow_connections(admin, db, false, "refusing new connections to the database").await?;
-    let mut ended = 0;
+/// The sessions a fence ends: everything connected to a fenced database but pgseal's own
+/// sessions, walsenders (they only read; pgseal's own streams run through them) and
+/// autovacuum.
+const FENCED_SESSIONS: &str = "SELECT pid, backend_type, datname::text FROM pg_stat_activity \
+     WHERE datname = ANY($1) AND pid <> ALL($2) \
+       AND backend_type NOT IN ('walsender', 'autovacuum worker')";
+
+/// How often one kind of background worker may come back after being ended before the
+/// fence gives up on it (it bypasses `ALLOW_CONNECTIONS`).
+const WORKER_RETURNS: usize = 3;
+
+/// Closes every write path to the databases `dbs`: no new session, every other session
+/// ended (see [`FENCED_SESSIONS`]); returns what was ended once the fence is proven.
+/// `admin` is a session on a database outside `dbs` (PostgreSQL refuses `ALLOW_CONNECTIONS
+/// false` for the current database); `keep` are pgseal's own sessions, which stay.
+async fn fence(admin: &Client, dbs: &[String], keep: &[i32]) -> Result<Fenced, EngineError> {
+    for db in dbs {
+        allow_connections(admin, db, false, "refusing new connections to the database").await?;
+    }
+    let mut fenced = Fenced::default();
+    let mut returns: HashMap<String, usize> = HashMap::new();
     let mut quiet_since: Option<Instant> = None;
     loop {
-        let row = admin
+        let others = admin
+            .query(FENCED_SESSIONS, &[&dbs, &keep])
+            .await
+            .map_err(sql("source", "listing the databases' sessions"))?;
+        for row in &others {
+            let (pid, kind, db): (i32, Option<String>, Option<String>) =
+                (row.get(0), row.get(1), row.get(2));
+            let kind = kind.unwrap_or_else(|| "backend".into());
+            let ended: bool = admin
+                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .map_err(sql("source", "ending a session"))?
+                .get(0);
+            if !ended {
+                continue;
+            }
+            if kind == "client backend" {
+                fenced.sessions += 1;
+                continue;
+            }
+            let db = db.unwrap_or_default();
+            tracing::warn!(pid, backend_type = %kind, database = %db, "fence ended a background worker");
+            fenced.workers.push(format!("{kind} {pid} ({db})"));
+            let seen = returns.entry(format!("{kind} ({db})")).or_default();
+            *seen += 1;
+            if *seen > WORKER_RETURNS {
+                return Err(EngineError::Precondition(format!(
+                    "background worker \"{kind}\" keeps reconnecting to {db} although it refuses connections (ended {} times): it writes past the fence. Stop it for the cutover (pg_cron: UPDATE cron.job SET active = false, or set cron.database_name elsewhere; a subscription: ALTER SUBSCRIPTION ... DISABLE) and run cutover again",
+                    *seen
+                )));
+            }
+        }
+        let prepared: i64 = admin
             .query_one(
-                "WITH others AS (SELECT pid FROM pg_stat_activity \
-                    WHERE datname = $1 AND pid <> $2 \
-                      AND backend_type = 'client backend') \
-                 SELECT (SELECT count(*) FROM others), \
-                        (SELECT count(*) FROM others WHERE pg_terminate_backend(pid)), \
-                        (SELECT count(*) FROM pg_prepared_xacts WHERE database = $1)",
-                &[&db, &keep],
+                "SELECT count(*) FROM pg_prepared_xacts WHERE database = ANY($1)",
+                &[&dbs],
             )
             .await
-            .map_err(sql("source", "ending the database's sessions"))?;
-        let (others, terminated, prepared): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        ended += terminated;
+            .map_err(sql("source", "counting prepared transactions"))?
+            .get(0);
         if prepared > 0 {
             return Err(EngineError::Precondition(format!(
-                "{prepared} prepared transaction(s) of the database wait for COMMIT PREPARED or ROLLBACK PREPARED; resolve them first"
+                "{prepared} prepared transaction(s) of the migrated databases wait for COMMIT PREPARED or ROLLBACK PREPARED; resolve them first"
             )));
         }
-        if others == 0 {
+        if others.is_empty() {
             // Proven once nothing has been connected for a whole window.
             let since = *quiet_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= Duration::from_millis(200) {
-                return Ok(ended);
+                return Ok(fenced);
             }
         } else {
             quiet_since = None;
@@ -228,8 +427,11 @@ async fn fence(admin: &Client, db: &str, keep: i32) -> Result<i64, EngineError> 
     }
 }
 
-async fn lift_fence(admin: &Client, db: &str) -> Result<(), EngineError> {
-    allow_connections(admin, db, true, "lifting the fence").await
+async fn lift_fences(admin: &Client, dbs: &[String]) -> Result<(), EngineError> {
+    for db in dbs {
+        allow_connections(admin, db, true, "lifting the fence").await?;
+    }
+    Ok(())
 }
 
 /// `ALTER DATABASE db ALLOW_CONNECTIONS allow`, from `admin` (a session on another
@@ -249,50 +451,98 @@ async fn allow_connections(
         .map_err(sql("source", what))
 }
 
-/// A session on the source database however it is fenced: the fence is lifted for a
-/// moment, pgseal connects, the fence is closed again at once and anyone else who slipped
-/// in is ended. Returns pgseal's session, with the fence in place.
+/// A session on the source's database `db` however it is fenced: the fence is lifted for
+/// a moment, pgseal connects, the fence is closed again at once and anyone else who
+/// slipped in is ended. Returns pgseal's session, with the fence in place.
 async fn slip_in<P: Platform>(
     platform: &P,
-    spec: &crate::journal::MigrationSpec,
+    spec: &MigrationSpec,
+    admin: &Client,
+    db: &str,
 ) -> Result<Client, EngineError> {
-    let admin = admin_session(platform, spec).await?;
-    lift_fence(&admin, &spec.database).await?;
-    let source = connect_source(platform, spec).await;
-    allow_connections(&admin, &spec.database, false, "fencing the database again").await?;
+    allow_connections(admin, db, true, "lifting the fence").await?;
+    let source = connect_source_db(platform, spec, db).await;
+    allow_connections(admin, db, false, "fencing the database again").await?;
     let source = source?;
-    let own: i32 = source
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(sql("source", "reading pgseal's session id"))?
-        .get(0);
-    fence(&admin, &spec.database, own).await?;
+    let own = backend_pid(&source, "source").await?;
+    fence(admin, &[db.to_string()], &[own]).await?;
     Ok(source)
 }
 
-/// A session on another database of the source server, for the fence.
+async fn backend_pid(client: &Client, role: &'static str) -> Result<i32, EngineError> {
+    Ok(client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(sql(role, "reading pgseal's session id"))?
+        .get(0))
+}
+
+/// A session on the source outside the migration's databases (for fences and
+/// server-wide reads while they are fenced).
 async fn admin_session<P: Platform>(
     platform: &P,
-    spec: &crate::journal::MigrationSpec,
+    spec: &MigrationSpec,
+    streams: &[Stream],
 ) -> Result<Client, EngineError> {
-    let other = crate::engine::other_database(&spec.database);
-    connect_source_db(platform, spec, other).await
+    let dbs: Vec<&str> = streams.iter().map(|s| s.database.as_str()).collect();
+    connect_source_db(platform, spec, admin_database(&dbs)).await
 }
 
-/// Waits until the target has confirmed everything up to `lsn` applied and flushed.
-async fn drain(source: &Client, slot: &str, lsn: Lsn) -> Result<Lsn, EngineError> {
-    replication::wait_confirmed(source, slot, lsn)
+/// The same on the target.
+async fn target_admin<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+) -> Result<Client, EngineError> {
+    let dbs: Vec<&str> = streams.iter().map(|s| s.database.as_str()).collect();
+    connect_to(platform, &spec.target, admin_database(&dbs), "target").await
+}
+
+/// Commits a barrier on `session` with `synchronous_commit = on` — its commit is flushed,
+/// and with it every earlier commit, asynchronous ones included — and returns the flushed
+/// WAL position after it: what the other side must confirm for nothing to be left behind.
+async fn flushed_barrier(session: &Client, role: &'static str) -> Result<Lsn, EngineError> {
+    session
+        .batch_execute(
+            "SET synchronous_commit = on; \
+             SELECT pg_logical_emit_message(true, 'pgseal', 'fence')",
+        )
         .await
-        .map_err(sql("source", "reading the slot"))?
-        .ok_or_else(|| EngineError::Precondition(format!("slot {slot} is gone")))
+        .map_err(sql(role, "committing the fence's barrier"))?;
+    let lsn: tokio_postgres::types::PgLsn = session
+        .query_one("SELECT pg_current_wal_flush_lsn()", &[])
+        .await
+        .map_err(sql(role, "reading the flushed WAL position"))?
+        .get(0);
+    Ok(Lsn::from(lsn))
 }
 
-/// Sets every sequence of the source database on the target, and reads them back.
+/// Waits until every slot named in `slots` (on `server`) has confirmed `lsn`; returns the
+/// lowest confirmed position.
+async fn drain(
+    server: &Client,
+    slots: &[String],
+    lsn: Lsn,
+    role: &'static str,
+) -> Result<Lsn, EngineError> {
+    let mut lowest: Option<Lsn> = None;
+    for slot in slots {
+        let confirmed = replication::wait_confirmed(server, slot, lsn)
+            .await
+            .map_err(sql(role, "reading the slot"))?
+            .ok_or_else(|| EngineError::Precondition(format!("slot {slot} is gone")))?;
+        lowest = Some(lowest.map_or(confirmed, |l| l.min(confirmed)));
+    }
+    lowest.ok_or_else(|| EngineError::Precondition("no slot to drain".into()))
+}
+
+/// Sets every sequence of `from`'s database on `to`, and reads them back.
 async fn sync_sequences(
-    source: &Client,
-    target: &Client,
+    database: &str,
+    from: &Client,
+    to: &Client,
 ) -> Result<Vec<SequenceSync>, EngineError> {
-    let names: Vec<String> = source
+    let names: Vec<String> = from
         .query(
             "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1",
             &[],
@@ -304,12 +554,12 @@ async fn sync_sequences(
         .collect();
     let mut synced = Vec::new();
     for seq in names {
-        let row = source
+        let row = from
             .query_one(&format!("SELECT last_value, is_called FROM {seq}"), &[])
             .await
             .map_err(sql("source", "reading a sequence"))?;
         let (last_value, is_called): (i64, bool) = (row.get(0), row.get(1));
-        let back: i64 = target
+        let back: i64 = to
             .query_one(
                 "SELECT setval($1::text::regclass, $2, $3)",
                 &[&seq, &last_value, &is_called],
@@ -319,16 +569,83 @@ async fn sync_sequences(
             .get(0);
         if back != last_value {
             return Err(EngineError::Precondition(format!(
-                "sequence {seq} reads {back} on the target after setting {last_value}"
+                "sequence {seq} of {database} reads {back} after setting {last_value}"
             )));
         }
         synced.push(SequenceSync {
+            database: database.to_string(),
             sequence: seq,
             last_value,
             is_called,
         });
     }
     Ok(synced)
+}
+
+/// Sessions on every stream's database on one side, with pgseal's backend pids.
+struct Sessions {
+    clients: Vec<Client>,
+    pids: Vec<i32>,
+}
+
+async fn source_sessions<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+) -> Result<Sessions, EngineError> {
+    let mut sessions = Sessions {
+        clients: Vec::new(),
+        pids: Vec::new(),
+    };
+    for s in streams {
+        let client = connect_source_db(platform, spec, &s.database).await?;
+        sessions.pids.push(backend_pid(&client, "source").await?);
+        sessions.clients.push(client);
+    }
+    Ok(sessions)
+}
+
+async fn target_sessions<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+) -> Result<Sessions, EngineError> {
+    let mut sessions = Sessions {
+        clients: Vec::new(),
+        pids: Vec::new(),
+    };
+    for s in streams {
+        let client = connect_to(platform, &spec.target, &s.database, "target").await?;
+        sessions.pids.push(backend_pid(&client, "target").await?);
+        sessions.clients.push(client);
+    }
+    Ok(sessions)
+}
+
+async fn set_subscriptions(
+    clients: &[Client],
+    names: impl Iterator<Item = String>,
+    enabled: bool,
+    role: &'static str,
+) -> Result<(), EngineError> {
+    for (client, name) in clients.iter().zip(names) {
+        client
+            .batch_execute(&format!(
+                "ALTER SUBSCRIPTION {} {}",
+                quote_ident(&name),
+                if enabled { "ENABLE" } else { "DISABLE" }
+            ))
+            .await
+            .map_err(sql(
+                role,
+                if enabled {
+                    "enabling a subscription"
+                } else {
+                    "disabling a subscription"
+                },
+            ))?;
+    }
+    Ok(())
 }
 
 /// Runs the cutover of migration `name`; see the module documentation.
@@ -340,20 +657,13 @@ pub async fn cutover<P: Platform, S: Switch>(
     options: &CutoverOptions,
 ) -> Result<CutoverReport, EngineError> {
     let spec = journal.migration(name)?.spec;
-    let failed_checks = check(platform, journal, name, options.max_lag).await?;
     let mut report = CutoverReport {
-        failed_checks,
         dry_run: options.dry_run,
-        sessions_ended: 0,
-        fence_lsn: None,
-        drained_lsn: None,
-        drain_ms: None,
-        sequences: Vec::new(),
-        write_pause_ms: None,
         switch: switch.describe(),
-        rollback_ready: false,
-        final_check: None,
+        ..Default::default()
     };
+    let failed = check(platform, journal, name, switch, options, &mut report).await?;
+    report.failed_checks = failed;
     if options.dry_run {
         return Ok(report);
     }
@@ -363,15 +673,12 @@ pub async fn cutover<P: Platform, S: Switch>(
             report.failed_checks.join("; ")
         )));
     }
-    let rep_name = spec.replication_name();
-    let source = connect_source(platform, &spec).await?;
-    let admin = admin_session(platform, &spec).await?;
-    let own_pid: i32 = source
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(sql("source", "reading pgseal's session id"))?
-        .get(0);
-    let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
+    let streams = streams_of(journal, name)?;
+    let dbs: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
+    report.databases = dbs.clone();
+    let admin = admin_session(platform, &spec, &streams).await?;
+    let sources = source_sessions(platform, &spec, &streams).await?;
+    let targets = target_sessions(platform, &spec, &streams).await?;
     let run = journal.step_started(name, Step::Cutover)?;
     journal.set_phase(name, Phase::CuttingOver, None)?;
 
@@ -381,24 +688,37 @@ pub async fn cutover<P: Platform, S: Switch>(
         switch.pause().await.map_err(|e| {
             EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
         })?;
-        journal.add_resource(name, "fence", &spec.database)?;
-        report.sessions_ended = fence(&admin, &spec.database, own_pid).await?;
+        for db in &dbs {
+            journal.add_resource(name, "fence", db, db)?;
+        }
+        let fenced = fence(&admin, &dbs, &sources.pids).await?;
+        report.sessions_ended = fenced.sessions;
+        report.workers_ended = fenced.workers;
         failpoint_at("cutover:fenced");
-        let fence_lsn = replication::current_wal_lsn(&source)
-            .await
-            .map_err(sql("source", "reading the WAL position"))?;
+        let fence_lsn = flushed_barrier(&sources.clients[0], "source").await?;
         report.fence_lsn = Some(fence_lsn);
-        report.drained_lsn = Some(drain(&source, &rep_name, fence_lsn).await?);
+        let slots: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
+        report.drained_lsn = Some(drain(&admin, &slots, fence_lsn, "source").await?);
         report.drain_ms = Some(paused.elapsed().as_millis() as u64);
         failpoint_at("cutover:drained");
         // Only what changed since the last clean validation pass is verified again.
         if let Some(last) = journal.outputs(name, Step::Validate)?
             && last["clean"] == true
-            && let Some(horizon) = last["horizon"].as_i64()
         {
-            let check = crate::validate::final_check(&source, &target, horizon).await?;
-            let (mismatched, keys) = (check.mismatched_rows, check.keys.clone());
-            report.final_check = Some(check);
+            let mut total = crate::validate::FinalCheck::default();
+            for (i, s) in streams.iter().enumerate() {
+                if let Some(horizon) = last["horizons"][&s.database].as_i64() {
+                    let check = crate::validate::final_check(
+                        &sources.clients[i],
+                        &targets.clients[i],
+                        horizon,
+                    )
+                    .await?;
+                    total.add(&s.database, check);
+                }
+            }
+            let (mismatched, keys) = (total.mismatched_rows, total.keys.clone());
+            report.final_check = Some(total);
             if mismatched > 0 {
                 return Err(EngineError::Precondition(format!(
                     "the final check found {mismatched} row(s) differing since the last validation: {}",
@@ -406,16 +726,28 @@ pub async fn cutover<P: Platform, S: Switch>(
                 )));
             }
         }
-        crate::validate::drop_change_log(&target).await?;
-        report.sequences = sync_sequences(&source, &target).await?;
-        target
-            .batch_execute(&format!(
-                "ALTER SUBSCRIPTION {} DISABLE",
-                quote_ident(&rep_name)
-            ))
-            .await
-            .map_err(sql("target", "disabling the subscription"))?;
-        report.rollback_ready = prepare_reverse(platform, journal, &spec, &source, &target).await?;
+        for (i, s) in streams.iter().enumerate() {
+            crate::validate::drop_change_log(&targets.clients[i]).await?;
+            report.sequences.extend(
+                sync_sequences(&s.database, &sources.clients[i], &targets.clients[i]).await?,
+            );
+        }
+        set_subscriptions(
+            &targets.clients,
+            streams.iter().map(|s| s.name.clone()),
+            false,
+            "target",
+        )
+        .await?;
+        report.rollback_ready = prepare_reverse(
+            platform,
+            journal,
+            &spec,
+            &streams,
+            &sources.clients,
+            &targets.clients,
+        )
+        .await?;
         Ok::<(), EngineError>(())
     };
     let outcome = match tokio::time::timeout(options.timeout, before_switch).await {
@@ -428,13 +760,18 @@ pub async fn cutover<P: Platform, S: Switch>(
     if let Err(error) = outcome {
         // Back to where we were: the source serves, the target replicates.
         let undo = async {
-            drop_reverse(journal, &spec, &source, &target).await?;
-            lift_fence(&admin, &spec.database).await?;
-            journal.remove_resource(name, "fence", &spec.database)?;
-            replication::enable_subscription(&target, &rep_name)
-                .await
-                .map_err(sql("target", "re-enabling the subscription"))?;
-            Ok::<(), EngineError>(())
+            drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await?;
+            lift_fences(&admin, &dbs).await?;
+            for db in &dbs {
+                journal.remove_resource(name, "fence", db, db)?;
+            }
+            set_subscriptions(
+                &targets.clients,
+                streams.iter().map(|s| s.name.clone()),
+                true,
+                "target",
+            )
+            .await
         }
         .await;
         let resumed = switch.resume().await;
@@ -449,26 +786,32 @@ pub async fn cutover<P: Platform, S: Switch>(
     }
 
     // From here on applications may write to the target: a crash is finished forward.
-    journal.add_resource(name, "switched", &spec.target)?;
-    switch_over(switch, "target", "cutover:switched").await?;
+    journal.add_resource(name, "switched", INSTANCE, &spec.target)?;
+    switch_over(switch, &report.kept_on_source, "target", "cutover:switched").await?;
     report.write_pause_ms = Some(paused.elapsed().as_millis() as u64);
     journal.step_done(
         run,
         &serde_json::to_value(&report).expect("a report serialises"),
     )?;
     journal.set_phase(name, Phase::CutOver, None)?;
-    tracing::info!(migration = %name, write_pause_ms = report.write_pause_ms, sequences = report.sequences.len(), "cut over");
+    tracing::info!(migration = %name, databases = dbs.len(), write_pause_ms = report.write_pause_ms, sequences = report.sequences.len(), "cut over");
     Ok(report)
 }
 
-/// Points the switch at the other side (`to`, for messages), resumes it, and makes the
-/// first write through it; `point` is the failpoint between pointing and resuming.
-async fn switch_over<S: Switch>(switch: &S, to: &str, point: &str) -> Result<(), EngineError> {
+/// Points the switch at the other side (`to`, for messages) but for the databases in
+/// `stay`, resumes it, and makes the first write through it; `point` is the failpoint
+/// between pointing and resuming.
+async fn switch_over<S: Switch>(
+    switch: &S,
+    stay: &[String],
+    to: &str,
+    point: &str,
+) -> Result<(), EngineError> {
     let failed = |what: &str, e: SwitchError| {
         EngineError::Precondition(format!("{what} {}: {e}", switch.describe()))
     };
     switch
-        .point_to_target()
+        .point_to_target(stay)
         .await
         .map_err(|e| failed(&format!("pointing at the {to}:"), e))?;
     failpoint_at(point);
@@ -479,25 +822,21 @@ async fn switch_over<S: Switch>(switch: &S, to: &str, point: &str) -> Result<(),
         .map_err(|e| failed("the first write failed through", e))
 }
 
-/// The name of the reverse publication, slot and subscription (target → source).
-pub fn reverse_name(spec: &crate::journal::MigrationSpec) -> String {
-    format!("{}_back", spec.replication_name())
-}
-
-/// Sets up replication from the target back to the source, starting exactly at the switch
-/// point (no application has written to the target yet): publication and slot on the
-/// target, a disabled subscription on the source. `rollback` enables it. Returns false
-/// (and sets nothing up) when the target's `wal_level` is not logical.
+/// Sets up replication from the target back to the source for every stream, starting
+/// exactly at the switch point (no application has written to the target yet):
+/// publication and slot on the target, a disabled subscription on the source. `rollback`
+/// enables them. Returns false (and sets nothing up) when the target's `wal_level` is not
+/// logical.
 async fn prepare_reverse<P: Platform>(
     platform: &P,
     journal: &Journal,
-    spec: &crate::journal::MigrationSpec,
-    source: &Client,
-    target: &Client,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+    sources: &[Client],
+    targets: &[Client],
 ) -> Result<bool, EngineError> {
     let name = &spec.name;
-    let back = reverse_name(spec);
-    let wal_level: String = target
+    let wal_level: String = targets[0]
         .query_one("SHOW wal_level", &[])
         .await
         .map_err(sql("target", "reading wal_level"))?
@@ -506,30 +845,34 @@ async fn prepare_reverse<P: Platform>(
         tracing::warn!(migration = %name, %wal_level, "no reverse replication: rollback will be unavailable");
         return Ok(false);
     }
-    journal.add_resource(name, "reverse_publication", &back)?;
-    replication::create_publication(target, &back, spec.tables.as_deref())
-        .await
-        .map_err(sql("target", "creating the reverse publication"))?;
-    journal.add_resource(name, "reverse_slot", &back)?;
-    replication::create_logical_slot(target, &back)
-        .await
-        .map_err(sql("target", "creating the reverse slot"))?;
-    let conninfo = target_conninfo(platform, spec).await?;
-    journal.add_resource(name, "reverse_subscription", &back)?;
-    replication::create_subscription(source, &back, &conninfo, &back, &back)
-        .await
-        .map_err(sql("source", "creating the reverse subscription"))?;
+    for (i, s) in streams.iter().enumerate() {
+        let (back, db) = (s.reverse_name(), &s.database);
+        journal.add_resource(name, "reverse_publication", db, &back)?;
+        replication::create_publication(&targets[i], &back, spec.tables.as_deref())
+            .await
+            .map_err(sql("target", "creating the reverse publication"))?;
+        journal.add_resource(name, "reverse_slot", db, &back)?;
+        replication::create_logical_slot(&targets[i], &back)
+            .await
+            .map_err(sql("target", "creating the reverse slot"))?;
+        let conninfo = target_conninfo(platform, spec, db).await?;
+        journal.add_resource(name, "reverse_subscription", db, &back)?;
+        replication::create_subscription(&sources[i], &back, &conninfo, &back, &back)
+            .await
+            .map_err(sql("source", "creating the reverse subscription"))?;
+    }
     Ok(true)
 }
 
-/// How the source's server reaches the target's database (the reverse subscription's
-/// connection; it may hold a password: never log it).
+/// How the source's server reaches the target's database `db` (the reverse
+/// subscription's connection; it may hold a password: never log it).
 async fn target_conninfo<P: Platform>(
     platform: &P,
-    spec: &crate::journal::MigrationSpec,
+    spec: &MigrationSpec,
+    db: &str,
 ) -> Result<String, EngineError> {
     platform
-        .subscriber_conninfo(&spec.target, &spec.database)
+        .subscriber_conninfo(&spec.target, db)
         .await
         .map_err(|source| EngineError::Platform {
             what: "finding how the source reaches the target".into(),
@@ -537,29 +880,33 @@ async fn target_conninfo<P: Platform>(
         })
 }
 
-/// Removes the reverse replication objects (after a failed cutover).
+/// Removes every stream's reverse replication objects (after a failed or interrupted
+/// cutover: a stale reverse slot would stream the forward-applied changes back).
 async fn drop_reverse(
     journal: &Journal,
-    spec: &crate::journal::MigrationSpec,
-    source: &Client,
-    target: &Client,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+    sources: &[Client],
+    targets: &[Client],
 ) -> Result<(), EngineError> {
-    let back = reverse_name(spec);
-    replication::drop_subscription(source, &back)
-        .await
-        .map_err(sql("source", "dropping the reverse subscription"))?;
-    replication::drop_slot(target, &back)
-        .await
-        .map_err(sql("target", "dropping the reverse slot"))?;
-    replication::drop_publication(target, &back)
-        .await
-        .map_err(sql("target", "dropping the reverse publication"))?;
-    for kind in [
-        "reverse_subscription",
-        "reverse_slot",
-        "reverse_publication",
-    ] {
-        journal.remove_resource(&spec.name, kind, &back)?;
+    for (i, s) in streams.iter().enumerate() {
+        let back = s.reverse_name();
+        replication::drop_subscription(&sources[i], &back)
+            .await
+            .map_err(sql("source", "dropping the reverse subscription"))?;
+        replication::drop_slot(&targets[i], &back)
+            .await
+            .map_err(sql("target", "dropping the reverse slot"))?;
+        replication::drop_publication(&targets[i], &back)
+            .await
+            .map_err(sql("target", "dropping the reverse publication"))?;
+        for kind in [
+            "reverse_subscription",
+            "reverse_slot",
+            "reverse_publication",
+        ] {
+            journal.remove_resource(&spec.name, kind, &s.database, &back)?;
+        }
     }
     Ok(())
 }
@@ -567,9 +914,11 @@ async fn drop_reverse(
 /// What `rollback` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackReport {
-    /// The target's WAL position once fenced.
+    /// The databases moved back.
+    pub databases: Vec<String>,
+    /// The target's flushed WAL position after its fence's barrier.
     pub fence_lsn: Lsn,
-    /// The source's confirmed position of the reverse slot when drained (≥ `fence_lsn`).
+    /// The lowest confirmed position of the reverse slots when drained (≥ `fence_lsn`).
     pub drained_lsn: Lsn,
     /// Sequences set on the source from the target.
     pub sequences: Vec<SequenceSync>,
@@ -580,10 +929,11 @@ pub struct RollbackReport {
 }
 
 /// Switches applications back from the target to the source after a cutover, with the
-/// same procedure in reverse: pause, fence the target, let the source apply everything
-/// written on the target since the switch (reverse replication), set the sequences from
-/// the target, point the switch at the source, resume. Nothing written on the target after
-/// cutover is lost. On failure before the switch the target serves again.
+/// same procedure in reverse for every database: pause, fence the target, let the source
+/// apply everything written on the target since the switch (reverse replication), set
+/// the sequences from the target, point the switch at the source, resume. Nothing written
+/// on the target after cutover is lost. On failure before the switch the target serves
+/// again.
 pub async fn rollback<P: Platform, S: Switch>(
     platform: &P,
     journal: &Journal,
@@ -599,28 +949,20 @@ pub async fn rollback<P: Platform, S: Switch>(
         )));
     }
     let spec = record.spec;
-    if !journal
-        .resources(name)?
-        .iter()
-        .any(|r| r.kind == "reverse_subscription")
-    {
+    if !journal.has_resource(name, "reverse_subscription")? {
         return Err(EngineError::Precondition(format!(
             "migration {name} has no reverse replication (the target's wal_level is not logical, or cleanup ran): rollback is unavailable"
         )));
     }
-    let back = reverse_name(&spec);
-    let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
-    let target_own: i32 = target
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(sql("target", "reading pgseal's session id"))?
-        .get(0);
-    let other = crate::engine::other_database(&spec.database);
-    let target_admin = connect_to(platform, &spec.target, other, "target").await?;
-    let source_admin = admin_session(platform, &spec).await?;
+    let streams = streams_of(journal, name)?;
+    let dbs: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
+    let backs: Vec<String> = streams.iter().map(Stream::reverse_name).collect();
+    let targets = target_sessions(platform, &spec, &streams).await?;
+    let target_admin = target_admin(platform, &spec, &streams).await?;
+    let source_admin = admin_session(platform, &spec, &streams).await?;
     let run = journal.step_started(name, Step::Rollback)?;
     let paused = Instant::now();
-    let mut source: Option<Client> = None;
+    let mut sources: Option<Sessions> = None;
     let mut fence_lsn = None;
     let mut drained = None;
     let mut sequences = Vec::new();
@@ -628,79 +970,75 @@ pub async fn rollback<P: Platform, S: Switch>(
         switch.pause().await.map_err(|e| {
             EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
         })?;
-        // The source database lets its apply worker in (anyone else is ended until the
-        // switch); the worker must reach the target before the target is fenced, since a
+        // The source databases let their apply workers in (anyone else is ended until the
+        // switch); the workers must reach the target before the target is fenced, since a
         // fenced database refuses new walsender connections too.
-        lift_fence(&source_admin, &spec.database).await?;
-        let client = connect_source(platform, &spec).await?;
-        // The target's address may have changed since the reverse subscription was made
-        // (renamed at cutover): point it at the target as it is now.
-        let target_conninfo = target_conninfo(platform, &spec).await?;
-        client
-            .batch_execute(&format!(
-                "ALTER SUBSCRIPTION {} CONNECTION {}",
-                quote_ident(&back),
-                replication::quote_literal(&target_conninfo)
-            ))
-            .await
-            .map_err(sql(
-                "source",
-                "pointing the reverse subscription at the target",
-            ))?;
-        replication::enable_subscription(&client, &back)
-            .await
-            .map_err(sql("source", "enabling the reverse subscription"))?;
-        let own: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .map_err(sql("source", "reading pgseal's session id"))?
-            .get(0);
-        loop {
-            let slot = replication::slot(&target, &back)
+        lift_fences(&source_admin, &dbs).await?;
+        let opened = source_sessions(platform, &spec, &streams).await?;
+        for (i, s) in streams.iter().enumerate() {
+            // The target's address may have changed since the reverse subscription was
+            // made (renamed at cutover): point it at the target as it is now.
+            let conninfo = target_conninfo(platform, &spec, &s.database).await?;
+            opened.clients[i]
+                .batch_execute(&format!(
+                    "ALTER SUBSCRIPTION {} CONNECTION {}",
+                    quote_ident(&backs[i]),
+                    replication::quote_literal(&conninfo)
+                ))
                 .await
-                .map_err(sql("target", "reading the reverse slot"))?;
-            if slot.is_some_and(|s| s.active) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+                .map_err(sql(
+                    "source",
+                    "pointing the reverse subscription at the target",
+                ))?;
         }
-        journal.add_resource(name, "target_fence", &spec.database)?;
-        fence(&target_admin, &spec.database, target_own).await?;
+        set_subscriptions(&opened.clients, backs.iter().cloned(), true, "source").await?;
+        for back in &backs {
+            loop {
+                let slot = replication::slot(&targets.clients[0], back)
+                    .await
+                    .map_err(sql("target", "reading the reverse slot"))?;
+                if slot.is_some_and(|s| s.active) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        for db in &dbs {
+            journal.add_resource(name, "target_fence", db, db)?;
+        }
+        fence(&target_admin, &dbs, &targets.pids).await?;
         failpoint_at("rollback:fenced");
-        let lsn = replication::current_wal_lsn(&target)
-            .await
-            .map_err(sql("target", "reading the WAL position"))?;
+        let lsn = flushed_barrier(&targets.clients[0], "target").await?;
         fence_lsn = Some(lsn);
-        source = Some(client);
-        loop {
-            source_admin
-                .execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity                      WHERE datname = $1 AND pid <> $2 AND backend_type = 'client backend'",
-                    &[&spec.database, &own],
-                )
-                .await
-                .map_err(sql("source", "keeping other sessions out"))?;
-            let slot = replication::slot(&target, &back)
-                .await
-                .map_err(sql("target", "reading the reverse slot"))?
-                .ok_or_else(|| EngineError::Precondition(format!("reverse slot {back} is gone")))?;
-            if let Some(confirmed) = slot.confirmed_flush_lsn
-                && confirmed >= lsn
-            {
-                drained = Some(confirmed);
-                break;
+        let own = opened.pids.clone();
+        sources = Some(opened);
+        // Keep everyone else out of the source while its apply workers catch up.
+        let keep_out = async {
+            loop {
+                if let Err(e) = source_admin
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = ANY($1) AND pid <> ALL($2) AND backend_type = 'client backend'",
+                        &[&dbs, &own],
+                    )
+                    .await
+                {
+                    return Err::<(), EngineError>(sql("source", "keeping other sessions out")(e));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        tokio::select! {
+            done = drain(&targets.clients[0], &backs, lsn, "target") => drained = Some(done?),
+            failed = keep_out => return failed,
         }
-        let client = source.as_ref().expect("connected above");
-        sequences = sync_sequences(&target, client).await?;
-        client
-            .batch_execute(&format!(
-                "ALTER SUBSCRIPTION {} DISABLE",
-                quote_ident(&back)
-            ))
-            .await
-            .map_err(sql("source", "disabling the reverse subscription"))?;
+        let opened = sources.as_ref().expect("connected above");
+        for (i, s) in streams.iter().enumerate() {
+            sequences.extend(
+                sync_sequences(&s.database, &targets.clients[i], &opened.clients[i]).await?,
+            );
+        }
+        set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source").await?;
         Ok::<(), EngineError>(())
     };
     let outcome = match tokio::time::timeout(timeout, before_switch).await {
@@ -713,23 +1051,18 @@ pub async fn rollback<P: Platform, S: Switch>(
     if let Err(error) = outcome {
         // The target keeps serving: fence the source again, lift the target's fence.
         let undo = async {
-            if let Some(client) = &source {
-                let _ = client
-                    .batch_execute(&format!(
-                        "ALTER SUBSCRIPTION {} DISABLE",
-                        quote_ident(&back)
-                    ))
-                    .await;
+            if let Some(opened) = &sources {
+                let _ =
+                    set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source")
+                        .await;
             }
-            allow_connections(
-                &source_admin,
-                &spec.database,
-                false,
-                "fencing the source again",
-            )
-            .await?;
-            lift_fence(&target_admin, &spec.database).await?;
-            journal.remove_resource(name, "target_fence", &spec.database)?;
+            for db in &dbs {
+                allow_connections(&source_admin, db, false, "fencing the source again").await?;
+            }
+            lift_fences(&target_admin, &dbs).await?;
+            for db in &dbs {
+                journal.remove_resource(name, "target_fence", db, db)?;
+            }
             Ok::<(), EngineError>(())
         }
         .await;
@@ -741,16 +1074,19 @@ pub async fn rollback<P: Platform, S: Switch>(
         })?;
         return Err(error);
     }
-    journal.add_resource(name, "switched_back", &spec.source)?;
-    switch_over(switch, "source", "rollback:switched").await?;
+    journal.add_resource(name, "switched_back", INSTANCE, &spec.source)?;
+    switch_over(switch, &[], "source", "rollback:switched").await?;
     let report = RollbackReport {
+        databases: dbs.clone(),
         fence_lsn: fence_lsn.expect("set before the switch"),
         drained_lsn: drained.expect("set before the switch"),
         sequences,
         write_pause_ms: paused.elapsed().as_millis() as u64,
         switch: switch.describe(),
     };
-    journal.remove_resource(name, "fence", &spec.database)?;
+    for db in &dbs {
+        journal.remove_resource(name, "fence", db, db)?;
+    }
     journal.step_done(
         run,
         &serde_json::to_value(&report).expect("a report serialises"),
@@ -760,31 +1096,40 @@ pub async fn rollback<P: Platform, S: Switch>(
     Ok(report)
 }
 
-/// Removes what the journal lists for migration `name`, on the source (`source` is a
-/// session on its database) and on the platform (snapshots; instances when
-/// `delete_instances`), and forgets each; the fence stays on record. Returns what was
-/// removed, as `kind name`.
+/// Removes what the journal lists for migration `name`, on the source (`sources` holds a
+/// session on each database that has resources) and on the platform (snapshots;
+/// instances when `delete_instances`), and forgets each; the fence stays on record.
+/// Returns what was removed, as `kind name (database)`.
 async fn remove_resources<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
-    source: &Client,
+    sources: &HashMap<String, Client>,
     delete_instances: bool,
 ) -> Result<Vec<String>, EngineError> {
     let mut removed_all = Vec::new();
     for resource in journal.resources(name)? {
-        let label = format!("{} {}", resource.kind, resource.name);
-        let removed = match resource.kind.as_str() {
-            "reverse_subscription" => replication::drop_subscription(source, &resource.name)
-                .await
-                .map_err(sql("source", "dropping the reverse subscription"))?,
-            "slot" => replication::drop_slot(source, &resource.name)
+        let label = if resource.database.is_empty() {
+            format!("{} {}", resource.kind, resource.name)
+        } else {
+            format!("{} {} ({})", resource.kind, resource.name, resource.database)
+        };
+        let source = sources.get(&resource.database);
+        let removed = match (resource.kind.as_str(), source) {
+            ("reverse_subscription", Some(source)) => {
+                replication::drop_subscription(source, &resource.name)
+                    .await
+                    .map_err(sql("source", "dropping the reverse subscription"))?
+            }
+            ("slot", Some(source)) => replication::drop_slot(source, &resource.name)
                 .await
                 .map_err(sql("source", "dropping the slot"))?,
-            "publication" => replication::drop_publication(source, &resource.name)
-                .await
-                .map_err(sql("source", "dropping the publication"))?,
-            "replica_identity" => {
+            ("publication", Some(source)) => {
+                replication::drop_publication(source, &resource.name)
+                    .await
+                    .map_err(sql("source", "dropping the publication"))?
+            }
+            ("replica_identity", Some(source)) => {
                 source
                     .batch_execute(&format!(
                         "ALTER TABLE {} REPLICA IDENTITY DEFAULT",
@@ -794,7 +1139,7 @@ async fn remove_resources<P: Platform>(
                     .map_err(sql("source", "restoring a replica identity"))?;
                 true
             }
-            "snapshot" | "instance" if resource.kind == "snapshot" || delete_instances => {
+            ("snapshot" | "instance", _) if resource.kind == "snapshot" || delete_instances => {
                 let result = if resource.kind == "snapshot" {
                     platform.delete_snapshot(&resource.name).await
                 } else {
@@ -818,31 +1163,35 @@ async fn remove_resources<P: Platform>(
         }
         // The fence and the renames stay on record: they say what the names mean now.
         if resource.kind != "fence" && resource.kind != "renamed" {
-            journal.remove_resource(name, &resource.kind, &resource.name)?;
+            journal.remove_resource(name, &resource.kind, &resource.database, &resource.name)?;
         }
     }
     Ok(removed_all)
 }
 
-/// After a rollback: the source is the database again. Drops the reverse subscription,
-/// the slot, publication and replica identity changes on the source, the snapshot, and
-/// deletes the abandoned target instance (with the reverse slot and publication in it).
+/// After a rollback: the source is the database again. Drops the reverse subscriptions,
+/// the slots, publications and replica identity changes on the source, the snapshot, and
+/// deletes the abandoned target instance (with the reverse slots and publications in it).
 async fn cleanup_after_rollback<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
-    spec: crate::journal::MigrationSpec,
+    spec: MigrationSpec,
 ) -> Result<CleanupReport, EngineError> {
     let mut report = CleanupReport::default();
-    let source = connect_source(platform, &spec).await?;
-    report.removed = remove_resources(platform, journal, name, &source, true).await?;
+    let mut sources = HashMap::new();
+    for s in streams_of(journal, name)? {
+        let client = connect_source_db(platform, &spec, &s.database).await?;
+        sources.insert(s.database, client);
+    }
+    report.removed = remove_resources(platform, journal, name, &sources, true).await?;
     journal.set_phase(name, Phase::CleanedUp, None)?;
     Ok(report)
 }
 
 /// After a crash during rollback (the migration still cut over, the target fenced): before
-/// the switch back, the target serves again (source re-fenced, reverse subscription
-/// disabled, target's fence lifted); after it, the migration is marked rolled back. The
+/// the switch back, the target serves again (source re-fenced, reverse subscriptions
+/// disabled, target's fences lifted); after it, the migration is marked rolled back. The
 /// caller resumes the switch (pointed at the source when rolled back).
 pub async fn recover_interrupted_rollback<P: Platform>(
     platform: &P,
@@ -850,26 +1199,32 @@ pub async fn recover_interrupted_rollback<P: Platform>(
     name: &str,
 ) -> Result<Recovered, EngineError> {
     let spec = journal.migration(name)?.spec;
-    let resources = journal.resources(name)?;
-    if resources.iter().any(|r| r.kind == "switched_back") {
-        journal.remove_resource(name, "fence", &spec.database)?;
+    let streams = streams_of(journal, name)?;
+    let dbs: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
+    if journal.has_resource(name, "switched_back")? {
+        for db in &dbs {
+            journal.remove_resource(name, "fence", db, db)?;
+        }
         journal.set_phase(name, Phase::RolledBack, None)?;
         return Ok(Recovered::RolledBack);
     }
-    let back = reverse_name(&spec);
-    // The source database may be open (its fence was lifted for the reverse apply).
-    let source = slip_in(platform, &spec).await?;
-    source
-        .batch_execute(&format!(
-            "ALTER SUBSCRIPTION {} DISABLE",
-            quote_ident(&back)
-        ))
-        .await
-        .map_err(sql("source", "disabling the reverse subscription"))?;
-    let other = crate::engine::other_database(&spec.database);
-    let target_admin = connect_to(platform, &spec.target, other, "target").await?;
-    lift_fence(&target_admin, &spec.database).await?;
-    journal.remove_resource(name, "target_fence", &spec.database)?;
+    // The source databases may be open (their fences were lifted for the reverse apply).
+    let admin = admin_session(platform, &spec, &streams).await?;
+    for s in &streams {
+        let source = slip_in(platform, &spec, &admin, &s.database).await?;
+        source
+            .batch_execute(&format!(
+                "ALTER SUBSCRIPTION {} DISABLE",
+                quote_ident(&s.reverse_name())
+            ))
+            .await
+            .map_err(sql("source", "disabling the reverse subscription"))?;
+    }
+    let target_admin = target_admin(platform, &spec, &streams).await?;
+    lift_fences(&target_admin, &dbs).await?;
+    for db in &dbs {
+        journal.remove_resource(name, "target_fence", db, db)?;
+    }
     Ok(Recovered::StillCutOver)
 }
 
@@ -887,29 +1242,36 @@ pub enum Recovered {
     RolledBack,
 }
 
-/// After a crash during cutover: before the switch, lifts the fence, re-enables the
-/// subscription and returns the migration to replicating; after it, marks it cut over.
+/// After a crash during cutover: before the switch, drops the reverse objects it may have
+/// made, lifts the fences, re-enables the subscriptions and returns the migration to
+/// replicating; after it, marks it cut over.
 pub async fn recover_interrupted<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
 ) -> Result<Recovered, EngineError> {
     let spec = journal.migration(name)?.spec;
-    if journal
-        .resources(name)?
-        .iter()
-        .any(|r| r.kind == "switched")
-    {
+    if journal.has_resource(name, "switched")? {
         journal.set_phase(name, Phase::CutOver, None)?;
         return Ok(Recovered::CutOver);
     }
-    let admin = admin_session(platform, &spec).await?;
-    lift_fence(&admin, &spec.database).await?;
-    journal.remove_resource(name, "fence", &spec.database)?;
-    let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
-    replication::enable_subscription(&target, &spec.replication_name())
-        .await
-        .map_err(sql("target", "re-enabling the subscription"))?;
+    let streams = streams_of(journal, name)?;
+    let dbs: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
+    let admin = admin_session(platform, &spec, &streams).await?;
+    lift_fences(&admin, &dbs).await?;
+    for db in &dbs {
+        journal.remove_resource(name, "fence", db, db)?;
+    }
+    let sources = source_sessions(platform, &spec, &streams).await?;
+    let targets = target_sessions(platform, &spec, &streams).await?;
+    drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await?;
+    set_subscriptions(
+        &targets.clients,
+        streams.iter().map(|s| s.name.clone()),
+        true,
+        "target",
+    )
+    .await?;
     journal.set_phase(name, Phase::Replicating, None)?;
     Ok(Recovered::BackToReplicating)
 }
@@ -921,9 +1283,10 @@ pub struct CleanupReport {
     pub removed: Vec<String>,
 }
 
-/// After cutover: drops the subscription on the target, the slot, publication and replica
-/// identity changes on the source, and the snapshot. The source stays fenced (its
-/// database refuses connections); the target instance stays, it is the database now.
+/// After cutover: drops the subscriptions on the target, the slots, publications and
+/// replica identity changes on the source, and the snapshot, in every database. The
+/// source stays fenced (its databases refuse connections); the target instance stays, it
+/// is the database now.
 pub async fn cleanup<P: Platform>(
     platform: &P,
     journal: &Journal,
@@ -943,37 +1306,46 @@ pub async fn cleanup<P: Platform>(
         )));
     }
     let spec = record.spec;
-    let rep_name = spec.replication_name();
+    let streams = streams_of(journal, name)?;
     let mut report = CleanupReport::default();
-    let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
-    let back = reverse_name(&spec);
-    // Rollback is no longer possible after cleanup: the reverse objects go too.
-    if replication::drop_slot(&target, &back)
-        .await
-        .map_err(sql("target", "dropping the reverse slot"))?
-    {
-        report.removed.push(format!("slot {back} (target)"));
+    let targets = target_sessions(platform, &spec, &streams).await?;
+    for (i, s) in streams.iter().enumerate() {
+        let (target, back, db) = (&targets.clients[i], s.reverse_name(), &s.database);
+        // Rollback is no longer possible after cleanup: the reverse objects go too.
+        if replication::drop_slot(target, &back)
+            .await
+            .map_err(sql("target", "dropping the reverse slot"))?
+        {
+            report.removed.push(format!("slot {back} (target, {db})"));
+        }
+        if replication::drop_publication(target, &back)
+            .await
+            .map_err(sql("target", "dropping the reverse publication"))?
+        {
+            report
+                .removed
+                .push(format!("publication {back} (target, {db})"));
+        }
+        if replication::drop_subscription(target, &s.name)
+            .await
+            .map_err(sql("target", "dropping the subscription"))?
+        {
+            report
+                .removed
+                .push(format!("subscription {} (target, {db})", s.name));
+        }
     }
-    if replication::drop_publication(&target, &back)
-        .await
-        .map_err(sql("target", "dropping the reverse publication"))?
-    {
-        report.removed.push(format!("publication {back} (target)"));
+    // The publications live in the fenced databases: drop them from inside.
+    let admin = admin_session(platform, &spec, &streams).await?;
+    let mut sources = HashMap::new();
+    for s in &streams {
+        let client = slip_in(platform, &spec, &admin, &s.database).await?;
+        sources.insert(s.database.clone(), client);
     }
-    if replication::drop_subscription(&target, &rep_name)
-        .await
-        .map_err(sql("target", "dropping the subscription"))?
-    {
-        report
-            .removed
-            .push(format!("subscription {rep_name} (target)"));
-    }
-    // The publication lives in the fenced database: drop it from inside.
-    let source = slip_in(platform, &spec).await?;
     // The target is the database now: its instance stays; the fence stays on record.
     report
         .removed
-        .extend(remove_resources(platform, journal, name, &source, false).await?);
+        .extend(remove_resources(platform, journal, name, &sources, false).await?);
     journal.set_phase(name, Phase::CleanedUp, None)?;
     Ok(report)
 }

@@ -15,9 +15,10 @@ use pgseal_platform::{ErrorKind, Handoff, InstanceStatus, NewInstance, Platform,
 use serde_json::json;
 use tokio_postgres::Client;
 
-use crate::journal::{Journal, JournalError, MigrationSpec, Phase};
+use crate::journal::{INSTANCE, Journal, JournalError, MigrationSpec, Phase};
 use crate::preflight::{PreflightInput, PreflightReport, Severity, preflight};
 use crate::steps::{Step, failpoint, test_hook};
+use crate::stream::{self, Stream};
 
 /// A migration step could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,10 @@ pub enum EngineError {
     /// The migration cannot go on as it stands; the message says what to do.
     #[error("{0}")]
     Precondition(String),
+    /// Creating a slot waited too long for running transactions; what `start` made was
+    /// removed again and the migration forgotten.
+    #[error("{0}")]
+    SlotWait(String),
     /// A wait timed out.
     #[error("timed out after {seconds} s waiting for {what}")]
     Timeout {
@@ -87,7 +92,10 @@ impl EngineError {
     /// a refused precondition), as opposed to a failure a retry may clear.
     pub fn is_precondition(&self) -> bool {
         match self {
-            EngineError::Blocked(_) | EngineError::Guard(_) | EngineError::Precondition(_) => true,
+            EngineError::Blocked(_)
+            | EngineError::Guard(_)
+            | EngineError::Precondition(_)
+            | EngineError::SlotWait(_) => true,
             EngineError::Journal(e) => matches!(
                 e,
                 JournalError::NotFound(_) | JournalError::Exists(_) | JournalError::Busy(..)
@@ -140,6 +148,13 @@ pub enum Event {
     },
     /// A step was done by an earlier run.
     AlreadyDone(Step),
+    /// A step waits for something outside pgseal (said every few seconds).
+    Waiting {
+        /// The step.
+        step: Step,
+        /// What it waits for.
+        what: String,
+    },
 }
 
 /// Runs one migration's steps.
@@ -153,6 +168,9 @@ pub struct Engine<'a, P: Platform> {
 
 /// How long the engine waits for the apply worker to start.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often a slot creation that waits says what it waits for.
+const SLOT_WAIT_REPORT: Duration = Duration::from_secs(2);
 
 impl<'a, P: Platform> Engine<'a, P> {
     /// An engine for the recorded migration `name`.
@@ -227,6 +245,12 @@ impl<'a, P: Platform> Engine<'a, P> {
                         Phase::Failed,
                         Some(&format!("step {step}: {text}")),
                     )?;
+                    if matches!(error, EngineError::SlotWait(_)) {
+                        // Nothing may be left behind: what this start made goes, and so
+                        // does the journal's record (start again once the wait is over).
+                        crate::abort::abort(self.platform, self.journal, name).await?;
+                        self.journal.forget(name)?;
+                    }
                     return Err(error);
                 }
             }
@@ -271,13 +295,20 @@ impl<'a, P: Platform> Engine<'a, P> {
     }
 
     async fn target(&self) -> Result<Client, EngineError> {
-        connect_to(
-            self.platform,
-            &self.spec.target,
-            &self.spec.database,
-            "target",
-        )
-        .await
+        self.target_db(&self.spec.database).await
+    }
+
+    async fn source_db(&self, database: &str) -> Result<Client, EngineError> {
+        connect_source_db(self.platform, &self.spec, database).await
+    }
+
+    async fn target_db(&self, database: &str) -> Result<Client, EngineError> {
+        connect_to(self.platform, &self.spec.target, database, "target").await
+    }
+
+    /// The migration's streams, as recorded when the source was prepared.
+    fn streams(&self) -> Result<Vec<Stream>, EngineError> {
+        streams_of(self.journal, &self.spec.name)
     }
 
     fn recorded<T: serde::de::DeserializeOwned>(
@@ -319,15 +350,30 @@ impl<'a, P: Platform> Engine<'a, P> {
             free_bytes: self.surroundings.free_bytes,
             key_problem: self.surroundings.key_problem.clone(),
             target_problem,
+            databases: self.spec.databases.clone(),
+            tables: self.spec.tables.clone(),
         };
-        let report = preflight(&source, &input)
+        let connect = async |db: &str| {
+            self.source_db(db)
+                .await
+                .map_err(|e| error_chain(&e))
+        };
+        let report = preflight(&source, connect, &input)
             .await
             .map_err(Self::sql("source", "preflight"))?;
         if !report.ready() {
             return Err(EngineError::Blocked(Box::new(report)));
         }
+        let carried: Vec<&str> = report
+            .databases
+            .iter()
+            .filter(|d| d.carried)
+            .map(|d| d.name.as_str())
+            .collect();
         let summary = format!(
-            "{} tables, {} MiB, {} warning(s)",
+            "{} database(s) ({}), {} tables, {} MiB, {} warning(s)",
+            carried.len(),
+            carried.join(", "),
             report.tables,
             report.source_bytes >> 20,
             report.findings.len()
@@ -337,7 +383,6 @@ impl<'a, P: Platform> Engine<'a, P> {
 
     // 2.
     async fn prepare_source(&self) -> Result<(serde_json::Value, String), EngineError> {
-        let name = self.spec.replication_name();
         let mut source = self.source().await?;
         let wal_level: String = source
             .query_one("SHOW wal_level", &[])
@@ -368,97 +413,209 @@ impl<'a, P: Platform> Engine<'a, P> {
             source = self.source().await?;
         }
 
-        let mut identity_changed = Vec::new();
-        if self.spec.replica_identity_full {
-            let rows = source
-                .query(
-                    "SELECT format('%I.%I', n.nspname, c.relname), n.nspname::text || '.' || c.relname::text \
-                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' \
-                       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                       AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
-                            (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
-                     ORDER BY 1",
-                    &[],
-                )
-                .await
-                .map_err(Self::sql("source", "listing tables without replica identity"))?;
-            for row in rows {
-                let (table, plain): (String, String) = (row.get(0), row.get(1));
-                if let Some(wanted) = &self.spec.tables
-                    && !wanted
-                        .iter()
-                        .any(|w| replication::qualified(w) == replication::qualified(&plain))
-                {
-                    continue;
-                }
-                self.journal
-                    .add_resource(&self.spec.name, "replica_identity", &table)?;
-                source
-                    .batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL"))
+        // The scope is fixed here, once, before anything is created.
+        let streams = match self.journal.streams(&self.spec.name)? {
+            recorded if !recorded.is_empty() => recorded,
+            _ => {
+                let all = stream::databases(&source)
                     .await
-                    .map_err(Self::sql(
-                        "source",
-                        format!("setting REPLICA IDENTITY FULL on {table}"),
-                    ))?;
-                identity_changed.push(table);
+                    .map_err(Self::sql("source", "listing databases"))?;
+                let planned =
+                    stream::plan(&self.spec.name, &all, self.spec.databases.as_deref())
+                        .map_err(EngineError::Precondition)?;
+                self.journal.record_streams(&self.spec.name, &planned)?
             }
+        };
+
+        let mut prepared = Vec::new();
+        for s in &streams {
+            let client = self.source_db(&s.database).await?;
+            let identity_changed = self.replica_identity(&client, s).await?;
+            self.journal
+                .add_resource(&self.spec.name, "publication", &s.database, &s.name)?;
+            replication::create_publication(&client, &s.name, self.spec.tables.as_deref())
+                .await
+                .map_err(Self::sql(
+                    "source",
+                    format!("creating publication {} in {}", s.name, s.database),
+                ))?;
+            let tables = replication::published_tables(&client, &s.name)
+                .await
+                .map_err(Self::sql("source", "listing published tables"))?;
+            prepared.push((s, client, tables, identity_changed));
         }
 
-        self.journal
-            .add_resource(&self.spec.name, "publication", &name)?;
-        replication::create_publication(&source, &name, self.spec.tables.as_deref())
-            .await
-            .map_err(Self::sql("source", format!("creating publication {name}")))?;
-        let tables = replication::published_tables(&source, &name)
-            .await
-            .map_err(Self::sql("source", "listing published tables"))?;
-
-        let slot = if test_hook("late-slot") {
-            tracing::warn!("test hook late-slot: the slot is created after the snapshot");
-            None
-        } else {
-            Some(self.create_slot(&source, &name).await?)
-        };
+        // Every slot after every publication and before the snapshot: the snapshot's end
+        // is then past every slot's consistent point.
+        let mut outputs = Vec::new();
+        for (s, client, tables, identity_changed) in &prepared {
+            let slot = if test_hook("late-slot") {
+                tracing::warn!("test hook late-slot: the slot is created after the snapshot");
+                None
+            } else {
+                Some(self.create_slot(client, s).await?)
+            };
+            outputs.push(json!({
+                "database": s.database,
+                "publication": s.name,
+                "tables": tables,
+                "slot": slot,
+                "replica_identity_full": identity_changed,
+            }));
+        }
+        let tables: usize = prepared.iter().map(|p| p.2.len()).sum();
         let summary = format!(
-            "publication {name} ({} tables){}{}",
-            tables.len(),
-            match &slot {
-                Some(s) => format!(", slot {name} at {}", lsn_text(s.confirmed_flush_lsn)),
-                None => String::new(),
-            },
+            "{} stream(s) ({}): publications with {tables} tables, slots made{}",
+            streams.len(),
+            streams
+                .iter()
+                .map(|s| s.database.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             if restarted {
                 ", wal_level set to logical (restarted)"
             } else {
                 ""
             }
         );
-        // Keep the session until here: a failure above must not leave a half-made slot.
-        drop(source);
+        // Keep the sessions until here: a failure above must not leave a half-made slot.
+        drop(prepared);
         Ok((
             json!({
-                "publication": name,
-                "tables": tables,
-                "slot": slot,
+                "streams": outputs,
                 "restarted_for_wal_level": restarted,
-                "replica_identity_full": identity_changed,
             }),
             summary,
         ))
     }
 
-    async fn create_slot(&self, source: &Client, name: &str) -> Result<SlotState, EngineError> {
-        self.journal.add_resource(&self.spec.name, "slot", name)?;
-        let (slot, _) = replication::create_logical_slot(source, name)
+    /// `REPLICA IDENTITY FULL` on the tables of `stream`'s database that have none, when
+    /// the user opted in; returns the tables changed.
+    async fn replica_identity(
+        &self,
+        client: &Client,
+        stream: &Stream,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut changed = Vec::new();
+        if !self.spec.replica_identity_full {
+            return Ok(changed);
+        }
+        let rows = client
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname), n.nspname::text || '.' || c.relname::text \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+                        (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+                 ORDER BY 1",
+                &[],
+            )
             .await
-            .map_err(Self::sql("source", format!("creating logical slot {name}")))?;
-        if slot.database.as_deref() != Some(self.spec.database.as_str()) {
+            .map_err(Self::sql("source", "listing tables without replica identity"))?;
+        for row in rows {
+            let (table, plain): (String, String) = (row.get(0), row.get(1));
+            if let Some(wanted) = &self.spec.tables
+                && !wanted
+                    .iter()
+                    .any(|w| replication::qualified(w) == replication::qualified(&plain))
+            {
+                continue;
+            }
+            self.journal.add_resource(
+                &self.spec.name,
+                "replica_identity",
+                &stream.database,
+                &table,
+            )?;
+            client
+                .batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL"))
+                .await
+                .map_err(Self::sql(
+                    "source",
+                    format!("setting REPLICA IDENTITY FULL on {table}"),
+                ))?;
+            changed.push(table);
+        }
+        Ok(changed)
+    }
+
+    /// Creates `stream`'s slot on `client` (a session on its database). Creating a
+    /// logical slot waits for every transaction that has an id (prepared ones included);
+    /// the wait is reported every few seconds with what it waits for, and given up after
+    /// the spec's `slot_wait_seconds` ([`EngineError::SlotWait`]).
+    async fn create_slot(&self, client: &Client, stream: &Stream) -> Result<SlotState, EngineError> {
+        self.journal
+            .add_resource(&self.spec.name, "slot", &stream.database, &stream.name)?;
+        let slot = match replication::slot(client, &stream.name)
+            .await
+            .map_err(Self::sql("source", "reading the slot"))?
+        {
+            Some(existing) => existing,
+            None => self.create_slot_waiting(client, stream).await?,
+        };
+        if slot.database.as_deref() != Some(stream.database.as_str()) {
             return Err(EngineError::Precondition(format!(
-                "slot {name} exists for database {:?}, not {}; abort this migration and drop that slot",
-                slot.database, self.spec.database
+                "slot {} exists for database {:?}, not {}; abort this migration and drop that slot",
+                stream.name, slot.database, stream.database
             )));
         }
         Ok(slot)
+    }
+
+    async fn create_slot_waiting(
+        &self,
+        client: &Client,
+        stream: &Stream,
+    ) -> Result<SlotState, EngineError> {
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(Self::sql("source", "reading pgseal's session id"))?
+            .get(0);
+        let watcher = self.source().await?;
+        let limit = Duration::from_secs(self.spec.slot_wait_seconds);
+        let started = Instant::now();
+        let creating = replication::create_logical_slot(client, &stream.name);
+        tokio::pin!(creating);
+        loop {
+            tokio::select! {
+                made = &mut creating => {
+                    let (slot, _) = made.map_err(Self::sql(
+                        "source",
+                        format!("creating logical slot {} in {}", stream.name, stream.database),
+                    ))?;
+                    return Ok(slot);
+                }
+                _ = tokio::time::sleep(SLOT_WAIT_REPORT) => {
+                    let blockers = slot_blockers(&watcher, pid)
+                        .await
+                        .map_err(Self::sql("source", "reading what the slot waits for"))?;
+                    let waited = started.elapsed();
+                    tracing::warn!(slot = %stream.name, seconds = waited.as_secs(), %blockers, "slot creation waits");
+                    if waited >= limit {
+                        let _ = watcher
+                            .execute("SELECT pg_cancel_backend($1)", &[&pid])
+                            .await;
+                        // The cancelled creation leaves no slot behind.
+                        let _ = (&mut creating).await;
+                        return Err(EngineError::SlotWait(format!(
+                            "creating slot {} waited {} s for running transactions, the limit (--slot-wait): {blockers}. Let them finish (prepared ones: COMMIT PREPARED or ROLLBACK PREPARED in their database) or end them, then start again; nothing was left on the source",
+                            stream.name,
+                            waited.as_secs()
+                        )));
+                    }
+                    (self.observer)(&Event::Waiting {
+                        step: Step::PrepareSource,
+                        what: format!(
+                            "creating slot {} ({} s): waits for {blockers}",
+                            stream.name,
+                            waited.as_secs()
+                        ),
+                    });
+                }
+            }
+        }
     }
 
     // 3.
@@ -473,7 +630,7 @@ impl<'a, P: Platform> Engine<'a, P> {
             Some(s) => s,
             None if self.spec.source_url().is_some() => {
                 self.journal
-                    .add_resource(&self.spec.name, "snapshot", &snap)?;
+                    .add_resource(&self.spec.name, "snapshot", INSTANCE, &snap)?;
                 self.platform
                     .create_snapshot_of_url(&self.spec.source, &snap, &self.spec.key)
                     .await
@@ -486,12 +643,12 @@ impl<'a, P: Platform> Engine<'a, P> {
                     .await
                     .map_err(Self::platform_error("describing the source"))?;
                 self.journal
-                    .add_resource(&self.spec.name, "snapshot", &snap)?;
+                    .add_resource(&self.spec.name, "snapshot", INSTANCE, &snap)?;
                 if source.encrypted {
                     // Under another key already: snapshot under its key, copy under the new one.
                     let plain_key_snap = format!("{snap}-src");
                     self.journal
-                        .add_resource(&self.spec.name, "snapshot", &plain_key_snap)?;
+                        .add_resource(&self.spec.name, "snapshot", INSTANCE, &plain_key_snap)?;
                     if let Err(e) = self.platform.describe_snapshot(&plain_key_snap).await {
                         if e.kind != ErrorKind::NotFound {
                             return Err(Self::platform_error("describing the snapshot")(e));
@@ -513,7 +670,7 @@ impl<'a, P: Platform> Engine<'a, P> {
                         .await
                         .map_err(Self::platform_error("deleting the intermediate snapshot"))?;
                     self.journal
-                        .remove_resource(&self.spec.name, "snapshot", &plain_key_snap)?;
+                        .remove_resource(&self.spec.name, "snapshot", INSTANCE, &plain_key_snap)?;
                     copy
                 } else {
                     self.platform
@@ -528,13 +685,12 @@ impl<'a, P: Platform> Engine<'a, P> {
                 "snapshot {snap} is not encrypted; abort the migration"
             )));
         }
-        let mut late_slot = None;
+        let mut late_slots = Vec::new();
         if test_hook("late-slot") {
-            let source = self.source().await?;
-            late_slot = Some(
-                self.create_slot(&source, &self.spec.replication_name())
-                    .await?,
-            );
+            for s in &self.streams()? {
+                let source = self.source_db(&s.database).await?;
+                late_slots.push(self.create_slot(&source, s).await?);
+            }
         }
         let summary = format!(
             "{snap}, encrypted under {}, backup ends at {}",
@@ -542,7 +698,7 @@ impl<'a, P: Platform> Engine<'a, P> {
             lsn_text(snapshot.end_lsn)
         );
         Ok((
-            json!({ "snapshot": snapshot, "late_slot": late_slot }),
+            json!({ "snapshot": snapshot, "late_slots": late_slots }),
             summary,
         ))
     }
@@ -594,7 +750,7 @@ impl<'a, P: Platform> Engine<'a, P> {
             }
             None => {
                 self.journal
-                    .add_resource(&self.spec.name, "instance", target)?;
+                    .add_resource(&self.spec.name, "instance", INSTANCE, target)?;
                 self.restore_new(&snap).await?
             }
         };
@@ -647,13 +803,10 @@ impl<'a, P: Platform> Engine<'a, P> {
 
     // 5.
     async fn target_housekeeping(&self) -> Result<(serde_json::Value, String), EngineError> {
-        let name = self.spec.replication_name();
+        let streams = self.streams()?;
         let target = self.target().await?;
-        let dropped_publication = replication::drop_publication(&target, &name)
-            .await
-            .map_err(Self::sql("target", "dropping the copied publication"))?;
-        // A new instance's slots can only be copies of the source's: they would hold
-        // the target's WAL forever.
+        // The copy's slots (all of them: a new instance's slots can only be copies of the
+        // source's) would hold the target's WAL forever.
         let slots: Vec<String> = target
             .query(
                 "SELECT slot_name::text FROM pg_replication_slots WHERE NOT temporary",
@@ -669,45 +822,87 @@ impl<'a, P: Platform> Engine<'a, P> {
                 .await
                 .map_err(Self::sql("target", format!("dropping copied slot {slot}")))?;
         }
-        // Subscriptions the source had came along too; they must not pull from the
-        // source's own publishers.
-        let foreign: Vec<String> = target
+        // Transactions prepared on the source after its slots were made came along as
+        // orphans holding locks; their COMMIT PREPARED arrives through replication, so
+        // here they are rolled back, each in its database, to be applied exactly once.
+        let prepared: Vec<(String, String)> = target
             .query(
-                "SELECT subname::text FROM pg_subscription WHERE subenabled AND subname <> $1",
-                &[&name],
+                "SELECT gid, database::text FROM pg_prepared_xacts ORDER BY prepared",
+                &[],
+            )
+            .await
+            .map_err(Self::sql("target", "listing prepared transactions"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        // Subscriptions the source had came along too (pg_subscription is server-wide;
+        // each is altered from its own database); they must not pull from the source's
+        // own publishers.
+        let foreign: Vec<(String, String)> = target
+            .query(
+                "SELECT s.subname::text, d.datname::text FROM pg_subscription s \
+                 JOIN pg_database d ON d.oid = s.subdbid WHERE s.subenabled ORDER BY 2, 1",
+                &[],
             )
             .await
             .map_err(Self::sql("target", "listing copied subscriptions"))?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
+            .filter(|(sub, _): &(String, String)| !streams.iter().any(|s| &s.name == sub))
             .collect();
-        for sub in &foreign {
-            target
-                .batch_execute(&format!(
-                    "ALTER SUBSCRIPTION {} DISABLE",
-                    replication::quote_ident(sub)
-                ))
-                .await
-                .map_err(Self::sql(
-                    "target",
-                    format!("disabling copied subscription {sub}"),
-                ))?;
+        let mut dropped_publications = Vec::new();
+        let mut databases: Vec<&str> = streams.iter().map(|s| s.database.as_str()).collect();
+        databases.extend(prepared.iter().map(|(_, db)| db.as_str()));
+        databases.extend(foreign.iter().map(|(_, db)| db.as_str()));
+        databases.sort();
+        databases.dedup();
+        for db in databases {
+            let client = self.target_db(db).await?;
+            if let Some(s) = streams.iter().find(|s| s.database == db)
+                && replication::drop_publication(&client, &s.name)
+                    .await
+                    .map_err(Self::sql("target", "dropping the copied publication"))?
+            {
+                dropped_publications.push(s.name.clone());
+            }
+            for (gid, _) in prepared.iter().filter(|(_, d)| d == db) {
+                client
+                    .batch_execute(&format!(
+                        "ROLLBACK PREPARED {}",
+                        replication::quote_literal(gid)
+                    ))
+                    .await
+                    .map_err(Self::sql(
+                        "target",
+                        format!("rolling back the copied prepared transaction {gid}"),
+                    ))?;
+            }
+            for (sub, _) in foreign.iter().filter(|(_, d)| d == db) {
+                client
+                    .batch_execute(&format!(
+                        "ALTER SUBSCRIPTION {} DISABLE",
+                        replication::quote_ident(sub)
+                    ))
+                    .await
+                    .map_err(Self::sql(
+                        "target",
+                        format!("disabling copied subscription {sub}"),
+                    ))?;
+            }
         }
         let summary = format!(
-            "dropped publication: {}, slots dropped: {}, subscriptions disabled: {}",
-            if dropped_publication {
-                "yes"
-            } else {
-                "none there"
-            },
+            "publications dropped: {}, slots dropped: {}, prepared transactions rolled back: {}, subscriptions disabled: {}",
+            dropped_publications.len(),
             slots.len(),
+            prepared.len(),
             foreign.len()
         );
         Ok((
             json!({
-                "dropped_publication": dropped_publication,
+                "dropped_publications": dropped_publications,
                 "dropped_slots": slots,
-                "disabled_subscriptions": foreign,
+                "rolled_back_prepared": prepared.iter().map(|(gid, db)| json!({"gid": gid, "database": db})).collect::<Vec<_>>(),
+                "disabled_subscriptions": foreign.iter().map(|(sub, db)| json!({"subscription": sub, "database": db})).collect::<Vec<_>>(),
             }),
             summary,
         ))
@@ -715,81 +910,96 @@ impl<'a, P: Platform> Engine<'a, P> {
 
     // 6.
     async fn subscription(&self) -> Result<(serde_json::Value, String), EngineError> {
-        let name = self.spec.replication_name();
-        let conninfo = match self.spec.source_url() {
-            // The subscription keeps the password in the target's catalog (on its
-            // encrypted storage), as PostgreSQL does for any subscription.
-            Some(url) => pgseal_pg::conninfo(&source_config(url)?),
-            None => self
-                .platform
-                .subscriber_conninfo(&self.spec.source, &self.spec.database)
-                .await
-                .map_err(Self::platform_error(
-                    "finding how the target reaches the source",
-                ))?,
-        };
-        let target = self.target().await?;
-        let (sub, _) = replication::create_subscription(&target, &name, &conninfo, &name, &name)
-            .await
-            .map_err(Self::sql("target", format!("creating subscription {name}")))?;
-        let summary = format!("{name} (oid {}), disabled, copy_data=false", sub.oid);
-        Ok((json!({ "subscription": sub.name, "oid": sub.oid }), summary))
+        let mut made = Vec::new();
+        for s in &self.streams()? {
+            let conninfo = match self.spec.source_url() {
+                // The subscription keeps the password in the target's catalog (on its
+                // encrypted storage), as PostgreSQL does for any subscription.
+                Some(url) => {
+                    let mut config = source_config(url)?;
+                    config.dbname(&s.database);
+                    pgseal_pg::conninfo(&config)
+                }
+                None => self
+                    .platform
+                    .subscriber_conninfo(&self.spec.source, &s.database)
+                    .await
+                    .map_err(Self::platform_error(
+                        "finding how the target reaches the source",
+                    ))?,
+            };
+            let target = self.target_db(&s.database).await?;
+            let (sub, _) =
+                replication::create_subscription(&target, &s.name, &conninfo, &s.name, &s.name)
+                    .await
+                    .map_err(Self::sql(
+                        "target",
+                        format!("creating subscription {} in {}", s.name, s.database),
+                    ))?;
+            made.push(json!({ "database": s.database, "subscription": sub.name, "oid": sub.oid }));
+        }
+        let summary = format!("{} subscription(s), disabled, copy_data=false", made.len());
+        Ok((json!({ "subscriptions": made }), summary))
     }
 
     // 7.
     async fn guards(&self) -> Result<(serde_json::Value, String), EngineError> {
-        let name = self.spec.replication_name();
         let handoff: Handoff = self.recorded(Step::Restore, "handoff")?;
         let source = self.source().await?;
-        let slot = replication::slot(&source, &name)
-            .await
-            .map_err(Self::sql("source", "reading the slot"))?
-            .ok_or_else(|| {
-                EngineError::Guard(format!(
-                    "slot {name} is gone from the source: the changes since the snapshot cannot be replayed; abort this migration and start again"
-                ))
-            })?;
-        let verdict = check_guards(&handoff, &slot);
-        if let Err(why) = verdict {
-            return Err(EngineError::Guard(why));
+        let mut slots = Vec::new();
+        for s in &self.streams()? {
+            let slot = replication::slot(&source, &s.name)
+                .await
+                .map_err(Self::sql("source", "reading the slot"))?
+                .ok_or_else(|| {
+                    EngineError::Guard(format!(
+                        "slot {} ({}) is gone from the source: the changes since the snapshot cannot be replayed; abort this migration and start again",
+                        s.name, s.database
+                    ))
+                })?;
+            check_guards(&handoff, &slot).map_err(EngineError::Guard)?;
+            slots.push(slot);
         }
-        let confirmed = slot.confirmed_flush_lsn;
+        let highest = slots.iter().filter_map(|s| s.confirmed_flush_lsn).max();
         let summary = format!(
-            "handoff {} > redo done at {}, slot confirmed_flush {} <= handoff",
+            "handoff {} > redo done at {}; {} slot(s), the latest confirmed_flush {} <= handoff",
             handoff.lsn,
             lsn_text(handoff.redo_done_at),
-            lsn_text(confirmed)
+            slots.len(),
+            lsn_text(highest)
         );
-        Ok((json!({ "handoff": handoff, "slot": slot }), summary))
+        Ok((json!({ "handoff": handoff, "slots": slots }), summary))
     }
 
     // 8.
     async fn origin_advance(&self) -> Result<(serde_json::Value, String), EngineError> {
-        let name = self.spec.replication_name();
         let handoff: Handoff = self.recorded(Step::Restore, "handoff")?;
-        let target = self.target().await?;
-        let sub = self.subscription_state(&target, &name).await?;
-        if sub.enabled {
-            return Err(EngineError::Precondition(format!(
-                "subscription {name} is enabled but its origin was not advanced by pgseal: the target may have applied from the wrong position; abort this migration"
-            )));
+        let mut origins = Vec::new();
+        for s in &self.streams()? {
+            let target = self.target_db(&s.database).await?;
+            let sub = self.subscription_state(&target, &s.name).await?;
+            if sub.enabled {
+                return Err(EngineError::Precondition(format!(
+                    "subscription {} ({}) is enabled but its origin was not advanced by pgseal: the target may have applied from the wrong position; abort this migration",
+                    s.name, s.database
+                )));
+            }
+            replication::advance_origin(&target, &sub, handoff.lsn)
+                .await
+                .map_err(Self::sql("target", "advancing the replication origin"))?;
+            let after = self.subscription_state(&target, &s.name).await?;
+            if after.applied_lsn != Some(handoff.lsn) {
+                return Err(EngineError::Precondition(format!(
+                    "origin {} reads {} after advancing to {}",
+                    sub.origin(),
+                    lsn_text(after.applied_lsn),
+                    handoff.lsn
+                )));
+            }
+            origins.push(json!({ "database": s.database, "origin": sub.origin() }));
         }
-        replication::advance_origin(&target, &sub, handoff.lsn)
-            .await
-            .map_err(Self::sql("target", "advancing the replication origin"))?;
-        let after = self.subscription_state(&target, &name).await?;
-        if after.applied_lsn != Some(handoff.lsn) {
-            return Err(EngineError::Precondition(format!(
-                "origin {} reads {} after advancing to {}",
-                sub.origin(),
-                lsn_text(after.applied_lsn),
-                handoff.lsn
-            )));
-        }
-        Ok((
-            json!({ "origin": sub.origin(), "lsn": handoff.lsn }),
-            format!("{} -> {}", sub.origin(), handoff.lsn),
-        ))
+        let summary = format!("{} origin(s) -> {}", origins.len(), handoff.lsn);
+        Ok((json!({ "origins": origins, "lsn": handoff.lsn }), summary))
     }
 
     async fn subscription_state(
@@ -809,52 +1019,98 @@ impl<'a, P: Platform> Engine<'a, P> {
 
     // 9.
     async fn enable(&self) -> Result<(serde_json::Value, String), EngineError> {
-        let name = self.spec.replication_name();
-        let target = self.target().await?;
-        replication::enable_subscription(&target, &name)
-            .await
-            .map_err(Self::sql("target", "enabling the subscription"))?;
-        Ok((json!({ "enabled": true }), format!("{name} enabled")))
+        let streams = self.streams()?;
+        for s in &streams {
+            let target = self.target_db(&s.database).await?;
+            replication::enable_subscription(&target, &s.name)
+                .await
+                .map_err(Self::sql("target", "enabling the subscription"))?;
+        }
+        Ok((
+            json!({ "enabled": streams.iter().map(|s| &s.name).collect::<Vec<_>>() }),
+            format!("{} subscription(s) enabled", streams.len()),
+        ))
     }
 
     // 10.
     async fn replicating(&self) -> Result<(serde_json::Value, String), EngineError> {
-        let name = self.spec.replication_name();
-        let target = self.target().await?;
         let source = self.source().await?;
         let started = Instant::now();
-        loop {
-            let sub = self.subscription_state(&target, &name).await?;
-            let slot = replication::slot(&source, &name)
-                .await
-                .map_err(Self::sql("source", "reading the slot"))?;
-            if let (Some(pid), Some(slot)) = (sub.worker_pid, &slot)
-                && slot.active
-            {
-                let summary = format!(
-                    "apply worker pid {pid}, applied up to {}",
-                    lsn_text(sub.applied_lsn)
-                );
-                return Ok((
-                    json!({ "worker_pid": pid, "applied_lsn": sub.applied_lsn }),
-                    summary,
-                ));
+        let mut workers = Vec::new();
+        for s in &self.streams()? {
+            let target = self.target_db(&s.database).await?;
+            loop {
+                let sub = self.subscription_state(&target, &s.name).await?;
+                let slot = replication::slot(&source, &s.name)
+                    .await
+                    .map_err(Self::sql("source", "reading the slot"))?;
+                if let (Some(pid), Some(slot)) = (sub.worker_pid, &slot)
+                    && slot.active
+                {
+                    workers.push(json!({
+                        "database": s.database, "worker_pid": pid, "applied_lsn": sub.applied_lsn,
+                    }));
+                    break;
+                }
+                if sub.apply_errors > 0 {
+                    return Err(EngineError::Precondition(format!(
+                        "the apply worker of {} ({}) failed {} time(s); see the target's server log",
+                        s.name, s.database, sub.apply_errors
+                    )));
+                }
+                if started.elapsed() > WORKER_START_TIMEOUT {
+                    return Err(EngineError::Timeout {
+                        what: format!(
+                            "the apply worker of {} ({}) to stream from the slot",
+                            s.name, s.database
+                        ),
+                        seconds: WORKER_START_TIMEOUT.as_secs(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            if sub.apply_errors > 0 {
-                return Err(EngineError::Precondition(format!(
-                    "the apply worker of {name} failed {} time(s); see the target's server log",
-                    sub.apply_errors
-                )));
-            }
-            if started.elapsed() > WORKER_START_TIMEOUT {
-                return Err(EngineError::Timeout {
-                    what: format!("the apply worker of {name} to stream from the slot"),
-                    seconds: WORKER_START_TIMEOUT.as_secs(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let summary = format!("{} apply worker(s) streaming", workers.len());
+        Ok((json!({ "workers": workers }), summary))
     }
+}
+
+/// What a session creating a slot (`pid`) waits for: the other transactions that hold a
+/// transaction id, and every prepared transaction.
+async fn slot_blockers(watcher: &Client, pid: i32) -> Result<String, tokio_postgres::Error> {
+    let row = watcher
+        .query_one(
+            "SELECT (SELECT string_agg(format('pid %s (%s, database %s, open %s s)', a.pid, \
+                        coalesce(a.usename::text, '?'), coalesce(a.datname::text, '?'), \
+                        coalesce(extract(epoch FROM now() - a.xact_start)::bigint, 0)), ', ' ORDER BY a.pid) \
+                     FROM pg_stat_activity a WHERE a.pid <> $1 AND a.pid <> pg_backend_pid() \
+                       AND a.backend_xid IS NOT NULL), \
+                    (SELECT string_agg(format('prepared transaction %L (database %s, %s s ago)', gid, \
+                        database, extract(epoch FROM now() - prepared)::bigint), ', ' ORDER BY prepared) \
+                     FROM pg_prepared_xacts)",
+            &[&pid],
+        )
+        .await?;
+    let parts: Vec<String> = [row.get::<_, Option<String>>(0), row.get(1)]
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(if parts.is_empty() {
+        "transactions that have just ended".to_string()
+    } else {
+        parts.join("; ")
+    })
+}
+
+/// Migration `name`'s streams as recorded; an error before the source was prepared.
+pub fn streams_of(journal: &Journal, name: &str) -> Result<Vec<Stream>, EngineError> {
+    let streams = journal.streams(name)?;
+    if streams.is_empty() {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} has no streams yet (its source was not prepared)"
+        )));
+    }
+    Ok(streams)
 }
 
 /// The connection settings of a source given by URL (password from `PGPASSWORD`).
@@ -893,10 +1149,11 @@ pub async fn connect_source_db<P: Platform>(
     }
 }
 
-/// A database of the same server other than `db`, for work PostgreSQL refuses from
-/// inside `db` itself (fencing it) or that must go on while `db` is fenced.
-pub fn other_database(db: &str) -> &'static str {
-    if db == "postgres" {
+/// A database of the same server outside `fenced`, for work PostgreSQL refuses from
+/// inside a database itself (fencing it) or that must go on while they are fenced:
+/// `postgres` when it is not fenced, else `template1` (a template is never migrated).
+pub fn admin_database(fenced: &[&str]) -> &'static str {
+    if fenced.contains(&"postgres") {
         "template1"
     } else {
         "postgres"

@@ -134,9 +134,16 @@ pub struct MigrationSpec {
     pub target_port: Option<u16>,
     /// The KMS key the target is encrypted under (id, alias or ARN).
     pub key: String,
-    /// The database replicated.
+    /// The database pgseal connects to first on the source (the URL's, or `postgres`):
+    /// server-wide facts are read there. It is not the scope: see `databases`.
     pub database: String,
-    /// The tables published (`schema.table`); `None` for all tables.
+    /// The databases the user narrowed the migration to (`--database`, repeatable);
+    /// `None` for the whole instance: every database that accepts connections and is
+    /// not a template.
+    #[serde(default)]
+    pub databases: Option<Vec<String>>,
+    /// The tables published (`schema.table`) in the one database of a narrowed scope;
+    /// `None` for all tables.
     pub tables: Option<Vec<String>>,
     /// The user allows a restart of the source to set `wal_level`.
     pub allow_restart: bool,
@@ -146,6 +153,10 @@ pub struct MigrationSpec {
     pub long_transaction_seconds: i64,
     /// WAL the slot may hold on the source before `status` aborts the migration.
     pub max_slot_retention: Option<u64>,
+    /// How long creating a slot may wait for running transactions before `start` gives
+    /// up and removes what it made.
+    #[serde(default = "default_slot_wait")]
+    pub slot_wait_seconds: u64,
     /// Platform settings that hold for the migration's whole life, as `key → value`
     /// (for AWS: `region`, `endpoint_url`, `connect_via.NAME`, `peer_via.NAME`); empty
     /// for the local platform. Never a secret.
@@ -153,11 +164,14 @@ pub struct MigrationSpec {
     pub platform: std::collections::BTreeMap<String, String>,
 }
 
+/// The default `--slot-wait`: three minutes.
+pub const DEFAULT_SLOT_WAIT_SECONDS: u64 = 180;
+
+fn default_slot_wait() -> u64 {
+    DEFAULT_SLOT_WAIT_SECONDS
+}
+
 impl MigrationSpec {
-    /// The slot, publication and subscription name.
-    pub fn replication_name(&self) -> String {
-        crate::preflight::replication_name(&self.name)
-    }
 
     /// The source's URL when it is a server outside the platform (`postgres://...`, no
     /// password: that comes from `PGPASSWORD` at each run and is never journaled).
@@ -224,14 +238,22 @@ impl StepRun {
     }
 }
 
-/// Something a migration created (or was about to create) that `abort` must remove.
+/// Something a migration created (or was about to create) that `abort` must remove, or
+/// a fact about the switch (`fence`, `switched`, `renamed`) that recovery reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resource {
-    /// `slot`, `publication`, `replica_identity`, `snapshot` or `instance`.
+    /// `slot`, `publication`, `replica_identity`, `snapshot`, `instance`, `fence`, ...
     pub kind: String,
+    /// The database it lives in, for objects of one database (publications, slots,
+    /// subscriptions, replica identities, fences); [`INSTANCE`] for the others.
+    pub database: String,
     /// Its name (`schema.table` for a replica identity change).
     pub name: String,
 }
+
+/// The `database` of a resource that belongs to no single database (a snapshot, an
+/// instance, a switch).
+pub const INSTANCE: &str = "";
 
 /// The journal database.
 #[derive(Debug)]
@@ -277,11 +299,23 @@ CREATE INDEX IF NOT EXISTS step_run_by_migration ON step_run (migration, step);
 CREATE TABLE IF NOT EXISTS resource (
     migration TEXT NOT NULL REFERENCES migration(name),
     kind      TEXT NOT NULL,
+    database  TEXT NOT NULL DEFAULT '',
     name      TEXT NOT NULL,
     added_ms  INTEGER NOT NULL,
-    PRIMARY KEY (migration, kind, name)
+    PRIMARY KEY (migration, kind, database, name)
+);
+CREATE TABLE IF NOT EXISTS stream (
+    migration TEXT NOT NULL REFERENCES migration(name),
+    position  INTEGER NOT NULL,
+    database  TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    PRIMARY KEY (migration, database)
 );
 ";
+
+/// The journal's layout version (`PRAGMA user_version`): 0 had one database a migration
+/// and resources without a database; 1 has streams.
+const VERSION: i64 = 1;
 
 impl Journal {
     /// Opens (creating if needed) the journal at `PGSEAL_HOME/journal.sqlite`.
@@ -302,8 +336,86 @@ impl Journal {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )
         .map_err(wrap)?;
-        conn.execute_batch(SCHEMA).map_err(wrap)?;
-        Ok(Journal { conn, path })
+        let journal = Journal { conn, path };
+        journal.upgrade()?;
+        journal.conn.execute_batch(SCHEMA).map_err(journal.wrap())?;
+        journal
+            .conn
+            .pragma_update(None, "user_version", VERSION)
+            .map_err(journal.wrap())?;
+        Ok(journal)
+    }
+
+    /// Brings a journal written by an earlier pgseal (version 0: one database a
+    /// migration) to the stream layout, in one transaction: each migration's database
+    /// becomes its one stream (under the name it had), its scope is narrowed to it, and
+    /// its resources are placed in that database.
+    fn upgrade(&self) -> Result<(), JournalError> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(self.wrap())?;
+        let columns = |table: &str| -> Result<Vec<String>, rusqlite::Error> {
+            self.conn
+                .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        };
+        let resource_columns = columns("resource").map_err(self.wrap())?;
+        let old_resources =
+            !resource_columns.is_empty() && !resource_columns.iter().any(|c| c == "database");
+        if version >= VERSION || !old_resources {
+            return Ok(());
+        }
+        let per_database = "('slot', 'publication', 'replica_identity', 'fence', 'target_fence', \
+             'reverse_subscription', 'reverse_slot', 'reverse_publication')";
+        let specs: Vec<(String, String)> = self
+            .conn
+            .prepare("SELECT name, spec FROM migration")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(self.wrap())?;
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(self.wrap())?;
+        let result = (|| {
+            self.conn.execute_batch(&format!(
+                "ALTER TABLE resource RENAME TO resource_v0; {SCHEMA} \
+                 INSERT INTO resource (migration, kind, database, name, added_ms) \
+                   SELECT r.migration, r.kind, \
+                          CASE WHEN r.kind IN {per_database} \
+                               THEN coalesce(json_extract(m.spec, '$.database'), '') ELSE '' END, \
+                          r.name, r.added_ms \
+                   FROM resource_v0 r JOIN migration m ON m.name = r.migration; \
+                 DROP TABLE resource_v0;"
+            ))?;
+            for (name, spec) in &specs {
+                let mut value: serde_json::Value =
+                    serde_json::from_str(spec).unwrap_or(serde_json::Value::Null);
+                let Some(database) = value["database"].as_str().map(str::to_string) else {
+                    continue;
+                };
+                value["databases"] = serde_json::json!([database]);
+                self.conn.execute(
+                    "UPDATE migration SET spec = ?2 WHERE name = ?1",
+                    params![name, value.to_string()],
+                )?;
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO stream (migration, position, database, name) VALUES (?1, 0, ?2, ?3)",
+                    params![name, database, crate::stream::legacy_name(name)],
+                )?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => self.conn.execute_batch("COMMIT").map_err(self.wrap()),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(self.wrap()(e))
+            }
+        }
     }
 
     /// The journal's file.
@@ -352,6 +464,10 @@ impl Journal {
         let result = self
             .conn
             .execute("DELETE FROM step_run WHERE migration = ?1", params![name])
+            .and_then(|_| {
+                self.conn
+                    .execute("DELETE FROM stream WHERE migration = ?1", params![name])
+            })
             .and_then(|_| {
                 self.conn
                     .execute("DELETE FROM migration WHERE name = ?1", params![name])
@@ -545,12 +661,19 @@ impl Journal {
             .and_then(|r| r.outputs))
     }
 
-    /// Records a resource before it is created.
-    pub fn add_resource(&self, name: &str, kind: &str, resource: &str) -> Result<(), JournalError> {
+    /// Records a resource of database `database` ([`INSTANCE`] for none) before it is
+    /// created.
+    pub fn add_resource(
+        &self,
+        name: &str,
+        kind: &str,
+        database: &str,
+        resource: &str,
+    ) -> Result<(), JournalError> {
         self.conn
             .execute(
-                "INSERT OR IGNORE INTO resource (migration, kind, name, added_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![name, kind, resource, now_ms()],
+                "INSERT OR IGNORE INTO resource (migration, kind, database, name, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, kind, database, resource, now_ms()],
             )
             .map_err(self.wrap())?;
         Ok(())
@@ -561,28 +684,87 @@ impl Journal {
         &self,
         name: &str,
         kind: &str,
+        database: &str,
         resource: &str,
     ) -> Result<(), JournalError> {
         self.conn
             .execute(
-                "DELETE FROM resource WHERE migration = ?1 AND kind = ?2 AND name = ?3",
-                params![name, kind, resource],
+                "DELETE FROM resource WHERE migration = ?1 AND kind = ?2 AND database = ?3 AND name = ?4",
+                params![name, kind, database, resource],
             )
             .map_err(self.wrap())?;
         Ok(())
+    }
+
+    /// True when a resource of `kind` is on record (in any database).
+    pub fn has_resource(&self, name: &str, kind: &str) -> Result<bool, JournalError> {
+        Ok(self.resources(name)?.iter().any(|r| r.kind == kind))
+    }
+
+    /// Records a migration's streams, once: a later call keeps what is recorded (the
+    /// scope is fixed when the source is first prepared). Returns the recorded streams.
+    pub fn record_streams(
+        &self,
+        name: &str,
+        streams: &[crate::stream::Stream],
+    ) -> Result<Vec<crate::stream::Stream>, JournalError> {
+        let existing = self.streams(name)?;
+        if !existing.is_empty() {
+            return Ok(existing);
+        }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(self.wrap())?;
+        let result = streams.iter().enumerate().try_for_each(|(i, s)| {
+            self.conn
+                .execute(
+                    "INSERT INTO stream (migration, position, database, name) VALUES (?1, ?2, ?3, ?4)",
+                    params![name, i as i64, s.database, s.name],
+                )
+                .map(|_| ())
+        });
+        match result {
+            Ok(()) => self.conn.execute_batch("COMMIT").map_err(self.wrap())?,
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(self.wrap()(e));
+            }
+        }
+        self.streams(name)
+    }
+
+    /// A migration's streams, in the order they were recorded (empty before the source
+    /// was prepared).
+    pub fn streams(&self, name: &str) -> Result<Vec<crate::stream::Stream>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT database, name FROM stream WHERE migration = ?1 ORDER BY position")
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params![name], |r| {
+                Ok(crate::stream::Stream {
+                    database: r.get(0)?,
+                    name: r.get(1)?,
+                })
+            })
+            .map_err(self.wrap())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.wrap())?;
+        Ok(rows)
     }
 
     /// The resources a migration recorded, newest first.
     pub fn resources(&self, name: &str) -> Result<Vec<Resource>, JournalError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT kind, name FROM resource WHERE migration = ?1 ORDER BY added_ms DESC, rowid DESC")
+            .prepare("SELECT kind, database, name FROM resource WHERE migration = ?1 ORDER BY added_ms DESC, rowid DESC")
             .map_err(self.wrap())?;
         let rows = stmt
             .query_map(params![name], |r| {
                 Ok(Resource {
                     kind: r.get(0)?,
-                    name: r.get(1)?,
+                    database: r.get(1)?,
+                    name: r.get(2)?,
                 })
             })
             .map_err(self.wrap())?
@@ -639,13 +821,91 @@ mod tests {
             target_port: None,
             key: "pgseal/default".into(),
             database: "postgres".into(),
+            databases: None,
             tables: None,
             allow_restart: false,
             replica_identity_full: false,
             long_transaction_seconds: 60,
             max_slot_retention: None,
+            slot_wait_seconds: DEFAULT_SLOT_WAIT_SECONDS,
             platform: Default::default(),
         }
+    }
+
+    #[test]
+    fn streams_are_recorded_once_in_order() {
+        use crate::stream::Stream;
+        let home = tempfile::tempdir().unwrap();
+        let j = Journal::open(home.path()).unwrap();
+        j.create(&spec("m1")).unwrap();
+        assert!(j.streams("m1").unwrap().is_empty());
+        let made = |db: &str| Stream {
+            database: db.into(),
+            name: format!("pgseal_m1_{db}"),
+        };
+        let first = j
+            .record_streams("m1", &[made("postgres"), made("billing")])
+            .unwrap();
+        assert_eq!(first, [made("postgres"), made("billing")]);
+        // A second call (a resumed prepare_source) keeps the scope it first recorded.
+        let again = j.record_streams("m1", &[made("other")]).unwrap();
+        assert_eq!(again, first);
+    }
+
+    #[test]
+    fn a_version_0_journal_is_upgraded_to_one_stream_with_its_resources_in_place() {
+        let home = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(home.path().join("journal.sqlite")).unwrap();
+            let mut old = serde_json::to_value(spec("m1")).unwrap();
+            let fields = old.as_object_mut().unwrap();
+            fields.remove("databases");
+            fields.remove("slot_wait_seconds");
+            fields.insert("database".into(), "app".into());
+            conn.execute_batch(
+                "CREATE TABLE migration (name TEXT PRIMARY KEY, spec TEXT NOT NULL, phase TEXT NOT NULL, \
+                   error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL); \
+                 CREATE TABLE resource (migration TEXT NOT NULL REFERENCES migration(name), kind TEXT NOT NULL, \
+                   name TEXT NOT NULL, added_ms INTEGER NOT NULL, PRIMARY KEY (migration, kind, name));",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO migration VALUES ('m1', ?1, 'replicating', NULL, 1, 1)",
+                [old.to_string()],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO resource VALUES ('m1', 'slot', 'pgseal_m1', 2); \
+                 INSERT INTO resource VALUES ('m1', 'snapshot', 'pgseal-m1', 3);",
+            )
+            .unwrap();
+        }
+        let j = Journal::open(home.path()).unwrap();
+        let m = j.migration("m1").unwrap();
+        assert_eq!(m.spec.databases, Some(vec!["app".to_string()]));
+        assert_eq!(m.spec.slot_wait_seconds, DEFAULT_SLOT_WAIT_SECONDS);
+        assert_eq!(
+            j.streams("m1").unwrap(),
+            [crate::stream::Stream {
+                database: "app".into(),
+                name: "pgseal_m1".into()
+            }]
+        );
+        let resources = j.resources("m1").unwrap();
+        assert!(resources.contains(&Resource {
+            kind: "slot".into(),
+            database: "app".into(),
+            name: "pgseal_m1".into()
+        }));
+        assert!(resources.contains(&Resource {
+            kind: "snapshot".into(),
+            database: INSTANCE.into(),
+            name: "pgseal-m1".into()
+        }));
+        // Opening it again changes nothing.
+        drop(j);
+        let j = Journal::open(home.path()).unwrap();
+        assert_eq!(j.resources("m1").unwrap().len(), 2);
     }
 
     #[test]
@@ -664,9 +924,9 @@ mod tests {
             let run = j.step_started("m1", Step::PrepareSource).unwrap();
             j.step_failed(run, "boom").unwrap();
             j.step_started("m1", Step::PrepareSource).unwrap();
-            j.add_resource("m1", "slot", "pgseal_m1").unwrap();
-            j.add_resource("m1", "publication", "pgseal_m1").unwrap();
-            j.add_resource("m1", "slot", "pgseal_m1").unwrap();
+            j.add_resource("m1", "slot", "app", "pgseal_m1").unwrap();
+            j.add_resource("m1", "publication", "app", "pgseal_m1").unwrap();
+            j.add_resource("m1", "slot", "app", "pgseal_m1").unwrap();
             j.set_phase("m1", Phase::Failed, Some("boom")).unwrap();
         }
         let j = Journal::open(home.path()).unwrap();
@@ -695,7 +955,7 @@ mod tests {
             .map(|r| r.kind)
             .collect();
         assert_eq!(kinds.len(), 2);
-        j.remove_resource("m1", "slot", "pgseal_m1").unwrap();
+        j.remove_resource("m1", "slot", "app", "pgseal_m1").unwrap();
         assert_eq!(j.resources("m1").unwrap().len(), 1);
         assert!(matches!(
             j.migration("nope").unwrap_err(),

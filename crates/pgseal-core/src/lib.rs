@@ -8,6 +8,7 @@
 //! - [`cutover`]: fence, drain, sequences, switch; lifted again on any failure.
 //! - [`validate`]: chunked, server-side row-hash comparison of source and target.
 //! - [`abort`]: removes everything a migration created.
+//! - [`stream`]: the per-database replication streams a migration owns.
 
 pub mod abort;
 pub mod cutover;
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod journal;
 pub mod preflight;
 pub mod status;
+pub mod stream;
 pub mod steps;
 pub mod validate;
 

@@ -5,6 +5,8 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::stream::{self, DatabaseInfo, Stream};
+
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -47,6 +49,27 @@ pub struct PreflightInput {
     pub key_problem: Option<String>,
     /// A problem with the target found by the caller (its name is taken, ...).
     pub target_problem: Option<String>,
+    /// The databases the user narrowed the scope to (`--database`); `None`: all.
+    pub databases: Option<Vec<String>>,
+    /// The tables the user narrowed the one database to (`--tables`); `None`: all.
+    pub tables: Option<Vec<String>>,
+}
+
+/// One database of the source, as the scope sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseScope {
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: i64,
+    /// Tables in it (ordinary and partitioned, outside the system schemas); 0 when it is
+    /// not carried (not read).
+    pub tables: u64,
+    /// True when the migration replicates it.
+    pub carried: bool,
+    /// What is in it that replication does not carry (unlogged tables, large objects,
+    /// tables outside `--tables`).
+    pub not_carried: Vec<String>,
 }
 
 /// Everything preflight found.
@@ -56,8 +79,10 @@ pub struct PreflightReport {
     pub source_bytes: u64,
     /// The source's version.
     pub server_version: String,
-    /// Tables that will be published.
+    /// Tables that will be published, in all carried databases.
     pub tables: u64,
+    /// Every database of the source: carried or not, with sizes and table counts.
+    pub databases: Vec<DatabaseScope>,
     /// The findings, blockers first.
     pub findings: Vec<Finding>,
 }
@@ -120,12 +145,30 @@ fn list(names: &[String]) -> String {
     text
 }
 
-/// Runs every check against the source database `client` is connected to.
-pub async fn preflight(
+/// Runs every check against the source server `client` is connected to, and in each
+/// database of the scope through `connect` (a session on the named database).
+pub async fn preflight<C>(
     client: &Client,
+    connect: C,
     input: &PreflightInput,
-) -> Result<PreflightReport, tokio_postgres::Error> {
+) -> Result<PreflightReport, tokio_postgres::Error>
+where
+    C: AsyncFn(&str) -> Result<Client, String>,
+{
     let mut findings = Vec::new();
+    let all = stream::databases(client).await?;
+    let streams = match stream::plan(&input.migration, &all, input.databases.as_deref()) {
+        Ok(streams) => streams,
+        Err(why) => {
+            findings.push(blocker(
+                "scope",
+                why,
+                "name databases that exist on the source and accept connections".into(),
+            ));
+            Vec::new()
+        }
+    };
+    let n = streams.len().max(1) as i64;
     let setting = |rows: &[tokio_postgres::Row], name: &str| -> String {
         rows.iter()
             .find(|r| r.get::<_, String>(0) == name)
@@ -134,7 +177,7 @@ pub async fn preflight(
     };
     let settings = client
         .query(
-            "SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders', 'server_version')",
+            "SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders', 'server_version', 'max_logical_replication_workers', 'max_worker_processes')",
             &[],
         )
         .await?;
@@ -159,7 +202,8 @@ pub async fn preflight(
         });
     }
 
-    // 2. Free slots and senders: one of each for the migration, one more for rollback.
+    // 2. Free slots and senders: one of each per database for the migration, one more per
+    //    database for rollback.
     let used = client
         .query_one(
             "SELECT (SELECT count(*) FROM pg_replication_slots), (SELECT count(*) FROM pg_stat_replication)",
@@ -171,13 +215,28 @@ pub async fn preflight(
         ("max_wal_senders", used.get::<_, i64>(1)),
     ] {
         let max: i64 = setting(&settings, name).parse().unwrap_or(0);
-        if max - in_use < 2 {
+        if max - in_use < 2 * n {
             findings.push(blocker(
                 if name == "max_wal_senders" { "max_wal_senders" } else { "max_replication_slots" },
-                format!("{name} is {max} with {in_use} in use; the migration needs 2 free (one to migrate, one to roll back)"),
-                format!("ALTER SYSTEM SET {name} = {}; then restart the server", (in_use + 4).max(10)),
+                format!("{name} is {max} with {in_use} in use; the migration of {n} database(s) needs {} free (one per database to migrate, one per database to roll back)", 2 * n),
+                format!("ALTER SYSTEM SET {name} = {}; then restart the server", (in_use + 2 * n + 2).max(10)),
             ));
         }
+    }
+    // The target runs one apply worker per database (and the source as many at rollback);
+    // the target inherits these settings from the snapshot.
+    let workers: i64 = setting(&settings, "max_logical_replication_workers")
+        .parse()
+        .unwrap_or(0);
+    let processes: i64 = setting(&settings, "max_worker_processes")
+        .parse()
+        .unwrap_or(0);
+    if workers < n || processes < n + 1 {
+        findings.push(blocker(
+            "replication_workers",
+            format!("max_logical_replication_workers is {workers} and max_worker_processes {processes}; {n} database(s) need {n} apply workers (and one launcher)"),
+            format!("ALTER SYSTEM SET max_logical_replication_workers = {}; ALTER SYSTEM SET max_worker_processes = {}; then restart the server (the target inherits them)", n + 2, (n + 4).max(8)),
+        ));
     }
 
     // 3. Privileges.
@@ -194,68 +253,36 @@ pub async fn preflight(
         ));
     }
 
-    // 4. Tables and replica identity: UPDATE/DELETE on a published table without one fails
-    //    on the production source.
-    let tables = client
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname), c.relreplident::text, \
-                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
-                    c.relpersistence::text \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-               AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
-            &[],
-        )
-        .await?;
-    let mut no_identity = Vec::new();
-    let mut unlogged = Vec::new();
-    for t in &tables {
-        let (name, ident, has_pk, persistence): (String, String, bool, String) =
-            (t.get(0), t.get(1), t.get(2), t.get(3));
-        if persistence == "u" {
-            unlogged.push(name);
+    // 4. In each database of the scope: tables and replica identity (UPDATE/DELETE on a
+    //    published table without one fails on the production source), unlogged tables
+    //    and large objects (not replicated), name clashes.
+    let mut scope = Vec::new();
+    let mut published_tables = 0;
+    for db in &all {
+        let Some(stream) = streams.iter().find(|s| s.database == db.name) else {
+            scope.push(DatabaseScope {
+                name: db.name.clone(),
+                bytes: db.bytes,
+                tables: 0,
+                carried: false,
+                not_carried: Vec::new(),
+            });
             continue;
-        }
-        // 'd' uses the primary key; 'n' has none; 'f' full and 'i' an index are usable.
-        if ident == "n" || (ident == "d" && !has_pk) {
-            no_identity.push(name);
-        }
-    }
-    if !no_identity.is_empty() {
-        let detail = format!(
-            "{} table(s) without a primary key or replica identity: {}; once published, UPDATE and DELETE on them fail on the source",
-            no_identity.len(),
-            list(&no_identity)
-        );
-        findings.push(if input.replica_identity_full {
-            warning("replica_identity", detail, "pgseal sets REPLICA IDENTITY FULL on them (--replica-identity-full given)".into())
-        } else {
-            blocker(
-                "replica_identity",
-                detail,
-                "add primary keys, or pass --replica-identity-full to let pgseal set REPLICA IDENTITY FULL (updates then log whole rows)".into(),
-            )
-        });
-    }
-    if !unlogged.is_empty() {
-        findings.push(warning(
-            "unlogged_tables",
-            format!("{} unlogged table(s) cannot be replicated and are not migrated: {}", unlogged.len(), list(&unlogged)),
-            "ALTER TABLE ... SET LOGGED before the migration, or recreate their contents on the target".into(),
-        ));
-    }
-
-    // 5. Large objects are not replicated.
-    let large_objects: i64 = client
-        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
-        .await?
-        .get(0);
-    if large_objects > 0 {
-        findings.push(warning(
-            "large_objects",
-            format!("{large_objects} large object(s) are in the snapshot but later changes to them are not replicated"),
-            "avoid changing large objects during the migration, or move them to bytea columns".into(),
-        ));
+        };
+        let session = match connect(&db.name).await {
+            Ok(session) => session,
+            Err(why) => {
+                findings.push(blocker(
+                    "database_unreachable",
+                    format!("database {} cannot be reached: {why}", db.name),
+                    "grant the migration's role CONNECT on it, or leave it out of the scope with --database".into(),
+                ));
+                continue;
+            }
+        };
+        let (entry, count) = database_checks(&session, db, stream, input, &mut findings).await?;
+        published_tables += count;
+        scope.push(entry);
     }
 
     // 6. Long transactions hold up slot creation (it waits for running transactions).
@@ -286,24 +313,46 @@ pub async fn preflight(
         ));
     }
 
-    // 7. Name clashes.
-    let name = replication_name(&input.migration);
-    let clash = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
-                    EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1), \
-                    EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)",
-            &[&name],
+    // 6b. Prepared transactions: creating a slot waits for them too, and a fenced database
+    //     cannot commit them.
+    let prepared = client
+        .query(
+            "SELECT gid, database::text, extract(epoch FROM now() - prepared)::bigint \
+             FROM pg_prepared_xacts ORDER BY prepared",
+            &[],
         )
         .await?;
-    for (i, kind) in ["replication slot", "publication", "subscription"]
-        .iter()
-        .enumerate()
-    {
-        if clash.get::<_, bool>(i) {
+    if !prepared.is_empty() {
+        let items: Vec<String> = prepared
+            .iter()
+            .map(|r| {
+                format!(
+                    "gid '{}' (database {}, prepared {} s ago)",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i64>(2)
+                )
+            })
+            .collect();
+        findings.push(blocker(
+            "prepared_transactions",
+            format!("{} prepared transaction(s) wait: {}; creating the slot would wait for them", items.len(), list(&items)),
+            "finish each in its database: COMMIT PREPARED 'GID'; or ROLLBACK PREPARED 'GID';".into(),
+        ));
+    }
+
+    // 7. Slot names are server-wide.
+    for stream in &streams {
+        let clash = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&stream.name],
+            )
+            .await?;
+        if clash.get::<_, bool>(0) {
             findings.push(blocker(
                 "name_clash",
-                format!("a {kind} named {name} already exists on the source"),
+                format!("a replication slot named {} already exists on the source", stream.name),
                 format!("choose another --name, or if it is left from an earlier attempt: `pgseal migrate abort {}`", input.migration),
             ));
         }
@@ -351,7 +400,130 @@ pub async fn preflight(
     Ok(PreflightReport {
         source_bytes,
         server_version,
-        tables: tables.len() as u64,
+        tables: published_tables,
+        databases: scope,
         findings,
     })
+}
+
+/// The checks of one database of the scope; returns its scope entry and how many tables
+/// it publishes.
+async fn database_checks(
+    client: &Client,
+    db: &DatabaseInfo,
+    stream: &Stream,
+    input: &PreflightInput,
+    findings: &mut Vec<Finding>,
+) -> Result<(DatabaseScope, u64), tokio_postgres::Error> {
+    let in_db = |what: String| format!("{}: {what}", db.name);
+    let tables = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname, c.relreplident::text, \
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+                    c.relpersistence::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+            &[],
+        )
+        .await?;
+    let wanted = |name: &str| {
+        input.tables.as_ref().is_none_or(|list| {
+            list.iter().any(|w| {
+                pgseal_pg::replication::qualified(w) == pgseal_pg::replication::qualified(name)
+            })
+        })
+    };
+    let mut no_identity = Vec::new();
+    let mut unlogged = Vec::new();
+    let mut outside = Vec::new();
+    let mut published = 0;
+    for t in &tables {
+        let (name, ident, has_pk, persistence): (String, String, bool, String) =
+            (t.get(0), t.get(1), t.get(2), t.get(3));
+        if persistence == "u" {
+            unlogged.push(name);
+            continue;
+        }
+        if !wanted(&name) {
+            outside.push(name);
+            continue;
+        }
+        published += 1;
+        // 'd' uses the primary key; 'n' has none; 'f' full and 'i' an index are usable.
+        if ident == "n" || (ident == "d" && !has_pk) {
+            no_identity.push(name);
+        }
+    }
+    if !no_identity.is_empty() {
+        let detail = in_db(format!(
+            "{} table(s) without a primary key or replica identity: {}; once published, UPDATE and DELETE on them fail on the source",
+            no_identity.len(),
+            list(&no_identity)
+        ));
+        findings.push(if input.replica_identity_full {
+            warning("replica_identity", detail, "pgseal sets REPLICA IDENTITY FULL on them (--replica-identity-full given)".into())
+        } else {
+            blocker(
+                "replica_identity",
+                detail,
+                "add primary keys, or pass --replica-identity-full to let pgseal set REPLICA IDENTITY FULL (updates then log whole rows)".into(),
+            )
+        });
+    }
+    let mut not_carried = Vec::new();
+    if !unlogged.is_empty() {
+        findings.push(warning(
+            "unlogged_tables",
+            in_db(format!("{} unlogged table(s) cannot be replicated and come back empty on the target: {}", unlogged.len(), list(&unlogged))),
+            format!("ALTER TABLE ... SET LOGGED before the migration, or recreate their contents on the target; cutover refuses until each is accepted with --leave-stale {}/SCHEMA.TABLE", db.name),
+        ));
+        not_carried.extend(unlogged.iter().map(|t| format!("{t} (unlogged)")));
+    }
+    if !outside.is_empty() {
+        findings.push(warning(
+            "tables_outside_scope",
+            in_db(format!("{} table(s) outside --tables are not replicated and would be stale on the target: {}", outside.len(), list(&outside))),
+            format!("add them to --tables, or accept each at cutover with --leave-stale {}/SCHEMA.TABLE", db.name),
+        ));
+        not_carried.extend(outside.iter().map(|t| format!("{t} (outside --tables)")));
+    }
+    let large_objects: i64 = client
+        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+        .await?
+        .get(0);
+    if large_objects > 0 {
+        findings.push(warning(
+            "large_objects",
+            in_db(format!("{large_objects} large object(s) are in the snapshot but later changes to them are not replicated")),
+            "avoid changing large objects during the migration, or move them to bytea columns".into(),
+        ));
+        not_carried.push(format!("{large_objects} large object(s) (changes after the snapshot)"));
+    }
+    let clash = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1), \
+                    EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)",
+            &[&stream.name],
+        )
+        .await?;
+    for (i, kind) in ["publication", "subscription"].iter().enumerate() {
+        if clash.get::<_, bool>(i) {
+            findings.push(blocker(
+                "name_clash",
+                in_db(format!("a {kind} named {} already exists", stream.name)),
+                format!("choose another --name, or if it is left from an earlier attempt: `pgseal migrate abort {}`", input.migration),
+            ));
+        }
+    }
+    Ok((
+        DatabaseScope {
+            name: db.name.clone(),
+            bytes: db.bytes,
+            tables: published,
+            carried: true,
+            not_carried,
+        },
+        published,
+    ))
 }

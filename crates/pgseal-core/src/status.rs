@@ -9,6 +9,9 @@
 //! it. Seconds come from `pg_stat_replication.replay_lag` of the subscription's walsender.
 //! **Retention** is what the slot holds back on the source: `pg_current_wal_lsn()` minus
 //! its `restart_lsn`.
+//!
+//! Each is read per stream (per database); the totals are the largest lag (the target is
+//! as far behind as its slowest database) and the WAL held by the oldest slot.
 
 use pgseal_pg::Lsn;
 use pgseal_pg::replication::{self, SlotState, SubscriptionState};
@@ -20,19 +23,37 @@ use crate::engine::{EngineError, connect_source, connect_source_db, connect_to};
 use crate::journal::{Journal, MigrationRecord, Phase, StepRun};
 use crate::steps::Step;
 
-/// Replication as both sides see it.
+/// One stream (one database) as both sides see it.
 #[derive(Debug, Clone, Serialize)]
-pub struct ReplicationStatus {
-    /// The source's current WAL position.
-    pub source_lsn: Lsn,
+pub struct StreamStatus {
+    /// The database.
+    pub database: String,
+    /// The stream's publication, slot and subscription name.
+    pub name: String,
     /// The slot on the source, if it exists.
     pub slot: Option<SlotState>,
     /// The subscription on the target, if it exists.
     pub subscription: Option<SubscriptionState>,
-    /// Bytes of source WAL not yet confirmed applied by the target.
+    /// Bytes of source WAL not yet confirmed applied by the target for this database.
     pub lag_bytes: Option<u64>,
     /// The walsender's `replay_lag`, in seconds (absent when idle).
     pub lag_seconds: Option<f64>,
+    /// The schemas of its published tables on both sides (while the source is open).
+    pub schema: Option<SchemaStatus>,
+}
+
+/// Replication as both sides see it: every stream, and the totals.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicationStatus {
+    /// The source's current WAL position.
+    pub source_lsn: Lsn,
+    /// The largest lag of any stream (the target is as far behind as its slowest
+    /// database); absent when a slot is missing.
+    pub lag_bytes: Option<u64>,
+    /// WAL the slots hold on the source in all (the oldest `restart_lsn` decides).
+    pub retained_bytes: Option<i64>,
+    /// Per database.
+    pub streams: Vec<StreamStatus>,
 }
 
 /// The schemas of the published tables on both sides.
@@ -67,10 +88,8 @@ pub struct MigrationStatus {
     pub steps: Vec<StepRun>,
     /// The handoff LSN, once the target exists.
     pub handoff: Option<Handoff>,
-    /// Replication, once the slot exists (absent when the servers were not reached).
+    /// Replication per database and in total, once the slots exist.
     pub replication: Option<ReplicationStatus>,
-    /// Schema comparison, once the target exists.
-    pub schema: Option<SchemaStatus>,
     /// The retention verdict.
     pub retention: Retention,
     /// The last validation's summary (`clean`, `rows`, `mismatched_rows`, `seconds`), if any.
@@ -105,136 +124,129 @@ pub async fn status<P: Platform>(
     let live = !matches!(migration.phase, Phase::Aborted | Phase::CleanedUp);
     let source_prepared = journal.outputs(name, Step::PrepareSource)?.is_some();
     let target_made = handoff.is_some();
-    let rep_name = spec.replication_name();
+    let streams = journal.streams(name)?;
 
     let mut replication_status = None;
-    let mut schema_status = None;
     if live && source_prepared {
-        // Once fenced, the source database refuses connections: read the server-wide
-        // facts (WAL position, slot) from another database, and skip the schema.
+        // Once fenced, the source's databases refuse connections: read the server-wide
+        // facts (WAL position, slots) from another database, and skip the schemas.
         let fenced = matches!(migration.phase, Phase::CutOver | Phase::CuttingOver);
         let rolled_back = migration.phase == Phase::RolledBack;
         let source = if fenced {
-            let other = crate::engine::other_database(&spec.database);
-            connect_source_db(platform, &spec, other).await?
+            let fenced_dbs: Vec<&str> = streams.iter().map(|s| s.database.as_str()).collect();
+            connect_source_db(platform, &spec, crate::engine::admin_database(&fenced_dbs))
+                .await?
         } else {
             connect_source(platform, &spec).await?
         };
-        let sql = |what: &str| {
-            let what = what.to_string();
-            move |source| EngineError::Sql {
-                role: "source",
-                what,
-                source,
-            }
-        };
         let source_lsn = replication::current_wal_lsn(&source)
             .await
-            .map_err(sql("reading the WAL position"))?;
-        let slot = replication::slot(&source, &rep_name)
-            .await
-            .map_err(sql("reading the slot"))?;
-        let lag_seconds: Option<f64> = source
-            .query_opt(
-                "SELECT EXTRACT(epoch FROM replay_lag)::float8 FROM pg_stat_replication WHERE application_name = $1",
-                &[&rep_name],
-            )
-            .await
-            .map_err(sql("reading pg_stat_replication"))?
-            .and_then(|r| r.get(0));
-        let mut subscription = None;
-        if target_made && !rolled_back {
-            match connect_to(platform, &spec.target, &spec.database, "target").await {
-                Ok(target) => {
-                    subscription = replication::subscription(&target, &rep_name)
-                        .await
-                        .map_err(|source| EngineError::Sql {
-                            role: "target",
-                            what: "reading the subscription".into(),
-                            source,
-                        })?;
-                    if !fenced {
-                        let tables = replication::published_tables(&source, &rep_name)
+            .map_err(sql("source", "reading the WAL position"))?;
+        let mut per_stream = Vec::new();
+        for s in &streams {
+            let slot = replication::slot(&source, &s.name)
+                .await
+                .map_err(sql("source", "reading the slot"))?;
+            let lag_seconds: Option<f64> = source
+                .query_opt(
+                    "SELECT EXTRACT(epoch FROM replay_lag)::float8 FROM pg_stat_replication WHERE application_name = $1",
+                    &[&s.name],
+                )
+                .await
+                .map_err(sql("source", "reading pg_stat_replication"))?
+                .and_then(|r| r.get(0));
+            let mut subscription = None;
+            let mut schema_status = None;
+            if target_made && !rolled_back {
+                match connect_to(platform, &spec.target, &s.database, "target").await {
+                    Ok(target) => {
+                        subscription = replication::subscription(&target, &s.name)
                             .await
-                            .map_err(sql("listing published tables"))?;
-                        let src_cols = schema::columns(&source, &tables)
-                            .await
-                            .map_err(sql("reading the schema"))?;
-                        let dst_cols =
-                            schema::columns(&target, &tables).await.map_err(|source| {
-                                EngineError::Sql {
-                                    role: "target",
-                                    what: "reading the schema".into(),
-                                    source,
-                                }
-                            })?;
-                        schema_status = Some(SchemaStatus {
-                            source_fingerprint: schema::fingerprint(&src_cols),
-                            target_fingerprint: schema::fingerprint(&dst_cols),
-                            drift: schema::drift(&src_cols, &dst_cols),
-                        });
+                            .map_err(sql("target", "reading the subscription"))?;
+                        if !fenced {
+                            let db_source =
+                                connect_source_db(platform, &spec, &s.database).await?;
+                            schema_status = Some(schema_of(&db_source, &target, &s.name).await?);
+                        }
                     }
+                    Err(e) => warnings.push(format!("target ({}) not reachable: {e}", s.database)),
                 }
-                Err(e) => warnings.push(format!("target not reachable: {e}")),
             }
+            let lag_bytes = slot
+                .as_ref()
+                .and_then(|s| s.confirmed_flush_lsn)
+                .map(|c| source_lsn.0.saturating_sub(c.0));
+            per_stream.push(StreamStatus {
+                database: s.database.clone(),
+                name: s.name.clone(),
+                slot,
+                subscription,
+                lag_bytes,
+                lag_seconds,
+                schema: schema_status,
+            });
         }
-        let lag_bytes = slot
-            .as_ref()
-            .and_then(|s| s.confirmed_flush_lsn)
-            .map(|c| source_lsn.0.saturating_sub(c.0));
+        let lag_bytes = per_stream
+            .iter()
+            .map(|s| s.lag_bytes)
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|lags| lags.into_iter().max());
+        let retained_bytes = per_stream
+            .iter()
+            .filter_map(|s| s.slot.as_ref().and_then(|slot| slot.retained_bytes))
+            .max();
         replication_status = Some(ReplicationStatus {
             source_lsn,
-            slot,
-            subscription,
             lag_bytes,
-            lag_seconds,
+            retained_bytes,
+            streams: per_stream,
         });
     }
 
     let limit = max_slot_retention.or(spec.max_slot_retention);
     let retained = replication_status
         .as_ref()
-        .and_then(|r| r.slot.as_ref())
-        .and_then(|s| s.retained_bytes);
+        .and_then(|r| r.retained_bytes);
     let verdict = retention(retained, limit);
     if let (Some(r), Some(l)) = (retained, limit)
         && verdict != Retention::Ok
     {
         warnings.push(format!(
-            "slot {rep_name} holds {} MiB of WAL on the source (limit {} MiB)",
+            "the migration's slots hold {} MiB of WAL on the source (limit {} MiB)",
             r >> 20,
             l >> 20
         ));
     }
-    if let Some(rep) = &replication_status {
-        match &rep.slot {
-            None if source_prepared => warnings.push(format!(
-                "slot {rep_name} is missing on the source: replication cannot continue; abort this migration"
+    for st in replication_status.iter().flat_map(|r| &r.streams) {
+        let (db, slot_name) = (&st.database, &st.name);
+        match &st.slot {
+            None => warnings.push(format!(
+                "slot {slot_name} ({db}) is missing on the source: replication cannot continue; abort this migration"
             )),
             Some(s) if s.wal_status.as_deref() == Some("lost") => warnings.push(format!(
-                "slot {rep_name} lost WAL it needed (max_slot_wal_keep_size?): abort this migration"
+                "slot {slot_name} ({db}) lost WAL it needed (max_slot_wal_keep_size?): abort this migration"
             )),
             _ => {}
         }
-        if let Some(sub) = &rep.subscription {
+        if let Some(sub) = &st.subscription {
             if sub.apply_errors > 0 {
                 warnings.push(format!(
-                    "the apply worker failed {} time(s) (pg_stat_subscription_stats); the target's server log has the error",
+                    "the apply worker of {db} failed {} time(s) (pg_stat_subscription_stats); the target's server log has the error",
                     sub.apply_errors
                 ));
             }
             if sub.enabled && sub.worker_pid.is_none() {
-                warnings.push("the subscription is enabled but no apply worker runs (it restarts after an error every wal_retrieve_retry_interval)".into());
+                warnings.push(format!("the subscription of {db} is enabled but no apply worker runs (it restarts after an error every wal_retrieve_retry_interval)"));
             }
         }
-    }
-    if let Some(schema) = &schema_status
-        && !schema.drift.is_empty()
-    {
-        warnings.push(format!(
-            "schema drift: {} difference(s) between source and target; DDL is not replicated, run the statements shown on the target",
-            schema.drift.len()
-        ));
+        if let Some(schema) = &st.schema
+            && !schema.drift.is_empty()
+        {
+            warnings.push(format!(
+                "schema drift in {db}: {} difference(s) between source and target; DDL is not replicated, run the statements shown on the target",
+                schema.drift.len()
+            ));
+        }
     }
     let last_validation = journal.outputs(name, Step::Validate)?.map(|v| {
         serde_json::json!({
@@ -256,9 +268,35 @@ pub async fn status<P: Platform>(
         steps,
         handoff,
         replication: replication_status,
-        schema: schema_status,
         retention: verdict,
         warnings,
+    })
+}
+
+fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
+    let what = what.to_string();
+    move |source| EngineError::Sql { role, what, source }
+}
+
+/// The schemas of publication `publication`'s tables on both sides.
+async fn schema_of(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    publication: &str,
+) -> Result<SchemaStatus, EngineError> {
+    let tables = replication::published_tables(source, publication)
+        .await
+        .map_err(sql("source", "listing published tables"))?;
+    let src_cols = schema::columns(source, &tables)
+        .await
+        .map_err(sql("source", "reading the schema"))?;
+    let dst_cols = schema::columns(target, &tables)
+        .await
+        .map_err(sql("target", "reading the schema"))?;
+    Ok(SchemaStatus {
+        source_fingerprint: schema::fingerprint(&src_cols),
+        target_fingerprint: schema::fingerprint(&dst_cols),
+        drift: schema::drift(&src_cols, &dst_cols),
     })
 }
 

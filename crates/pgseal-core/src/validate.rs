@@ -28,7 +28,7 @@ use pgseal_platform::Platform;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::engine::{EngineError, connect_source, connect_to};
+use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
 use crate::journal::Journal;
 use crate::steps::Step;
 
@@ -102,6 +102,8 @@ pub struct RowDetail {
 /// One table's result.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct TableReport {
+    /// Its database.
+    pub database: String,
     /// `schema.table`.
     pub table: String,
     /// Its state.
@@ -141,9 +143,9 @@ pub struct ValidationReport {
     pub seconds: f64,
     /// True when every table is validated (or, without a key, equal as a multiset).
     pub clean: bool,
-    /// The target's change log position when this pass began: the cutover's final check
-    /// re-verifies only rows changed after it.
-    pub horizon: i64,
+    /// Per database, the target's change log position when this pass began: the
+    /// cutover's final check re-verifies only rows changed after it.
+    pub horizons: std::collections::BTreeMap<String, i64>,
 }
 
 fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
@@ -791,8 +793,9 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
     Ok(report)
 }
 
-/// Validates migration `name`'s published tables (or `tables`), records the result in the
-/// journal (step `validate`), and returns it.
+/// Validates migration `name`'s published tables in every database of its scope (or
+/// only `tables`, as `schema.table` in every database or `database/schema.table`),
+/// records the result in the journal (step `validate`), and returns it.
 pub async fn validate<P: Platform>(
     platform: &P,
     journal: &Journal,
@@ -801,54 +804,67 @@ pub async fn validate<P: Platform>(
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<ValidationReport, EngineError> {
     let spec = journal.migration(name)?.spec;
-    let source = connect_source(platform, &spec).await?;
-    let target = connect_to(platform, &spec.target, &spec.database, "target").await?;
-    for (client, role) in [(&source, "source"), (&target, "target")] {
-        client
-            .batch_execute(SESSION)
-            .await
-            .map_err(sql(role, "setting the session"))?;
-    }
-    let listed = match tables {
-        Some(t) => t.to_vec(),
-        None => replication::published_tables(&source, &spec.replication_name())
-            .await
-            .map_err(sql("source", "listing published tables"))?,
-    };
-    let horizon = install_change_log(&target, &listed).await?;
+    let streams = streams_of(journal, name)?;
     let run = journal.step_started(name, Step::Validate)?;
-    let sides = Sides {
-        source: &source,
-        target: &target,
-        slot: spec.replication_name(),
-        progress,
-    };
     let started = Instant::now();
     let mut reports = Vec::new();
-    for t in &listed {
-        let estimated_rows: i64 = source
-            .query_one(
-                "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::text::regclass",
-                &[&qualified(t)],
-            )
-            .await
-            .map_err(sql("source", "reading a table's size"))?
-            .get(0);
-        progress(Progress::Table {
-            table: t,
-            estimated_rows,
-        });
-        let report = match table(&sides, t).await {
-            Ok(r) => r,
-            Err(e) => TableReport {
-                table: t.clone(),
-                state: TableState::Error,
-                error: Some(crate::engine::error_chain(&e)),
-                ..Default::default()
-            },
+    let mut horizons = std::collections::BTreeMap::new();
+    for stream in &streams {
+        let db = &stream.database;
+        let source = connect_source_db(platform, &spec, db).await?;
+        let target = connect_to(platform, &spec.target, db, "target").await?;
+        for (client, role) in [(&source, "source"), (&target, "target")] {
+            client
+                .batch_execute(SESSION)
+                .await
+                .map_err(sql(role, "setting the session"))?;
+        }
+        let listed: Vec<String> = match tables {
+            Some(t) => t
+                .iter()
+                .filter_map(|t| match t.split_once('/') {
+                    Some((d, table)) => (d == db).then(|| table.to_string()),
+                    None => Some(t.clone()),
+                })
+                .collect(),
+            None => replication::published_tables(&source, &stream.name)
+                .await
+                .map_err(sql("source", "listing published tables"))?,
         };
-        progress(Progress::Done(&report));
-        reports.push(report);
+        horizons.insert(db.clone(), install_change_log(&target, &listed).await?);
+        let sides = Sides {
+            source: &source,
+            target: &target,
+            slot: stream.name.clone(),
+            progress,
+        };
+        for t in &listed {
+            let estimated_rows: i64 = source
+                .query_one(
+                    "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::text::regclass",
+                    &[&qualified(t)],
+                )
+                .await
+                .map_err(sql("source", "reading a table's size"))?
+                .get(0);
+            let shown = format!("{db}/{t}");
+            progress(Progress::Table {
+                table: &shown,
+                estimated_rows,
+            });
+            let mut report = match table(&sides, t).await {
+                Ok(r) => r,
+                Err(e) => TableReport {
+                    table: t.clone(),
+                    state: TableState::Error,
+                    error: Some(crate::engine::error_chain(&e)),
+                    ..Default::default()
+                },
+            };
+            report.database = db.clone();
+            progress(Progress::Done(&report));
+            reports.push(report);
+        }
     }
     let report = ValidationReport {
         rows: reports.iter().map(|r| r.rows).sum(),
@@ -859,16 +875,19 @@ pub async fn validate<P: Platform>(
                 || (r.state == TableState::NoPrimaryKey && r.mismatched_rows == 0)
         }),
         tables: reports,
-        horizon,
+        horizons,
     };
     // Rows changed before this pass began were covered by it.
-    target
-        .execute(
-            &format!("DELETE FROM {CHANGE_LOG} WHERE id <= $1"),
-            &[&horizon],
-        )
-        .await
-        .map_err(sql("target", "trimming the change log"))?;
+    for stream in &streams {
+        let target = connect_to(platform, &spec.target, &stream.database, "target").await?;
+        target
+            .execute(
+                &format!("DELETE FROM {CHANGE_LOG} WHERE id <= $1"),
+                &[&report.horizons[&stream.database]],
+            )
+            .await
+            .map_err(sql("target", "trimming the change log"))?;
+    }
     journal.step_done(
         run,
         &serde_json::to_value(&report).expect("a report serialises"),
@@ -967,6 +986,8 @@ pub async fn drop_change_log(target: &Client) -> Result<(), EngineError> {
 /// What the cutover's final check found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FinalCheck {
+    /// The databases checked.
+    pub databases: Vec<String>,
     /// Rows re-verified (keys changed since the last full pass, and key-less tables).
     pub rows: i64,
     /// Rows that differ.
@@ -975,6 +996,21 @@ pub struct FinalCheck {
     pub keys: Vec<String>,
     /// Milliseconds taken.
     pub millis: u64,
+}
+
+impl FinalCheck {
+    /// Adds database `database`'s check to this one (its keys prefixed with the database).
+    pub fn add(&mut self, database: &str, check: FinalCheck) {
+        self.databases.push(database.to_string());
+        self.rows += check.rows;
+        self.mismatched_rows += check.mismatched_rows;
+        self.millis += check.millis;
+        for key in check.keys {
+            if self.keys.len() < LISTED {
+                self.keys.push(format!("{database}/{key}"));
+            }
+        }
+    }
 }
 
 /// Re-verifies only what changed on the target since the last clean full pass began

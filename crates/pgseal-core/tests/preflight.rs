@@ -15,7 +15,14 @@ fn input() -> PreflightInput {
         free_bytes: None,
         key_problem: None,
         target_problem: None,
+        databases: None,
+        tables: None,
     }
+}
+
+/// A session on each database of `db`, as the engine gives preflight.
+fn sessions(db: &TestCluster) -> impl AsyncFn(&str) -> Result<tokio_postgres::Client, String> {
+    async |name: &str| db.connect(name).await.map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,11 +35,72 @@ async fn a_clean_source_has_no_findings() {
     c.batch_execute("CREATE TABLE t (id int primary key, v text); CREATE TABLE f (v text); ALTER TABLE f REPLICA IDENTITY FULL")
         .await
         .unwrap();
-    let report = preflight(&c, &input()).await.unwrap();
+    let report = preflight(&c, sessions(&db), &input()).await.unwrap();
     assert!(report.findings.is_empty(), "{:#?}", report.findings);
     assert!(report.ready());
     assert_eq!(report.tables, 2);
     assert!(report.source_bytes > 1 << 20);
+    // The whole instance: every database that accepts connections, not the templates.
+    let carried: Vec<&str> = report
+        .databases
+        .iter()
+        .filter(|d| d.carried)
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(carried, ["postgres"]);
+    assert!(report.databases.iter().any(|d| d.name == "template1" && !d.carried));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scope_is_every_database_checked_in_each_and_narrowing_is_explicit() {
+    let db = tokio::task::spawn_blocking(TestCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let c = db.connect("postgres").await.unwrap();
+    for name in ["billing", "app"] {
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    }
+    let billing = db.connect("billing").await.unwrap();
+    billing
+        .batch_execute("CREATE TABLE invoices (id int primary key); CREATE TABLE loose (v text); CREATE UNLOGGED TABLE cache (v text)")
+        .await
+        .unwrap();
+    let report = preflight(&c, sessions(&db), &input()).await.unwrap();
+    let carried: Vec<&str> = report
+        .databases
+        .iter()
+        .filter(|d| d.carried)
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(carried, ["app", "billing", "postgres"]);
+    // A problem in a database other than the one connected to is found and named.
+    let identity = report
+        .findings
+        .iter()
+        .find(|f| f.id == "replica_identity")
+        .expect("billing's key-less table is found");
+    assert!(identity.detail.starts_with("billing: "), "{}", identity.detail);
+    assert!(identity.detail.contains("public.loose"));
+    let billing_scope = report.databases.iter().find(|d| d.name == "billing").unwrap();
+    assert_eq!(billing_scope.tables, 2);
+    assert_eq!(billing_scope.not_carried, ["public.cache (unlogged)"]);
+
+    // Narrowed: only app; billing is listed as not carried.
+    let mut narrowed = input();
+    narrowed.databases = Some(vec!["app".into()]);
+    let report = preflight(&c, sessions(&db), &narrowed).await.unwrap();
+    assert!(report.ready(), "{:#?}", report.findings);
+    let billing_scope = report.databases.iter().find(|d| d.name == "billing").unwrap();
+    assert!(!billing_scope.carried);
+    // A database that does not exist blocks, naming the ones that do.
+    narrowed.databases = Some(vec!["nope".into()]);
+    let report = preflight(&c, sessions(&db), &narrowed).await.unwrap();
+    let scope = report.findings.iter().find(|f| f.id == "scope").unwrap();
+    assert!(scope.detail.contains("app, billing, postgres"), "{}", scope.detail);
+    assert!(!report.ready());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,6 +109,7 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
         TestCluster::builder()
             .setting("wal_level", "replica")
             .setting("max_replication_slots", "2")
+            .setting("max_prepared_transactions", "2")
             .start()
     })
     .await
@@ -50,10 +119,14 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
     c.batch_execute(
         "CREATE TABLE keyed (id int primary key); CREATE TABLE loose (v text); \
          CREATE UNLOGGED TABLE scratch (v text); SELECT lo_create(0); \
-         SELECT pg_create_physical_replication_slot('pgseal_m1'); CREATE PUBLICATION pgseal_m1 FOR TABLE keyed",
+         DO $$ DECLARE n text := 'pgseal_m1_' || (SELECT oid FROM pg_database WHERE datname = 'postgres'); \
+         BEGIN PERFORM pg_create_physical_replication_slot(n); EXECUTE format('CREATE PUBLICATION %I FOR TABLE keyed', n); END $$",
     )
     .await
     .unwrap();
+    c.batch_execute("BEGIN; INSERT INTO keyed VALUES (1); PREPARE TRANSACTION 'pgseal-test-gid'")
+        .await
+        .unwrap();
     // A transaction held open past the threshold.
     let holder = db.connect("postgres").await.unwrap();
     holder
@@ -70,7 +143,7 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
     inp.free_bytes = Some(1 << 20);
     inp.key_problem = Some("KMS key k is disabled".into());
     inp.target_problem = Some("instance orders-enc already exists".into());
-    let report = preflight(&c, &inp).await.unwrap();
+    let report = preflight(&c, sessions(&db), &inp).await.unwrap();
     let ids: Vec<&str> = report.findings.iter().map(|f| f.id).collect();
     for expected in [
         "wal_level",
@@ -79,6 +152,7 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
         "unlogged_tables",
         "large_objects",
         "long_transactions",
+        "prepared_transactions",
         "name_clash",
         "disk_space",
         "key",
@@ -95,6 +169,14 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
     assert!(find("replica_identity").detail.contains("public.loose"));
     assert!(!find("replica_identity").detail.contains("keyed"));
     assert!(find("unlogged_tables").detail.contains("public.scratch"));
+    assert!(
+        find("prepared_transactions")
+            .detail
+            .contains("gid 'pgseal-test-gid' (database postgres"),
+        "{}",
+        find("prepared_transactions").detail
+    );
+    assert!(find("prepared_transactions").fix.contains("COMMIT PREPARED"));
     assert_eq!(find("unlogged_tables").severity, Severity::Warning);
     assert_eq!(
         ids.iter().filter(|i| **i == "name_clash").count(),
@@ -140,7 +222,7 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
     opted.replica_identity_full = true;
     opted.managed_source = Some("orders".into());
     opted.allow_restart = true;
-    let report = preflight(&c, &opted).await.unwrap();
+    let report = preflight(&c, sessions(&db), &opted).await.unwrap();
     let sev = |id: &str| {
         report
             .findings
@@ -151,4 +233,7 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
     assert_eq!(sev("replica_identity"), Some(Severity::Warning));
     assert_eq!(sev("wal_level"), Some(Severity::Warning));
     drop(holder);
+    c.batch_execute("ROLLBACK PREPARED 'pgseal-test-gid'")
+        .await
+        .unwrap();
 }

@@ -30,8 +30,12 @@ const RECORD_FILE: &str = "endpoint.json";
 pub struct EndpointRecord {
     /// The endpoint's name.
     pub name: String,
-    /// The instance it sends connections to.
+    /// The instance it sends connections to (every database not in `routes`).
     pub instance: String,
+    /// Databases sent to another instance than `instance` (`database -> instance`): after
+    /// a cutover, the databases outside the migration, which stay on the source.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub routes: std::collections::BTreeMap<String, String>,
     /// The port its socket is named after (`.s.PGSQL.PORT`).
     pub port: u16,
     /// When it was created (RFC 3339).
@@ -181,6 +185,7 @@ impl LocalInstances {
             let record = EndpointRecord {
                 name: name.to_string(),
                 instance: instance.to_string(),
+                routes: Default::default(),
                 port: port.unwrap_or(DEFAULT_ENDPOINT_PORT),
                 created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                     .to_string(),
@@ -211,17 +216,23 @@ impl LocalInstances {
         std::fs::remove_dir_all(&dir).map_err(io_error(format!("cannot remove {}", dir.display())))
     }
 
-    /// Points an endpoint at another instance: rewrites its configuration and has PgBouncer
-    /// reload it. New server connections go to the new instance; with the endpoint paused,
-    /// no transaction sees the change.
+    /// Points an endpoint at another instance, but for the databases in `routes`, which
+    /// go where it says: rewrites its configuration and has PgBouncer reload it. New
+    /// server connections go to the new instance; with the endpoint paused, no
+    /// transaction sees the change.
     pub async fn point_endpoint(
         &self,
         name: &str,
         instance: &str,
+        routes: std::collections::BTreeMap<String, String>,
     ) -> Result<EndpointInfo, LocalError> {
         let mut info = self.endpoint(name)?;
         self.describe(instance)?;
+        for other in routes.values() {
+            self.describe(other)?;
+        }
         info.record.instance = instance.to_string();
+        info.record.routes = routes;
         self.write_endpoint_config(&info.record)?;
         self.write_endpoint_record(&info.record)?;
         admin(&info, "RELOAD").await?;
@@ -247,9 +258,21 @@ impl LocalInstances {
             0o644,
         )
         .map_err(io_error("cannot write the endpoint's userlist"))?;
+        let mut routes = String::new();
+        for (db, instance) in &record.routes {
+            let other = self.describe(instance)?;
+            routes.push_str(&format!(
+                "{} = host={} port={} user={MASTER_USER} dbname={}\n",
+                pgbouncer_name(db),
+                other.socket_dir.display(),
+                other.port,
+                pgbouncer_name(db)
+            ));
+        }
         let config = format!(
             "; written by pgseal: edits are overwritten\n\
              [databases]\n\
+             {routes}\
              * = host={socket} port={port} user={MASTER_USER}\n\
              \n\
              [pgbouncer]\n\
@@ -315,6 +338,19 @@ impl LocalInstances {
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
+    }
+}
+
+/// A database name as PgBouncer's configuration takes it (double-quoted when it is not a
+/// plain word).
+fn pgbouncer_name(db: &str) -> String {
+    if db
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        db.to_string()
+    } else {
+        format!("\"{}\"", db.replace('"', "\"\""))
     }
 }
 

@@ -246,11 +246,13 @@ fn story(
             target_port: None,
             key: names.key_alias.clone(),
             database: "postgres".into(),
+            databases: None,
             tables: None,
             allow_restart: false,
             replica_identity_full: true,
             long_transaction_seconds: 60,
             max_slot_retention: None,
+            slot_wait_seconds: pgseal_core::journal::DEFAULT_SLOT_WAIT_SECONDS,
             platform: Default::default(),
         };
         journal.create(&spec)?;
@@ -306,6 +308,7 @@ fn story(
         let switch = EndpointSwitch {
             instances: instances.clone(),
             endpoint: names.endpoint.clone(),
+            from: names.source.clone(),
             target: names.target.clone(),
             database: "postgres".into(),
         };
@@ -318,6 +321,7 @@ fn story(
                 max_lag: 64 << 20,
                 timeout: Duration::from_secs(60),
                 dry_run: false,
+                leave_stale: Vec::new(),
             },
         ))?;
         ctx.status(format!(

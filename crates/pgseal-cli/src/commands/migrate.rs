@@ -98,6 +98,7 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             max_lag,
             timeout,
             dry_run,
+            leave_stale,
         } => cutover(
             ctx,
             name,
@@ -107,6 +108,7 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
                 max_lag: *max_lag,
                 timeout: std::time::Duration::from_secs_f64(timeout.max(1.0)),
                 dry_run: *dry_run,
+                leave_stale: leave_stale.clone(),
             },
         ),
     }
@@ -161,7 +163,7 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
                 (url_config(&args.source, "--source")?, None)
             } else {
                 let mut config = instances.describe(&args.source)?.sql_config();
-                config.dbname(&args.database);
+                config.dbname(home_database(args));
                 (config, Some(args.source.clone()))
             };
             let target = default_target(args);
@@ -190,11 +192,20 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
         free_bytes: free,
         key_problem,
         target_problem,
+        databases: (!args.databases.is_empty()).then(|| args.databases.clone()),
+        tables: None,
     };
     let report = runtime.block_on(async {
         let client = pgseal_pg::connect(&config).await?;
+        let connect = async |db: &str| {
+            let mut config = config.clone();
+            config.dbname(db);
+            pgseal_pg::connect(&config)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        };
         anyhow::Ok(
-            preflight(&client, &input)
+            preflight(&client, connect, &input)
                 .await
                 .context("preflight query failed")?,
         )
@@ -248,7 +259,16 @@ fn observer(ctx: &Context) -> impl Fn(&Event) + '_ {
         Event::AlreadyDone(step) => {
             ctx.status(format!("[{:>2}/10] {step} (done earlier)", step.number()))
         }
+        Event::Waiting { step, what } => {
+            ctx.status(format!("[{:>2}/10] {step} waits: {what}", step.number()))
+        }
     }
+}
+
+/// The database pgseal connects to first on an instance source: the first `--database`,
+/// or `postgres`.
+fn home_database(args: &MigrationArgs) -> &str {
+    args.databases.first().map_or("postgres", String::as_str)
 }
 
 /// The migration `args` describe, checked before anything is recorded.
@@ -315,7 +335,7 @@ fn spec_from_args(
             .target
             .clone()
             .unwrap_or_else(|| format!("{}-enc", aws_id(&args.source)));
-        (args.database.clone(), target)
+        (home_database(args).to_string(), target)
     } else {
         // An unknown source is bad input: refused before anything is recorded.
         LocalInstances::open(&ctx.home)?.describe(&args.source)?;
@@ -323,10 +343,15 @@ fn spec_from_args(
             &default_target(args).expect("an instance source has a default target"),
         )?;
         (
-            args.database.clone(),
+            home_database(args).to_string(),
             default_target(args).expect("an instance source has a default target"),
         )
     };
+    if tables.is_some() && args.databases.len() != 1 {
+        anyhow::bail!(LocalError::InvalidInput(
+            "--tables narrows one database: name it with exactly one --database".into()
+        ));
+    }
     let key = if aws && args.key == DEFAULT_KEY_ALIAS {
         "alias/aws/rds".to_string()
     } else {
@@ -339,11 +364,13 @@ fn spec_from_args(
         target_port,
         key,
         database,
+        databases: (!args.databases.is_empty()).then(|| args.databases.clone()),
         tables,
         allow_restart: args.allow_restart,
         replica_identity_full: args.replica_identity_full,
         long_transaction_seconds: args.long_transaction_seconds,
         max_slot_retention,
+        slot_wait_seconds: args.slot_wait,
         platform,
     })
 }
@@ -553,6 +580,7 @@ fn cutover(
             let switch = EndpointSwitch {
                 instances: instances.clone(),
                 endpoint,
+                from: spec.source.clone(),
                 target: spec.target.clone(),
                 database: spec.database.clone(),
             };
@@ -591,18 +619,36 @@ fn print_cutover(
         }
     } else {
         println!(
-            "cut over {name} to {} with {}: write pause {} ms (drained at {} after the fence at {}), {} sequence(s) set, {} source session(s) ended",
+            "cut over {name} to {} with {}: {} database(s) ({}), write pause {} ms (drained at {} after the fence's barrier at {}), {} sequence(s) set, {} source session(s) ended",
             spec.target,
             report.switch,
+            report.databases.len(),
+            report.databases.join(", "),
             report.write_pause_ms.unwrap_or(0),
             report.drained_lsn.map_or("?".into(), |l| l.to_string()),
             report.fence_lsn.map_or("?".into(), |l| l.to_string()),
             report.sequences.len(),
             report.sessions_ended
         );
+        for w in &report.workers_ended {
+            println!("the fence ended background worker {w}");
+        }
+        if !report.kept_on_source.is_empty() {
+            println!(
+                "outside the migration, still served by the source through the endpoint: {}",
+                report.kept_on_source.join(", ")
+            );
+        }
+        if !report.left_stale.is_empty() {
+            println!(
+                "left stale on the target, as accepted: {}",
+                report.left_stale.join(", ")
+            );
+        }
         println!(
             "the source {} stays fenced (no connections to {})",
-            spec.source, spec.database
+            spec.source,
+            report.databases.join(", ")
         );
     }
     Ok(exit::code(
@@ -666,7 +712,7 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
         let back = outcome == Recovered::RolledBack;
         let switch = rename_switch(ctx, aws, &spec, None, None, back)?;
         runtime
-            .block_on(switch.point_to_target())
+            .block_on(switch.point_to_target(&[]))
             .map_err(|e| anyhow::anyhow!("finishing {}: {e}", switch.describe()))?;
     }
     let mut endpoints = if matches!(platform, AnyPlatform::Local(_)) {
@@ -680,10 +726,17 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
     for e in endpoints {
         match outcome {
             Recovered::CutOver => {
-                runtime.block_on(instances.point_endpoint(&e, &spec.target))?;
+                let stay = runtime.block_on(pgseal_core::cutover::databases_outside(
+                    &platform, journal, name,
+                ))?;
+                let routes = stay
+                    .into_iter()
+                    .map(|db| (db, spec.source.clone()))
+                    .collect();
+                runtime.block_on(instances.point_endpoint(&e, &spec.target, routes))?;
             }
             Recovered::RolledBack => {
-                runtime.block_on(instances.point_endpoint(&e, &spec.source))?;
+                runtime.block_on(instances.point_endpoint(&e, &spec.source, Default::default()))?;
             }
             Recovered::BackToReplicating | Recovered::StillCutOver => {}
         }
@@ -859,6 +912,7 @@ fn rollback(
             let switch = EndpointSwitch {
                 instances: instances.clone(),
                 endpoint,
+                from: spec.target.clone(),
                 target: spec.source.clone(),
                 database: spec.database.clone(),
             };
@@ -1098,12 +1152,17 @@ fn mib(bytes: u64) -> String {
 fn render_status(s: &MigrationStatus) -> String {
     let spec = &s.migration.spec;
     let mut out = format!(
-        "migration {}: {} -> {} (key {}, database {})\nphase: {}{}\n",
+        "migration {}: {} -> {} (key {}, {})\nphase: {}{}\n",
         spec.name,
         spec.source,
         spec.target,
         spec.key,
-        spec.database,
+        spec.databases
+            .as_ref()
+            .map_or("the whole instance".to_string(), |d| format!(
+                "databases {}",
+                d.join(", ")
+            )),
         s.migration.phase.as_str(),
         s.migration
             .error
@@ -1151,59 +1210,78 @@ fn render_status(s: &MigrationStatus) -> String {
     }
     out.push_str(&render_table(&rows));
     if let Some(r) = &s.replication {
-        out.push_str("\nreplication:\n");
-        out.push_str(&format!("  source WAL position   {}\n", r.source_lsn));
-        match &r.slot {
-            Some(slot) => {
+        out.push_str(&format!(
+            "\nreplication: source WAL position {}, lag {} (slowest database), slots hold {} of WAL in all\n",
+            r.source_lsn,
+            r.lag_bytes.map_or("?".to_string(), mib),
+            r.retained_bytes
+                .map_or("?".to_string(), |b| mib(b.max(0) as u64)),
+        ));
+        let mut rows = vec![vec![
+            "DATABASE".to_string(),
+            "SLOT".into(),
+            "CONFIRMED".into(),
+            "HOLDS".into(),
+            "LAG".into(),
+            "WORKER".into(),
+            "APPLY ERRORS".into(),
+            "SCHEMA".into(),
+        ]];
+        for st in &r.streams {
+            rows.push(vec![
+                st.database.clone(),
+                match &st.slot {
+                    Some(slot) => format!(
+                        "{} ({}, {})",
+                        slot.name,
+                        if slot.active { "active" } else { "inactive" },
+                        slot.wal_status.as_deref().unwrap_or("?")
+                    ),
+                    None => format!("{} MISSING", st.name),
+                },
+                st.slot
+                    .as_ref()
+                    .and_then(|s| s.confirmed_flush_lsn)
+                    .map_or("?".to_string(), |l| l.to_string()),
+                st.slot
+                    .as_ref()
+                    .and_then(|s| s.retained_bytes)
+                    .map_or("?".to_string(), |b| mib(b.max(0) as u64)),
+                st.lag_bytes.map_or("?".to_string(), |lag| {
+                    format!(
+                        "{}{}",
+                        mib(lag),
+                        st.lag_seconds
+                            .map_or(String::new(), |s| format!(", {s:.1} s"))
+                    )
+                }),
+                st.subscription.as_ref().map_or("-".to_string(), |sub| {
+                    match (sub.enabled, sub.worker_pid) {
+                        (_, Some(p)) => format!("pid {p}"),
+                        (true, None) => "not running".to_string(),
+                        (false, None) => "disabled".to_string(),
+                    }
+                }),
+                st.subscription
+                    .as_ref()
+                    .map_or("-".to_string(), |sub| sub.apply_errors.to_string()),
+                st.schema.as_ref().map_or("-".to_string(), |schema| {
+                    if schema.drift.is_empty() {
+                        "equal".to_string()
+                    } else {
+                        format!("DRIFT ({})", schema.drift.len())
+                    }
+                }),
+            ]);
+        }
+        out.push_str(&render_table(&rows));
+        for st in &r.streams {
+            for d in st.schema.iter().flat_map(|schema| &schema.drift) {
                 out.push_str(&format!(
-                    "  slot {}  {}, confirmed up to {}, holds {} of WAL ({})\n",
-                    slot.name,
-                    if slot.active { "active" } else { "inactive" },
-                    slot.confirmed_flush_lsn
-                        .map_or("?".to_string(), |l| l.to_string()),
-                    slot.retained_bytes
-                        .map_or("?".to_string(), |b| mib(b.max(0) as u64)),
-                    slot.wal_status.as_deref().unwrap_or("?")
+                    "  {}/{}: {}\n    run on the target: {}\n",
+                    st.database, d.table, d.detail, d.statement
                 ));
             }
-            None => out.push_str("  slot: missing\n"),
-        }
-        if let Some(lag) = r.lag_bytes {
-            out.push_str(&format!(
-                "  lag                   {}{}\n",
-                mib(lag),
-                r.lag_seconds
-                    .map_or(String::new(), |s| format!(", {s:.1} s"))
-            ));
-        }
-        if let Some(sub) = &r.subscription {
-            out.push_str(&format!(
-                "  subscription {}  {}, worker {}, applied up to {}, apply errors {}\n",
-                sub.name,
-                if sub.enabled { "enabled" } else { "disabled" },
-                sub.worker_pid
-                    .map_or("not running".to_string(), |p| format!("pid {p}")),
-                sub.applied_lsn.map_or("?".to_string(), |l| l.to_string()),
-                sub.apply_errors
-            ));
-        }
-    }
-    if let Some(schema) = &s.schema {
-        out.push_str(&format!(
-            "\nschema: source {} target {}{}\n",
-            schema.source_fingerprint,
-            schema.target_fingerprint,
-            if schema.drift.is_empty() {
-                " (equal)"
-            } else {
-                " (DRIFT)"
-            }
-        ));
-        for d in &schema.drift {
-            out.push_str(&format!(
-                "  {}: {}\n    run on the target: {}\n",
-                d.table, d.detail, d.statement
-            ));
         }
     }
     if let Some(v) = &s.last_validation {
@@ -1229,11 +1307,37 @@ fn render_status(s: &MigrationStatus) -> String {
 
 fn render(r: &PreflightReport, source: &str, target: &str, name: &str) -> String {
     let mut out = format!(
-        "migration {name}: {source} ({} MiB, {} tables, PostgreSQL {}) -> encrypted instance {target}\n\n",
+        "migration {name}: {source} ({} MiB, {} tables carried, PostgreSQL {}) -> encrypted instance {target}\n\nscope:\n",
         r.source_bytes >> 20,
         r.tables,
         r.server_version
     );
+    let mut rows = vec![vec![
+        "DATABASE".to_string(),
+        "SIZE".into(),
+        "TABLES".into(),
+        "CARRIED".into(),
+        "NOT CARRIED".into(),
+    ]];
+    for d in &r.databases {
+        rows.push(vec![
+            d.name.clone(),
+            mib(d.bytes.max(0) as u64),
+            if d.carried {
+                d.tables.to_string()
+            } else {
+                "-".into()
+            },
+            if d.carried { "yes" } else { "no" }.to_string(),
+            if d.carried {
+                d.not_carried.join("; ")
+            } else {
+                "the whole database: an endpoint keeps it on the source; a hook or rename switch refuses unless --leave-stale".into()
+            },
+        ]);
+    }
+    out.push_str(&render_table(&rows));
+    out.push('\n');
     for f in &r.findings {
         let label = match f.severity {
             Severity::Blocker => "BLOCKER",

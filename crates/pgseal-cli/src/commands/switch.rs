@@ -25,12 +25,15 @@ pub async fn resume_endpoint(info: &EndpointInfo) -> Result<(), SwitchError> {
     }
 }
 
-/// A PgBouncer endpoint in front of the source.
+/// A PgBouncer endpoint in front of the source: one entry per database, so the
+/// databases outside the migration keep going to the instance they were on.
 pub struct EndpointSwitch {
     /// The local platform's instances and endpoints.
     pub instances: LocalInstances,
     /// The endpoint's name.
     pub endpoint: String,
+    /// The instance it points at now.
+    pub from: String,
     /// The instance to point it at.
     pub target: String,
     /// The database applications use.
@@ -48,14 +51,22 @@ impl Switch for EndpointSwitch {
         format!("endpoint {}", self.endpoint)
     }
 
+    fn keeps_other_databases(&self) -> bool {
+        true
+    }
+
     async fn pause(&self) -> Result<(), SwitchError> {
         admin(&self.info()?, "PAUSE").await?;
         Ok(())
     }
 
-    async fn point_to_target(&self) -> Result<(), SwitchError> {
+    async fn point_to_target(&self, stay: &[String]) -> Result<(), SwitchError> {
+        let routes = stay
+            .iter()
+            .map(|db| (db.clone(), self.from.clone()))
+            .collect();
         self.instances
-            .point_endpoint(&self.endpoint, &self.target)
+            .point_endpoint(&self.endpoint, &self.target, routes)
             .await?;
         Ok(())
     }
@@ -114,11 +125,15 @@ impl Switch for HookSwitch {
         }
     }
 
+    fn keeps_other_databases(&self) -> bool {
+        false
+    }
+
     async fn pause(&self) -> Result<(), SwitchError> {
         Ok(())
     }
 
-    async fn point_to_target(&self) -> Result<(), SwitchError> {
+    async fn point_to_target(&self, _stay: &[String]) -> Result<(), SwitchError> {
         match &self.command {
             None => {
                 eprintln!(
@@ -220,12 +235,17 @@ impl Switch for RenameSwitch {
         }
     }
 
+    fn keeps_other_databases(&self) -> bool {
+        // A rename moves the whole instance.
+        false
+    }
+
     async fn pause(&self) -> Result<(), SwitchError> {
         // The fence holds writes; renames keep the endpoint for what comes after it.
         Ok(())
     }
 
-    async fn point_to_target(&self) -> Result<(), SwitchError> {
+    async fn point_to_target(&self, _stay: &[String]) -> Result<(), SwitchError> {
         let journal = pgseal_core::Journal::open(&self.home)?;
         for (name, new_id) in self.renames() {
             if self.back {
@@ -237,10 +257,15 @@ impl Switch for RenameSwitch {
                     .map(|r| r.name)
                     .collect();
                 for r in recorded {
-                    journal.remove_resource(&self.migration, "renamed", &r)?;
+                    journal.remove_resource(&self.migration, "renamed", pgseal_core::journal::INSTANCE, &r)?;
                 }
             } else {
-                journal.add_resource(&self.migration, "renamed", &format!("{name}={new_id}"))?;
+                journal.add_resource(
+                    &self.migration,
+                    "renamed",
+                    pgseal_core::journal::INSTANCE,
+                    &format!("{name}={new_id}"),
+                )?;
                 self.platform.rename(&name, &new_id).await?;
             }
         }
