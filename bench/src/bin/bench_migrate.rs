@@ -178,7 +178,7 @@ fn run(b: &Harness, dir: &std::path::Path, scale: u32, rounds: usize) -> anyhow:
     }
     loop {
         let status = b.json(&["migrate", "status", "catchup"])?;
-        let confirmed = status["replication"]["slot"]["confirmed_flush_lsn"]
+        let confirmed = status["replication"]["streams"][0]["slot"]["confirmed_flush_lsn"]
             .as_str()
             .map(lsn)
             .transpose()?

@@ -383,7 +383,7 @@ fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
     assert_eq!(status["migration"]["phase"], "replicating");
     assert_eq!(status["handoff"]["lsn"], target["restore"]["handoff_lsn"]);
     assert_eq!(
-        status["replication"]["subscription"]["apply_errors"], 0,
+        status["replication"]["streams"][0]["subscription"]["apply_errors"], 0,
         "{status}"
     );
 
@@ -470,10 +470,10 @@ fn a_slot_created_after_the_snapshot_is_caught_and_the_subscription_stays_disabl
 
     let status = h.json(&["migrate", "status", "late"]);
     assert_eq!(status["migration"]["phase"], "failed");
-    let sub = &status["replication"]["subscription"];
+    let sub = &status["replication"]["streams"][0]["subscription"];
     assert_eq!(sub["enabled"], false, "{status}");
     let handoff: String = status["handoff"]["lsn"].as_str().unwrap().into();
-    let confirmed: String = status["replication"]["slot"]["confirmed_flush_lsn"]
+    let confirmed: String = status["replication"]["streams"][0]["slot"]["confirmed_flush_lsn"]
         .as_str()
         .unwrap()
         .into();
@@ -590,7 +590,10 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
     let src = h.sql("src", "postgres");
     src.exec("CREATE TABLE items (id bigint PRIMARY KEY, v text)");
     src.exec("CREATE DATABASE other");
-    h.ok(&["migrate", "start", "--source", "src", "--name", "s1"]);
+    // Narrowed to postgres: `other` is outside the migration.
+    h.ok(&[
+        "migrate", "start", "--source", "src", "--name", "s1", "--database", "postgres",
+    ]);
 
     // 1. WAL written in another database is not lag of ours once decoded past.
     let other = h.sql("src", "other");
@@ -605,7 +608,7 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
         let lag = rep["lag_bytes"].as_u64().unwrap();
         // What "source position minus last applied transaction" would say: the trap.
         let naive = lsn(rep["source_lsn"].as_str().unwrap())
-            - lsn(rep["subscription"]["applied_lsn"].as_str().unwrap());
+            - lsn(rep["streams"][0]["subscription"]["applied_lsn"].as_str().unwrap());
         if lag < 1 << 20 || Instant::now() > deadline {
             break (lag, naive);
         }
@@ -632,7 +635,7 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
     // 3. DDL on the source is drift, with the statement for the target.
     src.exec("ALTER TABLE items ADD COLUMN note text");
     let status = h.json(&["migrate", "status", "s1"]);
-    let drift = status["schema"]["drift"].as_array().unwrap();
+    let drift = status["replication"]["streams"][0]["schema"]["drift"].as_array().unwrap();
     assert_eq!(drift.len(), 1, "{status}");
     let statement = drift[0]["statement"].as_str().unwrap();
     assert_eq!(
@@ -643,10 +646,10 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
     assert!(text.contains("DRIFT") && text.contains(statement), "{text}");
     tgt.exec(statement);
     let status = h.json(&["migrate", "status", "s1"]);
-    assert_eq!(status["schema"]["drift"].as_array().unwrap().len(), 0);
+    assert_eq!(status["replication"]["streams"][0]["schema"]["drift"].as_array().unwrap().len(), 0);
     assert_eq!(
-        status["schema"]["source_fingerprint"],
-        status["schema"]["target_fingerprint"]
+        status["replication"]["streams"][0]["schema"]["source_fingerprint"],
+        status["replication"]["streams"][0]["schema"]["target_fingerprint"]
     );
 
     // 4. The retention guard: with the target down, the slot holds the source's WAL; over

@@ -323,17 +323,25 @@ async fn check<P: Platform, S: Switch>(
             last["mismatched_rows"]
         ));
     }
-    if st.replication.is_some() {
+    if st.migration.phase == Phase::Replicating {
         let streams = streams_of(journal, name)?;
         let spec = &st.migration.spec;
-        for (item, why) in stale(platform, spec, &streams, switch, &mut report.kept_on_source).await? {
-            if options.leave_stale.contains(&item) {
-                report.left_stale.push(item);
-            } else {
-                failed.push(format!(
-                    "{why}; migrate it too, or accept it with --leave-stale {item}"
-                ));
+        match stale(platform, spec, &streams, switch, &mut report.kept_on_source).await {
+            Ok(items) => {
+                for (item, why) in items {
+                    if options.leave_stale.contains(&item) {
+                        report.left_stale.push(item);
+                    } else {
+                        failed.push(format!(
+                            "{why}; migrate it too, or accept it with --leave-stale {item}"
+                        ));
+                    }
+                }
             }
+            Err(e) => failed.push(format!(
+                "what the switch would leave stale cannot be checked: {}",
+                crate::engine::error_chain(&e)
+            )),
         }
     }
     Ok(failed)
