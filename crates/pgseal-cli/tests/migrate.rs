@@ -2,335 +2,31 @@
 //! instances, a real encrypted target, the ledger workload writing throughout, and the
 //! process killed (SIGABRT at a named failpoint) between every pair of steps.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-const STEPS: [&str; 10] = [
-    "preflight",
-    "prepare_source",
-    "snapshot",
-    "restore",
-    "target_housekeeping",
-    "subscription",
-    "guards",
-    "origin_advance",
-    "enable",
-    "replicating",
-];
-
-struct Home {
-    dir: tempfile::TempDir,
-}
-
-impl Home {
-    fn new() -> Home {
-        Home {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pgseal"));
-        c.env("PGSEAL_HOME", self.dir.path().join("home"))
-            .env("PGSEAL_PASSPHRASE", "cli migrate test passphrase")
-            .env_remove("PGSEAL_FAILPOINT")
-            .env_remove("PGSEAL_TEST_HOOK")
-            .args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    fn run_env(&self, env: (&str, &str), args: &[&str]) -> Output {
-        self.command(args).env(env.0, env.1).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        serde_json::from_slice(&self.ok(&args).stdout).unwrap()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A plain source instance with `params`.
-    fn source(&self, name: &str, params: &[&str]) {
-        let port = free_port();
-        let mut args = vec![
-            "instance",
-            "create",
-            name,
-            "--port",
-            &port,
-            "--storage",
-            "1GiB",
-        ];
-        for p in params {
-            args.extend(["--param", p]);
-        }
-        self.ok(&args);
-    }
-
-    /// A SQL session on an instance's database, over its unix socket.
-    fn sql(&self, instance: &str, db: &str) -> Sql {
-        let info = self.json(&["instance", "describe", instance]);
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host_path(info["socket_dir"].as_str().unwrap())
-            .port(info["port"].as_u64().unwrap() as u16)
-            .user("postgres")
-            .dbname(db);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let client = runtime.block_on(async {
-            let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            client
-        });
-        Sql { runtime, client }
-    }
-
-    /// Starts the ledger workload against `on` (`--instance I` or `--url U`), for `seconds`.
-    fn workload(&self, on: &[&str], ledger: &str, seconds: u32) -> Workload {
-        let child = self
-            .command(&["workload", "run"])
-            .args(on)
-            .args([
-                "--ledger",
-                ledger,
-                "--rate",
-                "150",
-                "--clients",
-                "3",
-                "--duration",
-                &seconds.to_string(),
-                "--json",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Workload(Some(child))
-    }
-
-    fn verify(&self, on: &[&str], ledger: &str) -> serde_json::Value {
-        let out = self
-            .command(&["workload", "verify"])
-            .args(on)
-            .args(["--ledger", ledger, "--json"])
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!("verify: {}", String::from_utf8_lossy(&out.stderr));
-        })
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        // Abort every migration, then delete every instance: no server, mount or slot
-        // outlives the test.
-        if let Ok(out) = self.command(&["migrate", "list", "--json"]).output()
-            && let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        {
-            for m in list.as_array().into_iter().flatten() {
-                let name = m["spec"]["name"].as_str().unwrap_or_default();
-                let _ = self.run(&["migrate", "abort", name]);
-            }
-        }
-        if let Ok(out) = self.command(&["instance", "list", "--json"]).output()
-            && let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        {
-            for i in list.as_array().into_iter().flatten() {
-                let name = i["name"].as_str().unwrap_or_default();
-                let _ = self.run(&["instance", "delete", name, "--yes"]);
-            }
-        }
-    }
-}
-
-struct Sql {
-    runtime: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-}
-
-impl Sql {
-    fn exec(&self, sql: &str) {
-        self.runtime
-            .block_on(self.client.batch_execute(sql))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
-    fn text(&self, sql: &str) -> String {
-        self.runtime
-            .block_on(self.client.query_one(sql, &[]))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .get::<_, Option<String>>(0)
-            .unwrap_or_default()
-    }
-
-    fn count(&self, sql: &str) -> i64 {
-        self.runtime
-            .block_on(self.client.query_one(sql, &[]))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .get(0)
-    }
-
-    /// pgseal's slots and publications on this server.
-    fn pgseal_objects(&self) -> i64 {
-        self.count(
-            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgseal%') \
-                  + (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pgseal%')",
-        )
-    }
-
-    /// A digest of every ledger table's rows.
-    fn ledger_digest(&self) -> String {
-        [
-            "pgseal_ledger_events",
-            "pgseal_ledger_accounts",
-            "pgseal_ledger_nokey",
-        ]
-        .iter()
-        .map(|t| {
-            self.text(&format!(
-                "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {t} t"
-            ))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-    }
-}
-
-struct Workload(Option<Child>);
-
-impl Workload {
-    fn finish(mut self) -> serde_json::Value {
-        let out = self.0.take().unwrap().wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "workload: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// An LSN's text (`X/Y`) as a number.
-fn lsn(text: &str) -> u64 {
-    let (hi, lo) = text.split_once('/').unwrap();
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-}
-
-fn free_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string()
-}
-
-/// Asserts the process ended by SIGABRT at a failpoint.
-fn assert_crashed(out: &Output, failpoint: &str) {
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        out.status.signal(),
-        Some(6),
-        "{failpoint}: expected an abort, got {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains(failpoint));
-}
-
-/// Verifies the ledger on `instance`: every acknowledged transaction there once, nothing
-/// else.
-fn assert_all_landed(h: &Home, instance: &str, ledger: &str, run: &serde_json::Value) {
-    let v = h.verify(&["--instance", instance], ledger);
-    assert_eq!(v["acknowledged"], run["acknowledged"], "{v}");
-    assert_eq!(
-        (
-            v["missing"].as_u64(),
-            v["duplicated"].as_u64(),
-            v["unexpected"].as_u64()
-        ),
-        (Some(0), Some(0), Some(0)),
-        "{instance}: {v}"
-    );
-}
-
-/// Runs `args` killed at `point`, then `migrate resume M`; checks what resume says, the
-/// phase after it and where the endpoint `src-ep` points.
-fn crash_then_resume(
-    h: &Home,
-    point: &str,
-    args: &[&str],
-    says: &str,
-    phase: &str,
-    endpoint_on: &str,
-) {
-    let out = h.run_env(("PGSEAL_FAILPOINT", point), args);
-    assert_crashed(&out, point);
-    let migration = args[2];
-    let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", migration]).stdout).to_string();
-    assert!(text.contains(says), "{point}: {text}");
-    assert_eq!(
-        h.json(&["migrate", "status", migration])["migration"]["phase"],
-        phase,
-        "{point}"
-    );
-    assert_eq!(
-        h.json(&["endpoint", "describe", "src-ep"])["instance"],
-        endpoint_on,
-        "{point}"
-    );
-}
-
-/// Waits until the target has every acknowledged transaction (it is replicating).
-fn wait_caught_up(h: &Home, target: &str, ledger: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = h.verify(&["--instance", target], ledger);
-        if v["missing"] == 0 && v["duplicated"] == 0 && v["unexpected"] == 0 {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "target never caught up: {v}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
+use common::*;
 
 #[test]
 fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
     let h = Home::new();
     h.source("src", &["wal_level=logical"]);
+    // Three databases: every stream must survive every crash.
+    let others = ["billing", "app"];
+    for db in others {
+        h.sql("src", "postgres")
+            .exec(&format!("CREATE DATABASE {db}"));
+        h.sql("src", db).exec("CREATE TABLE t (id int PRIMARY KEY)");
+    }
+    let mut written = 0;
+    let mut write_others = || {
+        written += 1;
+        for db in others {
+            h.sql("src", db)
+                .exec(&format!("INSERT INTO t VALUES ({written})"));
+        }
+    };
     let ledger = h.path("ledger").display().to_string();
     let writes = h.workload(&["--instance", "src"], &ledger, 20);
     std::thread::sleep(Duration::from_secs(1));
@@ -344,6 +40,7 @@ fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
     assert_crashed(&first, "after:preflight");
     for step in &STEPS[1..] {
         let point = format!("after:{step}");
+        write_others();
         let out = h.run_env(("PGSEAL_FAILPOINT", &point), &["migrate", "resume", "m1"]);
         assert_crashed(&out, &point);
         let status = h.json(&["migrate", "status", "m1"]);
@@ -362,7 +59,20 @@ fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
 
     let resumed = h.ok(&["migrate", "resume", "m1"]);
     assert!(String::from_utf8_lossy(&resumed.stdout).contains("is replicating"));
+    write_others();
     let run = writes.finish();
+    for db in others {
+        let tgt = h.sql("src-enc", db);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tgt.count("SELECT count(*) FROM t") != i64::from(written) {
+            assert!(Instant::now() < deadline, "{db} never caught up");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(
+            tgt.count("SELECT count(DISTINCT id) FROM t"),
+            i64::from(written)
+        );
+    }
     assert!(run["acknowledged"].as_u64().unwrap() > 1000, "{run}");
 
     let on_target = wait_caught_up(&h, "src-enc", &ledger);
@@ -391,7 +101,9 @@ fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
     let list = h.json(&["migrate", "list"]);
     assert_eq!(list[0]["phase"], "replicating");
     h.ok(&["migrate", "abort", "m1"]);
-    assert_eq!(h.sql("src", "postgres").pgseal_objects(), 0);
+    for db in ["postgres", "billing", "app"] {
+        assert_eq!(h.sql("src", db).pgseal_objects(), 0, "{db}");
+    }
     let instances = h.json(&["instance", "list"]);
     assert_eq!(instances.as_array().unwrap().len(), 1);
     assert_eq!(h.json(&["snapshot", "list"]).as_array().unwrap().len(), 0);
@@ -403,6 +115,9 @@ fn abort_after_any_step_leaves_no_slot_publication_target_or_snapshot() {
     h.source("src", &["wal_level=logical"]);
     let src = h.sql("src", "postgres");
     src.exec("CREATE TABLE loose (v text); INSERT INTO loose VALUES ('a')");
+    src.exec("CREATE DATABASE billing");
+    h.sql("src", "billing")
+        .exec("CREATE TABLE loose (v text); INSERT INTO loose VALUES ('a')");
     for (i, step) in STEPS.iter().enumerate() {
         let name = format!("a{i}");
         let point = format!("after:{step}");
@@ -424,12 +139,15 @@ fn abort_after_any_step_leaves_no_slot_publication_target_or_snapshot() {
         let out = h.ok(&["migrate", "abort", &name]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("aborted"), "{text}");
-        assert_eq!(src.pgseal_objects(), 0, "after {step}");
-        assert_eq!(
-            src.text("SELECT relreplident::text FROM pg_class WHERE relname = 'loose'"),
-            "d",
-            "replica identity restored after {step}"
-        );
+        for db in ["postgres", "billing"] {
+            let sql = h.sql("src", db);
+            assert_eq!(sql.pgseal_objects(), 0, "{db} after {step}");
+            assert_eq!(
+                sql.text("SELECT relreplident::text FROM pg_class WHERE relname = 'loose'"),
+                "d",
+                "{db}: replica identity restored after {step}"
+            );
+        }
         assert_eq!(
             h.json(&["instance", "list"]).as_array().unwrap().len(),
             1,
@@ -592,7 +310,14 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
     src.exec("CREATE DATABASE other");
     // Narrowed to postgres: `other` is outside the migration.
     h.ok(&[
-        "migrate", "start", "--source", "src", "--name", "s1", "--database", "postgres",
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "s1",
+        "--database",
+        "postgres",
     ]);
 
     // 1. WAL written in another database is not lag of ours once decoded past.
@@ -608,7 +333,9 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
         let lag = rep["lag_bytes"].as_u64().unwrap();
         // What "source position minus last applied transaction" would say: the trap.
         let naive = lsn(rep["source_lsn"].as_str().unwrap())
-            - lsn(rep["streams"][0]["subscription"]["applied_lsn"].as_str().unwrap());
+            - lsn(rep["streams"][0]["subscription"]["applied_lsn"]
+                .as_str()
+                .unwrap());
         if lag < 1 << 20 || Instant::now() > deadline {
             break (lag, naive);
         }
@@ -635,7 +362,9 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
     // 3. DDL on the source is drift, with the statement for the target.
     src.exec("ALTER TABLE items ADD COLUMN note text");
     let status = h.json(&["migrate", "status", "s1"]);
-    let drift = status["replication"]["streams"][0]["schema"]["drift"].as_array().unwrap();
+    let drift = status["replication"]["streams"][0]["schema"]["drift"]
+        .as_array()
+        .unwrap();
     assert_eq!(drift.len(), 1, "{status}");
     let statement = drift[0]["statement"].as_str().unwrap();
     assert_eq!(
@@ -646,7 +375,13 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
     assert!(text.contains("DRIFT") && text.contains(statement), "{text}");
     tgt.exec(statement);
     let status = h.json(&["migrate", "status", "s1"]);
-    assert_eq!(status["replication"]["streams"][0]["schema"]["drift"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        status["replication"]["streams"][0]["schema"]["drift"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     assert_eq!(
         status["replication"]["streams"][0]["schema"]["source_fingerprint"],
         status["replication"]["streams"][0]["schema"]["target_fingerprint"]

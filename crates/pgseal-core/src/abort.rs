@@ -47,7 +47,10 @@ pub async fn abort<P: Platform>(
         let label = if resource.database.is_empty() {
             format!("{} {}", resource.kind, resource.name)
         } else {
-            format!("{} {} ({})", resource.kind, resource.name, resource.database)
+            format!(
+                "{} {} ({})",
+                resource.kind, resource.name, resource.database
+            )
         };
         let removed = match resource.kind.as_str() {
             "instance" => match platform.delete_instance(&resource.name).await {

@@ -1060,9 +1060,8 @@ pub async fn rollback<P: Platform, S: Switch>(
         // The target keeps serving: fence the source again, lift the target's fence.
         let undo = async {
             if let Some(opened) = &sources {
-                let _ =
-                    set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source")
-                        .await;
+                let _ = set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source")
+                    .await;
             }
             for db in &dbs {
                 allow_connections(&source_admin, db, false, "fencing the source again").await?;
@@ -1120,7 +1119,10 @@ async fn remove_resources<P: Platform>(
         let label = if resource.database.is_empty() {
             format!("{} {}", resource.kind, resource.name)
         } else {
-            format!("{} {} ({})", resource.kind, resource.name, resource.database)
+            format!(
+                "{} {} ({})",
+                resource.kind, resource.name, resource.database
+            )
         };
         let source = sources.get(&resource.database);
         let removed = match (resource.kind.as_str(), source) {
@@ -1132,11 +1134,9 @@ async fn remove_resources<P: Platform>(
             ("slot", Some(source)) => replication::drop_slot(source, &resource.name)
                 .await
                 .map_err(sql("source", "dropping the slot"))?,
-            ("publication", Some(source)) => {
-                replication::drop_publication(source, &resource.name)
-                    .await
-                    .map_err(sql("source", "dropping the publication"))?
-            }
+            ("publication", Some(source)) => replication::drop_publication(source, &resource.name)
+                .await
+                .map_err(sql("source", "dropping the publication"))?,
             ("replica_identity", Some(source)) => {
                 source
                     .batch_execute(&format!(

@@ -353,11 +353,7 @@ impl<'a, P: Platform> Engine<'a, P> {
             databases: self.spec.databases.clone(),
             tables: self.spec.tables.clone(),
         };
-        let connect = async |db: &str| {
-            self.source_db(db)
-                .await
-                .map_err(|e| error_chain(&e))
-        };
+        let connect = async |db: &str| self.source_db(db).await.map_err(|e| error_chain(&e));
         let report = preflight(&source, connect, &input)
             .await
             .map_err(Self::sql("source", "preflight"))?;
@@ -420,9 +416,8 @@ impl<'a, P: Platform> Engine<'a, P> {
                 let all = stream::databases(&source)
                     .await
                     .map_err(Self::sql("source", "listing databases"))?;
-                let planned =
-                    stream::plan(&self.spec.name, &all, self.spec.databases.as_deref())
-                        .map_err(EngineError::Precondition)?;
+                let planned = stream::plan(&self.spec.name, &all, self.spec.databases.as_deref())
+                    .map_err(EngineError::Precondition)?;
                 self.journal.record_streams(&self.spec.name, &planned)?
             }
         };
@@ -544,7 +539,11 @@ impl<'a, P: Platform> Engine<'a, P> {
     /// logical slot waits for every transaction that has an id (prepared ones included);
     /// the wait is reported every few seconds with what it waits for, and given up after
     /// the spec's `slot_wait_seconds` ([`EngineError::SlotWait`]).
-    async fn create_slot(&self, client: &Client, stream: &Stream) -> Result<SlotState, EngineError> {
+    async fn create_slot(
+        &self,
+        client: &Client,
+        stream: &Stream,
+    ) -> Result<SlotState, EngineError> {
         self.journal
             .add_resource(&self.spec.name, "slot", &stream.database, &stream.name)?;
         let slot = match replication::slot(client, &stream.name)
@@ -647,8 +646,12 @@ impl<'a, P: Platform> Engine<'a, P> {
                 if source.encrypted {
                     // Under another key already: snapshot under its key, copy under the new one.
                     let plain_key_snap = format!("{snap}-src");
-                    self.journal
-                        .add_resource(&self.spec.name, "snapshot", INSTANCE, &plain_key_snap)?;
+                    self.journal.add_resource(
+                        &self.spec.name,
+                        "snapshot",
+                        INSTANCE,
+                        &plain_key_snap,
+                    )?;
                     if let Err(e) = self.platform.describe_snapshot(&plain_key_snap).await {
                         if e.kind != ErrorKind::NotFound {
                             return Err(Self::platform_error("describing the snapshot")(e));
@@ -669,8 +672,12 @@ impl<'a, P: Platform> Engine<'a, P> {
                         .delete_snapshot(&plain_key_snap)
                         .await
                         .map_err(Self::platform_error("deleting the intermediate snapshot"))?;
-                    self.journal
-                        .remove_resource(&self.spec.name, "snapshot", INSTANCE, &plain_key_snap)?;
+                    self.journal.remove_resource(
+                        &self.spec.name,
+                        "snapshot",
+                        INSTANCE,
+                        &plain_key_snap,
+                    )?;
                     copy
                 } else {
                     self.platform

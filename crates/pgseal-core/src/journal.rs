@@ -172,7 +172,6 @@ fn default_slot_wait() -> u64 {
 }
 
 impl MigrationSpec {
-
     /// The source's URL when it is a server outside the platform (`postgres://...`, no
     /// password: that comes from `PGPASSWORD` at each run and is never journaled).
     pub fn source_url(&self) -> Option<&str> {
@@ -925,7 +924,8 @@ mod tests {
             j.step_failed(run, "boom").unwrap();
             j.step_started("m1", Step::PrepareSource).unwrap();
             j.add_resource("m1", "slot", "app", "pgseal_m1").unwrap();
-            j.add_resource("m1", "publication", "app", "pgseal_m1").unwrap();
+            j.add_resource("m1", "publication", "app", "pgseal_m1")
+                .unwrap();
             j.add_resource("m1", "slot", "app", "pgseal_m1").unwrap();
             j.set_phase("m1", Phase::Failed, Some("boom")).unwrap();
         }

@@ -16,8 +16,8 @@ pub mod engine;
 pub mod journal;
 pub mod preflight;
 pub mod status;
-pub mod stream;
 pub mod steps;
+pub mod stream;
 pub mod validate;
 
 pub use engine::{Engine, EngineError, Event, Surroundings};

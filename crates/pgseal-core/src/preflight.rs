@@ -336,8 +336,13 @@ where
             .collect();
         findings.push(blocker(
             "prepared_transactions",
-            format!("{} prepared transaction(s) wait: {}; creating the slot would wait for them", items.len(), list(&items)),
-            "finish each in its database: COMMIT PREPARED 'GID'; or ROLLBACK PREPARED 'GID';".into(),
+            format!(
+                "{} prepared transaction(s) wait: {}; creating the slot would wait for them",
+                items.len(),
+                list(&items)
+            ),
+            "finish each in its database: COMMIT PREPARED 'GID'; or ROLLBACK PREPARED 'GID';"
+                .into(),
         ));
     }
 
@@ -498,7 +503,9 @@ async fn database_checks(
             in_db(format!("{large_objects} large object(s) are in the snapshot but later changes to them are not replicated")),
             "avoid changing large objects during the migration, or move them to bytea columns".into(),
         ));
-        not_carried.push(format!("{large_objects} large object(s) (changes after the snapshot)"));
+        not_carried.push(format!(
+            "{large_objects} large object(s) (changes after the snapshot)"
+        ));
     }
     let clash = client
         .query_one(

@@ -134,8 +134,7 @@ pub async fn status<P: Platform>(
         let rolled_back = migration.phase == Phase::RolledBack;
         let source = if fenced {
             let fenced_dbs: Vec<&str> = streams.iter().map(|s| s.database.as_str()).collect();
-            connect_source_db(platform, &spec, crate::engine::admin_database(&fenced_dbs))
-                .await?
+            connect_source_db(platform, &spec, crate::engine::admin_database(&fenced_dbs)).await?
         } else {
             connect_source(platform, &spec).await?
         };
@@ -164,8 +163,7 @@ pub async fn status<P: Platform>(
                             .await
                             .map_err(sql("target", "reading the subscription"))?;
                         if !fenced {
-                            let db_source =
-                                connect_source_db(platform, &spec, &s.database).await?;
+                            let db_source = connect_source_db(platform, &spec, &s.database).await?;
                             schema_status = Some(schema_of(&db_source, &target, &s.name).await?);
                         }
                     }
@@ -204,9 +202,7 @@ pub async fn status<P: Platform>(
     }
 
     let limit = max_slot_retention.or(spec.max_slot_retention);
-    let retained = replication_status
-        .as_ref()
-        .and_then(|r| r.retained_bytes);
+    let retained = replication_status.as_ref().and_then(|r| r.retained_bytes);
     let verdict = retention(retained, limit);
     if let (Some(r), Some(l)) = (retained, limit)
         && verdict != Retention::Ok

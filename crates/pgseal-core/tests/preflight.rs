@@ -48,7 +48,12 @@ async fn a_clean_source_has_no_findings() {
         .map(|d| d.name.as_str())
         .collect();
     assert_eq!(carried, ["postgres"]);
-    assert!(report.databases.iter().any(|d| d.name == "template1" && !d.carried));
+    assert!(
+        report
+            .databases
+            .iter()
+            .any(|d| d.name == "template1" && !d.carried)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,9 +87,17 @@ async fn the_scope_is_every_database_checked_in_each_and_narrowing_is_explicit()
         .iter()
         .find(|f| f.id == "replica_identity")
         .expect("billing's key-less table is found");
-    assert!(identity.detail.starts_with("billing: "), "{}", identity.detail);
+    assert!(
+        identity.detail.starts_with("billing: "),
+        "{}",
+        identity.detail
+    );
     assert!(identity.detail.contains("public.loose"));
-    let billing_scope = report.databases.iter().find(|d| d.name == "billing").unwrap();
+    let billing_scope = report
+        .databases
+        .iter()
+        .find(|d| d.name == "billing")
+        .unwrap();
     assert_eq!(billing_scope.tables, 2);
     assert_eq!(billing_scope.not_carried, ["public.cache (unlogged)"]);
 
@@ -93,13 +106,21 @@ async fn the_scope_is_every_database_checked_in_each_and_narrowing_is_explicit()
     narrowed.databases = Some(vec!["app".into()]);
     let report = preflight(&c, sessions(&db), &narrowed).await.unwrap();
     assert!(report.ready(), "{:#?}", report.findings);
-    let billing_scope = report.databases.iter().find(|d| d.name == "billing").unwrap();
+    let billing_scope = report
+        .databases
+        .iter()
+        .find(|d| d.name == "billing")
+        .unwrap();
     assert!(!billing_scope.carried);
     // A database that does not exist blocks, naming the ones that do.
     narrowed.databases = Some(vec!["nope".into()]);
     let report = preflight(&c, sessions(&db), &narrowed).await.unwrap();
     let scope = report.findings.iter().find(|f| f.id == "scope").unwrap();
-    assert!(scope.detail.contains("app, billing, postgres"), "{}", scope.detail);
+    assert!(
+        scope.detail.contains("app, billing, postgres"),
+        "{}",
+        scope.detail
+    );
     assert!(!report.ready());
 }
 
@@ -176,7 +197,11 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
         "{}",
         find("prepared_transactions").detail
     );
-    assert!(find("prepared_transactions").fix.contains("COMMIT PREPARED"));
+    assert!(
+        find("prepared_transactions")
+            .fix
+            .contains("COMMIT PREPARED")
+    );
     assert_eq!(find("unlogged_tables").severity, Severity::Warning);
     assert_eq!(
         ids.iter().filter(|i| **i == "name_clash").count(),

@@ -344,10 +344,7 @@ impl LocalInstances {
 /// A database name as PgBouncer's configuration takes it (double-quoted when it is not a
 /// plain word).
 fn pgbouncer_name(db: &str) -> String {
-    if db
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
+    if db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         db.to_string()
     } else {
         format!("\"{}\"", db.replace('"', "\"\""))

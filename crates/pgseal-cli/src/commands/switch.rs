@@ -257,7 +257,12 @@ impl Switch for RenameSwitch {
                     .map(|r| r.name)
                     .collect();
                 for r in recorded {
-                    journal.remove_resource(&self.migration, "renamed", pgseal_core::journal::INSTANCE, &r)?;
+                    journal.remove_resource(
+                        &self.migration,
+                        "renamed",
+                        pgseal_core::journal::INSTANCE,
+                        &r,
+                    )?;
                 }
             } else {
                 journal.add_resource(

@@ -1,0 +1,479 @@
+//! The instance is the unit of a migration: every database is replicated, fenced, drained,
+//! switched and rolled back, judged by writers pgseal did not write (pgbench's own counts
+//! and TPC-B's balance invariant) as well as by the ledger; narrowing is explicit and what
+//! stays outside is kept on the source or refused by name; prepared transactions and
+//! background workers are handled.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The PostgreSQL 15 client programs.
+fn bin(program: &str) -> String {
+    let dir = std::env::var("PGSEAL_PG_BINDIR")
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
+    format!("{dir}/{program}")
+}
+
+/// Where an instance's (or endpoint's) socket is: `(dir, port)`.
+fn socket(h: &Home, what: &[&str]) -> (String, String) {
+    let info = h.json(what);
+    let dir = info["socket_dir"].as_str().unwrap().to_string();
+    let port = info["port"].as_u64().unwrap().to_string();
+    (dir, port)
+}
+
+/// `pgbench -i` (scale 1) of database `db` on instance `instance`.
+fn pgbench_init(h: &Home, instance: &str, db: &str) {
+    let (dir, port) = socket(h, &["instance", "describe", instance]);
+    let out = Command::new(bin("pgbench"))
+        .args([
+            "-i", "-s", "1", "-q", "-h", &dir, "-p", &port, "-U", "postgres", db,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// TPC-B through endpoint `endpoint` into `db`: 2 clients at `rate` tx/s for `seconds`.
+fn pgbench(h: &Home, endpoint: &str, db: &str, rate: u32, seconds: u32) -> Child {
+    let (dir, port) = socket(h, &["endpoint", "describe", endpoint]);
+    Command::new(bin("pgbench"))
+        .args([
+            "-n", "-c", "2", "-j", "1", "-h", &dir, "-p", &port, "-U", "postgres",
+        ])
+        .args(["-R", &rate.to_string(), "-T", &seconds.to_string(), db])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for pgbench and returns the transactions it counted as processed; asserts it saw
+/// no failed transaction and no aborted client.
+fn pgbench_processed(child: Child) -> i64 {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let errors = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "pgbench failed: {text}{errors}");
+    let field = |label: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no '{label}' in pgbench's output: {text}"))
+    };
+    assert_eq!(
+        field("number of failed transactions: "),
+        0,
+        "{text}{errors}"
+    );
+    let processed = field("number of transactions actually processed: ");
+    assert!(processed > 100, "pgbench processed too little: {text}");
+    processed
+}
+
+/// TPC-B's own account of database `sql`: history rows, and whether every balance equals
+/// the sum of its history's deltas (accounts, tellers and branches).
+fn tpcb(sql: &Sql) -> (i64, bool) {
+    let history = sql.count("SELECT count(*) FROM pgbench_history");
+    let balanced = sql.text(
+        "SELECT ((SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history) \
+             AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history) \
+             AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history))::text",
+    ) == "true";
+    (history, balanced)
+}
+
+/// pgseal's slots, publications and subscriptions in database `db` of `instance` (slots
+/// are server-wide).
+fn pgseal_objects_in(h: &Home, instance: &str, db: &str) -> i64 {
+    h.sql(instance, db).count(
+        "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgseal%') \
+              + (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pgseal%') \
+              + (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'pgseal%')",
+    )
+}
+
+#[test]
+fn three_databases_under_pgbench_and_the_ledger_cut_over_and_roll_back_with_nothing_lost() {
+    let h = Home::new();
+    // Asynchronous commit: the drain must prove a flushed position, not the write one.
+    h.source("src", &["wal_level=logical", "synchronous_commit=off"]);
+    let src = h.sql("src", "postgres");
+    for db in ["billing", "app"] {
+        src.exec(&format!("CREATE DATABASE {db}"));
+        pgbench_init(&h, "src", db);
+    }
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 60);
+    let bench_billing = pgbench(&h, "src-ep", "billing", 60, 22);
+    let bench_app = pgbench(&h, "src-ep", "app", 60, 22);
+    // pgbench_history has no primary key.
+    let plan = h.json(&[
+        "migrate",
+        "plan",
+        "--source",
+        "src",
+        "--name",
+        "w1",
+        "--replica-identity-full",
+    ]);
+    let carried: Vec<&str> = plan["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["carried"] == true)
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(carried, ["app", "billing", "postgres"], "{plan}");
+    h.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "w1",
+        "--replica-identity-full",
+    ]);
+    let status = h.json(&["migrate", "status", "w1"]);
+    let streams = status["replication"]["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 3, "{status}");
+    for s in streams {
+        assert_eq!(s["slot"]["active"], true, "{s}");
+        assert_eq!(s["subscription"]["apply_errors"], 0, "{s}");
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let validated = h.json(&["migrate", "validate", "w1"]);
+    assert_eq!(validated["clean"], true, "{validated}");
+    let databases: std::collections::BTreeSet<&str> = validated["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["database"].as_str().unwrap())
+        .collect();
+    assert_eq!(databases.len(), 3, "every database validated: {validated}");
+
+    let cut = h.json(&["migrate", "cutover", "w1"]);
+    assert_eq!(cut["databases"].as_array().unwrap().len(), 3, "{cut}");
+    assert!(cut["rollback_ready"] == true, "{cut}");
+    let pause = cut["write_pause_ms"].as_u64().unwrap();
+    assert!(pause < 5000, "{cut}");
+    let admin = h.sql("src", "template1");
+    assert_eq!(
+        admin.count("SELECT count(*) FROM pg_database WHERE NOT datallowconn AND datname IN ('postgres', 'billing', 'app')"),
+        3,
+        "every database fenced"
+    );
+
+    // pgbench's own counts, on the target that now holds every write.
+    let billing_processed = pgbench_processed(bench_billing);
+    let app_processed = pgbench_processed(bench_app);
+    for (db, processed) in [("billing", billing_processed), ("app", app_processed)] {
+        let (history, balanced) = tpcb(&h.sql("src-enc", db));
+        assert_eq!(history, processed, "{db}: pgbench's count vs the target");
+        assert!(balanced, "{db}: TPC-B balances on the target");
+    }
+
+    // Writes on the target in every database, then rollback: all of them on the source.
+    let bench_billing = pgbench(&h, "src-ep", "billing", 60, 8);
+    let bench_app = pgbench(&h, "src-ep", "app", 60, 8);
+    std::thread::sleep(Duration::from_secs(4));
+    let back = h.json(&["migrate", "rollback", "w1"]);
+    assert_eq!(back["databases"].as_array().unwrap().len(), 3, "{back}");
+    let billing_after = pgbench_processed(bench_billing);
+    let app_after = pgbench_processed(bench_app);
+    let run = writes.finish();
+    assert_eq!(run["client_errors"], 0, "{run}");
+    assert_all_landed(&h, "src", &ledger, &run);
+    for (db, processed) in [
+        ("billing", billing_processed + billing_after),
+        ("app", app_processed + app_after),
+    ] {
+        let (history, balanced) = tpcb(&h.sql("src", db));
+        assert_eq!(history, processed, "{db}: pgbench's count vs the source");
+        assert!(balanced, "{db}: TPC-B balances on the source");
+    }
+    h.ok(&["migrate", "cleanup", "w1"]);
+    for db in ["postgres", "billing", "app"] {
+        assert_eq!(pgseal_objects_in(&h, "src", db), 0, "{db}");
+    }
+    h.ok(&["endpoint", "delete", "src-ep"]);
+}
+
+#[test]
+fn a_narrowed_migration_keeps_the_rest_on_the_source_or_names_it_before_anything_moves() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    src.exec("CREATE DATABASE app");
+    src.exec("CREATE DATABASE billing");
+    h.sql("src", "app").exec(
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); \
+         INSERT INTO a VALUES (1); INSERT INTO b VALUES (1)",
+    );
+    h.sql("src", "billing")
+        .exec("CREATE TABLE invoices (id int PRIMARY KEY); INSERT INTO invoices VALUES (1)");
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    let plan = String::from_utf8_lossy(
+        &h.ok(&["migrate", "plan", "--source", "src", "--database", "app"])
+            .stdout,
+    )
+    .to_string();
+    assert!(plan.contains("billing") && plan.contains("no"), "{plan}");
+    // --tables narrows one database only.
+    let out = h.run(&[
+        "migrate", "start", "--source", "src", "--name", "n1", "--tables", "public.a",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    h.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "n1",
+        "--database",
+        "app",
+        "--tables",
+        "public.a",
+    ]);
+
+    // A switch that moves the whole instance names everything that would go stale.
+    let out = h.run(&[
+        "migrate",
+        "cutover",
+        "n1",
+        "--on-switch",
+        "true",
+        "--dry-run",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    for name in [
+        "--leave-stale billing",
+        "--leave-stale postgres",
+        "--leave-stale app/public.b",
+    ] {
+        assert!(text.contains(name), "{name} not named: {text}");
+    }
+    let accepted = h.json(&[
+        "migrate",
+        "cutover",
+        "n1",
+        "--on-switch",
+        "true",
+        "--dry-run",
+        "--leave-stale",
+        "billing",
+        "--leave-stale",
+        "postgres",
+        "--leave-stale",
+        "app/public.b",
+    ]);
+    assert_eq!(
+        accepted["failed_checks"].as_array().unwrap().len(),
+        0,
+        "{accepted}"
+    );
+    // The endpoint keeps billing and postgres on the source; the table outside --tables
+    // cannot be routed, so it is still refused until accepted.
+    let out = h.run(&["migrate", "cutover", "n1"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("app/public.b"));
+    let cut = h.json(&["migrate", "cutover", "n1", "--leave-stale", "app/public.b"]);
+    assert_eq!(
+        cut["left_stale"],
+        serde_json::json!(["app/public.b"]),
+        "{cut}"
+    );
+    assert_eq!(
+        cut["kept_on_source"],
+        serde_json::json!(["billing", "postgres"]),
+        "{cut}"
+    );
+    let journaled = h.json(&["migrate", "status", "n1"]);
+    let cutover_run = journaled["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["step"] == "cutover" && r["outcome"] == "done")
+        .unwrap()
+        .clone();
+    assert_eq!(cutover_run["outputs"]["left_stale"], cut["left_stale"]);
+
+    // Through the endpoint: app goes to the target, billing still to the source.
+    let ep = h.json(&["endpoint", "describe", "src-ep"]);
+    assert_eq!(ep["instance"], "src-enc", "{ep}");
+    assert_eq!(ep["routes"]["billing"], "src", "{ep}");
+    let (dir, port) = socket(&h, &["endpoint", "describe", "src-ep"]);
+    let psql = |db: &str, sql: &str| {
+        let out = Command::new(bin("psql"))
+            .args([
+                "-h", &dir, "-p", &port, "-U", "postgres", "-d", db, "-Atc", sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    psql("billing", "INSERT INTO invoices VALUES (2)");
+    psql("app", "INSERT INTO a VALUES (2)");
+    assert_eq!(
+        h.sql("src", "billing")
+            .count("SELECT count(*) FROM invoices"),
+        2,
+        "billing stays on the source"
+    );
+    assert_eq!(
+        h.sql("src-enc", "app").count("SELECT count(*) FROM a"),
+        2,
+        "app is on the target"
+    );
+    h.ok(&["endpoint", "delete", "src-ep"]);
+    h.sql("src", "postgres")
+        .exec("ALTER DATABASE app ALLOW_CONNECTIONS true");
+}
+
+#[test]
+fn prepared_transactions_block_the_plan_bound_the_slot_wait_and_are_applied_exactly_once() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical", "max_prepared_transactions=5"]);
+    let src = h.sql("src", "postgres");
+    src.exec("CREATE TABLE t (id int PRIMARY KEY)");
+    src.exec("BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'before-start'");
+    let out = h.run(&["migrate", "plan", "--source", "src"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("'before-start'"), "{text}");
+    assert!(text.contains("COMMIT PREPARED"), "{text}");
+    let out = h.run(&["migrate", "start", "--source", "src", "--name", "p1"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(src.pgseal_objects(), 0);
+    src.exec("COMMIT PREPARED 'before-start'");
+
+    // A transaction younger than the long-transaction threshold passes preflight, but the
+    // slot waits for it: said, bounded, and nothing is left behind.
+    let holder = h.sql("src", "postgres");
+    holder.exec("BEGIN; INSERT INTO t VALUES (2)");
+    let started = Instant::now();
+    let out = h.run(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "p1",
+        "--slot-wait",
+        "4",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(stderr.contains("waits for pid"), "{stderr}");
+    assert!(stderr.contains("--slot-wait"), "{stderr}");
+    assert_eq!(src.pgseal_objects(), 0, "{stderr}");
+    assert_eq!(
+        h.json(&["migrate", "list"]).as_array().unwrap().len(),
+        0,
+        "forgotten: start again"
+    );
+    holder.exec("COMMIT");
+
+    // A transaction prepared after the slot and before the snapshot: the copy holds it as
+    // an orphan, housekeeping rolls it back, its COMMIT PREPARED arrives by replication.
+    let out = h.run_env(
+        ("PGSEAL_FAILPOINT", "before:snapshot"),
+        &["migrate", "start", "--source", "src", "--name", "p1"],
+    );
+    assert_crashed(&out, "before:snapshot");
+    src.exec("BEGIN; INSERT INTO t VALUES (3); PREPARE TRANSACTION 'in-the-copy'");
+    h.ok(&["migrate", "resume", "p1"]);
+    let tgt = h.sql("src-enc", "postgres");
+    assert_eq!(tgt.count("SELECT count(*) FROM pg_prepared_xacts"), 0);
+    src.exec("COMMIT PREPARED 'in-the-copy'");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tgt.count("SELECT count(*) FROM t WHERE id = 3") == 0 {
+        assert!(Instant::now() < deadline, "the prepared row never arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(tgt.count("SELECT count(*) FROM t"), 3);
+    assert_eq!(
+        h.json(&["migrate", "validate", "p1"])["clean"],
+        true,
+        "source and target equal"
+    );
+}
+
+#[test]
+fn a_background_worker_writing_into_a_migrated_database_is_ended_by_the_fence_and_nothing_it_wrote_is_lost()
+ {
+    let upstream = pgseal_testkit::TestCluster::start().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let up = rt.block_on(upstream.connect("postgres")).unwrap();
+    rt.block_on(up.batch_execute(
+        "CREATE TABLE feed (id int PRIMARY KEY); CREATE PUBLICATION feed FOR TABLE feed; \
+         INSERT INTO feed SELECT generate_series(1, 200)",
+    ))
+    .unwrap();
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    // The source is itself a subscriber: its apply worker (a background worker) writes
+    // into the database being migrated.
+    src.exec("CREATE TABLE feed (id int PRIMARY KEY)");
+    src.exec(&format!(
+        "CREATE SUBSCRIPTION upstream CONNECTION 'host={} port={} user=postgres dbname=postgres' PUBLICATION feed",
+        upstream.socket_dir().display(),
+        upstream.port()
+    ));
+    let wait_rows = |sql: &Sql, n: i64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sql.count("SELECT count(*) FROM feed") != n {
+            assert!(Instant::now() < deadline, "feed never reached {n}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_rows(&src, 200);
+    h.ok(&["migrate", "start", "--source", "src", "--name", "b1"]);
+    rt.block_on(up.batch_execute("INSERT INTO feed SELECT generate_series(201, 300)"))
+        .unwrap();
+    wait_rows(&src, 300);
+    let tgt = h.sql("src-enc", "postgres");
+    wait_rows(&tgt, 300);
+    let cut = h.json(&["migrate", "cutover", "b1"]);
+    let ended = cut["workers_ended"].as_array().unwrap();
+    assert!(
+        ended.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .starts_with("logical replication worker")),
+        "{cut}"
+    );
+    // Everything the worker wrote before the fence is on the target, and the copy of its
+    // subscription on the target is disabled (it must not pull the same rows again).
+    assert_eq!(tgt.count("SELECT count(*) FROM feed"), 300);
+    assert_eq!(
+        tgt.text("SELECT subenabled::text FROM pg_subscription WHERE subname = 'upstream'"),
+        "false"
+    );
+    h.sql("src", "template1")
+        .exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
+    h.sql("src", "postgres")
+        .exec("ALTER SUBSCRIPTION upstream DISABLE");
+}
