@@ -618,16 +618,31 @@ fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_sy
 fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
     let h = Home::new();
     h.source("src", &["wal_level=logical"]);
+    // A second database, written between the rounds: both are fenced and drained.
+    h.sql("src", "postgres").exec("CREATE DATABASE billing");
+    h.sql("src", "billing")
+        .exec("CREATE TABLE t (id int PRIMARY KEY)");
+    let mut written = 0;
+    let mut write_billing = || {
+        written += 1;
+        h.sql("src", "billing")
+            .exec(&format!("INSERT INTO t VALUES ({written})"));
+    };
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
     let ledger = h.path("ledger").display().to_string();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
     h.ok(&["migrate", "start", "--source", "src", "--name", "c2"]);
     let admin = h.sql("src", "template1");
-    let allowed =
-        || admin.text("SELECT datallowconn::text FROM pg_database WHERE datname = 'postgres'");
+    let allowed = || {
+        admin.text(
+            "SELECT string_agg(datallowconn::text, ',' ORDER BY datname) FROM pg_database \
+             WHERE datname IN ('billing', 'postgres')",
+        )
+    };
 
     // Killed before the switch (fenced; drained and sequences set): resume undoes it.
     for point in ["cutover:fenced", "cutover:drained"] {
+        write_billing();
         std::thread::sleep(Duration::from_secs(2));
         let out = h.run_env(("PGSEAL_FAILPOINT", point), &["migrate", "cutover", "c2"]);
         assert_crashed(&out, point);
@@ -637,12 +652,12 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
         );
         assert_eq!(
             allowed(),
-            "false",
-            "{point}: the fence holds after the crash"
+            "false,false",
+            "{point}: the fences hold after the crash"
         );
         let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "c2"]).stdout).to_string();
         assert!(text.contains("undone"), "{point}: {text}");
-        assert_eq!(allowed(), "true", "{point}");
+        assert_eq!(allowed(), "true,true", "{point}");
         assert_eq!(
             h.json(&["migrate", "status", "c2"])["migration"]["phase"],
             "replicating"
@@ -653,6 +668,7 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
         );
     }
     // Killed after the switch: resume finishes forward.
+    write_billing();
     std::thread::sleep(Duration::from_secs(2));
     crash_then_resume(
         &h,
@@ -666,8 +682,15 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
     let run = writes.finish();
     assert_eq!(run["client_errors"], 0, "{run}");
     assert_all_landed(&h, "src-enc", &ledger, &run);
+    assert_eq!(
+        h.sql("src-enc", "billing")
+            .count("SELECT count(DISTINCT id) FROM t"),
+        i64::from(written),
+        "every row of the second database on the target"
+    );
     h.ok(&["endpoint", "delete", "src-ep"]);
     admin.exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
+    admin.exec("ALTER DATABASE billing ALLOW_CONNECTIONS true");
 }
 
 /// pgseal's slots, publications and subscriptions on a server (all databases' slots; this
