@@ -148,10 +148,19 @@ impl Harness {
 
     /// `pgbench -i -s SCALE` on an instance's `postgres` database.
     pub fn pgbench_init(&self, instance: &str, scale: u32) -> anyhow::Result<()> {
+        self.pgbench_init_db(instance, "postgres", scale)
+    }
+
+    /// `pgbench -i -s SCALE` on database `db` of an instance (created first unless it is
+    /// `postgres`).
+    pub fn pgbench_init_db(&self, instance: &str, db: &str, scale: u32) -> anyhow::Result<()> {
+        if db != "postgres" {
+            self.psql(instance, &format!("CREATE DATABASE {db}"))?;
+        }
         let mut c = self.program("pgbench");
         c.args(["-i", "-q", "-s", &scale.to_string()])
             .args(self.conn(instance)?)
-            .arg("postgres");
+            .arg(db);
         timed(c).map(|_| ())
     }
 

@@ -5,10 +5,14 @@
 //!    pause per cutover (pause to first write accepted on the target), p50 and max; client
 //!    errors over the whole run (target: max <= 1 s, 0 errors).
 //! 2. hook mode: the same, without an endpoint; the workload writes straight to the source,
-//!    whose sessions the fence ends (connections dropped and re-made by the application).
+//!    whose sessions the fence ends (connections dropped and re-made by the application);
+//! 3. endpoint mode over DATABASES databases: the ledger in `postgres` and pgbench TPC-B
+//!    (50 tx/s) through the endpoint into each other database, every one fenced, drained
+//!    and switched at each cutover (target: max <= 1 s, 0 client errors, 0 pgbench
+//!    failures).
 //!
-//! Usage: `bench-cutover [ROUNDS] [RATE]` (default 5, 200), as root, from the workspace
-//! root. Run `bench/cutover`.
+//! Usage: `bench-cutover [ROUNDS] [RATE] [DATABASES]` (default 5, 200, 3), as root, from
+//! the workspace root. Run `bench/cutover`.
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -46,17 +50,43 @@ fn percentile(mut xs: Vec<u64>, p: f64) -> u64 {
     xs[((xs.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Runs `rounds` chained migrations with cutover; returns the write pauses (ms), the
-/// sessions the fences ended, and the workload's summary.
+/// What one chain of cutovers measured.
+struct Chain {
+    /// Write pause of each cutover (ms).
+    pauses: Vec<u64>,
+    /// Sessions the fences ended.
+    ended: i64,
+    /// The ledger workload's summary.
+    ledger: serde_json::Value,
+    /// Transactions pgbench processed and failed, over the extra databases.
+    pgbench: (i64, i64),
+}
+
+/// A number pgbench printed after `label`.
+fn pgbench_field(text: &str, label: &str) -> i64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1)
+}
+
+/// Runs `rounds` chained migrations with cutover over `databases` databases (the ledger in
+/// `postgres`, pgbench through the endpoint in the others).
 fn chain(
     b: &Harness,
     label: &str,
     endpoint: bool,
     rounds: usize,
     rate: f64,
-) -> anyhow::Result<(Vec<u64>, i64, serde_json::Value)> {
+    databases: u32,
+) -> anyhow::Result<Chain> {
     let first = format!("{label}0");
     b.json(&["instance", "create", &first, "--param", "wal_level=logical"])?;
+    let extra: Vec<String> = (1..databases).map(|i| format!("db{i}")).collect();
+    for db in &extra {
+        b.pgbench_init_db(&first, db, 1)?;
+    }
     let ep = format!("{label}-ep");
     if endpoint {
         b.json(&["endpoint", "create", &ep, "--instance", &first])?;
@@ -70,6 +100,22 @@ fn chain(
     };
     let on: Vec<&str> = on.iter().map(String::as_str).collect();
     let workload = spawn_workload(b, &on, &ledger, rate, seconds)?;
+    let mut benches = Vec::new();
+    if endpoint && !extra.is_empty() {
+        let info = b.json(&["endpoint", "describe", &ep])?;
+        let (dir, port) = (
+            info["socket_dir"].as_str().context("socket_dir")?.to_string(),
+            info["port"].as_u64().context("port")?.to_string(),
+        );
+        for db in &extra {
+            let mut c = b.program("pgbench");
+            c.args(["-n", "-c", "1", "-R", "50", "-h", &dir, "-p", &port, "-U", "postgres"])
+                .args(["-T", &seconds.to_string(), db])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            benches.push(c.spawn()?);
+        }
+    }
     let (mut pauses, mut ended) = (Vec::new(), 0);
     let mut source = first;
     for round in 0..rounds {
@@ -112,23 +158,42 @@ fn chain(
     }
     let out = workload.wait_with_output()?;
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut pgbench = (0, 0);
+    for child in benches {
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        pgbench.0 += pgbench_field(&text, "number of transactions actually processed: ");
+        let failed = pgbench_field(&text, "number of failed transactions: ");
+        pgbench.1 += if out.status.success() && failed >= 0 {
+            failed
+        } else {
+            1
+        };
+    }
     if endpoint {
         let _ = b.pgseal(&["endpoint", "delete", &ep]).output();
     }
     let _ = b.pgseal(&["instance", "delete", &source, "--yes"]).output();
-    Ok((pauses, ended, summary))
+    Ok(Chain {
+        pauses,
+        ended,
+        ledger: summary,
+        pgbench,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5);
     let rate: f64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(200.0);
+    let databases: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let result = (|| {
-        let endpoint = chain(&b, "ep", true, rounds, rate)?;
-        let hook = chain(&b, "hk", false, rounds, rate)?;
-        anyhow::Ok((endpoint, hook))
+        let endpoint = chain(&b, "ep", true, rounds, rate, 1)?;
+        let hook = chain(&b, "hk", false, rounds, rate, 1)?;
+        let many = chain(&b, "db", true, rounds, rate, databases.max(2))?;
+        anyhow::Ok((endpoint, hook, many))
     })();
     // Whatever happened, leave no server, endpoint or mount behind.
     if let Ok(list) = b.json(&["endpoint", "list"]) {
@@ -144,7 +209,9 @@ fn main() -> anyhow::Result<()> {
             let _ = b.pgseal(&["instance", "delete", name, "--yes"]).output();
         }
     }
-    let ((ep_pauses, _, ep_run), (hk_pauses, hk_ended, hk_run)) = result?;
+    let (ep, hk, many) = result?;
+    let (ep_pauses, ep_run) = (ep.pauses, ep.ledger);
+    let (hk_pauses, hk_ended, hk_run) = (hk.pauses, hk.ended, hk.ledger);
     println!(
         "cutover benchmark: {rounds} chained cutovers per mode, ledger workload at {rate} tx/s"
     );
@@ -163,8 +230,19 @@ fn main() -> anyhow::Result<()> {
         hk_run["client_errors"]
     );
     println!(
+        "  endpoint over {databases} databases (ledger + pgbench in each other one): write pause p50 {} ms, max {} ms (target <= 1000); ledger client errors {}, pgbench {} processed, {} failed",
+        percentile(many.pauses.clone(), 0.5),
+        percentile(many.pauses.clone(), 1.0),
+        many.ledger["client_errors"],
+        many.pgbench.0,
+        many.pgbench.1
+    );
+    println!(
         "{}",
         serde_json::json!({
+            "databases": databases, "databases_pauses_ms": many.pauses,
+            "databases_client_errors": many.ledger["client_errors"],
+            "databases_pgbench_processed": many.pgbench.0, "databases_pgbench_failed": many.pgbench.1,
             "rounds": rounds, "rate": rate,
             "endpoint_pauses_ms": ep_pauses, "endpoint_client_errors": ep_run["client_errors"],
             "endpoint_acknowledged": ep_run["acknowledged"],

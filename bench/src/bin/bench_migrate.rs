@@ -3,10 +3,13 @@
 //!    `pg_basebackup -Ft -X fetch` of the same pgbench database (target <= 1.5x);
 //! 2. catch-up: a burst of pgbench writes made while the snapshot is taken piles up in the
 //!    slot; once the subscription is enabled, the WAL it applies per second vs the rate
-//!    at which the source produced that WAL.
+//!    at which the source produced that WAL;
+//! 3. databases: the same start to replicating for an instance whose data is split over
+//!    DATABASES databases (pgbench scale SCALE/DATABASES each), vs the one-database run of
+//!    part 1 (target <= 1.1x: a stream per database costs little beyond its slot).
 //!
-//! Usage: `bench-migrate [SCALE] [ROUNDS]` (default 50, 3), as root, from the workspace
-//! root. Run `bench/migrate`.
+//! Usage: `bench-migrate [SCALE] [ROUNDS] [DATABASES]` (default 50, 3, 3), as root, from
+//! the workspace root. Run `bench/migrate`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,9 +26,10 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let scale: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50);
     let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
+    let databases: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
-    let result = run(&b, dir.path(), scale, rounds);
+    let result = run(&b, dir.path(), scale, rounds, databases.max(1));
     // Whatever happened, leave no migration, server or mount behind.
     if let Ok(list) = b.json(&["migrate", "list"]) {
         for m in list.as_array().into_iter().flatten() {
@@ -33,13 +37,35 @@ fn main() -> anyhow::Result<()> {
             let _ = b.pgseal(&["migrate", "abort", name]).output();
         }
     }
-    for name in ["bench-src", "bench-floor"] {
+    for name in ["bench-src", "bench-floor", "bench-multi"] {
         let _ = b.pgseal(&["instance", "delete", name, "--yes"]).output();
     }
     result
 }
 
-fn run(b: &Harness, dir: &std::path::Path, scale: u32, rounds: usize) -> anyhow::Result<()> {
+/// `migrate start` to replicating of `source`, once, named `name`; aborted afterwards.
+fn start_once(b: &Harness, source: &str, name: &str) -> anyhow::Result<Duration> {
+    let elapsed = timed(b.pgseal(&[
+        "migrate",
+        "start",
+        "--source",
+        source,
+        "--name",
+        name,
+        "--replica-identity-full",
+    ]))?
+    .elapsed;
+    b.json(&["migrate", "abort", name])?;
+    Ok(elapsed)
+}
+
+fn run(
+    b: &Harness,
+    dir: &std::path::Path,
+    scale: u32,
+    rounds: usize,
+    databases: u32,
+) -> anyhow::Result<()> {
     let storage = format!("{}MiB", 1024 + scale * 60);
     b.json(&[
         "instance",
@@ -192,6 +218,51 @@ fn run(b: &Harness, dir: &std::path::Path, scale: u32, rounds: usize) -> anyhow:
         std::thread::sleep(Duration::from_millis(100));
     }
     let catchup_secs = resumed.elapsed().as_secs_f64();
+    b.json(&["migrate", "abort", "catchup"])?;
+
+    // 3. The same data over several databases: one stream each.
+    b.json(&[
+        "instance",
+        "create",
+        "bench-multi",
+        "--storage",
+        &storage,
+        "--param",
+        "wal_level=logical",
+    ])?;
+    let each = (scale / databases).max(1);
+    for i in 0..databases {
+        let db = if i == 0 {
+            "postgres".to_string()
+        } else {
+            format!("db{i}")
+        };
+        b.pgbench_init_db("bench-multi", &db, each)?;
+    }
+    let multi_mib: u64 = b
+        .psql(
+            "bench-multi",
+            "SELECT sum(pg_database_size(oid)) >> 20 FROM pg_database WHERE NOT datistemplate",
+        )?
+        .parse()?;
+    let single_mib: u64 = b
+        .psql(
+            "bench-src",
+            "SELECT sum(pg_database_size(oid)) >> 20 FROM pg_database WHERE NOT datistemplate",
+        )?
+        .parse()?;
+    let (mut t_one, mut t_many) = (vec![], vec![]);
+    for round in 0..rounds {
+        let _ = timed(Command::new("sync"));
+        if round % 2 == 0 {
+            t_one.push(start_once(b, "bench-src", &format!("one{round}"))?);
+            t_many.push(start_once(b, "bench-multi", &format!("many{round}"))?);
+        } else {
+            t_many.push(start_once(b, "bench-multi", &format!("many{round}"))?);
+            t_one.push(start_once(b, "bench-src", &format!("one{round}"))?);
+        }
+    }
+    let (one, many) = (median(t_one), median(t_many));
     let produced_rate = (after - before) as f64 / burst_secs / 1048576.0;
     let applied_rate = backlog as f64 / catchup_secs / 1048576.0;
 
@@ -228,6 +299,12 @@ fn run(b: &Harness, dir: &std::path::Path, scale: u32, rounds: usize) -> anyhow:
         applied_rate / produced_rate
     );
     println!(
+        "  {databases} databases of scale {each} ({multi_mib} MiB in all) vs 1 of scale {scale} ({single_mib} MiB): start -> replicating {:.2} s vs {:.2} s, ratio {:.2} (target <= 1.1)",
+        many.as_secs_f64(),
+        one.as_secs_f64(),
+        many.as_secs_f64() / one.as_secs_f64()
+    );
+    println!(
         "{}",
         serde_json::json!({
             "scale": scale, "database_mib": db_mib, "rounds": rounds,
@@ -236,6 +313,9 @@ fn run(b: &Harness, dir: &std::path::Path, scale: u32, rounds: usize) -> anyhow:
             "encrypted_write_s": floor.as_secs_f64(), "ratio_to_floor": start.as_secs_f64() / (base + floor).as_secs_f64(),
             "burst_wal_mib": (after - before) as f64 / 1048576.0, "burst_write_mib_s": produced_rate,
             "backlog_mib": backlog as f64 / 1048576.0, "catchup_s": catchup_secs, "catchup_mib_s": applied_rate,
+            "databases": databases, "databases_mib": multi_mib, "one_database_mib": single_mib,
+            "databases_start_s": many.as_secs_f64(), "one_database_start_s": one.as_secs_f64(),
+            "databases_ratio": many.as_secs_f64() / one.as_secs_f64(),
         })
     );
     Ok(())
