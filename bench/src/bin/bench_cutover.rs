@@ -104,15 +104,20 @@ fn chain(
     if endpoint && !extra.is_empty() {
         let info = b.json(&["endpoint", "describe", &ep])?;
         let (dir, port) = (
-            info["socket_dir"].as_str().context("socket_dir")?.to_string(),
+            info["socket_dir"]
+                .as_str()
+                .context("socket_dir")?
+                .to_string(),
             info["port"].as_u64().context("port")?.to_string(),
         );
         for db in &extra {
             let mut c = b.program("pgbench");
-            c.args(["-n", "-c", "1", "-R", "50", "-h", &dir, "-p", &port, "-U", "postgres"])
-                .args(["-T", &seconds.to_string(), db])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null());
+            c.args([
+                "-n", "-c", "1", "-R", "50", "-h", &dir, "-p", &port, "-U", "postgres",
+            ])
+            .args(["-T", &seconds.to_string(), db])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
             benches.push(c.spawn()?);
         }
     }

@@ -92,16 +92,6 @@ fn tpcb(sql: &Sql) -> (i64, bool) {
     (history, balanced)
 }
 
-/// pgseal's slots, publications and subscriptions in database `db` of `instance` (slots
-/// are server-wide).
-fn pgseal_objects_in(h: &Home, instance: &str, db: &str) -> i64 {
-    h.sql(instance, db).count(
-        "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgseal%') \
-              + (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pgseal%') \
-              + (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'pgseal%')",
-    )
-}
-
 #[test]
 fn three_databases_under_pgbench_and_the_ledger_cut_over_and_roll_back_with_nothing_lost() {
     let h = Home::new();
@@ -204,7 +194,7 @@ fn three_databases_under_pgbench_and_the_ledger_cut_over_and_roll_back_with_noth
     }
     h.ok(&["migrate", "cleanup", "w1"]);
     for db in ["postgres", "billing", "app"] {
-        assert_eq!(pgseal_objects_in(&h, "src", db), 0, "{db}");
+        assert_eq!(h.sql("src", db).pgseal_everything(), 0, "{db}");
     }
     h.ok(&["endpoint", "delete", "src-ep"]);
 }

@@ -618,15 +618,20 @@ fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_sy
 fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
     let h = Home::new();
     h.source("src", &["wal_level=logical"]);
-    // A second database, written between the rounds: both are fenced and drained.
-    h.sql("src", "postgres").exec("CREATE DATABASE billing");
-    h.sql("src", "billing")
-        .exec("CREATE TABLE t (id int PRIMARY KEY)");
+    // Two more databases, written between the rounds: all three are fenced and drained.
+    let others = ["app", "billing"];
+    for db in others {
+        h.sql("src", "postgres")
+            .exec(&format!("CREATE DATABASE {db}"));
+        h.sql("src", db).exec("CREATE TABLE t (id int PRIMARY KEY)");
+    }
     let mut written = 0;
     let mut write_billing = || {
         written += 1;
-        h.sql("src", "billing")
-            .exec(&format!("INSERT INTO t VALUES ({written})"));
+        for db in others {
+            h.sql("src", db)
+                .exec(&format!("INSERT INTO t VALUES ({written})"));
+        }
     };
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
     let ledger = h.path("ledger").display().to_string();
@@ -636,7 +641,7 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
     let allowed = || {
         admin.text(
             "SELECT string_agg(datallowconn::text, ',' ORDER BY datname) FROM pg_database \
-             WHERE datname IN ('billing', 'postgres')",
+             WHERE datname IN ('app', 'billing', 'postgres')",
         )
     };
 
@@ -652,12 +657,12 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
         );
         assert_eq!(
             allowed(),
-            "false,false",
+            "false,false,false",
             "{point}: the fences hold after the crash"
         );
         let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "c2"]).stdout).to_string();
         assert!(text.contains("undone"), "{point}: {text}");
-        assert_eq!(allowed(), "true,true", "{point}");
+        assert_eq!(allowed(), "true,true,true", "{point}");
         assert_eq!(
             h.json(&["migrate", "status", "c2"])["migration"]["phase"],
             "replicating"
@@ -682,25 +687,18 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
     let run = writes.finish();
     assert_eq!(run["client_errors"], 0, "{run}");
     assert_all_landed(&h, "src-enc", &ledger, &run);
-    assert_eq!(
-        h.sql("src-enc", "billing")
-            .count("SELECT count(DISTINCT id) FROM t"),
-        i64::from(written),
-        "every row of the second database on the target"
-    );
+    for db in others {
+        assert_eq!(
+            h.sql("src-enc", db)
+                .count("SELECT count(DISTINCT id) FROM t"),
+            i64::from(written),
+            "every row of {db} on the target"
+        );
+    }
     h.ok(&["endpoint", "delete", "src-ep"]);
-    admin.exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
-    admin.exec("ALTER DATABASE billing ALLOW_CONNECTIONS true");
-}
-
-/// pgseal's slots, publications and subscriptions on a server (all databases' slots; this
-/// database's publications and subscriptions).
-fn pgseal_everything(sql: &Sql) -> i64 {
-    sql.count(
-        "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgseal%') \
-              + (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pgseal%') \
-              + (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'pgseal%')",
-    )
+    for db in ["postgres", "app", "billing"] {
+        admin.exec(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    }
 }
 
 #[test]
@@ -740,7 +738,7 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
 
     // Cleanup: the abandoned target goes, and no pgseal object stays on the source.
     h.ok(&["migrate", "cleanup", "r1"]);
-    assert_eq!(pgseal_everything(&src), 0);
+    assert_eq!(src.pgseal_everything(), 0);
     assert_eq!(h.json(&["instance", "list"]).as_array().unwrap().len(), 1);
     assert_eq!(h.json(&["snapshot", "list"]).as_array().unwrap().len(), 0);
     h.ok(&["endpoint", "delete", "src-ep"]);
@@ -760,7 +758,7 @@ fn cleanup_after_cutover_leaves_no_slot_publication_or_subscription_on_either_si
     ]);
     let out = h.json(&["migrate", "cleanup", "k1", "--retire-source"]);
     assert!(out["removed"].as_array().unwrap().len() >= 4, "{out}");
-    assert_eq!(pgseal_everything(&h.sql("src-enc", "postgres")), 0);
+    assert_eq!(h.sql("src-enc", "postgres").pgseal_everything(), 0);
     assert_eq!(
         h.json(&["instance", "describe", "src"])["status"],
         "stopped"
@@ -770,7 +768,7 @@ fn cleanup_after_cutover_leaves_no_slot_publication_or_subscription_on_either_si
     h.ok(&["instance", "start", "src"]);
     let admin = h.sql("src", "template1");
     admin.exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
-    assert_eq!(pgseal_everything(&h.sql("src", "postgres")), 0);
+    assert_eq!(h.sql("src", "postgres").pgseal_everything(), 0);
     assert_eq!(
         h.json(&["migrate", "status", "k1"])["migration"]["phase"],
         "cleaned_up"
@@ -919,6 +917,10 @@ fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
 fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_lost() {
     let h = Home::new();
     h.source("src", &["wal_level=logical"]);
+    // A second database, written on the target between the rounds.
+    h.sql("src", "postgres").exec("CREATE DATABASE billing");
+    h.sql("src", "billing")
+        .exec("CREATE TABLE t (id int PRIMARY KEY)");
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
     let ledger = h.path("ledger").display().to_string();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
@@ -926,6 +928,8 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
     std::thread::sleep(Duration::from_secs(1));
     h.json(&["migrate", "cutover", "rb"]);
     std::thread::sleep(Duration::from_secs(2));
+    h.sql("src-enc", "billing")
+        .exec("INSERT INTO t SELECT generate_series(1, 10)");
 
     // Killed with the target fenced, before switching back: resume lets the target serve.
     crash_then_resume(
@@ -937,13 +941,17 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
         "src-enc",
     );
     let allowed = |instance: &str| {
-        h.sql(instance, "template1")
-            .text("SELECT datallowconn::text FROM pg_database WHERE datname = 'postgres'")
+        h.sql(instance, "template1").text(
+            "SELECT string_agg(datallowconn::text, ',' ORDER BY datname) FROM pg_database \
+             WHERE datname IN ('billing', 'postgres')",
+        )
     };
     assert_eq!(
         (allowed("src"), allowed("src-enc")),
-        ("false".into(), "true".into())
+        ("false,false".into(), "true,true".into())
     );
+    h.sql("src-enc", "billing")
+        .exec("INSERT INTO t SELECT generate_series(11, 20)");
     std::thread::sleep(Duration::from_secs(2));
 
     // Killed after switching back: resume finishes it.
@@ -959,6 +967,12 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
     let run = writes.finish();
     assert_eq!(run["client_errors"], 0, "{run}");
     assert_all_landed(&h, "src", &ledger, &run);
+    assert_eq!(
+        h.sql("src", "billing")
+            .count("SELECT count(DISTINCT id) FROM t"),
+        20,
+        "every row written on the target's second database is back on the source"
+    );
     h.ok(&["migrate", "cleanup", "rb"]);
     h.ok(&["endpoint", "delete", "src-ep"]);
 }

@@ -44,14 +44,7 @@ pub async fn abort<P: Platform>(
     // One session per database of the source, opened when first needed.
     let mut sessions: std::collections::HashMap<String, Client> = Default::default();
     for resource in journal.resources(name)? {
-        let label = if resource.database.is_empty() {
-            format!("{} {}", resource.kind, resource.name)
-        } else {
-            format!(
-                "{} {} ({})",
-                resource.kind, resource.name, resource.database
-            )
-        };
+        let label = resource.label();
         let removed = match resource.kind.as_str() {
             "instance" => match platform.delete_instance(&resource.name).await {
                 Ok(()) => true,

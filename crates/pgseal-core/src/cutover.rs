@@ -596,35 +596,24 @@ struct Sessions {
     pids: Vec<i32>,
 }
 
-async fn source_sessions<P: Platform>(
+/// Sessions on every stream's database of the source (`role` "source") or the target.
+async fn sessions<P: Platform>(
     platform: &P,
     spec: &MigrationSpec,
     streams: &[Stream],
+    role: &'static str,
 ) -> Result<Sessions, EngineError> {
     let mut sessions = Sessions {
         clients: Vec::new(),
         pids: Vec::new(),
     };
     for s in streams {
-        let client = connect_source_db(platform, spec, &s.database).await?;
-        sessions.pids.push(backend_pid(&client, "source").await?);
-        sessions.clients.push(client);
-    }
-    Ok(sessions)
-}
-
-async fn target_sessions<P: Platform>(
-    platform: &P,
-    spec: &MigrationSpec,
-    streams: &[Stream],
-) -> Result<Sessions, EngineError> {
-    let mut sessions = Sessions {
-        clients: Vec::new(),
-        pids: Vec::new(),
-    };
-    for s in streams {
-        let client = connect_to(platform, &spec.target, &s.database, "target").await?;
-        sessions.pids.push(backend_pid(&client, "target").await?);
+        let client = if role == "source" {
+            connect_source_db(platform, spec, &s.database).await?
+        } else {
+            connect_to(platform, &spec.target, &s.database, role).await?
+        };
+        sessions.pids.push(backend_pid(&client, role).await?);
         sessions.clients.push(client);
     }
     Ok(sessions)
@@ -685,8 +674,8 @@ pub async fn cutover<P: Platform, S: Switch>(
     let dbs: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
     report.databases = dbs.clone();
     let admin = admin_session(platform, &spec, &streams).await?;
-    let sources = source_sessions(platform, &spec, &streams).await?;
-    let targets = target_sessions(platform, &spec, &streams).await?;
+    let sources = sessions(platform, &spec, &streams, "source").await?;
+    let targets = sessions(platform, &spec, &streams, "target").await?;
     let run = journal.step_started(name, Step::Cutover)?;
     journal.set_phase(name, Phase::CuttingOver, None)?;
 
@@ -965,7 +954,7 @@ pub async fn rollback<P: Platform, S: Switch>(
     let streams = streams_of(journal, name)?;
     let dbs: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
     let backs: Vec<String> = streams.iter().map(Stream::reverse_name).collect();
-    let targets = target_sessions(platform, &spec, &streams).await?;
+    let targets = sessions(platform, &spec, &streams, "target").await?;
     let target_admin = target_admin(platform, &spec, &streams).await?;
     let source_admin = admin_session(platform, &spec, &streams).await?;
     let run = journal.step_started(name, Step::Rollback)?;
@@ -982,7 +971,7 @@ pub async fn rollback<P: Platform, S: Switch>(
         // switch); the workers must reach the target before the target is fenced, since a
         // fenced database refuses new walsender connections too.
         lift_fences(&source_admin, &dbs).await?;
-        let opened = source_sessions(platform, &spec, &streams).await?;
+        let opened = sessions(platform, &spec, &streams, "source").await?;
         for (i, s) in streams.iter().enumerate() {
             // The target's address may have changed since the reverse subscription was
             // made (renamed at cutover): point it at the target as it is now.
@@ -1116,14 +1105,7 @@ async fn remove_resources<P: Platform>(
 ) -> Result<Vec<String>, EngineError> {
     let mut removed_all = Vec::new();
     for resource in journal.resources(name)? {
-        let label = if resource.database.is_empty() {
-            format!("{} {}", resource.kind, resource.name)
-        } else {
-            format!(
-                "{} {} ({})",
-                resource.kind, resource.name, resource.database
-            )
-        };
+        let label = resource.label();
         let source = sources.get(&resource.database);
         let removed = match (resource.kind.as_str(), source) {
             ("reverse_subscription", Some(source)) => {
@@ -1270,8 +1252,8 @@ pub async fn recover_interrupted<P: Platform>(
     for db in &dbs {
         journal.remove_resource(name, "fence", db, db)?;
     }
-    let sources = source_sessions(platform, &spec, &streams).await?;
-    let targets = target_sessions(platform, &spec, &streams).await?;
+    let sources = sessions(platform, &spec, &streams, "source").await?;
+    let targets = sessions(platform, &spec, &streams, "target").await?;
     drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await?;
     set_subscriptions(
         &targets.clients,
@@ -1316,7 +1298,7 @@ pub async fn cleanup<P: Platform>(
     let spec = record.spec;
     let streams = streams_of(journal, name)?;
     let mut report = CleanupReport::default();
-    let targets = target_sessions(platform, &spec, &streams).await?;
+    let targets = sessions(platform, &spec, &streams, "target").await?;
     for (i, s) in streams.iter().enumerate() {
         let (target, back, db) = (&targets.clients[i], s.reverse_name(), &s.database);
         // Rollback is no longer possible after cleanup: the reverse objects go too.

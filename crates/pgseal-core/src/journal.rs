@@ -250,6 +250,17 @@ pub struct Resource {
     pub name: String,
 }
 
+impl Resource {
+    /// `kind name`, with `(database)` for an object of one database.
+    pub fn label(&self) -> String {
+        if self.database.is_empty() {
+            format!("{} {}", self.kind, self.name)
+        } else {
+            format!("{} {} ({})", self.kind, self.name, self.database)
+        }
+    }
+}
+
 /// The `database` of a resource that belongs to no single database (a snapshot, an
 /// instance, a switch).
 pub const INSTANCE: &str = "";

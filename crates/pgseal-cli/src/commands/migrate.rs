@@ -504,6 +504,8 @@ fn drive(
     if let Err(e) = result {
         let hint = if matches!(e, EngineError::Blocked(_)) {
             "nothing was changed; fix the blockers and run `pgseal migrate start` again".to_string()
+        } else if matches!(e, EngineError::SlotWait(_)) {
+            "what it had made was removed and the migration forgotten; run `pgseal migrate start` again".to_string()
         } else {
             format!(
                 "`pgseal migrate resume {name}` retries from this step; `pgseal migrate abort {name}` removes what was created"

@@ -203,6 +203,16 @@ impl Sql {
         )
     }
 
+    /// pgseal's slots, publications and subscriptions on this server (all databases'
+    /// slots; this database's publications and subscriptions).
+    pub fn pgseal_everything(&self) -> i64 {
+        self.count(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgseal%') \
+                  + (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pgseal%') \
+                  + (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'pgseal%')",
+        )
+    }
+
     /// A digest of every ledger table's rows.
     pub fn ledger_digest(&self) -> String {
         [
