@@ -242,13 +242,13 @@ fn run(
     let multi_mib: u64 = b
         .psql(
             "bench-multi",
-            "SELECT sum(pg_database_size(oid)) >> 20 FROM pg_database WHERE NOT datistemplate",
+            "SELECT sum(pg_database_size(oid))::bigint >> 20 FROM pg_database WHERE NOT datistemplate",
         )?
         .parse()?;
     let single_mib: u64 = b
         .psql(
             "bench-src",
-            "SELECT sum(pg_database_size(oid)) >> 20 FROM pg_database WHERE NOT datistemplate",
+            "SELECT sum(pg_database_size(oid))::bigint >> 20 FROM pg_database WHERE NOT datistemplate",
         )?
         .parse()?;
     let (mut t_one, mut t_many) = (vec![], vec![]);
