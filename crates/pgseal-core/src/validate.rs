@@ -336,9 +336,10 @@ struct Sides<'a> {
 }
 
 impl Sides<'_> {
-    /// The source's position now (everything it has committed is below it).
+    /// The source's position now: everything it has committed is below it, asynchronous
+    /// commits still in WAL buffers included (the insert position, not the write one).
     async fn source_lsn(&self) -> Result<Lsn, EngineError> {
-        replication::current_wal_lsn(self.source)
+        replication::current_wal_insert_lsn(self.source)
             .await
             .map_err(sql("source", "reading the WAL position"))
     }

@@ -362,6 +362,16 @@ pub async fn drop_subscription(client: &Client, name: &str) -> Result<bool, toki
     Ok(true)
 }
 
+/// The publisher's WAL insert position: past every commit already visible, including
+/// asynchronous ones (`synchronous_commit = off`) whose records are still in WAL buffers,
+/// beyond the write position `pg_current_wal_lsn()` returns.
+pub async fn current_wal_insert_lsn(client: &Client) -> Result<Lsn, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT pg_current_wal_insert_lsn()", &[])
+        .await?;
+    Ok(Lsn::from(row.get::<_, PgLsn>(0)))
+}
+
 /// The publisher's current WAL position.
 pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, tokio_postgres::Error> {
     let row = client.query_one("SELECT pg_current_wal_lsn()", &[]).await?;
