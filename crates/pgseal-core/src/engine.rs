@@ -360,12 +360,7 @@ impl<'a, P: Platform> Engine<'a, P> {
         if !report.ready() {
             return Err(EngineError::Blocked(Box::new(report)));
         }
-        let carried: Vec<&str> = report
-            .databases
-            .iter()
-            .filter(|d| d.carried)
-            .map(|d| d.name.as_str())
-            .collect();
+        let carried = report.carried();
         let summary = format!(
             "{} database(s) ({}), {} tables, {} MiB, {} warning(s)",
             carried.len(),

@@ -88,6 +88,15 @@ pub struct PreflightReport {
 }
 
 impl PreflightReport {
+    /// The names of the databases the migration carries.
+    pub fn carried(&self) -> Vec<&str> {
+        self.databases
+            .iter()
+            .filter(|d| d.carried)
+            .map(|d| d.name.as_str())
+            .collect()
+    }
+
     /// True when nothing blocks the migration.
     pub fn ready(&self) -> bool {
         !self
@@ -95,21 +104,6 @@ impl PreflightReport {
             .iter()
             .any(|f| f.severity == Severity::Blocker)
     }
-}
-
-/// The slot, publication and subscription name for a migration.
-pub fn replication_name(migration: &str) -> String {
-    let cleaned: String = migration
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("pgseal_{cleaned}")
 }
 
 fn blocker(id: &'static str, detail: String, fix: String) -> Finding {

@@ -37,29 +37,28 @@ impl Stream {
 /// at most 63 bytes, and `pgseal_` + `_` + an oid + `_back` take up to 23.
 const NAME_PART: usize = 40;
 
-fn cleaned(migration: &str) -> String {
-    migration
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .take(NAME_PART)
-        .collect()
+/// A migration's name as a slot name may hold it: ASCII letters and digits lowercased,
+/// anything else `_`.
+fn cleaned(migration: &str) -> impl Iterator<Item = char> + '_ {
+    migration.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '_'
+        }
+    })
 }
 
 /// The name of migration `migration`'s stream for the database of oid `oid`.
 pub fn stream_name(migration: &str, oid: u32) -> String {
-    format!("pgseal_{}_{oid}", cleaned(migration))
+    let part: String = cleaned(migration).take(NAME_PART).collect();
+    format!("pgseal_{part}_{oid}")
 }
 
 /// The name a migration's one stream had before migrations covered several databases
 /// (journals written by earlier versions keep it).
 pub fn legacy_name(migration: &str) -> String {
-    crate::preflight::replication_name(migration)
+    format!("pgseal_{}", cleaned(migration).collect::<String>())
 }
 
 /// A database of the source server as the scope sees it.

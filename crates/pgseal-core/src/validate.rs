@@ -810,6 +810,7 @@ pub async fn validate<P: Platform>(
     let started = Instant::now();
     let mut reports = Vec::new();
     let mut horizons = std::collections::BTreeMap::new();
+    let mut targets = Vec::new();
     for stream in &streams {
         let db = &stream.database;
         let source = connect_source_db(platform, &spec, db).await?;
@@ -866,6 +867,7 @@ pub async fn validate<P: Platform>(
             progress(Progress::Done(&report));
             reports.push(report);
         }
+        targets.push(target);
     }
     let report = ValidationReport {
         rows: reports.iter().map(|r| r.rows).sum(),
@@ -879,8 +881,7 @@ pub async fn validate<P: Platform>(
         horizons,
     };
     // Rows changed before this pass began were covered by it.
-    for stream in &streams {
-        let target = connect_to(platform, &spec.target, &stream.database, "target").await?;
+    for (stream, target) in streams.iter().zip(&targets) {
         target
             .execute(
                 &format!("DELETE FROM {CHANGE_LOG} WHERE id <= $1"),

@@ -41,12 +41,7 @@ async fn a_clean_source_has_no_findings() {
     assert_eq!(report.tables, 2);
     assert!(report.source_bytes > 1 << 20);
     // The whole instance: every database that accepts connections, not the templates.
-    let carried: Vec<&str> = report
-        .databases
-        .iter()
-        .filter(|d| d.carried)
-        .map(|d| d.name.as_str())
-        .collect();
+    let carried = report.carried();
     assert_eq!(carried, ["postgres"]);
     assert!(
         report
@@ -74,12 +69,7 @@ async fn the_scope_is_every_database_checked_in_each_and_narrowing_is_explicit()
         .await
         .unwrap();
     let report = preflight(&c, sessions(&db), &input()).await.unwrap();
-    let carried: Vec<&str> = report
-        .databases
-        .iter()
-        .filter(|d| d.carried)
-        .map(|d| d.name.as_str())
-        .collect();
+    let carried = report.carried();
     assert_eq!(carried, ["app", "billing", "postgres"]);
     // A problem in a database other than the one connected to is found and named.
     let identity = report
