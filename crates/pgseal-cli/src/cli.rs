@@ -323,6 +323,24 @@ Examples:
   pgseal migrate status orders-enc --watch --max-slot-retention 20GiB
   pgseal migrate abort orders-enc";
 
+/// `--strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyArg {
+    /// A physical snapshot, restored and replicated from its handoff LSN.
+    Snapshot,
+    /// An empty target, loaded and kept current by native logical replication.
+    FullLoad,
+}
+
+impl From<StrategyArg> for pgseal_core::steps::Strategy {
+    fn from(arg: StrategyArg) -> Self {
+        match arg {
+            StrategyArg::Snapshot => pgseal_core::steps::Strategy::Snapshot,
+            StrategyArg::FullLoad => pgseal_core::steps::Strategy::FullLoad,
+        }
+    }
+}
+
 /// What a migration moves and how, as `plan` and `start` take it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrationArgs {
@@ -359,6 +377,21 @@ pub struct MigrationArgs {
     /// Report transactions open longer than this many seconds
     #[arg(long, default_value_t = 60)]
     pub long_transaction_seconds: i64,
+    /// How the target gets its data: `snapshot` (a physical copy restored, then
+    /// replication from the exact LSN where it ends; same major version) or `full-load`
+    /// (an empty target of any newer major version; roles and schema copied, every table
+    /// loaded by native logical replication, which then streams on). `plan` recommends one
+    #[arg(long, value_enum, default_value_t = StrategyArg::Snapshot)]
+    pub strategy: StrategyArg,
+    /// The target's PostgreSQL major version, e.g. 17 (full-load only; not older than the
+    /// source's) [default: the source's]
+    #[arg(long, value_name = "MAJOR")]
+    pub engine_version: Option<u32>,
+    /// Full load: copy the roles' password hashes (SCRAM verifiers, never plaintext; needs
+    /// a superuser on the source). Without it, roles arrive without passwords: set them on
+    /// the target before applications log in there
+    #[arg(long)]
+    pub copy_role_passwords: bool,
     /// AWS region for rds:/aurora: sources [default: the standard chain, e.g. AWS_REGION]
     #[arg(long, help_heading = "AWS")]
     pub region: Option<String>,
@@ -694,6 +727,10 @@ pub enum InstanceCommand {
         /// Server parameter NAME=VALUE (repeatable)
         #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
         params: Vec<(String, String)>,
+        /// PostgreSQL major version, e.g. 17 [default: the default installation's];
+        /// `pgseal doctor` lists the installed ones
+        #[arg(long, value_name = "MAJOR")]
+        engine_version: Option<u32>,
         /// File whose first line is the master user's password (else PGSEAL_MASTER_PASSWORD;
         /// without either, only unix-socket logins work)
         #[arg(long, value_name = "FILE")]

@@ -10,7 +10,7 @@ use pgseal_pg::replication;
 use pgseal_platform::{ErrorKind, Platform};
 use tokio_postgres::Client;
 
-use crate::engine::{EngineError, connect_source_db};
+use crate::engine::{EngineError, connect_source_db, connect_to};
 use crate::journal::{Journal, Phase};
 
 /// What `abort` removed, as `kind name` lines in the order done.
@@ -56,6 +56,23 @@ pub async fn abort<P: Platform>(
                     });
                 }
             },
+            // A full load's subscription, dropped on the target before the target goes:
+            // dropping it drops the tablesync slots of an unfinished copy on the source.
+            "subscription" => {
+                match connect_to(platform, &spec.target, &resource.database, "target").await {
+                    Ok(target) => replication::drop_subscription(&target, &resource.name)
+                        .await
+                        .map_err(|source| EngineError::Sql {
+                            role: "target",
+                            what: format!("dropping subscription {}", resource.name),
+                            source,
+                        })?,
+                    Err(e) => {
+                        tracing::info!(migration = %name, error = %crate::engine::error_chain(&e), "the target cannot be reached; its subscription goes with it");
+                        false
+                    }
+                }
+            }
             "snapshot" => match platform.delete_snapshot(&resource.name).await {
                 Ok(()) => true,
                 Err(e) if e.kind == ErrorKind::NotFound => false,

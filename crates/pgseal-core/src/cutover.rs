@@ -295,11 +295,19 @@ async fn check<P: Platform, S: Switch>(
         }
     }
     // The target must be encrypted under the snapshot's key, as the platform says now.
-    if let Some(snapshot) = journal.outputs(name, Step::Snapshot)? {
-        let expected = snapshot["snapshot"]["restore_key"]
-            .as_str()
-            .or(snapshot["snapshot"]["key_id"].as_str())
-            .map(str::to_string);
+    // (A full load's target: under the key it was created with.)
+    let expected_key = match journal.outputs(name, Step::Snapshot)? {
+        Some(snapshot) => Some(
+            snapshot["snapshot"]["restore_key"]
+                .as_str()
+                .or(snapshot["snapshot"]["key_id"].as_str())
+                .map(str::to_string),
+        ),
+        None => journal
+            .outputs(name, Step::CreateTarget)?
+            .map(|created| created["instance"]["key_id"].as_str().map(str::to_string)),
+    };
+    if let Some(expected) = expected_key {
         match platform.describe_instance(&st.migration.spec.target).await {
             Ok(target) if !target.encrypted => failed.push(format!(
                 "the target {} is NOT encrypted (the platform reports StorageEncrypted=false): cutting over would move the data onto unencrypted storage",
@@ -854,7 +862,7 @@ async fn prepare_reverse<P: Platform>(
             .map_err(sql("target", "creating the reverse slot"))?;
         let conninfo = target_conninfo(platform, spec, db).await?;
         journal.add_resource(name, "reverse_subscription", db, &back)?;
-        replication::create_subscription(&sources[i], &back, &conninfo, &back, &back)
+        replication::create_subscription(&sources[i], &back, &conninfo, &back, &back, false)
             .await
             .map_err(sql("source", "creating the reverse subscription"))?;
     }

@@ -16,9 +16,14 @@ use serde_json::json;
 use tokio_postgres::Client;
 
 use crate::journal::{INSTANCE, Journal, JournalError, MigrationSpec, Phase};
-use crate::preflight::{PreflightInput, PreflightReport, Severity, preflight};
-use crate::steps::{Step, failpoint, test_hook};
+use crate::preflight::{PreflightInput, PreflightReport, Severity, TargetVersion, preflight};
+use crate::steps::{Step, Strategy, failpoint, test_hook};
 use crate::stream::{self, Stream};
+
+mod full_load;
+
+/// What a step returns: its outputs, to journal, and one line on what it did.
+type StepResult = Result<(serde_json::Value, String), EngineError>;
 
 /// A migration step could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,15 @@ pub enum EngineError {
     /// removed again and the migration forgotten.
     #[error("{0}")]
     SlotWait(String),
+    /// A client program (`pg_dump`, `psql`, ...) failed.
+    #[error("{what}")]
+    Tool {
+        /// What was run, against which server (no password).
+        what: String,
+        /// The program's failure (its exit status and stderr).
+        #[source]
+        source: pgseal_exec::Error,
+    },
     /// A wait timed out.
     #[error("timed out after {seconds} s waiting for {what}")]
     Timeout {
@@ -130,6 +144,13 @@ pub struct Surroundings {
     pub free_bytes: Option<u64>,
     /// A problem with the target key (disabled, pending deletion, unknown), if any.
     pub key_problem: Option<String>,
+    /// The major versions the platform runs servers with here, each with the extensions
+    /// it can create (the local platform); `None` where the platform decides.
+    pub installed: Option<std::collections::BTreeMap<u32, std::collections::BTreeSet<String>>>,
+    /// Why the platform cannot run the full-load strategy, if it cannot.
+    pub full_load_unsupported: Option<String>,
+    /// The client programs (`pg_dump`, `pg_dumpall`, `psql`) the full load runs.
+    pub client_tools: pgseal_pg::PgInstalls,
 }
 
 /// What the engine reports as it goes.
@@ -148,6 +169,8 @@ pub enum Event {
     },
     /// A step was done by an earlier run.
     AlreadyDone(Step),
+    /// The full load's initial copy, table by table (about once a second while it runs).
+    Copy(Vec<crate::initial_copy::TableCopy>),
     /// A step waits for something outside pgseal (said every few seconds).
     Waiting {
         /// The step.
@@ -214,7 +237,7 @@ impl<'a, P: Platform> Engine<'a, P> {
             Phase::Running | Phase::Failed => {}
         }
         self.journal.set_phase(name, Phase::Running, None)?;
-        for step in Step::ALL {
+        for &step in self.spec.strategy.steps() {
             if self.journal.outputs(name, step)?.is_some() {
                 (self.observer)(&Event::AlreadyDone(step));
                 continue;
@@ -271,6 +294,10 @@ impl<'a, P: Platform> Engine<'a, P> {
             Step::OriginAdvance => self.origin_advance().await,
             Step::Enable => self.enable().await,
             Step::Replicating => self.replicating().await,
+            Step::CreateTarget => self.create_target().await,
+            Step::Schema => self.schema().await,
+            Step::InitialCopy => self.initial_copy().await,
+            Step::PostData => self.post_data().await,
             Step::Cutover | Step::Rollback | Step::Validate => Err(EngineError::Precondition(
                 "cutover is not a step of `start`: run `pgseal migrate cutover`".into(),
             )),
@@ -352,6 +379,13 @@ impl<'a, P: Platform> Engine<'a, P> {
             target_problem,
             databases: self.spec.databases.clone(),
             tables: self.spec.tables.clone(),
+            target_version: TargetVersion {
+                strategy: self.spec.strategy,
+                engine_version: self.spec.engine_version,
+                installed: self.surroundings.installed.clone(),
+                full_load_unsupported: self.surroundings.full_load_unsupported.clone(),
+                copy_role_passwords: self.spec.copy_role_passwords,
+            },
         };
         let connect = async |db: &str| self.source_db(db).await.map_err(|e| error_chain(&e));
         let report = preflight(&source, connect, &input)
@@ -794,6 +828,7 @@ impl<'a, P: Platform> Engine<'a, P> {
             // encrypt it with (checked after the restore).
             encryption_key: snapshot.restore_key,
             params: Default::default(),
+            engine_version: None,
         };
         self.platform
             .restore_snapshot(snap, &spec)
@@ -912,6 +947,9 @@ impl<'a, P: Platform> Engine<'a, P> {
 
     // 6.
     async fn subscription(&self) -> Result<(serde_json::Value, String), EngineError> {
+        if self.spec.strategy == Strategy::FullLoad {
+            self.full_load_subscription_recorded().await?;
+        }
         let mut made = Vec::new();
         for s in &self.streams()? {
             let conninfo = match self.spec.source_url() {
@@ -932,15 +970,26 @@ impl<'a, P: Platform> Engine<'a, P> {
             };
             let target = self.target_db(&s.database).await?;
             let (sub, _) =
-                replication::create_subscription(&target, &s.name, &conninfo, &s.name, &s.name)
-                    .await
+                replication::create_subscription(
+                    &target,
+                    &s.name,
+                    &conninfo,
+                    &s.name,
+                    &s.name,
+                    self.spec.strategy == Strategy::FullLoad,
+                )
+                .await
                     .map_err(Self::sql(
                         "target",
                         format!("creating subscription {} in {}", s.name, s.database),
                     ))?;
             made.push(json!({ "database": s.database, "subscription": sub.name, "oid": sub.oid }));
         }
-        let summary = format!("{} subscription(s), disabled, copy_data=false", made.len());
+        let summary = format!(
+            "{} subscription(s), disabled, copy_data={}",
+            made.len(),
+            self.spec.strategy == Strategy::FullLoad
+        );
         Ok((json!({ "subscriptions": made }), summary))
     }
 
@@ -1072,8 +1121,14 @@ impl<'a, P: Platform> Engine<'a, P> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        let summary = format!("{} apply worker(s) streaming", workers.len());
-        Ok((json!({ "workers": workers }), summary))
+        let mut summary = format!("{} apply worker(s) streaming", workers.len());
+        let mut outputs = json!({ "workers": workers });
+        if self.spec.strategy == Strategy::FullLoad {
+            let lag = self.wait_caught_up().await?;
+            summary.push_str(&format!(", {} KiB behind", lag >> 10));
+            outputs["lag_bytes"] = json!(lag);
+        }
+        Ok((outputs, summary))
     }
 }
 

@@ -157,6 +157,16 @@ pub struct MigrationSpec {
     /// up and removes what it made.
     #[serde(default = "default_slot_wait")]
     pub slot_wait_seconds: u64,
+    /// How the target gets its data.
+    #[serde(default)]
+    pub strategy: crate::steps::Strategy,
+    /// The target's PostgreSQL major version (full load); `None` for the source's.
+    #[serde(default)]
+    pub engine_version: Option<u32>,
+    /// Full load: copy the roles' password verifiers (SCRAM/MD5 hashes, never plaintext)
+    /// too; without it roles arrive without passwords.
+    #[serde(default)]
+    pub copy_role_passwords: bool,
     /// Platform settings that hold for the migration's whole life, as `key → value`
     /// (for AWS: `region`, `endpoint_url`, `connect_via.NAME`, `peer_via.NAME`); empty
     /// for the local platform. Never a secret.

@@ -13,6 +13,7 @@
 pub mod abort;
 pub mod cutover;
 pub mod engine;
+pub mod initial_copy;
 pub mod journal;
 pub mod preflight;
 pub mod status;

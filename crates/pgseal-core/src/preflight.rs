@@ -2,9 +2,12 @@
 //! changed on the source. Each [`Finding`] says what is wrong, whether it blocks, and what
 //! to do; the checks only read (catalog queries), so running them is always safe.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::steps::Strategy;
 use crate::stream::{self, DatabaseInfo, Stream};
 
 /// How serious a finding is.
@@ -53,6 +56,35 @@ pub struct PreflightInput {
     pub databases: Option<Vec<String>>,
     /// The tables the user narrowed the one database to (`--tables`); `None`: all.
     pub tables: Option<Vec<String>>,
+    /// How the target is to get its data, and which version it runs.
+    pub target_version: TargetVersion,
+}
+
+/// The strategy and target version asked for, and what the target's platform can run.
+#[derive(Debug, Clone, Default)]
+pub struct TargetVersion {
+    /// `--strategy`.
+    pub strategy: Strategy,
+    /// `--engine-version`; `None` for the source's.
+    pub engine_version: Option<u32>,
+    /// The major versions the platform can run locally, each with the extensions it can
+    /// create; `None` where the platform itself decides (nothing to check here).
+    pub installed: Option<BTreeMap<u32, BTreeSet<String>>>,
+    /// Why the platform cannot run the full-load strategy, if it cannot.
+    pub full_load_unsupported: Option<String>,
+    /// Full load: copy the roles' password hashes (`--copy-role-passwords`).
+    pub copy_role_passwords: bool,
+}
+
+/// Whether a strategy can move this source, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategyChoice {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// True when it can move this source onto the target asked for.
+    pub possible: bool,
+    /// Why (or why not).
+    pub why: String,
 }
 
 /// One database of the source, as the scope sees it.
@@ -83,6 +115,16 @@ pub struct PreflightReport {
     pub tables: u64,
     /// Every database of the source: carried or not, with sizes and table counts.
     pub databases: Vec<DatabaseScope>,
+    /// The source's major version.
+    pub source_major: u32,
+    /// The target's major version (the source's, or `--engine-version`).
+    pub target_major: u32,
+    /// The strategy asked for.
+    pub strategy: Strategy,
+    /// Each strategy, whether it can do this migration and why.
+    pub strategies: Vec<StrategyChoice>,
+    /// The strategy pgseal recommends for this source and target.
+    pub recommended: Strategy,
     /// The findings, blockers first.
     pub findings: Vec<Finding>,
 }
@@ -171,11 +213,19 @@ where
     };
     let settings = client
         .query(
-            "SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders', 'server_version', 'max_logical_replication_workers', 'max_worker_processes')",
+            "SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders', 'server_version', 'max_logical_replication_workers', 'max_worker_processes', 'server_version_num')",
             &[],
         )
         .await?;
     let server_version = setting(&settings, "server_version");
+    let source_major = setting(&settings, "server_version_num")
+        .parse::<u32>()
+        .unwrap_or(0)
+        / 10000;
+    let wanted = &input.target_version;
+    let target_major = wanted.engine_version.unwrap_or(source_major);
+    let (strategies, recommended) = strategy_choices(input, source_major, target_major);
+    version_checks(input, source_major, target_major, &mut findings);
 
     // 1. wal_level.
     let wal_level = setting(&settings, "wal_level");
@@ -275,6 +325,31 @@ where
             }
         };
         let (entry, count) = database_checks(&session, db, stream, input, &mut findings).await?;
+        if wanted.strategy == Strategy::FullLoad
+            && let Some(available) = wanted
+                .installed
+                .as_ref()
+                .and_then(|i| i.get(&target_major))
+        {
+            let missing: Vec<String> = session
+                .query("SELECT extname::text FROM pg_extension ORDER BY 1", &[])
+                .await?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .filter(|e| !available.contains(e))
+                .collect();
+            if !missing.is_empty() {
+                findings.push(blocker(
+                    "extensions_missing",
+                    format!(
+                        "{}: extension(s) {} are used on the source but PostgreSQL {target_major} here cannot create them",
+                        db.name,
+                        list(&missing)
+                    ),
+                    format!("install them for PostgreSQL {target_major}, or DROP EXTENSION them on the source if unused, or choose another --engine-version"),
+                ));
+            }
+        }
         published_tables += count;
         scope.push(entry);
     }
@@ -367,11 +442,23 @@ where
         .get(0);
     let source_bytes = source_bytes.max(0) as u64;
     if let Some(free) = input.free_bytes {
-        let needed = source_bytes * 2 + (source_bytes / 5);
+        // A full load makes no snapshot: only the target's copy.
+        let (needed, what, factor) = match wanted.strategy {
+            Strategy::Snapshot => (
+                source_bytes * 2 + (source_bytes / 5),
+                "the snapshot and the restored copy need",
+                "2.2x",
+            ),
+            Strategy::FullLoad => (
+                source_bytes + (source_bytes / 5),
+                "the loaded copy needs",
+                "1.2x",
+            ),
+        };
         if free < needed {
             findings.push(blocker(
                 "disk_space",
-                format!("{} MiB free; the snapshot and the restored copy need about {} MiB (2.2x the source's {} MiB)", free >> 20, needed >> 20, source_bytes >> 20),
+                format!("{} MiB free; {what} about {} MiB ({factor} the source's {} MiB)", free >> 20, needed >> 20, source_bytes >> 20),
                 "free space, or point --home at a larger file system".into(),
             ));
         }
@@ -395,14 +482,134 @@ where
         ));
     }
 
+    // 11. Roles, for the full load (a snapshot carries them with the files).
+    if wanted.strategy == Strategy::FullLoad {
+        let logins: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_roles WHERE rolcanlogin AND rolname !~ '^pg_'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if wanted.copy_role_passwords && !is_super {
+            findings.push(blocker(
+                "role_passwords",
+                format!("--copy-role-passwords reads pg_authid, which role {user} cannot"),
+                "run as a superuser, or leave --copy-role-passwords out and set the passwords on the target".into(),
+            ));
+        } else if !wanted.copy_role_passwords {
+            findings.push(warning(
+                "role_passwords",
+                format!("{logins} login role(s) are copied to the target without their passwords"),
+                "set them on the target before applications log in there (ALTER ROLE ... PASSWORD), or pass --copy-role-passwords to copy their hashes".into(),
+            ));
+        }
+    }
+
     findings.sort_by_key(|f| f.severity == Severity::Warning);
     Ok(PreflightReport {
+        source_major,
+        target_major,
+        strategy: wanted.strategy,
+        strategies,
+        recommended,
         source_bytes,
         server_version,
         tables: published_tables,
         databases: scope,
         findings,
     })
+}
+
+/// Which strategies can do this migration, and the one pgseal recommends: a physical
+/// copy keeps the major version and the whole instance; a full load can change the
+/// version and carries a subset as cheaply as the whole.
+fn strategy_choices(
+    input: &PreflightInput,
+    source_major: u32,
+    target_major: u32,
+) -> (Vec<StrategyChoice>, Strategy) {
+    let wanted = &input.target_version;
+    let same_version = target_major == source_major;
+    let snapshot = StrategyChoice {
+        strategy: Strategy::Snapshot,
+        possible: same_version,
+        why: if same_version {
+            "same major version: the files are copied at disk speed (no reload, no index rebuild) and replication starts at the exact LSN where the copy ends".into()
+        } else {
+            format!("a physical copy keeps the major version ({source_major}); it cannot make a {target_major} target")
+        },
+    };
+    let installed = wanted
+        .installed
+        .as_ref()
+        .is_none_or(|i| i.contains_key(&target_major));
+    let full_load = StrategyChoice {
+        strategy: Strategy::FullLoad,
+        possible: wanted.full_load_unsupported.is_none() && target_major >= source_major && installed,
+        why: if let Some(why) = &wanted.full_load_unsupported {
+            why.clone()
+        } else if target_major < source_major {
+            format!("logical replication onto an older major version ({target_major} < {source_major}) is not supported")
+        } else if !installed {
+            format!("PostgreSQL {target_major} is not installed")
+        } else {
+            format!("an empty PostgreSQL {target_major} target: roles and schema copied, every table loaded and then streamed by native logical replication (slower than a file copy for a large instance; indexes are rebuilt)")
+        },
+    };
+    let recommended = if !same_version && full_load.possible {
+        Strategy::FullLoad
+    } else if input.tables.is_some() && full_load.possible {
+        // A snapshot copies every table to replicate a few.
+        Strategy::FullLoad
+    } else {
+        Strategy::Snapshot
+    };
+    (vec![snapshot, full_load], recommended)
+}
+
+/// Blockers for a strategy that cannot make the target asked for.
+fn version_checks(
+    input: &PreflightInput,
+    source_major: u32,
+    target_major: u32,
+    findings: &mut Vec<Finding>,
+) {
+    let wanted = &input.target_version;
+    match wanted.strategy {
+        Strategy::Snapshot if target_major != source_major => findings.push(blocker(
+            "engine_version",
+            format!("--engine-version {target_major} with the snapshot strategy: a physical copy keeps the source's major version {source_major}"),
+            format!("pass --strategy full-load to move onto PostgreSQL {target_major}, or leave --engine-version out"),
+        )),
+        Strategy::Snapshot => {}
+        Strategy::FullLoad => {
+            if let Some(why) = &wanted.full_load_unsupported {
+                findings.push(blocker(
+                    "strategy",
+                    why.clone(),
+                    "use --strategy snapshot on this platform".into(),
+                ));
+            } else if target_major < source_major {
+                findings.push(blocker(
+                    "engine_version",
+                    format!("--engine-version {target_major} is older than the source's {source_major}: logical replication onto an older version may meet syntax and types it lacks, and pg_dump output does not load into older servers"),
+                    format!("choose {source_major} or newer"),
+                ));
+            } else if let Some(installed) = &wanted.installed
+                && !installed.contains_key(&target_major)
+            {
+                findings.push(blocker(
+                    "engine_not_installed",
+                    format!(
+                        "PostgreSQL {target_major} is not installed here (installed: {})",
+                        installed.keys().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                    format!("install its server binaries (`bash scripts/setup` provisions 17 into .tools/postgresql/17; any N/bin tree can be named with {})", pgseal_pg::install::ROOTS_ENV),
+                ));
+            }
+        }
+    }
 }
 
 /// The checks of one database of the scope; returns its scope entry and how many tables

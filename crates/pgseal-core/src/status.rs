@@ -40,6 +40,9 @@ pub struct StreamStatus {
     pub lag_seconds: Option<f64>,
     /// The schemas of its published tables on both sides (while the source is open).
     pub schema: Option<SchemaStatus>,
+    /// A full load's initial copy, table by table, while any table is not ready yet
+    /// (empty once every table is ready, and under the snapshot strategy).
+    pub copy: Vec<crate::initial_copy::TableCopy>,
 }
 
 /// Replication as both sides see it: every stream, and the totals.
@@ -98,6 +101,26 @@ pub struct MigrationStatus {
     pub warnings: Vec<String>,
 }
 
+/// Stream `stream`'s initial copy while any of its tables is not ready yet.
+async fn copy_of(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    stream: &crate::stream::Stream,
+) -> Result<Vec<crate::initial_copy::TableCopy>, EngineError> {
+    let syncs = replication::table_syncs(target, &stream.name)
+        .await
+        .map_err(sql("target", "reading the initial copy"))?;
+    if syncs.iter().all(replication::TableSync::ready) {
+        return Ok(Vec::new());
+    }
+    let sizes = crate::initial_copy::source_sizes(source, &stream.name)
+        .await
+        .map_err(sql("source", "reading table sizes"))?;
+    crate::initial_copy::progress(target, &stream.database, &stream.name, &sizes)
+        .await
+        .map_err(sql("target", "reading the initial copy"))
+}
+
 /// The retention verdict for `retained` bytes under `limit`.
 pub fn retention(retained: Option<i64>, limit: Option<u64>) -> Retention {
     match (retained, limit) {
@@ -123,7 +146,9 @@ pub async fn status<P: Platform>(
     let mut warnings = Vec::new();
     let live = !matches!(migration.phase, Phase::Aborted | Phase::CleanedUp);
     let source_prepared = journal.outputs(name, Step::PrepareSource)?.is_some();
-    let target_made = handoff.is_some();
+    let target_made = handoff.is_some()
+        || (spec.strategy == crate::steps::Strategy::FullLoad
+            && journal.outputs(name, Step::Subscription)?.is_some());
     let streams = journal.streams(name)?;
 
     let mut replication_status = None;
@@ -156,6 +181,7 @@ pub async fn status<P: Platform>(
                 .and_then(|r| r.get(0));
             let mut subscription = None;
             let mut schema_status = None;
+            let mut copy = Vec::new();
             if target_made && !rolled_back {
                 match connect_to(platform, &spec.target, &s.database, "target").await {
                     Ok(target) => {
@@ -165,6 +191,7 @@ pub async fn status<P: Platform>(
                         if !fenced {
                             let db_source = connect_source_db(platform, &spec, &s.database).await?;
                             schema_status = Some(schema_of(&db_source, &target, &s.name).await?);
+                            copy = copy_of(&db_source, &target, s).await?;
                         }
                     }
                     Err(e) => warnings.push(format!("target ({}) not reachable: {e}", s.database)),
@@ -182,6 +209,7 @@ pub async fn status<P: Platform>(
                 lag_bytes,
                 lag_seconds,
                 schema: schema_status,
+                copy,
             });
         }
         let lag_bytes = per_stream

@@ -1,6 +1,43 @@
-//! The steps of a snapshot-strategy migration, in order, and the failpoints between them.
+//! The steps of a migration under each [`Strategy`], in order, and the failpoints between
+//! them.
 
 use serde::{Deserialize, Serialize};
+
+/// How the target gets its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// A physical snapshot restored into the target, replication from its handoff LSN.
+    #[default]
+    Snapshot,
+    /// An empty target of any newer major version: roles and schema copied, then native
+    /// logical replication with `copy_data = true` loads every table and streams on.
+    FullLoad,
+}
+
+impl Strategy {
+    /// The steps `start` runs under this strategy, in order.
+    pub fn steps(self) -> &'static [Step] {
+        match self {
+            Strategy::Snapshot => &Step::ALL,
+            Strategy::FullLoad => &Step::FULL_LOAD,
+        }
+    }
+
+    /// The strategy's name, as `--strategy` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Snapshot => "snapshot",
+            Strategy::FullLoad => "full-load",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One step of a migration. Each is idempotent: run again after a crash, it finds what an
 /// earlier run made and finishes the job.
@@ -27,6 +64,17 @@ pub enum Step {
     Enable,
     /// The apply worker runs and the slot is in use: the target is replicating.
     Replicating,
+    /// Full load: a new, empty, encrypted instance of the chosen major version.
+    CreateTarget,
+    /// Full load: roles, databases and each database's schema before the data (tables,
+    /// sequences, types, functions) with the keys the apply needs (primary keys, unique
+    /// constraints).
+    Schema,
+    /// Full load: every table's initial copy by native tablesync, watched table by table.
+    InitialCopy,
+    /// Full load: the rest of the schema once the data is in (indexes, foreign keys,
+    /// triggers, rules, policies).
+    PostData,
     /// Writes fenced on the source, drained, sequences set, applications switched to the
     /// target (`migrate cutover`; not one of the ten steps of `start`).
     Cutover,
@@ -51,6 +99,19 @@ impl Step {
         Step::Replicating,
     ];
 
+    /// Every step of the full-load strategy, in the order they run.
+    pub const FULL_LOAD: [Step; 9] = [
+        Step::Preflight,
+        Step::PrepareSource,
+        Step::CreateTarget,
+        Step::Schema,
+        Step::Subscription,
+        Step::Enable,
+        Step::InitialCopy,
+        Step::PostData,
+        Step::Replicating,
+    ];
+
     /// The step's name, as journaled and as failpoints name it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,6 +128,10 @@ impl Step {
             Step::Cutover => "cutover",
             Step::Rollback => "rollback",
             Step::Validate => "validate",
+            Step::CreateTarget => "create_target",
+            Step::Schema => "schema",
+            Step::InitialCopy => "initial_copy",
+            Step::PostData => "post_data",
         }
     }
 
@@ -74,16 +139,19 @@ impl Step {
     pub fn parse(text: &str) -> Option<Step> {
         Step::ALL
             .into_iter()
+            .chain(Step::FULL_LOAD)
             .chain([Step::Cutover, Step::Rollback, Step::Validate])
             .find(|s| s.as_str() == text)
     }
 
-    /// Its position, counting from 1.
-    pub fn number(self) -> usize {
-        Step::ALL
+    /// Its position among `strategy`'s steps, counting from 1 (one past the last for
+    /// the commands after `start`).
+    pub fn number(self, strategy: Strategy) -> usize {
+        let steps = strategy.steps();
+        steps
             .iter()
             .position(|s| *s == self)
-            .unwrap_or(Step::ALL.len())
+            .unwrap_or(steps.len())
             + 1
     }
 }
@@ -134,10 +202,13 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_number_in_order() {
-        for (i, step) in Step::ALL.into_iter().enumerate() {
-            assert_eq!(Step::parse(step.as_str()), Some(step));
-            assert_eq!(step.number(), i + 1);
+        for strategy in [Strategy::Snapshot, Strategy::FullLoad] {
+            for (i, step) in strategy.steps().iter().enumerate() {
+                assert_eq!(Step::parse(step.as_str()), Some(*step));
+                assert_eq!(step.number(strategy), i + 1);
+            }
         }
+        assert_eq!(Step::Subscription.number(Strategy::FullLoad), 5);
         assert_eq!(Step::parse("nope"), None);
     }
 }

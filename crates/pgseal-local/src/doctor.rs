@@ -120,6 +120,7 @@ pub fn run_doctor(inputs: &DoctorInputs) -> DoctorReport {
     let checks = vec![
         check_server_binaries(inputs, &install),
         check_pgbench(&install),
+        check_versions(),
         check_server_user(is_root),
         check_home(&inputs.home),
         check_privileges(inputs, is_root),
@@ -222,6 +223,40 @@ fn check_server_binaries(
             };
             missing(ID, TITLE, Need::Required, FOR, error.to_string(), fix)
         }
+    }
+}
+
+fn check_versions() -> Check {
+    const ID: &str = "postgres_versions";
+    const TITLE: &str = "PostgreSQL major versions";
+    const FOR: &str = "`instance create --engine-version` and full-load migrations onto a newer version";
+    let installs = pgseal_pg::PgInstalls::discover();
+    let listed: Vec<String> = installs
+        .all
+        .iter()
+        .map(|i| {
+            let clients = if i.has("pg_dump") { "" } else { ", server only" };
+            format!("{} ({}{clients})", i.version, i.bindir.display())
+        })
+        .collect();
+    if installs.all.len() > 1 {
+        ok(ID, TITLE, Need::Recommended, FOR, listed.join("; "))
+    } else {
+        missing(
+            ID,
+            TITLE,
+            Need::Recommended,
+            FOR,
+            if listed.is_empty() {
+                "none found".to_string()
+            } else {
+                format!("only {}", listed.join("; "))
+            },
+            format!(
+                "bash scripts/setup (provisions PostgreSQL 17 into .tools/postgresql/17), or name N/bin trees with {}",
+                pgseal_pg::install::ROOTS_ENV
+            ),
+        )
     }
 }
 

@@ -21,7 +21,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use pgseal_crypto::{DataKeySpec, EncryptionContext, Kms, WrappedKey};
 use pgseal_exec::{ExternalCommand, RunAs};
-use pgseal_pg::PgInstall;
+use pgseal_pg::{PgInstall, PgInstalls};
 use pgseal_pg::server::{ServerControl, ServerError, StopMode, create_owned_dir};
 use serde::{Deserialize, Serialize};
 
@@ -165,6 +165,8 @@ pub struct InstanceSpec {
     pub encryption_key: Option<String>,
     /// Server parameters.
     pub params: BTreeMap<String, String>,
+    /// The PostgreSQL major version; `None` for the default installation's.
+    pub engine_version: Option<u32>,
     /// The master user's password, if TCP logins should work.
     pub master_password: Option<zeroize::Zeroizing<String>>,
 }
@@ -314,6 +316,8 @@ pub(crate) struct Paths {
     /// The directory holding `data/` and `log/` (under the fscrypt policy when encrypted).
     root: PathBuf,
     volume: Option<Volume>,
+    /// The PostgreSQL major version the instance runs (from its record).
+    major: Option<u32>,
 }
 
 impl Paths {
@@ -332,7 +336,10 @@ impl Paths {
 #[derive(Debug, Clone)]
 pub struct LocalInstances {
     pub(crate) home: PathBuf,
+    /// The default installation: new instances, snapshots and restores use it.
     pub(crate) install: PgInstall,
+    /// Every installation, one per major version (`instance create --engine-version`).
+    pub(crate) installs: PgInstalls,
     pub(crate) run_as: RunAs,
 }
 
@@ -419,8 +426,34 @@ impl LocalInstances {
         Ok(LocalInstances {
             home: home.to_path_buf(),
             install: PgInstall::discover()?,
+            installs: PgInstalls::discover(),
             run_as: RunAs::server_user()?,
         })
+    }
+
+    /// Every PostgreSQL installation the instances can run with.
+    pub fn installs(&self) -> &PgInstalls {
+        &self.installs
+    }
+
+    /// The installation for major version `major` (the default one for `None`).
+    fn install_for(&self, major: Option<u32>) -> Result<&PgInstall, LocalError> {
+        match major {
+            None => Ok(&self.install),
+            Some(m) if m == self.install.version.major => Ok(&self.install),
+            Some(m) => self.installs.for_major(m).ok_or_else(|| {
+                LocalError::InvalidInput(format!(
+                    "PostgreSQL {m} is not installed (installed: {}); `bash scripts/setup` provisions 17, or name another installation root in {}",
+                    self.installs
+                        .majors()
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    pgseal_pg::install::ROOTS_ENV
+                ))
+            }),
+        }
     }
 
     /// pgseal's home directory.
@@ -453,12 +486,22 @@ impl LocalInstances {
             root,
             volume,
             dir,
+            major: record
+                .engine_version
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok()),
         }
     }
 
     fn server(&self, paths: &Paths) -> ServerControl {
         ServerControl {
-            install: self.install.clone(),
+            // A record of a version no longer installed falls back to the default one,
+            // whose server then refuses the data directory with a clear message.
+            install: self
+                .install_for(paths.major)
+                .unwrap_or(&self.install)
+                .clone(),
             run_as: self.run_as.clone(),
             data_dir: paths.data(),
             log_path: paths.log(),
@@ -684,6 +727,7 @@ impl LocalInstances {
         }
         let port = self.choose_port(spec.port)?;
         check_reserved(&spec.params)?;
+        let install = self.install_for(spec.engine_version)?;
         let encryption = match encryption_key {
             None => None,
             Some(key) => {
@@ -715,7 +759,7 @@ impl LocalInstances {
                 name: spec.name.clone(),
                 port,
                 created: now_rfc3339(),
-                engine_version: self.install.version.to_string(),
+                engine_version: install.version.to_string(),
                 storage_bytes: spec.storage_bytes,
                 encryption,
                 params: spec.params.clone(),

@@ -94,6 +94,7 @@ fn spec(new: &NewInstance, storage_default: u64) -> InstanceSpec {
         storage_bytes: new.storage_bytes.unwrap_or(storage_default),
         encryption_key: new.encryption_key.clone(),
         params: new.params.clone(),
+        engine_version: new.engine_version,
         master_password: None,
     }
 }
@@ -104,6 +105,11 @@ impl LocalPlatform {
         LocalPlatform {
             shared: Arc::new(Shared { instances, kms }),
         }
+    }
+
+    /// The instances this platform manages.
+    pub fn instances(&self) -> &LocalInstances {
+        &self.shared.instances
     }
 
     async fn blocking<T: Send + 'static>(

@@ -87,6 +87,44 @@ pub fn conninfo(config: &Config) -> String {
     parts.join(" ")
 }
 
+/// The libpq environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`, and
+/// the TLS settings `PGSSLMODE`/`PGSSLROOTCERT` pgseal's own connections use) by which a
+/// child program (`pg_dump`, `psql`) reaches the server `config` names: passwords go to
+/// children through their environment, never their arguments. Holds the password when
+/// the config does: never log it.
+pub fn libpq_env(config: &Config) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => env.push(("PGHOST", h.clone())),
+        Some(Host::Unix(p)) => env.push(("PGHOST", p.display().to_string())),
+        None => {}
+    }
+    if let Some(port) = config.get_ports().first() {
+        env.push(("PGPORT", port.to_string()));
+    }
+    if let Some(user) = config.get_user() {
+        env.push(("PGUSER", user.to_string()));
+    }
+    if let Some(db) = config.get_dbname() {
+        env.push(("PGDATABASE", db.to_string()));
+    }
+    if let Some(password) = config.get_password() {
+        env.push(("PGPASSWORD", String::from_utf8_lossy(password).into_owned()));
+    }
+    match std::env::var("PGSSLMODE") {
+        Ok(mode) if !mode.is_empty() => env.push(("PGSSLMODE", mode)),
+        _ if config.get_ssl_mode() == SslMode::Require => {
+            env.push(("PGSSLMODE", "require".to_string()))
+        }
+        _ => {}
+    }
+    if let Ok(root) = std::env::var("PGSSLROOTCERT") {
+        env.push(("PGSSLROOTCERT", root));
+    }
+    env.push(("PGCONNECT_TIMEOUT", "10".to_string()));
+    env
+}
+
 /// Connects and drives the connection on the current tokio runtime, with TLS as
 /// `PGSSLMODE`/`PGSSLROOTCERT` say (libpq's meanings; by default TLS when the server offers
 /// it). The connection task ends when the returned client is dropped.

@@ -3,6 +3,13 @@
 //! The binaries directory comes from `PGSEAL_PG_BINDIR` when set, else from
 //! `pg_config --bindir` with `pg_config` found on `PATH`. Either way the directory must hold
 //! every program in [`REQUIRED_PROGRAMS`], and `postgres --version` gives the version.
+//!
+//! Other major versions ([`PgInstalls`]) are found under the installation roots: Debian's
+//! `/usr/lib/postgresql/N/bin`, the roots `scripts/setup` provisions (`.tools/postgresql/N`
+//! beside the binary's project, `/usr/local/lib/pgseal/postgresql/N`), and the roots named
+//! by `PGSEAL_PG_ROOTS`. A server-only installation (the registry package of PostgreSQL
+//! 17 has no `pg_dump`) runs servers; client tools come from the newest installation that
+//! has them ([`PgInstalls::client_tool`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -16,6 +23,17 @@ pub const BINDIR_ENV: &str = "PGSEAL_PG_BINDIR";
 
 /// Programs pgseal needs from the server installation.
 pub const REQUIRED_PROGRAMS: &[&str] = &["postgres", "initdb", "pg_ctl", "pg_basebackup"];
+
+/// Programs a server-only installation must hold to run local servers.
+pub const SERVER_PROGRAMS: &[&str] = &["postgres", "initdb", "pg_ctl"];
+
+/// The environment variable naming more installation roots (`:`-separated); each holds
+/// one directory per major version, `N/bin/postgres`.
+pub const ROOTS_ENV: &str = "PGSEAL_PG_ROOTS";
+
+/// The machine-wide root `scripts/setup` falls back to when the project's `.tools` cannot
+/// be read by the server's OS user.
+pub const SYSTEM_TOOLS_ROOT: &str = "/usr/local/lib/pgseal/postgresql";
 
 /// Why no usable installation was found.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +72,8 @@ pub enum BindirOrigin {
     Env,
     /// `pg_config --bindir`.
     PgConfig,
+    /// Found under an installation root (see [`PgInstalls`]).
+    Root,
 }
 
 impl fmt::Display for BindirOrigin {
@@ -61,6 +81,7 @@ impl fmt::Display for BindirOrigin {
         match self {
             BindirOrigin::Env => write!(f, "{BINDIR_ENV}"),
             BindirOrigin::PgConfig => write!(f, "pg_config --bindir"),
+            BindirOrigin::Root => write!(f, "an installation root"),
         }
     }
 }
@@ -137,7 +158,16 @@ impl PgInstall {
                 )
             }
         };
-        let missing: Vec<String> = REQUIRED_PROGRAMS
+        Self::at(bindir, origin, REQUIRED_PROGRAMS)
+    }
+
+    /// The installation in `bindir`, which must hold `required`.
+    pub fn at(
+        bindir: PathBuf,
+        origin: BindirOrigin,
+        required: &[&str],
+    ) -> Result<Self, DiscoverError> {
+        let missing: Vec<String> = required
             .iter()
             .filter(|p| find_program_in(p, Some(bindir.as_os_str())).is_none())
             .map(|p| p.to_string())
@@ -172,6 +202,119 @@ impl PgInstall {
     pub fn program(&self, name: &str) -> PathBuf {
         self.bindir.join(name)
     }
+
+    /// True when the installation has the program `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.program(name).is_file()
+    }
+
+    /// The extensions this installation can create (`share/extension/*.control`, found
+    /// with `pg_config`'s layout or the registry package's `share/postgresql/extension`).
+    pub fn extensions(&self) -> std::collections::BTreeSet<String> {
+        let Some(prefix) = self.bindir.parent() else {
+            return Default::default();
+        };
+        let mut dirs = vec![
+            prefix.join("share/postgresql/extension"),
+            prefix.join("share/extension"),
+        ];
+        // Debian: /usr/lib/postgresql/N/bin -> /usr/share/postgresql/N/extension.
+        dirs.push(
+            PathBuf::from("/usr/share/postgresql")
+                .join(self.version.major.to_string())
+                .join("extension"),
+        );
+        dirs.iter()
+            .filter(|d| {
+                // Debian's shared directory belongs to its own packaged installation only.
+                !d.starts_with("/usr/share/postgresql") || self.bindir.starts_with("/usr/lib/postgresql")
+            })
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".control").map(str::to_string)
+            })
+            .collect()
+    }
+}
+
+/// Every PostgreSQL installation pgseal can use, one per major version: the default one
+/// ([`PgInstall::discover`]) and those under the installation roots.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PgInstalls {
+    /// The installation `PGSEAL_PG_BINDIR` or `pg_config` names, when there is one.
+    pub default: Option<PgInstall>,
+    /// All of them (the default included), newest major version first; one per major.
+    pub all: Vec<PgInstall>,
+}
+
+impl PgInstalls {
+    /// Discovers the installations from this process's environment.
+    pub fn discover() -> Self {
+        let default = PgInstall::discover().ok();
+        let mut roots = vec![PathBuf::from("/usr/lib/postgresql")];
+        if let Some(extra) = std::env::var_os(ROOTS_ENV) {
+            roots.extend(std::env::split_paths(&extra).filter(|p| !p.as_os_str().is_empty()));
+        }
+        roots.extend(project_tools_root());
+        roots.push(PathBuf::from(SYSTEM_TOOLS_ROOT));
+        Self::from_roots(default, &roots)
+    }
+
+    /// The installations under `roots` (each holding `N/bin`), with `default` first.
+    pub fn from_roots(default: Option<PgInstall>, roots: &[PathBuf]) -> Self {
+        let mut all: Vec<PgInstall> = default.iter().cloned().collect();
+        for root in roots {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+                .map(|e| e.path().join("bin"))
+                .collect();
+            found.sort();
+            for bindir in found {
+                let Ok(install) = PgInstall::at(bindir, BindirOrigin::Root, SERVER_PROGRAMS) else {
+                    continue;
+                };
+                if !all.iter().any(|i| i.version.major == install.version.major) {
+                    all.push(install);
+                }
+            }
+        }
+        all.sort_by_key(|i| std::cmp::Reverse(i.version.major));
+        PgInstalls { default, all }
+    }
+
+    /// The installation of major version `major`.
+    pub fn for_major(&self, major: u32) -> Option<&PgInstall> {
+        self.all.iter().find(|i| i.version.major == major)
+    }
+
+    /// The major versions installed, newest first.
+    pub fn majors(&self) -> Vec<u32> {
+        self.all.iter().map(|i| i.version.major).collect()
+    }
+
+    /// The client program `name` (`pg_dump`, `psql`, ...) of the newest installation that
+    /// has it and is not older than `at_least` (a dump must come from a `pg_dump` at least
+    /// as new as the server it reads).
+    pub fn client_tool(&self, name: &str, at_least: u32) -> Option<PathBuf> {
+        self.all
+            .iter()
+            .filter(|i| i.version.major >= at_least && i.has(name))
+            .map(|i| i.program(name))
+            .next()
+    }
+}
+
+/// `.tools/postgresql` in the project this binary was built in, found by walking up from
+/// the executable (`target/release/pgseal` → the project root), when it exists.
+fn project_tools_root() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .map(|dir| dir.join(".tools/postgresql"))
+        .find(|dir| dir.is_dir())
 }
 
 /// Server binaries directories a distribution package would have installed, newest first
@@ -250,6 +393,33 @@ mod tests {
         };
         assert_eq!(origin, BindirOrigin::Env);
         assert_eq!(missing, ["initdb", "pg_ctl", "pg_basebackup"]);
+    }
+
+    #[test]
+    fn installations_are_found_per_major_version_under_roots() {
+        let root = tempfile::tempdir().unwrap();
+        for (major, programs) in [
+            ("17", &["postgres", "initdb", "pg_ctl"][..]),
+            ("16", &["postgres"][..]),
+        ] {
+            let bin = root.path().join(major).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            for p in programs {
+                let path = bin.join(p);
+                std::fs::write(&path, format!("#!/bin/sh\necho 'postgres (PostgreSQL) {major}.3'\n"))
+                    .unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        let installs = PgInstalls::from_roots(None, &[root.path().to_path_buf()]);
+        // 16 lacks initdb and pg_ctl: not an installation.
+        assert_eq!(installs.majors(), [17]);
+        let v17 = installs.for_major(17).unwrap();
+        assert_eq!(v17.version, PgVersion { major: 17, minor: 3 });
+        assert_eq!(v17.origin, BindirOrigin::Root);
+        assert_eq!(installs.client_tool("pg_dump", 15), None);
+        assert_eq!(installs.client_tool("initdb", 15), Some(v17.program("initdb")));
+        assert_eq!(installs.client_tool("initdb", 18), None);
     }
 
     #[test]

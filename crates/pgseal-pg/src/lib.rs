@@ -18,7 +18,7 @@ pub mod tls;
 
 pub use connect::{
     ConnectError, ConnectFailure, config_from_url, connect, connect_with, conninfo,
-    describe_target, set_scram_password,
+    describe_target, libpq_env, set_scram_password,
 };
-pub use install::{DiscoverError, PgInstall, PgVersion};
+pub use install::{DiscoverError, PgInstall, PgInstalls, PgVersion};
 pub use lsn::Lsn;

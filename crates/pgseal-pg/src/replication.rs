@@ -288,22 +288,25 @@ pub async fn subscription(
     }))
 }
 
-/// Creates a disabled subscription to an existing slot that copies no data (the data is
-/// already there, from the snapshot), unless it exists. `conninfo` is how the
-/// subscriber's server reaches the publisher; it may hold a password and is never logged.
-/// Returns the subscription and whether it was made now.
+/// Creates a disabled subscription to an existing slot, unless it exists. With
+/// `copy_data` false it copies nothing (the data is already there, from a snapshot); with
+/// true, once enabled, native tablesync copies every published table, each from its own
+/// snapshot, and the apply worker applies a table's changes only past the point its copy
+/// ended. `conninfo` is how the subscriber's server reaches the publisher; it may hold a
+/// password and is never logged. Returns the subscription and whether it was made now.
 pub async fn create_subscription(
     client: &Client,
     name: &str,
     conninfo: &str,
     publication: &str,
     slot: &str,
+    copy_data: bool,
 ) -> Result<(SubscriptionState, bool), tokio_postgres::Error> {
     let created = if subscription(client, name).await?.is_none() {
         client
             .batch_execute(&format!(
                 "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} \
-                 WITH (copy_data = false, create_slot = false, enabled = false, slot_name = {})",
+                 WITH (copy_data = {copy_data}, create_slot = false, enabled = false, slot_name = {})",
                 quote_ident(name),
                 quote_literal(conninfo),
                 quote_ident(publication),
@@ -344,9 +347,10 @@ pub async fn enable_subscription(client: &Client, name: &str) -> Result<(), toki
         .await
 }
 
-/// Drops a subscription if it exists, detaching it from its slot first so the drop never
-/// touches the publisher (the publisher's slot is dropped there, by the caller). Returns
-/// true when one was dropped.
+/// Drops a subscription if it exists, detaching it from its slot first so the drop leaves
+/// the publisher's slot alone (the caller drops it there). The tablesync slots of an
+/// unfinished initial copy are dropped on the publisher by PostgreSQL itself. Returns true
+/// when one was dropped.
 pub async fn drop_subscription(client: &Client, name: &str) -> Result<bool, tokio_postgres::Error> {
     if subscription(client, name).await?.is_none() {
         return Ok(false);
@@ -360,6 +364,67 @@ pub async fn drop_subscription(client: &Client, name: &str) -> Result<bool, toki
         ))
         .await?;
     Ok(true)
+}
+
+/// One table of a subscription as its initial copy sees it (`pg_subscription_rel`, and
+/// `pg_stat_progress_copy` while its tablesync worker copies).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableSync {
+    /// `schema.table`.
+    pub table: String,
+    /// `init`, `data` (copying), `finishedcopy`, `syncdone`, `ready` (applied by the
+    /// main apply worker from here on) or `unknown`.
+    pub state: String,
+    /// Rows copied so far, while copying.
+    pub rows: Option<i64>,
+    /// Bytes of COPY data received so far, while copying.
+    pub bytes: Option<i64>,
+}
+
+impl TableSync {
+    /// True once the main apply worker applies this table's changes.
+    pub fn ready(&self) -> bool {
+        self.state == "ready"
+    }
+}
+
+/// The tables of subscription `name` (in the connected database) and their sync states.
+pub async fn table_syncs(
+    client: &Client,
+    name: &str,
+) -> Result<Vec<TableSync>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT format('%s.%s', n.nspname, c.relname), sr.srsubstate::text, \
+                    p.tuples_processed, p.bytes_processed \
+             FROM pg_subscription s \
+             JOIN pg_subscription_rel sr ON sr.srsubid = s.oid \
+             JOIN pg_class c ON c.oid = sr.srrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_stat_progress_copy p ON p.relid = sr.srrelid AND p.datid = s.subdbid \
+             WHERE s.subname = $1 \
+               AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             ORDER BY 1",
+            &[&name],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TableSync {
+            table: r.get(0),
+            state: match r.get::<_, String>(1).as_str() {
+                "i" => "init",
+                "d" => "data",
+                "f" => "finishedcopy",
+                "s" => "syncdone",
+                "r" => "ready",
+                _ => "unknown",
+            }
+            .to_string(),
+            rows: r.get(2),
+            bytes: r.get(3),
+        })
+        .collect())
 }
 
 /// The publisher's WAL insert position: past every commit already visible, including

@@ -81,6 +81,9 @@ pub struct NewInstance {
     pub encryption_key: Option<String>,
     /// Server parameters.
     pub params: BTreeMap<String, String>,
+    /// The PostgreSQL major version; `None` for the platform's default (a restore keeps
+    /// the snapshot's).
+    pub engine_version: Option<u32>,
 }
 
 /// An instance's lifecycle state, as the engine needs to know it.

@@ -177,6 +177,7 @@ fn story(
     let storage = (1024u64 + u64::from(options.scale) * 64) << 20;
     let source = instances.create(
         &InstanceSpec {
+            engine_version: None,
             name: names.source.clone(),
             port: None,
             storage_bytes: storage,
@@ -253,6 +254,9 @@ fn story(
             long_transaction_seconds: 60,
             max_slot_retention: None,
             slot_wait_seconds: pgseal_core::journal::DEFAULT_SLOT_WAIT_SECONDS,
+            strategy: Default::default(),
+            engine_version: None,
+            copy_role_passwords: false,
             platform: Default::default(),
         };
         journal.create(&spec)?;
@@ -265,7 +269,7 @@ fn story(
             {
                 ctx.status(format!(
                     "[demo] migrate [{:>2}/10] {step} ({:.1} s): {summary}",
-                    step.number(),
+                    step.number(spec.strategy),
                     elapsed.as_secs_f64()
                 ));
             }

@@ -31,6 +31,7 @@ pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
             port,
             storage,
             params,
+            engine_version,
             master_password_file,
         } => {
             // --key alone implies --encrypted.
@@ -60,6 +61,7 @@ pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
                 storage_bytes: *storage,
                 encryption_key,
                 params: params.iter().cloned().collect::<BTreeMap<_, _>>(),
+                engine_version: *engine_version,
                 master_password,
             };
             ctx.status(format!("creating instance {name}..."));

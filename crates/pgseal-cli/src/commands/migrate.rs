@@ -1,9 +1,10 @@
 //! `pgseal migrate ...`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::Context as _;
-use pgseal_core::preflight::{PreflightInput, PreflightReport, Severity, preflight};
+use pgseal_core::preflight::{PreflightInput, PreflightReport, Severity, TargetVersion, preflight};
 use pgseal_crypto::keystore::DEFAULT_KEY_ALIAS;
 use pgseal_crypto::{KeyState, Kms};
 use pgseal_local::instance::LocalInstances;
@@ -17,6 +18,7 @@ use pgseal_core::{
 use pgseal_local::instance::LocalError;
 
 use super::platform::{AnyPlatform, aws_id, for_spec, is_aws_source};
+use super::progress::MigrateObserver;
 use super::switch::{EndpointSwitch, HookSwitch, resume_endpoint};
 use super::{Context, Outcome, print_json, render_table, url_config};
 use crate::cli::{MigrateCommand, MigrationArgs};
@@ -137,6 +139,7 @@ fn url_config_checked(url: &str) -> anyhow::Result<(tokio_postgres::Config, bool
 
 fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
     let runtime = runtime()?;
+    let (installed, full_load_unsupported);
     let (config, managed, target, target_problem, key_problem, free) =
         if is_aws_source(&args.source) {
             use pgseal_platform::Platform as _;
@@ -149,6 +152,7 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
                 .ok()
                 .map(|_| format!("{} already exists", spec.target));
             let key_problem = key_problem_on(ctx, &runtime, &platform, &spec.key);
+            (installed, full_load_unsupported) = target_versions(&platform);
             (
                 config,
                 Some(args.source.clone()),
@@ -159,6 +163,8 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
             )
         } else {
             let instances = LocalInstances::open(&ctx.home)?;
+            installed = Some(installed_versions(instances.installs()));
+            full_load_unsupported = None;
             let (config, managed) = if is_url(&args.source) {
                 (url_config(&args.source, "--source")?, None)
             } else {
@@ -194,6 +200,13 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
         target_problem,
         databases: (!args.databases.is_empty()).then(|| args.databases.clone()),
         tables: None,
+        target_version: TargetVersion {
+            strategy: args.strategy.into(),
+            engine_version: args.engine_version,
+            installed,
+            full_load_unsupported,
+            copy_role_passwords: args.copy_role_passwords,
+        },
     };
     let report = runtime.block_on(async {
         let client = pgseal_pg::connect(&config).await?;
@@ -241,28 +254,6 @@ fn platform(
 ) -> anyhow::Result<AnyPlatform> {
     let spec = journal.migration(name)?.spec;
     for_spec(ctx, runtime, Some(journal), &spec, kms)
-}
-
-/// Prints each step as it starts and ends (stderr, unless --quiet).
-fn observer(ctx: &Context) -> impl Fn(&Event) + '_ {
-    move |event| match event {
-        Event::Started(step) => ctx.status(format!("[{:>2}/10] {step} ...", step.number())),
-        Event::Done {
-            step,
-            elapsed,
-            summary,
-        } => ctx.status(format!(
-            "[{:>2}/10] {step} done in {:.1} s: {summary}",
-            step.number(),
-            elapsed.as_secs_f64()
-        )),
-        Event::AlreadyDone(step) => {
-            ctx.status(format!("[{:>2}/10] {step} (done earlier)", step.number()))
-        }
-        Event::Waiting { step, what } => {
-            ctx.status(format!("[{:>2}/10] {step} waits: {what}", step.number()))
-        }
-    }
 }
 
 /// The database pgseal connects to first on an instance source: the first `--database`,
@@ -371,8 +362,51 @@ fn spec_from_args(
         long_transaction_seconds: args.long_transaction_seconds,
         max_slot_retention,
         slot_wait_seconds: args.slot_wait,
+        strategy: args.strategy.into(),
+        engine_version: args.engine_version,
+        copy_role_passwords: args.copy_role_passwords,
         platform,
     })
+}
+
+/// What the target's platform can run, for preflight: the local platform's installed
+/// major versions with their extensions; AWS decides for itself and runs no full load.
+fn target_versions(platform: &AnyPlatform) -> (Option<BTreeMap<u32, BTreeSet<String>>>, Option<String>) {
+    match platform {
+        AnyPlatform::Local(local) => (Some(installed_versions(local.instances().installs())), None),
+        #[cfg(feature = "aws")]
+        AnyPlatform::Aws(_) => (
+            None,
+            Some("the full-load strategy runs on the local platform only: pgseal does not create empty RDS instances".into()),
+        ),
+    }
+}
+
+fn installed_versions(installs: &pgseal_pg::PgInstalls) -> BTreeMap<u32, BTreeSet<String>> {
+    installs
+        .all
+        .iter()
+        .map(|i| (i.version.major, i.extensions()))
+        .collect()
+}
+
+/// The facts about the surroundings the engine cannot read over SQL.
+fn surroundings(
+    ctx: &Context,
+    runtime: &tokio::runtime::Runtime,
+    platform: &AnyPlatform,
+    key: &str,
+) -> Surroundings {
+    let (installed, full_load_unsupported) = target_versions(platform);
+    Surroundings {
+        free_bytes: matches!(platform, AnyPlatform::Local(_))
+            .then(|| free_bytes(&ctx.home))
+            .flatten(),
+        key_problem: key_problem_on(ctx, runtime, platform, key),
+        installed,
+        full_load_unsupported,
+        client_tools: pgseal_pg::PgInstalls::discover(),
+    }
 }
 
 /// What is wrong with the migration's key, if anything, on its platform.
@@ -407,17 +441,13 @@ fn start(
     let journal = Journal::open(&ctx.home)?;
     let runtime = runtime()?;
     let platform = for_spec(ctx, &runtime, None, &spec, true)?;
-    let surroundings = match &platform {
+    match &platform {
         AnyPlatform::Local(_) => {
             let kms = ctx.open_kms()?;
             // The managed default key is made on first use; other keys must exist and be
             // enabled.
             if args.key.trim_start_matches("alias/") == DEFAULT_KEY_ALIAS {
                 kms.resolve(&args.key)?;
-            }
-            Surroundings {
-                free_bytes: free_bytes(&ctx.home),
-                key_problem: key_problem(ctx, &args.key),
             }
         }
         #[cfg(feature = "aws")]
@@ -426,12 +456,9 @@ fn start(
             use pgseal_platform::Platform as _;
             runtime.block_on(aws.describe_instance(&spec.source))?;
             pgseal_aws::settings::check_identifier(&spec.target)?;
-            Surroundings {
-                free_bytes: None,
-                key_problem: key_problem_on(ctx, &runtime, &platform, &spec.key),
-            }
         }
-    };
+    }
+    let surroundings = surroundings(ctx, &runtime, &platform, &spec.key);
     journal.create(&spec)?;
     ctx.status(format!(
         "migration {}: {} -> encrypted instance {} under {} (journal {})",
@@ -474,12 +501,7 @@ fn resume(ctx: &Context, name: &str) -> Outcome {
     }
     let runtime = runtime()?;
     let platform = for_spec(ctx, &runtime, Some(&journal), &record.spec, true)?;
-    let surroundings = Surroundings {
-        free_bytes: matches!(platform, AnyPlatform::Local(_))
-            .then(|| free_bytes(&ctx.home))
-            .flatten(),
-        key_problem: key_problem_on(ctx, &runtime, &platform, &record.spec.key),
-    };
+    let surroundings = surroundings(ctx, &runtime, &platform, &record.spec.key);
     ctx.status(format!(
         "resuming migration {name} (phase {})",
         record.phase.as_str()
@@ -496,9 +518,10 @@ fn drive(
     name: &str,
     surroundings: Surroundings,
 ) -> Outcome {
-    let observe = observer(ctx);
+    let observer = MigrateObserver::new(ctx, journal.migration(name)?.spec.strategy);
+    let observe = |event: &Event| observer.event(event);
     let result = runtime.block_on(async {
-        let engine = Engine::new(platform, journal, name, surroundings, &observe)?;
+        let engine = Engine::new(platform, journal, name, surroundings, observe)?;
         engine.run().await
     });
     if let Err(e) = result {
@@ -517,14 +540,13 @@ fn drive(
     if ctx.json {
         print_json(&report)?;
     } else {
+        let how = match &report.handoff {
+            Some(h) => format!("handoff LSN {}", h.lsn),
+            None => format!("{} strategy", report.migration.spec.strategy),
+        };
         println!(
-            "migration {name} is replicating: {} -> {} (encrypted), handoff LSN {}",
-            report.migration.spec.source,
-            report.migration.spec.target,
-            report
-                .handoff
-                .as_ref()
-                .map_or("?".to_string(), |h| h.lsn.to_string())
+            "migration {name} is replicating: {} -> {} (encrypted), {how}",
+            report.migration.spec.source, report.migration.spec.target,
         );
         println!("follow it with: pgseal migrate status {name} --watch");
     }
@@ -1195,7 +1217,7 @@ fn render_status(s: &MigrationStatus) -> String {
     ]];
     for run in &s.steps {
         rows.push(vec![
-            run.step.number().to_string(),
+            run.step.number(s.migration.spec.strategy).to_string(),
             run.step.as_str().to_string(),
             match run.outcome {
                 pgseal_core::journal::Outcome::Done => "done".to_string(),
@@ -1285,6 +1307,33 @@ fn render_status(s: &MigrationStatus) -> String {
                 ));
             }
         }
+        let copying: Vec<_> = r.streams.iter().flat_map(|st| &st.copy).collect();
+        if !copying.is_empty() {
+            let ready = copying.iter().filter(|t| t.ready()).count();
+            out.push_str(&format!(
+                "\ninitial copy: {ready} of {} table(s) ready\n",
+                copying.len()
+            ));
+            let mut rows = vec![vec![
+                "DATABASE".to_string(),
+                "TABLE".into(),
+                "STATE".into(),
+                "ROWS".into(),
+                "COPIED".into(),
+                "SOURCE SIZE".into(),
+            ]];
+            for t in copying {
+                rows.push(vec![
+                    t.database.clone(),
+                    t.table.clone(),
+                    t.state.clone(),
+                    t.rows.map_or("-".into(), |r| r.to_string()),
+                    t.bytes.map_or("-".into(), |b| mib(b.max(0) as u64)),
+                    t.source_bytes.map_or("?".into(), |b| mib(b.max(0) as u64)),
+                ]);
+            }
+            out.push_str(&render_table(&rows));
+        }
     }
     if let Some(v) = &s.last_validation {
         out.push_str(&format!(
@@ -1339,6 +1388,18 @@ fn render(r: &PreflightReport, source: &str, target: &str, name: &str) -> String
         ]);
     }
     out.push_str(&render_table(&rows));
+    out.push_str(&format!(
+        "\nstrategy: {} (PostgreSQL {} -> {}); recommended: {}\n",
+        r.strategy, r.source_major, r.target_major, r.recommended
+    ));
+    for c in &r.strategies {
+        out.push_str(&format!(
+            "  {:<10} {:<12} {}\n",
+            c.strategy.as_str(),
+            if c.possible { "possible" } else { "not possible" },
+            c.why
+        ));
+    }
     out.push('\n');
     for f in &r.findings {
         let label = match f.severity {

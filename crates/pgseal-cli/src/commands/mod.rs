@@ -8,6 +8,7 @@ pub mod instance;
 pub mod key;
 pub mod migrate;
 pub mod platform;
+pub mod progress;
 pub mod seal;
 pub mod snapshot;
 pub mod switch;

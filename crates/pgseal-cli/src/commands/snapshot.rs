@@ -117,6 +117,7 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
             // Default storage: 10 GiB, or what the snapshot needs with room to grow.
             let needed = snap.backup_bytes * 2 + (256 << 20);
             let spec = InstanceSpec {
+                engine_version: None,
                 name: instance.clone(),
                 port: *port,
                 storage_bytes: storage.unwrap_or(DEFAULT_STORAGE_BYTES.max(needed)),

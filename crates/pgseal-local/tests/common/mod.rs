@@ -39,6 +39,7 @@ impl Fixture {
 
     pub fn spec(&self, name: &str, key: Option<&str>) -> InstanceSpec {
         InstanceSpec {
+            engine_version: None,
             name: name.to_string(),
             port: Some(free_port()),
             storage_bytes: TEST_STORAGE,

@@ -1,0 +1,160 @@
+//! How `migrate start` and `resume` show the engine's progress: one line per step, and
+//! during a full load's initial copy a bar per table on a terminal (JSON lines on stderr
+//! otherwise, one when a table changes state and every few seconds while it copies).
+
+use std::collections::HashMap;
+use std::io::IsTerminal as _;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pgseal_core::Event;
+use pgseal_core::initial_copy::TableCopy;
+use pgseal_core::steps::Strategy;
+
+use super::Context;
+
+/// How often a copying table gets a JSON line when stderr is not a terminal.
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+/// Reports the events of one run of the engine.
+pub struct MigrateObserver<'a> {
+    ctx: &'a Context,
+    strategy: Strategy,
+    copy: Mutex<CopyView>,
+}
+
+enum CopyView {
+    /// Nothing to show (`--quiet`, or `--json` on stdout).
+    Silent,
+    /// A bar per table.
+    Bars {
+        multi: indicatif::MultiProgress,
+        bars: HashMap<(String, String), indicatif::ProgressBar>,
+    },
+    /// JSON lines on stderr.
+    Lines {
+        last: HashMap<(String, String), (String, Instant)>,
+    },
+}
+
+impl<'a> MigrateObserver<'a> {
+    /// An observer for a migration of `strategy`.
+    pub fn new(ctx: &'a Context, strategy: Strategy) -> Self {
+        let view = if ctx.quiet || ctx.json {
+            CopyView::Silent
+        } else if std::io::stderr().is_terminal() {
+            CopyView::Bars {
+                multi: indicatif::MultiProgress::new(),
+                bars: HashMap::new(),
+            }
+        } else {
+            CopyView::Lines {
+                last: HashMap::new(),
+            }
+        };
+        MigrateObserver {
+            ctx,
+            strategy,
+            copy: Mutex::new(view),
+        }
+    }
+
+    fn step_label(&self, step: pgseal_core::Step) -> String {
+        format!(
+            "[{:>2}/{}] {step}",
+            step.number(self.strategy),
+            self.strategy.steps().len()
+        )
+    }
+
+    /// Shows one event.
+    pub fn event(&self, event: &Event) {
+        match event {
+            Event::Started(step) => self.ctx.status(format!("{} ...", self.step_label(*step))),
+            Event::Done {
+                step,
+                elapsed,
+                summary,
+            } => {
+                self.finish_bars();
+                self.ctx.status(format!(
+                    "{} done in {:.1} s: {summary}",
+                    self.step_label(*step),
+                    elapsed.as_secs_f64()
+                ))
+            }
+            Event::AlreadyDone(step) => self
+                .ctx
+                .status(format!("{} (done earlier)", self.step_label(*step))),
+            Event::Waiting { step, what } => self
+                .ctx
+                .status(format!("{} waits: {what}", self.step_label(*step))),
+            Event::Copy(tables) => self.copy(tables),
+        }
+    }
+
+    fn finish_bars(&self) {
+        let mut view = self.copy.lock().expect("the observer is not poisoned");
+        if let CopyView::Bars { bars, .. } = &mut *view {
+            for (_, bar) in bars.drain() {
+                bar.finish();
+            }
+        }
+    }
+
+    fn copy(&self, tables: &[TableCopy]) {
+        let mut view = self.copy.lock().expect("the observer is not poisoned");
+        match &mut *view {
+            CopyView::Silent => {}
+            CopyView::Bars { multi, bars } => {
+                for t in tables {
+                    let key = (t.database.clone(), t.table.clone());
+                    let bar = bars.entry(key).or_insert_with(|| {
+                        let bar = multi.add(indicatif::ProgressBar::new(
+                            t.source_bytes.unwrap_or(0).max(1) as u64,
+                        ));
+                        bar.set_style(
+                            indicatif::ProgressStyle::with_template(
+                                "  {prefix:<36} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
+                            )
+                            .expect("the template is valid")
+                            .progress_chars("=> "),
+                        );
+                        bar.set_prefix(format!("{}/{}", t.database, t.table));
+                        bar
+                    });
+                    if t.ready() {
+                        bar.set_position(bar.length().unwrap_or(0));
+                    } else if let Some(b) = t.bytes {
+                        bar.set_position(b.max(0) as u64);
+                    }
+                    bar.set_message(format!(
+                        "{} {}",
+                        t.state,
+                        t.rows.map(|r| format!("{r} rows")).unwrap_or_default()
+                    ));
+                }
+            }
+            CopyView::Lines { last } => {
+                for t in tables {
+                    let key = (t.database.clone(), t.table.clone());
+                    let due = match last.get(&key) {
+                        None => true,
+                        Some((state, at)) => {
+                            *state != t.state || (t.state == "data" && at.elapsed() >= LINE_EVERY)
+                        }
+                    };
+                    if due {
+                        let line = serde_json::json!({
+                            "event": "copy", "database": t.database, "table": t.table,
+                            "state": t.state, "rows": t.rows, "bytes": t.bytes,
+                            "source_bytes": t.source_bytes,
+                        });
+                        eprintln!("{line}");
+                        last.insert(key, (t.state.clone(), Instant::now()));
+                    }
+                }
+            }
+        }
+    }
+}
