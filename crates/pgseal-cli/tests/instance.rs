@@ -6,91 +6,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// The PostgreSQL 15 client programs.
-fn bin(program: &str) -> String {
-    let dir = std::env::var("PGSEAL_PG_BINDIR")
-        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
-    format!("{dir}/{program}")
-}
-
-/// Where an instance's (or endpoint's) socket is: `(dir, port)`.
-fn socket(h: &Home, what: &[&str]) -> (String, String) {
-    let info = h.json(what);
-    let dir = info["socket_dir"].as_str().unwrap().to_string();
-    let port = info["port"].as_u64().unwrap().to_string();
-    (dir, port)
-}
-
-/// `pgbench -i` (scale 1) of database `db` on instance `instance`.
-fn pgbench_init(h: &Home, instance: &str, db: &str) {
-    let (dir, port) = socket(h, &["instance", "describe", instance]);
-    let out = Command::new(bin("pgbench"))
-        .args([
-            "-i", "-s", "1", "-q", "-h", &dir, "-p", &port, "-U", "postgres", db,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// TPC-B through endpoint `endpoint` into `db`: 2 clients at `rate` tx/s for `seconds`.
-fn pgbench(h: &Home, endpoint: &str, db: &str, rate: u32, seconds: u32) -> Child {
-    let (dir, port) = socket(h, &["endpoint", "describe", endpoint]);
-    Command::new(bin("pgbench"))
-        .args([
-            "-n", "-c", "2", "-j", "1", "-h", &dir, "-p", &port, "-U", "postgres",
-        ])
-        .args(["-R", &rate.to_string(), "-T", &seconds.to_string(), db])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits for pgbench and returns the transactions it counted as processed; asserts it saw
-/// no failed transaction and no aborted client.
-fn pgbench_processed(child: Child) -> i64 {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let errors = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "pgbench failed: {text}{errors}");
-    let field = |label: &str| -> i64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(label))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no '{label}' in pgbench's output: {text}"))
-    };
-    assert_eq!(
-        field("number of failed transactions: "),
-        0,
-        "{text}{errors}"
-    );
-    let processed = field("number of transactions actually processed: ");
-    assert!(processed > 100, "pgbench processed too little: {text}");
-    processed
-}
-
-/// TPC-B's own account of database `sql`: history rows, and whether every balance equals
-/// the sum of its history's deltas (accounts, tellers and branches).
-fn tpcb(sql: &Sql) -> (i64, bool) {
-    let history = sql.count("SELECT count(*) FROM pgbench_history");
-    let balanced = sql.text(
-        "SELECT ((SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history) \
-             AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history) \
-             AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history))::text",
-    ) == "true";
-    (history, balanced)
-}
 
 #[test]
 fn three_databases_under_pgbench_and_the_ledger_cut_over_and_roll_back_with_nothing_lost() {

@@ -969,20 +969,19 @@ impl<'a, P: Platform> Engine<'a, P> {
                     ))?,
             };
             let target = self.target_db(&s.database).await?;
-            let (sub, _) =
-                replication::create_subscription(
-                    &target,
-                    &s.name,
-                    &conninfo,
-                    &s.name,
-                    &s.name,
-                    self.spec.strategy == Strategy::FullLoad,
-                )
-                .await
-                    .map_err(Self::sql(
-                        "target",
-                        format!("creating subscription {} in {}", s.name, s.database),
-                    ))?;
+            let (sub, _) = replication::create_subscription(
+                &target,
+                &s.name,
+                &conninfo,
+                &s.name,
+                &s.name,
+                self.spec.strategy == Strategy::FullLoad,
+            )
+            .await
+            .map_err(Self::sql(
+                "target",
+                format!("creating subscription {} in {}", s.name, s.database),
+            ))?;
             made.push(json!({ "database": s.database, "subscription": sub.name, "oid": sub.oid }));
         }
         let summary = format!(

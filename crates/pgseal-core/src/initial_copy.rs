@@ -21,7 +21,9 @@ pub struct TableCopy {
     pub rows: Option<i64>,
     /// COPY bytes received so far (while copying).
     pub bytes: Option<i64>,
-    /// The table's size on the source (heap and TOAST, without indexes).
+    /// The table's size on the source as its statistics say (`relpages` of the heap and
+    /// its TOAST table, as of the last VACUUM, ANALYZE or CREATE INDEX): read from the
+    /// catalog, so that watching never waits for a lock on the table.
     pub source_bytes: Option<i64>,
 }
 
@@ -32,8 +34,8 @@ impl TableCopy {
     }
 }
 
-/// The size (bytes) and estimated row count of every table publication `publication`
-/// publishes, read on the source database `client` is connected to.
+/// The estimated size (bytes) and row count of every table publication `publication`
+/// publishes, read from the catalog of the source database `client` is connected to.
 pub async fn source_sizes(
     client: &Client,
     publication: &str,
@@ -41,11 +43,13 @@ pub async fn source_sizes(
     let rows = client
         .query(
             "SELECT format('%s.%s', p.schemaname, p.tablename), \
-                    pg_table_size(format('%I.%I', p.schemaname, p.tablename)::regclass), \
+                    ((c.relpages::bigint + coalesce(t.relpages, 0)::bigint) \
+                        * current_setting('block_size')::bigint), \
                     greatest(c.reltuples, 0)::bigint \
              FROM pg_publication_tables p \
              JOIN pg_namespace n ON n.nspname = p.schemaname \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
+             LEFT JOIN pg_class t ON t.oid = c.reltoastrelid \
              WHERE p.pubname = $1",
             &[&publication],
         )
@@ -67,33 +71,38 @@ pub async fn progress(
     let syncs = replication::table_syncs(target, subscription).await?;
     Ok(syncs
         .into_iter()
-        .map(|TableSync {
+        .map(
+            |TableSync {
                  table,
                  state,
                  rows,
                  bytes,
              }| {
-            let size = sizes.get(&table).copied();
-            let rows = match (&rows, state.as_str()) {
-                (Some(_), _) => rows,
-                (None, "ready" | "syncdone" | "finishedcopy") => size.map(|s| s.1),
-                _ => None,
-            };
-            TableCopy {
-                database: database.to_string(),
-                table,
-                state,
-                rows,
-                bytes,
-                source_bytes: size.map(|s| s.0),
-            }
-        })
+                let size = sizes.get(&table).copied();
+                let rows = match (&rows, state.as_str()) {
+                    (Some(_), _) => rows,
+                    (None, "ready" | "syncdone" | "finishedcopy") => size.map(|s| s.1),
+                    _ => None,
+                };
+                TableCopy {
+                    database: database.to_string(),
+                    table,
+                    state,
+                    rows,
+                    bytes,
+                    source_bytes: size.map(|s| s.0),
+                }
+            },
+        )
         .collect())
 }
 
 /// Tablesync errors of subscription `subscription` so far
 /// (`pg_stat_subscription_stats.sync_error_count`); PostgreSQL retries each.
-pub async fn sync_errors(target: &Client, subscription: &str) -> Result<i64, tokio_postgres::Error> {
+pub async fn sync_errors(
+    target: &Client,
+    subscription: &str,
+) -> Result<i64, tokio_postgres::Error> {
     let row = target
         .query_opt(
             "SELECT coalesce(st.sync_error_count, 0) FROM pg_subscription s \

@@ -848,6 +848,9 @@ mod tests {
             long_transaction_seconds: 60,
             max_slot_retention: None,
             slot_wait_seconds: DEFAULT_SLOT_WAIT_SECONDS,
+            strategy: Default::default(),
+            engine_version: None,
+            copy_role_passwords: false,
             platform: Default::default(),
         }
     }

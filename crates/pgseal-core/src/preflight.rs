@@ -326,10 +326,7 @@ where
         };
         let (entry, count) = database_checks(&session, db, stream, input, &mut findings).await?;
         if wanted.strategy == Strategy::FullLoad
-            && let Some(available) = wanted
-                .installed
-                .as_ref()
-                .and_then(|i| i.get(&target_major))
+            && let Some(available) = wanted.installed.as_ref().and_then(|i| i.get(&target_major))
         {
             let missing: Vec<String> = session
                 .query("SELECT extname::text FROM pg_extension ORDER BY 1", &[])
@@ -458,7 +455,12 @@ where
         if free < needed {
             findings.push(blocker(
                 "disk_space",
-                format!("{} MiB free; {what} about {} MiB ({factor} the source's {} MiB)", free >> 20, needed >> 20, source_bytes >> 20),
+                format!(
+                    "{} MiB free; {what} about {} MiB ({factor} the source's {} MiB)",
+                    free >> 20,
+                    needed >> 20,
+                    source_bytes >> 20
+                ),
                 "free space, or point --home at a larger file system".into(),
             ));
         }
@@ -537,7 +539,9 @@ fn strategy_choices(
         why: if same_version {
             "same major version: the files are copied at disk speed (no reload, no index rebuild) and replication starts at the exact LSN where the copy ends".into()
         } else {
-            format!("a physical copy keeps the major version ({source_major}); it cannot make a {target_major} target")
+            format!(
+                "a physical copy keeps the major version ({source_major}); it cannot make a {target_major} target"
+            )
         },
     };
     let installed = wanted
@@ -546,15 +550,21 @@ fn strategy_choices(
         .is_none_or(|i| i.contains_key(&target_major));
     let full_load = StrategyChoice {
         strategy: Strategy::FullLoad,
-        possible: wanted.full_load_unsupported.is_none() && target_major >= source_major && installed,
+        possible: wanted.full_load_unsupported.is_none()
+            && target_major >= source_major
+            && installed,
         why: if let Some(why) = &wanted.full_load_unsupported {
             why.clone()
         } else if target_major < source_major {
-            format!("logical replication onto an older major version ({target_major} < {source_major}) is not supported")
+            format!(
+                "logical replication onto an older major version ({target_major} < {source_major}) is not supported"
+            )
         } else if !installed {
             format!("PostgreSQL {target_major} is not installed")
         } else {
-            format!("an empty PostgreSQL {target_major} target: roles and schema copied, every table loaded and then streamed by native logical replication (slower than a file copy for a large instance; indexes are rebuilt)")
+            format!(
+                "an empty PostgreSQL {target_major} target: roles and schema copied, every table loaded and then streamed by native logical replication (slower than a file copy for a large instance; indexes are rebuilt)"
+            )
         },
     };
     let recommended = if !same_version && full_load.possible {

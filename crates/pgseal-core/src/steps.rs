@@ -148,11 +148,7 @@ impl Step {
     /// the commands after `start`).
     pub fn number(self, strategy: Strategy) -> usize {
         let steps = strategy.steps();
-        steps
-            .iter()
-            .position(|s| *s == self)
-            .unwrap_or(steps.len())
-            + 1
+        steps.iter().position(|s| *s == self).unwrap_or(steps.len()) + 1
     }
 }
 

@@ -17,6 +17,7 @@ fn input() -> PreflightInput {
         target_problem: None,
         databases: None,
         tables: None,
+        target_version: Default::default(),
     }
 }
 

@@ -229,13 +229,18 @@ fn check_server_binaries(
 fn check_versions() -> Check {
     const ID: &str = "postgres_versions";
     const TITLE: &str = "PostgreSQL major versions";
-    const FOR: &str = "`instance create --engine-version` and full-load migrations onto a newer version";
+    const FOR: &str =
+        "`instance create --engine-version` and full-load migrations onto a newer version";
     let installs = pgseal_pg::PgInstalls::discover();
     let listed: Vec<String> = installs
         .all
         .iter()
         .map(|i| {
-            let clients = if i.has("pg_dump") { "" } else { ", server only" };
+            let clients = if i.has("pg_dump") {
+                ""
+            } else {
+                ", server only"
+            };
             format!("{} ({}{clients})", i.version, i.bindir.display())
         })
         .collect();

@@ -21,8 +21,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use pgseal_crypto::{DataKeySpec, EncryptionContext, Kms, WrappedKey};
 use pgseal_exec::{ExternalCommand, RunAs};
-use pgseal_pg::{PgInstall, PgInstalls};
 use pgseal_pg::server::{ServerControl, ServerError, StopMode, create_owned_dir};
+use pgseal_pg::{PgInstall, PgInstalls};
 use serde::{Deserialize, Serialize};
 
 use crate::fscrypt::KeyIdentifier;

@@ -227,7 +227,8 @@ impl PgInstall {
         dirs.iter()
             .filter(|d| {
                 // Debian's shared directory belongs to its own packaged installation only.
-                !d.starts_with("/usr/share/postgresql") || self.bindir.starts_with("/usr/lib/postgresql")
+                !d.starts_with("/usr/share/postgresql")
+                    || self.bindir.starts_with("/usr/lib/postgresql")
             })
             .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
             .filter_map(|e| {
@@ -269,7 +270,11 @@ impl PgInstalls {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
                 .map(|e| e.path().join("bin"))
                 .collect();
             found.sort();
@@ -406,8 +411,11 @@ mod tests {
             std::fs::create_dir_all(&bin).unwrap();
             for p in programs {
                 let path = bin.join(p);
-                std::fs::write(&path, format!("#!/bin/sh\necho 'postgres (PostgreSQL) {major}.3'\n"))
-                    .unwrap();
+                std::fs::write(
+                    &path,
+                    format!("#!/bin/sh\necho 'postgres (PostgreSQL) {major}.3'\n"),
+                )
+                .unwrap();
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
             }
         }
@@ -415,10 +423,19 @@ mod tests {
         // 16 lacks initdb and pg_ctl: not an installation.
         assert_eq!(installs.majors(), [17]);
         let v17 = installs.for_major(17).unwrap();
-        assert_eq!(v17.version, PgVersion { major: 17, minor: 3 });
+        assert_eq!(
+            v17.version,
+            PgVersion {
+                major: 17,
+                minor: 3
+            }
+        );
         assert_eq!(v17.origin, BindirOrigin::Root);
         assert_eq!(installs.client_tool("pg_dump", 15), None);
-        assert_eq!(installs.client_tool("initdb", 15), Some(v17.program("initdb")));
+        assert_eq!(
+            installs.client_tool("initdb", 15),
+            Some(v17.program("initdb"))
+        );
         assert_eq!(installs.client_tool("initdb", 18), None);
     }
 

@@ -371,7 +371,9 @@ fn spec_from_args(
 
 /// What the target's platform can run, for preflight: the local platform's installed
 /// major versions with their extensions; AWS decides for itself and runs no full load.
-fn target_versions(platform: &AnyPlatform) -> (Option<BTreeMap<u32, BTreeSet<String>>>, Option<String>) {
+fn target_versions(
+    platform: &AnyPlatform,
+) -> (Option<BTreeMap<u32, BTreeSet<String>>>, Option<String>) {
     match platform {
         AnyPlatform::Local(local) => (Some(installed_versions(local.instances().installs())), None),
         #[cfg(feature = "aws")]
@@ -1396,7 +1398,11 @@ fn render(r: &PreflightReport, source: &str, target: &str, name: &str) -> String
         out.push_str(&format!(
             "  {:<10} {:<12} {}\n",
             c.strategy.as_str(),
-            if c.possible { "possible" } else { "not possible" },
+            if c.possible {
+                "possible"
+            } else {
+                "not possible"
+            },
             c.why
         ));
     }

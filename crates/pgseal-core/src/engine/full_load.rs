@@ -409,7 +409,12 @@ impl<P: Platform> Engine<'_, P> {
                 after.push(line.to_string());
             }
         }
-        tracing::debug!(database, before = before.len(), after = after.len(), "post-data entries");
+        tracing::debug!(
+            database,
+            before = before.len(),
+            after = after.len(),
+            "post-data entries"
+        );
         Ok((before, after))
     }
 
@@ -439,11 +444,13 @@ impl<P: Platform> Engine<'_, P> {
         entries: &[String],
     ) -> Result<Vec<u8>, EngineError> {
         let archive = self.post_data_archive(source).await?;
-        let dir = tempfile::tempdir()
-            .map_err(|e| EngineError::Precondition(format!("cannot make a temporary directory: {e}")))?;
+        let dir = tempfile::tempdir().map_err(|e| {
+            EngineError::Precondition(format!("cannot make a temporary directory: {e}"))
+        })?;
         let list = dir.path().join("entries.list");
-        std::fs::write(&list, entries.join("\n") + "\n")
-            .map_err(|e| EngineError::Precondition(format!("cannot write {}: {e}", list.display())))?;
+        std::fs::write(&list, entries.join("\n") + "\n").map_err(|e| {
+            EngineError::Precondition(format!("cannot write {}: {e}", list.display()))
+        })?;
         let list_arg = format!("--use-list={}", list.display());
         self.run_tool("pg_restore", &["-f", "-", &list_arg], source, Some(archive))
             .await
@@ -726,8 +733,8 @@ mod tests {
 
     #[test]
     fn archive_list_lines_parse() {
-        let e = TocEntry::parse("3203; 1259 16401 INDEX public accounts_owner_idx postgres")
-            .unwrap();
+        let e =
+            TocEntry::parse("3203; 1259 16401 INDEX public accounts_owner_idx postgres").unwrap();
         assert_eq!(
             (e.desc.as_str(), e.namespace.as_str(), e.tag.as_str()),
             ("INDEX", "public", "accounts_owner_idx")
@@ -738,11 +745,15 @@ mod tests {
         .unwrap();
         assert_eq!(e.desc, "FK CONSTRAINT");
         assert_eq!(e.tag, "transfers transfers_from_fkey");
-        let e = TocEntry::parse("3199; 2606 16395 CONSTRAINT public accounts accounts_pkey postgres")
-            .unwrap();
+        let e =
+            TocEntry::parse("3199; 2606 16395 CONSTRAINT public accounts accounts_pkey postgres")
+                .unwrap();
         assert_eq!(e.desc, BEFORE_COPY);
         let e = TocEntry::parse("3300; 6104 16500 PUBLICATION - pgseal_m1_5 postgres").unwrap();
-        assert_eq!((e.desc.as_str(), e.tag.as_str()), ("PUBLICATION", "pgseal_m1_5"));
+        assert_eq!(
+            (e.desc.as_str(), e.tag.as_str()),
+            ("PUBLICATION", "pgseal_m1_5")
+        );
         assert_eq!(TocEntry::parse(";"), None);
         assert_eq!(TocEntry::parse("; Archive created at 2026-12-02"), None);
     }

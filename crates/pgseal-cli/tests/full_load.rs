@@ -1,0 +1,355 @@
+//! The full-load strategy on real servers: an empty encrypted PostgreSQL 17 (or 15)
+//! target, roles and schema copied, every table loaded by native tablesync and streamed
+//! on, judged by the ledger and by pgbench's own counts; a table without a primary key, a
+//! sequence owned by no column and a partitioned table carried; a crash during the copy
+//! resumed; an abort during the copy leaving nothing behind; bad input refused before
+//! anything is made; rollback from 17 back to 15.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The schema a user's application might have besides pgbench's: a key-less table, a
+/// sequence no column owns, a partitioned table, and a role that owns a table.
+fn app_schema(src: &Sql) {
+    src.exec(
+        "CREATE ROLE app_owner LOGIN; \
+         CREATE TABLE notes (author text, body text); \
+         INSERT INTO notes SELECT 'a' || g, 'note ' || g FROM generate_series(1, 300) g; \
+         CREATE SEQUENCE invoice_numbers START 1000; \
+         SELECT setval('invoice_numbers', 4242); \
+         CREATE TABLE events (id bigint, day int, what text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day); \
+         CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (0) TO (50); \
+         CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (50) TO (100); \
+         INSERT INTO events SELECT g, g % 100, 'e' || g FROM generate_series(1, 2000) g; \
+         CREATE INDEX events_what ON events (what); \
+         ALTER TABLE notes OWNER TO app_owner",
+    );
+}
+
+fn server_major(sql: &Sql) -> i64 {
+    sql.count("SELECT current_setting('server_version_num')::bigint / 10000")
+}
+
+#[test]
+fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    src.exec("CREATE DATABASE app");
+    pgbench_init(&h, "src", "app");
+    let app = h.sql("src", "app");
+    app_schema(&app);
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 60);
+    let bench = pgbench(&h, "src-ep", "app", 60, 25);
+
+    let plan = h.json(&[
+        "migrate",
+        "plan",
+        "--source",
+        "src",
+        "--name",
+        "f1",
+        "--strategy",
+        "full-load",
+        "--engine-version",
+        "17",
+        "--replica-identity-full",
+    ]);
+    assert_eq!(plan["recommended"], "full-load", "{plan}");
+    assert_eq!(plan["target_major"], 17, "{plan}");
+    let snapshot = &plan["strategies"][0];
+    assert_eq!(
+        (
+            snapshot["strategy"].as_str(),
+            snapshot["possible"].as_bool()
+        ),
+        (Some("snapshot"), Some(false)),
+        "{plan}"
+    );
+    let out = h.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "f1",
+        "--strategy",
+        "full-load",
+        "--engine-version",
+        "17",
+        "--replica-identity-full",
+    ]);
+    let progress = String::from_utf8_lossy(&out.stderr);
+    // Not a terminal: the copy's progress comes as JSON lines, table by table.
+    let copy_lines: Vec<serde_json::Value> = progress
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "copy")
+        .collect();
+    for table in [
+        "public.pgbench_accounts",
+        "public.notes",
+        "public.events_low",
+    ] {
+        assert!(
+            copy_lines
+                .iter()
+                .any(|l| l["table"] == table && l["state"] == "ready"),
+            "{table} reported ready: {progress}"
+        );
+    }
+
+    let target = h.json(&["instance", "describe", "src-enc"]);
+    assert_eq!(target["encrypted"], true, "{target}");
+    assert!(
+        target["engine_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("17."),
+        "{target}"
+    );
+    let dst_app = h.sql("src-enc", "app");
+    assert_eq!(server_major(&dst_app), 17);
+    // The role came along, owning its table; the sequence only at cutover.
+    assert_eq!(
+        dst_app.text("SELECT tableowner::text FROM pg_tables WHERE tablename = 'notes'"),
+        "app_owner"
+    );
+    let status = h.json(&["migrate", "status", "f1"]);
+    assert_eq!(status["migration"]["phase"], "replicating", "{status}");
+    for s in status["replication"]["streams"].as_array().unwrap() {
+        assert_eq!(s["slot"]["active"], true, "{s}");
+        assert_eq!(
+            s["copy"].as_array().map(Vec::len),
+            Some(0),
+            "copy done: {s}"
+        );
+    }
+
+    // Changes to every kind of table while it replicates.
+    app.exec(
+        "UPDATE notes SET body = 'changed' WHERE author = 'a1'; \
+         DELETE FROM notes WHERE author = 'a2'; \
+         INSERT INTO events VALUES (5000, 75, 'late'); \
+         UPDATE events SET day = 10 WHERE id = 99; \
+         SELECT setval('invoice_numbers', 5151)",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let validated = h.json(&["migrate", "validate", "f1"]);
+    assert_eq!(validated["clean"], true, "{validated}");
+
+    let cut = h.json(&["migrate", "cutover", "f1"]);
+    assert_eq!(cut["databases"].as_array().unwrap().len(), 2, "{cut}");
+    let processed = pgbench_processed(bench);
+    let (history, balanced) = tpcb(&dst_app);
+    assert_eq!(history, processed, "pgbench's count vs the 17 target");
+    assert!(balanced, "TPC-B balances on the target");
+    assert_eq!(
+        dst_app.text(
+            "SELECT count(*) || ' ' || (SELECT body FROM notes WHERE author = 'a1') FROM notes"
+        ),
+        "299 changed"
+    );
+    assert_eq!(
+        dst_app.count("SELECT count(*) FROM events_low WHERE id IN (99)")
+            + dst_app.count("SELECT count(*) FROM events_high WHERE id = 5000"),
+        2,
+        "rows moved between partitions and added"
+    );
+    assert!(
+        dst_app.count("SELECT last_value FROM invoice_numbers") >= 5151,
+        "the unowned sequence was set"
+    );
+
+    // Writes on 17, then back to 15 by reverse replication: all of them on the source.
+    let bench = pgbench(&h, "src-ep", "app", 60, 8);
+    std::thread::sleep(Duration::from_secs(4));
+    let back = h.json(&["migrate", "rollback", "f1"]);
+    assert_eq!(back["databases"].as_array().unwrap().len(), 2, "{back}");
+    let after = pgbench_processed(bench);
+    let run = writes.finish();
+    assert_eq!(run["client_errors"], 0, "{run}");
+    assert_all_landed(&h, "src", &ledger, &run);
+    let (history, balanced) = tpcb(&h.sql("src", "app"));
+    assert_eq!(
+        history,
+        processed + after,
+        "pgbench's count vs the 15 source"
+    );
+    assert!(balanced);
+    h.ok(&["migrate", "cleanup", "f1"]);
+    for db in ["postgres", "app"] {
+        assert_eq!(h.sql("src", db).pgseal_everything(), 0, "{db}");
+    }
+    h.ok(&["endpoint", "delete", "src-ep"]);
+}
+
+#[test]
+fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    pgbench_init_scale(&h, "src", "postgres", 2);
+    let ledger = h.path("ledger").display().to_string();
+    let writes = h.workload(&["--instance", "src"], &ledger, 40);
+    let start = [
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "f1",
+        "--strategy",
+        "full-load",
+        "--replica-identity-full",
+    ];
+    // Killed after each step's work but before it is journaled (the hardest case), and
+    // in the middle of the initial copy; each time `resume` takes it on.
+    let points = [
+        "after:create_target",
+        "after:schema",
+        "after:subscription",
+        "initial_copy:copying",
+        "after:post_data",
+    ];
+    let first = h.run_env(("PGSEAL_FAILPOINT", points[0]), &start);
+    assert_crashed(&first, points[0]);
+    for point in &points[1..] {
+        let out = h.run_env(("PGSEAL_FAILPOINT", point), &["migrate", "resume", "f1"]);
+        assert_crashed(&out, point);
+    }
+    h.ok(&["migrate", "resume", "f1"]);
+    let status = h.json(&["migrate", "status", "f1"]);
+    assert_eq!(status["migration"]["phase"], "replicating", "{status}");
+    assert_eq!(server_major(&h.sql("src-enc", "postgres")), 15);
+    wait_caught_up(&h, "src-enc", &ledger);
+    let validated = h.json(&["migrate", "validate", "f1"]);
+    assert_eq!(validated["clean"], true, "{validated}");
+    // Every index once: post-data was not built twice.
+    let indexes = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'";
+    assert_eq!(
+        h.sql("src-enc", "postgres").count(indexes),
+        h.sql("src", "postgres").count(indexes)
+    );
+    h.ok(&["migrate", "cutover", "f1", "--on-switch", "true"]);
+    let run = writes.finish();
+    assert_all_landed(&h, "src-enc", &ledger, &run);
+}
+
+#[test]
+fn aborting_during_the_initial_copy_leaves_no_slot_publication_or_subscription() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    src.exec("CREATE DATABASE app");
+    pgbench_init(&h, "src", "app");
+    let start = [
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "f2",
+        "--strategy",
+        "full-load",
+        "--replica-identity-full",
+    ];
+    // Stopped before the subscriptions are enabled (once enabled, the target copies on
+    // its own whether pgseal runs or not).
+    let out = h.run_env(("PGSEAL_FAILPOINT", "after:subscription"), &start);
+    assert_crashed(&out, "after:subscription");
+    // Hold one table's copy: its tablesync worker makes its slot, then waits for the lock.
+    let app = h.sql("src", "app");
+    app.exec("BEGIN; LOCK TABLE pgbench_accounts IN ACCESS EXCLUSIVE MODE");
+    let out = h.run_env(
+        ("PGSEAL_FAILPOINT", "initial_copy:copying"),
+        &["migrate", "resume", "f2"],
+    );
+    assert_crashed(&out, "initial_copy:copying");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while src.count("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pg_%_sync_%'")
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tablesync slot appeared"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = h.json(&["migrate", "status", "f2"]);
+    let copying: Vec<&serde_json::Value> = status["replication"]["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["copy"].as_array().unwrap())
+        .collect();
+    assert!(
+        copying
+            .iter()
+            .any(|t| t["table"] == "public.pgbench_accounts" && t["state"] != "ready"),
+        "status shows the copy: {status}"
+    );
+    // Abort while the copy waits; the lock goes a moment later.
+    let abort = h.command(&["migrate", "abort", "f2"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    app.exec("COMMIT");
+    assert!(abort.wait_with_output().unwrap().status.success());
+    assert_eq!(
+        src.count("SELECT count(*) FROM pg_replication_slots"),
+        0,
+        "no slot of any kind is left"
+    );
+    for db in ["postgres", "app"] {
+        assert_eq!(h.sql("src", db).pgseal_everything(), 0, "{db}");
+    }
+    let list = h.json(&["instance", "list"]);
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "the target is gone: {list}"
+    );
+}
+
+#[test]
+fn bad_versions_and_missing_extensions_are_refused_before_anything_is_made() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    let start = |extra: &[&str]| {
+        let mut args = vec!["migrate", "start", "--source", "src", "--name", "bad"];
+        args.extend(extra);
+        h.run(&args)
+    };
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--strategy", "full-load", "--engine-version", "13"],
+            "choose 15 or newer",
+        ),
+        (
+            &["--strategy", "full-load", "--engine-version", "16"],
+            "scripts/setup",
+        ),
+        (&["--engine-version", "17"], "--strategy full-load"),
+    ];
+    for (args, fix) in cases {
+        let out = start(args);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {text}");
+        assert!(text.contains(fix), "{args:?} names its fix: {text}");
+    }
+    // adminpack ships with PostgreSQL 15 and was removed in 17.
+    src.exec("CREATE EXTENSION adminpack");
+    let out = start(&["--strategy", "full-load", "--engine-version", "17"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("adminpack"), "{text}");
+    // Nothing was made: no slot, no publication, no target, no migration on record.
+    assert_eq!(src.count("SELECT count(*) FROM pg_replication_slots"), 0);
+    assert_eq!(src.pgseal_everything(), 0);
+    assert_eq!(h.json(&["instance", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(h.json(&["migrate", "list"]).as_array().unwrap().len(), 0);
+}
