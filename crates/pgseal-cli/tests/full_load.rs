@@ -226,6 +226,8 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
     let status = h.json(&["migrate", "status", "f1"]);
     assert_eq!(status["migration"]["phase"], "replicating", "{status}");
     assert_eq!(server_major(&h.sql("src-enc", "postgres")), 15);
+    let target = h.json(&["instance", "describe", "src-enc"]);
+    assert_eq!(target["encrypted"], true, "{target}");
     wait_caught_up(&h, "src-enc", &ledger);
     let validated = h.json(&["migrate", "validate", "f1"]);
     assert_eq!(validated["clean"], true, "{validated}");
@@ -352,4 +354,27 @@ fn bad_versions_and_missing_extensions_are_refused_before_anything_is_made() {
     assert_eq!(src.pgseal_everything(), 0);
     assert_eq!(h.json(&["instance", "list"]).as_array().unwrap().len(), 1);
     assert_eq!(h.json(&["migrate", "list"]).as_array().unwrap().len(), 0);
+
+    // The same versions for a plain instance: 17 from the provisioned binaries, 16 refused.
+    let port = free_port();
+    let made = h.json(&[
+        "instance",
+        "create",
+        "v17",
+        "--engine-version",
+        "17",
+        "--port",
+        &port,
+        "--storage",
+        "1GiB",
+    ]);
+    assert!(
+        made["engine_version"].as_str().unwrap().starts_with("17."),
+        "{made}"
+    );
+    assert_eq!(server_major(&h.sql("v17", "postgres")), 17);
+    let out = h.run(&["instance", "create", "v16", "--engine-version", "16"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("PostgreSQL 16 is not installed"), "{text}");
 }

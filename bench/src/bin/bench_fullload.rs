@@ -1,0 +1,249 @@
+//! The full-load strategy's cost against the two ways a DBA would copy the same database
+//! by hand, onto the same encrypted storage of the same PostgreSQL version, in the same run:
+//! 1. `pg_dump | psql` (one stream, indexes built after the data);
+//! 2. `pg_dump -Fd -j 2` then `pg_restore -j 2` (parallel; the dump directory lives on the
+//!    encrypted volume too, so no row reaches plaintext disk);
+//! 3. `pgseal migrate start --strategy full-load` until the target replicates (an empty
+//!    encrypted target created, roles and schema copied, tablesync, post-data), split by
+//!    step, with rows/s and MiB/s per table from the journal.
+//!
+//! Target: 3 no slower than the faster of 1 and 2.
+//!
+//! Usage: `bench-fullload [SCALE] [ROUNDS] [ENGINE_VERSION]` (default 50, 3, 17), as root,
+//! from the workspace root. Run `bench/fullload`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use pgseal_bench::{Harness, median, timed};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let scale: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50);
+    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
+    let version: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(17);
+    let dir = pgseal_bench::work_dir()?;
+    let b = Harness::new(&dir.path().join("home"))?;
+    let result = run(&b, scale, rounds.max(1), version);
+    // Whatever happened, leave no migration, server or mount behind.
+    if let Ok(list) = b.json(&["migrate", "list"]) {
+        for m in list.as_array().into_iter().flatten() {
+            let name = m["spec"]["name"].as_str().unwrap_or_default();
+            let _ = b.pgseal(&["migrate", "abort", name]).output();
+        }
+    }
+    for name in ["bench-src", "bench-dst"] {
+        let _ = b.pgseal(&["instance", "delete", name, "--yes"]).output();
+    }
+    result
+}
+
+/// libpq environment for an instance's `db` over its unix socket.
+fn libpq(b: &Harness, instance: &str, db: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let info = b.json(&["instance", "describe", instance])?;
+    Ok(vec![
+        (
+            "PGHOST".into(),
+            info["socket_dir"].as_str().context("socket_dir")?.into(),
+        ),
+        ("PGPORT".into(), info["port"].to_string()),
+        ("PGUSER".into(), "postgres".into()),
+        ("PGDATABASE".into(), db.into()),
+    ])
+}
+
+/// A fresh, empty database `copy` on the baseline target.
+fn fresh_db(b: &Harness) -> anyhow::Result<()> {
+    b.psql("bench-dst", "DROP DATABASE IF EXISTS copy")?;
+    b.psql("bench-dst", "CREATE DATABASE copy")?;
+    Ok(())
+}
+
+/// `sh -c SCRIPT` with the source's libpq settings as `S_*` and the target's as `T_*`.
+fn shell(b: &Harness, script: &str) -> anyhow::Result<Command> {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(script);
+    for (prefix, instance, db) in [("S_", "bench-src", "postgres"), ("T_", "bench-dst", "copy")] {
+        for (k, v) in libpq(b, instance, db)? {
+            c.env(format!("{prefix}{k}"), v);
+        }
+    }
+    c.env("BIN", &b.bindir);
+    Ok(c)
+}
+
+fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<()> {
+    let storage = format!("{}MiB", 2048 + scale * 60);
+    let engine = version.to_string();
+    b.json(&[
+        "instance",
+        "create",
+        "bench-src",
+        "--storage",
+        &storage,
+        "--param",
+        "wal_level=logical",
+    ])?;
+    b.pgbench_init("bench-src", scale)?;
+    let db_mib: u64 = b
+        .psql("bench-src", "SELECT pg_database_size('postgres') >> 20")?
+        .parse()?;
+    b.json(&[
+        "instance",
+        "create",
+        "bench-dst",
+        "--storage",
+        &storage,
+        "--encrypted",
+        "--engine-version",
+        &engine,
+    ])?;
+    // The parallel dump's directory, on the encrypted volume beside the target's data.
+    let data_dir = b.json(&["instance", "describe", "bench-dst"])?["data_dir"]
+        .as_str()
+        .context("data_dir")?
+        .to_string();
+    let dump_dir = std::path::Path::new(&data_dir)
+        .parent()
+        .context("data dir parent")?
+        .join("bench-dump");
+    let env = |prefix: &str| {
+        format!(
+            "PGHOST=${prefix}PGHOST PGPORT=${prefix}PGPORT PGUSER=${prefix}PGUSER PGDATABASE=${prefix}PGDATABASE"
+        )
+    };
+    let plain = format!(
+        "env {} \"$BIN/pg_dump\" | env {} \"$BIN/psql\" -X -q -v ON_ERROR_STOP=1 >/dev/null",
+        env("S_"),
+        env("T_")
+    );
+    let parallel = format!(
+        "rm -rf '{d}' && env {} \"$BIN/pg_dump\" -Fd -j 2 -f '{d}' && env {} \"$BIN/pg_restore\" -j 2 -d copy && rm -rf '{d}'",
+        env("S_"),
+        env("T_"),
+        d = dump_dir.display()
+    );
+
+    let (mut t_plain, mut t_parallel, mut t_full) = (vec![], vec![], vec![]);
+    let mut per_step: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut tables: Vec<(String, Vec<f64>, f64, f64)> = Vec::new();
+    for round in 0..rounds {
+        for turn in 0..3 {
+            let _ = timed(Command::new("sync"));
+            match (round + turn) % 3 {
+                0 => {
+                    fresh_db(b)?;
+                    t_plain.push(timed(shell(b, &plain)?)?.elapsed);
+                }
+                1 => {
+                    fresh_db(b)?;
+                    t_parallel.push(timed(shell(b, &parallel)?)?.elapsed);
+                }
+                _ => {
+                    let name = format!("r{round}");
+                    t_full.push(
+                        timed(b.pgseal(&[
+                            "migrate",
+                            "start",
+                            "--source",
+                            "bench-src",
+                            "--name",
+                            &name,
+                            "--target",
+                            "bench-full",
+                            "--strategy",
+                            "full-load",
+                            "--engine-version",
+                            &engine,
+                            "--replica-identity-full",
+                        ]))?
+                        .elapsed,
+                    );
+                    let status = b.json(&["migrate", "status", &name])?;
+                    for run in status["steps"].as_array().into_iter().flatten() {
+                        if let (Some(step), Some(start), Some(end)) = (
+                            run["step"].as_str(),
+                            run["started_ms"].as_i64(),
+                            run["finished_ms"].as_i64(),
+                        ) {
+                            let seconds = (end - start) as f64 / 1000.0;
+                            match per_step.iter_mut().find(|(s, _)| s == step) {
+                                Some((_, times)) => times.push(seconds),
+                                None => per_step.push((step.to_string(), vec![seconds])),
+                            }
+                        }
+                        if run["step"] == "initial_copy" {
+                            for t in run["outputs"]["tables"].as_array().into_iter().flatten() {
+                                let table = t["table"].as_str().unwrap_or("?").to_string();
+                                let seconds = t["seconds"].as_f64().unwrap_or(0.0);
+                                let rows = t["rows"].as_f64().unwrap_or(0.0);
+                                let bytes = t["source_bytes"].as_f64().unwrap_or(0.0);
+                                match tables.iter_mut().find(|(n, ..)| *n == table) {
+                                    Some((_, times, ..)) => times.push(seconds),
+                                    None => tables.push((table, vec![seconds], rows, bytes)),
+                                }
+                            }
+                        }
+                    }
+                    b.json(&["migrate", "abort", &name])?;
+                }
+            }
+        }
+    }
+
+    let secs = |d: Duration| d.as_secs_f64();
+    let (plain_m, parallel_m, full_m) = (median(t_plain), median(t_parallel), median(t_full));
+    let best = plain_m.min(parallel_m);
+    let med = |xs: &[f64]| {
+        let mut v = xs.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let create = per_step
+        .iter()
+        .find(|(s, _)| s == "create_target")
+        .map_or(0.0, |(_, t)| med(t));
+    println!(
+        "full load of a pgbench scale-{scale} database ({db_mib} MiB) onto encrypted PostgreSQL {version}, medians of {rounds} rounds:"
+    );
+    println!(
+        "  pg_dump | psql                      {:>7.2} s",
+        secs(plain_m)
+    );
+    println!(
+        "  pg_dump -Fd -j 2 + pg_restore -j 2  {:>7.2} s",
+        secs(parallel_m)
+    );
+    println!(
+        "  pgseal migrate start --strategy full-load {:>7.2} s = {:.2}x the faster ({:.2}x without making the target instance, {create:.2} s)",
+        secs(full_m),
+        secs(full_m) / secs(best),
+        (secs(full_m) - create) / secs(best)
+    );
+    println!("    by step:");
+    for (step, times) in &per_step {
+        println!("      {step:<22} {:>7.2} s", med(times));
+    }
+    println!("    initial copy by table:");
+    for (table, times, rows, bytes) in &tables {
+        let s = med(times).max(0.001);
+        println!(
+            "      {table:<26} {:>10.0} rows {:>8.1} MiB {s:>6.2} s {:>10.0} rows/s {:>6.1} MiB/s",
+            rows,
+            bytes / 1048576.0,
+            rows / s,
+            bytes / 1048576.0 / s
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "fullload", "scale": scale, "engine_version": version, "db_mib": db_mib,
+            "plain_s": secs(plain_m), "parallel_s": secs(parallel_m), "full_load_s": secs(full_m),
+            "ratio_to_best": secs(full_m) / secs(best),
+            "steps": per_step.iter().map(|(s, t)| (s.clone(), med(t))).collect::<std::collections::BTreeMap<_, _>>(),
+        })
+    );
+    Ok(())
+}
