@@ -119,7 +119,7 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
         env("T_")
     );
     let parallel = format!(
-        "rm -rf '{d}' && env {} \"$BIN/pg_dump\" -Fd -j 2 -f '{d}' && env {} \"$BIN/pg_restore\" -j 2 -d copy && rm -rf '{d}'",
+        "rm -rf '{d}' && env {} \"$BIN/pg_dump\" -Fd -j 2 -f '{d}' && env {} \"$BIN/pg_restore\" -j 2 -d copy '{d}' && rm -rf '{d}'",
         env("S_"),
         env("T_"),
         d = dump_dir.display()

@@ -25,6 +25,9 @@ fn app_schema(src: &Sql) {
          CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (50) TO (100); \
          INSERT INTO events SELECT g, g % 100, 'e' || g FROM generate_series(1, 2000) g; \
          CREATE INDEX events_what ON events (what); \
+         CREATE TABLE \"odd name\" (\"the key\" int PRIMARY KEY, v text); \
+         CREATE INDEX \"odd index\" ON \"odd name\" (v); \
+         INSERT INTO \"odd name\" SELECT g, 'v' || g FROM generate_series(1, 100) g; \
          ALTER TABLE notes OWNER TO app_owner",
     );
 }
@@ -194,6 +197,13 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
     let h = Home::new();
     h.source("src", &["wal_level=logical"]);
     pgbench_init_scale(&h, "src", "postgres", 2);
+    // Post-data beyond the keys, so that building it twice would fail.
+    h.sql("src", "postgres").exec(
+        "CREATE INDEX accounts_by_branch ON pgbench_accounts (bid); \
+         ALTER TABLE pgbench_accounts ADD CONSTRAINT accounts_branch_fk FOREIGN KEY (bid) REFERENCES pgbench_branches; \
+         CREATE TABLE \"odd name\" (\"the key\" int PRIMARY KEY, v text); \
+         CREATE INDEX \"odd index\" ON \"odd name\" (v)",
+    );
     let ledger = h.path("ledger").display().to_string();
     let writes = h.workload(&["--instance", "src"], &ledger, 40);
     let start = [
@@ -231,12 +241,17 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
     wait_caught_up(&h, "src-enc", &ledger);
     let validated = h.json(&["migrate", "validate", "f1"]);
     assert_eq!(validated["clean"], true, "{validated}");
-    // Every index once: post-data was not built twice.
-    let indexes = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'";
-    assert_eq!(
-        h.sql("src-enc", "postgres").count(indexes),
-        h.sql("src", "postgres").count(indexes)
-    );
+    // Every index and constraint once: post-data was not built twice.
+    for catalog in [
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'",
+        "SELECT count(*) FROM pg_constraint WHERE connamespace = 'public'::regnamespace",
+    ] {
+        assert_eq!(
+            h.sql("src-enc", "postgres").count(catalog),
+            h.sql("src", "postgres").count(catalog),
+            "{catalog}"
+        );
+    }
     h.ok(&["migrate", "cutover", "f1", "--on-switch", "true"]);
     let run = writes.finish();
     assert_all_landed(&h, "src-enc", &ledger, &run);

@@ -32,6 +32,11 @@ impl TableCopy {
     pub fn ready(&self) -> bool {
         self.state == "ready"
     }
+
+    /// True once the table's COPY is done (`finishedcopy`, `syncdone` or `ready`).
+    pub fn copied(&self) -> bool {
+        matches!(self.state.as_str(), "finishedcopy" | "syncdone" | "ready")
+    }
 }
 
 /// The estimated size (bytes) and row count of every table publication `publication`

@@ -28,8 +28,10 @@ use crate::initial_copy::{self, TableCopy};
 use crate::journal::INSTANCE;
 use crate::steps::{Step, failpoint_at};
 
-/// How often the initial copy is polled and reported.
-const COPY_POLL: Duration = Duration::from_secs(1);
+/// How often the initial copy is polled (a table's keys are built as soon as its copy is
+/// seen done) and how often it is reported.
+const COPY_POLL: Duration = Duration::from_millis(250);
+const COPY_REPORT: Duration = Duration::from_secs(1);
 
 /// Lag (bytes) under which a full-load target counts as replicating.
 pub(super) const REPLICATING_LAG_BYTES: i64 = 64 << 20;
@@ -37,9 +39,63 @@ pub(super) const REPLICATING_LAG_BYTES: i64 = 64 << 20;
 /// Tablesync workers per subscription at most (PostgreSQL's default).
 const MAX_SYNC_WORKERS: i64 = 2;
 
-/// The post-data entry types that go in before the copy: primary keys, unique and
-/// exclusion constraints (the apply needs them to find the rows an UPDATE or DELETE names).
-const BEFORE_COPY: &str = "CONSTRAINT";
+/// Run before building indexes: a sort that fits in memory is not spilled onto the
+/// (encrypted, so slower) disk. The setting holds for that session only.
+const BUILD_SETTINGS: &str = "SET maintenance_work_mem = '1GB';\n";
+
+/// A table's key (primary key, unique or exclusion constraint), built on the target as
+/// soon as the table's copy is done: the apply needs it to find the row an UPDATE or
+/// DELETE names. Built before the copy instead, keys made the copy of a pgbench scale-50
+/// table twice as slow (docs/migration.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct TableKey {
+    /// `schema.table`, as `pg_subscription_rel` names it.
+    table: String,
+    /// The schema and table, unquoted.
+    schema_name: String,
+    table_name: String,
+    /// The constraint's name.
+    constraint: String,
+    /// `ALTER TABLE ONLY ... ADD CONSTRAINT ...`, from the source's catalog.
+    sql: String,
+}
+
+/// The keys of the tables a publication publishes, read from the source's catalog (no
+/// lock on any table). Partitions have their own; a partitioned parent's (not published
+/// itself) is built with the rest of the post-data.
+async fn table_keys(
+    source: &Client,
+    publication: &str,
+) -> Result<Vec<TableKey>, tokio_postgres::Error> {
+    let rows = source
+        .query(
+            "SELECT format('%s.%s', n.nspname, c.relname), n.nspname::text, c.relname::text, \
+                    k.conname::text, \
+                    format('ALTER TABLE ONLY %I.%I ADD CONSTRAINT %I %s', n.nspname, c.relname, \
+                           k.conname, pg_get_constraintdef(k.oid)) \
+             FROM pg_publication_tables p \
+             JOIN pg_namespace n ON n.nspname = p.schemaname \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
+             JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype IN ('p', 'u', 'x') \
+             WHERE p.pubname = $1 ORDER BY 1, 4",
+            &[&publication],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TableKey {
+            table: r.get(0),
+            schema_name: r.get(1),
+            table_name: r.get(2),
+            constraint: r.get(3),
+            sql: r.get(4),
+        })
+        .collect())
+}
+
+const CONSTRAINT_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_constraint k \
+     JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $1 AND c.relname = $2 AND k.conname = $3)";
 
 impl<P: Platform> Engine<'_, P> {
     /// The source's and the target's major versions, as preflight recorded them.
@@ -203,8 +259,9 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     /// Creates the empty target with the settings replication needs: `wal_level=logical`
-    /// (rollback replicates back from it), the source's slot and sender limits, and apply
-    /// and tablesync workers for every stream within the source's free slots.
+    /// (rollback replicates back from it), the source's slot and sender limits, apply and
+    /// tablesync workers for every stream within the source's free slots, and a
+    /// `max_wal_size` for loading.
     async fn create_new_target(
         &self,
         major: u32,
@@ -234,6 +291,10 @@ impl<P: Platform> Engine<'_, P> {
             ("max_sync_workers_per_subscription", sync.to_string()),
             ("max_logical_replication_workers", workers.to_string()),
             ("max_worker_processes", (workers + 8).to_string()),
+            // Fewer checkpoints (and full-page images) while the tables load, as the
+            // PostgreSQL documentation advises for bulk loads; the volume has room.
+            ("max_wal_size", "4GB".to_string()),
+            ("wal_buffers", "32MB".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -271,16 +332,14 @@ impl<P: Platform> Engine<'_, P> {
                 )
                 .await?;
             self.psql(&s.database, pre_data, true).await?;
-            let (before, _) = self.post_data_lists(&s.database, &source).await?;
-            let statements = before.len();
-            if !before.is_empty() {
-                let sql = self.restore_entries(&source, &before).await?;
-                self.psql(&s.database, sql, true).await?;
-            }
-            loaded.push(json!({ "database": s.database, "keys_before_copy": statements }));
+            let session = self.source_db(&s.database).await?;
+            let keys = table_keys(&session, &s.name)
+                .await
+                .map_err(Self::sql("source", "reading the tables' keys"))?;
+            loaded.push(json!({ "database": s.database, "keys": keys }));
         }
         let summary = format!(
-            "{} role(s) copied ({}), {} database(s): schema and keys loaded",
+            "{} role(s) copied ({}), {} database(s): schema before the data loaded",
             roles.0,
             if self.spec.copy_role_passwords {
                 "with their password hashes"
@@ -382,78 +441,122 @@ impl<P: Platform> Engine<'_, P> {
             .map_err(Self::sql("target", format!("creating database {database}")))
     }
 
-    /// The post-data part of `database`'s schema as archive entries (`pg_restore -l`
-    /// lines), split into what goes in before the copy ([`BEFORE_COPY`]) and after it.
-    /// pgseal's own publications stay behind.
-    async fn post_data_lists(
+    /// The post-data part of `database`'s schema on the source: the archive
+    /// (`pg_dump -Fc`, schema only, so no row values) and its entries (`pg_restore -l`
+    /// lines), without pgseal's own publications.
+    async fn post_data_schema(
         &self,
         database: &str,
         source: &tokio_postgres::Config,
-    ) -> Result<(Vec<String>, Vec<String>), EngineError> {
-        let archive = self.post_data_archive(source).await?;
-        let list = self
-            .run_tool("pg_restore", &["-l"], source, Some(archive))
+    ) -> Result<PostData, EngineError> {
+        let archive = self
+            .run_tool(
+                "pg_dump",
+                &[
+                    "--schema-only",
+                    "--section=post-data",
+                    "--no-subscriptions",
+                    "-Fc",
+                ],
+                source,
+                None,
+            )
             .await?;
-        let mut before = Vec::new();
-        let mut after = Vec::new();
-        for line in String::from_utf8_lossy(&list).lines() {
-            let Some(entry) = TocEntry::parse(line) else {
-                continue;
+        let list = self
+            .run_tool("pg_restore", &["-l"], source, Some(archive.clone()))
+            .await?;
+        let entries: Vec<(String, TocEntry)> = String::from_utf8_lossy(&list)
+            .lines()
+            .filter_map(|line| TocEntry::parse(line).map(|e| (line.to_string(), e)))
+            .filter(|(_, e)| !(e.desc.starts_with("PUBLICATION") && e.tag.starts_with("pgseal_")))
+            .collect();
+        tracing::debug!(database, entries = entries.len(), "post-data entries");
+        Ok(PostData { archive, entries })
+    }
+
+    /// Builds the entries `lines` of `post` on the target's `database`, in one transaction,
+    /// leaving out what is there already; returns how many were built.
+    async fn build_entries(
+        &self,
+        database: &str,
+        target: &Client,
+        post: &PostData,
+        lines: &[&(String, TocEntry)],
+    ) -> Result<usize, EngineError> {
+        let source = self.source_db(database).await?;
+        let mut missing = Vec::new();
+        for (line, entry) in lines {
+            let identity = entry
+                .identity_on(&source)
+                .await
+                .map_err(Self::sql("source", "naming a schema object"))?;
+            let built = match &identity {
+                Some(identity) => identity
+                    .exists_on(target)
+                    .await
+                    .map_err(Self::sql("target", "checking built objects"))?,
+                None => false,
             };
-            if entry.desc.starts_with("PUBLICATION") && entry.tag.starts_with("pgseal_") {
-                continue;
-            }
-            if entry.desc == BEFORE_COPY {
-                before.push(line.to_string());
-            } else {
-                after.push(line.to_string());
+            if !built {
+                missing.push(line.clone());
             }
         }
-        tracing::debug!(
-            database,
-            before = before.len(),
-            after = after.len(),
-            "post-data entries"
-        );
-        Ok((before, after))
-    }
-
-    async fn post_data_archive(
-        &self,
-        source: &tokio_postgres::Config,
-    ) -> Result<Vec<u8>, EngineError> {
-        self.run_tool(
-            "pg_dump",
-            &[
-                "--schema-only",
-                "--section=post-data",
-                "--no-subscriptions",
-                "-Fc",
-            ],
-            source,
-            None,
-        )
-        .await
-    }
-
-    /// The SQL of the archive entries `entries` of the source database's post-data part.
-    /// The list file names objects only (no row values) and lives for the call.
-    async fn restore_entries(
-        &self,
-        source: &tokio_postgres::Config,
-        entries: &[String],
-    ) -> Result<Vec<u8>, EngineError> {
-        let archive = self.post_data_archive(source).await?;
+        if missing.is_empty() {
+            return Ok(0);
+        }
         let dir = tempfile::tempdir().map_err(|e| {
             EngineError::Precondition(format!("cannot make a temporary directory: {e}"))
         })?;
+        // The list names objects only (no row values) and lives for the call.
         let list = dir.path().join("entries.list");
-        std::fs::write(&list, entries.join("\n") + "\n").map_err(|e| {
+        std::fs::write(&list, missing.join("\n") + "\n").map_err(|e| {
             EngineError::Precondition(format!("cannot write {}: {e}", list.display()))
         })?;
         let list_arg = format!("--use-list={}", list.display());
-        self.run_tool("pg_restore", &["-f", "-", &list_arg], source, Some(archive))
-            .await
+        let source = self.source_config(database).await?;
+        let sql = self
+            .run_tool(
+                "pg_restore",
+                &["-f", "-", &list_arg],
+                &source,
+                Some(post.archive.clone()),
+            )
+            .await?;
+        let mut text = BUILD_SETTINGS.as_bytes().to_vec();
+        text.extend(sql);
+        self.psql(database, text, true).await?;
+        Ok(missing.len())
+    }
+
+    /// Builds the keys in `keys` that the target lacks, in one transaction; returns how
+    /// many were built.
+    async fn build_keys(&self, target: &Client, keys: &[&TableKey]) -> Result<usize, EngineError> {
+        let mut sql = String::from("BEGIN; ");
+        sql.push_str(&BUILD_SETTINGS.replace("SET ", "SET LOCAL "));
+        let mut built = 0;
+        for k in keys {
+            let exists: bool = target
+                .query_one(
+                    CONSTRAINT_EXISTS,
+                    &[&k.schema_name, &k.table_name, &k.constraint],
+                )
+                .await
+                .map_err(Self::sql("target", "checking a key"))?
+                .get(0);
+            if !exists {
+                sql.push_str(&k.sql);
+                sql.push_str(";\n");
+                built += 1;
+            }
+        }
+        if built > 0 {
+            sql.push_str("COMMIT;");
+            target.batch_execute(&sql).await.map_err(Self::sql(
+                "target",
+                format!("building the keys of {}", keys[0].table),
+            ))?;
+        }
+        Ok(built)
     }
 
     /// Full load 5: the subscription's slot is the stream's own, made before the copy.
@@ -479,6 +582,24 @@ impl<P: Platform> Engine<'_, P> {
                 .map_err(Self::sql("source", "reading table sizes"))?;
             sessions.push((s, self.target_db(&s.database).await?, sizes));
         }
+        let schema = self
+            .journal
+            .outputs(&self.spec.name, Step::Schema)?
+            .ok_or_else(|| EngineError::Precondition("step schema has no outputs".into()))?;
+        let mut keys: Vec<(String, TableKey)> = Vec::new();
+        for db in schema["databases"].as_array().into_iter().flatten() {
+            let database = db["database"].as_str().unwrap_or_default().to_string();
+            let listed: Vec<TableKey> =
+                serde_json::from_value(db["keys"].clone()).map_err(|e| {
+                    EngineError::Precondition(format!(
+                        "the journal's schema.keys cannot be read ({e})"
+                    ))
+                })?;
+            keys.extend(listed.into_iter().map(|k| (database.clone(), k)));
+        }
+        // Tables whose keys are built (or that have none).
+        let mut keyed: std::collections::HashSet<(String, String)> = Default::default();
+        let mut keys_built = 0;
         // When each table was first seen copying, and when ready.
         let mut first_seen: HashMap<(String, String), Instant> = HashMap::new();
         let mut finished: HashMap<(String, String), Duration> = HashMap::new();
@@ -486,6 +607,7 @@ impl<P: Platform> Engine<'_, P> {
         let mut copied_rows: HashMap<(String, String), i64> = HashMap::new();
         let mut reported_errors = 0;
         let mut crashed_once = false;
+        let mut last_report = Instant::now() - COPY_REPORT;
         let tables = loop {
             let mut tables: Vec<TableCopy> = Vec::new();
             let mut errors = 0;
@@ -512,17 +634,51 @@ impl<P: Platform> Engine<'_, P> {
                     finished.insert(key, seen.elapsed());
                 }
             }
-            (self.observer)(&Event::Copy(tables.clone()));
+            let all_ready = tables.iter().all(TableCopy::ready);
+            if last_report.elapsed() >= COPY_REPORT || all_ready {
+                last_report = Instant::now();
+                (self.observer)(&Event::Copy(tables.clone()));
+            }
+            // A table whose COPY is done gets its keys now: its catch-up (and then the
+            // main apply worker) needs them to apply an UPDATE or DELETE. One that meets
+            // such a change first fails and is retried by PostgreSQL once they exist.
+            for t in tables.iter().filter(|t| t.copied()) {
+                let key = (t.database.clone(), t.table.clone());
+                if keyed.contains(&key) {
+                    continue;
+                }
+                let (_, target, _) = sessions
+                    .iter()
+                    .find(|(s, ..)| s.database == t.database)
+                    .expect("every table belongs to a stream");
+                let mine: Vec<&TableKey> = keys
+                    .iter()
+                    .filter(|(db, k)| *db == t.database && k.table == t.table)
+                    .map(|(_, k)| k)
+                    .collect();
+                if !mine.is_empty() {
+                    (self.observer)(&Event::Waiting {
+                        step: Step::InitialCopy,
+                        what: format!("building the keys of {}/{}", t.database, t.table),
+                    });
+                    keys_built += self.build_keys(target, &mine).await?;
+                }
+                keyed.insert(key);
+            }
             if errors > reported_errors {
                 reported_errors = errors;
                 (self.observer)(&Event::Waiting {
                     step: Step::InitialCopy,
                     what: format!(
-                        "{errors} tablesync error(s) so far; PostgreSQL retries each (the target's server log says why)"
+                        "{errors} tablesync error(s) so far; PostgreSQL retries each (the target's server log says why; a change that reached a table before its keys were built is one)"
                     ),
                 });
             }
-            if tables.iter().all(TableCopy::ready) {
+            if all_ready
+                && tables
+                    .iter()
+                    .all(|t| keyed.contains(&(t.database.clone(), t.table.clone())))
+            {
                 break tables;
             }
             if !crashed_once {
@@ -538,6 +694,28 @@ impl<P: Platform> Engine<'_, P> {
                 .copied()
                 .or(t.rows)
         };
+        // Every table has its keys now. Errors counted so far were changes that met a
+        // table before its keys existed (PostgreSQL rolled each back and retried it);
+        // they are journaled here and the counters reset, so that an error from now on
+        // is a real one (cutover refuses while the counter is not 0).
+        let mut retried = 0i64;
+        for (s, target, ..) in &sessions {
+            let row = target
+                .query_one(
+                    "SELECT coalesce(st.apply_error_count, 0) + coalesce(st.sync_error_count, 0), \
+                            pg_stat_reset_subscription_stats(s.oid) IS NULL \
+                     FROM pg_subscription s \
+                     LEFT JOIN pg_stat_subscription_stats st ON st.subid = s.oid \
+                     WHERE s.subname = $1",
+                    &[&s.name],
+                )
+                .await
+                .map_err(Self::sql(
+                    "target",
+                    "resetting the subscription's error counts",
+                ))?;
+            retried += row.get::<_, i64>(0);
+        }
         let rows: i64 = tables.iter().filter_map(rows_of).sum();
         let bytes: i64 = tables.iter().filter_map(|t| t.source_bytes).sum();
         let per_table: Vec<serde_json::Value> = tables
@@ -555,12 +733,17 @@ impl<P: Platform> Engine<'_, P> {
             .collect();
         let seconds = started.elapsed().as_secs_f64();
         let summary = format!(
-            "{} table(s) copied and ready: about {rows} rows, {} MiB in {seconds:.1} s",
+            "{} table(s) copied and ready: about {rows} rows, {} MiB in {seconds:.1} s, {keys_built} key(s) built after each table's copy{}",
             tables.len(),
-            bytes >> 20
+            bytes >> 20,
+            if retried > 0 {
+                format!(", {retried} change(s) that came before a table's keys retried")
+            } else {
+                String::new()
+            }
         );
         Ok((
-            json!({ "tables": per_table, "rows": rows, "source_bytes": bytes, "seconds": seconds, "sync_errors": reported_errors }),
+            json!({ "tables": per_table, "rows": rows, "source_bytes": bytes, "seconds": seconds, "errors_before_keys": retried, "keys_built": keys_built }),
             summary,
         ))
     }
@@ -570,29 +753,19 @@ impl<P: Platform> Engine<'_, P> {
         let mut done = Vec::new();
         for s in &self.streams()? {
             let source = self.source_config(&s.database).await?;
-            let (_, after) = self.post_data_lists(&s.database, &source).await?;
+            let post = self.post_data_schema(&s.database, &source).await?;
             let target = self.target_db(&s.database).await?;
             // All of a database's post-data goes in one transaction, so after a crash it
-            // is there entirely or not at all; what is there is not made again.
-            let mut missing = Vec::new();
-            for line in &after {
-                let entry = TocEntry::parse(line).expect("listed entries parse");
-                if !entry
-                    .exists_on(&target)
-                    .await
-                    .map_err(Self::sql("target", "checking built objects"))?
-                {
-                    missing.push(line.clone());
-                }
-            }
+            // is there entirely or not at all; what is there (the keys built during the
+            // copy among it) is not made again.
             let started = Instant::now();
-            if !missing.is_empty() {
-                let sql = self.restore_entries(&source, &missing).await?;
-                self.psql(&s.database, sql, true).await?;
-            }
+            let all: Vec<&(String, TocEntry)> = post.entries.iter().collect();
+            let built = self
+                .build_entries(&s.database, &target, &post, &all)
+                .await?;
             done.push(json!({
-                "database": s.database, "entries": missing.len(),
-                "already_there": after.len() - missing.len(),
+                "database": s.database, "entries": built,
+                "already_there": all.len() - built,
                 "seconds": started.elapsed().as_secs_f64(),
             }));
         }
@@ -639,11 +812,19 @@ impl<P: Platform> Engine<'_, P> {
     }
 }
 
-/// One line of `pg_restore -l`: `ID; TABLEOID OID DESC NAMESPACE TAG OWNER`.
+/// A database's post-data schema: the archive and its entries (line, parsed).
+struct PostData {
+    archive: Vec<u8>,
+    entries: Vec<(String, TocEntry)>,
+}
+
+/// One line of `pg_restore -l`: `ID; TABLEOID OID DESC NAMESPACE TAG OWNER`. The tag is
+/// ambiguous where names hold spaces; the source's catalog, by `TABLEOID OID`, is not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct TocEntry {
+    catalog: u32,
+    oid: u32,
     desc: String,
-    namespace: String,
     tag: String,
 }
 
@@ -660,6 +841,16 @@ const TWO_WORD_DESCS: &[&str] = &[
     "ROW SECURITY",
 ];
 
+/// A table-level schema object by name: what it is, its schema, table and own name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ObjectIdentity {
+    /// `index`, `constraint`, `trigger`, `rule` or `policy`.
+    kind: &'static str,
+    schema: String,
+    table: String,
+    name: String,
+}
+
 impl TocEntry {
     fn parse(line: &str) -> Option<TocEntry> {
         if line.starts_with(';') || line.trim().is_empty() {
@@ -667,61 +858,97 @@ impl TocEntry {
         }
         let (_, rest) = line.split_once("; ")?;
         let mut words = rest.splitn(3, ' ');
-        let (_tableoid, _oid, rest) = (words.next()?, words.next()?, words.next()?);
+        let (catalog, oid, rest) = (words.next()?, words.next()?, words.next()?);
         let desc = TWO_WORD_DESCS
             .iter()
             .find(|d| rest.starts_with(&format!("{d} ")))
             .map(|d| d.to_string())
             .or_else(|| rest.split(' ').next().map(str::to_string))?;
         let rest = rest.strip_prefix(&desc)?.trim_start();
-        let (namespace, rest) = rest.split_once(' ')?;
+        let (_namespace, rest) = rest.split_once(' ')?;
         // The tag runs up to the owner, the last word.
         let tag = rest.rsplit_once(' ').map_or(rest, |(tag, _owner)| tag);
         Some(TocEntry {
+            catalog: catalog.parse().ok()?,
+            oid: oid.parse().ok()?,
             desc,
-            namespace: namespace.to_string(),
             tag: tag.to_string(),
         })
     }
 
-    /// True when the object this entry makes is on the target already (indexes,
-    /// constraints, triggers, rules and policies by name; other entries are assumed not).
+    /// The object this entry makes, named from the source's catalog by its oid (indexes,
+    /// constraints, triggers, rules, policies); `None` for other entries.
+    async fn identity_on(
+        &self,
+        source: &Client,
+    ) -> Result<Option<ObjectIdentity>, tokio_postgres::Error> {
+        let (kind, sql) = match self.catalog {
+            // pg_class
+            1259 => (
+                "index",
+                "SELECT n.nspname::text, ''::text, c.relname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            ),
+            // pg_constraint
+            2606 => (
+                "constraint",
+                "SELECT n.nspname::text, c.relname::text, k.conname::text FROM pg_constraint k \
+                 JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE k.oid = $1",
+            ),
+            // pg_trigger
+            2620 => (
+                "trigger",
+                "SELECT n.nspname::text, c.relname::text, t.tgname::text FROM pg_trigger t \
+                 JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.oid = $1",
+            ),
+            // pg_rewrite
+            2618 => (
+                "rule",
+                "SELECT n.nspname::text, c.relname::text, r.rulename::text FROM pg_rewrite r \
+                 JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = $1",
+            ),
+            // pg_policy
+            3256 => (
+                "policy",
+                "SELECT n.nspname::text, c.relname::text, p.polname::text FROM pg_policy p \
+                 JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.oid = $1",
+            ),
+            _ => return Ok(None),
+        };
+        let row = source.query_opt(sql, &[&self.oid]).await?;
+        Ok(row.map(|r| ObjectIdentity {
+            kind,
+            schema: r.get(0),
+            table: r.get(1),
+            name: r.get(2),
+        }))
+    }
+}
+
+impl ObjectIdentity {
+    /// True when the target has this object already.
     async fn exists_on(&self, target: &Client) -> Result<bool, tokio_postgres::Error> {
-        let (table, name) = self.tag.split_once(' ').unwrap_or(("", &self.tag));
-        let sql = match self.desc.as_str() {
-            "INDEX" => {
+        let sql = match self.kind {
+            "index" => {
                 "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $3 AND $2::text IS NOT NULL)"
             }
-            "FK CONSTRAINT" | "CHECK CONSTRAINT" | "CONSTRAINT" => {
-                "SELECT EXISTS (SELECT 1 FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND k.conname = $3)"
-            }
-            "TRIGGER" => {
+            "constraint" => CONSTRAINT_EXISTS,
+            "trigger" => {
                 "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = $3)"
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = $3)"
             }
-            "RULE" => {
+            "rule" => {
                 "SELECT EXISTS (SELECT 1 FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND r.rulename = $3)"
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND r.rulename = $3)"
             }
-            "POLICY" => {
+            _ => {
                 "SELECT EXISTS (SELECT 1 FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND p.polname = $3)"
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND p.polname = $3)"
             }
-            _ => return Ok(false),
-        };
-        let (table, name) = if self.desc == "INDEX" {
-            ("", self.tag.as_str())
-        } else {
-            (table, name)
         };
         let row = target
-            .query_one(sql, &[&self.namespace, &table, &name])
+            .query_one(sql, &[&self.schema, &self.table, &self.name])
             .await?;
         Ok(row.get(0))
     }
@@ -736,8 +963,8 @@ mod tests {
         let e =
             TocEntry::parse("3203; 1259 16401 INDEX public accounts_owner_idx postgres").unwrap();
         assert_eq!(
-            (e.desc.as_str(), e.namespace.as_str(), e.tag.as_str()),
-            ("INDEX", "public", "accounts_owner_idx")
+            (e.catalog, e.oid, e.desc.as_str(), e.tag.as_str()),
+            (1259, 16401, "INDEX", "accounts_owner_idx")
         );
         let e = TocEntry::parse(
             "3210; 2606 16420 FK CONSTRAINT public transfers transfers_from_fkey postgres",
@@ -745,10 +972,15 @@ mod tests {
         .unwrap();
         assert_eq!(e.desc, "FK CONSTRAINT");
         assert_eq!(e.tag, "transfers transfers_from_fkey");
-        let e =
-            TocEntry::parse("3199; 2606 16395 CONSTRAINT public accounts accounts_pkey postgres")
-                .unwrap();
-        assert_eq!(e.desc, BEFORE_COPY);
+        // A name with a space: the tag is ambiguous, the oid is not.
+        let e = TocEntry::parse("3232; 2606 16420 CONSTRAINT public we ird we ird_pkey postgres")
+            .unwrap();
+        assert_eq!(
+            (e.catalog, e.oid, e.desc.as_str()),
+            (2606, 16420, "CONSTRAINT")
+        );
+        let e = TocEntry::parse("3233; 0 0 INDEX ATTACH public events_low_pkey postgres").unwrap();
+        assert_eq!((e.catalog, e.desc.as_str()), (0, "INDEX ATTACH"));
         let e = TocEntry::parse("3300; 6104 16500 PUBLICATION - pgseal_m1_5 postgres").unwrap();
         assert_eq!(
             (e.desc.as_str(), e.tag.as_str()),
