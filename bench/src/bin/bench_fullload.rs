@@ -127,7 +127,8 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
 
     let (mut t_plain, mut t_parallel, mut t_full) = (vec![], vec![], vec![]);
     let mut per_step: Vec<(String, Vec<f64>)> = Vec::new();
-    let mut tables: Vec<(String, Vec<f64>, f64, f64)> = Vec::new();
+    // Per table: copy seconds, rows, bytes, key-build seconds.
+    let mut tables: Vec<(String, Vec<f64>, f64, f64, Vec<f64>)> = Vec::new();
     for round in 0..rounds {
         for turn in 0..3 {
             let _ = timed(Command::new("sync"));
@@ -179,9 +180,15 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
                                 let seconds = t["seconds"].as_f64().unwrap_or(0.0);
                                 let rows = t["rows"].as_f64().unwrap_or(0.0);
                                 let bytes = t["source_bytes"].as_f64().unwrap_or(0.0);
+                                let keys = t["keys_seconds"].as_f64().unwrap_or(0.0);
                                 match tables.iter_mut().find(|(n, ..)| *n == table) {
-                                    Some((_, times, ..)) => times.push(seconds),
-                                    None => tables.push((table, vec![seconds], rows, bytes)),
+                                    Some((_, times, _, _, key_times)) => {
+                                        times.push(seconds);
+                                        key_times.push(keys);
+                                    }
+                                    None => {
+                                        tables.push((table, vec![seconds], rows, bytes, vec![keys]))
+                                    }
                                 }
                             }
                         }
@@ -225,15 +232,16 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
     for (step, times) in &per_step {
         println!("      {step:<22} {:>7.2} s", med(times));
     }
-    println!("    initial copy by table:");
-    for (table, times, rows, bytes) in &tables {
+    println!("    initial copy by table (copy until ready, then its keys):");
+    for (table, times, rows, bytes, key_times) in &tables {
         let s = med(times).max(0.001);
         println!(
-            "      {table:<26} {:>10.0} rows {:>8.1} MiB {s:>6.2} s {:>10.0} rows/s {:>6.1} MiB/s",
+            "      {table:<26} {:>10.0} rows {:>8.1} MiB {s:>6.2} s {:>10.0} rows/s {:>6.1} MiB/s, keys {:.2} s",
             rows,
             bytes / 1048576.0,
             rows / s,
-            bytes / 1048576.0 / s
+            bytes / 1048576.0 / s,
+            med(key_times)
         );
     }
     println!(

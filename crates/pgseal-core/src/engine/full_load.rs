@@ -600,6 +600,8 @@ impl<P: Platform> Engine<'_, P> {
         // Tables whose keys are built (or that have none).
         let mut keyed: std::collections::HashSet<(String, String)> = Default::default();
         let mut keys_built = 0;
+        // How long each table's keys took to build.
+        let mut key_seconds: HashMap<(String, String), f64> = HashMap::new();
         // When each table was first seen copying, and when ready.
         let mut first_seen: HashMap<(String, String), Instant> = HashMap::new();
         let mut finished: HashMap<(String, String), Duration> = HashMap::new();
@@ -661,7 +663,9 @@ impl<P: Platform> Engine<'_, P> {
                         step: Step::InitialCopy,
                         what: format!("building the keys of {}/{}", t.database, t.table),
                     });
+                    let started = Instant::now();
                     keys_built += self.build_keys(target, &mine).await?;
+                    key_seconds.insert(key.clone(), started.elapsed().as_secs_f64());
                 }
                 keyed.insert(key);
             }
@@ -725,9 +729,14 @@ impl<P: Platform> Engine<'_, P> {
                     .get(&(t.database.clone(), t.table.clone()))
                     .copied()
                     .unwrap_or_default();
+                let keys = key_seconds
+                    .get(&(t.database.clone(), t.table.clone()))
+                    .copied()
+                    .unwrap_or(0.0);
                 json!({
                     "database": t.database, "table": t.table, "rows": rows_of(t),
                     "source_bytes": t.source_bytes, "seconds": took.as_secs_f64(),
+                    "keys_seconds": keys,
                 })
             })
             .collect();
