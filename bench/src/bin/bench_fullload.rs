@@ -73,6 +73,16 @@ fn shell(b: &Harness, script: &str) -> anyhow::Result<Command> {
     Ok(c)
 }
 
+/// One table's figures over the rounds: seconds from first seen to ready, its rows and
+/// bytes, and the seconds its keys took.
+struct TableFigures {
+    table: String,
+    seconds: Vec<f64>,
+    rows: f64,
+    bytes: f64,
+    key_seconds: Vec<f64>,
+}
+
 fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<()> {
     let storage = format!("{}MiB", 2048 + scale * 60);
     let engine = version.to_string();
@@ -127,8 +137,7 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
 
     let (mut t_plain, mut t_parallel, mut t_full) = (vec![], vec![], vec![]);
     let mut per_step: Vec<(String, Vec<f64>)> = Vec::new();
-    // Per table: copy seconds, rows, bytes, key-build seconds.
-    let mut tables: Vec<(String, Vec<f64>, f64, f64, Vec<f64>)> = Vec::new();
+    let mut tables: Vec<TableFigures> = Vec::new();
     for round in 0..rounds {
         for turn in 0..3 {
             let _ = timed(Command::new("sync"));
@@ -181,14 +190,18 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
                                 let rows = t["rows"].as_f64().unwrap_or(0.0);
                                 let bytes = t["source_bytes"].as_f64().unwrap_or(0.0);
                                 let keys = t["keys_seconds"].as_f64().unwrap_or(0.0);
-                                match tables.iter_mut().find(|(n, ..)| *n == table) {
-                                    Some((_, times, _, _, key_times)) => {
-                                        times.push(seconds);
-                                        key_times.push(keys);
+                                match tables.iter_mut().find(|t| t.table == table) {
+                                    Some(t) => {
+                                        t.seconds.push(seconds);
+                                        t.key_seconds.push(keys);
                                     }
-                                    None => {
-                                        tables.push((table, vec![seconds], rows, bytes, vec![keys]))
-                                    }
+                                    None => tables.push(TableFigures {
+                                        table,
+                                        seconds: vec![seconds],
+                                        rows,
+                                        bytes,
+                                        key_seconds: vec![keys],
+                                    }),
                                 }
                             }
                         }
@@ -233,7 +246,14 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
         println!("      {step:<22} {:>7.2} s", med(times));
     }
     println!("    initial copy by table (copy until ready, then its keys):");
-    for (table, times, rows, bytes, key_times) in &tables {
+    for TableFigures {
+        table,
+        seconds: times,
+        rows,
+        bytes,
+        key_seconds: key_times,
+    } in &tables
+    {
         let s = med(times).max(0.001);
         println!(
             "      {table:<26} {:>10.0} rows {:>8.1} MiB {s:>6.2} s {:>10.0} rows/s {:>6.1} MiB/s, keys {:.2} s",
