@@ -146,6 +146,24 @@ impl Harness {
         Command::new(self.bindir.join(name))
     }
 
+    /// Creates `bench-src`, a plain instance with `wal_level=logical` on `storage`, filled
+    /// by `pgbench -i -s SCALE`; returns its database's size in MiB.
+    pub fn pgbench_source(&self, storage: &str, scale: u32) -> anyhow::Result<u64> {
+        self.json(&[
+            "instance",
+            "create",
+            "bench-src",
+            "--storage",
+            storage,
+            "--param",
+            "wal_level=logical",
+        ])?;
+        self.pgbench_init("bench-src", scale)?;
+        Ok(self
+            .psql("bench-src", "SELECT pg_database_size('postgres') >> 20")?
+            .parse()?)
+    }
+
     /// `pgbench -i -s SCALE` on an instance's `postgres` database.
     pub fn pgbench_init(&self, instance: &str, scale: u32) -> anyhow::Result<()> {
         self.pgbench_init_db(instance, "postgres", scale)
@@ -187,6 +205,24 @@ impl Harness {
             bail!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+/// Adds the seconds of each step a `migrate status --json` report shows to `per_step`
+/// (step name → one entry per run).
+pub fn add_step_seconds(per_step: &mut Vec<(String, Vec<f64>)>, status: &serde_json::Value) {
+    for run in status["steps"].as_array().into_iter().flatten() {
+        if let (Some(step), Some(start), Some(end)) = (
+            run["step"].as_str(),
+            run["started_ms"].as_i64(),
+            run["finished_ms"].as_i64(),
+        ) {
+            let seconds = (end - start) as f64 / 1000.0;
+            match per_step.iter_mut().find(|(s, _)| s == step) {
+                Some((_, times)) => times.push(seconds),
+                None => per_step.push((step.to_string(), vec![seconds])),
+            }
+        }
     }
 }
 

@@ -86,19 +86,7 @@ struct TableFigures {
 fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<()> {
     let storage = format!("{}MiB", 2048 + scale * 60);
     let engine = version.to_string();
-    b.json(&[
-        "instance",
-        "create",
-        "bench-src",
-        "--storage",
-        &storage,
-        "--param",
-        "wal_level=logical",
-    ])?;
-    b.pgbench_init("bench-src", scale)?;
-    let db_mib: u64 = b
-        .psql("bench-src", "SELECT pg_database_size('postgres') >> 20")?
-        .parse()?;
+    let db_mib = b.pgbench_source(&storage, scale)?;
     b.json(&[
         "instance",
         "create",
@@ -171,18 +159,8 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
                         .elapsed,
                     );
                     let status = b.json(&["migrate", "status", &name])?;
+                    pgseal_bench::add_step_seconds(&mut per_step, &status);
                     for run in status["steps"].as_array().into_iter().flatten() {
-                        if let (Some(step), Some(start), Some(end)) = (
-                            run["step"].as_str(),
-                            run["started_ms"].as_i64(),
-                            run["finished_ms"].as_i64(),
-                        ) {
-                            let seconds = (end - start) as f64 / 1000.0;
-                            match per_step.iter_mut().find(|(s, _)| s == step) {
-                                Some((_, times)) => times.push(seconds),
-                                None => per_step.push((step.to_string(), vec![seconds])),
-                            }
-                        }
                         if run["step"] == "initial_copy" {
                             for t in run["outputs"]["tables"].as_array().into_iter().flatten() {
                                 let table = t["table"].as_str().unwrap_or("?").to_string();

@@ -67,19 +67,7 @@ fn run(
     databases: u32,
 ) -> anyhow::Result<()> {
     let storage = format!("{}MiB", 1024 + scale * 60);
-    b.json(&[
-        "instance",
-        "create",
-        "bench-src",
-        "--storage",
-        &storage,
-        "--param",
-        "wal_level=logical",
-    ])?;
-    b.pgbench_init("bench-src", scale)?;
-    let db_mib: u64 = b
-        .psql("bench-src", "SELECT pg_database_size('postgres') >> 20")?
-        .parse()?;
+    let db_mib = b.pgbench_source(&storage, scale)?;
 
     // 1. Start to replicating vs pg_basebackup, rotating which goes first.
     let (mut t_base, mut t_start) = (vec![], vec![]);
@@ -106,19 +94,7 @@ fn run(
                     .elapsed,
                 );
                 let status = b.json(&["migrate", "status", &name])?;
-                for run in status["steps"].as_array().into_iter().flatten() {
-                    if let (Some(step), Some(start), Some(end)) = (
-                        run["step"].as_str(),
-                        run["started_ms"].as_i64(),
-                        run["finished_ms"].as_i64(),
-                    ) {
-                        let seconds = (end - start) as f64 / 1000.0;
-                        match per_step.iter_mut().find(|(s, _)| s == step) {
-                            Some((_, times)) => times.push(seconds),
-                            None => per_step.push((step.to_string(), vec![seconds])),
-                        }
-                    }
-                }
+                pgseal_bench::add_step_seconds(&mut per_step, &status);
                 b.json(&["migrate", "abort", &name])?;
             }
         }

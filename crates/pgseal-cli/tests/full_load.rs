@@ -50,9 +50,8 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 60);
     let bench = pgbench(&h, "src-ep", "app", 60, 25);
 
-    let plan = h.json(&[
-        "migrate",
-        "plan",
+    // The same migration for `plan` and `start`.
+    let what = [
         "--source",
         "src",
         "--name",
@@ -62,7 +61,8 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
         "--engine-version",
         "17",
         "--replica-identity-full",
-    ]);
+    ];
+    let plan = h.json(&[&["migrate", "plan"][..], &what].concat());
     assert_eq!(plan["recommended"], "full-load", "{plan}");
     assert_eq!(plan["target_major"], 17, "{plan}");
     let snapshot = &plan["strategies"][0];
@@ -74,19 +74,7 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
         (Some("snapshot"), Some(false)),
         "{plan}"
     );
-    let out = h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "f1",
-        "--strategy",
-        "full-load",
-        "--engine-version",
-        "17",
-        "--replica-identity-full",
-    ]);
+    let out = h.ok(&[&["migrate", "start"][..], &what].concat());
     let progress = String::from_utf8_lossy(&out.stderr);
     // Not a terminal: the copy's progress comes as JSON lines, table by table.
     let copy_lines: Vec<serde_json::Value> = progress

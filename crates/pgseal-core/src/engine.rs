@@ -743,23 +743,7 @@ impl<'a, P: Platform> Engine<'a, P> {
     async fn restore(&self) -> Result<(serde_json::Value, String), EngineError> {
         let snap = self.spec.snapshot_name();
         let target = &self.spec.target;
-        let ours = self
-            .journal
-            .resources(&self.spec.name)?
-            .iter()
-            .any(|r| r.kind == "instance" && &r.name == target);
-        let existing = match self.platform.describe_instance(target).await {
-            Ok(i) => Some(i),
-            Err(e) if e.kind == ErrorKind::NotFound => None,
-            Err(e) => return Err(Self::platform_error("describing the target")(e)),
-        };
-        let instance = match existing {
-            Some(i) if !ours => {
-                return Err(EngineError::Precondition(format!(
-                    "instance {} exists and was not made by migration {} (status {:?}); choose another --target",
-                    i.name, self.spec.name, i.status
-                )));
-            }
+        let instance = match self.existing_target().await? {
             Some(i)
                 if i.status == InstanceStatus::Available
                     && i.source_snapshot.as_deref() == Some(snap.as_str()) =>
@@ -816,6 +800,26 @@ impl<'a, P: Platform> Engine<'a, P> {
             handoff.lsn
         );
         Ok((json!({ "instance": instance, "handoff": handoff }), summary))
+    }
+
+    /// The target instance if it exists and this migration made it (an earlier run of the
+    /// step that makes it); one that exists but was not made by it is refused.
+    async fn existing_target(&self) -> Result<Option<pgseal_platform::Instance>, EngineError> {
+        let target = &self.spec.target;
+        let ours = self
+            .journal
+            .resources(&self.spec.name)?
+            .iter()
+            .any(|r| r.kind == "instance" && &r.name == target);
+        match self.platform.describe_instance(target).await {
+            Ok(i) if !ours => Err(EngineError::Precondition(format!(
+                "instance {} exists and was not made by migration {} (status {:?}); choose another --target",
+                i.name, self.spec.name, i.status
+            ))),
+            Ok(i) => Ok(Some(i)),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::platform_error("describing the target")(e)),
+        }
     }
 
     async fn restore_new(&self, snap: &str) -> Result<pgseal_platform::Instance, EngineError> {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use pgseal_exec::ExternalCommand;
 use pgseal_pg::replication::{quote_ident, quote_literal};
-use pgseal_platform::{ErrorKind, InstanceStatus, NewInstance, Platform};
+use pgseal_platform::{InstanceStatus, NewInstance, Platform};
 use serde_json::json;
 use tokio_postgres::Client;
 
@@ -200,23 +200,7 @@ impl<P: Platform> Engine<'_, P> {
     pub(super) async fn create_target(&self) -> StepResult {
         let target = &self.spec.target;
         let (_, target_major) = self.majors()?;
-        let ours = self
-            .journal
-            .resources(&self.spec.name)?
-            .iter()
-            .any(|r| r.kind == "instance" && &r.name == target);
-        let existing = match self.platform.describe_instance(target).await {
-            Ok(i) => Some(i),
-            Err(e) if e.kind == ErrorKind::NotFound => None,
-            Err(e) => return Err(Self::platform_error("describing the target")(e)),
-        };
-        let instance = match existing {
-            Some(i) if !ours => {
-                return Err(EngineError::Precondition(format!(
-                    "instance {} exists and was not made by migration {}; choose another --target",
-                    i.name, self.spec.name
-                )));
-            }
+        let instance = match self.existing_target().await? {
             Some(i) if i.status == InstanceStatus::Available => i,
             Some(i) => {
                 // A creation that was interrupted: start again.
