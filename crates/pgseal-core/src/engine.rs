@@ -1194,18 +1194,29 @@ pub async fn connect_source_db<P: Platform>(
     spec: &MigrationSpec,
     dbname: &str,
 ) -> Result<Client, EngineError> {
+    let config = source_db_config(platform, spec, dbname).await?;
+    pgseal_pg::connect(&config)
+        .await
+        .map_err(|source| EngineError::Connect {
+            role: "source",
+            source,
+        })
+}
+
+/// How to reach database `dbname` of the migration's source: its URL (password from
+/// `PGPASSWORD`), or the platform instance's master user.
+pub async fn source_db_config<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+    dbname: &str,
+) -> Result<tokio_postgres::Config, EngineError> {
     match spec.source_url() {
         Some(url) => {
             let mut config = source_config(url)?;
             config.dbname(dbname);
-            pgseal_pg::connect(&config)
-                .await
-                .map_err(|source| EngineError::Connect {
-                    role: "source",
-                    source,
-                })
+            Ok(config)
         }
-        None => connect_to(platform, &spec.source, dbname, "source").await,
+        None => instance_config(platform, &spec.source, dbname, "source").await,
     }
 }
 
@@ -1227,6 +1238,20 @@ pub async fn connect_to<P: Platform>(
     dbname: &str,
     role: &'static str,
 ) -> Result<Client, EngineError> {
+    let config = instance_config(platform, instance, dbname, role).await?;
+    pgseal_pg::connect(&config)
+        .await
+        .map_err(|source| EngineError::Connect { role, source })
+}
+
+/// How to reach `instance`'s database `dbname` as its master user (`role` names it in
+/// errors).
+pub async fn instance_config<P: Platform>(
+    platform: &P,
+    instance: &str,
+    dbname: &str,
+    role: &'static str,
+) -> Result<tokio_postgres::Config, EngineError> {
     let mut config =
         platform
             .connection(instance)
@@ -1236,9 +1261,7 @@ pub async fn connect_to<P: Platform>(
                 source,
             })?;
     config.dbname(dbname);
-    pgseal_pg::connect(&config)
-        .await
-        .map_err(|source| EngineError::Connect { role, source })
+    Ok(config)
 }
 
 fn lsn_text(lsn: Option<Lsn>) -> String {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use pgseal_pg::replication::{self, TableSync};
+use pgseal_pg::replication::TableSync;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
@@ -65,16 +65,15 @@ pub async fn source_sizes(
         .collect())
 }
 
-/// The initial copy of subscription `subscription` in `database` (on the target session
-/// `target`), table by table, with the source's sizes from [`source_sizes`].
-pub async fn progress(
-    target: &Client,
+/// The initial copy of database `database`, table by table: its subscription's sync states
+/// (`replication::table_syncs` on the target) with the source's sizes from
+/// [`source_sizes`].
+pub fn progress(
     database: &str,
-    subscription: &str,
+    syncs: Vec<TableSync>,
     sizes: &HashMap<String, (i64, i64)>,
-) -> Result<Vec<TableCopy>, tokio_postgres::Error> {
-    let syncs = replication::table_syncs(target, subscription).await?;
-    Ok(syncs
+) -> Vec<TableCopy> {
+    syncs
         .into_iter()
         .map(
             |TableSync {
@@ -99,7 +98,7 @@ pub async fn progress(
                 }
             },
         )
-        .collect())
+        .collect()
 }
 
 /// Tablesync errors of subscription `subscription` so far

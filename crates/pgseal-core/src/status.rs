@@ -116,9 +116,11 @@ async fn copy_of(
     let sizes = crate::initial_copy::source_sizes(source, &stream.name)
         .await
         .map_err(sql("source", "reading table sizes"))?;
-    crate::initial_copy::progress(target, &stream.database, &stream.name, &sizes)
-        .await
-        .map_err(sql("target", "reading the initial copy"))
+    Ok(crate::initial_copy::progress(
+        &stream.database,
+        syncs,
+        &sizes,
+    ))
 }
 
 /// The retention verdict for `retained` bytes under `limit`.

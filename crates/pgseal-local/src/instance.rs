@@ -486,11 +486,7 @@ impl LocalInstances {
             root,
             volume,
             dir,
-            major: record
-                .engine_version
-                .split('.')
-                .next()
-                .and_then(|m| m.parse().ok()),
+            major: pgseal_pg::PgVersion::major_of(&record.engine_version),
         }
     }
 

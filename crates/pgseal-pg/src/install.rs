@@ -102,6 +102,11 @@ impl fmt::Display for PgVersion {
 }
 
 impl PgVersion {
+    /// The major version of a version as records keep it (`15.20`, `17.10`, `17`).
+    pub fn major_of(text: &str) -> Option<u32> {
+        text.split('.').next()?.trim().parse().ok()
+    }
+
     /// Parses the output of `postgres --version`, e.g.
     /// `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
     pub fn parse_version_output(text: &str) -> Option<Self> {
@@ -279,6 +284,9 @@ impl PgInstalls {
                 .collect();
             found.sort();
             for bindir in found {
+                if all.iter().any(|i| i.bindir == bindir) {
+                    continue;
+                }
                 let Ok(install) = PgInstall::at(bindir, BindirOrigin::Root, SERVER_PROGRAMS) else {
                     continue;
                 };
@@ -374,6 +382,9 @@ mod tests {
             })
         );
         assert_eq!(PgVersion::parse_version_output("bash 5.2"), None);
+        assert_eq!(PgVersion::major_of("17.10"), Some(17));
+        assert_eq!(PgVersion::major_of("15"), Some(15));
+        assert_eq!(PgVersion::major_of("x"), None);
     }
 
     #[test]

@@ -407,7 +407,12 @@ fn surroundings(
         key_problem: key_problem_on(ctx, runtime, platform, key),
         installed,
         full_load_unsupported,
-        client_tools: pgseal_pg::PgInstalls::discover(),
+        // The local platform found them already; elsewhere they are looked for here.
+        client_tools: match platform {
+            AnyPlatform::Local(local) => local.instances().installs().clone(),
+            #[cfg(feature = "aws")]
+            AnyPlatform::Aws(_) => pgseal_pg::PgInstalls::discover(),
+        },
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pgseal_exec::ExternalCommand;
-use pgseal_pg::replication::{quote_ident, quote_literal};
+use pgseal_pg::replication::{self, quote_ident, quote_literal};
 use pgseal_platform::{InstanceStatus, NewInstance, Platform};
 use serde_json::json;
 use tokio_postgres::Client;
@@ -39,9 +39,9 @@ pub(super) const REPLICATING_LAG_BYTES: i64 = 64 << 20;
 /// Tablesync workers per subscription at most (PostgreSQL's default).
 const MAX_SYNC_WORKERS: i64 = 2;
 
-/// Run before building indexes: a sort that fits in memory is not spilled onto the
-/// (encrypted, so slower) disk. The setting holds for that session only.
-const BUILD_SETTINGS: &str = "SET maintenance_work_mem = '1GB';\n";
+/// Run first in a transaction that builds indexes: a sort that fits in memory is not
+/// spilled onto the (encrypted, so slower) disk. The setting holds for that transaction.
+const BUILD_SETTINGS: &str = "SET LOCAL maintenance_work_mem = '1GB';\n";
 
 /// A table's key (primary key, unique or exclusion constraint), built on the target as
 /// soon as the table's copy is done: the apply needs it to find the row an UPDATE or
@@ -135,26 +135,11 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     async fn source_config(&self, database: &str) -> Result<tokio_postgres::Config, EngineError> {
-        let mut config = match self.spec.source_url() {
-            Some(url) => super::source_config(url)?,
-            None => self
-                .platform
-                .connection(&self.spec.source)
-                .await
-                .map_err(Self::platform_error("finding how to reach the source"))?,
-        };
-        config.dbname(database);
-        Ok(config)
+        super::source_db_config(self.platform, &self.spec, database).await
     }
 
     async fn target_config(&self, database: &str) -> Result<tokio_postgres::Config, EngineError> {
-        let mut config = self
-            .platform
-            .connection(&self.spec.target)
-            .await
-            .map_err(Self::platform_error("finding how to reach the target"))?;
-        config.dbname(database);
-        Ok(config)
+        super::instance_config(self.platform, &self.spec.target, database, "target").await
     }
 
     /// Runs `program` against `config`'s server (its connection in the environment, never
@@ -184,14 +169,19 @@ impl<P: Platform> Engine<'_, P> {
         Ok(out.stdout)
     }
 
-    /// Runs SQL text on the target's database `database` through `psql`, stopping at the
-    /// first error, in one transaction when `atomic`.
-    async fn psql(&self, database: &str, sql: Vec<u8>, atomic: bool) -> Result<(), EngineError> {
+    /// Runs SQL text on the target's database `database` through `psql`, in one
+    /// transaction, stopping at the first error.
+    async fn psql(&self, database: &str, sql: Vec<u8>) -> Result<(), EngineError> {
         let config = self.target_config(database).await?;
-        let mut args = vec!["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"];
-        if atomic {
-            args.push("--single-transaction");
-        }
+        let args = [
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+            "-f",
+            "-",
+        ];
         self.run_tool("psql", &args, &config, Some(sql)).await?;
         Ok(())
     }
@@ -223,12 +213,7 @@ impl<P: Platform> Engine<'_, P> {
                 instance.name
             )));
         }
-        let version_major: Option<u32> = instance
-            .engine_version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse().ok());
-        if version_major != Some(target_major) {
+        if pgseal_pg::PgVersion::major_of(&instance.engine_version) != Some(target_major) {
             return Err(EngineError::Precondition(format!(
                 "target {} runs PostgreSQL {}, not the {target_major} asked for",
                 instance.name, instance.engine_version
@@ -303,9 +288,10 @@ impl<P: Platform> Engine<'_, P> {
         let streams = self.streams()?;
         let roles = self.copy_roles().await?;
         let admin = self.target_db("template1").await?;
+        let home = self.source().await?;
         let mut loaded = Vec::new();
         for s in &streams {
-            self.create_database(&admin, &s.database).await?;
+            self.create_database(&home, &admin, &s.database).await?;
             let source = self.source_config(&s.database).await?;
             let pre_data = self
                 .run_tool(
@@ -315,7 +301,7 @@ impl<P: Platform> Engine<'_, P> {
                     None,
                 )
                 .await?;
-            self.psql(&s.database, pre_data, true).await?;
+            self.psql(&s.database, pre_data).await?;
             let session = self.source_db(&s.database).await?;
             let keys = table_keys(&session, &s.name)
                 .await
@@ -383,7 +369,7 @@ impl<P: Platform> Engine<'_, P> {
             kept.push_str(line);
             kept.push('\n');
         }
-        self.psql("template1", kept.into_bytes(), true).await?;
+        self.psql("template1", kept.into_bytes()).await?;
         let mut skipped: Vec<String> = existing
             .into_iter()
             .filter(|r| !r.starts_with("pg_"))
@@ -392,11 +378,15 @@ impl<P: Platform> Engine<'_, P> {
         Ok((copied, skipped))
     }
 
-    /// (Re)creates `database` on the target as the source has it (encoding, collation,
-    /// owner): the target is new and holds no data yet, so a half-loaded database from an
+    /// (Re)creates `database` on the target (`admin`: a session on its `template1`) as the
+    /// source (`source`) has it (encoding, collation, owner): the target is new and holds no data yet, so a half-loaded database from an
     /// interrupted run is simply made again.
-    async fn create_database(&self, admin: &Client, database: &str) -> Result<(), EngineError> {
-        let source = self.source().await?;
+    async fn create_database(
+        &self,
+        source: &Client,
+        admin: &Client,
+        database: &str,
+    ) -> Result<(), EngineError> {
         let row = source
             .query_one(
                 "SELECT pg_encoding_to_char(encoding), datcollate::text, datctype::text, \
@@ -458,18 +448,17 @@ impl<P: Platform> Engine<'_, P> {
         Ok(PostData { archive, entries })
     }
 
-    /// Builds the entries `lines` of `post` on the target's `database`, in one transaction,
+    /// Builds the entries of `post` on the target's `database`, in one transaction,
     /// leaving out what is there already; returns how many were built.
     async fn build_entries(
         &self,
         database: &str,
         target: &Client,
         post: &PostData,
-        lines: &[&(String, TocEntry)],
     ) -> Result<usize, EngineError> {
         let source = self.source_db(database).await?;
         let mut missing = Vec::new();
-        for (line, entry) in lines {
+        for (line, entry) in &post.entries {
             let identity = entry
                 .identity_on(&source)
                 .await
@@ -508,7 +497,7 @@ impl<P: Platform> Engine<'_, P> {
             .await?;
         let mut text = BUILD_SETTINGS.as_bytes().to_vec();
         text.extend(sql);
-        self.psql(database, text, true).await?;
+        self.psql(database, text).await?;
         Ok(missing.len())
     }
 
@@ -516,7 +505,7 @@ impl<P: Platform> Engine<'_, P> {
     /// many were built.
     async fn build_keys(&self, target: &Client, keys: &[&TableKey]) -> Result<usize, EngineError> {
         let mut sql = String::from("BEGIN; ");
-        sql.push_str(&BUILD_SETTINGS.replace("SET ", "SET LOCAL "));
+        sql.push_str(BUILD_SETTINGS);
         let mut built = 0;
         for k in keys {
             let exists: bool = target
@@ -581,16 +570,9 @@ impl<P: Platform> Engine<'_, P> {
                 })?;
             keys.extend(listed.into_iter().map(|k| (database.clone(), k)));
         }
-        // Tables whose keys are built (or that have none).
-        let mut keyed: std::collections::HashSet<(String, String)> = Default::default();
+        // What was seen of each table, by (database, table).
+        let mut watched: HashMap<(String, String), TableWatch> = HashMap::new();
         let mut keys_built = 0;
-        // How long each table's keys took to build.
-        let mut key_seconds: HashMap<(String, String), f64> = HashMap::new();
-        // When each table was first seen copying, and when ready.
-        let mut first_seen: HashMap<(String, String), Instant> = HashMap::new();
-        let mut finished: HashMap<(String, String), Duration> = HashMap::new();
-        // The most rows each table's COPY was seen to have received.
-        let mut copied_rows: HashMap<(String, String), i64> = HashMap::new();
         let mut reported_errors = 0;
         let mut crashed_once = false;
         let mut last_report = Instant::now() - COPY_REPORT;
@@ -598,26 +580,25 @@ impl<P: Platform> Engine<'_, P> {
             let mut tables: Vec<TableCopy> = Vec::new();
             let mut errors = 0;
             for (s, target, sizes) in &sessions {
-                tables.extend(
-                    initial_copy::progress(target, &s.database, &s.name, sizes)
-                        .await
-                        .map_err(Self::sql("target", "reading the initial copy"))?,
-                );
+                let syncs = replication::table_syncs(target, &s.name)
+                    .await
+                    .map_err(Self::sql("target", "reading the initial copy"))?;
+                tables.extend(initial_copy::progress(&s.database, syncs, sizes));
                 errors += initial_copy::sync_errors(target, &s.name)
                     .await
                     .map_err(Self::sql("target", "reading tablesync errors"))?;
             }
             for t in &tables {
-                let key = (t.database.clone(), t.table.clone());
-                let seen = *first_seen.entry(key.clone()).or_insert_with(Instant::now);
+                let watch = watched
+                    .entry((t.database.clone(), t.table.clone()))
+                    .or_insert_with(|| TableWatch::new(Instant::now()));
                 if t.state == "data"
                     && let Some(rows) = t.rows
                 {
-                    let most = copied_rows.entry(key.clone()).or_default();
-                    *most = (*most).max(rows);
+                    watch.most_rows = Some(watch.most_rows.unwrap_or(0).max(rows));
                 }
-                if t.ready() && !finished.contains_key(&key) {
-                    finished.insert(key, seen.elapsed());
+                if t.ready() && watch.ready_after.is_none() {
+                    watch.ready_after = Some(watch.first_seen.elapsed());
                 }
             }
             let all_ready = tables.iter().all(TableCopy::ready);
@@ -629,8 +610,10 @@ impl<P: Platform> Engine<'_, P> {
             // main apply worker) needs them to apply an UPDATE or DELETE. One that meets
             // such a change first fails and is retried by PostgreSQL once they exist.
             for t in tables.iter().filter(|t| t.copied()) {
-                let key = (t.database.clone(), t.table.clone());
-                if keyed.contains(&key) {
+                let watch = watched
+                    .get_mut(&(t.database.clone(), t.table.clone()))
+                    .expect("every table listed is watched");
+                if watch.keys_seconds.is_some() {
                     continue;
                 }
                 let (_, target, _) = sessions
@@ -642,16 +625,15 @@ impl<P: Platform> Engine<'_, P> {
                     .filter(|(db, k)| *db == t.database && k.table == t.table)
                     .map(|(_, k)| k)
                     .collect();
+                let started = Instant::now();
                 if !mine.is_empty() {
                     (self.observer)(&Event::Waiting {
                         step: Step::InitialCopy,
                         what: format!("building the keys of {}/{}", t.database, t.table),
                     });
-                    let started = Instant::now();
                     keys_built += self.build_keys(target, &mine).await?;
-                    key_seconds.insert(key.clone(), started.elapsed().as_secs_f64());
                 }
-                keyed.insert(key);
+                watch.keys_seconds = Some(started.elapsed().as_secs_f64());
             }
             if errors > reported_errors {
                 reported_errors = errors;
@@ -662,11 +644,7 @@ impl<P: Platform> Engine<'_, P> {
                     ),
                 });
             }
-            if all_ready
-                && tables
-                    .iter()
-                    .all(|t| keyed.contains(&(t.database.clone(), t.table.clone())))
-            {
+            if all_ready && watched.values().all(|w| w.keys_seconds.is_some()) {
                 break tables;
             }
             if !crashed_once {
@@ -675,13 +653,9 @@ impl<P: Platform> Engine<'_, P> {
             }
             tokio::time::sleep(COPY_POLL).await;
         };
+        let watch_of = |t: &TableCopy| &watched[&(t.database.clone(), t.table.clone())];
         // Rows as the COPY counted them where it was seen copying, else the estimate.
-        let rows_of = |t: &TableCopy| {
-            copied_rows
-                .get(&(t.database.clone(), t.table.clone()))
-                .copied()
-                .or(t.rows)
-        };
+        let rows_of = |t: &TableCopy| watch_of(t).most_rows.or(t.rows);
         // Every table has its keys now. Errors counted so far were changes that met a
         // table before its keys existed (PostgreSQL rolled each back and retried it);
         // they are journaled here and the counters reset, so that an error from now on
@@ -709,18 +683,12 @@ impl<P: Platform> Engine<'_, P> {
         let per_table: Vec<serde_json::Value> = tables
             .iter()
             .map(|t| {
-                let took = finished
-                    .get(&(t.database.clone(), t.table.clone()))
-                    .copied()
-                    .unwrap_or_default();
-                let keys = key_seconds
-                    .get(&(t.database.clone(), t.table.clone()))
-                    .copied()
-                    .unwrap_or(0.0);
+                let watch = watch_of(t);
                 json!({
                     "database": t.database, "table": t.table, "rows": rows_of(t),
-                    "source_bytes": t.source_bytes, "seconds": took.as_secs_f64(),
-                    "keys_seconds": keys,
+                    "source_bytes": t.source_bytes,
+                    "seconds": watch.ready_after.unwrap_or_default().as_secs_f64(),
+                    "keys_seconds": watch.keys_seconds.unwrap_or(0.0),
                 })
             })
             .collect();
@@ -752,13 +720,10 @@ impl<P: Platform> Engine<'_, P> {
             // is there entirely or not at all; what is there (the keys built during the
             // copy among it) is not made again.
             let started = Instant::now();
-            let all: Vec<&(String, TocEntry)> = post.entries.iter().collect();
-            let built = self
-                .build_entries(&s.database, &target, &post, &all)
-                .await?;
+            let built = self.build_entries(&s.database, &target, &post).await?;
             done.push(json!({
                 "database": s.database, "entries": built,
-                "already_there": all.len() - built,
+                "already_there": post.entries.len() - built,
                 "seconds": started.elapsed().as_secs_f64(),
             }));
         }
@@ -775,20 +740,27 @@ impl<P: Platform> Engine<'_, P> {
     /// [`REPLICATING_LAG_BYTES`] (the backlog of the copy applied).
     pub(super) async fn wait_caught_up(&self) -> Result<i64, EngineError> {
         let source = self.source().await?;
+        let streams = self.streams()?;
         let mut last_report = Instant::now();
         loop {
+            let now = replication::current_wal_lsn(&source)
+                .await
+                .map_err(Self::sql("source", "reading the WAL position"))?;
             let mut worst = 0i64;
-            for s in &self.streams()? {
-                let lag: Option<i64> = source
-                    .query_one(
-                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
-                         FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&s.name],
-                    )
+            for s in &streams {
+                let confirmed = replication::slot(&source, &s.name)
                     .await
-                    .map_err(Self::sql("source", "reading the lag"))?
-                    .get(0);
-                worst = worst.max(lag.unwrap_or(i64::MAX));
+                    .map_err(Self::sql("source", "reading the slot"))?
+                    .ok_or_else(|| {
+                        EngineError::Precondition(format!(
+                            "slot {} ({}) is gone from the source; abort this migration",
+                            s.name, s.database
+                        ))
+                    })?
+                    .confirmed_flush_lsn;
+                // A slot that has confirmed nothing yet counts as behind.
+                let lag = confirmed.map_or(i64::MAX, |c| now.0.saturating_sub(c.0) as i64);
+                worst = worst.max(lag);
             }
             if worst < REPLICATING_LAG_BYTES {
                 return Ok(worst);
@@ -801,6 +773,29 @@ impl<P: Platform> Engine<'_, P> {
                 });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// What the initial copy has seen of one table.
+struct TableWatch {
+    /// When it was first listed.
+    first_seen: Instant,
+    /// How long after that it was ready.
+    ready_after: Option<Duration>,
+    /// The most rows its COPY was seen to have received.
+    most_rows: Option<i64>,
+    /// How long building its keys took, once they are built (or found to be none).
+    keys_seconds: Option<f64>,
+}
+
+impl TableWatch {
+    fn new(first_seen: Instant) -> Self {
+        TableWatch {
+            first_seen,
+            ready_after: None,
+            most_rows: None,
+            keys_seconds: None,
         }
     }
 }
