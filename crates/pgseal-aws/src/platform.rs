@@ -350,6 +350,15 @@ impl Described {
             Described::Rds(i) => i.engine_version(),
             Described::Aurora(c) => c.engine_version(),
         };
+        let (call, kind) = match self {
+            Described::Rds(_) => ("DescribeDBInstances", "DB instance"),
+            Described::Aurora(_) => ("DescribeDBClusters", "DB cluster"),
+        };
+        let evidence = vec![format!(
+            "{call}: {kind} {name} StorageEncrypted={}, KmsKeyId={}",
+            self.encrypted(),
+            self.key_id().unwrap_or("none")
+        )];
         Instance {
             name: name.to_string(),
             status,
@@ -358,6 +367,7 @@ impl Described {
             engine_version: engine_version.unwrap_or("").to_string(),
             params: BTreeMap::new(),
             source_snapshot: self.tag(SNAPSHOT_TAG),
+            evidence,
         }
     }
 }

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod exit;
 mod home;
+mod output;
 
 use std::process::ExitCode;
 

@@ -5,9 +5,10 @@ use std::process::Command;
 
 #[test]
 fn the_demo_proves_every_invariant_and_leaves_nothing_behind() {
+    let user_home = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pgseal"))
         .env_remove("PGSEAL_PASSPHRASE")
-        .env_remove("PGSEAL_HOME")
+        .env("PGSEAL_HOME", user_home.path())
         .args(["demo", "--scale", "2", "--duration", "2", "--json"])
         .output()
         .unwrap();
@@ -35,4 +36,11 @@ fn the_demo_proves_every_invariant_and_leaves_nothing_behind() {
     let loops = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!loops.contains(home), "a mount of {home} left behind");
     assert!(!std::path::Path::new(image).exists());
+    // The report stays, in the user's home, with the cutover and the encryption checks.
+    let report = s["report"].as_str().unwrap();
+    assert!(report.starts_with(user_home.path().to_str().unwrap()), "{report}");
+    let page = std::fs::read_to_string(report).unwrap();
+    assert!(page.contains("Cutover write pause"));
+    assert!(page.contains("plaintext scan after a CHECKPOINT"));
+    assert!(page.contains("fscrypt v2 policy read back"));
 }

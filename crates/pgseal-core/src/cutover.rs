@@ -72,6 +72,47 @@ pub trait Switch: Sync {
     fn resume(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
     /// Makes one write the way applications do, once switched (measures the pause).
     fn probe_write(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
+    /// How long the longest-waiting client has waited behind the pause so far, where the
+    /// switch can know it (a PgBouncer endpoint: `SHOW POOLS` `maxwait`); `None` where it
+    /// cannot (a hook, a rename).
+    fn longest_client_wait(&self) -> impl Future<Output = Option<Duration>> + Send {
+        async { None }
+    }
+}
+
+/// How long one part of a write pause took.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct PauseTiming {
+    /// The part: `pause`, `fence`, `drain`, `final_check`, `sequences`, `reverse_setup`,
+    /// `switch`, `resume`, `first_write`.
+    pub phase: String,
+    /// Milliseconds.
+    pub ms: f64,
+}
+
+/// Times the parts of a pause, one after another.
+struct Laps {
+    last: Instant,
+    laps: Vec<PauseTiming>,
+}
+
+impl Laps {
+    fn start() -> Laps {
+        Laps {
+            last: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the part called `phase` now.
+    fn lap(&mut self, phase: &str) {
+        let now = Instant::now();
+        self.laps.push(PauseTiming {
+            phase: phase.to_string(),
+            ms: (now - self.last).as_secs_f64() * 1000.0,
+        });
+        self.last = now;
+    }
 }
 
 /// What cutover is asked to do.
@@ -128,6 +169,12 @@ pub struct CutoverReport {
     pub sequences: Vec<SequenceSync>,
     /// Milliseconds from pause to the first write accepted through the switch.
     pub write_pause_ms: Option<u64>,
+    /// The pause part by part, as pgseal's clock measured it.
+    pub phases: Vec<PauseTiming>,
+    /// The longest a client waited behind the pause, as the switch saw it (PgBouncer's
+    /// `maxwait` of the oldest waiting client just before the switch, plus the time until
+    /// `RESUME` returned); absent when the switch cannot know.
+    pub client_wait_ms: Option<u64>,
     /// What the applications were switched with.
     pub switch: String,
     /// True when reverse replication (target → source) was set up for `rollback`.
@@ -689,10 +736,12 @@ pub async fn cutover<P: Platform, S: Switch>(
 
     // Every wait below is bounded by `options.timeout` as a whole.
     let paused = Instant::now();
+    let mut laps = Laps::start();
     let before_switch = async {
         switch.pause().await.map_err(|e| {
             EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
         })?;
+        laps.lap("pause");
         for db in &dbs {
             journal.add_resource(name, "fence", db, db)?;
         }
@@ -702,9 +751,11 @@ pub async fn cutover<P: Platform, S: Switch>(
         failpoint_at("cutover:fenced");
         let fence_lsn = flushed_barrier(&sources.clients[0], "source").await?;
         report.fence_lsn = Some(fence_lsn);
+        laps.lap("fence");
         let slots: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
         report.drained_lsn = Some(drain(&admin, &slots, fence_lsn, "source").await?);
         report.drain_ms = Some(paused.elapsed().as_millis() as u64);
+        laps.lap("drain");
         failpoint_at("cutover:drained");
         // Only what changed since the last clean validation pass is verified again.
         if let Some(last) = journal.outputs(name, Step::Validate)?
@@ -731,12 +782,14 @@ pub async fn cutover<P: Platform, S: Switch>(
                 )));
             }
         }
+        laps.lap("final_check");
         for (i, s) in streams.iter().enumerate() {
             crate::validate::drop_change_log(&targets.clients[i]).await?;
             report.sequences.extend(
                 sync_sequences(&s.database, &sources.clients[i], &targets.clients[i]).await?,
             );
         }
+        laps.lap("sequences");
         set_subscriptions(
             &targets.clients,
             streams.iter().map(|s| s.name.clone()),
@@ -753,6 +806,7 @@ pub async fn cutover<P: Platform, S: Switch>(
             &targets.clients,
         )
         .await?;
+        laps.lap("reverse_setup");
         Ok::<(), EngineError>(())
     };
     let outcome = match tokio::time::timeout(options.timeout, before_switch).await {
@@ -792,8 +846,16 @@ pub async fn cutover<P: Platform, S: Switch>(
 
     // From here on applications may write to the target: a crash is finished forward.
     journal.add_resource(name, "switched", INSTANCE, &spec.target)?;
-    switch_over(switch, &report.kept_on_source, "target", "cutover:switched").await?;
+    report.client_wait_ms = switch_over(
+        switch,
+        &report.kept_on_source,
+        "target",
+        "cutover:switched",
+        &mut laps,
+    )
+    .await?;
     report.write_pause_ms = Some(paused.elapsed().as_millis() as u64);
+    report.phases = laps.laps;
     journal.step_done(
         run,
         &serde_json::to_value(&report).expect("a report serialises"),
@@ -805,26 +867,35 @@ pub async fn cutover<P: Platform, S: Switch>(
 
 /// Points the switch at the other side (`to`, for messages) but for the databases in
 /// `stay`, resumes it, and makes the first write through it; `point` is the failpoint
-/// between pointing and resuming.
+/// between pointing and resuming. Returns the longest client wait in milliseconds, when
+/// the switch can tell.
 async fn switch_over<S: Switch>(
     switch: &S,
     stay: &[String],
     to: &str,
     point: &str,
-) -> Result<(), EngineError> {
+    laps: &mut Laps,
+) -> Result<Option<u64>, EngineError> {
     let failed = |what: &str, e: SwitchError| {
         EngineError::Precondition(format!("{what} {}: {e}", switch.describe()))
     };
+    let waited = switch.longest_client_wait().await;
+    let read_at = Instant::now();
     switch
         .point_to_target(stay)
         .await
         .map_err(|e| failed(&format!("pointing at the {to}:"), e))?;
+    laps.lap("switch");
     failpoint_at(point);
     switch.resume().await.map_err(|e| failed("resuming", e))?;
+    laps.lap("resume");
+    let client_wait = waited.map(|w| (w + read_at.elapsed()).as_millis() as u64);
     switch
         .probe_write()
         .await
-        .map_err(|e| failed("the first write failed through", e))
+        .map_err(|e| failed("the first write failed through", e))?;
+    laps.lap("first_write");
+    Ok(client_wait)
 }
 
 /// Sets up replication from the target back to the source for every stream, starting
@@ -929,6 +1000,9 @@ pub struct RollbackReport {
     pub sequences: Vec<SequenceSync>,
     /// Milliseconds from pause to the first write accepted on the source.
     pub write_pause_ms: u64,
+    /// The longest a client waited behind the pause, as the switch saw it (see
+    /// [`CutoverReport::client_wait_ms`]).
+    pub client_wait_ms: Option<u64>,
     /// What the applications were switched with.
     pub switch: String,
 }
@@ -1079,13 +1153,15 @@ pub async fn rollback<P: Platform, S: Switch>(
         return Err(error);
     }
     journal.add_resource(name, "switched_back", INSTANCE, &spec.source)?;
-    switch_over(switch, &[], "source", "rollback:switched").await?;
+    let mut laps = Laps::start();
+    let client_wait_ms = switch_over(switch, &[], "source", "rollback:switched", &mut laps).await?;
     let report = RollbackReport {
         databases: dbs.clone(),
         fence_lsn: fence_lsn.expect("set before the switch"),
         drained_lsn: drained.expect("set before the switch"),
         sequences,
         write_pause_ms: paused.elapsed().as_millis() as u64,
+        client_wait_ms,
         switch: switch.describe(),
     };
     for db in &dbs {

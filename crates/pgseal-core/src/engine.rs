@@ -1091,9 +1091,11 @@ impl<'a, P: Platform> Engine<'a, P> {
         let source = self.source().await?;
         let started = Instant::now();
         let mut workers = Vec::new();
-        for s in &self.streams()? {
+        let streams = self.streams()?;
+        for s in &streams {
             let target = self.target_db(&s.database).await?;
             loop {
+                crate::samples::record(self.journal, &self.spec.name, &source, &streams).await;
                 let sub = self.subscription_state(&target, &s.name).await?;
                 let slot = replication::slot(&source, &s.name)
                     .await

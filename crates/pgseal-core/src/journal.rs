@@ -331,6 +331,23 @@ CREATE TABLE IF NOT EXISTS stream (
     name      TEXT NOT NULL,
     PRIMARY KEY (migration, database)
 );
+CREATE TABLE IF NOT EXISTS sample (
+    migration      TEXT NOT NULL REFERENCES migration(name),
+    at_ms          INTEGER NOT NULL,
+    database       TEXT NOT NULL,
+    source_lsn     INTEGER NOT NULL,
+    confirmed_lsn  INTEGER,
+    lag_bytes      INTEGER,
+    lag_seconds    REAL,
+    retained_bytes INTEGER
+);
+CREATE INDEX IF NOT EXISTS sample_by_migration ON sample (migration, at_ms);
+CREATE TABLE IF NOT EXISTS fact (
+    migration   TEXT NOT NULL REFERENCES migration(name),
+    kind        TEXT NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    body        TEXT NOT NULL
+);
 ";
 
 /// The journal's layout version (`PRAGMA user_version`): 0 had one database a migration
@@ -450,6 +467,129 @@ impl Journal {
         }
     }
 
+    /// Offers samples taken at one moment; they are kept only when the migration's last
+    /// kept sample is older than [`crate::samples::spacing`] of its age. Returns whether
+    /// they were kept.
+    pub fn offer_samples(
+        &self,
+        name: &str,
+        samples: &[crate::samples::Sample],
+    ) -> Result<bool, JournalError> {
+        let Some(at_ms) = samples.first().map(|s| s.at_ms) else {
+            return Ok(false);
+        };
+        let (created_ms, last_ms): (i64, Option<i64>) = self
+            .conn
+            .query_row(
+                "SELECT created_ms, (SELECT max(at_ms) FROM sample WHERE migration = ?1) \
+                 FROM migration WHERE name = ?1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.wrap())?
+            .ok_or_else(|| JournalError::NotFound(name.to_string()))?;
+        let age = Duration::from_millis((at_ms - created_ms).max(0) as u64);
+        let spacing = crate::samples::spacing(age).as_millis() as i64;
+        if last_ms.is_some_and(|last| at_ms - last < spacing) {
+            return Ok(false);
+        }
+        let tx = self.conn.unchecked_transaction().map_err(self.wrap())?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO sample (migration, at_ms, database, source_lsn, confirmed_lsn, \
+                     lag_bytes, lag_seconds, retained_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(self.wrap())?;
+            for s in samples {
+                insert
+                    .execute(params![
+                        name,
+                        s.at_ms,
+                        s.database,
+                        s.source_lsn as i64,
+                        s.confirmed_lsn.map(|v| v as i64),
+                        s.lag_bytes.map(|v| v as i64),
+                        s.lag_seconds,
+                        s.retained_bytes
+                    ])
+                    .map_err(self.wrap())?;
+            }
+        }
+        tx.commit().map_err(self.wrap())?;
+        Ok(true)
+    }
+
+    /// Every kept sample of a migration, oldest first.
+    pub fn samples(&self, name: &str) -> Result<Vec<crate::samples::Sample>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT at_ms, database, source_lsn, confirmed_lsn, lag_bytes, lag_seconds, \
+                 retained_bytes FROM sample WHERE migration = ?1 ORDER BY at_ms, database",
+            )
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params![name], |r| {
+                Ok(crate::samples::Sample {
+                    at_ms: r.get(0)?,
+                    database: r.get(1)?,
+                    source_lsn: r.get::<_, i64>(2)? as u64,
+                    confirmed_lsn: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                    lag_bytes: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                    lag_seconds: r.get(5)?,
+                    retained_bytes: r.get(6)?,
+                })
+            })
+            .map_err(self.wrap())?;
+        rows.collect::<Result<_, _>>().map_err(self.wrap())
+    }
+
+    /// Records a fact about a migration that is not a step's output (for example what a
+    /// scan of the target's storage found), for the report.
+    pub fn add_fact(
+        &self,
+        name: &str,
+        kind: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO fact (migration, kind, recorded_ms, body) VALUES (?1, ?2, ?3, ?4)",
+                params![name, kind, now_ms(), body.to_string()],
+            )
+            .map_err(self.wrap())?;
+        Ok(())
+    }
+
+    /// Every fact recorded about a migration, oldest first, as `(kind, recorded_ms, body)`.
+    pub fn facts(&self, name: &str) -> Result<Vec<(String, i64, serde_json::Value)>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, recorded_ms, body FROM fact WHERE migration = ?1 ORDER BY rowid")
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params![name], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(self.wrap())?;
+        rows.map(|row| {
+            let (kind, at, body) = row.map_err(self.wrap())?;
+            let body = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+                path: self.path.clone(),
+                migration: name.to_string(),
+                detail: format!("fact {kind}: {e}"),
+            })?;
+            Ok((kind, at, body))
+        })
+        .collect()
+    }
+
     /// Records a new migration, phase `running`.
     pub fn create(&self, spec: &MigrationSpec) -> Result<(), JournalError> {
         let text = serde_json::to_string(spec).expect("a spec serialises");
@@ -484,6 +624,12 @@ impl Journal {
         let result = self
             .conn
             .execute("DELETE FROM step_run WHERE migration = ?1", params![name])
+            .and_then(|_| {
+                self.conn
+                    .execute("DELETE FROM sample WHERE migration = ?1", params![name])?;
+                self.conn
+                    .execute("DELETE FROM fact WHERE migration = ?1", params![name])
+            })
             .and_then(|_| {
                 self.conn
                     .execute("DELETE FROM stream WHERE migration = ?1", params![name])

@@ -8,6 +8,8 @@
 //! - [`cutover`]: fence, drain, sequences, switch; lifted again on any failure.
 //! - [`validate`]: chunked, server-side row-hash comparison of source and target.
 //! - [`abort`]: removes everything a migration created.
+//! - [`samples`]: replication time series kept in the journal for the report.
+//! - [`report`]: everything the migration report shows, gathered from the journal.
 //! - [`stream`]: the per-database replication streams a migration owns.
 
 pub mod abort;
@@ -16,6 +18,8 @@ pub mod engine;
 pub mod initial_copy;
 pub mod journal;
 pub mod preflight;
+pub mod report;
+pub mod samples;
 pub mod status;
 pub mod steps;
 pub mod stream;

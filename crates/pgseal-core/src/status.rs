@@ -223,6 +223,26 @@ pub async fn status<P: Platform>(
             .iter()
             .filter_map(|s| s.slot.as_ref().and_then(|slot| slot.retained_bytes))
             .max();
+        let at_ms = crate::journal::now_ms();
+        let samples: Vec<crate::samples::Sample> = per_stream
+            .iter()
+            .map(|st| crate::samples::Sample {
+                at_ms,
+                database: st.database.clone(),
+                source_lsn: source_lsn.0,
+                confirmed_lsn: st
+                    .slot
+                    .as_ref()
+                    .and_then(|s| s.confirmed_flush_lsn)
+                    .map(|c| c.0),
+                lag_bytes: st.lag_bytes,
+                lag_seconds: st.lag_seconds,
+                retained_bytes: st.slot.as_ref().and_then(|s| s.retained_bytes),
+            })
+            .collect();
+        if let Err(error) = journal.offer_samples(name, &samples) {
+            tracing::warn!(migration = %name, %error, "a replication sample was not recorded");
+        }
         replication_status = Some(ReplicationStatus {
             source_lsn,
             lag_bytes,

@@ -849,6 +849,7 @@ pub async fn validate<P: Platform>(
                 .await
                 .map_err(sql("source", "reading a table's size"))?
                 .get(0);
+            crate::samples::record(journal, name, &source, &streams).await;
             let shown = format!("{db}/{t}");
             progress(Progress::Table {
                 table: &shown,

@@ -351,9 +351,11 @@ fn pgbouncer_name(db: &str) -> String {
     }
 }
 
-/// Runs a command on an endpoint's admin console (`PAUSE`, `RESUME`, `RELOAD`, `SHOW ...`)
-/// and returns the rows of its answer as text.
-pub async fn admin(info: &EndpointInfo, command: &str) -> Result<Vec<Vec<String>>, LocalError> {
+/// Runs a command on an endpoint's admin console and returns its rows.
+async fn admin_rows(
+    info: &EndpointInfo,
+    command: &str,
+) -> Result<Vec<tokio_postgres::SimpleQueryRow>, LocalError> {
     let config = info.admin_config();
     let sql_error = |source| LocalError::Sql {
         target: format!("endpoint '{}'", info.record.name),
@@ -370,14 +372,45 @@ pub async fn admin(info: &EndpointInfo, command: &str) -> Result<Vec<Vec<String>
     Ok(messages
         .into_iter()
         .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or_default().to_string())
-                    .collect(),
-            ),
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
             _ => None,
         })
         .collect())
+}
+
+/// Runs a command on an endpoint's admin console (`PAUSE`, `RESUME`, `RELOAD`, `SHOW ...`)
+/// and returns the rows of its answer as text.
+pub async fn admin(info: &EndpointInfo, command: &str) -> Result<Vec<Vec<String>>, LocalError> {
+    Ok(admin_rows(info, command)
+        .await?
+        .into_iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| row.get(i).unwrap_or_default().to_string())
+                .collect()
+        })
+        .collect())
+}
+
+/// How long the oldest client waiting in any of the endpoint's pools has waited: the
+/// largest `maxwait` (seconds) + `maxwait_us` of `SHOW POOLS`, PgBouncer's own count.
+pub async fn longest_client_wait(info: &EndpointInfo) -> Result<Duration, LocalError> {
+    let rows = admin_rows(info, "SHOW POOLS").await?;
+    let field = |row: &tokio_postgres::SimpleQueryRow, name: &str| -> u64 {
+        row.try_get(name)
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(rows
+        .iter()
+        .map(|row| {
+            Duration::from_secs(field(row, "maxwait"))
+                + Duration::from_micros(field(row, "maxwait_us"))
+        })
+        .max()
+        .unwrap_or_default())
 }
 
 fn pgbouncer_program() -> Result<PathBuf, LocalError> {

@@ -62,7 +62,9 @@ pub fn classify(error: LocalError) -> PlatformError {
 }
 
 fn instance(info: InstanceInfo) -> Instance {
+    let evidence = encryption_evidence(&info);
     Instance {
+        evidence,
         status: match info.status {
             "available" => InstanceStatus::Available,
             "stopped" => InstanceStatus::Stopped,
@@ -75,6 +77,32 @@ fn instance(info: InstanceInfo) -> Instance {
         params: info.params,
         source_snapshot: info.source_snapshot,
     }
+}
+
+/// How `info`'s encryption is known: the fscrypt policy read back from the directory
+/// holding its data (`FS_IOC_GET_ENCRYPTION_POLICY_EX`), and where the ciphertext lives.
+fn encryption_evidence(info: &InstanceInfo) -> Vec<String> {
+    if !info.encrypted {
+        return vec!["no fscrypt policy: the instance's data is on plain storage".into()];
+    }
+    let mut evidence = Vec::new();
+    let root = info.data_dir.parent().unwrap_or(&info.data_dir);
+    match crate::fscrypt::policy_key_id(root) {
+        Ok(id) => evidence.push(format!(
+            "fscrypt v2 policy read back from {} (FS_IOC_GET_ENCRYPTION_POLICY_EX): AES-256-XTS contents, AES-256-CTS names, key identifier {}",
+            root.display(),
+            id.to_hex()
+        )),
+        Err(e) => evidence.push(format!("the fscrypt policy could not be read: {e}")),
+    }
+    if let Some(image) = &info.volume_image {
+        evidence.push(format!(
+            "ciphertext at rest in {}; its volume key is a data key sealed under KMS key {}",
+            image.display(),
+            info.key_id.as_deref().unwrap_or("?")
+        ));
+    }
+    evidence
 }
 
 fn snapshot(record: SnapshotRecord) -> Snapshot {

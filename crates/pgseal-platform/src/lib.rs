@@ -117,6 +117,11 @@ pub struct Instance {
     pub params: BTreeMap<String, String>,
     /// The snapshot it was restored from, if any.
     pub source_snapshot: Option<String>,
+    /// How the platform established `encrypted` and `key_id`, one fact a line, for the
+    /// migration report (local: the fscrypt policy read back from the volume; AWS: the
+    /// fields of `DescribeDBInstances` / `DescribeDBClusters`).
+    #[serde(default)]
+    pub evidence: Vec<String>,
 }
 
 /// A snapshot as the engine sees it.

@@ -132,6 +132,17 @@ pub fn run(ctx: &Context, options: &DemoOptions) -> Outcome {
         }
     }
     let mut summary = result?;
+    // The report is written where the user's home keeps it, even when the demo's own
+    // home is a throwaway directory.
+    let report = super::migrate::write_report(
+        &home,
+        &names.migration,
+        Some(&super::migrate::default_report_path(
+            &ctx.home,
+            &names.migration,
+        )),
+    )?;
+    summary["report"] = json!(report);
     summary["seconds"] = json!(started.elapsed().as_secs_f64());
     summary["kept"] = json!(options.keep);
     let failures = invariants(&summary);
@@ -140,6 +151,7 @@ pub fn run(ctx: &Context, options: &DemoOptions) -> Outcome {
         print_json(&summary)?;
     } else {
         print!("{}", render(&summary));
+        println!("{}", report.display());
     }
     Ok(exit::code(if failures.is_empty() {
         exit::OK
@@ -285,13 +297,25 @@ fn story(
             .run()
             .await
         })?;
-        let status = runtime.block_on(pgseal_core::status::status(
-            &platform,
-            &journal,
-            &names.migration,
-            None,
-        ))?;
-        let handoff = status.handoff.as_ref().map(|h| h.lsn.to_string());
+        // Watch the catch-up for a few seconds, as `migrate status --watch` would (each
+        // reading is a sample for the report's plots).
+        let mut status = None;
+        for _ in 0..4 {
+            let now = runtime.block_on(pgseal_core::status::status(
+                &platform,
+                &journal,
+                &names.migration,
+                None,
+            ))?;
+            let lag = now.replication.as_ref().and_then(|r| r.lag_bytes);
+            ctx.status(format!(
+                "[demo] replicating: {} KiB behind",
+                lag.map_or("?".into(), |l| (l >> 10).to_string())
+            ));
+            status = Some(now);
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        let handoff = status.and_then(|s| s.handoff).map(|h| h.lsn.to_string());
 
         // 4. Validate every published table while the workload writes.
         let validation = runtime.block_on(pgseal_core::validate::validate(
@@ -370,9 +394,28 @@ fn story(
     ctx.status(format!(
         "[demo] marker in the source's files: {on_source}; in the target's volume image: {on_target}"
     ));
+    journal.add_fact(
+        &names.migration,
+        "encryption_check",
+        &json!({
+            "summary": format!(
+                "plaintext scan after a CHECKPOINT: a marker row written on the source was {} in the source's data files and {} in the target's volume image {}",
+                if on_source { "found" } else { "NOT found" },
+                if on_target { "FOUND" } else { "not found" },
+                image.display()
+            ),
+            "found_on_source": on_source,
+            "found_on_target": on_target,
+        }),
+    )?;
 
     // 8. Clean up the replication objects (the instances go unless --keep).
     let cleaned = runtime.block_on(cleanup(&platform, &journal, &names.migration))?;
+    journal.add_fact(
+        &names.migration,
+        "cleanup",
+        &serde_json::to_value(&cleaned)?,
+    )?;
     let source_info = instances.describe(&names.source)?;
     Ok(json!({
         "names": {

@@ -3,9 +3,10 @@
 use pgseal_local::endpoint::EndpointInfo;
 use pgseal_local::instance::LocalInstances;
 
-use super::{Context, Outcome, print_json, render_table};
+use super::{Context, Outcome, print_json};
 use crate::cli::EndpointCommand;
 use crate::exit;
+use crate::output::table;
 
 fn describe(info: &EndpointInfo) -> String {
     format!(
@@ -59,7 +60,7 @@ pub fn run(ctx: &Context, action: &EndpointCommand) -> Outcome {
                         e.url.clone(),
                     ]);
                 }
-                print!("{}", render_table(&rows));
+                print!("{}", table(&rows));
             }
         }
         EndpointCommand::Describe { name } => {

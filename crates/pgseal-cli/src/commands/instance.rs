@@ -261,5 +261,5 @@ fn render_list(list: &[InstanceInfo]) -> String {
             gib(i.storage_bytes),
         ]);
     }
-    super::render_table(&rows)
+    crate::output::table(&rows)
 }

@@ -90,5 +90,5 @@ fn render_list(keys: &[KeyMetadata]) -> String {
             k.created.clone(),
         ]);
     }
-    super::render_table(&rows)
+    crate::output::table(&rows)
 }

@@ -4,14 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::Context as _;
-use pgseal_core::preflight::{PreflightInput, PreflightReport, Severity, TargetVersion, preflight};
+use pgseal_core::preflight::{PreflightInput, TargetVersion, preflight};
 use pgseal_crypto::keystore::DEFAULT_KEY_ALIAS;
 use pgseal_crypto::{KeyState, Kms};
 use pgseal_local::instance::LocalInstances;
 
 use pgseal_core::cutover::{CutoverOptions, Recovered};
-use pgseal_core::journal::format_ms;
-use pgseal_core::status::{MigrationStatus, Retention};
+use pgseal_core::status::Retention;
 use pgseal_core::{
     Engine, EngineError, Event, Journal, MigrationLock, MigrationSpec, Phase, Surroundings,
 };
@@ -20,9 +19,10 @@ use pgseal_local::instance::LocalError;
 use super::platform::{AnyPlatform, aws_id, for_spec, is_aws_source};
 use super::progress::MigrateObserver;
 use super::switch::{EndpointSwitch, HookSwitch, resume_endpoint};
-use super::{Context, Outcome, print_json, render_table, url_config};
+use super::{Context, Outcome, print_json, url_config};
 use crate::cli::{MigrateCommand, MigrationArgs};
 use crate::exit;
+use crate::output;
 
 /// Bytes free on the file system that holds `path` (or its nearest existing parent).
 fn free_bytes(path: &Path) -> Option<u64> {
@@ -75,6 +75,7 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             max_slot_retention,
         } => status(ctx, name, *watch, *interval, *max_slot_retention),
         MigrateCommand::List => list(ctx),
+        MigrateCommand::Report { name, output } => report(ctx, name, output.as_deref()),
         MigrateCommand::Validate { name, tables } => validate(ctx, name, tables.as_deref()),
         MigrateCommand::Rollback {
             name,
@@ -228,7 +229,7 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
     } else {
         print!(
             "{}",
-            render(
+            output::migrate::plan(
                 &report,
                 &args.source,
                 target.as_deref().unwrap_or("?"),
@@ -639,48 +640,8 @@ fn print_cutover(
 ) -> Outcome {
     if ctx.json {
         print_json(&report)?;
-    } else if report.dry_run {
-        if report.failed_checks.is_empty() {
-            println!("cutover of {name}: every precondition holds (dry run, nothing changed)");
-        } else {
-            println!("cutover of {name} would be refused:");
-            for c in &report.failed_checks {
-                println!("  - {c}");
-            }
-        }
     } else {
-        println!(
-            "cut over {name} to {} with {}: {} database(s) ({}), write pause {} ms (drained at {} after the fence's barrier at {}), {} sequence(s) set, {} source session(s) ended",
-            spec.target,
-            report.switch,
-            report.databases.len(),
-            report.databases.join(", "),
-            report.write_pause_ms.unwrap_or(0),
-            report.drained_lsn.map_or("?".into(), |l| l.to_string()),
-            report.fence_lsn.map_or("?".into(), |l| l.to_string()),
-            report.sequences.len(),
-            report.sessions_ended
-        );
-        for w in &report.workers_ended {
-            println!("the fence ended background worker {w}");
-        }
-        if !report.kept_on_source.is_empty() {
-            println!(
-                "outside the migration, still served by the source through the endpoint: {}",
-                report.kept_on_source.join(", ")
-            );
-        }
-        if !report.left_stale.is_empty() {
-            println!(
-                "left stale on the target, as accepted: {}",
-                report.left_stale.join(", ")
-            );
-        }
-        println!(
-            "the source {} stays fenced (no connections to {})",
-            spec.source,
-            report.databases.join(", ")
-        );
+        print!("{}", output::migrate::cutover(name, spec, report));
     }
     Ok(exit::code(
         if report.dry_run && !report.failed_checks.is_empty() {
@@ -793,11 +754,38 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
 }
 
 /// A table state's name, as the JSON output spells it.
-fn state_name(state: pgseal_core::validate::TableState) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+/// Where a migration's report goes without `--output`.
+pub fn default_report_path(home: &Path, name: &str) -> std::path::PathBuf {
+    home.join("migrations").join(name).join("report.html")
+}
+
+/// Writes the migration's report page and returns the path written.
+pub fn write_report(
+    home: &Path,
+    name: &str,
+    output: Option<&Path>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let journal = Journal::open(home)?;
+    let facts = pgseal_core::report::gather(&journal, name)?;
+    let page = pgseal_report::render(&facts)?;
+    let path = output.map_or_else(|| default_report_path(home, name), Path::to_path_buf);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    pgseal_crashsafe::write_atomic(&path, page.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+fn report(ctx: &Context, name: &str, output: Option<&Path>) -> Outcome {
+    if ctx.json {
+        let journal = Journal::open(&ctx.home)?;
+        print_json(&pgseal_core::report::gather(&journal, name)?)?;
+        return Ok(exit::code(exit::OK));
+    }
+    let path = write_report(&ctx.home, name, output)?;
+    println!("{}", path.display());
+    Ok(exit::code(exit::OK))
 }
 
 fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
@@ -832,14 +820,7 @@ fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
             if let Some(b) = bar.lock().expect("not poisoned").take() {
                 b.finish_and_clear();
             }
-            ctx.status(format!(
-                "  {:<40} {:>10} rows {:>5} chunks {:>7.2} s  {}",
-                t.table,
-                t.rows,
-                t.chunks,
-                t.seconds,
-                state_name(t.state)
-            ));
+            ctx.status(output::migrate::validated_table(t));
         }
         Progress::Table { .. } => {}
     };
@@ -849,61 +830,7 @@ fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
     if ctx.json {
         print_json(&report)?;
     } else {
-        for t in report
-            .tables
-            .iter()
-            .filter(|t| t.mismatched_rows > 0 || t.error.is_some())
-        {
-            println!("{}: {} mismatched row(s)", t.table, t.mismatched_rows);
-            for (label, keys) in [
-                ("missing on the target", &t.missing),
-                ("extra on the target", &t.extra),
-                ("different", &t.different),
-            ] {
-                if !keys.is_empty() {
-                    let shown: Vec<&str> = keys.iter().take(5).map(String::as_str).collect();
-                    println!(
-                        "  {label}: {}{}",
-                        shown.join(", "),
-                        if keys.len() > 5 {
-                            format!(" and {} more", keys.len() - 5)
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
-            }
-            if let Some(e) = &t.error {
-                println!("  error: {e}");
-            }
-        }
-        let mut rows = vec![vec![
-            "TABLE".to_string(),
-            "STATE".into(),
-            "ROWS".into(),
-            "CHUNKS".into(),
-            "SECONDS".into(),
-            "MISMATCHED".into(),
-        ]];
-        for t in &report.tables {
-            rows.push(vec![
-                t.table.clone(),
-                state_name(t.state),
-                t.rows.to_string(),
-                t.chunks.to_string(),
-                format!("{:.2}", t.seconds),
-                t.mismatched_rows.to_string(),
-            ]);
-        }
-        print!("{}", render_table(&rows));
-        println!(
-            "validation of {name}: {} rows in {} tables compared in {:.1} s, {} mismatched: {}",
-            report.rows,
-            report.tables.len(),
-            report.seconds,
-            report.mismatched_rows,
-            if report.clean { "clean" } else { "NOT clean" }
-        );
+        print!("{}", output::migrate::validation(name, &report));
     }
     Ok(exit::code(if report.clean {
         exit::OK
@@ -984,19 +911,7 @@ fn print_rollback(
     if ctx.json {
         print_json(&report)?;
     } else {
-        println!(
-            "rolled {name} back to {} with {}: write pause {} ms (drained at {} after the target's fence at {}), {} sequence(s) set",
-            spec.source,
-            report.switch,
-            report.write_pause_ms,
-            report.drained_lsn,
-            report.fence_lsn,
-            report.sequences.len()
-        );
-        println!(
-            "the encrypted target {} stays fenced; `pgseal migrate cleanup {name}` removes it",
-            spec.target
-        );
+        print!("{}", output::migrate::rollback(name, spec, report));
     }
     Ok(exit::code(exit::OK))
 }
@@ -1016,6 +931,7 @@ fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
         let mut report =
             runtime.block_on(pgseal_core::cutover::cleanup(&platform, &journal, name))?;
         cleanup_local_source(ctx, &spec, retire, delete, &mut report)?;
+        journal.add_fact(name, "cleanup", &serde_json::to_value(&report)?)?;
         return print_cleanup(ctx, name, &spec, &report);
     }
     let mut report = runtime.block_on(pgseal_core::cutover::cleanup(&platform, &journal, name))?;
@@ -1035,6 +951,7 @@ fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
             .removed
             .push(format!("instance {} (the old source)", spec.source));
     }
+    journal.add_fact(name, "cleanup", &serde_json::to_value(&report)?)?;
     print_cleanup(ctx, name, &spec, &report)
 }
 
@@ -1070,13 +987,7 @@ fn print_cleanup(
     if ctx.json {
         print_json(&report)?;
     } else {
-        for line in &report.removed {
-            println!("removed {line}");
-        }
-        println!(
-            "migration {name} cleaned up; {} is the database now",
-            spec.target
-        );
+        print!("{}", output::migrate::cleanup(name, spec, report));
     }
     Ok(exit::code(exit::OK))
 }
@@ -1107,25 +1018,7 @@ fn list(ctx: &Context) -> Outcome {
     if ctx.json {
         return print_json(&migrations).map(|()| exit::code(exit::OK));
     }
-    let mut rows = vec![vec![
-        "NAME".to_string(),
-        "PHASE".into(),
-        "SOURCE".into(),
-        "TARGET".into(),
-        "KEY".into(),
-        "CREATED".into(),
-    ]];
-    for m in &migrations {
-        rows.push(vec![
-            m.spec.name.clone(),
-            m.phase.as_str().to_string(),
-            m.spec.source.clone(),
-            m.spec.target.clone(),
-            m.spec.key.clone(),
-            format_ms(m.created_ms),
-        ]);
-    }
-    print!("{}", render_table(&rows));
+    print!("{}", output::migrate::list(&migrations));
     Ok(exit::code(exit::OK))
 }
 
@@ -1154,7 +1047,7 @@ fn status(
             if redraw {
                 print!("\x1b[2J\x1b[H");
             }
-            print!("{}", render_status(&report));
+            print!("{}", output::migrate::status(&report));
         }
         if report.retention == Retention::Exceeded && report.migration.phase != Phase::Aborted {
             eprintln!(
@@ -1170,268 +1063,4 @@ fn status(
         }
         std::thread::sleep(std::time::Duration::from_secs_f64(interval.max(0.2)));
     }
-}
-
-fn mib(bytes: u64) -> String {
-    if bytes < 1 << 20 {
-        format!("{bytes} B")
-    } else {
-        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
-    }
-}
-
-fn render_status(s: &MigrationStatus) -> String {
-    let spec = &s.migration.spec;
-    let mut out = format!(
-        "migration {}: {} -> {} (key {}, {})\nphase: {}{}\n",
-        spec.name,
-        spec.source,
-        spec.target,
-        spec.key,
-        spec.databases
-            .as_ref()
-            .map_or("the whole instance".to_string(), |d| format!(
-                "databases {}",
-                d.join(", ")
-            )),
-        s.migration.phase.as_str(),
-        s.migration
-            .error
-            .as_deref()
-            .map_or(String::new(), |e| format!(" - {e}"))
-    );
-    if let Some(h) = &s.handoff {
-        out.push_str(&format!("handoff LSN: {}\n", h.lsn));
-    }
-    if let Some(done) = s.steps.iter().rev().find(|r| {
-        r.step == pgseal_core::Step::Cutover && r.outcome == pgseal_core::journal::Outcome::Done
-    }) && let Some(outputs) = &done.outputs
-    {
-        out.push_str(&format!(
-            "cut over with {}: write pause {} ms, {} sequence(s) set\n",
-            outputs["switch"].as_str().unwrap_or("?"),
-            outputs["write_pause_ms"],
-            outputs["sequences"].as_array().map_or(0, Vec::len)
-        ));
-    }
-    out.push_str("\nsteps:\n");
-    let mut rows = vec![vec![
-        "#".to_string(),
-        "STEP".into(),
-        "OUTCOME".into(),
-        "STARTED".into(),
-        "SECONDS".into(),
-    ]];
-    for run in &s.steps {
-        rows.push(vec![
-            run.step.number(s.migration.spec.strategy).to_string(),
-            run.step.as_str().to_string(),
-            match run.outcome {
-                pgseal_core::journal::Outcome::Done => "done".to_string(),
-                pgseal_core::journal::Outcome::Failed => "failed".to_string(),
-                pgseal_core::journal::Outcome::Running if s.migration.phase == Phase::Running => {
-                    "running or interrupted".to_string()
-                }
-                pgseal_core::journal::Outcome::Running => "interrupted".to_string(),
-            },
-            format_ms(run.started_ms),
-            run.duration()
-                .map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64())),
-        ]);
-    }
-    out.push_str(&render_table(&rows));
-    if let Some(r) = &s.replication {
-        out.push_str(&format!(
-            "\nreplication: source WAL position {}, lag {} (slowest database), slots hold {} of WAL in all\n",
-            r.source_lsn,
-            r.lag_bytes.map_or("?".to_string(), mib),
-            r.retained_bytes
-                .map_or("?".to_string(), |b| mib(b.max(0) as u64)),
-        ));
-        let mut rows = vec![vec![
-            "DATABASE".to_string(),
-            "SLOT".into(),
-            "CONFIRMED".into(),
-            "HOLDS".into(),
-            "LAG".into(),
-            "WORKER".into(),
-            "APPLY ERRORS".into(),
-            "SCHEMA".into(),
-        ]];
-        for st in &r.streams {
-            rows.push(vec![
-                st.database.clone(),
-                match &st.slot {
-                    Some(slot) => format!(
-                        "{} ({}, {})",
-                        slot.name,
-                        if slot.active { "active" } else { "inactive" },
-                        slot.wal_status.as_deref().unwrap_or("?")
-                    ),
-                    None => format!("{} MISSING", st.name),
-                },
-                st.slot
-                    .as_ref()
-                    .and_then(|s| s.confirmed_flush_lsn)
-                    .map_or("?".to_string(), |l| l.to_string()),
-                st.slot
-                    .as_ref()
-                    .and_then(|s| s.retained_bytes)
-                    .map_or("?".to_string(), |b| mib(b.max(0) as u64)),
-                st.lag_bytes.map_or("?".to_string(), |lag| {
-                    format!(
-                        "{}{}",
-                        mib(lag),
-                        st.lag_seconds
-                            .map_or(String::new(), |s| format!(", {s:.1} s"))
-                    )
-                }),
-                st.subscription.as_ref().map_or("-".to_string(), |sub| {
-                    match (sub.enabled, sub.worker_pid) {
-                        (_, Some(p)) => format!("pid {p}"),
-                        (true, None) => "not running".to_string(),
-                        (false, None) => "disabled".to_string(),
-                    }
-                }),
-                st.subscription
-                    .as_ref()
-                    .map_or("-".to_string(), |sub| sub.apply_errors.to_string()),
-                st.schema.as_ref().map_or("-".to_string(), |schema| {
-                    if schema.drift.is_empty() {
-                        "equal".to_string()
-                    } else {
-                        format!("DRIFT ({})", schema.drift.len())
-                    }
-                }),
-            ]);
-        }
-        out.push_str(&render_table(&rows));
-        for st in &r.streams {
-            for d in st.schema.iter().flat_map(|schema| &schema.drift) {
-                out.push_str(&format!(
-                    "  {}/{}: {}\n    run on the target: {}\n",
-                    st.database, d.table, d.detail, d.statement
-                ));
-            }
-        }
-        let copying: Vec<_> = r.streams.iter().flat_map(|st| &st.copy).collect();
-        if !copying.is_empty() {
-            let ready = copying.iter().filter(|t| t.ready()).count();
-            out.push_str(&format!(
-                "\ninitial copy: {ready} of {} table(s) ready\n",
-                copying.len()
-            ));
-            let mut rows = vec![vec![
-                "DATABASE".to_string(),
-                "TABLE".into(),
-                "STATE".into(),
-                "ROWS".into(),
-                "COPIED".into(),
-                "SOURCE SIZE".into(),
-            ]];
-            for t in copying {
-                rows.push(vec![
-                    t.database.clone(),
-                    t.table.clone(),
-                    t.state.clone(),
-                    t.rows.map_or("-".into(), |r| r.to_string()),
-                    t.bytes.map_or("-".into(), |b| mib(b.max(0) as u64)),
-                    t.source_bytes.map_or("?".into(), |b| mib(b.max(0) as u64)),
-                ]);
-            }
-            out.push_str(&render_table(&rows));
-        }
-    }
-    if let Some(v) = &s.last_validation {
-        out.push_str(&format!(
-            "\nlast validation: {} rows, {} mismatched ({})\n",
-            v["rows"],
-            v["mismatched_rows"],
-            if v["clean"] == true {
-                "clean"
-            } else {
-                "NOT clean"
-            }
-        ));
-    }
-    for w in &s.warnings {
-        out.push_str(&format!("\nwarning: {w}"));
-    }
-    if !s.warnings.is_empty() {
-        out.push('\n');
-    }
-    out
-}
-
-fn render(r: &PreflightReport, source: &str, target: &str, name: &str) -> String {
-    let mut out = format!(
-        "migration {name}: {source} ({} MiB, {} tables carried, PostgreSQL {}) -> encrypted instance {target}\n\nscope:\n",
-        r.source_bytes >> 20,
-        r.tables,
-        r.server_version
-    );
-    let mut rows = vec![vec![
-        "DATABASE".to_string(),
-        "SIZE".into(),
-        "TABLES".into(),
-        "CARRIED".into(),
-        "NOT CARRIED".into(),
-    ]];
-    for d in &r.databases {
-        rows.push(vec![
-            d.name.clone(),
-            mib(d.bytes.max(0) as u64),
-            if d.carried {
-                d.tables.to_string()
-            } else {
-                "-".into()
-            },
-            if d.carried { "yes" } else { "no" }.to_string(),
-            if d.carried {
-                d.not_carried.join("; ")
-            } else {
-                "the whole database: an endpoint keeps it on the source; a hook or rename switch refuses unless --leave-stale".into()
-            },
-        ]);
-    }
-    out.push_str(&render_table(&rows));
-    out.push_str(&format!(
-        "\nstrategy: {} (PostgreSQL {} -> {}); recommended: {}\n",
-        r.strategy, r.source_major, r.target_major, r.recommended
-    ));
-    for c in &r.strategies {
-        out.push_str(&format!(
-            "  {:<10} {:<12} {}\n",
-            c.strategy.as_str(),
-            if c.possible {
-                "possible"
-            } else {
-                "not possible"
-            },
-            c.why
-        ));
-    }
-    out.push('\n');
-    for f in &r.findings {
-        let label = match f.severity {
-            Severity::Blocker => "BLOCKER",
-            Severity::Warning => "warning",
-        };
-        out.push_str(&format!(
-            "  {label:<8} {}\n  {:<8} fix: {}\n",
-            f.detail, "", f.fix
-        ));
-    }
-    let blockers = r
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Blocker)
-        .count();
-    out.push('\n');
-    out.push_str(&if blockers == 0 {
-        "Ready: nothing blocks the migration.\n".to_string()
-    } else {
-        format!("Not ready: {blockers} blocker(s). Fix them (nothing was changed) and run `pgseal migrate plan` again.\n")
-    });
-    out
 }

@@ -178,7 +178,7 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
                         s.created.clone(),
                     ]);
                 }
-                print!("{}", super::render_table(&rows));
+                print!("{}", crate::output::table(&rows));
             }
             Ok(exit::code(exit::OK))
         }

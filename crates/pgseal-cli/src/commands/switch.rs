@@ -78,6 +78,17 @@ impl Switch for EndpointSwitch {
     async fn probe_write(&self) -> Result<(), SwitchError> {
         write_once(&self.info()?.sql_config(&self.database)).await
     }
+
+    async fn longest_client_wait(&self) -> Option<std::time::Duration> {
+        let info = self.info().ok()?;
+        match pgseal_local::endpoint::longest_client_wait(&info).await {
+            Ok(wait) => Some(wait),
+            Err(error) => {
+                tracing::warn!(endpoint = %self.endpoint, %error, "the clients' wait could not be read");
+                None
+            }
+        }
+    }
 }
 
 /// No endpoint: a hook command is run with the new URL in its environment, or the URL is
