@@ -38,7 +38,10 @@ fn the_demo_proves_every_invariant_and_leaves_nothing_behind() {
     assert!(!std::path::Path::new(image).exists());
     // The report stays, in the user's home, with the cutover and the encryption checks.
     let report = s["report"].as_str().unwrap();
-    assert!(report.starts_with(user_home.path().to_str().unwrap()), "{report}");
+    assert!(
+        report.starts_with(user_home.path().to_str().unwrap()),
+        "{report}"
+    );
     let page = std::fs::read_to_string(report).unwrap();
     assert!(page.contains("Cutover write pause"));
     assert!(page.contains("plaintext scan after a CHECKPOINT"));
