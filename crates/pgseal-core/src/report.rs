@@ -122,6 +122,9 @@ pub struct MigrationReport {
     pub steps: Vec<StepLine>,
     /// Replication samples, oldest first.
     pub samples: Vec<Sample>,
+    /// The apply rate between consecutive samples of each database, as
+    /// `(at_ms, database, bytes_per_second)` (the slope of the slot's confirmed position).
+    pub apply_rates: Vec<(i64, String, f64)>,
     /// When replication into the target began (the `enable` step's end), for the
     /// catch-up plot.
     pub replication_started_ms: Option<i64>,
@@ -289,10 +292,12 @@ pub fn gather(journal: &Journal, name: &str) -> Result<MigrationReport, crate::J
         .flat_map(|(_, _, body)| body["removed"].as_array().cloned().unwrap_or_default())
         .filter_map(|line| line.as_str().map(str::to_string))
         .collect();
+    let samples = journal.samples(name)?;
     Ok(MigrationReport {
         generated_ms: crate::journal::now_ms(),
         steps: step_lines(&runs),
-        samples: journal.samples(name)?,
+        apply_rates: crate::samples::apply_rates(&samples),
+        samples,
         replication_started_ms: last_done(&runs, Step::Enable).and_then(|r| r.finished_ms),
         max_slot_retention: migration.spec.max_slot_retention,
         validation: last_done(&runs, Step::Validate).and_then(validation),

@@ -33,6 +33,7 @@ struct Page<'a> {
     plots: Vec<Plot>,
     validated: String,
     cutover_when: String,
+    peak_apply_rate: String,
 }
 
 fn seconds(ms: i64) -> String {
@@ -104,7 +105,19 @@ pub fn render(report: &MigrationReport) -> Result<String, ReportError> {
         .map(|s| s.step.as_str().to_string())
         .collect();
     resumed_steps.dedup();
+    let peak = report
+        .apply_rates
+        .iter()
+        .map(|(_, _, rate)| *rate)
+        .fold(0.0, f64::max);
+    let peak_apply_rate = if peak > 0.0 {
+        let (divisor, unit) = plots::byte_unit(peak);
+        format!("{:.1} {unit}/s", peak / divisor)
+    } else {
+        String::new()
+    };
     let page = Page {
+        peak_apply_rate,
         report,
         created: format_ms(report.migration.created_ms),
         generated: format_ms(report.generated_ms),
