@@ -34,6 +34,8 @@ pub struct Plot {
 /// A unit a time axis counts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeUnit {
+    /// Milliseconds (the cutover pause).
+    Milliseconds,
     /// Seconds.
     Seconds,
     /// Minutes.
@@ -54,6 +56,7 @@ impl TimeUnit {
 
     fn ms(self) -> f64 {
         match self {
+            TimeUnit::Milliseconds => 1.0,
             TimeUnit::Seconds => 1_000.0,
             TimeUnit::Minutes => 60_000.0,
             TimeUnit::Hours => 3_600_000.0,
@@ -63,6 +66,7 @@ impl TimeUnit {
     /// Its name on an axis.
     pub fn name(self) -> &'static str {
         match self {
+            TimeUnit::Milliseconds => "ms",
             TimeUnit::Seconds => "s",
             TimeUnit::Minutes => "min",
             TimeUnit::Hours => "h",
@@ -70,7 +74,8 @@ impl TimeUnit {
     }
 }
 
-/// A plot's ranges: x in `x_unit` since `origin_ms`, y in `y_unit`.
+/// A plot's ranges: x in `x_unit` since `origin_ms`, y in `y_unit` (a value divided by
+/// `y_divisor`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Axes {
     /// The x range.
@@ -78,9 +83,23 @@ pub struct Axes {
     /// The y range (from 0).
     pub y: (f64, f64),
     /// What x counts.
-    pub x_unit: String,
+    pub x_unit: TimeUnit,
     /// What y counts.
-    pub y_unit: String,
+    pub y_unit: &'static str,
+    /// What a value is divided by to be in `y_unit`.
+    pub y_divisor: f64,
+    /// The moment x counts from (unix ms).
+    pub origin_ms: i64,
+}
+
+impl Axes {
+    /// Where the value `value` at `at_ms` lies on these axes.
+    pub fn point(&self, at_ms: i64, value: f64) -> (f64, f64) {
+        (
+            (at_ms - self.origin_ms) as f64 / self.x_unit.ms(),
+            value / self.y_divisor,
+        )
+    }
 }
 
 /// A byte unit for values up to `max`: its divisor and name.
@@ -152,8 +171,10 @@ pub fn time_axes(series: &[Series], origin_ms: i64, limit: Option<f64>) -> Axes 
     Axes {
         x: (0.0, x_max),
         y: (0.0, y_max),
-        x_unit: unit.name().to_string(),
-        y_unit: name.to_string(),
+        x_unit: unit,
+        y_unit: name,
+        y_divisor: divisor,
+        origin_ms,
     }
 }
 
@@ -161,23 +182,46 @@ fn plot_error<E: std::fmt::Display>(e: E) -> ReportError {
     ReportError::Plot(e.to_string())
 }
 
-/// Draws lines over time, with an optional horizontal limit line.
+/// Writes `note` across the middle of an empty plot.
+fn empty_note<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    note: &str,
+) -> Result<(), ReportError> {
+    let (width, height) = root.dim_in_pixel();
+    root.draw(&Text::new(
+        note,
+        (width as i32 / 2 - 70, height as i32 / 2),
+        ("sans-serif", 16)
+            .into_font()
+            .color(&RGBColor(120, 120, 120)),
+    ))
+    .map_err(plot_error)
+}
+
+/// Draws the legend of the series drawn so far in the upper right corner.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), ReportError> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+        .map_err(plot_error)
+}
+
+/// Draws lines over time since `origin_ms` (`since` names that moment on the x axis),
+/// with an optional horizontal limit line.
 fn time_plot(
     title: &str,
     series: Vec<Series>,
     origin_ms: i64,
+    since: &str,
     limit: Option<(f64, String)>,
 ) -> Result<Plot, ReportError> {
     let axes = time_axes(&series, origin_ms, limit.as_ref().map(|l| l.0));
     let empty = series.iter().all(|(_, p)| p.is_empty());
-    let x_unit_ms = match axes.x_unit.as_str() {
-        "h" => TimeUnit::Hours,
-        "min" => TimeUnit::Minutes,
-        _ => TimeUnit::Seconds,
-    }
-    .ms();
-    let (divisor, _) = byte_unit(axes.y.1 / 1.1 * 1.0);
-    let divisor = if empty { 1.0 } else { divisor };
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -191,28 +235,19 @@ fn time_plot(
             .map_err(plot_error)?;
         chart
             .configure_mesh()
-            .x_desc(format!("time since the migration began ({})", axes.x_unit))
-            .y_desc(axes.y_unit.clone())
+            .x_desc(format!("time since {since} ({})", axes.x_unit.name()))
+            .y_desc(axes.y_unit)
             .draw()
             .map_err(plot_error)?;
         if empty {
-            root.draw(&Text::new(
-                "no samples recorded",
-                (SIZE.0 as i32 / 2 - 70, SIZE.1 as i32 / 2),
-                ("sans-serif", 16)
-                    .into_font()
-                    .color(&RGBColor(120, 120, 120)),
-            ))
-            .map_err(plot_error)?;
+            empty_note(&root, "no samples recorded")?;
         }
         for (i, (name, points)) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let points = thin(points);
             chart
                 .draw_series(LineSeries::new(
-                    points
-                        .iter()
-                        .map(|(at, v)| ((at - origin_ms) as f64 / x_unit_ms, v / divisor)),
+                    points.iter().map(|(at, v)| axes.point(*at, *v)),
                     color.stroke_width(2),
                 ))
                 .map_err(plot_error)?
@@ -223,7 +258,10 @@ fn time_plot(
             let red = RGBColor(200, 30, 30);
             chart
                 .draw_series(DashedLineSeries::new(
-                    [(axes.x.0, value / divisor), (axes.x.1, value / divisor)],
+                    [
+                        (axes.x.0, value / axes.y_divisor),
+                        (axes.x.1, value / axes.y_divisor),
+                    ],
                     6,
                     4,
                     red.stroke_width(2),
@@ -233,13 +271,7 @@ fn time_plot(
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], red));
         }
         if !empty {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .draw()
-                .map_err(plot_error)?;
+            legend(&mut chart)?;
         }
         root.present().map_err(plot_error)?;
     }
@@ -257,6 +289,7 @@ pub fn lag(samples: &[Sample], origin_ms: i64) -> Result<Plot, ReportError> {
         "Replication lag per database",
         series(samples, origin_ms, |s| s.lag_bytes.map(|b| b as f64)),
         origin_ms,
+        "the migration began",
         None,
     )
 }
@@ -271,6 +304,7 @@ pub fn retention(
         "WAL held on the source by each slot",
         series(samples, origin_ms, |s| s.retained_bytes.map(|b| b as f64)),
         origin_ms,
+        "the migration began",
         limit.map(|l| (l as f64, "--max-slot-retention".to_string())),
     )
 }
@@ -286,17 +320,13 @@ pub fn catch_up(samples: &[Sample], started_ms: Option<i64>) -> Result<Plot, Rep
         .filter(|s| s.at_ms >= start && s.at_ms <= start.saturating_add(CATCH_UP_WINDOW_MS))
         .cloned()
         .collect();
-    let mut plot = time_plot(
+    time_plot(
         "Catch-up once replication began",
         series(&window, start, |s| s.lag_bytes.map(|b| b as f64)),
         if started_ms.is_some() { start } else { 0 },
+        "replication began",
         None,
-    )?;
-    plot.svg = plot.svg.replace(
-        "time since the migration began",
-        "time since replication began",
-    );
-    Ok(plot)
+    )
 }
 
 /// The colours of the pause's parts, in order.
@@ -321,8 +351,10 @@ pub fn pause(phases: &[PauseTiming], client_wait_ms: Option<u64>) -> Result<Plot
     let axes = Axes {
         x: (0.0, if top > 0.0 { top * 1.5 } else { 1.0 }),
         y: (0.0, 2.0),
-        x_unit: "ms".into(),
-        y_unit: String::new(),
+        x_unit: TimeUnit::Milliseconds,
+        y_unit: "",
+        y_divisor: 1.0,
+        origin_ms: 0,
     };
     let empty = phases.is_empty();
     let mut svg = String::new();
@@ -349,14 +381,7 @@ pub fn pause(phases: &[PauseTiming], client_wait_ms: Option<u64>) -> Result<Plot
             .draw()
             .map_err(plot_error)?;
         if empty {
-            root.draw(&Text::new(
-                "no cutover recorded",
-                (SIZE.0 as i32 / 2 - 70, 100),
-                ("sans-serif", 16)
-                    .into_font()
-                    .color(&RGBColor(120, 120, 120)),
-            ))
-            .map_err(plot_error)?;
+            empty_note(&root, "no cutover recorded")?;
         }
         let mut from = 0.0;
         for (i, phase) in phases.iter().enumerate() {
@@ -386,13 +411,7 @@ pub fn pause(phases: &[PauseTiming], client_wait_ms: Option<u64>) -> Result<Plot
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], grey.filled()));
         }
         if !empty {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .draw()
-                .map_err(plot_error)?;
+            legend(&mut chart)?;
         }
         root.present().map_err(plot_error)?;
     }
@@ -430,19 +449,42 @@ mod tests {
         ];
         let plot = lag(&samples, 1_000).unwrap();
         assert!(!plot.empty);
-        assert_eq!(plot.axes.x_unit, "min");
+        assert_eq!(plot.axes.x_unit, TimeUnit::Minutes);
         assert_eq!(plot.axes.x, (0.0, 4.0));
         assert_eq!(plot.axes.y_unit, "MiB");
         assert!((plot.axes.y.1 - 11.0).abs() < 1e-9, "{:?}", plot.axes.y);
         assert!(plot.svg.starts_with("<svg"));
         assert!(plot.svg.contains(">\napp\n<") || plot.svg.contains("app"));
         assert!(plot.svg.contains("audit"));
-        let lines = plot
+        // Every sample lies inside the plotted range, in the axis's unit.
+        for s in &samples {
+            let (x, y) = plot.axes.point(s.at_ms, s.lag_bytes.unwrap() as f64);
+            assert!(
+                x <= plot.axes.x.1 && y <= plot.axes.y.1,
+                "{x}, {y}: {:?}",
+                plot.axes
+            );
+        }
+        assert_eq!(plot.axes.point(241_000, (10 << 20) as f64), (4.0, 10.0));
+        // ... and is drawn where its value puts it: each database's two different lags
+        // at two different heights, inside the picture (not pinned to an edge).
+        for line in plot
             .svg
             .lines()
             .filter(|l| l.starts_with("<polyline") && l.contains("stroke-width=\"2\""))
-            .count();
-        assert_eq!(lines, 2, "one line per database");
+        {
+            let points = line.split("points=\"").nth(1).unwrap();
+            let ys: Vec<f64> = points
+                .split('"')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .map(|xy| xy.split(',').nth(1).unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(ys.len(), 2, "{line}");
+            assert!(ys[0] != ys[1], "{line}");
+            assert!(ys.iter().all(|y| *y > 0.0 && *y < SIZE.1 as f64), "{line}");
+        }
     }
 
     #[test]
@@ -488,7 +530,8 @@ mod tests {
             sample(5_000 + CATCH_UP_WINDOW_MS + 1, "app", 1, 0),
         ];
         let plot = catch_up(&samples, Some(5_000)).unwrap();
-        assert_eq!(plot.axes.x_unit, "s");
+        assert_eq!(plot.axes.x_unit, TimeUnit::Seconds);
+        assert!(plot.svg.contains("time since replication began (s)"));
         assert_eq!(plot.axes.x, (0.0, 60.0));
         assert!((plot.axes.y.1 - 8.8).abs() < 1e-9, "{:?}", plot.axes.y);
     }
