@@ -47,30 +47,11 @@ fn main() -> anyhow::Result<()> {
         let run = journal.step_started("day", step)?;
         journal.step_done(run, &serde_json::json!({}))?;
     }
-    // A day of one-per-second samples, written straight into the journal's table (the
-    // journal itself would keep one in 30 s of them).
-    {
-        let conn = rusqlite::Connection::open(home.join("journal.sqlite"))?;
-        let tx = conn.unchecked_transaction()?;
-        let start = pgseal_core::journal::now_ms() - DAY * 1000;
-        for i in 0..DAY {
-            let s = sample(start + i * 1000, i + 1);
-            tx.execute(
-                "INSERT INTO sample (migration, at_ms, database, source_lsn, confirmed_lsn, \
-                 lag_bytes, lag_seconds, retained_bytes) VALUES ('day', ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                rusqlite::params![
-                    s.at_ms,
-                    s.database,
-                    s.source_lsn as i64,
-                    s.confirmed_lsn.map(|v| v as i64),
-                    s.lag_bytes.map(|v| v as i64),
-                    s.lag_seconds,
-                    s.retained_bytes
-                ],
-            )?;
-        }
-        tx.commit()?;
-    }
+    // A day of one-per-second samples, recorded past the journal's spacing (it would
+    // keep one in 30 s of them).
+    let start = pgseal_core::journal::now_ms() - DAY * 1000;
+    let day: Vec<Sample> = (0..DAY).map(|i| sample(start + i * 1000, i + 1)).collect();
+    journal.insert_samples("day", &day)?;
     let harness = Harness::new(&home)?;
     let page = work.path().join("report.html");
     let (mut reports, mut lists) = (Vec::new(), Vec::new());

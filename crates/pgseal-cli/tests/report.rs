@@ -167,6 +167,10 @@ fn the_report_of_a_crashed_and_resumed_migration_shows_both_runs_and_renders_in_
         assert!(!page.contains(fetching), "the page holds {fetching}");
     }
     assert!(page.contains("interrupted"), "the crashed run shows");
+    assert!(
+        page.contains("then run again (<code>resume</code>): snapshot."),
+        "the resumed step is named"
+    );
 
     // Chromium renders it: a screenshot that is not blank...
     let work = h.path("chromium");

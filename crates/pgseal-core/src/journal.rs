@@ -467,17 +467,9 @@ impl Journal {
         }
     }
 
-    /// Offers samples taken at one moment; they are kept only when the migration's last
-    /// kept sample is older than [`crate::samples::spacing`] of its age. Returns whether
-    /// they were kept.
-    pub fn offer_samples(
-        &self,
-        name: &str,
-        samples: &[crate::samples::Sample],
-    ) -> Result<bool, JournalError> {
-        let Some(at_ms) = samples.first().map(|s| s.at_ms) else {
-            return Ok(false);
-        };
+    /// True when a sample taken at `at_ms` would be kept: the migration's last kept sample
+    /// is older than [`crate::samples::spacing`] of its age (or there is none).
+    pub fn sample_due(&self, name: &str, at_ms: i64) -> Result<bool, JournalError> {
         let (created_ms, last_ms): (i64, Option<i64>) = self
             .conn
             .query_row(
@@ -491,9 +483,33 @@ impl Journal {
             .ok_or_else(|| JournalError::NotFound(name.to_string()))?;
         let age = Duration::from_millis((at_ms - created_ms).max(0) as u64);
         let spacing = crate::samples::spacing(age).as_millis() as i64;
-        if last_ms.is_some_and(|last| at_ms - last < spacing) {
+        Ok(last_ms.is_none_or(|last| at_ms - last >= spacing))
+    }
+
+    /// Offers samples taken at one moment; they are kept only when
+    /// [`Journal::sample_due`]. Returns whether they were kept.
+    pub fn offer_samples(
+        &self,
+        name: &str,
+        samples: &[crate::samples::Sample],
+    ) -> Result<bool, JournalError> {
+        let Some(at_ms) = samples.first().map(|s| s.at_ms) else {
+            return Ok(false);
+        };
+        if !self.sample_due(name, at_ms)? {
             return Ok(false);
         }
+        self.insert_samples(name, samples)?;
+        Ok(true)
+    }
+
+    /// Records samples in one transaction, whatever the spacing (the caller checked
+    /// [`Journal::sample_due`], or imports samples on purpose, as `bench/report` does).
+    pub fn insert_samples(
+        &self,
+        name: &str,
+        samples: &[crate::samples::Sample],
+    ) -> Result<(), JournalError> {
         let tx = self.conn.unchecked_transaction().map_err(self.wrap())?;
         {
             let mut insert = tx
@@ -517,8 +533,7 @@ impl Journal {
                     .map_err(self.wrap())?;
             }
         }
-        tx.commit().map_err(self.wrap())?;
-        Ok(true)
+        tx.commit().map_err(self.wrap())
     }
 
     /// Every kept sample of a migration, oldest first.

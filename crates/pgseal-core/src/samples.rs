@@ -14,7 +14,8 @@
 
 use std::time::Duration;
 
-use pgseal_pg::replication;
+use pgseal_pg::Lsn;
+use pgseal_pg::replication::{self, SlotState};
 use serde::{Deserialize, Serialize};
 
 use crate::stream::Stream;
@@ -43,6 +44,44 @@ pub fn spacing(age: Duration) -> Duration {
     (age / 60).clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
+impl Sample {
+    /// Stream `database`'s sample at `at_ms` from what the source showed: its WAL position
+    /// `source_lsn`, the stream's slot (if it exists) and the walsender's `replay_lag`.
+    pub fn of(
+        at_ms: i64,
+        database: &str,
+        source_lsn: Lsn,
+        slot: Option<&SlotState>,
+        lag_seconds: Option<f64>,
+    ) -> Sample {
+        let confirmed = slot.and_then(|s| s.confirmed_flush_lsn);
+        Sample {
+            at_ms,
+            database: database.to_string(),
+            source_lsn: source_lsn.0,
+            confirmed_lsn: confirmed.map(|c| c.0),
+            lag_bytes: confirmed.map(|c| source_lsn.0.saturating_sub(c.0)),
+            lag_seconds,
+            retained_bytes: slot.and_then(|s| s.retained_bytes),
+        }
+    }
+}
+
+/// The `replay_lag` of stream `name`'s walsender on the source, in seconds (absent when
+/// idle or not connected).
+pub async fn replay_lag(
+    source: &tokio_postgres::Client,
+    name: &str,
+) -> Result<Option<f64>, tokio_postgres::Error> {
+    Ok(source
+        .query_opt(
+            "SELECT EXTRACT(epoch FROM replay_lag)::float8 FROM pg_stat_replication WHERE application_name = $1",
+            &[&name],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
+}
+
 /// Reads a sample of every stream from the source's server-wide views (`source` may be
 /// a session in any database of the instance).
 pub async fn read(
@@ -54,41 +93,40 @@ pub async fn read(
     let mut samples = Vec::with_capacity(streams.len());
     for s in streams {
         let slot = replication::slot(source, &s.name).await?;
-        let lag_seconds: Option<f64> = source
-            .query_opt(
-                "SELECT EXTRACT(epoch FROM replay_lag)::float8 FROM pg_stat_replication WHERE application_name = $1",
-                &[&s.name],
-            )
-            .await?
-            .and_then(|r| r.get(0));
-        let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush_lsn);
-        samples.push(Sample {
+        let lag_seconds = replay_lag(source, &s.name).await?;
+        samples.push(Sample::of(
             at_ms,
-            database: s.database.clone(),
-            source_lsn: source_lsn.0,
-            confirmed_lsn: confirmed.map(|c| c.0),
-            lag_bytes: confirmed.map(|c| source_lsn.0.saturating_sub(c.0)),
+            &s.database,
+            source_lsn,
+            slot.as_ref(),
             lag_seconds,
-            retained_bytes: slot.and_then(|s| s.retained_bytes),
-        });
+        ));
     }
     Ok(samples)
 }
 
-/// Reads and offers a sample of every stream to the journal. Sampling never stops the
-/// work it watches: a failure is logged and forgotten.
+/// Takes and records a sample of every stream when the journal would keep one (the
+/// spacing is checked before the source is read). Sampling never stops the work it
+/// watches: a failure is logged and forgotten.
 pub async fn record(
     journal: &crate::journal::Journal,
     name: &str,
     source: &tokio_postgres::Client,
     streams: &[Stream],
 ) {
-    let result = match read(source, streams).await {
-        Ok(samples) => journal
-            .offer_samples(name, &samples)
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let result = async {
+        if journal
+            .sample_due(name, crate::journal::now_ms())
+            .map_err(|e| e.to_string())?
+        {
+            let samples = read(source, streams).await.map_err(|e| e.to_string())?;
+            journal
+                .insert_samples(name, &samples)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok::<(), String>(())
+    }
+    .await;
     if let Err(error) = result {
         tracing::warn!(migration = %name, %error, "a replication sample was not recorded");
     }

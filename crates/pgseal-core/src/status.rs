@@ -168,19 +168,23 @@ pub async fn status<P: Platform>(
         let source_lsn = replication::current_wal_lsn(&source)
             .await
             .map_err(sql("source", "reading the WAL position"))?;
+        let sampled_ms = crate::journal::now_ms();
+        let mut samples = Vec::with_capacity(streams.len());
         let mut per_stream = Vec::new();
         for s in &streams {
             let slot = replication::slot(&source, &s.name)
                 .await
                 .map_err(sql("source", "reading the slot"))?;
-            let lag_seconds: Option<f64> = source
-                .query_opt(
-                    "SELECT EXTRACT(epoch FROM replay_lag)::float8 FROM pg_stat_replication WHERE application_name = $1",
-                    &[&s.name],
-                )
+            let lag_seconds = crate::samples::replay_lag(&source, &s.name)
                 .await
-                .map_err(sql("source", "reading pg_stat_replication"))?
-                .and_then(|r| r.get(0));
+                .map_err(sql("source", "reading pg_stat_replication"))?;
+            let sample = crate::samples::Sample::of(
+                sampled_ms,
+                &s.database,
+                source_lsn,
+                slot.as_ref(),
+                lag_seconds,
+            );
             let mut subscription = None;
             let mut schema_status = None;
             let mut copy = Vec::new();
@@ -199,10 +203,8 @@ pub async fn status<P: Platform>(
                     Err(e) => warnings.push(format!("target ({}) not reachable: {e}", s.database)),
                 }
             }
-            let lag_bytes = slot
-                .as_ref()
-                .and_then(|s| s.confirmed_flush_lsn)
-                .map(|c| source_lsn.0.saturating_sub(c.0));
+            let lag_bytes = sample.lag_bytes;
+            samples.push(sample);
             per_stream.push(StreamStatus {
                 database: s.database.clone(),
                 name: s.name.clone(),
@@ -223,23 +225,6 @@ pub async fn status<P: Platform>(
             .iter()
             .filter_map(|s| s.slot.as_ref().and_then(|slot| slot.retained_bytes))
             .max();
-        let at_ms = crate::journal::now_ms();
-        let samples: Vec<crate::samples::Sample> = per_stream
-            .iter()
-            .map(|st| crate::samples::Sample {
-                at_ms,
-                database: st.database.clone(),
-                source_lsn: source_lsn.0,
-                confirmed_lsn: st
-                    .slot
-                    .as_ref()
-                    .and_then(|s| s.confirmed_flush_lsn)
-                    .map(|c| c.0),
-                lag_bytes: st.lag_bytes,
-                lag_seconds: st.lag_seconds,
-                retained_bytes: st.slot.as_ref().and_then(|s| s.retained_bytes),
-            })
-            .collect();
         if let Err(error) = journal.offer_samples(name, &samples) {
             tracing::warn!(migration = %name, %error, "a replication sample was not recorded");
         }

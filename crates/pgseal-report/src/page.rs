@@ -98,13 +98,18 @@ pub fn render(report: &MigrationReport) -> Result<String, ReportError> {
             cutover.and_then(|c| c.client_wait_ms),
         )?,
     ];
-    let mut resumed_steps: Vec<String> = report
-        .steps
-        .iter()
-        .filter(|s| s.attempt > 1)
-        .map(|s| s.step.as_str().to_string())
-        .collect();
-    resumed_steps.dedup();
+    // Steps run again after a run that failed or was interrupted, each once (a step
+    // such as validate may also be run again on purpose after it succeeded).
+    let mut resumed_steps: Vec<String> = Vec::new();
+    for (i, run) in report.steps.iter().enumerate() {
+        let name = run.step.as_str().to_string();
+        let again = report.steps[i + 1..]
+            .iter()
+            .any(|later| later.step == run.step);
+        if run.outcome != Outcome::Done && again && !resumed_steps.contains(&name) {
+            resumed_steps.push(name);
+        }
+    }
     let peak = report
         .apply_rates
         .iter()

@@ -379,8 +379,8 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     /// (Re)creates `database` on the target (`admin`: a session on its `template1`) as the
-    /// source (`source`) has it (encoding, collation, owner): the target is new and holds no data yet, so a half-loaded database from an
-    /// interrupted run is simply made again.
+    /// source (`source`) has it (encoding, collation, owner): the target is new and holds
+    /// no data yet, so a half-loaded database from an interrupted run is simply made again.
     async fn create_database(
         &self,
         source: &Client,
