@@ -250,13 +250,28 @@ pooling) in front of an instance. At cutover pgseal pauses it, fences and drains
 source, points it at the encrypted instance and resumes it: clients keep their connections
 and see a pause, not an error.
 
-The endpoint listens on its unix socket only (PGSEAL_HOME/endpoints/NAME/run, reachable by
-root and the server's OS user, trust authentication, like the instances' sockets).
+Every endpoint listens on its unix socket (PGSEAL_HOME/endpoints/NAME/run, reachable by
+root and the server's OS user, trust authentication, like the instances' sockets). With
+--listen HOST:PORT it also listens on TCP, where applications log in as the instance's own
+roles with SCRAM-SHA-256 (PgBouncer's auth_query through the role pgseal_endpoint, which
+can only read a login role's SCRAM verifier; no password is written anywhere). Superusers
+are refused over TCP. With --tls, TCP clients must use TLS: pgseal generates a certificate
+under a CA of the endpoint's own (clients verify with sslmode=verify-full and the ca.crt
+`describe` names) or uses --tls-cert/--tls-key; the private key is kept in memory
+(/dev/shm), never on disk.
+
+Prepared statements: PgBouncer before 1.21 (Debian 12 has 1.18) cannot keep server-side
+prepared statements across transaction pooling, and most drivers prepare by default.
+`create` prints what each driver needs (see docs/endpoints.md); `check` finds the failures
+(`prepared statement \"...\" already exists`) in the servers' logs. Run it while your
+application runs through the endpoint, before migrating.
 
 Examples:
   pgseal endpoint create orders-ep --instance orders
+  pgseal endpoint create orders-tcp --instance orders --listen 0.0.0.0:6433 --tls
   pgseal workload run --endpoint orders-ep --ledger run.ledger
-  pgseal endpoint describe orders-ep
+  pgseal endpoint describe orders-tcp
+  pgseal endpoint check orders-tcp
   pgseal endpoint delete orders-ep";
 
 /// `pgseal endpoint ...`
@@ -269,9 +284,28 @@ pub enum EndpointCommand {
         /// The instance it sends connections to
         #[arg(long)]
         instance: String,
-        /// The port its socket is named after (.s.PGSQL.PORT)
-        #[arg(long, default_value_t = 6432)]
-        port: u16,
+        /// The port its socket is named after (.s.PGSQL.PORT); default 6432, or the port
+        /// of --listen
+        #[arg(long)]
+        port: Option<u16>,
+        /// Also listen on TCP at HOST:PORT (127.0.0.1:6433, 0.0.0.0:6433, [::1]:6433);
+        /// clients log in with the instance's roles and their passwords (SCRAM-SHA-256)
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+        /// Require TLS on the TCP listener, with a certificate pgseal generates
+        #[arg(long, requires = "listen", conflicts_with_all = ["tls_cert", "tls_key"])]
+        tls: bool,
+        /// Require TLS with this certificate (PEM) instead of a generated one
+        #[arg(long, requires_all = ["listen", "tls_key"], value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert; copied into memory (/dev/shm)
+        #[arg(long, requires = "tls_cert", value_name = "FILE")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Look for prepared-statement failures through an endpoint (exit 11 when found)
+    Check {
+        /// The endpoint's name.
+        name: String,
     },
     /// List endpoints
     List,

@@ -24,8 +24,8 @@ pub const KEY_UNUSABLE: u8 = 8;
 pub const TAMPERED: u8 = 9;
 /// The input is not a pgseal sealed stream.
 pub const NOT_SEALED: u8 = 10;
-/// `workload verify` found missing, duplicated or unexpected transactions, or `migrate
-/// validate` found differing rows.
+/// `workload verify` found missing, duplicated or unexpected transactions, `migrate
+/// validate` found differing rows, or `endpoint check` found prepared-statement failures.
 pub const VERIFY_FAILED: u8 = 11;
 
 /// The text for `--help`.
@@ -42,8 +42,9 @@ Exit codes:
   8  KMS key disabled or pending deletion
   9  sealed data damaged or tampered with
   10 input is not a pgseal sealed stream
-  11 workload verify found missing, duplicated or unexpected transactions, or
-     migrate validate found differing rows";
+  11 workload verify found missing, duplicated or unexpected transactions,
+     migrate validate found differing rows, or endpoint check found
+     prepared-statement failures";
 
 /// The exit code for a failed command: a library error's kind decides; anything else is 1.
 pub fn for_error(error: &anyhow::Error) -> u8 {

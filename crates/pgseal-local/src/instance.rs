@@ -871,7 +871,22 @@ impl LocalInstances {
         F: FnOnce(tokio_postgres::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        let config = self.info(record).sql_config();
+        self.with_database(record, "postgres", work)
+    }
+
+    /// The same on database `db`.
+    pub(crate) fn with_database<F, Fut, T>(
+        &self,
+        record: &InstanceRecord,
+        db: &str,
+        work: F,
+    ) -> Result<T, LocalError>
+    where
+        F: FnOnce(tokio_postgres::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let mut config = self.info(record).sql_config();
+        config.dbname(db);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

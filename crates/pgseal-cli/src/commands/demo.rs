@@ -225,7 +225,8 @@ fn story(
     })?;
 
     // 2. The endpoint, and the ledger workload through it for the whole story.
-    let endpoint = instances.create_endpoint(&names.endpoint, &names.source, None)?;
+    let endpoint =
+        instances.create_endpoint(&names.endpoint, &names.source, &Default::default())?;
     ctx.status(format!(
         "[demo] endpoint {} -> {}",
         names.endpoint, names.source

@@ -1,25 +1,14 @@
 //! `pgseal endpoint ...`.
 
-use pgseal_local::endpoint::EndpointInfo;
+use pgseal_local::endpoint::pgbouncer::PgBouncer;
+use pgseal_local::endpoint::{EndpointOptions, TlsChoice};
 use pgseal_local::instance::LocalInstances;
 
 use super::{Context, Outcome, print_json};
 use crate::cli::EndpointCommand;
 use crate::exit;
+use crate::output::endpoint::{check, describe, prepared_statement_advice};
 use crate::output::table;
-
-fn describe(info: &EndpointInfo) -> String {
-    format!(
-        "endpoint:   {}\ninstance:   {}\nrunning:    {}\nurl:        {}\nsocket:     {}/.s.PGSQL.{}\nlog:        {}\n",
-        info.record.name,
-        info.record.instance,
-        if info.running { "yes" } else { "no" },
-        info.url,
-        info.socket_dir.display(),
-        info.record.port,
-        info.log_path.display()
-    )
-}
 
 /// Runs one endpoint command.
 pub fn run(ctx: &Context, action: &EndpointCommand) -> Outcome {
@@ -29,12 +18,41 @@ pub fn run(ctx: &Context, action: &EndpointCommand) -> Outcome {
             name,
             instance,
             port,
+            listen,
+            tls,
+            tls_cert,
+            tls_key,
         } => {
-            let info = instances.create_endpoint(name, instance, Some(*port))?;
+            let tls = match (tls, tls_cert, tls_key) {
+                (true, _, _) => TlsChoice::Generate,
+                (false, Some(cert), Some(key)) => TlsChoice::Given {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                _ => TlsChoice::None,
+            };
+            let options = EndpointOptions {
+                port: *port,
+                listen: listen.clone(),
+                tls,
+            };
+            let info = instances.create_endpoint(name, instance, &options)?;
             if ctx.json {
                 print_json(&info)?;
             } else {
                 print!("{}", describe(&info));
+                print!("{}", prepared_statement_advice(&PgBouncer::find()?));
+            }
+        }
+        EndpointCommand::Check { name } => {
+            let report = instances.check_endpoint(name)?;
+            if ctx.json {
+                print_json(&report)?;
+            } else {
+                print!("{}", check(&report));
+            }
+            if report.failure_count > 0 {
+                return Ok(exit::code(exit::VERIFY_FAILED));
             }
         }
         EndpointCommand::List => {

@@ -1,6 +1,7 @@
 //! Human rendering: what commands print for a person (tables, plans, status, summaries).
 //! Commands gather the data and hand it here; JSON output is serde's, not this module's.
 
+pub mod endpoint;
 pub mod migrate;
 
 /// Renders rows as left-aligned columns two spaces apart; the first row is the header.

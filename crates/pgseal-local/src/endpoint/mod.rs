@@ -5,11 +5,22 @@
 //! Layout under `PGSEAL_HOME/endpoints/NAME/`:
 //! - `endpoint.json`: the record (name, instance behind it, port);
 //! - `pgbouncer.ini`: the configuration, rewritten atomically when the backend changes;
+//! - `hba.conf`, `userlist.txt`: who may connect how (see [`config`]); no password;
+//! - `server.crt`, `ca.crt` with `--tls`: public certificates (the key is in memory only,
+//!   see [`tls`]);
 //! - `run/` (0700, the server user): the unix socket `.s.PGSQL.PORT`, pid file and log.
 //!
-//! The endpoint listens on its unix socket only, with trust authentication, like the
-//! instances' own sockets: only root and the server's OS user can reach it. PgBouncer
-//! reaches the instance over the instance's socket as the master user.
+//! An endpoint always listens on its unix socket, trusted like the instances' own sockets
+//! (only root and the server's OS user can reach it). With `--listen HOST:PORT` it also
+//! listens on TCP, where clients log in as the instance's own roles with SCRAM-SHA-256
+//! (see [`lookup`]), over TLS with `--tls`. PgBouncer reaches the instance over the
+//! instance's socket as the client's role.
+
+pub mod check;
+pub mod config;
+pub mod lookup;
+pub mod pgbouncer;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,10 +47,71 @@ pub struct EndpointRecord {
     /// a cutover, the databases outside the migration, which stay on the source.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub routes: std::collections::BTreeMap<String, String>,
-    /// The port its socket is named after (`.s.PGSQL.PORT`).
+    /// The port its socket is named after (`.s.PGSQL.PORT`), and its TCP port.
     pub port: u16,
+    /// Its TCP listener, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpListener>,
     /// When it was created (RFC 3339).
     pub created: String,
+}
+
+/// An endpoint's TCP listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpListener {
+    /// The address it listens on (`127.0.0.1`, `0.0.0.0`, a host name).
+    pub host: String,
+    /// Its TLS files; none: TCP without TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::TlsFiles>,
+}
+
+/// How an endpoint's TCP listener gets its certificate.
+#[derive(Debug, Clone, Default)]
+pub enum TlsChoice {
+    /// No TLS.
+    #[default]
+    None,
+    /// A certificate pgseal generates, under a CA of the endpoint's own.
+    Generate,
+    /// A certificate and key the user gives (PEM files).
+    Given {
+        /// The certificate (chain).
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
+}
+
+/// What `create_endpoint` makes, besides the unix socket.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointOptions {
+    /// The port (the socket's name; also the TCP port).
+    pub port: Option<u16>,
+    /// `HOST:PORT` to listen on over TCP.
+    pub listen: Option<String>,
+    /// TLS for the TCP listener.
+    pub tls: TlsChoice,
+}
+
+/// Splits `HOST:PORT` (`[::1]:6432` for IPv6).
+pub fn parse_listen(text: &str) -> Result<(String, u16), LocalError> {
+    let bad = || {
+        LocalError::InvalidInput(format!(
+            "--listen {text:?}: expected HOST:PORT, such as 127.0.0.1:6432, 0.0.0.0:6432 or [::1]:6432"
+        ))
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
 }
 
 /// An endpoint as `describe` and `list` show it.
@@ -54,6 +126,10 @@ pub struct EndpointInfo {
     pub socket_dir: PathBuf,
     /// A URL applications use (`postgres://postgres@%2F...:PORT/DB`), for database `postgres`.
     pub url: String,
+    /// The URL for TCP clients, without a user or password (add `ROLE@` or set `PGUSER`),
+    /// with the TLS settings a client needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_url: Option<String>,
     /// Its PgBouncer log.
     pub log_path: PathBuf,
 }
@@ -74,6 +150,24 @@ impl EndpointInfo {
     fn admin_config(&self) -> tokio_postgres::Config {
         self.sql_config("pgbouncer")
     }
+}
+
+/// The URL for TCP clients (see [`EndpointInfo::tcp_url`]).
+fn tcp_url(tcp: &TcpListener, port: u16) -> String {
+    let host = match tcp.host.as_str() {
+        "0.0.0.0" | "*" => "127.0.0.1".to_string(),
+        "::" => "[::1]".to_string(),
+        h if h.contains(':') => format!("[{h}]"),
+        h => h.to_string(),
+    };
+    let tls = match &tcp.tls {
+        Some(files) => match &files.ca_cert {
+            Some(ca) => format!("?sslmode=verify-full&sslrootcert={}", url_path(ca)),
+            None => "?sslmode=verify-full".to_string(),
+        },
+        None => String::new(),
+    };
+    format!("postgres://{host}:{port}/postgres{tls}")
 }
 
 /// Percent-encodes a path for the host part of a URL.
@@ -107,7 +201,9 @@ impl LocalInstances {
     fn endpoint_info(&self, record: EndpointRecord) -> EndpointInfo {
         let dir = self.endpoint_dir(&record.name);
         let socket_dir = dir.join("run");
+        let tcp_url = record.tcp.as_ref().map(|tcp| tcp_url(tcp, record.port));
         EndpointInfo {
+            tcp_url,
             running: pid_alive(&socket_dir.join("pgbouncer.pid")),
             url: format!(
                 "postgres://{MASTER_USER}@{}:{}/postgres",
@@ -155,15 +251,39 @@ impl LocalInstances {
         names.iter().map(|n| self.endpoint(n)).collect()
     }
 
-    /// Creates an endpoint in front of `instance` and starts its PgBouncer.
+    /// Creates an endpoint in front of `instance` and starts its PgBouncer. With a TCP
+    /// listener, installs the role lookup on the instance first (see [`lookup`]). Every
+    /// input is checked before anything is made; a failure part-way removes what was made.
     pub fn create_endpoint(
         &self,
         name: &str,
         instance: &str,
-        port: Option<u16>,
+        options: &EndpointOptions,
     ) -> Result<EndpointInfo, LocalError> {
         check_name(name)?;
-        let pgbouncer = pgbouncer_program()?;
+        let bouncer = pgbouncer::PgBouncer::find()?;
+        let listen = options.listen.as_deref().map(parse_listen).transpose()?;
+        let port = match (&listen, options.port) {
+            (Some((_, l)), Some(p)) if *l != p => {
+                return Err(LocalError::InvalidInput(format!(
+                    "--port {p} and --listen port {l} differ: an endpoint's socket and TCP listener share one port"
+                )));
+            }
+            (Some((_, l)), _) => *l,
+            (None, p) => p.unwrap_or(DEFAULT_ENDPOINT_PORT),
+        };
+        if listen.is_none() && !matches!(options.tls, TlsChoice::None) {
+            return Err(LocalError::InvalidInput(
+                "--tls needs --listen HOST:PORT: the unix socket does not use TLS".into(),
+            ));
+        }
+        let pem = match (&options.tls, &listen) {
+            (TlsChoice::Generate, Some((host, _))) => {
+                Some(tls::generate(name, &tls::names_for(host))?)
+            }
+            (TlsChoice::Given { cert, key }, _) => Some(tls::given(cert, key)?),
+            _ => None,
+        };
         let target = self.describe(instance)?;
         if target.status != "available" {
             return Err(LocalError::InvalidInput(format!(
@@ -175,25 +295,38 @@ impl LocalInstances {
         if dir.exists() {
             return Err(LocalError::NameTaken(format!("endpoint {name}")));
         }
+        if let Some((host, port)) = &listen {
+            check_port_free(host, *port)?;
+            self.install_lookup(instance)?;
+        }
         Self::make_passable_dir(&self.endpoints_dir())?;
         std::fs::create_dir(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        let mut tls_files = None;
         let made = (|| {
             Self::make_passable_dir(&dir)?;
             let run = dir.join("run");
             pgseal_pg::server::create_owned_dir(&run, self.run_as())
                 .map_err(io_error(format!("cannot create {}", run.display())))?;
+            tls_files = pem
+                .as_ref()
+                .map(|pem| tls::install(pem, &dir, self.run_as()))
+                .transpose()?;
             let record = EndpointRecord {
                 name: name.to_string(),
                 instance: instance.to_string(),
                 routes: Default::default(),
-                port: port.unwrap_or(DEFAULT_ENDPOINT_PORT),
+                port,
+                tcp: listen.as_ref().map(|(host, _)| TcpListener {
+                    host: host.clone(),
+                    tls: tls_files.clone(),
+                }),
                 created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                     .to_string(),
             };
-            self.write_endpoint_config(&record)?;
+            self.write_endpoint_config(&record, &bouncer)?;
             self.write_endpoint_record(&record)?;
             let info = self.endpoint_info(record);
-            ExternalCommand::new(&pgbouncer)
+            ExternalCommand::new(&bouncer.program)
                 .arg("-d")
                 .arg(dir.join("pgbouncer.ini"))
                 .run_as(self.run_as().clone())
@@ -204,14 +337,37 @@ impl LocalInstances {
         })();
         made.inspect_err(|_| {
             let _ = self.stop_endpoint_process(name);
+            if let Some(files) = &tls_files {
+                tls::remove_key(files);
+            }
             let _ = std::fs::remove_dir_all(&dir);
         })
     }
 
-    /// Stops an endpoint's PgBouncer and removes it.
+    /// Installs the role lookup (role and function, see [`lookup`]) on every database of
+    /// `instance` that accepts connections.
+    fn install_lookup(&self, instance: &str) -> Result<(), LocalError> {
+        let record = self.record(instance)?;
+        let databases = self.with_client(&record, |client| async move {
+            client.batch_execute(lookup::CREATE_ROLE).await?;
+            lookup::databases(&client).await
+        })?;
+        for db in databases {
+            self.with_database(&record, &db, |client| async move {
+                client.batch_execute(lookup::CREATE_FUNCTION).await
+            })?;
+        }
+        tracing::info!(instance, "endpoint role lookup installed");
+        Ok(())
+    }
+
+    /// Stops an endpoint's PgBouncer and removes it (with its key, from memory).
     pub fn delete_endpoint(&self, name: &str) -> Result<(), LocalError> {
-        self.endpoint(name)?;
+        let info = self.endpoint(name)?;
         self.stop_endpoint_process(name)?;
+        if let Some(files) = info.record.tcp.as_ref().and_then(|t| t.tls.as_ref()) {
+            tls::remove_key(files);
+        }
         let dir = self.endpoint_dir(name);
         std::fs::remove_dir_all(&dir).map_err(io_error(format!("cannot remove {}", dir.display())))
     }
@@ -233,7 +389,7 @@ impl LocalInstances {
         }
         info.record.instance = instance.to_string();
         info.record.routes = routes;
-        self.write_endpoint_config(&info.record)?;
+        self.write_endpoint_config(&info.record, &pgbouncer::PgBouncer::find()?)?;
         self.write_endpoint_record(&info.record)?;
         admin(&info, "RELOAD").await?;
         Ok(info)
@@ -246,58 +402,48 @@ impl LocalInstances {
             .map_err(io_error(format!("cannot write {}", path.display())))
     }
 
-    fn write_endpoint_config(&self, record: &EndpointRecord) -> Result<(), LocalError> {
-        let target = self.describe(&record.instance)?;
+    fn write_endpoint_config(
+        &self,
+        record: &EndpointRecord,
+        bouncer: &pgbouncer::PgBouncer,
+    ) -> Result<(), LocalError> {
         let dir = self.endpoint_dir(&record.name);
         let run = dir.join("run");
-        let auth_file = dir.join("userlist.txt");
-        // Trust still needs the user listed; no password is stored.
-        pgseal_crashsafe::write_atomic(
-            &auth_file,
-            format!("\"{MASTER_USER}\" \"\"\n").as_bytes(),
-            0o644,
-        )
-        .map_err(io_error("cannot write the endpoint's userlist"))?;
-        let mut routes = String::new();
+        let mut backends = Vec::new();
         for (db, instance) in &record.routes {
             let other = self.describe(instance)?;
-            routes.push_str(&format!(
-                "{} = host={} port={} user={MASTER_USER} dbname={}\n",
-                pgbouncer_name(db),
-                other.socket_dir.display(),
-                other.port,
-                pgbouncer_name(db)
-            ));
+            backends.push(config::Backend {
+                database: config::pgbouncer_name(db),
+                socket_dir: other.socket_dir.display().to_string(),
+                port: other.port,
+            });
         }
-        let config = format!(
-            "; written by pgseal: edits are overwritten\n\
-             [databases]\n\
-             {routes}\
-             * = host={socket} port={port} user={MASTER_USER}\n\
-             \n\
-             [pgbouncer]\n\
-             listen_addr =\n\
-             listen_port = {listen}\n\
-             unix_socket_dir = {run}\n\
-             unix_socket_mode = 0700\n\
-             auth_type = trust\n\
-             auth_file = {auth}\n\
-             admin_users = {MASTER_USER}\n\
-             pool_mode = transaction\n\
-             max_client_conn = 500\n\
-             default_pool_size = 20\n\
-             server_lifetime = 3600\n\
-             ignore_startup_parameters = extra_float_digits,options\n\
-             logfile = {run}/pgbouncer.log\n\
-             pidfile = {run}/pgbouncer.pid\n",
-            socket = target.socket_dir.display(),
-            port = target.port,
-            listen = record.port,
-            run = run.display(),
-            auth = auth_file.display(),
-        );
-        pgseal_crashsafe::write_atomic(&dir.join("pgbouncer.ini"), config.as_bytes(), 0o644)
-            .map_err(io_error("cannot write pgbouncer.ini"))
+        let target = self.describe(&record.instance)?;
+        backends.push(config::Backend {
+            database: "*".into(),
+            socket_dir: target.socket_dir.display().to_string(),
+            port: target.port,
+        });
+        let tcp = record.tcp.as_ref();
+        let tls = tcp.and_then(|t| t.tls.as_ref());
+        let settings = config::Settings {
+            backends,
+            port: record.port,
+            listen_host: tcp.map(|t| t.host.as_str()),
+            tls,
+            dir: &dir,
+            run: &run,
+            prepared_statements: bouncer.prepared_statements,
+        };
+        for (file, text) in [
+            ("userlist.txt", config::userlist(tcp.is_some())),
+            ("hba.conf", config::hba(tcp.is_some(), tls.is_some())),
+            ("pgbouncer.ini", config::pgbouncer_ini(&settings)),
+        ] {
+            pgseal_crashsafe::write_atomic(&dir.join(file), text.as_bytes(), 0o644)
+                .map_err(io_error(format!("cannot write the endpoint's {file}")))?;
+        }
+        Ok(())
     }
 
     fn stop_endpoint_process(&self, name: &str) -> Result<(), LocalError> {
@@ -338,16 +484,6 @@ impl LocalInstances {
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
-    }
-}
-
-/// A database name as PgBouncer's configuration takes it (double-quoted when it is not a
-/// plain word).
-fn pgbouncer_name(db: &str) -> String {
-    if db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        db.to_string()
-    } else {
-        format!("\"{}\"", db.replace('"', "\"\""))
     }
 }
 
@@ -413,17 +549,22 @@ pub async fn longest_client_wait(info: &EndpointInfo) -> Result<Duration, LocalE
         .unwrap_or_default())
 }
 
-fn pgbouncer_program() -> Result<PathBuf, LocalError> {
-    pgseal_exec::find_program("pgbouncer")
-        .or_else(|| {
-            let p = PathBuf::from("/usr/sbin/pgbouncer");
-            p.exists().then_some(p)
-        })
-        .ok_or_else(|| {
-            LocalError::InvalidInput(
-                "pgbouncer is not installed: run `bash scripts/setup` (or apt-get install pgbouncer)".into(),
-            )
-        })
+/// Refuses a TCP port something already listens on (PgBouncer would only say so in its
+/// log).
+fn check_port_free(host: &str, port: u16) -> Result<(), LocalError> {
+    let bind = match host {
+        "*" => "0.0.0.0",
+        h => h,
+    };
+    match std::net::TcpListener::bind((bind, port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(LocalError::InvalidInput(
+            format!("--listen {host}:{port}: the port is in use; pick another"),
+        )),
+        Err(e) => Err(LocalError::InvalidInput(format!(
+            "--listen {host}:{port}: cannot listen there ({e})"
+        ))),
+    }
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
