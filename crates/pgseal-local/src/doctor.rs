@@ -508,13 +508,17 @@ fn check_pgbouncer(inputs: &DoctorInputs) -> Check {
     const TITLE: &str = "PgBouncer";
     const FOR: &str = "endpoints (switching applications without reconnects) and pgseal demo";
     match find_program_in("pgbouncer", inputs.search_path.as_deref()) {
-        Some(path) => ok(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
-            path.display().to_string(),
-        ),
+        Some(path) => match crate::endpoint::pgbouncer::PgBouncer::at(path.clone()) {
+            Ok(found) => ok(ID, TITLE, Need::Recommended, FOR, pgbouncer_detail(&found)),
+            Err(e) => missing(
+                ID,
+                TITLE,
+                Need::Recommended,
+                FOR,
+                format!("{} does not run: {e}", path.display()),
+                "apt-get install --reinstall -y pgbouncer".into(),
+            ),
+        },
         None => missing(
             ID,
             TITLE,
@@ -523,6 +527,24 @@ fn check_pgbouncer(inputs: &DoctorInputs) -> Check {
             "pgbouncer is not on PATH".into(),
             "apt-get install -y pgbouncer".into(),
         ),
+    }
+}
+
+/// What doctor says of a PgBouncer: where, which version, and whether applications may
+/// use server-side prepared statements through its endpoints.
+fn pgbouncer_detail(found: &crate::endpoint::pgbouncer::PgBouncer) -> String {
+    if found.prepared_statements {
+        format!(
+            "{} {}; max_prepared_statements: yes (endpoints set it: drivers may prepare)",
+            found.program.display(),
+            found.version
+        )
+    } else {
+        format!(
+            "{} {}; max_prepared_statements: no (1.21+): applications must not use server-side prepared statements through endpoints (see docs/endpoints.md, `pgseal endpoint check`)",
+            found.program.display(),
+            found.version
+        )
     }
 }
 
@@ -667,6 +689,29 @@ mod tests {
             home: root.join("home"),
             system_root: root.to_path_buf(),
         }
+    }
+
+    #[test]
+    fn pgbouncer_is_reported_with_its_version_and_prepared_statement_support() {
+        // scripts/setup installs Debian's PgBouncer (1.18), which cannot keep them.
+        let root = tempfile::tempdir().unwrap();
+        let path = std::env::var_os("PATH").map(|p| {
+            let mut p = p;
+            p.push(":/usr/sbin");
+            p
+        });
+        let report = run_doctor(&inputs_with_path(path, root.path()));
+        let check = report.check("pgbouncer").unwrap();
+        assert_eq!(check.status, Status::Ok, "{check:?}");
+        let version = check.detail.split_whitespace().nth(1).unwrap();
+        assert!(version.starts_with("1."), "{check:?}");
+        let supported = crate::endpoint::pgbouncer::supports_prepared_statements(version);
+        let said = if supported {
+            "max_prepared_statements: yes"
+        } else {
+            "max_prepared_statements: no"
+        };
+        assert!(check.detail.contains(said), "{check:?}");
     }
 
     #[test]

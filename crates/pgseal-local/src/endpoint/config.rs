@@ -169,7 +169,8 @@ mod tests {
             .unwrap();
         assert!(reject_master < scram, "the first matching line wins");
         assert!(lines.contains(&"hostnossl all all ::/0 reject"));
-        assert!(!text.contains(" trust\nhost"), "{text}");
+        let trusted: Vec<&&str> = lines.iter().filter(|l| l.ends_with(" trust")).collect();
+        assert_eq!(trusted, [&"local all all trust"], "TCP is never trusted");
         assert_eq!(hba(false, false).lines().count(), 2);
     }
 

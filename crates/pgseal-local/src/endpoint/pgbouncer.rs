@@ -36,12 +36,12 @@ impl PgBouncer {
         if let Some(found) = FOUND.get() {
             return Ok(found.clone());
         }
-        let found = Self::ask()?;
+        let found = Self::at(program()?)?;
         Ok(FOUND.get_or_init(|| found).clone())
     }
 
-    fn ask() -> Result<PgBouncer, LocalError> {
-        let program = program()?;
+    /// Asks the PgBouncer at `program` for its version.
+    pub fn at(program: PathBuf) -> Result<PgBouncer, LocalError> {
         let output = ExternalCommand::new(&program)
             .arg("--version")
             .output()
