@@ -147,7 +147,8 @@ impl LocalError {
     }
 }
 
-fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
+/// Maps an I/O error to [`LocalError::Io`] with `what` was being done.
+pub(crate) fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
     let what = what.into();
     move |source| LocalError::Io { what, source }
 }

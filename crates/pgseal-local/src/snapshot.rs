@@ -31,17 +31,12 @@ use pgseal_pg::lsn::lsn_after;
 use serde::{Deserialize, Serialize};
 
 use crate::instance::{
-    InstanceInfo, InstanceSpec, LocalError, LocalInstances, MASTER_USER, check_name,
+    InstanceInfo, InstanceSpec, LocalError, LocalInstances, MASTER_USER, check_name, io_error,
 };
 
 const SNAPSHOT_RECORD: &str = "snapshot.json";
 /// The encryption-context key that binds a sealed snapshot to its name.
 pub const CONTEXT_SNAPSHOT: &str = "pgseal:snapshot";
-
-fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
-    let what = what.into();
-    move |source| LocalError::Io { what, source }
-}
 
 /// Where a snapshot's data came from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::pgbouncer::PgBouncer;
-use crate::instance::{LocalError, LocalInstances};
+use crate::instance::{LocalError, LocalInstances, io_error};
 
 /// What the check found.
 #[derive(Debug, Clone, Serialize)]
@@ -82,10 +82,8 @@ impl LocalInstances {
         let (mut logs, mut failures) = (Vec::new(), Vec::new());
         for instance in &instances {
             let log = self.describe(instance)?.log_path;
-            let text = std::fs::read(&log).map_err(|source| LocalError::Io {
-                what: format!("cannot read {}", log.display()),
-                source,
-            })?;
+            let text =
+                std::fs::read(&log).map_err(io_error(format!("cannot read {}", log.display())))?;
             failures.extend(failures_in(&String::from_utf8_lossy(&text), instance));
             logs.push(log);
         }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use pgseal_exec::ExternalCommand;
 use serde::{Deserialize, Serialize};
 
-use crate::instance::{LocalError, LocalInstances, MASTER_USER, check_name};
+use crate::instance::{LocalError, LocalInstances, MASTER_USER, check_name, io_error};
 
 /// The port an endpoint's socket is named after unless another is asked for.
 pub const DEFAULT_ENDPOINT_PORT: u16 = 6432;
@@ -182,11 +182,6 @@ fn url_path(path: &Path) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
-    let what = what.into();
-    move |source| LocalError::Io { what, source }
 }
 
 impl LocalInstances {

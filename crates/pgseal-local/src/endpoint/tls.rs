@@ -17,7 +17,7 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::instance::LocalError;
+use crate::instance::{LocalError, io_error as io};
 
 /// Where endpoints' private keys live: memory, not disk.
 pub const KEY_ROOT: &str = "/dev/shm";
@@ -87,10 +87,7 @@ pub fn generate(endpoint: &str, names: &[String]) -> Result<CertificatePem, Loca
 /// Reads a certificate and key the user gave (PEM files).
 pub fn given(cert: &Path, key: &Path) -> Result<CertificatePem, LocalError> {
     let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| LocalError::Io {
-            what: format!("cannot read {}", path.display()),
-            source,
-        })
+        std::fs::read_to_string(path).map_err(io(format!("cannot read {}", path.display())))
     };
     let cert_pem = read(cert)?;
     let key_pem = Zeroizing::new(read(key)?);
@@ -130,7 +127,6 @@ pub fn names_for(host: &str) -> Vec<String> {
     for n in ["localhost", "127.0.0.1", "::1"] {
         names.push(n.to_string());
     }
-    names.dedup();
     let mut seen = std::collections::BTreeSet::new();
     names.retain(|n| seen.insert(n.clone()));
     names
@@ -143,7 +139,6 @@ pub fn install(
     public_dir: &Path,
     run_as: &RunAs,
 ) -> Result<TlsFiles, LocalError> {
-    let io = |what: String| move |source| LocalError::Io { what, source };
     let key_dir = private_dir(run_as)?;
     let key = key_dir.join("server.key");
     let written = (|| {
@@ -202,10 +197,10 @@ fn private_dir(run_as: &RunAs) -> Result<PathBuf, LocalError> {
             what: format!("cannot create a key directory under {KEY_ROOT}"),
             source: e.into(),
         })?;
-    pgseal_pg::server::create_owned_dir(&dir, run_as).map_err(|source| LocalError::Io {
-        what: format!("cannot hand {} to the server user", dir.display()),
-        source,
-    })?;
+    pgseal_pg::server::create_owned_dir(&dir, run_as).map_err(io(format!(
+        "cannot hand {} to the server user",
+        dir.display()
+    )))?;
     Ok(dir)
 }
 
