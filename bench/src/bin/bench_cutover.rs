@@ -2,8 +2,11 @@
 //! 1. endpoint mode: the ledger workload writes through a PgBouncer endpoint at a steady
 //!    rate for the whole run; ROUNDS migrations each cut over through it (each round
 //!    migrates the previous round's target onto a new key: a chain of key changes). Write
-//!    pause per cutover (pause to first write accepted on the target), p50 and max; client
-//!    errors over the whole run (target: max <= 1 s, 0 errors).
+//!    pause per cutover (pause to first write accepted on the target, pgseal's clock), the
+//!    longest wait PgBouncer saw (`client_wait_ms`), and the longest transaction the
+//!    ledger's clients timed themselves during each cutover (their own clocks: from
+//!    `BEGIN` sent to `COMMIT` answered), p50 and max of each; client errors over the
+//!    whole run (target: client max <= 1 s, 0 errors).
 //! 2. hook mode: the same, without an endpoint; the workload writes straight to the source,
 //!    whose sessions the fence ends (connections dropped and re-made by the application);
 //! 3. endpoint mode over DATABASES databases: the ledger in `postgres` and pgbench TPC-B
@@ -52,8 +55,13 @@ fn percentile(mut xs: Vec<u64>, p: f64) -> u64 {
 
 /// What one chain of cutovers measured.
 struct Chain {
-    /// Write pause of each cutover (ms).
+    /// Write pause of each cutover (ms, pgseal's clock).
     pauses: Vec<u64>,
+    /// The longest client wait PgBouncer saw at each cutover (ms; empty without one).
+    waits: Vec<u64>,
+    /// The longest transaction the ledger's clients saw during each cutover (ms, their
+    /// clocks; 0 when none took `SLOW_MS` or more).
+    client_max: Vec<u64>,
     /// Sessions the fences ended.
     ended: i64,
     /// The ledger workload's summary.
@@ -121,7 +129,7 @@ fn chain(
             benches.push(c.spawn()?);
         }
     }
-    let (mut pauses, mut ended) = (Vec::new(), 0);
+    let (mut pauses, mut waits, mut windows, mut ended) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut source = first;
     for round in 0..rounds {
         let key = format!("bench/{label}{round}");
@@ -147,22 +155,31 @@ fn chain(
             bail!("migrate start: {}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_secs(3));
+        let began = pgseal_workload::unix_ms();
         let report = if endpoint {
             b.json(&["migrate", "cutover", &name, "--endpoint", &ep])?
         } else {
             b.json(&["migrate", "cutover", &name, "--on-switch", "true"])?
         };
+        windows.push((began, pgseal_workload::unix_ms()));
         pauses.push(
             report["write_pause_ms"]
                 .as_u64()
                 .context("write_pause_ms")?,
         );
+        waits.extend(report["client_wait_ms"].as_u64());
         ended += report["sessions_ended"].as_i64().unwrap_or(0);
         b.json(&["migrate", "cleanup", &name, "--delete-source"])?;
         source = target;
     }
     let out = workload.wait_with_output()?;
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let slow: Vec<pgseal_workload::SlowTransaction> =
+        serde_json::from_value(summary["slow_transactions"].clone()).unwrap_or_default();
+    let client_max = windows
+        .iter()
+        .map(|&(from, to)| longest_during(&slow, from, to))
+        .collect();
     let mut pgbench = (0, 0);
     for child in benches {
         let out = child.wait_with_output()?;
@@ -181,10 +198,34 @@ fn chain(
     let _ = b.pgseal(&["instance", "delete", &source, "--yes"]).output();
     Ok(Chain {
         pauses,
+        waits,
+        client_max,
         ended,
         ledger: summary,
         pgbench,
     })
+}
+
+/// The longest of the `slow` transactions that were under way between `from` and `to`
+/// (Unix ms), rounded up; 0 when none was.
+fn longest_during(slow: &[pgseal_workload::SlowTransaction], from: u64, to: u64) -> u64 {
+    slow.iter()
+        .filter(|t| t.began_unix_ms <= to && t.began_unix_ms as f64 + t.ms >= from as f64)
+        .map(|t| t.ms.ceil() as u64)
+        .max()
+        .unwrap_or(0)
+}
+
+/// `p50 A, max B` of `xs` (ms), or `none` when empty.
+fn spread(xs: &[u64]) -> String {
+    if xs.is_empty() {
+        return "none".into();
+    }
+    format!(
+        "p50 {} ms, max {} ms",
+        percentile(xs.to_vec(), 0.5),
+        percentile(xs.to_vec(), 1.0)
+    )
 }
 
 fn main() -> anyhow::Result<()> {
@@ -215,29 +256,32 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let (ep, hk, many) = result?;
-    let (ep_pauses, ep_run) = (ep.pauses, ep.ledger);
-    let (hk_pauses, hk_ended, hk_run) = (hk.pauses, hk.ended, hk.ledger);
     println!(
-        "cutover benchmark: {rounds} chained cutovers per mode, ledger workload at {rate} tx/s"
+        "cutover benchmark: {rounds} chained cutovers per mode, ledger workload at {rate} tx/s \
+         (client max: the ledger's longest transaction during each cutover, by its own clock; \
+         0 = none took {} ms)",
+        pgseal_workload::SLOW_MS
     );
     println!(
-        "  endpoint (PgBouncer PAUSE/RESUME): write pause p50 {} ms, max {} ms (target <= 1000); client errors {}, acknowledged {}",
-        percentile(ep_pauses.clone(), 0.5),
-        percentile(ep_pauses.clone(), 1.0),
-        ep_run["client_errors"],
-        ep_run["acknowledged"]
+        "  endpoint (PgBouncer PAUSE/RESUME): client max {} (target <= 1000); pgseal's timer {}; PgBouncer's longest wait {}; client errors {}, acknowledged {}",
+        spread(&ep.client_max),
+        spread(&ep.pauses),
+        spread(&ep.waits),
+        ep.ledger["client_errors"],
+        ep.ledger["acknowledged"]
     );
     println!(
-        "  hook (no endpoint; direct connections): write pause p50 {} ms, max {} ms; sessions ended by the fences {}, client errors {}",
-        percentile(hk_pauses.clone(), 0.5),
-        percentile(hk_pauses.clone(), 1.0),
-        hk_ended,
-        hk_run["client_errors"]
+        "  hook (no endpoint; direct connections): client max {}; pgseal's timer {}; sessions ended by the fences {}, client errors {}",
+        spread(&hk.client_max),
+        spread(&hk.pauses),
+        hk.ended,
+        hk.ledger["client_errors"]
     );
     println!(
-        "  endpoint over {databases} databases (ledger + pgbench in each other one): write pause p50 {} ms, max {} ms (target <= 1000); ledger client errors {}, pgbench {} processed, {} failed",
-        percentile(many.pauses.clone(), 0.5),
-        percentile(many.pauses.clone(), 1.0),
+        "  endpoint over {databases} databases (ledger + pgbench in each other one): client max {} (target <= 1000); pgseal's timer {}; PgBouncer's longest wait {}; ledger client errors {}, pgbench {} processed, {} failed",
+        spread(&many.client_max),
+        spread(&many.pauses),
+        spread(&many.waits),
         many.ledger["client_errors"],
         many.pgbench.0,
         many.pgbench.1
@@ -245,13 +289,17 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "databases": databases, "databases_pauses_ms": many.pauses,
+            "rounds": rounds, "rate": rate, "databases": databases,
+            "endpoint_pauses_ms": ep.pauses, "endpoint_client_wait_ms": ep.waits,
+            "endpoint_client_max_ms": ep.client_max,
+            "endpoint_client_errors": ep.ledger["client_errors"],
+            "endpoint_acknowledged": ep.ledger["acknowledged"],
+            "hook_pauses_ms": hk.pauses, "hook_client_max_ms": hk.client_max,
+            "hook_sessions_ended": hk.ended, "hook_client_errors": hk.ledger["client_errors"],
+            "databases_pauses_ms": many.pauses, "databases_client_wait_ms": many.waits,
+            "databases_client_max_ms": many.client_max,
             "databases_client_errors": many.ledger["client_errors"],
             "databases_pgbench_processed": many.pgbench.0, "databases_pgbench_failed": many.pgbench.1,
-            "rounds": rounds, "rate": rate,
-            "endpoint_pauses_ms": ep_pauses, "endpoint_client_errors": ep_run["client_errors"],
-            "endpoint_acknowledged": ep_run["acknowledged"],
-            "hook_pauses_ms": hk_pauses, "hook_sessions_ended": hk_ended, "hook_client_errors": hk_run["client_errors"],
         })
     );
     Ok(())

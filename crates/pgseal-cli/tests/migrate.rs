@@ -645,8 +645,14 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
         )
     };
 
-    // Killed before the switch (fenced; drained and sequences set): resume undoes it.
-    for point in ["cutover:fenced", "cutover:drained"] {
+    // Killed before the switch (reverse slots made before the pause; fenced; drained and
+    // sequences set): resume undoes it, reverse objects included (the next cutover makes
+    // them again).
+    for point in [
+        "cutover:reverse_prepared",
+        "cutover:fenced",
+        "cutover:drained",
+    ] {
         write_billing();
         std::thread::sleep(Duration::from_secs(2));
         let out = h.run_env(("PGSEAL_FAILPOINT", point), &["migrate", "cutover", "c2"]);
@@ -655,14 +661,25 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
             h.json(&["migrate", "status", "c2"])["migration"]["phase"],
             "cutting_over"
         );
+        let fenced = if point == "cutover:reverse_prepared" {
+            "true,true,true"
+        } else {
+            "false,false,false"
+        };
         assert_eq!(
             allowed(),
-            "false,false,false",
+            fenced,
             "{point}: the fences hold after the crash"
         );
         let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "c2"]).stdout).to_string();
         assert!(text.contains("undone"), "{point}: {text}");
         assert_eq!(allowed(), "true,true,true", "{point}");
+        assert_eq!(
+            h.sql("src-enc", "postgres")
+                .count("SELECT count(*) FROM pg_replication_slots"),
+            0,
+            "{point}: no reverse slot left on the target"
+        );
         assert_eq!(
             h.json(&["migrate", "status", "c2"])["migration"]["phase"],
             "replicating"

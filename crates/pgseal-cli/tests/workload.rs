@@ -89,3 +89,52 @@ fn run_then_verify_is_clean_and_a_lost_transaction_exits_11() {
         "{text}"
     );
 }
+
+#[test]
+fn a_transaction_held_up_by_a_lock_is_timed_by_the_clients_own_clock() {
+    let db = pgseal_testkit::TestCluster::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("run.ledger");
+    let (url, ledger_arg) = (db.url("postgres"), ledger.to_str().unwrap().to_string());
+    let run = |seconds: &str| {
+        Command::new(env!("CARGO_BIN_EXE_pgseal"))
+            .args(["workload", "run", "--url", &url, "--rate", "100"])
+            .args(["--duration", seconds, "--ledger", &ledger_arg, "--json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A first short run makes the tables; the second is held up by a lock for 800 ms.
+    assert!(run("1").wait().unwrap().success());
+    let writer = run("3");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let locked_at = rt.block_on(async {
+        let c = db.connect("postgres").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let at = pgseal_workload::unix_ms();
+        c.batch_execute(
+            "BEGIN; LOCK TABLE pgseal_ledger_events IN EXCLUSIVE MODE; \
+             SELECT pg_sleep(0.8); COMMIT",
+        )
+        .await
+        .unwrap();
+        at
+    });
+    let out = writer.wait_with_output().unwrap();
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["client_errors"], 0, "{run}");
+    let max = run["latency_max_ms"].as_f64().unwrap();
+    assert!((700.0..3000.0).contains(&max), "{max} ms");
+    let slow = run["slow_transactions"].as_array().unwrap();
+    // The slowest began while the lock was held, by the wall clock.
+    let slowest = slow
+        .iter()
+        .max_by(|a, b| a["ms"].as_f64().partial_cmp(&b["ms"].as_f64()).unwrap())
+        .unwrap();
+    let began = slowest["began_unix_ms"].as_u64().unwrap();
+    assert!(
+        began + 50 >= locked_at && began <= locked_at + 850,
+        "began {began}, locked at {locked_at}"
+    );
+    assert!(slow.iter().all(|t| t["ms"].as_f64().unwrap() >= 10.0));
+}

@@ -23,8 +23,8 @@
 //!    *and flushed* — at or past the flushed position after it.
 //! 5. Every sequence of every database is set on the target from the source's
 //!    `last_value`/`is_called` (not `MAX(column)`, not only owned sequences), and read back.
-//! 6. The subscriptions are disabled, reverse replication is prepared per database,
-//!    [`Switch::point_to_target`] (an endpoint keeps routing the databases outside the
+//! 6. The subscriptions are disabled, reverse replication (prepared per database before
+//!    the pause) is set to start at the target's WAL position now, [`Switch::point_to_target`] (an endpoint keeps routing the databases outside the
 //!    scope to the source), [`Switch::resume`], and a first write through the switch
 //!    measures the write pause.
 //!
@@ -416,6 +416,16 @@ const FENCED_SESSIONS: &str = "SELECT pid, backend_type, datname::text FROM pg_s
      WHERE datname = ANY($1) AND pid <> ALL($2) \
        AND backend_type NOT IN ('walsender', 'autovacuum worker')";
 
+/// Sessions still starting up in a fenced database: from before `CheckMyDatabase` reads
+/// `datallowconn` until after the backend shows in `pg_stat_activity`, `InitPostgres` holds
+/// a `RowExclusiveLock` on the database (a shared object lock, released when its startup
+/// transaction commits). A session that read `datallowconn` before the fence committed is
+/// therefore always visible in this query or in [`FENCED_SESSIONS`], read in that order.
+const STARTING_SESSIONS: &str = "SELECT count(*) FROM pg_locks l \
+     JOIN pg_database d ON d.oid = l.objid \
+     WHERE l.locktype = 'object' AND l.database = 0 AND l.classid = 'pg_database'::regclass \
+       AND d.datname = ANY($1) AND l.pid <> ALL($2) AND l.granted";
+
 /// How often one kind of background worker may come back after being ended before the
 /// fence gives up on it (it bypasses `ALLOW_CONNECTIONS`).
 const WORKER_RETURNS: usize = 3;
@@ -424,14 +434,25 @@ const WORKER_RETURNS: usize = 3;
 /// ended (see [`FENCED_SESSIONS`]); returns what was ended once the fence is proven.
 /// `admin` is a session on a database outside `dbs` (PostgreSQL refuses `ALLOW_CONNECTIONS
 /// false` for the current database); `keep` are pgseal's own sessions, which stay.
+///
+/// Proof: one pass in which no session is starting up in those databases
+/// ([`STARTING_SESSIONS`]), then none other is connected to them, then no prepared
+/// transaction of theirs waits. Any session that could still write must have passed
+/// `CheckMyDatabase` before `ALLOW_CONNECTIONS false` committed, so it is in one of the
+/// first two; a session ended shows until its process has exited, after its last commit.
 async fn fence(admin: &Client, dbs: &[String], keep: &[i32]) -> Result<Fenced, EngineError> {
     for db in dbs {
         allow_connections(admin, db, false, "refusing new connections to the database").await?;
     }
     let mut fenced = Fenced::default();
     let mut returns: HashMap<String, usize> = HashMap::new();
-    let mut quiet_since: Option<Instant> = None;
+    let mut ended_pids = std::collections::HashSet::new();
     loop {
+        let starting: i64 = admin
+            .query_one(STARTING_SESSIONS, &[&dbs, &keep])
+            .await
+            .map_err(sql("source", "listing sessions starting up"))?
+            .get(0);
         let others = admin
             .query(FENCED_SESSIONS, &[&dbs, &keep])
             .await
@@ -439,6 +460,10 @@ async fn fence(admin: &Client, dbs: &[String], keep: &[i32]) -> Result<Fenced, E
         for row in &others {
             let (pid, kind, db): (i32, Option<String>, Option<String>) =
                 (row.get(0), row.get(1), row.get(2));
+            // Ended already, still exiting: signalled once, counted once.
+            if !ended_pids.insert(pid) {
+                continue;
+            }
             let kind = kind.unwrap_or_else(|| "backend".into());
             let ended: bool = admin
                 .query_one("SELECT pg_terminate_backend($1)", &[&pid])
@@ -477,16 +502,10 @@ async fn fence(admin: &Client, dbs: &[String], keep: &[i32]) -> Result<Fenced, E
                 "{prepared} prepared transaction(s) of the migrated databases wait for COMMIT PREPARED or ROLLBACK PREPARED; resolve them first"
             )));
         }
-        if others.is_empty() {
-            // Proven once nothing has been connected for a whole window.
-            let since = *quiet_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Duration::from_millis(200) {
-                return Ok(fenced);
-            }
-        } else {
-            quiet_since = None;
+        if starting == 0 && others.is_empty() {
+            return Ok(fenced);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -580,23 +599,59 @@ async fn flushed_barrier(session: &Client, role: &'static str) -> Result<Lsn, En
     Ok(Lsn::from(lsn))
 }
 
-/// Waits until every slot named in `slots` (on `server`) has confirmed `lsn`; returns the
-/// lowest confirmed position.
-async fn drain(
-    server: &Client,
-    slots: &[String],
-    lsn: Lsn,
-    role: &'static str,
-) -> Result<Lsn, EngineError> {
-    let mut lowest: Option<Lsn> = None;
-    for slot in slots {
-        let confirmed = replication::wait_confirmed(server, slot, lsn)
-            .await
-            .map_err(sql(role, "reading the slot"))?
-            .ok_or_else(|| EngineError::Precondition(format!("slot {slot} is gone")))?;
-        lowest = Some(lowest.map_or(confirmed, |l| l.min(confirmed)));
+/// The two sides of a drain: the publisher, where the slots are, and the subscriber, whose
+/// apply workers must confirm.
+struct DrainSides<'a> {
+    /// A session on the publisher that can read the slots and commit barriers.
+    publisher: &'a Client,
+    /// `source` or `target`, for errors.
+    publisher_role: &'static str,
+    /// A session on the subscriber.
+    subscriber: &'a Client,
+    /// See `publisher_role`.
+    subscriber_role: &'static str,
+}
+
+/// Flushes the subscriber's WAL (a transaction with an xid, committed with
+/// `synchronous_commit = on`, flushes every earlier commit with it).
+async fn flush_wal(session: &Client, role: &'static str) -> Result<(), EngineError> {
+    session
+        .batch_execute("SET synchronous_commit = on; SELECT pg_current_xact_id()")
+        .await
+        .map_err(sql(role, "flushing the WAL"))
+}
+
+/// Waits until every slot named in `slots` has confirmed `lsn`; returns the lowest
+/// confirmed position.
+///
+/// An apply worker commits asynchronously and confirms only what its server has flushed;
+/// left alone it looks again every `wal_writer_delay` (200 ms). So while a slot lags, each
+/// pass flushes the subscriber's WAL and commits an empty barrier on the publisher: the
+/// walsenders wake, find nothing to send, ping their apply workers, and the workers'
+/// replies report the flushed position.
+async fn drain(sides: &DrainSides<'_>, slots: &[String], lsn: Lsn) -> Result<Lsn, EngineError> {
+    loop {
+        let mut lowest: Option<Lsn> = None;
+        let mut behind = false;
+        for slot in slots {
+            let state = replication::slot(sides.publisher, slot)
+                .await
+                .map_err(sql(sides.publisher_role, "reading the slot"))?
+                .ok_or_else(|| EngineError::Precondition(format!("slot {slot} is gone")))?;
+            match state.confirmed_flush_lsn {
+                Some(confirmed) if confirmed >= lsn => {
+                    lowest = Some(lowest.map_or(confirmed, |l| l.min(confirmed)));
+                }
+                _ => behind = true,
+            }
+        }
+        if !behind {
+            return lowest.ok_or_else(|| EngineError::Precondition("no slot to drain".into()));
+        }
+        flush_wal(sides.subscriber, sides.subscriber_role).await?;
+        flushed_barrier(sides.publisher, sides.publisher_role).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    lowest.ok_or_else(|| EngineError::Precondition("no slot to drain".into()))
 }
 
 /// Sets every sequence of `from`'s database on `to`, and reads them back.
@@ -734,6 +789,22 @@ pub async fn cutover<P: Platform, S: Switch>(
     let run = journal.step_started(name, Step::Cutover)?;
     journal.set_phase(name, Phase::CuttingOver, None)?;
 
+    // The reverse publications and slots are made before the pause (a slot waits for the
+    // target's running transactions); inside it, only the subscriptions and their start.
+    let prepared = prepare_reverse(journal, &spec, &streams, &targets.clients).await;
+    report.rollback_ready = match prepared {
+        Ok(ready) => ready,
+        Err(error) => {
+            let undo =
+                drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await;
+            journal.step_failed(run, &crate::engine::error_chain(&error))?;
+            journal.set_phase(name, Phase::Replicating, None)?;
+            undo?;
+            return Err(error);
+        }
+    };
+    failpoint_at("cutover:reverse_prepared");
+
     // Every wait below is bounded by `options.timeout` as a whole.
     let paused = Instant::now();
     let mut laps = Laps::start();
@@ -753,7 +824,13 @@ pub async fn cutover<P: Platform, S: Switch>(
         report.fence_lsn = Some(fence_lsn);
         laps.lap("fence");
         let slots: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
-        report.drained_lsn = Some(drain(&admin, &slots, fence_lsn, "source").await?);
+        let sides = DrainSides {
+            publisher: &sources.clients[0],
+            publisher_role: "source",
+            subscriber: &targets.clients[0],
+            subscriber_role: "target",
+        };
+        report.drained_lsn = Some(drain(&sides, &slots, fence_lsn).await?);
         report.drain_ms = Some(paused.elapsed().as_millis() as u64);
         laps.lap("drain");
         failpoint_at("cutover:drained");
@@ -797,15 +874,17 @@ pub async fn cutover<P: Platform, S: Switch>(
             "target",
         )
         .await?;
-        report.rollback_ready = prepare_reverse(
-            platform,
-            journal,
-            &spec,
-            &streams,
-            &sources.clients,
-            &targets.clients,
-        )
-        .await?;
+        if report.rollback_ready {
+            subscribe_reverse(
+                platform,
+                journal,
+                &spec,
+                &streams,
+                &sources.clients,
+                &targets.clients,
+            )
+            .await?;
+        }
         laps.lap("reverse_setup");
         Ok::<(), EngineError>(())
     };
@@ -898,17 +977,14 @@ async fn switch_over<S: Switch>(
     Ok(client_wait)
 }
 
-/// Sets up replication from the target back to the source for every stream, starting
-/// exactly at the switch point (no application has written to the target yet):
-/// publication and slot on the target, a disabled subscription on the source. `rollback`
-/// enables them. Returns false (and sets nothing up) when the target's `wal_level` is not
-/// logical.
-async fn prepare_reverse<P: Platform>(
-    platform: &P,
+/// Sets up replication from the target back to the source for every stream, before the
+/// pause: publication and slot on the target. [`subscribe_reverse`] then makes the
+/// disabled subscription on the source inside the pause; `rollback` enables it. Returns
+/// false (and sets nothing up) when the target's `wal_level` is not logical.
+async fn prepare_reverse(
     journal: &Journal,
     spec: &MigrationSpec,
     streams: &[Stream],
-    sources: &[Client],
     targets: &[Client],
 ) -> Result<bool, EngineError> {
     let name = &spec.name;
@@ -931,13 +1007,68 @@ async fn prepare_reverse<P: Platform>(
         replication::create_logical_slot(&targets[i], &back)
             .await
             .map_err(sql("target", "creating the reverse slot"))?;
+    }
+    Ok(true)
+}
+
+/// Inside the pause, once the forward subscriptions are drained and disabled and the
+/// change logs dropped (the subscription takes the publication's table list as it is
+/// then): a disabled reverse subscription on the source for every stream, made to start
+/// exactly at the switch point (see [`start_reverse_at_switch`]).
+async fn subscribe_reverse<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+    sources: &[Client],
+    targets: &[Client],
+) -> Result<Lsn, EngineError> {
+    for (i, s) in streams.iter().enumerate() {
+        let (back, db) = (s.reverse_name(), &s.database);
         let conninfo = target_conninfo(platform, spec, db).await?;
-        journal.add_resource(name, "reverse_subscription", db, &back)?;
+        journal.add_resource(&spec.name, "reverse_subscription", db, &back)?;
         replication::create_subscription(&sources[i], &back, &conninfo, &back, &back, false)
             .await
             .map_err(sql("source", "creating the reverse subscription"))?;
     }
-    Ok(true)
+    start_reverse_at_switch(streams, sources, targets).await
+}
+
+/// Makes every reverse subscription start exactly at the switch point, once the forward
+/// subscriptions are drained and disabled: its replication origin on the source is
+/// advanced to the target's current WAL position, so what the forward subscriptions
+/// applied on the target (between the reverse slot's creation and now) is never sent back;
+/// what applications write after the switch is. (The slot's own start is earlier: a
+/// walsender starts at the later of the two.)
+async fn start_reverse_at_switch(
+    streams: &[Stream],
+    sources: &[Client],
+    targets: &[Client],
+) -> Result<Lsn, EngineError> {
+    let at: tokio_postgres::types::PgLsn = targets[0]
+        .query_one("SELECT pg_current_wal_lsn()", &[])
+        .await
+        .map_err(sql("target", "reading the switch point"))?
+        .get(0);
+    for (i, s) in streams.iter().enumerate() {
+        let back = s.reverse_name();
+        let advanced = sources[i]
+            .query_opt(
+                "SELECT pg_replication_origin_advance('pg_' || oid, $1) \
+                 FROM pg_subscription WHERE subname = $2 AND subdbid = \
+                   (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[&at, &back],
+            )
+            .await
+            .map_err(sql("source", "setting where reverse replication starts"))?;
+        if advanced.is_none() {
+            return Err(EngineError::Precondition(format!(
+                "the reverse subscription {back} is missing on the source's {}",
+                s.database
+            )));
+        }
+    }
+    Ok(Lsn::from(at))
 }
 
 /// How the source's server reaches the target's database `db` (the reverse
@@ -1091,6 +1222,12 @@ pub async fn rollback<P: Platform, S: Switch>(
         fence_lsn = Some(lsn);
         let own = opened.pids.clone();
         sources = Some(opened);
+        let back_sides = DrainSides {
+            publisher: &targets.clients[0],
+            publisher_role: "target",
+            subscriber: &sources.as_ref().expect("set above").clients[0],
+            subscriber_role: "source",
+        };
         // Keep everyone else out of the source while its apply workers catch up.
         let keep_out = async {
             loop {
@@ -1108,7 +1245,7 @@ pub async fn rollback<P: Platform, S: Switch>(
             }
         };
         tokio::select! {
-            done = drain(&targets.clients[0], &backs, lsn, "target") => drained = Some(done?),
+            done = drain(&back_sides, &backs, lsn) => drained = Some(done?),
             failed = keep_out => return failed,
         }
         let opened = sources.as_ref().expect("connected above");

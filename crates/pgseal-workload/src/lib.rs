@@ -25,7 +25,7 @@ mod run;
 mod verify;
 
 pub use ledger::{Entry, Kind, Ledger, Outcome, read_ledger};
-pub use run::{RunOptions, RunSummary, run};
+pub use run::{RunOptions, RunSummary, SLOW_KEPT, SLOW_MS, SlowTransaction, run, unix_ms};
 pub use verify::{Verification, verify};
 
 /// The workload's tables, created by [`run`] when missing.

@@ -1,8 +1,9 @@
 //! Writing the workload.
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::types::Type;
 
 use serde::Serialize;
@@ -39,6 +40,51 @@ pub struct RunSummary {
     pub updates: u64,
     /// See `inserts`.
     pub deletes: u64,
+    /// The longest a transaction took, from `BEGIN` sent to `COMMIT` answered (ms, the
+    /// client's own clock), failed and in-doubt ones included.
+    pub latency_max_ms: f64,
+    /// Transactions that took at least [`SLOW_MS`], oldest first (at most
+    /// [`SLOW_KEPT`]): when each began on the wall clock, so that a pause seen elsewhere
+    /// (a cutover) can be matched with what the clients waited.
+    pub slow_transactions: Vec<SlowTransaction>,
+}
+
+/// A transaction that took at least [`SLOW_MS`].
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+pub struct SlowTransaction {
+    /// When its `BEGIN` was sent, in milliseconds since the Unix epoch.
+    pub began_unix_ms: u64,
+    /// How long it took until `COMMIT` was answered (or it failed), in milliseconds.
+    pub ms: f64,
+}
+
+/// The latency from which a transaction is listed in [`RunSummary::slow_transactions`].
+pub const SLOW_MS: f64 = 10.0;
+
+/// How many slow transactions a run lists at most (the rest only count in
+/// [`RunSummary::latency_max_ms`]).
+pub const SLOW_KEPT: usize = 100_000;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Default)]
+struct Latencies {
+    max_ms: f64,
+    slow: Vec<SlowTransaction>,
+}
+
+impl Latencies {
+    fn record(&mut self, began_unix_ms: u64, ms: f64) {
+        self.max_ms = self.max_ms.max(ms);
+        if ms >= SLOW_MS && self.slow.len() < SLOW_KEPT {
+            self.slow.push(SlowTransaction { began_unix_ms, ms });
+        }
+    }
 }
 
 #[derive(Default)]
@@ -49,6 +95,7 @@ struct Counters {
     inserts: AtomicU64,
     updates: AtomicU64,
     deletes: AtomicU64,
+    latencies: Mutex<Latencies>,
 }
 
 /// Creates the workload's tables if missing, then writes at `rate` for `duration` from
@@ -99,6 +146,9 @@ pub async fn run(
         return Err(e);
     }
     let c = &counters;
+    let mut latencies =
+        std::mem::take(&mut *c.latencies.lock().expect("no client panicked holding it"));
+    latencies.slow.sort_by_key(|t| t.began_unix_ms);
     Ok(RunSummary {
         acknowledged: c.acknowledged.load(Ordering::Relaxed),
         uncertain: c.uncertain.load(Ordering::Relaxed),
@@ -106,6 +156,8 @@ pub async fn run(
         inserts: c.inserts.load(Ordering::Relaxed),
         updates: c.updates.load(Ordering::Relaxed),
         deletes: c.deletes.load(Ordering::Relaxed),
+        latency_max_ms: latencies.max_ms,
+        slow_transactions: latencies.slow,
     })
 }
 
@@ -160,7 +212,13 @@ async fn client_loop(
             3 if !rows.is_empty() => (Kind::Delete, rows[0]),
             _ => (Kind::Insert, txid),
         };
+        let (began, began_unix_ms) = (Instant::now(), unix_ms());
         let outcome = transaction(c, client_no, txid, kind, target).await;
+        counters
+            .latencies
+            .lock()
+            .expect("no client panicked holding it")
+            .record(began_unix_ms, began.elapsed().as_secs_f64() * 1000.0);
         let entry = |outcome| Entry {
             outcome,
             txid,

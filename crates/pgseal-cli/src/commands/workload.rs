@@ -59,13 +59,16 @@ pub fn run(ctx: &Context, action: &WorkloadCommand) -> Outcome {
                 print_json(&summary)?;
             } else {
                 println!(
-                    "acknowledged {} (inserts {}, updates {}, deletes {}), uncertain {}, client errors {}",
+                    "acknowledged {} (inserts {}, updates {}, deletes {}), uncertain {}, client errors {}; longest transaction {:.0} ms, {} took {} ms or more",
                     summary.acknowledged,
                     summary.inserts,
                     summary.updates,
                     summary.deletes,
                     summary.uncertain,
-                    summary.client_errors
+                    summary.client_errors,
+                    summary.latency_max_ms,
+                    summary.slow_transactions.len(),
+                    pgseal_workload::SLOW_MS
                 );
             }
             Ok(exit::code(exit::OK))
