@@ -23,10 +23,11 @@
 //!    *and flushed* — at or past the flushed position after it.
 //! 5. Every sequence of every database is set on the target from the source's
 //!    `last_value`/`is_called` (not `MAX(column)`, not only owned sequences), and read back.
-//! 6. The subscriptions are disabled, reverse replication (prepared per database before
-//!    the pause) is set to start at the target's WAL position now, [`Switch::point_to_target`] (an endpoint keeps routing the databases outside the
-//!    scope to the source), [`Switch::resume`], and a first write through the switch
-//!    measures the write pause.
+//! 6. The subscriptions are disabled, reverse replication (publication and slot made per
+//!    database before the pause) gets its subscription, set to start at the target's WAL
+//!    position now, [`Switch::point_to_target`] (an endpoint keeps routing the databases
+//!    outside the scope to the source), [`Switch::resume`], and a first write through the
+//!    switch measures the write pause.
 //!
 //! If anything fails (or `timeout` passes) before the switch, the fences are lifted, the
 //! subscriptions re-enabled, the endpoint resumed on the source, and the migration is back
@@ -612,8 +613,8 @@ struct DrainSides<'a> {
     subscriber_role: &'static str,
 }
 
-/// Flushes the subscriber's WAL (a transaction with an xid, committed with
-/// `synchronous_commit = on`, flushes every earlier commit with it).
+/// Flushes the WAL of `session`'s server: a transaction with an xid, committed with
+/// `synchronous_commit = on`, flushes every earlier commit with it.
 async fn flush_wal(session: &Client, role: &'static str) -> Result<(), EngineError> {
     session
         .batch_execute("SET synchronous_commit = on; SELECT pg_current_xact_id()")
