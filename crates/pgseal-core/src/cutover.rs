@@ -33,7 +33,7 @@
 //! subscriptions re-enabled, the endpoint resumed on the source, and the migration is back
 //! to replicating; the error says why.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -447,7 +447,7 @@ async fn fence(admin: &Client, dbs: &[String], keep: &[i32]) -> Result<Fenced, E
     }
     let mut fenced = Fenced::default();
     let mut returns: HashMap<String, usize> = HashMap::new();
-    let mut ended_pids = std::collections::HashSet::new();
+    let mut ended_pids = HashSet::new();
     loop {
         let starting: i64 = admin
             .query_one(STARTING_SESSIONS, &[&dbs, &keep])
@@ -1013,9 +1013,12 @@ async fn prepare_reverse(
 }
 
 /// Inside the pause, once the forward subscriptions are drained and disabled and the
-/// change logs dropped (the subscription takes the publication's table list as it is
-/// then): a disabled reverse subscription on the source for every stream, made to start
-/// exactly at the switch point (see [`start_reverse_at_switch`]).
+/// change logs dropped (a subscription takes the publication's table list as it is then):
+/// a disabled reverse subscription on the source for every stream, started exactly at the
+/// switch point. Its replication origin is advanced to the target's current WAL position,
+/// so what the forward subscriptions applied on the target (since the reverse slot was
+/// made) is never sent back; what applications write after the switch is. (The slot's own
+/// start is earlier: a walsender starts at the later of the two.)
 async fn subscribe_reverse<P: Platform>(
     platform: &P,
     journal: &Journal,
@@ -1023,7 +1026,12 @@ async fn subscribe_reverse<P: Platform>(
     streams: &[Stream],
     sources: &[Client],
     targets: &[Client],
-) -> Result<Lsn, EngineError> {
+) -> Result<(), EngineError> {
+    let switch_point: tokio_postgres::types::PgLsn = targets[0]
+        .query_one("SELECT pg_current_wal_lsn()", &[])
+        .await
+        .map_err(sql("target", "reading the switch point"))?
+        .get(0);
     for (i, s) in streams.iter().enumerate() {
         let (back, db) = (s.reverse_name(), &s.database);
         let conninfo = target_conninfo(platform, spec, db).await?;
@@ -1031,45 +1039,22 @@ async fn subscribe_reverse<P: Platform>(
         replication::create_subscription(&sources[i], &back, &conninfo, &back, &back, false)
             .await
             .map_err(sql("source", "creating the reverse subscription"))?;
-    }
-    start_reverse_at_switch(streams, sources, targets).await
-}
-
-/// Makes every reverse subscription start exactly at the switch point, once the forward
-/// subscriptions are drained and disabled: its replication origin on the source is
-/// advanced to the target's current WAL position, so what the forward subscriptions
-/// applied on the target (between the reverse slot's creation and now) is never sent back;
-/// what applications write after the switch is. (The slot's own start is earlier: a
-/// walsender starts at the later of the two.)
-async fn start_reverse_at_switch(
-    streams: &[Stream],
-    sources: &[Client],
-    targets: &[Client],
-) -> Result<Lsn, EngineError> {
-    let at: tokio_postgres::types::PgLsn = targets[0]
-        .query_one("SELECT pg_current_wal_lsn()", &[])
-        .await
-        .map_err(sql("target", "reading the switch point"))?
-        .get(0);
-    for (i, s) in streams.iter().enumerate() {
-        let back = s.reverse_name();
         let advanced = sources[i]
             .query_opt(
                 "SELECT pg_replication_origin_advance('pg_' || oid, $1) \
                  FROM pg_subscription WHERE subname = $2 AND subdbid = \
                    (SELECT oid FROM pg_database WHERE datname = current_database())",
-                &[&at, &back],
+                &[&switch_point, &back],
             )
             .await
             .map_err(sql("source", "setting where reverse replication starts"))?;
         if advanced.is_none() {
             return Err(EngineError::Precondition(format!(
-                "the reverse subscription {back} is missing on the source's {}",
-                s.database
+                "the reverse subscription {back} is missing on the source's {db}"
             )));
         }
     }
-    Ok(Lsn::from(at))
+    Ok(())
 }
 
 /// How the source's server reaches the target's database `db` (the reverse
