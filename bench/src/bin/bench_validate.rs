@@ -3,7 +3,11 @@
 //!    parallel, discarded (reading the data once);
 //! 2. `pgseal migrate validate` of the same pair, clean (target <= 1.5x the floor; rows/s
 //!    per side, each side one core, target >= 1.5 M);
-//! 3. the same with 10 scattered rows changed on the target behind replication's back
+//! 3. under writes: pgbench TPC-B (4 clients) on the source while `validate` runs, against
+//!    pgbench alone for as long: the longest time validation held a table locked on the
+//!    source (`source_lock_max_ms`, target <= 100 ms), false mismatches (target 0), and
+//!    pgbench's tps and average latency with and without validation;
+//! 4. the same with 10 scattered rows changed on the target behind replication's back
 //!    (target <= 1.1x the clean run, all 10 found).
 //!
 //! Usage: `bench-validate [SCALE] [ROUNDS]` (default 50, 3), as root, from the workspace
@@ -58,6 +62,38 @@ fn validate(b: &Harness) -> anyhow::Result<(Duration, serde_json::Value)> {
         bail!("validate: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok((elapsed, serde_json::from_slice(&out.stdout)?))
+}
+
+/// pgbench TPC-B on the source for `seconds`, 4 clients, its report on stdout.
+fn pgbench(b: &Harness, seconds: u32) -> anyhow::Result<std::process::Child> {
+    Ok(b.program("pgbench")
+        .args(b.conn("val-src")?)
+        .args([
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "postgres",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+/// `(tps, average latency in ms)` from pgbench's report.
+fn pgbench_figures(out: &std::process::Output) -> anyhow::Result<(f64, f64)> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let figure = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .with_context(|| format!("no `{prefix}` in pgbench's report: {text}"))
+    };
+    Ok((figure("tps = ")?, figure("latency average = ")?))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +155,27 @@ fn run(b: &Harness, scale: u32, rounds: usize) -> anyhow::Result<()> {
             }
         }
     }
+    let (floor, clean) = (median(t_floor), median(t_clean));
+    // Under writes: pgbench alone, then pgbench while validation runs, for as long.
+    let seconds = (clean.as_secs_f64() * rounds as f64 + 2.0).ceil() as u32;
+    let alone = pgbench(b, seconds)?.wait_with_output()?;
+    let writer = pgbench(b, seconds)?;
+    let (mut lock_max, mut false_mismatches, mut suspended, mut passes) = (0.0f64, 0, 0, 0);
+    let busy = Instant::now();
+    while busy.elapsed().as_secs_f64() + clean.as_secs_f64() < f64::from(seconds) || passes == 0 {
+        let (_, report) = validate(b)?;
+        passes += 1;
+        lock_max = lock_max.max(report["source_lock_max_ms"].as_f64().unwrap_or(f64::NAN));
+        false_mismatches += report["mismatched_rows"].as_i64().unwrap_or(-1);
+        suspended += report["tables"]
+            .as_array()
+            .context("tables")?
+            .iter()
+            .filter(|t| t["state"] == "suspended")
+            .count();
+    }
+    let beside = writer.wait_with_output()?;
+    let (alone, beside) = (pgbench_figures(&alone)?, pgbench_figures(&beside)?);
     // Ten scattered rows changed on the target, replication bypassed.
     let accounts = i64::from(scale) * 100_000;
     let ids: Vec<String> = (0..10)
@@ -156,7 +213,7 @@ fn run(b: &Harness, scale: u32, rounds: usize) -> anyhow::Result<()> {
             .unwrap_or(0);
         t_dirty.push(t);
     }
-    let (floor, clean, dirty) = (median(t_floor), median(t_clean), median(t_dirty));
+    let dirty = median(t_dirty);
     let per_side = rows as f64 / clean.as_secs_f64();
     println!(
         "validate benchmark: pgbench scale {scale} pair ({rows} rows a side), medians of {rounds} rounds"
@@ -172,6 +229,17 @@ fn run(b: &Harness, scale: u32, rounds: usize) -> anyhow::Result<()> {
         per_side / 1e6
     );
     println!(
+        "  under pgbench TPC-B ({passes} passes, {seconds} s): longest lock on the source {lock_max:.1} ms (target <= 100); {false_mismatches} false mismatches (target 0); {suspended} table(s) suspended"
+    );
+    println!(
+        "    pgbench alone {:.0} tps, {:.2} ms average; beside validation {:.0} tps ({:.2} of alone), {:.2} ms average",
+        alone.0,
+        alone.1,
+        beside.0,
+        beside.0 / alone.0,
+        beside.1
+    );
+    println!(
         "  migrate validate, 10 scattered differences           {:>7.2} s  ratio {:.2} to clean (target <= 1.1); found {found} of 10",
         dirty.as_secs_f64(),
         dirty.as_secs_f64() / clean.as_secs_f64()
@@ -184,6 +252,12 @@ fn run(b: &Harness, scale: u32, rounds: usize) -> anyhow::Result<()> {
             "clean_to_floor": clean.as_secs_f64() / floor.as_secs_f64(),
             "dirty_to_clean": dirty.as_secs_f64() / clean.as_secs_f64(),
             "rows_per_s_per_side": per_side, "found": found,
+            "under_writes": {
+                "passes": passes, "source_lock_max_ms": lock_max,
+                "false_mismatches": false_mismatches, "suspended_tables": suspended,
+                "pgbench_tps_alone": alone.0, "pgbench_tps_beside": beside.0,
+                "pgbench_latency_ms_alone": alone.1, "pgbench_latency_ms_beside": beside.1,
+            },
         })
     );
     Ok(())

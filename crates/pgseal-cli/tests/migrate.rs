@@ -766,13 +766,49 @@ fn cleanup_after_cutover_leaves_no_slot_publication_or_subscription_on_either_si
     let h = Home::new();
     h.source("src", &["wal_level=logical"]);
     h.ok(&["migrate", "start", "--source", "src", "--name", "k1"]);
-    h.json(&[
-        "migrate",
-        "cutover",
-        "k1",
-        "--on-switch",
-        "test -n \"$PGSEAL_NEW_URL\"",
-    ]);
+    // The hook gets a clean environment: none of pgseal's secrets.
+    let seen = h.path("hook-env");
+    let hook = format!("test -n \"$PGSEAL_NEW_URL\" && env > {}", seen.display());
+    let out = h
+        .command(&["migrate", "cutover", "k1", "--on-switch", &hook, "--json"])
+        .env("PGPASSWORD", "source password")
+        .env("AWS_SECRET_ACCESS_KEY", "cloud secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = std::fs::read_to_string(&seen).unwrap();
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(n, _)| n))
+        .collect();
+    assert!(
+        names.contains(&"PGSEAL_NEW_URL") && names.contains(&"PATH"),
+        "{env}"
+    );
+    for secret in [
+        "PGSEAL_PASSPHRASE",
+        "PGPASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "PGSEAL_HOME",
+    ] {
+        assert!(!names.contains(&secret), "the hook got {secret}: {env}");
+    }
+    // Nothing to resume once cut over: it says so, and the phase stays.
+    let out = h.ok(&["migrate", "resume", "k1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("is cut_over: there is nothing to resume"),
+        "{text}"
+    );
+    assert!(!text.contains("replicating"), "{text}");
+    assert_eq!(
+        h.json(&["migrate", "status", "k1"])["migration"]["phase"],
+        "cut_over"
+    );
     let out = h.json(&["migrate", "cleanup", "k1", "--retire-source"]);
     assert!(out["removed"].as_array().unwrap().len() >= 4, "{out}");
     assert_eq!(h.sql("src-enc", "postgres").pgseal_everything(), 0);
@@ -806,6 +842,9 @@ fn validate_is_clean_on_equal_data_of_every_type_and_names_each_planted_differen
            ('x', 1, -0.0, 1.50, '2026-01-01 12:00+02', '{1,2,NULL}', '{\"k\": [1, 2]}', '{\"k\": 1}', '\\x00ff', repeat('toast', 100000)), \
            ('x', 2, 1e308, 0.1, NULL, NULL, NULL, NULL, NULL, NULL), \
            ('y', 1, 'NaN', -12345678901234567890.12345, 'infinity', '{}', '[]', '[]', '', ''); \
+         INSERT INTO kinds (a, b, jb) VALUES ('z', 1, '{\"n\": 1}'); \
+         CREATE TABLE pipes (a text, b text, PRIMARY KEY (a, b)); \
+         INSERT INTO pipes VALUES ('a|b', 'c'), ('a', 'b|c'); \
          CREATE TABLE loose (v text); INSERT INTO loose VALUES ('a'), ('a'), ('b'); \
          ALTER TABLE loose REPLICA IDENTITY FULL",
     );
@@ -829,6 +868,8 @@ fn validate_is_clean_on_equal_data_of_every_type_and_names_each_planted_differen
          UPDATE items SET v = 'changed' WHERE id = 777; DELETE FROM items WHERE id = 4242; \
          INSERT INTO items VALUES (999999, 'extra'); \
          UPDATE kinds SET n = 1.5000 WHERE a = 'x' AND b = 1; \
+         UPDATE kinds SET jb = '{\"n\": 1.00}' WHERE a = 'z'; \
+         DELETE FROM pipes WHERE a = 'a'; \
          INSERT INTO loose VALUES ('b')",
     );
     let out = h.run(&["migrate", "validate", "v1", "--json"]);
@@ -860,13 +901,33 @@ fn validate_is_clean_on_equal_data_of_every_type_and_names_each_planted_differen
     let kinds = table("public.kinds");
     assert_eq!(
         kinds["different"],
-        serde_json::json!(["x|1"]),
-        "numeric 1.50 vs 1.5000"
+        serde_json::json!(["(x,1)", "(z,1)"]),
+        "numeric 1.50 vs 1.5000, jsonb 1 vs 1.00 (equal as jsonb, hashed alike as jsonb)"
     );
+    // ('a|b','c') and ('a','b|c') are two keys, not one `a|b|c`.
+    let pipes = table("public.pipes");
+    assert_eq!(pipes["missing"], serde_json::json!(["(a,b|c)"]), "{pipes}");
+    assert_eq!(pipes["mismatched_rows"], 1);
     let loose = table("public.loose");
     assert_eq!(loose["state"], "no_primary_key");
     assert_eq!(loose["mismatched_rows"], 1);
-    assert_eq!(dirty["mismatched_rows"], 5);
+    assert_eq!(dirty["mismatched_rows"], 7);
+
+    // The journal keeps counts and identifier keys, never a row's text; the text keys of
+    // kinds and pipes are withheld from it.
+    let mut journal = Vec::new();
+    for file in ["journal.sqlite", "journal.sqlite-wal"] {
+        journal.extend(std::fs::read(h.path("home").join(file)).unwrap_or_default());
+    }
+    let journal = String::from_utf8_lossy(&journal);
+    assert!(journal.contains("999999"), "the identifier keys are kept");
+    for row_value in ["(777,changed)", "(777,v777)", "a,b|c", "(x,1)", "toast"] {
+        assert!(
+            !journal.contains(row_value),
+            "{row_value} is in the journal"
+        );
+    }
+    h.assert_private();
     let text = String::from_utf8_lossy(&h.run(&["migrate", "validate", "v1"]).stdout).to_string();
     assert!(
         text.contains("4242") && text.contains("NOT clean"),
@@ -920,7 +981,13 @@ fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
         stderr.contains("final check") && stderr.contains("public.items: 321"),
         "{stderr}"
     );
-    assert!(stderr.contains("public.loose: row hash"), "{stderr}");
+    // The key-less table's difference is counted; its row hashes are not listed (the
+    // message is journaled).
+    assert!(
+        stderr.contains("1 more whose keys are not identifiers"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("row hash"), "{stderr}");
     // Refused before the switch: the fence is lifted and the source still serves.
     assert_eq!(
         h.json(&["migrate", "status", "f1"])["migration"]["phase"],
@@ -928,6 +995,30 @@ fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
     );
     let src = h.sql("src", "postgres");
     src.exec("INSERT INTO items VALUES (5001, 'after')");
+
+    // Models a cutover that failed after dropping the change log (its pause drops it
+    // before the switch): the next cutover must not run a final check that compares
+    // nothing. It refuses before fencing anything, and a new validation restores it.
+    let target = h.sql("src-enc", "postgres");
+    target.exec(
+        "SET session_replication_role = replica; UPDATE items SET v = 'v' WHERE id = 321; \
+         DELETE FROM loose WHERE v = 'b'; DROP SCHEMA pgseal_validate CASCADE",
+    );
+    let out = h.run(&["migrate", "cutover", "f1", "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains("change log the final check reads is gone"),
+        "{stdout}"
+    );
+    assert_eq!(
+        src.count(
+            "SELECT count(*) FROM pg_database WHERE NOT datallowconn AND datname = 'postgres'"
+        ),
+        0
+    );
+    assert_eq!(h.json(&["migrate", "validate", "f1"])["clean"], true);
+    h.ok(&["migrate", "cutover", "f1", "--dry-run"]);
 }
 
 #[test]

@@ -371,13 +371,25 @@ async fn check<P: Platform, S: Switch>(
             Err(e) => failed.push(format!("the target cannot be described: {e}")),
         }
     }
-    if let Some(last) = journal.outputs(name, Step::Validate)?
-        && last["clean"] == false
-    {
-        failed.push(format!(
-            "the last validation found {} mismatched row(s); `pgseal migrate validate {name}` again once fixed",
-            last["mismatched_rows"]
-        ));
+    match journal.outputs(name, Step::Validate)? {
+        Some(last) if !crate::validate::lets_cutover(&last) => failed.push(format!(
+            "the last validation found {} mismatched row(s) or a table it could not compare; `pgseal migrate validate {name}` again once fixed",
+            last["mismatched_rows"],
+        )),
+        // The final check compares only rows the target's change log names: without the
+        // log (an earlier cutover that failed after dropping it), it would compare nothing.
+        Some(_) if st.migration.phase == Phase::Replicating => {
+            for s in streams_of(journal, name)? {
+                let target = connect_to(platform, &st.migration.spec.target, &s.database, "target").await?;
+                if !crate::validate::change_log_present(&target).await? {
+                    failed.push(format!(
+                        "{}: the change log the final check reads is gone from the target (an earlier cutover attempt removed it); `pgseal migrate validate {name}` again",
+                        s.database
+                    ));
+                }
+            }
+        }
+        _ => {}
     }
     if st.migration.phase == Phase::Replicating {
         let streams = streams_of(journal, name)?;
@@ -584,7 +596,10 @@ async fn target_admin<P: Platform>(
 /// Commits a barrier on `session` with `synchronous_commit = on` — its commit is flushed,
 /// and with it every earlier commit, asynchronous ones included — and returns the flushed
 /// WAL position after it: what the other side must confirm for nothing to be left behind.
-async fn flushed_barrier(session: &Client, role: &'static str) -> Result<Lsn, EngineError> {
+pub(crate) async fn flushed_barrier(
+    session: &Client,
+    role: &'static str,
+) -> Result<Lsn, EngineError> {
     session
         .batch_execute(
             "SET synchronous_commit = on; \
@@ -835,9 +850,9 @@ pub async fn cutover<P: Platform, S: Switch>(
         report.drain_ms = Some(paused.elapsed().as_millis() as u64);
         laps.lap("drain");
         failpoint_at("cutover:drained");
-        // Only what changed since the last clean validation pass is verified again.
+        // Only what changed since the last validation pass began is verified again.
         if let Some(last) = journal.outputs(name, Step::Validate)?
-            && last["clean"] == true
+            && crate::validate::lets_cutover(&last)
         {
             let mut total = crate::validate::FinalCheck::default();
             for (i, s) in streams.iter().enumerate() {
@@ -851,11 +866,22 @@ pub async fn cutover<P: Platform, S: Switch>(
                     total.add(&s.database, check);
                 }
             }
-            let (mismatched, keys) = (total.mismatched_rows, total.keys.clone());
+            let (mismatched, keys, withheld) = (
+                total.mismatched_rows,
+                total.keys.clone(),
+                total.keys_withheld,
+            );
             report.final_check = Some(total);
             if mismatched > 0 {
+                let unlisted = if withheld > 0 {
+                    format!(
+                        " ({withheld} more whose keys are not identifiers; `pgseal migrate validate {name}` shows them)"
+                    )
+                } else {
+                    String::new()
+                };
                 return Err(EngineError::Precondition(format!(
-                    "the final check found {mismatched} row(s) differing since the last validation: {}",
+                    "the final check found {mismatched} row(s) differing since the last validation: {}{unlisted}",
                     keys.join(", ")
                 )));
             }

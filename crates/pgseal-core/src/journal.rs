@@ -367,6 +367,31 @@ impl Journal {
                 format!("{}: {e}", home.display()).into(),
             ))
         })?;
+        // Owner-only: SQLite gives its -wal and -shm files the database file's mode.
+        let private = |p: &Path| -> std::io::Result<()> {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(p)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        };
+        private(&path)
+            .and_then(|()| {
+                for suffix in ["-wal", "-shm"] {
+                    let side = home.join(format!("journal.sqlite{suffix}"));
+                    if side.exists() {
+                        private(&side)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| {
+                wrap(rusqlite::Error::InvalidPath(
+                    format!("{}: {e}", path.display()).into(),
+                ))
+            })?;
         let conn = Connection::open(&path).map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(wrap)?;
         conn.execute_batch(
@@ -973,7 +998,7 @@ impl MigrationLock {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(lock_error)?;
+        pgseal_crashsafe::create_dir_all_durable(&dir, 0o700).map_err(lock_error)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -161,23 +161,28 @@ impl std::fmt::Display for Step {
 /// The environment variable naming a failpoint: `before:STEP` ends the process when the
 /// step has been journaled as started and nothing else done; `after:STEP` ends it when
 /// the step's work is done but not yet journaled as done (the hardest case for resume).
+///
+/// Failpoints and test hooks exist only in builds with the `failpoints` feature (the test
+/// suite's: `scripts/test` enables `pgseal-cli/failpoints`); in any other build the
+/// variables are ignored.
 pub const FAILPOINT_VAR: &str = "PGSEAL_FAILPOINT";
 
+/// Whether this build has failpoints and test hooks (the `failpoints` feature).
+pub const FAILPOINTS: bool = cfg!(feature = "failpoints");
+
 /// Ends the process abruptly (as a kill would) when `PGSEAL_FAILPOINT` names this point.
-/// Used by the crash tests; unset, it costs one environment lookup.
+/// Used by the crash tests; unset, it costs one environment lookup; without the
+/// `failpoints` feature, nothing.
 pub fn failpoint(when: &str, step: Step) {
-    if let Ok(wanted) = std::env::var(FAILPOINT_VAR)
-        && wanted == format!("{when}:{}", step.as_str())
-    {
-        eprintln!("pgseal: failpoint {wanted} reached: aborting the process");
-        std::process::abort();
+    if FAILPOINTS {
+        failpoint_at(&format!("{when}:{}", step.as_str()));
     }
 }
 
 /// Ends the process abruptly when `PGSEAL_FAILPOINT` names `point` (points inside a step,
 /// such as `cutover:fenced`, `cutover:drained`, `cutover:switched`).
 pub fn failpoint_at(point: &str) {
-    if std::env::var(FAILPOINT_VAR).is_ok_and(|wanted| wanted == point) {
+    if FAILPOINTS && std::env::var(FAILPOINT_VAR).is_ok_and(|wanted| wanted == point) {
         eprintln!("pgseal: failpoint {point} reached: aborting the process");
         std::process::abort();
     }
@@ -187,14 +192,28 @@ pub fn failpoint_at(point: &str) {
 /// prove its guards: `late-slot` creates the slot after the snapshot instead of before.
 pub const TEST_HOOK_VAR: &str = "PGSEAL_TEST_HOOK";
 
-/// True when the test hook `name` is set.
+/// True when the test hook `name` is set (and the build has the `failpoints` feature).
 pub fn test_hook(name: &str) -> bool {
-    std::env::var(TEST_HOOK_VAR).is_ok_and(|v| v.split(',').any(|h| h == name))
+    FAILPOINTS && std::env::var(TEST_HOOK_VAR).is_ok_and(|v| v.split(',').any(|h| h == name))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a build without the feature runs this (`scripts/test` runs it so): there the
+    /// variable is ignored, even when set to a point that is reached.
+    #[cfg(not(feature = "failpoints"))]
+    #[test]
+    fn without_the_feature_a_failpoint_does_nothing() {
+        const { assert!(!FAILPOINTS) };
+        // SAFETY: this test binary's other tests neither read nor write the environment.
+        unsafe { std::env::set_var(FAILPOINT_VAR, "after:preflight") };
+        unsafe { std::env::set_var(TEST_HOOK_VAR, "late-slot") };
+        failpoint("after", Step::Preflight);
+        failpoint_at("after:preflight");
+        assert!(!test_hook("late-slot"));
+    }
 
     #[test]
     fn names_round_trip_and_number_in_order() {

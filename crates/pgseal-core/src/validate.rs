@@ -7,12 +7,13 @@
 //! (`hash_record_extended(ROW(...), 0)`); columns whose hash follows equality rather than
 //! identity (numeric `1.0` = `1.00`, float `-0` = `0`) or that have no hash (json, geometric
 //! types, ...) are hashed as text, under identical session settings on both sides. A chunk
-//! that differs is compared again once the target has applied past the source's position
-//! at the first read (replication may simply have been behind); if it still differs, the
-//! (key, row hash) lists of both sides are merged and the keys reported as missing, extra
-//! or different. A chunk whose source side keeps changing is reported *unstable* after a
-//! few tries, not as a mismatch. Tables without a primary key are compared as multisets of
-//! row hashes.
+//! that differs is compared again key by key at one point of the replication stream,
+//! holding no lock: the target's change log (a trigger on each validated table) tells
+//! which keys changed while the two sides were read, and only those are inconclusive;
+//! they are read again by key, and as a last resort with the source table held in SHARE
+//! mode for at most about 100 ms (see [`locked`]). A chunk whose rows cannot be settled
+//! is reported *unstable*, not as a mismatch. Tables without a primary key are compared as
+//! multisets of row hashes.
 //!
 //! A clean result means: for every chunk, at one moment at which the target had applied
 //! everything the source had committed when the source side was read, the count and the
@@ -54,7 +55,6 @@ const EXACT_TYPES: &[&str] = &[
     "timestamptz",
     "uuid",
     "oid",
-    "jsonb",
     "time",
     "char",
     "name",
@@ -62,6 +62,10 @@ const EXACT_TYPES: &[&str] = &[
 
 /// How many keys of each kind the report lists per table.
 const LISTED: usize = 50;
+
+/// Key column types whose values are identifiers pgseal may keep in its journal: numbers
+/// and uuids a database hands out, not text a person typed (an e-mail address, a name).
+const IDENTIFIER_TYPES: &[&str] = &["smallint", "integer", "bigint", "uuid", "oid"];
 
 /// Seconds of work a chunk aims at.
 const CHUNK_SECONDS: f64 = 0.5;
@@ -128,6 +132,33 @@ pub struct TableReport {
     pub error: Option<String>,
     /// The first differing rows in full, from both sides.
     pub details: Vec<RowDetail>,
+    /// The longest time this table was held in SHARE mode on the source (the locked
+    /// re-check of a difference unlocked reads could not settle), in milliseconds.
+    pub source_lock_ms: f64,
+    /// True in the journal's copy when the keys were left out of it (they are not all
+    /// identifiers, see [`ValidationReport::journaled`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keys_withheld: bool,
+    /// Whether this table's key columns are all identifiers (integers, uuids).
+    #[serde(skip)]
+    pub keys_are_identifiers: bool,
+}
+
+impl TableReport {
+    /// This table's result as the journal keeps it: no row text, and keys only when they
+    /// are identifiers.
+    fn journaled(&self) -> TableReport {
+        let mut kept = self.clone();
+        kept.details.clear();
+        if !self.keys_are_identifiers {
+            kept.keys_withheld =
+                !(kept.missing.is_empty() && kept.extra.is_empty() && kept.different.is_empty());
+            kept.missing.clear();
+            kept.extra.clear();
+            kept.different.clear();
+        }
+        kept
+    }
 }
 
 /// The whole validation.
@@ -143,9 +174,26 @@ pub struct ValidationReport {
     pub seconds: f64,
     /// True when every table is validated (or, without a key, equal as a multiset).
     pub clean: bool,
+    /// The longest time any table was held locked on the source, in milliseconds.
+    pub source_lock_max_ms: f64,
     /// Per database, the target's change log position when this pass began: the
     /// cutover's final check re-verifies only rows changed after it.
     pub horizons: std::collections::BTreeMap<String, i64>,
+}
+
+impl ValidationReport {
+    /// The report as the journal (a file on the host's disk, beside an encrypted target)
+    /// keeps it: counts and states, no row text (`details` is only ever printed by the
+    /// command that found it), and the differing keys only for tables whose key columns
+    /// are all identifiers (integers, uuids). Other keys (text, e-mail addresses, ...) and
+    /// the row hashes of key-less tables are left out; `keys_withheld` says so, and
+    /// `pgseal migrate validate` shows them again on the terminal.
+    pub fn journaled(&self) -> ValidationReport {
+        ValidationReport {
+            tables: self.tables.iter().map(TableReport::journaled).collect(),
+            ..self.clone()
+        }
+    }
 }
 
 fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
@@ -219,10 +267,51 @@ impl Shape {
         format!("({})", cols.join(", "))
     }
 
-    /// The key as one text (`a|b`), for reports and merging.
+    /// The key as one text, for reports and merging: the column's text for a one-column
+    /// key, else the row's text (`(a,"b,c")`), which quotes what would be ambiguous.
     fn key_text(&self) -> String {
-        let cols: Vec<String> = self.key.iter().map(|(c, _)| format!("{c}::text")).collect();
-        format!("concat_ws('|', {})", cols.join(", "))
+        match self.key.as_slice() {
+            [(c, _)] => format!("{c}::text"),
+            _ => format!("{}::text", self.key_row()),
+        }
+    }
+
+    /// The key columns as a row constructor.
+    fn key_row(&self) -> String {
+        let cols: Vec<&str> = self.key.iter().map(|(c, _)| c.as_str()).collect();
+        format!("ROW({})", cols.join(", "))
+    }
+
+    /// A WHERE clause that picks the rows of `keys` (as [`Shape::key_text`] gives them)
+    /// through the primary key's index.
+    fn keys_filter(&self, keys: &[String]) -> String {
+        if keys.is_empty() {
+            return "false".into();
+        }
+        if self.is_integer_key() {
+            let numbers: Vec<String> = keys
+                .iter()
+                .map(|k| k.parse::<i64>().map_or("NULL".into(), |n| n.to_string()))
+                .collect();
+            return format!("{} IN ({})", self.key[0].0, numbers.join(", "));
+        }
+        let tuples: Vec<String> = keys
+            .iter()
+            .map(|k| match self.key.len() {
+                1 => self.literal(std::slice::from_ref(k)),
+                _ => self.literal(&record_fields(k)),
+            })
+            .collect();
+        format!("{} IN ({})", self.key_tuple(), tuples.join(", "))
+    }
+
+    /// True when every key column is an identifier type (see [`IDENTIFIER_TYPES`]).
+    fn keys_are_identifiers(&self) -> bool {
+        !self.key.is_empty()
+            && self
+                .key
+                .iter()
+                .all(|(_, t)| IDENTIFIER_TYPES.contains(&t.as_str()))
     }
 
     /// A key value (one text per column) as a typed row literal.
@@ -247,6 +336,36 @@ impl Shape {
         }
         conds.join(" AND ")
     }
+}
+
+/// The fields of a record's text (`(a,"b,c","d""e")`), as PostgreSQL's `record_out`
+/// writes them: comma-separated, double-quoted when needed, `""` and `\` escaping inside
+/// quotes. (A key's fields are never NULL.)
+fn record_fields(text: &str) -> Vec<String> {
+    let inner = text
+        .strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .unwrap_or(text);
+    let mut fields = vec![String::new()];
+    let mut chars = inner.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().expect("one field").push('"');
+            }
+            '"' => quoted = !quoted,
+            '\\' if quoted => {
+                if let Some(next) = chars.next() {
+                    fields.last_mut().expect("one field").push(next);
+                }
+            }
+            ',' if !quoted => fields.push(String::new()),
+            c => fields.last_mut().expect("one field").push(c),
+        }
+    }
+    fields
 }
 
 /// `(count, xor of row hashes)` of a chunk.
@@ -330,24 +449,38 @@ pub enum Progress<'a> {
 /// where progress goes.
 struct Sides<'a> {
     source: &'a Client,
+    /// A second session on the source: it reads the slot and commits the catch-up's
+    /// barriers while `source` holds a table in the locked re-check.
+    source_aux: &'a Client,
     target: &'a Client,
     slot: String,
     progress: &'a (dyn Fn(Progress<'_>) + Sync),
+    /// The longest time a table was held locked on the source, in milliseconds.
+    longest_lock_ms: std::sync::Mutex<f64>,
 }
+
+/// How long the locked re-check may wait for the target to catch up while it holds the
+/// source's table.
+const LOCKED_CATCH_UP: Duration = Duration::from_millis(50);
+
+/// The locked re-check's `lock_timeout` and `statement_timeout` on the source: writers
+/// queue behind the lock while it is asked for, and while the source side is read.
+const LOCK_TIMEOUT: &str = "100ms";
 
 impl Sides<'_> {
     /// The source's position now: everything it has committed is below it, asynchronous
     /// commits still in WAL buffers included (the insert position, not the write one).
-    async fn source_lsn(&self) -> Result<Lsn, EngineError> {
-        replication::current_wal_insert_lsn(self.source)
+    async fn source_lsn(&self, session: &Client) -> Result<Lsn, EngineError> {
+        replication::current_wal_insert_lsn(session)
             .await
             .map_err(sql("source", "reading the WAL position"))
     }
 
-    /// Waits (up to 30 s) until the target has applied and flushed everything up to `lsn`.
-    /// Without a slot (not replicating) there is nothing to wait for.
+    /// Waits (up to 30 s, holding nothing) until the target has applied and flushed
+    /// everything up to `lsn`. Without a slot (not replicating) there is nothing to wait
+    /// for.
     async fn applied(&self, lsn: Lsn) -> Result<(), EngineError> {
-        let wait = replication::wait_confirmed(self.source, &self.slot, lsn);
+        let wait = replication::wait_confirmed(self.source_aux, &self.slot, lsn);
         match tokio::time::timeout(Duration::from_secs(30), wait).await {
             Ok(result) => result
                 .map(|_| ())
@@ -358,62 +491,154 @@ impl Sides<'_> {
             }),
         }
     }
-}
 
-/// What one consistent read of both sides returns.
-enum Read {
-    /// `(count, xor)` of the source and of the target.
-    Sums((i64, i64), (i64, i64)),
-    /// `key -> row hash` of the source and of the target.
-    Rows(
-        std::collections::BTreeMap<String, i64>,
-        std::collections::BTreeMap<String, i64>,
-    ),
-    /// `row hash -> count` of the source and of the target (no key).
-    Multisets(
-        std::collections::BTreeMap<i64, i64>,
-        std::collections::BTreeMap<i64, i64>,
-    ),
-}
-
-/// What to read.
-#[derive(Clone, Copy)]
-enum Want {
-    Sums,
-    Rows,
-    Multisets,
-}
-
-/// Reads both sides at the same point of the replication stream: the source table is held
-/// in SHARE mode (writers to it wait, for milliseconds) while its side is read, the target
-/// has applied everything the source had committed by then, and its side is read. `None`
-/// when the lock could not be had within 2 s in any of [`TRIES`] tries (a long transaction
-/// holds the table).
-async fn consistent(
-    sides: &Sides<'_>,
-    shape: &Shape,
-    cond: &str,
-    want: Want,
-) -> Result<Option<Read>, EngineError> {
-    for _ in 0..TRIES {
-        if let Some(read) = consistent_once(sides, shape, cond, want).await? {
-            return Ok(Some(read));
+    /// Waits until `deadline` for the target's apply worker to have received, and so
+    /// applied (it applies each message in order as it reads it), everything up to `lsn`:
+    /// committed, visible, not necessarily flushed, which is all a read needs; nudges
+    /// the source's walsender with a flushed barrier on each look. False when not in time.
+    async fn received(&self, lsn: Lsn, deadline: Instant) -> Result<bool, EngineError> {
+        loop {
+            let row = self
+                .target
+                .query_opt(
+                    "SELECT w.received_lsn FROM pg_stat_subscription w \
+                     JOIN pg_subscription s ON s.oid = w.subid WHERE s.subslotname = $1 AND w.relid IS NULL",
+                    &[&self.slot],
+                )
+                .await
+                .map_err(sql("target", "reading the apply worker's position"))?;
+            let Some(row) = row else {
+                return Ok(true); // not replicating: nothing to wait for
+            };
+            let received: Option<tokio_postgres::types::PgLsn> = row.get(0);
+            // Strictly past: the worker shows a data message's position before applying
+            // it, so only a later message (or a keepalive) proves `lsn` applied.
+            if received.is_some_and(|r| Lsn::from(r) > lsn) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            crate::cutover::flushed_barrier(self.source_aux, "source").await?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    Ok(None)
+
+    /// The target's change log position now.
+    async fn log_position(&self) -> Result<i64, EngineError> {
+        Ok(self
+            .target
+            .query_one(
+                &format!("SELECT coalesce(max(id), 0) FROM {CHANGE_LOG}"),
+                &[],
+            )
+            .await
+            .map_err(sql("target", "reading the change log"))?
+            .get(0))
+    }
+
+    /// What of `shape`'s table the target's change log shows changed after `since`.
+    async fn moved(&self, shape: &Shape, since: i64) -> Result<Moved, EngineError> {
+        if shape.key.is_empty() {
+            let any = self
+                .target
+                .query_opt(
+                    &format!(
+                        "SELECT 1 FROM {CHANGE_LOG} WHERE id > $1 AND tbl = $2::text::regclass LIMIT 1"
+                    ),
+                    &[&since, &shape.table],
+                )
+                .await
+                .map_err(sql("target", "reading the change log"))?;
+            return Ok(if any.is_some() {
+                Moved::Table
+            } else {
+                Moved::Keys(Default::default())
+            });
+        }
+        let cols: Vec<String> = shape
+            .key
+            .iter()
+            .map(|(c, t)| {
+                format!(
+                    "(l.key ->> {})::{t} AS {c}",
+                    replication::quote_literal(c.trim_matches('"'))
+                )
+            })
+            .collect();
+        let rows = self
+            .target
+            .query(
+                &format!(
+                    "SELECT DISTINCT {} FROM (SELECT {} FROM {CHANGE_LOG} l \
+                     WHERE l.id > $1 AND l.tbl = $2::text::regclass) k",
+                    shape.key_text(),
+                    cols.join(", ")
+                ),
+                &[&since, &shape.table],
+            )
+            .await
+            .map_err(sql("target", "reading the change log"))?;
+        Ok(Moved::Keys(rows.iter().map(|r| r.get(0)).collect()))
+    }
 }
 
-/// One try of [`consistent`].
-async fn consistent_once(
+/// What moved on the target while a read was under way.
+enum Moved {
+    /// These keys (possibly none).
+    Keys(std::collections::BTreeSet<String>),
+    /// The table (it has no key).
+    Table,
+}
+
+/// `row hash -> count` of both sides (a table without a key).
+type MultisetPair = (
+    std::collections::BTreeMap<i64, i64>,
+    std::collections::BTreeMap<i64, i64>,
+);
+
+/// Reads both sides holding nothing: the target's change log position, the source side,
+/// then (once the target has applied everything the source had committed by then) the
+/// target side, then what the change log shows moved meanwhile.
+///
+/// For a key that did not move, the two reads are of the same point of the stream: every
+/// change applied on the target before the first position was committed on the source
+/// before its read began, everything the source read was committed before the position
+/// the target then applied, and the key was not changed in between. A key that moved is
+/// inconclusive.
+async fn unlocked<T>(
     sides: &Sides<'_>,
     shape: &Shape,
-    cond: &str,
-    want: Want,
-) -> Result<Option<Read>, EngineError> {
+    read: impl AsyncFn(&Client, &'static str) -> Result<T, EngineError>,
+) -> Result<(T, T, Moved), EngineError> {
+    let since = sides.log_position().await?;
+    let source_side = read(sides.source, "source").await?;
+    let lsn = sides.source_lsn(sides.source).await?;
+    sides.applied(lsn).await?;
+    let target_side = read(sides.target, "target").await?;
+    Ok((source_side, target_side, sides.moved(shape, since).await?))
+}
+
+/// Reads both sides at one point of the stream, for a difference unlocked reads could not
+/// settle: the source table is held in SHARE mode (writers queue; `lock_timeout` and
+/// `statement_timeout` [`LOCK_TIMEOUT`]) while its side is read, and the target is given
+/// [`LOCKED_CATCH_UP`] to apply everything the source had committed by then (see
+/// [`Sides::received`]); then its side is read and the lock let go.
+/// `None` when the lock, the read or the catch-up did not fit in that time.
+async fn locked<T>(
+    sides: &Sides<'_>,
+    shape: &Shape,
+    read: impl AsyncFn(&Client, &'static str) -> Result<T, EngineError>,
+) -> Result<Option<(T, T)>, EngineError> {
     let src = sides.source;
+    // Catch up first, holding nothing, so that the wait under the lock is short.
+    sides
+        .applied(sides.source_lsn(sides.source_aux).await?)
+        .await?;
     if let Err(e) = src
         .batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = '2s'; LOCK TABLE {} IN SHARE MODE",
+            "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; \
+             SET LOCAL statement_timeout = '{LOCK_TIMEOUT}'; LOCK TABLE {} IN SHARE MODE",
             shape.table
         ))
         .await
@@ -424,50 +649,129 @@ async fn consistent_once(
         }
         return Err(sql("source", "locking a table")(e));
     }
+    let held = Instant::now();
     let result = async {
-        let source_side = match want {
-            Want::Sums => Read::Sums(checksum(src, shape, cond, "source").await?, (0, 0)),
-            Want::Rows => Read::Rows(
-                hashes(src, shape, cond, "source").await?,
-                Default::default(),
-            ),
-            Want::Multisets => {
-                Read::Multisets(multiset(src, shape, "source").await?, Default::default())
+        let source_side = match read(src, "source").await {
+            Ok(s) => s,
+            Err(EngineError::Sql { source, .. })
+                if source.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
+            {
+                return Ok(None);
             }
+            Err(e) => return Err(e),
         };
-        let lsn = sides.source_lsn().await?;
-        sides.applied(lsn).await?;
-        let t = sides.target;
-        Ok::<Read, EngineError>(match source_side {
-            Read::Sums(a, _) => Read::Sums(a, checksum(t, shape, cond, "target").await?),
-            Read::Rows(a, _) => Read::Rows(a, hashes(t, shape, cond, "target").await?),
-            Read::Multisets(a, _) => Read::Multisets(a, multiset(t, shape, "target").await?),
-        })
+        let lsn = sides.source_lsn(src).await?;
+        if !sides
+            .received(lsn, Instant::now() + LOCKED_CATCH_UP)
+            .await?
+        {
+            return Ok(None);
+        }
+        Ok(Some((source_side, read(sides.target, "target").await?)))
     }
     .await;
     let _ = src.batch_execute("ROLLBACK").await;
-    result.map(Some)
+    let ms = held.elapsed().as_secs_f64() * 1000.0;
+    let mut longest = sides.longest_lock_ms.lock().expect("not poisoned");
+    *longest = longest.max(ms);
+    result
 }
 
-/// Compares one chunk; returns (source rows, mismatch?, unstable?).
+/// Compares the rows under `cond` key by key and adds what differs to `report`. Keys that
+/// moved while being read and differ are read again, by key, up to [`TRIES`] times, then
+/// once more under the lock; if they still cannot be settled the chunk counts as unstable
+/// (the cutover's final check compares them again with the source fenced: they are in the
+/// change log). Returns false in that case.
+async fn settle_rows(
+    sides: &Sides<'_>,
+    shape: &Shape,
+    cond: &str,
+    report: &mut TableReport,
+) -> Result<bool, EngineError> {
+    let mut cond = cond.to_string();
+    for _ in 0..TRIES {
+        let (src, dst, moved) = unlocked(sides, shape, async |c, role| {
+            hashes(c, shape, &cond, role).await
+        })
+        .await?;
+        let unsettled = match moved {
+            Moved::Table => differing(&src, &dst),
+            Moved::Keys(keys) => differing(&src, &dst)
+                .into_iter()
+                .filter(|k| keys.contains(k))
+                .collect(),
+        };
+        let (mut a, mut b) = (src, dst);
+        a.retain(|k, _| !unsettled.contains(k));
+        b.retain(|k, _| !unsettled.contains(k));
+        merge(report, &a, &b);
+        if unsettled.is_empty() {
+            return Ok(true);
+        }
+        cond = shape.keys_filter(&unsettled);
+    }
+    match locked(sides, shape, async |c, role| {
+        hashes(c, shape, &cond, role).await
+    })
+    .await?
+    {
+        Some((a, b)) => {
+            merge(report, &a, &b);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The keys whose rows differ between two `key -> row hash` lists (or are on one side).
+fn differing(
+    src: &std::collections::BTreeMap<String, i64>,
+    dst: &std::collections::BTreeMap<String, i64>,
+) -> Vec<String> {
+    src.keys()
+        .chain(dst.keys())
+        .filter(|k| src.get(*k) != dst.get(*k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+/// Compares a whole table without a key as multisets of row hashes: unlocked up to
+/// [`TRIES`] times while it keeps changing, then once under the lock. `None` when it
+/// could not be settled.
+async fn settle_multiset(
+    sides: &Sides<'_>,
+    shape: &Shape,
+) -> Result<Option<MultisetPair>, EngineError> {
+    for _ in 0..TRIES {
+        let (src, dst, moved) =
+            unlocked(sides, shape, async |c, role| multiset(c, shape, role).await).await?;
+        if src == dst || !matches!(moved, Moved::Table) {
+            return Ok(Some((src, dst)));
+        }
+    }
+    locked(sides, shape, async |c, role| multiset(c, shape, role).await).await
+}
+
+/// Compares one chunk; returns (source rows, unstable?) and adds what differs to `report`.
 async fn compare_chunk(
     sides: &Sides<'_>,
     shape: &Shape,
     cond: &str,
-) -> Result<(i64, bool, bool), EngineError> {
+    report: &mut TableReport,
+) -> Result<(i64, bool), EngineError> {
     let (src, dst) = tokio::join!(
         checksum(sides.source, shape, cond, "source"),
         checksum(sides.target, shape, cond, "target")
     );
     let src = src?;
     if src == dst? {
-        return Ok((src.0, false, false));
+        return Ok((src.0, false));
     }
-    // The target may only have been behind: compare again at one point of the stream.
-    match consistent(sides, shape, cond, Want::Sums).await? {
-        Some(Read::Sums(a, b)) => Ok((a.0, a != b, false)),
-        _ => Ok((src.0, false, true)),
-    }
+    // The target may only have been behind: compare key by key.
+    let settled = settle_rows(sides, shape, cond, report).await?;
+    Ok((src.0, !settled))
 }
 
 /// Adds the differences between two `row hash -> count` multisets (a table without a key)
@@ -521,15 +825,14 @@ fn merge(
 /// How many differing rows are fetched in full for the report.
 const DETAILED: usize = 10;
 
-/// `key -> row text` for the given keys.
+/// `key -> row text` of the rows `query` selects.
 async fn rows_by_key(
     client: &Client,
     query: &str,
-    keys: &[String],
     role: &'static str,
 ) -> Result<std::collections::BTreeMap<String, String>, EngineError> {
     Ok(client
-        .query(query, &[&keys])
+        .query(query, &[])
         .await
         .map_err(sql(role, "fetching differing rows"))?
         .iter()
@@ -556,21 +859,15 @@ async fn details(
         return Ok(());
     }
     let keys: Vec<String> = wanted.iter().map(|(_, k)| k.clone()).collect();
-    // Integer keys are found through the index; others by their text (a scan, only
-    // when something differs).
-    let filter = if shape.is_integer_key() {
-        format!("{} = ANY($1::text[]::int8[])", shape.key[0].0)
-    } else {
-        format!("{} = ANY($1)", shape.key_text())
-    };
     let query = format!(
-        "SELECT {}, pgseal_row::text FROM {} pgseal_row WHERE {filter}",
+        "SELECT {}, pgseal_row::text FROM {} pgseal_row WHERE {}",
         shape.key_text(),
         shape.table,
+        shape.keys_filter(&keys),
     );
     let (src, dst) = tokio::join!(
-        rows_by_key(sides.source, &query, &keys, "source"),
-        rows_by_key(sides.target, &query, &keys, "target")
+        rows_by_key(sides.source, &query, "source"),
+        rows_by_key(sides.target, &query, "target")
     );
     let (src, dst) = (src?, dst?);
     report.details = wanted
@@ -667,13 +964,8 @@ async fn integer_key(
             let last = first + (1 << BUCKET_BITS) - 1;
             let cond =
                 format!("{key} > {lo} AND {key} <= {hi} AND {key} >= {first} AND {key} <= {last}");
-            match consistent(sides, shape, &cond, Want::Sums).await? {
-                Some(Read::Sums(a, b)) if a == b => {}
-                Some(_) => match consistent(sides, shape, &cond, Want::Rows).await? {
-                    Some(Read::Rows(a, b)) => merge(report, &a, &b),
-                    _ => report.unstable_chunks += 1,
-                },
-                None => report.unstable_chunks += 1,
+            if !settle_rows(sides, shape, &cond, report).await? {
+                report.unstable_chunks += 1;
             }
         }
         let took = t.elapsed().as_secs_f64().max(0.001);
@@ -691,13 +983,12 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
         table: name.to_string(),
         state: TableState::Validated,
         error: None,
+        keys_are_identifiers: shape.keys_are_identifiers(),
         ..Default::default()
     };
     if shape.key.is_empty() {
         report.state = TableState::NoPrimaryKey;
-        let Some(Read::Multisets(src, dst)) =
-            consistent(sides, &shape, "true", Want::Multisets).await?
-        else {
+        let Some((src, dst)) = settle_multiset(sides, &shape).await? else {
             report.state = TableState::Suspended;
             report.unstable_chunks = 1;
             report.seconds = started.elapsed().as_secs_f64();
@@ -759,18 +1050,12 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
         });
         let cond = shape.range(lo.as_deref(), hi.as_deref());
         let t = Instant::now();
-        let (rows, mismatch, unstable) = compare_chunk(sides, &shape, &cond).await?;
+        let (rows, unstable) = compare_chunk(sides, &shape, &cond, &mut report).await?;
         report.rows += rows;
         (sides.progress)(Progress::Rows(report.rows));
         report.chunks += 1;
         if unstable {
             report.unstable_chunks += 1;
-        }
-        if mismatch {
-            match consistent(sides, &shape, &cond, Want::Rows).await? {
-                Some(Read::Rows(src, dst)) => merge(&mut report, &src, &dst),
-                _ => report.unstable_chunks += 1,
-            }
         }
         // About half a second of work per chunk.
         let took = t.elapsed().as_secs_f64().max(0.001);
@@ -834,11 +1119,14 @@ pub async fn validate<P: Platform>(
                 .map_err(sql("source", "listing published tables"))?,
         };
         horizons.insert(db.clone(), install_change_log(&target, &listed).await?);
+        let source_aux = connect_source_db(platform, &spec, db).await?;
         let sides = Sides {
             source: &source,
+            source_aux: &source_aux,
             target: &target,
             slot: stream.name.clone(),
             progress,
+            longest_lock_ms: std::sync::Mutex::new(0.0),
         };
         for t in &listed {
             let estimated_rows: i64 = source
@@ -865,6 +1153,8 @@ pub async fn validate<P: Platform>(
                 },
             };
             report.database = db.clone();
+            report.source_lock_ms =
+                std::mem::take(&mut *sides.longest_lock_ms.lock().expect("not poisoned"));
             progress(Progress::Done(&report));
             reports.push(report);
         }
@@ -878,6 +1168,7 @@ pub async fn validate<P: Platform>(
             matches!(r.state, TableState::Validated)
                 || (r.state == TableState::NoPrimaryKey && r.mismatched_rows == 0)
         }),
+        source_lock_max_ms: reports.iter().map(|r| r.source_lock_ms).fold(0.0, f64::max),
         tables: reports,
         horizons,
     };
@@ -893,7 +1184,7 @@ pub async fn validate<P: Platform>(
     }
     journal.step_done(
         run,
-        &serde_json::to_value(&report).expect("a report serialises"),
+        &serde_json::to_value(report.journaled()).expect("a report serialises"),
     )?;
     Ok(report)
 }
@@ -986,6 +1277,30 @@ pub async fn drop_change_log(target: &Client) -> Result<(), EngineError> {
         .map_err(sql("target", "removing the change log"))
 }
 
+/// Whether a journaled validation result lets a cutover go ahead: no mismatched row and
+/// no table whose comparison failed. Tables left `suspended` (some rows kept changing) do:
+/// every row that could not be settled was changed after the pass began, so the target's
+/// change log names it, and the final check compares it with the source fenced.
+pub fn lets_cutover(outputs: &serde_json::Value) -> bool {
+    outputs["mismatched_rows"] == 0
+        && outputs["tables"].as_array().is_some_and(|t| {
+            t.iter()
+                .all(|t| t["state"] != "error" && t["state"] != "mismatched")
+        })
+}
+
+/// Whether the target database holds the change log the final check reads.
+pub async fn change_log_present(target: &Client) -> Result<bool, EngineError> {
+    Ok(target
+        .query_opt(
+            "SELECT 1 FROM pg_class WHERE oid = to_regclass($1)",
+            &[&CHANGE_LOG],
+        )
+        .await
+        .map_err(sql("target", "looking for the change log"))?
+        .is_some())
+}
+
 /// What the cutover's final check found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FinalCheck {
@@ -995,8 +1310,11 @@ pub struct FinalCheck {
     pub rows: i64,
     /// Rows that differ.
     pub mismatched_rows: i64,
-    /// The first differing keys, as `table: key`.
+    /// The first differing keys, as `table: key`, of tables whose keys are identifiers
+    /// (the check's result is journaled; see [`ValidationReport::journaled`]).
     pub keys: Vec<String>,
+    /// Differing rows whose keys are not listed (not identifiers, or no key).
+    pub keys_withheld: i64,
     /// Milliseconds taken.
     pub millis: u64,
 }
@@ -1008,6 +1326,7 @@ impl FinalCheck {
         self.rows += check.rows;
         self.mismatched_rows += check.mismatched_rows;
         self.millis += check.millis;
+        self.keys_withheld += check.keys_withheld;
         for key in check.keys {
             if self.keys.len() < LISTED {
                 self.keys.push(format!("{database}/{key}"));
@@ -1026,16 +1345,10 @@ pub async fn final_check(
 ) -> Result<FinalCheck, EngineError> {
     let started = Instant::now();
     let mut check = FinalCheck::default();
-    let present = target
-        .query_opt(
-            "SELECT 1 FROM pg_class WHERE oid = to_regclass($1)",
-            &[&CHANGE_LOG],
-        )
-        .await
-        .map_err(sql("target", "looking for the change log"))?
-        .is_some();
-    if !present {
-        return Ok(check);
+    if !change_log_present(target).await? {
+        return Err(EngineError::Precondition(
+            "the target's change log is gone, so the final check would compare nothing; validate again before cutting over".into(),
+        ));
     }
     for (client, role) in [(source, "source"), (target, "target")] {
         client
@@ -1079,6 +1392,10 @@ pub async fn final_check(
             );
         }
         check.mismatched_rows += report.mismatched_rows;
+        if !shape.keys_are_identifiers() {
+            check.keys_withheld += report.mismatched_rows;
+            continue;
+        }
         for k in report
             .missing
             .iter()
@@ -1119,4 +1436,68 @@ async fn changed_rows(
         replication::quote_literal(keys)
     );
     hashes(client, shape, &cond, role).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_text_splits_into_its_fields() {
+        assert_eq!(record_fields("(x,1)"), vec!["x", "1"]);
+        assert_eq!(record_fields("(\"a,b\",c)"), vec!["a,b", "c"]);
+        assert_eq!(
+            record_fields("(\"say \"\"hi\"\"\",\"a\\\\b\")"),
+            vec!["say \"hi\"", "a\\b"]
+        );
+        assert_eq!(record_fields("(\"\",)"), vec!["", ""]);
+    }
+
+    #[test]
+    fn the_journal_keeps_no_row_text_and_only_identifier_keys() {
+        let table = |identifiers: bool| TableReport {
+            table: "public.t".into(),
+            state: TableState::Mismatched,
+            missing: vec!["alice@example.com".into()],
+            mismatched_rows: 1,
+            details: vec![RowDetail {
+                kind: "missing",
+                key: "alice@example.com".into(),
+                source: Some("(alice@example.com,secret)".into()),
+                target: None,
+            }],
+            keys_are_identifiers: identifiers,
+            ..Default::default()
+        };
+        let report = ValidationReport {
+            tables: vec![table(false), table(true)],
+            rows: 2,
+            mismatched_rows: 2,
+            seconds: 0.1,
+            clean: false,
+            source_lock_max_ms: 0.0,
+            horizons: Default::default(),
+        };
+        let kept = serde_json::to_value(report.journaled()).unwrap();
+        let text = kept.to_string();
+        assert!(!text.contains("secret"), "{text}");
+        assert_eq!(kept["tables"][0]["missing"], serde_json::json!([]));
+        assert_eq!(kept["tables"][0]["keys_withheld"], true);
+        assert_eq!(
+            kept["tables"][1]["missing"],
+            serde_json::json!(["alice@example.com"])
+        );
+        assert_eq!(kept["tables"][1]["details"], serde_json::json!([]));
+        assert_eq!(kept["mismatched_rows"], 2);
+        // What the command prints keeps everything.
+        assert!(serde_json::to_string(&report).unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn a_suspended_table_lets_the_cutover_go_ahead_a_mismatch_does_not() {
+        let outputs = |state: &str, mismatched: i64| serde_json::json!({"mismatched_rows": mismatched, "tables": [{"state": "validated"}, {"state": state}]});
+        assert!(lets_cutover(&outputs("suspended", 0)));
+        assert!(!lets_cutover(&outputs("mismatched", 1)));
+        assert!(!lets_cutover(&outputs("error", 0)));
+    }
 }

@@ -126,10 +126,10 @@ fn create_temp_beside(path: &Path, mode: u32) -> io::Result<(std::path::PathBuf,
 }
 
 /// Creates `dir` (and its parents) with permission bits `mode` on the last component, and
-/// makes the new entry durable.
+/// makes the new entry durable. A `dir` that exists already is given `mode` too.
 pub fn create_dir_all_durable(dir: &Path, mode: u32) -> io::Result<()> {
     if dir.is_dir() {
-        return Ok(());
+        return fs::set_permissions(dir, fs::Permissions::from_mode(mode));
     }
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;

@@ -300,6 +300,8 @@ impl LocalInstances {
         pgseal_crashsafe::create_dir_all_durable(&self.snapshots_dir(), 0o700)
             .map_err(io_error("cannot create the snapshots directory"))?;
         std::fs::create_dir(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        pgseal_crashsafe::create_dir_all_durable(&dir, 0o700)
+            .map_err(io_error(format!("cannot create {}", dir.display())))?;
         Ok(dir)
     }
 

@@ -1,6 +1,7 @@
 //! Encrypted volumes: an ext4 image of the allocated size, made with the `encrypt`
 //! feature, loop-mounted, holding a directory under an fscrypt v2 policy.
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use pgseal_crypto::DataKey;
@@ -54,6 +55,7 @@ impl Volume {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&self.image)
             .map_err(io_error(format!(
                 "cannot create volume image {}",
@@ -90,6 +92,12 @@ impl Volume {
             .arg(&self.image)
             .arg(&self.mount_point)
             .run()?;
+        // The file system's root: the server's user passes through, nobody lists it.
+        std::fs::set_permissions(&self.mount_point, std::fs::Permissions::from_mode(0o711))
+            .map_err(io_error(format!(
+                "cannot set the mode of {}",
+                self.mount_point.display()
+            )))?;
         Ok(())
     }
 

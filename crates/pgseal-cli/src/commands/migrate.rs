@@ -507,6 +507,28 @@ fn resume(ctx: &Context, name: &str) -> Outcome {
     {
         return recover_cutover(ctx, &journal, name);
     }
+    if let Some(next) = nothing_to_resume(name, record.phase) {
+        if ctx.json {
+            print_json(&serde_json::json!({
+                "migration": name,
+                "phase": record.phase.as_str(),
+                "resumed": false,
+                "next": next,
+            }))?;
+        } else {
+            println!(
+                "migration {name} is {}: there is nothing to resume; {next}",
+                record.phase.as_str()
+            );
+        }
+        // An aborted migration cannot be taken up again: a refusal, as before.
+        let refused = matches!(record.phase, Phase::Aborted | Phase::Aborting);
+        return Ok(exit::code(if refused {
+            exit::PRECONDITION
+        } else {
+            exit::OK
+        }));
+    }
     let runtime = runtime()?;
     let platform = for_spec(ctx, &runtime, Some(&journal), &record.spec, true)?;
     let surroundings = surroundings(ctx, &runtime, &platform, &record.spec.key);
@@ -515,6 +537,28 @@ fn resume(ctx: &Context, name: &str) -> Outcome {
         record.phase.as_str()
     ));
     drive(ctx, &runtime, &platform, &journal, name, surroundings)
+}
+
+/// What to do instead when `resume` has nothing to resume in `phase` (the phases after
+/// replication, whose interrupted commands `resume` has already been given the chance to
+/// recover); `None` when it has something to do.
+fn nothing_to_resume(name: &str, phase: Phase) -> Option<String> {
+    match phase {
+        Phase::CutOver => Some(format!(
+            "applications use the target; `pgseal migrate cleanup {name}` removes the replication, `pgseal migrate rollback {name}` switches back"
+        )),
+        Phase::RolledBack => Some(format!(
+            "the source serves again; `pgseal migrate cleanup {name}` removes what the migration left, the abandoned target included"
+        )),
+        Phase::CleanedUp => Some("it is finished".to_string()),
+        Phase::Aborted => {
+            Some("it was aborted; `pgseal migrate start` begins a new one".to_string())
+        }
+        Phase::Aborting => Some(format!(
+            "an abort was interrupted; `pgseal migrate abort {name}` finishes it"
+        )),
+        Phase::Running | Phase::Failed | Phase::Replicating | Phase::CuttingOver => None,
+    }
 }
 
 /// Runs the engine and reports how it ended.
@@ -770,7 +814,13 @@ pub fn write_report(
     let page = pgseal_report::render(&facts)?;
     let path = output.map_or_else(|| default_report_path(home, name), Path::to_path_buf);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if dir.starts_with(home) {
+            // Under PGSEAL_HOME everything is the owner's only.
+            pgseal_crashsafe::create_dir_all_durable(dir, 0o700)
+        } else {
+            std::fs::create_dir_all(dir)
+        }
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     pgseal_crashsafe::write_atomic(&path, page.as_bytes(), 0o600)
         .with_context(|| format!("cannot write {}", path.display()))?;

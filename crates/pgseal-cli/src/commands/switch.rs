@@ -5,6 +5,10 @@ use pgseal_core::cutover::{Switch, SwitchError};
 use pgseal_local::endpoint::{EndpointInfo, admin};
 use pgseal_local::instance::LocalInstances;
 
+/// What an `--on-switch` hook inherits from pgseal's environment; beside these it gets
+/// only `PGSEAL_NEW_URL`, `PGSEAL_MIGRATION` and `PGSEAL_TARGET`.
+const HOOK_ENVIRONMENT: [&str; 3] = ["PATH", "HOME", "LANG"];
+
 /// One write the way applications make it: assigns a transaction id and commits.
 async fn write_once(config: &tokio_postgres::Config) -> Result<(), SwitchError> {
     let client = pgseal_pg::connect(config).await?;
@@ -154,7 +158,16 @@ impl Switch for HookSwitch {
                 Ok(())
             }
             Some(command) => {
-                let status = tokio::process::Command::new("sh")
+                // A clean environment: the hook must not inherit the key store's
+                // passphrase, a source's PGPASSWORD or cloud credentials.
+                let mut hook = tokio::process::Command::new("sh");
+                hook.env_clear();
+                for kept in HOOK_ENVIRONMENT {
+                    if let Some(value) = std::env::var_os(kept) {
+                        hook.env(kept, value);
+                    }
+                }
+                let status = hook
                     .arg("-c")
                     .arg(command)
                     .env("PGSEAL_NEW_URL", &self.new_url)

@@ -70,6 +70,33 @@ impl Home {
         self.dir.path().join(name)
     }
 
+    /// Asserts that nothing under the home can be read or changed by another user: every
+    /// directory others may pass through is not listable or writable by them, and every
+    /// file in one is the owner's only. (What lies in a directory others cannot enter —
+    /// a server's data directory, PgBouncer's run directory — is out of their reach.)
+    pub fn assert_private(&self) {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let mut open = vec![self.path("home")];
+        let mut seen = 0;
+        while let Some(dir) = open.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+                let mode = meta.permissions().mode() & 0o777;
+                seen += 1;
+                if meta.is_dir() {
+                    assert_eq!(mode & 0o066, 0, "{} is {mode:o}", entry.path().display());
+                    if mode & 0o011 != 0 {
+                        open.push(entry.path());
+                    }
+                } else if !meta.file_type().is_socket() && !meta.is_symlink() {
+                    assert_eq!(mode & 0o077, 0, "{} is {mode:o}", entry.path().display());
+                }
+            }
+        }
+        assert!(seen > 3, "the home holds {seen} entries");
+    }
+
     /// A plain source instance with `params`.
     pub fn source(&self, name: &str, params: &[&str]) {
         let port = free_port();
@@ -275,7 +302,7 @@ pub fn assert_crashed(out: &Output, failpoint: &str) {
     assert_eq!(
         out.status.signal(),
         Some(6),
-        "{failpoint}: expected an abort, got {:?}: {}",
+        "{failpoint}: expected an abort, got {:?} (failpoints exist only with --features pgseal-cli/failpoints, as scripts/test builds): {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );

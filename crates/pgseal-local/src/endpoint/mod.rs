@@ -435,8 +435,13 @@ impl LocalInstances {
             ("hba.conf", config::hba(tcp.is_some(), tls.is_some())),
             ("pgbouncer.ini", config::pgbouncer_ini(&settings)),
         ] {
-            pgseal_crashsafe::write_atomic(&dir.join(file), text.as_bytes(), 0o644)
+            // Read by PgBouncer (the server's user) only.
+            let path = dir.join(file);
+            pgseal_crashsafe::write_atomic(&path, text.as_bytes(), 0o600)
                 .map_err(io_error(format!("cannot write the endpoint's {file}")))?;
+            self.run_as().chown(&path).map_err(io_error(format!(
+                "cannot hand the endpoint's {file} to the server's user"
+            )))?;
         }
         Ok(())
     }
