@@ -386,3 +386,166 @@ fn a_background_worker_writing_into_a_migrated_database_is_ended_by_the_fence_an
     h.sql("src", "postgres")
         .exec("ALTER SUBSCRIPTION upstream DISABLE");
 }
+
+/// A CA, and a server certificate it signed for `localhost` only (not `127.0.0.1`), in
+/// `dir`; the key is the server's user's. Returns the CA's path. With `named` false both
+/// keep rcgen's default subject, so the CA's subject is the server certificate's issuer
+/// *and* subject: rustls (pgseal's own sessions) still builds the chain, OpenSSL (libpq,
+/// so pg_basebackup) takes the server certificate for self-signed and refuses it.
+fn server_certificate(dir: &std::path::Path, named: bool) -> std::path::PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    if named {
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "pgseal test CA");
+    }
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    if named {
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+    }
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    // Only TLS over TCP, for SQL and for replication (pg_basebackup) alike.
+    std::fs::write(
+        dir.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let owned = Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(dir.join("server.key"))
+        .status()
+        .unwrap();
+    assert!(owned.success());
+    dir.join("ca.crt")
+}
+
+#[test]
+fn a_snapshot_by_url_of_a_tls_only_server_follows_the_tls_settings() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = server_certificate(certs.path(), true);
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    let db = pgseal_testkit::TestCluster::builder()
+        .setting("ssl", "on")
+        .setting("ssl_cert_file", path("server.crt"))
+        .setting("ssl_key_file", path("server.key"))
+        .setting("hba_file", path("pg_hba.conf"))
+        .setting("log_connections", "on")
+        .start()
+        .unwrap();
+    let h = Home::new();
+    let url = db.url("postgres");
+    assert!(url.contains("127.0.0.1"), "{url}");
+    let snapshot = |name: &str, mode: &str, root: &std::path::Path| {
+        h.command(&["snapshot", "create", "--source-url", &url, "--name", name])
+            .env("PGSSLMODE", mode)
+            .env("PGSSLROOTCERT", root)
+            .output()
+            .unwrap()
+    };
+
+    // verify-ca against the CA: the copy is taken, and pg_basebackup's own connection was
+    // TLS (the server logs each connection's TLS).
+    let out = snapshot("s1", "verify-ca", &ca);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = db.log_text();
+    let base = log
+        .lines()
+        .find(|l| l.contains("replication connection authorized") && l.contains("pg_basebackup"))
+        .unwrap_or_else(|| panic!("no pg_basebackup connection in the log: {log}"));
+    assert!(base.contains("SSL enabled"), "{base}");
+
+    // verify-full: 127.0.0.1 is not a name on the certificate.
+    let out = snapshot("s2", "verify-full", &ca);
+    assert!(!out.status.success());
+    // A wrong CA under verify-ca.
+    let other = tempfile::tempdir().unwrap();
+    let wrong = server_certificate(other.path(), true);
+    let out = snapshot("s3", "verify-ca", &wrong);
+    assert!(!out.status.success());
+    let listed = h.json(&["snapshot", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    // pg_basebackup checks the certificate itself: a chain pgseal's own session accepts
+    // and libpq does not build is refused by pg_basebackup, under verify-ca. (Before,
+    // pg_basebackup ran under libpq's default `prefer`, which checks nothing, and this
+    // snapshot was taken.)
+    let unnamed = tempfile::tempdir().unwrap();
+    let unnamed_ca = server_certificate(unnamed.path(), false);
+    let db_unnamed = pgseal_testkit::TestCluster::builder()
+        .setting("ssl", "on")
+        .setting(
+            "ssl_cert_file",
+            unnamed.path().join("server.crt").display().to_string(),
+        )
+        .setting(
+            "ssl_key_file",
+            unnamed.path().join("server.key").display().to_string(),
+        )
+        .setting(
+            "hba_file",
+            unnamed.path().join("pg_hba.conf").display().to_string(),
+        )
+        .start()
+        .unwrap();
+    let out = h
+        .command(&[
+            "snapshot",
+            "create",
+            "--source-url",
+            &db_unnamed.url("postgres"),
+            "--name",
+            "s5",
+        ])
+        .env("PGSSLMODE", "verify-ca")
+        .env("PGSSLROOTCERT", &unnamed_ca)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("pg_basebackup") && stderr.contains("certificate verify failed"),
+        "{stderr}"
+    );
+    assert_eq!(h.json(&["snapshot", "list"]).as_array().unwrap().len(), 1);
+
+    // A server without TLS is refused under require.
+    let plain = pgseal_testkit::TestCluster::start().unwrap();
+    let out = h
+        .command(&[
+            "snapshot",
+            "create",
+            "--source-url",
+            &plain.url("postgres"),
+            "--name",
+            "s4",
+        ])
+        .env("PGSSLMODE", "require")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(h.json(&["snapshot", "list"]).as_array().unwrap().len(), 1);
+}

@@ -31,7 +31,7 @@ use pgseal_pg::lsn::lsn_after;
 use serde::{Deserialize, Serialize};
 
 use crate::instance::{
-    InstanceInfo, InstanceSpec, LocalError, LocalInstances, MASTER_USER, check_name, io_error,
+    InstanceInfo, InstanceSpec, LocalError, LocalInstances, check_name, io_error,
 };
 
 const SNAPSHOT_RECORD: &str = "snapshot.json";
@@ -142,11 +142,22 @@ impl<R: Read> Read for Counting<'_, R> {
 
 /// Connection details for `pg_basebackup` and for the SQL session beside it.
 struct SourceConn {
-    /// Arguments naming the server (`-h`, `-p`, `-U`).
-    args: Vec<String>,
-    /// The password, passed to `pg_basebackup` through its environment, never its arguments.
-    password: Option<zeroize::Zeroizing<String>>,
+    /// The server, for both.
     config: tokio_postgres::Config,
+}
+
+impl SourceConn {
+    /// What `pg_basebackup` gets in its environment (its arguments name no server): host,
+    /// port, user, the password, and the same TLS settings pgseal's own session follows
+    /// (`PGSSLMODE`, `PGSSLROOTCERT`, a URL's `sslmode=require`), so the physical copy is
+    /// never read under weaker TLS than the session beside it. Holds the password: never
+    /// log it.
+    fn libpq_env(&self) -> Vec<(&'static str, zeroize::Zeroizing<String>)> {
+        pgseal_pg::libpq_env(&self.config)
+            .into_iter()
+            .map(|(k, v)| (k, zeroize::Zeroizing::new(v)))
+            .collect()
+    }
 }
 
 fn source_from_url(url: &str) -> Result<(SourceConn, String), LocalError> {
@@ -155,31 +166,7 @@ fn source_from_url(url: &str) -> Result<(SourceConn, String), LocalError> {
         LocalError::InvalidInput(format!("--source-url is not a PostgreSQL URL: {e}"))
     })?;
     let target = pgseal_pg::describe_target(&config);
-    let mut args = Vec::new();
-    match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => args.extend(["-h".to_string(), h.clone()]),
-        Some(tokio_postgres::config::Host::Unix(p)) => {
-            args.extend(["-h".to_string(), p.display().to_string()])
-        }
-        None => {}
-    }
-    if let Some(port) = config.get_ports().first() {
-        args.extend(["-p".to_string(), port.to_string()]);
-    }
-    if let Some(user) = config.get_user() {
-        args.extend(["-U".to_string(), user.to_string()]);
-    }
-    let password = config
-        .get_password()
-        .map(|p| zeroize::Zeroizing::new(String::from_utf8_lossy(p).into_owned()));
-    Ok((
-        SourceConn {
-            args,
-            password,
-            config,
-        },
-        target,
-    ))
+    Ok((SourceConn { config }, target))
 }
 
 impl LocalInstances {
@@ -352,20 +339,8 @@ impl LocalInstances {
                     (None, asked) => asked.map(str::to_string),
                 };
                 let config = info.sql_config();
-                let args = vec![
-                    "-h".to_string(),
-                    info.socket_dir.display().to_string(),
-                    "-p".to_string(),
-                    info.port.to_string(),
-                    "-U".to_string(),
-                    MASTER_USER.to_string(),
-                ];
                 (
-                    SourceConn {
-                        args,
-                        password: None,
-                        config,
-                    },
+                    SourceConn { config },
                     SnapshotSource::Instance {
                         name: instance.clone(),
                     },
@@ -498,10 +473,9 @@ impl LocalInstances {
                 "-v",
                 "--no-password",
             ])
-            .arg(format!("--label=pgseal snapshot {name}"))
-            .args(&conn.args);
-        if let Some(password) = &conn.password {
-            cmd = cmd.env("PGPASSWORD", password.as_str());
+            .arg(format!("--label=pgseal snapshot {name}"));
+        for (key, value) in conn.libpq_env() {
+            cmd = cmd.env(key, value.as_str());
         }
         let mut running = cmd.spawn(Pipe::Stdout)?;
         let stdout = running.take_stdout().expect("stdout was piped");
@@ -792,4 +766,30 @@ fn complete_config(data: &std::path::Path, run_as: &RunAs) -> Result<(), LocalEr
         "pg_hba.conf",
         "local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_basebackup_is_given_the_urls_tls_and_no_server_on_its_command_line() {
+        let (conn, _) =
+            source_from_url("postgres://app@db.example:6543/shop?sslmode=require").unwrap();
+        let env: Vec<(&str, String)> = conn
+            .libpq_env()
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect();
+        assert!(
+            env.contains(&("PGSSLMODE", "require".to_string())),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&("PGHOST", "db.example".to_string())),
+            "{env:?}"
+        );
+        assert!(env.contains(&("PGPORT", "6543".to_string())), "{env:?}");
+        assert!(env.contains(&("PGUSER", "app".to_string())), "{env:?}");
+    }
 }

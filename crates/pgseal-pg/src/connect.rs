@@ -84,7 +84,33 @@ pub fn conninfo(config: &Config) -> String {
             quote(&String::from_utf8_lossy(password))
         ));
     }
+    // Over TCP, when pgseal's own sessions insist on TLS, so does the server-side client
+    // (`sslmode=require`: it runs on the subscriber's machine, which may not have the CA
+    // file pgseal was given, so the certificate is not checked there).
+    let insists = tls_env(config).iter().any(|(key, mode)| {
+        *key == "PGSSLMODE" && matches!(mode.as_str(), "require" | "verify-ca" | "verify-full")
+    });
+    if insists && matches!(config.get_hosts().first(), Some(Host::Tcp(_))) {
+        parts.push("sslmode=require".to_string());
+    }
     parts.join(" ")
+}
+
+/// `PGSSLMODE` (from this process's environment, else `require` when the URL said so) and
+/// `PGSSLROOTCERT`, as libpq's environment names them.
+fn tls_env(config: &Config) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    match std::env::var("PGSSLMODE") {
+        Ok(mode) if !mode.is_empty() => env.push(("PGSSLMODE", mode)),
+        _ if config.get_ssl_mode() == SslMode::Require => {
+            env.push(("PGSSLMODE", "require".to_string()))
+        }
+        _ => {}
+    }
+    if let Ok(root) = std::env::var("PGSSLROOTCERT") {
+        env.push(("PGSSLROOTCERT", root));
+    }
+    env
 }
 
 /// The libpq environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`, and
@@ -111,16 +137,7 @@ pub fn libpq_env(config: &Config) -> Vec<(&'static str, String)> {
     if let Some(password) = config.get_password() {
         env.push(("PGPASSWORD", String::from_utf8_lossy(password).into_owned()));
     }
-    match std::env::var("PGSSLMODE") {
-        Ok(mode) if !mode.is_empty() => env.push(("PGSSLMODE", mode)),
-        _ if config.get_ssl_mode() == SslMode::Require => {
-            env.push(("PGSSLMODE", "require".to_string()))
-        }
-        _ => {}
-    }
-    if let Ok(root) = std::env::var("PGSSLROOTCERT") {
-        env.push(("PGSSLROOTCERT", root));
-    }
+    env.extend(tls_env(config));
     env.push(("PGCONNECT_TIMEOUT", "10".to_string()));
     env
 }
@@ -229,6 +246,26 @@ mod conninfo_tests {
         assert_eq!(
             conninfo(&config),
             r"host='db.internal' port=5433 user='app' dbname='it\'s' password='p\\w\'d'"
+        );
+    }
+    #[test]
+    fn a_subscription_insists_on_tls_over_tcp_when_the_url_does() {
+        let mut config: Config = "postgres://app@db.internal:5433/shop?sslmode=require"
+            .parse()
+            .unwrap();
+        assert!(
+            conninfo(&config).ends_with(" sslmode=require"),
+            "{}",
+            conninfo(&config)
+        );
+        config.ssl_mode(SslMode::Prefer);
+        assert!(!conninfo(&config).contains("sslmode"));
+        let socket: Config = "host=/run/postgresql user=app sslmode=require"
+            .parse()
+            .unwrap();
+        assert!(
+            !conninfo(&socket).contains("sslmode"),
+            "no TLS over a unix socket"
         );
     }
 }
