@@ -649,6 +649,7 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
     // sequences set): resume undoes it, reverse objects included (the next cutover makes
     // them again).
     for point in [
+        "cutover:reverse_publication",
         "cutover:reverse_prepared",
         "cutover:fenced",
         "cutover:drained",
@@ -661,7 +662,7 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
             h.json(&["migrate", "status", "c2"])["migration"]["phase"],
             "cutting_over"
         );
-        let fenced = if point == "cutover:reverse_prepared" {
+        let fenced = if point.starts_with("cutover:reverse_") {
             "true,true,true"
         } else {
             "false,false,false"
@@ -681,6 +682,12 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
             "{point}: no reverse slot left on the target"
         );
         assert_eq!(
+            h.sql("src-enc", "postgres")
+                .count("SELECT count(*) FROM pg_publication"),
+            0,
+            "{point}: no reverse publication left on the target"
+        );
+        assert_eq!(
             h.json(&["migrate", "status", "c2"])["migration"]["phase"],
             "replicating"
         );
@@ -689,9 +696,19 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
             "src"
         );
     }
+    // A reverse slot some earlier attempt left behind (an orphaned backend can finish
+    // creating one after recovery ran): the cutover makes a new one, never reuses it.
+    let slot = h
+        .sql("src", "postgres")
+        .text("SELECT slot_name::text FROM pg_replication_slots WHERE database = 'postgres'");
+    let target = h.sql("src-enc", "postgres");
+    target.exec(&format!(
+        "SELECT pg_create_logical_replication_slot('{slot}_back', 'pgoutput')"
+    ));
     // Killed after the switch: resume finishes forward.
     write_billing();
     std::thread::sleep(Duration::from_secs(2));
+    let before = target.text("SELECT pg_current_wal_lsn()::text");
     crash_then_resume(
         &h,
         "cutover:switched",
@@ -699,6 +716,13 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
         "now cut over",
         "cut_over",
         "src-enc",
+    );
+    assert_eq!(
+        target.text(&format!(
+            "SELECT (restart_lsn >= '{before}')::text FROM pg_replication_slots WHERE slot_name = '{slot}_back'"
+        )),
+        "true",
+        "the reverse slot was made at this cutover"
     );
 
     let run = writes.finish();

@@ -1026,10 +1026,23 @@ async fn prepare_reverse(
     }
     for (i, s) in streams.iter().enumerate() {
         let (back, db) = (s.reverse_name(), &s.database);
+        // Never reuse what an earlier attempt left (a crash in this window, or a slot an
+        // orphaned backend finished creating after recovery ran): an older slot would hold
+        // the target's WAL and catalog rows from its older start.
+        if replication::drop_slot(&targets[i], &back)
+            .await
+            .map_err(sql("target", "dropping a stale reverse slot"))?
+        {
+            tracing::warn!(migration = %name, database = %db, slot = %back, "a reverse slot left by an earlier attempt was dropped");
+        }
+        replication::drop_publication(&targets[i], &back)
+            .await
+            .map_err(sql("target", "dropping a stale reverse publication"))?;
         journal.add_resource(name, "reverse_publication", db, &back)?;
         replication::create_publication(&targets[i], &back, spec.tables.as_deref())
             .await
             .map_err(sql("target", "creating the reverse publication"))?;
+        failpoint_at("cutover:reverse_publication");
         journal.add_resource(name, "reverse_slot", db, &back)?;
         replication::create_logical_slot(&targets[i], &back)
             .await
