@@ -1108,3 +1108,36 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
     h.ok(&["migrate", "cleanup", "rb"]);
     h.ok(&["endpoint", "delete", "src-ep"]);
 }
+
+#[test]
+fn a_cutover_whose_undo_fails_stays_cutting_over_with_the_fence_shown_and_resume_lifts_it() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    h.ok(&["migrate", "start", "--source", "src", "--name", "u1"]);
+    let out = h.run_env(
+        ("PGSEAL_TEST_HOOK", "fail-after-fence,undo-fails"),
+        &["migrate", "cutover", "u1"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("undoing it failed too") && stderr.contains("pgseal migrate resume u1"),
+        "{stderr}"
+    );
+    let status = h.json(&["migrate", "status", "u1"]);
+    assert_eq!(status["migration"]["phase"], "cutting_over", "{status}");
+    assert_eq!(
+        status["replication"]["streams"][0]["source_allows_connections"], false,
+        "{status}"
+    );
+    let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "u1"]).stdout).to_string();
+    assert!(text.contains("undone"), "{text}");
+    let status = h.json(&["migrate", "status", "u1"]);
+    assert_eq!(status["migration"]["phase"], "replicating");
+    assert_eq!(
+        status["replication"]["streams"][0]["source_allows_connections"], true,
+        "{status}"
+    );
+    h.sql("src", "postgres")
+        .exec("CREATE TABLE after_undo (id int)");
+}

@@ -46,7 +46,7 @@ use tokio_postgres::Client;
 use crate::engine::{EngineError, admin_database, connect_source_db, connect_to, streams_of};
 use crate::journal::{INSTANCE, Journal, MigrationSpec, Phase};
 use crate::status::status;
-use crate::steps::{Step, failpoint_at};
+use crate::steps::{Step, failpoint_at, test_hook};
 use crate::stream::{self, Stream};
 
 /// An error of a [`Switch`].
@@ -839,6 +839,11 @@ pub async fn cutover<P: Platform, S: Switch>(
         let fence_lsn = flushed_barrier(&sources.clients[0], "source").await?;
         report.fence_lsn = Some(fence_lsn);
         laps.lap("fence");
+        if test_hook("fail-after-fence") {
+            return Err(EngineError::Precondition(
+                "test hook fail-after-fence: the cutover fails with the fence up".into(),
+            ));
+        }
         let slots: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
         let sides = DrainSides {
             publisher: &sources.clients[0],
@@ -926,6 +931,11 @@ pub async fn cutover<P: Platform, S: Switch>(
         // Back to where we were: the source serves, the target replicates.
         let undo = async {
             drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await?;
+            if test_hook("undo-fails") {
+                return Err(EngineError::Precondition(
+                    "test hook undo-fails: the fence is not lifted".into(),
+                ));
+            }
             lift_fences(&admin, &dbs).await?;
             for db in &dbs {
                 journal.remove_resource(name, "fence", db, db)?;
@@ -942,8 +952,15 @@ pub async fn cutover<P: Platform, S: Switch>(
         let resumed = switch.resume().await;
         let text = crate::engine::error_chain(&error);
         journal.step_failed(run, &text)?;
+        if let Err(undo_error) = undo {
+            // The fence may still be up: the phase stays `cutting_over`, so `status` says
+            // so and `resume` lifts it (or finishes forward, once switched).
+            return Err(EngineError::Precondition(format!(
+                "the cutover failed ({text}) and undoing it failed too ({}): the source's databases may still refuse connections; `pgseal migrate resume {name}` lifts the fence",
+                crate::engine::error_chain(&undo_error)
+            )));
+        }
         journal.set_phase(name, Phase::Replicating, None)?;
-        undo?;
         resumed.map_err(|e| {
             EngineError::Precondition(format!("resuming {}: {e}", switch.describe()))
         })?;

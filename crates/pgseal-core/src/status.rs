@@ -40,6 +40,9 @@ pub struct StreamStatus {
     pub lag_seconds: Option<f64>,
     /// The schemas of its published tables on both sides (while the source is open).
     pub schema: Option<SchemaStatus>,
+    /// Whether the source database takes connections (`datallowconn`): false while the
+    /// cutover's fence holds it (a cutover that is running, interrupted or cut over).
+    pub source_allows_connections: Option<bool>,
     /// A full load's initial copy, table by table, while any table is not ready yet
     /// (empty once every table is ready, and under the snapshot strategy).
     pub copy: Vec<crate::initial_copy::TableCopy>,
@@ -203,6 +206,20 @@ pub async fn status<P: Platform>(
                     Err(e) => warnings.push(format!("target ({}) not reachable: {e}", s.database)),
                 }
             }
+            let source_allows_connections = source
+                .query_opt(
+                    "SELECT datallowconn FROM pg_database WHERE datname = $1",
+                    &[&s.database],
+                )
+                .await
+                .map_err(sql("source", "reading whether a database is fenced"))?
+                .map(|r| r.get(0));
+            if source_allows_connections == Some(false) && !fenced {
+                warnings.push(format!(
+                    "the source database {} refuses connections (a fence left up); `pgseal migrate resume {name}` lifts it",
+                    s.database
+                ));
+            }
             let lag_bytes = sample.lag_bytes;
             samples.push(sample);
             per_stream.push(StreamStatus {
@@ -213,6 +230,7 @@ pub async fn status<P: Platform>(
                 lag_bytes,
                 lag_seconds,
                 schema: schema_status,
+                source_allows_connections,
                 copy,
             });
         }

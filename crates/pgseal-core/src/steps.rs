@@ -189,7 +189,9 @@ pub fn failpoint_at(point: &str) {
 }
 
 /// The environment variable of test hooks that make the engine misbehave on purpose, to
-/// prove its guards: `late-slot` creates the slot after the snapshot instead of before.
+/// prove its guards: `late-slot` creates the slot after the snapshot instead of before;
+/// `fail-after-fence` fails a cutover once its fence is up, and `undo-fails` fails that
+/// cutover's undo before it lifts the fence.
 pub const TEST_HOOK_VAR: &str = "PGSEAL_TEST_HOOK";
 
 /// True when the test hook `name` is set (and the build has the `failpoints` feature).

@@ -320,7 +320,10 @@ pub fn status(s: &MigrationStatus) -> String {
         ]];
         for st in &r.streams {
             rows.push(vec![
-                st.database.clone(),
+                match st.source_allows_connections {
+                    Some(false) => format!("{} (fenced)", st.database),
+                    _ => st.database.clone(),
+                },
                 match &st.slot {
                     Some(slot) => format!(
                         "{} ({}, {})",
