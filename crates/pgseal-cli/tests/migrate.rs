@@ -789,7 +789,21 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
 fn cleanup_after_cutover_leaves_no_slot_publication_or_subscription_on_either_side() {
     let h = Home::new();
     h.source("src", &["wal_level=logical"]);
-    h.ok(&["migrate", "start", "--source", "src", "--name", "k1"]);
+    h.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "k1",
+        "--max-slot-retention",
+        "1GiB",
+    ]);
+    assert_eq!(
+        h.sql("src", "template1")
+            .text("SHOW max_slot_wal_keep_size"),
+        "1GB"
+    );
     // The hook gets a clean environment: none of pgseal's secrets.
     let seen = h.path("hook-env");
     let hook = format!("test -n \"$PGSEAL_NEW_URL\" && env > {}", seen.display());
@@ -846,6 +860,11 @@ fn cleanup_after_cutover_leaves_no_slot_publication_or_subscription_on_either_si
     let admin = h.sql("src", "template1");
     admin.exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
     assert_eq!(h.sql("src", "postgres").pgseal_everything(), 0);
+    assert_eq!(
+        admin.text("SHOW max_slot_wal_keep_size"),
+        "-1",
+        "the old limit is back"
+    );
     assert_eq!(
         h.json(&["migrate", "status", "k1"])["migration"]["phase"],
         "cleaned_up"
@@ -1140,4 +1159,47 @@ fn a_cutover_whose_undo_fails_stays_cutting_over_with_the_fence_shown_and_resume
     );
     h.sql("src", "postgres")
         .exec("CREATE TABLE after_undo (id int)");
+}
+
+#[test]
+fn postgresql_itself_caps_the_slots_wal_on_a_managed_source_and_the_old_limit_comes_back() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    assert_eq!(src.text("SHOW max_slot_wal_keep_size"), "-1");
+    h.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "g1",
+        "--max-slot-retention",
+        "32MiB",
+    ]);
+    assert_eq!(src.text("SHOW max_slot_wal_keep_size"), "32MB");
+    // With the target down and no `status` running, the server invalidates the slot once
+    // it holds more than the limit, instead of filling the disk.
+    h.ok(&["instance", "stop", "src-enc"]);
+    src.exec("CREATE TABLE filler (x text)");
+    let lost =
+        || src.text("SELECT coalesce(string_agg(wal_status, ','), '') FROM pg_replication_slots");
+    let started = Instant::now();
+    while lost() != "lost" {
+        assert!(started.elapsed() < Duration::from_secs(60), "{}", lost());
+        src.exec(
+            "INSERT INTO filler SELECT repeat(md5(g::text), 32) FROM generate_series(1, 20000) g; \
+             SELECT pg_switch_wal(); CHECKPOINT",
+        );
+    }
+    let status = h.json(&["migrate", "status", "g1"]);
+    assert_eq!(status["migration"]["phase"], "failed", "{status}");
+    let warnings = status["warnings"].to_string();
+    assert!(
+        warnings.contains("invalidated") && warnings.contains("pgseal migrate abort g1"),
+        "{warnings}"
+    );
+    h.ok(&["migrate", "abort", "g1"]);
+    assert_eq!(src.text("SHOW max_slot_wal_keep_size"), "-1");
+    assert_eq!(src.pgseal_objects(), 0);
 }

@@ -102,6 +102,10 @@ pub async fn abort<P: Platform>(
                     }
                 };
                 match kind {
+                    crate::slot_guard::RESOURCE => {
+                        crate::slot_guard::restore(client, &resource.name).await?;
+                        true
+                    }
                     "slot" => replication::drop_slot(client, &resource.name)
                         .await
                         .map_err(sql(format!("dropping slot {}", resource.name)))?,

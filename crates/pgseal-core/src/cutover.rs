@@ -1379,6 +1379,10 @@ async fn remove_resources<P: Platform>(
             ("slot", Some(source)) => replication::drop_slot(source, &resource.name)
                 .await
                 .map_err(sql("source", "dropping the slot"))?,
+            (crate::slot_guard::RESOURCE, Some(source)) => {
+                crate::slot_guard::restore(source, &resource.name).await?;
+                true
+            }
             ("publication", Some(source)) => replication::drop_publication(source, &resource.name)
                 .await
                 .map_err(sql("source", "dropping the publication"))?,

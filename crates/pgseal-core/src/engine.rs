@@ -451,6 +451,22 @@ impl<'a, P: Platform> Engine<'a, P> {
             }
         };
 
+        // PostgreSQL's own guard on the slots' WAL, on a source pgseal manages.
+        if let (None, Some(limit), Some(first)) = (
+            self.spec.source_url(),
+            self.spec.max_slot_retention,
+            streams.first(),
+        ) {
+            crate::slot_guard::install(
+                &source,
+                self.journal,
+                &self.spec.name,
+                &first.database,
+                limit,
+            )
+            .await?;
+        }
+
         let mut prepared = Vec::new();
         for s in &streams {
             let client = self.source_db(&s.database).await?;

@@ -20,6 +20,7 @@ pub mod journal;
 pub mod preflight;
 pub mod report;
 pub mod samples;
+pub mod slot_guard;
 pub mod status;
 pub mod steps;
 pub mod stream;

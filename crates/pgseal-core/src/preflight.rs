@@ -213,7 +213,7 @@ where
     };
     let settings = client
         .query(
-            "SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders', 'server_version', 'max_logical_replication_workers', 'max_worker_processes', 'server_version_num')",
+            "SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders', 'server_version', 'max_logical_replication_workers', 'max_worker_processes', 'server_version_num', 'max_slot_wal_keep_size')",
             &[],
         )
         .await?;
@@ -244,6 +244,17 @@ where
         } else {
             warning("wal_level", detail, fix)
         });
+    }
+
+    // PostgreSQL's own guard on the WAL slots hold: pgseal sets it on a source it manages
+    // (from --max-slot-retention); on others it can only say so.
+    let keep = setting(&settings, "max_slot_wal_keep_size");
+    if input.managed_source.is_none() && keep == "-1" {
+        findings.push(warning(
+            "max_slot_wal_keep_size",
+            "max_slot_wal_keep_size is -1 (no limit): if the target stops applying, the migration's slots keep WAL until the source's disk is full (pgseal's own guard acts only while `pgseal migrate status` runs)".to_string(),
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '20GB' (the WAL you can spare; the same as --max-slot-retention); SELECT pg_reload_conf(); it is instance-wide, so it limits every slot on the server, and a slot past it is invalidated (on RDS: the parameter group)".to_string(),
+        ));
     }
 
     // 2. Free slots and senders: one of each per database for the migration, one more per

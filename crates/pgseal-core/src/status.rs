@@ -142,7 +142,7 @@ pub async fn status<P: Platform>(
     name: &str,
     max_slot_retention: Option<u64>,
 ) -> Result<MigrationStatus, EngineError> {
-    let migration = journal.migration(name)?;
+    let mut migration = journal.migration(name)?;
     let steps = journal.step_runs(name)?;
     let spec = migration.spec.clone();
     let handoff: Option<Handoff> = journal
@@ -272,9 +272,17 @@ pub async fn status<P: Platform>(
             None => warnings.push(format!(
                 "slot {slot_name} ({db}) is missing on the source: replication cannot continue; abort this migration"
             )),
-            Some(s) if s.wal_status.as_deref() == Some("lost") => warnings.push(format!(
-                "slot {slot_name} ({db}) lost WAL it needed (max_slot_wal_keep_size?): abort this migration"
-            )),
+            Some(s) if s.wal_status.as_deref() == Some("lost") => {
+                let why = format!(
+                    "slot {slot_name} ({db}) was invalidated by PostgreSQL (wal_status lost: it held more WAL than max_slot_wal_keep_size allows), so the target can no longer catch up; `pgseal migrate abort {name}` removes the migration, then start it again"
+                );
+                if migration.phase == Phase::Replicating {
+                    journal.set_phase(name, Phase::Failed, Some(&why))?;
+                    migration.phase = Phase::Failed;
+                    migration.error = Some(why.clone());
+                }
+                warnings.push(why);
+            }
             _ => {}
         }
         if let Some(sub) = &st.subscription {
