@@ -305,6 +305,20 @@ impl Shape {
         format!("{} IN ({})", self.key_tuple(), tuples.join(", "))
     }
 
+    /// Each key column's value, typed, from a key object as the change log records it
+    /// (`json` names the jsonb value in the query).
+    fn key_from_json(&self, json: &str) -> Vec<String> {
+        self.key
+            .iter()
+            .map(|(c, t)| {
+                format!(
+                    "({json} ->> {})::{t}",
+                    replication::quote_literal(c.trim_matches('"'))
+                )
+            })
+            .collect()
+    }
+
     /// True when every key column is an identifier type (see [`IDENTIFIER_TYPES`]).
     fn keys_are_identifiers(&self) -> bool {
         !self.key.is_empty()
@@ -557,14 +571,10 @@ impl Sides<'_> {
             });
         }
         let cols: Vec<String> = shape
-            .key
+            .key_from_json("l.key")
             .iter()
-            .map(|(c, t)| {
-                format!(
-                    "(l.key ->> {})::{t} AS {c}",
-                    replication::quote_literal(c.trim_matches('"'))
-                )
-            })
+            .zip(&shape.key)
+            .map(|(value, (c, _))| format!("{value} AS {c}"))
             .collect();
         let rows = self
             .target
@@ -1419,16 +1429,7 @@ async fn changed_rows(
     keys: &str,
     role: &'static str,
 ) -> Result<std::collections::BTreeMap<String, i64>, EngineError> {
-    let cols: Vec<String> = shape
-        .key
-        .iter()
-        .map(|(c, t)| {
-            format!(
-                "(j ->> {})::{t}",
-                replication::quote_literal(c.trim_matches('"'))
-            )
-        })
-        .collect();
+    let cols = shape.key_from_json("j");
     let cond = format!(
         "{} IN (SELECT {} FROM jsonb_array_elements({}::jsonb) j)",
         shape.key_tuple(),
