@@ -28,10 +28,15 @@ fn sessions(db: &TestCluster) -> impl AsyncFn(&str) -> Result<tokio_postgres::Cl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_source_has_no_findings() {
-    let db = tokio::task::spawn_blocking(TestCluster::start)
-        .await
-        .unwrap()
-        .unwrap();
+    // Clean includes PostgreSQL's own cap on the WAL slots may hold.
+    let db = tokio::task::spawn_blocking(|| {
+        TestCluster::builder()
+            .setting("max_slot_wal_keep_size", "1GB")
+            .start()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let c = db.connect("postgres").await.unwrap();
     c.batch_execute("CREATE TABLE t (id int primary key, v text); CREATE TABLE f (v text); ALTER TABLE f REPLICA IDENTITY FULL")
         .await
@@ -40,6 +45,17 @@ async fn a_clean_source_has_no_findings() {
     assert!(report.findings.is_empty(), "{:#?}", report.findings);
     assert!(report.ready());
     assert_eq!(report.tables, 2);
+    // Without the cap (the default), a source pgseal does not manage gets a warning that
+    // says how to set it.
+    let plain = tokio::task::spawn_blocking(TestCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let p = plain.connect("postgres").await.unwrap();
+    let uncapped = preflight(&p, sessions(&plain), &input()).await.unwrap();
+    let ids: Vec<&str> = uncapped.findings.iter().map(|f| f.id).collect();
+    assert_eq!(ids, ["max_slot_wal_keep_size"], "{:#?}", uncapped.findings);
+    assert!(uncapped.ready(), "a warning, not a blocker");
     assert!(report.source_bytes > 1 << 20);
     // The whole instance: every database that accepts connections, not the templates.
     let carried = report.carried();
