@@ -654,7 +654,12 @@ async fn locked<T>(
         .await
     {
         let _ = src.batch_execute("ROLLBACK").await;
-        if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+        // Either timeout may end the wait for the lock: both are 100 ms.
+        if matches!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                | Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+        ) {
             return Ok(None);
         }
         return Err(sql("source", "locking a table")(e));
