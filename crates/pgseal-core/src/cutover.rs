@@ -593,20 +593,25 @@ async fn target_admin<P: Platform>(
     connect_to(platform, &spec.target, admin_database(&dbs), "target").await
 }
 
-/// Commits a barrier on `session` with `synchronous_commit = on` — its commit is flushed,
-/// and with it every earlier commit, asynchronous ones included — and returns the flushed
-/// WAL position after it: what the other side must confirm for nothing to be left behind.
-pub(crate) async fn flushed_barrier(
+/// Commits a barrier on `session` with `synchronous_commit = on`: its commit is flushed,
+/// and with it every earlier commit, asynchronous ones included, and the walsenders wake.
+pub(crate) async fn commit_barrier(
     session: &Client,
     role: &'static str,
-) -> Result<Lsn, EngineError> {
+) -> Result<(), EngineError> {
     session
         .batch_execute(
             "SET synchronous_commit = on; \
-             SELECT pg_logical_emit_message(true, 'pgseal', 'fence')",
+             SELECT pg_logical_emit_message(true, 'pgseal', 'barrier')",
         )
         .await
-        .map_err(sql(role, "committing the fence's barrier"))?;
+        .map_err(sql(role, "committing a barrier"))
+}
+
+/// [`commit_barrier`], then the flushed WAL position after it: what the other side must
+/// confirm for nothing to be left behind.
+async fn flushed_barrier(session: &Client, role: &'static str) -> Result<Lsn, EngineError> {
+    commit_barrier(session, role).await?;
     let lsn: tokio_postgres::types::PgLsn = session
         .query_one("SELECT pg_current_wal_flush_lsn()", &[])
         .await
@@ -665,7 +670,7 @@ async fn drain(sides: &DrainSides<'_>, slots: &[String], lsn: Lsn) -> Result<Lsn
             return lowest.ok_or_else(|| EngineError::Precondition("no slot to drain".into()));
         }
         flush_wal(sides.subscriber, sides.subscriber_role).await?;
-        flushed_barrier(sides.publisher, sides.publisher_role).await?;
+        commit_barrier(sides.publisher, sides.publisher_role).await?;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

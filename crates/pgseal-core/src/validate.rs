@@ -533,7 +533,7 @@ impl Sides<'_> {
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            crate::cutover::flushed_barrier(self.source_aux, "source").await?;
+            crate::cutover::commit_barrier(self.source_aux, "source").await?;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }

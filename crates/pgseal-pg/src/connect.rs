@@ -87,25 +87,29 @@ pub fn conninfo(config: &Config) -> String {
     // Over TCP, when pgseal's own sessions insist on TLS, so does the server-side client
     // (`sslmode=require`: it runs on the subscriber's machine, which may not have the CA
     // file pgseal was given, so the certificate is not checked there).
-    let insists = tls_env(config).iter().any(|(key, mode)| {
-        *key == "PGSSLMODE" && matches!(mode.as_str(), "require" | "verify-ca" | "verify-full")
-    });
+    let insists = ssl_mode(config)
+        .is_some_and(|mode| matches!(mode.as_str(), "require" | "verify-ca" | "verify-full"));
     if insists && matches!(config.get_hosts().first(), Some(Host::Tcp(_))) {
         parts.push("sslmode=require".to_string());
     }
     parts.join(" ")
 }
 
-/// `PGSSLMODE` (from this process's environment, else `require` when the URL said so) and
-/// `PGSSLROOTCERT`, as libpq's environment names them.
+/// The `sslmode` pgseal's sessions to `config` follow when it is not libpq's default:
+/// `PGSSLMODE` from this process's environment, else `require` when the URL said so.
+fn ssl_mode(config: &Config) -> Option<String> {
+    match std::env::var("PGSSLMODE") {
+        Ok(mode) if !mode.is_empty() => Some(mode),
+        _ if config.get_ssl_mode() == SslMode::Require => Some("require".to_string()),
+        _ => None,
+    }
+}
+
+/// [`ssl_mode`] and `PGSSLROOTCERT`, as libpq's environment names them.
 fn tls_env(config: &Config) -> Vec<(&'static str, String)> {
     let mut env = Vec::new();
-    match std::env::var("PGSSLMODE") {
-        Ok(mode) if !mode.is_empty() => env.push(("PGSSLMODE", mode)),
-        _ if config.get_ssl_mode() == SslMode::Require => {
-            env.push(("PGSSLMODE", "require".to_string()))
-        }
-        _ => {}
+    if let Some(mode) = ssl_mode(config) {
+        env.push(("PGSSLMODE", mode));
     }
     if let Ok(root) = std::env::var("PGSSLROOTCERT") {
         env.push(("PGSSLROOTCERT", root));
