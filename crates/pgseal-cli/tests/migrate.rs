@@ -1082,6 +1082,17 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
     h.sql("src-enc", "billing")
         .exec("INSERT INTO t SELECT generate_series(1, 10)");
 
+    // Killed right after pausing the endpoint, before anything else changed: resume
+    // resumes the endpoint in front of the target (before the fix, it said there was
+    // nothing to resume and left the endpoint paused).
+    crash_then_resume(
+        &h,
+        "rollback:paused",
+        &["migrate", "rollback", "rb"],
+        "rollback of rb was undone",
+        "cut_over",
+        "src-enc",
+    );
     // Killed with the target fenced, before switching back: resume lets the target serve.
     crash_then_resume(
         &h,

@@ -1224,9 +1224,16 @@ pub async fn rollback<P: Platform, S: Switch>(
     let mut drained = None;
     let mut sequences = Vec::new();
     let before_switch = async {
+        // On record before anything changes: a crash from here on leaves the endpoint
+        // paused and the source open, and `resume` recovers an interrupted rollback only
+        // when it finds these (lifting a fence that was never up is harmless).
+        for db in &dbs {
+            journal.add_resource(name, "target_fence", db, db)?;
+        }
         switch.pause().await.map_err(|e| {
             EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
         })?;
+        failpoint_at("rollback:paused");
         // The source databases let their apply workers in (anyone else is ended until the
         // switch); the workers must reach the target before the target is fenced, since a
         // fenced database refuses new walsender connections too.
@@ -1259,9 +1266,6 @@ pub async fn rollback<P: Platform, S: Switch>(
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        }
-        for db in &dbs {
-            journal.add_resource(name, "target_fence", db, db)?;
         }
         fence(&target_admin, &dbs, &targets.pids).await?;
         failpoint_at("rollback:fenced");
