@@ -689,7 +689,8 @@ pub enum WorkloadCommand {
         /// Transactions per second over all clients
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
-        /// Seconds to run
+        /// Seconds to run (SIGINT or SIGTERM ends the run earlier: each client finishes
+        /// its transaction, the ledger is synced and the summary printed)
         #[arg(long, default_value_t = 30)]
         duration: u64,
         /// Concurrent connections

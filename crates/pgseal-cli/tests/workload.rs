@@ -138,3 +138,41 @@ fn a_transaction_held_up_by_a_lock_is_timed_by_the_clients_own_clock() {
     );
     assert!(slow.iter().all(|t| t["ms"].as_f64().unwrap() >= 10.0));
 }
+
+#[test]
+fn sigterm_ends_a_run_early_with_its_summary_and_a_ledger_that_verifies() {
+    let db = pgseal_testkit::TestCluster::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("run.ledger");
+    let (url, ledger_arg) = (db.url("postgres"), ledger.to_str().unwrap().to_string());
+    let started = std::time::Instant::now();
+    let writer = Command::new(env!("CARGO_BIN_EXE_pgseal"))
+        .args(["workload", "run", "--url", &url, "--rate", "100"])
+        .args(["--duration", "600", "--ledger", &ledger_arg, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(writer.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = writer.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(run["acknowledged"].as_u64().unwrap() > 50, "{run}");
+    let out = pgseal(&[
+        "workload",
+        "verify",
+        "--url",
+        &url,
+        "--ledger",
+        &ledger_arg,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["acknowledged"], run["acknowledged"], "{v}");
+}

@@ -1,6 +1,7 @@
 //! `pgseal workload ...`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -30,6 +31,28 @@ fn config(ctx: &Context, target: &WorkloadTarget) -> anyhow::Result<tokio_postgr
     url_config(url, "--url")
 }
 
+/// Sets `stop` when SIGINT or SIGTERM arrives, so that a run ended early still finishes
+/// its transactions, syncs its ledger and prints its summary.
+fn stop_on_signals(
+    runtime: &tokio::runtime::Runtime,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _entered = runtime.enter();
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let stop = stop.clone();
+    runtime.spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("signal received: ending the run after the transactions under way");
+        stop.store(true, Ordering::Relaxed);
+    });
+    Ok(())
+}
+
 /// Runs one workload command.
 pub fn run(ctx: &Context, action: &WorkloadCommand) -> Outcome {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -50,6 +73,7 @@ pub fn run(ctx: &Context, action: &WorkloadCommand) -> Outcome {
                 clients: *clients,
                 stop: Default::default(),
             };
+            stop_on_signals(&runtime, &opts.stop)?;
             ctx.status(format!(
                 "writing {rate} tx/s from {clients} clients for {duration} s; ledger {}",
                 target.ledger.display()
