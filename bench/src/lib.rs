@@ -125,7 +125,12 @@ impl Harness {
         if !out.status.success() {
             bail!("pgseal {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "pgseal {args:?} printed no JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// `-h SOCKET -p PORT -U postgres` for an instance.

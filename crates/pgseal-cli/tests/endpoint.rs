@@ -274,7 +274,7 @@ fn tcp_clients_with_passwords_and_tls_cross_cutover_and_rollback_without_an_erro
     assert!(balanced);
 
     h.ok(&["migrate", "cleanup", "t1"]);
-    h.ok(&["endpoint", "delete", "ep"]);
+    assert_eq!(h.json(&["endpoint", "delete", "ep"])["deleted"], "ep");
     assert!(
         !std::path::Path::new(&key).exists(),
         "the key is gone with the endpoint"

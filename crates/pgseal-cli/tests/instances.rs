@@ -120,10 +120,9 @@ fn instance_commands_create_describe_stop_start_and_delete() {
     let out = h.run(&["instance", "delete", "cli-plain"]);
     assert!(!out.status.success(), "delete asks for --yes");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
-    assert!(
-        h.run(&["instance", "delete", "cli-plain", "--yes"])
-            .status
-            .success()
+    assert_eq!(
+        h.json(&["instance", "delete", "cli-plain", "--yes", "--json"])["deleted"],
+        "cli-plain"
     );
     assert_eq!(
         h.json(&["instance", "list", "--json"])

@@ -1214,3 +1214,55 @@ fn postgresql_itself_caps_the_slots_wal_on_a_managed_source_and_the_old_limit_co
     assert_eq!(src.text("SHOW max_slot_wal_keep_size"), "-1");
     assert_eq!(src.pgseal_objects(), 0);
 }
+
+#[test]
+fn cutover_trusts_an_apply_worker_that_failed_once_and_runs_again_not_one_that_keeps_failing() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    src.exec("CREATE TABLE items (id int PRIMARY KEY)");
+    h.ok(&["migrate", "start", "--source", "src", "--name", "w1"]);
+    let errors = || {
+        h.json(&["migrate", "status", "w1"])["replication"]["streams"][0]["subscription"]
+            ["apply_errors"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(errors(), 0);
+
+    // A source restart breaks the apply worker's connection: that counts as an error, for
+    // good (the count never goes down). Before the fix, cutover was refused from then on.
+    h.ok(&["instance", "stop", "src"]);
+    h.ok(&["instance", "start", "src"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while errors() == 0 {
+        assert!(Instant::now() < deadline, "the restart counted no error");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    h.sql("src", "postgres")
+        .exec("INSERT INTO items VALUES (1)");
+    let out = h.run(&["migrate", "cutover", "w1", "--dry-run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A change the target cannot apply: its worker fails at once, each time it restarts.
+    h.sql("src-enc", "postgres")
+        .exec("INSERT INTO items VALUES (2)");
+    h.sql("src", "postgres")
+        .exec("INSERT INTO items VALUES (2)");
+    let before = errors();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while errors() == before {
+        assert!(Instant::now() < deadline, "the conflict counted no error");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = h.run(&["migrate", "cutover", "w1", "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("apply worker"), "{stdout}");
+    h.ok(&["migrate", "abort", "w1"]);
+}

@@ -287,6 +287,52 @@ pub async fn databases_outside<P: Platform>(
         .collect())
 }
 
+/// How long an apply worker that failed before must have run since, without failing
+/// again, for cutover to go ahead.
+pub const HEALED_AFTER: Duration = Duration::from_secs(5);
+
+/// How long cutover waits, beyond [`HEALED_AFTER`], for an apply worker that failed to
+/// be started again (PostgreSQL's default `wal_retrieve_retry_interval` is 5 s).
+const RESTART_GRACE: Duration = Duration::from_secs(8);
+
+/// True when a subscription's worker has no error, or has run [`HEALED_AFTER`] since its
+/// last one with no new one since the count `before`.
+fn healed(sub: &replication::SubscriptionState, before: Option<&i64>) -> bool {
+    sub.apply_errors == 0
+        || (sub
+            .worker_up_ms
+            .is_some_and(|up| up >= HEALED_AFTER.as_millis() as i64)
+            && before == Some(&sub.apply_errors))
+}
+
+/// The database of a stream whose apply worker failed before and is restarting or young
+/// (neither healed nor failed again since `before`), if any.
+fn unsettled_worker(
+    st: &crate::status::MigrationStatus,
+    before: &HashMap<String, i64>,
+) -> Option<String> {
+    st.replication
+        .iter()
+        .flat_map(|r| &r.streams)
+        .find(|s| {
+            s.subscription.as_ref().is_some_and(|sub| {
+                sub.enabled
+                    && !healed(sub, before.get(&s.database))
+                    && before.get(&s.database) == Some(&sub.apply_errors)
+            })
+        })
+        .map(|s| s.database.clone())
+}
+
+/// Each stream's apply error count, by database.
+fn streams_errors(st: &crate::status::MigrationStatus) -> HashMap<String, i64> {
+    st.replication
+        .iter()
+        .flat_map(|r| &r.streams)
+        .filter_map(|s| Some((s.database.clone(), s.subscription.as_ref()?.apply_errors)))
+        .collect()
+}
+
 /// Checks the preconditions; returns what fails, and fills the report's scope fields.
 async fn check<P: Platform, S: Switch>(
     platform: &P,
@@ -296,7 +342,20 @@ async fn check<P: Platform, S: Switch>(
     options: &CutoverOptions,
     report: &mut CutoverReport,
 ) -> Result<Vec<String>, EngineError> {
-    let st = status(platform, journal, name, None).await?;
+    let mut st = status(platform, journal, name, None).await?;
+    // An apply worker that failed earlier (the count only grows; a source restart or a
+    // lost connection counts) is trusted again once it has run `HEALED_AFTER` without
+    // failing again: one that cannot apply a change fails moments after it starts. While
+    // one is restarting (every `wal_retrieve_retry_interval`) or young, wait to see which.
+    let errors_before: HashMap<String, i64> = streams_errors(&st);
+    let deadline = Instant::now() + HEALED_AFTER + RESTART_GRACE;
+    while let Some(waiting) = unsettled_worker(&st, &errors_before)
+        && Instant::now() < deadline
+    {
+        tracing::info!(migration = %name, database = %waiting, "waiting to see a restarted apply worker keep running");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        st = status(platform, journal, name, None).await?;
+    }
     let mut failed = Vec::new();
     if st.migration.phase != Phase::Replicating {
         failed.push(format!(
@@ -320,10 +379,11 @@ async fn check<P: Platform, S: Switch>(
                 match &s.subscription {
                     None => failed.push(format!("{db}: the subscription is missing on the target")),
                     Some(sub) => {
-                        if sub.apply_errors > 0 {
+                        if sub.apply_errors > 0 && !healed(sub, errors_before.get(db)) {
                             failed.push(format!(
-                                "{db}: the apply worker reported {} error(s)",
-                                sub.apply_errors
+                                "{db}: the apply worker reported {} error(s) and has not run {} s since without failing",
+                                sub.apply_errors,
+                                HEALED_AFTER.as_secs()
                             ));
                         }
                         if sub.worker_pid.is_none() {

@@ -1110,9 +1110,14 @@ impl<'a, P: Platform> Engine<'a, P> {
         let streams = self.streams()?;
         for s in &streams {
             let target = self.target_db(&s.database).await?;
+            // The error count only grows, and counts lost connections too: only errors
+            // during this wait say the worker cannot start (a resumed migration's worker
+            // may have failed before, when the source restarted).
+            let mut errors_before = None;
             loop {
                 crate::samples::record(self.journal, &self.spec.name, &source, &streams).await;
                 let sub = self.subscription_state(&target, &s.name).await?;
+                let errors_before = *errors_before.get_or_insert(sub.apply_errors);
                 let slot = replication::slot(&source, &s.name)
                     .await
                     .map_err(Self::sql("source", "reading the slot"))?;
@@ -1124,10 +1129,12 @@ impl<'a, P: Platform> Engine<'a, P> {
                     }));
                     break;
                 }
-                if sub.apply_errors > 0 {
+                if sub.apply_errors > errors_before {
                     return Err(EngineError::Precondition(format!(
                         "the apply worker of {} ({}) failed {} time(s); see the target's server log",
-                        s.name, s.database, sub.apply_errors
+                        s.name,
+                        s.database,
+                        sub.apply_errors - errors_before
                     )));
                 }
                 if started.elapsed() > WORKER_START_TIMEOUT {

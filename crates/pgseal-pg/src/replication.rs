@@ -247,8 +247,11 @@ pub struct SubscriptionState {
     pub worker_pid: Option<i32>,
     /// The last position the worker reported back to the publisher.
     pub reported_lsn: Option<Lsn>,
-    /// Errors the apply worker hit (`pg_stat_subscription_stats.apply_error_count`).
+    /// Errors the apply worker hit (`pg_stat_subscription_stats.apply_error_count`). The
+    /// count only grows: a lost connection to the publisher counts too.
     pub apply_errors: i64,
+    /// How long the apply worker running now has run, in milliseconds.
+    pub worker_up_ms: Option<i64>,
 }
 
 impl SubscriptionState {
@@ -266,11 +269,13 @@ pub async fn subscription(
     let row = client
         .query_opt(
             "SELECT s.subname::text, s.oid, s.subenabled, s.subslotname::text, o.remote_lsn, \
-                    w.pid, w.latest_end_lsn, coalesce(st.apply_error_count, 0) \
+                    w.pid, w.latest_end_lsn, coalesce(st.apply_error_count, 0), \
+                    (extract(epoch FROM now() - a.backend_start) * 1000)::bigint \
              FROM pg_subscription s \
              LEFT JOIN pg_replication_origin_status o ON o.external_id = 'pg_' || s.oid \
              LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL \
              LEFT JOIN pg_stat_subscription_stats st ON st.subid = s.oid \
+             LEFT JOIN pg_stat_activity a ON a.pid = w.pid \
              WHERE s.subname = $1 \
                AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
             &[&name],
@@ -285,6 +290,7 @@ pub async fn subscription(
         worker_pid: r.get(5),
         reported_lsn: r.get::<_, Option<PgLsn>>(6).map(Lsn::from),
         apply_errors: r.get(7),
+        worker_up_ms: r.get(8),
     }))
 }
 

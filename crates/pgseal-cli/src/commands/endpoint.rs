@@ -92,6 +92,9 @@ pub fn run(ctx: &Context, action: &EndpointCommand) -> Outcome {
         EndpointCommand::Delete { name } => {
             instances.delete_endpoint(name)?;
             ctx.status(format!("deleted endpoint {name}"));
+            if ctx.json {
+                print_json(&serde_json::json!({ "deleted": name }))?;
+            }
         }
     }
     Ok(exit::code(exit::OK))

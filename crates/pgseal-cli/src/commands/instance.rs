@@ -96,6 +96,9 @@ pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
             }
             instances.delete(name)?;
             ctx.status(format!("deleted instance {name}"));
+            if ctx.json {
+                print_json(&serde_json::json!({ "deleted": name }))?;
+            }
             Ok(exit::code(exit::OK))
         }
         InstanceCommand::Resize { name, storage } => {

@@ -1,0 +1,590 @@
+//! Fault soak: migrations under the ledger workload, with pgseal killed (SIGKILL) at a
+//! seeded random moment inside `migrate start`, inside `migrate cutover` and inside
+//! `migrate rollback`, each followed by `migrate resume` (and the command again when
+//! resume undid it) until the migration reaches the phase the command was for. Once per
+//! run the source server is also stopped hard (SIGQUIT to its postmaster: an immediate
+//! shutdown) mid-catch-up, and once mid-cutover, then started again.
+//!
+//! Each round: a source instance with two databases (the ledger's `postgres` and a pgbench
+//! one), a PgBouncer endpoint in front of it, the ledger workload writing through the
+//! endpoint at RATE tx/s for the whole round; start, cutover and rollback as above;
+//! `workload verify` on the source (which holds the writes after the rollback); `migrate
+//! cleanup`; then a scan for what should be gone: replication slots, publications,
+//! subscriptions and replication origins on the source, fenced databases, the abandoned
+//! target instance, snapshots.
+//!
+//! A calibration round without faults first measures how long each command takes; the
+//! kill moments are drawn uniformly over those durations.
+//!
+//! Prints rounds, kills, missing, duplicated, unexpected and leftovers (all but rounds and
+//! kills must be 0: anything else is a bug), then a JSON line.
+//!
+//! Usage: `bench-soak [ROUNDS] [SEED] [RATE]` (default 30, 1, 50), as root, from the
+//! workspace root (a release build without test features: the faults come from outside).
+//! Run `bench/soak`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use pgseal_bench::Harness;
+
+/// A small seeded generator (splitmix64): the same seed draws the same kill moments.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A duration drawn uniformly from `[0, upto)`.
+    fn within(&mut self, upto: Duration) -> Duration {
+        let ms = upto.as_millis().max(1) as u64;
+        Duration::from_millis(self.next() % ms)
+    }
+
+    /// A number drawn uniformly from `[0, n)`.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// The faults one round injects.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    /// SIGKILL pgseal inside start, cutover and rollback.
+    kill: bool,
+    /// Stop the source hard while the target catches up.
+    crash_source_catching_up: bool,
+    /// Stop the source hard while cutover runs (instead of killing pgseal there).
+    crash_source_in_cutover: bool,
+}
+
+/// What one round found.
+#[derive(Debug, Default, serde::Serialize)]
+struct Round {
+    round: usize,
+    kills: usize,
+    /// Where each kill landed: `command@ms (phase after it)`.
+    kill_points: Vec<String>,
+    source_crashes: usize,
+    resumes: usize,
+    /// Commands run again after resume undid an interrupted one.
+    retries: usize,
+    /// Commands that failed although no fault was injected into them (with their error).
+    unforced_failures: Vec<String>,
+    acknowledged: u64,
+    uncertain: u64,
+    client_errors: u64,
+    missing: u64,
+    duplicated: u64,
+    unexpected: u64,
+    /// What should have been gone after cleanup, as `what: count`.
+    leftovers: Vec<String>,
+    /// How long each command took when not interrupted (calibration), ms.
+    #[serde(skip)]
+    durations: [Duration; 3],
+    seconds: f64,
+}
+
+/// The soak's commands, in the order a round runs them.
+const COMMANDS: [&str; 3] = ["start", "cutover", "rollback"];
+
+/// The phase each command leads to.
+const GOALS: [&str; 3] = ["replicating", "cut_over", "rolled_back"];
+
+struct Soak<'a> {
+    b: &'a Harness,
+    rate: f64,
+    rng: Rng,
+}
+
+impl Soak<'_> {
+    /// The arguments of command `i` for round `r`.
+    fn args(&self, i: usize, r: usize) -> Vec<String> {
+        let name = format!("m{r}");
+        let mut args: Vec<String> = vec!["migrate".into(), COMMANDS[i].into()];
+        match i {
+            0 => args.extend(
+                [
+                    "--source",
+                    &format!("s{r}"),
+                    "--target",
+                    &format!("t{r}"),
+                    "--name",
+                    &name,
+                    "--key",
+                    "soak",
+                    "--replica-identity-full",
+                ]
+                .map(String::from),
+            ),
+            _ => args.extend([name, "--endpoint".into(), format!("e{r}")]),
+        }
+        args
+    }
+
+    fn command(&self, i: usize, r: usize) -> Command {
+        let args = self.args(i, r);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut c = self.b.pgseal(&args);
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    }
+
+    /// The migration's phase, or `None` when the journal has no such migration (a start
+    /// killed before it recorded one).
+    fn phase(&self, r: usize) -> anyhow::Result<Option<String>> {
+        let out = self
+            .b
+            .pgseal(&["migrate", "status", &format!("m{r}"), "--json"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("no migration named") {
+            return Ok(None);
+        }
+        if !out.status.success() {
+            bail!("migrate status m{r}: {stderr}");
+        }
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(status["migration"]["phase"].as_str().map(String::from))
+    }
+
+    /// Runs command `i` of round `r` to its end; its error when it failed.
+    fn run_plain(&self, i: usize, r: usize) -> anyhow::Result<Option<String>> {
+        let out = self.command(i, r).output()?;
+        Ok(
+            (!out.status.success())
+                .then(|| String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        )
+    }
+
+    /// After command `i` was interrupted (or failed): `migrate resume` and, when resume
+    /// undid the command, the command again (uninterrupted), until the migration reaches
+    /// the command's phase. Counts resumes and retries into `round`.
+    fn settle(&self, i: usize, r: usize, round: &mut Round) -> anyhow::Result<()> {
+        let name = format!("m{r}");
+        let mut last_error = String::new();
+        for _ in 0..10 {
+            if self.phase(r)?.is_none() {
+                // Killed before the journal had it: start again.
+                round.retries += 1;
+                self.run_plain(i, r)?;
+                continue;
+            };
+            let out = self.b.pgseal(&["migrate", "resume", &name]).output()?;
+            round.resumes += 1;
+            if !out.status.success() {
+                last_error = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            }
+            let after = self.phase(r)?.unwrap_or_default();
+            if after == GOALS[i] {
+                return Ok(());
+            }
+            let before_goal = match i {
+                1 => "replicating",
+                2 => "cut_over",
+                _ => "",
+            };
+            if after == before_goal {
+                round.retries += 1;
+                if let Some(error) = self.run_plain(i, r)? {
+                    // A cutover can be refused while the target catches up after a
+                    // source crash: give it a moment.
+                    last_error = error;
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                continue;
+            }
+            if !out.status.success() {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        bail!(
+            "m{r}: {} never reached {} (phase {:?}); last error: {last_error}",
+            COMMANDS[i],
+            GOALS[i],
+            self.phase(r)?
+        )
+    }
+
+    /// One round: source, endpoint, workload, the three commands with their faults, the
+    /// verification, cleanup and the scan for leftovers.
+    fn round(
+        &mut self,
+        r: usize,
+        faults: Faults,
+        calibration: &[Duration; 3],
+    ) -> anyhow::Result<Round> {
+        let b = self.b;
+        let began = Instant::now();
+        let mut round = Round {
+            round: r,
+            ..Default::default()
+        };
+        let (source, endpoint) = (format!("s{r}"), format!("e{r}"));
+        b.json(&[
+            "instance",
+            "create",
+            &source,
+            "--param",
+            "wal_level=logical",
+        ])?;
+        b.pgbench_init_db(&source, "bank", 1)?;
+        b.json(&["endpoint", "create", &endpoint, "--instance", &source])?;
+        let ledger = b.home.join(format!("soak{r}.ledger"));
+        let workload = b
+            .pgseal(&["workload", "run", "--endpoint", &endpoint])
+            .arg("--ledger")
+            .arg(&ledger)
+            .args(["--rate", &self.rate.to_string(), "--clients", "4"])
+            .args(["--duration", "3600", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_secs(1));
+        let result = self.commands(r, faults, calibration, &mut round);
+        // Whatever happened, end the workload and keep its summary.
+        let summary = stop_workload(workload)?;
+        result?;
+        round.acknowledged = summary["acknowledged"].as_u64().unwrap_or(0);
+        round.uncertain = summary["uncertain"].as_u64().unwrap_or(0);
+        round.client_errors = summary["client_errors"].as_u64().unwrap_or(0);
+        let verified = b
+            .pgseal(&["workload", "verify", "--instance", &source, "--ledger"])
+            .arg(&ledger)
+            .arg("--json")
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&verified.stdout)
+            .with_context(|| String::from_utf8_lossy(&verified.stderr).to_string())?;
+        round.missing = v["missing"].as_u64().context("missing")?;
+        round.duplicated = v["duplicated"].as_u64().context("duplicated")?;
+        round.unexpected = v["unexpected"].as_u64().context("unexpected")?;
+        b.json(&["migrate", "cleanup", &format!("m{r}")])?;
+        round.leftovers = self.leftovers(r)?;
+        b.json(&["endpoint", "delete", &endpoint])?;
+        b.json(&["instance", "delete", &source, "--yes"])?;
+        let _ = std::fs::remove_file(&ledger);
+        round.seconds = began.elapsed().as_secs_f64();
+        Ok(round)
+    }
+
+    /// Start, cutover and rollback of round `r` with `faults`.
+    fn commands(
+        &mut self,
+        r: usize,
+        faults: Faults,
+        calibration: &[Duration; 3],
+        round: &mut Round,
+    ) -> anyhow::Result<()> {
+        for i in 0..3 {
+            if i == 1 && faults.crash_source_catching_up {
+                // Mid-catch-up: the workload keeps writing; the target's apply worker
+                // loses its walsender and must pick up where it confirmed.
+                std::thread::sleep(self.rng.within(Duration::from_secs(2)));
+                self.crash_source(r)?;
+                round.source_crashes += 1;
+                self.wait_ready_for_cutover(r)?;
+            }
+            let in_cutover_crash = i == 1 && faults.crash_source_in_cutover;
+            let kill_after =
+                (faults.kill && !in_cutover_crash).then(|| self.rng.within(calibration[i]));
+            let began = Instant::now();
+            let mut child = self.command(i, r).spawn()?;
+            let mut killed = false;
+            if in_cutover_crash {
+                let at = self.rng.within(calibration[i]);
+                std::thread::sleep(at);
+                self.crash_source(r)?;
+                round.source_crashes += 1;
+                round
+                    .kill_points
+                    .push(format!("source crash in cutover@{}ms", at.as_millis()));
+            } else if let Some(delay) = kill_after {
+                killed = wait_or_kill(&mut child, delay)?;
+            }
+            let out = child.wait_with_output()?;
+            round.durations[i] = began.elapsed();
+            if killed {
+                round.kills += 1;
+                round.kill_points.push(format!(
+                    "{}@{}ms ({})",
+                    COMMANDS[i],
+                    kill_after.unwrap_or_default().as_millis(),
+                    self.phase(r)?.unwrap_or_else(|| "not journaled".into())
+                ));
+            }
+            if !killed && !in_cutover_crash && !out.status.success() {
+                // Not a fault the soak injected: worth reading, and settled like one.
+                round.unforced_failures.push(format!(
+                    "{}: {}",
+                    COMMANDS[i],
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            if killed || !out.status.success() || in_cutover_crash {
+                self.settle(i, r, round)?;
+            }
+            // Let the workload write on this side for a moment.
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        Ok(())
+    }
+
+    /// Waits (up to a minute) until `migrate cutover --dry-run` passes its checks, as a
+    /// user would after the source came back.
+    fn wait_ready_for_cutover(&self, r: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let name = format!("m{r}");
+        loop {
+            let out = self
+                .b
+                .pgseal(&["migrate", "cutover", &name, "--dry-run"])
+                .output()?;
+            if out.status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "m{r} not ready for cutover a minute after the source's crash: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Stops the source server hard (SIGQUIT to the postmaster: immediate shutdown, crash
+    /// recovery at the next start) and starts it again.
+    fn crash_source(&self, r: usize) -> anyhow::Result<()> {
+        let info = self.b.json(&["instance", "describe", &format!("s{r}")])?;
+        let data_dir = info["data_dir"].as_str().context("data_dir")?;
+        let pid_file = std::fs::read_to_string(format!("{data_dir}/postmaster.pid"))?;
+        let pid: i32 = pid_file
+            .lines()
+            .next()
+            .context("postmaster.pid is empty")?
+            .trim()
+            .parse()?;
+        // SAFETY: kill(2) with a pid read from the server's own pid file.
+        unsafe { libc::kill(pid, libc::SIGQUIT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // SAFETY: signal 0 only checks that the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            if Instant::now() > deadline {
+                bail!("the source's postmaster {pid} did not exit after SIGQUIT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.b.json(&["instance", "start", &format!("s{r}")])?;
+        Ok(())
+    }
+
+    /// What should be gone after cleanup of a rolled-back migration: the abandoned target,
+    /// snapshots, and on the source every replication object and fence.
+    fn leftovers(&self, r: usize) -> anyhow::Result<Vec<String>> {
+        let b = self.b;
+        let source = format!("s{r}");
+        let mut found = Vec::new();
+        let instances = b.json(&["instance", "list"])?;
+        let others: Vec<&str> = instances
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["name"].as_str())
+            .filter(|n| *n != source)
+            .collect();
+        if !others.is_empty() {
+            found.push(format!("instances: {}", others.join(",")));
+        }
+        let snapshots = b.json(&["snapshot", "list"])?;
+        let n = snapshots.as_array().map_or(0, Vec::len);
+        if n > 0 {
+            found.push(format!("snapshots: {n}"));
+        }
+        let count = |db: &str, sql: &str| -> anyhow::Result<i64> {
+            let out = b
+                .program("psql")
+                .args(b.conn(&source)?)
+                .args(["-d", db, "-Atc", sql])
+                .output()?;
+            if !out.status.success() {
+                bail!("psql {db}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+        };
+        for (what, sql) in [
+            ("slots", "SELECT count(*) FROM pg_replication_slots"),
+            ("subscriptions", "SELECT count(*) FROM pg_subscription"),
+            ("origins", "SELECT count(*) FROM pg_replication_origin"),
+            (
+                "fenced databases",
+                "SELECT count(*) FROM pg_database WHERE NOT datallowconn AND datname <> 'template0'",
+            ),
+        ] {
+            let n = count("postgres", sql)?;
+            if n > 0 {
+                found.push(format!("{what}: {n}"));
+            }
+        }
+        for db in ["postgres", "bank"] {
+            let n = count(db, "SELECT count(*) FROM pg_publication")?;
+            if n > 0 {
+                found.push(format!("publications in {db}: {n}"));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Waits up to `delay` for `child` to exit; SIGKILLs it if it has not. True when killed.
+fn wait_or_kill(child: &mut Child, delay: Duration) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + delay;
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if child.try_wait()?.is_some() {
+        return Ok(false);
+    }
+    child.kill()?;
+    Ok(true)
+}
+
+/// Ends the workload with SIGTERM (it finishes its transactions, syncs the ledger) and
+/// returns its summary.
+fn stop_workload(workload: Child) -> anyhow::Result<serde_json::Value> {
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(workload.id() as libc::pid_t, libc::SIGTERM) };
+    let out = workload.wait_with_output()?;
+    serde_json::from_slice(&out.stdout).context("the workload printed no summary")
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(30);
+    let seed: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1);
+    let rate: f64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50.0);
+    let dir = pgseal_bench::work_dir()?;
+    let b = Harness::new(&dir.path().join("home"))?;
+    let mut soak = Soak {
+        b: &b,
+        rate,
+        rng: Rng(seed),
+    };
+    // The two source crashes go to two different rounds the seed picks.
+    let catch_up_round = 1 + soak.rng.below(rounds);
+    let mut cutover_round = 1 + soak.rng.below(rounds);
+    if cutover_round == catch_up_round && rounds > 1 {
+        cutover_round = cutover_round % rounds + 1;
+    }
+    let result = (|| {
+        b.json(&["key", "create", "--alias", "soak"])?;
+        let calibration = soak.round(0, Faults::default(), &[Duration::ZERO; 3])?;
+        let durations = calibration.durations;
+        eprintln!(
+            "calibration: start {:?}, cutover {:?}, rollback {:?}; verified {} acknowledged, {} missing",
+            durations[0], durations[1], durations[2], calibration.acknowledged, calibration.missing
+        );
+        let mut done = vec![calibration];
+        for r in 1..=rounds {
+            let faults = Faults {
+                kill: true,
+                crash_source_catching_up: r == catch_up_round,
+                crash_source_in_cutover: r == cutover_round,
+            };
+            let round = soak.round(r, faults, &durations)?;
+            eprintln!("{}", serde_json::to_string(&round)?);
+            done.push(round);
+        }
+        anyhow::Ok(done)
+    })();
+    // Whatever happened, leave no server, endpoint or mount behind.
+    if let Ok(list) = b.json(&["endpoint", "list"]) {
+        for e in list.as_array().into_iter().flatten() {
+            let _ = b
+                .pgseal(&["endpoint", "delete", e["name"].as_str().unwrap_or_default()])
+                .output();
+        }
+    }
+    if let Ok(list) = b.json(&["instance", "list"]) {
+        for i in list.as_array().into_iter().flatten() {
+            let name = i["name"].as_str().unwrap_or_default();
+            let _ = b.pgseal(&["instance", "delete", name, "--yes"]).output();
+        }
+    }
+    let done = result?;
+    let faulted = &done[1..];
+    let sum = |f: fn(&Round) -> u64| faulted.iter().map(f).sum::<u64>();
+    let kills = sum(|r| r.kills as u64);
+    let crashes = sum(|r| r.source_crashes as u64);
+    let (missing, duplicated, unexpected) = (
+        sum(|r| r.missing),
+        sum(|r| r.duplicated),
+        sum(|r| r.unexpected),
+    );
+    let leftovers: Vec<String> = faulted
+        .iter()
+        .flat_map(|r| {
+            r.leftovers
+                .iter()
+                .map(move |l| format!("round {}: {l}", r.round))
+        })
+        .collect();
+    println!(
+        "fault soak: {rounds} rounds (seed {seed}, ledger at {rate} tx/s through an endpoint, 2 databases)"
+    );
+    println!(
+        "  kills {kills} (SIGKILL of pgseal inside start/cutover/rollback), source crashes {crashes} (rounds {catch_up_round} mid-catch-up, {cutover_round} mid-cutover), resumes {}, commands run again {}",
+        sum(|r| r.resumes as u64),
+        sum(|r| r.retries as u64)
+    );
+    let unforced: Vec<String> = faulted
+        .iter()
+        .flat_map(|r| {
+            r.unforced_failures
+                .iter()
+                .map(move |f| format!("round {}: {f}", r.round))
+        })
+        .collect();
+    println!(
+        "  acknowledged {}, uncertain {}, client errors {}; commands that failed with no fault injected {}{}",
+        sum(|r| r.acknowledged),
+        sum(|r| r.uncertain),
+        sum(|r| r.client_errors),
+        unforced.len(),
+        if unforced.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", unforced.join("; "))
+        }
+    );
+    println!(
+        "  missing {missing}, duplicated {duplicated}, unexpected {unexpected}, leftovers {} (all must be 0){}",
+        leftovers.len(),
+        if leftovers.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", leftovers.join("; "))
+        }
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "rounds": rounds, "seed": seed, "rate": rate, "kills": kills,
+            "source_crashes": crashes, "missing": missing, "duplicated": duplicated,
+            "unexpected": unexpected, "leftovers": leftovers, "unforced_failures": unforced,
+            "per_round": faulted,
+        })
+    );
+    if missing + duplicated + unexpected > 0 || !leftovers.is_empty() {
+        bail!("the soak found lost, doubled or unexpected rows, or leftovers");
+    }
+    Ok(())
+}
