@@ -88,12 +88,18 @@ async fn the_rds_sequence_encrypts_under_an_alias_and_an_arn_restores_encrypted_
         source.db_parameter_groups()[0].db_parameter_group_name()
     );
 
-    // The handoff LSN comes from the first start's lines in CloudWatch Logs.
+    // The handoff LSN comes from the first start's lines in CloudWatch Logs, in the order
+    // PostgreSQL 15 logs them (the end line before `redo done at`), followed by a later
+    // crash start's lines, which must not be taken for the first one's.
     seed.log_lines(
         "/aws/rds/instance/src-enc/postgresql",
         &[
-            "2026-11-24 01:00:00 UTC::@:[412]:LOG:  redo done at 0/5000060 system usage: CPU: user: 0.00 s",
+            "2026-11-24 01:00:00 UTC::@:[412]:LOG:  redo starts at 0/5000028",
             "2026-11-24 01:00:00 UTC::@:[412]:LOG:  invalid record length at 0/5000098: wanted 24, got 0",
+            "2026-11-24 01:00:00 UTC::@:[412]:LOG:  redo done at 0/5000060 system usage: CPU: user: 0.00 s",
+            "2026-11-24 02:00:00 UTC::@:[977]:LOG:  redo starts at 0/7000028",
+            "2026-11-24 02:00:00 UTC::@:[977]:LOG:  invalid record length at 0/7000200: wanted 24, got 0",
+            "2026-11-24 02:00:00 UTC::@:[977]:LOG:  redo done at 0/7000100 system usage: CPU: user: 0.00 s",
         ],
     )
     .await;

@@ -233,8 +233,8 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
             ("fsync".into(), "off".into()),
         ])
         .unwrap();
-    // What RDS logs at the first start of a restored crash copy: `redo done at` and
-    // `invalid record length at END`. A copy recovered from a backup label may end its
+    // What RDS logs at the first start of a restored crash copy: `redo starts at`,
+    // `invalid record length at END` and `redo done at`. A copy recovered from a backup label may end its
     // recovery without the second line, so the test writes it from the copy's own end
     // of WAL (pg_last_wal_replay_lsn), checked against the real line when there is one.
     let log = target.log_text();
@@ -254,9 +254,15 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
         assert!(real.contains(&format!("at {end}:")), "{real} vs {end}");
     }
     let end_line = format!("LOG:  invalid record length at {end}: wanted 24, got 0");
+    let starts = log
+        .lines()
+        .find(|l| l.contains("redo starts at"))
+        .unwrap_or_else(|| panic!("no redo starts line: {log}"))
+        .to_string();
+    // In the order PostgreSQL logs a crash start: the end line before `redo done at`.
     rt.block_on(seed.log_lines(
         "/aws/rds/instance/shop-enc/postgresql",
-        &[redo.as_str(), end_line.as_str()],
+        &[starts.as_str(), end_line.as_str(), redo.as_str()],
     ));
 
     let target_route = route("shop-enc", &target);
