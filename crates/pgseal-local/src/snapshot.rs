@@ -21,8 +21,10 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
+use nix::fcntl::{Flock, FlockArg};
 use pgseal_crypto::stream::{UnsealReader, seal_from};
 use pgseal_crypto::{EncryptionContext, Kms};
 use pgseal_exec::{ExternalCommand, Pipe, RunAs};
@@ -169,6 +171,21 @@ fn source_from_url(url: &str) -> Result<(SourceConn, String), LocalError> {
     Ok((SourceConn { config }, target))
 }
 
+/// The claim on a new snapshot's name: no other process writes a snapshot of that name
+/// while it is held (see `LocalInstances::claim_snapshot`).
+struct SnapshotClaim {
+    path: PathBuf,
+    _lock: Flock<std::fs::File>,
+}
+
+impl Drop for SnapshotClaim {
+    /// Removes the lock file while still holding it (the lock goes after this runs), so
+    /// no lock file outlives the snapshot's making.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl LocalInstances {
     fn snapshots_dir(&self) -> PathBuf {
         self.home.join("snapshots")
@@ -227,15 +244,68 @@ impl LocalInstances {
         Ok(written)
     }
 
-    /// Refuses an invalid or taken snapshot name.
-    fn check_new_snapshot(&self, name: &str) -> Result<(), LocalError> {
+    /// Claims snapshot name `name` for a new snapshot: refuses an invalid name, a complete
+    /// snapshot of that name, or one another process is writing. The claim is a lock
+    /// (`snapshots/.NAME.lock`, `flock`) held until the returned guard drops; a directory
+    /// of that name without its record, found under the claim, is what a killed process
+    /// left half-written: it is removed, so the snapshot can be taken again.
+    fn claim_snapshot(&self, name: &str) -> Result<SnapshotClaim, LocalError> {
         check_name(name)?;
-        if self.snapshot_dir(name).exists() {
+        let dir = self.snapshot_dir(name);
+        if dir.join(SNAPSHOT_RECORD).exists() {
             return Err(LocalError::InvalidInput(format!(
                 "snapshot '{name}' already exists"
             )));
         }
-        Ok(())
+        pgseal_crashsafe::create_dir_all_durable(&self.snapshots_dir(), 0o700)
+            .map_err(io_error("cannot create the snapshots directory"))?;
+        let lock_path = self.snapshots_dir().join(format!(".{name}.lock"));
+        let lock = loop {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&lock_path)
+                .map_err(io_error(format!("cannot open {}", lock_path.display())))?;
+            let lock =
+                Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+                    LocalError::InvalidInput(format!(
+                        "snapshot '{name}' is being written by another process ({errno})"
+                    ))
+                })?;
+            // The holder before us removes the file before it lets go: a lock on a file no
+            // longer at the path claims nothing, so open the path again.
+            let held = lock
+                .metadata()
+                .map_err(io_error(format!("cannot read {}", lock_path.display())))?;
+            match std::fs::metadata(&lock_path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => break lock,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(format!("cannot read {}", lock_path.display()))(e)),
+            }
+        };
+        let claim = SnapshotClaim {
+            path: lock_path,
+            _lock: lock,
+        };
+        if dir.join(SNAPSHOT_RECORD).exists() {
+            return Err(LocalError::InvalidInput(format!(
+                "snapshot '{name}' already exists"
+            )));
+        }
+        if dir.exists() {
+            tracing::warn!(
+                snapshot = name,
+                "removing a snapshot a killed process left half-written"
+            );
+            std::fs::remove_dir_all(&dir).map_err(io_error(format!(
+                "cannot remove the half-written {}",
+                dir.display()
+            )))?;
+        }
+        Ok(claim)
     }
 
     /// Reads a snapshot's record.
@@ -280,12 +350,9 @@ impl LocalInstances {
             .map_err(io_error(format!("cannot delete snapshot {name}")))
     }
 
-    /// Makes a new snapshot's directory, refusing a taken or invalid name.
-    fn new_snapshot_dir(&self, name: &str) -> Result<PathBuf, LocalError> {
-        self.check_new_snapshot(name)?;
+    /// Makes a new snapshot's directory, under the claim on its name.
+    fn new_snapshot_dir(&self, name: &str, _claim: &SnapshotClaim) -> Result<PathBuf, LocalError> {
         let dir = self.snapshot_dir(name);
-        pgseal_crashsafe::create_dir_all_durable(&self.snapshots_dir(), 0o700)
-            .map_err(io_error("cannot create the snapshots directory"))?;
         std::fs::create_dir(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
         pgseal_crashsafe::create_dir_all_durable(&dir, 0o700)
             .map_err(io_error(format!("cannot create {}", dir.display())))?;
@@ -309,7 +376,7 @@ impl LocalInstances {
         kms: Option<&dyn Kms>,
         progress: Progress<'_>,
     ) -> Result<SnapshotRecord, LocalError> {
-        self.check_new_snapshot(name)?;
+        let claim = self.claim_snapshot(name)?;
         let (conn, source, params, key) = match from {
             SnapshotFrom::Instance(instance) => {
                 let record = self.created_record(instance)?;
@@ -374,7 +441,7 @@ impl LocalInstances {
             None => None,
         };
 
-        let dir = self.new_snapshot_dir(name)?;
+        let dir = self.new_snapshot_dir(name, &claim)?;
         let made = self.stream_backup(&conn, name, seal, progress).and_then(
             |(taken, stored_bytes, key_id)| {
                 let record = SnapshotRecord {
@@ -533,7 +600,7 @@ impl LocalInstances {
         progress: Progress<'_>,
     ) -> Result<SnapshotRecord, LocalError> {
         let src = self.snapshot(source)?;
-        self.check_new_snapshot(name)?;
+        let claim = self.claim_snapshot(name)?;
         let key = match (&src.encryption, key) {
             (Some(enc), None) => Some(enc.key_id.clone()),
             (_, Some(k)) => Some(k.to_string()),
@@ -559,7 +626,7 @@ impl LocalInstances {
             total,
             progress,
         };
-        let dir = self.new_snapshot_dir(name)?;
+        let dir = self.new_snapshot_dir(name, &claim)?;
         let made = (|| {
             let seal = match &key {
                 Some(k) => Some((kms_needed()?, k.as_str())),

@@ -345,3 +345,43 @@ fn a_snapshot_that_runs_out_of_disk_leaves_nothing_behind() {
         ["0"]
     );
 }
+
+#[test]
+fn a_snapshot_a_killed_process_left_half_written_is_taken_again_and_one_being_written_is_refused() {
+    let f = Fixture::new();
+    source(&f);
+    f.kms.create_key(Some("snap-key"), "").unwrap();
+    let snapshots = f.home().join("snapshots");
+    // What a process killed mid-backup leaves: the directory and a data file not yet put
+    // in place, no record. It is no snapshot.
+    let dir = snapshots.join("snap-1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("snapshot.tar.sealed.partial"), b"half").unwrap();
+    assert!(f.instances.snapshots().unwrap().is_empty());
+
+    // While another process holds the name's claim, the name is refused and its files kept.
+    let other = std::fs::File::create(snapshots.join(".snap-1.lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let refused = take(&f, "source", "snap-1", Some("snap-key")).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("being written by another process"),
+        "{refused}"
+    );
+    assert!(dir.join("snapshot.tar.sealed.partial").exists());
+
+    // Once that process is gone, the leftover is removed and the snapshot taken.
+    drop(held);
+    let snap = take(&f, "source", "snap-1", Some("snap-key")).unwrap();
+    assert!(snap.encryption.is_some());
+    assert!(!dir.join("snapshot.tar.sealed.partial").exists());
+    assert_eq!(f.instances.snapshots().unwrap().len(), 1);
+    // A complete snapshot's name stays taken.
+    let again = take(&f, "source", "snap-1", Some("snap-key")).unwrap_err();
+    assert!(again.to_string().contains("already exists"), "{again}");
+    f.instances.delete_snapshot("snap-1").unwrap();
+    assert_eq!(std::fs::read_dir(&snapshots).unwrap().count(), 0);
+}
