@@ -8,11 +8,13 @@
 //! | restore | `RestoreDBInstanceFromDBSnapshot` with the source's class, groups and the `postgresql` log export | `RestoreDBClusterFromSnapshot(KmsKeyId)` + a writer |
 //! | handoff LSN | `invalid record length at` in CloudWatch Logs (log files as fallback) | `aurora_volume_logical_start_lsn()` |
 //! | `wal_level = logical` | a custom parameter group with `rds.logical_replication = 1` | its cluster form |
+//! | blue/green under a key ([`bluegreen`]) | `CreateBlueGreenDeployment` with a `TargetKmsKeyId` for the instance and each read replica | the same for the cluster |
 //!
 //! Cutover keeps applications' endpoints by renaming ([`AwsPlatform::rename`]): the source
 //! becomes `<id>-pre-pgseal` and the target takes `<id>`. Every wait reports progress and
 //! has a timeout; running the command again resumes it.
 
+pub mod bluegreen;
 pub mod error;
 pub mod handoff;
 pub mod instances;

@@ -281,3 +281,175 @@ async fn aurora_snapshots_plain_and_restores_a_cluster_with_a_writer_under_the_k
     aws.delete_instance("aur-enc").await.unwrap();
     assert!(seed.instance("aur-enc-writer").await.is_none());
 }
+
+/// The green twins' encryption problems under `key` (none when all are under it).
+async fn green_problems(
+    aws: &AwsPlatform,
+    bg: &pgseal_aws::bluegreen::BlueGreen,
+    key: &str,
+) -> Vec<String> {
+    aws.green_resources(bg)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|g| g.problem(key))
+        .collect()
+}
+
+/// What the patched moto recorded: (source, [(blue ARN, key)]) per create request.
+fn recorded(path: &std::path::Path) -> Vec<(String, Vec<(String, String)>)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let pairs = v["configurations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p[0].as_str().unwrap().to_string(),
+                        p[1].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            (v["source"].as_str().unwrap().to_string(), pairs)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn blue_green_sends_a_target_key_for_the_instance_and_its_replica_adopts_its_own_deployment_and_switches_over()
+ {
+    // moto patched to model TargetKmsKeyId (moto 5.2.5 ignores it): see the patch's doc.
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("requests.jsonl");
+    let moto = MotoServer::start_with_blue_green_target_keys(&record).unwrap();
+    let seed = Seed::new(&moto).await;
+    let key = seed.key("alias/bg").await;
+    let source = seed.rds_instance("shop", None).await;
+    let replica = seed.rds_read_replica("shop-r1", "shop").await;
+    let aws = platform(&moto, Flavor::Rds).await;
+
+    let (bg, adopted) = aws.create_blue_green("m1", "rds:shop", &key).await.unwrap();
+    assert!(!adopted);
+    assert_eq!(bg.name, "pgseal-m1");
+    // Exactly one configuration per blue resource, each under the key.
+    let sent = recorded(&record);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, source.db_instance_arn().unwrap());
+    assert_eq!(
+        sent[0].1,
+        [
+            (source.db_instance_arn().unwrap().to_string(), key.clone()),
+            (replica.db_instance_arn().unwrap().to_string(), key.clone()),
+        ]
+    );
+
+    // A run killed after the create returned finds the deployment by its name and tag:
+    // no second request, the same deployment.
+    let (again, adopted) = aws.create_blue_green("m1", "rds:shop", &key).await.unwrap();
+    assert!(adopted);
+    assert_eq!(again.id, bg.id);
+    assert_eq!(recorded(&record).len(), 1);
+
+    let ready = aws.wait_blue_green_available(&bg.id).await.unwrap();
+    assert_eq!(ready.status, "AVAILABLE");
+    assert_eq!(
+        green_problems(&aws, &ready, &key).await,
+        Vec::<String>::new()
+    );
+    // Another key is named as a problem.
+    let other = seed.key("alias/other").await;
+    assert_eq!(green_problems(&aws, &ready, &other).await.len(), 1);
+
+    // Switchover: green takes blue's name, blue is kept under `-old1`.
+    let done = aws.switchover_blue_green(&bg.id, 300).await.unwrap();
+    assert_eq!(done.status, "SWITCHOVER_COMPLETED");
+    let shop = seed.instance("shop").await.unwrap();
+    assert_eq!(shop.storage_encrypted(), Some(true));
+    assert_eq!(shop.kms_key_id(), Some(key.as_str()));
+    assert_ne!(
+        seed.instance("shop-old1")
+            .await
+            .unwrap()
+            .storage_encrypted(),
+        Some(true)
+    );
+    aws.delete_blue_green(&bg.id, false).await.unwrap();
+    assert!(aws.describe_blue_green(&bg.id).await.unwrap().is_none());
+    assert!(aws.find_blue_green("m1").await.unwrap().is_none());
+    // Deleting what is gone is no error.
+    aws.delete_blue_green(&bg.id, false).await.unwrap();
+}
+
+#[tokio::test]
+async fn against_stock_moto_the_unencrypted_green_is_named_and_abort_deletes_it_with_the_deployment()
+ {
+    let moto = MotoServer::start().unwrap();
+    let seed = Seed::new(&moto).await;
+    let key = seed.key("alias/bg").await;
+    seed.rds_instance("shop", None).await;
+    let aws = platform(&moto, Flavor::Rds).await;
+    let (bg, _) = aws.create_blue_green("m1", "rds:shop", &key).await.unwrap();
+    let ready = aws.wait_blue_green_available(&bg.id).await.unwrap();
+    let problems = green_problems(&aws, &ready, &key).await;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("StorageEncrypted=false"),
+        "{problems:?}"
+    );
+    let green = pgseal_aws::bluegreen::arn_id(ready.target_arn.as_deref().unwrap()).to_string();
+    assert!(seed.instance(&green).await.is_some());
+    aws.delete_blue_green(&bg.id, true).await.unwrap();
+    assert!(seed.instance(&green).await.is_none());
+    assert!(seed.instance("shop").await.is_some());
+}
+
+#[tokio::test]
+async fn an_aurora_cluster_gets_its_green_cluster_under_the_key_and_a_foreign_deployment_is_refused()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("requests.jsonl");
+    let moto = MotoServer::start_with_blue_green_target_keys(&record).unwrap();
+    let seed = Seed::new(&moto).await;
+    let key = seed.key("alias/bg").await;
+    seed.aurora_cluster("orders").await;
+    let aws = platform(&moto, Flavor::Aurora).await;
+    let (bg, _) = aws
+        .create_blue_green("m2", "aurora:orders", &key)
+        .await
+        .unwrap();
+    let sent = recorded(&record);
+    assert_eq!(
+        sent[0].1.len(),
+        1,
+        "one configuration, for the cluster: {sent:?}"
+    );
+    assert!(sent[0].1[0].0.contains(":cluster:orders"), "{sent:?}");
+    let ready = aws.wait_blue_green_available(&bg.id).await.unwrap();
+    let greens = aws.green_resources(&ready).await.unwrap();
+    assert_eq!(greens.len(), 1, "{greens:?}");
+    assert_eq!(
+        green_problems(&aws, &ready, &key).await,
+        Vec::<String>::new()
+    );
+
+    // A deployment of pgseal's name that pgseal did not tag is not adopted.
+    seed.aurora_cluster("other").await;
+    let other = ready.source_arn.replace(":cluster:orders", ":cluster:other");
+    seed.rds
+        .create_blue_green_deployment()
+        .blue_green_deployment_name("pgseal-m3")
+        .source(other)
+        .send()
+        .await
+        .unwrap();
+    let refused = aws
+        .create_blue_green("m3", "aurora:orders", &key)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("did not make it"), "{refused}");
+    aws.delete_blue_green(&bg.id, true).await.unwrap();
+}

@@ -32,17 +32,47 @@ pub fn moto_program() -> Option<PathBuf> {
     pgseal_exec::find_program("moto_server")
 }
 
+fn not_installed() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "moto_server not found: run `bash scripts/setup` (it installs moto[server] into .tools/moto)",
+    )
+}
+
 impl MotoServer {
     /// Starts moto on a free loopback port and waits until it answers.
     pub fn start() -> std::io::Result<MotoServer> {
-        let program = moto_program().ok_or_else(|| {
-            std::io::Error::new(
+        let program = moto_program().ok_or_else(not_installed)?;
+        MotoServer::spawn(Command::new(program))
+    }
+
+    /// Starts moto patched to model what moto 5.2.5 lacks of `CreateBlueGreenDeployment`:
+    /// each blue resource's green encrypted under its `TargetKmsKeyId`
+    /// (`moto/bluegreen_target_key.py` beside this crate says exactly what it changes).
+    /// Each request's configurations are appended as JSON lines to `record`.
+    pub fn start_with_blue_green_target_keys(
+        record: &std::path::Path,
+    ) -> std::io::Result<MotoServer> {
+        let program = moto_program().ok_or_else(not_installed)?;
+        // The server's own interpreter: `moto_server` sits beside it in the environment.
+        let python = program.with_file_name("python");
+        if !python.exists() {
+            return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "moto_server not found: run `bash scripts/setup` (it installs moto[server] into .tools/moto)",
-            )
-        })?;
+                format!("no python beside {}", program.display()),
+            ));
+        }
+        let patch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("moto/bluegreen_target_key.py");
+        let mut command = Command::new(python);
+        command
+            .arg(patch)
+            .env("PGSEAL_MOTO_BLUEGREEN_RECORD", record);
+        MotoServer::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> std::io::Result<MotoServer> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(program)
+        let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -179,6 +209,19 @@ pub mod seed {
                 .expect("CreateDBInstance")
                 .db_instance
                 .expect("instance")
+        }
+
+        /// A read replica `id` of RDS instance `source`.
+        pub async fn rds_read_replica(&self, id: &str, source: &str) -> DbInstance {
+            self.rds
+                .create_db_instance_read_replica()
+                .db_instance_identifier(id)
+                .source_db_instance_identifier(source)
+                .send()
+                .await
+                .expect("CreateDBInstanceReadReplica")
+                .db_instance
+                .expect("replica")
         }
 
         /// An Aurora PostgreSQL cluster `id` with a writer `<id>-1`.

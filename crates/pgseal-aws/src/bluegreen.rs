@@ -1,0 +1,344 @@
+//! RDS and Aurora Blue/Green deployments under a target KMS key: the platform's own way to
+//! encrypt an unencrypted source or move it to another key (`CreateBlueGreenDeployment`
+//! with `TargetResourceConfigurations`, one `TargetKmsKeyId` per blue resource: the
+//! instance and each of its read replicas on RDS, the cluster on Aurora).
+//!
+//! AWS runs the replication; pgseal names the deployment after the migration
+//! (`pgseal-<migration>`) and tags it, so a run killed after `CreateBlueGreenDeployment`
+//! returned finds and adopts the deployment instead of making a second one, and checks
+//! every green resource's encryption before anything is switched.
+
+use aws_sdk_rds::types::{BlueGreenDeployment, Filter, Tag, TargetResourceConfiguration};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AwsError, Result, api};
+use crate::platform::{AwsPlatform, Described};
+use crate::settings::Flavor;
+use crate::wait::{self, Poll};
+
+/// The tag a deployment pgseal made carries: the migration's name.
+pub const MIGRATION_TAG: &str = "pgseal:migration";
+
+/// The deployment's status once green is ready to be switched to.
+pub const AVAILABLE: &str = "AVAILABLE";
+
+/// A blue/green deployment as pgseal journals it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlueGreen {
+    /// AWS's identifier (`bgd-...`).
+    pub id: String,
+    /// Its name (`pgseal-<migration>`).
+    pub name: String,
+    /// `PROVISIONING`, `AVAILABLE`, `SWITCHOVER_IN_PROGRESS`, `SWITCHOVER_COMPLETED`, ...
+    pub status: String,
+    /// AWS's words on the status, when it gives some.
+    pub status_details: Option<String>,
+    /// The blue resource's ARN.
+    pub source_arn: String,
+    /// The green resource's ARN.
+    pub target_arn: Option<String>,
+    /// Each blue member with its green twin (ARNs), as `SwitchoverDetails` pairs them.
+    pub members: Vec<(String, String)>,
+}
+
+/// One green resource's encryption, as RDS describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GreenResource {
+    /// Its identifier.
+    pub id: String,
+    /// `StorageEncrypted`.
+    pub encrypted: bool,
+    /// `KmsKeyId` (an ARN once encrypted).
+    pub key_id: Option<String>,
+}
+
+impl GreenResource {
+    /// Why this resource is not encrypted under `key_arn`, if it is not.
+    pub fn problem(&self, key_arn: &str) -> Option<String> {
+        match (&self.key_id, self.encrypted) {
+            (Some(k), true) if k == key_arn => None,
+            (k, encrypted) => Some(format!(
+                "green {} is StorageEncrypted={encrypted}, KmsKeyId={}, not under {key_arn}",
+                self.id,
+                k.as_deref().unwrap_or("none")
+            )),
+        }
+    }
+}
+
+/// The deployment name of migration `migration`.
+pub fn deployment_name(migration: &str) -> String {
+    format!("pgseal-{migration}")
+}
+
+/// The last part of an ARN (`arn:aws:rds:...:db:prod` → `prod`).
+pub fn arn_id(arn: &str) -> &str {
+    arn.rsplit(':').next().unwrap_or(arn)
+}
+
+fn from_sdk(d: &BlueGreenDeployment) -> BlueGreen {
+    BlueGreen {
+        id: d
+            .blue_green_deployment_identifier()
+            .unwrap_or("")
+            .to_string(),
+        name: d.blue_green_deployment_name().unwrap_or("").to_string(),
+        status: d.status().unwrap_or("unknown").to_string(),
+        status_details: d.status_details().map(str::to_string),
+        source_arn: d.source().unwrap_or("").to_string(),
+        target_arn: d.target().map(str::to_string),
+        members: d
+            .switchover_details()
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.source_member()?.to_string(),
+                    s.target_member()?.to_string(),
+                ))
+            })
+            .collect(),
+    }
+}
+
+impl AwsPlatform {
+    /// The ARNs blue/green makes a green copy of for `source`, each of which gets its own
+    /// `TargetKmsKeyId`: the instance and each of its read replicas (RDS), or the cluster
+    /// (Aurora).
+    pub async fn blue_resources(&self, source: &str) -> Result<Vec<String>> {
+        let id = self.resolve(source).await?;
+        let described = self.describe_raw(&id).await?;
+        let arn = |d: &Described| match d {
+            Described::Rds(i) => i.db_instance_arn().map(str::to_string),
+            Described::Aurora(c) => c.db_cluster_arn().map(str::to_string),
+        };
+        let mut arns = vec![
+            arn(&described).ok_or_else(|| AwsError::Precondition(format!("{id} has no ARN")))?,
+        ];
+        if let Described::Rds(instance) = &described {
+            for replica in instance.read_replica_db_instance_identifiers() {
+                let replica = self.describe_db_instance(replica).await?;
+                arns.extend(replica.db_instance_arn().map(str::to_string));
+            }
+        }
+        Ok(arns)
+    }
+
+    /// The deployment of migration `migration`, if one exists: found by its name and
+    /// checked to carry pgseal's tag for the migration (a deployment of that name that
+    /// pgseal did not make is refused).
+    pub async fn find_blue_green(&self, migration: &str) -> Result<Option<BlueGreen>> {
+        let name = deployment_name(migration);
+        let out = self
+            .rds
+            .describe_blue_green_deployments()
+            .filters(
+                Filter::builder()
+                    .name("blue-green-deployment-name")
+                    .values(&name)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| api("DescribeBlueGreenDeployments", e))?;
+        let Some(found) = out
+            .blue_green_deployments()
+            .iter()
+            .find(|d| d.blue_green_deployment_name() == Some(name.as_str()))
+        else {
+            return Ok(None);
+        };
+        let ours = found
+            .tag_list()
+            .iter()
+            .any(|t| t.key() == Some(MIGRATION_TAG) && t.value() == Some(migration));
+        if !ours {
+            return Err(AwsError::Precondition(format!(
+                "a blue/green deployment named {name} exists but pgseal did not make it for migration {migration} (no {MIGRATION_TAG} tag): delete it or choose another --name"
+            )));
+        }
+        Ok(Some(from_sdk(found)))
+    }
+
+    /// Creates the deployment of migration `migration` for `source` with every blue
+    /// resource's green encrypted under `key_arn`, or adopts the one an earlier run made.
+    /// Returns it and whether it was adopted.
+    pub async fn create_blue_green(
+        &self,
+        migration: &str,
+        source: &str,
+        key_arn: &str,
+    ) -> Result<(BlueGreen, bool)> {
+        if let Some(existing) = self.find_blue_green(migration).await? {
+            tracing::info!(migration, id = %existing.id, "adopting the blue/green deployment an earlier run made");
+            return Ok((existing, true));
+        }
+        let blue = self.blue_resources(source).await?;
+        let mut request = self
+            .rds
+            .create_blue_green_deployment()
+            .blue_green_deployment_name(deployment_name(migration))
+            .source(&blue[0])
+            .tags(Tag::builder().key(MIGRATION_TAG).value(migration).build());
+        for arn in &blue {
+            request = request.target_resource_configurations(
+                TargetResourceConfiguration::builder()
+                    .source_arn(arn)
+                    .target_kms_key_id(key_arn)
+                    .build()
+                    .map_err(|e| {
+                        AwsError::InvalidInput(format!("a target configuration for {arn}: {e}"))
+                    })?,
+            );
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| api("CreateBlueGreenDeployment", e))?;
+        let made = out.blue_green_deployment().ok_or_else(|| AwsError::Api {
+            operation: "CreateBlueGreenDeployment",
+            code: None,
+            message: "no deployment in the answer".into(),
+        })?;
+        tracing::info!(migration, id = ?made.blue_green_deployment_identifier(), resources = blue.len(), "blue/green deployment created");
+        Ok((from_sdk(made), false))
+    }
+
+    /// The deployment `id` as AWS describes it now; `None` when it is gone.
+    pub async fn describe_blue_green(&self, id: &str) -> Result<Option<BlueGreen>> {
+        let out = self
+            .rds
+            .describe_blue_green_deployments()
+            .blue_green_deployment_identifier(id)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(out.blue_green_deployments().first().map(from_sdk)),
+            Err(e) => match api("DescribeBlueGreenDeployments", e) {
+                AwsError::Api {
+                    code: Some(code), ..
+                } if code.starts_with("BlueGreenDeploymentNotFound") => Ok(None),
+                AwsError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Waits (with progress, up to the platform's wait timeout) until deployment `id` is
+    /// available: green made and replicating.
+    pub async fn wait_blue_green_available(&self, id: &str) -> Result<BlueGreen> {
+        wait::until(
+            &self.progress,
+            &format!("blue/green deployment {id} to be available"),
+            self.settings.wait_timeout,
+            self.settings.poll_interval,
+            || async {
+                match self.describe_blue_green(id).await? {
+                    None => Err(AwsError::NotFound(format!(
+                        "blue/green deployment {id} is gone"
+                    ))),
+                    Some(d) if d.status == AVAILABLE => Ok(Poll::Done(d)),
+                    Some(d) if d.status.contains("FAILED") || d.status.contains("INVALID") => {
+                        Err(AwsError::Precondition(format!(
+                            "blue/green deployment {id} is {}: {}",
+                            d.status,
+                            d.status_details.as_deref().unwrap_or("no details")
+                        )))
+                    }
+                    Some(d) => Ok(Poll::Pending(d.status)),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Every green resource of `deployment` with its encryption: the green instance and
+    /// its replicas (RDS), or the green cluster (Aurora).
+    pub async fn green_resources(&self, deployment: &BlueGreen) -> Result<Vec<GreenResource>> {
+        let mut arns: Vec<&str> = deployment.members.iter().map(|(_, g)| g.as_str()).collect();
+        arns.extend(deployment.target_arn.as_deref());
+        arns.sort_unstable();
+        arns.dedup();
+        let mut found = Vec::new();
+        for arn in arns {
+            let id = arn_id(arn);
+            let described = match self.settings.flavor {
+                Flavor::Aurora if arn.contains(":cluster:") => {
+                    Described::Aurora(Box::new(self.describe_db_cluster(id).await?))
+                }
+                _ => Described::Rds(Box::new(self.describe_db_instance(id).await?)),
+            };
+            found.push(GreenResource {
+                id: id.to_string(),
+                encrypted: described.encrypted(),
+                key_id: described.key_id().map(str::to_string),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Switches deployment `id` over (AWS renames green to blue's names) and waits until
+    /// the switchover completed; `timeout_s` is AWS's own switchover timeout.
+    pub async fn switchover_blue_green(&self, id: &str, timeout_s: i32) -> Result<BlueGreen> {
+        self.rds
+            .switchover_blue_green_deployment()
+            .blue_green_deployment_identifier(id)
+            .switchover_timeout(timeout_s)
+            .send()
+            .await
+            .map_err(|e| api("SwitchoverBlueGreenDeployment", e))?;
+        wait::until(
+            &self.progress,
+            &format!("blue/green deployment {id} to switch over"),
+            self.settings.wait_timeout,
+            self.settings.poll_interval,
+            || async {
+                match self.describe_blue_green(id).await? {
+                    Some(d) if d.status == "SWITCHOVER_COMPLETED" => Ok(Poll::Done(d)),
+                    Some(d) if d.status == "SWITCHOVER_FAILED" => {
+                        Err(AwsError::Precondition(format!(
+                            "the switchover of {id} failed: {}",
+                            d.status_details.as_deref().unwrap_or("no details")
+                        )))
+                    }
+                    Some(d) => Ok(Poll::Pending(d.status)),
+                    None => Err(AwsError::NotFound(format!(
+                        "blue/green deployment {id} is gone"
+                    ))),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Deletes deployment `id`, and its green resources with it when `delete_target`
+    /// (before a switchover: what abort does). A deployment already gone is no error.
+    pub async fn delete_blue_green(&self, id: &str, delete_target: bool) -> Result<()> {
+        let Some(deployment) = self.describe_blue_green(id).await? else {
+            return Ok(());
+        };
+        let greens = if delete_target {
+            self.green_resources(&deployment).await.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let out = self
+            .rds
+            .delete_blue_green_deployment()
+            .blue_green_deployment_identifier(id)
+            .delete_target(delete_target)
+            .send()
+            .await;
+        match out.map_err(|e| api("DeleteBlueGreenDeployment", e)) {
+            Ok(_) => {}
+            Err(AwsError::Api {
+                code: Some(code), ..
+            }) if code.starts_with("BlueGreenDeploymentNotFound") => {}
+            Err(e) => return Err(e),
+        }
+        for green in greens {
+            self.wait_gone(&green.id, &format!("green {}", green.id))
+                .await?;
+        }
+        Ok(())
+    }
+}
