@@ -9,7 +9,7 @@
 //! every green resource's encryption before anything is switched.
 
 use aws_sdk_rds::types::{BlueGreenDeployment, Filter, Tag, TargetResourceConfiguration};
-use serde::{Deserialize, Serialize};
+use pgseal_platform::{BlueGreen, GreenResource};
 
 use crate::error::{AwsError, Result, api};
 use crate::platform::{AwsPlatform, Described};
@@ -21,50 +21,6 @@ pub const MIGRATION_TAG: &str = "pgseal:migration";
 
 /// The deployment's status once green is ready to be switched to.
 pub const AVAILABLE: &str = "AVAILABLE";
-
-/// A blue/green deployment as pgseal journals it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlueGreen {
-    /// AWS's identifier (`bgd-...`).
-    pub id: String,
-    /// Its name (`pgseal-<migration>`).
-    pub name: String,
-    /// `PROVISIONING`, `AVAILABLE`, `SWITCHOVER_IN_PROGRESS`, `SWITCHOVER_COMPLETED`, ...
-    pub status: String,
-    /// AWS's words on the status, when it gives some.
-    pub status_details: Option<String>,
-    /// The blue resource's ARN.
-    pub source_arn: String,
-    /// The green resource's ARN.
-    pub target_arn: Option<String>,
-    /// Each blue member with its green twin (ARNs), as `SwitchoverDetails` pairs them.
-    pub members: Vec<(String, String)>,
-}
-
-/// One green resource's encryption, as RDS describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GreenResource {
-    /// Its identifier.
-    pub id: String,
-    /// `StorageEncrypted`.
-    pub encrypted: bool,
-    /// `KmsKeyId` (an ARN once encrypted).
-    pub key_id: Option<String>,
-}
-
-impl GreenResource {
-    /// Why this resource is not encrypted under `key_arn`, if it is not.
-    pub fn problem(&self, key_arn: &str) -> Option<String> {
-        match (&self.key_id, self.encrypted) {
-            (Some(k), true) if k == key_arn => None,
-            (k, encrypted) => Some(format!(
-                "green {} is StorageEncrypted={encrypted}, KmsKeyId={}, not under {key_arn}",
-                self.id,
-                k.as_deref().unwrap_or("none")
-            )),
-        }
-    }
-}
 
 /// The deployment name of migration `migration`.
 pub fn deployment_name(migration: &str) -> String {
@@ -85,8 +41,8 @@ fn from_sdk(d: &BlueGreenDeployment) -> BlueGreen {
         name: d.blue_green_deployment_name().unwrap_or("").to_string(),
         status: d.status().unwrap_or("unknown").to_string(),
         status_details: d.status_details().map(str::to_string),
-        source_arn: d.source().unwrap_or("").to_string(),
-        target_arn: d.target().map(str::to_string),
+        source: d.source().unwrap_or("").to_string(),
+        target: d.target().map(str::to_string),
         members: d
             .switchover_details()
             .iter()
@@ -126,7 +82,7 @@ impl AwsPlatform {
     /// The deployment of migration `migration`, if one exists: found by its name and
     /// checked to carry pgseal's tag for the migration (a deployment of that name that
     /// pgseal did not make is refused).
-    pub async fn find_blue_green(&self, migration: &str) -> Result<Option<BlueGreen>> {
+    pub async fn find_deployment(&self, migration: &str) -> Result<Option<BlueGreen>> {
         let name = deployment_name(migration);
         let out = self
             .rds
@@ -162,13 +118,13 @@ impl AwsPlatform {
     /// Creates the deployment of migration `migration` for `source` with every blue
     /// resource's green encrypted under `key_arn`, or adopts the one an earlier run made.
     /// Returns it and whether it was adopted.
-    pub async fn create_blue_green(
+    pub async fn create_deployment(
         &self,
         migration: &str,
         source: &str,
         key_arn: &str,
     ) -> Result<(BlueGreen, bool)> {
-        if let Some(existing) = self.find_blue_green(migration).await? {
+        if let Some(existing) = self.find_deployment(migration).await? {
             tracing::info!(migration, id = %existing.id, "adopting the blue/green deployment an earlier run made");
             return Ok((existing, true));
         }
@@ -203,8 +159,18 @@ impl AwsPlatform {
         Ok((from_sdk(made), false))
     }
 
+    /// Migration `migration`'s deployment; an error when there is none.
+    pub async fn our_deployment(&self, migration: &str) -> Result<BlueGreen> {
+        self.find_deployment(migration).await?.ok_or_else(|| {
+            AwsError::NotFound(format!(
+                "no blue/green deployment {} (of migration {migration})",
+                deployment_name(migration)
+            ))
+        })
+    }
+
     /// The deployment `id` as AWS describes it now; `None` when it is gone.
-    pub async fn describe_blue_green(&self, id: &str) -> Result<Option<BlueGreen>> {
+    pub async fn describe_deployment(&self, id: &str) -> Result<Option<BlueGreen>> {
         let out = self
             .rds
             .describe_blue_green_deployments()
@@ -225,14 +191,14 @@ impl AwsPlatform {
 
     /// Waits (with progress, up to the platform's wait timeout) until deployment `id` is
     /// available: green made and replicating.
-    pub async fn wait_blue_green_available(&self, id: &str) -> Result<BlueGreen> {
+    pub async fn wait_deployment_available(&self, id: &str) -> Result<BlueGreen> {
         wait::until(
             &self.progress,
             &format!("blue/green deployment {id} to be available"),
             self.settings.wait_timeout,
             self.settings.poll_interval,
             || async {
-                match self.describe_blue_green(id).await? {
+                match self.describe_deployment(id).await? {
                     None => Err(AwsError::NotFound(format!(
                         "blue/green deployment {id} is gone"
                     ))),
@@ -251,11 +217,15 @@ impl AwsPlatform {
         .await
     }
 
-    /// Every green resource of `deployment` with its encryption: the green instance and
-    /// its replicas (RDS), or the green cluster (Aurora).
-    pub async fn green_resources(&self, deployment: &BlueGreen) -> Result<Vec<GreenResource>> {
+    /// Every green resource of `deployment` with its encryption, checked against
+    /// `key_arn`: the green instance and its replicas (RDS), or the green cluster (Aurora).
+    pub async fn deployment_green(
+        &self,
+        deployment: &BlueGreen,
+        key_arn: &str,
+    ) -> Result<Vec<GreenResource>> {
         let mut arns: Vec<&str> = deployment.members.iter().map(|(_, g)| g.as_str()).collect();
-        arns.extend(deployment.target_arn.as_deref());
+        arns.extend(deployment.target.as_deref());
         arns.sort_unstable();
         arns.dedup();
         let mut found = Vec::new();
@@ -267,10 +237,18 @@ impl AwsPlatform {
                 }
                 _ => Described::Rds(Box::new(self.describe_db_instance(id).await?)),
             };
+            let (encrypted, key_id) = (described.encrypted(), described.key_id());
+            let problem = (!(encrypted && key_id == Some(key_arn))).then(|| {
+                format!(
+                    "green {id} is StorageEncrypted={encrypted}, KmsKeyId={}, not under {key_arn}",
+                    key_id.unwrap_or("none")
+                )
+            });
             found.push(GreenResource {
                 id: id.to_string(),
-                encrypted: described.encrypted(),
-                key_id: described.key_id().map(str::to_string),
+                encrypted,
+                key_id: key_id.map(str::to_string),
+                problem,
             });
         }
         Ok(found)
@@ -278,7 +256,7 @@ impl AwsPlatform {
 
     /// Switches deployment `id` over (AWS renames green to blue's names) and waits until
     /// the switchover completed; `timeout_s` is AWS's own switchover timeout.
-    pub async fn switchover_blue_green(&self, id: &str, timeout_s: i32) -> Result<BlueGreen> {
+    pub async fn switchover_deployment(&self, id: &str, timeout_s: i32) -> Result<BlueGreen> {
         self.rds
             .switchover_blue_green_deployment()
             .blue_green_deployment_identifier(id)
@@ -292,7 +270,7 @@ impl AwsPlatform {
             self.settings.wait_timeout,
             self.settings.poll_interval,
             || async {
-                match self.describe_blue_green(id).await? {
+                match self.describe_deployment(id).await? {
                     Some(d) if d.status == "SWITCHOVER_COMPLETED" => Ok(Poll::Done(d)),
                     Some(d) if d.status == "SWITCHOVER_FAILED" => {
                         Err(AwsError::Precondition(format!(
@@ -312,12 +290,16 @@ impl AwsPlatform {
 
     /// Deletes deployment `id`, and its green resources with it when `delete_target`
     /// (before a switchover: what abort does). A deployment already gone is no error.
-    pub async fn delete_blue_green(&self, id: &str, delete_target: bool) -> Result<()> {
-        let Some(deployment) = self.describe_blue_green(id).await? else {
+    pub async fn delete_deployment(&self, id: &str, delete_target: bool) -> Result<()> {
+        let Some(deployment) = self.describe_deployment(id).await? else {
             return Ok(());
         };
-        let greens = if delete_target {
-            self.green_resources(&deployment).await.unwrap_or_default()
+        let greens: Vec<String> = if delete_target {
+            let mut arns: Vec<String> = deployment.members.iter().map(|(_, g)| g.clone()).collect();
+            arns.extend(deployment.target.clone());
+            arns.sort_unstable();
+            arns.dedup();
+            arns.iter().map(|a| arn_id(a).to_string()).collect()
         } else {
             Vec::new()
         };
@@ -336,8 +318,7 @@ impl AwsPlatform {
             Err(e) => return Err(e),
         }
         for green in greens {
-            self.wait_gone(&green.id, &format!("green {}", green.id))
-                .await?;
+            self.wait_gone(&green, &format!("green {green}")).await?;
         }
         Ok(())
     }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use pgseal_platform::{
-    Handoff, Instance, InstanceStatus, NewInstance, ParamsChanged, Platform, Snapshot,
+    BlueGreen, GreenResource, Handoff, Instance, InstanceStatus, NewInstance, ParamsChanged,
+    Platform, Snapshot,
 };
 
 use crate::error::{AwsError, Result, api};
@@ -553,5 +554,41 @@ impl Platform for AwsPlatform {
 
     async fn connection(&self, instance: &str) -> pgseal_platform::Result<tokio_postgres::Config> {
         Ok(self.sql_config(instance, false).await?)
+    }
+    async fn create_blue_green(
+        &self,
+        migration: &str,
+        source: &str,
+        key: &str,
+    ) -> pgseal_platform::Result<(BlueGreen, bool)> {
+        let key = self.check_key(key).await?;
+        Ok(self.create_deployment(migration, source, &key.arn).await?)
+    }
+
+    async fn wait_blue_green(&self, migration: &str) -> pgseal_platform::Result<BlueGreen> {
+        let deployment = self.our_deployment(migration).await?;
+        Ok(self.wait_deployment_available(&deployment.id).await?)
+    }
+
+    async fn green_resources(
+        &self,
+        migration: &str,
+        key: &str,
+    ) -> pgseal_platform::Result<Vec<GreenResource>> {
+        let key = self.check_key(key).await?;
+        let deployment = self.our_deployment(migration).await?;
+        Ok(self.deployment_green(&deployment, &key.arn).await?)
+    }
+
+    async fn delete_blue_green(
+        &self,
+        migration: &str,
+        delete_green: bool,
+    ) -> pgseal_platform::Result<bool> {
+        let Some(deployment) = self.find_deployment(migration).await? else {
+            return Ok(false);
+        };
+        self.delete_deployment(&deployment.id, delete_green).await?;
+        Ok(true)
     }
 }

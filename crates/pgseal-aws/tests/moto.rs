@@ -285,14 +285,14 @@ async fn aurora_snapshots_plain_and_restores_a_cluster_with_a_writer_under_the_k
 /// The green twins' encryption problems under `key` (none when all are under it).
 async fn green_problems(
     aws: &AwsPlatform,
-    bg: &pgseal_aws::bluegreen::BlueGreen,
+    bg: &pgseal_platform::BlueGreen,
     key: &str,
 ) -> Vec<String> {
-    aws.green_resources(bg)
+    aws.deployment_green(bg, key)
         .await
         .unwrap()
-        .iter()
-        .filter_map(|g| g.problem(key))
+        .into_iter()
+        .filter_map(|g| g.problem)
         .collect()
 }
 
@@ -332,7 +332,7 @@ async fn blue_green_sends_a_target_key_for_the_instance_and_its_replica_adopts_i
     let replica = seed.rds_read_replica("shop-r1", "shop").await;
     let aws = platform(&moto, Flavor::Rds).await;
 
-    let (bg, adopted) = aws.create_blue_green("m1", "rds:shop", &key).await.unwrap();
+    let (bg, adopted) = aws.create_deployment("m1", "rds:shop", &key).await.unwrap();
     assert!(!adopted);
     assert_eq!(bg.name, "pgseal-m1");
     // Exactly one configuration per blue resource, each under the key.
@@ -349,12 +349,12 @@ async fn blue_green_sends_a_target_key_for_the_instance_and_its_replica_adopts_i
 
     // A run killed after the create returned finds the deployment by its name and tag:
     // no second request, the same deployment.
-    let (again, adopted) = aws.create_blue_green("m1", "rds:shop", &key).await.unwrap();
+    let (again, adopted) = aws.create_deployment("m1", "rds:shop", &key).await.unwrap();
     assert!(adopted);
     assert_eq!(again.id, bg.id);
     assert_eq!(recorded(&record).len(), 1);
 
-    let ready = aws.wait_blue_green_available(&bg.id).await.unwrap();
+    let ready = aws.wait_deployment_available(&bg.id).await.unwrap();
     assert_eq!(ready.status, "AVAILABLE");
     assert_eq!(
         green_problems(&aws, &ready, &key).await,
@@ -365,7 +365,7 @@ async fn blue_green_sends_a_target_key_for_the_instance_and_its_replica_adopts_i
     assert_eq!(green_problems(&aws, &ready, &other).await.len(), 1);
 
     // Switchover: green takes blue's name, blue is kept under `-old1`.
-    let done = aws.switchover_blue_green(&bg.id, 300).await.unwrap();
+    let done = aws.switchover_deployment(&bg.id, 300).await.unwrap();
     assert_eq!(done.status, "SWITCHOVER_COMPLETED");
     let shop = seed.instance("shop").await.unwrap();
     assert_eq!(shop.storage_encrypted(), Some(true));
@@ -377,11 +377,11 @@ async fn blue_green_sends_a_target_key_for_the_instance_and_its_replica_adopts_i
             .storage_encrypted(),
         Some(true)
     );
-    aws.delete_blue_green(&bg.id, false).await.unwrap();
-    assert!(aws.describe_blue_green(&bg.id).await.unwrap().is_none());
-    assert!(aws.find_blue_green("m1").await.unwrap().is_none());
+    aws.delete_deployment(&bg.id, false).await.unwrap();
+    assert!(aws.describe_deployment(&bg.id).await.unwrap().is_none());
+    assert!(aws.find_deployment("m1").await.unwrap().is_none());
     // Deleting what is gone is no error.
-    aws.delete_blue_green(&bg.id, false).await.unwrap();
+    aws.delete_deployment(&bg.id, false).await.unwrap();
 }
 
 #[tokio::test]
@@ -392,17 +392,17 @@ async fn against_stock_moto_the_unencrypted_green_is_named_and_abort_deletes_it_
     let key = seed.key("alias/bg").await;
     seed.rds_instance("shop", None).await;
     let aws = platform(&moto, Flavor::Rds).await;
-    let (bg, _) = aws.create_blue_green("m1", "rds:shop", &key).await.unwrap();
-    let ready = aws.wait_blue_green_available(&bg.id).await.unwrap();
+    let (bg, _) = aws.create_deployment("m1", "rds:shop", &key).await.unwrap();
+    let ready = aws.wait_deployment_available(&bg.id).await.unwrap();
     let problems = green_problems(&aws, &ready, &key).await;
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
         problems[0].contains("StorageEncrypted=false"),
         "{problems:?}"
     );
-    let green = pgseal_aws::bluegreen::arn_id(ready.target_arn.as_deref().unwrap()).to_string();
+    let green = pgseal_aws::bluegreen::arn_id(ready.target.as_deref().unwrap()).to_string();
     assert!(seed.instance(&green).await.is_some());
-    aws.delete_blue_green(&bg.id, true).await.unwrap();
+    aws.delete_deployment(&bg.id, true).await.unwrap();
     assert!(seed.instance(&green).await.is_none());
     assert!(seed.instance("shop").await.is_some());
 }
@@ -428,8 +428,8 @@ async fn an_aurora_cluster_gets_its_green_cluster_under_the_key_and_a_foreign_de
         "one configuration, for the cluster: {sent:?}"
     );
     assert!(sent[0].1[0].0.contains(":cluster:orders"), "{sent:?}");
-    let ready = aws.wait_blue_green_available(&bg.id).await.unwrap();
-    let greens = aws.green_resources(&ready).await.unwrap();
+    let ready = aws.wait_deployment_available(&bg.id).await.unwrap();
+    let greens = aws.deployment_green(&ready, &key).await.unwrap();
     assert_eq!(greens.len(), 1, "{greens:?}");
     assert_eq!(
         green_problems(&aws, &ready, &key).await,
@@ -438,7 +438,7 @@ async fn an_aurora_cluster_gets_its_green_cluster_under_the_key_and_a_foreign_de
 
     // A deployment of pgseal's name that pgseal did not tag is not adopted.
     seed.aurora_cluster("other").await;
-    let other = ready.source_arn.replace(":cluster:orders", ":cluster:other");
+    let other = ready.source.replace(":cluster:orders", ":cluster:other");
     seed.rds
         .create_blue_green_deployment()
         .blue_green_deployment_name("pgseal-m3")
@@ -451,5 +451,5 @@ async fn an_aurora_cluster_gets_its_green_cluster_under_the_key_and_a_foreign_de
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("did not make it"), "{refused}");
-    aws.delete_blue_green(&bg.id, true).await.unwrap();
+    aws.delete_deployment(&bg.id, true).await.unwrap();
 }

@@ -364,6 +364,9 @@ pub enum StrategyArg {
     Snapshot,
     /// An empty target, loaded and kept current by native logical replication.
     FullLoad,
+    /// AWS only: the platform's own Blue/Green deployment, green encrypted under --key
+    /// (start, status and abort; pgseal does not switch it over yet)
+    BlueGreen,
 }
 
 impl From<StrategyArg> for pgseal_core::steps::Strategy {
@@ -371,6 +374,7 @@ impl From<StrategyArg> for pgseal_core::steps::Strategy {
         match arg {
             StrategyArg::Snapshot => pgseal_core::steps::Strategy::Snapshot,
             StrategyArg::FullLoad => pgseal_core::steps::Strategy::FullLoad,
+            StrategyArg::BlueGreen => pgseal_core::steps::Strategy::BlueGreen,
         }
     }
 }
@@ -414,7 +418,10 @@ pub struct MigrationArgs {
     /// How the target gets its data: `snapshot` (a physical copy restored, then
     /// replication from the exact LSN where it ends; same major version) or `full-load`
     /// (an empty target of any newer major version; roles and schema copied, every table
-    /// loaded by native logical replication, which then streams on). `plan` recommends one
+    /// loaded by native logical replication, which then streams on), or on AWS
+    /// `blue-green` (RDS/Aurora's own Blue/Green deployment, green encrypted under --key;
+    /// AWS replicates, there is no rollback after its switchover). `plan` recommends one;
+    /// blue-green only when asked for
     #[arg(long, value_enum, default_value_t = StrategyArg::Snapshot)]
     pub strategy: StrategyArg,
     /// The target's PostgreSQL major version, e.g. 17 (full-load only; not older than the

@@ -73,6 +73,16 @@ pub async fn abort<P: Platform>(
                     }
                 }
             }
+            // A blue/green deployment before any switchover: deleted with its green.
+            crate::engine::DEPLOYMENT => {
+                platform
+                    .delete_blue_green(name, true)
+                    .await
+                    .map_err(|source| EngineError::Platform {
+                        what: format!("deleting blue/green deployment {}", resource.name),
+                        source,
+                    })?
+            }
             "snapshot" => match platform.delete_snapshot(&resource.name).await {
                 Ok(()) => true,
                 Err(e) if e.kind == ErrorKind::NotFound => false,

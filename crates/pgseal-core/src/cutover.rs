@@ -845,6 +845,7 @@ pub async fn cutover<P: Platform, S: Switch>(
     options: &CutoverOptions,
 ) -> Result<CutoverReport, EngineError> {
     let spec = journal.migration(name)?.spec;
+    crate::engine::refuse_unproven(&spec, "cutover")?;
     let mut report = CutoverReport {
         dry_run: options.dry_run,
         switch: switch.describe(),

@@ -20,7 +20,10 @@ use crate::preflight::{PreflightInput, PreflightReport, Severity, TargetVersion,
 use crate::steps::{Step, Strategy, failpoint, test_hook};
 use crate::stream::{self, Stream};
 
+mod blue_green;
 mod full_load;
+
+pub use blue_green::{DEPLOYMENT, refuse_unproven};
 
 /// What a step returns: its outputs, to journal, and one line on what it did.
 type StepResult = Result<(serde_json::Value, String), EngineError>;
@@ -149,6 +152,8 @@ pub struct Surroundings {
     pub installed: Option<std::collections::BTreeMap<u32, std::collections::BTreeSet<String>>>,
     /// Why the platform cannot run the full-load strategy, if it cannot.
     pub full_load_unsupported: Option<String>,
+    /// Why the platform has no blue/green deployments, if it has none.
+    pub blue_green_unsupported: Option<String>,
     /// The client programs (`pg_dump`, `pg_dumpall`, `psql`) the full load runs.
     pub client_tools: pgseal_pg::PgInstalls,
 }
@@ -298,6 +303,8 @@ impl<'a, P: Platform> Engine<'a, P> {
             Step::Schema => self.schema().await,
             Step::InitialCopy => self.initial_copy().await,
             Step::PostData => self.post_data().await,
+            Step::CreateDeployment => self.create_deployment().await,
+            Step::GreenReady => self.green_ready().await,
             Step::Cutover | Step::Rollback | Step::Validate => Err(EngineError::Precondition(
                 "cutover is not a step of `start`: run `pgseal migrate cutover`".into(),
             )),
@@ -384,6 +391,7 @@ impl<'a, P: Platform> Engine<'a, P> {
                 engine_version: self.spec.engine_version,
                 installed: self.surroundings.installed.clone(),
                 full_load_unsupported: self.surroundings.full_load_unsupported.clone(),
+                blue_green_unsupported: self.surroundings.blue_green_unsupported.clone(),
                 copy_role_passwords: self.spec.copy_role_passwords,
             },
         };
@@ -406,37 +414,43 @@ impl<'a, P: Platform> Engine<'a, P> {
         Ok((json!({ "report": report }), summary))
     }
 
-    // 2.
-    async fn prepare_source(&self) -> Result<(serde_json::Value, String), EngineError> {
-        let mut source = self.source().await?;
+    /// `wal_level = logical` on the source, set through the platform (restarting the
+    /// source) when the user allowed a restart; a session on the source and whether it
+    /// was restarted.
+    async fn ensure_logical_wal(&self) -> Result<(Client, bool), EngineError> {
+        let source = self.source().await?;
         let wal_level: String = source
             .query_one("SHOW wal_level", &[])
             .await
             .map_err(Self::sql("source", "reading wal_level"))?
             .get(0);
-        let mut restarted = false;
-        if wal_level != "logical" {
-            if self.spec.source_url().is_some() {
-                return Err(EngineError::Precondition(format!(
-                    "wal_level is {wal_level} on the source; run ALTER SYSTEM SET wal_level = logical there and restart it (on RDS: rds.logical_replication = 1)"
-                )));
-            }
-            if !self.spec.allow_restart {
-                return Err(EngineError::Precondition(format!(
-                    "wal_level is {wal_level} on {}; pass --allow-restart to let pgseal set it to logical and restart the source",
-                    self.spec.source
-                )));
-            }
-            let params = [("wal_level".to_string(), "logical".to_string())].into();
-            self.platform
-                .set_params(&self.spec.source, &params, true)
-                .await
-                .map_err(Self::platform_error(
-                    "setting wal_level=logical on the source",
-                ))?;
-            restarted = true;
-            source = self.source().await?;
+        if wal_level == "logical" {
+            return Ok((source, false));
         }
+        if self.spec.source_url().is_some() {
+            return Err(EngineError::Precondition(format!(
+                "wal_level is {wal_level} on the source; run ALTER SYSTEM SET wal_level = logical there and restart it (on RDS: rds.logical_replication = 1)"
+            )));
+        }
+        if !self.spec.allow_restart {
+            return Err(EngineError::Precondition(format!(
+                "wal_level is {wal_level} on {}; pass --allow-restart to let pgseal set it to logical and restart the source",
+                self.spec.source
+            )));
+        }
+        let params = [("wal_level".to_string(), "logical".to_string())].into();
+        self.platform
+            .set_params(&self.spec.source, &params, true)
+            .await
+            .map_err(Self::platform_error(
+                "setting wal_level=logical on the source",
+            ))?;
+        Ok((self.source().await?, true))
+    }
+
+    // 2.
+    async fn prepare_source(&self) -> Result<(serde_json::Value, String), EngineError> {
+        let (source, restarted) = self.ensure_logical_wal().await?;
 
         // The scope is fixed here, once, before anything is created.
         let streams = match self.journal.streams(&self.spec.name)? {

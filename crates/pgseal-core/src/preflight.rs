@@ -72,6 +72,8 @@ pub struct TargetVersion {
     pub installed: Option<BTreeMap<u32, BTreeSet<String>>>,
     /// Why the platform cannot run the full-load strategy, if it cannot.
     pub full_load_unsupported: Option<String>,
+    /// Why the platform has no blue/green deployments, if it has none.
+    pub blue_green_unsupported: Option<String>,
     /// Full load: copy the roles' password hashes (`--copy-role-passwords`).
     pub copy_role_passwords: bool,
 }
@@ -450,20 +452,24 @@ where
         .get(0);
     let source_bytes = source_bytes.max(0) as u64;
     if let Some(free) = input.free_bytes {
-        // A full load makes no snapshot: only the target's copy.
-        let (needed, what, factor) = match wanted.strategy {
-            Strategy::Snapshot => (
+        // A full load makes no snapshot: only the target's copy; blue/green's green lives
+        // on the platform.
+        let needed = match wanted.strategy {
+            Strategy::Snapshot => Some((
                 source_bytes * 2 + (source_bytes / 5),
                 "the snapshot and the restored copy need",
                 "2.2x",
-            ),
-            Strategy::FullLoad => (
+            )),
+            Strategy::FullLoad => Some((
                 source_bytes + (source_bytes / 5),
                 "the loaded copy needs",
                 "1.2x",
-            ),
+            )),
+            Strategy::BlueGreen => None,
         };
-        if free < needed {
+        if let Some((needed, what, factor)) = needed
+            && free < needed
+        {
             findings.push(blocker(
                 "disk_space",
                 format!(
@@ -578,6 +584,15 @@ fn strategy_choices(
             )
         },
     };
+    let blue_green = StrategyChoice {
+        strategy: Strategy::BlueGreen,
+        possible: wanted.blue_green_unsupported.is_none() && same_version,
+        why: if let Some(why) = &wanted.blue_green_unsupported {
+            why.clone()
+        } else {
+            "the platform's own Blue/Green deployment with green encrypted under the key: AWS runs the replication; same account only; not with RDS Proxy, cascading or cross-Region read replicas, or Multi-AZ DB clusters; the switchover drops connections and has no way back (pgseal's snapshot strategy rolls back by reverse replication). Chosen only when asked for".into()
+        },
+    };
     let recommended = if !same_version && full_load.possible {
         Strategy::FullLoad
     } else if input.tables.is_some() && full_load.possible {
@@ -586,7 +601,7 @@ fn strategy_choices(
     } else {
         Strategy::Snapshot
     };
-    (vec![snapshot, full_load], recommended)
+    (vec![snapshot, full_load, blue_green], recommended)
 }
 
 /// Blockers for a strategy that cannot make the target asked for.
@@ -604,6 +619,21 @@ fn version_checks(
             format!("pass --strategy full-load to move onto PostgreSQL {target_major}, or leave --engine-version out"),
         )),
         Strategy::Snapshot => {}
+        Strategy::BlueGreen => {
+            if let Some(why) = &wanted.blue_green_unsupported {
+                findings.push(blocker(
+                    "strategy",
+                    why.clone(),
+                    "use --strategy snapshot (or full-load) on this platform".into(),
+                ));
+            } else if target_major != source_major {
+                findings.push(blocker(
+                    "engine_version",
+                    format!("--engine-version {target_major} with the blue-green strategy: pgseal's blue/green keeps the source's major version {source_major}"),
+                    format!("pass --strategy full-load to move onto PostgreSQL {target_major}, or leave --engine-version out"),
+                ));
+            }
+        }
         Strategy::FullLoad => {
             if let Some(why) = &wanted.full_load_unsupported {
                 findings.push(blocker(

@@ -13,6 +13,9 @@ pub enum Strategy {
     /// An empty target of any newer major version: roles and schema copied, then native
     /// logical replication with `copy_data = true` loads every table and streams on.
     FullLoad,
+    /// The platform's own blue/green deployment (RDS, Aurora) with every green resource
+    /// encrypted under the key: the platform replicates, pgseal checks before and after.
+    BlueGreen,
 }
 
 impl Strategy {
@@ -21,6 +24,7 @@ impl Strategy {
         match self {
             Strategy::Snapshot => &Step::ALL,
             Strategy::FullLoad => &Step::FULL_LOAD,
+            Strategy::BlueGreen => &Step::BLUE_GREEN,
         }
     }
 
@@ -29,6 +33,7 @@ impl Strategy {
         match self {
             Strategy::Snapshot => "snapshot",
             Strategy::FullLoad => "full-load",
+            Strategy::BlueGreen => "blue-green",
         }
     }
 }
@@ -75,6 +80,12 @@ pub enum Step {
     /// Full load: the rest of the schema once the data is in (indexes, foreign keys,
     /// triggers, rules, policies).
     PostData,
+    /// Blue/green: logical replication on at the source, then the platform's deployment
+    /// made with every green resource under the key (or the one an earlier run made found).
+    CreateDeployment,
+    /// Blue/green: green made and replicating, and every green resource encrypted under
+    /// the key; otherwise nothing is switched.
+    GreenReady,
     /// Writes fenced on the source, drained, sequences set, applications switched to the
     /// target (`migrate cutover`; not one of the ten steps of `start`).
     Cutover,
@@ -112,6 +123,9 @@ impl Step {
         Step::Replicating,
     ];
 
+    /// Every step of the blue/green strategy, in the order they run.
+    pub const BLUE_GREEN: [Step; 3] = [Step::Preflight, Step::CreateDeployment, Step::GreenReady];
+
     /// The step's name, as journaled and as failpoints name it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -132,6 +146,8 @@ impl Step {
             Step::Schema => "schema",
             Step::InitialCopy => "initial_copy",
             Step::PostData => "post_data",
+            Step::CreateDeployment => "create_deployment",
+            Step::GreenReady => "green_ready",
         }
     }
 
@@ -140,6 +156,7 @@ impl Step {
         Step::ALL
             .into_iter()
             .chain(Step::FULL_LOAD)
+            .chain(Step::BLUE_GREEN)
             .chain([Step::Cutover, Step::Rollback, Step::Validate])
             .find(|s| s.as_str() == text)
     }
@@ -219,13 +236,14 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_number_in_order() {
-        for strategy in [Strategy::Snapshot, Strategy::FullLoad] {
+        for strategy in [Strategy::Snapshot, Strategy::FullLoad, Strategy::BlueGreen] {
             for (i, step) in strategy.steps().iter().enumerate() {
                 assert_eq!(Step::parse(step.as_str()), Some(*step));
                 assert_eq!(step.number(strategy), i + 1);
             }
         }
         assert_eq!(Step::Subscription.number(Strategy::FullLoad), 5);
+        assert_eq!(Step::GreenReady.number(Strategy::BlueGreen), 3);
         assert_eq!(Step::parse("nope"), None);
     }
 }

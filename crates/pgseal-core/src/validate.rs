@@ -1105,6 +1105,7 @@ pub async fn validate<P: Platform>(
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<ValidationReport, EngineError> {
     let spec = journal.migration(name)?.spec;
+    crate::engine::refuse_unproven(&spec, "validate")?;
     let streams = streams_of(journal, name)?;
     let run = journal.step_started(name, Step::Validate)?;
     let started = Instant::now();

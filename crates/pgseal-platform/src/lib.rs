@@ -164,6 +164,47 @@ pub struct ParamsChanged {
     pub restarted: bool,
 }
 
+/// A deployment in which the platform itself keeps a copy of the source (green) current
+/// and switches applications to it (RDS and Aurora Blue/Green), as pgseal journals it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BlueGreen {
+    /// The platform's identifier (`bgd-...`).
+    pub id: String,
+    /// Its name (`pgseal-<migration>`).
+    pub name: String,
+    /// The platform's status word (`PROVISIONING`, `AVAILABLE`, `SWITCHOVER_COMPLETED`, ...).
+    pub status: String,
+    /// The platform's words on the status, when it gives some.
+    pub status_details: Option<String>,
+    /// The blue resource (an ARN on AWS).
+    pub source: String,
+    /// The green resource, once made.
+    pub target: Option<String>,
+    /// Each blue member with its green twin.
+    pub members: Vec<(String, String)>,
+}
+
+/// One green resource and its encryption.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct GreenResource {
+    /// Its identifier.
+    pub id: String,
+    /// Its storage is encrypted.
+    pub encrypted: bool,
+    /// The key it is encrypted under (an ARN on AWS).
+    pub key_id: Option<String>,
+    /// Why it is not encrypted under the key asked for, if it is not.
+    pub problem: Option<String>,
+}
+
+/// The answer of a platform without blue/green deployments.
+fn no_blue_green() -> PlatformError {
+    PlatformError::new(
+        ErrorKind::Precondition,
+        "this platform has no blue/green deployments (RDS and Aurora have): use --strategy snapshot",
+    )
+}
+
 /// What the migration engine needs from a platform.
 pub trait Platform: Send + Sync {
     /// Describes an instance.
@@ -250,4 +291,48 @@ pub trait Platform: Send + Sync {
         &self,
         instance: &str,
     ) -> impl Future<Output = Result<tokio_postgres::Config>> + Send;
+
+    /// Creates the blue/green deployment of migration `migration` for `source`, every
+    /// green resource encrypted under `key`, or finds the one an earlier run made (named
+    /// and tagged after the migration). Returns it and whether it was found. Platforms
+    /// without blue/green deployments refuse with [`ErrorKind::Precondition`].
+    fn create_blue_green(
+        &self,
+        migration: &str,
+        source: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<(BlueGreen, bool)>> + Send {
+        let _ = (migration, source, key);
+        async { Err(no_blue_green()) }
+    }
+
+    /// Waits until migration `migration`'s deployment is ready to switch over (green made
+    /// and replicating) and describes it.
+    fn wait_blue_green(&self, migration: &str) -> impl Future<Output = Result<BlueGreen>> + Send {
+        let _ = migration;
+        async { Err(no_blue_green()) }
+    }
+
+    /// Each green resource of migration `migration`'s deployment with its encryption,
+    /// checked against `key`.
+    fn green_resources(
+        &self,
+        migration: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<GreenResource>>> + Send {
+        let _ = (migration, key);
+        async { Err(no_blue_green()) }
+    }
+
+    /// Deletes migration `migration`'s deployment, with its green resources when
+    /// `delete_green` (an abort before any switchover). A deployment already gone is no
+    /// error; returns whether one was deleted.
+    fn delete_blue_green(
+        &self,
+        migration: &str,
+        delete_green: bool,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        let _ = (migration, delete_green);
+        async { Err(no_blue_green()) }
+    }
 }

@@ -140,7 +140,7 @@ fn url_config_checked(url: &str) -> anyhow::Result<(tokio_postgres::Config, bool
 
 fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
     let runtime = runtime()?;
-    let (installed, full_load_unsupported);
+    let support;
     let (config, managed, target, target_problem, key_problem, free) =
         if is_aws_source(&args.source) {
             use pgseal_platform::Platform as _;
@@ -153,7 +153,7 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
                 .ok()
                 .map(|_| format!("{} already exists", spec.target));
             let key_problem = key_problem_on(ctx, &runtime, &platform, &spec.key);
-            (installed, full_load_unsupported) = target_versions(&platform);
+            support = target_versions(&platform);
             (
                 config,
                 Some(args.source.clone()),
@@ -164,8 +164,11 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
             )
         } else {
             let instances = LocalInstances::open(&ctx.home)?;
-            installed = Some(installed_versions(instances.installs()));
-            full_load_unsupported = None;
+            support = TargetSupport {
+                installed: Some(installed_versions(instances.installs())),
+                full_load_unsupported: None,
+                blue_green_unsupported: Some(LOCAL_HAS_NO_BLUE_GREEN.into()),
+            };
             let (config, managed) = if is_url(&args.source) {
                 (url_config(&args.source, "--source")?, None)
             } else {
@@ -204,8 +207,9 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
         target_version: TargetVersion {
             strategy: args.strategy.into(),
             engine_version: args.engine_version,
-            installed,
-            full_load_unsupported,
+            installed: support.installed,
+            full_load_unsupported: support.full_load_unsupported,
+            blue_green_unsupported: support.blue_green_unsupported,
             copy_role_passwords: args.copy_role_passwords,
         },
     };
@@ -372,17 +376,32 @@ fn spec_from_args(
 
 /// What the target's platform can run, for preflight: the local platform's installed
 /// major versions with their extensions; AWS decides for itself and runs no full load.
-fn target_versions(
-    platform: &AnyPlatform,
-) -> (Option<BTreeMap<u32, BTreeSet<String>>>, Option<String>) {
+/// What the platform can run: its installed major versions (local), why it cannot run the
+/// full-load strategy, and why it has no blue/green deployments.
+fn target_versions(platform: &AnyPlatform) -> TargetSupport {
     match platform {
-        AnyPlatform::Local(local) => (Some(installed_versions(local.instances().installs())), None),
+        AnyPlatform::Local(local) => TargetSupport {
+            installed: Some(installed_versions(local.instances().installs())),
+            full_load_unsupported: None,
+            blue_green_unsupported: Some(LOCAL_HAS_NO_BLUE_GREEN.into()),
+        },
         #[cfg(feature = "aws")]
-        AnyPlatform::Aws(_) => (
-            None,
-            Some("the full-load strategy runs on the local platform only: pgseal does not create empty RDS instances".into()),
-        ),
+        AnyPlatform::Aws(_) => TargetSupport {
+            installed: None,
+            full_load_unsupported: Some("the full-load strategy runs on the local platform only: pgseal does not create empty RDS instances".into()),
+            blue_green_unsupported: None,
+        },
     }
+}
+
+/// Why `--strategy blue-green` is refused for a source that is not on AWS.
+const LOCAL_HAS_NO_BLUE_GREEN: &str = "blue/green deployments are RDS and Aurora's own (sources rds:ID or aurora:ID); the local platform has none";
+
+/// What a platform can run, as preflight is told.
+struct TargetSupport {
+    installed: Option<BTreeMap<u32, BTreeSet<String>>>,
+    full_load_unsupported: Option<String>,
+    blue_green_unsupported: Option<String>,
 }
 
 fn installed_versions(installs: &pgseal_pg::PgInstalls) -> BTreeMap<u32, BTreeSet<String>> {
@@ -400,14 +419,15 @@ fn surroundings(
     platform: &AnyPlatform,
     key: &str,
 ) -> Surroundings {
-    let (installed, full_load_unsupported) = target_versions(platform);
+    let support = target_versions(platform);
     Surroundings {
         free_bytes: matches!(platform, AnyPlatform::Local(_))
             .then(|| free_bytes(&ctx.home))
             .flatten(),
         key_problem: key_problem_on(ctx, runtime, platform, key),
-        installed,
-        full_load_unsupported,
+        installed: support.installed,
+        full_load_unsupported: support.full_load_unsupported,
+        blue_green_unsupported: support.blue_green_unsupported,
         // The local platform found them already; elsewhere they are looked for here.
         client_tools: match platform {
             AnyPlatform::Local(local) => local.instances().installs().clone(),

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use pgseal_core::{Journal, MigrationSpec};
 use pgseal_local::platform::LocalPlatform;
-use pgseal_platform::{Handoff, Instance, NewInstance, ParamsChanged, Platform, Result, Snapshot};
+use pgseal_platform::{
+    BlueGreen, GreenResource, Handoff, Instance, NewInstance, ParamsChanged, Platform, Result,
+    Snapshot,
+};
 
 use super::Context;
 
@@ -102,6 +105,23 @@ impl Platform for AnyPlatform {
     }
     async fn connection(&self, instance: &str) -> Result<tokio_postgres::Config> {
         each!(self, p => p.connection(instance).await)
+    }
+    async fn create_blue_green(
+        &self,
+        migration: &str,
+        source: &str,
+        key: &str,
+    ) -> Result<(BlueGreen, bool)> {
+        each!(self, p => p.create_blue_green(migration, source, key).await)
+    }
+    async fn wait_blue_green(&self, migration: &str) -> Result<BlueGreen> {
+        each!(self, p => p.wait_blue_green(migration).await)
+    }
+    async fn green_resources(&self, migration: &str, key: &str) -> Result<Vec<GreenResource>> {
+        each!(self, p => p.green_resources(migration, key).await)
+    }
+    async fn delete_blue_green(&self, migration: &str, delete_green: bool) -> Result<bool> {
+        each!(self, p => p.delete_blue_green(migration, delete_green).await)
     }
 }
 
