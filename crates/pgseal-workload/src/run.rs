@@ -164,7 +164,7 @@ pub async fn run(
 /// How one transaction ended.
 enum TxEnd {
     Committed,
-    /// The connection was lost during COMMIT.
+    /// The connection was lost or ended during COMMIT: it may have committed.
     InDoubt,
     /// It did not commit (an error before COMMIT, or the server refused the COMMIT).
     Failed(tokio_postgres::Error),
@@ -344,11 +344,67 @@ async fn transaction(
         let _ = client.batch_execute("ROLLBACK").await;
         return TxEnd::Failed(error);
     }
+    commit(client).await
+}
+
+/// Sends `COMMIT` and says how the transaction ended. Only an `ERROR` in answer means it
+/// did not commit (a deferred constraint, a serialization failure: the server rolled it
+/// back and the session lives on). No answer, or a `FATAL` one (the session was ended:
+/// an immediate shutdown's `SIGQUIT` can end it after its commit record was flushed), is
+/// in doubt.
+async fn commit(client: &Client) -> TxEnd {
     match client.batch_execute("COMMIT").await {
         Ok(()) => TxEnd::Committed,
-        // The server answered: it did not commit.
-        Err(error) if error.as_db_error().is_some() => TxEnd::Failed(error),
-        // No answer: it may have committed.
+        Err(error)
+            if error
+                .as_db_error()
+                .is_some_and(|db| db.severity() == "ERROR") =>
+        {
+            TxEnd::Failed(error)
+        }
         Err(_) => TxEnd::InDoubt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_refused_with_an_error_failed_and_one_whose_session_was_ended_is_in_doubt() {
+        let cluster = pgseal_testkit::TestCluster::start().unwrap();
+        let client = cluster.connect("postgres").await.unwrap();
+        client
+            .batch_execute(
+                "CREATE TABLE parent (id int PRIMARY KEY); \
+                 CREATE TABLE child (id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)",
+            )
+            .await
+            .unwrap();
+        // The server refuses the COMMIT (the deferred key fails) and rolls it back.
+        client
+            .batch_execute("BEGIN; INSERT INTO child VALUES (1)")
+            .await
+            .unwrap();
+        assert!(matches!(commit(&client).await, TxEnd::Failed(_)));
+
+        // The session is ended with a FATAL while the transaction is open: the COMMIT
+        // gets that FATAL, which says nothing of whether a commit record was written.
+        let doomed = cluster.connect("postgres").await.unwrap();
+        doomed
+            .batch_execute("BEGIN; INSERT INTO parent VALUES (1)")
+            .await
+            .unwrap();
+        let pid: i32 = doomed
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        client
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(matches!(commit(&doomed).await, TxEnd::InDoubt));
     }
 }
