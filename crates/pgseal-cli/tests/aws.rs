@@ -297,6 +297,12 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
     assert!(rt.block_on(seed.instance("shop-enc")).is_none());
     let status = aws.json(&["migrate", "status", "e2e"]);
     assert_eq!(status["migration"]["phase"], "cut_over", "{status}");
+    // The guard had its `redo done at`, logged after the end line as PostgreSQL does.
+    let redo_line = redo.split("redo done at ").nth(1).unwrap_or_default();
+    let redo_lsn = status["handoff"]["redo_done_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no redo_done_at: {status}"));
+    assert!(redo_line.starts_with(redo_lsn), "{redo_lsn} vs {redo_line}");
 
     // Every acknowledged transaction is on the target exactly once.
     aws.assert_all_landed(&target_url, run["acknowledged"].as_u64().unwrap());
