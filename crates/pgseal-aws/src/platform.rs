@@ -580,6 +580,23 @@ impl Platform for AwsPlatform {
         Ok(self.deployment_green(&deployment, &key.arn).await?)
     }
 
+    async fn describe_blue_green(
+        &self,
+        migration: &str,
+    ) -> pgseal_platform::Result<Option<BlueGreen>> {
+        Ok(self.find_deployment(migration).await?)
+    }
+
+    async fn switchover_blue_green(
+        &self,
+        migration: &str,
+        timeout: std::time::Duration,
+    ) -> pgseal_platform::Result<BlueGreen> {
+        let deployment = self.our_deployment(migration).await?;
+        let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX).max(30);
+        Ok(self.switchover_deployment(&deployment.id, seconds).await?)
+    }
+
     async fn delete_blue_green(
         &self,
         migration: &str,

@@ -584,10 +584,10 @@ fn a_blue_green_start_puts_green_under_the_key_adopts_its_deployment_after_a_kil
     assert_eq!(green.storage_encrypted(), Some(true));
     assert_eq!(green.kms_key_id(), Some(key_arn.as_str()));
 
-    // No switchover without pgseal's proof, which is not built for blue/green yet.
+    // No switchover before green was compared with blue.
     let out = aws.run(&["migrate", "cutover", "bg"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("never compared"), "{}", stderr(&out));
     assert!(rt.block_on(seed.instance("shop-old1")).is_none());
 
     // Abort deletes the deployment and green; blue and its replica stay.
@@ -599,6 +599,204 @@ fn a_blue_green_start_puts_green_under_the_key_adopts_its_deployment_after_a_kil
     assert!(rt.block_on(seed.instance(&green_id)).is_none());
     assert!(rt.block_on(seed.instance("shop")).is_some());
     assert!(rt.block_on(seed.instance("shop-r1")).is_some());
+}
+
+/// Plays AWS's part of a blue/green deployment on the data plane: `green` made a real
+/// logical replica of `blue` (the schema copied with pg_dump, then a publication of every
+/// table and a subscription copying and streaming them), as blue/green replicates on RDS
+/// for PostgreSQL. Waits until every table is copied.
+fn replicate_into_green(rt: &tokio::runtime::Runtime, blue: &TestCluster, green: &TestCluster) {
+    let schema = Command::new(blue.install().program("pg_dump"))
+        .args(["--schema-only", "--no-owner", "-d", &blue.url("postgres")])
+        .output()
+        .unwrap();
+    assert!(schema.status.success(), "{}", stderr(&schema));
+    rt.block_on(async {
+        let b = blue.connect("postgres").await.unwrap();
+        let g = green.connect("postgres").await.unwrap();
+        // pg_dump's psql meta-commands (`\\restrict`) are not SQL.
+        let sql: String = String::from_utf8(schema.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('\\'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        g.batch_execute(&sql).await.unwrap();
+        b.batch_execute("CREATE PUBLICATION aws_bg FOR ALL TABLES")
+            .await
+            .unwrap();
+        g.batch_execute(&format!(
+            "CREATE SUBSCRIPTION aws_bg CONNECTION '{}' PUBLICATION aws_bg",
+            blue.url("postgres").replace("postgresql://", "postgres://")
+        ))
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let pending: i64 = g
+                .query_one(
+                    "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if pending == 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "green never copied");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+#[test]
+fn a_blue_green_migration_under_writes_validates_green_switches_over_and_cleans_up_with_nothing_lost()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("requests.jsonl");
+    let aws = Aws::on(MotoServer::start_with_blue_green_target_keys(&record).unwrap());
+    let rt = runtime();
+    let seed = rt.block_on(Seed::new(&aws.moto));
+    let key_arn = rt.block_on(seed.key("alias/bg-e2e"));
+    rt.block_on(seed.rds_instance("shop", None));
+    rt.block_on(seed.rds_read_replica("shop-r1", "shop"));
+    let blue = TestCluster::start().unwrap();
+    let green = TestCluster::start().unwrap();
+
+    let mut writes = aws
+        .command(&[
+            "workload",
+            "run",
+            "--url",
+            &blue.url("postgres"),
+            "--ledger",
+            &aws.ledger(),
+            "--rate",
+            "100",
+            "--clients",
+            "3",
+            "--duration",
+            "8",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    aws.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "rds:shop",
+        "--key",
+        "alias/bg-e2e",
+        "--name",
+        "bg",
+        "--strategy",
+        "blue-green",
+        "--connect-via",
+        &route("shop", &blue),
+    ]);
+    let bgd = rt
+        .block_on(seed.rds.describe_blue_green_deployments().send())
+        .unwrap();
+    let green_id = bgd.blue_green_deployments()[0]
+        .target()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    replicate_into_green(&rt, &blue, &green);
+    let via_green = route(&green_id, &green);
+    let with_green = |args: &[&str]| {
+        aws.command(args)
+            .env("PGSEAL_CONNECT_VIA", &via_green)
+            .output()
+            .unwrap()
+    };
+
+    // Green compared with blue while the ledger writes: clean.
+    let out = with_green(&["migrate", "validate", "bg", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean"], true, "{v}");
+    assert!(v["rows"].as_u64().unwrap() > 100, "{v}");
+
+    // A row green lost is found, and the cutover refused with nothing switched.
+    let lost: i64 = rt.block_on(async {
+        let g = green.connect("postgres").await.unwrap();
+        g.query_one(
+            "DELETE FROM pgseal_ledger_events WHERE txid = (SELECT min(txid) FROM pgseal_ledger_events) RETURNING txid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    });
+    let out = with_green(&["migrate", "validate", "bg", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean"], false, "{v}");
+    assert_eq!(v["mismatched_rows"], 1, "{v}");
+    let out = with_green(&["migrate", "cutover", "bg"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("mismatched"), "{}", stderr(&out));
+    assert!(rt.block_on(seed.instance("shop-old1")).is_none());
+    // Put back (as a repair would) and compared again.
+    rt.block_on(async {
+        let b = blue.connect("postgres").await.unwrap();
+        let row: String = b
+            .query_one(
+                "SELECT row_to_json(e)::text FROM pgseal_ledger_events e WHERE txid = $1",
+                &[&lost],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let g = green.connect("postgres").await.unwrap();
+        g.execute(
+            "INSERT INTO pgseal_ledger_events \
+             SELECT * FROM json_populate_record(NULL::pgseal_ledger_events, $1::text::json)",
+            &[&row],
+        )
+        .await
+        .unwrap();
+    });
+    let run: serde_json::Value =
+        serde_json::from_slice(&writes.wait_with_output_ref().stdout).unwrap();
+    let out = with_green(&["migrate", "validate", "bg", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean"], true, "{v}");
+
+    // The switchover: AWS blocks blue's writes and moves the names (the workload has
+    // ended, as writes on blue would be refused now).
+    let out = with_green(&["migrate", "cutover", "bg", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["phases"][0]["phase"], "switchover", "{report}");
+    let shop = rt.block_on(seed.instance("shop")).unwrap();
+    assert_eq!(shop.storage_encrypted(), Some(true));
+    assert_eq!(shop.kms_key_id(), Some(key_arn.as_str()));
+    assert!(rt.block_on(seed.instance("shop-old1")).is_some());
+    // Every acknowledged transaction is on green once.
+    aws.assert_all_landed(
+        &green.url("postgres"),
+        run["acknowledged"].as_u64().unwrap(),
+    );
+
+    // Cleanup deletes the deployment and stops the old blue.
+    aws.ok(&["migrate", "cleanup", "bg", "--retire-source"]);
+    let left = rt
+        .block_on(seed.rds.describe_blue_green_deployments().send())
+        .unwrap();
+    assert!(left.blue_green_deployments().is_empty());
+    let old = rt.block_on(seed.instance("shop-old1")).unwrap();
+    assert_eq!(old.db_instance_status(), Some("stopped"));
+    assert!(rt.block_on(seed.instance("shop")).is_some());
+    let status = aws.json(&["migrate", "status", "bg"]);
+    assert_eq!(status["migration"]["phase"], "cleaned_up", "{status}");
 }
 
 #[test]

@@ -845,7 +845,9 @@ pub async fn cutover<P: Platform, S: Switch>(
     options: &CutoverOptions,
 ) -> Result<CutoverReport, EngineError> {
     let spec = journal.migration(name)?.spec;
-    crate::engine::refuse_unproven(&spec, "cutover")?;
+    if spec.strategy == crate::steps::Strategy::BlueGreen {
+        return crate::engine::blue_green::switchover(platform, journal, name, options).await;
+    }
     let mut report = CutoverReport {
         dry_run: options.dry_run,
         switch: switch.describe(),
@@ -1578,6 +1580,9 @@ pub async fn recover_interrupted<P: Platform>(
     name: &str,
 ) -> Result<Recovered, EngineError> {
     let spec = journal.migration(name)?.spec;
+    if spec.strategy == crate::steps::Strategy::BlueGreen {
+        return crate::engine::blue_green::recover(platform, journal, name).await;
+    }
     if journal.has_resource(name, "switched")? {
         journal.set_phase(name, Phase::CutOver, None)?;
         return Ok(Recovered::CutOver);
@@ -1631,6 +1636,9 @@ pub async fn cleanup<P: Platform>(
             "migration {name} is {}; cleanup follows a cutover (before one, `pgseal migrate abort {name}` removes everything)",
             record.phase.as_str()
         )));
+    }
+    if record.spec.strategy == crate::steps::Strategy::BlueGreen {
+        return crate::engine::blue_green::cleanup(platform, journal, name).await;
     }
     let spec = record.spec;
     let streams = streams_of(journal, name)?;

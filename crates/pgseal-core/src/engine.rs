@@ -20,10 +20,10 @@ use crate::preflight::{PreflightInput, PreflightReport, Severity, TargetVersion,
 use crate::steps::{Step, Strategy, failpoint, test_hook};
 use crate::stream::{self, Stream};
 
-mod blue_green;
+pub mod blue_green;
 mod full_load;
 
-pub use blue_green::{DEPLOYMENT, refuse_unproven};
+pub use blue_green::{DEPLOYMENT, green_instance};
 
 /// What a step returns: its outputs, to journal, and one line on what it did.
 type StepResult = Result<(serde_json::Value, String), EngineError>;

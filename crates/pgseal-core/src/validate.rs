@@ -31,7 +31,8 @@ use tokio_postgres::Client;
 
 use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
 use crate::journal::Journal;
-use crate::steps::Step;
+use crate::steps::{Step, Strategy};
+use crate::stream;
 
 /// Session settings applied on both sides, so row text does not depend on them; and no
 /// parallel workers, so each side's scan keeps to one core while both run at once.
@@ -467,10 +468,27 @@ struct Sides<'a> {
     /// barriers while `source` holds a table in the locked re-check.
     source_aux: &'a Client,
     target: &'a Client,
-    slot: String,
+    follower: Follower,
     progress: &'a (dyn Fn(Progress<'_>) + Sync),
     /// The longest time a table was held locked on the source, in milliseconds.
     longest_lock_ms: std::sync::Mutex<f64>,
+}
+
+/// How the target follows the source, which is what validation waits on.
+enum Follower {
+    /// pgseal's own stream: its slot on the source, its subscription on the target, and
+    /// the target's change log.
+    Stream {
+        /// The stream's slot (and subscription slot) name.
+        slot: String,
+    },
+    /// The platform's own replication (blue/green): every other logical slot of the
+    /// database on the source, every subscription of the database on the target, and no
+    /// change log (green is read-only), so every difference counts as one that moved.
+    Platform {
+        /// The source's logical slots of the database that are not pgseal's.
+        slots: Vec<String>,
+    },
 }
 
 /// How long the locked re-check may wait for the target to catch up while it holds the
@@ -494,11 +512,18 @@ impl Sides<'_> {
     /// everything up to `lsn`. Without a slot (not replicating) there is nothing to wait
     /// for.
     async fn applied(&self, lsn: Lsn) -> Result<(), EngineError> {
-        let wait = replication::wait_confirmed(self.source_aux, &self.slot, lsn);
+        let slots: &[String] = match &self.follower {
+            Follower::Stream { slot } => std::slice::from_ref(slot),
+            Follower::Platform { slots } => slots,
+        };
+        let wait = async {
+            for slot in slots {
+                replication::wait_confirmed(self.source_aux, slot, lsn).await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        };
         match tokio::time::timeout(Duration::from_secs(30), wait).await {
-            Ok(result) => result
-                .map(|_| ())
-                .map_err(sql("source", "reading the slot")),
+            Ok(result) => result.map_err(sql("source", "reading the slot")),
             Err(_) => Err(EngineError::Timeout {
                 what: format!("the target to apply up to {lsn}"),
                 seconds: 30,
@@ -512,22 +537,40 @@ impl Sides<'_> {
     /// the source's walsender with a flushed barrier on each look. False when not in time.
     async fn received(&self, lsn: Lsn, deadline: Instant) -> Result<bool, EngineError> {
         loop {
-            let row = self
-                .target
-                .query_opt(
-                    "SELECT w.received_lsn FROM pg_stat_subscription w \
-                     JOIN pg_subscription s ON s.oid = w.subid WHERE s.subslotname = $1 AND w.relid IS NULL",
-                    &[&self.slot],
-                )
-                .await
-                .map_err(sql("target", "reading the apply worker's position"))?;
-            let Some(row) = row else {
-                return Ok(true); // not replicating: nothing to wait for
-            };
-            let received: Option<tokio_postgres::types::PgLsn> = row.get(0);
+            let rows = match &self.follower {
+                Follower::Stream { slot } => {
+                    self.target
+                        .query(
+                            "SELECT w.received_lsn FROM pg_stat_subscription w \
+                             JOIN pg_subscription s ON s.oid = w.subid WHERE s.subslotname = $1 AND w.relid IS NULL",
+                            &[slot],
+                        )
+                        .await
+                }
+                Follower::Platform { .. } => {
+                    self.target
+                        .query(
+                            "SELECT w.received_lsn FROM pg_stat_subscription w \
+                             JOIN pg_subscription s ON s.oid = w.subid \
+                             WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                               AND w.relid IS NULL",
+                            &[],
+                        )
+                        .await
+                }
+            }
+            .map_err(sql("target", "reading the apply worker's position"))?;
+            if rows.is_empty() {
+                // pgseal's stream not replicating: nothing to wait for. The platform's
+                // replication not seen: nothing proves the target caught up.
+                return Ok(matches!(self.follower, Follower::Stream { .. }));
+            }
             // Strictly past: the worker shows a data message's position before applying
             // it, so only a later message (or a keepalive) proves `lsn` applied.
-            if received.is_some_and(|r| Lsn::from(r) > lsn) {
+            if rows.iter().all(|row| {
+                row.get::<_, Option<tokio_postgres::types::PgLsn>>(0)
+                    .is_some_and(|r| Lsn::from(r) > lsn)
+            }) {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
@@ -538,8 +581,11 @@ impl Sides<'_> {
         }
     }
 
-    /// The target's change log position now.
+    /// The target's change log position now (0 without a change log).
     async fn log_position(&self) -> Result<i64, EngineError> {
+        if matches!(self.follower, Follower::Platform { .. }) {
+            return Ok(0);
+        }
         Ok(self
             .target
             .query_one(
@@ -551,8 +597,12 @@ impl Sides<'_> {
             .get(0))
     }
 
-    /// What of `shape`'s table the target's change log shows changed after `since`.
+    /// What of `shape`'s table the target's change log shows changed after `since`; all
+    /// of it without a change log.
     async fn moved(&self, shape: &Shape, since: i64) -> Result<Moved, EngineError> {
+        if matches!(self.follower, Follower::Platform { .. }) {
+            return Ok(Moved::Table);
+        }
         if shape.key.is_empty() {
             let any = self
                 .target
@@ -597,7 +647,7 @@ impl Sides<'_> {
 enum Moved {
     /// These keys (possibly none).
     Keys(std::collections::BTreeSet<String>),
-    /// The table (it has no key).
+    /// Any row of the table (it has no key, or the target keeps no change log).
     Table,
 }
 
@@ -1105,17 +1155,35 @@ pub async fn validate<P: Platform>(
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<ValidationReport, EngineError> {
     let spec = journal.migration(name)?.spec;
-    crate::engine::refuse_unproven(&spec, "validate")?;
-    let streams = streams_of(journal, name)?;
+    let blue_green = spec.strategy == Strategy::BlueGreen;
+    // What each database is compared with: pgseal's streams, or (blue/green) every
+    // database of the scope against green.
+    let (target_name, scope) = if blue_green {
+        let green = crate::engine::green_instance(journal, name)?;
+        let source = connect_source_db(platform, &spec, &spec.database).await?;
+        let all = stream::databases(&source)
+            .await
+            .map_err(sql("source", "listing databases"))?;
+        let planned = stream::plan(name, &all, spec.databases.as_deref())
+            .map_err(EngineError::Precondition)?;
+        (green, planned)
+    } else {
+        (spec.target.clone(), streams_of(journal, name)?)
+    };
+    let streams = if blue_green {
+        Vec::new()
+    } else {
+        scope.clone()
+    };
     let run = journal.step_started(name, Step::Validate)?;
     let started = Instant::now();
     let mut reports = Vec::new();
     let mut horizons = std::collections::BTreeMap::new();
     let mut targets = Vec::new();
-    for stream in &streams {
+    for stream in &scope {
         let db = &stream.database;
         let source = connect_source_db(platform, &spec, db).await?;
-        let target = connect_to(platform, &spec.target, db, "target").await?;
+        let target = connect_to(platform, &target_name, db, "target").await?;
         for (client, role) in [(&source, "source"), (&target, "target")] {
             client
                 .batch_execute(SESSION)
@@ -1130,17 +1198,27 @@ pub async fn validate<P: Platform>(
                     None => Some(t.clone()),
                 })
                 .collect(),
+            None if blue_green => user_tables(&source).await?,
             None => replication::published_tables(&source, &stream.name)
                 .await
                 .map_err(sql("source", "listing published tables"))?,
         };
-        horizons.insert(db.clone(), install_change_log(&target, &listed).await?);
+        let follower = if blue_green {
+            Follower::Platform {
+                slots: platform_slots(&source).await?,
+            }
+        } else {
+            horizons.insert(db.clone(), install_change_log(&target, &listed).await?);
+            Follower::Stream {
+                slot: stream.name.clone(),
+            }
+        };
         let source_aux = connect_source_db(platform, &spec, db).await?;
         let sides = Sides {
             source: &source,
             source_aux: &source_aux,
             target: &target,
-            slot: stream.name.clone(),
+            follower,
             progress,
             longest_lock_ms: std::sync::Mutex::new(0.0),
         };
@@ -1203,6 +1281,43 @@ pub async fn validate<P: Platform>(
         &serde_json::to_value(report.journaled()).expect("a report serialises"),
     )?;
     Ok(report)
+}
+
+/// Every table of the connected database the platform's replication carries: ordinary
+/// and partitioned tables outside the system schemas and pgseal's own, as `schema.table`.
+async fn user_tables(source: &Client) -> Result<Vec<String>, EngineError> {
+    let rows = source
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgseal_validate') \
+               AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(sql("source", "listing tables"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The source's logical slots of the connected database that are not pgseal's: the
+/// platform's replication into green.
+async fn platform_slots(source: &Client) -> Result<Vec<String>, EngineError> {
+    let rows = source
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots \
+             WHERE slot_type = 'logical' AND database = current_database() \
+               AND slot_name NOT LIKE 'pgseal%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(sql("source", "listing the replication slots"))?;
+    if rows.is_empty() {
+        return Err(EngineError::Precondition(
+            "no logical replication slot of the platform's on the source: green is not replicating this database".into(),
+        ));
+    }
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// The target-side change log: the keys every replicated change touched, recorded by an

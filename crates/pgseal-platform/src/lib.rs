@@ -324,6 +324,28 @@ pub trait Platform: Send + Sync {
         async { Err(no_blue_green()) }
     }
 
+    /// Migration `migration`'s deployment as the platform describes it now; `None` when
+    /// there is none.
+    fn describe_blue_green(
+        &self,
+        migration: &str,
+    ) -> impl Future<Output = Result<Option<BlueGreen>>> + Send {
+        let _ = migration;
+        async { Err(no_blue_green()) }
+    }
+
+    /// Switches migration `migration`'s deployment over (the platform moves the
+    /// applications' names to green), `timeout` being the platform's own switchover
+    /// timeout, and waits until the switchover completed.
+    fn switchover_blue_green(
+        &self,
+        migration: &str,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = Result<BlueGreen>> + Send {
+        let _ = (migration, timeout);
+        async { Err(no_blue_green()) }
+    }
+
     /// Deletes migration `migration`'s deployment, with its green resources when
     /// `delete_green` (an abort before any switchover). A deployment already gone is no
     /// error; returns whether one was deleted.

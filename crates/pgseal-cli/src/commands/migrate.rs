@@ -763,6 +763,8 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
     #[cfg(feature = "aws")]
     if let AnyPlatform::Aws(aws) = &platform
         && matches!(outcome, Recovered::CutOver | Recovered::RolledBack)
+        // A blue/green switchover moved the names itself.
+        && spec.strategy != pgseal_core::steps::Strategy::BlueGreen
     {
         use pgseal_core::cutover::Switch as _;
         let back = outcome == Recovered::RolledBack;
@@ -1005,6 +1007,28 @@ fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
         return print_cleanup(ctx, name, &spec, &report);
     }
     let mut report = runtime.block_on(pgseal_core::cutover::cleanup(&platform, &journal, name))?;
+    if spec.strategy == pgseal_core::steps::Strategy::BlueGreen {
+        // The platform renamed the old blue at its switchover; `spec.source`'s name is
+        // green's now.
+        if let Some(old) = pgseal_core::engine::blue_green::old_blue(&journal, name)? {
+            #[cfg(feature = "aws")]
+            if retire && let AnyPlatform::Aws(aws) = &platform {
+                runtime.block_on(aws.stop_instance(&old))?;
+                report.removed.push(format!(
+                    "(stopped) {old} (the old blue; AWS starts it again after 7 days unless deleted)"
+                ));
+            }
+            if delete {
+                use pgseal_platform::Platform as _;
+                runtime.block_on(platform.delete_instance(&old))?;
+                report
+                    .removed
+                    .push(format!("instance {old} (the old blue)"));
+            }
+        }
+        journal.add_fact(name, "cleanup", &serde_json::to_value(&report)?)?;
+        return print_cleanup(ctx, name, &spec, &report);
+    }
     #[cfg(feature = "aws")]
     if retire && let AnyPlatform::Aws(aws) = &platform {
         runtime.block_on(aws.stop_instance(&spec.source))?;

@@ -120,6 +120,16 @@ impl Platform for AnyPlatform {
     async fn green_resources(&self, migration: &str, key: &str) -> Result<Vec<GreenResource>> {
         each!(self, p => p.green_resources(migration, key).await)
     }
+    async fn describe_blue_green(&self, migration: &str) -> Result<Option<BlueGreen>> {
+        each!(self, p => p.describe_blue_green(migration).await)
+    }
+    async fn switchover_blue_green(
+        &self,
+        migration: &str,
+        timeout: std::time::Duration,
+    ) -> Result<BlueGreen> {
+        each!(self, p => p.switchover_blue_green(migration, timeout).await)
+    }
     async fn delete_blue_green(&self, migration: &str, delete_green: bool) -> Result<bool> {
         each!(self, p => p.delete_blue_green(migration, delete_green).await)
     }

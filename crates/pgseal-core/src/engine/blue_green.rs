@@ -8,12 +8,15 @@
 //! the migration, so a run killed after the request finds it again instead of making a
 //! second one, and `abort` deletes it (with green) whatever the run got to.
 
+use std::time::Instant;
+
 use pgseal_platform::Platform;
 use serde_json::json;
 
 use super::{Engine, EngineError, StepResult};
-use crate::journal::{INSTANCE, MigrationSpec};
-use crate::steps::Strategy;
+use crate::cutover::{CleanupReport, CutoverOptions, CutoverReport, PauseTiming, Recovered};
+use crate::journal::{INSTANCE, Journal, Phase};
+use crate::steps::Step;
 
 /// The journal's resource kind of a blue/green deployment.
 pub const DEPLOYMENT: &str = "blue_green";
@@ -95,15 +98,178 @@ impl<P: Platform> Engine<'_, P> {
     }
 }
 
-/// Refuses `what` (`cutover`, `validate`) on a blue/green migration: pgseal does not yet
-/// compare green with blue, and switching over without that proof is what the strategy
-/// exists to avoid. The message gives the way the platform offers.
-pub fn refuse_unproven(spec: &MigrationSpec, what: &str) -> Result<(), EngineError> {
-    if spec.strategy != Strategy::BlueGreen {
-        return Ok(());
+/// The green instance (or cluster) of blue/green migration `name`, as its `green_ready`
+/// step recorded it: what validation compares the source with.
+pub fn green_instance(journal: &Journal, name: &str) -> Result<String, EngineError> {
+    let outputs = journal.outputs(name, Step::GreenReady)?.ok_or_else(|| {
+        EngineError::Precondition(format!(
+            "migration {name} has no green ready yet: `pgseal migrate resume {name}` waits for it"
+        ))
+    })?;
+    let target = outputs["deployment"]["target"].as_str().ok_or_else(|| {
+        EngineError::Precondition(format!(
+            "the journal's green_ready of {name} names no green resource"
+        ))
+    })?;
+    Ok(target.rsplit(':').next().unwrap_or(target).to_string())
+}
+
+/// `cutover` of a blue/green migration: refused unless the last validation of green
+/// against blue was clean and every green resource is still under the key; then the
+/// platform's switchover (it blocks writes on blue, lets green catch up and moves the
+/// names), timed as pgseal sees it. Journaled: the phase is `cutting_over` from the
+/// request on, so a run killed meanwhile is settled by [`recover`].
+pub async fn switchover<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    options: &CutoverOptions,
+) -> Result<CutoverReport, EngineError> {
+    let record = journal.migration(name)?;
+    let spec = record.spec;
+    let mut report = CutoverReport {
+        dry_run: options.dry_run,
+        switch: format!("the platform's blue/green switchover of pgseal-{name}"),
+        ..Default::default()
+    };
+    let mut failed = Vec::new();
+    if record.phase != Phase::Replicating {
+        failed.push(format!(
+            "migration {name} is {}; cutover follows replicating",
+            record.phase.as_str()
+        ));
     }
-    Err(EngineError::Precondition(format!(
-        "`migrate {what}` of a blue-green migration is not built yet: pgseal cannot yet compare green with blue, and it switches nothing over without that proof. Green is made, encrypted and replicated by AWS (see `pgseal migrate status {name}`); to switch without pgseal's proof, run `aws rds switchover-blue-green-deployment` on deployment pgseal-{name}; `pgseal migrate abort {name}` deletes the deployment and green",
-        name = spec.name
-    )))
+    match journal.outputs(name, Step::Validate)? {
+        None => failed.push(format!(
+            "green was never compared with blue: run `pgseal migrate validate {name}` first"
+        )),
+        Some(last) if !crate::validate::lets_cutover(&last) => failed.push(format!(
+            "the last validation found {} mismatched row(s) or a table it could not compare; `pgseal migrate validate {name}` again once fixed",
+            last["mismatched_rows"]
+        )),
+        Some(_) => {}
+    }
+    match platform.green_resources(name, &spec.key).await {
+        Ok(green) => failed.extend(green.into_iter().filter_map(|g| g.problem)),
+        Err(e) => failed.push(format!("green cannot be described: {e}")),
+    }
+    report.failed_checks = failed;
+    if options.dry_run {
+        return Ok(report);
+    }
+    if !report.failed_checks.is_empty() {
+        return Err(EngineError::Precondition(format!(
+            "cutover refused, nothing was changed: {}",
+            report.failed_checks.join("; ")
+        )));
+    }
+    journal.set_phase(name, Phase::CuttingOver, None)?;
+    let run = journal.step_started(name, Step::Cutover)?;
+    let started = Instant::now();
+    crate::steps::failpoint_at("cutover:switchover_requested");
+    let switched = platform.switchover_blue_green(name, options.timeout).await;
+    let deployment = match switched {
+        Ok(d) => d,
+        Err(source) => {
+            let error = EngineError::Platform {
+                what: "switching the blue/green deployment over".into(),
+                source,
+            };
+            journal.step_failed(run, &crate::engine::error_chain(&error))?;
+            // Settled by what the platform says now: back to replicating when nothing
+            // moved, otherwise left cutting over for `resume`.
+            recover(platform, journal, name).await.ok();
+            return Err(error);
+        }
+    };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    report.phases = vec![PauseTiming {
+        phase: "switchover".into(),
+        ms,
+    }];
+    journal.step_done(
+        run,
+        &json!({ "deployment": deployment, "switchover_ms": ms, "old_blue": deployment.source }),
+    )?;
+    journal.set_phase(name, Phase::CutOver, None)?;
+    Ok(report)
+}
+
+/// Settles a blue/green cutover a killed run left `cutting_over`, by the deployment's
+/// status: switched over → cut over; still available (the switchover never started, or
+/// the platform rolled it back) → replicating; still switching → an error saying to run
+/// `resume` again.
+pub async fn recover<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+) -> Result<Recovered, EngineError> {
+    let deployment = platform
+        .describe_blue_green(name)
+        .await
+        .map_err(|source| EngineError::Platform {
+            what: "describing the blue/green deployment".into(),
+            source,
+        })?
+        .ok_or_else(|| {
+            EngineError::Precondition(format!(
+                "the blue/green deployment pgseal-{name} is gone: check the instances by hand"
+            ))
+        })?;
+    match deployment.status.as_str() {
+        "SWITCHOVER_COMPLETED" => {
+            if journal.outputs(name, Step::Cutover)?.is_none() {
+                let run = journal.step_started(name, Step::Cutover)?;
+                journal.step_done(
+                    run,
+                    &json!({ "deployment": deployment, "old_blue": deployment.source, "recovered": true }),
+                )?;
+            }
+            journal.set_phase(name, Phase::CutOver, None)?;
+            Ok(Recovered::CutOver)
+        }
+        "AVAILABLE" => {
+            journal.set_phase(name, Phase::Replicating, None)?;
+            Ok(Recovered::BackToReplicating)
+        }
+        other => Err(EngineError::Precondition(format!(
+            "the blue/green deployment pgseal-{name} is {other}: run `pgseal migrate resume {name}` again once the platform is done"
+        ))),
+    }
+}
+
+/// `cleanup` of a blue/green migration after its switchover: the deployment deleted (the
+/// platform keeps both environments' instances); the old blue is for the caller to stop
+/// or delete (see [`old_blue`]).
+pub async fn cleanup<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+) -> Result<CleanupReport, EngineError> {
+    let mut report = CleanupReport::default();
+    let deleted = platform
+        .delete_blue_green(name, false)
+        .await
+        .map_err(|source| EngineError::Platform {
+            what: "deleting the blue/green deployment".into(),
+            source,
+        })?;
+    if deleted {
+        report
+            .removed
+            .push(format!("blue/green deployment pgseal-{name}"));
+    }
+    journal.remove_resource(name, DEPLOYMENT, INSTANCE, &format!("pgseal-{name}"))?;
+    journal.set_phase(name, Phase::CleanedUp, None)?;
+    Ok(report)
+}
+
+/// The old blue of a blue/green migration that was switched over (the platform renamed
+/// it, e.g. `prod-old1`), as its cutover recorded it.
+pub fn old_blue(journal: &Journal, name: &str) -> Result<Option<String>, EngineError> {
+    Ok(journal.outputs(name, Step::Cutover)?.and_then(|o| {
+        o["old_blue"]
+            .as_str()
+            .map(|arn| arn.rsplit(':').next().unwrap_or(arn).to_string())
+    }))
 }
