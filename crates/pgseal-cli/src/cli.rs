@@ -364,8 +364,8 @@ pub enum StrategyArg {
     Snapshot,
     /// An empty target, loaded and kept current by native logical replication.
     FullLoad,
-    /// AWS only: the platform's own Blue/Green deployment, green encrypted under --key
-    /// (start, status and abort; pgseal does not switch it over yet)
+    /// AWS only: the platform's own Blue/Green deployment, green encrypted under --key;
+    /// pgseal validates green against blue and switches over with AWS's switchover
     BlueGreen,
 }
 

@@ -651,16 +651,33 @@ fn replicate_into_green(rt: &tokio::runtime::Runtime, blue: &TestCluster, green:
 }
 
 #[test]
-fn a_blue_green_migration_under_writes_validates_green_switches_over_and_cleans_up_with_nothing_lost()
+fn a_blue_green_migration_under_writes_validates_green_survives_kills_in_its_switchover_and_loses_nothing()
  {
+    blue_green_end_to_end(false);
+}
+
+#[test]
+fn an_aurora_blue_green_migration_puts_the_green_cluster_under_the_key_and_loses_nothing() {
+    blue_green_end_to_end(true);
+}
+
+/// A blue/green migration of `shop` (an RDS instance with a read replica, or an Aurora
+/// cluster) from start to cleanup under the ledger workload; on RDS, pgseal is also
+/// killed before and after the switchover request.
+fn blue_green_end_to_end(aurora: bool) {
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("requests.jsonl");
     let aws = Aws::on(MotoServer::start_with_blue_green_target_keys(&record).unwrap());
     let rt = runtime();
     let seed = rt.block_on(Seed::new(&aws.moto));
     let key_arn = rt.block_on(seed.key("alias/bg-e2e"));
-    rt.block_on(seed.rds_instance("shop", None));
-    rt.block_on(seed.rds_read_replica("shop-r1", "shop"));
+    if aurora {
+        rt.block_on(seed.aurora_cluster("shop"));
+    } else {
+        rt.block_on(seed.rds_instance("shop", None));
+        rt.block_on(seed.rds_read_replica("shop-r1", "shop"));
+    }
+    let source = if aurora { "aurora:shop" } else { "rds:shop" };
     let blue = TestCluster::start().unwrap();
     let green = TestCluster::start().unwrap();
 
@@ -689,7 +706,7 @@ fn a_blue_green_migration_under_writes_validates_green_switches_over_and_cleans_
         "migrate",
         "start",
         "--source",
-        "rds:shop",
+        source,
         "--key",
         "alias/bg-e2e",
         "--name",
@@ -772,14 +789,57 @@ fn a_blue_green_migration_under_writes_validates_green_switches_over_and_cleans_
 
     // The switchover: AWS blocks blue's writes and moves the names (the workload has
     // ended, as writes on blue would be refused now).
-    let out = with_green(&["migrate", "cutover", "bg", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["phases"][0]["phase"], "switchover", "{report}");
-    let shop = rt.block_on(seed.instance("shop")).unwrap();
-    assert_eq!(shop.storage_encrypted(), Some(true));
-    assert_eq!(shop.kms_key_id(), Some(key_arn.as_str()));
-    assert!(rt.block_on(seed.instance("shop-old1")).is_some());
+    if !aurora {
+        // Killed before the request: resume finds the deployment still available.
+        let out = aws
+            .command(&["migrate", "cutover", "bg"])
+            .env("PGSEAL_CONNECT_VIA", &via_green)
+            .env("PGSEAL_FAILPOINT", "cutover:switchover_requested")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let status = aws.json(&["migrate", "status", "bg"]);
+        assert_eq!(status["migration"]["phase"], "cutting_over", "{status}");
+        aws.ok(&["migrate", "resume", "bg"]);
+        let status = aws.json(&["migrate", "status", "bg"]);
+        assert_eq!(status["migration"]["phase"], "replicating", "{status}");
+        assert!(rt.block_on(seed.instance("shop-old1")).is_none());
+        // Killed once AWS had switched, before the journal knew: resume finds it done.
+        let out = aws
+            .command(&["migrate", "cutover", "bg"])
+            .env("PGSEAL_CONNECT_VIA", &via_green)
+            .env("PGSEAL_FAILPOINT", "cutover:switched_over")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(rt.block_on(seed.instance("shop-old1")).is_some());
+        aws.ok(&["migrate", "resume", "bg"]);
+    } else {
+        let out = with_green(&["migrate", "cutover", "bg", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["phases"][0]["phase"], "switchover", "{report}");
+    }
+    let status = aws.json(&["migrate", "status", "bg"]);
+    assert_eq!(status["migration"]["phase"], "cut_over", "{status}");
+    // The name applications use is green now, encrypted under the key; blue is kept.
+    let (encrypted, key) = if aurora {
+        let c = rt
+            .block_on(
+                seed.rds
+                    .describe_db_clusters()
+                    .db_cluster_identifier("shop")
+                    .send(),
+            )
+            .unwrap();
+        let c = &c.db_clusters()[0];
+        (c.storage_encrypted(), c.kms_key_id().map(str::to_string))
+    } else {
+        let i = rt.block_on(seed.instance("shop")).unwrap();
+        (i.storage_encrypted(), i.kms_key_id().map(str::to_string))
+    };
+    assert_eq!(encrypted, Some(true));
+    assert_eq!(key.as_deref(), Some(key_arn.as_str()));
     // Every acknowledged transaction is on green once.
     aws.assert_all_landed(
         &green.url("postgres"),
@@ -792,9 +852,21 @@ fn a_blue_green_migration_under_writes_validates_green_switches_over_and_cleans_
         .block_on(seed.rds.describe_blue_green_deployments().send())
         .unwrap();
     assert!(left.blue_green_deployments().is_empty());
-    let old = rt.block_on(seed.instance("shop-old1")).unwrap();
-    assert_eq!(old.db_instance_status(), Some("stopped"));
-    assert!(rt.block_on(seed.instance("shop")).is_some());
+    let old_status = if aurora {
+        let c = rt
+            .block_on(
+                seed.rds
+                    .describe_db_clusters()
+                    .db_cluster_identifier("shop-old1")
+                    .send(),
+            )
+            .unwrap();
+        c.db_clusters()[0].status().map(str::to_string)
+    } else {
+        let i = rt.block_on(seed.instance("shop-old1")).unwrap();
+        i.db_instance_status().map(str::to_string)
+    };
+    assert_eq!(old_status.as_deref(), Some("stopped"));
     let status = aws.json(&["migrate", "status", "bg"]);
     assert_eq!(status["migration"]["phase"], "cleaned_up", "{status}");
 }

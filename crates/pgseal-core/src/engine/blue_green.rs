@@ -183,6 +183,7 @@ pub async fn switchover<P: Platform>(
         }
     };
     let ms = started.elapsed().as_secs_f64() * 1000.0;
+    crate::steps::failpoint_at("cutover:switched_over");
     report.phases = vec![PauseTiming {
         phase: "switchover".into(),
         ms,
