@@ -79,6 +79,61 @@ impl AwsPlatform {
         Ok(arns)
     }
 
+    /// What on the account keeps `source` from a blue/green deployment, as AWS documents
+    /// its limits: an RDS Proxy in front of it, cascading or cross-Region read replicas, a
+    /// Multi-AZ DB cluster. Empty when nothing does.
+    pub async fn blue_green_blockers(&self, source: &str) -> Result<Vec<String>> {
+        let id = self.resolve(source).await?;
+        let mut found = Vec::new();
+        if let Described::Rds(instance) = self.describe_raw(&id).await? {
+            if let Some(cluster) = instance.db_cluster_identifier() {
+                found.push(format!("{id} belongs to Multi-AZ DB cluster {cluster}"));
+            }
+            let region = instance
+                .db_instance_arn()
+                .and_then(|a| a.split(':').nth(3))
+                .unwrap_or_default()
+                .to_string();
+            for replica in instance.read_replica_db_instance_identifiers() {
+                if replica.starts_with("arn:") && replica.split(':').nth(3) != Some(region.as_str())
+                {
+                    found.push(format!("cross-Region read replica {replica}"));
+                    continue;
+                }
+                let described = self.describe_db_instance(arn_id(replica)).await?;
+                for cascaded in described.read_replica_db_instance_identifiers() {
+                    found.push(format!("cascading read replica {replica} -> {cascaded}"));
+                }
+            }
+        }
+        let proxies = self
+            .rds
+            .describe_db_proxies()
+            .send()
+            .await
+            .map_err(|e| api("DescribeDBProxies", e))?;
+        for proxy in proxies.db_proxies() {
+            let Some(proxy_name) = proxy.db_proxy_name() else {
+                continue;
+            };
+            let targets = self
+                .rds
+                .describe_db_proxy_targets()
+                .db_proxy_name(proxy_name)
+                .send()
+                .await
+                .map_err(|e| api("DescribeDBProxyTargets", e))?;
+            if targets
+                .targets()
+                .iter()
+                .any(|t| t.rds_resource_id() == Some(id.as_str()))
+            {
+                found.push(format!("RDS Proxy {proxy_name} in front of {id}"));
+            }
+        }
+        Ok(found)
+    }
+
     /// The deployment of migration `migration`, if one exists: found by its name and
     /// checked to carry pgseal's tag for the migration (a deployment of that name that
     /// pgseal did not make is refused).

@@ -927,6 +927,57 @@ fn against_stock_moto_a_blue_green_green_that_is_not_encrypted_is_refused_and_no
         .block_on(seed.rds.describe_blue_green_deployments().send())
         .unwrap();
     assert!(left.blue_green_deployments().is_empty());
+
+    // What AWS documents blue/green cannot take, read from the account: a cascading read
+    // replica and an RDS Proxy in front of the source (made with boto3, which has EC2's
+    // subnets at hand).
+    boto3(
+        &aws.moto,
+        "rds = boto3.client('rds', **kw); ec2 = boto3.client('ec2', **kw)\n\
+         vpc = ec2.create_vpc(CidrBlock='10.0.0.0/16')['Vpc']['VpcId']\n\
+         subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f'10.0.{i}.0/24')['Subnet']['SubnetId'] for i in (1, 2)]\n\
+         rds.create_db_instance_read_replica(DBInstanceIdentifier='shop-r1', SourceDBInstanceIdentifier='shop')\n\
+         rds.create_db_instance_read_replica(DBInstanceIdentifier='shop-r2', SourceDBInstanceIdentifier='shop-r1')\n\
+         rds.create_db_proxy(DBProxyName='px', EngineFamily='POSTGRESQL', Auth=[{'AuthScheme': 'SECRETS'}], RoleArn='arn:aws:iam::123456789012:role/px', VpcSubnetIds=subnets)\n\
+         rds.register_db_proxy_targets(DBProxyName='px', DBInstanceIdentifiers=['shop'])\n",
+    );
+    let out = aws.run(&[
+        "migrate",
+        "plan",
+        "--source",
+        "rds:shop",
+        "--key",
+        "alias/bg-e2e",
+        "--strategy",
+        "blue-green",
+        "--connect-via",
+        &route("shop", &source),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(plan.contains("RDS Proxy px in front of shop"), "{plan}");
+    assert!(
+        plan.contains("cascading read replica shop-r1 -> shop-r2"),
+        "{plan}"
+    );
+}
+
+/// Runs a boto3 `script` against `moto` (with `kw` holding the endpoint and test
+/// credentials), in moto's own Python environment.
+fn boto3(moto: &MotoServer, script: &str) {
+    let python = pgseal_testkit::moto::moto_program()
+        .expect("moto installed")
+        .with_file_name("python");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(format!(
+            "import boto3\nkw = dict(endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n{script}",
+            moto.url()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "boto3: {}", stderr(&out));
 }
 
 /// Waits for a child that was spawned with piped output.

@@ -153,7 +153,7 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
                 .ok()
                 .map(|_| format!("{} already exists", spec.target));
             let key_problem = key_problem_on(ctx, &runtime, &platform, &spec.key);
-            support = target_versions(&platform);
+            support = target_versions(&runtime, &platform, &spec.source);
             (
                 config,
                 Some(args.source.clone()),
@@ -378,7 +378,12 @@ fn spec_from_args(
 /// major versions with their extensions; AWS decides for itself and runs no full load.
 /// What the platform can run: its installed major versions (local), why it cannot run the
 /// full-load strategy, and why it has no blue/green deployments.
-fn target_versions(platform: &AnyPlatform) -> TargetSupport {
+fn target_versions(
+    runtime: &tokio::runtime::Runtime,
+    platform: &AnyPlatform,
+    source: &str,
+) -> TargetSupport {
+    let _ = (runtime, source);
     match platform {
         AnyPlatform::Local(local) => TargetSupport {
             installed: Some(installed_versions(local.instances().installs())),
@@ -386,10 +391,20 @@ fn target_versions(platform: &AnyPlatform) -> TargetSupport {
             blue_green_unsupported: Some(LOCAL_HAS_NO_BLUE_GREEN.into()),
         },
         #[cfg(feature = "aws")]
-        AnyPlatform::Aws(_) => TargetSupport {
+        AnyPlatform::Aws(aws) => TargetSupport {
             installed: None,
             full_load_unsupported: Some("the full-load strategy runs on the local platform only: pgseal does not create empty RDS instances".into()),
-            blue_green_unsupported: None,
+            // AWS's documented limits, read from the account.
+            blue_green_unsupported: match runtime.block_on(aws.blue_green_blockers(source)) {
+                Ok(found) if found.is_empty() => None,
+                Ok(found) => Some(format!(
+                    "AWS blue/green deployments do not support {}",
+                    found.join("; ")
+                )),
+                Err(e) => Some(format!(
+                    "the account's blue/green limits could not be read: {e}"
+                )),
+            },
         },
     }
 }
@@ -417,9 +432,10 @@ fn surroundings(
     ctx: &Context,
     runtime: &tokio::runtime::Runtime,
     platform: &AnyPlatform,
-    key: &str,
+    spec: &MigrationSpec,
 ) -> Surroundings {
-    let support = target_versions(platform);
+    let support = target_versions(runtime, platform, &spec.source);
+    let key = &spec.key;
     Surroundings {
         free_bytes: matches!(platform, AnyPlatform::Local(_))
             .then(|| free_bytes(&ctx.home))
@@ -486,7 +502,7 @@ fn start(
             pgseal_aws::settings::check_identifier(&spec.target)?;
         }
     }
-    let surroundings = surroundings(ctx, &runtime, &platform, &spec.key);
+    let surroundings = surroundings(ctx, &runtime, &platform, &spec);
     journal.create(&spec)?;
     ctx.status(format!(
         "migration {}: {} -> encrypted instance {} under {} (journal {})",
@@ -551,7 +567,7 @@ fn resume(ctx: &Context, name: &str) -> Outcome {
     }
     let runtime = runtime()?;
     let platform = for_spec(ctx, &runtime, Some(&journal), &record.spec, true)?;
-    let surroundings = surroundings(ctx, &runtime, &platform, &record.spec.key);
+    let surroundings = surroundings(ctx, &runtime, &platform, &record.spec);
     ctx.status(format!(
         "resuming migration {name} (phase {})",
         record.phase.as_str()
