@@ -344,16 +344,17 @@ async fn schema_of(
     let tables = replication::published_tables(source, publication)
         .await
         .map_err(sql("source", "listing published tables"))?;
-    let src_cols = schema::columns(source, &tables)
+    let src = schema::definitions(source, &tables)
         .await
         .map_err(sql("source", "reading the schema"))?;
-    let dst_cols = schema::columns(target, &tables)
+    let dst = schema::definitions(target, &tables)
         .await
         .map_err(sql("target", "reading the schema"))?;
     Ok(SchemaStatus {
-        source_fingerprint: schema::fingerprint(&src_cols),
-        target_fingerprint: schema::fingerprint(&dst_cols),
-        drift: schema::drift(&src_cols, &dst_cols),
+        source_fingerprint: schema::fingerprint(&src),
+        target_fingerprint: schema::fingerprint(&dst),
+        // pgseal names each stream's subscription after its publication.
+        drift: schema::drift(&src, &dst, publication),
     })
 }
 

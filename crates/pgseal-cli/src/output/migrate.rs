@@ -375,6 +375,9 @@ pub fn status(s: &MigrationStatus) -> String {
                     "  {}/{}: {}\n    run on the target: {}\n",
                     st.database, d.table, d.detail, d.statement
                 ));
+                if let Some(caution) = &d.caution {
+                    out.push_str(&format!("    caution: {caution}\n"));
+                }
             }
         }
         let copying: Vec<_> = r.streams.iter().flat_map(|st| &st.copy).collect();
