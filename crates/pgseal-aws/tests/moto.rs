@@ -296,29 +296,6 @@ async fn green_problems(
         .collect()
 }
 
-/// What the patched moto recorded: (source, [(blue ARN, key)]) per create request.
-fn recorded(path: &std::path::Path) -> Vec<(String, Vec<(String, String)>)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let pairs = v["configurations"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    (
-                        p[0].as_str().unwrap().to_string(),
-                        p[1].as_str().unwrap().to_string(),
-                    )
-                })
-                .collect();
-            (v["source"].as_str().unwrap().to_string(), pairs)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn blue_green_sends_a_target_key_for_the_instance_and_its_replica_adopts_its_own_deployment_and_switches_over()
  {
@@ -336,7 +313,7 @@ async fn blue_green_sends_a_target_key_for_the_instance_and_its_replica_adopts_i
     assert!(!adopted);
     assert_eq!(bg.name, "pgseal-m1");
     // Exactly one configuration per blue resource, each under the key.
-    let sent = recorded(&record);
+    let sent = pgseal_testkit::moto::blue_green_requests(&record);
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].0, source.db_instance_arn().unwrap());
     assert_eq!(
@@ -352,7 +329,7 @@ async fn blue_green_sends_a_target_key_for_the_instance_and_its_replica_adopts_i
     let (again, adopted) = aws.create_deployment("m1", "rds:shop", &key).await.unwrap();
     assert!(adopted);
     assert_eq!(again.id, bg.id);
-    assert_eq!(recorded(&record).len(), 1);
+    assert_eq!(pgseal_testkit::moto::blue_green_requests(&record).len(), 1);
 
     let ready = aws.wait_deployment_available(&bg.id).await.unwrap();
     assert_eq!(ready.status, "AVAILABLE");
@@ -421,7 +398,7 @@ async fn an_aurora_cluster_gets_its_green_cluster_under_the_key_and_a_foreign_de
         .create_blue_green("m2", "aurora:orders", &key)
         .await
         .unwrap();
-    let sent = recorded(&record);
+    let sent = pgseal_testkit::moto::blue_green_requests(&record);
     assert_eq!(
         sent[0].1.len(),
         1,

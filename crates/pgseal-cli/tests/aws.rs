@@ -458,22 +458,12 @@ fn an_aurora_target_that_is_not_encrypted_is_refused_before_any_cutover() {
 /// How many `CreateBlueGreenDeployment` requests the patched moto recorded, and the
 /// (blue ARN, key) pairs of the last one.
 fn blue_green_requests(record: &std::path::Path) -> (usize, Vec<(String, String)>) {
-    let text = std::fs::read_to_string(record).unwrap_or_default();
-    let last = text.lines().last().map_or_else(Vec::new, |l| {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        v["configurations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p[0].as_str().unwrap().to_string(),
-                    p[1].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    });
-    (text.lines().count(), last)
+    let all = pgseal_testkit::moto::blue_green_requests(record);
+    let last = all
+        .last()
+        .map(|(_, pairs)| pairs.clone())
+        .unwrap_or_default();
+    (all.len(), last)
 }
 
 #[test]

@@ -184,6 +184,17 @@ pub struct CutoverReport {
     pub final_check: Option<crate::validate::FinalCheck>,
 }
 
+/// Refuses a cutover whose checks failed, naming them; nothing was changed then.
+pub(crate) fn refuse_failed(report: &CutoverReport) -> Result<(), EngineError> {
+    if report.failed_checks.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::Precondition(format!(
+        "cutover refused, nothing was changed: {}",
+        report.failed_checks.join("; ")
+    )))
+}
+
 fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
     let what = what.to_string();
     move |source| EngineError::Sql { role, what, source }
@@ -858,12 +869,7 @@ pub async fn cutover<P: Platform, S: Switch>(
     if options.dry_run {
         return Ok(report);
     }
-    if !report.failed_checks.is_empty() {
-        return Err(EngineError::Precondition(format!(
-            "cutover refused, nothing was changed: {}",
-            report.failed_checks.join("; ")
-        )));
-    }
+    refuse_failed(&report)?;
     let streams = streams_of(journal, name)?;
     let dbs: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
     report.databases = dbs.clone();

@@ -32,6 +32,24 @@ pub fn moto_program() -> Option<PathBuf> {
     pgseal_exec::find_program("moto_server")
 }
 
+/// What a server started by [`MotoServer::start_with_blue_green_target_keys`] recorded:
+/// per `CreateBlueGreenDeployment` request, the blue source and its `(SourceArn,
+/// TargetKmsKeyId)` configurations, in the order received.
+pub fn blue_green_requests(record: &std::path::Path) -> Vec<(String, Vec<(String, String)>)> {
+    let text = std::fs::read_to_string(record).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            let pairs = v["configurations"]
+                .as_array()
+                .map(|a| a.iter().map(|p| (text(&p[0]), text(&p[1]))).collect())
+                .unwrap_or_default();
+            (text(&v["source"]), pairs)
+        })
+        .collect()
+}
+
 fn not_installed() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::NotFound,

@@ -157,12 +157,7 @@ pub async fn switchover<P: Platform>(
     if options.dry_run {
         return Ok(report);
     }
-    if !report.failed_checks.is_empty() {
-        return Err(EngineError::Precondition(format!(
-            "cutover refused, nothing was changed: {}",
-            report.failed_checks.join("; ")
-        )));
-    }
+    crate::cutover::refuse_failed(&report)?;
     journal.set_phase(name, Phase::CuttingOver, None)?;
     let run = journal.step_started(name, Step::Cutover)?;
     let started = Instant::now();
