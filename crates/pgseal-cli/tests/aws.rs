@@ -836,6 +836,11 @@ fn blue_green_end_to_end(aurora: bool) {
         run["acknowledged"].as_u64().unwrap(),
     );
 
+    // There is no way back after the platform's switchover.
+    let out = aws.run(&["migrate", "rollback", "bg"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no way back"), "{}", stderr(&out));
+
     // Cleanup deletes the deployment and stops the old blue.
     aws.ok(&["migrate", "cleanup", "bg", "--retire-source"]);
     let left = rt

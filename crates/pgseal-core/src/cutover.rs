@@ -1275,6 +1275,11 @@ pub async fn rollback<P: Platform, S: Switch>(
         )));
     }
     let spec = record.spec;
+    if spec.strategy == crate::steps::Strategy::BlueGreen {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} was switched over by the platform's blue/green deployment, which has no way back: the old blue is kept as it was at the switchover (see `pgseal migrate status {name}`)"
+        )));
+    }
     if !journal.has_resource(name, "reverse_subscription")? {
         return Err(EngineError::Precondition(format!(
             "migration {name} has no reverse replication (the target's wal_level is not logical, or cleanup ran): rollback is unavailable"
