@@ -517,6 +517,21 @@ pub enum MigrateCommand {
         #[arg(long, value_delimiter = ',')]
         tables: Option<Vec<String>>,
     },
+    /// DDL captured on the source during the migration, and what became of it on the target
+    #[command(long_about = DDL_ABOUT)]
+    Ddl {
+        /// The migration's name.
+        name: String,
+        /// Leave captured statement ID out: the target never runs it
+        #[arg(long, value_name = "ID", conflicts_with = "apply")]
+        skip: Option<i64>,
+        /// Statement ID was applied on the target by hand: the apply goes on past it
+        #[arg(long, value_name = "ID")]
+        apply: Option<i64>,
+        /// The database the statement ran in [default: the migration's only database]
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// After cutover: switch back to the source by reverse replication, losing nothing
     #[command(long_about = ROLLBACK_ABOUT)]
     Rollback {
@@ -592,6 +607,30 @@ Examples:
   pgseal migrate report orders --output /tmp/orders-report.html
   pgseal migrate report orders --json | jq .cutover
 ";
+
+const DDL_ABOUT: &str = "\
+DDL captured on the source during the migration, and what became of it on the target.
+
+While a migration (snapshot strategy) replicates, an event trigger in every migrated
+database of the source writes each DDL statement into pgseal_ddl.statements, a table that
+replicates with the data; on the target, a trigger replays each statement as it arrives,
+inside the apply worker's transaction: in order with the rows around it, exactly once.
+A table made on the source is then subscribed (`pgseal migrate status` refreshes the
+subscription, copying its rows).
+
+Statements that cannot be replayed as they are (several statements in one query string,
+CREATE TABLE AS, ALTER ... TYPE ... USING, a column added with a default that is not
+immutable such as now() or random(), or an identity) stop the target's apply with an
+error naming them. Then either apply the statement on the target yourself, so that the
+target's rows match the source's, and say so with --apply ID; or leave it out with
+--skip ID. The apply goes on within seconds; the decision is journaled.
+
+States: applied, applied_by_hand, skipped, stopped, waiting (not arrived yet).
+
+Examples:
+  pgseal migrate ddl m1
+  pgseal migrate ddl m1 --database shop --apply 4
+  pgseal migrate ddl m1 --skip 7 --json";
 
 const VALIDATE_ABOUT: &str = "\
 Compare every published table of the source with the target while the target replicates.

@@ -112,6 +112,9 @@ pub async fn abort<P: Platform>(
                     }
                 };
                 match kind {
+                    crate::engine::DDL_CAPTURE => pgseal_pg::ddl::remove(client)
+                        .await
+                        .map_err(sql("removing the DDL capture".to_string()))?,
                     crate::slot_guard::RESOURCE => {
                         crate::slot_guard::restore(client, &resource.name).await?;
                         true

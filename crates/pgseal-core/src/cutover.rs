@@ -1469,6 +1469,9 @@ async fn remove_resources<P: Platform>(
             ("publication", Some(source)) => replication::drop_publication(source, &resource.name)
                 .await
                 .map_err(sql("source", "dropping the publication"))?,
+            (crate::engine::DDL_CAPTURE, Some(source)) => pgseal_pg::ddl::remove(source)
+                .await
+                .map_err(sql("source", "removing the DDL capture"))?,
             ("replica_identity", Some(source)) => {
                 source
                     .batch_execute(&format!(
@@ -1679,6 +1682,15 @@ pub async fn cleanup<P: Platform>(
             report
                 .removed
                 .push(format!("subscription {} (target, {db})", s.name));
+        }
+        if pgseal_pg::ddl::remove(target)
+            .await
+            .map_err(sql("target", "removing the DDL replay"))?
+        {
+            report.removed.push(format!(
+                "DDL capture {} (target, {db})",
+                pgseal_pg::ddl::SCHEMA
+            ));
         }
     }
     // The publications live in the fenced databases: drop them from inside.

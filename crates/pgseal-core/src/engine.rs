@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use pgseal_pg::ddl;
 use pgseal_pg::replication::{self, SlotState};
 use pgseal_pg::{ConnectError, Lsn};
 use pgseal_platform::{ErrorKind, Handoff, InstanceStatus, NewInstance, Platform, PlatformError};
@@ -24,6 +25,9 @@ pub mod blue_green;
 mod full_load;
 
 pub use blue_green::{DEPLOYMENT, green_instance};
+
+/// The journal's resource kind of a database's DDL capture (event trigger and schema).
+pub const DDL_CAPTURE: &str = "ddl_capture";
 
 /// What a step returns: its outputs, to journal, and one line on what it did.
 type StepResult = Result<(serde_json::Value, String), EngineError>;
@@ -482,9 +486,26 @@ impl<'a, P: Platform> Engine<'a, P> {
         }
 
         let mut prepared = Vec::new();
+        let mut ddl_capture = Vec::new();
         for s in &streams {
             let client = self.source_db(&s.database).await?;
             let identity_changed = self.replica_identity(&client, s).await?;
+            // DDL is captured from before the slot on (see pgseal_pg::ddl): what comes
+            // before the slot is in the snapshot, what comes after streams to the target.
+            if self.spec.strategy == Strategy::Snapshot {
+                self.journal.add_resource(
+                    &self.spec.name,
+                    DDL_CAPTURE,
+                    &s.database,
+                    ddl::SCHEMA,
+                )?;
+                if ddl::install_capture(&client).await.map_err(Self::sql(
+                    "source",
+                    format!("installing the DDL capture in {}", s.database),
+                ))? {
+                    ddl_capture.push(s.database.clone());
+                }
+            }
             self.journal
                 .add_resource(&self.spec.name, "publication", &s.database, &s.name)?;
             replication::create_publication(&client, &s.name, self.spec.tables.as_deref())
@@ -538,6 +559,7 @@ impl<'a, P: Platform> Engine<'a, P> {
             json!({
                 "streams": outputs,
                 "restarted_for_wal_level": restarted,
+                "ddl_capture": ddl_capture,
             }),
             summary,
         ))
@@ -947,6 +969,12 @@ impl<'a, P: Platform> Engine<'a, P> {
                         "target",
                         format!("rolling back the copied prepared transaction {gid}"),
                     ))?;
+            }
+            // The copy captures nothing itself; it replays what the source captures.
+            if streams.iter().any(|s| s.database == db) {
+                ddl::install_replay(&client)
+                    .await
+                    .map_err(Self::sql("target", "installing the DDL replay"))?;
             }
             for (sub, _) in foreign.iter().filter(|(_, d)| d == db) {
                 client

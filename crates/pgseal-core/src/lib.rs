@@ -1,4 +1,4 @@
-//! pgseal's migration engine (snapshot strategy).
+//! pgseal's migration engine (snapshot, full-load and blue/green strategies).
 //!
 //! - [`preflight`]: the read-only checks `migrate plan` runs; every problem at once.
 //! - [`steps`]: the ten steps from source to replicating target, and the failpoints.
@@ -8,12 +8,15 @@
 //! - [`cutover`]: fence, drain, sequences, switch; lifted again on any failure.
 //! - [`validate`]: chunked, server-side row-hash comparison of source and target.
 //! - [`abort`]: removes everything a migration created.
+//! - [`ddl`]: DDL captured on the source and replayed on the target, and the decisions on
+//!   statements that are not replayed by themselves.
 //! - [`samples`]: replication time series kept in the journal for the report.
 //! - [`report`]: everything the migration report shows, gathered from the journal.
 //! - [`stream`]: the per-database replication streams a migration owns.
 
 pub mod abort;
 pub mod cutover;
+pub mod ddl;
 pub mod engine;
 pub mod initial_copy;
 pub mod journal;

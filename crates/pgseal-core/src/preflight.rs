@@ -310,6 +310,15 @@ where
         ));
     }
 
+    // DDL during the migration is carried only where an event trigger can capture it.
+    if !is_super && wanted.strategy == Strategy::Snapshot {
+        findings.push(warning(
+            "ddl_capture",
+            format!("role {user} cannot create event triggers (superuser only): DDL run on the source during the migration is not carried to the target"),
+            "avoid schema changes until cutover, or migrate as a superuser; `pgseal migrate status` shows any drift with the statements that repair it".into(),
+        ));
+    }
+
     // 4. In each database of the scope: tables and replica identity (UPDATE/DELETE on a
     //    published table without one fails on the production source), unlogged tables
     //    and large objects (not replicated), name clashes.

@@ -46,6 +46,12 @@ pub struct StreamStatus {
     /// A full load's initial copy, table by table, while any table is not ready yet
     /// (empty once every table is ready, and under the snapshot strategy).
     pub copy: Vec<crate::initial_copy::TableCopy>,
+    /// DDL captured on the source and what became of it (while the source is open and
+    /// the capture is installed).
+    pub ddl: Vec<crate::ddl::DdlEntry>,
+    /// Tables made on the source that the subscription was refreshed for by this look:
+    /// their rows are being copied.
+    pub refreshed: Vec<String>,
 }
 
 /// Replication as both sides see it: every stream, and the totals.
@@ -191,6 +197,8 @@ pub async fn status<P: Platform>(
             let mut subscription = None;
             let mut schema_status = None;
             let mut copy = Vec::new();
+            let mut ddl = Vec::new();
+            let mut refreshed = Vec::new();
             if target_made && !rolled_back {
                 match connect_to(platform, &spec.target, &s.database, "target").await {
                     Ok(target) => {
@@ -199,6 +207,20 @@ pub async fn status<P: Platform>(
                             .map_err(sql("target", "reading the subscription"))?;
                         if !fenced {
                             let db_source = connect_source_db(platform, &spec, &s.database).await?;
+                            ddl = crate::ddl::entries(&s.database, &db_source, &target).await?;
+                            if migration.phase == Phase::Replicating {
+                                refreshed = crate::ddl::refresh_new_tables(
+                                    &db_source, &target, &s.name, &s.name,
+                                )
+                                .await?;
+                                if !refreshed.is_empty() {
+                                    journal.add_fact(
+                                        name,
+                                        "ddl_refresh",
+                                        &serde_json::json!({"database": s.database, "tables": refreshed}),
+                                    )?;
+                                }
+                            }
                             schema_status = Some(schema_of(&db_source, &target, &s.name).await?);
                             copy = copy_of(&db_source, &target, s).await?;
                         }
@@ -232,6 +254,8 @@ pub async fn status<P: Platform>(
                 schema: schema_status,
                 source_allows_connections,
                 copy,
+                ddl,
+                refreshed,
             });
         }
         let lag_bytes = per_stream
@@ -296,12 +320,38 @@ pub async fn status<P: Platform>(
                 warnings.push(format!("the subscription of {db} is enabled but no apply worker runs (it restarts after an error every wal_retrieve_retry_interval)"));
             }
         }
+        for e in st
+            .ddl
+            .iter()
+            .filter(|e| e.state == crate::ddl::DdlState::Stopped)
+        {
+            warnings.push(format!(
+                "DDL statement {} captured in {db} ({}) is not replayed: {}; the target's apply stops on it. Apply it on the target by hand, then `pgseal migrate ddl {name} --database {db} --apply {}`; or `--skip {}` to leave it out",
+                e.captured.id,
+                e.captured.command_tag,
+                e.captured.verdict.as_deref().unwrap_or(""),
+                e.captured.id,
+                e.captured.id
+            ));
+        }
+        if !st.refreshed.is_empty() {
+            warnings.push(format!(
+                "new table(s) on the source in {db}: {}; the subscription was refreshed and their rows are being copied",
+                st.refreshed.join(", ")
+            ));
+        }
+        let captured = !st.ddl.is_empty();
         if let Some(schema) = &st.schema
             && !schema.drift.is_empty()
         {
             warnings.push(format!(
-                "schema drift in {db}: {} difference(s) between source and target; DDL is not replicated, run the statements shown on the target",
-                schema.drift.len()
+                "schema drift in {db}: {} difference(s) between source and target; {}",
+                schema.drift.len(),
+                if captured {
+                    "captured DDL may still be on its way (see the statements above); otherwise run the statements shown on the target"
+                } else {
+                    "DDL is not replicated here, run the statements shown on the target"
+                }
             ));
         }
     }

@@ -1203,6 +1203,11 @@ pub async fn validate<P: Platform>(
                 .await
                 .map_err(sql("source", "listing published tables"))?,
         };
+        // The user's decisions on captured DDL are the target's own (pgseal_pg::ddl).
+        let listed: Vec<String> = listed
+            .into_iter()
+            .filter(|t| t != "pgseal_ddl.decisions")
+            .collect();
         let follower = if blue_green {
             Follower::Platform {
                 slots: platform_slots(&source).await?,

@@ -9,6 +9,7 @@
 //! - [`schema`]: column-list fingerprints and the drift between two databases.
 
 pub mod connect;
+pub mod ddl;
 pub mod install;
 pub mod lsn;
 pub mod replication;

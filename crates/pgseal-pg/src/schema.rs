@@ -104,21 +104,14 @@ pub async fn columns(
     client: &Client,
     tables: &[String],
 ) -> Result<Vec<Column>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT n.nspname || '.' || c.relname, a.attname::text, \
+    let query = format!(
+        "SELECT n.nspname || '.' || c.relname, a.attname::text, \
                     format_type(a.atttypid, a.atttypmod), \
                     CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation \
                          THEN quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END, \
                     a.attnotnull, \
                     CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, \
-                    coalesce((SELECT bool_or(p.provolatile <> 'i') FROM pg_proc p \
-                              WHERE p.proname IN (SELECT lower(m[1]) FROM regexp_matches( \
-                                pg_get_expr(d.adbin, d.adrelid), \
-                                '([A-Za-z_][A-Za-z0-9_$]*)\\s*\\(', 'g') AS m)), false) \
-                      OR coalesce(pg_get_expr(d.adbin, d.adrelid) ~* \
-                         '\\m(current_timestamp|current_date|current_time|localtime|localtimestamp|current_user|session_user|current_role|current_catalog|current_schema|user)\\M', \
-                         false), \
+                    {varies}, \
                     CASE a.attidentity WHEN 'a' THEN 'ALWAYS' WHEN 'd' THEN 'BY DEFAULT' END, \
                     CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END \
              FROM pg_attribute a \
@@ -131,9 +124,9 @@ pub async fn columns(
              WHERE a.attnum > 0 AND NOT a.attisdropped \
                AND n.nspname || '.' || c.relname = ANY($1) \
              ORDER BY 1, a.attnum",
-            &[&tables],
-        )
-        .await?;
+        varies = varies_sql("pg_get_expr(d.adbin, d.adrelid)")
+    );
+    let rows = client.query(&query, &[&tables]).await?;
     Ok(rows
         .iter()
         .map(|r| Column {
@@ -148,6 +141,19 @@ pub async fn columns(
             generated: r.get(8),
         })
         .collect())
+}
+
+/// SQL that is true when default expression `expr` (text; NULL for none) calls a function
+/// that is not immutable (`now()`, `random()`, `nextval`, found by name: PostgreSQL records
+/// no dependency on built-in functions) or reads the clock or the session
+/// (`CURRENT_TIMESTAMP`, `CURRENT_USER`).
+pub fn varies_sql(expr: &str) -> String {
+    format!(
+        "(coalesce((SELECT bool_or(p.provolatile <> 'i') FROM pg_proc p \
+                    WHERE p.proname IN (SELECT lower(m[1]) FROM regexp_matches({expr}, \
+                      '([A-Za-z_][A-Za-z0-9_$]*)\\s*\\(', 'g') AS m)), false) \
+          OR coalesce({expr} ~* '\\m(current_timestamp|current_date|current_time|localtime|localtimestamp|current_user|session_user|current_role|current_catalog|current_schema|user)\\M', false))"
+    )
 }
 
 /// The constraints of `tables`, and their indexes that back no constraint.

@@ -77,6 +77,12 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
         MigrateCommand::List => list(ctx),
         MigrateCommand::Report { name, output } => report(ctx, name, output.as_deref()),
         MigrateCommand::Validate { name, tables } => validate(ctx, name, tables.as_deref()),
+        MigrateCommand::Ddl {
+            name,
+            skip,
+            apply,
+            database,
+        } => ddl(ctx, name, *skip, *apply, database.as_deref()),
         MigrateCommand::Rollback {
             name,
             endpoint,
@@ -873,6 +879,59 @@ fn report(ctx: &Context, name: &str, output: Option<&Path>) -> Outcome {
     }
     let path = write_report(&ctx.home, name, output)?;
     println!("{}", path.display());
+    Ok(exit::code(exit::OK))
+}
+
+/// `migrate ddl`: lists the captured statements, or records a decision on one.
+fn ddl(
+    ctx: &Context,
+    name: &str,
+    skip: Option<i64>,
+    apply: Option<i64>,
+    database: Option<&str>,
+) -> Outcome {
+    let journal = Journal::open(&ctx.home)?;
+    let runtime = runtime()?;
+    let platform = platform(ctx, &runtime, &journal, name, false)?;
+    let decision = match (skip, apply) {
+        (Some(id), _) => Some((id, "skip")),
+        (_, Some(id)) => Some((id, "applied")),
+        _ => None,
+    };
+    let Some((id, decision)) = decision else {
+        let entries = runtime.block_on(pgseal_core::ddl::list(&platform, &journal, name))?;
+        if ctx.json {
+            print_json(&entries)?;
+        } else {
+            print!("{}", output::migrate::ddl(name, &entries));
+        }
+        return Ok(exit::code(exit::OK));
+    };
+    let _lock = MigrationLock::acquire(&ctx.home, name)?;
+    let database = match database {
+        Some(d) => d.to_string(),
+        None => {
+            let streams = journal.streams(name)?;
+            match streams.as_slice() {
+                [only] => only.database.clone(),
+                _ => anyhow::bail!(LocalError::InvalidInput(format!(
+                    "migration {name} moves {} databases: name the statement's with --database",
+                    streams.len()
+                ))),
+            }
+        }
+    };
+    let entry = runtime.block_on(pgseal_core::ddl::decide(
+        &platform, &journal, name, &database, id, decision,
+    ))?;
+    if ctx.json {
+        print_json(&entry)?;
+    } else {
+        print!(
+            "{}",
+            output::migrate::ddl(name, std::slice::from_ref(&entry))
+        );
+    }
     Ok(exit::code(exit::OK))
 }
 

@@ -195,6 +195,37 @@ pub fn validation(name: &str, report: &ValidationReport) -> String {
     out
 }
 
+/// `migrate ddl`: one line a captured statement, with its state and why it stopped.
+pub fn ddl(name: &str, entries: &[pgseal_core::ddl::DdlEntry]) -> String {
+    if entries.is_empty() {
+        return format!("no DDL captured for migration {name}\n");
+    }
+    let mut out = String::new();
+    for e in entries {
+        let state = serde_json::to_value(e.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:>4}  {:<16} {:<20} {}\n",
+            e.captured.id,
+            state,
+            format!("{}/{}", e.database, e.captured.command_tag),
+            e.captured.statement.trim()
+        ));
+        if e.state == pgseal_core::ddl::DdlState::Stopped {
+            out.push_str(&format!(
+                "      not replayed: {}\n      apply it on the target by hand, then `pgseal migrate ddl {name} --database {} --apply {}`; or `--skip {}`\n",
+                e.captured.verdict.as_deref().unwrap_or(""),
+                e.database,
+                e.captured.id,
+                e.captured.id
+            ));
+        }
+    }
+    out
+}
+
 /// One validated table, as `validate` reports it while it goes.
 pub fn validated_table(t: &TableReport) -> String {
     format!(

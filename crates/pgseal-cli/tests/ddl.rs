@@ -1,0 +1,229 @@
+//! DDL during a migration on real servers: captured on the source, replayed on the target
+//! in order with the data, the unsafe kind stopped until the user decides, and nothing of
+//! the capture left behind by cleanup or abort.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The capture's objects in a database: the event trigger and the schema.
+fn capture_objects(sql: &Sql) -> i64 {
+    sql.count(
+        "SELECT (SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgseal_ddl_capture') \
+              + (SELECT count(*) FROM pg_namespace WHERE nspname = 'pgseal_ddl')",
+    )
+}
+
+/// Polls `migrate status` (which also subscribes tables made on the source) until
+/// `done` holds for the target, for up to 60 s.
+fn wait_for(h: &Home, name: &str, what: &str, done: impl Fn(&Sql) -> bool) {
+    let tgt = h.sql("src-enc", "postgres");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = h.json(&["migrate", "status", name]);
+        if done(&tgt) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened: {status}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    pgbench_init(&h, "src", "postgres");
+    let src = h.sql("src", "postgres");
+    src.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b'); \
+         CREATE TABLE unused (id int PRIMARY KEY); \
+         CREATE TABLE r (id int PRIMARY KEY, old_name text); INSERT INTO r VALUES (1, 'x')",
+    );
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    let bench = pgbench(&h, "src-ep", "postgres", 50, 20);
+    h.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "d1",
+        "--replica-identity-full",
+    ]);
+
+    // Schema changes while pgbench writes, each with rows that depend on it.
+    src.exec("ALTER TABLE t ADD COLUMN flag int NOT NULL DEFAULT 7");
+    src.exec("INSERT INTO t VALUES (3, 'c', 9)");
+    src.exec("CREATE TABLE newt (id int PRIMARY KEY, note text)");
+    src.exec("INSERT INTO newt SELECT g, 'n' || g FROM generate_series(1, 500) g");
+    src.exec("CREATE INDEX t_v ON t (v)");
+    src.exec("ALTER TABLE r RENAME COLUMN old_name TO new_name");
+    src.exec("INSERT INTO r VALUES (2, 'y')");
+    src.exec("DROP TABLE unused");
+    src.exec("INSERT INTO newt VALUES (501, 'late')");
+
+    wait_for(&h, "d1", "the new table's rows", |tgt| {
+        tgt.count("SELECT count(*) FROM pg_class WHERE relname = 'newt'") == 1
+            && tgt.count("SELECT count(*) FROM newt") == 501
+            && tgt.count("SELECT count(*) FROM r") == 2
+    });
+    let status = h.json(&["migrate", "status", "d1"]);
+    let schema = &status["replication"]["streams"][0]["schema"];
+    assert_eq!(
+        schema["drift"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
+    assert_eq!(schema["source_fingerprint"], schema["target_fingerprint"]);
+    let listed = h.json(&["migrate", "ddl", "d1"]);
+    let states: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["command_tag"].as_str().unwrap(),
+                e["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("ALTER TABLE", "applied"),
+            ("CREATE TABLE", "applied"),
+            ("CREATE INDEX", "applied"),
+            ("ALTER TABLE", "applied"),
+            ("DROP TABLE", "applied"),
+        ],
+        "{listed}"
+    );
+    let tgt = h.sql("src-enc", "postgres");
+    assert_eq!(
+        tgt.text("SELECT string_agg(id || ':' || flag, ',' ORDER BY id) FROM t"),
+        "1:7,2:7,3:9"
+    );
+    assert_eq!(tgt.text("SELECT new_name FROM r WHERE id = 2"), "y");
+    assert_eq!(
+        tgt.count("SELECT count(*) FROM pg_indexes WHERE indexname = 't_v'"),
+        1
+    );
+    assert_eq!(
+        tgt.count("SELECT count(*) FROM pg_class WHERE relname = 'unused'"),
+        0
+    );
+    // The target replays; it captures nothing of its own.
+    assert_eq!(
+        tgt.text(
+            "SELECT evtenabled::text FROM pg_event_trigger WHERE evtname = 'pgseal_ddl_capture'"
+        ),
+        "D"
+    );
+
+    let validated = h.json(&["migrate", "validate", "d1"]);
+    assert_eq!(validated["clean"], true, "{validated}");
+    h.ok(&["migrate", "cutover", "d1", "--endpoint", "src-ep"]);
+    let processed = pgbench_processed(bench);
+    // pgbench's own count is on the target, every balance matching its history.
+    let (history, balanced) = tpcb(&tgt);
+    assert_eq!(history, processed);
+    assert!(balanced);
+
+    h.ok(&["migrate", "cleanup", "d1"]);
+    assert_eq!(capture_objects(&tgt), 0);
+    // The source stays fenced after cleanup: opened again for the look.
+    h.sql("src", "template1")
+        .exec("ALTER DATABASE postgres ALLOW_CONNECTIONS true");
+    assert_eq!(capture_objects(&h.sql("src", "postgres")), 0);
+}
+
+#[test]
+fn a_default_the_target_cannot_reproduce_stops_the_apply_until_the_user_applies_it_by_hand() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let src = h.sql("src", "postgres");
+    src.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+    );
+    h.ok(&["migrate", "start", "--source", "src", "--name", "d2"]);
+
+    // The target down while a statement is captured: it is replayed once, when it is back.
+    h.ok(&["instance", "stop", "src-enc"]);
+    src.exec("ALTER TABLE t ADD COLUMN c2 int DEFAULT 5");
+    src.exec("INSERT INTO t VALUES (3, 'c', 6)");
+    h.ok(&["instance", "start", "src-enc"]);
+    wait_for(
+        &h,
+        "d2",
+        "the statement replayed after the restart",
+        |tgt| tgt.count("SELECT count(*) FROM t") == 3,
+    );
+    let tgt = h.sql("src-enc", "postgres");
+    assert_eq!(
+        tgt.text("SELECT string_agg(id || ':' || c2, ',' ORDER BY id) FROM t"),
+        "1:5,2:5,3:6"
+    );
+    assert_eq!(tgt.count("SELECT count(*) FROM pgseal_ddl.statements"), 1);
+
+    // now() would give the target's rows other stamps than the source's: stopped.
+    src.exec("ALTER TABLE t ADD COLUMN stamp timestamptz DEFAULT now()");
+    src.exec("INSERT INTO t (id, v) VALUES (4, 'after')");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stopped = loop {
+        let listed = h.json(&["migrate", "ddl", "d2"]);
+        if let Some(e) = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["state"] == "stopped")
+        {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        stopped["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("not immutable"),
+        "{stopped}"
+    );
+    let id = stopped["id"].as_i64().unwrap().to_string();
+    let status = h.run(&["migrate", "status", "d2"]);
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(text.contains(&format!("--apply {id}")), "{text}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        tgt.count("SELECT count(*) FROM t"),
+        3,
+        "row 4 waits behind the statement"
+    );
+
+    // The documented manual step: the column without its default, the source's values,
+    // then the default; then say so.
+    tgt.exec("ALTER TABLE t ADD COLUMN stamp timestamptz");
+    for (row, stamp) in [1, 2, 3].map(|i| {
+        (
+            i,
+            src.text(&format!("SELECT stamp::text FROM t WHERE id = {i}")),
+        )
+    }) {
+        tgt.exec(&format!("UPDATE t SET stamp = '{stamp}' WHERE id = {row}"));
+    }
+    tgt.exec("ALTER TABLE t ALTER COLUMN stamp SET DEFAULT now()");
+    let decided = h.json(&["migrate", "ddl", "d2", "--apply", &id]);
+    assert_eq!(decided["state"], "applied_by_hand", "{decided}");
+    wait_for(&h, "d2", "the row behind the statement", |tgt| {
+        tgt.count("SELECT count(*) FROM t") == 4
+    });
+    let validated = h.json(&["migrate", "validate", "d2"]);
+    assert_eq!(validated["clean"], true, "{validated}");
+
+    // Abort leaves no capture on the source (the target goes with its instance).
+    h.ok(&["migrate", "abort", "d2"]);
+    assert_eq!(capture_objects(&src), 0);
+}

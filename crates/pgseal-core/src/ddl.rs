@@ -1,0 +1,186 @@
+//! DDL during a migration (`migrate ddl`, and what `status` does about it): the source's
+//! captured statements with what became of each on the target, the user's decision on
+//! one that is not replayed by itself, and the subscription refreshed when a table was
+//! created on the source. The capture and the replay are `pgseal_pg::ddl`'s.
+
+use pgseal_pg::ddl::{self, Captured};
+use pgseal_platform::Platform;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
+use crate::journal::Journal;
+
+/// What became of a captured statement on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DdlState {
+    /// Replayed on the target by the apply worker.
+    Applied,
+    /// The user applied it by hand (`--apply`).
+    AppliedByHand,
+    /// The user left it out (`--skip`).
+    Skipped,
+    /// Not replayed by itself: the apply worker stops on it until the user decides.
+    Stopped,
+    /// Not arrived on the target yet.
+    Waiting,
+}
+
+/// One captured statement of one database, with its state.
+#[derive(Debug, Clone, Serialize)]
+pub struct DdlEntry {
+    /// The database it ran in.
+    pub database: String,
+    /// What was captured.
+    #[serde(flatten)]
+    pub captured: Captured,
+    /// What became of it.
+    pub state: DdlState,
+}
+
+fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
+    let what = what.to_string();
+    move |source| EngineError::Sql { role, what, source }
+}
+
+/// The captured statements of one database, with their states.
+pub async fn entries(
+    database: &str,
+    source: &Client,
+    target: &Client,
+) -> Result<Vec<DdlEntry>, EngineError> {
+    let captured = ddl::captured(source)
+        .await
+        .map_err(sql("source", "reading the captured DDL"))?;
+    let (arrived, decided) = ddl::applied(target)
+        .await
+        .map_err(sql("target", "reading the replayed DDL"))?;
+    Ok(captured
+        .into_iter()
+        .map(|c| {
+            let state = match (
+                decided.get(&c.id).map(String::as_str),
+                arrived.contains(&c.id),
+            ) {
+                (Some("skip"), _) => DdlState::Skipped,
+                (Some(_), _) => DdlState::AppliedByHand,
+                (None, true) => DdlState::Applied,
+                (None, false) if c.verdict.is_some() => DdlState::Stopped,
+                (None, false) => DdlState::Waiting,
+            };
+            DdlEntry {
+                database: database.to_string(),
+                captured: c,
+                state,
+            }
+        })
+        .collect())
+}
+
+/// Every database's captured statements of migration `name`, oldest first in each.
+pub async fn list<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+) -> Result<Vec<DdlEntry>, EngineError> {
+    let spec = journal.migration(name)?.spec;
+    let mut all = Vec::new();
+    for s in streams_of(journal, name)? {
+        let source = connect_source_db(platform, &spec, &s.database).await?;
+        let target = connect_to(platform, &spec.target, &s.database, "target").await?;
+        all.extend(entries(&s.database, &source, &target).await?);
+    }
+    Ok(all)
+}
+
+/// Records the user's decision on captured statement `id` of `database` (`skip`, or
+/// `applied` once done by hand on the target); the apply worker goes on at its next try.
+/// Journaled as a fact.
+pub async fn decide<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    database: &str,
+    id: i64,
+    decision: &str,
+) -> Result<DdlEntry, EngineError> {
+    let spec = journal.migration(name)?.spec;
+    let source = connect_source_db(platform, &spec, database).await?;
+    let target = connect_to(platform, &spec.target, database, "target").await?;
+    let found = entries(database, &source, &target)
+        .await?
+        .into_iter()
+        .find(|e| e.captured.id == id)
+        .ok_or_else(|| {
+            EngineError::Precondition(format!(
+                "no captured DDL statement {id} in {database}: `pgseal migrate ddl {name}` lists them"
+            ))
+        })?;
+    if found.state == DdlState::Applied {
+        return Err(EngineError::Precondition(format!(
+            "captured DDL statement {id} in {database} was replayed already: there is nothing to decide"
+        )));
+    }
+    ddl::decide(&target, id, decision)
+        .await
+        .map_err(sql("target", "recording the decision"))?;
+    journal.add_fact(
+        name,
+        "ddl_decision",
+        &serde_json::json!({
+            "database": database,
+            "id": id,
+            "decision": decision,
+            "command_tag": found.captured.command_tag,
+        }),
+    )?;
+    tracing::info!(
+        migration = name,
+        database,
+        id,
+        decision,
+        "DDL decision recorded"
+    );
+    let mut decided = found;
+    decided.state = if decision == "skip" {
+        DdlState::Skipped
+    } else {
+        DdlState::AppliedByHand
+    };
+    Ok(decided)
+}
+
+/// Refreshes subscription `subscription` when the publication has tables it does not know
+/// (made on the source since, their creation replayed on the target): their rows are then
+/// copied and streamed. Returns the tables.
+pub async fn refresh_new_tables(
+    source: &Client,
+    target: &Client,
+    publication: &str,
+    subscription: &str,
+) -> Result<Vec<String>, EngineError> {
+    let new = ddl::unsubscribed(source, target, publication, subscription)
+        .await
+        .map_err(sql("target", "comparing the subscription's tables"))?;
+    if new.is_empty() {
+        return Ok(new);
+    }
+    // A table is created on the target when its replayed statement arrives: until then,
+    // refreshing would fail on it.
+    let exists = target
+        .query(
+            "SELECT count(*) FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL",
+            &[&new],
+        )
+        .await
+        .map_err(sql("target", "looking for the new tables"))?[0]
+        .get::<_, i64>(0);
+    if exists as usize != new.len() {
+        return Ok(Vec::new());
+    }
+    ddl::refresh(target, subscription)
+        .await
+        .map_err(sql("target", "refreshing the subscription"))?;
+    Ok(new)
+}

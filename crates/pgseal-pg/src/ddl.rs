@@ -1,0 +1,370 @@
+//! DDL carried with the data: logical replication carries rows, not schema changes, so a
+//! migration captures each DDL statement on the source and replays it on the target at
+//! the same point of the stream.
+//!
+//! - On the source, an event trigger (`ddl_command_end`) writes each statement's text,
+//!   command tag, objects and `search_path` into `pgseal_ddl.statements`, a table that is
+//!   itself published: the row travels in the same transaction, in WAL order, as the data
+//!   around it. A statement that cannot be replayed safely gets a `verdict` saying why
+//!   (several statements in one query string, rows computed by a query, a rewrite `USING`
+//!   an expression, a column added with a default that is not immutable or an identity).
+//!   Publications and subscriptions are each server's own and are not captured.
+//! - On the target, an `ENABLE ALWAYS` trigger on that table replays each arriving
+//!   statement inside the apply worker's transaction, so it is applied exactly once (the
+//!   subscription's origin advances with it) and before the rows that follow it. A row
+//!   with a verdict stops the apply worker with an error that names it and the choices;
+//!   `pgseal_ddl.decisions` records the user's choice (`skip`, or `applied` after doing it
+//!   by hand) and the next retry goes on.
+//!
+//! Event triggers need a superuser; without one nothing is installed and the schema
+//! fingerprint comparison remains the only check ([`capture_possible`]).
+
+use tokio_postgres::Client;
+
+use crate::schema::varies_sql;
+
+/// The schema pgseal keeps the capture in, on both sides.
+pub const SCHEMA: &str = "pgseal_ddl";
+
+/// The source's event trigger.
+pub const EVENT_TRIGGER: &str = "pgseal_ddl_capture";
+
+/// Counts the statements of a query string, skipping quoted text, dollar-quoted bodies
+/// and comments (a string of several statements fires the event trigger once for each
+/// DDL statement in it, and replaying the string would repeat its other statements).
+const STATEMENT_COUNT: &str = r#"
+CREATE OR REPLACE FUNCTION pgseal_ddl.statement_count(q text) RETURNS int
+LANGUAGE plpgsql IMMUTABLE AS $f$
+DECLARE
+  i int := 1; n int := length(q); c text; state text := 'code'; tag text;
+  total int := 0; seen boolean := false;
+BEGIN
+  WHILE i <= n LOOP
+    c := substr(q, i, 1);
+    IF state = 'code' THEN
+      IF c = '''' THEN state := 'single'; seen := true;
+      ELSIF c = '"' THEN state := 'double'; seen := true;
+      ELSIF substr(q, i, 2) = '--' THEN state := 'line';
+      ELSIF substr(q, i, 2) = '/*' THEN state := 'block'; i := i + 1;
+      ELSIF c = '$' AND substring(substr(q, i) FROM '^\$[A-Za-z_0-9]*\$') IS NOT NULL THEN
+        tag := substring(substr(q, i) FROM '^\$[A-Za-z_0-9]*\$');
+        state := 'dollar'; seen := true; i := i + length(tag) - 1;
+      ELSIF c = ';' THEN
+        IF seen THEN total := total + 1; seen := false; END IF;
+      ELSIF c !~ '\s' THEN seen := true;
+      END IF;
+    ELSIF state = 'single' THEN IF c = '''' THEN state := 'code'; END IF;
+    ELSIF state = 'double' THEN IF c = '"' THEN state := 'code'; END IF;
+    ELSIF state = 'line' THEN IF c = E'\n' THEN state := 'code'; END IF;
+    ELSIF state = 'block' THEN
+      IF substr(q, i, 2) = '*/' THEN state := 'code'; i := i + 1; END IF;
+    ELSIF state = 'dollar' THEN
+      IF substr(q, i, length(tag)) = tag THEN state := 'code'; i := i + length(tag) - 1; END IF;
+    END IF;
+    i := i + 1;
+  END LOOP;
+  IF seen THEN total := total + 1; END IF;
+  RETURN total;
+END $f$;
+"#;
+
+/// The capture table and the decisions table, as both sides have them (the target's copy
+/// arrives with the snapshot; the decisions are written on the target only, but every
+/// published table must exist on both sides for the reverse subscription of a rollback).
+const TABLE: &str = "
+CREATE SCHEMA IF NOT EXISTS pgseal_ddl;
+CREATE TABLE IF NOT EXISTS pgseal_ddl.statements (
+  id bigserial PRIMARY KEY,
+  captured_at timestamptz NOT NULL DEFAULT now(),
+  xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+  command_tag text NOT NULL,
+  object_identity text,
+  search_path text NOT NULL,
+  statement text NOT NULL,
+  verdict text
+);
+CREATE TABLE IF NOT EXISTS pgseal_ddl.decisions (
+  id bigint PRIMARY KEY,
+  decision text NOT NULL CHECK (decision IN ('skip', 'applied')),
+  decided_at timestamptz NOT NULL DEFAULT now()
+);
+";
+
+/// The source's capture function; `{varies}` is [`varies_sql`] of the column default.
+const CAPTURE: &str = r#"
+CREATE OR REPLACE FUNCTION pgseal_ddl.capture() RETURNS event_trigger
+LANGUAGE plpgsql AS $f$
+DECLARE
+  q text := current_query();
+  objects text;
+  verdict text;
+BEGIN
+  -- Replication plumbing (pgseal's own at cutover, too) belongs to each server.
+  IF tg_tag ~ '^(CREATE|ALTER|DROP) (SUBSCRIPTION|PUBLICATION)$' THEN
+    RETURN;
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
+             WHERE schema_name IN ('pgseal_ddl', 'pgseal_validate')
+                OR schema_name LIKE 'pg\_temp%' OR in_extension) THEN
+    RETURN;
+  END IF;
+  -- A string of several DDL statements fires once per statement: capture it once.
+  IF EXISTS (SELECT 1 FROM pgseal_ddl.statements
+             WHERE xid = pg_current_xact_id() AND statement = q) THEN
+    RETURN;
+  END IF;
+  SELECT string_agg(DISTINCT object_identity, ', ') INTO objects
+    FROM pg_event_trigger_ddl_commands();
+  IF pgseal_ddl.statement_count(q) > 1 THEN
+    verdict := 'the query string holds several statements: replaying it would repeat the others';
+  ELSIF tg_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+    verdict := 'its rows come from a query, which the target would run on its own data';
+  ELSIF tg_tag = 'ALTER TABLE' AND q ~* '\mTYPE\M' AND q ~* '\mUSING\M' THEN
+    verdict := 'ALTER ... TYPE ... USING rewrites every row with an expression';
+  ELSIF tg_tag = 'ALTER TABLE' AND q ~* '\mADD\M' AND EXISTS (
+      SELECT 1 FROM pg_event_trigger_ddl_commands() e
+      JOIN pg_attribute a ON a.attrelid = e.objid AND a.attnum > 0 AND NOT a.attisdropped
+      LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+      WHERE e.classid = 'pg_class'::regclass
+        AND position(lower(a.attname::text) IN lower(q)) > 0
+        AND (a.attidentity <> '' OR {varies})) THEN
+    verdict := 'a column added with a default that is not immutable (or an identity, or a serial) gets values computed on the target, unlike the source''s rows';
+  END IF;
+  INSERT INTO pgseal_ddl.statements (command_tag, object_identity, search_path, statement, verdict)
+  VALUES (tg_tag, objects, current_setting('search_path'), q, verdict);
+END $f$;
+"#;
+
+/// The target's replay trigger.
+const REPLAY: &str = r#"
+CREATE OR REPLACE FUNCTION pgseal_ddl.replay() RETURNS trigger
+LANGUAGE plpgsql AS $f$
+DECLARE
+  chosen text;
+  stmt text := NEW.statement;
+BEGIN
+  SELECT decision INTO chosen FROM pgseal_ddl.decisions WHERE id = NEW.id;
+  IF chosen IS NOT NULL THEN
+    RETURN NEW;
+  END IF;
+  IF NEW.verdict IS NOT NULL THEN
+    RAISE EXCEPTION 'pgseal: captured DDL % (%) is not replayed: %', NEW.id, NEW.command_tag, NEW.verdict
+      USING HINT = format('apply it on the target by hand, then `pgseal migrate ddl MIGRATION --apply %s`; or `--skip %s` to leave it out', NEW.id, NEW.id);
+  END IF;
+  -- The apply worker runs in a transaction: no CONCURRENTLY there.
+  IF NEW.command_tag IN ('CREATE INDEX', 'DROP INDEX', 'REINDEX') THEN
+    stmt := regexp_replace(stmt, '\mCONCURRENTLY\M', '', 'gi');
+  END IF;
+  PERFORM set_config('search_path', NEW.search_path, true);
+  EXECUTE stmt;
+  RETURN NEW;
+END $f$;
+DROP TRIGGER IF EXISTS replay ON pgseal_ddl.statements;
+CREATE TRIGGER replay BEFORE INSERT ON pgseal_ddl.statements
+  FOR EACH ROW EXECUTE FUNCTION pgseal_ddl.replay();
+ALTER TABLE pgseal_ddl.statements ENABLE ALWAYS TRIGGER replay;
+"#;
+
+/// Whether the connected role may create event triggers (a superuser).
+pub async fn capture_possible(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Installs the capture in the connected (source) database, idempotently. False (and
+/// nothing made) when the role cannot create event triggers.
+pub async fn install_capture(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    if !capture_possible(client).await? {
+        return Ok(false);
+    }
+    let capture = CAPTURE.replace("{varies}", &varies_sql("pg_get_expr(d.adbin, d.adrelid)"));
+    client
+        .batch_execute(&format!("{TABLE}{STATEMENT_COUNT}{capture}"))
+        .await?;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_event_trigger WHERE evtname = $1",
+            &[&EVENT_TRIGGER],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!(
+                "CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end \
+                 EXECUTE FUNCTION pgseal_ddl.capture()"
+            ))
+            .await?;
+    }
+    Ok(true)
+}
+
+/// Makes the connected target database replay what arrives in the capture table (and
+/// capture nothing itself); a no-op where the source had no capture.
+pub async fn install_replay(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    if !installed(client).await? {
+        return Ok(false);
+    }
+    client
+        .batch_execute(&format!(
+            "ALTER EVENT TRIGGER {EVENT_TRIGGER} DISABLE; {REPLAY}"
+        ))
+        .await?;
+    Ok(true)
+}
+
+/// Whether the connected database has the capture table.
+pub async fn installed(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'pgseal_ddl' AND c.relname = 'statements'",
+            &[],
+        )
+        .await?
+        .is_some())
+}
+
+/// Removes the event trigger and the capture schema from the connected database. True
+/// when there was something to remove.
+pub async fn remove(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let had = installed(client).await?
+        || client
+            .query_opt(
+                "SELECT 1 FROM pg_event_trigger WHERE evtname = $1",
+                &[&EVENT_TRIGGER],
+            )
+            .await?
+            .is_some();
+    client
+        .batch_execute(&format!(
+            "DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER}; DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
+        ))
+        .await?;
+    Ok(had)
+}
+
+/// One captured statement.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Captured {
+    /// Its number, in capture order.
+    pub id: i64,
+    /// Its command tag (`ALTER TABLE`, ...).
+    pub command_tag: String,
+    /// The objects it made or changed, as PostgreSQL names them.
+    pub object_identity: Option<String>,
+    /// Its text as the client sent it.
+    pub statement: String,
+    /// Why it is not replayed by itself, if it is not.
+    pub verdict: Option<String>,
+}
+
+/// The statements captured in the connected (source) database, oldest first.
+pub async fn captured(client: &Client) -> Result<Vec<Captured>, tokio_postgres::Error> {
+    if !installed(client).await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT id, command_tag, object_identity, statement, verdict \
+             FROM pgseal_ddl.statements ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Captured {
+            id: r.get(0),
+            command_tag: r.get(1),
+            object_identity: r.get(2),
+            statement: r.get(3),
+            verdict: r.get(4),
+        })
+        .collect())
+}
+
+/// The ids the connected target database has applied (the rows that arrived) and the
+/// user's decisions by id.
+pub async fn applied(
+    client: &Client,
+) -> Result<
+    (
+        std::collections::BTreeSet<i64>,
+        std::collections::BTreeMap<i64, String>,
+    ),
+    tokio_postgres::Error,
+> {
+    if !installed(client).await? {
+        return Ok(Default::default());
+    }
+    let arrived = client
+        .query("SELECT id FROM pgseal_ddl.statements", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let decided = client
+        .query("SELECT id, decision FROM pgseal_ddl.decisions", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok((arrived, decided))
+}
+
+/// Records the user's `decision` (`skip` or `applied`) on statement `id` in the connected
+/// target database.
+pub async fn decide(client: &Client, id: i64, decision: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO pgseal_ddl.decisions (id, decision) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET decision = EXCLUDED.decision, decided_at = now()",
+            &[&id, &decision],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Tables publication `publication` publishes on the source (`source`) that subscription
+/// `subscription` on the target (`target`) does not know yet: tables created on the
+/// source since, whose rows come only once the subscription is refreshed.
+pub async fn unsubscribed(
+    source: &Client,
+    target: &Client,
+    publication: &str,
+    subscription: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let published = crate::replication::published_tables(source, publication).await?;
+    let known: std::collections::BTreeSet<String> = target
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_subscription_rel r \
+             JOIN pg_subscription s ON s.oid = r.srsubid \
+             JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE s.subname = $1",
+            &[&subscription],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(published
+        .into_iter()
+        .filter(|t| !known.contains(t))
+        .collect())
+}
+
+/// Makes subscription `subscription` learn of the publication's new tables, copying
+/// their rows (then streaming them: nothing is lost or doubled).
+pub async fn refresh(target: &Client, subscription: &str) -> Result<(), tokio_postgres::Error> {
+    target
+        .batch_execute(&format!(
+            "ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = true)",
+            crate::replication::quote_ident(subscription)
+        ))
+        .await
+}
