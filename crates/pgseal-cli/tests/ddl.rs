@@ -223,6 +223,21 @@ fn a_default_the_target_cannot_reproduce_stops_the_apply_until_the_user_applies_
     let validated = h.json(&["migrate", "validate", "d2"]);
     assert_eq!(validated["clean"], true, "{validated}");
 
+    // DDL run inside a DO block, and a query string of two statements: captured once
+    // each, with why they are not replayed.
+    src.exec("DO $$ BEGIN EXECUTE 'CREATE TABLE in_do (id int)'; END $$");
+    src.exec("CREATE TABLE two_a (id int); CREATE TABLE two_b (id int)");
+    let listed = h.json(&["migrate", "ddl", "d2"]);
+    let verdicts: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["verdict"].as_str())
+        .collect();
+    assert_eq!(verdicts.len(), 3, "{listed}");
+    assert!(verdicts[1].contains("inside another statement"), "{listed}");
+    assert!(verdicts[2].contains("several statements"), "{listed}");
+
     // Abort leaves no capture on the source (the target goes with its instance).
     h.ok(&["migrate", "abort", "d2"]);
     assert_eq!(capture_objects(&src), 0);

@@ -6,8 +6,9 @@
 //!   command tag, objects and `search_path` into `pgseal_ddl.statements`, a table that is
 //!   itself published: the row travels in the same transaction, in WAL order, as the data
 //!   around it. A statement that cannot be replayed safely gets a `verdict` saying why
-//!   (several statements in one query string, rows computed by a query, a rewrite `USING`
-//!   an expression, a column added with a default that is not immutable or an identity).
+//!   (several statements in one query string, DDL run inside a function or a `DO` block,
+//!   rows computed by a query, a rewrite `USING` an expression, a column added with a
+//!   default that is not immutable or an identity, privileges and tablespaces).
 //!   Publications and subscriptions are each server's own and are not captured.
 //! - On the target, an `ENABLE ALWAYS` trigger on that table replays each arriving
 //!   statement inside the apply worker's transaction, so it is applied exactly once (the
@@ -117,6 +118,10 @@ BEGIN
     FROM pg_event_trigger_ddl_commands();
   IF pgseal_ddl.statement_count(q) > 1 THEN
     verdict := 'the query string holds several statements: replaying it would repeat the others';
+  ELSIF upper(substring(q FROM '^\s*([A-Za-z]+)')) IS DISTINCT FROM split_part(tg_tag, ' ', 1) THEN
+    verdict := 'it ran inside another statement (a function, a DO block): replaying that would repeat all it did';
+  ELSIF tg_tag IN ('GRANT', 'REVOKE', 'ALTER DEFAULT PRIVILEGES') OR q ~* '\mTABLESPACE\M' THEN
+    verdict := 'it touches roles'' privileges or a tablespace, which the target has its own of: check them there';
   ELSIF tg_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
     verdict := 'its rows come from a query, which the target would run on its own data';
   ELSIF tg_tag = 'ALTER TABLE' AND q ~* '\mTYPE\M' AND q ~* '\mUSING\M' THEN
