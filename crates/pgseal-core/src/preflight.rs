@@ -311,11 +311,19 @@ where
     }
 
     // DDL during the migration is carried only where an event trigger can capture it.
-    if !is_super && wanted.strategy == Strategy::Snapshot {
+    let no_capture = match wanted.strategy {
+        Strategy::Snapshot if !is_super => Some(format!(
+            "role {user} cannot create event triggers (superuser only)"
+        )),
+        Strategy::Snapshot => None,
+        Strategy::FullLoad => Some("the full-load strategy does not capture DDL yet".into()),
+        Strategy::BlueGreen => None, // AWS's own replication; blue/green documents its DDL rules
+    };
+    if let Some(why) = no_capture {
         findings.push(warning(
             "ddl_capture",
-            format!("role {user} cannot create event triggers (superuser only): DDL run on the source during the migration is not carried to the target"),
-            "avoid schema changes until cutover, or migrate as a superuser; `pgseal migrate status` shows any drift with the statements that repair it".into(),
+            format!("{why}: DDL run on the source during the migration is not carried to the target"),
+            "avoid schema changes until cutover; `pgseal migrate status` shows any drift with the statements that repair it".into(),
         ));
     }
 
