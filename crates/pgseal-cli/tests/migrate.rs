@@ -359,8 +359,12 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // 3. DDL on the source is drift, with the statement for the target.
-    src.exec("ALTER TABLE items ADD COLUMN note text");
+    // 3. DDL the capture did not see (run as replication would, which fires no event
+    // trigger) is drift, with the statement for the target. Captured DDL: tests/ddl.rs.
+    src.exec(
+        "SET session_replication_role = replica; ALTER TABLE items ADD COLUMN note text; \
+         SET session_replication_role = origin",
+    );
     let status = h.json(&["migrate", "status", "s1"]);
     let drift = status["replication"]["streams"][0]["schema"]["drift"]
         .as_array()

@@ -492,7 +492,9 @@ impl<'a, P: Platform> Engine<'a, P> {
             let identity_changed = self.replica_identity(&client, s).await?;
             // DDL is captured from before the slot on (see pgseal_pg::ddl): what comes
             // before the slot is in the snapshot, what comes after streams to the target.
-            if self.spec.strategy == Strategy::Snapshot {
+            // Only a publication of every table carries the capture table (and a scope
+            // narrowed to tables would replay DDL of tables it does not carry).
+            if self.spec.strategy == Strategy::Snapshot && self.spec.tables.is_none() {
                 self.journal.add_resource(
                     &self.spec.name,
                     DDL_CAPTURE,

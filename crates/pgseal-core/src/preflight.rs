@@ -312,6 +312,9 @@ where
 
     // DDL during the migration is carried only where an event trigger can capture it.
     let no_capture = match wanted.strategy {
+        Strategy::Snapshot if input.tables.is_some() => {
+            Some("a migration narrowed to tables does not capture DDL".to_string())
+        }
         Strategy::Snapshot if !is_super => Some(format!(
             "role {user} cannot create event triggers (superuser only)"
         )),
