@@ -125,6 +125,24 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
 
     let validated = h.json(&["migrate", "validate", "d1"]);
     assert_eq!(validated["clean"], true, "{validated}");
+    // DDL after the validation rewrote rows no change log saw: validate again first.
+    src.exec("ALTER TABLE t ADD COLUMN extra int DEFAULT 1");
+    let dry = h.run(&[
+        "migrate",
+        "cutover",
+        "d1",
+        "--endpoint",
+        "src-ep",
+        "--dry-run",
+    ]);
+    assert_eq!(dry.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(
+        text.contains("DDL ran on the source since the last validation"),
+        "{text}"
+    );
+    let validated = h.json(&["migrate", "validate", "d1"]);
+    assert_eq!(validated["clean"], true, "{validated}");
     h.ok(&["migrate", "cutover", "d1", "--endpoint", "src-ep"]);
     let processed = pgbench_processed(bench);
     // pgbench's own count is on the target, every balance matching its history.

@@ -449,8 +449,21 @@ async fn check<P: Platform, S: Switch>(
         )),
         // The final check compares only rows the target's change log names: without the
         // log (an earlier cutover that failed after dropping it), it would compare nothing.
-        Some(_) if st.migration.phase == Phase::Replicating => {
+        Some(last) if st.migration.phase == Phase::Replicating => {
             for s in streams_of(journal, name)? {
+                // DDL rewrites rows without the change log seeing them.
+                let source = connect_source_db(platform, &st.migration.spec, &s.database).await?;
+                let now = pgseal_pg::ddl::last_id(&source)
+                    .await
+                    .map_err(sql("source", "reading the captured DDL"))?;
+                let seen = last["ddl_seen"][&s.database].as_i64().unwrap_or(0);
+                if now > seen {
+                    failed.push(format!(
+                        "{}: DDL ran on the source since the last validation (captured statements {}..={now}, `pgseal migrate ddl {name}`); `pgseal migrate validate {name}` again",
+                        s.database,
+                        seen + 1
+                    ));
+                }
                 let target = connect_to(platform, &st.migration.spec.target, &s.database, "target").await?;
                 if !crate::validate::change_log_present(&target).await? {
                     failed.push(format!(

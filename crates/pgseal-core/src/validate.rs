@@ -180,6 +180,9 @@ pub struct ValidationReport {
     /// Per database, the target's change log position when this pass began: the
     /// cutover's final check re-verifies only rows changed after it.
     pub horizons: std::collections::BTreeMap<String, i64>,
+    /// Per database, the last DDL statement captured on the source when this pass began:
+    /// a cutover after later DDL (which rewrites rows no change log sees) wants a new pass.
+    pub ddl_seen: std::collections::BTreeMap<String, i64>,
 }
 
 impl ValidationReport {
@@ -1179,10 +1182,17 @@ pub async fn validate<P: Platform>(
     let started = Instant::now();
     let mut reports = Vec::new();
     let mut horizons = std::collections::BTreeMap::new();
+    let mut ddl_seen = std::collections::BTreeMap::new();
     let mut targets = Vec::new();
     for stream in &scope {
         let db = &stream.database;
         let source = connect_source_db(platform, &spec, db).await?;
+        ddl_seen.insert(
+            db.clone(),
+            pgseal_pg::ddl::last_id(&source)
+                .await
+                .map_err(sql("source", "reading the captured DDL"))?,
+        );
         let target = connect_to(platform, &target_name, db, "target").await?;
         for (client, role) in [(&source, "source"), (&target, "target")] {
             client
@@ -1270,6 +1280,7 @@ pub async fn validate<P: Platform>(
         source_lock_max_ms: reports.iter().map(|r| r.source_lock_ms).fold(0.0, f64::max),
         tables: reports,
         horizons,
+        ddl_seen,
     };
     // Rows changed before this pass began were covered by it.
     for (stream, target) in streams.iter().zip(&targets) {

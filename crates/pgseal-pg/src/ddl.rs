@@ -254,6 +254,21 @@ pub async fn remove(client: &Client) -> Result<bool, tokio_postgres::Error> {
     Ok(had)
 }
 
+/// The number of the last statement captured in the connected (source) database; 0 when
+/// none was (or the capture is not installed).
+pub async fn last_id(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    if !installed(client).await? {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one(
+            "SELECT coalesce(max(id), 0) FROM pgseal_ddl.statements",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 /// One captured statement.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Captured {

@@ -111,7 +111,12 @@ pub fn green_instance(journal: &Journal, name: &str) -> Result<String, EngineErr
             "the journal's green_ready of {name} names no green resource"
         ))
     })?;
-    Ok(target.rsplit(':').next().unwrap_or(target).to_string())
+    Ok(arn_tail(target).to_string())
+}
+
+/// The identifier at the end of an ARN (`arn:aws:rds:...:db:prod` → `prod`).
+fn arn_tail(arn: &str) -> &str {
+    arn.rsplit(':').next().unwrap_or(arn)
 }
 
 /// `cutover` of a blue/green migration: refused unless the last validation of green
@@ -263,9 +268,7 @@ pub async fn cleanup<P: Platform>(
 /// The old blue of a blue/green migration that was switched over (the platform renamed
 /// it, e.g. `prod-old1`), as its cutover recorded it.
 pub fn old_blue(journal: &Journal, name: &str) -> Result<Option<String>, EngineError> {
-    Ok(journal.outputs(name, Step::Cutover)?.and_then(|o| {
-        o["old_blue"]
-            .as_str()
-            .map(|arn| arn.rsplit(':').next().unwrap_or(arn).to_string())
-    }))
+    Ok(journal
+        .outputs(name, Step::Cutover)?
+        .and_then(|o| o["old_blue"].as_str().map(|arn| arn_tail(arn).to_string())))
 }
