@@ -1615,6 +1615,7 @@ mod tests {
             clean: false,
             source_lock_max_ms: 0.0,
             horizons: Default::default(),
+            ddl_seen: Default::default(),
         };
         let kept = serde_json::to_value(report.journaled()).unwrap();
         let text = kept.to_string();
