@@ -44,12 +44,17 @@ pub struct Column {
 }
 
 impl Column {
+    /// Its type with its collation, as `ADD COLUMN` and `ALTER COLUMN ... TYPE` take them.
+    pub fn typed(&self) -> String {
+        match &self.collation {
+            Some(c) => format!("{} COLLATE {c}", self.data_type),
+            None => self.data_type.clone(),
+        }
+    }
+
     /// The column's definition as `ADD COLUMN` takes it, after the name.
     pub fn definition(&self) -> String {
-        let mut def = self.data_type.clone();
-        if let Some(c) = &self.collation {
-            def.push_str(&format!(" COLLATE {c}"));
-        }
+        let mut def = self.typed();
         if let Some(g) = &self.generated {
             def.push_str(&format!(" GENERATED ALWAYS AS ({g}) STORED"));
         } else if let Some(d) = &self.default {
@@ -276,17 +281,13 @@ pub fn drift(source: &Definitions, target: &Definitions, subscription: &str) -> 
                 );
                 if c.default_varies || c.identity.is_some() {
                     found.caution = Some(format!(
-                        "its {} gives each existing row a value computed on the target, not the source's: add the column without it (ALTER TABLE {t} ADD COLUMN {col} {}{};), copy the source's values into the existing rows, then set the default (or identity) as the source has it",
+                        "its {} gives each existing row a value computed on the target, not the source's: add the column without it (ALTER TABLE {t} ADD COLUMN {col} {};), copy the source's values into the existing rows, then set the default (or identity) as the source has it",
                         if c.identity.is_some() {
                             "identity"
                         } else {
                             "default is not immutable and"
                         },
-                        c.data_type,
-                        c.collation
-                            .as_ref()
-                            .map(|x| format!(" COLLATE {x}"))
-                            .unwrap_or_default(),
+                        c.typed(),
                     ));
                 }
                 out.push(found);
@@ -312,32 +313,16 @@ pub fn drift(source: &Definitions, target: &Definitions, subscription: &str) -> 
 fn column_changes(table: &str, t: &str, c: &Column, d: &Column) -> Vec<Drift> {
     let col = quote_ident(&c.name);
     let mut out = Vec::new();
-    if (&c.data_type, &c.collation) != (&d.data_type, &d.collation) {
-        let collate = c
-            .collation
-            .as_ref()
-            .map(|x| format!(" COLLATE {x}"))
-            .unwrap_or_default();
+    if c.typed() != d.typed() {
         out.push(drift_of(
             table,
             format!(
-                "column {} is {}{} on the source, {}{} on the target",
+                "column {} is {} on the source, {} on the target",
                 c.name,
-                c.data_type,
-                c.collation
-                    .as_deref()
-                    .map(|x| format!(" COLLATE {x}"))
-                    .unwrap_or_default(),
-                d.data_type,
-                d.collation
-                    .as_deref()
-                    .map(|x| format!(" COLLATE {x}"))
-                    .unwrap_or_default(),
+                c.typed(),
+                d.typed()
             ),
-            format!(
-                "ALTER TABLE {t} ALTER COLUMN {col} TYPE {}{collate};",
-                c.data_type
-            ),
+            format!("ALTER TABLE {t} ALTER COLUMN {col} TYPE {};", c.typed()),
         ));
     }
     if c.generated != d.generated {
