@@ -10,8 +10,8 @@
 //! endpoint at RATE tx/s for the whole round; start, cutover and rollback as above;
 //! `workload verify` on the source (which holds the writes after the rollback); `migrate
 //! cleanup`; then a scan for what should be gone: replication slots, publications,
-//! subscriptions and replication origins on the source, fenced databases, the abandoned
-//! target instance, snapshots.
+//! subscriptions and replication origins on the source, the DDL capture (event trigger
+//! and schema), fenced databases, the abandoned target instance, snapshots.
 //!
 //! A calibration round without faults first measures how long each command takes; the
 //! kill moments are drawn uniformly over those durations.
@@ -435,6 +435,15 @@ impl Soak<'_> {
             let n = count(db, "SELECT count(*) FROM pg_publication")?;
             if n > 0 {
                 found.push(format!("publications in {db}: {n}"));
+            }
+            // The DDL capture: its event trigger and schema.
+            let n = count(
+                db,
+                "SELECT (SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pgseal%') \
+                      + (SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgseal%')",
+            )?;
+            if n > 0 {
+                found.push(format!("DDL capture objects in {db}: {n}"));
             }
         }
         Ok(found)
