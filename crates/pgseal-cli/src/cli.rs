@@ -619,9 +619,10 @@ A table made on the source is then subscribed (`pgseal migrate status` refreshes
 subscription, copying its rows).
 
 Statements that cannot be replayed as they are (several statements in one query string,
-CREATE TABLE AS, ALTER ... TYPE ... USING, a column added with a default that is not
-immutable such as now() or random(), or an identity) stop the target's apply with an
-error naming them. Then either apply the statement on the target yourself, so that the
+DDL run inside a function or a DO block, CREATE TABLE AS, ALTER ... TYPE ... USING, a
+column added with a default that is not immutable such as now() or random() or with an
+identity, GRANT/REVOKE and tablespaces) stop the target's apply with an error naming
+them. Then either apply the statement on the target yourself, so that the
 target's rows match the source's, and say so with --apply ID; or leave it out with
 --skip ID. The apply goes on within seconds; the decision is journaled.
 
