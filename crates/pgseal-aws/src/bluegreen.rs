@@ -32,6 +32,16 @@ pub fn arn_id(arn: &str) -> &str {
     arn.rsplit(':').next().unwrap_or(arn)
 }
 
+/// The ARNs of `deployment`'s green resources: each member's green twin and the green
+/// target, once each.
+fn green_arns(deployment: &BlueGreen) -> Vec<&str> {
+    let mut arns: Vec<&str> = deployment.members.iter().map(|(_, g)| g.as_str()).collect();
+    arns.extend(deployment.target.as_deref());
+    arns.sort_unstable();
+    arns.dedup();
+    arns
+}
+
 fn from_sdk(d: &BlueGreenDeployment) -> BlueGreen {
     BlueGreen {
         id: d
@@ -279,12 +289,8 @@ impl AwsPlatform {
         deployment: &BlueGreen,
         key_arn: &str,
     ) -> Result<Vec<GreenResource>> {
-        let mut arns: Vec<&str> = deployment.members.iter().map(|(_, g)| g.as_str()).collect();
-        arns.extend(deployment.target.as_deref());
-        arns.sort_unstable();
-        arns.dedup();
         let mut found = Vec::new();
-        for arn in arns {
+        for arn in green_arns(deployment) {
             let id = arn_id(arn);
             let described = match self.settings.flavor {
                 Flavor::Aurora if arn.contains(":cluster:") => {
@@ -350,11 +356,10 @@ impl AwsPlatform {
             return Ok(());
         };
         let greens: Vec<String> = if delete_target {
-            let mut arns: Vec<String> = deployment.members.iter().map(|(_, g)| g.clone()).collect();
-            arns.extend(deployment.target.clone());
-            arns.sort_unstable();
-            arns.dedup();
-            arns.iter().map(|a| arn_id(a).to_string()).collect()
+            green_arns(&deployment)
+                .into_iter()
+                .map(|a| arn_id(a).to_string())
+                .collect()
         } else {
             Vec::new()
         };
