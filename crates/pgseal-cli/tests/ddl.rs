@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The capture's objects in a database: the event trigger and the schema.
+/// The capture's objects in a database: the event triggers and the schema.
 fn capture_objects(sql: &Sql) -> i64 {
     sql.count(
-        "SELECT (SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgseal_ddl_capture') \
+        "SELECT (SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pgseal\\_ddl%') \
               + (SELECT count(*) FROM pg_namespace WHERE nspname = 'pgseal_ddl')",
     )
 }
@@ -63,6 +63,8 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     src.exec("ALTER TABLE r RENAME COLUMN old_name TO new_name");
     src.exec("INSERT INTO r VALUES (2, 'y')");
     src.exec("DROP TABLE unused");
+    // A session's temporary table is its own: not carried, nothing stops.
+    src.exec("CREATE TEMP TABLE scratch (id int); DROP TABLE scratch");
     src.exec("INSERT INTO newt VALUES (501, 'late')");
 
     wait_for(&h, "d1", "the new table's rows", |tgt| {

@@ -122,6 +122,9 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
         );
     }
 
+    // DDL on 15 replayed on 17, with the rows that depend on it.
+    app.exec("ALTER TABLE notes ADD COLUMN stars int NOT NULL DEFAULT 3");
+    app.exec("INSERT INTO notes VALUES ('new', 'five stars', 5)");
     // Changes to every kind of table while it replicates.
     app.exec(
         "UPDATE notes SET body = 'changed' WHERE author = 'a1'; \
@@ -144,7 +147,12 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
         dst_app.text(
             "SELECT count(*) || ' ' || (SELECT body FROM notes WHERE author = 'a1') FROM notes"
         ),
-        "299 changed"
+        "300 changed"
+    );
+    assert_eq!(
+        dst_app.text("SELECT sum(stars) || ' ' || count(*) FILTER (WHERE stars = 3) FROM notes"),
+        "902 299",
+        "the column added on 15 with its default, and the row written after it"
     );
     assert_eq!(
         dst_app.count("SELECT count(*) FROM events_low WHERE id IN (99)")
@@ -216,11 +224,51 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
     ];
     let first = h.run_env(("PGSEAL_FAILPOINT", points[0]), &start);
     assert_crashed(&first, points[0]);
+    // DDL is held from before the slot until the copy and its indexes are done: it would
+    // race the tables' copy. Temporary tables pass.
+    let src = h.sql("src", "postgres");
+    let held = "ALTER TABLE pgbench_branches ADD COLUMN region text NOT NULL DEFAULT 'eu'";
     for point in &points[1..] {
+        let refused = src.refused(held);
+        assert!(
+            refused.contains("is held in this database while migration f1 copies its tables"),
+            "{refused}"
+        );
         let out = h.run_env(("PGSEAL_FAILPOINT", point), &["migrate", "resume", "f1"]);
         assert_crashed(&out, point);
     }
+    src.exec("CREATE TEMP TABLE scratch (id int); DROP TABLE scratch");
     h.ok(&["migrate", "resume", "f1"]);
+    // From then on DDL is carried, in order with the rows that depend on it.
+    src.exec(held);
+    src.exec("UPDATE pgbench_branches SET region = 'us' WHERE bid = 1");
+    src.exec("CREATE TABLE added (id int PRIMARY KEY, note text)");
+    src.exec("INSERT INTO added SELECT g, 'n' || g FROM generate_series(1, 300) g");
+    src.exec("DROP INDEX \"odd index\"");
+    let dst = h.sql("src-enc", "postgres");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dst.count("SELECT count(*) FROM pg_class WHERE relname = 'added'") == 0
+        || dst.count("SELECT count(*) FROM added") < 300
+    {
+        let status = h.json(&["migrate", "status", "f1"]);
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        dst.text("SELECT string_agg(bid || region, ',' ORDER BY bid) FROM pgbench_branches"),
+        "1us,2eu"
+    );
+    let listed = h.json(&["migrate", "ddl", "f1"]);
+    assert_eq!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["state"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["applied"; 3],
+        "{listed}"
+    );
     let status = h.json(&["migrate", "status", "f1"]);
     assert_eq!(status["migration"]["phase"], "replicating", "{status}");
     assert_eq!(server_major(&h.sql("src-enc", "postgres")), 15);
@@ -243,6 +291,9 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
     h.ok(&["migrate", "cutover", "f1", "--on-switch", "true"]);
     let run = writes.finish();
     assert_all_landed(&h, "src-enc", &ledger, &run);
+    assert_eq!(dst.count("SELECT count(*) FROM added"), 300);
+    h.ok(&["migrate", "cleanup", "f1"]);
+    assert_eq!(dst.pgseal_everything(), 0);
 }
 
 #[test]

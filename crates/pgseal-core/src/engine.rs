@@ -491,10 +491,11 @@ impl<'a, P: Platform> Engine<'a, P> {
             let client = self.source_db(&s.database).await?;
             let identity_changed = self.replica_identity(&client, s).await?;
             // DDL is captured from before the slot on (see pgseal_pg::ddl): what comes
-            // before the slot is in the snapshot, what comes after streams to the target.
-            // Only a publication of every table carries the capture table (and a scope
-            // narrowed to tables would replay DDL of tables it does not carry).
-            if self.spec.strategy == Strategy::Snapshot && self.spec.tables.is_none() {
+            // before the slot is in the snapshot (or the full load's schema), what comes
+            // after streams to the target. Only a publication of every table carries the
+            // capture table (and a scope narrowed to tables would replay DDL of tables it
+            // does not carry). A full load holds DDL until its tables are copied.
+            if self.spec.strategy != Strategy::BlueGreen && self.spec.tables.is_none() {
                 self.journal.add_resource(
                     &self.spec.name,
                     DDL_CAPTURE,
@@ -506,6 +507,14 @@ impl<'a, P: Platform> Engine<'a, P> {
                     format!("installing the DDL capture in {}", s.database),
                 ))? {
                     ddl_capture.push(s.database.clone());
+                }
+                if self.spec.strategy == Strategy::FullLoad {
+                    ddl::install_hold(&client, &self.spec.name)
+                        .await
+                        .map_err(Self::sql(
+                            "source",
+                            format!("holding DDL in {} during the copy", s.database),
+                        ))?;
                 }
             }
             self.journal

@@ -312,16 +312,22 @@ where
 
     // DDL during the migration is carried only where an event trigger can capture it.
     let no_capture = match wanted.strategy {
-        Strategy::Snapshot if input.tables.is_some() => {
+        Strategy::BlueGreen => None, // AWS's own replication; blue/green documents its DDL rules
+        _ if input.tables.is_some() => {
             Some("a migration narrowed to tables does not capture DDL".to_string())
         }
-        Strategy::Snapshot if !is_super => Some(format!(
+        _ if !is_super => Some(format!(
             "role {user} cannot create event triggers (superuser only)"
         )),
-        Strategy::Snapshot => None,
-        Strategy::FullLoad => Some("the full-load strategy does not capture DDL yet".into()),
-        Strategy::BlueGreen => None, // AWS's own replication; blue/green documents its DDL rules
+        Strategy::Snapshot | Strategy::FullLoad => None,
     };
+    if no_capture.is_none() && wanted.strategy == Strategy::FullLoad {
+        findings.push(warning(
+            "ddl_hold",
+            "DDL on the source is refused from the start until every table is copied and its indexes built (schema changes would race PostgreSQL's table copy); from then on it is captured and replayed on the target".into(),
+            "schedule schema changes after the copy; `pgseal migrate status` shows its progress".into(),
+        ));
+    }
     if let Some(why) = no_capture {
         findings.push(warning(
             "ddl_capture",

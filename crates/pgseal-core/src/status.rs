@@ -208,6 +208,15 @@ pub async fn status<P: Platform>(
                         if !fenced {
                             let db_source = connect_source_db(platform, &spec, &s.database).await?;
                             ddl = crate::ddl::entries(&s.database, &db_source, &target).await?;
+                            if pgseal_pg::ddl::held(&db_source)
+                                .await
+                                .map_err(sql("source", "looking for the DDL hold"))?
+                            {
+                                warnings.push(format!(
+                                    "DDL is refused in the source database {} until its tables are copied and their indexes built (`pgseal migrate resume {name}` goes on with the copy)",
+                                    s.database
+                                ));
+                            }
                             if migration.phase == Phase::Replicating {
                                 refreshed = crate::ddl::refresh_new_tables(
                                     &db_source, &target, &s.name, &s.name,

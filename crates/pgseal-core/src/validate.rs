@@ -1178,8 +1178,14 @@ pub async fn validate<P: Platform>(
     } else {
         scope.clone()
     };
+    // A pass over some tables adds to the last validation rather than replace it.
+    let previous = match tables {
+        Some(_) => journal.outputs(name, Step::Validate)?,
+        None => None,
+    };
     let run = journal.step_started(name, Step::Validate)?;
     let started = Instant::now();
+    let mut listed_by_db = std::collections::BTreeMap::new();
     let mut reports = Vec::new();
     let mut horizons = std::collections::BTreeMap::new();
     let mut ddl_seen = std::collections::BTreeMap::new();
@@ -1218,6 +1224,10 @@ pub async fn validate<P: Platform>(
             .into_iter()
             .filter(|t| t != "pgseal_ddl.decisions")
             .collect();
+        listed_by_db.insert(
+            db.clone(),
+            listed.iter().map(|t| qualified(t)).collect::<Vec<String>>(),
+        );
         let follower = if blue_green {
             Follower::Platform {
                 slots: platform_slots(&source).await?,
@@ -1282,20 +1292,39 @@ pub async fn validate<P: Platform>(
         horizons,
         ddl_seen,
     };
-    // Rows changed before this pass began were covered by it.
+    // Rows of the tables compared that changed before this pass began were covered by it;
+    // the other tables' changes stay for the cutover's final check.
     for (stream, target) in streams.iter().zip(&targets) {
-        target
-            .execute(
-                &format!("DELETE FROM {CHANGE_LOG} WHERE id <= $1"),
-                &[&report.horizons[&stream.database]],
-            )
-            .await
-            .map_err(sql("target", "trimming the change log"))?;
+        let horizon = report.horizons[&stream.database];
+        match tables {
+            None => {
+                target
+                    .execute(
+                        &format!("DELETE FROM {CHANGE_LOG} WHERE id <= $1"),
+                        &[&horizon],
+                    )
+                    .await
+            }
+            Some(_) => {
+                target
+                    .execute(
+                        &format!(
+                            "DELETE FROM {CHANGE_LOG} WHERE id <= $1 \
+                         AND tbl = ANY (SELECT to_regclass(t) FROM unnest($2::text[]) t)"
+                        ),
+                        &[&horizon, &listed_by_db[&stream.database]],
+                    )
+                    .await
+            }
+        }
+        .map_err(sql("target", "trimming the change log"))?;
     }
-    journal.step_done(
-        run,
-        &serde_json::to_value(report.journaled()).expect("a report serialises"),
-    )?;
+    let pass = serde_json::to_value(report.journaled()).expect("a report serialises");
+    let recorded = match tables {
+        Some(_) => merge_partial(previous.as_ref(), pass),
+        None => pass,
+    };
+    journal.step_done(run, &recorded)?;
     Ok(report)
 }
 
@@ -1434,6 +1463,65 @@ pub fn lets_cutover(outputs: &serde_json::Value) -> bool {
             t.iter()
                 .all(|t| t["state"] != "error" && t["state"] != "mismatched")
         })
+}
+
+/// The journal's record of a pass over some tables (`pass`), given the last validation
+/// (`previous`): the cutover goes by the record, so it keeps what no pass has covered
+/// since.
+/// - Tables the pass did not compare keep their earlier result (a mismatch found before
+///   still blocks the cutover); totals and `clean` are counted over all of them.
+/// - Each database's horizon stays the earlier pass's: the final check must still
+///   re-verify other tables' rows changed since then (the pass trimmed only its own).
+/// - `ddl_seen` stays the earlier pass's (0 without one): DDL may have changed tables the
+///   pass did not compare, so only a whole pass vouches for it.
+pub fn merge_partial(
+    previous: Option<&serde_json::Value>,
+    mut pass: serde_json::Value,
+) -> serde_json::Value {
+    use serde_json::Value;
+    let key = |t: &Value| (t["database"].to_string(), t["table"].to_string());
+    let compared: std::collections::BTreeSet<_> = pass["tables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(key)
+        .collect();
+    let mut tables: Vec<Value> = pass["tables"].as_array().cloned().unwrap_or_default();
+    if let Some(previous) = previous {
+        tables.extend(
+            previous["tables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| !compared.contains(&key(t)))
+                .cloned(),
+        );
+    }
+    let sum = |field: &str| tables.iter().filter_map(|t| t[field].as_i64()).sum::<i64>();
+    pass["rows"] = sum("rows").into();
+    pass["mismatched_rows"] = sum("mismatched_rows").into();
+    pass["clean"] = tables
+        .iter()
+        .all(|t| {
+            t["state"] == "validated"
+                || (t["state"] == "no_primary_key" && t["mismatched_rows"] == 0)
+        })
+        .into();
+    for field in ["horizons", "ddl_seen"] {
+        let earlier = previous.map(|p| p[field].clone()).unwrap_or(Value::Null);
+        if let Some(map) = pass[field].as_object_mut() {
+            for (db, value) in map.iter_mut() {
+                *value = match (field, earlier[db.as_str()].as_i64()) {
+                    (_, Some(v)) => v.into(),
+                    ("ddl_seen", None) => 0.into(),
+                    (_, None) => value.clone(),
+                };
+            }
+        }
+    }
+    pass["tables"] = tables.into();
+    pass["partial"] = true.into();
+    pass
 }
 
 /// Whether the target database holds the change log the final check reads.
@@ -1630,6 +1718,52 @@ mod tests {
         assert_eq!(kept["mismatched_rows"], 2);
         // What the command prints keeps everything.
         assert!(serde_json::to_string(&report).unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn a_pass_over_some_tables_keeps_what_it_did_not_cover() {
+        let table = |db: &str, t: &str, state: &str, mismatched: i64| serde_json::json!({"database": db, "table": t, "state": state, "rows": 10, "mismatched_rows": mismatched});
+        let previous = serde_json::json!({
+            "tables": [table("app", "public.a", "validated", 0), table("app", "public.b", "mismatched", 2)],
+            "rows": 20, "mismatched_rows": 2, "clean": false,
+            "horizons": {"app": 5}, "ddl_seen": {"app": 3},
+        });
+        // Only a again: b's mismatch still blocks, and the horizon and DDL mark stay.
+        let pass = serde_json::json!({
+            "tables": [table("app", "public.a", "validated", 0)],
+            "rows": 10, "mismatched_rows": 0, "clean": true,
+            "horizons": {"app": 9}, "ddl_seen": {"app": 4},
+        });
+        let merged = merge_partial(Some(&previous), pass);
+        assert_eq!(merged["tables"].as_array().unwrap().len(), 2);
+        assert_eq!(merged["mismatched_rows"], 2);
+        assert_eq!(merged["clean"], false);
+        assert!(!lets_cutover(&merged));
+        assert_eq!(merged["horizons"]["app"], 5);
+        assert_eq!(merged["ddl_seen"]["app"], 3);
+        // b compared again and equal now: the record is clean.
+        let pass = serde_json::json!({
+            "tables": [table("app", "public.b", "validated", 0)],
+            "rows": 10, "mismatched_rows": 0, "clean": true,
+            "horizons": {"app": 12}, "ddl_seen": {"app": 4},
+        });
+        let merged = merge_partial(Some(&merged), pass);
+        assert_eq!(
+            (merged["clean"].as_bool(), merged["rows"].as_i64()),
+            (Some(true), Some(20))
+        );
+        assert!(lets_cutover(&merged));
+        // A first pass over some tables vouches for no DDL.
+        let pass =
+            serde_json::json!({"tables": [], "horizons": {"app": 1}, "ddl_seen": {"app": 4}});
+        let merged = merge_partial(None, pass);
+        assert_eq!(
+            (
+                merged["horizons"]["app"].as_i64(),
+                merged["ddl_seen"]["app"].as_i64()
+            ),
+            (Some(1), Some(0))
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! migration captures each DDL statement on the source and replays it on the target at
 //! the same point of the stream.
 //!
-//! - On the source, an event trigger (`ddl_command_end`) writes each statement's text,
-//!   command tag, objects and `search_path` into `pgseal_ddl.statements`, a table that is
+//! - On the source, an event trigger (`ddl_command_end`, with `sql_drop` noting what a
+//!   DROP removed) writes each statement's text, command tag, objects and `search_path`
+//!   into `pgseal_ddl.statements`, a table that is
 //!   itself published: the row travels in the same transaction, in WAL order, as the data
 //!   around it. A statement that cannot be replayed safely gets a `verdict` saying why
 //!   (several statements in one query string, DDL run inside a function or a `DO` block,
@@ -16,6 +17,11 @@
 //!   with a verdict stops the apply worker with an error that names it and the choices;
 //!   `pgseal_ddl.decisions` records the user's choice (`skip`, or `applied` after doing it
 //!   by hand) and the next retry goes on.
+//!
+//! - A full load copies its tables with PostgreSQL's tablesync workers, which DDL would
+//!   race (a table's copy, then its changes from before the DDL applied onto the new
+//!   shape): the source holds DDL ([`install_hold`]) from before its slot until every
+//!   table is copied, and the replay is installed before the hold is lifted.
 //!
 //! Event triggers need a superuser; without one nothing is installed and the schema
 //! fingerprint comparison remains the only check ([`capture_possible`]).
@@ -30,6 +36,15 @@ pub const SCHEMA: &str = "pgseal_ddl";
 /// The source's event trigger.
 pub const EVENT_TRIGGER: &str = "pgseal_ddl_capture";
 
+/// The source's event trigger noting what a DROP removed (`sql_drop`).
+pub const DROP_TRIGGER: &str = "pgseal_ddl_drops";
+
+/// The source's event trigger holding DDL during a full load's initial copy.
+pub const HOLD_TRIGGER: &str = "pgseal_ddl_hold";
+
+/// Every event trigger pgseal makes, by the prefix of their names.
+const TRIGGER_PREFIX: &str = "pgseal_ddl_";
+
 /// Counts the statements of a query string, skipping quoted text, dollar-quoted bodies
 /// and comments (a string of several statements fires the event trigger once for each
 /// DDL statement in it, and replaying the string would repeat its other statements).
@@ -43,7 +58,15 @@ BEGIN
   WHILE i <= n LOOP
     c := substr(q, i, 1);
     IF state = 'code' THEN
-      IF c = '''' THEN state := 'single'; seen := true;
+      IF c = '''' THEN
+        seen := true;
+        -- E'...' takes backslash escapes (a \' inside does not end it).
+        IF i > 1 AND lower(substr(q, i - 1, 1)) = 'e'
+           AND (i = 2 OR substr(q, i - 2, 1) !~ '[A-Za-z0-9_$]') THEN
+          state := 'escaped';
+        ELSE
+          state := 'single';
+        END IF;
       ELSIF c = '"' THEN state := 'double'; seen := true;
       ELSIF substr(q, i, 2) = '--' THEN state := 'line';
       ELSIF substr(q, i, 2) = '/*' THEN state := 'block'; i := i + 1;
@@ -54,7 +77,15 @@ BEGIN
         IF seen THEN total := total + 1; seen := false; END IF;
       ELSIF c !~ '\s' THEN seen := true;
       END IF;
-    ELSIF state = 'single' THEN IF c = '''' THEN state := 'code'; END IF;
+    ELSIF state = 'single' THEN
+      IF c = '''' THEN
+        IF substr(q, i + 1, 1) = '''' THEN i := i + 1; ELSE state := 'code'; END IF;
+      END IF;
+    ELSIF state = 'escaped' THEN
+      IF c = '\' THEN i := i + 1;
+      ELSIF c = '''' THEN
+        IF substr(q, i + 1, 1) = '''' THEN i := i + 1; ELSE state := 'code'; END IF;
+      END IF;
     ELSIF state = 'double' THEN IF c = '"' THEN state := 'code'; END IF;
     ELSIF state = 'line' THEN IF c = E'\n' THEN state := 'code'; END IF;
     ELSIF state = 'block' THEN
@@ -98,13 +129,17 @@ LANGUAGE plpgsql AS $f$
 DECLARE
   q text := current_query();
   objects text;
+  dropped text;
   verdict text;
 BEGIN
   -- Replication plumbing (pgseal's own at cutover, too) belongs to each server.
   IF tg_tag ~ '^(CREATE|ALTER|DROP) (SUBSCRIPTION|PUBLICATION)$' THEN
     RETURN;
   END IF;
-  IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
+  -- What a DROP removed, as pgseal_ddl.dropped() noted it just before (sql_drop).
+  dropped := nullif(current_setting('pgseal_ddl.dropped', true), '');
+  PERFORM set_config('pgseal_ddl.dropped', '', true);
+  IF dropped = '-' OR EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
              WHERE schema_name IN ('pgseal_ddl', 'pgseal_validate')
                 OR schema_name LIKE 'pg\_temp%' OR in_extension) THEN
     RETURN;
@@ -116,6 +151,11 @@ BEGIN
   END IF;
   SELECT string_agg(DISTINCT object_identity, ', ') INTO objects
     FROM pg_event_trigger_ddl_commands();
+  -- `IF [NOT] EXISTS` that found nothing to do changed nothing to carry.
+  IF objects IS NULL AND dropped IS NULL AND q ~* '\mIF\s+(NOT\s+)?EXISTS\M' THEN
+    RETURN;
+  END IF;
+  objects := coalesce(objects, dropped);
   IF pgseal_ddl.statement_count(q) > 1 THEN
     verdict := 'the query string holds several statements: replaying it would repeat the others';
   ELSIF upper(substring(q FROM '^\s*([A-Za-z]+)')) IS DISTINCT FROM split_part(tg_tag, ' ', 1) THEN
@@ -137,6 +177,45 @@ BEGIN
   END IF;
   INSERT INTO pgseal_ddl.statements (command_tag, object_identity, search_path, statement, verdict)
   VALUES (tg_tag, objects, current_setting('search_path'), q, verdict);
+END $f$;
+
+-- sql_drop fires before ddl_command_end, and only there are the dropped objects known:
+-- it notes them for capture(), or '-' when they are temporary or pgseal's own (not
+-- carried: the target has no such temporary object, and pgseal's are each side's own).
+CREATE OR REPLACE FUNCTION pgseal_ddl.dropped() RETURNS event_trigger
+LANGUAGE plpgsql AS $f$
+DECLARE
+  noted text;
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects()
+             WHERE original AND (is_temporary
+                OR schema_name IN ('pgseal_ddl', 'pgseal_validate')
+                OR (object_type = 'schema' AND object_identity IN ('pgseal_ddl', 'pgseal_validate')))) THEN
+    noted := '-';
+  ELSE
+    SELECT string_agg(DISTINCT object_identity, ', ') INTO noted
+      FROM pg_event_trigger_dropped_objects() WHERE original;
+  END IF;
+  PERFORM set_config('pgseal_ddl.dropped', coalesce(noted, ''), true);
+END $f$;
+"#;
+
+/// The source's DDL hold while a full load's tables are copied (`{migration}`: the
+/// migration's name as a literal): DDL then would race the tablesync workers (a table's
+/// copy and the changes after it in the old shape, replayed onto the new), so it is
+/// refused with a message saying why and until when. Temporary tables, publications and
+/// pgseal's own sessions pass.
+const HOLD: &str = r#"
+CREATE OR REPLACE FUNCTION pgseal_ddl.hold() RETURNS event_trigger
+LANGUAGE plpgsql AS $f$
+BEGIN
+  IF tg_tag ~ '^(CREATE|ALTER|DROP) (SUBSCRIPTION|PUBLICATION)$'
+     OR current_setting('application_name') = 'pgseal'
+     OR current_query() ~* '^\s*CREATE\s+((GLOBAL|LOCAL)\s+)?TEMP(ORARY)?\s' THEN
+    RETURN;
+  END IF;
+  RAISE EXCEPTION 'pgseal: % is held in this database while migration % copies its tables', tg_tag, {migration}
+    USING HINT = format('schema changes race the initial copy; run it once `pgseal migrate status %s` shows the copy done (DDL is carried to the target from then on), or `pgseal migrate abort %s`', {migration}, {migration});
 END $f$;
 "#;
 
@@ -181,6 +260,17 @@ pub async fn capture_possible(client: &Client) -> Result<bool, tokio_postgres::E
         .get(0))
 }
 
+/// Whether the connected database has an event trigger named `name`.
+async fn event_trigger_exists(client: &Client, name: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_event_trigger WHERE evtname = $1",
+            &[&name],
+        )
+        .await?
+        .is_some())
+}
+
 /// Installs the capture in the connected (source) database, idempotently. False (and
 /// nothing made) when the role cannot create event triggers.
 pub async fn install_capture(client: &Client) -> Result<bool, tokio_postgres::Error> {
@@ -191,35 +281,84 @@ pub async fn install_capture(client: &Client) -> Result<bool, tokio_postgres::Er
     client
         .batch_execute(&format!("{TABLE}{STATEMENT_COUNT}{capture}"))
         .await?;
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_event_trigger WHERE evtname = $1",
-            &[&EVENT_TRIGGER],
-        )
-        .await?
-        .is_some();
-    if !exists {
+    for (name, event, function) in [
+        (DROP_TRIGGER, "sql_drop", "dropped"),
+        (EVENT_TRIGGER, "ddl_command_end", "capture"),
+    ] {
+        if !event_trigger_exists(client, name).await? {
+            client
+                .batch_execute(&format!(
+                    "CREATE EVENT TRIGGER {name} ON {event} EXECUTE FUNCTION pgseal_ddl.{function}()"
+                ))
+                .await?;
+        }
+    }
+    Ok(true)
+}
+
+/// Holds DDL in the connected (source) database while migration `migration` copies its
+/// tables (see [`HOLD`]), idempotently; false (nothing made) without the privilege.
+pub async fn install_hold(client: &Client, migration: &str) -> Result<bool, tokio_postgres::Error> {
+    if !capture_possible(client).await? {
+        return Ok(false);
+    }
+    let literal = crate::replication::quote_literal(migration);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {SCHEMA}; {}",
+            HOLD.replace("{migration}", &literal)
+        ))
+        .await?;
+    if !event_trigger_exists(client, HOLD_TRIGGER).await? {
         client
             .batch_execute(&format!(
-                "CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end \
-                 EXECUTE FUNCTION pgseal_ddl.capture()"
+                "CREATE EVENT TRIGGER {HOLD_TRIGGER} ON ddl_command_start EXECUTE FUNCTION pgseal_ddl.hold()"
             ))
             .await?;
     }
     Ok(true)
 }
 
+/// Lifts the DDL hold in the connected (source) database; true when there was one.
+pub async fn lift_hold(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let held = held(client).await?;
+    client
+        .batch_execute(&format!("DROP EVENT TRIGGER IF EXISTS {HOLD_TRIGGER}"))
+        .await?;
+    Ok(held)
+}
+
+/// Whether DDL is held in the connected database.
+pub async fn held(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    event_trigger_exists(client, HOLD_TRIGGER).await
+}
+
 /// Makes the connected target database replay what arrives in the capture table (and
-/// capture nothing itself); a no-op where the source had no capture.
+/// capture or hold nothing itself: its event triggers, copied with a snapshot, are
+/// disabled); a no-op where the source had no capture.
 pub async fn install_replay(client: &Client) -> Result<bool, tokio_postgres::Error> {
     if !installed(client).await? {
         return Ok(false);
     }
-    client
-        .batch_execute(&format!(
-            "ALTER EVENT TRIGGER {EVENT_TRIGGER} DISABLE; {REPLAY}"
-        ))
-        .await?;
+    let copied: Vec<String> = client
+        .query(
+            "SELECT evtname::text FROM pg_event_trigger WHERE starts_with(evtname, $1)",
+            &[&TRIGGER_PREFIX],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let disable: String = copied
+        .iter()
+        .map(|t| {
+            format!(
+                "ALTER EVENT TRIGGER {} DISABLE; ",
+                crate::replication::quote_ident(t)
+            )
+        })
+        .collect();
+    client.batch_execute(&format!("{disable}{REPLAY}")).await?;
     Ok(true)
 }
 
@@ -235,23 +374,35 @@ pub async fn installed(client: &Client) -> Result<bool, tokio_postgres::Error> {
         .is_some())
 }
 
-/// Removes the event trigger and the capture schema from the connected database. True
+/// Removes the event triggers and the capture schema from the connected database. True
 /// when there was something to remove.
 pub async fn remove(client: &Client) -> Result<bool, tokio_postgres::Error> {
-    let had = installed(client).await?
-        || client
-            .query_opt(
-                "SELECT 1 FROM pg_event_trigger WHERE evtname = $1",
-                &[&EVENT_TRIGGER],
+    let triggers: Vec<String> = client
+        .query(
+            "SELECT evtname::text FROM pg_event_trigger WHERE starts_with(evtname, $1)",
+            &[&TRIGGER_PREFIX],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let schema = client
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&SCHEMA])
+        .await?
+        .is_some();
+    let drops: String = triggers
+        .iter()
+        .map(|t| {
+            format!(
+                "DROP EVENT TRIGGER IF EXISTS {}; ",
+                crate::replication::quote_ident(t)
             )
-            .await?
-            .is_some();
+        })
+        .collect();
     client
-        .batch_execute(&format!(
-            "DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER}; DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
-        ))
+        .batch_execute(&format!("{drops}DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
         .await?;
-    Ok(had)
+    Ok(schema || !triggers.is_empty())
 }
 
 /// The number of the last statement captured in the connected (source) database; 0 when

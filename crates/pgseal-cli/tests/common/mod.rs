@@ -207,6 +207,16 @@ impl Sql {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// Runs `sql`, which must fail; returns the server's message and hint.
+    pub fn refused(&self, sql: &str) -> String {
+        let e = self
+            .runtime
+            .block_on(self.client.batch_execute(sql))
+            .expect_err(sql);
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
+        format!("{} ({})", db.message(), db.hint().unwrap_or_default())
+    }
+
     pub fn text(&self, sql: &str) -> String {
         self.runtime
             .block_on(self.client.query_one(sql, &[]))
@@ -231,12 +241,15 @@ impl Sql {
     }
 
     /// pgseal's slots, publications and subscriptions on this server (all databases'
-    /// slots; this database's publications and subscriptions).
+    /// slots; this database's publications and subscriptions), and this database's DDL
+    /// capture (event triggers, schema).
     pub fn pgseal_everything(&self) -> i64 {
         self.count(
             "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgseal%') \
                   + (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pgseal%') \
-                  + (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'pgseal%')",
+                  + (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'pgseal%') \
+                  + (SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pgseal%') \
+                  + (SELECT count(*) FROM pg_namespace WHERE nspname = 'pgseal_ddl')",
         )
     }
 

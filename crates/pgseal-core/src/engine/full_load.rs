@@ -12,6 +12,10 @@
 //! slot to where the main apply worker stands; the main apply worker applies a table's
 //! changes only past the point that table's sync ended (`should_apply_changes_for_rel`).
 //! So every change is either in a table's copy or applied after it, never both.
+//!
+//! DDL would race that (a table's copy, then its changes from before the DDL applied onto
+//! the new shape), so the source holds DDL from `prepare_source` until the post-data is
+//! built; then the target replays what the source captures (pgseal_pg::ddl).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -443,6 +447,8 @@ impl<P: Platform> Engine<'_, P> {
             .lines()
             .filter_map(|line| TocEntry::parse(line).map(|e| (line.to_string(), e)))
             .filter(|(_, e)| !(e.desc.starts_with("PUBLICATION") && e.tag.starts_with("pgseal_")))
+            // The DDL capture's event triggers are the source's (the target replays).
+            .filter(|(_, e)| !(e.desc == "EVENT TRIGGER" && e.tag.starts_with("pgseal_ddl_")))
             .collect();
         tracing::debug!(database, entries = entries.len(), "post-data entries");
         Ok(PostData { archive, entries })
@@ -721,17 +727,29 @@ impl<P: Platform> Engine<'_, P> {
             // copy among it) is not made again.
             let started = Instant::now();
             let built = self.build_entries(&s.database, &target, &post).await?;
+            // The schema is whole: DDL from now on streams to the target and is replayed
+            // there. The replay first, then the source's hold lifted (pgseal_pg::ddl);
+            // lifted before the post-data was built, a DROP of an index not built yet
+            // would stop the apply.
+            pgseal_pg::ddl::install_replay(&target)
+                .await
+                .map_err(Self::sql("target", "installing the DDL replay"))?;
+            let source = self.source_db(&s.database).await?;
+            let released = pgseal_pg::ddl::lift_hold(&source)
+                .await
+                .map_err(Self::sql("source", "lifting the DDL hold"))?;
             done.push(json!({
                 "database": s.database, "entries": built,
                 "already_there": post.entries.len() - built,
                 "seconds": started.elapsed().as_secs_f64(),
+                "ddl_released": released,
             }));
         }
         let entries: u64 = done.iter().filter_map(|d| d["entries"].as_u64()).sum();
         Ok((
             json!({ "databases": done }),
             format!(
-                "{entries} index(es), constraint(s), trigger(s) and other post-data entries built"
+                "{entries} index(es), constraint(s), trigger(s) and other post-data entries built; DDL on the source carried from here on"
             ),
         ))
     }
@@ -833,7 +851,7 @@ const TWO_WORD_DESCS: &[&str] = &[
 /// A table-level schema object by name: what it is, its schema, table and own name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ObjectIdentity {
-    /// `index`, `constraint`, `trigger`, `rule` or `policy`.
+    /// `index`, `constraint`, `trigger`, `rule`, `event trigger` or `policy`.
     kind: &'static str,
     schema: String,
     table: String,
@@ -866,7 +884,7 @@ impl TocEntry {
     }
 
     /// The object this entry makes, named from the source's catalog by its oid (indexes,
-    /// constraints, triggers, rules, policies); `None` for other entries.
+    /// constraints, triggers, rules, event triggers, policies); `None` for other entries.
     async fn identity_on(
         &self,
         source: &Client,
@@ -895,6 +913,11 @@ impl TocEntry {
                 "rule",
                 "SELECT n.nspname::text, c.relname::text, r.rulename::text FROM pg_rewrite r \
                  JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = $1",
+            ),
+            // pg_event_trigger
+            3466 => (
+                "event trigger",
+                "SELECT ''::text, ''::text, evtname::text FROM pg_event_trigger WHERE oid = $1",
             ),
             // pg_policy
             3256 => (
@@ -926,6 +949,10 @@ impl ObjectIdentity {
             "trigger" => {
                 "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
                  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = $3)"
+            }
+            "event trigger" => {
+                "SELECT EXISTS (SELECT 1 FROM pg_event_trigger \
+                 WHERE evtname = $3 AND $1::text IS NOT NULL AND $2::text IS NOT NULL)"
             }
             "rule" => {
                 "SELECT EXISTS (SELECT 1 FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
@@ -974,6 +1001,12 @@ mod tests {
         assert_eq!(
             (e.desc.as_str(), e.tag.as_str()),
             ("PUBLICATION", "pgseal_m1_5")
+        );
+        let e = TocEntry::parse("3400; 3466 16600 EVENT TRIGGER - pgseal_ddl_capture postgres")
+            .unwrap();
+        assert_eq!(
+            (e.catalog, e.desc.as_str(), e.tag.as_str()),
+            (3466, "EVENT TRIGGER", "pgseal_ddl_capture")
         );
         assert_eq!(TocEntry::parse(";"), None);
         assert_eq!(TocEntry::parse("; Archive created at 2026-12-02"), None);
