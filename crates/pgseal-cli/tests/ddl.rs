@@ -66,6 +66,22 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     // A session's temporary table is its own: not carried, nothing stops.
     src.exec("CREATE TEMP TABLE scratch (id int); DROP TABLE scratch");
     src.exec("INSERT INTO newt VALUES (501, 'late')");
+    // pgseal killed once the subscription learnt of the new table and before it noted
+    // so: the next look copies nothing twice (newt's key would stop the apply if it did).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = h.run_env(
+            ("PGSEAL_FAILPOINT", "ddl:refreshed"),
+            &["migrate", "status", "d1"],
+        );
+        if out.status.success() {
+            assert!(Instant::now() < deadline, "newt was never subscribed");
+            std::thread::sleep(Duration::from_millis(300));
+            continue;
+        }
+        assert_crashed(&out, "ddl:refreshed");
+        break;
+    }
 
     wait_for(&h, "d1", "the new table's rows", |tgt| {
         tgt.count("SELECT count(*) FROM pg_class WHERE relname = 'newt'") == 1
@@ -235,6 +251,12 @@ fn a_default_the_target_cannot_reproduce_stops_the_apply_until_the_user_applies_
         tgt.exec(&format!("UPDATE t SET stamp = '{stamp}' WHERE id = {row}"));
     }
     tgt.exec("ALTER TABLE t ALTER COLUMN stamp SET DEFAULT now()");
+    // Killed once the decision is recorded: it stands, and saying it again is harmless.
+    let out = h.run_env(
+        ("PGSEAL_FAILPOINT", "ddl:decided"),
+        &["migrate", "ddl", "d2", "--apply", &id],
+    );
+    assert_crashed(&out, "ddl:decided");
     let decided = h.json(&["migrate", "ddl", "d2", "--apply", &id]);
     assert_eq!(decided["state"], "applied_by_hand", "{decided}");
     wait_for(&h, "d2", "the row behind the statement", |tgt| {

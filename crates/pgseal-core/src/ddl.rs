@@ -125,6 +125,8 @@ pub async fn decide<P: Platform>(
     ddl::decide(&target, id, decision)
         .await
         .map_err(sql("target", "recording the decision"))?;
+    // Killed here, the decision stands (the apply goes on) and deciding again is harmless.
+    crate::steps::failpoint_at("ddl:decided");
     journal.add_fact(
         name,
         "ddl_decision",
@@ -182,5 +184,7 @@ pub async fn refresh_new_tables(
     ddl::refresh(target, subscription)
         .await
         .map_err(sql("target", "refreshing the subscription"))?;
+    // Killed here, the next look finds the tables subscribed and copies nothing again.
+    crate::steps::failpoint_at("ddl:refreshed");
     Ok(new)
 }
