@@ -316,8 +316,8 @@ where
         _ if input.tables.is_some() => {
             Some("a migration narrowed to tables does not capture DDL".to_string())
         }
-        _ if !is_super => Some(format!(
-            "role {user} cannot create event triggers (superuser only)"
+        _ if !pgseal_pg::ddl::capture_possible(client).await? => Some(format!(
+            "role {user} cannot create event triggers (a superuser, or rds_superuser on RDS, can)"
         )),
         Strategy::Snapshot | Strategy::FullLoad => None,
     };

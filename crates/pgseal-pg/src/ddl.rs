@@ -23,8 +23,9 @@
 //!   shape): the source holds DDL ([`install_hold`]) from before its slot until every
 //!   table is copied, and the replay is installed before the hold is lifted.
 //!
-//! Event triggers need a superuser; without one nothing is installed and the schema
-//! fingerprint comparison remains the only check ([`capture_possible`]).
+//! Event triggers need a superuser (or RDS's `rds_superuser`); without one nothing is
+//! installed and the schema fingerprint comparison remains the only check
+//! ([`capture_possible`]).
 
 use tokio_postgres::Client;
 
@@ -249,11 +250,14 @@ CREATE TRIGGER replay BEFORE INSERT ON pgseal_ddl.statements
 ALTER TABLE pgseal_ddl.statements ENABLE ALWAYS TRIGGER replay;
 "#;
 
-/// Whether the connected role may create event triggers (a superuser).
+/// Whether the connected role may create event triggers: a superuser, or on RDS and
+/// Aurora a member of `rds_superuser` (the master user), which AWS lets make them.
 pub async fn capture_possible(client: &Client) -> Result<bool, tokio_postgres::Error> {
     Ok(client
         .query_one(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            "SELECT rolsuper OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_superuser' \
+                    AND pg_has_role(current_user, r.oid, 'member')) \
+             FROM pg_roles WHERE rolname = current_user",
             &[],
         )
         .await?
