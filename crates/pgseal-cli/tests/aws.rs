@@ -777,6 +777,36 @@ fn blue_green_end_to_end(aurora: bool) {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["clean"], true, "{v}");
 
+    // DDL on blue, which blue/green does not carry: the cutover is refused until green
+    // has it too (done by hand, as the message says).
+    let ddl = "ALTER TABLE pgseal_ledger_accounts ADD COLUMN region text DEFAULT 'eu'";
+    rt.block_on(async {
+        blue.connect("postgres")
+            .await
+            .unwrap()
+            .batch_execute(ddl)
+            .await
+    })
+    .unwrap();
+    let out = with_green(&["migrate", "cutover", "bg", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &stderr(&out);
+    assert!(
+        text.contains("DDL ran on blue since green was made") && text.contains("region"),
+        "{text}"
+    );
+    rt.block_on(async {
+        green
+            .connect("postgres")
+            .await
+            .unwrap()
+            .batch_execute(&format!("SET default_transaction_read_only = off; {ddl}"))
+            .await
+    })
+    .unwrap();
+    let out = with_green(&["migrate", "cutover", "bg", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // The switchover: AWS blocks blue's writes and moves the names (the workload has
     // ended, as writes on blue would be refused now).
     if !aurora {

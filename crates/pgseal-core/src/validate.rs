@@ -1330,7 +1330,7 @@ pub async fn validate<P: Platform>(
 
 /// Every table of the connected database the platform's replication carries: ordinary
 /// and partitioned tables outside the system schemas and pgseal's own, as `schema.table`.
-async fn user_tables(source: &Client) -> Result<Vec<String>, EngineError> {
+pub(crate) async fn user_tables(source: &Client) -> Result<Vec<String>, EngineError> {
     let rows = source
         .query(
             "SELECT n.nspname || '.' || c.relname FROM pg_class c \

@@ -158,6 +158,15 @@ pub async fn switchover<P: Platform>(
         Ok(green) => failed.extend(green.into_iter().filter_map(|g| g.problem)),
         Err(e) => failed.push(format!("green cannot be described: {e}")),
     }
+    if record.phase == Phase::Replicating {
+        match schema_drift(platform, journal, name).await {
+            Ok(found) => failed.extend(found),
+            Err(e) => failed.push(format!(
+                "blue's schema cannot be compared with green's: {}",
+                crate::engine::error_chain(&e)
+            )),
+        }
+    }
     report.failed_checks = failed;
     if options.dry_run {
         return Ok(report);
@@ -194,6 +203,65 @@ pub async fn switchover<P: Platform>(
     )?;
     journal.set_phase(name, Phase::CutOver, None)?;
     Ok(report)
+}
+
+/// The platform's blue/green replication carries rows, not DDL: a schema change made on
+/// blue after green was created is missing on green, and a switchover would lose it (and
+/// the rows that need it). One finding per database of the scope whose tables differ
+/// between blue and green, with what differs and the choices.
+async fn schema_drift<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+) -> Result<Vec<String>, EngineError> {
+    let spec = journal.migration(name)?.spec;
+    let green = green_instance(journal, name)?;
+    let home = crate::engine::connect_source_db(platform, &spec, &spec.database).await?;
+    let all = crate::stream::databases(&home)
+        .await
+        .map_err(|source| EngineError::Sql {
+            role: "source",
+            what: "listing databases".into(),
+            source,
+        })?;
+    let scope = crate::stream::plan(name, &all, spec.databases.as_deref())
+        .map_err(EngineError::Precondition)?;
+    let mut found = Vec::new();
+    for s in &scope {
+        let blue = crate::engine::connect_source_db(platform, &spec, &s.database).await?;
+        let target = crate::engine::connect_to(platform, &green, &s.database, "target").await?;
+        let tables = crate::validate::user_tables(&blue).await?;
+        let read = |role: &'static str| {
+            move |source| EngineError::Sql {
+                role,
+                what: "reading the schema".into(),
+                source,
+            }
+        };
+        let on_blue = pgseal_pg::schema::definitions(&blue, &tables)
+            .await
+            .map_err(read("source"))?;
+        let on_green = pgseal_pg::schema::definitions(&target, &tables)
+            .await
+            .map_err(read("target"))?;
+        let drift = pgseal_pg::schema::drift(&on_blue, &on_green, "");
+        if drift.is_empty() {
+            continue;
+        }
+        let shown: Vec<String> = drift
+            .iter()
+            .take(5)
+            .map(|d| format!("{} ({}): {}", d.table, d.detail, d.statement))
+            .collect();
+        found.push(format!(
+            "{}: DDL ran on blue since green was made, and blue/green does not carry DDL; {} difference(s): {}{}. Run the same DDL on green (read-only by default: in a session after `SET default_transaction_read_only = off`), then `pgseal migrate validate {name}`; or `pgseal migrate abort {name}` and start again",
+            s.database,
+            drift.len(),
+            shown.join("; "),
+            if drift.len() > shown.len() { "; ..." } else { "" }
+        ));
+    }
+    Ok(found)
 }
 
 /// Settles a blue/green cutover a killed run left `cutting_over`, by the deployment's
