@@ -611,12 +611,16 @@ Examples:
 const DDL_ABOUT: &str = "\
 DDL captured on the source during the migration, and what became of it on the target.
 
-While a migration (snapshot strategy) replicates, an event trigger in every migrated
-database of the source writes each DDL statement into pgseal_ddl.statements, a table that
-replicates with the data; on the target, a trigger replays each statement as it arrives,
-inside the apply worker's transaction: in order with the rows around it, exactly once.
-A table made on the source is then subscribed (`pgseal migrate status` refreshes the
-subscription, copying its rows).
+While a migration replicates, an event trigger in every migrated database of the source
+writes each DDL statement into pgseal_ddl.statements, a table that replicates with the
+data; on the target, a trigger replays each statement as it arrives, inside the apply
+worker's transaction: in order with the rows around it, exactly once. A table made on
+the source is then subscribed (`pgseal migrate status` refreshes the subscription,
+copying its rows). Temporary tables are not carried.
+
+Under the full-load strategy DDL is refused on the source until every table is copied
+and its indexes built (it would race PostgreSQL's table copy); carried from then on.
+Blue-green carries none: its cutover refuses while blue's schema differs from green's.
 
 Statements that cannot be replayed as they are (several statements in one query string,
 DDL run inside a function or a DO block, CREATE TABLE AS, ALTER ... TYPE ... USING, a
