@@ -156,11 +156,25 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     assert_eq!(dry.status.code(), Some(3));
     let text = String::from_utf8_lossy(&dry.stdout).to_string();
     assert!(
-        text.contains("DDL ran on the source since the last validation"),
+        text.contains("DDL ran on the source since the last validation")
+            && text.contains("--tables postgres/public.t"),
         "{text}"
     );
-    let validated = h.json(&["migrate", "validate", "d1"]);
+    // Another table compared does not vouch for it; the table the DDL changed does.
+    let validated = h.json(&["migrate", "validate", "d1", "--tables", "public.r"]);
     assert_eq!(validated["clean"], true, "{validated}");
+    let dry = h.run(&[
+        "migrate",
+        "cutover",
+        "d1",
+        "--endpoint",
+        "src-ep",
+        "--dry-run",
+    ]);
+    assert_eq!(dry.status.code(), Some(3));
+    let validated = h.json(&["migrate", "validate", "d1", "--tables", "postgres/public.t"]);
+    assert_eq!(validated["clean"], true, "{validated}");
+    assert_eq!(validated["tables"].as_array().map(Vec::len), Some(1));
     h.ok(&["migrate", "cutover", "d1", "--endpoint", "src-ep"]);
     let processed = pgbench_processed(bench);
     // pgbench's own count is on the target, every balance matching its history.

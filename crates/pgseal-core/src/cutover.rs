@@ -458,10 +458,30 @@ async fn check<P: Platform, S: Switch>(
                     .map_err(sql("source", "reading the captured DDL"))?;
                 let seen = last["ddl_seen"][&s.database].as_i64().unwrap_or(0);
                 if now > seen {
+                    let touched = pgseal_pg::ddl::touched_tables(&source, seen)
+                        .await
+                        .map_err(sql("source", "reading the tables DDL changed"))?;
                     failed.push(format!(
-                        "{}: DDL ran on the source since the last validation (captured statements {}..={now}, `pgseal migrate ddl {name}`); `pgseal migrate validate {name}` again",
+                        "{}: DDL ran on the source since the last validation (captured statements {}..={now}, `pgseal migrate ddl {name}`){}; `pgseal migrate validate {name}` again{}",
                         s.database,
-                        seen + 1
+                        seen + 1,
+                        if touched.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", changing {}", touched.join(", "))
+                        },
+                        if touched.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " (those tables are enough: --tables {})",
+                                touched
+                                    .iter()
+                                    .map(|t| format!("{}/{t}", s.database))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            )
+                        }
                     ));
                 }
                 let target = connect_to(platform, &st.migration.spec.target, &s.database, "target").await?;

@@ -183,6 +183,11 @@ pub struct ValidationReport {
     /// Per database, the last DDL statement captured on the source when this pass began:
     /// a cutover after later DDL (which rewrites rows no change log sees) wants a new pass.
     pub ddl_seen: std::collections::BTreeMap<String, i64>,
+    /// A pass over some tables only: per database, whether it compared every table the
+    /// DDL captured since the last validation made or changed (then it vouches for that
+    /// DDL as a whole pass would).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ddl_vouched: std::collections::BTreeMap<String, bool>,
 }
 
 impl ValidationReport {
@@ -1186,6 +1191,7 @@ pub async fn validate<P: Platform>(
     let run = journal.step_started(name, Step::Validate)?;
     let started = Instant::now();
     let mut listed_by_db = std::collections::BTreeMap::new();
+    let mut ddl_vouched = std::collections::BTreeMap::new();
     let mut reports = Vec::new();
     let mut horizons = std::collections::BTreeMap::new();
     let mut ddl_seen = std::collections::BTreeMap::new();
@@ -1224,6 +1230,16 @@ pub async fn validate<P: Platform>(
             .into_iter()
             .filter(|t| t != "pgseal_ddl.decisions")
             .collect();
+        if tables.is_some() {
+            let since = previous
+                .as_ref()
+                .and_then(|p| p["ddl_seen"][db].as_i64())
+                .unwrap_or(0);
+            let touched = pgseal_pg::ddl::touched_tables(&source, since)
+                .await
+                .map_err(sql("source", "reading the tables DDL changed"))?;
+            ddl_vouched.insert(db.clone(), touched.iter().all(|t| listed.contains(t)));
+        }
         listed_by_db.insert(
             db.clone(),
             listed.iter().map(|t| qualified(t)).collect::<Vec<String>>(),
@@ -1291,6 +1307,7 @@ pub async fn validate<P: Platform>(
         tables: reports,
         horizons,
         ddl_seen,
+        ddl_vouched,
     };
     // Rows of the tables compared that changed before this pass began were covered by it;
     // the other tables' changes stay for the cutover's final check.
@@ -1472,8 +1489,8 @@ pub fn lets_cutover(outputs: &serde_json::Value) -> bool {
 ///   still blocks the cutover); totals and `clean` are counted over all of them.
 /// - Each database's horizon stays the earlier pass's: the final check must still
 ///   re-verify other tables' rows changed since then (the pass trimmed only its own).
-/// - `ddl_seen` stays the earlier pass's (0 without one): DDL may have changed tables the
-///   pass did not compare, so only a whole pass vouches for it.
+/// - `ddl_seen` stays the earlier pass's (0 without one) unless the pass compared every
+///   table the DDL captured since made or changed (`ddl_vouched`).
 pub fn merge_partial(
     previous: Option<&serde_json::Value>,
     mut pass: serde_json::Value,
@@ -1507,11 +1524,14 @@ pub fn merge_partial(
                 || (t["state"] == "no_primary_key" && t["mismatched_rows"] == 0)
         })
         .into();
+    let vouched = pass["ddl_vouched"].clone();
     for field in ["horizons", "ddl_seen"] {
         let earlier = previous.map(|p| p[field].clone()).unwrap_or(Value::Null);
         if let Some(map) = pass[field].as_object_mut() {
             for (db, value) in map.iter_mut() {
+                let vouched = field == "ddl_seen" && vouched[db.as_str()] == true;
                 *value = match (field, earlier[db.as_str()].as_i64()) {
+                    _ if vouched => value.clone(),
                     (_, Some(v)) => v.into(),
                     ("ddl_seen", None) => 0.into(),
                     (_, None) => value.clone(),
@@ -1704,6 +1724,7 @@ mod tests {
             source_lock_max_ms: 0.0,
             horizons: Default::default(),
             ddl_seen: Default::default(),
+            ddl_vouched: Default::default(),
         };
         let kept = serde_json::to_value(report.journaled()).unwrap();
         let text = kept.to_string();
@@ -1753,6 +1774,12 @@ mod tests {
             (Some(true), Some(20))
         );
         assert!(lets_cutover(&merged));
+        // A pass over every table the DDL changed vouches for it.
+        let pass = serde_json::json!({
+            "tables": [], "horizons": {"app": 14}, "ddl_seen": {"app": 6},
+            "ddl_vouched": {"app": true},
+        });
+        assert_eq!(merge_partial(Some(&merged), pass)["ddl_seen"]["app"], 6);
         // A first pass over some tables vouches for no DDL.
         let pass =
             serde_json::json!({"tables": [], "horizons": {"app": 1}, "ddl_seen": {"app": 4}});

@@ -80,6 +80,10 @@ async fn capture_counts_statements_names_drops_and_holds_ddl_during_a_copy() {
         ]
     );
 
+    // What a validation must compare again: the changed table, not the dropped one.
+    assert_eq!(ddl::touched_tables(&db, 0).await.unwrap(), ["public.t"]);
+    assert!(ddl::touched_tables(&db, 2).await.unwrap().is_empty());
+
     // The hold: DDL refused with the migration's name and what to do, temporary tables
     // and pgseal's own sessions let through; nothing captured meanwhile.
     assert!(ddl::install_hold(&db, "f1").await.unwrap());
@@ -120,6 +124,22 @@ async fn capture_counts_statements_names_drops_and_holds_ddl_during_a_copy() {
         .await
         .unwrap();
     assert_eq!(captured(&db).await.len(), 4);
+
+    // A partitioned table's change is its leaf partitions' (what a publication lists).
+    let before = ddl::last_id(&db).await.unwrap();
+    db.batch_execute("CREATE TABLE ev (id int, d int) PARTITION BY RANGE (d)")
+        .await
+        .unwrap();
+    db.batch_execute("CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM (0) TO (10)")
+        .await
+        .unwrap();
+    db.batch_execute("ALTER TABLE ev ADD COLUMN note text")
+        .await
+        .unwrap();
+    assert_eq!(
+        ddl::touched_tables(&db, before).await.unwrap(),
+        ["public.ev_1"]
+    );
 
     // Held again, then removed: no event trigger, no schema.
     ddl::install_hold(&db, "f1").await.unwrap();

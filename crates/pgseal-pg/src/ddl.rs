@@ -123,6 +123,34 @@ CREATE TABLE IF NOT EXISTS pgseal_ddl.decisions (
 );
 ";
 
+/// The table (or, partitioned, its leaf partitions: what a publication lists) an object
+/// identity of the capture names, itself or as a column's table; none for other objects
+/// (an index changes no row). An identity that is not a name at all gives none too.
+const TABLES_OF: &str = r#"
+CREATE OR REPLACE FUNCTION pgseal_ddl.tables_of(ident text) RETURNS SETOF regclass
+LANGUAGE plpgsql STABLE AS $f$
+DECLARE
+  candidate text;
+  rel regclass;
+BEGIN
+  FOREACH candidate IN ARRAY ARRAY[ident, regexp_replace(ident, '\.[^.]+$', '')] LOOP
+    BEGIN
+      rel := to_regclass(candidate);
+    EXCEPTION WHEN others THEN
+      rel := NULL;
+    END;
+    IF rel IS NOT NULL AND EXISTS (SELECT 1 FROM pg_class WHERE oid = rel AND relkind IN ('r', 'p')) THEN
+      IF (SELECT relkind FROM pg_class WHERE oid = rel) = 'p' THEN
+        RETURN QUERY SELECT relid FROM pg_partition_tree(rel) WHERE isleaf;
+      ELSE
+        RETURN NEXT rel;
+      END IF;
+      RETURN;
+    END IF;
+  END LOOP;
+END $f$;
+"#;
+
 /// The source's capture function; `{varies}` is [`varies_sql`] of the column default.
 const CAPTURE: &str = r#"
 CREATE OR REPLACE FUNCTION pgseal_ddl.capture() RETURNS event_trigger
@@ -283,7 +311,7 @@ pub async fn install_capture(client: &Client) -> Result<bool, tokio_postgres::Er
     }
     let capture = CAPTURE.replace("{varies}", &varies_sql("pg_get_expr(d.adbin, d.adrelid)"));
     client
-        .batch_execute(&format!("{TABLE}{STATEMENT_COUNT}{capture}"))
+        .batch_execute(&format!("{TABLE}{STATEMENT_COUNT}{TABLES_OF}{capture}"))
         .await?;
     for (name, event, function) in [
         (DROP_TRIGGER, "sql_drop", "dropped"),
@@ -422,6 +450,31 @@ pub async fn last_id(client: &Client) -> Result<i64, tokio_postgres::Error> {
         )
         .await?
         .get(0))
+}
+
+/// The tables (`schema.table`, as publications list them) that statements captured after
+/// number `after` in the connected (source) database made or changed: what a validation
+/// must compare again before it vouches for them. Dropped tables and other objects
+/// (indexes, functions) are not among them.
+pub async fn touched_tables(
+    client: &Client,
+    after: i64,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    if !installed(client).await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT DISTINCT n.nspname || '.' || c.relname \
+             FROM pgseal_ddl.statements s \
+             CROSS JOIN LATERAL unnest(string_to_array(s.object_identity, ', ')) o \
+             CROSS JOIN LATERAL pgseal_ddl.tables_of(o) t \
+             JOIN pg_class c ON c.oid = t JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE s.id > $1 ORDER BY 1",
+            &[&after],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// One captured statement.
