@@ -80,6 +80,26 @@ async fn capture_counts_statements_names_drops_and_holds_ddl_during_a_copy() {
         ]
     );
 
+    // A temporary table dropped with a real one: captured, with why it is not replayed.
+    db.batch_execute("CREATE TEMP TABLE scratch3 (id int); CREATE TABLE doomed (id int)")
+        .await
+        .unwrap();
+    db.batch_execute("DROP TABLE scratch3, doomed")
+        .await
+        .unwrap();
+    let all = ddl::captured(&db).await.unwrap();
+    let last = all.last().unwrap();
+    assert_eq!(
+        (last.command_tag.as_str(), last.object_identity.as_deref()),
+        ("DROP TABLE", Some("pg_temp.scratch3, public.doomed"))
+    );
+    assert!(
+        last.verdict
+            .as_deref()
+            .unwrap_or_default()
+            .contains("temporary"),
+        "{last:?}"
+    );
     // What a validation must compare again: the changed table, not the dropped one.
     assert_eq!(ddl::touched_tables(&db, 0).await.unwrap(), ["public.t"]);
     assert!(ddl::touched_tables(&db, 2).await.unwrap().is_empty());
@@ -117,13 +137,13 @@ async fn capture_counts_statements_names_drops_and_holds_ddl_during_a_copy() {
     own.batch_execute("ALTER TABLE t ADD COLUMN by_pgseal int")
         .await
         .unwrap();
-    assert_eq!(captured(&db).await.len(), 3, "pgseal's own DDL is captured");
+    assert_eq!(captured(&db).await.len(), 5, "pgseal's own DDL is captured");
     assert!(ddl::lift_hold(&db).await.unwrap());
     assert!(!ddl::lift_hold(&db).await.unwrap(), "lifted once");
     db.batch_execute("ALTER TABLE t ADD COLUMN flag int")
         .await
         .unwrap();
-    assert_eq!(captured(&db).await.len(), 4);
+    assert_eq!(captured(&db).await.len(), 6);
 
     // A partitioned table's change is its leaf partitions' (what a publication lists).
     let before = ddl::last_id(&db).await.unwrap();

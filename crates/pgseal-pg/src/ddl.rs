@@ -185,7 +185,10 @@ BEGIN
     RETURN;
   END IF;
   objects := coalesce(objects, dropped);
-  IF pgseal_ddl.statement_count(q) > 1 THEN
+  IF left(objects, 1) = '!' THEN
+    objects := substr(objects, 2);
+    verdict := 'it drops temporary objects together with others: the target has no such temporary object; drop the others there';
+  ELSIF pgseal_ddl.statement_count(q) > 1 THEN
     verdict := 'the query string holds several statements: replaying it would repeat the others';
   ELSIF upper(substring(q FROM '^\s*([A-Za-z]+)')) IS DISTINCT FROM split_part(tg_tag, ' ', 1) THEN
     verdict := 'it ran inside another statement (a function, a DO block): replaying that would repeat all it did';
@@ -215,15 +218,24 @@ CREATE OR REPLACE FUNCTION pgseal_ddl.dropped() RETURNS event_trigger
 LANGUAGE plpgsql AS $f$
 DECLARE
   noted text;
+  own int;
+  theirs int;
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects()
-             WHERE original AND (is_temporary
-                OR schema_name IN ('pgseal_ddl', 'pgseal_validate')
-                OR (object_type = 'schema' AND object_identity IN ('pgseal_ddl', 'pgseal_validate')))) THEN
+  SELECT count(*) FILTER (WHERE is_temporary
+            OR schema_name IN ('pgseal_ddl', 'pgseal_validate')
+            OR (object_type = 'schema' AND object_identity IN ('pgseal_ddl', 'pgseal_validate'))),
+         count(*)
+    INTO own, theirs
+    FROM pg_event_trigger_dropped_objects() WHERE original;
+  IF own > 0 AND own = theirs THEN
     noted := '-';
   ELSE
     SELECT string_agg(DISTINCT object_identity, ', ') INTO noted
       FROM pg_event_trigger_dropped_objects() WHERE original;
+    -- Temporary objects dropped with others: the target has no such temporary object.
+    IF own > 0 THEN
+      noted := '!' || noted;
+    END IF;
   END IF;
   PERFORM set_config('pgseal_ddl.dropped', coalesce(noted, ''), true);
 END $f$;
