@@ -143,8 +143,14 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
 
     let validated = h.json(&["migrate", "validate", "d1"]);
     assert_eq!(validated["clean"], true, "{validated}");
-    // DDL after the validation rewrote rows no change log saw: validate again first.
-    src.exec("ALTER TABLE t ADD COLUMN extra int DEFAULT 1");
+    // DDL after the validation: the key column renamed under the validation's row log
+    // (which named it) and a row written after it; the apply goes on, and the cutover
+    // wants the table validated again.
+    src.exec("ALTER TABLE t RENAME COLUMN id TO tid");
+    src.exec("INSERT INTO t (tid, v, flag) VALUES (4, 'd', 1)");
+    wait_for(&h, "d1", "the row after the rename", |tgt| {
+        tgt.count("SELECT count(*) FROM t") == 4
+    });
     let dry = h.run(&[
         "migrate",
         "cutover",

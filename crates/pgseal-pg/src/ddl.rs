@@ -267,6 +267,7 @@ LANGUAGE plpgsql AS $f$
 DECLARE
   chosen text;
   stmt text := NEW.statement;
+  rel regclass;
 BEGIN
   SELECT decision INTO chosen FROM pgseal_ddl.decisions WHERE id = NEW.id;
   IF chosen IS NOT NULL THEN
@@ -282,6 +283,15 @@ BEGIN
   END IF;
   PERFORM set_config('search_path', NEW.search_path, true);
   EXECUTE stmt;
+  -- A validation's row log on a table the statement changed names its key columns as they
+  -- were (a renamed key would stop the apply): dropped. The cutover wants that table
+  -- validated again, which logs it anew.
+  FOR rel IN SELECT DISTINCT t FROM unnest(string_to_array(NEW.object_identity, ', ')) o,
+                  pgseal_ddl.tables_of(o) t LOOP
+    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = 'pgseal_changes') THEN
+      EXECUTE format('DROP TRIGGER pgseal_changes ON %s', rel);
+    END IF;
+  END LOOP;
   RETURN NEW;
 END $f$;
 DROP TRIGGER IF EXISTS replay ON pgseal_ddl.statements;
