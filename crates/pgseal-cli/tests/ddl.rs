@@ -188,7 +188,38 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     assert_eq!(history, processed);
     assert!(balanced);
 
+    // DDL on the new primary travels back with the reverse replication: a rollback finds
+    // the source's schema and rows as the target's.
+    tgt.exec("ALTER TABLE r ADD COLUMN back int NOT NULL DEFAULT 9");
+    tgt.exec("INSERT INTO r VALUES (3, 'z', 10)");
+    let listed = h.json(&["migrate", "ddl", "d1"]);
+    let last = listed.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["statement"],
+        "ALTER TABLE r ADD COLUMN back int NOT NULL DEFAULT 9"
+    );
+    h.ok(&["migrate", "rollback", "d1", "--endpoint", "src-ep"]);
+    let src = h.sql("src", "postgres");
+    assert_eq!(
+        src.text("SELECT string_agg(id || ':' || back, ',' ORDER BY id) FROM r"),
+        "1:9,2:9,3:10"
+    );
     h.ok(&["migrate", "cleanup", "d1"]);
+    assert_eq!(capture_objects(&src), 0);
+}
+
+#[test]
+fn a_cutover_then_cleanup_leaves_no_capture_on_either_side() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    h.sql("src", "postgres")
+        .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
+    h.ok(&["migrate", "start", "--source", "src", "--name", "d3"]);
+    h.ok(&["migrate", "cutover", "d3", "--on-switch", "true"]);
+    let tgt = h.sql("src-enc", "postgres");
+    // The target captures now (for a rollback); cleanup ends that too.
+    assert_eq!(capture_objects(&tgt), 3);
+    h.ok(&["migrate", "cleanup", "d3"]);
     assert_eq!(capture_objects(&tgt), 0);
     // The source stays fenced after cleanup: opened again for the look.
     h.sql("src", "template1")

@@ -165,7 +165,10 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
         "the unowned sequence was set"
     );
 
-    // Writes on 17, then back to 15 by reverse replication: all of them on the source.
+    // Writes on 17, then back to 15 by reverse replication: all of them on the source,
+    // and DDL made on 17 too.
+    dst_app.exec("ALTER TABLE notes ADD COLUMN reviewed bool NOT NULL DEFAULT false");
+    dst_app.exec("INSERT INTO notes VALUES ('after', 'the cutover', 4, true)");
     let bench = pgbench(&h, "src-ep", "app", 60, 8);
     std::thread::sleep(Duration::from_secs(4));
     let back = h.json(&["migrate", "rollback", "f1"]);
@@ -181,6 +184,12 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
         "pgbench's count vs the 15 source"
     );
     assert!(balanced);
+    assert_eq!(
+        h.sql("src", "app").text(
+            "SELECT count(*) FILTER (WHERE NOT reviewed) || ' ' || string_agg(body, '') FILTER (WHERE reviewed) FROM notes"
+        ),
+        "300 the cutover"
+    );
     h.ok(&["migrate", "cleanup", "f1"]);
     for db in ["postgres", "app"] {
         assert_eq!(h.sql("src", db).pgseal_everything(), 0, "{db}");

@@ -668,6 +668,18 @@ async fn slip_in<P: Platform>(
     Ok(source)
 }
 
+/// A session on the source's database `db` while a cut-over migration keeps it fenced
+/// (see [`slip_in`]).
+pub(crate) async fn fenced_source<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+    db: &str,
+) -> Result<Client, EngineError> {
+    let admin = admin_session(platform, spec, streams).await?;
+    slip_in(platform, spec, &admin, db).await
+}
+
 async fn backend_pid(client: &Client, role: &'static str) -> Result<i32, EngineError> {
     Ok(client
         .query_one("SELECT pg_backend_pid()", &[])
@@ -1216,7 +1228,32 @@ async fn subscribe_reverse<P: Platform>(
                 "the reverse subscription {back} is missing on the source's {db}"
             )));
         }
+        // DDL on the target from the switch on travels back too (pgseal_pg::ddl).
+        swap_ddl_roles((&targets[i], "target"), (&sources[i], "source")).await?;
     }
+    Ok(())
+}
+
+/// Makes `capturing`'s database capture DDL and `replaying`'s replay it, where the
+/// migration captures DDL at all: target → source while reverse replication runs, and
+/// back when it is removed.
+/// Each side is a session and its role's name (`source`, `target`).
+async fn swap_ddl_roles(
+    (capturing, capturing_role): (&Client, &'static str),
+    (replaying, replaying_role): (&Client, &'static str),
+) -> Result<(), EngineError> {
+    if !pgseal_pg::ddl::installed(replaying)
+        .await
+        .map_err(sql(replaying_role, "looking for the DDL capture"))?
+    {
+        return Ok(());
+    }
+    pgseal_pg::ddl::install_replay(replaying)
+        .await
+        .map_err(sql(replaying_role, "installing the DDL replay"))?;
+    pgseal_pg::ddl::capture_here(capturing)
+        .await
+        .map_err(sql(capturing_role, "installing the DDL capture"))?;
     Ok(())
 }
 
@@ -1256,6 +1293,8 @@ async fn drop_reverse(
         replication::drop_publication(&targets[i], &back)
             .await
             .map_err(sql("target", "dropping the reverse publication"))?;
+        // The source captures again, the target replays.
+        swap_ddl_roles((&sources[i], "source"), (&targets[i], "target")).await?;
         for kind in [
             "reverse_subscription",
             "reverse_slot",

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
-use crate::journal::Journal;
+use crate::journal::{Journal, Phase};
 
 /// What became of a captured statement on the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,24 +78,46 @@ pub async fn entries(
         .collect())
 }
 
+/// Sessions on `database`'s capturing side and its replaying side: the source and the
+/// target while the migration replicates; once cut over, the other way round (DDL on the
+/// new primary travels back with the reverse replication, for a rollback).
+async fn sides<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    database: &str,
+) -> Result<(Client, Client), EngineError> {
+    let migration = journal.migration(name)?;
+    let target = connect_to(platform, &migration.spec.target, database, "target").await?;
+    Ok(if migration.phase == Phase::CutOver {
+        // The source stays fenced after a cutover.
+        let streams = streams_of(journal, name)?;
+        let source =
+            crate::cutover::fenced_source(platform, &migration.spec, &streams, database).await?;
+        (target, source)
+    } else {
+        let source = connect_source_db(platform, &migration.spec, database).await?;
+        (source, target)
+    })
+}
+
 /// Every database's captured statements of migration `name`, oldest first in each.
 pub async fn list<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
 ) -> Result<Vec<DdlEntry>, EngineError> {
-    let spec = journal.migration(name)?.spec;
     let mut all = Vec::new();
     for s in streams_of(journal, name)? {
-        let source = connect_source_db(platform, &spec, &s.database).await?;
-        let target = connect_to(platform, &spec.target, &s.database, "target").await?;
-        all.extend(entries(&s.database, &source, &target).await?);
+        let (capturing, replaying) = sides(platform, journal, name, &s.database).await?;
+        all.extend(entries(&s.database, &capturing, &replaying).await?);
     }
     Ok(all)
 }
 
 /// Records the user's decision on captured statement `id` of `database` (`skip`, or
-/// `applied` once done by hand on the target); the apply worker goes on at its next try.
+/// `applied` once done by hand on the replaying side: the target, or the source once cut
+/// over); the apply worker goes on at its next try.
 /// Journaled as a fact.
 pub async fn decide<P: Platform>(
     platform: &P,
@@ -105,9 +127,7 @@ pub async fn decide<P: Platform>(
     id: i64,
     decision: &str,
 ) -> Result<DdlEntry, EngineError> {
-    let spec = journal.migration(name)?.spec;
-    let source = connect_source_db(platform, &spec, database).await?;
-    let target = connect_to(platform, &spec.target, database, "target").await?;
+    let (source, target) = sides(platform, journal, name, database).await?;
     let found = entries(database, &source, &target)
         .await?
         .into_iter()

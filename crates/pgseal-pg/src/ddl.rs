@@ -23,6 +23,10 @@
 //!   shape): the source holds DDL ([`install_hold`]) from before its slot until every
 //!   table is copied, and the replay is installed before the hold is lifted.
 //!
+//! - After a cutover the roles swap ([`capture_here`] on the target, [`install_replay`] on
+//!   the source): DDL on the new primary travels back with the reverse replication, so a
+//!   rollback finds the source's schema as the target's.
+//!
 //! Event triggers need a superuser (or RDS's `rds_superuser`); without one nothing is
 //! installed and the schema fingerprint comparison remains the only check
 //! ([`capture_possible`]).
@@ -413,6 +417,27 @@ pub async fn install_replay(client: &Client) -> Result<bool, tokio_postgres::Err
         })
         .collect();
     client.batch_execute(&format!("{disable}{REPLAY}")).await?;
+    Ok(true)
+}
+
+/// Makes the connected database the capturing side where it was the replaying one: after
+/// a cutover, the target, whose DDL the reverse replication then carries back to the
+/// source for a rollback. Its capture's event triggers are made (a full load's target has
+/// none) or enabled, its replay trigger dropped, and the id sequence set past every row
+/// captured so far. False (nothing done) where no capture is installed or the role cannot
+/// make event triggers.
+pub async fn capture_here(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    if !installed(client).await? || !install_capture(client).await? {
+        return Ok(false);
+    }
+    client
+        .batch_execute(&format!(
+            "ALTER EVENT TRIGGER {DROP_TRIGGER} ENABLE; ALTER EVENT TRIGGER {EVENT_TRIGGER} ENABLE; \
+             DROP TRIGGER IF EXISTS replay ON {SCHEMA}.statements; \
+             SELECT setval(pg_get_serial_sequence('{SCHEMA}.statements', 'id'), \
+                           greatest((SELECT max(id) FROM {SCHEMA}.statements), 1))"
+        ))
+        .await?;
     Ok(true)
 }
 
