@@ -142,6 +142,29 @@ pub async fn decide<P: Platform>(
             "captured DDL statement {id} in {database} was replayed already: there is nothing to decide"
         )));
     }
+    // Leaving out a table the source has would leave the publication carrying rows the
+    // other side has no table for (and block the refresh that subscribes new tables).
+    if decision == "skip" {
+        let tables = ddl::statement_tables(&source, id)
+            .await
+            .map_err(sql("source", "reading the statement's tables"))?;
+        let missing: Vec<String> = target
+            .query(
+                "SELECT t FROM unnest($1::text[]) t WHERE to_regclass(t) IS NULL",
+                &[&tables],
+            )
+            .await
+            .map_err(sql("target", "looking for the statement's tables"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !missing.is_empty() {
+            return Err(EngineError::Precondition(format!(
+                "skipping captured DDL statement {id} in {database} would leave {} missing on the other side while the source has it and replication carries its rows: create it there by hand (`pg_dump --schema-only --table=...` of the source), then `pgseal migrate ddl {name} --database {database} --apply {id}`",
+                missing.join(", ")
+            )));
+        }
+    }
     ddl::decide(&target, id, decision)
         .await
         .map_err(sql("target", "recording the decision"))?;

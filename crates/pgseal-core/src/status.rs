@@ -325,6 +325,18 @@ pub async fn status<P: Platform>(
                     sub.apply_errors
                 ));
             }
+            if sub.apply_errors > 0
+                && let Some(e) = st
+                    .ddl
+                    .iter()
+                    .find(|e| e.state == crate::ddl::DdlState::Waiting)
+            {
+                warnings.push(format!(
+                    "DDL statement {id} captured in {db} ({tag}) has not arrived while the apply worker fails: if it is what fails (the target's log says `pgseal: captured DDL {id} ({tag}) failed on this side`), make it succeed or do its work on the target by hand, then `pgseal migrate ddl {name} --database {db} --apply {id}`; or `--skip {id}`",
+                    id = e.captured.id,
+                    tag = e.captured.command_tag,
+                ));
+            }
             if sub.enabled && sub.worker_pid.is_none() {
                 warnings.push(format!("the subscription of {db} is enabled but no apply worker runs (it restarts after an error every wal_retrieve_retry_interval)"));
             }

@@ -161,6 +161,39 @@ async fn capture_counts_statements_names_drops_and_holds_ddl_during_a_copy() {
         ["public.ev_1"]
     );
 
+    // Several DDL statements in one string (an application's idempotent setup) are
+    // captured once and replayed whole; with other statements among them, not replayed.
+    let before = ddl::last_id(&db).await.unwrap();
+    db.batch_execute("CREATE TABLE IF NOT EXISTS t (id int); ALTER TABLE t REPLICA IDENTITY FULL")
+        .await
+        .unwrap();
+    db.batch_execute("CREATE TABLE seeded (id int); INSERT INTO seeded VALUES (1)")
+        .await
+        .unwrap();
+    let since: Vec<(String, bool)> = ddl::captured(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.id > before)
+        .map(|c| (c.command_tag, c.verdict.is_some()))
+        .collect();
+    assert_eq!(
+        since,
+        [
+            ("ALTER TABLE".to_string(), false),
+            ("CREATE TABLE".to_string(), true)
+        ]
+    );
+    let heads: Vec<String> = db
+        .query_one(
+            "SELECT pgseal_ddl.statement_heads($1)",
+            &[&"/* x; */ create table a (); -- y;\n INSERT INTO a DEFAULT VALUES; ('x');"],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(heads, ["CREATE", "INSERT", "?"]);
+
     // Held again, then removed: no event trigger, no schema.
     ddl::install_hold(&db, "f1").await.unwrap();
     assert!(ddl::remove(&db).await.unwrap());

@@ -50,18 +50,25 @@ pub const HOLD_TRIGGER: &str = "pgseal_ddl_hold";
 /// Every event trigger pgseal makes, by the prefix of their names.
 const TRIGGER_PREFIX: &str = "pgseal_ddl_";
 
-/// Counts the statements of a query string, skipping quoted text, dollar-quoted bodies
-/// and comments (a string of several statements fires the event trigger once for each
-/// DDL statement in it, and replaying the string would repeat its other statements).
-const STATEMENT_COUNT: &str = r#"
-CREATE OR REPLACE FUNCTION pgseal_ddl.statement_count(q text) RETURNS int
+/// The first word of each statement of a query string (upper case; `?` for one that does
+/// not start with a word), skipping quoted text, dollar-quoted bodies and comments. A
+/// string of several statements fires the event trigger once for each DDL statement in
+/// it; replayed whole, it would repeat any statement that is not DDL (its rows arrive by
+/// replication anyway) and a `SET` would stay set in the target's apply worker.
+const STATEMENT_HEADS: &str = r#"
+CREATE OR REPLACE FUNCTION pgseal_ddl.statement_heads(q text) RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE AS $f$
 DECLARE
   i int := 1; n int := length(q); c text; state text := 'code'; tag text;
-  total int := 0; seen boolean := false;
+  heads text[] := '{}'; seen boolean := false;
 BEGIN
   WHILE i <= n LOOP
     c := substr(q, i, 1);
+    IF state = 'code' AND NOT seen AND c !~ '[\s;]'
+       AND substr(q, i, 2) NOT IN ('--', '/*') THEN
+      heads := heads || upper(coalesce(substring(substr(q, i) FROM '^[A-Za-z]+'), '?'));
+      seen := true;
+    END IF;
     IF state = 'code' THEN
       IF c = '''' THEN
         seen := true;
@@ -79,7 +86,7 @@ BEGIN
         tag := substring(substr(q, i) FROM '^\$[A-Za-z_0-9]*\$');
         state := 'dollar'; seen := true; i := i + length(tag) - 1;
       ELSIF c = ';' THEN
-        IF seen THEN total := total + 1; seen := false; END IF;
+        seen := false;
       ELSIF c !~ '\s' THEN seen := true;
       END IF;
     ELSIF state = 'single' THEN
@@ -100,9 +107,11 @@ BEGIN
     END IF;
     i := i + 1;
   END LOOP;
-  IF seen THEN total := total + 1; END IF;
-  RETURN total;
+  RETURN heads;
 END $f$;
+
+CREATE OR REPLACE FUNCTION pgseal_ddl.statement_count(q text) RETURNS int
+LANGUAGE sql IMMUTABLE AS $f$ SELECT cardinality(pgseal_ddl.statement_heads(q)) $f$;
 "#;
 
 /// The capture table and the decisions table, as both sides have them (the target's copy
@@ -164,6 +173,7 @@ DECLARE
   objects text;
   dropped text;
   verdict text;
+  heads text[];
 BEGIN
   -- Replication plumbing (pgseal's own at cutover, too) belongs to each server.
   IF tg_tag ~ '^(CREATE|ALTER|DROP) (SUBSCRIPTION|PUBLICATION)$' THEN
@@ -189,15 +199,19 @@ BEGIN
     RETURN;
   END IF;
   objects := coalesce(objects, dropped);
+  -- Several statements are replayed whole when each is DDL the capture carries.
+  heads := pgseal_ddl.statement_heads(q);
   IF left(objects, 1) = '!' THEN
     objects := substr(objects, 2);
     verdict := 'it drops temporary objects together with others: the target has no such temporary object; drop the others there';
-  ELSIF pgseal_ddl.statement_count(q) > 1 THEN
-    verdict := 'the query string holds several statements: replaying it would repeat the others';
-  ELSIF upper(substring(q FROM '^\s*([A-Za-z]+)')) IS DISTINCT FROM split_part(tg_tag, ' ', 1) THEN
+  ELSIF cardinality(heads) > 1 AND NOT heads <@ ARRAY['CREATE', 'ALTER', 'DROP', 'COMMENT'] THEN
+    verdict := 'the query string holds several statements, not all of them DDL: replaying it would repeat the others';
+  ELSIF NOT split_part(tg_tag, ' ', 1) = ANY (heads) THEN
     verdict := 'it ran inside another statement (a function, a DO block): replaying that would repeat all it did';
-  ELSIF tg_tag IN ('GRANT', 'REVOKE', 'ALTER DEFAULT PRIVILEGES') OR q ~* '\mTABLESPACE\M' THEN
-    verdict := 'it touches roles'' privileges or a tablespace, which the target has its own of: check them there';
+  ELSIF tg_tag IN ('GRANT', 'REVOKE', 'ALTER DEFAULT PRIVILEGES') OR q ~* '\mTABLESPACE\M'
+        OR q ~* '\mOWNER\s+TO\M' OR q ~* '\mAUTHORIZATION\M'
+        OR (tg_tag IN ('CREATE POLICY', 'ALTER POLICY') AND q ~* '\mTO\M') THEN
+    verdict := 'it names roles or a tablespace, which the target has its own of (a role made on the source since the copy is not there): check them there';
   ELSIF tg_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
     verdict := 'its rows come from a query, which the target would run on its own data';
   ELSIF tg_tag = 'ALTER TABLE' AND q ~* '\mTYPE\M' AND q ~* '\mUSING\M' THEN
@@ -286,7 +300,12 @@ BEGIN
     stmt := regexp_replace(stmt, '\mCONCURRENTLY\M', '', 'gi');
   END IF;
   PERFORM set_config('search_path', NEW.search_path, true);
-  EXECUTE stmt;
+  BEGIN
+    EXECUTE stmt;
+  EXCEPTION WHEN others THEN
+    RAISE EXCEPTION 'pgseal: captured DDL % (%) failed on this side: %', NEW.id, NEW.command_tag, SQLERRM
+      USING HINT = format('make it succeed or do its work here by hand, then `pgseal migrate ddl MIGRATION --apply %s`; or `--skip %s` to leave it out', NEW.id, NEW.id);
+  END;
   -- A validation's row log on a table the statement changed names its key columns as they
   -- were (a renamed key would stop the apply): dropped. The cutover wants that table
   -- validated again, which logs it anew.
@@ -337,7 +356,7 @@ pub async fn install_capture(client: &Client) -> Result<bool, tokio_postgres::Er
     }
     let capture = CAPTURE.replace("{varies}", &varies_sql("pg_get_expr(d.adbin, d.adrelid)"));
     client
-        .batch_execute(&format!("{TABLE}{STATEMENT_COUNT}{TABLES_OF}{capture}"))
+        .batch_execute(&format!("{TABLE}{STATEMENT_HEADS}{TABLES_OF}{capture}"))
         .await?;
     for (name, event, function) in [
         (DROP_TRIGGER, "sql_drop", "dropped"),
@@ -519,6 +538,26 @@ pub async fn touched_tables(
              JOIN pg_class c ON c.oid = t JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE s.id > $1 ORDER BY 1",
             &[&after],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The tables (`schema.table`) captured statement `id` made or changed, as the connected
+/// (capturing) database has them now.
+pub async fn statement_tables(
+    client: &Client,
+    id: i64,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT n.nspname || '.' || c.relname \
+             FROM pgseal_ddl.statements s \
+             CROSS JOIN LATERAL unnest(string_to_array(s.object_identity, ', ')) o \
+             CROSS JOIN LATERAL pgseal_ddl.tables_of(o) t \
+             JOIN pg_class c ON c.oid = t JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE s.id = $1 ORDER BY 1",
+            &[&id],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
