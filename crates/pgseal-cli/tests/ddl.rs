@@ -151,14 +151,17 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     wait_for(&h, "d1", "the row after the rename", |tgt| {
         tgt.count("SELECT count(*) FROM t") == 4
     });
-    let dry = h.run(&[
-        "migrate",
-        "cutover",
-        "d1",
-        "--endpoint",
-        "src-ep",
-        "--dry-run",
-    ]);
+    let dry_run = || {
+        h.run(&[
+            "migrate",
+            "cutover",
+            "d1",
+            "--endpoint",
+            "src-ep",
+            "--dry-run",
+        ])
+    };
+    let dry = dry_run();
     assert_eq!(dry.status.code(), Some(3));
     let text = String::from_utf8_lossy(&dry.stdout).to_string();
     assert!(
@@ -169,15 +172,7 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     // Another table compared does not vouch for it; the table the DDL changed does.
     let validated = h.json(&["migrate", "validate", "d1", "--tables", "public.r"]);
     assert_eq!(validated["clean"], true, "{validated}");
-    let dry = h.run(&[
-        "migrate",
-        "cutover",
-        "d1",
-        "--endpoint",
-        "src-ep",
-        "--dry-run",
-    ]);
-    assert_eq!(dry.status.code(), Some(3));
+    assert_eq!(dry_run().status.code(), Some(3));
     let validated = h.json(&["migrate", "validate", "d1", "--tables", "postgres/public.t"]);
     assert_eq!(validated["clean"], true, "{validated}");
     assert_eq!(validated["tables"].as_array().map(Vec::len), Some(1));

@@ -518,10 +518,32 @@ pub async fn last_id(client: &Client) -> Result<i64, tokio_postgres::Error> {
         .get(0))
 }
 
-/// The tables (`schema.table`, as publications list them) that statements captured after
-/// number `after` in the connected (source) database made or changed: what a validation
-/// must compare again before it vouches for them. Dropped tables and other objects
-/// (indexes, functions) are not among them.
+/// The tables (`schema.table`, as publications list them) of the statements `which`
+/// (`$1` in a condition on `s.id`) made or changed, as the connected database has them now.
+async fn tables_of_statements(
+    client: &Client,
+    which: &str,
+    id: i64,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT DISTINCT n.nspname || '.' || c.relname \
+                 FROM pgseal_ddl.statements s \
+                 CROSS JOIN LATERAL unnest(string_to_array(s.object_identity, ', ')) o \
+                 CROSS JOIN LATERAL pgseal_ddl.tables_of(o) t \
+                 JOIN pg_class c ON c.oid = t JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE {which} ORDER BY 1"
+            ),
+            &[&id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The tables that statements captured after number `after` in the connected (source)
+/// database made or changed: what a validation must compare again before it vouches for
+/// them. Dropped tables and other objects (indexes, functions) are not among them.
 pub async fn touched_tables(
     client: &Client,
     after: i64,
@@ -529,38 +551,16 @@ pub async fn touched_tables(
     if !installed(client).await? {
         return Ok(Vec::new());
     }
-    let rows = client
-        .query(
-            "SELECT DISTINCT n.nspname || '.' || c.relname \
-             FROM pgseal_ddl.statements s \
-             CROSS JOIN LATERAL unnest(string_to_array(s.object_identity, ', ')) o \
-             CROSS JOIN LATERAL pgseal_ddl.tables_of(o) t \
-             JOIN pg_class c ON c.oid = t JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE s.id > $1 ORDER BY 1",
-            &[&after],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    tables_of_statements(client, "s.id > $1", after).await
 }
 
-/// The tables (`schema.table`) captured statement `id` made or changed, as the connected
-/// (capturing) database has them now.
+/// The tables captured statement `id` made or changed, as the connected (capturing)
+/// database has them now.
 pub async fn statement_tables(
     client: &Client,
     id: i64,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT DISTINCT n.nspname || '.' || c.relname \
-             FROM pgseal_ddl.statements s \
-             CROSS JOIN LATERAL unnest(string_to_array(s.object_identity, ', ')) o \
-             CROSS JOIN LATERAL pgseal_ddl.tables_of(o) t \
-             JOIN pg_class c ON c.oid = t JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE s.id = $1 ORDER BY 1",
-            &[&id],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    tables_of_statements(client, "s.id = $1", id).await
 }
 
 /// One captured statement.
