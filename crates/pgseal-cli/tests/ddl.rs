@@ -82,6 +82,8 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
         assert_crashed(&out, "ddl:refreshed");
         break;
     }
+    // `resume` after the kill (it looks again, as `status` does): nothing copied twice.
+    h.ok(&["migrate", "resume", "d1"]);
 
     wait_for(&h, "d1", "the new table's rows", |tgt| {
         tgt.count("SELECT count(*) FROM pg_class WHERE relname = 'newt'") == 1
