@@ -62,6 +62,15 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     src.exec("CREATE INDEX t_v ON t (v)");
     src.exec("ALTER TABLE r RENAME COLUMN old_name TO new_name");
     src.exec("INSERT INTO r VALUES (2, 'y')");
+    // DDL and the rows that need it in one transaction, statement by statement.
+    for statement in [
+        "BEGIN",
+        "ALTER TABLE r ADD COLUMN score int",
+        "UPDATE r SET score = id * 10",
+        "COMMIT",
+    ] {
+        src.exec(statement);
+    }
     src.exec("DROP TABLE unused");
     // A session's temporary table is its own: not carried, nothing stops.
     src.exec("CREATE TEMP TABLE scratch (id int); DROP TABLE scratch");
@@ -117,6 +126,7 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
             ("CREATE TABLE", "applied"),
             ("CREATE INDEX", "applied"),
             ("ALTER TABLE", "applied"),
+            ("ALTER TABLE", "applied"),
             ("DROP TABLE", "applied"),
         ],
         "{listed}"
@@ -127,6 +137,10 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
         "1:7,2:7,3:9"
     );
     assert_eq!(tgt.text("SELECT new_name FROM r WHERE id = 2"), "y");
+    assert_eq!(
+        tgt.text("SELECT string_agg(id || ':' || score, ',' ORDER BY id) FROM r"),
+        "1:10,2:20"
+    );
     assert_eq!(
         tgt.count("SELECT count(*) FROM pg_indexes WHERE indexname = 't_v'"),
         1
@@ -188,7 +202,7 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     // DDL on the new primary travels back with the reverse replication: a rollback finds
     // the source's schema and rows as the target's.
     tgt.exec("ALTER TABLE r ADD COLUMN back int NOT NULL DEFAULT 9");
-    tgt.exec("INSERT INTO r VALUES (3, 'z', 10)");
+    tgt.exec("INSERT INTO r (id, new_name, back) VALUES (3, 'z', 10)");
     let listed = h.json(&["migrate", "ddl", "d1"]);
     let last = listed.as_array().unwrap().last().unwrap().clone();
     assert_eq!(
