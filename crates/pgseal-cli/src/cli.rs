@@ -668,6 +668,8 @@ Example:
 const CUTOVER_ABOUT: &str = "\
 Move applications from the source to the encrypted target with a pause, not an outage:
 
+  0 after a validation, the tables DDL changed on the source since are compared again
+    (DDL rewrites rows the final check would not see); a dry run lists them
   1 checks, per database: replicating, lag under --max-lag, no apply errors, worker
     running, no schema drift; nothing the switch moves left stale (databases outside the
     migration when the switch moves the whole instance, tables outside the publication,

@@ -182,6 +182,10 @@ pub struct CutoverReport {
     pub rollback_ready: bool,
     /// The re-verification of rows changed since the last clean validation, if one ran.
     pub final_check: Option<crate::validate::FinalCheck>,
+    /// A dry run: the tables (`database/schema.table`) DDL changed since the last
+    /// validation, which `pgseal migrate cutover` compares again before it starts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revalidate: Vec<String>,
 }
 
 /// Refuses a cutover whose checks failed, naming them; nothing was changed then.
@@ -450,40 +454,33 @@ async fn check<P: Platform, S: Switch>(
         // The final check compares only rows the target's change log names: without the
         // log (an earlier cutover that failed after dropping it), it would compare nothing.
         Some(last) if st.migration.phase == Phase::Replicating => {
-            for s in streams_of(journal, name)? {
-                // DDL rewrites rows without the change log seeing them.
-                let source = connect_source_db(platform, &st.migration.spec, &s.database).await?;
-                let now = pgseal_pg::ddl::last_id(&source)
-                    .await
-                    .map_err(sql("source", "reading the captured DDL"))?;
-                let seen = last["ddl_seen"][&s.database].as_i64().unwrap_or(0);
-                if now > seen {
-                    let touched = pgseal_pg::ddl::touched_tables(&source, seen)
-                        .await
-                        .map_err(sql("source", "reading the tables DDL changed"))?;
+            // DDL rewrites rows without the change log seeing them: the tables it changed
+            // are compared again first (`pgseal migrate cutover` does it before calling
+            // this; a dry run lists them).
+            let since = crate::ddl::since_validation(platform, journal, name, &last).await?;
+            if options.dry_run {
+                report.revalidate = since
+                    .iter()
+                    .flat_map(crate::ddl::DdlSinceValidation::qualified_tables)
+                    .collect();
+            } else {
+                for d in &since {
                     failed.push(format!(
-                        "{}: DDL ran on the source since the last validation (captured statements {}..={now}, `pgseal migrate ddl {name}`){}; `pgseal migrate validate {name}` again{}",
-                        s.database,
-                        seen + 1,
-                        if touched.is_empty() {
+                        "{}: DDL ran on the source since the last validation (captured statements {}..={}, `pgseal migrate ddl {name}`){}; `pgseal migrate validate {name} --tables {}` again",
+                        d.database,
+                        d.first,
+                        d.last,
+                        if d.tables.is_empty() {
                             String::new()
                         } else {
-                            format!(", changing {}", touched.join(", "))
+                            format!(", changing {}", d.tables.join(", "))
                         },
-                        if touched.is_empty() {
-                            String::new()
-                        } else {
-                            format!(
-                                " (those tables are enough: --tables {})",
-                                touched
-                                    .iter()
-                                    .map(|t| format!("{}/{t}", s.database))
-                                    .collect::<Vec<_>>()
-                                    .join(",")
-                            )
-                        }
+                        d.qualified_tables().join(",")
                     ));
                 }
+            }
+            for s in streams_of(journal, name)? {
+                // DDL rewrites rows without the change log seeing them.
                 let target = connect_to(platform, &st.migration.spec.target, &s.database, "target").await?;
                 if !crate::validate::change_log_present(&target).await? {
                     failed.push(format!(

@@ -231,3 +231,59 @@ pub async fn refresh_new_tables(
     crate::steps::failpoint_at("ddl:refreshed");
     Ok(new)
 }
+
+/// DDL captured in one database since the last validation, which may have rewritten rows
+/// no change log saw (`ADD COLUMN ... DEFAULT` fills the existing rows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DdlSinceValidation {
+    /// The database.
+    pub database: String,
+    /// The first and last captured statements since.
+    pub first: i64,
+    /// See `first`.
+    pub last: i64,
+    /// The tables they made or changed (`schema.table`; a partitioned table's
+    /// partitions): comparing these again vouches for them.
+    pub tables: Vec<String>,
+}
+
+impl DdlSinceValidation {
+    /// The tables as `validate --tables` takes them (`database/schema.table`).
+    pub fn qualified_tables(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .map(|t| format!("{}/{t}", self.database))
+            .collect()
+    }
+}
+
+/// Per database of migration `name`, the DDL its source captured since the last
+/// validation (`last`, the journal's record of it); databases without any are left out.
+pub async fn since_validation<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    last: &serde_json::Value,
+) -> Result<Vec<DdlSinceValidation>, EngineError> {
+    let spec = journal.migration(name)?.spec;
+    let mut found = Vec::new();
+    for s in streams_of(journal, name)? {
+        let source = connect_source_db(platform, &spec, &s.database).await?;
+        let now = ddl::last_id(&source)
+            .await
+            .map_err(sql("source", "reading the captured DDL"))?;
+        let seen = last["ddl_seen"][&s.database].as_i64().unwrap_or(0);
+        if now > seen {
+            let tables = ddl::touched_tables(&source, seen)
+                .await
+                .map_err(sql("source", "reading the tables DDL changed"))?;
+            found.push(DdlSinceValidation {
+                database: s.database.clone(),
+                first: seen + 1,
+                last: now,
+                tables,
+            });
+        }
+    }
+    Ok(found)
+}

@@ -670,6 +670,9 @@ fn cutover(
     let instances = LocalInstances::open(&ctx.home)?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
+    if !options.dry_run {
+        revalidate_after_ddl(ctx, &runtime, &platform, &journal, name)?;
+    }
     #[cfg(feature = "aws")]
     if let AnyPlatform::Aws(aws) = &platform {
         let switch = rename_switch(ctx, aws, &spec, endpoint, on_switch.as_deref(), false)?;
@@ -939,6 +942,29 @@ fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
     let journal = Journal::open(&ctx.home)?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
+    let report = run_validation(ctx, &runtime, &platform, &journal, name, tables)?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", output::migrate::validation(name, &report));
+    }
+    Ok(exit::code(if report.clean {
+        exit::OK
+    } else {
+        exit::VERIFY_FAILED
+    }))
+}
+
+/// Validates `tables` (or every published table) of migration `name`, with a progress bar
+/// per table on a terminal and a line per table done.
+fn run_validation(
+    ctx: &Context,
+    runtime: &tokio::runtime::Runtime,
+    platform: &AnyPlatform,
+    journal: &Journal,
+    name: &str,
+    tables: Option<&[String]>,
+) -> anyhow::Result<pgseal_core::validate::ValidationReport> {
     use pgseal_core::validate::Progress;
     use std::io::IsTerminal;
     let bars = !ctx.quiet && !ctx.json && std::io::stderr().is_terminal();
@@ -971,19 +997,48 @@ fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
         }
         Progress::Table { .. } => {}
     };
-    let report = runtime.block_on(pgseal_core::validate::validate(
-        &platform, &journal, name, tables, &progress,
-    ))?;
-    if ctx.json {
-        print_json(&report)?;
-    } else {
-        print!("{}", output::migrate::validation(name, &report));
+    Ok(runtime.block_on(pgseal_core::validate::validate(
+        platform, journal, name, tables, &progress,
+    ))?)
+}
+
+/// Before a cutover: the tables DDL changed since the last validation are compared again
+/// (DDL rewrites rows no change log sees), so that the cutover's own check finds them
+/// vouched for. Nothing when there was no validation or no DDL since.
+fn revalidate_after_ddl(
+    ctx: &Context,
+    runtime: &tokio::runtime::Runtime,
+    platform: &AnyPlatform,
+    journal: &Journal,
+    name: &str,
+) -> anyhow::Result<()> {
+    let record = journal.migration(name)?;
+    let last = journal.outputs(name, pgseal_core::steps::Step::Validate)?;
+    let (Some(last), Phase::Replicating) = (last, record.phase) else {
+        return Ok(());
+    };
+    if record.spec.strategy == pgseal_core::steps::Strategy::BlueGreen {
+        return Ok(());
     }
-    Ok(exit::code(if report.clean {
-        exit::OK
-    } else {
-        exit::VERIFY_FAILED
-    }))
+    let since = runtime.block_on(pgseal_core::ddl::since_validation(
+        platform, journal, name, &last,
+    ))?;
+    if since.is_empty() {
+        return Ok(());
+    }
+    let tables: Vec<String> = since
+        .iter()
+        .flat_map(pgseal_core::ddl::DdlSinceValidation::qualified_tables)
+        .collect();
+    ctx.status(output::migrate::revalidating(&since));
+    let report = run_validation(ctx, runtime, platform, journal, name, Some(&tables))?;
+    ctx.status(format!(
+        "compared again: {} table(s), {} row(s), {} mismatched",
+        report.tables.len(),
+        report.rows,
+        report.mismatched_rows
+    ));
+    Ok(())
 }
 
 fn rollback(

@@ -42,6 +42,13 @@ pub fn cutover(name: &str, spec: &MigrationSpec, report: &CutoverReport) -> Stri
                 outln!(out, "  - {c}");
             }
         }
+        if !report.revalidate.is_empty() {
+            outln!(
+                out,
+                "DDL ran on the source since the last validation: the cutover first compares again {}",
+                report.revalidate.join(", ")
+            );
+        }
     } else {
         outln!(
             out,
@@ -193,6 +200,31 @@ pub fn validation(name: &str, report: &ValidationReport) -> String {
         if report.clean { "clean" } else { "NOT clean" }
     );
     out
+}
+
+/// The line before a cutover's comparison of the tables DDL changed since the last
+/// validation.
+pub fn revalidating(since: &[pgseal_core::ddl::DdlSinceValidation]) -> String {
+    let parts: Vec<String> = since
+        .iter()
+        .map(|d| {
+            format!(
+                "{} (statements {}..={}: {})",
+                d.database,
+                d.first,
+                d.last,
+                if d.tables.is_empty() {
+                    "no table changed".to_string()
+                } else {
+                    d.tables.join(", ")
+                }
+            )
+        })
+        .collect();
+    format!(
+        "DDL ran on the source since the last validation in {}: comparing those tables again before the cutover",
+        parts.join("; ")
+    )
 }
 
 /// `migrate ddl`: one line a captured statement, with its state and why it stopped.
