@@ -466,7 +466,7 @@ async fn check<P: Platform, S: Switch>(
             } else {
                 for d in &since {
                     failed.push(format!(
-                        "{}: DDL ran on the source since the last validation (captured statements {}..={}, `pgseal migrate ddl {name}`){}; `pgseal migrate validate {name} --tables {}` again",
+                        "{}: DDL ran on the source since the last validation (captured statements {}..={}, `pgseal migrate ddl {name}`){}; `pgseal migrate cutover {name}` again compares {} first",
                         d.database,
                         d.first,
                         d.last,
@@ -475,12 +475,15 @@ async fn check<P: Platform, S: Switch>(
                         } else {
                             format!(", changing {}", d.tables.join(", "))
                         },
-                        d.qualified_tables().join(",")
+                        if d.tables.is_empty() {
+                            "nothing (no table changed) but records it".to_string()
+                        } else {
+                            format!("them (`pgseal migrate validate {name} --tables {}`)", d.qualified_tables().join(","))
+                        }
                     ));
                 }
             }
             for s in streams_of(journal, name)? {
-                // DDL rewrites rows without the change log seeing them.
                 let target = connect_to(platform, &st.migration.spec.target, &s.database, "target").await?;
                 if !crate::validate::change_log_present(&target).await? {
                     failed.push(format!(
@@ -1233,8 +1236,8 @@ async fn subscribe_reverse<P: Platform>(
 
 /// Makes `capturing`'s database capture DDL and `replaying`'s replay it, where the
 /// migration captures DDL at all: target → source while reverse replication runs, and
-/// back when it is removed.
-/// Each side is a session and its role's name (`source`, `target`).
+/// back when it is removed. Each side is a session and its role's name (`source`,
+/// `target`).
 async fn swap_ddl_roles(
     (capturing, capturing_role): (&Client, &'static str),
     (replaying, replaying_role): (&Client, &'static str),
