@@ -174,14 +174,22 @@ impl Home {
 
 impl Drop for Home {
     fn drop(&mut self) {
-        // Abort every migration, then delete every instance: no server, mount or slot
-        // outlives the test.
+        // Abort every migration, then delete every endpoint and instance: no server,
+        // PgBouncer, mount or slot outlives the test.
         if let Ok(out) = self.command(&["migrate", "list", "--json"]).output()
             && let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
         {
             for m in list.as_array().into_iter().flatten() {
                 let name = m["spec"]["name"].as_str().unwrap_or_default();
                 let _ = self.run(&["migrate", "abort", name]);
+            }
+        }
+        if let Ok(out) = self.command(&["endpoint", "list", "--json"]).output()
+            && let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        {
+            for e in list.as_array().into_iter().flatten() {
+                let name = e["name"].as_str().unwrap_or_default();
+                let _ = self.run(&["endpoint", "delete", name]);
             }
         }
         if let Ok(out) = self.command(&["instance", "list", "--json"]).output()
