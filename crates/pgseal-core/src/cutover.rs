@@ -1242,18 +1242,15 @@ async fn swap_ddl_roles(
     (capturing, capturing_role): (&Client, &'static str),
     (replaying, replaying_role): (&Client, &'static str),
 ) -> Result<(), EngineError> {
-    if !pgseal_pg::ddl::installed(replaying)
+    // False where the migration installed no capture: nothing to swap then.
+    if pgseal_pg::ddl::install_replay(replaying)
         .await
-        .map_err(sql(replaying_role, "looking for the DDL capture"))?
+        .map_err(sql(replaying_role, "installing the DDL replay"))?
     {
-        return Ok(());
+        pgseal_pg::ddl::capture_here(capturing)
+            .await
+            .map_err(sql(capturing_role, "installing the DDL capture"))?;
     }
-    pgseal_pg::ddl::install_replay(replaying)
-        .await
-        .map_err(sql(replaying_role, "installing the DDL replay"))?;
-    pgseal_pg::ddl::capture_here(capturing)
-        .await
-        .map_err(sql(capturing_role, "installing the DDL capture"))?;
     Ok(())
 }
 

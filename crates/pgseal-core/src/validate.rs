@@ -1313,28 +1313,18 @@ pub async fn validate<P: Platform>(
     // the other tables' changes stay for the cutover's final check.
     for (stream, target) in streams.iter().zip(&targets) {
         let horizon = report.horizons[&stream.database];
-        match tables {
-            None => {
-                target
-                    .execute(
-                        &format!("DELETE FROM {CHANGE_LOG} WHERE id <= $1"),
-                        &[&horizon],
-                    )
-                    .await
-            }
-            Some(_) => {
-                target
-                    .execute(
-                        &format!(
-                            "DELETE FROM {CHANGE_LOG} WHERE id <= $1 \
-                         AND tbl = ANY (SELECT to_regclass(t) FROM unnest($2::text[]) t)"
-                        ),
-                        &[&horizon, &listed_by_db[&stream.database]],
-                    )
-                    .await
-            }
-        }
-        .map_err(sql("target", "trimming the change log"))?;
+        // NULL: a whole pass, every table's entries.
+        let compared: Option<&Vec<String>> = tables.map(|_| &listed_by_db[&stream.database]);
+        target
+            .execute(
+                &format!(
+                    "DELETE FROM {CHANGE_LOG} WHERE id <= $1 AND ($2::text[] IS NULL \
+                     OR tbl = ANY (SELECT to_regclass(t) FROM unnest($2::text[]) t))"
+                ),
+                &[&horizon, &compared],
+            )
+            .await
+            .map_err(sql("target", "trimming the change log"))?;
     }
     let pass = serde_json::to_value(report.journaled()).expect("a report serialises");
     let recorded = match tables {

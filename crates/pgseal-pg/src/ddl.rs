@@ -417,23 +417,10 @@ pub async fn install_replay(client: &Client) -> Result<bool, tokio_postgres::Err
     if !installed(client).await? {
         return Ok(false);
     }
-    let copied: Vec<String> = client
-        .query(
-            "SELECT evtname::text FROM pg_event_trigger WHERE starts_with(evtname, $1)",
-            &[&TRIGGER_PREFIX],
-        )
+    let disable: String = pgseal_triggers(client)
         .await?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let disable: String = copied
-        .iter()
-        .map(|t| {
-            format!(
-                "ALTER EVENT TRIGGER {} DISABLE; ",
-                crate::replication::quote_ident(t)
-            )
-        })
+        .map(|t| format!("ALTER EVENT TRIGGER {t} DISABLE; "))
         .collect();
     client.batch_execute(&format!("{disable}{REPLAY}")).await?;
     Ok(true)
@@ -460,6 +447,20 @@ pub async fn capture_here(client: &Client) -> Result<bool, tokio_postgres::Error
     Ok(true)
 }
 
+/// pgseal's event triggers in the connected database (capture, drops, hold), their names
+/// quoted.
+async fn pgseal_triggers(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT quote_ident(evtname) FROM pg_event_trigger WHERE starts_with(evtname, $1)",
+            &[&TRIGGER_PREFIX],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// Whether the connected database has the capture table.
 pub async fn installed(client: &Client) -> Result<bool, tokio_postgres::Error> {
     Ok(client
@@ -475,27 +476,14 @@ pub async fn installed(client: &Client) -> Result<bool, tokio_postgres::Error> {
 /// Removes the event triggers and the capture schema from the connected database. True
 /// when there was something to remove.
 pub async fn remove(client: &Client) -> Result<bool, tokio_postgres::Error> {
-    let triggers: Vec<String> = client
-        .query(
-            "SELECT evtname::text FROM pg_event_trigger WHERE starts_with(evtname, $1)",
-            &[&TRIGGER_PREFIX],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let triggers = pgseal_triggers(client).await?;
     let schema = client
         .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&SCHEMA])
         .await?
         .is_some();
     let drops: String = triggers
         .iter()
-        .map(|t| {
-            format!(
-                "DROP EVENT TRIGGER IF EXISTS {}; ",
-                crate::replication::quote_ident(t)
-            )
-        })
+        .map(|t| format!("DROP EVENT TRIGGER IF EXISTS {t}; "))
         .collect();
     client
         .batch_execute(&format!("{drops}DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
