@@ -245,7 +245,7 @@ impl AwsPlatform {
     ) -> Result<tokio_postgres::Client> {
         let mut config = self.sql_config(name, false).await?;
         config.dbname(dbname);
-        pgseal_pg::connect(&config)
+        pgseal_pg::connect_pinned(&config)
             .await
             .map_err(|source| AwsError::Connect {
                 what: format!("connecting to {name}"),

@@ -1273,7 +1273,7 @@ pub async fn connect_source_db<P: Platform>(
     dbname: &str,
 ) -> Result<Client, EngineError> {
     let config = source_db_config(platform, spec, dbname).await?;
-    pgseal_pg::connect(&config)
+    pgseal_pg::connect_pinned(&config)
         .await
         .map_err(|source| EngineError::Connect {
             role: "source",
@@ -1317,7 +1317,7 @@ pub async fn connect_to<P: Platform>(
     role: &'static str,
 ) -> Result<Client, EngineError> {
     let config = instance_config(platform, instance, dbname, role).await?;
-    pgseal_pg::connect(&config)
+    pgseal_pg::connect_pinned(&config)
         .await
         .map_err(|source| EngineError::Connect { role, source })
 }

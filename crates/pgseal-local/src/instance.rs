@@ -897,7 +897,7 @@ impl LocalInstances {
             source,
         };
         runtime.block_on(async {
-            let client = pgseal_pg::connect(&config).await?;
+            let client = pgseal_pg::connect_pinned(&config).await?;
             work(client).await.map_err(sql_error)
         })
     }

@@ -492,7 +492,7 @@ impl LocalInstances {
             name.replace('-', "_")
         );
         let (client, server_version, total) = runtime.block_on(async {
-            let client = pgseal_pg::connect(&conn.config).await?;
+            let client = pgseal_pg::connect_pinned(&conn.config).await?;
             // Temporary: dropped by the server when this session ends, however it ends.
             client
                 .execute("SELECT pg_create_physical_replication_slot($1, true, true)", &[&slot])

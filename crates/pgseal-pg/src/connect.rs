@@ -191,6 +191,29 @@ pub async fn connect_with(config: &Config, policy: &TlsPolicy) -> Result<Client,
     Ok(client)
 }
 
+/// The settings every session pgseal opens for its own work pins first, whatever the
+/// server, the database or the role default to (`ALTER DATABASE ... SET`, which any
+/// database owner may run): names resolve in `pg_catalog` only, temporary objects last,
+/// so no object of another user's can stand in for a built-in one; string literals take
+/// backslashes as they are; catalog functions print every name schema-qualified, so the
+/// same definition reads the same on both sides of a migration.
+pub const PINNED_SETTINGS: &str =
+    "SET search_path = pg_catalog, pg_temp; SET standard_conforming_strings = on";
+
+/// [`connect`], then [`PINNED_SETTINGS`]: the session pgseal does its own work in on a
+/// server (not through a pooler, where settings would outlive the transaction).
+pub async fn connect_pinned(config: &Config) -> Result<Client, ConnectError> {
+    let client = connect(config).await?;
+    client
+        .batch_execute(PINNED_SETTINGS)
+        .await
+        .map_err(|e| ConnectError {
+            target: describe_target(config),
+            source: e.into(),
+        })?;
+    Ok(client)
+}
+
 /// Drives a connection until its client is dropped.
 fn spawn_connection<S, T>(target: String, connection: tokio_postgres::Connection<S, T>)
 where

@@ -57,7 +57,7 @@ const TRIGGER_PREFIX: &str = "pgseal_ddl_";
 /// replication anyway) and a `SET` would stay set in the target's apply worker.
 const STATEMENT_HEADS: &str = r#"
 CREATE OR REPLACE FUNCTION pgseal_ddl.statement_heads(q text) RETURNS text[]
-LANGUAGE plpgsql IMMUTABLE AS $f$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$
 DECLARE
   i int := 1; n int := length(q); c text; state text := 'code'; tag text;
   heads text[] := '{}'; seen boolean := false;
@@ -111,12 +111,14 @@ BEGIN
 END $f$;
 
 CREATE OR REPLACE FUNCTION pgseal_ddl.statement_count(q text) RETURNS int
-LANGUAGE sql IMMUTABLE AS $f$ SELECT cardinality(pgseal_ddl.statement_heads(q)) $f$;
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$ SELECT cardinality(pgseal_ddl.statement_heads(q)) $f$;
 "#;
 
 /// The capture table and the decisions table, as both sides have them (the target's copy
 /// arrives with the snapshot; the decisions are written on the target only, but every
 /// published table must exist on both sides for the reverse subscription of a rollback).
+/// Nobody but its owner may read or write them: the capture writes through
+/// `pgseal_ddl.record`, which every role may call and which decides what is written.
 const TABLE: &str = "
 CREATE SCHEMA IF NOT EXISTS pgseal_ddl;
 CREATE TABLE IF NOT EXISTS pgseal_ddl.statements (
@@ -129,11 +131,19 @@ CREATE TABLE IF NOT EXISTS pgseal_ddl.statements (
   statement text NOT NULL,
   verdict text
 );
+ALTER TABLE pgseal_ddl.statements
+  ADD COLUMN IF NOT EXISTS role text,
+  ADD COLUMN IF NOT EXISTS conforming_strings boolean NOT NULL DEFAULT true,
+  ADD COLUMN IF NOT EXISTS roles jsonb,
+  ADD COLUMN IF NOT EXISTS replay text;
 CREATE TABLE IF NOT EXISTS pgseal_ddl.decisions (
   id bigint PRIMARY KEY,
   decision text NOT NULL CHECK (decision IN ('skip', 'applied')),
   decided_at timestamptz NOT NULL DEFAULT now()
 );
+REVOKE ALL ON ALL TABLES IN SCHEMA pgseal_ddl FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA pgseal_ddl FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgseal_ddl TO PUBLIC;
 ";
 
 /// The table (or, partitioned, its leaf partitions: what a publication lists) an object
@@ -141,7 +151,7 @@ CREATE TABLE IF NOT EXISTS pgseal_ddl.decisions (
 /// (an index changes no row). An identity that is not a name at all gives none too.
 const TABLES_OF: &str = r#"
 CREATE OR REPLACE FUNCTION pgseal_ddl.tables_of(ident text) RETURNS SETOF regclass
-LANGUAGE plpgsql STABLE AS $f$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$
 DECLARE
   candidate text;
   rel regclass;
@@ -164,24 +174,111 @@ BEGIN
 END $f$;
 "#;
 
-/// The source's capture function; `{varies}` is [`varies_sql`] of the column default.
+/// The roles of the connected server (every role but PostgreSQL's predefined `pg_*`
+/// ones) as the replay makes a missing one: attributes, the password's verifier where
+/// the capture's owner may read it (never a plaintext password: PostgreSQL keeps none),
+/// and memberships. A captured statement carries them, so that one naming (or run by) a
+/// role made since the copy finds it on the other side.
+const ROLES: &str = r#"
+CREATE OR REPLACE FUNCTION pgseal_ddl.roles() RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$
+DECLARE
+  secret text := 'NULL::text';
+  out jsonb;
+BEGIN
+  IF has_table_privilege('pg_catalog.pg_authid', 'SELECT') THEN
+    secret := '(SELECT a.rolpassword FROM pg_catalog.pg_authid a WHERE a.oid = r.oid)';
+  END IF;
+  EXECUTE format($q$
+    SELECT jsonb_agg(jsonb_build_object(
+             'name', r.rolname, 'superuser', r.rolsuper, 'inherit', r.rolinherit,
+             'createrole', r.rolcreaterole, 'createdb', r.rolcreatedb, 'login', r.rolcanlogin,
+             'replication', r.rolreplication, 'bypassrls', r.rolbypassrls,
+             'connlimit', r.rolconnlimit, 'valid_until', r.rolvaliduntil, 'password', %s,
+             'member_of', (SELECT coalesce(jsonb_agg(jsonb_build_object('role', g.rolname,
+                              'admin', m.admin_option) ORDER BY g.rolname), '[]')
+                           FROM pg_catalog.pg_auth_members m
+                           JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+                           WHERE m.member = r.oid))
+           ORDER BY r.rolname)
+    FROM pg_catalog.pg_roles r WHERE r.rolname !~ '^pg_'$q$, secret) INTO out;
+  RETURN out;
+END $f$;
+REVOKE ALL ON FUNCTION pgseal_ddl.roles() FROM PUBLIC;
+"#;
+
+/// The source's capture. `pgseal_ddl.capture()` runs as whoever ran the DDL (so it can
+/// see their `search_path` and role) and hands only those to `pgseal_ddl.record`, which
+/// runs as pgseal's role with a pinned `search_path` and decides all else from
+/// PostgreSQL's own event-trigger data. `{varies}` is [`varies_sql`] of a column default.
+///
+/// What is not captured, and why:
+/// - commands PostgreSQL collects nothing for: those run inside another command that
+///   PostgreSQL keeps out of the collection (`REFRESH MATERIALIZED VIEW CONCURRENTLY`'s
+///   temporary diff tables; the refresh itself is captured) and no-ops
+///   (`IF [NOT] EXISTS` that found nothing to do);
+/// - temporary objects, pgseal's own schemas, and what an extension's script runs;
+/// - replication plumbing (publications, subscriptions: each server's own) and physical
+///   maintenance (`REINDEX`, `CLUSTER`: the other side's storage is its own).
 const CAPTURE: &str = r#"
 CREATE OR REPLACE FUNCTION pgseal_ddl.capture() RETURNS event_trigger
 LANGUAGE plpgsql AS $f$
+BEGIN
+  PERFORM pgseal_ddl.record(tg_tag, pg_catalog.current_setting('search_path'),
+                            pg_catalog.current_setting('standard_conforming_strings') = 'on',
+                            current_user::text);
+END $f$;
+
+CREATE OR REPLACE FUNCTION pgseal_ddl.has_rows(rel regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$
+DECLARE
+  found boolean;
+BEGIN
+  EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', rel) INTO found;
+  RETURN found;
+END $f$;
+
+-- A table made from a query (CREATE TABLE AS, SELECT INTO) as a plain CREATE TABLE: its
+-- rows reach the other side with the subscription's copy of the new table.
+CREATE OR REPLACE FUNCTION pgseal_ddl.table_of_query(rel regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$
+  SELECT format('CREATE TABLE %s (%s)', rel,
+           string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+                             CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
+                                  THEN ' COLLATE ' || a.attcollation::regcollation::text ELSE '' END),
+                      ', ' ORDER BY a.attnum))
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+  WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+$f$;
+
+CREATE OR REPLACE FUNCTION pgseal_ddl.record(tag text, path text, conforming boolean, who text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$
 DECLARE
   q text := current_query();
   objects text;
+  collected int;
   dropped text;
   verdict text;
+  replay text;
   heads text[];
+  made regclass;
 BEGIN
-  -- Replication plumbing (pgseal's own at cutover, too) belongs to each server.
-  IF tg_tag ~ '^(CREATE|ALTER|DROP) (SUBSCRIPTION|PUBLICATION)$' THEN
+  -- Replication plumbing (pgseal's own at cutover, too) belongs to each server; the
+  -- other side's storage is its own.
+  IF tag ~ '^(CREATE|ALTER|DROP) (SUBSCRIPTION|PUBLICATION)$' OR tag IN ('REINDEX', 'CLUSTER') THEN
     RETURN;
   END IF;
   -- What a DROP removed, as pgseal_ddl.dropped() noted it just before (sql_drop).
   dropped := nullif(current_setting('pgseal_ddl.dropped', true), '');
   PERFORM set_config('pgseal_ddl.dropped', '', true);
+  SELECT count(*), string_agg(DISTINCT object_identity, ', ') INTO collected, objects
+    FROM pg_event_trigger_ddl_commands();
+  -- Nothing collected and nothing dropped: a command run inside another one that
+  -- PostgreSQL keeps out of the collection, or one that changed nothing.
+  IF collected = 0 AND dropped IS NULL THEN
+    RETURN;
+  END IF;
   IF dropped = '-' OR EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
              WHERE schema_name IN ('pgseal_ddl', 'pgseal_validate')
                 OR schema_name LIKE 'pg\_temp%' OR in_extension) THEN
@@ -192,48 +289,55 @@ BEGIN
              WHERE xid = pg_current_xact_id() AND statement = q) THEN
     RETURN;
   END IF;
-  SELECT string_agg(DISTINCT object_identity, ', ') INTO objects
-    FROM pg_event_trigger_ddl_commands();
-  -- `IF [NOT] EXISTS` that found nothing to do changed nothing to carry.
-  IF objects IS NULL AND dropped IS NULL AND q ~* '\mIF\s+(NOT\s+)?EXISTS\M' THEN
-    RETURN;
-  END IF;
   objects := coalesce(objects, dropped);
+  -- Replayed as the role that ran it, which pgseal's role could become here.
+  IF who IS NULL OR NOT pg_has_role(session_user, who, 'MEMBER') THEN
+    who := session_user;
+  END IF;
   -- Several statements are replayed whole when each is DDL the capture carries.
   heads := pgseal_ddl.statement_heads(q);
   IF left(objects, 1) = '!' THEN
     objects := substr(objects, 2);
     verdict := 'it drops temporary objects together with others: the target has no such temporary object; drop the others there';
-  ELSIF cardinality(heads) > 1 AND NOT heads <@ ARRAY['CREATE', 'ALTER', 'DROP', 'COMMENT'] THEN
+  ELSIF cardinality(heads) > 1 AND NOT heads <@ ARRAY['CREATE', 'ALTER', 'DROP', 'COMMENT', 'GRANT', 'REVOKE'] THEN
     verdict := 'the query string holds several statements, not all of them DDL: replaying it would repeat the others';
-  ELSIF NOT split_part(tg_tag, ' ', 1) = ANY (heads) THEN
+  ELSIF NOT split_part(tag, ' ', 1) = ANY (heads) THEN
     verdict := 'it ran inside another statement (a function, a DO block): replaying that would repeat all it did';
-  ELSIF tg_tag IN ('GRANT', 'REVOKE', 'ALTER DEFAULT PRIVILEGES') OR q ~* '\mTABLESPACE\M'
-        OR q ~* '\mOWNER\s+TO\M' OR q ~* '\mAUTHORIZATION\M'
-        OR (tg_tag IN ('CREATE POLICY', 'ALTER POLICY') AND q ~* '\mTO\M') THEN
-    verdict := 'it names roles or a tablespace, which the target has its own of (a role made on the source since the copy is not there): check them there';
-  ELSIF tg_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
-    verdict := 'its rows come from a query, which the target would run on its own data';
-  ELSIF tg_tag = 'ALTER TABLE' AND q ~* '\mTYPE\M' AND q ~* '\mUSING\M' THEN
-    verdict := 'ALTER ... TYPE ... USING rewrites every row with an expression';
-  ELSIF tg_tag = 'ALTER TABLE' AND q ~* '\mADD\M' AND EXISTS (
+  ELSIF q ~* '\mTABLESPACE\M' THEN
+    verdict := 'it names a tablespace, which the target has its own of: check it there';
+  ELSIF tag = 'ALTER TABLE' AND q ~* '\mADD\M' AND EXISTS (
       SELECT 1 FROM pg_event_trigger_ddl_commands() e
       JOIN pg_attribute a ON a.attrelid = e.objid AND a.attnum > 0 AND NOT a.attisdropped
       LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-      WHERE e.classid = 'pg_class'::regclass
-        AND position(lower(a.attname::text) IN lower(q)) > 0
-        AND (a.attidentity <> '' OR {varies})) THEN
-    verdict := 'a column added with a default that is not immutable (or an identity, or a serial) gets values computed on the target, unlike the source''s rows';
+      WHERE e.classid = 'pg_class'::regclass AND age(a.xmin) <= 0
+        AND (a.attidentity <> '' OR {varies})
+        AND pgseal_ddl.has_rows(e.objid)
+        -- A table made in this transaction reaches the other side with its rows, by
+        -- the subscription's copy once it learns of it: nothing computed there.
+        AND NOT EXISTS (SELECT 1 FROM pgseal_ddl.statements s
+                        WHERE s.xid = pg_current_xact_id()
+                          AND s.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+                          AND e.object_identity = ANY (string_to_array(s.object_identity, ', ')))) THEN
+    verdict := 'a column added to a table with rows, with a default that is not immutable (or an identity, or a serial), gets values computed on the target, unlike the source''s rows';
+  ELSIF tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+    SELECT e.objid::regclass INTO made FROM pg_event_trigger_ddl_commands() e
+      WHERE e.classid = 'pg_class'::regclass AND e.object_type = 'table' LIMIT 1;
+    IF made IS NOT NULL THEN
+      replay := pgseal_ddl.table_of_query(made);
+    END IF;
   END IF;
-  INSERT INTO pgseal_ddl.statements (command_tag, object_identity, search_path, statement, verdict)
-  VALUES (tg_tag, objects, current_setting('search_path'), q, verdict);
+  INSERT INTO pgseal_ddl.statements
+    (command_tag, object_identity, search_path, statement, verdict, role, conforming_strings, roles, replay)
+  VALUES (tag, objects, path, q, verdict, who, conforming, pgseal_ddl.roles(), replay);
 END $f$;
+REVOKE ALL ON FUNCTION pgseal_ddl.record(text, text, boolean, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgseal_ddl.record(text, text, boolean, text) TO PUBLIC;
 
 -- sql_drop fires before ddl_command_end, and only there are the dropped objects known:
 -- it notes them for capture(), or '-' when they are temporary or pgseal's own (not
 -- carried: the target has no such temporary object, and pgseal's are each side's own).
 CREATE OR REPLACE FUNCTION pgseal_ddl.dropped() RETURNS event_trigger
-LANGUAGE plpgsql AS $f$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$
 DECLARE
   noted text;
   own int;
@@ -266,7 +370,7 @@ END $f$;
 /// pgseal's own sessions pass.
 const HOLD: &str = r#"
 CREATE OR REPLACE FUNCTION pgseal_ddl.hold() RETURNS event_trigger
-LANGUAGE plpgsql AS $f$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$
 BEGIN
   IF tg_tag ~ '^(CREATE|ALTER|DROP) (SUBSCRIPTION|PUBLICATION)$'
      OR current_setting('application_name') = 'pgseal'
@@ -278,13 +382,65 @@ BEGIN
 END $f$;
 "#;
 
-/// The target's replay trigger.
+/// The target's replay trigger, and the roles a replayed statement needs.
+///
+/// Each statement runs as the role that ran it on the source (so `"$user"` in its
+/// `search_path` and the owner of what it makes are the source's), with that session's
+/// `search_path` and `standard_conforming_strings`; roles made on the source since the
+/// copy are made first, from the definitions the statement carries. A statement
+/// PostgreSQL refuses inside a transaction (`CONCURRENTLY`) is run without it: the apply
+/// worker runs in one.
 const REPLAY: &str = r#"
+CREATE OR REPLACE FUNCTION pgseal_ddl.ensure_roles(defs jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$
+DECLARE
+  r jsonb;
+  m jsonb;
+BEGIN
+  FOR r IN SELECT value FROM jsonb_array_elements(coalesce(defs, '[]')) LOOP
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r->>'name') THEN
+      BEGIN
+        EXECUTE format('CREATE ROLE %I WITH %s %s %s %s %s %s %s CONNECTION LIMIT %s%s%s',
+          r->>'name',
+          CASE WHEN (r->>'superuser')::boolean THEN 'SUPERUSER' ELSE 'NOSUPERUSER' END,
+          CASE WHEN (r->>'inherit')::boolean THEN 'INHERIT' ELSE 'NOINHERIT' END,
+          CASE WHEN (r->>'createrole')::boolean THEN 'CREATEROLE' ELSE 'NOCREATEROLE' END,
+          CASE WHEN (r->>'createdb')::boolean THEN 'CREATEDB' ELSE 'NOCREATEDB' END,
+          CASE WHEN (r->>'login')::boolean THEN 'LOGIN' ELSE 'NOLOGIN' END,
+          CASE WHEN (r->>'replication')::boolean THEN 'REPLICATION' ELSE 'NOREPLICATION' END,
+          CASE WHEN (r->>'bypassrls')::boolean THEN 'BYPASSRLS' ELSE 'NOBYPASSRLS' END,
+          (r->>'connlimit')::int,
+          CASE WHEN r->>'valid_until' IS NOT NULL THEN format(' VALID UNTIL %L', r->>'valid_until') ELSE '' END,
+          CASE WHEN r->>'password' IS NOT NULL THEN format(' PASSWORD %L', r->>'password') ELSE '' END);
+      EXCEPTION WHEN others THEN
+        -- Another stream made it meanwhile, or this platform forbids an attribute: the
+        -- statement that needs it says so if it still fails.
+        RAISE WARNING 'pgseal: role % was not made here: %', r->>'name', SQLERRM;
+      END;
+    END IF;
+  END LOOP;
+  FOR r IN SELECT value FROM jsonb_array_elements(coalesce(defs, '[]')) LOOP
+    FOR m IN SELECT value FROM jsonb_array_elements(coalesce(r->'member_of', '[]')) LOOP
+      IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = m->>'role')
+         AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r->>'name')
+         AND NOT pg_has_role(r->>'name', m->>'role', 'MEMBER') THEN
+        BEGIN
+          EXECUTE format('GRANT %I TO %I%s', m->>'role', r->>'name',
+                         CASE WHEN (m->>'admin')::boolean THEN ' WITH ADMIN OPTION' ELSE '' END);
+        EXCEPTION WHEN others THEN
+          RAISE WARNING 'pgseal: role % was not made a member of %: %', r->>'name', m->>'role', SQLERRM;
+        END;
+      END IF;
+    END LOOP;
+  END LOOP;
+END $f$;
+REVOKE ALL ON FUNCTION pgseal_ddl.ensure_roles(jsonb) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION pgseal_ddl.replay() RETURNS trigger
-LANGUAGE plpgsql AS $f$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $f$
 DECLARE
   chosen text;
-  stmt text := NEW.statement;
+  stmt text := coalesce(NEW.replay, NEW.statement);
   rel regclass;
 BEGIN
   SELECT decision INTO chosen FROM pgseal_ddl.decisions WHERE id = NEW.id;
@@ -295,13 +451,23 @@ BEGIN
     RAISE EXCEPTION 'pgseal: captured DDL % (%) is not replayed: %', NEW.id, NEW.command_tag, NEW.verdict
       USING HINT = format('apply it on the target by hand, then `pgseal migrate ddl MIGRATION --apply %s`; or `--skip %s` to leave it out', NEW.id, NEW.id);
   END IF;
-  -- The apply worker runs in a transaction: no CONCURRENTLY there.
-  IF NEW.command_tag IN ('CREATE INDEX', 'DROP INDEX', 'REINDEX') THEN
-    stmt := regexp_replace(stmt, '\mCONCURRENTLY\M', '', 'gi');
-  END IF;
-  PERFORM set_config('search_path', NEW.search_path, true);
+  PERFORM pgseal_ddl.ensure_roles(NEW.roles);
   BEGIN
-    EXECUTE stmt;
+    PERFORM pg_catalog.set_config('search_path', NEW.search_path, true);
+    PERFORM pg_catalog.set_config('standard_conforming_strings',
+                                  CASE WHEN NEW.conforming_strings THEN 'on' ELSE 'off' END, true);
+    IF NEW.role IS NOT NULL THEN
+      PERFORM pg_catalog.set_config('role', NEW.role, true);
+    END IF;
+    BEGIN
+      EXECUTE stmt;
+    EXCEPTION WHEN active_sql_transaction THEN
+      -- CONCURRENTLY (CREATE/DROP INDEX, REINDEX, DETACH PARTITION) cannot run in the
+      -- apply worker's transaction; the plain form does the same there.
+      EXECUTE pg_catalog.regexp_replace(stmt, '\mCONCURRENTLY\M', '', 'gi');
+    END;
+    -- (search_path and standard_conforming_strings come back with the function's own.)
+    PERFORM pg_catalog.set_config('role', 'none', true);
   EXCEPTION WHEN others THEN
     RAISE EXCEPTION 'pgseal: captured DDL % (%) failed on this side: %', NEW.id, NEW.command_tag, SQLERRM
       USING HINT = format('make it succeed or do its work here by hand, then `pgseal migrate ddl MIGRATION --apply %s`; or `--skip %s` to leave it out', NEW.id, NEW.id);
@@ -348,28 +514,48 @@ async fn event_trigger_exists(client: &Client, name: &str) -> Result<bool, tokio
         .is_some())
 }
 
-/// Installs the capture in the connected (source) database, idempotently. False (and
-/// nothing made) when the role cannot create event triggers.
+/// Installs the capture in the connected (source) database, idempotently, in one
+/// transaction. False (and nothing made) when the role cannot create event triggers.
+/// Installing again (a resumed step, the swap after a cutover) captures nothing of its
+/// own: the capture's triggers are off for that transaction only, which no other session
+/// ever sees (catalog changes show at commit).
 pub async fn install_capture(client: &Client) -> Result<bool, tokio_postgres::Error> {
     if !capture_possible(client).await? {
         return Ok(false);
     }
-    let capture = CAPTURE.replace("{varies}", &varies_sql("pg_get_expr(d.adbin, d.adrelid)"));
-    client
-        .batch_execute(&format!("{TABLE}{STATEMENT_HEADS}{TABLES_OF}{capture}"))
-        .await?;
+    let enabled: Vec<String> = client
+        .query(
+            "SELECT evtname::text FROM pg_event_trigger WHERE evtname = ANY($1) AND evtenabled = 'O'",
+            &[&[DROP_TRIGGER, EVENT_TRIGGER].as_slice()],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut sql = String::from("BEGIN;\n");
+    for t in &enabled {
+        sql.push_str(&format!("ALTER EVENT TRIGGER {t} DISABLE;\n"));
+    }
+    sql.push_str(TABLE);
+    sql.push_str(STATEMENT_HEADS);
+    sql.push_str(TABLES_OF);
+    sql.push_str(ROLES);
+    sql.push_str(&CAPTURE.replace("{varies}", &varies_sql("pg_get_expr(d.adbin, d.adrelid)")));
     for (name, event, function) in [
         (DROP_TRIGGER, "sql_drop", "dropped"),
         (EVENT_TRIGGER, "ddl_command_end", "capture"),
     ] {
         if !event_trigger_exists(client, name).await? {
-            client
-                .batch_execute(&format!(
-                    "CREATE EVENT TRIGGER {name} ON {event} EXECUTE FUNCTION pgseal_ddl.{function}()"
-                ))
-                .await?;
+            sql.push_str(&format!(
+                "CREATE EVENT TRIGGER {name} ON {event} EXECUTE FUNCTION pgseal_ddl.{function}();\n"
+            ));
         }
     }
+    for t in &enabled {
+        sql.push_str(&format!("ALTER EVENT TRIGGER {t} ENABLE;\n"));
+    }
+    sql.push_str("COMMIT;");
+    client.batch_execute(&sql).await?;
     Ok(true)
 }
 

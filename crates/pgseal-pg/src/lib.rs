@@ -7,10 +7,15 @@
 //!   (never the password).
 //! - [`replication`]: publications, logical slots, subscriptions and their origins.
 //! - [`schema`]: column-list fingerprints and the drift between two databases.
+//! - [`globals`]: roles, memberships and database properties, compared and carried.
+//! - [`large_objects`]: large objects, compared and copied object by object.
+//! - [`ddl`]: DDL captured on one side and replayed on the other.
 
 pub mod connect;
 pub mod ddl;
+pub mod globals;
 pub mod install;
+pub mod large_objects;
 pub mod lsn;
 pub mod replication;
 pub mod schema;
@@ -18,7 +23,7 @@ pub mod server;
 pub mod tls;
 
 pub use connect::{
-    ConnectError, ConnectFailure, config_from_url, connect, connect_with, conninfo,
+    ConnectError, ConnectFailure, config_from_url, connect, connect_pinned, connect_with, conninfo,
     describe_target, libpq_env, set_scram_password,
 };
 pub use install::{DiscoverError, PgInstall, PgInstalls, PgVersion};

@@ -26,9 +26,16 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Quotes an SQL string literal (`'...'`, doubling embedded quotes).
+/// Quotes an SQL string literal by PostgreSQL's own rules (`quote_literal`): `'...'` with
+/// embedded quotes doubled, and as `E'...'` with backslashes doubled when there is one, so
+/// the literal reads the same whatever `standard_conforming_strings` says.
 pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 /// A replication slot on the publisher, as `pg_replication_slots` shows it.
@@ -457,6 +464,9 @@ mod tests {
     fn identifiers_and_literals_are_quoted_with_their_quotes_doubled() {
         assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
         assert_eq!(quote_literal("it's"), "'it''s'");
+        // A backslash makes it an escape string: the same text under either setting of
+        // standard_conforming_strings, and no way out of the quotes.
+        assert_eq!(quote_literal(r"a\') OR 1=1 --"), r"E'a\\'') OR 1=1 --'");
         assert_eq!(qualified("accounts"), r#""public"."accounts""#);
         assert_eq!(qualified("app.Orders"), r#""app"."Orders""#);
     }

@@ -220,11 +220,11 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
         },
     };
     let report = runtime.block_on(async {
-        let client = pgseal_pg::connect(&config).await?;
+        let client = pgseal_pg::connect_pinned(&config).await?;
         let connect = async |db: &str| {
             let mut config = config.clone();
             config.dbname(db);
-            pgseal_pg::connect(&config)
+            pgseal_pg::connect_pinned(&config)
                 .await
                 .map_err(|e| format!("{e:#}"))
         };

@@ -1,0 +1,436 @@
+//! Large objects (`lo_create`, `lo_import`, JDBC `Blob`s, psycopg's `lobject`) live in the
+//! system catalogs `pg_largeobject` and `pg_largeobject_metadata`, which logical
+//! replication never carries: pgseal copies them itself, object by object.
+//!
+//! - [`inventory`] reads each object's owner, privileges, comment, size and an MD5 of its
+//!   contents (read with `lo_get`, so holes read as zeros on both sides alike): what a
+//!   full [`sync`] and validation compare.
+//! - [`marks`] is the cheap reading: per object the number of pages, their bytes and the
+//!   sum of their transaction ids, from one scan of `pg_largeobject` without hashing
+//!   anything. A page written since changes its transaction id, so two readings that
+//!   differ for an object say it changed in between: [`sync_changed`] copies only those,
+//!   which keeps the share of a cutover's pause spent on large objects to the objects
+//!   written since the sync before it.
+//!
+//! An object is copied whole, in one transaction on the other side (unlinked, made again
+//! under the same OID, written in 1 MiB pieces, its owner, privileges and comment set),
+//! so a copy cut short leaves the object as it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use tokio_postgres::Client;
+use tokio_postgres::types::Oid;
+
+use crate::replication::{quote_ident, quote_literal};
+
+/// The piece size objects are read and written in.
+const PIECE: i32 = 1 << 20;
+
+/// One large object's metadata: what `ALTER LARGE OBJECT`, `GRANT` and `COMMENT` set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Metadata {
+    /// Its owner.
+    pub owner: String,
+    /// Its privileges as `grantee:PRIVILEGE[*]`, sorted (the defaults when none were
+    /// granted).
+    pub privileges: Vec<String>,
+    /// Its comment.
+    pub comment: Option<String>,
+}
+
+/// One large object as [`inventory`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Object {
+    /// Its metadata.
+    pub metadata: Metadata,
+    /// Its size in bytes.
+    pub bytes: i64,
+    /// MD5 of its contents (hex).
+    pub md5: String,
+}
+
+/// Per object: pages, their bytes, the sum of their transaction ids (see the module
+/// documentation). An object without pages (empty) has none.
+pub type Marks = BTreeMap<Oid, (i64, i64, i64)>;
+
+/// Every large object of the connected database with its contents' digest. Reads every
+/// object whole: as costly as reading `pg_largeobject` once.
+pub async fn inventory(client: &Client) -> Result<BTreeMap<Oid, Object>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT m.oid, {META}, octet_length(c.data), md5(c.data) \
+                 FROM pg_largeobject_metadata m CROSS JOIN LATERAL (SELECT lo_get(m.oid) AS data) c \
+                 ORDER BY 1"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Object {
+                    metadata: metadata_of(r, 1),
+                    bytes: r.get::<_, Option<i32>>(4).map_or(0, i64::from),
+                    md5: r.get(5),
+                },
+            )
+        })
+        .collect())
+}
+
+/// The metadata columns of `pg_largeobject_metadata m`: owner, privileges, comment.
+const META: &str = "pg_get_userbyid(m.lomowner)::text, \
+     coalesce((SELECT array_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
+                                ELSE pg_get_userbyid(a.grantee)::text END \
+                           || ':' || a.privilege_type \
+                           || CASE WHEN a.is_grantable THEN '*' ELSE '' END ORDER BY 1) \
+               FROM aclexplode(coalesce(m.lomacl, acldefault('L', m.lomowner))) a), '{}'), \
+     obj_description(m.oid, 'pg_largeobject')";
+
+fn metadata_of(row: &tokio_postgres::Row, at: usize) -> Metadata {
+    Metadata {
+        owner: row.get(at),
+        privileges: row.get(at + 1),
+        comment: row.get(at + 2),
+    }
+}
+
+/// Every large object's metadata (a read of `pg_largeobject_metadata` only).
+pub async fn metadata(client: &Client) -> Result<BTreeMap<Oid, Metadata>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!("SELECT m.oid, {META} FROM pg_largeobject_metadata m ORDER BY 1"),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), metadata_of(r, 1))).collect())
+}
+
+/// How many large objects the connected database has, and their bytes as stored (a
+/// read of the catalogs' sizes only).
+pub async fn count(client: &Client) -> Result<(i64, i64), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_largeobject_metadata), \
+                    pg_total_relation_size('pg_catalog.pg_largeobject')",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// See [`Marks`]: one scan of `pg_largeobject`, nothing hashed.
+pub async fn marks(client: &Client) -> Result<Marks, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT loid, count(*), sum(octet_length(data))::bigint, sum(xmin::text::bigint)::bigint \
+             FROM pg_largeobject GROUP BY loid",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect())
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// Objects copied (new or changed).
+    pub copied: usize,
+    /// Their bytes.
+    pub bytes: i64,
+    /// Objects unlinked on the other side (gone from this one).
+    pub unlinked: usize,
+    /// Objects whose owner, privileges or comment were set.
+    pub metadata: usize,
+}
+
+impl SyncReport {
+    /// True when nothing was done.
+    pub fn is_empty(&self) -> bool {
+        self.copied == 0 && self.unlinked == 0 && self.metadata == 0
+    }
+
+    fn add(&mut self, other: &SyncReport) {
+        self.copied += other.copied;
+        self.bytes += other.bytes;
+        self.unlinked += other.unlinked;
+        self.metadata += other.metadata;
+    }
+}
+
+/// The statements that give object `oid` on the other side `want`'s owner, privileges and
+/// comment (from `have`'s, or an object just made, whose owner is the session's role).
+fn metadata_statements(oid: Oid, want: &Metadata, have: Option<&Metadata>) -> Vec<String> {
+    let mut out = Vec::new();
+    if have.is_none_or(|h| h.owner != want.owner) {
+        out.push(format!(
+            "ALTER LARGE OBJECT {oid} OWNER TO {}",
+            quote_ident(&want.owner)
+        ));
+    }
+    if have.is_none_or(|h| h.privileges != want.privileges || h.owner != want.owner) {
+        // From nothing, then what the source grants (the owner's own entries included).
+        out.push(format!(
+            "REVOKE ALL ON LARGE OBJECT {oid} FROM PUBLIC, {}",
+            quote_ident(&want.owner)
+        ));
+        if let Some(h) = have {
+            for grantee in h
+                .privileges
+                .iter()
+                .filter_map(|p| p.split_once(':').map(|(g, _)| g))
+                .collect::<BTreeSet<_>>()
+            {
+                if grantee != "PUBLIC" && grantee != want.owner {
+                    out.push(format!(
+                        "REVOKE ALL ON LARGE OBJECT {oid} FROM {}",
+                        quote_ident(grantee)
+                    ));
+                }
+            }
+        }
+        for p in &want.privileges {
+            let (grantee, privilege) = p.split_once(':').unwrap_or((p, ""));
+            out.push(format!(
+                "GRANT {} ON LARGE OBJECT {oid} TO {}{}",
+                privilege.trim_end_matches('*'),
+                if grantee == "PUBLIC" {
+                    "PUBLIC".to_string()
+                } else {
+                    quote_ident(grantee)
+                },
+                if privilege.ends_with('*') {
+                    " WITH GRANT OPTION"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    if have.map(|h| &h.comment) != Some(&want.comment) && (have.is_some() || want.comment.is_some())
+    {
+        out.push(format!(
+            "COMMENT ON LARGE OBJECT {oid} IS {}",
+            want.comment
+                .as_deref()
+                .map_or("NULL".to_string(), quote_literal)
+        ));
+    }
+    out
+}
+
+/// Copies object `oid` from `from` to `to` whole (see the module documentation), with
+/// `meta` its metadata on `from`; returns its bytes.
+async fn copy(
+    from: &Client,
+    to: &Client,
+    oid: Oid,
+    meta: &Metadata,
+) -> Result<i64, tokio_postgres::Error> {
+    to.batch_execute("BEGIN").await?;
+    let result = async {
+        to.execute(
+            "SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = $1",
+            &[&oid],
+        )
+        .await?;
+        to.execute("SELECT lo_create($1)", &[&oid]).await?;
+        let mut offset: i64 = 0;
+        loop {
+            let piece: Vec<u8> = from
+                .query_one("SELECT lo_get($1, $2, $3)", &[&oid, &offset, &PIECE])
+                .await?
+                .get(0);
+            if piece.is_empty() {
+                break;
+            }
+            to.execute("SELECT lo_put($1, $2, $3)", &[&oid, &offset, &piece])
+                .await?;
+            offset += piece.len() as i64;
+            if piece.len() < PIECE as usize {
+                break;
+            }
+        }
+        for statement in metadata_statements(oid, meta, None) {
+            to.batch_execute(&statement).await?;
+        }
+        Ok::<i64, tokio_postgres::Error>(offset)
+    }
+    .await;
+    match result {
+        Ok(bytes) => {
+            to.batch_execute("COMMIT").await?;
+            Ok(bytes)
+        }
+        Err(e) => {
+            let _ = to.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Unlinks on `to` the objects `from` does not have and sets the metadata of those both
+/// have where it differs (`from_meta`, `to_meta`: each side's, `skip`: objects copied
+/// whole anyway).
+async fn settle_metadata(
+    to: &Client,
+    from_meta: &BTreeMap<Oid, Metadata>,
+    to_meta: &BTreeMap<Oid, Metadata>,
+    skip: &BTreeSet<Oid>,
+    report: &mut SyncReport,
+) -> Result<(), tokio_postgres::Error> {
+    for oid in to_meta.keys().filter(|o| !from_meta.contains_key(o)) {
+        to.execute("SELECT lo_unlink($1)", &[oid]).await?;
+        report.unlinked += 1;
+    }
+    for (oid, want) in from_meta {
+        if skip.contains(oid) {
+            continue;
+        }
+        if let Some(have) = to_meta.get(oid)
+            && have != want
+        {
+            let statements = metadata_statements(*oid, want, Some(have));
+            to.batch_execute(&format!("BEGIN; {}; COMMIT", statements.join("; ")))
+                .await?;
+            report.metadata += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the large objects of `to`'s database those of `from`'s, comparing every object's
+/// contents; returns what it did and the [`marks`] of `from` taken before, for a later
+/// [`sync_changed`].
+pub async fn sync(
+    from: &Client,
+    to: &Client,
+) -> Result<(SyncReport, Marks), tokio_postgres::Error> {
+    let before = marks(from).await?;
+    let want = inventory(from).await?;
+    let have = inventory(to).await?;
+    let mut report = SyncReport::default();
+    let mut copied = BTreeSet::new();
+    for (oid, object) in &want {
+        let same = have
+            .get(oid)
+            .is_some_and(|h| h.bytes == object.bytes && h.md5 == object.md5);
+        if !same {
+            report.bytes += copy(from, to, *oid, &object.metadata).await?;
+            report.copied += 1;
+            copied.insert(*oid);
+        }
+    }
+    let from_meta = want.iter().map(|(o, w)| (*o, w.metadata.clone())).collect();
+    let to_meta = have.iter().map(|(o, h)| (*o, h.metadata.clone())).collect();
+    settle_metadata(to, &from_meta, &to_meta, &copied, &mut report).await?;
+    Ok((report, before))
+}
+
+/// Carries what changed on `from` since `since` (its [`marks`] then; an object
+/// [`sync`] or an earlier call left equal on both sides): objects made or written since
+/// are copied whole, objects gone are unlinked, metadata is compared for all. Returns what
+/// it did and the marks to pass next time.
+pub async fn sync_changed(
+    from: &Client,
+    to: &Client,
+    since: &Marks,
+) -> Result<(SyncReport, Marks), tokio_postgres::Error> {
+    let now = marks(from).await?;
+    let from_meta = metadata(from).await?;
+    let to_meta = metadata(to).await?;
+    let mut report = SyncReport::default();
+    let mut copied = BTreeSet::new();
+    for (oid, meta) in &from_meta {
+        let changed = now.get(oid) != since.get(oid) || !to_meta.contains_key(oid);
+        if changed {
+            report.bytes += copy(from, to, *oid, meta).await?;
+            report.copied += 1;
+            copied.insert(*oid);
+        }
+    }
+    settle_metadata(to, &from_meta, &to_meta, &copied, &mut report).await?;
+    Ok((report, now))
+}
+
+/// What differs between two inventories, per object (for validation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoDifference {
+    /// The object's OID.
+    pub oid: Oid,
+    /// `missing on the target`, `not on the source`, `contents differ`, `metadata differ`.
+    pub what: String,
+}
+
+/// The objects that differ between `source` and `target` ([`inventory`] of each).
+pub fn compare(
+    source: &BTreeMap<Oid, Object>,
+    target: &BTreeMap<Oid, Object>,
+) -> Vec<LoDifference> {
+    let mut out = Vec::new();
+    for (oid, s) in source {
+        let what = match target.get(oid) {
+            None => "missing on the target",
+            Some(t) if t.bytes != s.bytes || t.md5 != s.md5 => "contents differ",
+            Some(t) if t.metadata != s.metadata => "owner, privileges or comment differ",
+            Some(_) => continue,
+        };
+        out.push(LoDifference {
+            oid: *oid,
+            what: what.to_string(),
+        });
+    }
+    for oid in target.keys().filter(|o| !source.contains_key(o)) {
+        out.push(LoDifference {
+            oid: *oid,
+            what: "not on the source".to_string(),
+        });
+    }
+    out
+}
+
+/// [`SyncReport`]s of several databases added up.
+pub fn total<'a>(reports: impl IntoIterator<Item = &'a SyncReport>) -> SyncReport {
+    let mut sum = SyncReport::default();
+    for r in reports {
+        sum.add(r);
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(owner: &str, privileges: &[&str]) -> Metadata {
+        Metadata {
+            owner: owner.into(),
+            privileges: privileges.iter().map(|p| p.to_string()).collect(),
+            comment: None,
+        }
+    }
+
+    #[test]
+    fn metadata_is_set_from_nothing_to_what_the_source_grants() {
+        let want = meta("app", &["app:SELECT", "app:UPDATE", "reader:SELECT"]);
+        let have = meta("app", &["app:SELECT", "app:UPDATE", "old:SELECT*"]);
+        assert_eq!(
+            metadata_statements(42, &want, Some(&have)),
+            [
+                r#"REVOKE ALL ON LARGE OBJECT 42 FROM PUBLIC, "app""#,
+                r#"REVOKE ALL ON LARGE OBJECT 42 FROM "old""#,
+                r#"GRANT SELECT ON LARGE OBJECT 42 TO "app""#,
+                r#"GRANT UPDATE ON LARGE OBJECT 42 TO "app""#,
+                r#"GRANT SELECT ON LARGE OBJECT 42 TO "reader""#,
+            ]
+        );
+        assert!(metadata_statements(42, &want, Some(&want)).is_empty());
+    }
+}
