@@ -428,10 +428,9 @@ pub struct MigrationArgs {
     /// source's) [default: the source's]
     #[arg(long, value_name = "MAJOR")]
     pub engine_version: Option<u32>,
-    /// Full load: copy the roles' password hashes (SCRAM verifiers, never plaintext; needs
-    /// a superuser on the source). Without it, roles arrive without passwords: set them on
-    /// the target before applications log in there
-    #[arg(long)]
+    /// Accepted for scripts written for earlier versions: roles' passwords (their SCRAM
+    /// verifiers, never plaintext) are copied whenever pgseal may read them
+    #[arg(long, hide = true)]
     pub copy_role_passwords: bool,
     /// AWS region for rds:/aurora: sources [default: the standard chain, e.g. AWS_REGION]
     #[arg(long, help_heading = "AWS")]
@@ -471,11 +470,31 @@ pub enum MigrateCommand {
         /// WAL the slot may hold on the source before `status` aborts the migration (e.g. 20GiB)
         #[arg(long, value_parser = parse_storage)]
         max_slot_retention: Option<u64>,
+        /// Leave no follower running once the target replicates (run `pgseal migrate
+        /// follow NAME` yourself, e.g. under systemd)
+        #[arg(long)]
+        no_follow: bool,
     },
     /// Continue a migration after a failure, crash or kill
     Resume {
         /// The migration's name.
         name: String,
+        /// Leave no follower running once the target replicates
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Keep a replicating migration moving: refresh the subscriptions for tables made on
+    /// the source, carry large objects, roles and database settings, record samples
+    #[command(long_about = FOLLOW_ABOUT)]
+    Follow {
+        /// The migration's name.
+        name: String,
+        /// Seconds between passes
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// One pass, then exit
+        #[arg(long)]
+        once: bool,
     },
     /// Remove everything a migration created (target, snapshot, slot, publication)
     Abort {
@@ -584,6 +603,12 @@ pub enum MigrateCommand {
         /// repeatable; journaled with the cutover
         #[arg(long, value_name = "NAME")]
         leave_stale: Vec<String>,
+        /// Cut over although login role ROLE has no password on the target and pgseal
+        /// cannot carry the source's (it cannot read pg_authid there): you set it on the
+        /// target yourself, or the role logs in otherwise; repeatable. Also: do not carry
+        /// ROLE's password where pgseal could
+        #[arg(long, value_name = "ROLE")]
+        without_password: Vec<String>,
     },
 }
 
@@ -607,6 +632,25 @@ Examples:
   pgseal migrate report orders --output /tmp/orders-report.html
   pgseal migrate report orders --json | jq .cutover
 ";
+
+const FOLLOW_ABOUT: &str = "\
+Keep a replicating migration moving between commands. Logical replication leaves work
+no single command does: a table made on the source gets its rows only once the target's
+subscription is refreshed; large objects (lo_create, JDBC Blobs) and roles, memberships
+and database settings are not replicated at all. A follower does all of it every few
+seconds (--interval), records replication samples for the report, and writes what each
+pass did to PGSEAL_HOME/migrations/NAME.follow.json, which `pgseal migrate status` shows.
+
+`pgseal migrate start` and `resume` leave one running in the background (its log:
+PGSEAL_HOME/migrations/NAME.follow.log) unless given --no-follow; run it yourself, in the
+foreground, under a service manager instead if you prefer. One follower runs per
+migration; a second one exits at once. It stands aside while another command works on the
+migration, and ends by itself once the migration is cut over, rolled back, cleaned up or
+aborted.
+
+Examples:
+  pgseal migrate follow orders-enc              # in the foreground, until cut over
+  pgseal migrate follow orders-enc --once --json";
 
 const DDL_ABOUT: &str = "\
 DDL captured on the source during the migration, and what became of it on the target.

@@ -16,7 +16,7 @@ fn capture_objects(sql: &Sql) -> i64 {
     )
 }
 
-/// Polls `migrate status` (which also subscribes tables made on the source) until
+/// Polls `migrate status` (the follower subscribes tables made on the source) until
 /// `done` holds for the target, for up to 60 s.
 fn wait_for(h: &Home, name: &str, what: &str, done: impl Fn(&Sql) -> bool) {
     let tgt = h.sql("src-enc", "postgres");
@@ -52,6 +52,8 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
         "--name",
         "d1",
         "--replica-identity-full",
+        // The follower is started below, by the kill test of its refresh.
+        "--no-follow",
     ]);
 
     // Schema changes while pgbench writes, each with rows that depend on it.
@@ -75,13 +77,14 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     // A session's temporary table is its own: not carried, nothing stops.
     src.exec("CREATE TEMP TABLE scratch (id int); DROP TABLE scratch");
     src.exec("INSERT INTO newt VALUES (501, 'late')");
-    // pgseal killed once the subscription learnt of the new table and before it noted
-    // so: the next look copies nothing twice (newt's key would stop the apply if it did).
+    // The follower killed once the subscription learnt of the new table and before it
+    // noted so: the next pass copies nothing twice (newt's key would stop the apply if it
+    // did).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = h.run_env(
             ("PGSEAL_FAILPOINT", "ddl:refreshed"),
-            &["migrate", "status", "d1"],
+            &["migrate", "follow", "d1", "--once"],
         );
         if out.status.success() {
             assert!(Instant::now() < deadline, "newt was never subscribed");
@@ -91,8 +94,10 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
         assert_crashed(&out, "ddl:refreshed");
         break;
     }
-    // `resume` after the kill (it looks again, as `status` does): nothing copied twice.
-    h.ok(&["migrate", "resume", "d1"]);
+    // `resume` after the kill leaves a follower running, which looks again: nothing
+    // copied twice.
+    let resumed = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "d1"]).stdout).to_string();
+    assert!(resumed.contains("a follower (pid"), "{resumed}");
 
     wait_for(&h, "d1", "the new table's rows", |tgt| {
         tgt.count("SELECT count(*) FROM pg_class WHERE relname = 'newt'") == 1

@@ -126,27 +126,12 @@ pub async fn abort<P: Platform>(
                         .await
                         .map_err(sql(format!("dropping publication {}", resource.name)))?,
                     "replica_identity" => {
-                        match client
-                            .batch_execute(&format!(
-                                "ALTER TABLE {} REPLICA IDENTITY DEFAULT",
-                                resource.name
-                            ))
+                        replication::restore_replica_identity(client, &resource.name)
                             .await
-                        {
-                            Ok(()) => true,
-                            Err(e)
-                                if e.code()
-                                    == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
-                            {
-                                false
-                            }
-                            Err(e) => {
-                                return Err(sql(format!(
-                                    "restoring the replica identity of {}",
-                                    resource.name
-                                ))(e));
-                            }
-                        }
+                            .map_err(sql(format!(
+                                "restoring the replica identity of {}",
+                                resource.name
+                            )))?
                     }
                     other => {
                         tracing::warn!(migration = %name, kind = other, "unknown resource kind in the journal; left alone");

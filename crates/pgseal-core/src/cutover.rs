@@ -84,8 +84,8 @@ pub trait Switch: Sync {
 /// How long one part of a write pause took.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PauseTiming {
-    /// The part: `pause`, `fence`, `drain`, `final_check`, `sequences`, `reverse_setup`,
-    /// `switch`, `resume`, `first_write`.
+    /// The part: `pause`, `fence`, `drain`, `final_check`, `sequences`, `carried`,
+    /// `reverse_setup`, `switch`, `resume`, `first_write`.
     pub phase: String,
     /// Milliseconds.
     pub ms: f64,
@@ -128,6 +128,10 @@ pub struct CutoverOptions {
     /// Databases (`NAME`) and tables (`DATABASE/SCHEMA.TABLE`) the user accepts to leave
     /// stale on the target.
     pub leave_stale: Vec<String>,
+    /// Login roles the user accepts to arrive without the password they have on the
+    /// source (`--without-password`): pgseal cannot read it there, or is told not to
+    /// carry it; the user sets it on the target, or the role logs in otherwise.
+    pub without_password: Vec<String>,
 }
 
 /// One sequence set on the other side.
@@ -182,10 +186,24 @@ pub struct CutoverReport {
     pub rollback_ready: bool,
     /// The re-verification of rows changed since the last clean validation, if one ran.
     pub final_check: Option<crate::validate::FinalCheck>,
+    /// What replication does not carry and pgseal did before the pause: large objects,
+    /// roles, memberships, database properties (a dry run: what differs now).
+    pub carried_before: Option<crate::carry::Carried>,
+    /// The same, carried inside the pause (what changed since).
+    pub carried: Option<crate::carry::Carried>,
     /// A dry run: the tables (`database/schema.table`) DDL changed since the last
     /// validation, which `pgseal migrate cutover` compares again before it starts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub revalidate: Vec<String>,
+}
+
+/// How roles' passwords are carried at a switch: every one pgseal can read, but those the
+/// user named.
+fn carry_options(options: &CutoverOptions) -> pgseal_pg::globals::DiffOptions {
+    pgseal_pg::globals::DiffOptions {
+        keep_master_password: false,
+        skip_passwords: options.without_password.clone(),
+    }
 }
 
 /// Refuses a cutover whose checks failed, naming them; nothing was changed then.
@@ -498,6 +516,35 @@ async fn check<P: Platform, S: Switch>(
     if st.migration.phase == Phase::Replicating {
         let streams = streams_of(journal, name)?;
         let spec = &st.migration.spec;
+        let dbs: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
+        let source = connect_source_db(platform, spec, admin_database(&[])).await?;
+        let target = connect_to(platform, &spec.target, admin_database(&[]), "target").await?;
+        let read = async |client: &Client, role| {
+            pgseal_pg::globals::read(client, &dbs)
+                .await
+                .map_err(sql(role, "reading roles and database properties"))
+        };
+        let (want, have) = (
+            read(&source, "source").await?,
+            read(&target, "target").await?,
+        );
+        let gaps = crate::carry::password_gaps(&want, &have, &options.without_password);
+        if !gaps.is_empty() {
+            failed.push(format!(
+                "login role(s) {} have no password on the target, and their passwords on the source cannot be read here to carry (pg_authid): set them on the target (ALTER ROLE ... PASSWORD), or accept each with --without-password ROLE",
+                gaps.join(", ")
+            ));
+        }
+        if options.dry_run {
+            let differences = pgseal_pg::globals::diff(&want, &have, &carry_options(options));
+            report.carried_before = Some(crate::carry::Carried {
+                globals: differences
+                    .iter()
+                    .map(|d| format!("{} {}: {}", d.kind, d.object, d.detail))
+                    .collect(),
+                ..Default::default()
+            });
+        }
         match stale(platform, spec, &streams, switch, &mut report.kept_on_source).await {
             Ok(items) => {
                 for (item, why) in items {
@@ -940,6 +987,32 @@ pub async fn cutover<P: Platform, S: Switch>(
     };
     failpoint_at("cutover:reverse_prepared");
 
+    // What replication does not carry, carried whole before the pause; inside it, only
+    // what changed since.
+    let carrying = carry_options(options);
+    let carry_sides = crate::carry::Sides {
+        from: &sources.clients,
+        from_role: "source",
+        to: &targets.clients,
+        to_role: "target",
+        databases: &dbs,
+        options: &carrying,
+    };
+    let baseline = match crate::carry::before_pause(&carry_sides).await {
+        Ok((carried, baseline)) => {
+            report.carried_before = Some(carried);
+            baseline
+        }
+        Err(error) => {
+            let undo =
+                drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await;
+            journal.step_failed(run, &crate::engine::error_chain(&error))?;
+            journal.set_phase(name, Phase::Replicating, None)?;
+            undo?;
+            return Err(error);
+        }
+    };
+
     // Every wait below is bounded by `options.timeout` as a whole.
     let paused = Instant::now();
     let mut laps = Laps::start();
@@ -1018,6 +1091,8 @@ pub async fn cutover<P: Platform, S: Switch>(
             );
         }
         laps.lap("sequences");
+        report.carried = Some(crate::carry::inside_pause(&carry_sides, &baseline).await?);
+        laps.lap("carried");
         set_subscriptions(
             &targets.clients,
             streams.iter().map(|s| s.name.clone()),
@@ -1321,6 +1396,10 @@ pub struct RollbackReport {
     pub client_wait_ms: Option<u64>,
     /// What the applications were switched with.
     pub switch: String,
+    /// What replication does not carry, carried from the target before the pause.
+    pub carried_before: crate::carry::Carried,
+    /// The same, inside the pause.
+    pub carried: crate::carry::Carried,
 }
 
 /// Switches applications back from the target to the source after a cutover, with the
@@ -1360,6 +1439,25 @@ pub async fn rollback<P: Platform, S: Switch>(
     let targets = sessions(platform, &spec, &streams, "target").await?;
     let target_admin = target_admin(platform, &spec, &streams).await?;
     let source_admin = admin_session(platform, &spec, &streams).await?;
+    // Large objects and roles written on the target since the cutover, carried back
+    // whole before the pause (the source's databases stay fenced meanwhile: pgseal slips
+    // in); inside it, only what changed since.
+    let mut fenced_sessions = Vec::new();
+    for db in &dbs {
+        fenced_sessions.push(slip_in(platform, &spec, &source_admin, db).await?);
+    }
+    let carrying = pgseal_pg::globals::DiffOptions::default();
+    let (carried_before, baseline) = crate::carry::before_pause(&crate::carry::Sides {
+        from: &targets.clients,
+        from_role: "target",
+        to: &fenced_sessions,
+        to_role: "source",
+        databases: &dbs,
+        options: &carrying,
+    })
+    .await?;
+    drop(fenced_sessions);
+    let mut carried = None;
     let run = journal.step_started(name, Step::Rollback)?;
     let paused = Instant::now();
     let mut sources: Option<Sessions> = None;
@@ -1449,6 +1547,15 @@ pub async fn rollback<P: Platform, S: Switch>(
             );
         }
         set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source").await?;
+        let carry_sides = crate::carry::Sides {
+            from: &targets.clients,
+            from_role: "target",
+            to: &opened.clients,
+            to_role: "source",
+            databases: &dbs,
+            options: &carrying,
+        };
+        carried = Some(crate::carry::inside_pause(&carry_sides, &baseline).await?);
         Ok::<(), EngineError>(())
     };
     let outcome = match tokio::time::timeout(timeout, before_switch).await {
@@ -1494,6 +1601,8 @@ pub async fn rollback<P: Platform, S: Switch>(
         write_pause_ms: paused.elapsed().as_millis() as u64,
         client_wait_ms,
         switch: switch.describe(),
+        carried_before,
+        carried: carried.expect("set before the switch"),
     };
     for db in &dbs {
         journal.remove_resource(name, "fence", db, db)?;
@@ -1542,14 +1651,9 @@ async fn remove_resources<P: Platform>(
                 .await
                 .map_err(sql("source", "removing the DDL capture"))?,
             ("replica_identity", Some(source)) => {
-                source
-                    .batch_execute(&format!(
-                        "ALTER TABLE {} REPLICA IDENTITY DEFAULT",
-                        resource.name
-                    ))
+                replication::restore_replica_identity(source, &resource.name)
                     .await
-                    .map_err(sql("source", "restoring a replica identity"))?;
-                true
+                    .map_err(sql("source", "restoring a replica identity"))?
             }
             ("snapshot" | "instance", _) if resource.kind == "snapshot" || delete_instances => {
                 let result = if resource.kind == "snapshot" {

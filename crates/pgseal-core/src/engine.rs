@@ -396,7 +396,6 @@ impl<'a, P: Platform> Engine<'a, P> {
                 installed: self.surroundings.installed.clone(),
                 full_load_unsupported: self.surroundings.full_load_unsupported.clone(),
                 blue_green_unsupported: self.surroundings.blue_green_unsupported.clone(),
-                copy_role_passwords: self.spec.copy_role_passwords,
             },
         };
         let connect = async |db: &str| self.source_db(db).await.map_err(|e| error_chain(&e));

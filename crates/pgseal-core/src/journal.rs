@@ -163,8 +163,8 @@ pub struct MigrationSpec {
     /// The target's PostgreSQL major version (full load); `None` for the source's.
     #[serde(default)]
     pub engine_version: Option<u32>,
-    /// Full load: copy the roles' password verifiers (SCRAM/MD5 hashes, never plaintext)
-    /// too; without it roles arrive without passwords.
+    /// What `--copy-role-passwords` said, kept for journals of earlier versions: roles'
+    /// password verifiers are copied whenever pgseal may read them.
     #[serde(default)]
     pub copy_role_passwords: bool,
     /// Platform settings that hold for the migration's whole life, as `key → value`
@@ -478,6 +478,11 @@ impl Journal {
                 Err(self.wrap()(e))
             }
         }
+    }
+
+    /// The home directory the journal lives in.
+    pub fn home(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// The journal's file.
@@ -981,37 +986,83 @@ impl Journal {
 }
 
 /// An exclusive lock on one migration, held while a process works on it (released when
-/// dropped, or by the kernel when the process dies).
+/// dropped, or by the kernel when the process dies). It holds the migration's follower
+/// (`crate::follow`) off for as long: taking it waits for a pass the follower is in the
+/// middle of, which ends within seconds.
 #[derive(Debug)]
 pub struct MigrationLock {
     _lock: nix::fcntl::Flock<std::fs::File>,
+    _gate: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// How long a command waits for the follower to finish its pass.
+const PASS_WAIT: Duration = Duration::from_secs(120);
+
+/// Opens (creating) `PGSEAL_HOME/migrations/NAME.KIND` for locking.
+fn lock_file(home: &Path, name: &str, kind: &str) -> Result<std::fs::File, JournalError> {
+    let dir = home.join("migrations");
+    let path = dir.join(format!("{name}.{kind}"));
+    let lock_error = |source| JournalError::Lock {
+        migration: name.to_string(),
+        path: path.clone(),
+        source,
+    };
+    pgseal_crashsafe::create_dir_all_durable(&dir, 0o700).map_err(lock_error)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_error)
+}
+
+/// Takes an exclusive lock on `PGSEAL_HOME/migrations/NAME.KIND` without waiting;
+/// `None` when another process holds it.
+pub(crate) fn try_lock(
+    home: &Path,
+    name: &str,
+    kind: &str,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, JournalError> {
+    let file = lock_file(home, name, kind)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(JournalError::Lock {
+            migration: name.to_string(),
+            path: home.join("migrations").join(format!("{name}.{kind}")),
+            source: std::io::Error::from(errno),
+        }),
+    }
 }
 
 impl MigrationLock {
     /// Takes the lock on `PGSEAL_HOME/migrations/NAME.lock`, failing at once when another
-    /// process holds it.
+    /// process holds it, then holds the follower off (`NAME.pass`), waiting for its pass
+    /// to end.
     pub fn acquire(home: &Path, name: &str) -> Result<MigrationLock, JournalError> {
-        let dir = home.join("migrations");
-        let path = dir.join(format!("{name}.lock"));
-        let lock_error = |source| JournalError::Lock {
-            migration: name.to_string(),
-            path: path.clone(),
-            source,
-        };
-        pgseal_crashsafe::create_dir_all_durable(&dir, 0o700).map_err(lock_error)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(lock_error)?;
-        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(MigrationLock { _lock: lock }),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                Err(JournalError::Busy(name.to_string(), path))
+        let lock = try_lock(home, name, "lock")?.ok_or_else(|| {
+            JournalError::Busy(
+                name.to_string(),
+                home.join("migrations").join(format!("{name}.lock")),
+            )
+        })?;
+        let waited = std::time::Instant::now();
+        let gate = loop {
+            if let Some(gate) = try_lock(home, name, "pass")? {
+                break gate;
             }
-            Err((_, errno)) => Err(lock_error(std::io::Error::from(errno))),
-        }
+            if waited.elapsed() > PASS_WAIT {
+                return Err(JournalError::Busy(
+                    name.to_string(),
+                    home.join("migrations").join(format!("{name}.pass")),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Ok(MigrationLock {
+            _lock: lock,
+            _gate: gate,
+        })
     }
 }
 

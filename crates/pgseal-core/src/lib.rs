@@ -13,11 +13,16 @@
 //! - [`samples`]: replication time series kept in the journal for the report.
 //! - [`report`]: everything the migration report shows, gathered from the journal.
 //! - [`stream`]: the per-database replication streams a migration owns.
+//! - [`follow`]: the follower that keeps a replicating migration moving between commands.
+//! - [`carry`]: what replication does not carry (large objects, roles, database
+//!   properties), carried at a switch.
 
 pub mod abort;
+pub mod carry;
 pub mod cutover;
 pub mod ddl;
 pub mod engine;
+pub mod follow;
 pub mod initial_copy;
 pub mod journal;
 pub mod preflight;

@@ -74,8 +74,6 @@ pub struct TargetVersion {
     pub full_load_unsupported: Option<String>,
     /// Why the platform has no blue/green deployments, if it has none.
     pub blue_green_unsupported: Option<String>,
-    /// Full load: copy the roles' password hashes (`--copy-role-passwords`).
-    pub copy_role_passwords: bool,
 }
 
 /// Whether a strategy can move this source, and why.
@@ -101,9 +99,12 @@ pub struct DatabaseScope {
     pub tables: u64,
     /// True when the migration replicates it.
     pub carried: bool,
-    /// What is in it that replication does not carry (unlogged tables, large objects,
-    /// tables outside `--tables`).
+    /// What is in it that replication does not carry (unlogged tables, tables outside
+    /// `--tables`).
     pub not_carried: Vec<String>,
+    /// What is in it that replication does not carry and pgseal does (large objects).
+    #[serde(default)]
+    pub carried_by_pgseal: Vec<String>,
 }
 
 /// Everything preflight found.
@@ -129,6 +130,10 @@ pub struct PreflightReport {
     pub recommended: Strategy,
     /// The findings, blockers first.
     pub findings: Vec<Finding>,
+    /// DDL that stops the target's apply until the user decides, where DDL is captured
+    /// (everything else DDL does is replayed).
+    #[serde(default)]
+    pub ddl_stops: Vec<String>,
 }
 
 impl PreflightReport {
@@ -328,6 +333,7 @@ where
             "schedule schema changes after the copy; `pgseal migrate status` shows its progress".into(),
         ));
     }
+    let captured = no_capture.is_none() && wanted.strategy != Strategy::BlueGreen;
     if let Some(why) = no_capture {
         findings.push(warning(
             "ddl_capture",
@@ -349,6 +355,7 @@ where
                 tables: 0,
                 carried: false,
                 not_carried: Vec::new(),
+                carried_by_pgseal: Vec::new(),
             });
             continue;
         };
@@ -527,26 +534,23 @@ where
         ));
     }
 
-    // 11. Roles, for the full load (a snapshot carries them with the files).
+    // 11. Roles, for the full load (a snapshot carries them with the files): copied
+    // with their passwords' verifiers where this role may read them.
     if wanted.strategy == Strategy::FullLoad {
-        let logins: i64 = client
+        let row = client
             .query_one(
-                "SELECT count(*) FROM pg_roles WHERE rolcanlogin AND rolname !~ '^pg_'",
+                "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT'), \
+                        coalesce(string_agg(quote_ident(rolname), ', ' ORDER BY rolname), '') \
+                 FROM pg_roles WHERE rolcanlogin AND rolname !~ '^(pg_|rds)' AND rolname <> session_user",
                 &[],
             )
-            .await?
-            .get(0);
-        if wanted.copy_role_passwords && !is_super {
-            findings.push(blocker(
-                "role_passwords",
-                format!("--copy-role-passwords reads pg_authid, which role {user} cannot"),
-                "run as a superuser, or leave --copy-role-passwords out and set the passwords on the target".into(),
-            ));
-        } else if !wanted.copy_role_passwords {
+            .await?;
+        let (readable, logins): (bool, String) = (row.get(0), row.get(1));
+        if !readable && !logins.is_empty() {
             findings.push(warning(
                 "role_passwords",
-                format!("{logins} login role(s) are copied to the target without their passwords"),
-                "set them on the target before applications log in there (ALTER ROLE ... PASSWORD), or pass --copy-role-passwords to copy their hashes".into(),
+                format!("login role(s) {logins} are copied to the target without their passwords: role {user} cannot read them (pg_authid)"),
+                "set them on the target before the cutover (ALTER ROLE ... PASSWORD), which refuses while one has none there; or accept each with `pgseal migrate cutover --without-password ROLE`".into(),
             ));
         }
     }
@@ -563,6 +567,14 @@ where
         tables: published_tables,
         databases: scope,
         findings,
+        ddl_stops: if captured {
+            pgseal_pg::ddl::STOPS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -771,18 +783,12 @@ async fn database_checks(
         ));
         not_carried.extend(outside.iter().map(|t| format!("{t} (outside --tables)")));
     }
-    let large_objects: i64 = client
-        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
-        .await?
-        .get(0);
+    let mut carried_by_pgseal = Vec::new();
+    let (large_objects, lo_bytes) = pgseal_pg::large_objects::count(client).await?;
     if large_objects > 0 {
-        findings.push(warning(
-            "large_objects",
-            in_db(format!("{large_objects} large object(s) are in the snapshot but later changes to them are not replicated")),
-            "avoid changing large objects during the migration, or move them to bytea columns".into(),
-        ));
-        not_carried.push(format!(
-            "{large_objects} large object(s) (changes after the snapshot)"
+        carried_by_pgseal.push(format!(
+            "{large_objects} large object(s), {} KiB: copied by the follower, what changed since inside the cutover's pause",
+            lo_bytes >> 10
         ));
     }
     let clash = client
@@ -808,6 +814,7 @@ async fn database_checks(
             tables: published,
             carried: true,
             not_carried,
+            carried_by_pgseal,
         },
         published,
     ))

@@ -108,6 +108,8 @@ pub struct MigrationStatus {
     pub last_validation: Option<serde_json::Value>,
     /// Problems worth a person's attention.
     pub warnings: Vec<String>,
+    /// The follower (`pgseal migrate follow`), while the migration is one it follows.
+    pub follower: Option<crate::follow::FollowerStatus>,
 }
 
 /// Stream `stream`'s initial copy while any of its tables is not ready yet.
@@ -161,6 +163,9 @@ pub async fn status<P: Platform>(
         || (spec.strategy == crate::steps::Strategy::FullLoad
             && journal.outputs(name, Step::Subscription)?.is_some());
     let streams = journal.streams(name)?;
+    let follower = crate::follow::follows(migration.phase)
+        .then(|| crate::follow::follower_status(journal.home(), name))
+        .transpose()?;
 
     let mut replication_status = None;
     if live && source_prepared {
@@ -217,7 +222,11 @@ pub async fn status<P: Platform>(
                                     s.database
                                 ));
                             }
-                            if migration.phase == Phase::Replicating {
+                            // The follower refreshes the subscriptions; without one,
+                            // this look does.
+                            if migration.phase == Phase::Replicating
+                                && follower.as_ref().is_none_or(|f| !f.running)
+                            {
                                 refreshed = crate::ddl::refresh_new_tables(
                                     &db_source, &target, &s.name, &s.name,
                                 )
@@ -376,6 +385,21 @@ pub async fn status<P: Platform>(
             ));
         }
     }
+    if migration.phase == Phase::Replicating {
+        match &follower {
+            Some(f) if !f.running => warnings.push(format!(
+                "no follower runs for this migration: tables made on the source get no rows, large objects and roles made there are not carried until a pgseal command runs; `pgseal migrate follow {name}` (or `pgseal migrate resume {name}`, which starts one)"
+            )),
+            Some(f) => {
+                if let Some(error) = f.heartbeat.as_ref().and_then(|h| h.last.error.as_deref()) {
+                    warnings.push(format!(
+                        "the follower's last pass failed (it tries again): {error}"
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
     let last_validation = journal.outputs(name, Step::Validate)?.map(|v| {
         serde_json::json!({
             "clean": v["clean"], "rows": v["rows"],
@@ -391,6 +415,7 @@ pub async fn status<P: Platform>(
         );
     }
     Ok(MigrationStatus {
+        follower,
         last_validation,
         migration,
         steps,

@@ -183,11 +183,29 @@ pub struct ValidationReport {
     /// Per database, the last DDL statement captured on the source when this pass began:
     /// a cutover after later DDL (which rewrites rows no change log sees) wants a new pass.
     pub ddl_seen: std::collections::BTreeMap<String, i64>,
+    /// Per database, the large objects of both sides compared (contents, owner,
+    /// privileges, comment); absent in a pass over some tables only.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub large_objects: std::collections::BTreeMap<String, LargeObjectsCompared>,
     /// A pass over some tables only: per database, whether it compared every table the
     /// DDL captured since the last validation made or changed (then it vouches for that
     /// DDL as a whole pass would).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub ddl_vouched: std::collections::BTreeMap<String, bool>,
+}
+
+/// One database's large objects, compared.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct LargeObjectsCompared {
+    /// How many the source has.
+    pub source: usize,
+    /// How many the target has.
+    pub target: usize,
+    /// Copied to the target just before comparing (written on the source since the
+    /// follower's last pass).
+    pub copied_first: usize,
+    /// Those that still differ (OIDs only: never their contents).
+    pub differing: Vec<pgseal_pg::large_objects::LoDifference>,
 }
 
 impl ValidationReport {
@@ -1295,6 +1313,20 @@ pub async fn validate<P: Platform>(
         }
         targets.push(target);
     }
+    // Large objects are not replicated: the follower copies them. A whole pass compares
+    // them too, once the objects written since its last pass are copied (the follower
+    // held off meanwhile).
+    let mut large_objects = std::collections::BTreeMap::new();
+    if tables.is_none() {
+        let _gate = crate::follow::PassGate::hold(journal.home(), name, Duration::from_secs(60));
+        for (stream, target) in scope.iter().zip(&targets) {
+            let source = connect_source_db(platform, &spec, &stream.database).await?;
+            large_objects.insert(
+                stream.database.clone(),
+                compare_large_objects(&source, target, !blue_green).await?,
+            );
+        }
+    }
     let report = ValidationReport {
         rows: reports.iter().map(|r| r.rows).sum(),
         mismatched_rows: reports.iter().map(|r| r.mismatched_rows).sum(),
@@ -1302,7 +1334,8 @@ pub async fn validate<P: Platform>(
         clean: reports.iter().all(|r| {
             matches!(r.state, TableState::Validated)
                 || (r.state == TableState::NoPrimaryKey && r.mismatched_rows == 0)
-        }),
+        }) && large_objects.values().all(|l| l.differing.is_empty()),
+        large_objects,
         source_lock_max_ms: reports.iter().map(|r| r.source_lock_ms).fold(0.0, f64::max),
         tables: reports,
         horizons,
@@ -1333,6 +1366,40 @@ pub async fn validate<P: Platform>(
     };
     journal.step_done(run, &recorded)?;
     Ok(report)
+}
+
+/// Compares the large objects of `source` and `target` (one database each); where they
+/// differ and `copy` allows, copies them first and compares again.
+async fn compare_large_objects(
+    source: &Client,
+    target: &Client,
+    copy: bool,
+) -> Result<LargeObjectsCompared, EngineError> {
+    use pgseal_pg::large_objects as lo;
+    let read = async || {
+        let s = lo::inventory(source)
+            .await
+            .map_err(sql("source", "reading the large objects"))?;
+        let t = lo::inventory(target)
+            .await
+            .map_err(sql("target", "reading the large objects"))?;
+        Ok::<_, EngineError>((s, t))
+    };
+    let (mut s, mut t) = read().await?;
+    let mut copied_first = 0;
+    if copy && !lo::compare(&s, &t).is_empty() {
+        let (report, _) = lo::sync(source, target)
+            .await
+            .map_err(sql("target", "copying the large objects"))?;
+        copied_first = report.copied;
+        (s, t) = read().await?;
+    }
+    Ok(LargeObjectsCompared {
+        source: s.len(),
+        target: t.len(),
+        copied_first,
+        differing: lo::compare(&s, &t),
+    })
 }
 
 /// Every table of the connected database the platform's replication carries: ordinary
@@ -1428,11 +1495,18 @@ async fn install_change_log(target: &Client, tables: &[String]) -> Result<i64, E
                  RETURN NULL;"
             )
         };
-        // Row level even without a key: the apply worker fires row triggers only.
+        // Row level even without a key: the apply worker fires row triggers only. It
+        // runs as pgseal's role (SECURITY DEFINER): on PostgreSQL 16 and later the apply
+        // worker applies as each table's owner, who may not write the log. Quoted with a
+        // dollar tag no key column's name holds.
+        let mut tag = "$pgseal$".to_string();
+        while body.contains(&tag) {
+            tag.insert(tag.len() - 1, '_');
+        }
         target
             .batch_execute(&format!(
                 "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql \
-                 SET search_path = pg_catalog AS $f$ BEGIN {body} END $f$; \
+                 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {tag} BEGIN {body} END {tag}; \
                  DROP TRIGGER IF EXISTS pgseal_changes ON {t}; \
                  CREATE TRIGGER pgseal_changes AFTER INSERT OR UPDATE OR DELETE ON {t} \
                  FOR EACH ROW EXECUTE FUNCTION {function}(); \
@@ -1715,6 +1789,7 @@ mod tests {
             horizons: Default::default(),
             ddl_seen: Default::default(),
             ddl_vouched: Default::default(),
+            large_objects: Default::default(),
         };
         let kept = serde_json::to_value(report.journaled()).unwrap();
         let text = kept.to_string();

@@ -358,6 +358,23 @@ async fn capture_serves_every_role_and_carries_only_schema_changes() {
         .unwrap();
     assert!(last(&pinned).await.1.is_some(), "volatile default on rows");
 
+    // A password in a string with DDL is never kept in clear.
+    let owner = session_as(&cluster, "shop", "postgres").await;
+    owner
+        .batch_execute("CREATE TABLE pw_t (id int); CREATE ROLE pw_role LOGIN PASSWORD 'hunter2'")
+        .await
+        .unwrap();
+    let kept: String = pinned
+        .query_one(
+            "SELECT string_agg(statement || coalesce(verdict, ''), ' ') FROM pgseal_ddl.statements",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!kept.contains("hunter2"), "{kept}");
+    assert!(kept.contains("PASSWORD '***'"), "{kept}");
+
     // The application cannot read the capture, write into it or read role secrets.
     for attempt in [
         "SELECT count(*) FROM pgseal_ddl.statements",

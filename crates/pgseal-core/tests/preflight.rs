@@ -178,7 +178,6 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
         "max_replication_slots",
         "replica_identity",
         "unlogged_tables",
-        "large_objects",
         "long_transactions",
         "prepared_transactions",
         "name_clash",
@@ -210,6 +209,16 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
             .contains("COMMIT PREPARED")
     );
     assert_eq!(find("unlogged_tables").severity, Severity::Warning);
+    // Large objects are no warning: pgseal carries them, and plan says how.
+    let carried: Vec<&String> = report
+        .databases
+        .iter()
+        .flat_map(|d| &d.carried_by_pgseal)
+        .collect();
+    assert!(
+        carried.len() == 1 && carried[0].starts_with("1 large object(s)"),
+        "{carried:?}"
+    );
     assert_eq!(
         ids.iter().filter(|i| **i == "name_clash").count(),
         2,

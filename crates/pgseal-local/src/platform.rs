@@ -24,6 +24,7 @@ pub struct LocalPlatform {
 struct Shared {
     instances: LocalInstances,
     kms: Option<LocalKms>,
+    master_password: Option<zeroize::Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for LocalPlatform {
@@ -130,8 +131,22 @@ fn spec(new: &NewInstance, storage_default: u64) -> InstanceSpec {
 impl LocalPlatform {
     /// The platform over `instances`, with the KMS for encrypted instances and snapshots.
     pub fn new(instances: LocalInstances, kms: Option<LocalKms>) -> Self {
+        Self::with_master_password(instances, kms, None)
+    }
+
+    /// [`LocalPlatform::new`], whose new instances get `password` for their master user
+    /// (TCP logins), as `pgseal instance create` gives it.
+    pub fn with_master_password(
+        instances: LocalInstances,
+        kms: Option<LocalKms>,
+        password: Option<zeroize::Zeroizing<String>>,
+    ) -> Self {
         LocalPlatform {
-            shared: Arc::new(Shared { instances, kms }),
+            shared: Arc::new(Shared {
+                instances,
+                kms,
+                master_password: password,
+            }),
         }
     }
 
@@ -164,7 +179,8 @@ impl Platform for LocalPlatform {
     }
 
     async fn create_instance(&self, new: &NewInstance) -> Result<Instance> {
-        let spec = spec(new, DEFAULT_STORAGE_BYTES);
+        let mut spec = spec(new, DEFAULT_STORAGE_BYTES);
+        spec.master_password = self.shared.master_password.clone();
         self.blocking(move |s| s.instances.create(&spec, s.kms()).map(instance))
             .await
     }

@@ -263,7 +263,14 @@ DECLARE
   replay text;
   heads text[];
   made regclass;
+  secret boolean := false;
 BEGIN
+  -- A password in the query text (a role made in the same string as DDL) is never kept
+  -- in clear: the role reaches the other side with its verifier instead.
+  IF q ~* '\mPASSWORD\M' THEN
+    q := regexp_replace(q, '(\mPASSWORD\s+)(E?''([^'']|'''')*'')', '\1''***''', 'gi');
+    secret := true;
+  END IF;
   -- Replication plumbing (pgseal's own at cutover, too) belongs to each server; the
   -- other side's storage is its own.
   IF tag ~ '^(CREATE|ALTER|DROP) (SUBSCRIPTION|PUBLICATION)$' OR tag IN ('REINDEX', 'CLUSTER') THEN
@@ -296,7 +303,10 @@ BEGIN
   END IF;
   -- Several statements are replayed whole when each is DDL the capture carries.
   heads := pgseal_ddl.statement_heads(q);
-  IF left(objects, 1) = '!' THEN
+  -- (A password in the query text was never kept: see above.)
+  IF secret THEN
+    verdict := 'it sets a password, which pgseal does not keep in clear (the role reaches the target with its password''s verifier): run the rest on the target by hand';
+  ELSIF left(objects, 1) = '!' THEN
     objects := substr(objects, 2);
     verdict := 'it drops temporary objects together with others: the target has no such temporary object; drop the others there';
   ELSIF cardinality(heads) > 1 AND NOT heads <@ ARRAY['CREATE', 'ALTER', 'DROP', 'COMMENT', 'GRANT', 'REVOKE'] THEN
@@ -488,6 +498,18 @@ CREATE TRIGGER replay BEFORE INSERT ON pgseal_ddl.statements
   FOR EACH ROW EXECUTE FUNCTION pgseal_ddl.replay();
 ALTER TABLE pgseal_ddl.statements ENABLE ALWAYS TRIGGER replay;
 "#;
+
+/// What the capture gives a verdict (the target's apply stops on it until the user
+/// decides, `pgseal migrate ddl`): what cannot be replayed as it ran. Everything else DDL
+/// does is replayed in its place in the stream.
+pub const STOPS: [&str; 6] = [
+    "a query string that mixes DDL with other statements (replaying it would repeat them)",
+    "DDL run inside a function or a DO block (replaying the call would repeat all it did)",
+    "a statement naming a tablespace (the target has its own)",
+    "a column added to a table that has rows, with a default that is not immutable, an identity or a serial (the target would compute other values)",
+    "a DROP of temporary objects together with others",
+    "a query string that sets a password (pgseal does not keep it in clear; the role itself is carried with its verifier)",
+];
 
 /// Whether the connected role may create event triggers: a superuser, or on RDS and
 /// Aurora a member of `rds_superuser` (the master user), which AWS lets make them.

@@ -343,10 +343,12 @@ pub fn diff(source: &Globals, target: &Globals, options: &DiffOptions) -> Vec<Di
         // Each side's master user is the platform's: its attributes are its own.
         let is_master = name == master || name == &source.session_user;
         let ident = quote_ident(name);
+        // The master user keeps the password the platform gave it unless the source's
+        // has one (then applications log in with that, as on the source).
         let carry_password = source.passwords_readable
             && target.passwords_readable
             && !options.skip_passwords.contains(name)
-            && !(is_master && options.keep_master_password);
+            && !(is_master && (options.keep_master_password || want.password.is_none()));
         let password_clause = |p: &Option<String>| {
             p.as_deref().map_or(" PASSWORD NULL".to_string(), |v| {
                 format!(" PASSWORD {}", quote_literal(v))
@@ -763,8 +765,20 @@ mod tests {
         assert!(
             statements.contains(&r#"ALTER DATABASE "shop" SET "search_path" TO 'shop', 'public'"#)
         );
-        // The master user's own password: carried unless the platform keeps its own.
-        assert!(statements.contains(&r#"ALTER ROLE "postgres" WITH PASSWORD NULL"#));
+        // The master user keeps its own password where the source's has none.
+        assert!(
+            statements
+                .iter()
+                .all(|s| !s.starts_with(r#"ALTER ROLE "postgres" WITH PASSWORD"#)),
+            "{statements:#?}"
+        );
+        source.roles.get_mut("postgres").unwrap().password = Some("SCRAM-SHA-256$src".into());
+        let found = diff(&source, &target, &DiffOptions::default());
+        assert!(
+            found.iter().any(
+                |d| d.statement == r#"ALTER ROLE "postgres" WITH PASSWORD 'SCRAM-SHA-256$src'"#
+            )
+        );
         let kept = diff(
             &source,
             &target,

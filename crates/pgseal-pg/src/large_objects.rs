@@ -28,16 +28,31 @@ use crate::replication::{quote_ident, quote_literal};
 const PIECE: i32 = 1 << 20;
 
 /// One large object's metadata: what `ALTER LARGE OBJECT`, `GRANT` and `COMMENT` set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Metadata {
     /// Its owner.
     pub owner: String,
     /// Its privileges as `grantee:PRIVILEGE[*]`, sorted (the defaults when none were
     /// granted).
     pub privileges: Vec<String>,
+    /// Whether privileges were ever granted or revoked (`lomacl` is not NULL): an object
+    /// made on the other side keeps the defaults as they are otherwise.
+    pub granted: bool,
     /// Its comment.
     pub comment: Option<String>,
 }
+
+/// Equal when they give the same owner, privileges and comment (however the privileges
+/// came about).
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        self.owner == other.owner
+            && self.privileges == other.privileges
+            && self.comment == other.comment
+    }
+}
+
+impl Eq for Metadata {}
 
 /// One large object as [`inventory`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,8 +89,8 @@ pub async fn inventory(client: &Client) -> Result<BTreeMap<Oid, Object>, tokio_p
                 r.get(0),
                 Object {
                     metadata: metadata_of(r, 1),
-                    bytes: r.get::<_, Option<i32>>(4).map_or(0, i64::from),
-                    md5: r.get(5),
+                    bytes: r.get::<_, Option<i32>>(5).map_or(0, i64::from),
+                    md5: r.get(6),
                 },
             )
         })
@@ -89,13 +104,14 @@ const META: &str = "pg_get_userbyid(m.lomowner)::text, \
                            || ':' || a.privilege_type \
                            || CASE WHEN a.is_grantable THEN '*' ELSE '' END ORDER BY 1) \
                FROM aclexplode(coalesce(m.lomacl, acldefault('L', m.lomowner))) a), '{}'), \
-     obj_description(m.oid, 'pg_largeobject')";
+     m.lomacl IS NOT NULL, obj_description(m.oid, 'pg_largeobject')";
 
 fn metadata_of(row: &tokio_postgres::Row, at: usize) -> Metadata {
     Metadata {
         owner: row.get(at),
         privileges: row.get(at + 1),
-        comment: row.get(at + 2),
+        granted: row.get(at + 2),
+        comment: row.get(at + 3),
     }
 }
 
@@ -175,7 +191,12 @@ fn metadata_statements(oid: Oid, want: &Metadata, have: Option<&Metadata>) -> Ve
             quote_ident(&want.owner)
         ));
     }
-    if have.is_none_or(|h| h.privileges != want.privileges || h.owner != want.owner) {
+    let regrant = match have {
+        Some(h) => h.privileges != want.privileges || h.owner != want.owner,
+        // A new object has its owner's defaults, as the source's has unless granted.
+        None => want.granted,
+    };
+    if regrant {
         // From nothing, then what the source grants (the owner's own entries included).
         out.push(format!(
             "REVOKE ALL ON LARGE OBJECT {oid} FROM PUBLIC, {}",
@@ -361,7 +382,7 @@ pub async fn sync_changed(
 }
 
 /// What differs between two inventories, per object (for validation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LoDifference {
     /// The object's OID.
     pub oid: Oid,
@@ -413,6 +434,7 @@ mod tests {
         Metadata {
             owner: owner.into(),
             privileges: privileges.iter().map(|p| p.to_string()).collect(),
+            granted: true,
             comment: None,
         }
     }
@@ -432,5 +454,14 @@ mod tests {
             ]
         );
         assert!(metadata_statements(42, &want, Some(&want)).is_empty());
+        // Made anew where the source never granted anything: its owner, and the defaults.
+        let defaults = Metadata {
+            granted: false,
+            ..meta("app", &["app:SELECT", "app:UPDATE"])
+        };
+        assert_eq!(
+            metadata_statements(42, &defaults, None),
+            [r#"ALTER LARGE OBJECT 42 OWNER TO "app""#]
+        );
     }
 }

@@ -38,6 +38,23 @@ pub fn quote_literal(text: &str) -> String {
     }
 }
 
+/// Gives `table` (quoted, as the journal keeps it) back its default replica identity,
+/// after pgseal set `FULL` for a migration; false when the table is gone (dropped during
+/// the migration).
+pub async fn restore_replica_identity(
+    client: &Client,
+    table: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    match client
+        .batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY DEFAULT"))
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A replication slot on the publisher, as `pg_replication_slots` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SlotState {

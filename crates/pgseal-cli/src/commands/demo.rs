@@ -351,6 +351,7 @@ fn story(
                 timeout: Duration::from_secs(60),
                 dry_run: false,
                 leave_stale: Vec::new(),
+                without_password: Vec::new(),
             },
         ))?;
         ctx.status(format!(

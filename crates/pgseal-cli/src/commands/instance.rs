@@ -13,6 +13,14 @@ use crate::exit;
 /// The environment variable that may hold the master password.
 const MASTER_PASSWORD_ENV: &str = "PGSEAL_MASTER_PASSWORD";
 
+/// The master password new instances get (`PGSEAL_MASTER_PASSWORD`), if one is set.
+pub fn master_password_from_env() -> Option<Zeroizing<String>> {
+    std::env::var(MASTER_PASSWORD_ENV)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(Zeroizing::new)
+}
+
 /// Runs one instance command.
 pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
     let instances = LocalInstances::open(&ctx.home)?;
@@ -46,10 +54,7 @@ pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
                         text.lines().next().unwrap_or("").to_string(),
                     ))
                 }
-                None => std::env::var(MASTER_PASSWORD_ENV)
-                    .ok()
-                    .filter(|p| !p.is_empty())
-                    .map(Zeroizing::new),
+                None => master_password_from_env(),
             };
             if master_password.as_ref().is_some_and(|p| p.is_empty()) {
                 bail!("the master password file is empty");

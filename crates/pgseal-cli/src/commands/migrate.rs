@@ -65,8 +65,21 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             tables,
             target_port,
             max_slot_retention,
-        } => start(ctx, args, tables.clone(), *target_port, *max_slot_retention),
-        MigrateCommand::Resume { name } => resume(ctx, name),
+            no_follow,
+        } => start(
+            ctx,
+            args,
+            tables.clone(),
+            *target_port,
+            *max_slot_retention,
+            !no_follow,
+        ),
+        MigrateCommand::Resume { name, no_follow } => resume(ctx, name, !no_follow),
+        MigrateCommand::Follow {
+            name,
+            interval,
+            once,
+        } => super::follow::run(ctx, name, *interval, *once),
         MigrateCommand::Abort { name } => abort(ctx, name),
         MigrateCommand::Status {
             name,
@@ -108,6 +121,7 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             timeout,
             dry_run,
             leave_stale,
+            without_password,
         } => cutover(
             ctx,
             name,
@@ -118,6 +132,7 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
                 timeout: std::time::Duration::from_secs_f64(timeout.max(1.0)),
                 dry_run: *dry_run,
                 leave_stale: leave_stale.clone(),
+                without_password: without_password.clone(),
             },
         ),
     }
@@ -216,7 +231,6 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
             installed: support.installed,
             full_load_unsupported: support.full_load_unsupported,
             blue_green_unsupported: support.blue_green_unsupported,
-            copy_role_passwords: args.copy_role_passwords,
         },
     };
     let report = runtime.block_on(async {
@@ -485,6 +499,7 @@ fn start(
     tables: Option<Vec<String>>,
     target_port: Option<u16>,
     max_slot_retention: Option<u64>,
+    follow: bool,
 ) -> Outcome {
     let spec = spec_from_args(ctx, args, tables, target_port, max_slot_retention)?;
     let _lock = MigrationLock::acquire(&ctx.home, &spec.name)?;
@@ -518,7 +533,15 @@ fn start(
         spec.key,
         journal.path().display()
     ));
-    let result = drive(ctx, &runtime, &platform, &journal, &spec.name, surroundings);
+    let result = drive(
+        ctx,
+        &runtime,
+        &platform,
+        &journal,
+        &spec.name,
+        surroundings,
+        follow,
+    );
     // A start that preflight stopped created nothing: forget it, so that the same name
     // can be started again with the fixes (some of them are options).
     if let Err(e) = &result
@@ -534,7 +557,7 @@ fn start(
     result
 }
 
-fn resume(ctx: &Context, name: &str) -> Outcome {
+fn resume(ctx: &Context, name: &str, follow: bool) -> Outcome {
     let _lock = MigrationLock::acquire(&ctx.home, name)?;
     let journal = Journal::open(&ctx.home)?;
     let record = journal.migration(name)?;
@@ -578,7 +601,15 @@ fn resume(ctx: &Context, name: &str) -> Outcome {
         "resuming migration {name} (phase {})",
         record.phase.as_str()
     ));
-    drive(ctx, &runtime, &platform, &journal, name, surroundings)
+    drive(
+        ctx,
+        &runtime,
+        &platform,
+        &journal,
+        name,
+        surroundings,
+        follow,
+    )
 }
 
 /// What to do instead when `resume` has nothing to resume in `phase` (the phases after
@@ -611,6 +642,7 @@ fn drive(
     journal: &Journal,
     name: &str,
     surroundings: Surroundings,
+    follow: bool,
 ) -> Outcome {
     let observer = MigrateObserver::new(ctx, journal.migration(name)?.spec.strategy);
     let observe = |event: &Event| observer.event(event);
@@ -630,10 +662,25 @@ fn drive(
         };
         return Err(anyhow::Error::new(e).context(format!("migration {name} stopped ({hint})")));
     }
+    // Something must keep the migration moving once this command returns.
+    let follower = if follow
+        && pgseal_core::follow::follows(journal.migration(name)?.phase)
+        && journal.migration(name)?.spec.strategy != pgseal_core::steps::Strategy::BlueGreen
+    {
+        super::follow::spawn(ctx, name)?
+    } else {
+        None
+    };
     let report = runtime.block_on(pgseal_core::status::status(platform, journal, name, None))?;
     if ctx.json {
         print_json(&report)?;
     } else {
+        if let Some(pid) = follower {
+            println!(
+                "a follower (pid {pid}) keeps it moving: new tables, large objects, roles (log: {})",
+                pgseal_core::follow::log_path(&ctx.home, name).display()
+            );
+        }
         let how = match &report.handoff {
             Some(h) => format!("handoff LSN {}", h.lsn),
             None => format!("{} strategy", report.migration.spec.strategy),

@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod doctor;
 pub mod endpoint;
+pub mod follow;
 pub mod instance;
 pub mod key;
 pub mod migrate;

@@ -144,9 +144,12 @@ pub fn for_spec(
     kms: bool,
 ) -> anyhow::Result<AnyPlatform> {
     if !is_aws_source(&spec.source) {
-        return Ok(AnyPlatform::Local(LocalPlatform::new(
+        // A full load's target gets the master password instances get
+        // (PGSEAL_MASTER_PASSWORD), as any instance pgseal makes.
+        return Ok(AnyPlatform::Local(LocalPlatform::with_master_password(
             pgseal_local::instance::LocalInstances::open(&ctx.home)?,
             ctx.open_kms_if(kms)?,
+            super::instance::master_password_from_env(),
         )));
     }
     #[cfg(feature = "aws")]

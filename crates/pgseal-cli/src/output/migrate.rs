@@ -27,6 +27,29 @@ pub fn state_name(state: pgseal_core::validate::TableState) -> String {
         .unwrap_or_default()
 }
 
+/// One line on what was carried besides replication, when anything was.
+fn carried_line(out: &mut String, when: &str, carried: Option<&pgseal_core::carry::Carried>) {
+    let Some(c) = carried else { return };
+    let lo = &c.large_objects;
+    if lo.copied + lo.unlinked + lo.metadata == 0 && c.globals.is_empty() {
+        return;
+    }
+    outln!(
+        out,
+        "{when}: {} large object(s) copied ({} bytes), {} unlinked, {} given their owner or privileges; {} role or database difference(s){}",
+        lo.copied,
+        lo.bytes,
+        lo.unlinked,
+        lo.metadata,
+        c.globals.len(),
+        if c.globals.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", c.globals.join("; "))
+        }
+    );
+}
+
 /// `migrate cutover`: what it did, or why a dry run would be refused.
 pub fn cutover(name: &str, spec: &MigrationSpec, report: &CutoverReport) -> String {
     let mut out = String::new();
@@ -49,6 +72,11 @@ pub fn cutover(name: &str, spec: &MigrationSpec, report: &CutoverReport) -> Stri
                 report.revalidate.join(", ")
             );
         }
+        carried_line(
+            &mut out,
+            "to carry to the target before the pause",
+            report.carried_before.as_ref(),
+        );
     } else {
         outln!(
             out,
@@ -77,6 +105,16 @@ pub fn cutover(name: &str, spec: &MigrationSpec, report: &CutoverReport) -> Stri
                 "longest client wait behind the pause: {wait} ms (PgBouncer's maxwait)"
             );
         }
+        carried_line(
+            &mut out,
+            "carried before the pause",
+            report.carried_before.as_ref(),
+        );
+        carried_line(
+            &mut out,
+            "carried inside the pause",
+            report.carried.as_ref(),
+        );
         for w in &report.workers_ended {
             outln!(out, "the fence ended background worker {w}");
         }
@@ -116,6 +154,16 @@ pub fn rollback(name: &str, spec: &MigrationSpec, report: &RollbackReport) -> St
         report.drained_lsn,
         report.fence_lsn,
         report.sequences.len()
+    );
+    carried_line(
+        &mut out,
+        "carried back before the pause",
+        Some(&report.carried_before),
+    );
+    carried_line(
+        &mut out,
+        "carried back inside the pause",
+        Some(&report.carried),
     );
     outln!(
         out,
@@ -190,6 +238,36 @@ pub fn validation(name: &str, report: &ValidationReport) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    for (db, lo) in &report.large_objects {
+        outln!(
+            out,
+            "{db}: large objects {} on the source, {} on the target{}{}",
+            lo.source,
+            lo.target,
+            if lo.copied_first > 0 {
+                format!(
+                    " ({} written since the follower's last pass, copied first)",
+                    lo.copied_first
+                )
+            } else {
+                String::new()
+            },
+            if lo.differing.is_empty() {
+                ", equal".to_string()
+            } else {
+                format!(
+                    ", {} differ: {}",
+                    lo.differing.len(),
+                    lo.differing
+                        .iter()
+                        .take(10)
+                        .map(|d| format!("{} ({})", d.oid, d.what))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
     outln!(
         out,
         "validation of {name}: {} rows in {} tables compared in {:.1} s, {} mismatched: {}",
@@ -336,6 +414,33 @@ pub fn status(s: &MigrationStatus) -> String {
             outputs["write_pause_ms"],
             outputs["sequences"].as_array().map_or(0, Vec::len)
         ));
+    }
+    if let Some(f) = &s.follower {
+        match (&f.heartbeat, f.running) {
+            (Some(h), running) => {
+                let last = &h.last;
+                out.push_str(&format!(
+                    "follower: {} (pid {}), last pass {:.1} s ago{}\n",
+                    if running { "running" } else { "NOT running" },
+                    h.pid,
+                    f.last_pass_age_seconds.unwrap_or(0.0),
+                    if let Some(e) = &last.error {
+                        format!(", failed: {e}")
+                    } else if let Some(idle) = &last.idle {
+                        format!(", idle: {idle}")
+                    } else {
+                        format!(
+                            ": {} table(s) subscribed, {} large object(s) copied, {} role or database difference(s) carried",
+                            last.refreshed.len(),
+                            last.large_objects.copied,
+                            last.globals.len()
+                        )
+                    }
+                ));
+            }
+            (None, true) => out.push_str("follower: running, no pass yet\n"),
+            (None, false) => out.push_str("follower: none\n"),
+        }
     }
     out.push_str("\nsteps:\n");
     let mut rows = vec![vec![
@@ -525,6 +630,11 @@ pub fn plan(r: &PreflightReport, source: &str, target: &str, name: &str) -> Stri
         ]);
     }
     out.push_str(&table(&rows));
+    for d in r.databases.iter().filter(|d| d.carried) {
+        for c in &d.carried_by_pgseal {
+            out.push_str(&format!("{}: {c}\n", d.name));
+        }
+    }
     out.push_str(&format!(
         "\nstrategy: {} (PostgreSQL {} -> {}); recommended: {}\n",
         r.strategy, r.source_major, r.target_major, r.recommended
@@ -540,6 +650,12 @@ pub fn plan(r: &PreflightReport, source: &str, target: &str, name: &str) -> Stri
             },
             c.why
         ));
+    }
+    if !r.ddl_stops.is_empty() {
+        out.push_str("\nDDL on the source is replayed on the target in its place in the stream, but for\nthese, where the target's apply stops until you decide (`pgseal migrate ddl`):\n");
+        for s in &r.ddl_stops {
+            out.push_str(&format!("  - {s}\n"));
+        }
     }
     out.push('\n');
     for f in &r.findings {

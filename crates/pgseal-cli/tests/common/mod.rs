@@ -117,12 +117,17 @@ impl Home {
 
     /// A SQL session on an instance's database, over its unix socket.
     pub fn sql(&self, instance: &str, db: &str) -> Sql {
+        self.sql_as(instance, db, "postgres")
+    }
+
+    /// A SQL session on an instance's database as role `user`, over its unix socket.
+    pub fn sql_as(&self, instance: &str, db: &str, user: &str) -> Sql {
         let info = self.json(&["instance", "describe", instance]);
         let mut config = tokio_postgres::Config::new();
         config
             .host_path(info["socket_dir"].as_str().unwrap())
             .port(info["port"].as_u64().unwrap() as u16)
-            .user("postgres")
+            .user(user)
             .dbname(db);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -471,4 +476,247 @@ pub fn tpcb(sql: &Sql) -> (i64, bool) {
              AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history))::text",
     ) == "true";
     (history, balanced)
+}
+
+/// The schemas a DBA compares: every one but the system's and pgseal's own.
+const USER_SCHEMAS: &str = "n.nspname NOT IN ('information_schema', 'pgseal_ddl', 'pgseal_validate') \
+     AND n.nspname !~ '^pg_'";
+
+/// What a DBA compares after a switch, read with plain catalog queries (names printed
+/// schema-qualified: `search_path` pinned to `pg_catalog`): every definition, privilege,
+/// comment, role, setting, large object, materialized view's rows and table's rows of the
+/// connected database, by category. Sequences are left out (the target's may be ahead).
+pub fn dba_view(sql: &Sql) -> std::collections::BTreeMap<&'static str, Vec<String>> {
+    sql.exec("SET search_path = pg_catalog, pg_temp");
+    let s = USER_SCHEMAS;
+    let unnest_sorted = |col: &str| {
+        format!(
+            "(SELECT coalesce(array_agg(x::text ORDER BY x::text), '{{}}') FROM unnest({col}) x)::text"
+        )
+    };
+    let relacl = unnest_sorted("c.relacl");
+    let nspacl = unnest_sorted("n.nspacl");
+    let queries: Vec<(&'static str, String)> = vec![
+        ("columns", format!(
+            "SELECT format('%s.%s %s %s %s notnull=%s default=%s identity=%s generated=%s collation=%s', \
+                    n.nspname, c.relname, c.relkind, a.attname, format_type(a.atttypid, a.atttypmod), \
+                    a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated, a.attcollation::regcollation) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum \
+             WHERE {s} AND c.relkind IN ('r', 'p', 'v', 'm', 'f')")),
+        ("relations", format!(
+            "SELECT format('%s.%s %s owner=%s persistence=%s rls=%s/%s replident=%s partition=%s acl=%s', \
+                    n.nspname, c.relname, c.relkind, c.relowner::regrole, c.relpersistence, \
+                    c.relrowsecurity, c.relforcerowsecurity, c.relreplident, \
+                    pg_get_expr(c.relpartbound, c.oid), {relacl}) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE {s} AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')")),
+        ("schemas", format!(
+            "SELECT format('%s owner=%s acl=%s', n.nspname, n.nspowner::regrole, {nspacl}) \
+             FROM pg_namespace n WHERE {s}")),
+        ("constraints", format!(
+            "SELECT format('%s %s %s', coalesce(k.conrelid::regclass::text, k.contypid::regtype::text), \
+                    k.conname, pg_get_constraintdef(k.oid)) \
+             FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace WHERE {s}")),
+        ("indexes", format!(
+            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE {s}")),
+        ("triggers", format!(
+            "SELECT pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text FROM pg_trigger t \
+             JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE {s} AND NOT t.tgisinternal AND t.tgname !~ '^pgseal'")),
+        ("policies",
+            "SELECT format('%s.%s %s %s %s %s %s %s', schemaname, tablename, policyname, permissive, \
+                    roles, cmd, qual, with_check) FROM pg_policies".to_string()),
+        ("views", format!(
+            "SELECT format('%s.%s %s', n.nspname, c.relname, pg_get_viewdef(c.oid)) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {s} AND c.relkind IN ('v', 'm')")),
+        ("types", format!(
+            "SELECT format('%s %s %s %s %s', t.typname, t.typtype, format_type(t.typbasetype, t.typtypmod), \
+                    t.typnotnull, coalesce(t.typdefault, '') || coalesce((SELECT string_agg(e.enumlabel, ',' \
+                    ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid), '')) \
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE {s} AND t.typtype IN ('e', 'd', 'c') AND NOT EXISTS \
+                   (SELECT 1 FROM pg_class r WHERE r.oid = t.typrelid AND r.relkind <> 'c') \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = t.oid AND e.deptype = 'e')")),
+        ("functions", format!(
+            "SELECT pg_get_functiondef(p.oid) || ' acl=' || coalesce(p.proacl::text, '') FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {s} AND p.prokind IN ('f', 'p') \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = p.oid AND e.deptype = 'e')")),
+        // User objects' (OIDs from 16384 on), but an extension's own.
+        ("comments",
+            "SELECT pg_describe_object(d.classoid, d.objoid, d.objsubid) || ': ' || d.description \
+             FROM pg_description d WHERE d.objoid >= 16384 \
+               AND pg_describe_object(d.classoid, d.objoid, d.objsubid) !~ 'pgseal' \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = d.objoid AND e.deptype = 'e')".to_string()),
+        ("default privileges",
+            "SELECT format('%s %s %s %s', d.defaclrole::regrole, d.defaclnamespace::regnamespace, \
+                    d.defaclobjtype, d.defaclacl) FROM pg_default_acl d".to_string()),
+        ("extensions",
+            "SELECT e.extname || ' ' || e.extnamespace::regnamespace FROM pg_extension e".to_string()),
+        ("roles",
+            "SELECT format('%s super=%s inherit=%s createrole=%s createdb=%s login=%s repl=%s bypassrls=%s \
+                    connlimit=%s password=%s config=%s', a.rolname, a.rolsuper, a.rolinherit, a.rolcreaterole, \
+                    a.rolcreatedb, a.rolcanlogin, a.rolreplication, a.rolbypassrls, a.rolconnlimit, \
+                    a.rolpassword, (SELECT setconfig FROM pg_db_role_setting s \
+                                    WHERE s.setrole = a.oid AND s.setdatabase = 0)) \
+             FROM pg_authid a WHERE a.rolname !~ '^pg_'".to_string()),
+        ("memberships",
+            "SELECT format('%s > %s admin=%s', m.roleid::regrole, m.member::regrole, m.admin_option) \
+             FROM pg_auth_members m WHERE m.roleid::regrole::text !~ '^pg_'".to_string()),
+        ("database",
+            "SELECT format('%s owner=%s acl=%s limit=%s comment=%s', d.datname, d.datdba::regrole, \
+                    (SELECT coalesce(array_agg(x::text ORDER BY x::text), '{}') FROM unnest(d.datacl) x), \
+                    d.datconnlimit, shobj_description(d.oid, 'pg_database')) \
+             FROM pg_database d WHERE d.datname = current_database()".to_string()),
+        ("settings",
+            "SELECT format('%s in %s: %s', coalesce(s.setrole::regrole::text, '-'), \
+                    (SELECT datname FROM pg_database WHERE oid = s.setdatabase), s.setconfig) \
+             FROM pg_db_role_setting s WHERE s.setdatabase <> 0".to_string()),
+        ("large objects",
+            "SELECT format('%s %s %s %s', m.oid, m.lomowner::regrole, m.lomacl, md5(lo_get(m.oid))) \
+             FROM pg_largeobject_metadata m".to_string()),
+    ];
+    let mut view = std::collections::BTreeMap::new();
+    for (category, query) in queries {
+        let mut rows: Vec<String> = sql
+            .runtime
+            .block_on(sql.client.query(&query, &[]))
+            .unwrap_or_else(|e| panic!("{category}: {e:?}"))
+            .iter()
+            .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+            .collect();
+        rows.sort();
+        view.insert(category, rows);
+    }
+    // Every table's and materialized view's rows.
+    let relations: Vec<String> = sql
+        .runtime
+        .block_on(sql.client.query(
+            &format!(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE {s} AND c.relkind IN ('r', 'm') ORDER BY 1"
+            ),
+            &[],
+        ))
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut data = Vec::new();
+    for rel in relations {
+        data.push(format!(
+            "{rel} {}",
+            sql.text(&format!(
+                "SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {rel} t"
+            ))
+        ));
+    }
+    view.insert("rows", data);
+    let sequences: Vec<String> = sql
+        .runtime
+        .block_on(sql.client.query(
+            "SELECT format('%s %s', schemaname || '.' || sequencename, coalesce(last_value, 0)) \
+             FROM pg_sequences WHERE schemaname !~ '^pgseal'",
+            &[],
+        ))
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    view.insert("sequences", sequences);
+    view
+}
+
+/// A [`dba_view`] line as both major versions print it. PostgreSQL 17 gives a table's
+/// owner the MAINTAIN privilege (`m` in its ACL) that 15 does not have, and prints a view's
+/// columns without their table where that is unambiguous: owners' `m` is dropped, and
+/// every `name.` qualifier (tables' and schemas' alike, on both sides) is left out of view
+/// definitions.
+fn across_versions(category: &str, line: &str) -> String {
+    match category {
+        "relations" => line.replace("arwdDxtm/", "arwdDxt/"),
+        "views" => {
+            let mut out = String::new();
+            let mut word = String::new();
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    word.push(c);
+                    continue;
+                }
+                let qualifier = c == '.'
+                    && !word.is_empty()
+                    && !word.chars().next().unwrap().is_ascii_digit()
+                    && chars
+                        .peek()
+                        .is_some_and(|n| n.is_ascii_alphabetic() || *n == '_' || *n == '"');
+                if !qualifier {
+                    out.push_str(&word);
+                    out.push(c);
+                }
+                word.clear();
+            }
+            out.push_str(&word);
+            out
+        }
+        _ => line.to_string(),
+    }
+}
+
+/// What differs between two [`dba_view`]s, one line each; sequences may be ahead on the
+/// target, never behind.
+pub fn dba_differences(
+    source: &std::collections::BTreeMap<&'static str, Vec<String>>,
+    target: &std::collections::BTreeMap<&'static str, Vec<String>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (category, rows) in source {
+        let other = &target[category];
+        if *category == "sequences" {
+            let value = |line: &String| -> (String, i64) {
+                let (name, v) = line.rsplit_once(' ').unwrap();
+                (name.to_string(), v.parse().unwrap())
+            };
+            let theirs: std::collections::BTreeMap<String, i64> = other.iter().map(value).collect();
+            for (name, v) in rows.iter().map(value) {
+                if theirs.get(&name).is_none_or(|t| *t < v) {
+                    out.push(format!(
+                        "sequences: {name} at {v} on the source, {:?} on the target",
+                        theirs.get(&name)
+                    ));
+                }
+            }
+            continue;
+        }
+        let normal = |lines: &Vec<String>| -> Vec<String> {
+            lines.iter().map(|l| across_versions(category, l)).collect()
+        };
+        let (rows, other) = (normal(rows), normal(other));
+        for r in rows.iter().filter(|r| !other.contains(r)) {
+            out.push(format!("{category}: only on the source: {r}"));
+        }
+        for r in other.iter().filter(|r| !rows.contains(r)) {
+            out.push(format!("{category}: only on the target: {r}"));
+        }
+    }
+    out
+}
+
+/// The last `lines` lines of an instance's server log (plain or encrypted), for a failing
+/// test's message.
+pub fn server_log_tail(h: &Home, instance: &str, lines: usize) -> String {
+    for path in [
+        format!("home/instances/{instance}/mnt/pgseal/log/postgresql.log"),
+        format!("home/instances/{instance}/log/postgresql.log"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(h.path(&path)) {
+            let all: Vec<&str> = text.lines().collect();
+            return all[all.len().saturating_sub(lines)..].join("\n");
+        }
+    }
+    format!("(no server log of {instance} found)")
 }

@@ -290,9 +290,20 @@ impl<P: Platform> Engine<'_, P> {
     // Full load 4.
     pub(super) async fn schema(&self) -> StepResult {
         let streams = self.streams()?;
-        let roles = self.copy_roles().await?;
-        let admin = self.target_db("template1").await?;
         let home = self.source().await?;
+        let admin = self.target_db("template1").await?;
+        // Roles and memberships first (the schema names them), with their passwords'
+        // verifiers where the source lets pgseal read them; the databases' own
+        // properties once their schema is whole (post-data).
+        let roles = pgseal_pg::globals::sync(&home, &admin, &[], &self.carrying())
+            .await
+            .map_err(|e| {
+                EngineError::Precondition(format!("copying the roles: {}", super::error_chain(&e)))
+            })?;
+        let readable = pgseal_pg::globals::read(&home, &[])
+            .await
+            .map_err(Self::sql("source", "reading the roles"))?
+            .passwords_readable;
         let mut loaded = Vec::new();
         for s in &streams {
             self.create_database(&home, &admin, &s.database).await?;
@@ -312,74 +323,32 @@ impl<P: Platform> Engine<'_, P> {
                 .map_err(Self::sql("source", "reading the tables' keys"))?;
             loaded.push(json!({ "database": s.database, "keys": keys }));
         }
+        let made = roles.iter().filter(|d| d.detail == "missing").count();
         let summary = format!(
-            "{} role(s) copied ({}), {} database(s): schema before the data loaded",
-            roles.0,
-            if self.spec.copy_role_passwords {
-                "with their password hashes"
+            "{made} role(s) copied ({}), {} database(s): schema before the data loaded",
+            if readable {
+                "with their password verifiers"
             } else {
-                "without passwords: set them on the target"
+                "without passwords: the source does not let pgseal read them; set them on the target"
             },
             loaded.len()
         );
         Ok((
-            json!({ "roles": roles.0, "passwords_copied": self.spec.copy_role_passwords, "databases": loaded, "skipped_roles": roles.1 }),
+            json!({
+                "roles": made,
+                "passwords_copied": readable,
+                "carried": roles.iter().map(|d| format!("{} {}: {}", d.kind, d.object, d.detail)).collect::<Vec<_>>(),
+                "databases": loaded,
+            }),
             summary,
         ))
     }
 
-    /// Copies the source's roles (`pg_dumpall --roles-only`), leaving out the roles the
-    /// target has already (its master user keeps its own attributes and password).
-    /// Returns how many were copied and which were left as they are.
-    async fn copy_roles(&self) -> Result<(usize, Vec<String>), EngineError> {
-        let source = self.source_config(&self.spec.database).await?;
-        let mut args = vec!["--roles-only", "-l", self.spec.database.as_str()];
-        if !self.spec.copy_role_passwords {
-            args.push("--no-role-passwords");
-        }
-        let dump = self.run_tool("pg_dumpall", &args, &source, None).await?;
-        let target = self.target_db("template1").await?;
-        let existing: Vec<String> = target
-            .query("SELECT rolname::text FROM pg_roles", &[])
-            .await
-            .map_err(Self::sql("target", "listing roles"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let master: String = target
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .map_err(Self::sql("target", "reading the master user"))?
-            .get(0);
-        let names_of = |role: &str| [role.to_string(), quote_ident(role)];
-        let text = String::from_utf8_lossy(&dump);
-        let mut kept = String::new();
-        let mut copied = 0;
-        for line in text.lines() {
-            let made_already = existing.iter().any(|r| {
-                names_of(r)
-                    .iter()
-                    .any(|n| line == format!("CREATE ROLE {n};"))
-            });
-            let alters_master = names_of(&master)
-                .iter()
-                .any(|n| line.starts_with(&format!("ALTER ROLE {n} WITH ")));
-            if made_already || alters_master {
-                continue;
-            }
-            if line.starts_with("CREATE ROLE ") {
-                copied += 1;
-            }
-            kept.push_str(line);
-            kept.push('\n');
-        }
-        self.psql("template1", kept.into_bytes()).await?;
-        let mut skipped: Vec<String> = existing
-            .into_iter()
-            .filter(|r| !r.starts_with("pg_"))
-            .collect();
-        skipped.sort();
-        Ok((copied, skipped))
+    /// How roles are carried to the target: every password pgseal can read; the
+    /// target's master user keeps the password the platform gave it unless the source's
+    /// has one.
+    fn carrying(&self) -> pgseal_pg::globals::DiffOptions {
+        pgseal_pg::globals::DiffOptions::default()
     }
 
     /// (Re)creates `database` on the target (`admin`: a session on its `template1`) as the
@@ -745,9 +714,30 @@ impl<P: Platform> Engine<'_, P> {
                 "ddl_released": released,
             }));
         }
+        // The databases' own properties (owner, privileges, comment, `ALTER DATABASE ...
+        // SET`, `ALTER ROLE ... IN DATABASE ... SET`), now that nothing of pgseal's own
+        // loading runs there any more (a statement_timeout set on a database would hold
+        // for its index builds too).
+        let dbs: Vec<String> = self.streams()?.iter().map(|s| s.database.clone()).collect();
+        let carried = pgseal_pg::globals::sync(
+            &self.source().await?,
+            &self.target_db("template1").await?,
+            &dbs,
+            &self.carrying(),
+        )
+        .await
+        .map_err(|e| {
+            EngineError::Precondition(format!(
+                "copying the databases' properties: {}",
+                super::error_chain(&e)
+            ))
+        })?;
         let entries: u64 = done.iter().filter_map(|d| d["entries"].as_u64()).sum();
         Ok((
-            json!({ "databases": done }),
+            json!({
+                "databases": done,
+                "carried": carried.iter().map(|d| format!("{} {}: {}", d.kind, d.object, d.detail)).collect::<Vec<_>>(),
+            }),
             format!(
                 "{entries} index(es), constraint(s), trigger(s) and other post-data entries built; DDL on the source carried from here on"
             ),

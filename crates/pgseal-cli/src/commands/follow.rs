@@ -1,0 +1,159 @@
+//! `pgseal migrate follow`: the follower's loop (see `pgseal_core::follow`), and the
+//! background follower `start` and `resume` leave running.
+
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pgseal_core::Journal;
+use pgseal_core::follow::{self, FollowState, FollowerLock, Heartbeat, PassGate};
+
+use super::platform::for_spec;
+use super::{Context, Outcome, print_json};
+use crate::exit;
+
+/// What a background follower inherits from the command that starts it: how to reach the
+/// servers (libpq's and AWS's settings, the server binaries), nothing else. It never
+/// needs the key store, so never gets its passphrase.
+const INHERITED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "RUST_LOG",
+    "PGSEAL_PG_BINDIR",
+    "PGPASSWORD",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ENDPOINT_URL",
+];
+
+/// Starts `name`'s follower in the background, detached from this terminal, its output
+/// appended to its log; returns its process id, or `None` when one runs already.
+pub fn spawn(ctx: &Context, name: &str) -> anyhow::Result<Option<u32>> {
+    if FollowerLock::held(&ctx.home, name)? {
+        return Ok(None);
+    }
+    let log_path = follow::log_path(&ctx.home, name);
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log_path)?
+    };
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .env_clear()
+        .args(["-v", "migrate", "follow", name, "--home"])
+        .arg(&ctx.home)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    for key in INHERITED {
+        if let Some(value) = std::env::var_os(key) {
+            command.env(key, value);
+        }
+    }
+    // Its own process group: a Ctrl-C meant for this command does not end it.
+    command.process_group(0);
+    let child = command.spawn()?;
+    tracing::info!(migration = name, pid = child.id(), log = %log_path.display(), "follower started");
+    Ok(Some(child.id()))
+}
+
+/// Runs `name`'s follower: a pass every `interval` seconds until the migration no longer
+/// needs one (or once).
+pub fn run(ctx: &Context, name: &str, interval: f64, once: bool) -> Outcome {
+    let Some(_follower) = FollowerLock::acquire(&ctx.home, name)? else {
+        let running = follow::follower_status(&ctx.home, name)?;
+        let pid = running.heartbeat.map(|h| h.pid.to_string());
+        ctx.status(format!(
+            "migration {name} has a follower already (pid {}); nothing to do",
+            pid.as_deref().unwrap_or("?")
+        ));
+        return Ok(exit::code(exit::OK));
+    };
+    let journal = Journal::open(&ctx.home)?;
+    let spec = journal.migration(name)?.spec;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let platform = for_spec(ctx, &runtime, Some(&journal), &spec, false)?;
+    let mut state = FollowState::default();
+    let mut heartbeat = Heartbeat {
+        pid: std::process::id(),
+        started_ms: pgseal_core::journal::now_ms(),
+        passes: 0,
+        last: Default::default(),
+    };
+    tracing::info!(migration = name, pid = heartbeat.pid, "following");
+    loop {
+        // Gone with its home (a test's temporary one), or forgotten: nothing to follow.
+        if !journal.path().exists() {
+            return Ok(exit::code(exit::OK));
+        }
+        let phase = match journal.migration(name) {
+            Ok(record) => record.phase,
+            Err(pgseal_core::JournalError::NotFound(_)) => return Ok(exit::code(exit::OK)),
+            Err(e) => return Err(e.into()),
+        };
+        if !follow::follows(phase) {
+            tracing::info!(migration = name, phase = phase.as_str(), "follower stops");
+            return Ok(exit::code(exit::OK));
+        }
+        let pass = match PassGate::open(&ctx.home, name)? {
+            None => pgseal_core::follow::Pass {
+                at_ms: pgseal_core::journal::now_ms(),
+                idle: Some("another pgseal command works on the migration".into()),
+                ..Default::default()
+            },
+            Some(_gate) => {
+                match runtime.block_on(follow::pass(&platform, &journal, name, &mut state)) {
+                    Ok(pass) => pass,
+                    Err(e) => {
+                        let error = pgseal_core::engine::error_chain(&e);
+                        tracing::warn!(migration = name, %error, "follower pass failed");
+                        pgseal_core::follow::Pass {
+                            at_ms: pgseal_core::journal::now_ms(),
+                            error: Some(error),
+                            ..Default::default()
+                        }
+                    }
+                }
+            }
+        };
+        if !pass.refreshed.is_empty()
+            || pass.large_objects.copied + pass.large_objects.unlinked > 0
+            || !pass.globals.is_empty()
+        {
+            tracing::info!(
+                migration = name,
+                refreshed = ?pass.refreshed,
+                large_objects_copied = pass.large_objects.copied,
+                large_objects_unlinked = pass.large_objects.unlinked,
+                globals = pass.globals.len(),
+                "follower pass"
+            );
+        }
+        heartbeat.passes += 1;
+        heartbeat.last = pass;
+        follow::write_heartbeat(&ctx.home, name, &heartbeat)?;
+        if once {
+            if ctx.json {
+                print_json(&heartbeat.last)?;
+            }
+            let failed = heartbeat.last.error.is_some();
+            return Ok(exit::code(if failed { exit::FAILURE } else { exit::OK }));
+        }
+        std::thread::sleep(Duration::from_secs_f64(interval.max(0.2)));
+    }
+}
