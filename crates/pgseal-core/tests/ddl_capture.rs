@@ -352,6 +352,21 @@ async fn capture_serves_every_role_and_carries_only_schema_changes() {
         replay.as_deref(),
         Some("CREATE TABLE public.copied (id bigint, note character varying(20))")
     );
+    // Alembic's revision: a type rewritten, then a constraint, on a table with a column
+    // whose default is now() (rewriting touches every column's catalog row); Django's
+    // column named "password": nothing to stop.
+    for statement in [
+        "BEGIN",
+        "ALTER TABLE orders ALTER COLUMN note TYPE text USING note || ''",
+        "ALTER TABLE orders ADD CONSTRAINT note_set CHECK (note IS NOT NULL)",
+        "COMMIT",
+        "CREATE TABLE auth_user (id int, \"password\" varchar(128) NOT NULL)",
+    ] {
+        app.batch_execute(statement).await.unwrap();
+        if statement != "BEGIN" && statement != "COMMIT" {
+            assert_eq!(last(&pinned).await.1, None, "{statement}");
+        }
+    }
     // A column computed on each side differently, on a table with rows: stopped.
     app.batch_execute("ALTER TABLE orders ADD COLUMN made timestamptz DEFAULT now()")
         .await

@@ -267,7 +267,7 @@ DECLARE
 BEGIN
   -- A password in the query text (a role made in the same string as DDL) is never kept
   -- in clear: the role reaches the other side with its verifier instead.
-  IF q ~* '\mPASSWORD\M' THEN
+  IF q ~* '\mPASSWORD\s+E?''' THEN
     q := regexp_replace(q, '(\mPASSWORD\s+)(E?''([^'']|'''')*'')', '\1''***''', 'gi');
     secret := true;
   END IF;
@@ -319,7 +319,10 @@ BEGIN
       SELECT 1 FROM pg_event_trigger_ddl_commands() e
       JOIN pg_attribute a ON a.attrelid = e.objid AND a.attnum > 0 AND NOT a.attisdropped
       LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-      WHERE e.classid = 'pg_class'::regclass AND age(a.xmin) <= 0
+      WHERE e.classid = 'pg_class'::regclass
+        -- The column this statement adds: its name right after ADD [COLUMN].
+        AND q ~* ('\mADD\s+(COLUMN\s+)?(IF\s+NOT\s+EXISTS\s+)?"?'
+                  || regexp_replace(a.attname, '([^A-Za-z0-9_])', '\\\1', 'g') || '($|[\s"])')
         AND (a.attidentity <> '' OR {varies})
         AND pgseal_ddl.has_rows(e.objid)
         -- A table made in this transaction reaches the other side with its rows, by

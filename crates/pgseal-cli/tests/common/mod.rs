@@ -720,3 +720,39 @@ pub fn server_log_tail(h: &Home, instance: &str, lines: usize) -> String {
     }
     format!("(no server log of {instance} found)")
 }
+
+/// Creates endpoint `ep` in front of `instance`, listening on TCP as applications reach it
+/// (their roles log in with their passwords); returns its port.
+pub fn tcp_endpoint(h: &Home, instance: &str) -> String {
+    let port = free_port();
+    h.ok(&[
+        "endpoint",
+        "create",
+        "ep",
+        "--instance",
+        instance,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    port
+}
+
+/// `program` with only the libpq environment of role `user` (password `password`) on
+/// database `db` through the TCP endpoint on `port`.
+pub fn through_endpoint(
+    program: &str,
+    port: &str,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Command {
+    let mut c = Command::new(program);
+    c.env_clear()
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", port)
+        .env("PGUSER", user)
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable")
+        .env("PGDATABASE", db);
+    c
+}
