@@ -13,6 +13,11 @@
 //!    (50 tx/s) through the endpoint into each other database, every one fenced, drained
 //!    and switched at each cutover (target: max <= 1 s, 0 client errors, 0 pgbench
 //!    failures).
+//! 4. endpoint mode with large objects: 1,000 of 64 KiB on the source before the first
+//!    round, and pgbench writing 20 more a second through the endpoint (a custom script:
+//!    `lo_from_bytea`) beside the ledger; replication does not carry them, the cutover
+//!    does: what its `carried` phase takes inside the pause and how many objects it copied
+//!    there, against mode 1's pause (target: the pause no more than 100 ms longer).
 //!
 //! Usage: `bench-cutover [ROUNDS] [RATE] [DATABASES]` (default 5, 200, 3), as root, from
 //! the workspace root. Run `bench/cutover`.
@@ -66,9 +71,16 @@ struct Chain {
     ended: i64,
     /// The ledger workload's summary.
     ledger: serde_json::Value,
-    /// Transactions pgbench processed and failed, over the extra databases.
+    /// Transactions pgbench processed and failed, over the extra databases (or the large
+    /// objects' writer).
     pgbench: (i64, i64),
+    /// The `carried` part of each pause (ms) and the large objects copied in it.
+    carried: Vec<(u64, u64)>,
 }
+
+/// Large objects on the source before the first round, their size, and how many more a
+/// second are written during the run.
+const LARGE_OBJECTS: (u32, usize, u32) = (1000, 64 << 10, 20);
 
 /// A number pgbench printed after `label`.
 fn pgbench_field(text: &str, label: &str) -> i64 {
@@ -88,9 +100,24 @@ fn chain(
     rounds: usize,
     rate: f64,
     databases: u32,
+    large_objects: bool,
 ) -> anyhow::Result<Chain> {
     let first = format!("{label}0");
     b.json(&["instance", "create", &first, "--param", "wal_level=logical"])?;
+    let (pool, size, per_second) = LARGE_OBJECTS;
+    let script = b.home.join(format!("{label}-lo.sql"));
+    if large_objects {
+        b.psql(
+            &first,
+            &format!(
+                "SELECT count(lo_from_bytea(0, convert_to(repeat('x', {size}), 'UTF8'))) FROM generate_series(1, {pool})"
+            ),
+        )?;
+        std::fs::write(
+            &script,
+            format!("SELECT lo_from_bytea(0, convert_to(repeat('y', {size}), 'UTF8'));\n"),
+        )?;
+    }
     let extra: Vec<String> = (1..databases).map(|i| format!("db{i}")).collect();
     for db in &extra {
         b.pgbench_init_db(&first, db, 1)?;
@@ -129,7 +156,28 @@ fn chain(
             benches.push(c.spawn()?);
         }
     }
+    if endpoint && large_objects {
+        let info = b.json(&["endpoint", "describe", &ep])?;
+        let mut c = b.program("pgbench");
+        c.args(["-n", "-c", "1", "-R", &per_second.to_string(), "-f"])
+            .arg(&script)
+            .args([
+                "-h",
+                info["socket_dir"].as_str().context("socket_dir")?,
+                "-p",
+                &info["port"].as_u64().context("port")?.to_string(),
+                "-U",
+                "postgres",
+                "-T",
+                &seconds.to_string(),
+                "postgres",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        benches.push(c.spawn()?);
+    }
     let (mut pauses, mut waits, mut windows, mut ended) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut carried = Vec::new();
     let mut source = first;
     for round in 0..rounds {
         let key = format!("bench/{label}{round}");
@@ -168,6 +216,19 @@ fn chain(
                 .context("write_pause_ms")?,
         );
         waits.extend(report["client_wait_ms"].as_u64());
+        let carried_ms = report["phases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["phase"] == "carried")
+            .and_then(|p| p["ms"].as_f64())
+            .unwrap_or(0.0);
+        carried.push((
+            carried_ms.ceil() as u64,
+            report["carried"]["large_objects"]["copied"]
+                .as_u64()
+                .unwrap_or(0),
+        ));
         ended += report["sessions_ended"].as_i64().unwrap_or(0);
         b.json(&["migrate", "cleanup", &name, "--delete-source"])?;
         source = target;
@@ -203,6 +264,7 @@ fn chain(
         ended,
         ledger: summary,
         pgbench,
+        carried,
     })
 }
 
@@ -236,10 +298,11 @@ fn main() -> anyhow::Result<()> {
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let result = (|| {
-        let endpoint = chain(&b, "ep", true, rounds, rate, 1)?;
-        let hook = chain(&b, "hk", false, rounds, rate, 1)?;
-        let many = chain(&b, "db", true, rounds, rate, databases.max(2))?;
-        anyhow::Ok((endpoint, hook, many))
+        let endpoint = chain(&b, "ep", true, rounds, rate, 1, false)?;
+        let hook = chain(&b, "hk", false, rounds, rate, 1, false)?;
+        let many = chain(&b, "db", true, rounds, rate, databases.max(2), false)?;
+        let objects = chain(&b, "lo", true, rounds, rate, 1, true)?;
+        anyhow::Ok((endpoint, hook, many, objects))
     })();
     // Whatever happened, leave no server, endpoint or mount behind.
     if let Ok(list) = b.json(&["endpoint", "list"]) {
@@ -255,7 +318,7 @@ fn main() -> anyhow::Result<()> {
             let _ = b.pgseal(&["instance", "delete", name, "--yes"]).output();
         }
     }
-    let (ep, hk, many) = result?;
+    let (ep, hk, many, lo) = result?;
     println!(
         "cutover benchmark: {rounds} chained cutovers per mode, ledger workload at {rate} tx/s \
          (client max: the ledger's longest transaction during each cutover, by its own clock; \
@@ -286,9 +349,35 @@ fn main() -> anyhow::Result<()> {
         many.pgbench.0,
         many.pgbench.1
     );
+    let lo_carried: Vec<u64> = lo.carried.iter().map(|c| c.0).collect();
+    let lo_copied: Vec<u64> = lo.carried.iter().map(|c| c.1).collect();
+    let ratio = |a: &[u64], b: &[u64]| {
+        if a.is_empty() || b.is_empty() {
+            0.0
+        } else {
+            percentile(a.to_vec(), 0.5) as f64 / percentile(b.to_vec(), 0.5).max(1) as f64
+        }
+    };
+    println!(
+        "  endpoint with large objects ({} of {} KiB to start, {}/s written through the endpoint): 'carried' inside the pause {}, objects copied there {}; pgseal's timer {} = {:.2}x the endpoint mode's p50 (target: no more than 100 ms longer); client max {}; ledger client errors {}, large objects written {} ({} failed)",
+        LARGE_OBJECTS.0,
+        LARGE_OBJECTS.1 >> 10,
+        LARGE_OBJECTS.2,
+        spread(&lo_carried),
+        spread(&lo_copied).replace(" ms", ""),
+        spread(&lo.pauses),
+        ratio(&lo.pauses, &ep.pauses),
+        spread(&lo.client_max),
+        lo.ledger["client_errors"],
+        lo.pgbench.0,
+        lo.pgbench.1
+    );
     println!(
         "{}",
         serde_json::json!({
+            "large_objects_carried_ms": lo_carried, "large_objects_copied_in_pause": lo_copied,
+            "large_objects_pauses_ms": lo.pauses, "large_objects_client_max_ms": lo.client_max,
+            "large_objects_written": lo.pgbench.0, "large_objects_failed": lo.pgbench.1,
             "rounds": rounds, "rate": rate, "databases": databases,
             "endpoint_pauses_ms": ep.pauses, "endpoint_client_wait_ms": ep.waits,
             "endpoint_client_max_ms": ep.client_max,

@@ -658,21 +658,28 @@ DDL captured on the source during the migration, and what became of it on the ta
 While a migration replicates, an event trigger in every migrated database of the source
 writes each DDL statement into pgseal_ddl.statements, a table that replicates with the
 data; on the target, a trigger replays each statement as it arrives, inside the apply
-worker's transaction: in order with the rows around it, exactly once. A table made on
-the source is then subscribed (`pgseal migrate status` refreshes the subscription,
-copying its rows). Temporary tables are not carried.
+worker's transaction: in order with the rows around it, exactly once, as the role that ran
+it on the source, with its search_path. Any role may run DDL on the source (the
+application's own migrations included); the capture needs no privilege of it. A table made
+on the source is then subscribed by the follower (`pgseal migrate follow`), which copies
+its rows. Replayed too: GRANT and REVOKE (a role made on the source since is made on the
+target first), REFRESH MATERIALIZED VIEW [CONCURRENTLY], CREATE INDEX CONCURRENTLY and
+partition maintenance (CONCURRENTLY dropped where the apply's transaction refuses it),
+ALTER ... TYPE ... USING, CREATE TABLE AS (as an empty table; its rows are copied). Not
+carried: temporary objects, REINDEX, CLUSTER, VACUUM (each side's storage is its own).
 
 Under the full-load strategy DDL is refused on the source until every table is copied
 and its indexes built (it would race PostgreSQL's table copy); carried from then on.
 Blue-green carries none: its cutover refuses while blue's schema differs from green's.
 
-Statements that cannot be replayed as they are (several statements in one query string,
-DDL run inside a function or a DO block, CREATE TABLE AS, ALTER ... TYPE ... USING, a
-column added with a default that is not immutable such as now() or random() or with an
-identity, GRANT/REVOKE and tablespaces) stop the target's apply with an error naming
-them. Then either apply the statement on the target yourself, so that the
-target's rows match the source's, and say so with --apply ID; or leave it out with
---skip ID. The apply goes on within seconds; the decision is journaled.
+What cannot be replayed as it ran stops the target's apply with an error naming it: a
+query string mixing DDL with other statements, DDL run inside a function or a DO block, a
+statement naming a tablespace, a column added to a table with rows with a default that is
+not immutable (now(), random()), an identity or a serial, a DROP of temporary objects with
+others, a query string setting a password (never kept in clear). Then either apply the
+statement on the target yourself, so that the target's rows match the source's, and say
+so with --apply ID; or leave it out with --skip ID. The apply goes on within seconds; the
+decision is journaled.
 
 States: applied, applied_by_hand, skipped, stopped, waiting (not arrived yet).
 

@@ -95,13 +95,17 @@ SELECT lo_from_bytea(0, convert_to(repeat('document ' || g, 100), 'UTF8')) FROM 
 REFRESH MATERIALIZED VIEW shop.dashboard;
 "#;
 
-/// What the team runs during the migration: partition maintenance, indexes built and
+/// What the team runs during the migration: partition maintenance (a partition made, one
+/// loaded then attached, an old one detached and dropped), indexes built and
 /// rebuilt concurrently, vacuum, cluster, truncate, comments, grants, a column added
 /// (`app`'s statements); a role made, given a membership and a grant, and a setting on
 /// the database (the platform team's, as `postgres`).
-const APP_MAINTENANCE: [&str; 14] = [
+const APP_MAINTENANCE: [&str; 17] = [
     "CREATE TABLE shop.events_2027_03 PARTITION OF shop.events FOR VALUES FROM ('2027-03-01') TO ('2027-04-01')",
     "INSERT INTO shop.events VALUES ('2027-03-05', 'late', 'after the partition was made')",
+    "CREATE TABLE shop.events_2027_04 (LIKE shop.events INCLUDING ALL)",
+    "INSERT INTO shop.events_2027_04 VALUES ('2027-04-02', 'loaded', 'before it was attached')",
+    "ALTER TABLE shop.events ATTACH PARTITION shop.events_2027_04 FOR VALUES FROM ('2027-04-01') TO ('2027-05-01')",
     "ALTER TABLE shop.events DETACH PARTITION shop.events_old CONCURRENTLY",
     "DROP TABLE shop.events_old",
     "CREATE INDEX CONCURRENTLY orders_status ON shop.orders (status)",

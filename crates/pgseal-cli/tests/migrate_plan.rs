@@ -11,7 +11,11 @@ fn plan_reports_blockers_with_fixes_exits_3_and_changes_nothing() {
         .unwrap();
     let client = runtime.block_on(db.connect("postgres")).unwrap();
     runtime
-        .block_on(client.batch_execute("CREATE TABLE loose (v text)"))
+        .block_on(
+            client.batch_execute(
+                "CREATE TABLE loose (v text); SELECT lo_from_bytea(0, 'an invoice')",
+            ),
+        )
         .unwrap();
     let home = tempfile::tempdir().unwrap();
     let plan = |extra: &[&str]| {
@@ -60,6 +64,37 @@ fn plan_reports_blockers_with_fixes_exits_3_and_changes_nothing() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    // What pgseal carries besides replication is a fact, not a warning; what DDL stops
+    // the apply is listed.
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let carried = report["databases"][0]["carried_by_pgseal"].to_string();
+    assert!(carried.contains("1 large object(s)"), "{report}");
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["id"] != "large_objects"),
+        "{report}"
+    );
+    let stops = report["ddl_stops"].to_string();
+    assert!(
+        stops.contains("inside a function or a DO block"),
+        "{report}"
+    );
+    let text = Command::new(env!("CARGO_BIN_EXE_pgseal"))
+        .env("PGSEAL_HOME", home.path().join("home"))
+        .env("PGSEAL_PASSPHRASE", "plan test passphrase")
+        .args(["migrate", "plan", "--source", &db.url("postgres")])
+        .args(["--target", "loose-enc", "--replica-identity-full"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("postgres: 1 large object(s)")
+            && text.contains("where the target's apply stops until you decide"),
+        "{text}"
     );
 
     // Read-only: no slot, no publication, replica identity untouched, no key made.

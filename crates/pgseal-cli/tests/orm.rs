@@ -90,7 +90,7 @@ fn orm_migrations_replicate(strategy: &[&str], target: &str) {
             == 1
             && al.count("SELECT count(*) FROM pg_class WHERE relname = 'alembic_version'") == 1
             && dj.count("SELECT count(*) FROM django_migrations") > 10
-            && al.text("SELECT version_num FROM alembic_version") != "";
+            && !al.text("SELECT version_num FROM alembic_version").is_empty();
         if waiting.is_empty() && !copying && landed {
             assert!(all.len() > 20, "{listed}");
             break;
