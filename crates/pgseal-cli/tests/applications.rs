@@ -224,16 +224,7 @@ fn application_survives_the_migration(strategy: &[&str], target: &str) {
     let app = h.sql_as("src", "shop", "app");
     app.exec(SCHEMA);
     // Applications log in over TCP with their passwords, through the endpoint.
-    let ep_port = free_port();
-    h.ok(&[
-        "endpoint",
-        "create",
-        "ep",
-        "--instance",
-        "src",
-        "--listen",
-        &format!("127.0.0.1:{ep_port}"),
-    ]);
+    let ep_port = tcp_endpoint(&h, "src");
 
     let mut start = vec!["migrate", "start", "--source", "src", "--name", "app1"];
     start.extend(strategy);
@@ -357,15 +348,5 @@ fn an_application_writes_migrates_and_maintains_its_schema_through_a_snapshot_mi
 
 #[test]
 fn an_application_writes_migrates_and_maintains_its_schema_through_a_full_load_onto_17() {
-    application_survives_the_migration(
-        &[
-            "--strategy",
-            "full-load",
-            "--engine-version",
-            "17",
-            "--target",
-            "src-17",
-        ],
-        "src-17",
-    );
+    application_survives_the_migration(&FULL_LOAD_ONTO_17, "src-17");
 }

@@ -90,7 +90,9 @@ fn orm_migrations_replicate(strategy: &[&str], target: &str) {
             == 1
             && al.count("SELECT count(*) FROM pg_class WHERE relname = 'alembic_version'") == 1
             && dj.count("SELECT count(*) FROM django_migrations") > 10
-            && !al.text("SELECT version_num FROM alembic_version").is_empty();
+            && !al
+                .text("SELECT version_num FROM alembic_version")
+                .is_empty();
         if waiting.is_empty() && !copying && landed {
             assert!(all.len() > 20, "{listed}");
             break;
@@ -131,15 +133,5 @@ fn django_and_alembic_migrations_during_a_snapshot_migration_arrive_whole() {
 
 #[test]
 fn django_and_alembic_migrations_during_a_full_load_onto_17_arrive_whole() {
-    orm_migrations_replicate(
-        &[
-            "--strategy",
-            "full-load",
-            "--engine-version",
-            "17",
-            "--target",
-            "src-17",
-        ],
-        "src-17",
-    );
+    orm_migrations_replicate(&FULL_LOAD_ONTO_17, "src-17");
 }

@@ -973,22 +973,8 @@ pub async fn cutover<P: Platform, S: Switch>(
 
     // The reverse publications and slots are made before the pause (a slot waits for the
     // target's running transactions); inside it, only the subscriptions and their start.
-    let prepared = prepare_reverse(journal, &spec, &streams, &targets.clients).await;
-    report.rollback_ready = match prepared {
-        Ok(ready) => ready,
-        Err(error) => {
-            let undo =
-                drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await;
-            journal.step_failed(run, &crate::engine::error_chain(&error))?;
-            journal.set_phase(name, Phase::Replicating, None)?;
-            undo?;
-            return Err(error);
-        }
-    };
-    failpoint_at("cutover:reverse_prepared");
-
-    // What replication does not carry, carried whole before the pause; inside it, only
-    // what changed since.
+    // What replication does not carry is carried whole before the pause too; inside it,
+    // only what changed since.
     let carrying = carry_options(options);
     let carry_sides = crate::carry::Sides {
         from: &sources.clients,
@@ -998,8 +984,15 @@ pub async fn cutover<P: Platform, S: Switch>(
         databases: &dbs,
         options: &carrying,
     };
-    let baseline = match crate::carry::before_pause(&carry_sides).await {
-        Ok((carried, baseline)) => {
+    let before_pause = async {
+        let ready = prepare_reverse(journal, &spec, &streams, &targets.clients).await?;
+        failpoint_at("cutover:reverse_prepared");
+        let (carried, baseline) = crate::carry::before_pause(&carry_sides).await?;
+        Ok::<_, EngineError>((ready, carried, baseline))
+    };
+    let baseline = match before_pause.await {
+        Ok((ready, carried, baseline)) => {
+            report.rollback_ready = ready;
             report.carried_before = Some(carried);
             baseline
         }

@@ -721,6 +721,16 @@ pub fn server_log_tail(h: &Home, instance: &str, lines: usize) -> String {
     format!("(no server log of {instance} found)")
 }
 
+/// `migrate start`'s arguments for a full load onto PostgreSQL 17 into instance `src-17`.
+pub const FULL_LOAD_ONTO_17: [&str; 6] = [
+    "--strategy",
+    "full-load",
+    "--engine-version",
+    "17",
+    "--target",
+    "src-17",
+];
+
 /// Creates endpoint `ep` in front of `instance`, listening on TCP as applications reach it
 /// (their roles log in with their passwords); returns its port.
 pub fn tcp_endpoint(h: &Home, instance: &str) -> String {
