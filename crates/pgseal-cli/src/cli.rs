@@ -280,6 +280,7 @@ pub enum EndpointCommand {
     /// Start a PgBouncer in front of an instance
     Create {
         /// The endpoint's name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// The instance it sends connections to
         #[arg(long)]
@@ -305,6 +306,7 @@ pub enum EndpointCommand {
     /// Look for prepared-statement failures through an endpoint (exit 11 when found)
     Check {
         /// The endpoint's name.
+        #[arg(value_parser = parse_name)]
         name: String,
     },
     /// List endpoints
@@ -312,11 +314,13 @@ pub enum EndpointCommand {
     /// Show one endpoint: the instance behind it, its URL, whether it runs
     Describe {
         /// The endpoint's name.
+        #[arg(value_parser = parse_name)]
         name: String,
     },
     /// Stop an endpoint's PgBouncer and remove it
     Delete {
         /// The endpoint's name.
+        #[arg(value_parser = parse_name)]
         name: String,
     },
 }
@@ -387,14 +391,14 @@ pub struct MigrationArgs {
     #[arg(long)]
     pub source: String,
     /// The encrypted instance to create [default: SOURCE-enc; on AWS: ID-enc]
-    #[arg(long)]
+    #[arg(long, value_parser = parse_name)]
     pub target: Option<String>,
     /// KMS key for the target: id, alias or ARN [default: pgseal/default locally,
     /// alias/aws/rds for rds:/aurora: sources]
     #[arg(long, default_value = "pgseal/default")]
     pub key: String,
     /// The migration's name (its slot, publication and subscription are pgseal_NAME)
-    #[arg(long, default_value = "m1")]
+    #[arg(value_parser = parse_name, long, default_value = "m1")]
     pub name: String,
     /// Narrow the migration to this database; repeatable [default: the whole instance,
     /// every database that accepts connections and is not a template]. What stays
@@ -478,6 +482,7 @@ pub enum MigrateCommand {
     /// Continue a migration after a failure, crash or kill
     Resume {
         /// The migration's name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Leave no follower running once the target replicates
         #[arg(long)]
@@ -488,6 +493,7 @@ pub enum MigrateCommand {
     #[command(long_about = FOLLOW_ABOUT)]
     Follow {
         /// The migration's name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Seconds between passes
         #[arg(long, default_value_t = 2.0)]
@@ -499,11 +505,13 @@ pub enum MigrateCommand {
     /// Remove everything a migration created (target, snapshot, slot, publication)
     Abort {
         /// The migration's name.
+        #[arg(value_parser = parse_name)]
         name: String,
     },
     /// Phase, steps, lag, slot retention, apply errors and schema drift
     Status {
         /// The migration's name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Redraw every INTERVAL seconds until interrupted
         #[arg(long)]
@@ -522,6 +530,7 @@ pub enum MigrateCommand {
     #[command(long_about = REPORT_ABOUT)]
     Report {
         /// The migration's name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Where to write the page [default: PGSEAL_HOME/migrations/NAME/report.html]
         #[arg(long, short)]
@@ -531,6 +540,7 @@ pub enum MigrateCommand {
     #[command(long_about = VALIDATE_ABOUT)]
     Validate {
         /// The migration's name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Only these tables (schema.table, comma-separated) [default: every published table]
         #[arg(long, value_delimiter = ',')]
@@ -540,6 +550,7 @@ pub enum MigrateCommand {
     #[command(long_about = DDL_ABOUT)]
     Ddl {
         /// The migration's name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Leave captured statement ID out: the target never runs it
         #[arg(long, value_name = "ID", conflicts_with = "apply")]
@@ -555,9 +566,10 @@ pub enum MigrateCommand {
     #[command(long_about = ROLLBACK_ABOUT)]
     Rollback {
         /// The migration's name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// The endpoint to switch back [default: the one endpoint in front of the target]
-        #[arg(long, conflicts_with = "on_switch")]
+        #[arg(value_parser = parse_name, long, conflicts_with = "on_switch")]
         endpoint: Option<String>,
         /// Without an endpoint: run this shell command at the switch (PGSEAL_NEW_URL is the source's)
         #[arg(long)]
@@ -569,6 +581,7 @@ pub enum MigrateCommand {
     /// After cutover: drop subscription, slot, publication and snapshot; retire the source
     Cleanup {
         /// The migration's name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Also stop the old source instance
         #[arg(long, conflicts_with = "delete_source")]
@@ -581,9 +594,10 @@ pub enum MigrateCommand {
     #[command(long_about = CUTOVER_ABOUT)]
     Cutover {
         /// The migration's name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// The endpoint to switch [default: the one endpoint in front of the source, if any]
-        #[arg(long, conflicts_with = "on_switch")]
+        #[arg(value_parser = parse_name, long, conflicts_with = "on_switch")]
         endpoint: Option<String>,
         /// Without an endpoint: run this shell command at the switch, with PGSEAL_NEW_URL,
         /// PGSEAL_MIGRATION and PGSEAL_TARGET in its environment
@@ -775,7 +789,7 @@ pub struct WorkloadTarget {
     #[arg(long, conflicts_with = "endpoint")]
     pub instance: Option<String>,
     /// An endpoint (PgBouncer), reached through its unix socket
-    #[arg(long)]
+    #[arg(long, value_parser = parse_name)]
     pub endpoint: Option<String>,
     /// The ledger file
     #[arg(long)]
@@ -823,7 +837,7 @@ pub enum SnapshotCommand {
         #[arg(long, value_name = "URL")]
         source_url: Option<String>,
         /// The snapshot's name
-        #[arg(long)]
+        #[arg(long, value_parser = parse_name)]
         name: String,
         /// Seal the snapshot while it streams under this KMS key (id or alias)
         #[arg(long, value_name = "KEY")]
@@ -837,7 +851,7 @@ pub enum SnapshotCommand {
         /// The snapshot to copy
         source: String,
         /// The copy's name
-        #[arg(long)]
+        #[arg(long, value_parser = parse_name)]
         name: String,
         /// Seal the copy under this KMS key [default for an encrypted source: its key]
         #[arg(long, value_name = "KEY")]
@@ -865,11 +879,13 @@ pub enum SnapshotCommand {
     /// Show one snapshot
     Describe {
         /// The snapshot
+        #[arg(value_parser = parse_name)]
         name: String,
     },
     /// Delete a snapshot
     Delete {
         /// The snapshot
+        #[arg(value_parser = parse_name)]
         name: String,
     },
 }
@@ -880,6 +896,7 @@ pub enum InstanceCommand {
     /// Create and start an instance
     Create {
         /// Instance name: lowercase letters, digits and '-', starting with a letter
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Keep the data on a kernel-encrypted volume
         #[arg(long)]
@@ -910,26 +927,31 @@ pub enum InstanceCommand {
     /// Show one instance: status, port, encryption, key, storage, parameters, paths
     Describe {
         /// Instance name
+        #[arg(value_parser = parse_name)]
         name: String,
     },
     /// Start an instance (an encrypted one is reopened through the KMS)
     Start {
         /// Instance name
+        #[arg(value_parser = parse_name)]
         name: String,
     },
     /// Stop an instance (an encrypted one's key leaves the kernel; only ciphertext remains)
     Stop {
         /// Instance name
+        #[arg(value_parser = parse_name)]
         name: String,
     },
     /// Restart an instance's server
     Reboot {
         /// Instance name
+        #[arg(value_parser = parse_name)]
         name: String,
     },
     /// Delete an instance and all its data
     Delete {
         /// Instance name
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Confirm: all of the instance's data is deleted for good
         #[arg(long)]
@@ -939,6 +961,7 @@ pub enum InstanceCommand {
     /// brief restart; `pgseal doctor` says which)
     Resize {
         /// Instance name
+        #[arg(value_parser = parse_name)]
         name: String,
         /// The new allocated storage, e.g. 20GiB (never smaller than now)
         #[arg(long, value_parser = parse_storage)]
@@ -947,6 +970,7 @@ pub enum InstanceCommand {
     /// Set server parameters; says which need a restart, and restarts only with --apply
     SetParam {
         /// Instance name
+        #[arg(value_parser = parse_name)]
         name: String,
         /// NAME=VALUE pairs
         #[arg(required = true, value_name = "NAME=VALUE", value_parser = parse_param)]
@@ -958,11 +982,26 @@ pub enum InstanceCommand {
     /// Print a connection URL
     Url {
         /// Instance name
+        #[arg(value_parser = parse_name)]
         name: String,
         /// The unix-socket URL (trust; root and postgres only) instead of TCP
         #[arg(long)]
         socket: bool,
     },
+}
+
+/// A name of a migration, instance, endpoint or snapshot, checked where it enters: it
+/// becomes a path under the home, a server's and a slot's name, so it is 1-63 lowercase
+/// letters, digits and '-', starting with a letter (the rule RDS has for identifiers).
+fn parse_name(text: &str) -> Result<String, String> {
+    pgseal_local::instance::check_name(text)
+        .map(|()| text.to_string())
+        .map_err(|_| {
+            format!(
+                "'{}' is not a valid name: use 1-63 lowercase letters, digits and '-', starting with a letter",
+                text.escape_default()
+            )
+        })
 }
 
 fn parse_storage(text: &str) -> Result<u64, String> {

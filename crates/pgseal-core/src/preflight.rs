@@ -234,6 +234,19 @@ where
     let (strategies, recommended) = strategy_choices(input, source_major, target_major);
     version_checks(input, source_major, target_major, &mut findings);
 
+    // 0. A standby is read-only: no slot, publication or event trigger can be made there.
+    let standby: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    if standby {
+        findings.push(blocker(
+            "standby",
+            "the source is a standby (in recovery): it is read-only, so no publication, slot or event trigger can be made on it".into(),
+            "migrate its primary (the switch moves the applications that write there); a standby follows the primary it replicates".into(),
+        ));
+    }
+
     // 1. wal_level.
     let wal_level = setting(&settings, "wal_level");
     if wal_level != "logical" {

@@ -283,6 +283,15 @@ async fn shape(client: &Client, table: &str) -> Result<Shape, EngineError> {
     })
 }
 
+/// A column name as PostgreSQL quoted it (`quote_ident`) back to the name itself: `"id""x"`
+/// is `id"x` (the change log's key object names it so).
+fn unquote_ident(quoted: &str) -> String {
+    match quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => quoted.to_string(),
+    }
+}
+
 impl Shape {
     /// True for a single `smallint`, `integer` or `bigint` key.
     fn is_integer_key(&self) -> bool {
@@ -340,7 +349,7 @@ impl Shape {
             .map(|(c, t)| {
                 format!(
                     "({json} ->> {})::{t}",
-                    replication::quote_literal(c.trim_matches('"'))
+                    replication::quote_literal(&unquote_ident(c))
                 )
             })
             .collect()
@@ -1751,6 +1760,13 @@ async fn changed_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_key_columns_read_back_as_their_names() {
+        assert_eq!(unquote_ident(r#""id""x""#), r#"id"x"#);
+        assert_eq!(unquote_ident(r#""Key""#), "Key");
+        assert_eq!(unquote_ident("plain"), "plain");
+    }
 
     #[test]
     fn record_text_splits_into_its_fields() {

@@ -66,6 +66,24 @@ async fn a_clean_source_has_no_findings() {
             .iter()
             .any(|d| d.name == "template1" && !d.carried)
     );
+    // A standby is read-only: refused before anything is made, with the fix.
+    let standby = tokio::task::spawn_blocking(move || {
+        let s = db.standby();
+        (db, s)
+    })
+    .await
+    .unwrap()
+    .1
+    .unwrap();
+    let s = standby.connect("postgres").await.unwrap();
+    let refused = preflight(&s, sessions(&standby), &input()).await.unwrap();
+    let found = refused.findings.iter().find(|f| f.id == "standby");
+    assert!(
+        found.is_some_and(|f| f.severity == Severity::Blocker && f.fix.contains("primary")),
+        "{:#?}",
+        refused.findings
+    );
+    assert!(!refused.ready());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

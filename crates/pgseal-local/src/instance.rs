@@ -360,15 +360,29 @@ pub fn check_name(name: &str) -> Result<(), LocalError> {
 }
 
 /// Parameters pgseal manages itself, which cannot be set by hand.
-const RESERVED_PARAMS: [&str; 4] = [
+/// PostgreSQL's parameter names are case-insensitive (`UNIX_SOCKET_DIRECTORIES` is
+/// `unix_socket_directories`): compared so. The files and sockets an instance's security
+/// rests on (who may connect, as whom; where its logs go: on its encrypted volume) are
+/// pgseal's.
+const RESERVED_PARAMS: [&str; 11] = [
     "port",
     "listen_addresses",
     "unix_socket_directories",
+    "unix_socket_group",
+    "unix_socket_permissions",
     "data_directory",
+    "config_file",
+    "hba_file",
+    "ident_file",
+    "external_pid_file",
+    "log_directory",
 ];
 
 fn check_reserved(params: &BTreeMap<String, String>) -> Result<(), LocalError> {
-    match RESERVED_PARAMS.iter().find(|r| params.contains_key(**r)) {
+    match RESERVED_PARAMS
+        .iter()
+        .find(|r| params.keys().any(|k| k.eq_ignore_ascii_case(r)))
+    {
         Some(reserved) => Err(LocalError::InvalidInput(format!(
             "'{reserved}' is managed by pgseal (the port is --port)"
         ))),

@@ -29,8 +29,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    /// A setting's name is not a PostgreSQL parameter name.
-    #[error("'{0}' is not a valid parameter name")]
+    /// A setting's name is not a PostgreSQL parameter name, or its value holds a line
+    /// break or another control character.
+    #[error("'{0}' is not a valid parameter name, or its value holds a control character")]
     BadParameter(String),
 }
 
@@ -96,7 +97,8 @@ impl ServerControl {
                 && name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-            if !valid {
+            // A line break would end the quoted value and start a setting of its own.
+            if !valid || value.chars().any(char::is_control) {
                 return Err(ServerError::BadParameter(name.clone()));
             }
             text.push_str(&format!(

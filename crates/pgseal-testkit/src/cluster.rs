@@ -193,6 +193,16 @@ impl TestCluster {
     /// at` and `invalid record length at` (the handoff line, see [`TestCluster::log_text`]).
     /// `settings` are written as for a new cluster. Blocking.
     pub fn restore_copy(&self, settings: &[(String, String)]) -> Result<TestCluster, Error> {
+        self.copy(settings, false)
+    }
+
+    /// A standby of this cluster (a `pg_basebackup -R`: it replicates from this one and is
+    /// read-only). Blocking.
+    pub fn standby(&self) -> Result<TestCluster, Error> {
+        self.copy(&[], true)
+    }
+
+    fn copy(&self, settings: &[(String, String)], standby: bool) -> Result<TestCluster, Error> {
         let run_as = self.server.run_as.clone();
         let root = tempfile::Builder::new()
             .prefix("pgseal-test-copy-")
@@ -220,6 +230,7 @@ impl TestCluster {
                 "-c",
                 "fast",
             ])
+            .args(standby.then_some("-R"))
             .arg(format!("--port={}", self.port))
             .run_as(run_as.clone())
             .run()?;

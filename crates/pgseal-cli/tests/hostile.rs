@@ -1,0 +1,145 @@
+//! Hostile and unusual input: what a database's owner who is not a superuser can put in
+//! front of pgseal, which runs as a superuser, must not change what pgseal executes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A key that ends a literal quoted by doubling `'` alone when backslashes escape
+/// (`standard_conforming_strings = off`), then reads a file of the host as a large object.
+const INJECTION: &str = r"a\') OR (SELECT lo_import($$/etc/hostname$$)) > 0 --";
+
+#[test]
+fn text_keys_and_settings_of_a_database_owner_inject_nothing_into_validation() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let admin = h.sql("src", "postgres");
+    for statement in ["CREATE ROLE owner LOGIN", "CREATE DATABASE inj OWNER owner"] {
+        admin.exec(statement);
+    }
+    // The owner's table, keyed by text it chose, and its database's settings.
+    let owner = h.sql_as("src", "inj", "owner");
+    owner.exec("CREATE TABLE t (k text PRIMARY KEY, v int)");
+    owner
+        .runtime
+        .block_on(owner.client.execute(
+            "INSERT INTO t SELECT $1 || g, g FROM generate_series(1, 50) g",
+            &[&INJECTION],
+        ))
+        .unwrap();
+    owner.exec("ALTER DATABASE inj SET standard_conforming_strings = off");
+    h.ok(&["migrate", "start", "--source", "src", "--name", "h1"]);
+    let tgt = h.sql("src-enc", "inj");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tgt.count("SELECT count(*) FROM t") < 50 {
+        assert!(Instant::now() < deadline, "the rows never arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A difference on the target makes validation read those rows again by their keys,
+    // which it pastes into SQL.
+    tgt.exec("SET session_replication_role = replica; UPDATE t SET v = -v WHERE v % 10 = 0");
+    let out = h.run(&["migrate", "validate", "h1", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(11),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let table = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.t")
+        .unwrap()
+        .clone();
+    assert_eq!(table["mismatched_rows"], 5, "{table}");
+    assert!(
+        table["different"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.as_str().unwrap().starts_with(INJECTION)),
+        "{table}"
+    );
+    // Nothing was read from the host, on either side.
+    for side in [h.sql("src", "inj"), tgt] {
+        assert_eq!(
+            side.count("SELECT count(*) FROM pg_largeobject_metadata"),
+            0
+        );
+    }
+}
+
+#[test]
+fn names_that_would_be_paths_or_fail_later_are_refused_before_anything_is_made() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let outside = h.path("escaped");
+    let decoy = h.path("decoy");
+    std::fs::create_dir_all(&decoy).unwrap();
+    std::fs::write(decoy.join("pgbouncer.pid"), "1\n").unwrap();
+    let decoy = decoy.display().to_string();
+    for args in [
+        vec![
+            "migrate",
+            "start",
+            "--source",
+            "src",
+            "--name",
+            "../../../escaped",
+        ],
+        vec!["migrate", "start", "--source", "src", "--name", "Bad_Name2"],
+        vec!["migrate", "start", "--source", "src", "--target", "../x"],
+        vec!["migrate", "report", "../.."],
+        vec!["migrate", "status", "a/b"],
+        vec!["endpoint", "delete", &decoy],
+        vec!["instance", "delete", "../src", "--yes"],
+        vec!["snapshot", "delete", ".hidden"],
+    ] {
+        let out = h.run(&args);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+        assert!(said.contains("is not a valid name"), "{args:?}: {said}");
+    }
+    assert!(!outside.exists());
+    assert!(std::path::Path::new(&decoy).join("pgbouncer.pid").exists());
+    // Nothing was made on the source.
+    assert_eq!(h.sql("src", "postgres").pgseal_everything(), 0);
+    assert!(h.json(&["migrate", "list"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn settings_pgseal_owns_are_refused_whatever_their_case_and_values_hold_no_line_break() {
+    let h = Home::new();
+    for param in [
+        "UNIX_SOCKET_DIRECTORIES=/tmp",
+        "Unix_Socket_Permissions=0777",
+        "hba_file=/tmp/hba",
+        "log_directory=/tmp",
+    ] {
+        let out = h.run(&["instance", "create", "x", "--param", param]);
+        assert!(!out.status.success(), "{param}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("is managed by pgseal"),
+            "{param}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = h.run(&[
+        "instance",
+        "create",
+        "x",
+        "--param",
+        "work_mem=4MB'\nunix_socket_directories='/tmp",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("control character"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(h.json(&["instance", "list"]).as_array().unwrap().is_empty());
+}
