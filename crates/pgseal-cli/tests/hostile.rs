@@ -143,3 +143,88 @@ fn settings_pgseal_owns_are_refused_whatever_their_case_and_values_hold_no_line_
     );
     assert!(h.json(&["instance", "list"]).as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_planted_pid_file_signals_nothing_and_the_endpoints_own_pgbouncer_still_stops() {
+    let h = Home::new();
+    h.source("src", &[]);
+    h.ok(&["endpoint", "create", "ep", "--instance", "src"]);
+    // The run directory is the server's user's: it could write any PID there.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pidfile = h.path("home/endpoints/ep/run/pgbouncer.pid");
+    let real: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for planted in [bystander.id().to_string(), "-1".to_string()] {
+        std::fs::write(&pidfile, format!("{planted}\n")).unwrap();
+        assert_eq!(h.json(&["endpoint", "describe", "ep"])["running"], true);
+    }
+    h.ok(&["endpoint", "delete", "ep"]);
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was signalled"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{real}")).exists(),
+        "the endpoint's PgBouncer still runs"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}
+
+#[test]
+fn a_home_the_user_made_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Home::new();
+    let home = h.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    h.source("src", &[]);
+    let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "{mode:o}");
+}
+
+#[test]
+fn tables_made_with_quoted_names_during_a_migration_get_their_rows() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    h.ok(&["migrate", "start", "--source", "src", "--name", "q1"]);
+    let src = h.sql("src", "postgres");
+    for statement in [
+        "CREATE TABLE public.\"NewTable\" (id int PRIMARY KEY)",
+        "INSERT INTO public.\"NewTable\" VALUES (1), (2), (3)",
+        "CREATE TABLE public.plain_new (id int PRIMARY KEY)",
+        "INSERT INTO public.plain_new VALUES (1), (2), (3)",
+        "CREATE SCHEMA \"My Schema\"",
+        "CREATE TABLE \"My Schema\".\"odd \"\"name\"\"\" (id int PRIMARY KEY)",
+        "INSERT INTO \"My Schema\".\"odd \"\"name\"\"\" VALUES (1), (2), (3)",
+    ] {
+        src.exec(statement);
+    }
+    let tgt = h.sql("src-enc", "postgres");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = tgt.count(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relname IN ('NewTable', 'plain_new', 'odd \"name\"'))",
+        );
+        if rows == 3
+            && tgt.count(
+                "SELECT (SELECT count(*) FROM public.\"NewTable\") + (SELECT count(*) FROM public.plain_new) \
+                      + (SELECT count(*) FROM \"My Schema\".\"odd \"\"name\"\"\")",
+            ) == 9
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never subscribed: {}",
+            h.json(&["migrate", "status", "q1"])
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -11,6 +11,12 @@ use tokio_postgres::Client;
 use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
 use crate::journal::{Journal, Phase};
 
+/// SQL true when the connected database has table `t`, named `schema.table` as the
+/// publications list it (names as they are, not folded to lower case or parsed as SQL:
+/// `public.NewTable` is the table `"NewTable"`).
+const NAMED: &str = "EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname || '.' || c.relname = t)";
+
 /// What became of a captured statement on the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -150,7 +156,7 @@ pub async fn decide<P: Platform>(
             .map_err(sql("source", "reading the statement's tables"))?;
         let missing: Vec<String> = target
             .query(
-                "SELECT t FROM unnest($1::text[]) t WHERE to_regclass(t) IS NULL",
+                &format!("SELECT t FROM unnest($1::text[]) t WHERE NOT {NAMED}"),
                 &[&tables],
             )
             .await
@@ -215,7 +221,7 @@ pub async fn refresh_new_tables(
     // refreshing would fail on it.
     let exists = target
         .query(
-            "SELECT count(*) FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL",
+            &format!("SELECT count(*) FROM unnest($1::text[]) t WHERE {NAMED}"),
             &[&new],
         )
         .await

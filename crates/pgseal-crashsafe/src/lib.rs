@@ -126,10 +126,12 @@ fn create_temp_beside(path: &Path, mode: u32) -> io::Result<(std::path::PathBuf,
 }
 
 /// Creates `dir` (and its parents) with permission bits `mode` on the last component, and
-/// makes the new entry durable. A `dir` that exists already is given `mode` too.
+/// makes the new entry durable. A `dir` that exists already keeps its mode: it may be
+/// the user's own (a `PGSEAL_HOME` they made, shared with others), which pgseal neither
+/// loosens nor tightens.
 pub fn create_dir_all_durable(dir: &Path, mode: u32) -> io::Result<()> {
     if dir.is_dir() {
-        return fs::set_permissions(dir, fs::Permissions::from_mode(mode));
+        return Ok(());
     }
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;

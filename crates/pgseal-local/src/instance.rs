@@ -670,10 +670,28 @@ impl LocalInstances {
         Ok(())
     }
 
-    /// Makes a directory that the server user may pass through (0711), durably.
+    /// Makes a directory that the server user may pass through (0711), durably; one that
+    /// exists keeps its mode but for the search bits it lacks (nothing else is added or
+    /// taken away).
     pub(crate) fn make_passable_dir(dir: &Path) -> Result<(), LocalError> {
-        pgseal_crashsafe::create_dir_all_durable(dir, 0o711)
-            .map_err(io_error(format!("cannot create {}", dir.display())))
+        use std::os::unix::fs::PermissionsExt;
+        let failed = io_error(format!("cannot create {}", dir.display()));
+        pgseal_crashsafe::create_dir_all_durable(dir, 0o711).map_err(failed)?;
+        let mode = std::fs::metadata(dir)
+            .map_err(io_error(format!("cannot read {}", dir.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o011 != 0o011 {
+            std::fs::set_permissions(
+                dir,
+                std::fs::Permissions::from_mode((mode | 0o011) & 0o7777),
+            )
+            .map_err(io_error(format!(
+                "cannot let the server's user pass through {}",
+                dir.display()
+            )))?;
+        }
+        Ok(())
     }
 
     /// Proves the server's OS user can enter `dir` (every parent must be traversable).

@@ -199,7 +199,7 @@ impl LocalInstances {
         let tcp_url = record.tcp.as_ref().map(|tcp| tcp_url(tcp, record.port));
         EndpointInfo {
             tcp_url,
-            running: pid_alive(&socket_dir.join("pgbouncer.pid")),
+            running: pid_alive(&socket_dir),
             url: format!(
                 "postgres://{MASTER_USER}@{}:{}/postgres",
                 url_path(&socket_dir),
@@ -447,11 +447,9 @@ impl LocalInstances {
     }
 
     fn stop_endpoint_process(&self, name: &str) -> Result<(), LocalError> {
-        let pidfile = self.endpoint_dir(name).join("run/pgbouncer.pid");
-        let Some(pid) = read_pid(&pidfile) else {
+        let Some(pid) = endpoint_pid(&self.endpoint_dir(name).join("run")) else {
             return Ok(());
         };
-        let pid = nix::unistd::Pid::from_raw(pid);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while nix::sys::signal::kill(pid, None).is_ok() {
@@ -567,11 +565,45 @@ fn check_port_free(host: &str, port: u16) -> Result<(), LocalError> {
     }
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// The endpoint's PgBouncer: the running `pgbouncer` started with this endpoint's own
+/// `pgbouncer.ini`. The PID file in its run directory (`run/pgbouncer.pid`) says where to
+/// look first, but the file lives where the server's user may write (PgBouncer writes
+/// it), so what it says is checked against the process itself before any signal; a
+/// planted PID (another process, or -1, which `kill` would send to every process) is
+/// passed over, and the process is looked for among all of them.
+fn endpoint_pid(run: &Path) -> Option<nix::unistd::Pid> {
+    let ini = run.parent()?.join("pgbouncer.ini");
+    let hinted: Option<i32> = std::fs::read_to_string(run.join("pgbouncer.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    if let Some(pid) = hinted.filter(|&p| runs_config(p, &ini)) {
+        return Some(nix::unistd::Pid::from_raw(pid));
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| runs_config(pid, &ini))
+        .map(nix::unistd::Pid::from_raw)
 }
 
-fn pid_alive(path: &Path) -> bool {
-    read_pid(path)
-        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+/// Whether process `pid` (a positive one, not init) is a `pgbouncer` given `ini`.
+fn runs_config(pid: i32, ini: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    if pid <= 1 {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|b| *b == 0);
+    let is_pgbouncer = args.next().is_some_and(|program| {
+        Path::new(std::ffi::OsStr::from_bytes(program))
+            .file_name()
+            .is_some_and(|f| f == "pgbouncer")
+    });
+    is_pgbouncer && args.any(|a| a == ini.as_os_str().as_bytes())
+}
+
+fn pid_alive(run: &Path) -> bool {
+    endpoint_pid(run).is_some()
 }
