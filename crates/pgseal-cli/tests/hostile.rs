@@ -228,3 +228,56 @@ fn tables_made_with_quoted_names_during_a_migration_get_their_rows() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[test]
+fn a_database_an_endpoint_cannot_route_apart_is_named_before_the_cutover_fences_anything() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let admin = h.sql("src", "postgres");
+    for statement in ["CREATE DATABASE \"my db\"", "CREATE DATABASE shop"] {
+        admin.exec(statement);
+    }
+    h.ok(&["endpoint", "create", "ep", "--instance", "src"]);
+    h.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "r1",
+        "--database",
+        "shop",
+    ]);
+    // PgBouncer 1.18 cannot hold an entry named "my db": the endpoint cannot keep it on
+    // the source, so the cutover names it instead of writing a configuration PgBouncer
+    // would refuse after the fence.
+    let out = h.run(&["migrate", "cutover", "r1", "--endpoint", "ep", "--dry-run"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("cannot have an entry of its own") && said.contains("--leave-stale my db"),
+        "{said}"
+    );
+    assert_eq!(
+        h.sql("src", "postgres").count(
+            "SELECT count(*) FROM pg_database WHERE NOT datallowconn AND datname <> 'template0'"
+        ),
+        0
+    );
+    let accepted = h.run(&[
+        "migrate",
+        "cutover",
+        "r1",
+        "--endpoint",
+        "ep",
+        "--dry-run",
+        "--leave-stale",
+        "my db",
+    ]);
+    assert_eq!(
+        accepted.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&accepted.stdout)
+    );
+}

@@ -61,6 +61,12 @@ pub trait Switch: Sync {
     /// source (an endpoint with one entry per database); false when it moves the whole
     /// instance (a hook, a rename).
     fn keeps_other_databases(&self) -> bool;
+    /// Why it cannot keep database `db` on the source apart from the others although it
+    /// keeps others (a name the endpoint's configuration cannot hold), if it cannot.
+    fn cannot_keep(&self, db: &str) -> Option<String> {
+        let _ = db;
+        None
+    }
     /// Holds new transactions (waiting for running ones to end).
     fn pause(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
     /// Sends applications to the other side from now on, except for the databases in
@@ -238,7 +244,16 @@ async fn stale<P: Platform, S: Switch>(
         .map_err(sql("source", "listing databases"))?;
     for db in stream::outside(&all, streams) {
         if switch.keeps_other_databases() {
-            kept_on_source.push(db.name.clone());
+            match switch.cannot_keep(&db.name) {
+                None => kept_on_source.push(db.name.clone()),
+                Some(why) => stale.push((
+                    db.name.clone(),
+                    format!(
+                        "database {} is not in this migration and {why}: the target has the snapshot's stale copy of it",
+                        db.name
+                    ),
+                )),
+            }
         } else {
             stale.push((
                 db.name.clone(),

@@ -59,6 +59,10 @@ impl Switch for EndpointSwitch {
         true
     }
 
+    fn cannot_keep(&self, db: &str) -> Option<String> {
+        pgseal_local::endpoint::unroutable(db)
+    }
+
     async fn pause(&self) -> Result<(), SwitchError> {
         admin(&self.info()?, "PAUSE").await?;
         Ok(())

@@ -43,14 +43,16 @@ pub struct Settings<'a> {
     pub prepared_statements: bool,
 }
 
-/// A database name as PgBouncer's configuration takes it (double-quoted when it is not a
-/// plain word).
-pub fn pgbouncer_name(db: &str) -> String {
-    if db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        db.to_string()
-    } else {
-        format!("\"{}\"", db.replace('"', "\"\""))
-    }
+/// A database name as PgBouncer's configuration takes it as a `[databases]` entry of its
+/// own: PgBouncer 1.18 reads letters, digits, `_`, `-` and `.` there and nothing else (a
+/// quoted name is a syntax error, and the whole file is refused); `None` for any other
+/// name. Such a database still goes through the `*` entry.
+pub fn pgbouncer_name(db: &str) -> Option<String> {
+    (!db.is_empty()
+        && db
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    .then(|| db.to_string())
 }
 
 /// `pgbouncer.ini`. Connections go to the server as the client's own role (over the
@@ -181,7 +183,7 @@ mod tests {
         let ini = pgbouncer_ini(&Settings {
             backends: vec![
                 Backend {
-                    database: pgbouncer_name("my db"),
+                    database: pgbouncer_name("my-db.v2").unwrap(),
                     socket_dir: "/s2".into(),
                     port: 5433,
                 },
@@ -198,7 +200,10 @@ mod tests {
             run: &run,
             prepared_statements: true,
         });
-        assert!(ini.contains("\"my db\" = host=/s2 port=5433 dbname=\"my db\"\n"));
+        assert!(ini.contains("my-db.v2 = host=/s2 port=5433 dbname=my-db.v2\n"));
+        // A name PgBouncer 1.18 cannot take as an entry of its own.
+        assert_eq!(pgbouncer_name("my db"), None);
+        assert_eq!(pgbouncer_name("\"x\""), None);
         assert!(ini.contains("* = host=/s1 port=5432\n"));
         assert!(!ini.contains("user="), "{ini}");
         assert!(ini.contains("listen_addr = 127.0.0.1\n"));

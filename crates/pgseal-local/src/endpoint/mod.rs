@@ -407,8 +407,10 @@ impl LocalInstances {
         let mut backends = Vec::new();
         for (db, instance) in &record.routes {
             let other = self.describe(instance)?;
+            let database = config::pgbouncer_name(db)
+                .ok_or_else(|| LocalError::InvalidInput(routing_refused(db)))?;
             backends.push(config::Backend {
-                database: config::pgbouncer_name(db),
+                database,
                 socket_dir: other.socket_dir.display().to_string(),
                 port: other.port,
             });
@@ -563,6 +565,20 @@ fn check_port_free(host: &str, port: u16) -> Result<(), LocalError> {
             "--listen {host}:{port}: cannot listen there ({e})"
         ))),
     }
+}
+
+/// Why database `db` cannot be routed apart from the others through an endpoint, or
+/// `None` when it can.
+pub fn unroutable(db: &str) -> Option<String> {
+    config::pgbouncer_name(db)
+        .is_none()
+        .then(|| routing_refused(db))
+}
+
+fn routing_refused(db: &str) -> String {
+    format!(
+        "database {db:?} cannot have an entry of its own in an endpoint (PgBouncer 1.18 takes names of letters, digits, '_', '-' and '.' only), so the endpoint cannot keep it on the source apart from the others"
+    )
 }
 
 /// The endpoint's PgBouncer: the running `pgbouncer` started with this endpoint's own
