@@ -34,7 +34,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // The whole chain: the outer context says what failed, the inner causes say why.
-            eprintln!("error: {error:#}");
+            // Names from the databases may be in it: no control character reaches the
+            // terminal raw.
+            eprintln!("error: {}", output::terminal_safe(&format!("{error:#}")));
             exit::code(exit::for_error(&error))
         }
     }

@@ -29,6 +29,8 @@ fn text_keys_and_settings_of_a_database_owner_inject_nothing_into_validation() {
             &[&INJECTION],
         ))
         .unwrap();
+    // A table whose name holds a terminal's escape sequence.
+    owner.exec("CREATE TABLE \"clear\x1b[2Jscreen\" (id int PRIMARY KEY); INSERT INTO \"clear\x1b[2Jscreen\" VALUES (1)");
     owner.exec("ALTER DATABASE inj SET standard_conforming_strings = off");
     h.ok(&["migrate", "start", "--source", "src", "--name", "h1"]);
     let tgt = h.sql("src-enc", "inj");
@@ -63,6 +65,17 @@ fn text_keys_and_settings_of_a_database_owner_inject_nothing_into_validation() {
             .iter()
             .all(|k| k.as_str().unwrap().starts_with(INJECTION)),
         "{table}"
+    );
+    // Names are printed with their control characters escaped.
+    let human = h.run(&["migrate", "validate", "h1"]);
+    assert!(
+        !human.stdout.contains(&0x1b),
+        "a raw escape reached the terminal"
+    );
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("clear\\u{1b}[2Jscreen"),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
     );
     // Nothing was read from the host, on either side.
     for side in [h.sql("src", "inj"), tgt] {

@@ -253,12 +253,12 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
     } else {
         print!(
             "{}",
-            output::migrate::plan(
+            output::terminal_safe(&output::migrate::plan(
                 &report,
                 &args.source,
                 target.as_deref().unwrap_or("?"),
                 &args.name
-            )
+            ))
         );
     }
     Ok(exit::code(if report.ready() {
@@ -777,7 +777,10 @@ fn print_cutover(
     if ctx.json {
         print_json(&report)?;
     } else {
-        print!("{}", output::migrate::cutover(name, spec, report));
+        print!(
+            "{}",
+            output::terminal_safe(&output::migrate::cutover(name, spec, report))
+        );
     }
     Ok(exit::code(
         if report.dry_run && !report.failed_checks.is_empty() {
@@ -953,7 +956,10 @@ fn ddl(
         if ctx.json {
             print_json(&entries)?;
         } else {
-            print!("{}", output::migrate::ddl(name, &entries));
+            print!(
+                "{}",
+                output::terminal_safe(&output::migrate::ddl(name, &entries))
+            );
         }
         return Ok(exit::code(exit::OK));
     };
@@ -979,7 +985,7 @@ fn ddl(
     } else {
         print!(
             "{}",
-            output::migrate::ddl(name, std::slice::from_ref(&entry))
+            output::terminal_safe(&output::migrate::ddl(name, std::slice::from_ref(&entry)))
         );
     }
     Ok(exit::code(exit::OK))
@@ -993,7 +999,10 @@ fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
     if ctx.json {
         print_json(&report)?;
     } else {
-        print!("{}", output::migrate::validation(name, &report));
+        print!(
+            "{}",
+            output::terminal_safe(&output::migrate::validation(name, &report))
+        );
     }
     Ok(exit::code(if report.clean {
         exit::OK
@@ -1160,7 +1169,10 @@ fn print_rollback(
     if ctx.json {
         print_json(&report)?;
     } else {
-        print!("{}", output::migrate::rollback(name, spec, report));
+        print!(
+            "{}",
+            output::terminal_safe(&output::migrate::rollback(name, spec, report))
+        );
     }
     Ok(exit::code(exit::OK))
 }
@@ -1258,7 +1270,10 @@ fn print_cleanup(
     if ctx.json {
         print_json(&report)?;
     } else {
-        print!("{}", output::migrate::cleanup(name, spec, report));
+        print!(
+            "{}",
+            output::terminal_safe(&output::migrate::cleanup(name, spec, report))
+        );
     }
     Ok(exit::code(exit::OK))
 }
@@ -1289,7 +1304,10 @@ fn list(ctx: &Context) -> Outcome {
     if ctx.json {
         return print_json(&migrations).map(|()| exit::code(exit::OK));
     }
-    print!("{}", output::migrate::list(&migrations));
+    print!(
+        "{}",
+        output::terminal_safe(&output::migrate::list(&migrations))
+    );
     Ok(exit::code(exit::OK))
 }
 
@@ -1318,7 +1336,10 @@ fn status(
             if redraw {
                 print!("\x1b[2J\x1b[H");
             }
-            print!("{}", output::migrate::status(&report));
+            print!(
+                "{}",
+                output::terminal_safe(&output::migrate::status(&report))
+            );
         }
         if report.retention == Retention::Exceeded && report.migration.phase != Phase::Aborted {
             eprintln!(

@@ -51,7 +51,7 @@ impl Context {
     /// Writes a status line to stderr unless `--quiet`.
     pub fn status(&self, line: impl std::fmt::Display) {
         if !self.quiet {
-            eprintln!("{line}");
+            eprintln!("{}", crate::output::terminal_safe(&line.to_string()));
         }
     }
 }
