@@ -303,6 +303,7 @@ fn application_survives_the_migration(strategy: &[&str], target: &str) {
     );
     h.ok(&["migrate", "cutover", "app1", "--endpoint", "ep"]);
     let written = finished(w);
+    eprintln!("the application's writer: {written}");
     assert_eq!(written["errors"], serde_json::json!([]), "{written}");
     assert!(written["transactions"].as_u64().unwrap() > 50, "{written}");
     assert!(written["refreshes"].as_u64().unwrap() >= 3, "{written}");

@@ -29,6 +29,9 @@ fn text_keys_and_settings_of_a_database_owner_inject_nothing_into_validation() {
             &[&INJECTION],
         ))
         .unwrap();
+    // A key column whose name holds the dollar quote the change log's trigger body
+    // could have been written between.
+    owner.exec("CREATE TABLE dollar (\"k$f$x\" int PRIMARY KEY); INSERT INTO dollar VALUES (1)");
     // A table whose name holds a terminal's escape sequence.
     owner.exec("CREATE TABLE \"clear\x1b[2Jscreen\" (id int PRIMARY KEY); INSERT INTO \"clear\x1b[2Jscreen\" VALUES (1)");
     owner.exec("ALTER DATABASE inj SET standard_conforming_strings = off");
@@ -58,6 +61,13 @@ fn text_keys_and_settings_of_a_database_owner_inject_nothing_into_validation() {
         .unwrap()
         .clone();
     assert_eq!(table["mismatched_rows"], 5, "{table}");
+    let dollar = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.dollar")
+        .unwrap();
+    assert_eq!(dollar["state"], "validated", "{dollar}");
     assert!(
         table["different"]
             .as_array()

@@ -141,6 +141,15 @@ pub fn create_dir_all_durable(dir: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates the one new directory `dir` with permission bits `mode` (whatever the umask),
+/// durably; an error when it exists (`AlreadyExists`), so that making it claims it.
+pub fn create_dir_durable(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().mode(mode).create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    sync_dir(parent_dir(dir)?)
+}
+
 /// Fsyncs a directory, making renames and new entries in it durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -818,9 +818,9 @@ impl LocalInstances {
         Self::make_passable_dir(&self.instances_dir())?;
         self.check_reachable(&self.instances_dir())?;
         let dir = self.instances_dir().join(&record.name);
-        std::fs::create_dir(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        pgseal_crashsafe::create_dir_durable(&dir, 0o711)
+            .map_err(io_error(format!("cannot create {}", dir.display())))?;
         let made = (|| {
-            Self::make_passable_dir(&dir)?;
             self.write_record(&record)?;
             let paths = self.paths(&record);
             if let (Some(volume), Some(key)) = (&paths.volume, &volume_key) {

@@ -353,8 +353,7 @@ impl LocalInstances {
     /// Makes a new snapshot's directory, under the claim on its name.
     fn new_snapshot_dir(&self, name: &str, _claim: &SnapshotClaim) -> Result<PathBuf, LocalError> {
         let dir = self.snapshot_dir(name);
-        std::fs::create_dir(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
-        pgseal_crashsafe::create_dir_all_durable(&dir, 0o700)
+        pgseal_crashsafe::create_dir_durable(&dir, 0o700)
             .map_err(io_error(format!("cannot create {}", dir.display())))?;
         Ok(dir)
     }

@@ -295,10 +295,10 @@ impl LocalInstances {
             self.install_lookup(instance)?;
         }
         Self::make_passable_dir(&self.endpoints_dir())?;
-        std::fs::create_dir(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        pgseal_crashsafe::create_dir_durable(&dir, 0o711)
+            .map_err(io_error(format!("cannot create {}", dir.display())))?;
         let mut tls_files = None;
         let made = (|| {
-            Self::make_passable_dir(&dir)?;
             let run = dir.join("run");
             pgseal_pg::server::create_owned_dir(&run, self.run_as())
                 .map_err(io_error(format!("cannot create {}", run.display())))?;
