@@ -70,5 +70,22 @@ async fn set(source: &Client, value: &str) -> Result<(), EngineError> {
     source
         .batch_execute("SELECT pg_reload_conf()")
         .await
-        .map_err(sql("reloading the configuration"))
+        .map_err(sql("reloading the configuration"))?;
+    // pg_reload_conf() only signals the postmaster: the new value holds once it (and then
+    // this session) has read the file again, which is what callers go on from.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let applied: bool = source
+            .query_one(
+                "SELECT pg_size_bytes(current_setting('max_slot_wal_keep_size')) = pg_size_bytes($1)",
+                &[&value],
+            )
+            .await
+            .map_err(sql("reading max_slot_wal_keep_size"))?
+            .get(0);
+        if applied || std::time::Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
