@@ -441,3 +441,73 @@ fn bad_versions_and_missing_extensions_are_refused_before_anything_is_made() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("PostgreSQL 16 is not installed"), "{text}");
 }
+
+#[test]
+fn objects_in_a_tablespace_are_loaded_onto_the_targets_encrypted_default_and_plan_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    // A tablespace's directory the server's user owns, outside any data directory.
+    let location = tempfile::Builder::new()
+        .prefix("pgseal-test-tablespace-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(location.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let chown = std::process::Command::new("chown")
+        .arg("postgres")
+        .arg(location.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let src = h.sql("src", "postgres");
+    src.exec(&format!(
+        "CREATE TABLESPACE fast LOCATION '{}'",
+        location.path().display()
+    ));
+    src.exec(
+        "CREATE TABLE placed (id int PRIMARY KEY, v text) TABLESPACE fast; \
+         CREATE INDEX placed_v ON placed (v) TABLESPACE fast; \
+         INSERT INTO placed SELECT g, 'v' || g FROM generate_series(1, 100) g",
+    );
+    let plan = h.run(&[
+        "migrate",
+        "plan",
+        "--source",
+        "src",
+        "--strategy",
+        "full-load",
+        "--json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let finding = plan["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "tablespaces")
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert!(
+        finding["detail"].as_str().unwrap().contains("fast"),
+        "{finding}"
+    );
+    h.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "t1",
+        "--strategy",
+        "full-load",
+    ]);
+    let tgt = h.sql("src-enc", "postgres");
+    assert_eq!(tgt.count("SELECT count(*) FROM placed"), 100);
+    assert_eq!(
+        tgt.count("SELECT count(*) FROM pg_class WHERE relname IN ('placed', 'placed_v') AND reltablespace = 0"),
+        2,
+        "in the target's default tablespace"
+    );
+    h.ok(&["migrate", "abort", "t1"]);
+    // The tablespace's directory goes with the test: the table and the tablespace first.
+    src.exec("DROP TABLE placed");
+    src.exec("DROP TABLESPACE fast");
+}

@@ -796,6 +796,32 @@ async fn database_checks(
         ));
         not_carried.extend(outside.iter().map(|t| format!("{t} (outside --tables)")));
     }
+    // A full load makes every object in the target's default tablespace (its encrypted
+    // volume): the source's placement is a physical layout the target does not have.
+    if input.target_version.strategy == Strategy::FullLoad {
+        let spaces: Vec<String> = client
+            .query(
+                "SELECT DISTINCT t.spcname::text FROM pg_class c \
+                 JOIN pg_tablespace t ON t.oid = c.reltablespace \
+                 WHERE c.reltablespace <> 0 AND t.spcname NOT IN ('pg_default', 'pg_global') ORDER BY 1",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !spaces.is_empty() {
+            findings.push(warning(
+                "tablespaces",
+                in_db(format!(
+                    "objects in tablespace(s) {} are made in the target's default tablespace, on its encrypted volume",
+                    list(&spaces)
+                )),
+                "nothing to do for the data; make the tablespaces on the target and move the objects after the cutover if their placement matters".into(),
+            ));
+            not_carried.push(format!("the placement in tablespace(s) {}", list(&spaces)));
+        }
+    }
     let mut carried_by_pgseal = Vec::new();
     let (large_objects, lo_bytes) = pgseal_pg::large_objects::count(client).await?;
     if large_objects > 0 {

@@ -311,7 +311,12 @@ impl<P: Platform> Engine<'_, P> {
             let pre_data = self
                 .run_tool(
                     "pg_dump",
-                    &["--schema-only", "--section=pre-data", "--no-subscriptions"],
+                    &[
+                        "--schema-only",
+                        "--section=pre-data",
+                        "--no-subscriptions",
+                        "--no-tablespaces",
+                    ],
                     &source,
                     None,
                 )
@@ -403,6 +408,7 @@ impl<P: Platform> Engine<'_, P> {
                     "--schema-only",
                     "--section=post-data",
                     "--no-subscriptions",
+                    "--no-tablespaces",
                     "-Fc",
                 ],
                 source,
@@ -465,7 +471,8 @@ impl<P: Platform> Engine<'_, P> {
         let sql = self
             .run_tool(
                 "pg_restore",
-                &["-f", "-", &list_arg],
+                // (pg_dump's --no-tablespaces holds for plain text only.)
+                &["-f", "-", "--no-tablespaces", &list_arg],
                 &source,
                 Some(post.archive.clone()),
             )
