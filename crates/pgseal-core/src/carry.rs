@@ -100,42 +100,46 @@ impl Sides<'_> {
 fn carried(reports: &[SyncReport], globals: Vec<Difference>) -> Carried {
     Carried {
         large_objects: (&large_objects::total(reports)).into(),
-        globals: globals
-            .iter()
-            .map(|d| format!("{} {}: {}", d.kind, d.object, d.detail))
-            .collect(),
+        globals: globals.iter().map(Difference::summary).collect(),
     }
+}
+
+/// Carries what differs: the large objects written since `baseline` (all of them, their
+/// contents read on both sides, without one), and whatever differs in roles and database
+/// properties; returns what it did and the baseline for the next call.
+pub async fn since(
+    sides: &Sides<'_>,
+    baseline: Option<&Baseline>,
+) -> Result<(Carried, Baseline), EngineError> {
+    let mut reports = Vec::new();
+    let mut next = Baseline::default();
+    for (i, db) in sides.databases.iter().enumerate() {
+        let (from, to) = (&sides.from[i], &sides.to[i]);
+        let (report, marks) = match baseline {
+            None => large_objects::sync(from, to).await,
+            Some(b) => {
+                let since = b.marks.get(i).cloned().unwrap_or_default();
+                large_objects::sync_changed(from, to, &since).await
+            }
+        }
+        .map_err(sides.lo_error(db))?;
+        reports.push(report);
+        next.marks.push(marks);
+    }
+    let globals = sides.globals().await?;
+    Ok((carried(&reports, globals), next))
 }
 
 /// Compares and carries everything (every large object's contents are read on both
 /// sides); returns what it did and the baseline for [`inside_pause`].
 pub async fn before_pause(sides: &Sides<'_>) -> Result<(Carried, Baseline), EngineError> {
-    let mut reports = Vec::new();
-    let mut baseline = Baseline::default();
-    for (i, db) in sides.databases.iter().enumerate() {
-        let (report, marks) = large_objects::sync(&sides.from[i], &sides.to[i])
-            .await
-            .map_err(sides.lo_error(db))?;
-        reports.push(report);
-        baseline.marks.push(marks);
-    }
-    let globals = sides.globals().await?;
-    Ok((carried(&reports, globals), baseline))
+    since(sides, None).await
 }
 
 /// Carries what changed since [`before_pause`]: the large objects written since, and
 /// whatever differs in roles and database properties.
 pub async fn inside_pause(sides: &Sides<'_>, baseline: &Baseline) -> Result<Carried, EngineError> {
-    let mut reports = Vec::new();
-    for (i, db) in sides.databases.iter().enumerate() {
-        let since = baseline.marks.get(i).cloned().unwrap_or_default();
-        let (report, _) = large_objects::sync_changed(&sides.from[i], &sides.to[i], &since)
-            .await
-            .map_err(sides.lo_error(db))?;
-        reports.push(report);
-    }
-    let globals = sides.globals().await?;
-    Ok(carried(&reports, globals))
+    Ok(since(sides, Some(baseline)).await?.0)
 }
 
 /// The login roles of `from` whose password would be missing on `to` after carrying

@@ -555,7 +555,7 @@ async fn check<P: Platform, S: Switch>(
             report.carried_before = Some(crate::carry::Carried {
                 globals: differences
                     .iter()
-                    .map(|d| format!("{} {}: {}", d.kind, d.object, d.detail))
+                    .map(pgseal_pg::globals::Difference::summary)
                     .collect(),
                 ..Default::default()
             });

@@ -15,15 +15,13 @@
 //! written to `PGSEAL_HOME/migrations/NAME.follow.json` ([`Heartbeat`]), which `status`
 //! shows: when the last pass ran and what it did.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pgseal_pg::large_objects::{self, Marks};
 use pgseal_platform::Platform;
 use serde::{Deserialize, Serialize};
 
-use crate::carry::LargeObjects;
+use crate::carry::{Baseline, LargeObjects};
 use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
 use crate::journal::{Journal, JournalError, Phase, try_lock};
 
@@ -61,16 +59,10 @@ impl PassGate {
     /// Holds the follower off (waiting up to `limit` for a pass in progress); `None` when
     /// it could not (then the caller goes on beside it).
     pub fn hold(home: &Path, name: &str, limit: std::time::Duration) -> Option<PassGate> {
-        let waited = Instant::now();
-        loop {
-            match Self::open(home, name) {
-                Ok(Some(gate)) => return Some(gate),
-                Ok(None) if waited.elapsed() < limit => {
-                    std::thread::sleep(std::time::Duration::from_millis(50))
-                }
-                _ => return None,
-            }
-        }
+        crate::journal::wait_lock(home, name, "pass", limit)
+            .ok()
+            .flatten()
+            .map(|lock| PassGate { _lock: lock })
     }
 }
 
@@ -161,16 +153,16 @@ pub fn follows(phase: Phase) -> bool {
 }
 
 /// What a follower remembers between passes: each database's large-object marks on the
-/// source after its last sync (the first pass compares everything).
+/// source after its last pass (the first pass compares everything).
 #[derive(Debug, Default)]
 pub struct FollowState {
-    marks: BTreeMap<String, Marks>,
+    baseline: Option<Baseline>,
 }
 
 /// One pass over migration `name`: for every database, the subscription refreshed for
 /// tables made on the source, the large objects written since the last pass carried,
-/// roles and database properties made equal, and a replication sample recorded. Does
-/// nothing but say why unless the migration replicates.
+/// roles and database properties made equal (`crate::carry`), and a replication sample
+/// recorded. Does nothing but say why unless the migration replicates.
 pub async fn pass<P: Platform>(
     platform: &P,
     journal: &Journal,
@@ -195,35 +187,12 @@ pub async fn pass<P: Platform>(
     let streams = streams_of(journal, name)?;
     let mut sources = Vec::new();
     let mut targets = Vec::new();
-    let mut reports = Vec::new();
     for s in &streams {
         let source = connect_source_db(platform, &spec, &s.database).await?;
         let target = connect_to(platform, &spec.target, &s.database, "target").await?;
         for table in crate::ddl::refresh_new_tables(&source, &target, &s.name, &s.name).await? {
             done.refreshed.push(format!("{}/{table}", s.database));
         }
-        let lo_error = |e| EngineError::Sql {
-            role: "target",
-            what: format!("carrying the large objects of {}", s.database),
-            source: e,
-        };
-        let report = match state.marks.get(&s.database) {
-            Some(since) => {
-                let (report, marks) = large_objects::sync_changed(&source, &target, since)
-                    .await
-                    .map_err(lo_error)?;
-                state.marks.insert(s.database.clone(), marks);
-                report
-            }
-            None => {
-                let (report, marks) = large_objects::sync(&source, &target)
-                    .await
-                    .map_err(lo_error)?;
-                state.marks.insert(s.database.clone(), marks);
-                report
-            }
-        };
-        reports.push(report);
         sources.push(source);
         targets.push(target);
     }
@@ -234,20 +203,21 @@ pub async fn pass<P: Platform>(
             &serde_json::json!({ "tables": done.refreshed }),
         )?;
     }
-    done.large_objects = (&large_objects::total(&reports)).into();
     let databases: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
-    if let (Some(source), Some(target)) = (sources.first(), targets.first()) {
-        done.globals = pgseal_pg::globals::sync(source, target, &databases, &Default::default())
-            .await
-            .map_err(|e| {
-                EngineError::Precondition(format!(
-                    "carrying roles and database settings: {}",
-                    crate::engine::error_chain(&e)
-                ))
-            })?
-            .iter()
-            .map(|d| format!("{} {}: {}", d.kind, d.object, d.detail))
-            .collect();
+    let options = Default::default();
+    let sides = crate::carry::Sides {
+        from: &sources,
+        from_role: "source",
+        to: &targets,
+        to_role: "target",
+        databases: &databases,
+        options: &options,
+    };
+    let (carried, baseline) = crate::carry::since(&sides, state.baseline.as_ref()).await?;
+    state.baseline = Some(baseline);
+    done.large_objects = carried.large_objects;
+    done.globals = carried.globals;
+    if let Some(source) = sources.first() {
         crate::samples::record(journal, name, source, &streams).await;
     }
     done.seconds = started.elapsed().as_secs_f64();

@@ -998,16 +998,21 @@ pub struct MigrationLock {
 /// How long a command waits for the follower to finish its pass.
 const PASS_WAIT: Duration = Duration::from_secs(120);
 
-/// Opens (creating) `PGSEAL_HOME/migrations/NAME.KIND` for locking.
+/// `PGSEAL_HOME/migrations/NAME.KIND`, a migration's lock file of that kind.
+fn lock_path(home: &Path, name: &str, kind: &str) -> PathBuf {
+    home.join("migrations").join(format!("{name}.{kind}"))
+}
+
+/// Opens (creating) [`lock_path`] for locking.
 fn lock_file(home: &Path, name: &str, kind: &str) -> Result<std::fs::File, JournalError> {
-    let dir = home.join("migrations");
-    let path = dir.join(format!("{name}.{kind}"));
+    let path = lock_path(home, name, kind);
     let lock_error = |source| JournalError::Lock {
         migration: name.to_string(),
         path: path.clone(),
         source,
     };
-    pgseal_crashsafe::create_dir_all_durable(&dir, 0o700).map_err(lock_error)?;
+    pgseal_crashsafe::create_dir_all_durable(&home.join("migrations"), 0o700)
+        .map_err(lock_error)?;
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -1016,8 +1021,8 @@ fn lock_file(home: &Path, name: &str, kind: &str) -> Result<std::fs::File, Journ
         .map_err(lock_error)
 }
 
-/// Takes an exclusive lock on `PGSEAL_HOME/migrations/NAME.KIND` without waiting;
-/// `None` when another process holds it.
+/// Takes an exclusive lock on [`lock_path`] without waiting; `None` when another process
+/// holds it.
 pub(crate) fn try_lock(
     home: &Path,
     name: &str,
@@ -1029,9 +1034,29 @@ pub(crate) fn try_lock(
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
         Err((_, errno)) => Err(JournalError::Lock {
             migration: name.to_string(),
-            path: home.join("migrations").join(format!("{name}.{kind}")),
+            path: lock_path(home, name, kind),
             source: std::io::Error::from(errno),
         }),
+    }
+}
+
+/// [`try_lock`], trying again for up to `limit`; `None` when another process held it all
+/// that time.
+pub(crate) fn wait_lock(
+    home: &Path,
+    name: &str,
+    kind: &str,
+    limit: Duration,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, JournalError> {
+    let waited = std::time::Instant::now();
+    loop {
+        if let Some(lock) = try_lock(home, name, kind)? {
+            return Ok(Some(lock));
+        }
+        if waited.elapsed() > limit {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -1040,25 +1065,10 @@ impl MigrationLock {
     /// process holds it, then holds the follower off (`NAME.pass`), waiting for its pass
     /// to end.
     pub fn acquire(home: &Path, name: &str) -> Result<MigrationLock, JournalError> {
-        let lock = try_lock(home, name, "lock")?.ok_or_else(|| {
-            JournalError::Busy(
-                name.to_string(),
-                home.join("migrations").join(format!("{name}.lock")),
-            )
-        })?;
-        let waited = std::time::Instant::now();
-        let gate = loop {
-            if let Some(gate) = try_lock(home, name, "pass")? {
-                break gate;
-            }
-            if waited.elapsed() > PASS_WAIT {
-                return Err(JournalError::Busy(
-                    name.to_string(),
-                    home.join("migrations").join(format!("{name}.pass")),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let lock = try_lock(home, name, "lock")?
+            .ok_or_else(|| JournalError::Busy(name.to_string(), lock_path(home, name, "lock")))?;
+        let gate = wait_lock(home, name, "pass", PASS_WAIT)?
+            .ok_or_else(|| JournalError::Busy(name.to_string(), lock_path(home, name, "pass")))?;
         Ok(MigrationLock {
             _lock: lock,
             _gate: gate,

@@ -112,6 +112,13 @@ pub struct Difference {
     pub statement: String,
 }
 
+impl Difference {
+    /// What differs, in one line for a person and the journal (`role app: missing`).
+    pub fn summary(&self) -> String {
+        format!("{} {}: {}", self.kind, self.object, self.detail)
+    }
+}
+
 impl Globals {
     /// The login roles whose password cannot be read here or that have none.
     pub fn login_roles(&self) -> Vec<&Role> {

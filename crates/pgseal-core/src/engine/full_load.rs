@@ -342,7 +342,7 @@ impl<P: Platform> Engine<'_, P> {
             json!({
                 "roles": made,
                 "passwords_copied": readable,
-                "carried": roles.iter().map(|d| format!("{} {}: {}", d.kind, d.object, d.detail)).collect::<Vec<_>>(),
+                "carried": roles.iter().map(pgseal_pg::globals::Difference::summary).collect::<Vec<_>>(),
                 "databases": loaded,
             }),
             summary,
@@ -743,7 +743,7 @@ impl<P: Platform> Engine<'_, P> {
         Ok((
             json!({
                 "databases": done,
-                "carried": carried.iter().map(|d| format!("{} {}: {}", d.kind, d.object, d.detail)).collect::<Vec<_>>(),
+                "carried": carried.iter().map(pgseal_pg::globals::Difference::summary).collect::<Vec<_>>(),
             }),
             format!(
                 "{entries} index(es), constraint(s), trigger(s) and other post-data entries built; DDL on the source carried from here on"
