@@ -545,6 +545,17 @@ pub enum MigrateCommand {
         /// Only these tables (schema.table, comma-separated) [default: every published table]
         #[arg(long, value_delimiter = ',')]
         tables: Option<Vec<String>>,
+        /// How long to wait for a table the subscription is still copying before reporting
+        /// it as `copying`
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        wait_for_copies: u64,
+    },
+    /// Compare both sides' catalogs and what no row comparison sees, object by object
+    #[command(long_about = VERIFY_ABOUT)]
+    Verify {
+        /// The migration's name.
+        #[arg(value_parser = parse_name)]
+        name: String,
     },
     /// DDL captured on the source during the migration, and what became of it on the target
     #[command(long_about = DDL_ABOUT)]
@@ -702,6 +713,36 @@ Examples:
   pgseal migrate ddl m1 --database shop --apply 4
   pgseal migrate ddl m1 --skip 7 --json";
 
+const VERIFY_ABOUT: &str = "\
+Compare the source and the target as a DBA would after a switch, object by object, for every
+database of the migration:
+
+  columns (type, default, nullability, identity, generation, collation), constraints,
+  indexes, triggers, rules, row-level security policies and flags, functions, procedures
+  and aggregates, types, enums, domains, views and materialized views (their definitions
+  and their rows), comments, privileges and default privileges, extensions, sequences
+  (their definitions; where they stand: the target's may be ahead, never behind once cut
+  over), large objects, and for the instance roles, memberships and database settings.
+
+Definitions are PostgreSQL's own (pg_get_indexdef, pg_get_functiondef, ...), read with
+search_path pinned to pg_catalog, so a name reads the same on both sides whatever a
+database's own search_path is. Each difference is named with both sides' definitions.
+Where the sides run different major versions and print the same thing differently, both
+are normalised and the output says how.
+
+While the target replicates, the source is read first and the target once it has applied
+everything the source had committed by then; a difference is read again before it counts.
+Sequences trail on the target until the cutover sets them: listed, not counted. Large
+objects and roles the follower has not carried yet are carried first and listed as such.
+`migrate validate` runs this too; `migrate cutover` runs it before the pause and, where DDL
+ran since, inside it with the source fenced, and refuses on any difference.
+
+Exit code 11 when something differs.
+
+Example:
+  pgseal migrate verify shop --json | jq '.databases[].differences'
+";
+
 const VALIDATE_ABOUT: &str = "\
 Compare every published table of the source with the target while the target replicates.
 Tables are cut into primary-key chunks of about half a second of work; both servers compute
@@ -711,6 +752,14 @@ compared again once the target has applied past the source's position; one that 
 differs is listed row by row: keys missing on the target, extra on the target, different.
 A chunk whose source keeps changing is reported as unstable (table state suspended).
 Tables without a primary key are compared as multisets of row hashes.
+
+A table the subscription is still copying (made on the source during the migration) is
+waited for up to 60 s, then reported as `copying`: not comparable yet, never mismatched. An
+apply stopped on a captured statement ends validation at once, naming the statement and the
+choices (`pgseal migrate ddl`).
+
+A whole pass also runs `pgseal migrate verify` (the catalog, materialized views, sequences,
+large objects, roles and settings) and is clean only when that is.
 
 The result is journaled; cutover refuses to start while the last validation found
 mismatches. Exit code 11 when the result is not clean.

@@ -43,6 +43,7 @@ use pgseal_platform::Platform;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::catch_up::commit_barrier;
 use crate::engine::{EngineError, admin_database, connect_source_db, connect_to, streams_of};
 use crate::journal::{INSTANCE, Journal, MigrationSpec, Phase};
 use crate::status::status;
@@ -192,6 +193,13 @@ pub struct CutoverReport {
     pub rollback_ready: bool,
     /// The re-verification of rows changed since the last clean validation, if one ran.
     pub final_check: Option<crate::validate::FinalCheck>,
+    /// The catalog and what no row comparison sees, verified before the pause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_before: Option<crate::verify::VerifyReport>,
+    /// The same inside the pause, with the source fenced: the sequences, and the catalog
+    /// of each database whose DDL moved since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<crate::verify::VerifyReport>,
     /// What replication does not carry and pgseal did before the pause: large objects,
     /// roles, memberships, database properties (a dry run: what differs now).
     pub carried_before: Option<crate::carry::Carried>,
@@ -771,21 +779,6 @@ async fn target_admin<P: Platform>(
     connect_to(platform, &spec.target, admin_database(&dbs), "target").await
 }
 
-/// Commits a barrier on `session` with `synchronous_commit = on`: its commit is flushed,
-/// and with it every earlier commit, asynchronous ones included, and the walsenders wake.
-pub(crate) async fn commit_barrier(
-    session: &Client,
-    role: &'static str,
-) -> Result<(), EngineError> {
-    session
-        .batch_execute(
-            "SET synchronous_commit = on; \
-             SELECT pg_logical_emit_message(true, 'pgseal', 'barrier')",
-        )
-        .await
-        .map_err(sql(role, "committing a barrier"))
-}
-
 /// [`commit_barrier`], then the flushed WAL position after it: what the other side must
 /// confirm for nothing to be left behind.
 async fn flushed_barrier(session: &Client, role: &'static str) -> Result<Lsn, EngineError> {
@@ -954,6 +947,67 @@ async fn set_subscriptions(
     Ok(())
 }
 
+/// The refusal of a cutover whose verification found differences, each named.
+fn refusal(when: &str, verified: &crate::verify::VerifyReport) -> EngineError {
+    EngineError::Precondition(format!(
+        "verification {when} found {} difference(s) between the source and the target, so nothing was switched: {}. \
+         Make the target match (or the source), then cut over again; `pgseal migrate verify` shows both sides' definitions",
+        verified.differences,
+        verified.lines().join("; ")
+    ))
+}
+
+/// Verifies every database (the target following the source) before the pause; returns
+/// the verification and each database's last captured DDL statement when it began.
+async fn verify_before_pause(
+    name: &str,
+    streams: &[Stream],
+    sources: &[Client],
+    targets: &[Client],
+    options: &pgseal_pg::globals::DiffOptions,
+) -> Result<(crate::verify::VerifyReport, std::collections::BTreeMap<String, i64>), EngineError> {
+    let started = Instant::now();
+    let mut report = crate::verify::VerifyReport::default();
+    let mut checked = std::collections::BTreeMap::new();
+    let mut normalised = std::collections::BTreeSet::new();
+    for (i, s) in streams.iter().enumerate() {
+        checked.insert(
+            s.database.clone(),
+            pgseal_pg::ddl::last_id(&sources[i])
+                .await
+                .map_err(sql("source", "reading the captured DDL"))?,
+        );
+        let catch_up = crate::catch_up::CatchUp::new(
+            name,
+            &s.database,
+            &sources[i],
+            &targets[i],
+            crate::catch_up::Follower::Stream {
+                slot: s.name.clone(),
+            },
+        )
+        .await?;
+        let (verified, used) = crate::verify::database(
+            &sources[i],
+            &targets[i],
+            Some(&catch_up),
+            crate::verify::Sequences::Trailing,
+            true,
+        )
+        .await?;
+        normalised.extend(used);
+        report.databases.insert(s.database.clone(), verified);
+    }
+    let databases: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
+    (report.globals_carried, report.globals) =
+        crate::verify::globals(&sources[0], &targets[0], &databases, false, options).await?;
+    report.finish(started, normalised);
+    if !report.clean {
+        return Err(refusal("before the pause", &report));
+    }
+    Ok((report, checked))
+}
+
 /// Runs the cutover of migration `name`; see the module documentation.
 pub async fn cutover<P: Platform, S: Switch>(
     platform: &P,
@@ -1003,13 +1057,17 @@ pub async fn cutover<P: Platform, S: Switch>(
         let ready = prepare_reverse(journal, &spec, &streams, &targets.clients).await?;
         failpoint_at("cutover:reverse_prepared");
         let (carried, baseline) = crate::carry::before_pause(&carry_sides).await?;
-        Ok::<_, EngineError>((ready, carried, baseline))
+        // The catalog and what no row comparison sees, verified before anything pauses;
+        // inside the pause, again where DDL ran since.
+        let (verified, checked) = verify_before_pause(name, &streams, &sources.clients, &targets.clients, &carrying).await?;
+        Ok::<_, EngineError>((ready, carried, baseline, verified, checked))
     };
-    let baseline = match before_pause.await {
-        Ok((ready, carried, baseline)) => {
+    let (baseline, checked) = match before_pause.await {
+        Ok((ready, carried, baseline, verified, checked)) => {
             report.rollback_ready = ready;
             report.carried_before = Some(carried);
-            baseline
+            report.verified_before = Some(verified);
+            (baseline, checked)
         }
         Err(error) => {
             let undo =
@@ -1099,6 +1157,14 @@ pub async fn cutover<P: Platform, S: Switch>(
             );
         }
         laps.lap("sequences");
+        let verified =
+            crate::verify::fenced(&sources.clients, &targets.clients, &dbs, &checked).await?;
+        let refusal = (!verified.clean).then(|| refusal("with the source fenced", &verified));
+        report.verified = Some(verified);
+        if let Some(refusal) = refusal {
+            return Err(refusal);
+        }
+        laps.lap("verified");
         report.carried = Some(crate::carry::inside_pause(&carry_sides, &baseline).await?);
         laps.lap("carried");
         set_subscriptions(

@@ -7,6 +7,8 @@
 //! - [`status`]: lag, slot retention, apply errors, schema drift.
 //! - [`cutover`]: fence, drain, sequences, switch; lifted again on any failure.
 //! - [`validate`]: chunked, server-side row-hash comparison of source and target.
+//! - [`verify`]: the catalog and the data no row comparison sees (materialized views,
+//!   sequences, large objects, roles and settings), compared object by object.
 //! - [`abort`]: removes everything a migration created.
 //! - [`ddl`]: DDL captured on the source and replayed on the target, and the decisions on
 //!   statements that are not replayed by themselves.
@@ -19,6 +21,7 @@
 
 pub mod abort;
 pub mod carry;
+pub(crate) mod catch_up;
 pub mod cutover;
 pub mod ddl;
 pub mod engine;
@@ -33,6 +36,7 @@ pub mod status;
 pub mod steps;
 pub mod stream;
 pub mod validate;
+pub mod verify;
 
 pub use engine::{Engine, EngineError, Event, Surroundings};
 pub use journal::{Journal, JournalError, MigrationLock, MigrationSpec, Phase};

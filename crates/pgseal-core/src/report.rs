@@ -67,6 +67,55 @@ pub struct Validation {
     pub seconds: f64,
     /// Per table.
     pub tables: Vec<ValidatedTable>,
+    /// The catalog's verification with it (`migrate verify`), if it ran.
+    pub verify: Option<Verified>,
+}
+
+/// A verification of the catalog and of what no row comparison sees, as the report shows
+/// it: what was compared and what differs, named (definitions stay out of the journal).
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    /// Objects compared, all databases together.
+    pub objects: u64,
+    /// Differences that count.
+    pub differences: u64,
+    /// Each difference, named (`db: category object`).
+    pub named: Vec<String>,
+    /// Normalisations applied across major versions.
+    pub normalised: Vec<String>,
+}
+
+fn verified(v: &serde_json::Value) -> Option<Verified> {
+    let dbs = v["databases"].as_object()?;
+    let mut named: Vec<String> = v["globals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g.as_str().map(str::to_string))
+        .collect();
+    for (db, d) in dbs {
+        for x in d["differences"].as_array().into_iter().flatten() {
+            named.push(format!(
+                "{db}: {} {}",
+                x["category"].as_str().unwrap_or_default().replace('_', " "),
+                x["object"].as_str().unwrap_or_default()
+            ));
+        }
+        for l in d["large_objects"]["differing"].as_array().into_iter().flatten() {
+            named.push(format!("{db}: large object {} {}", l["oid"], l["what"].as_str().unwrap_or_default()));
+        }
+    }
+    Some(Verified {
+        objects: dbs.values().map(|d| d["objects"].as_u64().unwrap_or(0)).sum(),
+        differences: v["differences"].as_u64().unwrap_or(0),
+        named,
+        normalised: v["normalised"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect(),
+    })
 }
 
 /// The cutover's pause.
@@ -207,6 +256,7 @@ fn validation(run: &StepRun) -> Option<Validation> {
         mismatched_rows: v["mismatched_rows"].as_i64().unwrap_or(0),
         seconds: v["seconds"].as_f64().unwrap_or(0.0),
         tables,
+        verify: verified(&v["verify"]),
     })
 }
 

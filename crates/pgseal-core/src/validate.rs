@@ -23,22 +23,19 @@
 
 use std::time::{Duration, Instant};
 
-use pgseal_pg::Lsn;
 use pgseal_pg::replication::{self, qualified, quote_ident};
 use pgseal_platform::Platform;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::catch_up::{CatchUp, Follower};
 use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
 use crate::journal::Journal;
 use crate::steps::{Step, Strategy};
 use crate::stream;
 
-/// Session settings applied on both sides, so row text does not depend on them; and no
-/// parallel workers, so each side's scan keeps to one core while both run at once.
-const SESSION: &str = "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; \
-     SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET IntervalStyle = 'postgres'; \
-     SET max_parallel_workers_per_gather = 0";
+/// Session settings applied on both sides, so row text does not depend on them.
+use pgseal_pg::catalog::SESSION;
 
 /// Types hashed by their binary value (their hash is exact); every other column is hashed
 /// as its text.
@@ -89,6 +86,9 @@ pub enum TableState {
     NoPrimaryKey,
     /// The comparison itself failed.
     Error,
+    /// Still being copied by the subscription (a table made on the source during the
+    /// migration): not comparable yet, never counted as mismatched.
+    Copying,
 }
 
 /// A differing row as both sides have it (its text), for the first few differences.
@@ -187,6 +187,10 @@ pub struct ValidationReport {
     /// privileges, comment); absent in a pass over some tables only.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub large_objects: std::collections::BTreeMap<String, LargeObjectsCompared>,
+    /// The catalog and the data no row comparison sees, compared (`pgseal migrate
+    /// verify`); absent in a pass over some tables only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::verify::VerifyReport>,
     /// A pass over some tables only: per database, whether it compared every table the
     /// DDL captured since the last validation made or changed (then it vouches for that
     /// DDL as a whole pass would).
@@ -194,19 +198,7 @@ pub struct ValidationReport {
     pub ddl_vouched: std::collections::BTreeMap<String, bool>,
 }
 
-/// One database's large objects, compared.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct LargeObjectsCompared {
-    /// How many the source has.
-    pub source: usize,
-    /// How many the target has.
-    pub target: usize,
-    /// Copied to the target just before comparing (written on the source since the
-    /// follower's last pass).
-    pub copied_first: usize,
-    /// Those that still differ (OIDs only: never their contents).
-    pub differing: Vec<pgseal_pg::large_objects::LoDifference>,
-}
+pub use crate::verify::LargeObjectsCompared;
 
 impl ValidationReport {
     /// The report as the journal (a file on the host's disk, beside an encrypted target)
@@ -218,6 +210,7 @@ impl ValidationReport {
     pub fn journaled(&self) -> ValidationReport {
         ValidationReport {
             tables: self.tables.iter().map(TableReport::journaled).collect(),
+            verify: self.verify.as_ref().map(crate::verify::VerifyReport::journaled),
             ..self.clone()
         }
     }
@@ -491,6 +484,13 @@ pub enum Progress<'a> {
     },
     /// Rows compared so far in the current table.
     Rows(i64),
+    /// A table is still being copied; validation waits for it.
+    Copying {
+        /// `database/schema.table`.
+        table: &'a str,
+        /// Seconds waited so far.
+        waited: u64,
+    },
     /// A table is done.
     Done(&'a TableReport),
 }
@@ -503,27 +503,11 @@ struct Sides<'a> {
     /// barriers while `source` holds a table in the locked re-check.
     source_aux: &'a Client,
     target: &'a Client,
-    follower: Follower,
+    /// How the target follows the source, which is what validation waits on.
+    catch_up: CatchUp<'a>,
     progress: &'a (dyn Fn(Progress<'_>) + Sync),
     /// The longest time a table was held locked on the source, in milliseconds.
     longest_lock_ms: std::sync::Mutex<f64>,
-}
-
-/// How the target follows the source, which is what validation waits on.
-enum Follower {
-    /// pgseal's own stream: its slot on the source, its subscription on the target, and
-    /// the target's change log.
-    Stream {
-        /// The stream's slot (and subscription slot) name.
-        slot: String,
-    },
-    /// The platform's own replication (blue/green): every other logical slot of the
-    /// database on the source, every subscription of the database on the target, and no
-    /// change log (green is read-only), so every difference counts as one that moved.
-    Platform {
-        /// The source's logical slots of the database that are not pgseal's.
-        slots: Vec<String>,
-    },
 }
 
 /// How long the locked re-check may wait for the target to catch up while it holds the
@@ -535,90 +519,14 @@ const LOCKED_CATCH_UP: Duration = Duration::from_millis(50);
 const LOCK_TIMEOUT: &str = "100ms";
 
 impl Sides<'_> {
-    /// The source's position now: everything it has committed is below it, asynchronous
-    /// commits still in WAL buffers included (the insert position, not the write one).
-    async fn source_lsn(&self, session: &Client) -> Result<Lsn, EngineError> {
-        replication::current_wal_insert_lsn(session)
-            .await
-            .map_err(sql("source", "reading the WAL position"))
-    }
-
-    /// Waits (up to 30 s, holding nothing) until the target has applied and flushed
-    /// everything up to `lsn`. Without a slot (not replicating) there is nothing to wait
-    /// for.
-    async fn applied(&self, lsn: Lsn) -> Result<(), EngineError> {
-        let slots: &[String] = match &self.follower {
-            Follower::Stream { slot } => std::slice::from_ref(slot),
-            Follower::Platform { slots } => slots,
-        };
-        let wait = async {
-            for slot in slots {
-                replication::wait_confirmed(self.source_aux, slot, lsn).await?;
-            }
-            Ok::<_, tokio_postgres::Error>(())
-        };
-        match tokio::time::timeout(Duration::from_secs(30), wait).await {
-            Ok(result) => result.map_err(sql("source", "reading the slot")),
-            Err(_) => Err(EngineError::Timeout {
-                what: format!("the target to apply up to {lsn}"),
-                seconds: 30,
-            }),
-        }
-    }
-
-    /// Waits until `deadline` for the target's apply worker to have received, and so
-    /// applied (it applies each message in order as it reads it), everything up to `lsn`:
-    /// committed, visible, not necessarily flushed, which is all a read needs; nudges
-    /// the source's walsender with a flushed barrier on each look. False when not in time.
-    async fn received(&self, lsn: Lsn, deadline: Instant) -> Result<bool, EngineError> {
-        loop {
-            let rows = match &self.follower {
-                Follower::Stream { slot } => {
-                    self.target
-                        .query(
-                            "SELECT w.received_lsn FROM pg_stat_subscription w \
-                             JOIN pg_subscription s ON s.oid = w.subid WHERE s.subslotname = $1 AND w.relid IS NULL",
-                            &[slot],
-                        )
-                        .await
-                }
-                Follower::Platform { .. } => {
-                    self.target
-                        .query(
-                            "SELECT w.received_lsn FROM pg_stat_subscription w \
-                             JOIN pg_subscription s ON s.oid = w.subid \
-                             WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                               AND w.relid IS NULL",
-                            &[],
-                        )
-                        .await
-                }
-            }
-            .map_err(sql("target", "reading the apply worker's position"))?;
-            if rows.is_empty() {
-                // pgseal's stream not replicating: nothing to wait for. The platform's
-                // replication not seen: nothing proves the target caught up.
-                return Ok(matches!(self.follower, Follower::Stream { .. }));
-            }
-            // Strictly past: the worker shows a data message's position before applying
-            // it, so only a later message (or a keepalive) proves `lsn` applied.
-            if rows.iter().all(|row| {
-                row.get::<_, Option<tokio_postgres::types::PgLsn>>(0)
-                    .is_some_and(|r| Lsn::from(r) > lsn)
-            }) {
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            crate::cutover::commit_barrier(self.source_aux, "source").await?;
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+    /// Without a change log: the platform's replication (green is read-only).
+    fn platform(&self) -> bool {
+        matches!(self.catch_up.follower, Follower::Platform)
     }
 
     /// The target's change log position now (0 without a change log).
     async fn log_position(&self) -> Result<i64, EngineError> {
-        if matches!(self.follower, Follower::Platform { .. }) {
+        if self.platform() {
             return Ok(0);
         }
         Ok(self
@@ -635,7 +543,7 @@ impl Sides<'_> {
     /// What of `shape`'s table the target's change log shows changed after `since`; all
     /// of it without a change log.
     async fn moved(&self, shape: &Shape, since: i64) -> Result<Moved, EngineError> {
-        if matches!(self.follower, Follower::Platform { .. }) {
+        if self.platform() {
             return Ok(Moved::Table);
         }
         if shape.key.is_empty() {
@@ -708,8 +616,8 @@ async fn unlocked<T>(
 ) -> Result<(T, T, Moved), EngineError> {
     let since = sides.log_position().await?;
     let source_side = read(sides.source, "source").await?;
-    let lsn = sides.source_lsn(sides.source).await?;
-    sides.applied(lsn).await?;
+    let lsn = sides.catch_up.source_lsn(sides.source).await?;
+    sides.catch_up.applied(lsn).await?;
     let target_side = read(sides.target, "target").await?;
     Ok((source_side, target_side, sides.moved(shape, since).await?))
 }
@@ -728,7 +636,8 @@ async fn locked<T>(
     let src = sides.source;
     // Catch up first, holding nothing, so that the wait under the lock is short.
     sides
-        .applied(sides.source_lsn(sides.source_aux).await?)
+        .catch_up
+        .applied(sides.catch_up.source_lsn(sides.source_aux).await?)
         .await?;
     if let Err(e) = src
         .batch_execute(&format!(
@@ -760,8 +669,9 @@ async fn locked<T>(
             }
             Err(e) => return Err(e),
         };
-        let lsn = sides.source_lsn(src).await?;
+        let lsn = sides.catch_up.source_lsn(src).await?;
         if !sides
+            .catch_up
             .received(lsn, Instant::now() + LOCKED_CATCH_UP)
             .await?
         {
@@ -1181,12 +1091,15 @@ async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, EngineError
 
 /// Validates migration `name`'s published tables in every database of its scope (or
 /// only `tables`, as `schema.table` in every database or `database/schema.table`),
-/// records the result in the journal (step `validate`), and returns it.
+/// records the result in the journal (step `validate`), and returns it. A table still
+/// being copied is waited for up to `copy_wait` ([`COPY_WAIT`] by default), then reported
+/// as [`TableState::Copying`].
 pub async fn validate<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
     tables: Option<&[String]>,
+    copy_wait: Duration,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<ValidationReport, EngineError> {
     let spec = journal.migration(name)?.spec;
@@ -1223,6 +1136,10 @@ pub async fn validate<P: Platform>(
     let mut horizons = std::collections::BTreeMap::new();
     let mut ddl_seen = std::collections::BTreeMap::new();
     let mut targets = Vec::new();
+    let mut large_objects = std::collections::BTreeMap::new();
+    let mut verified_all: Option<crate::verify::VerifyReport> = None;
+    let mut normalised = std::collections::BTreeSet::new();
+    let verify_started = Instant::now();
     for stream in &scope {
         let db = &stream.database;
         let source = connect_source_db(platform, &spec, db).await?;
@@ -1233,6 +1150,22 @@ pub async fn validate<P: Platform>(
                 .map_err(sql("source", "reading the captured DDL"))?,
         );
         let target = connect_to(platform, &target_name, db, "target").await?;
+        let source_aux = connect_source_db(platform, &spec, db).await?;
+        let follower = if blue_green {
+            {
+            crate::catch_up::platform_slots(&source_aux).await?;
+            Follower::Platform
+        }
+        } else {
+            Follower::Stream {
+                slot: stream.name.clone(),
+            }
+        };
+        let catch_up = CatchUp::new(name, db, &source_aux, &target, follower).await?;
+        // An apply stopped on a statement is named at once, not after a wait per table.
+        if let Some(why) = catch_up.stopped(None).await? {
+            return Err(EngineError::Precondition(why));
+        }
         for (client, role) in [(&source, "source"), (&target, "target")] {
             client
                 .batch_execute(SESSION)
@@ -1252,10 +1185,11 @@ pub async fn validate<P: Platform>(
                 .await
                 .map_err(sql("source", "listing published tables"))?,
         };
-        // The user's decisions on captured DDL are the target's own (pgseal_pg::ddl).
+        // pgseal's own tables (the captured DDL, the user's decisions on it) are not the
+        // user's: they are not validated.
         let listed: Vec<String> = listed
             .into_iter()
-            .filter(|t| t != "pgseal_ddl.decisions")
+            .filter(|t| !t.starts_with("pgseal_ddl."))
             .collect();
         if tables.is_some() {
             let since = previous
@@ -1271,22 +1205,14 @@ pub async fn validate<P: Platform>(
             db.clone(),
             listed.iter().map(|t| qualified(t)).collect::<Vec<String>>(),
         );
-        let follower = if blue_green {
-            Follower::Platform {
-                slots: platform_slots(&source).await?,
-            }
-        } else {
+        if !blue_green {
             horizons.insert(db.clone(), install_change_log(&target, &listed).await?);
-            Follower::Stream {
-                slot: stream.name.clone(),
-            }
-        };
-        let source_aux = connect_source_db(platform, &spec, db).await?;
+        }
         let sides = Sides {
             source: &source,
             source_aux: &source_aux,
             target: &target,
-            follower,
+            catch_up,
             progress,
             longest_lock_ms: std::sync::Mutex::new(0.0),
         };
@@ -1305,8 +1231,23 @@ pub async fn validate<P: Platform>(
                 table: &shown,
                 estimated_rows,
             });
-            let mut report = match table(&sides, t).await {
+            let copied = match &sides.catch_up.follower {
+                Follower::Stream { slot } => copied(&target, slot, copy_wait, t, &shown, progress).await?,
+                Follower::Platform => true,
+            };
+            let outcome = if copied {
+                table(&sides, t).await
+            } else {
+                Ok(TableReport {
+                    table: t.clone(),
+                    state: TableState::Copying,
+                    ..Default::default()
+                })
+            };
+            let mut report = match outcome {
                 Ok(r) => r,
+                // Stopped or failing apply: named at once, for the whole pass.
+                Err(EngineError::Precondition(why)) => return Err(EngineError::Precondition(why)),
                 Err(e) => TableReport {
                     table: t.clone(),
                     state: TableState::Error,
@@ -1320,21 +1261,39 @@ pub async fn validate<P: Platform>(
             progress(Progress::Done(&report));
             reports.push(report);
         }
+        // A whole pass also verifies the catalog and the data no row comparison sees.
+        if tables.is_none() {
+            let _gate =
+                crate::follow::PassGate::hold(journal.home(), name, Duration::from_secs(60));
+            let (verified, used) = crate::verify::database(
+                &source,
+                &target,
+                Some(&sides.catch_up),
+                crate::verify::Sequences::Trailing,
+                !blue_green,
+            )
+            .await?;
+            normalised.extend(used);
+            let verify = verified_all.get_or_insert_with(crate::verify::VerifyReport::default);
+            if verify.databases.is_empty() {
+                let databases: Vec<String> = scope.iter().map(|s| s.database.clone()).collect();
+                (verify.globals_carried, verify.globals) =
+                    crate::verify::globals(
+                    &source,
+                    &target,
+                    &databases,
+                    !blue_green,
+                    &Default::default(),
+                )
+                .await?;
+            }
+            large_objects.insert(db.clone(), verified.large_objects.clone());
+            verify.databases.insert(db.clone(), verified);
+        }
         targets.push(target);
     }
-    // Large objects are not replicated: the follower copies them. A whole pass compares
-    // them too, once the objects written since its last pass are copied (the follower
-    // held off meanwhile).
-    let mut large_objects = std::collections::BTreeMap::new();
-    if tables.is_none() {
-        let _gate = crate::follow::PassGate::hold(journal.home(), name, Duration::from_secs(60));
-        for (stream, target) in scope.iter().zip(&targets) {
-            let source = connect_source_db(platform, &spec, &stream.database).await?;
-            large_objects.insert(
-                stream.database.clone(),
-                compare_large_objects(&source, target, !blue_green).await?,
-            );
-        }
+    if let Some(v) = verified_all.as_mut() {
+        v.finish(verify_started, normalised);
     }
     let report = ValidationReport {
         rows: reports.iter().map(|r| r.rows).sum(),
@@ -1343,13 +1302,14 @@ pub async fn validate<P: Platform>(
         clean: reports.iter().all(|r| {
             matches!(r.state, TableState::Validated)
                 || (r.state == TableState::NoPrimaryKey && r.mismatched_rows == 0)
-        }) && large_objects.values().all(|l| l.differing.is_empty()),
+        }) && verified_all.as_ref().is_none_or(|v| v.clean),
         large_objects,
         source_lock_max_ms: reports.iter().map(|r| r.source_lock_ms).fold(0.0, f64::max),
         tables: reports,
         horizons,
         ddl_seen,
         ddl_vouched,
+        verify: verified_all,
     };
     // Rows of the tables compared that changed before this pass began were covered by it;
     // the other tables' changes stay for the cutover's final check.
@@ -1377,38 +1337,46 @@ pub async fn validate<P: Platform>(
     Ok(report)
 }
 
-/// Compares the large objects of `source` and `target` (one database each); where they
-/// differ and `copy` allows, copies them first and compares again.
-async fn compare_large_objects(
-    source: &Client,
+/// How long validation waits by default for a table the subscription is still copying.
+pub const COPY_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether table `table` (`schema.table`) has been copied by subscription `slot` of the
+/// connected target (its state `ready` or `synchronized`); waits for it up to
+/// `wait`, telling `progress`. False when it is still copying then (or not yet
+/// subscribed: the follower refreshes the subscription).
+async fn copied(
     target: &Client,
-    copy: bool,
-) -> Result<LargeObjectsCompared, EngineError> {
-    use pgseal_pg::large_objects as lo;
-    let read = async || {
-        let s = lo::inventory(source)
+    slot: &str,
+    wait: Duration,
+    table: &str,
+    shown: &str,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+) -> Result<bool, EngineError> {
+    let started = Instant::now();
+    loop {
+        let state: Option<String> = target
+            .query_opt(
+                "SELECT r.srsubstate::text FROM pg_subscription_rel r \
+                 JOIN pg_subscription s ON s.oid = r.srsubid \
+                 WHERE s.subslotname = $1 AND r.srrelid = to_regclass($2)",
+                &[&slot, &qualified(table)],
+            )
             .await
-            .map_err(sql("source", "reading the large objects"))?;
-        let t = lo::inventory(target)
-            .await
-            .map_err(sql("target", "reading the large objects"))?;
-        Ok::<_, EngineError>((s, t))
-    };
-    let (mut s, mut t) = read().await?;
-    let mut copied_first = 0;
-    if copy && !lo::compare(&s, &t).is_empty() {
-        let (report, _) = lo::sync(source, target)
-            .await
-            .map_err(sql("target", "copying the large objects"))?;
-        copied_first = report.copied;
-        (s, t) = read().await?;
+            .map_err(sql("target", "reading the table's copy state"))?
+            .map(|r| r.get(0));
+        if matches!(state.as_deref(), Some("r" | "s")) {
+            return Ok(true);
+        }
+        let waited = started.elapsed();
+        if waited >= wait {
+            return Ok(false);
+        }
+        progress(Progress::Copying {
+            table: shown,
+            waited: waited.as_secs(),
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Ok(LargeObjectsCompared {
-        source: s.len(),
-        target: t.len(),
-        copied_first,
-        differing: lo::compare(&s, &t),
-    })
 }
 
 /// Every table of the connected database the platform's replication carries: ordinary
@@ -1425,26 +1393,6 @@ pub(crate) async fn user_tables(source: &Client) -> Result<Vec<String>, EngineEr
         )
         .await
         .map_err(sql("source", "listing tables"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// The source's logical slots of the connected database that are not pgseal's: the
-/// platform's replication into green.
-async fn platform_slots(source: &Client) -> Result<Vec<String>, EngineError> {
-    let rows = source
-        .query(
-            "SELECT slot_name::text FROM pg_replication_slots \
-             WHERE slot_type = 'logical' AND database = current_database() \
-               AND slot_name NOT LIKE 'pgseal%' ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(sql("source", "listing the replication slots"))?;
-    if rows.is_empty() {
-        return Err(EngineError::Precondition(
-            "no logical replication slot of the platform's on the source: green is not replicating this database".into(),
-        ));
-    }
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 

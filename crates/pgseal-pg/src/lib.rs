@@ -7,10 +7,12 @@
 //!   (never the password).
 //! - [`replication`]: publications, logical slots, subscriptions and their origins.
 //! - [`schema`]: column-list fingerprints and the drift between two databases.
+//! - [`catalog`]: a fingerprint of a database's catalog, compared object by object.
 //! - [`globals`]: roles, memberships and database properties, compared and carried.
 //! - [`large_objects`]: large objects, compared and copied object by object.
 //! - [`ddl`]: DDL captured on one side and replayed on the other.
 
+pub mod catalog;
 pub mod connect;
 pub mod ddl;
 pub mod globals;

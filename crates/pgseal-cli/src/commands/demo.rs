@@ -324,6 +324,7 @@ fn story(
             &journal,
             &names.migration,
             None,
+            pgseal_core::validate::COPY_WAIT,
             &|_: pgseal_core::validate::Progress<'_>| {},
         ))?;
         let (compared, mismatched) = (validation.rows, validation.mismatched_rows);

@@ -89,7 +89,17 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
         } => status(ctx, name, *watch, *interval, *max_slot_retention),
         MigrateCommand::List => list(ctx),
         MigrateCommand::Report { name, output } => report(ctx, name, output.as_deref()),
-        MigrateCommand::Validate { name, tables } => validate(ctx, name, tables.as_deref()),
+        MigrateCommand::Validate {
+            name,
+            tables,
+            wait_for_copies,
+        } => validate(
+            ctx,
+            name,
+            tables.as_deref(),
+            std::time::Duration::from_secs(*wait_for_copies),
+        ),
+        MigrateCommand::Verify { name } => verify(ctx, name),
         MigrateCommand::Ddl {
             name,
             skip,
@@ -991,17 +1001,45 @@ fn ddl(
     Ok(exit::code(exit::OK))
 }
 
-fn validate(ctx: &Context, name: &str, tables: Option<&[String]>) -> Outcome {
+fn validate(
+    ctx: &Context,
+    name: &str,
+    tables: Option<&[String]>,
+    copy_wait: std::time::Duration,
+) -> Outcome {
     let journal = Journal::open(&ctx.home)?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
-    let report = run_validation(ctx, &runtime, &platform, &journal, name, tables)?;
+    let report = run_validation(ctx, &runtime, &platform, &journal, name, tables, copy_wait)?;
     if ctx.json {
         print_json(&report)?;
     } else {
         print!(
             "{}",
             output::terminal_safe(&output::migrate::validation(name, &report))
+        );
+    }
+    Ok(exit::code(if report.clean {
+        exit::OK
+    } else {
+        exit::VERIFY_FAILED
+    }))
+}
+
+fn verify(ctx: &Context, name: &str) -> Outcome {
+    let journal = Journal::open(&ctx.home)?;
+    let runtime = runtime()?;
+    let platform = platform(ctx, &runtime, &journal, name, false)?;
+    let progress = |db: &str| ctx.status(format!("verifying {db}"));
+    let report = runtime.block_on(pgseal_core::verify::verify(
+        &platform, &journal, name, &progress,
+    ))?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        print!(
+            "{}",
+            output::terminal_safe(&output::migrate::verification(name, &report))
         );
     }
     Ok(exit::code(if report.clean {
@@ -1020,6 +1058,7 @@ fn run_validation(
     journal: &Journal,
     name: &str,
     tables: Option<&[String]>,
+    copy_wait: std::time::Duration,
 ) -> anyhow::Result<pgseal_core::validate::ValidationReport> {
     use pgseal_core::validate::Progress;
     use std::io::IsTerminal;
@@ -1051,10 +1090,17 @@ fn run_validation(
             }
             ctx.status(output::migrate::validated_table(t));
         }
+        Progress::Copying { table, waited } => {
+            if waited % 10 == 0 {
+                ctx.status(format!(
+                    "{table}: still being copied by the subscription, waiting ({waited} s of 60)"
+                ));
+            }
+        }
         Progress::Table { .. } => {}
     };
     Ok(runtime.block_on(pgseal_core::validate::validate(
-        platform, journal, name, tables, &progress,
+        platform, journal, name, tables, copy_wait, &progress,
     ))?)
 }
 
@@ -1087,7 +1133,15 @@ fn revalidate_after_ddl(
         .flat_map(pgseal_core::ddl::DdlSinceValidation::qualified_tables)
         .collect();
     ctx.status(output::migrate::revalidating(&since));
-    let report = run_validation(ctx, runtime, platform, journal, name, Some(&tables))?;
+    let report = run_validation(
+        ctx,
+        runtime,
+        platform,
+        journal,
+        name,
+        Some(&tables),
+        pgseal_core::validate::COPY_WAIT,
+    )?;
     ctx.status(format!(
         "compared again: {} table(s), {} row(s), {} mismatched",
         report.tables.len(),

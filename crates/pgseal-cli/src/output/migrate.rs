@@ -268,6 +268,22 @@ pub fn validation(name: &str, report: &ValidationReport) -> String {
             }
         );
     }
+    let copying: Vec<&str> = report
+        .tables
+        .iter()
+        .filter(|t| t.state == pgseal_core::validate::TableState::Copying)
+        .map(|t| t.table.as_str())
+        .collect();
+    if !copying.is_empty() {
+        outln!(
+            out,
+            "still being copied, not comparable yet: {} (validate again once `pgseal migrate status` shows them copied)",
+            copying.join(", ")
+        );
+    }
+    if let Some(v) = &report.verify {
+        out.push_str(&verification(name, v));
+    }
     outln!(
         out,
         "validation of {name}: {} rows in {} tables compared in {:.1} s, {} mismatched: {}",
@@ -275,6 +291,58 @@ pub fn validation(name: &str, report: &ValidationReport) -> String {
         report.tables.len(),
         report.seconds,
         report.mismatched_rows,
+        if report.clean { "clean" } else { "NOT clean" }
+    );
+    out
+}
+
+/// `migrate verify`'s result: each difference with both sides' definitions, what was
+/// carried first, sequences behind, normalisations, and a summary line.
+pub fn verification(name: &str, report: &pgseal_core::verify::VerifyReport) -> String {
+    let mut out = String::new();
+    for g in &report.globals_carried {
+        outln!(out, "carried first (the follower had not yet): {g}");
+    }
+    for g in &report.globals {
+        outln!(out, "differs: {g}");
+    }
+    for (db, v) in &report.databases {
+        for d in &v.differences {
+            outln!(out, "{db}: {} {}", d.category.label(), d.object);
+            outln!(out, "  source: {}", d.source.as_deref().unwrap_or("(none)"));
+            outln!(out, "  target: {}", d.target.as_deref().unwrap_or("(none)"));
+        }
+        for l in &v.large_objects.carried {
+            outln!(out, "{db}: large object {} {}: copied first", l.oid, l.what);
+        }
+        for l in &v.large_objects.differing {
+            outln!(out, "{db}: large object {} {}", l.oid, l.what);
+        }
+        for sq in &v.sequences_behind {
+            outln!(
+                out,
+                "{db}: sequence {} at {} on the source, {} on the target{}",
+                sq.sequence,
+                sq.source,
+                sq.target.map_or("unused".to_string(), |t| t.to_string()),
+                if v.sequences_count {
+                    ""
+                } else {
+                    " (the cutover sets it)"
+                }
+            );
+        }
+    }
+    for n in &report.normalised {
+        outln!(out, "normalised (the sides run different major versions): {n}");
+    }
+    let objects: usize = report.databases.values().map(|v| v.objects).sum();
+    outln!(
+        out,
+        "verification of {name}: {objects} objects in {} database(s) compared in {:.1} s, {} difference(s): {}",
+        report.databases.len(),
+        report.seconds,
+        report.differences,
         if report.clean { "clean" } else { "NOT clean" }
     );
     out
