@@ -298,6 +298,19 @@ fn a_default_the_target_cannot_reproduce_stops_the_apply_until_the_user_applies_
     let status = h.run(&["migrate", "status", "d2"]);
     let text = String::from_utf8_lossy(&status.stdout).to_string();
     assert!(text.contains(&format!("--apply {id}")), "{text}");
+    // Validation names the statement at once, instead of waiting on every table.
+    let asked = Instant::now();
+    let out = h.run(&["migrate", "validate", "d2"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && said.contains(&format!("--apply {id}")),
+        "{said}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         tgt.count("SELECT count(*) FROM t"),

@@ -32,7 +32,10 @@ pub(crate) enum Follower {
 
 /// Commits a barrier on `session` with `synchronous_commit = on`: its commit is flushed,
 /// and with it every earlier commit, asynchronous ones included, and the walsenders wake.
-pub(crate) async fn commit_barrier(session: &Client, role: &'static str) -> Result<(), EngineError> {
+pub(crate) async fn commit_barrier(
+    session: &Client,
+    role: &'static str,
+) -> Result<(), EngineError> {
     session
         .batch_execute(
             "SET synchronous_commit = on; \
@@ -51,7 +54,10 @@ pub(crate) fn stopped_message(migration: &str, database: &str, captured: &Captur
          or `--skip {id}` to leave it out",
         id = captured.id,
         tag = captured.command_tag,
-        verdict = captured.verdict.as_deref().unwrap_or("not replayed by itself"),
+        verdict = captured
+            .verdict
+            .as_deref()
+            .unwrap_or("not replayed by itself"),
     )
 }
 
@@ -125,7 +131,10 @@ impl<'a> CatchUp<'a> {
 
     /// Why the target will not catch up, if it will not: a captured statement the apply
     /// stops on (named, with the choices), or an apply worker failing since this began.
-    pub async fn stopped(&self, failing_since: Option<Instant>) -> Result<Option<String>, EngineError> {
+    pub async fn stopped(
+        &self,
+        failing_since: Option<Instant>,
+    ) -> Result<Option<String>, EngineError> {
         if let Follower::Stream { slot } = &self.follower
             && self
                 .target
@@ -170,7 +179,13 @@ impl<'a> CatchUp<'a> {
         let mut failing_since = None;
         let mut next_look = Instant::now();
         loop {
-            if self.received(lsn, (Instant::now() + Duration::from_millis(500)).min(deadline)).await? {
+            if self
+                .received(
+                    lsn,
+                    (Instant::now() + Duration::from_millis(500)).min(deadline),
+                )
+                .await?
+            {
                 return Ok(());
             }
             if Instant::now() >= next_look {

@@ -488,10 +488,19 @@ async fn check<P: Platform, S: Switch>(
         }
     }
     match journal.outputs(name, Step::Validate)? {
-        Some(last) if !crate::validate::lets_cutover(&last) => failed.push(format!(
-            "the last validation found {} mismatched row(s) or a table it could not compare; `pgseal migrate validate {name}` again once fixed",
-            last["mismatched_rows"],
-        )),
+        Some(last) if !crate::validate::lets_cutover(&last) => failed.push(
+            match serde_json::from_value::<crate::verify::VerifyReport>(last["verify"].clone()) {
+                Ok(v) if !v.clean => format!(
+                    "the last validation's verification found {} difference(s) between the catalogs: {}; `pgseal migrate verify {name}` shows both sides, validate again once fixed",
+                    v.differences,
+                    v.lines().join("; ")
+                ),
+                _ => format!(
+                    "the last validation found {} mismatched row(s) or a table it could not compare; `pgseal migrate validate {name}` again once fixed",
+                    last["mismatched_rows"],
+                ),
+            },
+        ),
         // The final check compares only rows the target's change log names: without the
         // log (an earlier cutover that failed after dropping it), it would compare nothing.
         Some(last) if st.migration.phase == Phase::Replicating => {
@@ -965,7 +974,13 @@ async fn verify_before_pause(
     sources: &[Client],
     targets: &[Client],
     options: &pgseal_pg::globals::DiffOptions,
-) -> Result<(crate::verify::VerifyReport, std::collections::BTreeMap<String, i64>), EngineError> {
+) -> Result<
+    (
+        crate::verify::VerifyReport,
+        std::collections::BTreeMap<String, i64>,
+    ),
+    EngineError,
+> {
     let started = Instant::now();
     let mut report = crate::verify::VerifyReport::default();
     let mut checked = std::collections::BTreeMap::new();
@@ -1059,7 +1074,14 @@ pub async fn cutover<P: Platform, S: Switch>(
         let (carried, baseline) = crate::carry::before_pause(&carry_sides).await?;
         // The catalog and what no row comparison sees, verified before anything pauses;
         // inside the pause, again where DDL ran since.
-        let (verified, checked) = verify_before_pause(name, &streams, &sources.clients, &targets.clients, &carrying).await?;
+        let (verified, checked) = verify_before_pause(
+            name,
+            &streams,
+            &sources.clients,
+            &targets.clients,
+            &carrying,
+        )
+        .await?;
         Ok::<_, EngineError>((ready, carried, baseline, verified, checked))
     };
     let (baseline, checked) = match before_pause.await {

@@ -101,12 +101,23 @@ fn verified(v: &serde_json::Value) -> Option<Verified> {
                 x["object"].as_str().unwrap_or_default()
             ));
         }
-        for l in d["large_objects"]["differing"].as_array().into_iter().flatten() {
-            named.push(format!("{db}: large object {} {}", l["oid"], l["what"].as_str().unwrap_or_default()));
+        for l in d["large_objects"]["differing"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            named.push(format!(
+                "{db}: large object {} {}",
+                l["oid"],
+                l["what"].as_str().unwrap_or_default()
+            ));
         }
     }
     Some(Verified {
-        objects: dbs.values().map(|d| d["objects"].as_u64().unwrap_or(0)).sum(),
+        objects: dbs
+            .values()
+            .map(|d| d["objects"].as_u64().unwrap_or(0))
+            .sum(),
         differences: v["differences"].as_u64().unwrap_or(0),
         named,
         normalised: v["normalised"]

@@ -210,7 +210,10 @@ impl ValidationReport {
     pub fn journaled(&self) -> ValidationReport {
         ValidationReport {
             tables: self.tables.iter().map(TableReport::journaled).collect(),
-            verify: self.verify.as_ref().map(crate::verify::VerifyReport::journaled),
+            verify: self
+                .verify
+                .as_ref()
+                .map(crate::verify::VerifyReport::journaled),
             ..self.clone()
         }
     }
@@ -1153,9 +1156,9 @@ pub async fn validate<P: Platform>(
         let source_aux = connect_source_db(platform, &spec, db).await?;
         let follower = if blue_green {
             {
-            crate::catch_up::platform_slots(&source_aux).await?;
-            Follower::Platform
-        }
+                crate::catch_up::platform_slots(&source_aux).await?;
+                Follower::Platform
+            }
         } else {
             Follower::Stream {
                 slot: stream.name.clone(),
@@ -1180,16 +1183,15 @@ pub async fn validate<P: Platform>(
                     None => Some(t.clone()),
                 })
                 .collect(),
-            None if blue_green => user_tables(&source).await?,
-            None => replication::published_tables(&source, &stream.name)
-                .await
-                .map_err(sql("source", "listing published tables"))?,
+            None => {
+                comparable_tables(&source, (!blue_green).then_some(stream.name.as_str())).await?
+            }
         };
         // pgseal's own tables (the captured DDL, the user's decisions on it) are not the
         // user's: they are not validated.
         let listed: Vec<String> = listed
             .into_iter()
-            .filter(|t| !t.starts_with("pgseal_ddl."))
+            .filter(|t| replication::split_qualified(t).0 != "pgseal_ddl")
             .collect();
         if tables.is_some() {
             let since = previous
@@ -1232,7 +1234,9 @@ pub async fn validate<P: Platform>(
                 estimated_rows,
             });
             let copied = match &sides.catch_up.follower {
-                Follower::Stream { slot } => copied(&target, slot, copy_wait, t, &shown, progress).await?,
+                Follower::Stream { slot } => {
+                    copied(&target, slot, copy_wait, t, &shown, progress).await?
+                }
                 Follower::Platform => true,
             };
             let outcome = if copied {
@@ -1277,8 +1281,7 @@ pub async fn validate<P: Platform>(
             let verify = verified_all.get_or_insert_with(crate::verify::VerifyReport::default);
             if verify.databases.is_empty() {
                 let databases: Vec<String> = scope.iter().map(|s| s.database.clone()).collect();
-                (verify.globals_carried, verify.globals) =
-                    crate::verify::globals(
+                (verify.globals_carried, verify.globals) = crate::verify::globals(
                     &source,
                     &target,
                     &databases,
@@ -1379,16 +1382,53 @@ async fn copied(
     }
 }
 
+/// The tables a whole pass compares, as SQL writes their names (`"Shop. ünï"."Orders"`:
+/// a schema or table name may hold a dot): those publication `publication` publishes, or
+/// (blue/green, without one) [`user_tables`].
+async fn comparable_tables(
+    source: &Client,
+    publication: Option<&str>,
+) -> Result<Vec<String>, EngineError> {
+    let rows = match publication {
+        Some(publication) => {
+            source
+                .query(
+                    "SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables \
+                     WHERE pubname = $1 ORDER BY 1",
+                    &[&publication],
+                )
+                .await
+        }
+        None => {
+            source
+                .query(
+                    &format!(
+                        "SELECT format('%I.%I', n.nspname, c.relname) {USER_TABLES} ORDER BY 1"
+                    ),
+                    &[],
+                )
+                .await
+        }
+    };
+    Ok(rows
+        .map_err(sql("source", "listing published tables"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// `FROM ... WHERE` of the tables the platform's replication carries.
+const USER_TABLES: &str = "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgseal_validate') \
+       AND n.nspname NOT LIKE 'pg\\_%'";
+
 /// Every table of the connected database the platform's replication carries: ordinary
 /// and partitioned tables outside the system schemas and pgseal's own, as `schema.table`.
 pub(crate) async fn user_tables(source: &Client) -> Result<Vec<String>, EngineError> {
     let rows = source
         .query(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition \
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgseal_validate') \
-               AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1",
+            &format!("SELECT n.nspname || '.' || c.relname {USER_TABLES} ORDER BY 1"),
             &[],
         )
         .await
@@ -1496,7 +1536,8 @@ pub async fn drop_change_log(target: &Client) -> Result<(), EngineError> {
 /// every row that could not be settled was changed after the pass began, so the target's
 /// change log names it, and the final check compares it with the source fenced.
 pub fn lets_cutover(outputs: &serde_json::Value) -> bool {
-    outputs["mismatched_rows"] == 0
+    outputs["verify"]["clean"] != false
+        && outputs["mismatched_rows"] == 0
         && outputs["tables"].as_array().is_some_and(|t| {
             t.iter()
                 .all(|t| t["state"] != "error" && t["state"] != "mismatched")
@@ -1635,7 +1676,7 @@ pub async fn final_check(
     let groups = target
         .query(
             &format!(
-                "SELECT n.nspname || '.' || c.relname, \
+                "SELECT format('%I.%I', n.nspname, c.relname), \
                         (jsonb_agg(DISTINCT l.key) FILTER (WHERE l.key IS NOT NULL))::text, bool_or(l.key IS NULL) \
                  FROM {CHANGE_LOG} l JOIN pg_class c ON c.oid = l.tbl \
                  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE l.id > $1 GROUP BY 1"

@@ -144,9 +144,12 @@ impl VerifyReport {
                 };
                 format!("{db}: {} {}: {what}", d.category.label(), d.object)
             }));
-            out.extend(v.large_objects.differing.iter().map(|l| {
-                format!("{db}: large object {}: {}", l.oid, l.what)
-            }));
+            out.extend(
+                v.large_objects
+                    .differing
+                    .iter()
+                    .map(|l| format!("{db}: large object {}: {}", l.oid, l.what)),
+            );
             if v.sequences_count {
                 out.extend(v.sequences_behind.iter().map(|s| {
                     format!(
@@ -161,13 +164,21 @@ impl VerifyReport {
         out
     }
 
-    pub(crate) fn finish(&mut self, started: Instant, normalised: std::collections::BTreeSet<Normalisation>) {
+    pub(crate) fn finish(
+        &mut self,
+        started: Instant,
+        normalised: std::collections::BTreeSet<Normalisation>,
+    ) {
         self.normalised = normalised
             .into_iter()
             .map(|n| n.describe().to_string())
             .collect();
-        self.differences =
-            self.globals.len() + self.databases.values().map(DatabaseVerified::counted).sum::<usize>();
+        self.differences = self.globals.len()
+            + self
+                .databases
+                .values()
+                .map(DatabaseVerified::counted)
+                .sum::<usize>();
         self.clean = self.differences == 0;
         self.seconds = started.elapsed().as_secs_f64();
     }
@@ -214,7 +225,8 @@ pub(crate) async fn database(
         }
         let dst = side(target, "target").await?;
         let (differences, used) = catalog::compare(&src, &dst);
-        let settled = differences.is_empty() || catch_up.is_none() || side(source, "source").await? == src;
+        let settled =
+            differences.is_empty() || catch_up.is_none() || side(source, "source").await? == src;
         compared = Some((src.entries.len(), differences, used));
         if settled {
             break;
@@ -356,9 +368,9 @@ pub async fn verify<P: Platform>(
         let target = connect_to(platform, &target_name, db, "target").await?;
         let follower = if blue_green {
             {
-            crate::catch_up::platform_slots(&source_aux).await?;
-            Follower::Platform
-        }
+                crate::catch_up::platform_slots(&source_aux).await?;
+                Follower::Platform
+            }
         } else {
             Follower::Stream {
                 slot: stream.name.clone(),
@@ -376,8 +388,14 @@ pub async fn verify<P: Platform>(
         normalised.extend(used);
         report.databases.insert(db.clone(), verified);
         if stream.database == databases[0] {
-            (report.globals_carried, report.globals) =
-                globals(&source, &target, &databases, !blue_green, &Default::default()).await?;
+            (report.globals_carried, report.globals) = globals(
+                &source,
+                &target,
+                &databases,
+                !blue_green,
+                &Default::default(),
+            )
+            .await?;
         }
     }
     report.finish(started, normalised);

@@ -105,7 +105,11 @@ async fn each_planted_difference_is_named_and_equal_schemas_compare_clean() {
         Category::Sequence,
         Category::MaterializedViewRows,
     ] {
-        assert!(categories.contains(&c), "{c:?} not read: {:#?}", source.entries);
+        assert!(
+            categories.contains(&c),
+            "{c:?} not read: {:#?}",
+            source.entries
+        );
     }
 
     // One difference per category, on the target only.
@@ -154,14 +158,21 @@ async fn each_planted_difference_is_named_and_equal_schemas_compare_clean() {
         r#"MaterializedViewRows materialized view "Shop. ünï".by_status"#,
         r#"Relation table "Shop. ünï".extra"#,
     ] {
-        assert!(named.iter().any(|n| n == expected), "{expected} not named in {named:#?}");
+        assert!(
+            named.iter().any(|n| n == expected),
+            "{expected} not named in {named:#?}"
+        );
     }
     let index = differences
         .iter()
         .find(|d| d.category == Category::Index)
         .unwrap();
     assert!(
-        index.source.as_deref().unwrap().starts_with("CREATE INDEX \"orders by status\" ON \"Shop. ünï\".\"Orders\""),
+        index
+            .source
+            .as_deref()
+            .unwrap()
+            .starts_with("CREATE INDEX \"orders by status\" ON \"Shop. ünï\".\"Orders\""),
         "{index:?}"
     );
     assert_eq!(index.target, None);
@@ -171,7 +182,11 @@ async fn each_planted_difference_is_named_and_equal_schemas_compare_clean() {
         .unwrap();
     assert!(
         default.source.as_deref().unwrap().contains("default 'new'")
-            && default.target.as_deref().unwrap().contains("default 'paid'"),
+            && default
+                .target
+                .as_deref()
+                .unwrap()
+                .contains("default 'paid'"),
         "{default:?}"
     );
 

@@ -25,9 +25,7 @@ pub const SESSION: &str = "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD
      SET max_parallel_workers_per_gather = 0";
 
 /// What kind of object an entry of a [`Fingerprint`] is.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     /// A schema: owner and privileges.
@@ -455,7 +453,10 @@ fn queries() -> Vec<(Category, String)> {
 /// (see [`crate::connect_pinned`]) for names to read the same on both sides.
 pub async fn read(client: &Client) -> Result<Fingerprint, tokio_postgres::Error> {
     let major: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+        .query_one(
+            "SELECT current_setting('server_version_num')::int / 10000",
+            &[],
+        )
         .await?
         .get(0);
     let mut entries = BTreeMap::new();
@@ -651,7 +652,10 @@ fn is_word(c: char) -> bool {
 /// Compares two fingerprints (with any [`materialized_view_rows`] added to their
 /// entries): every object that differs, and the normalisations applied because the sides
 /// run different major versions (none when they run the same).
-pub fn compare(source: &Fingerprint, target: &Fingerprint) -> (Vec<Difference>, Vec<Normalisation>) {
+pub fn compare(
+    source: &Fingerprint,
+    target: &Fingerprint,
+) -> (Vec<Difference>, Vec<Normalisation>) {
     let across = source.major != target.major;
     let mut used = std::collections::BTreeSet::new();
     let mut normal = |category: Category, definition: &str| -> String {
@@ -659,8 +663,14 @@ pub fn compare(source: &Fingerprint, target: &Fingerprint) -> (Vec<Difference>, 
             return definition.to_string();
         }
         let (rule, out) = match category {
-            Category::Relation => (Normalisation::MaintainPrivilege, without_maintain(definition)),
-            Category::View => (Normalisation::ViewQualifiers, without_qualifiers(definition)),
+            Category::Relation => (
+                Normalisation::MaintainPrivilege,
+                without_maintain(definition),
+            ),
+            Category::View => (
+                Normalisation::ViewQualifiers,
+                without_qualifiers(definition),
+            ),
             Category::Extension => (
                 Normalisation::ExtensionVersions,
                 definition
@@ -703,7 +713,9 @@ mod tests {
     #[test]
     fn maintain_is_left_out_of_privileges_only() {
         assert_eq!(
-            without_maintain("owner maria; persistence p; privileges maria=arwdDxtm/maria,app=r/maria"),
+            without_maintain(
+                "owner maria; persistence p; privileges maria=arwdDxtm/maria,app=r/maria"
+            ),
             "owner maria; persistence p; privileges maria=arwdDxt/maria,app=r/maria"
         );
         assert_eq!(
@@ -715,7 +727,9 @@ mod tests {
     #[test]
     fn qualifiers_go_literals_stay() {
         assert_eq!(
-            without_qualifiers(" SELECT o.id, \"my t\".\"a.b\" FROM public.orders o WHERE o.note = 'x.y'"),
+            without_qualifiers(
+                " SELECT o.id, \"my t\".\"a.b\" FROM public.orders o WHERE o.note = 'x.y'"
+            ),
             " SELECT id, \"a.b\" FROM orders o WHERE note = 'x.y'"
         );
         assert_eq!(without_qualifiers("1.5 + a.b"), "1.5 + b");

@@ -885,7 +885,10 @@ pub async fn refresh(target: &Client, subscription: &str) -> Result<(), tokio_po
 /// The first statement captured in the connected `source` database that the apply on
 /// `target` stops on: one with a verdict (not replayed by itself) that has not arrived
 /// there and that the user has not decided on.
-pub async fn stopped(source: &Client, target: &Client) -> Result<Option<Captured>, tokio_postgres::Error> {
+pub async fn stopped(
+    source: &Client,
+    target: &Client,
+) -> Result<Option<Captured>, tokio_postgres::Error> {
     let captured = captured(source).await?;
     if captured.iter().all(|c| c.verdict.is_none()) {
         return Ok(None);

@@ -334,7 +334,10 @@ pub fn verification(name: &str, report: &pgseal_core::verify::VerifyReport) -> S
         }
     }
     for n in &report.normalised {
-        outln!(out, "normalised (the sides run different major versions): {n}");
+        outln!(
+            out,
+            "normalised (the sides run different major versions): {n}"
+        );
     }
     let objects: usize = report.databases.values().map(|v| v.objects).sum();
     outln!(
