@@ -7,8 +7,13 @@
 //!    pgbench alone for as long: the longest time validation held a table locked on the
 //!    source (`source_lock_max_ms`, target <= 100 ms), false mismatches (target 0), and
 //!    pgbench's tps and average latency with and without validation;
-//! 4. the same with 10 scattered rows changed on the target behind replication's back
-//!    (target <= 1.1x the clean run, all 10 found).
+//! 4. the same with 10 scattered rows changed on the target behind replication's back,
+//!    alternating with clean runs of the pair in the same state (the rows changed back):
+//!    target <= 1.1x the clean runs, all 10 found;
+//! 5. `pgseal migrate verify` (the catalogs and what no row comparison sees) of the same
+//!    pair, and of a pair whose schema has 2,000 tables (each with a key, an index, a
+//!    default and a comment), against `pg_dump --schema-only` of both sides in parallel
+//!    (what a DBA would run to compare them by hand).
 //!
 //! Usage: `bench-validate [SCALE] [ROUNDS]` (default 50, 3), as root, from the workspace
 //! root. Run `bench/validate`.
@@ -52,6 +57,132 @@ fn floor(b: &Harness, a: &str, t: &str) -> anyhow::Result<Duration> {
         }
     }
     Ok(started.elapsed())
+}
+
+/// `pg_dump --schema-only` of both instances at once, output discarded.
+fn schema_dumps(b: &Harness, a: &str, t: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for instance in [a, t] {
+        children.push(
+            b.program("pg_dump")
+                .args(b.conn(instance)?)
+                .args(["-d", "postgres", "--schema-only"])
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+    }
+    for mut c in children {
+        if !c.wait()?.success() {
+            bail!("pg_dump --schema-only failed");
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// `migrate verify NAME`, which must be clean; its time and object count.
+fn verify(b: &Harness, name: &str) -> anyhow::Result<(Duration, u64)> {
+    let started = Instant::now();
+    let out = b.pgseal(&["migrate", "verify", name, "--json"]).output()?;
+    let elapsed = started.elapsed();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).to_string())?;
+    if report["clean"] != true {
+        bail!("a clean pair did not verify clean: {report}");
+    }
+    let objects = report["databases"]["postgres"]["objects"]
+        .as_u64()
+        .unwrap_or(0);
+    Ok((elapsed, objects))
+}
+
+/// Alternating rounds of `migrate verify NAME` and the pg_dump floor: medians of each, and
+/// the objects compared.
+fn verify_rounds(
+    b: &Harness,
+    name: &str,
+    source: &str,
+    target: &str,
+    rounds: usize,
+) -> anyhow::Result<(Duration, Duration, u64)> {
+    let (mut dumps, mut verifies, mut objects) = (vec![], vec![], 0);
+    for round in 0..rounds {
+        for turn in 0..2 {
+            if (round + turn) % 2 == 0 {
+                dumps.push(schema_dumps(b, source, target)?);
+            } else {
+                let (t, n) = verify(b, name)?;
+                verifies.push(t);
+                objects = n;
+            }
+        }
+    }
+    Ok((median(verifies), median(dumps), objects))
+}
+
+/// A second pair whose schema has 2,000 tables, migrated as `w`.
+fn wide_pair(b: &Harness) -> anyhow::Result<()> {
+    b.json(&[
+        "instance",
+        "create",
+        "wide-src",
+        "--storage",
+        "1GiB",
+        "--param",
+        "wal_level=logical",
+    ])?;
+    // One statement at a time (`psql -f -` commits each): 2,000 tables in one transaction
+    // would need more locks than a default server has.
+    let mut script = String::from("CREATE SCHEMA wide;\n");
+    for i in 1..=2000 {
+        script.push_str(&format!(
+            "CREATE TABLE wide.t{i} (id int PRIMARY KEY, v text DEFAULT 'x', at timestamptz);\n\
+             CREATE INDEX ON wide.t{i} (at);\n\
+             COMMENT ON TABLE wide.t{i} IS 'table {i}';\n"
+        ));
+    }
+    let mut psql = b
+        .program("psql")
+        .args(b.conn("wide-src")?)
+        .args(["-d", "postgres", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        psql.stdin
+            .take()
+            .context("psql's stdin")?
+            .write_all(script.as_bytes())?;
+    }
+    let out = psql.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "making 2,000 tables: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = b
+        .pgseal(&[
+            "migrate",
+            "start",
+            "--source",
+            "wide-src",
+            "--target",
+            "wide-enc",
+            "--name",
+            "w",
+            "--no-follow",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "migrate start (wide): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 fn validate(b: &Harness) -> anyhow::Result<(Duration, serde_json::Value)> {
@@ -103,10 +234,14 @@ fn main() -> anyhow::Result<()> {
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let result = run(&b, scale, rounds);
-    let _ = b.pgseal(&["migrate", "abort", "v"]).output();
-    let _ = b
-        .pgseal(&["instance", "delete", "val-src", "--yes"])
-        .output();
+    for name in ["v", "w"] {
+        let _ = b.pgseal(&["migrate", "abort", name]).output();
+    }
+    for instance in ["val-src", "wide-src"] {
+        let _ = b
+            .pgseal(&["instance", "delete", instance, "--yes"])
+            .output();
+    }
     result
 }
 
@@ -156,6 +291,8 @@ fn run(b: &Harness, scale: u32, rounds: usize) -> anyhow::Result<()> {
         }
     }
     let (floor, clean) = (median(t_floor), median(t_clean));
+    let (verify_pgbench, dump_pgbench, objects_pgbench) =
+        verify_rounds(b, "v", "val-src", "val-enc", rounds)?;
     // Under writes: pgbench alone, then pgbench while validation runs, for as long.
     let seconds = (clean.as_secs_f64() * rounds as f64 + 2.0).ceil() as u32;
     let alone = pgbench(b, seconds)?.wait_with_output()?;
@@ -176,33 +313,43 @@ fn run(b: &Harness, scale: u32, rounds: usize) -> anyhow::Result<()> {
     }
     let beside = writer.wait_with_output()?;
     let (alone, beside) = (pgbench_figures(&alone)?, pgbench_figures(&beside)?);
-    // Ten scattered rows changed on the target, replication bypassed.
+    // Ten scattered rows changed on the target, replication bypassed, and changed back:
+    // clean and dirty runs alternate on the pair in the same state (after the writes).
     let accounts = i64::from(scale) * 100_000;
     let ids: Vec<String> = (0..10)
         .map(|i| (1 + i * accounts / 10 + 7).to_string())
         .collect();
-    let out = b
-        .program("psql")
-        .args(b.conn("val-enc")?)
-        .args([
-            "-d",
-            "postgres",
-            "-c",
-            &format!(
-                "SET session_replication_role = replica; UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN ({})",
-                ids.join(", ")
-            ),
-        ])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "planting differences: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let mut t_dirty = vec![];
+    let plant = |delta: i32| -> anyhow::Result<()> {
+        let out = b
+            .program("psql")
+            .args(b.conn("val-enc")?)
+            .args([
+                "-d",
+                "postgres",
+                "-c",
+                &format!(
+                    "SET session_replication_role = replica; UPDATE pgbench_accounts SET abalance = abalance + ({delta}) WHERE aid IN ({})",
+                    ids.join(", ")
+                ),
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "planting differences: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let (mut t_dirty, mut t_settled) = (vec![], vec![]);
     let mut found = 0;
     for _ in 0..rounds {
+        let (t, report) = validate(b)?;
+        if report["clean"] != true {
+            bail!("the pair did not validate clean after the writes: {report}");
+        }
+        t_settled.push(t);
+        plant(1)?;
         let (t, report) = validate(b)?;
         found = report["tables"]
             .as_array()
@@ -212,8 +359,13 @@ fn run(b: &Harness, scale: u32, rounds: usize) -> anyhow::Result<()> {
             .and_then(|t| t["different"].as_array().map(Vec::len))
             .unwrap_or(0);
         t_dirty.push(t);
+        plant(-1)?;
     }
+    let settled = median(t_settled);
     let dirty = median(t_dirty);
+    wide_pair(b)?;
+    let (verify_wide, dump_wide, objects_wide) =
+        verify_rounds(b, "w", "wide-src", "wide-enc", rounds)?;
     let per_side = rows as f64 / clean.as_secs_f64();
     println!(
         "validate benchmark: pgbench scale {scale} pair ({rows} rows a side), medians of {rounds} rounds"
@@ -240,17 +392,39 @@ fn run(b: &Harness, scale: u32, rounds: usize) -> anyhow::Result<()> {
         beside.1
     );
     println!(
-        "  migrate validate, 10 scattered differences           {:>7.2} s  ratio {:.2} to clean (target <= 1.1); found {found} of 10",
+        "  migrate validate, 10 scattered differences           {:>7.2} s  ratio {:.2} to a clean run in the same state ({:.2} s; target <= 1.1); found {found} of 10",
         dirty.as_secs_f64(),
-        dirty.as_secs_f64() / clean.as_secs_f64()
+        dirty.as_secs_f64() / settled.as_secs_f64(),
+        settled.as_secs_f64()
     );
+    for (what, v, d, n) in [
+        (
+            "pgbench pair",
+            verify_pgbench,
+            dump_pgbench,
+            objects_pgbench,
+        ),
+        ("2,000 tables", verify_wide, dump_wide, objects_wide),
+    ] {
+        println!(
+            "  migrate verify, {what} ({n:>6} objects)      {:>7.2} s  ratio {:.2} to pg_dump --schema-only of both sides ({:.2} s)",
+            v.as_secs_f64(),
+            v.as_secs_f64() / d.as_secs_f64(),
+            d.as_secs_f64()
+        );
+    }
     println!(
         "{}",
         serde_json::json!({
+            "verify": {
+                "pgbench": { "objects": objects_pgbench, "verify_s": verify_pgbench.as_secs_f64(), "schema_dumps_s": dump_pgbench.as_secs_f64() },
+                "wide": { "objects": objects_wide, "verify_s": verify_wide.as_secs_f64(), "schema_dumps_s": dump_wide.as_secs_f64() },
+            },
             "scale": scale, "rows": rows, "rounds": rounds,
             "floor_s": floor.as_secs_f64(), "clean_s": clean.as_secs_f64(), "dirty_s": dirty.as_secs_f64(),
             "clean_to_floor": clean.as_secs_f64() / floor.as_secs_f64(),
-            "dirty_to_clean": dirty.as_secs_f64() / clean.as_secs_f64(),
+            "settled_clean_s": settled.as_secs_f64(),
+            "dirty_to_clean": dirty.as_secs_f64() / settled.as_secs_f64(),
             "rows_per_s_per_side": per_side, "found": found,
             "under_writes": {
                 "passes": passes, "source_lock_max_ms": lock_max,

@@ -353,6 +353,8 @@ an endpoint or named at cutover.
   status   phase, step history with timings, lag, WAL the slot holds on the source, apply
            errors, schema drift with the DDL to run on the target.
   list     every migration in the journal.
+  validate every table compared row by row while replication runs, and verify with it.
+  verify   both sides' catalogs and what no row comparison sees, object by object.
 
 Examples:
   pgseal migrate plan --source orders --key alias/orders

@@ -254,4 +254,11 @@ fn a_difference_in_each_category_is_named_refuses_the_cutover_and_passes_once_re
     assert!(started.elapsed() < Duration::from_secs(120));
     let report = h.json(&["migrate", "status", "v1"]);
     assert_eq!(report["migration"]["phase"], "cut_over");
+    // The report shows what the last validation's verification compared.
+    h.ok(&["migrate", "report", "v1"]);
+    let page = std::fs::read_to_string(h.path("home/migrations/v1/report.html")).unwrap();
+    assert!(
+        page.contains("Catalog verification with it: ") && page.contains("no difference"),
+        "{page}"
+    );
 }

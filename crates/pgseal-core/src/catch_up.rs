@@ -30,6 +30,24 @@ pub(crate) enum Follower {
     Platform,
 }
 
+impl Follower {
+    /// How the target follows `stream`'s database: pgseal's stream, or (blue/green) the
+    /// platform's replication, which must have its slots on the source (`source`).
+    pub(crate) async fn of(
+        source: &Client,
+        stream: &crate::stream::Stream,
+        blue_green: bool,
+    ) -> Result<Follower, EngineError> {
+        if blue_green {
+            platform_slots(source).await?;
+            return Ok(Follower::Platform);
+        }
+        Ok(Follower::Stream {
+            slot: stream.name.clone(),
+        })
+    }
+}
+
 /// Commits a barrier on `session` with `synchronous_commit = on`: its commit is flushed,
 /// and with it every earlier commit, asynchronous ones included, and the walsenders wake.
 pub(crate) async fn commit_barrier(

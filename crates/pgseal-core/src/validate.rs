@@ -29,10 +29,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::catch_up::{CatchUp, Follower};
-use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
+use crate::engine::{EngineError, connect_source_db, connect_to};
 use crate::journal::Journal;
 use crate::steps::{Step, Strategy};
-use crate::stream;
 
 /// Session settings applied on both sides, so row text does not depend on them.
 use pgseal_pg::catalog::SESSION;
@@ -617,12 +616,23 @@ async fn unlocked<T>(
     shape: &Shape,
     read: impl AsyncFn(&Client, &'static str) -> Result<T, EngineError>,
 ) -> Result<(T, T, Moved), EngineError> {
+    let started = Instant::now();
     let since = sides.log_position().await?;
     let source_side = read(sides.source, "source").await?;
+    let read_source = started.elapsed();
     let lsn = sides.catch_up.source_lsn(sides.source).await?;
     sides.catch_up.applied(lsn).await?;
+    let caught_up = started.elapsed();
     let target_side = read(sides.target, "target").await?;
-    Ok((source_side, target_side, sides.moved(shape, since).await?))
+    let moved = sides.moved(shape, since).await?;
+    tracing::debug!(
+        table = %shape.table,
+        read_source_ms = read_source.as_secs_f64() * 1e3,
+        caught_up_ms = caught_up.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "re-read a differing range"
+    );
+    Ok((source_side, target_side, moved))
 }
 
 /// Reads both sides at one point of the stream, for a difference unlocked reads could not
@@ -1109,18 +1119,7 @@ pub async fn validate<P: Platform>(
     let blue_green = spec.strategy == Strategy::BlueGreen;
     // What each database is compared with: pgseal's streams, or (blue/green) every
     // database of the scope against green.
-    let (target_name, scope) = if blue_green {
-        let green = crate::engine::green_instance(journal, name)?;
-        let source = connect_source_db(platform, &spec, &spec.database).await?;
-        let all = stream::databases(&source)
-            .await
-            .map_err(sql("source", "listing databases"))?;
-        let planned = stream::plan(name, &all, spec.databases.as_deref())
-            .map_err(EngineError::Precondition)?;
-        (green, planned)
-    } else {
-        (spec.target.clone(), streams_of(journal, name)?)
-    };
+    let (target_name, scope) = crate::verify::compared_with(platform, journal, name, &spec).await?;
     let streams = if blue_green {
         Vec::new()
     } else {
@@ -1142,7 +1141,7 @@ pub async fn validate<P: Platform>(
     let mut large_objects = std::collections::BTreeMap::new();
     let mut verified_all: Option<crate::verify::VerifyReport> = None;
     let mut normalised = std::collections::BTreeSet::new();
-    let verify_started = Instant::now();
+    let mut verify_spent = Duration::ZERO;
     for stream in &scope {
         let db = &stream.database;
         let source = connect_source_db(platform, &spec, db).await?;
@@ -1154,16 +1153,7 @@ pub async fn validate<P: Platform>(
         );
         let target = connect_to(platform, &target_name, db, "target").await?;
         let source_aux = connect_source_db(platform, &spec, db).await?;
-        let follower = if blue_green {
-            {
-                crate::catch_up::platform_slots(&source_aux).await?;
-                Follower::Platform
-            }
-        } else {
-            Follower::Stream {
-                slot: stream.name.clone(),
-            }
-        };
+        let follower = Follower::of(&source_aux, stream, blue_green).await?;
         let catch_up = CatchUp::new(name, db, &source_aux, &target, follower).await?;
         // An apply stopped on a statement is named at once, not after a wait per table.
         if let Some(why) = catch_up.stopped(None).await? {
@@ -1269,6 +1259,7 @@ pub async fn validate<P: Platform>(
         if tables.is_none() {
             let _gate =
                 crate::follow::PassGate::hold(journal.home(), name, Duration::from_secs(60));
+            let verify_began = Instant::now();
             let (verified, used) = crate::verify::database(
                 &source,
                 &target,
@@ -1290,13 +1281,15 @@ pub async fn validate<P: Platform>(
                 )
                 .await?;
             }
+            verify_spent += verify_began.elapsed();
             large_objects.insert(db.clone(), verified.large_objects.clone());
             verify.databases.insert(db.clone(), verified);
         }
         targets.push(target);
     }
     if let Some(v) = verified_all.as_mut() {
-        v.finish(verify_started, normalised);
+        v.finish(Instant::now(), normalised);
+        v.seconds = verify_spent.as_secs_f64();
     }
     let report = ValidationReport {
         rows: reports.iter().map(|r| r.rows).sum(),
@@ -1795,8 +1788,29 @@ mod tests {
             ddl_seen: Default::default(),
             ddl_vouched: Default::default(),
             large_objects: Default::default(),
+            // A default may hold a value: the journal names the column, not its default.
+            verify: Some(crate::verify::VerifyReport {
+                databases: [(
+                    "app".to_string(),
+                    crate::verify::DatabaseVerified {
+                        differences: vec![pgseal_pg::catalog::Difference {
+                            category: pgseal_pg::catalog::Category::Column,
+                            object: "column public.t.c".into(),
+                            source: Some("text default 'secret'".into()),
+                            target: None,
+                        }],
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            }),
         };
         let kept = serde_json::to_value(report.journaled()).unwrap();
+        assert_eq!(
+            kept["verify"]["databases"]["app"]["differences"][0]["object"],
+            "column public.t.c"
+        );
         let text = kept.to_string();
         assert!(!text.contains("secret"), "{text}");
         assert_eq!(kept["tables"][0]["missing"], serde_json::json!([]));

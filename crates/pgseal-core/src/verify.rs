@@ -330,6 +330,27 @@ pub(crate) async fn globals(
     Ok((carried, differing))
 }
 
+/// What migration `name` (spec `spec`) compares the source with: its target instance and
+/// its streams, or (blue/green) green and every database of the scope.
+pub(crate) async fn compared_with<P: Platform>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    spec: &crate::journal::MigrationSpec,
+) -> Result<(String, Vec<stream::Stream>), EngineError> {
+    if spec.strategy != Strategy::BlueGreen {
+        return Ok((spec.target.clone(), streams_of(journal, name)?));
+    }
+    let green = crate::engine::green_instance(journal, name)?;
+    let source = connect_source_db(platform, spec, &spec.database).await?;
+    let all = stream::databases(&source)
+        .await
+        .map_err(sql("source", "listing databases"))?;
+    let planned =
+        stream::plan(name, &all, spec.databases.as_deref()).map_err(EngineError::Precondition)?;
+    Ok((green, planned))
+}
+
 /// Verifies every database of migration `name` while its target follows the source (or,
 /// for blue/green, against green), and the instance's roles and settings. `progress` hears
 /// of each database as it starts.
@@ -342,18 +363,7 @@ pub async fn verify<P: Platform>(
     let started = Instant::now();
     let spec = journal.migration(name)?.spec;
     let blue_green = spec.strategy == Strategy::BlueGreen;
-    let (target_name, scope) = if blue_green {
-        let green = crate::engine::green_instance(journal, name)?;
-        let source = connect_source_db(platform, &spec, &spec.database).await?;
-        let all = stream::databases(&source)
-            .await
-            .map_err(sql("source", "listing databases"))?;
-        let planned = stream::plan(name, &all, spec.databases.as_deref())
-            .map_err(EngineError::Precondition)?;
-        (green, planned)
-    } else {
-        (spec.target.clone(), streams_of(journal, name)?)
-    };
+    let (target_name, scope) = compared_with(platform, journal, name, &spec).await?;
     let mut report = VerifyReport::default();
     let mut normalised = std::collections::BTreeSet::new();
     // Large objects written since the follower's last pass are copied first, with the
@@ -366,16 +376,7 @@ pub async fn verify<P: Platform>(
         let source = connect_source_db(platform, &spec, db).await?;
         let source_aux = connect_source_db(platform, &spec, db).await?;
         let target = connect_to(platform, &target_name, db, "target").await?;
-        let follower = if blue_green {
-            {
-                crate::catch_up::platform_slots(&source_aux).await?;
-                Follower::Platform
-            }
-        } else {
-            Follower::Stream {
-                slot: stream.name.clone(),
-            }
-        };
+        let follower = Follower::of(&source_aux, stream, blue_green).await?;
         let catch_up = CatchUp::new(name, db, &source_aux, &target, follower).await?;
         let (verified, used) = database(
             &source,
