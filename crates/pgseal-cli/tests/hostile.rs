@@ -304,3 +304,58 @@ fn a_database_an_endpoint_cannot_route_apart_is_named_before_the_cutover_fences_
         String::from_utf8_lossy(&accepted.stdout)
     );
 }
+
+#[test]
+fn resume_never_reports_a_cutover_done_that_a_write_through_the_endpoint_disproves() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    h.sql("src", "postgres")
+        .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
+    h.ok(&["endpoint", "create", "ep", "--instance", "src"]);
+    h.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "s1",
+        "--no-follow",
+    ]);
+    // Killed after the switch; the target then goes away before `resume` finishes it.
+    let out = h.run_env(
+        ("PGSEAL_FAILPOINT", "cutover:switched"),
+        &["migrate", "cutover", "s1", "--endpoint", "ep"],
+    );
+    assert_crashed(&out, "cutover:switched");
+    h.ok(&["instance", "stop", "src-enc"]);
+    let out = h.run(&["migrate", "resume", "s1"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        !said.contains("now cut over") && said.contains("a write through endpoint ep"),
+        "{said}"
+    );
+    assert_eq!(
+        h.json(&["migrate", "status", "s1"])["migration"]["phase"],
+        "cutting_over",
+        "still interrupted, so that resume tries again"
+    );
+    // The cause fixed, resume finishes and proves it.
+    h.ok(&["instance", "start", "src-enc"]);
+    let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "s1"]).stdout).to_string();
+    assert!(text.contains("now cut over"), "{text}");
+    let (dir, port) = socket(&h, &["endpoint", "describe", "ep"]);
+    let out = std::process::Command::new(bin("psql"))
+        .env_clear()
+        .args([
+            "-h", &dir, "-p", &port, "-U", "postgres", "-d", "postgres", "-qAtc",
+        ])
+        .arg("INSERT INTO t VALUES (2) RETURNING id")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+}

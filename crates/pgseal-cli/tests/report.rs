@@ -120,6 +120,7 @@ fn the_report_of_a_crashed_and_resumed_migration_shows_both_runs_and_renders_in_
             "drain",
             "final_check",
             "sequences",
+            "verified",
             "carried",
             "reverse_setup",
             "switch",

@@ -91,7 +91,7 @@ pub trait Switch: Sync {
 /// How long one part of a write pause took.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PauseTiming {
-    /// The part: `pause`, `fence`, `drain`, `final_check`, `sequences`, `carried`,
+    /// The part: `pause`, `fence`, `drain`, `final_check`, `sequences`, `verified`, `carried`,
     /// `reverse_setup`, `switch`, `resume`, `first_write`.
     pub phase: String,
     /// Milliseconds.

@@ -63,7 +63,9 @@ pub enum Category {
     /// An event trigger.
     EventTrigger,
     /// Any other object made by a user (collation, statistics, operator, cast, text
-    /// search configuration, foreign server, publication, ...): that it exists.
+    /// search configuration, foreign server, ...): that it exists. Publications and
+    /// subscriptions are each side's replication plumbing (pgseal's, the platform's), not
+    /// compared.
     Other,
     /// A materialized view's rows: their count and a hash of their text.
     MaterializedViewRows,
@@ -435,8 +437,7 @@ fn queries() -> Vec<(Category, String)> {
                SELECT 'pg_ts_config'::regclass, oid FROM pg_ts_config UNION ALL \
                SELECT 'pg_ts_dict'::regclass, oid FROM pg_ts_dict UNION ALL \
                SELECT 'pg_foreign_data_wrapper'::regclass, oid FROM pg_foreign_data_wrapper UNION ALL \
-               SELECT 'pg_foreign_server'::regclass, oid FROM pg_foreign_server UNION ALL \
-               SELECT 'pg_publication'::regclass, oid FROM pg_publication \
+               SELECT 'pg_foreign_server'::regclass, oid FROM pg_foreign_server \
              ) x, LATERAL pg_identify_object(x.class, x.oid, 0) o \
              WHERE x.oid >= 16384 \
                AND (o.schema IS NULL OR (o.schema NOT IN ('information_schema', 'pgseal_ddl', 'pgseal_validate') \

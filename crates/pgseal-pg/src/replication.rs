@@ -532,11 +532,15 @@ mod tests {
             qualified(r#""Shop. ünï"."Orders""#),
             r#""Shop. ünï"."Orders""#
         );
-        assert_eq!(qualified(r#"public."a.b""#), r#"public."a.b""#);
-        assert_eq!(qualified(r#""x""y".t"#), r#""x""y".t"#);
-        assert_eq!(qualified("public.NewTable"), r#"public."NewTable""#);
-        assert_eq!(qualified("orders"), "public.orders");
-        assert_eq!(qualified("s.t.u"), r#"s."t.u""#);
+        assert_eq!(qualified(r#"public."a.b""#), r#""public"."a.b""#);
+        assert_eq!(qualified(r#""x""y".t"#), r#""x""y"."t""#);
+        assert_eq!(qualified("public.NewTable"), r#""public"."NewTable""#);
+        assert_eq!(qualified("orders"), r#""public"."orders""#);
+        assert_eq!(qualified("s.t.u"), r#""s"."t.u""#);
+        assert_eq!(
+            split_qualified(r#""a"".b".c"#),
+            (r#"a".b"#.to_string(), "c".to_string())
+        );
     }
 
     #[test]

@@ -883,9 +883,30 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
             }
             Recovered::BackToReplicating | Recovered::StillCutOver => {}
         }
+        let info = instances.endpoint(&e)?;
         runtime
-            .block_on(resume_endpoint(&instances.endpoint(&e)?))
+            .block_on(resume_endpoint(&info))
             .map_err(|err| anyhow::anyhow!("resuming endpoint {e}: {err}"))?;
+        // Nothing is said done before a write through the endpoint proves it. A cutover
+        // whose switch does not take stays interrupted, so that `resume` tries it again.
+        if let Err(err) = runtime.block_on(super::switch::probe_endpoint(&info, &spec.database)) {
+            let why = format!(
+                "a write through endpoint {e} to {} failed after resume finished the switch: {err}",
+                spec.database
+            );
+            if outcome == Recovered::CutOver {
+                journal.set_phase(name, Phase::CuttingOver, Some(&why))?;
+            }
+            anyhow::bail!(
+                "{why}. Applications cannot write through it; `pgseal endpoint describe {e}` shows where it points. \
+                 Fix the cause, then {}",
+                if outcome == Recovered::CutOver {
+                    format!("`pgseal migrate resume {name}` again")
+                } else {
+                    format!("`pgseal endpoint check {e}`")
+                }
+            );
+        }
     }
     match outcome {
         Recovered::BackToReplicating => println!(

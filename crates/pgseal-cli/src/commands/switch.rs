@@ -16,6 +16,19 @@ async fn write_once(config: &tokio_postgres::Config) -> Result<(), SwitchError> 
     Ok(())
 }
 
+/// How long [`probe_endpoint`] waits for its write (PgBouncer keeps a client waiting while
+/// it tries to reach a server that is down).
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One write through endpoint `info` to database `database`, as an application makes it:
+/// proof that the endpoint routes writes somewhere that takes them.
+pub async fn probe_endpoint(info: &EndpointInfo, database: &str) -> Result<(), SwitchError> {
+    match tokio::time::timeout(PROBE_TIMEOUT, write_once(&info.sql_config(database))).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer in {} s", PROBE_TIMEOUT.as_secs()).into()),
+    }
+}
+
 /// Sends `RESUME` to an endpoint; one that is not paused is fine.
 pub async fn resume_endpoint(info: &EndpointInfo) -> Result<(), SwitchError> {
     match admin(info, "RESUME").await {
