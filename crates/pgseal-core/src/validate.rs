@@ -24,6 +24,7 @@
 use std::time::{Duration, Instant};
 
 use pgseal_pg::replication::{self, qualified, quote_ident};
+use pgseal_pg::sql::unquote_ident;
 use pgseal_platform::Platform;
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -276,15 +277,6 @@ async fn shape(client: &Client, table: &str) -> Result<Shape, EngineError> {
             format!("hash_record_extended(ROW({}), 0)", parts.join(", "))
         },
     })
-}
-
-/// A column name as PostgreSQL quoted it (`quote_ident`) back to the name itself: `"id""x"`
-/// is `id"x` (the change log's key object names it so).
-fn unquote_ident(quoted: &str) -> String {
-    match quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
-        Some(inner) => inner.replace("\"\"", "\""),
-        None => quoted.to_string(),
-    }
 }
 
 impl Shape {
@@ -1742,13 +1734,6 @@ async fn changed_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoted_key_columns_read_back_as_their_names() {
-        assert_eq!(unquote_ident(r#""id""x""#), r#"id"x"#);
-        assert_eq!(unquote_ident(r#""Key""#), "Key");
-        assert_eq!(unquote_ident("plain"), "plain");
-    }
 
     #[test]
     fn record_text_splits_into_its_fields() {

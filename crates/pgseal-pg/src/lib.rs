@@ -11,6 +11,7 @@
 //! - [`globals`]: roles, memberships and database properties, compared and carried.
 //! - [`large_objects`]: large objects, compared and copied object by object.
 //! - [`ddl`]: DDL captured on one side and replayed on the other.
+//! - [`sql`]: names and values quoted as SQL text by PostgreSQL's rules.
 
 pub mod catalog;
 pub mod connect;
@@ -22,6 +23,7 @@ pub mod lsn;
 pub mod replication;
 pub mod schema;
 pub mod server;
+pub mod sql;
 pub mod tls;
 
 pub use connect::{

@@ -5,6 +5,8 @@
 //! reports what already exists, and dropping something that is gone is not an error.
 
 use tokio_postgres::Client;
+
+pub use crate::sql::{qualified, quote_ident, quote_literal, split_qualified};
 use tokio_postgres::types::PgLsn;
 
 use crate::Lsn;
@@ -18,23 +20,6 @@ impl From<PgLsn> for Lsn {
 impl From<Lsn> for PgLsn {
     fn from(value: Lsn) -> Self {
         PgLsn::from(value.0)
-    }
-}
-
-/// Quotes an SQL identifier (`"..."`, doubling embedded quotes).
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes an SQL string literal by PostgreSQL's own rules (`quote_literal`): `'...'` with
-/// embedded quotes doubled, and as `E'...'` with backslashes doubled when there is one, so
-/// the literal reads the same whatever `standard_conforming_strings` says.
-pub fn quote_literal(text: &str) -> String {
-    let quoted = text.replace('\'', "''");
-    if text.contains('\\') {
-        format!("E'{}'", quoted.replace('\\', "\\\\"))
-    } else {
-        format!("'{quoted}'")
     }
 }
 
@@ -219,61 +204,6 @@ pub async fn create_publication(
         .batch_execute(&format!("CREATE PUBLICATION {} {what}", quote_ident(name)))
         .await?;
     Ok(true)
-}
-
-/// `schema.table` quoted as two identifiers (`public` when no schema is given).
-pub fn qualified(table: &str) -> String {
-    let (schema, name) = split_qualified(table);
-    format!("{}.{}", quote_ident(&schema), quote_ident(&name))
-}
-
-/// `schema.table` split into its schema and table names: either as SQL writes it (a part
-/// in double quotes is one name, dots and all: `"Shop. ünï"."Orders"`, as `format('%I.%I')`
-/// gives it), or else as names are, split at the first dot (`public.NewTable`); `public`
-/// when there is no schema.
-pub fn split_qualified(table: &str) -> (String, String) {
-    /// A double-quoted name at the start of `text`: the name and what follows it.
-    fn quoted(text: &str) -> Option<(String, &str)> {
-        let rest = text.strip_prefix('"')?;
-        let mut name = String::new();
-        let mut chars = rest.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
-            if c == '"' {
-                if chars.peek().map(|(_, n)| *n) == Some('"') {
-                    name.push('"');
-                    chars.next();
-                    continue;
-                }
-                return Some((name, &rest[i + 1..]));
-            }
-            name.push(c);
-        }
-        None
-    }
-    let sql_name = |part: &str| -> Option<String> {
-        match quoted(part) {
-            Some((name, "")) => Some(name),
-            Some(_) => None,
-            None => (!part.is_empty() && !part.contains(['"', '.'])).then(|| part.to_string()),
-        }
-    };
-    // As SQL writes it, when that reads as exactly two names with a quoted one.
-    if table.contains('"') {
-        let (schema, rest) = match quoted(table) {
-            Some((schema, rest)) => (Some(schema), rest.strip_prefix('.')),
-            None => match table.split_once('.') {
-                Some((s, rest)) => (sql_name(s), Some(rest)),
-                None => (None, None),
-            },
-        };
-        if let (Some(schema), Some(name)) = (schema, rest.and_then(sql_name)) {
-            return (schema, name);
-        }
-    }
-    match table.split_once('.') {
-        Some((schema, name)) => (schema.to_string(), name.to_string()),
-        None => ("public".to_string(), table.to_string()),
-    }
 }
 
 /// Drops a publication if it exists. Returns true when one was dropped.
@@ -525,23 +455,6 @@ pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, tokio_postgres::Err
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn qualified_names_read_as_sql_writes_them_or_as_they_are() {
-        assert_eq!(
-            qualified(r#""Shop. ünï"."Orders""#),
-            r#""Shop. ünï"."Orders""#
-        );
-        assert_eq!(qualified(r#"public."a.b""#), r#""public"."a.b""#);
-        assert_eq!(qualified(r#""x""y".t"#), r#""x""y"."t""#);
-        assert_eq!(qualified("public.NewTable"), r#""public"."NewTable""#);
-        assert_eq!(qualified("orders"), r#""public"."orders""#);
-        assert_eq!(qualified("s.t.u"), r#""s"."t.u""#);
-        assert_eq!(
-            split_qualified(r#""a"".b".c"#),
-            (r#"a".b"#.to_string(), "c".to_string())
-        );
-    }
 
     #[test]
     fn identifiers_and_literals_are_quoted_with_their_quotes_doubled() {
