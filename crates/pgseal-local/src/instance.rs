@@ -1178,3 +1178,33 @@ impl LocalInstances {
         })
     }
 }
+
+#[cfg(test)]
+mod name_properties {
+    use super::check_name;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a user types, a name pgseal accepts is one path component that cannot
+        /// climb (`..`), hide (`.x`) or split (`/`), holds nothing a shell or a log would
+        /// read twice, and fits PostgreSQL's 63-byte names.
+        #[test]
+        fn an_accepted_name_is_a_safe_path_component(text in "\\PC{0,70}|[a-z0-9./_-]{0,70}") {
+            if check_name(&text).is_ok() {
+                prop_assert!((1..=63).contains(&text.len()));
+                prop_assert!(!text.contains(['/', '.', '\\', '\0', ' ', '\n']));
+                prop_assert!(text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+                let path = std::path::Path::new("/home").join(&text);
+                prop_assert_eq!(path.parent(), Some(std::path::Path::new("/home")));
+            }
+        }
+    }
+
+    #[test]
+    fn paths_and_odd_names_are_refused() {
+        for bad in ["..", "../x", "a/b", ".hidden", "Bad_Name2", "", "x-", &"a".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("orders-enc2").is_ok());
+    }
+}
