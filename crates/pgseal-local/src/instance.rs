@@ -1202,7 +1202,16 @@ mod name_properties {
 
     #[test]
     fn paths_and_odd_names_are_refused() {
-        for bad in ["..", "../x", "a/b", ".hidden", "Bad_Name2", "", "x-", &"a".repeat(64)] {
+        for bad in [
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "Bad_Name2",
+            "",
+            "x-",
+            &"a".repeat(64),
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_name("orders-enc2").is_ok());
