@@ -359,3 +359,42 @@ fn resume_never_reports_a_cutover_done_that_a_write_through_the_endpoint_disprov
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
 }
+
+#[test]
+fn abort_completes_on_a_source_made_read_only_since_the_start() {
+    let h = Home::new();
+    h.source("src", &["wal_level=logical"]);
+    let admin = h.sql("src", "postgres");
+    admin.exec("CREATE TABLE t (id int PRIMARY KEY)");
+    h.ok(&[
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "ro",
+        "--no-follow",
+    ]);
+    admin.exec("ALTER SYSTEM SET default_transaction_read_only = on");
+    admin.exec("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    let fresh = h.sql("src", "postgres");
+    assert!(
+        fresh
+            .refused("CREATE TABLE u (id int)")
+            .contains("read-only")
+    );
+    let report = h.json(&["migrate", "abort", "ro"]);
+    let removed = report["removed"].to_string();
+    assert!(
+        removed.contains("publication") && removed.contains("slot"),
+        "{report}"
+    );
+    assert_eq!(h.sql("src", "postgres").pgseal_everything(), 0);
+    assert_eq!(
+        h.json(&["migrate", "status", "ro"])["migration"]["phase"],
+        "aborted"
+    );
+    admin.exec("ALTER SYSTEM RESET default_transaction_read_only");
+    admin.exec("SELECT pg_reload_conf()");
+}

@@ -20,6 +20,28 @@ pub struct AbortReport {
     pub removed: Vec<String>,
     /// What was recorded but already gone.
     pub already_gone: Vec<String>,
+    /// What could not be removed because the source is in recovery (a standby, or a
+    /// server restored from a backup): each with the statement that removes it once the
+    /// source takes writes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_on_source: Vec<String>,
+}
+
+/// How to remove a source-side resource of kind `kind` named `name` by hand.
+fn removal(kind: &str, name: &str) -> String {
+    let literal = pgseal_pg::sql::quote_literal(name);
+    match kind {
+        "slot" => format!("SELECT pg_drop_replication_slot({literal})"),
+        "publication" => format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            pgseal_pg::sql::quote_ident(name)
+        ),
+        "replica_identity" => format!("ALTER TABLE {name} REPLICA IDENTITY DEFAULT"),
+        crate::engine::DDL_CAPTURE => {
+            "DROP SCHEMA pgseal_ddl CASCADE (and its event triggers, `pgseal_ddl_*`)".into()
+        }
+        _ => format!("remove {kind} {name}"),
+    }
 }
 
 /// Aborts migration `name`; see the module documentation.
@@ -42,7 +64,7 @@ pub async fn abort<P: Platform>(
     journal.set_phase(name, Phase::Aborting, None)?;
     let mut report = AbortReport::default();
     // One session per database of the source, opened when first needed.
-    let mut sessions: std::collections::HashMap<String, Client> = Default::default();
+    let mut sessions: std::collections::HashMap<String, (Client, bool)> = Default::default();
     for resource in journal.resources(name)? {
         let label = resource.label();
         let removed = match resource.kind.as_str() {
@@ -101,9 +123,37 @@ pub async fn abort<P: Platform>(
                 };
                 if !sessions.contains_key(&database) {
                     let client = connect_source_db(platform, &spec, &database).await?;
-                    sessions.insert(database.clone(), client);
+                    // A source made read-only since (`default_transaction_read_only`) still
+                    // lets pgseal remove what it made; one in recovery cannot.
+                    let in_recovery: bool = client
+                        .query_one(
+                            "SELECT set_config('default_transaction_read_only', 'off', false) IS NOT NULL \
+                                    AND pg_is_in_recovery()",
+                            &[],
+                        )
+                        .await
+                        .map_err(|source| EngineError::Sql {
+                            role: "source",
+                            what: "reading whether the source takes writes".into(),
+                            source,
+                        })?
+                        .get(0);
+                    sessions.insert(database.clone(), (client, in_recovery));
                 }
-                let client = &sessions[&database];
+                let (client, in_recovery) = &sessions[&database];
+                if *in_recovery {
+                    report.left_on_source.push(format!(
+                        "{label} ({database}): the source is in recovery; once it takes writes, {}",
+                        removal(kind, &resource.name)
+                    ));
+                    journal.remove_resource(
+                        name,
+                        &resource.kind,
+                        &resource.database,
+                        &resource.name,
+                    )?;
+                    continue;
+                }
                 let sql = |what: String| {
                     move |source| EngineError::Sql {
                         role: "source",

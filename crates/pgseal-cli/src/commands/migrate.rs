@@ -1368,6 +1368,9 @@ fn abort(ctx: &Context, name: &str) -> Outcome {
         for line in &report.already_gone {
             println!("already gone: {line}");
         }
+        for line in &report.left_on_source {
+            println!("left on the source: {}", output::terminal_safe(line));
+        }
         println!("migration {name} aborted; the source keeps serving as before");
     }
     Ok(exit::code(exit::OK))
