@@ -190,6 +190,19 @@ fn not_extension_member(class: &str, oid: &str) -> String {
     )
 }
 
+/// SQL true for an object (catalog `class`, OID `oid`) that `pg_identify_object` named `o`
+/// and that is the user's: made by a user (OIDs from 16384 on), in a user schema or none,
+/// not pgseal's, not an extension's member.
+fn users_identified(class: &str, oid: &str) -> String {
+    format!(
+        "{oid} >= 16384 \
+         AND (o.schema IS NULL OR (o.schema NOT IN ('information_schema', 'pgseal_ddl', 'pgseal_validate') \
+                                   AND o.schema !~ '^pg_')) \
+         AND o.identity !~ '^\"?pgseal' \
+         AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = {class} AND e.objid = {oid} AND e.deptype = 'e')"
+    )
+}
+
 /// The catalog queries: each selects `(object, definition)` rows of one category.
 fn queries() -> Vec<(Category, String)> {
     let class_member = not_extension_member("pg_class", "c.oid");
@@ -368,15 +381,12 @@ fn queries() -> Vec<(Category, String)> {
             Category::Comment,
             // User objects' (OIDs from 16384 on), in user schemas or none, but pgseal's
             // and extensions' own.
-            "SELECT format('comment on %s %s', o.type, o.identity), d.description \
-             FROM pg_description d, LATERAL pg_identify_object(d.classoid, d.objoid, d.objsubid) o \
-             WHERE d.objoid >= 16384 \
-               AND (o.schema IS NULL OR (o.schema NOT IN ('information_schema', 'pgseal_ddl', 'pgseal_validate') \
-                                         AND o.schema !~ '^pg_')) \
-               AND o.identity !~ '^\"?pgseal' \
-               AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid \
-                               AND e.objid = d.objoid AND e.deptype = 'e')"
-                .to_string(),
+            format!(
+                "SELECT format('comment on %s %s', o.type, o.identity), d.description \
+                 FROM pg_description d, LATERAL pg_identify_object(d.classoid, d.objoid, d.objsubid) o \
+                 WHERE {}",
+                users_identified("d.classoid", "d.objoid")
+            ),
         ),
         (
             Category::DefaultPrivileges,
@@ -438,14 +448,9 @@ fn queries() -> Vec<(Category, String)> {
                SELECT 'pg_ts_dict'::regclass, oid FROM pg_ts_dict UNION ALL \
                SELECT 'pg_foreign_data_wrapper'::regclass, oid FROM pg_foreign_data_wrapper UNION ALL \
                SELECT 'pg_foreign_server'::regclass, oid FROM pg_foreign_server \
-             ) x, LATERAL pg_identify_object(x.class, x.oid, 0) o \
-             WHERE x.oid >= 16384 \
-               AND (o.schema IS NULL OR (o.schema NOT IN ('information_schema', 'pgseal_ddl', 'pgseal_validate') \
-                                         AND o.schema !~ '^pg_')) \
-               AND o.identity !~ '^\"?pgseal' \
-               AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = x.class \
-                               AND e.objid = x.oid AND e.deptype = 'e')"
-                .to_string(),
+             ) x, LATERAL pg_identify_object(x.class, x.oid, 0) o WHERE "
+                .to_string()
+                + &users_identified("x.class", "x.oid"),
         ),
     ]
 }
