@@ -14,7 +14,7 @@ use pgseal_platform::{
 
 use crate::error::{AwsError, Result, api};
 use crate::settings::{AwsSettings, Flavor, check_identifier, parse_source};
-use crate::wait::{Goal, Progress};
+use crate::wait::{self, Goal, Progress};
 
 /// The tag a restored instance or cluster carries: the snapshot it was restored from.
 pub const SNAPSHOT_TAG: &str = "pgseal:snapshot";
@@ -182,6 +182,24 @@ impl AwsPlatform {
             Err(AwsError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Polls `status` (the resource's status word, `None` when it does not exist) until it
+    /// reaches `goal`, with the platform's timeout and interval (see [`wait::for_status`]).
+    pub(crate) async fn wait_for<F, Fut>(&self, what: &str, goal: Goal<'_>, status: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<String>>>,
+    {
+        wait::for_status(
+            &self.progress,
+            what,
+            self.settings.wait_timeout,
+            self.settings.poll_interval,
+            goal,
+            status,
+        )
+        .await
     }
 
     /// Waits until `id` is available.

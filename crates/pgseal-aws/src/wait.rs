@@ -75,40 +75,34 @@ pub(crate) enum Goal<'a> {
     Gone,
 }
 
-impl crate::platform::AwsPlatform {
-    /// Polls `status` (the resource's status word, `None` when it does not exist) until it
-    /// reaches `goal`, with the platform's timeout and interval. A missing resource is
-    /// "not there yet" while waiting for a status.
-    pub(crate) async fn wait_for<F, Fut>(
-        &self,
-        what: &str,
-        goal: Goal<'_>,
-        mut status: F,
-    ) -> Result<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Option<String>>>,
-    {
-        until(
-            &self.progress,
-            what,
-            self.settings.wait_timeout,
-            self.settings.poll_interval,
-            || {
-                let now = status();
-                let goal = &goal;
-                async move {
-                    Ok(match (now.await?, goal) {
-                        (None, Goal::Gone) => Poll::Done(()),
-                        (None, Goal::Status(_)) => Poll::Pending("not there yet".into()),
-                        (Some(s), Goal::Status(want)) if s == *want => Poll::Done(()),
-                        (Some(s), _) => Poll::Pending(s),
-                    })
-                }
-            },
-        )
-        .await
-    }
+/// Polls `status` (the resource's status word, `None` when it does not exist) every
+/// `interval` until it reaches `goal` or `timeout` passes. A missing resource is "not
+/// there yet" while waiting for a status.
+pub(crate) async fn for_status<F, Fut>(
+    progress: &Progress,
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    goal: Goal<'_>,
+    mut status: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<String>>>,
+{
+    until(progress, what, timeout, interval, || {
+        let now = status();
+        let goal = &goal;
+        async move {
+            Ok(match (now.await?, goal) {
+                (None, Goal::Gone) => Poll::Done(()),
+                (None, Goal::Status(_)) => Poll::Pending("not there yet".into()),
+                (Some(s), Goal::Status(want)) if s == *want => Poll::Done(()),
+                (Some(s), _) => Poll::Pending(s),
+            })
+        }
+    })
+    .await
 }
 
 /// `1m05s`, `42s`, `0.4s`.

@@ -10,8 +10,9 @@ use pgseal_pg::replication;
 use pgseal_platform::{ErrorKind, Platform};
 use tokio_postgres::Client;
 
-use crate::engine::{EngineError, connect_source_db, connect_to};
+use crate::error::EngineError;
 use crate::journal::{Journal, Phase};
+use crate::sessions::{connect_source_db, connect_to};
 
 /// What `abort` removed, as `kind name` lines in the order done.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -37,7 +38,7 @@ fn removal(kind: &str, name: &str) -> String {
             pgseal_pg::sql::quote_ident(name)
         ),
         "replica_identity" => format!("ALTER TABLE {name} REPLICA IDENTITY DEFAULT"),
-        crate::engine::DDL_CAPTURE => {
+        crate::journal::DDL_CAPTURE => {
             "DROP SCHEMA pgseal_ddl CASCADE (and its event triggers, `pgseal_ddl_*`)".into()
         }
         _ => format!("remove {kind} {name}"),
@@ -90,13 +91,13 @@ pub async fn abort<P: Platform>(
                             source,
                         })?,
                     Err(e) => {
-                        tracing::info!(migration = %name, error = %crate::engine::error_chain(&e), "the target cannot be reached; its subscription goes with it");
+                        tracing::info!(migration = %name, error = %crate::error::error_chain(&e), "the target cannot be reached; its subscription goes with it");
                         false
                     }
                 }
             }
             // A blue/green deployment before any switchover: deleted with its green.
-            crate::engine::DEPLOYMENT => {
+            crate::journal::DEPLOYMENT => {
                 platform
                     .delete_blue_green(name, true)
                     .await
@@ -162,7 +163,7 @@ pub async fn abort<P: Platform>(
                     }
                 };
                 match kind {
-                    crate::engine::DDL_CAPTURE => pgseal_pg::ddl::remove(client)
+                    crate::journal::DDL_CAPTURE => pgseal_pg::ddl::remove(client)
                         .await
                         .map_err(sql("removing the DDL capture".to_string()))?,
                     crate::slot_guard::RESOURCE => {

@@ -13,7 +13,7 @@ use pgseal_pg::large_objects::{self, Marks, SyncReport};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::engine::EngineError;
+use crate::error::EngineError;
 
 /// What was carried.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -91,7 +91,7 @@ impl Sides<'_> {
                     "carrying roles and database settings from the {} to the {}: {}",
                     self.from_role,
                     self.to_role,
-                    crate::engine::error_chain(&e)
+                    crate::error::error_chain(&e)
                 ))
             })
     }

@@ -10,7 +10,7 @@ use pgseal_pg::replication;
 use tokio_postgres::Client;
 use tokio_postgres::types::PgLsn;
 
-use crate::engine::EngineError;
+use crate::error::EngineError;
 
 fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
     let what = what.to_string();

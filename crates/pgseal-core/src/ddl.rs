@@ -8,8 +8,9 @@ use pgseal_platform::Platform;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
+use crate::error::EngineError;
 use crate::journal::{Journal, Phase};
+use crate::sessions::{connect_source_db, connect_to, streams_of};
 
 /// SQL true when the connected database has table `t`, named `schema.table` as the
 /// publications list it (names as they are, not folded to lower case or parsed as SQL:
@@ -99,7 +100,7 @@ async fn sides<P: Platform>(
         // The source stays fenced after a cutover.
         let streams = streams_of(journal, name)?;
         let source =
-            crate::cutover::fenced_source(platform, &migration.spec, &streams, database).await?;
+            crate::fence::fenced_source(platform, &migration.spec, &streams, database).await?;
         (target, source)
     } else {
         let source = connect_source_db(platform, &migration.spec, database).await?;

@@ -9,140 +9,31 @@
 
 use std::time::{Duration, Instant};
 
+use pgseal_pg::Lsn;
 use pgseal_pg::ddl;
 use pgseal_pg::replication::{self, SlotState};
-use pgseal_pg::{ConnectError, Lsn};
 use pgseal_platform::{ErrorKind, Handoff, InstanceStatus, NewInstance, Platform, PlatformError};
 use serde_json::json;
 use tokio_postgres::Client;
 
-use crate::journal::{INSTANCE, Journal, JournalError, MigrationSpec, Phase};
-use crate::preflight::{PreflightInput, PreflightReport, Severity, TargetVersion, preflight};
+use crate::journal::{INSTANCE, Journal, MigrationSpec, Phase};
+use crate::preflight::{PreflightInput, TargetVersion, preflight};
 use crate::steps::{Step, Strategy, failpoint, test_hook};
 use crate::stream::{self, Stream};
 
 pub mod blue_green;
 mod full_load;
 
-pub use blue_green::{DEPLOYMENT, green_instance};
-
-/// The journal's resource kind of a database's DDL capture (event trigger and schema).
-pub const DDL_CAPTURE: &str = "ddl_capture";
+pub use crate::error::{EngineError, error_chain};
+pub use crate::journal::{DDL_CAPTURE, DEPLOYMENT};
+pub use crate::sessions::{
+    admin_database, connect_source, connect_source_db, connect_to, instance_config,
+    source_db_config, streams_of,
+};
+pub use blue_green::green_instance;
 
 /// What a step returns: its outputs, to journal, and one line on what it did.
 type StepResult = Result<(serde_json::Value, String), EngineError>;
-
-/// A migration step could not be carried out.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// The journal failed.
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    /// A server could not be reached.
-    #[error("cannot connect to the {role}")]
-    Connect {
-        /// `source` or `target`.
-        role: &'static str,
-        /// The connection error (names the server, never the password).
-        #[source]
-        source: ConnectError,
-    },
-    /// An SQL statement failed.
-    #[error("{what} on the {role}")]
-    Sql {
-        /// `source` or `target`.
-        role: &'static str,
-        /// What was being done.
-        what: String,
-        /// The server's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// The platform refused or failed.
-    #[error("{what}")]
-    Platform {
-        /// What was being done.
-        what: String,
-        /// The platform's error.
-        #[source]
-        source: PlatformError,
-    },
-    /// Preflight found blockers; nothing was changed.
-    #[error("preflight found {} blocker(s), nothing was changed: {}", blockers(.0).len(), blockers(.0).join("; "))]
-    Blocked(Box<PreflightReport>),
-    /// A safety guard refused to go on.
-    #[error("guard failed, the subscription stays disabled: {0}")]
-    Guard(String),
-    /// The migration cannot go on as it stands; the message says what to do.
-    #[error("{0}")]
-    Precondition(String),
-    /// Creating a slot waited too long for running transactions; what `start` made was
-    /// removed again and the migration forgotten.
-    #[error("{0}")]
-    SlotWait(String),
-    /// A client program (`pg_dump`, `psql`, ...) failed.
-    #[error("{what}")]
-    Tool {
-        /// What was run, against which server (no password).
-        what: String,
-        /// The program's failure (its exit status and stderr).
-        #[source]
-        source: pgseal_exec::Error,
-    },
-    /// A wait timed out.
-    #[error("timed out after {seconds} s waiting for {what}")]
-    Timeout {
-        /// What was awaited.
-        what: String,
-        /// How long.
-        seconds: u64,
-    },
-}
-
-fn blockers(report: &PreflightReport) -> Vec<String> {
-    report
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Blocker)
-        .map(|f| format!("{} (fix: {})", f.detail, f.fix))
-        .collect()
-}
-
-impl EngineError {
-    /// True when the user must change something before trying again (a blocker, a guard,
-    /// a refused precondition), as opposed to a failure a retry may clear.
-    pub fn is_precondition(&self) -> bool {
-        match self {
-            EngineError::Blocked(_)
-            | EngineError::Guard(_)
-            | EngineError::Precondition(_)
-            | EngineError::SlotWait(_) => true,
-            EngineError::Journal(e) => matches!(
-                e,
-                JournalError::NotFound(_) | JournalError::Exists(_) | JournalError::Busy(..)
-            ),
-            EngineError::Platform { source, .. } => {
-                matches!(source.kind, ErrorKind::Precondition | ErrorKind::Key)
-            }
-            _ => false,
-        }
-    }
-}
-
-/// The message of an error and of its causes, joined by `: ` (what the journal records).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text
-}
 
 /// Facts about the surroundings that preflight cannot read over SQL; the caller finds them.
 #[derive(Debug, Clone, Default)]
@@ -1028,7 +919,7 @@ impl<'a, P: Platform> Engine<'a, P> {
                 // The subscription keeps the password in the target's catalog (on its
                 // encrypted storage), as PostgreSQL does for any subscription.
                 Some(url) => {
-                    let mut config = source_config(url)?;
+                    let mut config = crate::sessions::source_config(url)?;
                     config.dbname(&s.database);
                     pgseal_pg::conninfo(&config)
                 }
@@ -1167,7 +1058,9 @@ impl<'a, P: Platform> Engine<'a, P> {
             // may have failed before, when the source restarted).
             let mut errors_before = None;
             loop {
-                crate::samples::record(self.journal, &self.spec.name, &source, &streams).await;
+                self.journal
+                    .record_samples(&self.spec.name, &source, &streams)
+                    .await;
                 let sub = self.subscription_state(&target, &s.name).await?;
                 let errors_before = *errors_before.get_or_insert(sub.apply_errors);
                 let slot = replication::slot(&source, &s.name)
@@ -1237,108 +1130,6 @@ async fn slot_blockers(watcher: &Client, pid: i32) -> Result<String, tokio_postg
     } else {
         parts.join("; ")
     })
-}
-
-/// Migration `name`'s streams as recorded; an error before the source was prepared.
-pub fn streams_of(journal: &Journal, name: &str) -> Result<Vec<Stream>, EngineError> {
-    let streams = journal.streams(name)?;
-    if streams.is_empty() {
-        return Err(EngineError::Precondition(format!(
-            "migration {name} has no streams yet (its source was not prepared)"
-        )));
-    }
-    Ok(streams)
-}
-
-/// The connection settings of a source given by URL (password from `PGPASSWORD`).
-fn source_config(url: &str) -> Result<tokio_postgres::Config, EngineError> {
-    pgseal_pg::config_from_url(url)
-        .map(|(config, _)| config)
-        .map_err(|e| EngineError::Precondition(format!("the source URL cannot be parsed: {e}")))
-}
-
-/// Connects to the migration's source: its URL, or the platform instance's database.
-pub async fn connect_source<P: Platform>(
-    platform: &P,
-    spec: &MigrationSpec,
-) -> Result<Client, EngineError> {
-    connect_source_db(platform, spec, &spec.database).await
-}
-
-/// Connects to another database (`dbname`) of the migration's source server.
-pub async fn connect_source_db<P: Platform>(
-    platform: &P,
-    spec: &MigrationSpec,
-    dbname: &str,
-) -> Result<Client, EngineError> {
-    let config = source_db_config(platform, spec, dbname).await?;
-    pgseal_pg::connect_pinned(&config)
-        .await
-        .map_err(|source| EngineError::Connect {
-            role: "source",
-            source,
-        })
-}
-
-/// How to reach database `dbname` of the migration's source: its URL (password from
-/// `PGPASSWORD`), or the platform instance's master user.
-pub async fn source_db_config<P: Platform>(
-    platform: &P,
-    spec: &MigrationSpec,
-    dbname: &str,
-) -> Result<tokio_postgres::Config, EngineError> {
-    match spec.source_url() {
-        Some(url) => {
-            let mut config = source_config(url)?;
-            config.dbname(dbname);
-            Ok(config)
-        }
-        None => instance_config(platform, &spec.source, dbname, "source").await,
-    }
-}
-
-/// A database of the same server outside `fenced`, for work PostgreSQL refuses from
-/// inside a database itself (fencing it) or that must go on while they are fenced:
-/// `postgres` when it is not fenced, else `template1` (a template is never migrated).
-pub fn admin_database(fenced: &[&str]) -> &'static str {
-    if fenced.contains(&"postgres") {
-        "template1"
-    } else {
-        "postgres"
-    }
-}
-
-/// Connects to `instance`'s database `dbname` as its master user.
-pub async fn connect_to<P: Platform>(
-    platform: &P,
-    instance: &str,
-    dbname: &str,
-    role: &'static str,
-) -> Result<Client, EngineError> {
-    let config = instance_config(platform, instance, dbname, role).await?;
-    pgseal_pg::connect_pinned(&config)
-        .await
-        .map_err(|source| EngineError::Connect { role, source })
-}
-
-/// How to reach `instance`'s database `dbname` as its master user (`role` names it in
-/// errors).
-pub async fn instance_config<P: Platform>(
-    platform: &P,
-    instance: &str,
-    dbname: &str,
-    role: &'static str,
-) -> Result<tokio_postgres::Config, EngineError> {
-    let mut config =
-        platform
-            .connection(instance)
-            .await
-            .map_err(|source| EngineError::Platform {
-                what: format!("finding how to reach the {role} {instance}"),
-                source,
-            })?;
-    config.dbname(dbname);
-    Ok(config)
 }
 
 fn lsn_text(lsn: Option<Lsn>) -> String {

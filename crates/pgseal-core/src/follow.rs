@@ -22,8 +22,9 @@ use pgseal_platform::Platform;
 use serde::{Deserialize, Serialize};
 
 use crate::carry::{Baseline, LargeObjects};
-use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
+use crate::error::EngineError;
 use crate::journal::{Journal, JournalError, Phase, try_lock};
+use crate::sessions::{connect_source_db, connect_to, streams_of};
 
 /// The one follower of a migration holds this for as long as it runs.
 #[derive(Debug)]
@@ -218,7 +219,7 @@ pub async fn pass<P: Platform>(
     done.large_objects = carried.large_objects;
     done.globals = carried.globals;
     if let Some(source) = sources.first() {
-        crate::samples::record(journal, name, source, &streams).await;
+        journal.record_samples(name, source, &streams).await;
     }
     done.seconds = started.elapsed().as_secs_f64();
     Ok(done)

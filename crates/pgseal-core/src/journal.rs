@@ -275,6 +275,12 @@ impl Resource {
 /// instance, a switch).
 pub const INSTANCE: &str = "";
 
+/// The resource kind of a database's DDL capture (event trigger and schema).
+pub const DDL_CAPTURE: &str = "ddl_capture";
+
+/// The resource kind of a blue/green deployment.
+pub const DEPLOYMENT: &str = "blue_green";
+
 /// The journal database.
 #[derive(Debug)]
 pub struct Journal {
@@ -531,6 +537,32 @@ impl Journal {
         }
         self.insert_samples(name, samples)?;
         Ok(true)
+    }
+
+    /// Takes and records a sample of every stream of migration `name` when the journal
+    /// would keep one (the spacing is checked before the source is read). Sampling never
+    /// stops the work it watches: a failure is logged and forgotten.
+    pub async fn record_samples(
+        &self,
+        name: &str,
+        source: &tokio_postgres::Client,
+        streams: &[crate::stream::Stream],
+    ) {
+        let result = async {
+            let now = now_ms();
+            if self.sample_due(name, now).map_err(|e| e.to_string())? {
+                let samples = crate::samples::read(source, streams, now)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.insert_samples(name, &samples)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(migration = %name, %error, "a replication sample was not recorded");
+        }
     }
 
     /// Records samples in one transaction, whatever the spacing (the caller checked

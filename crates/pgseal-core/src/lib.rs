@@ -4,6 +4,8 @@
 //! - [`steps`]: the ten steps from source to replicating target, and the failpoints.
 //! - [`journal`]: the SQLite journal of specs, phases, step runs and created resources.
 //! - [`engine`]: the step runner and the LSN guards.
+//! - [`error`]: the engine's error type.
+//! - [`sessions`]: a migration's streams and connections to either side.
 //! - [`status`]: lag, slot retention, apply errors, schema drift.
 //! - [`cutover`]: fence, drain, sequences, switch; lifted again on any failure.
 //! - [`validate`]: chunked, server-side row-hash comparison of source and target.
@@ -25,12 +27,15 @@ pub(crate) mod catch_up;
 pub mod cutover;
 pub mod ddl;
 pub mod engine;
+pub mod error;
+pub(crate) mod fence;
 pub mod follow;
 pub mod initial_copy;
 pub mod journal;
 pub mod preflight;
 pub mod report;
 pub mod samples;
+pub mod sessions;
 pub mod slot_guard;
 pub mod status;
 pub mod steps;

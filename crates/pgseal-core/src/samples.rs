@@ -83,12 +83,12 @@ pub async fn replay_lag(
 }
 
 /// Reads a sample of every stream from the source's server-wide views (`source` may be
-/// a session in any database of the instance).
+/// a session in any database of the instance), stamped `at_ms`.
 pub async fn read(
     source: &tokio_postgres::Client,
     streams: &[Stream],
+    at_ms: i64,
 ) -> Result<Vec<Sample>, tokio_postgres::Error> {
-    let at_ms = crate::journal::now_ms();
     let source_lsn = replication::current_wal_lsn(source).await?;
     let mut samples = Vec::with_capacity(streams.len());
     for s in streams {
@@ -103,33 +103,6 @@ pub async fn read(
         ));
     }
     Ok(samples)
-}
-
-/// Takes and records a sample of every stream when the journal would keep one (the
-/// spacing is checked before the source is read). Sampling never stops the work it
-/// watches: a failure is logged and forgotten.
-pub async fn record(
-    journal: &crate::journal::Journal,
-    name: &str,
-    source: &tokio_postgres::Client,
-    streams: &[Stream],
-) {
-    let result = async {
-        if journal
-            .sample_due(name, crate::journal::now_ms())
-            .map_err(|e| e.to_string())?
-        {
-            let samples = read(source, streams).await.map_err(|e| e.to_string())?;
-            journal
-                .insert_samples(name, &samples)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok::<(), String>(())
-    }
-    .await;
-    if let Err(error) = result {
-        tracing::warn!(migration = %name, %error, "a replication sample was not recorded");
-    }
 }
 
 /// The apply rate of each sample after the first of its database: bytes the slot

@@ -10,7 +10,7 @@
 
 use tokio_postgres::Client;
 
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::journal::Journal;
 
 /// The journal's resource kind for the guard; the resource's name is the old value.

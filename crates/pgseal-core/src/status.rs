@@ -19,8 +19,9 @@ use pgseal_pg::schema::{self, Drift};
 use pgseal_platform::{Handoff, Platform};
 use serde::Serialize;
 
-use crate::engine::{EngineError, connect_source, connect_source_db, connect_to};
+use crate::error::EngineError;
 use crate::journal::{Journal, MigrationRecord, Phase, StepRun};
+use crate::sessions::{connect_source, connect_source_db, connect_to};
 use crate::steps::Step;
 
 /// One stream (one database) as both sides see it.
@@ -175,7 +176,12 @@ pub async fn status<P: Platform>(
         let rolled_back = migration.phase == Phase::RolledBack;
         let source = if fenced {
             let fenced_dbs: Vec<&str> = streams.iter().map(|s| s.database.as_str()).collect();
-            connect_source_db(platform, &spec, crate::engine::admin_database(&fenced_dbs)).await?
+            connect_source_db(
+                platform,
+                &spec,
+                crate::sessions::admin_database(&fenced_dbs),
+            )
+            .await?
         } else {
             connect_source(platform, &spec).await?
         };

@@ -30,8 +30,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::catch_up::{CatchUp, Follower};
-use crate::engine::{EngineError, connect_source_db, connect_to};
+use crate::error::EngineError;
 use crate::journal::Journal;
+use crate::sessions::{connect_source_db, connect_to};
 use crate::steps::{Step, Strategy};
 
 /// Session settings applied on both sides, so row text does not depend on them.
@@ -1209,7 +1210,7 @@ pub async fn validate<P: Platform>(
                 .await
                 .map_err(sql("source", "reading a table's size"))?
                 .get(0);
-            crate::samples::record(journal, name, &source, &streams).await;
+            journal.record_samples(name, &source, &streams).await;
             let shown = format!("{db}/{t}");
             progress(Progress::Table {
                 table: &shown,
@@ -1237,7 +1238,7 @@ pub async fn validate<P: Platform>(
                 Err(e) => TableReport {
                     table: t.clone(),
                     state: TableState::Error,
-                    error: Some(crate::engine::error_chain(&e)),
+                    error: Some(crate::error::error_chain(&e)),
                     ..Default::default()
                 },
             };

@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::catch_up::{CatchUp, Follower};
-use crate::engine::{EngineError, connect_source_db, connect_to, streams_of};
+use crate::error::EngineError;
 use crate::journal::Journal;
+use crate::sessions::{connect_source_db, connect_to, streams_of};
 use crate::steps::Strategy;
 use crate::stream;
 
@@ -308,7 +309,7 @@ pub(crate) async fn globals(
             .map_err(|e| {
                 EngineError::Precondition(format!(
                     "carrying roles and database settings to the target: {}",
-                    crate::engine::error_chain(&e)
+                    crate::error::error_chain(&e)
                 ))
             })?
             .iter()

@@ -12,6 +12,8 @@ use pgseal_exec::{RunAs, find_program_in, run_as::SERVER_OS_USER};
 use pgseal_pg::install::{DiscoverError, PgInstall, packaged_bindirs};
 use serde::Serialize;
 
+use crate::capabilities::{CAP_SYS_RESOURCE, has_capability};
+
 /// The oldest PostgreSQL major version pgseal runs local servers with.
 pub const MIN_PG_MAJOR: u32 = 13;
 /// The Debian package that provides the server.
@@ -412,21 +414,6 @@ fn check_privileges(inputs: &DoctorInputs, is_root: bool) -> Check {
     }
 }
 
-/// Linux capability number of CAP_SYS_RESOURCE (growing a mounted ext4).
-pub(crate) const CAP_SYS_RESOURCE: u32 = 24;
-
-/// True when the `/proc/<pid>/status` file gives the capability `cap` as effective.
-pub(crate) fn has_capability(status_file: &Path, cap: u32) -> bool {
-    effective_capabilities(status_file).is_some_and(|caps| caps & (1u64 << cap) != 0)
-}
-
-/// The effective capability set from a `/proc/<pid>/status` file.
-fn effective_capabilities(status_file: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(status_file).ok()?;
-    let hex = text.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
-    u64::from_str_radix(hex, 16).ok()
-}
-
 fn check_kernel_fscrypt(inputs: &DoctorInputs) -> Check {
     const ID: &str = "kernel_fscrypt";
     const TITLE: &str = "kernel fscrypt support for ext4";
@@ -798,17 +785,6 @@ mod tests {
         assert_eq!(check.fix.as_deref(), Some("losetup -d /dev/loop3"));
         std::fs::remove_dir_all(root.path().join("sys/block/loop3")).unwrap();
         assert_eq!(check_leftovers(&inputs).status, Status::Ok);
-    }
-
-    #[test]
-    fn capability_parsing_reads_cap_eff() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("status");
-        std::fs::write(&f, "Name:\tx\nCapEff:\t000001ffffffffff\n").unwrap();
-        let caps = effective_capabilities(&f).unwrap();
-        assert_ne!(caps & (1 << CAP_SYS_ADMIN), 0);
-        std::fs::write(&f, "CapEff:\t0000000000000000\n").unwrap();
-        assert_eq!(effective_capabilities(&f), Some(0));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`doctor`]: what this machine has for the local platform, what it lacks, and the exact
 //!   command that fixes each gap.
 //! - [`endpoint`]: PgBouncer endpoints in front of instances, switched at cutover.
+//! - [`error`]: the local platform's error type.
 //! - [`instance`]: PostgreSQL servers pgseal creates and runs, plain or on encrypted
 //!   volumes.
 //! - [`platform`]: all of it behind the engine's `Platform` trait.
@@ -12,8 +13,10 @@
 //! - [`volume`] and [`fscrypt`]: kernel-encrypted volumes (ext4 image, loop mount, fscrypt
 //!   v2 policy, AES-256-XTS).
 
+pub(crate) mod capabilities;
 pub mod doctor;
 pub mod endpoint;
+pub mod error;
 pub mod fscrypt;
 pub mod instance;
 pub mod platform;

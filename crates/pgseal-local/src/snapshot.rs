@@ -95,23 +95,7 @@ pub struct SnapshotRecord {
     pub params: BTreeMap<String, String>,
 }
 
-/// What the first start of a restored instance showed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RestoreFacts {
-    /// The snapshot restored.
-    pub snapshot: String,
-    /// The snapshot's backup end LSN.
-    pub backup_end_lsn: Lsn,
-    /// `pg_last_wal_replay_lsn()` at first start (NULL after any later restart).
-    pub replay_lsn: Option<Lsn>,
-    /// The log's `redo done at` LSN (the *start* of the last record replayed).
-    pub redo_done_at: Option<Lsn>,
-    /// The log's `invalid record length at` LSN (the end of the WAL, for crash copies).
-    pub invalid_record_at: Option<Lsn>,
-    /// The LSN where this copy's WAL ends: replication into it must start exactly here.
-    pub handoff_lsn: Lsn,
-}
+pub use crate::instance::RestoreFacts;
 
 /// What a snapshot is taken from.
 #[derive(Debug, Clone)]

@@ -207,9 +207,9 @@ impl Volume {
 /// True when this process may grow a mounted ext4 file system (the kernel's online resize
 /// needs CAP_SYS_RESOURCE, which restricted containers drop).
 pub fn can_grow_online() -> bool {
-    crate::doctor::has_capability(
+    crate::capabilities::has_capability(
         Path::new("/proc/self/status"),
-        crate::doctor::CAP_SYS_RESOURCE,
+        crate::capabilities::CAP_SYS_RESOURCE,
     )
 }
 

@@ -14,12 +14,13 @@ use pgseal_platform::Platform;
 use serde_json::json;
 
 use super::{Engine, EngineError, StepResult};
-use crate::cutover::{CleanupReport, CutoverOptions, CutoverReport, PauseTiming, Recovered};
+use crate::cutover::report::{
+    CleanupReport, CutoverOptions, CutoverReport, PauseTiming, Recovered, refuse_failed,
+};
 use crate::journal::{INSTANCE, Journal, Phase};
 use crate::steps::Step;
 
-/// The journal's resource kind of a blue/green deployment.
-pub const DEPLOYMENT: &str = "blue_green";
+use crate::journal::DEPLOYMENT;
 
 impl<P: Platform> Engine<'_, P> {
     /// Logical replication on at the source (what blue/green replicates with), then the
@@ -163,7 +164,7 @@ pub async fn switchover<P: Platform>(
             Ok(found) => failed.extend(found),
             Err(e) => failed.push(format!(
                 "blue's schema cannot be compared with green's: {}",
-                crate::engine::error_chain(&e)
+                crate::error::error_chain(&e)
             )),
         }
     }
@@ -171,7 +172,7 @@ pub async fn switchover<P: Platform>(
     if options.dry_run {
         return Ok(report);
     }
-    crate::cutover::refuse_failed(&report)?;
+    refuse_failed(&report)?;
     journal.set_phase(name, Phase::CuttingOver, None)?;
     let run = journal.step_started(name, Step::Cutover)?;
     let started = Instant::now();
@@ -184,7 +185,7 @@ pub async fn switchover<P: Platform>(
                 what: "switching the blue/green deployment over".into(),
                 source,
             };
-            journal.step_failed(run, &crate::engine::error_chain(&error))?;
+            journal.step_failed(run, &crate::error::error_chain(&error))?;
             // Settled by what the platform says now: back to replicating when nothing
             // moved, otherwise left cutting over for `resume`.
             recover(platform, journal, name).await.ok();
@@ -216,7 +217,7 @@ async fn schema_drift<P: Platform>(
 ) -> Result<Vec<String>, EngineError> {
     let spec = journal.migration(name)?.spec;
     let green = green_instance(journal, name)?;
-    let home = crate::engine::connect_source_db(platform, &spec, &spec.database).await?;
+    let home = crate::sessions::connect_source_db(platform, &spec, &spec.database).await?;
     let all = crate::stream::databases(&home)
         .await
         .map_err(|source| EngineError::Sql {
@@ -228,8 +229,8 @@ async fn schema_drift<P: Platform>(
         .map_err(EngineError::Precondition)?;
     let mut found = Vec::new();
     for s in &scope {
-        let blue = crate::engine::connect_source_db(platform, &spec, &s.database).await?;
-        let target = crate::engine::connect_to(platform, &green, &s.database, "target").await?;
+        let blue = crate::sessions::connect_source_db(platform, &spec, &s.database).await?;
+        let target = crate::sessions::connect_to(platform, &green, &s.database, "target").await?;
         let tables = crate::validate::user_tables(&blue).await?;
         let read = |role: &'static str| {
             move |source| EngineError::Sql {

@@ -758,7 +758,9 @@ impl<P: Platform> Engine<'_, P> {
         let streams = self.streams()?;
         let mut last_report = Instant::now();
         loop {
-            crate::samples::record(self.journal, &self.spec.name, &source, &streams).await;
+            self.journal
+                .record_samples(&self.spec.name, &source, &streams)
+                .await;
             let now = replication::current_wal_lsn(&source)
                 .await
                 .map_err(Self::sql("source", "reading the WAL position"))?;

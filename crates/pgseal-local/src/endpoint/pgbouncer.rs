@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use pgseal_exec::ExternalCommand;
 use serde::Serialize;
 
-use crate::instance::LocalError;
+use crate::error::LocalError;
 
 /// The first PgBouncer release that keeps server-side prepared statements across
 /// transaction pooling (`max_prepared_statements`).

@@ -33,7 +33,7 @@
 //! subscriptions re-enabled, the endpoint resumed on the source, and the migration is back
 //! to replicating; the error says why.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,18 @@ use pgseal_platform::Platform;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+pub mod report;
+
+pub(crate) use report::refuse_failed;
+pub use report::{
+    CleanupReport, CutoverOptions, CutoverReport, PauseTiming, Recovered, SequenceSync,
+};
+
 use crate::catch_up::commit_barrier;
-use crate::engine::{EngineError, admin_database, connect_source_db, connect_to, streams_of};
+use crate::error::EngineError;
+use crate::fence::{admin_session, allow_connections, backend_pid, fence, lift_fences, slip_in};
 use crate::journal::{INSTANCE, Journal, MigrationSpec, Phase};
+use crate::sessions::{admin_database, connect_source_db, connect_to, streams_of};
 use crate::status::status;
 use crate::steps::{Step, failpoint_at, test_hook};
 use crate::stream::{self, Stream};
@@ -88,16 +97,6 @@ pub trait Switch: Sync {
     }
 }
 
-/// How long one part of a write pause took.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct PauseTiming {
-    /// The part: `pause`, `fence`, `drain`, `final_check`, `sequences`, `verified`, `carried`,
-    /// `reverse_setup`, `switch`, `resume`, `first_write`.
-    pub phase: String,
-    /// Milliseconds.
-    pub ms: f64,
-}
-
 /// Times the parts of a pause, one after another.
 struct Laps {
     last: Instant,
@@ -123,94 +122,6 @@ impl Laps {
     }
 }
 
-/// What cutover is asked to do.
-#[derive(Debug, Clone, Default)]
-pub struct CutoverOptions {
-    /// The largest lag (bytes) at which cutover may start.
-    pub max_lag: u64,
-    /// How long fence, drain and sequences may take before pgseal gives up and lifts the fence.
-    pub timeout: Duration,
-    /// Only check the preconditions.
-    pub dry_run: bool,
-    /// Databases (`NAME`) and tables (`DATABASE/SCHEMA.TABLE`) the user accepts to leave
-    /// stale on the target.
-    pub leave_stale: Vec<String>,
-    /// Login roles the user accepts to arrive without the password they have on the
-    /// source (`--without-password`): pgseal cannot read it there, or is told not to
-    /// carry it; the user sets it on the target, or the role logs in otherwise.
-    pub without_password: Vec<String>,
-}
-
-/// One sequence set on the other side.
-#[derive(Debug, Clone, Serialize)]
-pub struct SequenceSync {
-    /// Its database.
-    pub database: String,
-    /// `schema.sequence`.
-    pub sequence: String,
-    /// The `last_value` read.
-    pub last_value: i64,
-    /// The `is_called` read.
-    pub is_called: bool,
-}
-
-/// What cutover did.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct CutoverReport {
-    /// Preconditions that failed (empty when all hold).
-    pub failed_checks: Vec<String>,
-    /// True when only the checks ran.
-    pub dry_run: bool,
-    /// The databases moved (one stream each).
-    pub databases: Vec<String>,
-    /// Databases outside the migration that the switch keeps sending to the source.
-    pub kept_on_source: Vec<String>,
-    /// Databases and tables the user accepted to leave stale (`--leave-stale`).
-    pub left_stale: Vec<String>,
-    /// Client sessions of the fenced databases ended by the fence.
-    pub sessions_ended: i64,
-    /// Background workers ended by the fence (`backend_type pid database`).
-    pub workers_ended: Vec<String>,
-    /// The flushed WAL position after the fence's barrier.
-    pub fence_lsn: Option<Lsn>,
-    /// The lowest confirmed position of the slots when drained (≥ `fence_lsn`).
-    pub drained_lsn: Option<Lsn>,
-    /// Milliseconds from pause to drained.
-    pub drain_ms: Option<u64>,
-    /// Sequences set on the target.
-    pub sequences: Vec<SequenceSync>,
-    /// Milliseconds from pause to the first write accepted through the switch.
-    pub write_pause_ms: Option<u64>,
-    /// The pause part by part, as pgseal's clock measured it.
-    pub phases: Vec<PauseTiming>,
-    /// The longest a client waited behind the pause, as the switch saw it (PgBouncer's
-    /// `maxwait` of the oldest waiting client just before the switch, plus the time until
-    /// `RESUME` returned); absent when the switch cannot know.
-    pub client_wait_ms: Option<u64>,
-    /// What the applications were switched with.
-    pub switch: String,
-    /// True when reverse replication (target → source) was set up for `rollback`.
-    pub rollback_ready: bool,
-    /// The re-verification of rows changed since the last clean validation, if one ran.
-    pub final_check: Option<crate::validate::FinalCheck>,
-    /// The catalog and what no row comparison sees, verified before the pause.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verified_before: Option<crate::verify::VerifyReport>,
-    /// The same inside the pause, with the source fenced: the sequences, and the catalog
-    /// of each database whose DDL moved since.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verified: Option<crate::verify::VerifyReport>,
-    /// What replication does not carry and pgseal did before the pause: large objects,
-    /// roles, memberships, database properties (a dry run: what differs now).
-    pub carried_before: Option<crate::carry::Carried>,
-    /// The same, carried inside the pause (what changed since).
-    pub carried: Option<crate::carry::Carried>,
-    /// A dry run: the tables (`database/schema.table`) DDL changed since the last
-    /// validation, which `pgseal migrate cutover` compares again before it starts.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub revalidate: Vec<String>,
-}
-
 /// How roles' passwords are carried at a switch: every one pgseal can read, but those the
 /// user named.
 fn carry_options(options: &CutoverOptions) -> pgseal_pg::globals::DiffOptions {
@@ -218,17 +129,6 @@ fn carry_options(options: &CutoverOptions) -> pgseal_pg::globals::DiffOptions {
         keep_master_password: false,
         skip_passwords: options.without_password.clone(),
     }
-}
-
-/// Refuses a cutover whose checks failed, naming them; nothing was changed then.
-pub(crate) fn refuse_failed(report: &CutoverReport) -> Result<(), EngineError> {
-    if report.failed_checks.is_empty() {
-        return Ok(());
-    }
-    Err(EngineError::Precondition(format!(
-        "cutover refused, nothing was changed: {}",
-        report.failed_checks.join("; ")
-    )))
 }
 
 fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
@@ -591,191 +491,11 @@ async fn check<P: Platform, S: Switch>(
             }
             Err(e) => failed.push(format!(
                 "what the switch would leave stale cannot be checked: {}",
-                crate::engine::error_chain(&e)
+                crate::error::error_chain(&e)
             )),
         }
     }
     Ok(failed)
-}
-
-/// What the fence ended.
-#[derive(Debug, Default)]
-struct Fenced {
-    sessions: i64,
-    workers: Vec<String>,
-}
-
-/// The sessions a fence ends: everything connected to a fenced database but pgseal's own
-/// sessions, walsenders (they only read; pgseal's own streams run through them) and
-/// autovacuum.
-const FENCED_SESSIONS: &str = "SELECT pid, backend_type, datname::text FROM pg_stat_activity \
-     WHERE datname = ANY($1) AND pid <> ALL($2) \
-       AND backend_type NOT IN ('walsender', 'autovacuum worker')";
-
-/// Sessions still starting up in a fenced database: from before `CheckMyDatabase` reads
-/// `datallowconn` until after the backend shows in `pg_stat_activity`, `InitPostgres` holds
-/// a `RowExclusiveLock` on the database (a shared object lock, released when its startup
-/// transaction commits). A session that read `datallowconn` before the fence committed is
-/// therefore always visible in this query or in [`FENCED_SESSIONS`], read in that order.
-const STARTING_SESSIONS: &str = "SELECT count(*) FROM pg_locks l \
-     JOIN pg_database d ON d.oid = l.objid \
-     WHERE l.locktype = 'object' AND l.database = 0 AND l.classid = 'pg_database'::regclass \
-       AND d.datname = ANY($1) AND l.pid <> ALL($2) AND l.granted";
-
-/// How often one kind of background worker may come back after being ended before the
-/// fence gives up on it (it bypasses `ALLOW_CONNECTIONS`).
-const WORKER_RETURNS: usize = 3;
-
-/// Closes every write path to the databases `dbs`: no new session, every other session
-/// ended (see [`FENCED_SESSIONS`]); returns what was ended once the fence is proven.
-/// `admin` is a session on a database outside `dbs` (PostgreSQL refuses `ALLOW_CONNECTIONS
-/// false` for the current database); `keep` are pgseal's own sessions, which stay.
-///
-/// Proof: one pass in which no session is starting up in those databases
-/// ([`STARTING_SESSIONS`]), then none other is connected to them, then no prepared
-/// transaction of theirs waits. Any session that could still write must have passed
-/// `CheckMyDatabase` before `ALLOW_CONNECTIONS false` committed, so it is in one of the
-/// first two; a session ended shows until its process has exited, after its last commit.
-async fn fence(admin: &Client, dbs: &[String], keep: &[i32]) -> Result<Fenced, EngineError> {
-    for db in dbs {
-        allow_connections(admin, db, false, "refusing new connections to the database").await?;
-    }
-    let mut fenced = Fenced::default();
-    let mut returns: HashMap<String, usize> = HashMap::new();
-    let mut ended_pids = HashSet::new();
-    loop {
-        let starting: i64 = admin
-            .query_one(STARTING_SESSIONS, &[&dbs, &keep])
-            .await
-            .map_err(sql("source", "listing sessions starting up"))?
-            .get(0);
-        let others = admin
-            .query(FENCED_SESSIONS, &[&dbs, &keep])
-            .await
-            .map_err(sql("source", "listing the databases' sessions"))?;
-        for row in &others {
-            let (pid, kind, db): (i32, Option<String>, Option<String>) =
-                (row.get(0), row.get(1), row.get(2));
-            // Ended already, still exiting: signalled once, counted once.
-            if !ended_pids.insert(pid) {
-                continue;
-            }
-            let kind = kind.unwrap_or_else(|| "backend".into());
-            let ended: bool = admin
-                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-                .await
-                .map_err(sql("source", "ending a session"))?
-                .get(0);
-            if !ended {
-                continue;
-            }
-            if kind == "client backend" {
-                fenced.sessions += 1;
-                continue;
-            }
-            let db = db.unwrap_or_default();
-            tracing::warn!(pid, backend_type = %kind, database = %db, "fence ended a background worker");
-            fenced.workers.push(format!("{kind} {pid} ({db})"));
-            let seen = returns.entry(format!("{kind} ({db})")).or_default();
-            *seen += 1;
-            if *seen > WORKER_RETURNS {
-                return Err(EngineError::Precondition(format!(
-                    "background worker \"{kind}\" keeps reconnecting to {db} although it refuses connections (ended {} times): it writes past the fence. Stop it for the cutover (pg_cron: UPDATE cron.job SET active = false, or set cron.database_name elsewhere; a subscription: ALTER SUBSCRIPTION ... DISABLE) and run cutover again",
-                    *seen
-                )));
-            }
-        }
-        let prepared: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_prepared_xacts WHERE database = ANY($1)",
-                &[&dbs],
-            )
-            .await
-            .map_err(sql("source", "counting prepared transactions"))?
-            .get(0);
-        if prepared > 0 {
-            return Err(EngineError::Precondition(format!(
-                "{prepared} prepared transaction(s) of the migrated databases wait for COMMIT PREPARED or ROLLBACK PREPARED; resolve them first"
-            )));
-        }
-        if starting == 0 && others.is_empty() {
-            return Ok(fenced);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn lift_fences(admin: &Client, dbs: &[String]) -> Result<(), EngineError> {
-    for db in dbs {
-        allow_connections(admin, db, true, "lifting the fence").await?;
-    }
-    Ok(())
-}
-
-/// `ALTER DATABASE db ALLOW_CONNECTIONS allow`, from `admin` (a session on another
-/// database); `what` names the step in an error.
-async fn allow_connections(
-    admin: &Client,
-    db: &str,
-    allow: bool,
-    what: &str,
-) -> Result<(), EngineError> {
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
-            quote_ident(db)
-        ))
-        .await
-        .map_err(sql("source", what))
-}
-
-/// A session on the source's database `db` however it is fenced: the fence is lifted for
-/// a moment, pgseal connects, the fence is closed again at once and anyone else who
-/// slipped in is ended. Returns pgseal's session, with the fence in place.
-async fn slip_in<P: Platform>(
-    platform: &P,
-    spec: &MigrationSpec,
-    admin: &Client,
-    db: &str,
-) -> Result<Client, EngineError> {
-    allow_connections(admin, db, true, "lifting the fence").await?;
-    let source = connect_source_db(platform, spec, db).await;
-    allow_connections(admin, db, false, "fencing the database again").await?;
-    let source = source?;
-    let own = backend_pid(&source, "source").await?;
-    fence(admin, &[db.to_string()], &[own]).await?;
-    Ok(source)
-}
-
-/// A session on the source's database `db` while a cut-over migration keeps it fenced
-/// (see [`slip_in`]).
-pub(crate) async fn fenced_source<P: Platform>(
-    platform: &P,
-    spec: &MigrationSpec,
-    streams: &[Stream],
-    db: &str,
-) -> Result<Client, EngineError> {
-    let admin = admin_session(platform, spec, streams).await?;
-    slip_in(platform, spec, &admin, db).await
-}
-
-async fn backend_pid(client: &Client, role: &'static str) -> Result<i32, EngineError> {
-    Ok(client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(sql(role, "reading pgseal's session id"))?
-        .get(0))
-}
-
-/// A session on the source outside the migration's databases (for fences and
-/// server-wide reads while they are fenced).
-async fn admin_session<P: Platform>(
-    platform: &P,
-    spec: &MigrationSpec,
-    streams: &[Stream],
-) -> Result<Client, EngineError> {
-    let dbs: Vec<&str> = streams.iter().map(|s| s.database.as_str()).collect();
-    connect_source_db(platform, spec, admin_database(&dbs)).await
 }
 
 /// The same on the target.
@@ -1094,7 +814,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         Err(error) => {
             let undo =
                 drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await;
-            journal.step_failed(run, &crate::engine::error_chain(&error))?;
+            journal.step_failed(run, &crate::error::error_chain(&error))?;
             journal.set_phase(name, Phase::Replicating, None)?;
             undo?;
             return Err(error);
@@ -1240,14 +960,14 @@ pub async fn cutover<P: Platform, S: Switch>(
         }
         .await;
         let resumed = switch.resume().await;
-        let text = crate::engine::error_chain(&error);
+        let text = crate::error::error_chain(&error);
         journal.step_failed(run, &text)?;
         if let Err(undo_error) = undo {
             // The fence may still be up: the phase stays `cutting_over`, so `status` says
             // so and `resume` lifts it (or finishes forward, once switched).
             return Err(EngineError::Precondition(format!(
                 "the cutover failed ({text}) and undoing it failed too ({}): the source's databases may still refuse connections; `pgseal migrate resume {name}` lifts the fence",
-                crate::engine::error_chain(&undo_error)
+                crate::error::error_chain(&undo_error)
             )));
         }
         journal.set_phase(name, Phase::Replicating, None)?;
@@ -1679,7 +1399,7 @@ pub async fn rollback<P: Platform, S: Switch>(
         }
         .await;
         let resumed = switch.resume().await;
-        journal.step_failed(run, &crate::engine::error_chain(&error))?;
+        journal.step_failed(run, &crate::error::error_chain(&error))?;
         undo?;
         resumed.map_err(|e| {
             EngineError::Precondition(format!("resuming {}: {e}", switch.describe()))
@@ -1743,7 +1463,7 @@ async fn remove_resources<P: Platform>(
             ("publication", Some(source)) => replication::drop_publication(source, &resource.name)
                 .await
                 .map_err(sql("source", "dropping the publication"))?,
-            (crate::engine::DDL_CAPTURE, Some(source)) => pgseal_pg::ddl::remove(source)
+            (crate::journal::DDL_CAPTURE, Some(source)) => pgseal_pg::ddl::remove(source)
                 .await
                 .map_err(sql("source", "removing the DDL capture"))?,
             ("replica_identity", Some(source)) => {
@@ -1840,20 +1560,6 @@ pub async fn recover_interrupted_rollback<P: Platform>(
     Ok(Recovered::StillCutOver)
 }
 
-/// Where an interrupted cutover was left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovered {
-    /// It had not switched: the fence is lifted and the migration replicates again.
-    BackToReplicating,
-    /// It had switched: the migration is cut over (the caller points and resumes the switch
-    /// again, which is idempotent).
-    CutOver,
-    /// A rollback had not switched back: the target serves again, still cut over.
-    StillCutOver,
-    /// A rollback had switched back: the migration is rolled back.
-    RolledBack,
-}
-
 /// After a crash during cutover: before the switch, drops the reverse objects it may have
 /// made, lifts the fences, re-enables the subscriptions and returns the migration to
 /// replicating; after it, marks it cut over.
@@ -1889,13 +1595,6 @@ pub async fn recover_interrupted<P: Platform>(
     .await?;
     journal.set_phase(name, Phase::Replicating, None)?;
     Ok(Recovered::BackToReplicating)
-}
-
-/// What `cleanup` removed.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CleanupReport {
-    /// `kind name` of each object removed.
-    pub removed: Vec<String>,
 }
 
 /// After cutover: drops the subscriptions on the target, the slots, publications and
