@@ -49,7 +49,7 @@ fn used_paths(code: &str, own: &[String], is_mod_file: bool) -> Vec<Vec<String>>
     for line in code.lines() {
         let line = line.split("//").next().unwrap_or("");
         let mut rest = line;
-        while let Some(at) = rest.find(|c: char| c == 'c' || c == 's') {
+        while let Some(at) = rest.find(['c', 's']) {
             let tail = &rest[at..];
             let boundary = at == 0
                 || !rest[..at]
