@@ -730,51 +730,103 @@ fn cutover(
     if !options.dry_run {
         revalidate_after_ddl(ctx, &runtime, &platform, &journal, name)?;
     }
+    let switch = choose_switch(
+        ctx,
+        &platform,
+        &instances,
+        &spec,
+        endpoint,
+        on_switch,
+        Direction::ToTarget,
+    )?;
+    let report = runtime.block_on(pgseal_core::cutover::cutover(
+        &platform, &journal, name, &switch, options,
+    ))?;
+    print_cutover(ctx, name, &spec, &report)
+}
+
+/// Which way a switch moves applications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// At cutover: from the source to the target.
+    ToTarget,
+    /// At rollback: from the target back to the source.
+    BackToSource,
+}
+
+/// Chooses, once, how applications are moved at a cutover or a rollback: on AWS the
+/// instances are renamed; locally, the endpoint named by `--endpoint`, else a hook
+/// (`--on-switch`) or the new URL printed when one is given or the source is a URL, else
+/// the endpoint in front of the side applications leave (one only, at cutover).
+fn choose_switch(
+    ctx: &Context,
+    platform: &AnyPlatform,
+    instances: &LocalInstances,
+    spec: &MigrationSpec,
+    endpoint: Option<&str>,
+    on_switch: Option<String>,
+    direction: Direction,
+) -> anyhow::Result<super::switch::ChosenSwitch> {
+    use super::switch::ChosenSwitch;
     #[cfg(feature = "aws")]
-    if let AnyPlatform::Aws(aws) = &platform {
-        let switch = rename_switch(ctx, aws, &spec, endpoint, on_switch.as_deref(), false)?;
-        let report = runtime.block_on(pgseal_core::cutover::cutover(
-            &platform, &journal, name, &switch, options,
-        ))?;
-        return print_cutover(ctx, name, &spec, &report);
+    if let AnyPlatform::Aws(aws) = platform {
+        let back = direction == Direction::BackToSource;
+        return Ok(ChosenSwitch::Rename(rename_switch(
+            ctx,
+            aws,
+            spec,
+            endpoint,
+            on_switch.as_deref(),
+            back,
+        )?));
     }
-    let endpoint = match (endpoint, &on_switch, spec.source_url()) {
-        (Some(e), _, _) => Some(e.to_string()),
-        (None, Some(_), _) | (None, None, Some(_)) => None,
-        (None, None, None) => {
-            let found = endpoints_of(&instances, &spec.source)?;
+    let _ = (ctx, platform);
+    let (from, to) = match direction {
+        Direction::ToTarget => (&spec.source, &spec.target),
+        Direction::BackToSource => (&spec.target, &spec.source),
+    };
+    let endpoint = match (endpoint, &on_switch, direction, spec.source_url()) {
+        (Some(e), ..) => Some(e.to_string()),
+        (None, Some(_), ..) => None,
+        (None, None, Direction::ToTarget, Some(_)) => None,
+        (None, None, Direction::ToTarget, None) => {
+            let found = endpoints_of(instances, from)?;
             if found.len() > 1 {
                 anyhow::bail!(LocalError::InvalidInput(format!(
-                    "several endpoints are in front of {}: {}; choose one with --endpoint",
-                    spec.source,
+                    "several endpoints are in front of {from}: {}; choose one with --endpoint",
                     found.join(", ")
                 )));
             }
             found.into_iter().next()
         }
-    };
-    let report = match endpoint {
-        Some(endpoint) => {
-            let switch = EndpointSwitch {
-                instances: instances.clone(),
-                endpoint,
-                from: spec.source.clone(),
-                target: spec.target.clone(),
-                database: spec.database.clone(),
-            };
-            runtime.block_on(pgseal_core::cutover::cutover(
-                &platform, &journal, name, &switch, options,
-            ))?
-        }
-        None => {
-            let switch =
-                HookSwitch::to_instance(&instances, &spec.target, &spec.database, on_switch, name)?;
-            runtime.block_on(pgseal_core::cutover::cutover(
-                &platform, &journal, name, &switch, options,
-            ))?
+        (None, None, Direction::BackToSource, _) => {
+            endpoints_of(instances, from)?.into_iter().next()
         }
     };
-    print_cutover(ctx, name, &spec, &report)
+    Ok(match (endpoint, direction, spec.source_url()) {
+        // Back to a source reached by URL: a hook (or the URL printed).
+        (_, Direction::BackToSource, Some(url)) => ChosenSwitch::Hook(HookSwitch {
+            command: on_switch,
+            migration: spec.name.clone(),
+            target: url.to_string(),
+            new_url: url.to_string(),
+            target_config: url_config(url, "the source URL")?,
+        }),
+        (Some(endpoint), ..) => ChosenSwitch::Endpoint(EndpointSwitch {
+            instances: instances.clone(),
+            endpoint,
+            from: from.clone(),
+            target: to.clone(),
+            database: spec.database.clone(),
+        }),
+        (None, ..) => ChosenSwitch::Hook(HookSwitch::to_instance(
+            instances,
+            to,
+            &spec.database,
+            on_switch,
+            &spec.name,
+        )?),
+    })
 }
 
 /// Prints what cutover did (or would refuse); exit 3 for a refused dry run.
@@ -1185,52 +1237,18 @@ fn rollback(
     let instances = LocalInstances::open(&ctx.home)?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
-    #[cfg(feature = "aws")]
-    if let AnyPlatform::Aws(aws) = &platform {
-        let switch = rename_switch(ctx, aws, &spec, endpoint, on_switch.as_deref(), true)?;
-        let report = runtime.block_on(pgseal_core::cutover::rollback(
-            &platform, &journal, name, &switch, timeout,
-        ))?;
-        return print_rollback(ctx, name, &spec, &report);
-    }
-    let endpoint = match (endpoint, &on_switch) {
-        (Some(e), _) => Some(e.to_string()),
-        (None, Some(_)) => None,
-        (None, None) => endpoints_of(&instances, &spec.target)?.into_iter().next(),
-    };
-    let report = match (endpoint, spec.source_url()) {
-        (Some(endpoint), None) => {
-            let switch = EndpointSwitch {
-                instances: instances.clone(),
-                endpoint,
-                from: spec.target.clone(),
-                target: spec.source.clone(),
-                database: spec.database.clone(),
-            };
-            runtime.block_on(pgseal_core::cutover::rollback(
-                &platform, &journal, name, &switch, timeout,
-            ))?
-        }
-        (_, Some(url)) => {
-            let switch = HookSwitch {
-                command: on_switch,
-                migration: name.to_string(),
-                target: url.to_string(),
-                new_url: url.to_string(),
-                target_config: url_config(url, "the source URL")?,
-            };
-            runtime.block_on(pgseal_core::cutover::rollback(
-                &platform, &journal, name, &switch, timeout,
-            ))?
-        }
-        (None, None) => {
-            let switch =
-                HookSwitch::to_instance(&instances, &spec.source, &spec.database, on_switch, name)?;
-            runtime.block_on(pgseal_core::cutover::rollback(
-                &platform, &journal, name, &switch, timeout,
-            ))?
-        }
-    };
+    let switch = choose_switch(
+        ctx,
+        &platform,
+        &instances,
+        &spec,
+        endpoint,
+        on_switch,
+        Direction::BackToSource,
+    )?;
+    let report = runtime.block_on(pgseal_core::cutover::rollback(
+        &platform, &journal, name, &switch, timeout,
+    ))?;
     print_rollback(ctx, name, &spec, &report)
 }
 

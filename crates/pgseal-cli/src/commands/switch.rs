@@ -334,3 +334,61 @@ impl Switch for RenameSwitch {
         write_once(&config).await
     }
 }
+
+/// The way applications are moved, chosen once for a cutover or a rollback (see
+/// `commands::migrate::choose_switch`).
+pub enum ChosenSwitch {
+    /// A PgBouncer endpoint.
+    Endpoint(EndpointSwitch),
+    /// A hook command, or the new URL printed.
+    Hook(HookSwitch),
+    /// AWS: the instances renamed.
+    #[cfg(feature = "aws")]
+    Rename(RenameSwitch),
+}
+
+/// Calls `$call` on whichever switch was chosen.
+macro_rules! on_chosen {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            ChosenSwitch::Endpoint($s) => $call,
+            ChosenSwitch::Hook($s) => $call,
+            #[cfg(feature = "aws")]
+            ChosenSwitch::Rename($s) => $call,
+        }
+    };
+}
+
+impl Switch for ChosenSwitch {
+    fn describe(&self) -> String {
+        on_chosen!(self, s => s.describe())
+    }
+
+    fn keeps_other_databases(&self) -> bool {
+        on_chosen!(self, s => s.keeps_other_databases())
+    }
+
+    fn cannot_keep(&self, db: &str) -> Option<String> {
+        on_chosen!(self, s => s.cannot_keep(db))
+    }
+
+    async fn pause(&self) -> Result<(), SwitchError> {
+        on_chosen!(self, s => s.pause().await)
+    }
+
+    async fn point_to_target(&self, stay: &[String]) -> Result<(), SwitchError> {
+        on_chosen!(self, s => s.point_to_target(stay).await)
+    }
+
+    async fn resume(&self) -> Result<(), SwitchError> {
+        on_chosen!(self, s => s.resume().await)
+    }
+
+    async fn probe_write(&self) -> Result<(), SwitchError> {
+        on_chosen!(self, s => s.probe_write().await)
+    }
+
+    async fn longest_client_wait(&self) -> Option<std::time::Duration> {
+        on_chosen!(self, s => s.longest_client_wait().await)
+    }
+}
