@@ -1,0 +1,260 @@
+//! Rollback: back to the source by reverse replication, losing nothing.
+
+use std::time::{Duration, Instant};
+
+use pgseal_pg::Lsn;
+use pgseal_pg::replication::{self, quote_ident};
+use pgseal_platform::Platform;
+use serde::Serialize;
+
+use super::report::*;
+use crate::error::EngineError;
+use crate::fence::{admin_session, allow_connections, fence, lift_fences, slip_in};
+use crate::journal::{INSTANCE, Journal, Phase};
+use crate::sessions::streams_of;
+use crate::steps::{Step, failpoint_at};
+use crate::stream::Stream;
+
+use super::drain::*;
+use super::reverse::*;
+use super::sequences::*;
+use super::sides::*;
+use super::switch::*;
+
+/// What `rollback` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    /// The databases moved back.
+    pub databases: Vec<String>,
+    /// The target's flushed WAL position after its fence's barrier.
+    pub fence_lsn: Lsn,
+    /// The lowest confirmed position of the reverse slots when drained (≥ `fence_lsn`).
+    pub drained_lsn: Lsn,
+    /// Sequences set on the source from the target.
+    pub sequences: Vec<SequenceSync>,
+    /// Milliseconds from pause to the first write accepted on the source.
+    pub write_pause_ms: u64,
+    /// The longest a client waited behind the pause, as the switch saw it (see
+    /// [`CutoverReport::client_wait_ms`]).
+    pub client_wait_ms: Option<u64>,
+    /// What the applications were switched with.
+    pub switch: String,
+    /// What replication does not carry, carried from the target before the pause.
+    pub carried_before: crate::carry::Carried,
+    /// The same, inside the pause.
+    pub carried: crate::carry::Carried,
+}
+
+/// Switches applications back from the target to the source after a cutover, with the
+/// same procedure in reverse for every database: pause, fence the target, let the source
+/// apply everything written on the target since the switch (reverse replication), set
+/// the sequences from the target, point the switch at the source, resume. Nothing written
+/// on the target after cutover is lost. On failure before the switch the target serves
+/// again.
+pub async fn rollback<P: Platform, S: Switch>(
+    platform: &P,
+    journal: &Journal,
+    name: &str,
+    switch: &S,
+    timeout: Duration,
+) -> Result<RollbackReport, EngineError> {
+    let record = journal.migration(name)?;
+    if record.phase != Phase::CutOver {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} is {}; rollback follows a cutover",
+            record.phase.as_str()
+        )));
+    }
+    let spec = record.spec;
+    if spec.strategy == crate::steps::Strategy::BlueGreen {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} was switched over by the platform's blue/green deployment, which has no way back: the old blue is kept as it was at the switchover (see `pgseal migrate status {name}`)"
+        )));
+    }
+    if !journal.has_resource(name, "reverse_subscription")? {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} has no reverse replication (the target's wal_level is not logical, or cleanup ran): rollback is unavailable"
+        )));
+    }
+    let streams = streams_of(journal, name)?;
+    let dbs: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
+    let backs: Vec<String> = streams.iter().map(Stream::reverse_name).collect();
+    let targets = sessions(platform, &spec, &streams, "target").await?;
+    let target_admin = target_admin(platform, &spec, &streams).await?;
+    let source_admin = admin_session(platform, &spec, &streams).await?;
+    // Large objects and roles written on the target since the cutover, carried back
+    // whole before the pause (the source's databases stay fenced meanwhile: pgseal slips
+    // in); inside it, only what changed since.
+    let mut fenced_sessions = Vec::new();
+    for db in &dbs {
+        fenced_sessions.push(slip_in(platform, &spec, &source_admin, db).await?);
+    }
+    let carrying = pgseal_pg::globals::DiffOptions::default();
+    let (carried_before, baseline) = crate::carry::before_pause(&crate::carry::Sides {
+        from: &targets.clients,
+        from_role: "target",
+        to: &fenced_sessions,
+        to_role: "source",
+        databases: &dbs,
+        options: &carrying,
+    })
+    .await?;
+    drop(fenced_sessions);
+    let mut carried = None;
+    let run = journal.step_started(name, Step::Rollback)?;
+    let paused = Instant::now();
+    let mut sources: Option<Sessions> = None;
+    let mut fence_lsn = None;
+    let mut drained = None;
+    let mut sequences = Vec::new();
+    let before_switch = async {
+        // On record before anything changes: a crash from here on leaves the endpoint
+        // paused and the source open, and `resume` recovers an interrupted rollback only
+        // when it finds these (lifting a fence that was never up is harmless).
+        for db in &dbs {
+            journal.add_resource(name, "target_fence", db, db)?;
+        }
+        switch.pause().await.map_err(|e| {
+            EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
+        })?;
+        failpoint_at("rollback:paused");
+        // The source databases let their apply workers in (anyone else is ended until the
+        // switch); the workers must reach the target before the target is fenced, since a
+        // fenced database refuses new walsender connections too.
+        lift_fences(&source_admin, &dbs).await?;
+        let opened = sessions(platform, &spec, &streams, "source").await?;
+        for (i, s) in streams.iter().enumerate() {
+            // The target's address may have changed since the reverse subscription was
+            // made (renamed at cutover): point it at the target as it is now.
+            let conninfo = target_conninfo(platform, &spec, &s.database).await?;
+            opened.clients[i]
+                .batch_execute(&format!(
+                    "ALTER SUBSCRIPTION {} CONNECTION {}",
+                    quote_ident(&backs[i]),
+                    replication::quote_literal(&conninfo)
+                ))
+                .await
+                .map_err(sql(
+                    "source",
+                    "pointing the reverse subscription at the target",
+                ))?;
+        }
+        set_subscriptions(&opened.clients, backs.iter().cloned(), true, "source").await?;
+        for back in &backs {
+            loop {
+                let slot = replication::slot(&targets.clients[0], back)
+                    .await
+                    .map_err(sql("target", "reading the reverse slot"))?;
+                if slot.is_some_and(|s| s.active) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        fence(&target_admin, &dbs, &targets.pids).await?;
+        failpoint_at("rollback:fenced");
+        let lsn = flushed_barrier(&targets.clients[0], "target").await?;
+        fence_lsn = Some(lsn);
+        let own = opened.pids.clone();
+        sources = Some(opened);
+        let back_sides = DrainSides {
+            publisher: &targets.clients[0],
+            publisher_role: "target",
+            subscriber: &sources.as_ref().expect("set above").clients[0],
+            subscriber_role: "source",
+        };
+        // Keep everyone else out of the source while its apply workers catch up.
+        let keep_out = async {
+            loop {
+                if let Err(e) = source_admin
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = ANY($1) AND pid <> ALL($2) AND backend_type = 'client backend'",
+                        &[&dbs, &own],
+                    )
+                    .await
+                {
+                    return Err::<(), EngineError>(sql("source", "keeping other sessions out")(e));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            done = drain(&back_sides, &backs, lsn) => drained = Some(done?),
+            failed = keep_out => return failed,
+        }
+        let opened = sources.as_ref().expect("connected above");
+        for (i, s) in streams.iter().enumerate() {
+            sequences.extend(
+                sync_sequences(&s.database, &targets.clients[i], &opened.clients[i]).await?,
+            );
+        }
+        set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source").await?;
+        let carry_sides = crate::carry::Sides {
+            from: &targets.clients,
+            from_role: "target",
+            to: &opened.clients,
+            to_role: "source",
+            databases: &dbs,
+            options: &carrying,
+        };
+        carried = Some(crate::carry::inside_pause(&carry_sides, &baseline).await?);
+        Ok::<(), EngineError>(())
+    };
+    let outcome = match tokio::time::timeout(timeout, before_switch).await {
+        Ok(result) => result,
+        Err(_) => Err(EngineError::Timeout {
+            what: "fence, reverse drain and sequences".into(),
+            seconds: timeout.as_secs(),
+        }),
+    };
+    if let Err(error) = outcome {
+        // The target keeps serving: fence the source again, lift the target's fence.
+        let undo = async {
+            if let Some(opened) = &sources {
+                let _ = set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source")
+                    .await;
+            }
+            for db in &dbs {
+                allow_connections(&source_admin, db, false, "fencing the source again").await?;
+            }
+            lift_fences(&target_admin, &dbs).await?;
+            for db in &dbs {
+                journal.remove_resource(name, "target_fence", db, db)?;
+            }
+            Ok::<(), EngineError>(())
+        }
+        .await;
+        let resumed = switch.resume().await;
+        journal.step_failed(run, &crate::error::error_chain(&error))?;
+        undo?;
+        resumed.map_err(|e| {
+            EngineError::Precondition(format!("resuming {}: {e}", switch.describe()))
+        })?;
+        return Err(error);
+    }
+    journal.add_resource(name, "switched_back", INSTANCE, &spec.source)?;
+    let mut laps = Laps::start();
+    let client_wait_ms = switch_over(switch, &[], "source", "rollback:switched", &mut laps).await?;
+    let report = RollbackReport {
+        databases: dbs.clone(),
+        fence_lsn: fence_lsn.expect("set before the switch"),
+        drained_lsn: drained.expect("set before the switch"),
+        sequences,
+        write_pause_ms: paused.elapsed().as_millis() as u64,
+        client_wait_ms,
+        switch: switch.describe(),
+        carried_before,
+        carried: carried.expect("set before the switch"),
+    };
+    for db in &dbs {
+        journal.remove_resource(name, "fence", db, db)?;
+    }
+    journal.step_done(
+        run,
+        &serde_json::to_value(&report).expect("a report serialises"),
+    )?;
+    journal.set_phase(name, Phase::RolledBack, None)?;
+    tracing::info!(migration = %name, write_pause_ms = report.write_pause_ms, "rolled back");
+    Ok(report)
+}

@@ -1,0 +1,94 @@
+//! Sessions on both sides of every stream, admin sessions, and the subscriptions turned on or off.
+
+use pgseal_pg::replication::quote_ident;
+use pgseal_platform::Platform;
+use tokio_postgres::Client;
+
+use super::report::*;
+use crate::error::EngineError;
+use crate::fence::backend_pid;
+use crate::journal::MigrationSpec;
+use crate::sessions::{admin_database, connect_source_db, connect_to};
+use crate::stream::Stream;
+
+/// How roles' passwords are carried at a switch: every one pgseal can read, but those the
+/// user named.
+pub(super) fn carry_options(options: &CutoverOptions) -> pgseal_pg::globals::DiffOptions {
+    pgseal_pg::globals::DiffOptions {
+        keep_master_password: false,
+        skip_passwords: options.without_password.clone(),
+    }
+}
+
+pub(super) fn sql(
+    role: &'static str,
+    what: &str,
+) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
+    let what = what.to_string();
+    move |source| EngineError::Sql { role, what, source }
+}
+
+/// The same on the target.
+pub(super) async fn target_admin<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+) -> Result<Client, EngineError> {
+    let dbs: Vec<&str> = streams.iter().map(|s| s.database.as_str()).collect();
+    connect_to(platform, &spec.target, admin_database(&dbs), "target").await
+}
+
+/// Sessions on every stream's database on one side, with pgseal's backend pids.
+pub(super) struct Sessions {
+    pub(super) clients: Vec<Client>,
+    pub(super) pids: Vec<i32>,
+}
+
+/// Sessions on every stream's database of the source (`role` "source") or the target.
+pub(super) async fn sessions<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+    role: &'static str,
+) -> Result<Sessions, EngineError> {
+    let mut sessions = Sessions {
+        clients: Vec::new(),
+        pids: Vec::new(),
+    };
+    for s in streams {
+        let client = if role == "source" {
+            connect_source_db(platform, spec, &s.database).await?
+        } else {
+            connect_to(platform, &spec.target, &s.database, role).await?
+        };
+        sessions.pids.push(backend_pid(&client, role).await?);
+        sessions.clients.push(client);
+    }
+    Ok(sessions)
+}
+
+pub(super) async fn set_subscriptions(
+    clients: &[Client],
+    names: impl Iterator<Item = String>,
+    enabled: bool,
+    role: &'static str,
+) -> Result<(), EngineError> {
+    for (client, name) in clients.iter().zip(names) {
+        client
+            .batch_execute(&format!(
+                "ALTER SUBSCRIPTION {} {}",
+                quote_ident(&name),
+                if enabled { "ENABLE" } else { "DISABLE" }
+            ))
+            .await
+            .map_err(sql(
+                role,
+                if enabled {
+                    "enabling a subscription"
+                } else {
+                    "disabling a subscription"
+                },
+            ))?;
+    }
+    Ok(())
+}
