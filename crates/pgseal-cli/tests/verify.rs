@@ -254,6 +254,13 @@ fn a_difference_in_each_category_is_named_refuses_the_cutover_and_passes_once_re
     assert!(started.elapsed() < Duration::from_secs(120));
     let report = h.json(&["migrate", "status", "v1"]);
     assert_eq!(report["migration"]["phase"], "cut_over");
+    // Once cut over, verify says why it does not compare, and where the cutover's is.
+    let out = h.run(&["migrate", "verify", "v1"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && said.contains("is cut_over") && said.contains("migrate report v1"),
+        "{said}"
+    );
     // The report shows what the last validation's verification compared.
     h.ok(&["migrate", "report", "v1"]);
     let page = std::fs::read_to_string(h.path("home/migrations/v1/report.html")).unwrap();

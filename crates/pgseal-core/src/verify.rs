@@ -362,7 +362,16 @@ pub async fn verify<P: Platform>(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<VerifyReport, EngineError> {
     let started = Instant::now();
-    let spec = journal.migration(name)?.spec;
+    let record = journal.migration(name)?;
+    if record.phase != crate::journal::Phase::Replicating {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} is {}: verify compares a target that follows its source. \
+             The cutover verified both sides before its pause and, where DDL ran since, inside it \
+             with the source fenced; `pgseal migrate report {name}` shows what it found",
+            record.phase.as_str()
+        )));
+    }
+    let spec = record.spec;
     let blue_green = spec.strategy == Strategy::BlueGreen;
     let (target_name, scope) = compared_with(platform, journal, name, &spec).await?;
     let mut report = VerifyReport::default();
