@@ -10,12 +10,7 @@ use pgseal_pg::replication;
 use tokio_postgres::Client;
 use tokio_postgres::types::PgLsn;
 
-use crate::error::EngineError;
-
-fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
-    let what = what.to_string();
-    move |source| EngineError::Sql { role, what, source }
-}
+use crate::error::{EngineError, sql};
 
 /// How the target follows the source.
 #[derive(Debug, Clone)]

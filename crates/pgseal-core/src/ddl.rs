@@ -8,7 +8,7 @@ use pgseal_platform::Platform;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::journal::{Journal, Phase};
 use crate::sessions::{connect_source_db, connect_to, streams_of};
 
@@ -44,11 +44,6 @@ pub struct DdlEntry {
     pub captured: Captured,
     /// What became of it.
     pub state: DdlState,
-}
-
-fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
-    let what = what.to_string();
-    move |source| EngineError::Sql { role, what, source }
 }
 
 /// The captured statements of one database, with their states.

@@ -118,3 +118,13 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Maps a server's error to [`EngineError::Sql`], naming the side (`source` or `target`)
+/// and what was being done.
+pub(crate) fn sql(
+    role: &'static str,
+    what: &str,
+) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
+    let what = what.to_string();
+    move |source| EngineError::Sql { role, what, source }
+}

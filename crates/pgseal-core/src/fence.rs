@@ -7,16 +7,11 @@ use std::time::Duration;
 use pgseal_platform::Platform;
 use tokio_postgres::Client;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::journal::MigrationSpec;
 use crate::sessions::{admin_database, connect_source_db};
 use crate::stream::Stream;
 use pgseal_pg::sql::quote_ident;
-
-fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
-    let what = what.to_string();
-    move |source| EngineError::Sql { role, what, source }
-}
 
 /// What the fence ended.
 #[derive(Debug, Default)]

@@ -19,7 +19,7 @@ use pgseal_pg::schema::{self, Drift};
 use pgseal_platform::{Handoff, Platform};
 use serde::Serialize;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::journal::{Journal, MigrationRecord, Phase, StepRun};
 use crate::sessions::{connect_source, connect_source_db, connect_to};
 use crate::steps::Step;
@@ -430,11 +430,6 @@ pub async fn status<P: Platform>(
         retention: verdict,
         warnings,
     })
-}
-
-fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
-    let what = what.to_string();
-    move |source| EngineError::Sql { role, what, source }
 }
 
 /// The schemas of publication `publication`'s tables on both sides.

@@ -22,16 +22,11 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::catch_up::{CatchUp, Follower};
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::journal::Journal;
 use crate::sessions::{connect_source_db, connect_to, streams_of};
 use crate::steps::Strategy;
 use crate::stream;
-
-fn sql(role: &'static str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
-    let what = what.to_string();
-    move |source| EngineError::Sql { role, what, source }
-}
 
 /// What the journal keeps of a definition.
 const WITHHELD: &str = "(withheld from the journal; `pgseal migrate verify` shows it)";

@@ -8,7 +8,7 @@ use pgseal_platform::Platform;
 use tokio_postgres::Client;
 
 use super::report::*;
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::fence::admin_session;
 use crate::journal::{Journal, MigrationSpec, Phase};
 use crate::sessions::{admin_database, connect_source_db, connect_to, streams_of};

@@ -7,7 +7,7 @@ use pgseal_platform::Platform;
 use tokio_postgres::Client;
 
 use super::report::*;
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::fence::{admin_session, slip_in};
 use crate::journal::{Journal, MigrationSpec, Phase};
 use crate::sessions::{connect_source_db, streams_of};

@@ -7,9 +7,7 @@ use pgseal_pg::replication::{self};
 use tokio_postgres::Client;
 
 use crate::catch_up::commit_barrier;
-use crate::error::EngineError;
-
-use super::sides::*;
+use crate::error::{EngineError, sql};
 
 /// [`commit_barrier`], then the flushed WAL position after it: what the other side must
 /// confirm for nothing to be left behind.

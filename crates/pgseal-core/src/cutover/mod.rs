@@ -66,7 +66,7 @@ use sides::*;
 use switch::*;
 pub use switch::{Switch, SwitchError};
 
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::fence::{admin_session, fence, lift_fences};
 use crate::journal::{INSTANCE, Journal, Phase};
 use crate::sessions::streams_of;

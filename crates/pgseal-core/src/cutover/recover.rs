@@ -4,7 +4,7 @@ use pgseal_pg::replication::quote_ident;
 use pgseal_platform::Platform;
 
 use super::report::*;
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::fence::{admin_session, lift_fences, slip_in};
 use crate::journal::{Journal, Phase};
 use crate::sessions::streams_of;

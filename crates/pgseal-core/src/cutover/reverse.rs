@@ -4,12 +4,10 @@ use pgseal_pg::replication::{self};
 use pgseal_platform::Platform;
 use tokio_postgres::Client;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::journal::{Journal, MigrationSpec};
 use crate::steps::failpoint_at;
 use crate::stream::Stream;
-
-use super::sides::*;
 
 /// Sets up replication from the target back to the source for every stream, before the
 /// pause: publication and slot on the target. [`subscribe_reverse`] then makes the

@@ -8,7 +8,7 @@ use pgseal_platform::Platform;
 use serde::Serialize;
 
 use super::report::*;
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::fence::{admin_session, allow_connections, fence, lift_fences, slip_in};
 use crate::journal::{INSTANCE, Journal, Phase};
 use crate::sessions::streams_of;

@@ -3,9 +3,7 @@
 use tokio_postgres::Client;
 
 use super::report::*;
-use crate::error::EngineError;
-
-use super::sides::*;
+use crate::error::{EngineError, sql};
 
 /// Sets every sequence of `from`'s database on `to`, and reads them back.
 pub(super) async fn sync_sequences(

@@ -5,7 +5,7 @@ use pgseal_platform::Platform;
 use tokio_postgres::Client;
 
 use super::report::*;
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::fence::backend_pid;
 use crate::journal::MigrationSpec;
 use crate::sessions::{admin_database, connect_source_db, connect_to};
@@ -18,14 +18,6 @@ pub(super) fn carry_options(options: &CutoverOptions) -> pgseal_pg::globals::Dif
         keep_master_password: false,
         skip_passwords: options.without_password.clone(),
     }
-}
-
-pub(super) fn sql(
-    role: &'static str,
-    what: &str,
-) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
-    let what = what.to_string();
-    move |source| EngineError::Sql { role, what, source }
 }
 
 /// The same on the target.

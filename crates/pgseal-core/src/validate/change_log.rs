@@ -3,9 +3,7 @@
 use pgseal_pg::replication::{self, qualified, quote_ident};
 use tokio_postgres::Client;
 
-use crate::error::EngineError;
-
-use super::shape::*;
+use crate::error::{EngineError, sql};
 
 /// The target-side change log: the keys every replicated change touched, recorded by an
 /// `ENABLE ALWAYS` trigger (it fires for the apply worker too) on each validated table.

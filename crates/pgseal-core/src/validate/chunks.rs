@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 
 use super::report::*;
 use super::reread::*;

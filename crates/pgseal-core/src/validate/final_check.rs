@@ -6,7 +6,7 @@ use pgseal_pg::replication::{self};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 
 /// Session settings applied on both sides, so row text does not depend on them.
 use pgseal_pg::catalog::SESSION;

@@ -36,7 +36,6 @@ pub use report::{
     LargeObjectsCompared, Progress, RowDetail, TableReport, TableState, ValidationReport,
 };
 use reread::*;
-use shape::*;
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +44,7 @@ use pgseal_platform::Platform;
 use tokio_postgres::Client;
 
 use crate::catch_up::{CatchUp, Follower};
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::journal::Journal;
 use crate::sessions::{connect_source_db, connect_to};
 use crate::steps::{Step, Strategy};
@@ -382,6 +381,7 @@ pub(crate) async fn user_tables(source: &Client) -> Result<Vec<String>, EngineEr
 
 #[cfg(test)]
 mod tests {
+    use super::shape::record_fields;
     use super::*;
 
     #[test]

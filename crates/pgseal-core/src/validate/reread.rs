@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::catch_up::{CatchUp, Follower};
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 
 use super::change_log::*;
 use super::report::*;

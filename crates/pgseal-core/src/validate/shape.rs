@@ -4,7 +4,7 @@ use pgseal_pg::replication::{self, qualified, quote_ident};
 use pgseal_pg::sql::unquote_ident;
 use tokio_postgres::Client;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 
 /// Types hashed by their binary value (their hash is exact); every other column is hashed
 /// as its text.
@@ -30,14 +30,6 @@ pub(super) const EXACT_TYPES: &[&str] = &[
 /// Key column types whose values are identifiers pgseal may keep in its journal: numbers
 /// and uuids a database hands out, not text a person typed (an e-mail address, a name).
 pub(super) const IDENTIFIER_TYPES: &[&str] = &["smallint", "integer", "bigint", "uuid", "oid"];
-
-pub(super) fn sql(
-    role: &'static str,
-    what: &str,
-) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
-    let what = what.to_string();
-    move |source| EngineError::Sql { role, what, source }
-}
 
 /// A table's key columns (with their types) and row-hash expression.
 pub(super) struct Shape {
