@@ -159,25 +159,105 @@ impl VerifyReport {
         }
         out
     }
+}
 
-    pub(crate) fn finish(
+/// A verification put together database by database (by `migrate verify`, a validation
+/// pass and the cutover alike): the time it spends is its own, however the caller
+/// interleaves other work.
+#[derive(Default)]
+pub(crate) struct Verifying {
+    report: VerifyReport,
+    normalised: std::collections::BTreeSet<Normalisation>,
+    spent: Duration,
+}
+
+impl Verifying {
+    /// Verifies database `db` (see [`database`]) and adds it; returns what it found.
+    pub(crate) async fn database(
         &mut self,
-        started: Instant,
-        normalised: std::collections::BTreeSet<Normalisation>,
-    ) {
-        self.normalised = normalised
+        db: &str,
+        source: &Client,
+        target: &Client,
+        catch_up: Option<&CatchUp<'_>>,
+        sequences: Sequences,
+        copy: bool,
+    ) -> Result<&DatabaseVerified, EngineError> {
+        let began = Instant::now();
+        let (verified, used) = database(source, target, catch_up, sequences, copy).await?;
+        self.normalised.extend(used);
+        self.spent += began.elapsed();
+        self.report.databases.insert(db.to_string(), verified);
+        Ok(&self.report.databases[db])
+    }
+
+    /// Adds database `db`'s sequences only, with the source fenced (its catalog was
+    /// verified before the pause and no DDL ran since): one behind counts.
+    async fn sequences(
+        &mut self,
+        db: &str,
+        source: &Client,
+        target: &Client,
+    ) -> Result<(), EngineError> {
+        let began = Instant::now();
+        let verified = DatabaseVerified {
+            sequences_behind: sequences_behind(source, target).await?,
+            sequences_count: true,
+            ..Default::default()
+        };
+        self.report.databases.insert(db.to_string(), verified);
+        self.spent += began.elapsed();
+        Ok(())
+    }
+
+    /// Compares (and, where `carry` allows, first carries) the roles, memberships and the
+    /// properties of `databases` (see [`globals`]).
+    pub(crate) async fn globals(
+        &mut self,
+        source: &Client,
+        target: &Client,
+        databases: &[String],
+        carry: bool,
+        options: &globals::DiffOptions,
+    ) -> Result<(), EngineError> {
+        let began = Instant::now();
+        (self.report.globals_carried, self.report.globals) =
+            globals(source, target, databases, carry, options).await?;
+        self.spent += began.elapsed();
+        Ok(())
+    }
+
+    /// The whole verification: its differences counted and its normalisations described.
+    pub(crate) fn finish(self) -> VerifyReport {
+        let mut report = self.report;
+        report.normalised = self
+            .normalised
             .into_iter()
             .map(|n| n.describe().to_string())
             .collect();
-        self.differences = self.globals.len()
-            + self
+        report.differences = report.globals.len()
+            + report
                 .databases
                 .values()
                 .map(DatabaseVerified::counted)
                 .sum::<usize>();
-        self.clean = self.differences == 0;
-        self.seconds = started.elapsed().as_secs_f64();
+        report.clean = report.differences == 0;
+        report.seconds = self.spent.as_secs_f64();
+        report
     }
+}
+
+/// The sequences `target` has behind `source` (sessions on one database each).
+async fn sequences_behind(
+    source: &Client,
+    target: &Client,
+) -> Result<Vec<SequenceBehind>, EngineError> {
+    let s = catalog::sequence_positions(source)
+        .await
+        .map_err(sql("source", "reading the sequences"))?;
+    let t = catalog::sequence_positions(target)
+        .await
+        .map_err(sql("target", "reading the sequences"))?;
+    Ok(catalog::sequences_behind(&s, &t))
 }
 
 /// Reads one side: its catalog and its materialized views' rows.
@@ -200,7 +280,7 @@ const TRIES: usize = 3;
 /// `catch_up` (while the target follows) says when the target has applied what the source
 /// had committed. Large objects are copied first where `copy` allows (those written since
 /// the follower's last pass).
-pub(crate) async fn database(
+async fn database(
     source: &Client,
     target: &Client,
     catch_up: Option<&CatchUp<'_>>,
@@ -229,19 +309,11 @@ pub(crate) async fn database(
         }
     }
     let (objects, differences, used) = compared.expect("read at least once");
-    let (s, t) = (
-        catalog::sequence_positions(source)
-            .await
-            .map_err(sql("source", "reading the sequences"))?,
-        catalog::sequence_positions(target)
-            .await
-            .map_err(sql("target", "reading the sequences"))?,
-    );
     Ok((
         DatabaseVerified {
             objects,
             differences,
-            sequences_behind: catalog::sequences_behind(&s, &t),
+            sequences_behind: sequences_behind(source, target).await?,
             sequences_count: sequences == Sequences::Set,
             large_objects: large_objects(source, target, copy).await?,
         },
@@ -356,7 +428,6 @@ pub async fn verify<P: Platform>(
     name: &str,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<VerifyReport, EngineError> {
-    let started = Instant::now();
     let record = journal.migration(name)?;
     if record.phase != crate::journal::Phase::Replicating {
         return Err(EngineError::Precondition(format!(
@@ -369,8 +440,7 @@ pub async fn verify<P: Platform>(
     let spec = record.spec;
     let blue_green = spec.strategy == Strategy::BlueGreen;
     let (target_name, scope) = compared_with(platform, journal, name, &spec).await?;
-    let mut report = VerifyReport::default();
-    let mut normalised = std::collections::BTreeSet::new();
+    let mut verifying = Verifying::default();
     // Large objects written since the follower's last pass are copied first, with the
     // follower held off meanwhile.
     let _gate = crate::follow::PassGate::hold(journal.home(), name, Duration::from_secs(60));
@@ -383,29 +453,29 @@ pub async fn verify<P: Platform>(
         let target = connect_to(platform, &target_name, db, "target").await?;
         let follower = Follower::of(&source_aux, stream, blue_green).await?;
         let catch_up = CatchUp::new(name, db, &source_aux, &target, follower).await?;
-        let (verified, used) = database(
-            &source,
-            &target,
-            Some(&catch_up),
-            Sequences::Trailing,
-            !blue_green,
-        )
-        .await?;
-        normalised.extend(used);
-        report.databases.insert(db.clone(), verified);
-        if stream.database == databases[0] {
-            (report.globals_carried, report.globals) = globals(
+        verifying
+            .database(
+                db,
                 &source,
                 &target,
-                &databases,
+                Some(&catch_up),
+                Sequences::Trailing,
                 !blue_green,
-                &Default::default(),
             )
             .await?;
+        if *db == databases[0] {
+            verifying
+                .globals(
+                    &source,
+                    &target,
+                    &databases,
+                    !blue_green,
+                    &Default::default(),
+                )
+                .await?;
         }
     }
-    report.finish(started, normalised);
-    Ok(report)
+    Ok(verifying.finish())
 }
 
 /// The cutover's check with the source fenced and drained and the sequences set: every
@@ -418,38 +488,19 @@ pub(crate) async fn fenced(
     databases: &[String],
     checked: &BTreeMap<String, i64>,
 ) -> Result<VerifyReport, EngineError> {
-    let started = Instant::now();
-    let mut report = VerifyReport::default();
-    let mut normalised = std::collections::BTreeSet::new();
+    let mut verifying = Verifying::default();
     for (i, db) in databases.iter().enumerate() {
         let last = pgseal_pg::ddl::last_id(&sources[i])
             .await
             .map_err(sql("source", "reading the captured DDL"))?;
         if checked.get(db) == Some(&last) {
             // Nothing changed the catalog since it was verified: only the sequences.
-            let (s, t) = (
-                catalog::sequence_positions(&sources[i])
-                    .await
-                    .map_err(sql("source", "reading the sequences"))?,
-                catalog::sequence_positions(&targets[i])
-                    .await
-                    .map_err(sql("target", "reading the sequences"))?,
-            );
-            report.databases.insert(
-                db.clone(),
-                DatabaseVerified {
-                    sequences_behind: catalog::sequences_behind(&s, &t),
-                    sequences_count: true,
-                    ..Default::default()
-                },
-            );
-            continue;
+            verifying.sequences(db, &sources[i], &targets[i]).await?;
+        } else {
+            verifying
+                .database(db, &sources[i], &targets[i], None, Sequences::Set, false)
+                .await?;
         }
-        let (verified, used) =
-            database(&sources[i], &targets[i], None, Sequences::Set, false).await?;
-        normalised.extend(used);
-        report.databases.insert(db.clone(), verified);
     }
-    report.finish(started, normalised);
-    Ok(report)
+    Ok(verifying.finish())
 }

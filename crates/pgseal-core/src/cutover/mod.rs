@@ -98,10 +98,8 @@ async fn verify_before_pause(
     ),
     EngineError,
 > {
-    let started = Instant::now();
-    let mut report = crate::verify::VerifyReport::default();
+    let mut verifying = crate::verify::Verifying::default();
     let mut checked = std::collections::BTreeMap::new();
-    let mut normalised = std::collections::BTreeSet::new();
     for (i, s) in streams.iter().enumerate() {
         checked.insert(
             s.database.clone(),
@@ -119,21 +117,22 @@ async fn verify_before_pause(
             },
         )
         .await?;
-        let (verified, used) = crate::verify::database(
-            &sources[i],
-            &targets[i],
-            Some(&catch_up),
-            crate::verify::Sequences::Trailing,
-            true,
-        )
-        .await?;
-        normalised.extend(used);
-        report.databases.insert(s.database.clone(), verified);
+        verifying
+            .database(
+                &s.database,
+                &sources[i],
+                &targets[i],
+                Some(&catch_up),
+                crate::verify::Sequences::Trailing,
+                true,
+            )
+            .await?;
     }
     let databases: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
-    (report.globals_carried, report.globals) =
-        crate::verify::globals(&sources[0], &targets[0], &databases, false, options).await?;
-    report.finish(started, normalised);
+    verifying
+        .globals(&sources[0], &targets[0], &databases, false, options)
+        .await?;
+    let report = verifying.finish();
     if !report.clean {
         return Err(refusal("before the pause", &report));
     }

@@ -89,9 +89,7 @@ pub async fn validate<P: Platform>(
     let mut ddl_seen = std::collections::BTreeMap::new();
     let mut targets = Vec::new();
     let mut large_objects = std::collections::BTreeMap::new();
-    let mut verified_all: Option<crate::verify::VerifyReport> = None;
-    let mut normalised = std::collections::BTreeSet::new();
-    let mut verify_spent = Duration::ZERO;
+    let mut verifying = crate::verify::Verifying::default();
     for stream in &scope {
         let db = &stream.database;
         let source = connect_source_db(platform, &spec, db).await?;
@@ -209,38 +207,34 @@ pub async fn validate<P: Platform>(
         if tables.is_none() {
             let _gate =
                 crate::follow::PassGate::hold(journal.home(), name, Duration::from_secs(60));
-            let verify_began = Instant::now();
-            let (verified, used) = crate::verify::database(
-                &source,
-                &target,
-                Some(&sides.catch_up),
-                crate::verify::Sequences::Trailing,
-                !blue_green,
-            )
-            .await?;
-            normalised.extend(used);
-            let verify = verified_all.get_or_insert_with(crate::verify::VerifyReport::default);
-            if verify.databases.is_empty() {
-                let databases: Vec<String> = scope.iter().map(|s| s.database.clone()).collect();
-                (verify.globals_carried, verify.globals) = crate::verify::globals(
+            let verified = verifying
+                .database(
+                    db,
                     &source,
                     &target,
-                    &databases,
+                    Some(&sides.catch_up),
+                    crate::verify::Sequences::Trailing,
                     !blue_green,
-                    &Default::default(),
                 )
                 .await?;
-            }
-            verify_spent += verify_began.elapsed();
             large_objects.insert(db.clone(), verified.large_objects.clone());
-            verify.databases.insert(db.clone(), verified);
+            if *db == scope[0].database {
+                let databases: Vec<String> = scope.iter().map(|s| s.database.clone()).collect();
+                verifying
+                    .globals(
+                        &source,
+                        &target,
+                        &databases,
+                        !blue_green,
+                        &Default::default(),
+                    )
+                    .await?;
+            }
         }
         targets.push(target);
     }
-    if let Some(v) = verified_all.as_mut() {
-        v.finish(Instant::now(), normalised);
-        v.seconds = verify_spent.as_secs_f64();
-    }
+    // A pass over some tables verifies nothing besides them.
+    let verified = tables.is_none().then(|| verifying.finish());
     let report = ValidationReport {
         rows: reports.iter().map(|r| r.rows).sum(),
         mismatched_rows: reports.iter().map(|r| r.mismatched_rows).sum(),
@@ -248,14 +242,14 @@ pub async fn validate<P: Platform>(
         clean: reports.iter().all(|r| {
             matches!(r.state, TableState::Validated)
                 || (r.state == TableState::NoPrimaryKey && r.mismatched_rows == 0)
-        }) && verified_all.as_ref().is_none_or(|v| v.clean),
+        }) && verified.as_ref().is_none_or(|v| v.clean),
         large_objects,
         source_lock_max_ms: reports.iter().map(|r| r.source_lock_ms).fold(0.0, f64::max),
         tables: reports,
         horizons,
         ddl_seen,
         ddl_vouched,
-        verify: verified_all,
+        verify: verified,
     };
     // Rows of the tables compared that changed before this pass began were covered by it;
     // the other tables' changes stay for the cutover's final check.
