@@ -79,53 +79,19 @@ pub struct Verified {
     pub objects: u64,
     /// Differences that count.
     pub differences: u64,
-    /// Each difference, named (`db: category object`).
+    /// Each difference, named (`db: category object: what differs`).
     pub named: Vec<String>,
     /// Normalisations applied across major versions.
     pub normalised: Vec<String>,
 }
 
 fn verified(v: &serde_json::Value) -> Option<Verified> {
-    let dbs = v["databases"].as_object()?;
-    let mut named: Vec<String> = v["globals"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|g| g.as_str().map(str::to_string))
-        .collect();
-    for (db, d) in dbs {
-        for x in d["differences"].as_array().into_iter().flatten() {
-            named.push(format!(
-                "{db}: {} {}",
-                x["category"].as_str().unwrap_or_default().replace('_', " "),
-                x["object"].as_str().unwrap_or_default()
-            ));
-        }
-        for l in d["large_objects"]["differing"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            named.push(format!(
-                "{db}: large object {} {}",
-                l["oid"],
-                l["what"].as_str().unwrap_or_default()
-            ));
-        }
-    }
+    let report: crate::verify::VerifyReport = serde_json::from_value(v.clone()).ok()?;
     Some(Verified {
-        objects: dbs
-            .values()
-            .map(|d| d["objects"].as_u64().unwrap_or(0))
-            .sum(),
-        differences: v["differences"].as_u64().unwrap_or(0),
-        named,
-        normalised: v["normalised"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|n| n.as_str().map(str::to_string))
-            .collect(),
+        objects: report.databases.values().map(|d| d.objects as u64).sum(),
+        differences: report.differences as u64,
+        named: report.lines(),
+        normalised: report.normalised,
     })
 }
 
