@@ -226,28 +226,22 @@ impl<'a> CatchUp<'a> {
     /// in time, or when no apply worker runs.
     pub async fn received(&self, lsn: Lsn, deadline: Instant) -> Result<bool, EngineError> {
         loop {
-            let rows = match &self.follower {
-                Follower::Stream { slot } => {
-                    self.target
-                        .query(
-                            "SELECT w.received_lsn FROM pg_subscription s \
-                             LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL \
-                             WHERE s.subslotname = $1",
-                            &[slot],
-                        )
-                        .await
-                }
-                Follower::Platform => {
-                    self.target
-                        .query(
-                            "SELECT w.received_lsn FROM pg_subscription s \
-                             LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL \
-                             WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                            &[],
-                        )
-                        .await
-                }
-            }
+            // pgseal's stream: its subscription; the platform's: every one of the database.
+            let slot = match &self.follower {
+                Follower::Stream { slot } => Some(slot.as_str()),
+                Follower::Platform => None,
+            };
+            let rows = self
+                .target
+                .query(
+                    "SELECT w.received_lsn FROM pg_subscription s \
+                     LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL \
+                     WHERE CASE WHEN $1::text IS NULL \
+                                THEN s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                                ELSE s.subslotname = $1 END",
+                    &[&slot],
+                )
+                .await
             .map_err(sql("target", "reading the apply worker's position"))?;
             if rows.is_empty() {
                 // No subscription: pgseal's stream not replicating, nothing to wait for;
