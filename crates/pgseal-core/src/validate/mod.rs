@@ -88,7 +88,6 @@ pub async fn validate<P: Platform>(
     let mut horizons = std::collections::BTreeMap::new();
     let mut ddl_seen = std::collections::BTreeMap::new();
     let mut targets = Vec::new();
-    let mut large_objects = std::collections::BTreeMap::new();
     let mut verifying = crate::verify::Verifying::default();
     for stream in &scope {
         let db = &stream.database;
@@ -207,7 +206,7 @@ pub async fn validate<P: Platform>(
         if tables.is_none() {
             let _gate =
                 crate::follow::PassGate::hold(journal.home(), name, Duration::from_secs(60));
-            let verified = verifying
+            verifying
                 .database(
                     db,
                     &source,
@@ -217,7 +216,6 @@ pub async fn validate<P: Platform>(
                     !blue_green,
                 )
                 .await?;
-            large_objects.insert(db.clone(), verified.large_objects.clone());
             if *db == scope[0].database {
                 let databases: Vec<String> = scope.iter().map(|s| s.database.clone()).collect();
                 verifying
@@ -243,7 +241,12 @@ pub async fn validate<P: Platform>(
             matches!(r.state, TableState::Validated)
                 || (r.state == TableState::NoPrimaryKey && r.mismatched_rows == 0)
         }) && verified.as_ref().is_none_or(|v| v.clean),
-        large_objects,
+        // Each database's large objects, as the verification compared them.
+        large_objects: verified
+            .iter()
+            .flat_map(|v| &v.databases)
+            .map(|(db, d)| (db.clone(), d.large_objects.clone()))
+            .collect(),
         source_lock_max_ms: reports.iter().map(|r| r.source_lock_ms).fold(0.0, f64::max),
         tables: reports,
         horizons,
