@@ -52,11 +52,19 @@ pub struct LargeObjectsCompared {
     /// Copied to the target just before comparing (written on the source since the
     /// follower's last pass, or changed on the target).
     pub copied_first: usize,
+    /// Objects the source wrote or unlinked after the read that copy followed: carried by
+    /// the follower's next pass and the cutover, not counted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub written_meanwhile: usize,
     /// What differed before that copy, each named: carried, so no longer a difference.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub carried: Vec<pgseal_pg::large_objects::LoDifference>,
     /// Those that still differ (OIDs only: never their contents).
     pub differing: Vec<pgseal_pg::large_objects::LoDifference>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One database, verified.
@@ -338,23 +346,36 @@ async fn large_objects(
             .map_err(sql("target", "reading the large objects"))?;
         Ok::<_, EngineError>((s, t))
     };
-    let (mut s, mut t) = read().await?;
-    let mut copied_first = 0;
-    let mut carried = Vec::new();
-    if copy && !lo::compare(&s, &t).is_empty() {
-        carried = lo::compare(&s, &t);
-        let (report, _) = lo::sync(source, target)
-            .await
-            .map_err(sql("target", "copying the large objects"))?;
-        copied_first = report.copied;
-        (s, t) = read().await?;
+    let (s, t) = read().await?;
+    let carried = if copy {
+        lo::compare(&s, &t)
+    } else {
+        Vec::new()
+    };
+    if carried.is_empty() {
+        return Ok(LargeObjectsCompared {
+            source: s.len(),
+            target: t.len(),
+            differing: lo::compare(&s, &t),
+            ..Default::default()
+        });
     }
+    let (report, _) = lo::sync(source, target)
+        .await
+        .map_err(sql("target", "copying the large objects"))?;
+    let (after, t) = read().await?;
+    // An object the source wrote or unlinked since the read the copy followed is the
+    // follower's next pass (and the cutover's, inside its pause): not a difference.
+    let (differing, written_meanwhile): (Vec<_>, Vec<_>) = lo::compare(&after, &t)
+        .into_iter()
+        .partition(|d| s.get(&d.oid) == after.get(&d.oid));
     Ok(LargeObjectsCompared {
-        source: s.len(),
+        source: after.len(),
         target: t.len(),
-        copied_first,
+        copied_first: report.copied,
         carried,
-        differing: lo::compare(&s, &t),
+        written_meanwhile: written_meanwhile.len(),
+        differing,
     })
 }
 
