@@ -10,7 +10,7 @@ use pgseal_pg::replication;
 use pgseal_platform::{ErrorKind, Platform};
 use tokio_postgres::Client;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, sql};
 use crate::journal::{Journal, Phase};
 use crate::sessions::{connect_source_db, connect_to};
 
@@ -126,18 +126,14 @@ pub async fn abort<P: Platform>(
                     let client = connect_source_db(platform, &spec, &database).await?;
                     // A source made read-only since (`default_transaction_read_only`) still
                     // lets pgseal remove what it made; one in recovery cannot.
-                    let in_recovery: bool = client
-                        .query_one(
-                            "SELECT set_config('default_transaction_read_only', 'off', false) IS NOT NULL \
-                                    AND pg_is_in_recovery()",
-                            &[],
-                        )
+                    client
+                        .batch_execute("SET default_transaction_read_only = off")
                         .await
-                        .map_err(|source| EngineError::Sql {
-                            role: "source",
-                            what: "reading whether the source takes writes".into(),
-                            source,
-                        })?
+                        .map_err(sql("source", "allowing pgseal's session to write"))?;
+                    let in_recovery: bool = client
+                        .query_one("SELECT pg_is_in_recovery()", &[])
+                        .await
+                        .map_err(sql("source", "reading whether the source is in recovery"))?
                         .get(0);
                     sessions.insert(database.clone(), (client, in_recovery));
                 }
@@ -155,34 +151,30 @@ pub async fn abort<P: Platform>(
                     )?;
                     continue;
                 }
-                let sql = |what: String| {
-                    move |source| EngineError::Sql {
-                        role: "source",
-                        what,
-                        source,
-                    }
-                };
                 match kind {
                     crate::journal::DDL_CAPTURE => pgseal_pg::ddl::remove(client)
                         .await
-                        .map_err(sql("removing the DDL capture".to_string()))?,
+                        .map_err(sql("source", "removing the DDL capture"))?,
                     crate::slot_guard::RESOURCE => {
                         crate::slot_guard::restore(client, &resource.name).await?;
                         true
                     }
                     "slot" => replication::drop_slot(client, &resource.name)
                         .await
-                        .map_err(sql(format!("dropping slot {}", resource.name)))?,
+                        .map_err(sql("source", &format!("dropping slot {}", resource.name)))?,
                     "publication" => replication::drop_publication(client, &resource.name)
                         .await
-                        .map_err(sql(format!("dropping publication {}", resource.name)))?,
+                        .map_err(sql(
+                            "source",
+                            &format!("dropping publication {}", resource.name),
+                        ))?,
                     "replica_identity" => {
                         replication::restore_replica_identity(client, &resource.name)
                             .await
-                            .map_err(sql(format!(
-                                "restoring the replica identity of {}",
-                                resource.name
-                            )))?
+                            .map_err(sql(
+                                "source",
+                                &format!("restoring the replica identity of {}", resource.name),
+                            ))?
                     }
                     other => {
                         tracing::warn!(migration = %name, kind = other, "unknown resource kind in the journal; left alone");
