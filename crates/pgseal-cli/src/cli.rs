@@ -375,12 +375,12 @@ pub enum StrategyArg {
     BlueGreen,
 }
 
-impl From<StrategyArg> for pgseal_core::steps::Strategy {
+impl From<StrategyArg> for pgseal_core::steps::StrategyKind {
     fn from(arg: StrategyArg) -> Self {
         match arg {
-            StrategyArg::Snapshot => pgseal_core::steps::Strategy::Snapshot,
-            StrategyArg::FullLoad => pgseal_core::steps::Strategy::FullLoad,
-            StrategyArg::BlueGreen => pgseal_core::steps::Strategy::BlueGreen,
+            StrategyArg::Snapshot => pgseal_core::steps::StrategyKind::Snapshot,
+            StrategyArg::FullLoad => pgseal_core::steps::StrategyKind::FullLoad,
+            StrategyArg::BlueGreen => pgseal_core::steps::StrategyKind::BlueGreen,
         }
     }
 }

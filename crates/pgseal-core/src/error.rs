@@ -123,8 +123,16 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 /// and what was being done.
 pub(crate) fn sql(
     role: &'static str,
-    what: &str,
+    what: impl Into<String>,
 ) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
-    let what = what.to_string();
+    let what = what.into();
     move |source| EngineError::Sql { role, what, source }
+}
+
+/// Maps a platform's error to [`EngineError::Platform`], saying what was being done.
+pub(crate) fn platform_error(
+    what: impl Into<String>,
+) -> impl FnOnce(pgseal_platform::PlatformError) -> EngineError {
+    let what = what.into();
+    move |source| EngineError::Platform { what, source }
 }

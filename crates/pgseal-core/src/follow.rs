@@ -181,10 +181,6 @@ pub async fn pass<P: Platform>(
         return Ok(done);
     }
     let spec = record.spec;
-    if spec.strategy == crate::steps::Strategy::BlueGreen {
-        done.idle = Some("the platform's blue/green deployment replicates".into());
-        return Ok(done);
-    }
     let streams = streams_of(journal, name)?;
     let mut sources = Vec::new();
     let mut targets = Vec::new();

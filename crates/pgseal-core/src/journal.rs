@@ -159,7 +159,7 @@ pub struct MigrationSpec {
     pub slot_wait_seconds: u64,
     /// How the target gets its data.
     #[serde(default)]
-    pub strategy: crate::steps::Strategy,
+    pub strategy: crate::steps::StrategyKind,
     /// The target's PostgreSQL major version (full load); `None` for the source's.
     #[serde(default)]
     pub engine_version: Option<u32>,

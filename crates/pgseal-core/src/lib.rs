@@ -3,7 +3,10 @@
 //! - [`preflight`]: the read-only checks `migrate plan` runs; every problem at once.
 //! - [`steps`]: the ten steps from source to replicating target, and the failpoints.
 //! - [`journal`]: the SQLite journal of specs, phases, step runs and created resources.
-//! - [`engine`]: the step runner and the LSN guards.
+//! - [`migration`]: the commands (`start`, `cutover`, `rollback`, `resume`, `cleanup`,
+//!   `validate`, `verify`, `follow`), each through the migration's strategy.
+//! - [`strategy`]: the [`strategy::Strategy`] trait and one module per strategy.
+//! - [`engine`]: the step runner's context and the steps the strategies share.
 //! - [`error`]: the engine's error type.
 //! - [`sessions`]: a migration's streams and connections to either side.
 //! - [`status`]: lag, slot retention, apply errors, schema drift.
@@ -32,6 +35,7 @@ pub(crate) mod fence;
 pub mod follow;
 pub mod initial_copy;
 pub mod journal;
+pub mod migration;
 pub mod preflight;
 pub mod report;
 pub mod samples;
@@ -39,10 +43,12 @@ pub mod sessions;
 pub mod slot_guard;
 pub mod status;
 pub mod steps;
+pub mod strategy;
 pub mod stream;
 pub mod validate;
 pub mod verify;
 
-pub use engine::{Engine, EngineError, Event, Surroundings};
+pub use engine::{Engine, Event, Surroundings};
+pub use error::EngineError;
 pub use journal::{Journal, JournalError, MigrationLock, MigrationSpec, Phase};
 pub use steps::Step;

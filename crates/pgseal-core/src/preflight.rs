@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::steps::Strategy;
+use crate::steps::StrategyKind;
 use crate::stream::{self, DatabaseInfo, Stream};
 
 /// How serious a finding is.
@@ -64,7 +64,7 @@ pub struct PreflightInput {
 #[derive(Debug, Clone, Default)]
 pub struct TargetVersion {
     /// `--strategy`.
-    pub strategy: Strategy,
+    pub strategy: StrategyKind,
     /// `--engine-version`; `None` for the source's.
     pub engine_version: Option<u32>,
     /// The major versions the platform can run locally, each with the extensions it can
@@ -80,7 +80,7 @@ pub struct TargetVersion {
 #[derive(Debug, Clone, Serialize)]
 pub struct StrategyChoice {
     /// The strategy.
-    pub strategy: Strategy,
+    pub strategy: StrategyKind,
     /// True when it can move this source onto the target asked for.
     pub possible: bool,
     /// Why (or why not).
@@ -123,11 +123,11 @@ pub struct PreflightReport {
     /// The target's major version (the source's, or `--engine-version`).
     pub target_major: u32,
     /// The strategy asked for.
-    pub strategy: Strategy,
+    pub strategy: StrategyKind,
     /// Each strategy, whether it can do this migration and why.
     pub strategies: Vec<StrategyChoice>,
     /// The strategy pgseal recommends for this source and target.
-    pub recommended: Strategy,
+    pub recommended: StrategyKind,
     /// The findings, blockers first.
     pub findings: Vec<Finding>,
     /// DDL that stops the target's apply until the user decides, where DDL is captured
@@ -330,23 +330,23 @@ where
 
     // DDL during the migration is carried only where an event trigger can capture it.
     let no_capture = match wanted.strategy {
-        Strategy::BlueGreen => None, // AWS's own replication; blue/green documents its DDL rules
+        StrategyKind::BlueGreen => None, // AWS's own replication; blue/green documents its DDL rules
         _ if input.tables.is_some() => {
             Some("a migration narrowed to tables does not capture DDL".to_string())
         }
         _ if !pgseal_pg::ddl::capture_possible(client).await? => Some(format!(
             "role {user} cannot create event triggers (a superuser, or rds_superuser on RDS, can)"
         )),
-        Strategy::Snapshot | Strategy::FullLoad => None,
+        StrategyKind::Snapshot | StrategyKind::FullLoad => None,
     };
-    if no_capture.is_none() && wanted.strategy == Strategy::FullLoad {
+    if no_capture.is_none() && wanted.strategy == StrategyKind::FullLoad {
         findings.push(warning(
             "ddl_hold",
             "DDL on the source is refused from the start until every table is copied and its indexes built (schema changes would race PostgreSQL's table copy); from then on it is captured and replayed on the target".into(),
             "schedule schema changes after the copy; `pgseal migrate status` shows its progress".into(),
         ));
     }
-    let captured = no_capture.is_none() && wanted.strategy != Strategy::BlueGreen;
+    let captured = no_capture.is_none() && wanted.strategy != StrategyKind::BlueGreen;
     if let Some(why) = no_capture {
         findings.push(warning(
             "ddl_capture",
@@ -384,7 +384,7 @@ where
             }
         };
         let (entry, count) = database_checks(&session, db, stream, input, &mut findings).await?;
-        if wanted.strategy == Strategy::FullLoad
+        if wanted.strategy == StrategyKind::FullLoad
             && let Some(available) = wanted.installed.as_ref().and_then(|i| i.get(&target_major))
         {
             let missing: Vec<String> = session
@@ -501,17 +501,17 @@ where
         // A full load makes no snapshot: only the target's copy; blue/green's green lives
         // on the platform.
         let needed = match wanted.strategy {
-            Strategy::Snapshot => Some((
+            StrategyKind::Snapshot => Some((
                 source_bytes * 2 + (source_bytes / 5),
                 "the snapshot and the restored copy need",
                 "2.2x",
             )),
-            Strategy::FullLoad => Some((
+            StrategyKind::FullLoad => Some((
                 source_bytes + (source_bytes / 5),
                 "the loaded copy needs",
                 "1.2x",
             )),
-            Strategy::BlueGreen => None,
+            StrategyKind::BlueGreen => None,
         };
         if let Some((needed, what, factor)) = needed
             && free < needed
@@ -549,7 +549,7 @@ where
 
     // 11. Roles, for the full load (a snapshot carries them with the files): copied
     // with their passwords' verifiers where this role may read them.
-    if wanted.strategy == Strategy::FullLoad {
+    if wanted.strategy == StrategyKind::FullLoad {
         let row = client
             .query_one(
                 "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT'), \
@@ -598,11 +598,11 @@ fn strategy_choices(
     input: &PreflightInput,
     source_major: u32,
     target_major: u32,
-) -> (Vec<StrategyChoice>, Strategy) {
+) -> (Vec<StrategyChoice>, StrategyKind) {
     let wanted = &input.target_version;
     let same_version = target_major == source_major;
     let snapshot = StrategyChoice {
-        strategy: Strategy::Snapshot,
+        strategy: StrategyKind::Snapshot,
         possible: same_version,
         why: if same_version {
             "same major version: the files are copied at disk speed (no reload, no index rebuild) and replication starts at the exact LSN where the copy ends".into()
@@ -617,7 +617,7 @@ fn strategy_choices(
         .as_ref()
         .is_none_or(|i| i.contains_key(&target_major));
     let full_load = StrategyChoice {
-        strategy: Strategy::FullLoad,
+        strategy: StrategyKind::FullLoad,
         possible: wanted.full_load_unsupported.is_none()
             && target_major >= source_major
             && installed,
@@ -636,7 +636,7 @@ fn strategy_choices(
         },
     };
     let blue_green = StrategyChoice {
-        strategy: Strategy::BlueGreen,
+        strategy: StrategyKind::BlueGreen,
         possible: wanted.blue_green_unsupported.is_none() && same_version,
         why: if let Some(why) = &wanted.blue_green_unsupported {
             why.clone()
@@ -645,12 +645,12 @@ fn strategy_choices(
         },
     };
     let recommended = if !same_version && full_load.possible {
-        Strategy::FullLoad
+        StrategyKind::FullLoad
     } else if input.tables.is_some() && full_load.possible {
         // A snapshot copies every table to replicate a few.
-        Strategy::FullLoad
+        StrategyKind::FullLoad
     } else {
-        Strategy::Snapshot
+        StrategyKind::Snapshot
     };
     (vec![snapshot, full_load, blue_green], recommended)
 }
@@ -664,13 +664,13 @@ fn version_checks(
 ) {
     let wanted = &input.target_version;
     match wanted.strategy {
-        Strategy::Snapshot if target_major != source_major => findings.push(blocker(
+        StrategyKind::Snapshot if target_major != source_major => findings.push(blocker(
             "engine_version",
             format!("--engine-version {target_major} with the snapshot strategy: a physical copy keeps the source's major version {source_major}"),
             format!("pass --strategy full-load to move onto PostgreSQL {target_major}, or leave --engine-version out"),
         )),
-        Strategy::Snapshot => {}
-        Strategy::BlueGreen => {
+        StrategyKind::Snapshot => {}
+        StrategyKind::BlueGreen => {
             if let Some(why) = &wanted.blue_green_unsupported {
                 findings.push(blocker(
                     "strategy",
@@ -685,7 +685,7 @@ fn version_checks(
                 ));
             }
         }
-        Strategy::FullLoad => {
+        StrategyKind::FullLoad => {
             if let Some(why) = &wanted.full_load_unsupported {
                 findings.push(blocker(
                     "strategy",
@@ -798,7 +798,7 @@ async fn database_checks(
     }
     // A full load makes every object in the target's default tablespace (its encrypted
     // volume): the source's placement is a physical layout the target does not have.
-    if input.target_version.strategy == Strategy::FullLoad {
+    if input.target_version.strategy == StrategyKind::FullLoad {
         let spaces: Vec<String> = client
             .query(
                 "SELECT DISTINCT t.spcname::text FROM pg_class c \

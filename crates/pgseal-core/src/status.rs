@@ -160,9 +160,8 @@ pub async fn status<P: Platform>(
     let mut warnings = Vec::new();
     let live = !matches!(migration.phase, Phase::Aborted | Phase::CleanedUp);
     let source_prepared = journal.outputs(name, Step::PrepareSource)?.is_some();
-    let target_made = handoff.is_some()
-        || (spec.strategy == crate::steps::Strategy::FullLoad
-            && journal.outputs(name, Step::Subscription)?.is_some());
+    // Restored (snapshot), or subscribed (full load: the subscription is made on it).
+    let target_made = handoff.is_some() || journal.outputs(name, Step::Subscription)?.is_some();
     let streams = journal.streams(name)?;
     let follower = crate::follow::follows(migration.phase)
         .then(|| crate::follow::follower_status(journal.home(), name))

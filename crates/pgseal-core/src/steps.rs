@@ -1,12 +1,14 @@
-//! The steps of a migration under each [`Strategy`], in order, and the failpoints between
-//! them.
+//! The steps of a migration under each [`StrategyKind`], in order, and the failpoints
+//! between them.
 
 use serde::{Deserialize, Serialize};
 
-/// How the target gets its data.
+/// How the target gets its data: the strategy the user chose (`--strategy`), as journaled
+/// with the migration. What each one does in each phase is its
+/// [`Strategy`](crate::strategy::Strategy) implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Strategy {
+pub enum StrategyKind {
     /// A physical snapshot restored into the target, replication from its handoff LSN.
     #[default]
     Snapshot,
@@ -18,27 +20,27 @@ pub enum Strategy {
     BlueGreen,
 }
 
-impl Strategy {
+impl StrategyKind {
     /// The steps `start` runs under this strategy, in order.
     pub fn steps(self) -> &'static [Step] {
         match self {
-            Strategy::Snapshot => &Step::ALL,
-            Strategy::FullLoad => &Step::FULL_LOAD,
-            Strategy::BlueGreen => &Step::BLUE_GREEN,
+            StrategyKind::Snapshot => &Step::ALL,
+            StrategyKind::FullLoad => &Step::FULL_LOAD,
+            StrategyKind::BlueGreen => &Step::BLUE_GREEN,
         }
     }
 
     /// The strategy's name, as `--strategy` takes it.
     pub fn as_str(self) -> &'static str {
         match self {
-            Strategy::Snapshot => "snapshot",
-            Strategy::FullLoad => "full-load",
-            Strategy::BlueGreen => "blue-green",
+            StrategyKind::Snapshot => "snapshot",
+            StrategyKind::FullLoad => "full-load",
+            StrategyKind::BlueGreen => "blue-green",
         }
     }
 }
 
-impl std::fmt::Display for Strategy {
+impl std::fmt::Display for StrategyKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -163,7 +165,7 @@ impl Step {
 
     /// Its position among `strategy`'s steps, counting from 1 (one past the last for
     /// the commands after `start`).
-    pub fn number(self, strategy: Strategy) -> usize {
+    pub fn number(self, strategy: StrategyKind) -> usize {
         let steps = strategy.steps();
         steps.iter().position(|s| *s == self).unwrap_or(steps.len()) + 1
     }
@@ -236,14 +238,18 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_number_in_order() {
-        for strategy in [Strategy::Snapshot, Strategy::FullLoad, Strategy::BlueGreen] {
+        for strategy in [
+            StrategyKind::Snapshot,
+            StrategyKind::FullLoad,
+            StrategyKind::BlueGreen,
+        ] {
             for (i, step) in strategy.steps().iter().enumerate() {
                 assert_eq!(Step::parse(step.as_str()), Some(*step));
                 assert_eq!(step.number(strategy), i + 1);
             }
         }
-        assert_eq!(Step::Subscription.number(Strategy::FullLoad), 5);
-        assert_eq!(Step::GreenReady.number(Strategy::BlueGreen), 3);
+        assert_eq!(Step::Subscription.number(StrategyKind::FullLoad), 5);
+        assert_eq!(Step::GreenReady.number(StrategyKind::BlueGreen), 3);
         assert_eq!(Step::parse("nope"), None);
     }
 }

@@ -24,8 +24,7 @@ use tokio_postgres::Client;
 use crate::catch_up::{CatchUp, Follower};
 use crate::error::{EngineError, sql};
 use crate::journal::Journal;
-use crate::sessions::{connect_source_db, connect_to, streams_of};
-use crate::steps::Strategy;
+use crate::sessions::{connect_source_db, connect_to};
 use crate::stream;
 
 /// What the journal keeps of a definition.
@@ -419,34 +418,43 @@ pub(crate) async fn globals(
     Ok((carried, differing))
 }
 
-/// What migration `name` (spec `spec`) compares the source with: its target instance and
-/// its streams, or (blue/green) green and every database of the scope.
-pub(crate) async fn compared_with<P: Platform>(
-    platform: &P,
-    journal: &Journal,
-    name: &str,
-    spec: &crate::journal::MigrationSpec,
-) -> Result<(String, Vec<stream::Stream>), EngineError> {
-    if spec.strategy != Strategy::BlueGreen {
-        return Ok((spec.target.clone(), streams_of(journal, name)?));
+/// Who replicates into the instance a migration compares the source with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicator {
+    /// pgseal's own streams: a publication, slot and subscription per database, the
+    /// change log, and what pgseal carries besides (large objects, roles).
+    Pgseal,
+    /// The platform's own replication (a blue/green deployment); pgseal carries nothing.
+    Platform,
+}
+
+/// What a migration compares the source with, as its strategy says
+/// ([`crate::strategy::Strategy::compared_with`]).
+#[derive(Debug, Clone)]
+pub struct Compared {
+    /// The instance compared with the source: the target, or green.
+    pub target: String,
+    /// The databases compared, each with its stream.
+    pub scope: Vec<stream::Stream>,
+    /// Who replicates into `target`.
+    pub replicator: Replicator,
+}
+
+impl Compared {
+    /// Whether pgseal replicates (and carries) into the compared instance.
+    pub fn by_pgseal(&self) -> bool {
+        self.replicator == Replicator::Pgseal
     }
-    let green = crate::engine::green_instance(journal, name)?;
-    let source = connect_source_db(platform, spec, &spec.database).await?;
-    let all = stream::databases(&source)
-        .await
-        .map_err(sql("source", "listing databases"))?;
-    let planned =
-        stream::plan(name, &all, spec.databases.as_deref()).map_err(EngineError::Precondition)?;
-    Ok((green, planned))
 }
 
 /// Verifies every database of migration `name` while its target follows the source (or,
-/// for blue/green, against green), and the instance's roles and settings. `progress` hears
-/// of each database as it starts.
+/// for blue/green, against green), and the instance's roles and settings, against what
+/// its strategy compares (`compared`). `progress` hears of each database as it starts.
 pub async fn verify<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
+    compared: &Compared,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<VerifyReport, EngineError> {
     let record = journal.migration(name)?;
@@ -459,20 +467,20 @@ pub async fn verify<P: Platform>(
         )));
     }
     let spec = record.spec;
-    let blue_green = spec.strategy == Strategy::BlueGreen;
-    let (target_name, scope) = compared_with(platform, journal, name, &spec).await?;
+    let (target_name, scope) = (&compared.target, &compared.scope);
+    let carried = compared.by_pgseal();
     let mut verifying = Verifying::default();
     // Large objects written since the follower's last pass are copied first, with the
     // follower held off meanwhile.
     let _gate = crate::follow::PassGate::hold(journal.home(), name, Duration::from_secs(60));
     let databases: Vec<String> = scope.iter().map(|s| s.database.clone()).collect();
-    for stream in &scope {
+    for stream in scope {
         let db = &stream.database;
         progress(db);
         let source = connect_source_db(platform, &spec, db).await?;
         let source_aux = connect_source_db(platform, &spec, db).await?;
-        let target = connect_to(platform, &target_name, db, "target").await?;
-        let follower = Follower::of(&source_aux, stream, blue_green).await?;
+        let target = connect_to(platform, target_name, db, "target").await?;
+        let follower = Follower::of(&source_aux, stream, !carried).await?;
         let catch_up = CatchUp::new(name, db, &source_aux, &target, follower).await?;
         verifying
             .database(
@@ -481,18 +489,12 @@ pub async fn verify<P: Platform>(
                 &target,
                 Some(&catch_up),
                 Sequences::Trailing,
-                !blue_green,
+                carried,
             )
             .await?;
         if *db == databases[0] {
             verifying
-                .globals(
-                    &source,
-                    &target,
-                    &databases,
-                    !blue_green,
-                    &Default::default(),
-                )
+                .globals(&source, &target, &databases, carried, &Default::default())
                 .await?;
         }
     }

@@ -2,7 +2,8 @@
 //! file that uses it, directly or through others. Read from the code itself: every
 //! `crate::a::b::...` path (in `use` lines and in the code) is resolved to the deepest file
 //! it names (`a/b.rs`, `a/b/mod.rs`, `a.rs`, ...); `super::` paths to their parent's file.
-//! A module declaring its children (`mod x;`) is not a use.
+//! A module declaring its children (`mod x;`) is not a use. The same holds with every
+//! top-level module taken whole (a folder with all its files): no folder uses one above it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -148,54 +149,106 @@ fn cycle(edges: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Option<Vec<PathBuf>> {
     None
 }
 
-#[test]
-fn no_source_file_uses_a_file_that_uses_it() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut crates: Vec<PathBuf> = std::fs::read_dir(root.join("crates"))
+/// The workspace's root (the `crates` and `bench` folders).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every crate's `src` folder (the bench's too).
+fn crate_sources() -> Vec<PathBuf> {
+    let mut crates: Vec<PathBuf> = std::fs::read_dir(root().join("crates"))
         .unwrap()
         .map(|e| e.unwrap().path().join("src"))
         .filter(|p| p.is_dir())
         .collect();
-    crates.push(root.join("bench/src"));
-    let mut checked = 0;
-    for src in crates {
-        let mut files = Vec::new();
-        sources(&src, &mut files);
-        let modules: BTreeMap<Vec<String>, PathBuf> = files
-            .iter()
-            .filter(|f| !f.starts_with(src.join("bin")))
-            .map(|f| (module_of(&src, f), f.clone()))
-            .collect();
-        let mut edges: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
-        for (own, file) in &modules {
-            let code = std::fs::read_to_string(file).unwrap();
-            let is_mod_file = file
-                .file_name()
-                .is_some_and(|n| n == "mod.rs" || n == "lib.rs");
-            for path in used_paths(&code, own, is_mod_file) {
-                if let Some(target) = resolve(&modules, &path)
-                    && target != *file
-                    // A module's root declaring or re-exporting its own children is not a
-                    // use of them by a sibling.
-                    && !(is_mod_file && module_of(&src, &target).starts_with(own))
-                {
-                    edges.entry(file.clone()).or_default().insert(target);
-                }
+    crates.push(root().join("bench/src"));
+    crates
+}
+
+/// Which file of the crate under `src` uses which (binaries left out).
+fn uses(src: &Path) -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
+    let mut files = Vec::new();
+    sources(src, &mut files);
+    let modules: BTreeMap<Vec<String>, PathBuf> = files
+        .iter()
+        .filter(|f| !f.starts_with(src.join("bin")))
+        .map(|f| (module_of(src, f), f.clone()))
+        .collect();
+    let mut edges: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
+    for (own, file) in &modules {
+        let code = std::fs::read_to_string(file).unwrap();
+        let is_mod_file = file
+            .file_name()
+            .is_some_and(|n| n == "mod.rs" || n == "lib.rs");
+        let entry = edges.entry(file.clone()).or_default();
+        for path in used_paths(&code, own, is_mod_file) {
+            if let Some(target) = resolve(&modules, &path)
+                && target != *file
+                // A module's root declaring or re-exporting its own children is not a
+                // use of them by a sibling.
+                && !(is_mod_file && module_of(src, &target).starts_with(own))
+            {
+                entry.insert(target);
             }
-            checked += 1;
-        }
-        if let Some(c) = cycle(&edges) {
-            let names: Vec<String> = c
-                .iter()
-                .map(|p| p.strip_prefix(&root).unwrap_or(p).display().to_string())
-                .collect();
-            panic!(
-                "files that use each other in a circle: {} -> (back to the first)",
-                names.join(" -> ")
-            );
         }
     }
+    edges
+}
+
+/// Panics with the circle in `edges`, if there is one.
+fn refuse_circle(what: &str, edges: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) {
+    if let Some(c) = cycle(edges) {
+        let names: Vec<String> = c
+            .iter()
+            .map(|p| p.strip_prefix(root()).unwrap_or(p).display().to_string())
+            .collect();
+        panic!(
+            "{what} that use each other in a circle: {} -> (back to the first)",
+            names.join(" -> ")
+        );
+    }
+}
+
+#[test]
+fn no_source_file_uses_a_file_that_uses_it() {
+    let mut checked = 0;
+    for src in crate_sources() {
+        let edges = uses(&src);
+        checked += edges.len();
+        refuse_circle("files", &edges);
+    }
     assert!(checked > 50, "only {checked} files read");
+}
+
+/// Nothing runs up the layers: with each of a crate's top-level modules (a file, or a
+/// folder with everything in it) taken as one, none uses one that uses it. A folder whose
+/// file uses a higher module while another of its files is used by that module would be
+/// a circle here although no two files form one.
+#[test]
+fn no_module_or_folder_uses_one_above_it() {
+    for src in crate_sources() {
+        let top = |file: &Path| -> PathBuf {
+            match module_of(&src, file).first() {
+                Some(first) => src.join(first),
+                None => src.join("lib.rs"),
+            }
+        };
+        let mut edges: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
+        for (file, targets) in uses(&src) {
+            let from = top(&file);
+            // The crate's root declares and re-exports the modules: it is above them all.
+            if from == src.join("lib.rs") {
+                continue;
+            }
+            for target in targets {
+                let to = top(&target);
+                if to != from {
+                    edges.entry(from.clone()).or_default().insert(to);
+                }
+            }
+        }
+        refuse_circle("modules", &edges);
+    }
 }
 
 #[test]

@@ -319,7 +319,7 @@ fn story(
         let handoff = status.and_then(|s| s.handoff).map(|h| h.lsn.to_string());
 
         // 4. Validate every published table while the workload writes.
-        let validation = runtime.block_on(pgseal_core::validate::validate(
+        let validation = runtime.block_on(pgseal_core::migration::validate(
             &platform,
             &journal,
             &names.migration,

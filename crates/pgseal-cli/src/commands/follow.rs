@@ -117,10 +117,12 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool) -> Outcome {
                 ..Default::default()
             },
             Some(_gate) => {
-                match runtime.block_on(follow::pass(&platform, &journal, name, &mut state)) {
+                match runtime.block_on(pgseal_core::migration::follow_pass(
+                    &platform, &journal, name, &mut state,
+                )) {
                     Ok(pass) => pass,
                     Err(e) => {
-                        let error = pgseal_core::engine::error_chain(&e);
+                        let error = pgseal_core::error::error_chain(&e);
                         tracing::warn!(migration = name, %error, "follower pass failed");
                         pgseal_core::follow::Pass {
                             at_ms: pgseal_core::journal::now_ms(),

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use pgseal_core::preflight::{PreflightInput, TargetVersion, preflight};
+use pgseal_core::strategy::Strategy as _;
 use pgseal_crypto::keystore::DEFAULT_KEY_ALIAS;
 use pgseal_crypto::{KeyState, Kms};
 use pgseal_local::instance::LocalInstances;
@@ -675,7 +676,12 @@ fn drive(
     // Something must keep the migration moving once this command returns.
     let follower = if follow
         && pgseal_core::follow::follows(journal.migration(name)?.phase)
-        && journal.migration(name)?.spec.strategy != pgseal_core::steps::Strategy::BlueGreen
+        && journal
+            .migration(name)?
+            .spec
+            .strategy
+            .follower_idle()
+            .is_none()
     {
         super::follow::spawn(ctx, name)?
     } else {
@@ -739,7 +745,7 @@ fn cutover(
         on_switch,
         Direction::ToTarget,
     )?;
-    let report = runtime.block_on(pgseal_core::cutover::cutover(
+    let report = runtime.block_on(pgseal_core::migration::cutover(
         &platform, &journal, name, &switch, options,
     ))?;
     print_cutover(ctx, name, &spec, &report)
@@ -893,7 +899,7 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
             &platform, journal, name,
         ))?
     } else {
-        runtime.block_on(pgseal_core::cutover::recover_interrupted(
+        runtime.block_on(pgseal_core::migration::recover_interrupted(
             &platform, journal, name,
         ))?
     };
@@ -901,7 +907,7 @@ fn recover_cutover(ctx: &Context, journal: &Journal, name: &str) -> Outcome {
     if let AnyPlatform::Aws(aws) = &platform
         && matches!(outcome, Recovered::CutOver | Recovered::RolledBack)
         // A blue/green switchover moved the names itself.
-        && spec.strategy != pgseal_core::steps::Strategy::BlueGreen
+        && !spec.strategy.switch_moves_names()
     {
         use pgseal_core::cutover::Switch as _;
         let back = outcome == Recovered::RolledBack;
@@ -1104,7 +1110,7 @@ fn verify(ctx: &Context, name: &str) -> Outcome {
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
     let progress = |db: &str| ctx.status(format!("verifying {db}"));
-    let report = runtime.block_on(pgseal_core::verify::verify(
+    let report = runtime.block_on(pgseal_core::migration::verify(
         &platform, &journal, name, &progress,
     ))?;
     if ctx.json {
@@ -1172,7 +1178,7 @@ fn run_validation(
         }
         Progress::Table { .. } => {}
     };
-    Ok(runtime.block_on(pgseal_core::validate::validate(
+    Ok(runtime.block_on(pgseal_core::migration::validate(
         platform, journal, name, tables, copy_wait, &progress,
     ))?)
 }
@@ -1192,7 +1198,7 @@ fn revalidate_after_ddl(
     let (Some(last), Phase::Replicating) = (last, record.phase) else {
         return Ok(());
     };
-    if record.spec.strategy == pgseal_core::steps::Strategy::BlueGreen {
+    if !record.spec.strategy.replays_ddl() {
         return Ok(());
     }
     let since = runtime.block_on(pgseal_core::ddl::since_validation(
@@ -1246,7 +1252,7 @@ fn rollback(
         on_switch,
         Direction::BackToSource,
     )?;
-    let report = runtime.block_on(pgseal_core::cutover::rollback(
+    let report = runtime.block_on(pgseal_core::migration::rollback(
         &platform, &journal, name, &switch, timeout,
     ))?;
     print_rollback(ctx, name, &spec, &report)
@@ -1283,30 +1289,29 @@ fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
     let platform = platform(ctx, &runtime, &journal, name, false)?;
     if matches!(platform, AnyPlatform::Local(_)) {
         let mut report =
-            runtime.block_on(pgseal_core::cutover::cleanup(&platform, &journal, name))?;
+            runtime.block_on(pgseal_core::migration::cleanup(&platform, &journal, name))?;
         cleanup_local_source(ctx, &spec, retire, delete, &mut report)?;
         journal.add_fact(name, "cleanup", &serde_json::to_value(&report)?)?;
         return print_cleanup(ctx, name, &spec, &report);
     }
-    let mut report = runtime.block_on(pgseal_core::cutover::cleanup(&platform, &journal, name))?;
-    if spec.strategy == pgseal_core::steps::Strategy::BlueGreen {
-        // The platform renamed the old blue at its switchover; `spec.source`'s name is
-        // green's now.
-        if let Some(old) = pgseal_core::engine::blue_green::old_blue(&journal, name)? {
-            #[cfg(feature = "aws")]
-            if retire && let AnyPlatform::Aws(aws) = &platform {
-                runtime.block_on(aws.stop_instance(&old))?;
-                report.removed.push(format!(
-                    "(stopped) {old} (the old blue; AWS starts it again after 7 days unless deleted)"
-                ));
-            }
-            if delete {
-                use pgseal_platform::Platform as _;
-                runtime.block_on(platform.delete_instance(&old))?;
-                report
-                    .removed
-                    .push(format!("instance {old} (the old blue)"));
-            }
+    let mut report =
+        runtime.block_on(pgseal_core::migration::cleanup(&platform, &journal, name))?;
+    // A platform that switched over renamed the old source (blue/green's old blue);
+    // `spec.source`'s name is the new one's now.
+    if let Some(old) = pgseal_core::migration::old_source(&journal, name)? {
+        #[cfg(feature = "aws")]
+        if retire && let AnyPlatform::Aws(aws) = &platform {
+            runtime.block_on(aws.stop_instance(&old))?;
+            report.removed.push(format!(
+                "(stopped) {old} (the old blue; AWS starts it again after 7 days unless deleted)"
+            ));
+        }
+        if delete {
+            use pgseal_platform::Platform as _;
+            runtime.block_on(platform.delete_instance(&old))?;
+            report
+                .removed
+                .push(format!("instance {old} (the old blue)"));
         }
         journal.add_fact(name, "cleanup", &serde_json::to_value(&report)?)?;
         return print_cleanup(ctx, name, &spec, &report);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pgseal_core::Event;
 use pgseal_core::initial_copy::TableCopy;
-use pgseal_core::steps::Strategy;
+use pgseal_core::steps::StrategyKind;
 
 use super::Context;
 
@@ -19,7 +19,7 @@ const LINE_EVERY: Duration = Duration::from_secs(5);
 /// Reports the events of one run of the engine.
 pub struct MigrateObserver<'a> {
     ctx: &'a Context,
-    strategy: Strategy,
+    strategy: StrategyKind,
     copy: Mutex<CopyView>,
 }
 
@@ -39,7 +39,7 @@ enum CopyView {
 
 impl<'a> MigrateObserver<'a> {
     /// An observer for a migration of `strategy`.
-    pub fn new(ctx: &'a Context, strategy: Strategy) -> Self {
+    pub fn new(ctx: &'a Context, strategy: StrategyKind) -> Self {
         let view = if ctx.quiet || ctx.json {
             CopyView::Silent
         } else if std::io::stderr().is_terminal() {

@@ -113,20 +113,8 @@ pub async fn cleanup<P: Platform>(
     name: &str,
 ) -> Result<CleanupReport, EngineError> {
     let record = journal.migration(name)?;
-    if record.phase == Phase::CleanedUp {
-        return Ok(CleanupReport::default());
-    }
     if record.phase == Phase::RolledBack {
         return cleanup_after_rollback(platform, journal, name, record.spec).await;
-    }
-    if record.phase != Phase::CutOver {
-        return Err(EngineError::Precondition(format!(
-            "migration {name} is {}; cleanup follows a cutover (before one, `pgseal migrate abort {name}` removes everything)",
-            record.phase.as_str()
-        )));
-    }
-    if record.spec.strategy == crate::steps::Strategy::BlueGreen {
-        return crate::engine::blue_green::cleanup(platform, journal, name).await;
     }
     let spec = record.spec;
     let streams = streams_of(journal, name)?;

@@ -139,7 +139,8 @@ async fn verify_before_pause(
     Ok((report, checked))
 }
 
-/// Runs the cutover of migration `name`; see the module documentation.
+/// Runs pgseal's own cutover of migration `name` (the snapshot and full-load
+/// strategies); see the module documentation.
 pub async fn cutover<P: Platform, S: Switch>(
     platform: &P,
     journal: &Journal,
@@ -148,9 +149,6 @@ pub async fn cutover<P: Platform, S: Switch>(
     options: &CutoverOptions,
 ) -> Result<CutoverReport, EngineError> {
     let spec = journal.migration(name)?.spec;
-    if spec.strategy == crate::steps::Strategy::BlueGreen {
-        return crate::engine::blue_green::switchover(platform, journal, name, options).await;
-    }
     let mut report = CutoverReport {
         dry_run: options.dry_run,
         switch: switch.describe(),

@@ -60,9 +60,6 @@ pub async fn recover_interrupted<P: Platform>(
     name: &str,
 ) -> Result<Recovered, EngineError> {
     let spec = journal.migration(name)?.spec;
-    if spec.strategy == crate::steps::Strategy::BlueGreen {
-        return crate::engine::blue_green::recover(platform, journal, name).await;
-    }
     if journal.has_resource(name, "switched")? {
         journal.set_phase(name, Phase::CutOver, None)?;
         return Ok(Recovered::CutOver);

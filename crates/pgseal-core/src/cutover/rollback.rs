@@ -58,19 +58,7 @@ pub async fn rollback<P: Platform, S: Switch>(
     switch: &S,
     timeout: Duration,
 ) -> Result<RollbackReport, EngineError> {
-    let record = journal.migration(name)?;
-    if record.phase != Phase::CutOver {
-        return Err(EngineError::Precondition(format!(
-            "migration {name} is {}; rollback follows a cutover",
-            record.phase.as_str()
-        )));
-    }
-    let spec = record.spec;
-    if spec.strategy == crate::steps::Strategy::BlueGreen {
-        return Err(EngineError::Precondition(format!(
-            "migration {name} was switched over by the platform's blue/green deployment, which has no way back: the old blue is kept as it was at the switchover (see `pgseal migrate status {name}`)"
-        )));
-    }
+    let spec = journal.migration(name)?.spec;
     if !journal.has_resource(name, "reverse_subscription")? {
         return Err(EngineError::Precondition(format!(
             "migration {name} has no reverse replication (the target's wal_level is not logical, or cleanup ran): rollback is unavailable"

@@ -47,7 +47,7 @@ use crate::catch_up::{CatchUp, Follower};
 use crate::error::{EngineError, sql};
 use crate::journal::Journal;
 use crate::sessions::{connect_source_db, connect_to};
-use crate::steps::{Step, Strategy};
+use crate::steps::Step;
 
 /// Session settings applied on both sides, so row text does not depend on them.
 use pgseal_pg::catalog::SESSION;
@@ -61,15 +61,16 @@ pub async fn validate<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
+    compared: &crate::verify::Compared,
     tables: Option<&[String]>,
     copy_wait: Duration,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<ValidationReport, EngineError> {
     let spec = journal.migration(name)?.spec;
-    let blue_green = spec.strategy == Strategy::BlueGreen;
     // What each database is compared with: pgseal's streams, or (blue/green) every
     // database of the scope against green.
-    let (target_name, scope) = crate::verify::compared_with(platform, journal, name, &spec).await?;
+    let blue_green = !compared.by_pgseal();
+    let (target_name, scope) = (&compared.target, &compared.scope);
     let streams = if blue_green {
         Vec::new()
     } else {
@@ -89,7 +90,7 @@ pub async fn validate<P: Platform>(
     let mut ddl_seen = std::collections::BTreeMap::new();
     let mut targets = Vec::new();
     let mut verifying = crate::verify::Verifying::default();
-    for stream in &scope {
+    for stream in scope {
         let db = &stream.database;
         let source = connect_source_db(platform, &spec, db).await?;
         ddl_seen.insert(
@@ -98,7 +99,7 @@ pub async fn validate<P: Platform>(
                 .await
                 .map_err(sql("source", "reading the captured DDL"))?,
         );
-        let target = connect_to(platform, &target_name, db, "target").await?;
+        let target = connect_to(platform, target_name, db, "target").await?;
         let source_aux = connect_source_db(platform, &spec, db).await?;
         let follower = Follower::of(&source_aux, stream, blue_green).await?;
         let catch_up = CatchUp::new(name, db, &source_aux, &target, follower).await?;

@@ -3,7 +3,8 @@
 //! data loaded by native tablesync (`copy_data = true`) and the rest of the schema built
 //! once the data is in. The steps it shares with the snapshot strategy (preflight, the
 //! source's publications and slots, the subscriptions, enabling them, replicating) live in
-//! the engine itself.
+//! the engine itself; after `start`, its phases are pgseal's own (the [`Strategy`] trait's
+//! provided methods).
 //!
 //! Why nothing is lost or doubled between the copy and the stream (docs/migration.md):
 //! each stream's slot is made in `prepare_source`, before its subscription exists, so it
@@ -27,10 +28,12 @@ use pgseal_platform::{InstanceStatus, NewInstance, Platform};
 use serde_json::json;
 use tokio_postgres::Client;
 
-use super::{Engine, EngineError, Event, StepResult};
+use super::{Strategy, not_its_step};
+use crate::engine::{Engine, Event, StepResult};
+use crate::error::{EngineError, platform_error, sql};
 use crate::initial_copy::{self, TableCopy};
 use crate::journal::INSTANCE;
-use crate::steps::{Step, failpoint_at};
+use crate::steps::{Step, StrategyKind, failpoint_at};
 
 /// How often the initial copy is polled (a table's keys are built as soon as its copy is
 /// seen done) and how often it is reported.
@@ -38,7 +41,7 @@ const COPY_POLL: Duration = Duration::from_millis(250);
 const COPY_REPORT: Duration = Duration::from_secs(1);
 
 /// Lag (bytes) under which a full-load target counts as replicating.
-pub(super) const REPLICATING_LAG_BYTES: i64 = 64 << 20;
+const REPLICATING_LAG_BYTES: i64 = 64 << 20;
 
 /// Tablesync workers per subscription at most (PostgreSQL's default).
 const MAX_SYNC_WORKERS: i64 = 2;
@@ -101,6 +104,36 @@ const CONSTRAINT_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_constraint k \
      JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE n.nspname = $1 AND c.relname = $2 AND k.conname = $3)";
 
+/// The full-load strategy (`--strategy full-load`).
+#[derive(Debug, Clone, Copy)]
+pub struct FullLoad;
+
+impl Strategy for FullLoad {
+    async fn run_step<P: Platform>(&self, engine: &Engine<'_, P>, step: Step) -> StepResult {
+        match step {
+            Step::Preflight => engine.preflight().await,
+            // DDL is held until the tables are copied (see the module's documentation).
+            Step::PrepareSource => engine.prepare_source(true).await,
+            Step::CreateTarget => engine.create_target().await,
+            Step::Schema => engine.schema().await,
+            Step::Subscription => {
+                engine.full_load_subscription_recorded().await?;
+                engine.subscription(true).await
+            }
+            Step::Enable => engine.enable().await,
+            Step::InitialCopy => engine.initial_copy().await,
+            Step::PostData => engine.post_data().await,
+            Step::Replicating => {
+                let (mut outputs, summary) = engine.replicating().await?;
+                let lag = engine.wait_caught_up().await?;
+                outputs["lag_bytes"] = json!(lag);
+                Ok((outputs, format!("{summary}, {} KiB behind", lag >> 10)))
+            }
+            other => Err(not_its_step(StrategyKind::FullLoad, other)),
+        }
+    }
+}
+
 impl<P: Platform> Engine<'_, P> {
     /// The source's and the target's major versions, as preflight recorded them.
     fn majors(&self) -> Result<(u32, u32), EngineError> {
@@ -139,11 +172,11 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     async fn source_config(&self, database: &str) -> Result<tokio_postgres::Config, EngineError> {
-        super::source_db_config(self.platform, &self.spec, database).await
+        crate::sessions::source_db_config(self.platform, &self.spec, database).await
     }
 
     async fn target_config(&self, database: &str) -> Result<tokio_postgres::Config, EngineError> {
-        super::instance_config(self.platform, &self.spec.target, database, "target").await
+        crate::sessions::instance_config(self.platform, &self.spec.target, database, "target").await
     }
 
     /// Runs `program` against `config`'s server (its connection in the environment, never
@@ -191,7 +224,7 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     // Full load 3.
-    pub(super) async fn create_target(&self) -> StepResult {
+    async fn create_target(&self) -> StepResult {
         let target = &self.spec.target;
         let (_, target_major) = self.majors()?;
         let instance = match self.existing_target().await? {
@@ -202,7 +235,7 @@ impl<P: Platform> Engine<'_, P> {
                 self.platform
                     .delete_instance(target)
                     .await
-                    .map_err(Self::platform_error("removing the interrupted target"))?;
+                    .map_err(platform_error("removing the interrupted target"))?;
                 self.create_new_target(target_major).await?
             }
             None => {
@@ -250,7 +283,7 @@ impl<P: Platform> Engine<'_, P> {
                 &[],
             )
             .await
-            .map_err(Self::sql("source", "reading replication limits"))?;
+            .map_err(sql("source", "reading replication limits"))?;
         let (max_slots, max_senders, used, source_bytes): (i64, i64, i64, i64) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
         // Each tablesync worker holds a slot and a sender on the source while it copies.
@@ -284,11 +317,11 @@ impl<P: Platform> Engine<'_, P> {
         self.platform
             .create_instance(&spec)
             .await
-            .map_err(Self::platform_error("creating the empty encrypted target"))
+            .map_err(platform_error("creating the empty encrypted target"))
     }
 
     // Full load 4.
-    pub(super) async fn schema(&self) -> StepResult {
+    async fn schema(&self) -> StepResult {
         let streams = self.streams()?;
         let home = self.source().await?;
         let admin = self.target_db("template1").await?;
@@ -298,11 +331,14 @@ impl<P: Platform> Engine<'_, P> {
         let roles = pgseal_pg::globals::sync(&home, &admin, &[], &self.carrying())
             .await
             .map_err(|e| {
-                EngineError::Precondition(format!("copying the roles: {}", super::error_chain(&e)))
+                EngineError::Precondition(format!(
+                    "copying the roles: {}",
+                    crate::error::error_chain(&e)
+                ))
             })?;
         let readable = pgseal_pg::globals::read(&home, &[])
             .await
-            .map_err(Self::sql("source", "reading the roles"))?
+            .map_err(sql("source", "reading the roles"))?
             .passwords_readable;
         let mut loaded = Vec::new();
         for s in &streams {
@@ -325,7 +361,7 @@ impl<P: Platform> Engine<'_, P> {
             let session = self.source_db(&s.database).await?;
             let keys = table_keys(&session, &s.name)
                 .await
-                .map_err(Self::sql("source", "reading the tables' keys"))?;
+                .map_err(sql("source", "reading the tables' keys"))?;
             loaded.push(json!({ "database": s.database, "keys": keys }));
         }
         let made = roles.iter().filter(|d| d.detail == "missing").count();
@@ -373,14 +409,14 @@ impl<P: Platform> Engine<'_, P> {
                 &[&database],
             )
             .await
-            .map_err(Self::sql("source", format!("reading database {database}")))?;
+            .map_err(sql("source", format!("reading database {database}")))?;
         let (encoding, collate, ctype, owner): (String, String, String, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
         let ident = quote_ident(database);
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {ident} WITH (FORCE)"))
             .await
-            .map_err(Self::sql("target", format!("dropping database {database}")))?;
+            .map_err(sql("target", format!("dropping database {database}")))?;
         admin
             .batch_execute(&format!(
                 "CREATE DATABASE {ident} WITH TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {} OWNER {}",
@@ -390,7 +426,7 @@ impl<P: Platform> Engine<'_, P> {
                 quote_ident(&owner)
             ))
             .await
-            .map_err(Self::sql("target", format!("creating database {database}")))
+            .map_err(sql("target", format!("creating database {database}")))
     }
 
     /// The post-data part of `database`'s schema on the source: the archive
@@ -443,12 +479,12 @@ impl<P: Platform> Engine<'_, P> {
             let identity = entry
                 .identity_on(&source)
                 .await
-                .map_err(Self::sql("source", "naming a schema object"))?;
+                .map_err(sql("source", "naming a schema object"))?;
             let built = match &identity {
                 Some(identity) => identity
                     .exists_on(target)
                     .await
-                    .map_err(Self::sql("target", "checking built objects"))?,
+                    .map_err(sql("target", "checking built objects"))?,
                 None => false,
             };
             if !built {
@@ -496,7 +532,7 @@ impl<P: Platform> Engine<'_, P> {
                     &[&k.schema_name, &k.table_name, &k.constraint],
                 )
                 .await
-                .map_err(Self::sql("target", "checking a key"))?
+                .map_err(crate::error::sql("target", "checking a key"))?
                 .get(0);
             if !exists {
                 sql.push_str(&k.sql);
@@ -506,7 +542,7 @@ impl<P: Platform> Engine<'_, P> {
         }
         if built > 0 {
             sql.push_str("COMMIT;");
-            target.batch_execute(&sql).await.map_err(Self::sql(
+            target.batch_execute(&sql).await.map_err(crate::error::sql(
                 "target",
                 format!("building the keys of {}", keys[0].table),
             ))?;
@@ -515,7 +551,7 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     /// Full load 5: the subscription's slot is the stream's own, made before the copy.
-    pub(super) async fn full_load_subscription_recorded(&self) -> Result<(), EngineError> {
+    async fn full_load_subscription_recorded(&self) -> Result<(), EngineError> {
         for s in &self.streams()? {
             // Recorded so that abort drops it from the target first: dropping a
             // subscription drops the tablesync slots its copy made on the source.
@@ -526,7 +562,7 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     // Full load 7.
-    pub(super) async fn initial_copy(&self) -> StepResult {
+    async fn initial_copy(&self) -> StepResult {
         let streams = self.streams()?;
         let started = Instant::now();
         let mut sessions = Vec::new();
@@ -534,7 +570,7 @@ impl<P: Platform> Engine<'_, P> {
             let source = self.source_db(&s.database).await?;
             let sizes = initial_copy::source_sizes(&source, &s.name)
                 .await
-                .map_err(Self::sql("source", "reading table sizes"))?;
+                .map_err(sql("source", "reading table sizes"))?;
             sessions.push((s, self.target_db(&s.database).await?, sizes));
         }
         let schema = self
@@ -564,11 +600,11 @@ impl<P: Platform> Engine<'_, P> {
             for (s, target, sizes) in &sessions {
                 let syncs = replication::table_syncs(target, &s.name)
                     .await
-                    .map_err(Self::sql("target", "reading the initial copy"))?;
+                    .map_err(sql("target", "reading the initial copy"))?;
                 tables.extend(initial_copy::progress(&s.database, syncs, sizes));
                 errors += initial_copy::sync_errors(target, &s.name)
                     .await
-                    .map_err(Self::sql("target", "reading tablesync errors"))?;
+                    .map_err(sql("target", "reading tablesync errors"))?;
             }
             for t in &tables {
                 let watch = watched
@@ -654,10 +690,7 @@ impl<P: Platform> Engine<'_, P> {
                     &[&s.name],
                 )
                 .await
-                .map_err(Self::sql(
-                    "target",
-                    "resetting the subscription's error counts",
-                ))?;
+                .map_err(sql("target", "resetting the subscription's error counts"))?;
             retried += row.get::<_, i64>(0);
         }
         let rows: i64 = tables.iter().filter_map(rows_of).sum();
@@ -692,7 +725,7 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     // Full load 8.
-    pub(super) async fn post_data(&self) -> StepResult {
+    async fn post_data(&self) -> StepResult {
         let mut done = Vec::new();
         for s in &self.streams()? {
             let source = self.source_config(&s.database).await?;
@@ -709,11 +742,11 @@ impl<P: Platform> Engine<'_, P> {
             // would stop the apply.
             pgseal_pg::ddl::install_replay(&target)
                 .await
-                .map_err(Self::sql("target", "installing the DDL replay"))?;
+                .map_err(sql("target", "installing the DDL replay"))?;
             let source = self.source_db(&s.database).await?;
             let released = pgseal_pg::ddl::lift_hold(&source)
                 .await
-                .map_err(Self::sql("source", "lifting the DDL hold"))?;
+                .map_err(sql("source", "lifting the DDL hold"))?;
             done.push(json!({
                 "database": s.database, "entries": built,
                 "already_there": post.entries.len() - built,
@@ -736,7 +769,7 @@ impl<P: Platform> Engine<'_, P> {
         .map_err(|e| {
             EngineError::Precondition(format!(
                 "copying the databases' properties: {}",
-                super::error_chain(&e)
+                crate::error::error_chain(&e)
             ))
         })?;
         let entries: u64 = done.iter().filter_map(|d| d["entries"].as_u64()).sum();
@@ -753,7 +786,7 @@ impl<P: Platform> Engine<'_, P> {
 
     /// Full load 9's extra condition: every stream's lag under
     /// [`REPLICATING_LAG_BYTES`] (the backlog of the copy applied).
-    pub(super) async fn wait_caught_up(&self) -> Result<i64, EngineError> {
+    async fn wait_caught_up(&self) -> Result<i64, EngineError> {
         let source = self.source().await?;
         let streams = self.streams()?;
         let mut last_report = Instant::now();
@@ -763,12 +796,12 @@ impl<P: Platform> Engine<'_, P> {
                 .await;
             let now = replication::current_wal_lsn(&source)
                 .await
-                .map_err(Self::sql("source", "reading the WAL position"))?;
+                .map_err(sql("source", "reading the WAL position"))?;
             let mut worst = 0i64;
             for s in &streams {
                 let confirmed = replication::slot(&source, &s.name)
                     .await
-                    .map_err(Self::sql("source", "reading the slot"))?
+                    .map_err(sql("source", "reading the slot"))?
                     .ok_or_else(|| {
                         EngineError::Precondition(format!(
                             "slot {} ({}) is gone from the source; abort this migration",

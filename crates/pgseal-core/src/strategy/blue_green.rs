@@ -13,19 +13,128 @@ use std::time::Instant;
 use pgseal_platform::Platform;
 use serde_json::json;
 
-use super::{Engine, EngineError, StepResult};
+use super::{Strategy, not_its_step};
 use crate::cutover::report::{
     CleanupReport, CutoverOptions, CutoverReport, PauseTiming, Recovered, refuse_failed,
 };
-use crate::journal::{INSTANCE, Journal, Phase};
-use crate::steps::Step;
+use crate::cutover::{RollbackReport, Switch};
+use crate::engine::{Engine, StepResult};
+use crate::error::{EngineError, platform_error, sql};
+use crate::journal::{DEPLOYMENT, INSTANCE, Journal, MigrationSpec, Phase};
+use crate::sessions::connect_source_db;
+use crate::steps::{Step, StrategyKind};
+use crate::stream;
+use crate::verify::{Compared, Replicator};
 
-use crate::journal::DEPLOYMENT;
+/// The blue/green strategy (`--strategy blue-green`): the platform replicates and
+/// switches over; pgseal checks green before and after, and has no way back.
+#[derive(Debug, Clone, Copy)]
+pub struct BlueGreen;
+
+impl Strategy for BlueGreen {
+    async fn run_step<P: Platform>(&self, engine: &Engine<'_, P>, step: Step) -> StepResult {
+        match step {
+            Step::Preflight => engine.preflight().await,
+            Step::CreateDeployment => engine.create_deployment().await,
+            Step::GreenReady => engine.green_ready().await,
+            other => Err(not_its_step(StrategyKind::BlueGreen, other)),
+        }
+    }
+
+    /// AWS's replication carries no DDL (the cutover refuses on schema drift instead).
+    fn replays_ddl(&self) -> bool {
+        false
+    }
+
+    fn follower_idle(&self) -> Option<&'static str> {
+        Some("the platform's blue/green deployment replicates")
+    }
+
+    /// Green, and every database of the scope (the platform replicates them all).
+    async fn compared_with<P: Platform>(
+        &self,
+        platform: &P,
+        journal: &Journal,
+        name: &str,
+        spec: &MigrationSpec,
+    ) -> Result<Compared, EngineError> {
+        Ok(Compared {
+            target: green_instance(journal, name)?,
+            scope: scope(platform, spec, name).await?,
+            replicator: Replicator::Platform,
+        })
+    }
+
+    async fn cut_over<P: Platform, S: Switch>(
+        &self,
+        platform: &P,
+        journal: &Journal,
+        name: &str,
+        _switch: &S,
+        options: &CutoverOptions,
+    ) -> Result<CutoverReport, EngineError> {
+        switchover(platform, journal, name, options).await
+    }
+
+    /// The platform's switchover moves the names.
+    fn switch_moves_names(&self) -> bool {
+        true
+    }
+
+    async fn roll_back<P: Platform, S: Switch>(
+        &self,
+        _platform: &P,
+        _journal: &Journal,
+        name: &str,
+        _switch: &S,
+        _timeout: std::time::Duration,
+    ) -> Result<RollbackReport, EngineError> {
+        Err(EngineError::Precondition(format!(
+            "migration {name} was switched over by the platform's blue/green deployment, which has no way back: the old blue is kept as it was at the switchover (see `pgseal migrate status {name}`)"
+        )))
+    }
+
+    async fn recover_cutover<P: Platform>(
+        &self,
+        platform: &P,
+        journal: &Journal,
+        name: &str,
+    ) -> Result<Recovered, EngineError> {
+        recover(platform, journal, name).await
+    }
+
+    async fn clean_up<P: Platform>(
+        &self,
+        platform: &P,
+        journal: &Journal,
+        name: &str,
+    ) -> Result<CleanupReport, EngineError> {
+        cleanup(platform, journal, name).await
+    }
+
+    /// The old blue, which the platform renamed at its switchover.
+    fn old_source(&self, journal: &Journal, name: &str) -> Result<Option<String>, EngineError> {
+        old_blue(journal, name)
+    }
+}
+
+/// Every database of blue/green migration `name`'s scope, read from blue.
+async fn scope<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+    name: &str,
+) -> Result<Vec<stream::Stream>, EngineError> {
+    let home = connect_source_db(platform, spec, &spec.database).await?;
+    let all = stream::databases(&home)
+        .await
+        .map_err(sql("source", "listing databases"))?;
+    stream::plan(name, &all, spec.databases.as_deref()).map_err(EngineError::Precondition)
+}
 
 impl<P: Platform> Engine<'_, P> {
     /// Logical replication on at the source (what blue/green replicates with), then the
     /// deployment made, or found when an earlier run made it.
-    pub(super) async fn create_deployment(&self) -> StepResult {
+    async fn create_deployment(&self) -> StepResult {
         let (_, restarted) = self.ensure_logical_wal().await?;
         let name = &self.spec.name;
         self.journal
@@ -34,7 +143,7 @@ impl<P: Platform> Engine<'_, P> {
             .platform
             .create_blue_green(name, &self.spec.source, &self.spec.key)
             .await
-            .map_err(Self::platform_error("creating the blue/green deployment"))?;
+            .map_err(platform_error("creating the blue/green deployment"))?;
         let summary = format!(
             "blue/green deployment {} ({}) {} for {}{}",
             deployment.name,
@@ -59,18 +168,18 @@ impl<P: Platform> Engine<'_, P> {
 
     /// Waits for green, then checks every green resource is encrypted under the key:
     /// refused otherwise, with nothing switched.
-    pub(super) async fn green_ready(&self) -> StepResult {
+    async fn green_ready(&self) -> StepResult {
         let name = &self.spec.name;
         let deployment = self
             .platform
             .wait_blue_green(name)
             .await
-            .map_err(Self::platform_error("waiting for green"))?;
+            .map_err(platform_error("waiting for green"))?;
         let green = self
             .platform
             .green_resources(name, &self.spec.key)
             .await
-            .map_err(Self::platform_error("describing green"))?;
+            .map_err(platform_error("describing green"))?;
         let problems: Vec<&str> = green.iter().filter_map(|g| g.problem.as_deref()).collect();
         if green.is_empty() || !problems.is_empty() {
             return Err(EngineError::Precondition(format!(
@@ -125,7 +234,7 @@ fn arn_tail(arn: &str) -> &str {
 /// platform's switchover (it blocks writes on blue, lets green catch up and moves the
 /// names), timed as pgseal sees it. Journaled: the phase is `cutting_over` from the
 /// request on, so a run killed meanwhile is settled by [`recover`].
-pub async fn switchover<P: Platform>(
+async fn switchover<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
@@ -217,19 +326,9 @@ async fn schema_drift<P: Platform>(
 ) -> Result<Vec<String>, EngineError> {
     let spec = journal.migration(name)?.spec;
     let green = green_instance(journal, name)?;
-    let home = crate::sessions::connect_source_db(platform, &spec, &spec.database).await?;
-    let all = crate::stream::databases(&home)
-        .await
-        .map_err(|source| EngineError::Sql {
-            role: "source",
-            what: "listing databases".into(),
-            source,
-        })?;
-    let scope = crate::stream::plan(name, &all, spec.databases.as_deref())
-        .map_err(EngineError::Precondition)?;
     let mut found = Vec::new();
-    for s in &scope {
-        let blue = crate::sessions::connect_source_db(platform, &spec, &s.database).await?;
+    for s in &scope(platform, &spec, name).await? {
+        let blue = connect_source_db(platform, &spec, &s.database).await?;
         let target = crate::sessions::connect_to(platform, &green, &s.database, "target").await?;
         let tables = crate::validate::user_tables(&blue).await?;
         let read = |role: &'static str| {
@@ -269,7 +368,7 @@ async fn schema_drift<P: Platform>(
 /// status: switched over → cut over; still available (the switchover never started, or
 /// the platform rolled it back) → replicating; still switching → an error saying to run
 /// `resume` again.
-pub async fn recover<P: Platform>(
+async fn recover<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
@@ -311,7 +410,7 @@ pub async fn recover<P: Platform>(
 /// `cleanup` of a blue/green migration after its switchover: the deployment deleted (the
 /// platform keeps both environments' instances); the old blue is for the caller to stop
 /// or delete (see [`old_blue`]).
-pub async fn cleanup<P: Platform>(
+async fn cleanup<P: Platform>(
     platform: &P,
     journal: &Journal,
     name: &str,
@@ -336,7 +435,7 @@ pub async fn cleanup<P: Platform>(
 
 /// The old blue of a blue/green migration that was switched over (the platform renamed
 /// it, e.g. `prod-old1`), as its cutover recorded it.
-pub fn old_blue(journal: &Journal, name: &str) -> Result<Option<String>, EngineError> {
+fn old_blue(journal: &Journal, name: &str) -> Result<Option<String>, EngineError> {
     Ok(journal
         .outputs(name, Step::Cutover)?
         .and_then(|o| o["old_blue"].as_str().map(|arn| arn_tail(arn).to_string())))
