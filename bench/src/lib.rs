@@ -109,6 +109,30 @@ impl Harness {
         })
     }
 
+    /// Whatever a run left, removed: migrations aborted, then every endpoint and every
+    /// instance (their servers and mounts with them). Errors are ignored: this runs after
+    /// a failure too.
+    pub fn remove_everything(&self) {
+        let listed = |what: &str| -> Vec<serde_json::Value> {
+            self.json(&[what, "list"])
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+        };
+        for m in listed("migrate") {
+            let name = m["spec"]["name"].as_str().unwrap_or_default();
+            let _ = self.pgseal(&["migrate", "abort", name]).output();
+        }
+        for e in listed("endpoint") {
+            let name = e["name"].as_str().unwrap_or_default();
+            let _ = self.pgseal(&["endpoint", "delete", name]).output();
+        }
+        for i in listed("instance") {
+            let name = i["name"].as_str().unwrap_or_default();
+            let _ = self.pgseal(&["instance", "delete", name, "--yes"]).output();
+        }
+    }
+
     /// A quiet `pgseal ARGS` command on this home.
     pub fn pgseal(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.pgseal);
@@ -228,6 +252,29 @@ pub fn add_step_seconds(per_step: &mut Vec<(String, Vec<f64>)>, status: &serde_j
                 None => per_step.push((step.to_string(), vec![seconds])),
             }
         }
+    }
+}
+
+/// A benchmark's positional arguments, each with its default when left out.
+pub struct Args(std::iter::Skip<std::env::Args>);
+
+impl Args {
+    /// The program's arguments, after its name.
+    pub fn from_env() -> Args {
+        Args(std::env::args().skip(1))
+    }
+
+    /// The next argument parsed, or `default` when there is none.
+    pub fn next_or<T: std::str::FromStr>(&mut self, default: T) -> anyhow::Result<T>
+    where
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        Ok(self
+            .0
+            .next()
+            .map(|a| a.parse())
+            .transpose()?
+            .unwrap_or(default))
     }
 }
 

@@ -291,10 +291,10 @@ fn spread(xs: &[u64]) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5);
-    let rate: f64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(200.0);
-    let databases: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
+    let mut args = pgseal_bench::Args::from_env();
+    let rounds: usize = args.next_or(5)?;
+    let rate: f64 = args.next_or(200.0)?;
+    let databases: u32 = args.next_or(3)?;
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let result = (|| {
@@ -305,19 +305,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok((endpoint, hook, many, objects))
     })();
     // Whatever happened, leave no server, endpoint or mount behind.
-    if let Ok(list) = b.json(&["endpoint", "list"]) {
-        for e in list.as_array().into_iter().flatten() {
-            let _ = b
-                .pgseal(&["endpoint", "delete", e["name"].as_str().unwrap_or_default()])
-                .output();
-        }
-    }
-    if let Ok(list) = b.json(&["instance", "list"]) {
-        for i in list.as_array().into_iter().flatten() {
-            let name = i["name"].as_str().unwrap_or_default();
-            let _ = b.pgseal(&["instance", "delete", name, "--yes"]).output();
-        }
-    }
+    b.remove_everything();
     let (ep, hk, many, lo) = result?;
     println!(
         "cutover benchmark: {rounds} chained cutovers per mode, ledger workload at {rate} tx/s \

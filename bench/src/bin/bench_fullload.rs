@@ -19,23 +19,15 @@ use anyhow::Context;
 use pgseal_bench::{Harness, median, timed};
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let scale: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50);
-    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
-    let version: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(17);
+    let mut args = pgseal_bench::Args::from_env();
+    let scale: u32 = args.next_or(50)?;
+    let rounds: usize = args.next_or(3)?;
+    let version: u32 = args.next_or(17)?;
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let result = run(&b, scale, rounds.max(1), version);
     // Whatever happened, leave no migration, server or mount behind.
-    if let Ok(list) = b.json(&["migrate", "list"]) {
-        for m in list.as_array().into_iter().flatten() {
-            let name = m["spec"]["name"].as_str().unwrap_or_default();
-            let _ = b.pgseal(&["migrate", "abort", name]).output();
-        }
-    }
-    for name in ["bench-src", "bench-dst"] {
-        let _ = b.pgseal(&["instance", "delete", name, "--yes"]).output();
-    }
+    b.remove_everything();
     result
 }
 

@@ -23,23 +23,15 @@ fn lsn(text: &str) -> anyhow::Result<u64> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let scale: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50);
-    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
-    let databases: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
+    let mut args = pgseal_bench::Args::from_env();
+    let scale: u32 = args.next_or(50)?;
+    let rounds: usize = args.next_or(3)?;
+    let databases: u32 = args.next_or(3)?;
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let result = run(&b, dir.path(), scale, rounds, databases.max(1));
     // Whatever happened, leave no migration, server or mount behind.
-    if let Ok(list) = b.json(&["migrate", "list"]) {
-        for m in list.as_array().into_iter().flatten() {
-            let name = m["spec"]["name"].as_str().unwrap_or_default();
-            let _ = b.pgseal(&["migrate", "abort", name]).output();
-        }
-    }
-    for name in ["bench-src", "bench-floor", "bench-multi"] {
-        let _ = b.pgseal(&["instance", "delete", name, "--yes"]).output();
-    }
+    b.remove_everything();
     result
 }
 

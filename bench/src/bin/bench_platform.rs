@@ -40,10 +40,10 @@ fn secs(d: Duration) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let scale: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50);
-    let seconds: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(30);
-    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
+    let mut args = pgseal_bench::Args::from_env();
+    let scale: u32 = args.next_or(50)?;
+    let seconds: u32 = args.next_or(30)?;
+    let rounds: usize = args.next_or(3)?;
     let dir = pgseal_bench::work_dir()?;
     let b = Bench::new(&dir.path().join("home"))?;
     let result = run(&b, dir.path(), scale, seconds, rounds);

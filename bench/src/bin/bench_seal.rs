@@ -44,9 +44,9 @@ fn sync() -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let size_mib: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1024);
-    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(6);
+    let mut args = pgseal_bench::Args::from_env();
+    let size_mib: usize = args.next_or(1024)?;
+    let rounds: usize = args.next_or(6)?;
     let pgseal = sibling_binary("pgseal")?;
     // On the work disk, not tmpfs: the comparison is about real files.
     let dir = tempfile::Builder::new()

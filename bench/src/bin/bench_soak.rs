@@ -476,10 +476,10 @@ fn stop_workload(workload: Child) -> anyhow::Result<serde_json::Value> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(30);
-    let seed: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1);
-    let rate: f64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50.0);
+    let mut args = pgseal_bench::Args::from_env();
+    let rounds: usize = args.next_or(30)?;
+    let seed: u64 = args.next_or(1)?;
+    let rate: f64 = args.next_or(50.0)?;
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let mut soak = Soak {
@@ -515,19 +515,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(done)
     })();
     // Whatever happened, leave no server, endpoint or mount behind.
-    if let Ok(list) = b.json(&["endpoint", "list"]) {
-        for e in list.as_array().into_iter().flatten() {
-            let _ = b
-                .pgseal(&["endpoint", "delete", e["name"].as_str().unwrap_or_default()])
-                .output();
-        }
-    }
-    if let Ok(list) = b.json(&["instance", "list"]) {
-        for i in list.as_array().into_iter().flatten() {
-            let name = i["name"].as_str().unwrap_or_default();
-            let _ = b.pgseal(&["instance", "delete", name, "--yes"]).output();
-        }
-    }
+    b.remove_everything();
     let done = result?;
     let faulted = &done[1..];
     let sum = |f: fn(&Round) -> u64| faulted.iter().map(f).sum::<u64>();

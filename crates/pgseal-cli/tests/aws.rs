@@ -10,6 +10,8 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+mod common;
+
 use pgseal_testkit::moto::seed::Seed;
 use pgseal_testkit::{MotoServer, TestCluster};
 
@@ -48,13 +50,7 @@ impl Aws {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::succeeded(self.run(args), args);
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
@@ -84,16 +80,7 @@ impl Aws {
     /// nothing else.
     fn assert_all_landed(&self, url: &str, acknowledged: u64) {
         let v = self.verify(url);
-        assert_eq!(
-            (
-                v["missing"].as_u64(),
-                v["duplicated"].as_u64(),
-                v["unexpected"].as_u64()
-            ),
-            (Some(0), Some(0), Some(0)),
-            "{v}"
-        );
-        assert_eq!(v["acknowledged"].as_u64(), Some(acknowledged), "{v}");
+        pgseal_testkit::assert_ledger_whole(&v, Some(acknowledged), url);
     }
 
     fn verify(&self, url: &str) -> serde_json::Value {
@@ -244,10 +231,7 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
     let log = target.log_text();
     let end: String = rt.block_on(async {
         let c = target.connect("postgres").await.unwrap();
-        c.query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-            .await
-            .unwrap()
-            .get(0)
+        pgseal_testkit::scalar(&c, "SELECT pg_last_wal_replay_lsn()::text").await
     });
     let redo = log
         .lines()
@@ -332,22 +316,8 @@ fn an_rds_migration_under_live_writes_cuts_over_by_rename_with_nothing_lost() {
     let left: i64 = rt.block_on(async {
         let s = source.connect("template1").await.unwrap();
         let t = target.connect("postgres").await.unwrap();
-        let on_source: i64 = s
-            .query_one(
-                "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let on_target: i64 = t
-            .query_one(
-                "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_subscription)",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let on_source: i64 = pgseal_testkit::scalar(&s, "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)").await;
+        let on_target: i64 = pgseal_testkit::scalar(&t, "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_subscription)").await;
         on_source + on_target
     });
     assert_eq!(left, 0);
@@ -502,20 +472,7 @@ fn a_blue_green_start_puts_green_under_the_key_adopts_its_deployment_after_a_kil
     assert_eq!(plan["recommended"], "snapshot", "{plan}");
 
     // Killed once the deployment was asked for, before the journal knew it.
-    let start = [
-        "migrate",
-        "start",
-        "--source",
-        "rds:shop",
-        "--key",
-        "alias/bg-e2e",
-        "--name",
-        "bg",
-        "--strategy",
-        "blue-green",
-        "--connect-via",
-        &via,
-    ];
+    let start = bg_start("rds:shop", &via);
     let out = aws
         .command(&start)
         .env("PGSEAL_FAILPOINT", "after:create_deployment")
@@ -623,14 +580,11 @@ fn replicate_into_green(rt: &tokio::runtime::Runtime, blue: &TestCluster, green:
         .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let pending: i64 = g
-                .query_one(
-                    "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            let pending: i64 = pgseal_testkit::scalar(
+                &g,
+                "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'",
+            )
+            .await;
             if pending == 0 {
                 break;
             }
@@ -692,20 +646,7 @@ fn blue_green_end_to_end(aurora: bool) {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    aws.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        source,
-        "--key",
-        "alias/bg-e2e",
-        "--name",
-        "bg",
-        "--strategy",
-        "blue-green",
-        "--connect-via",
-        &route("shop", &blue),
-    ]);
+    aws.ok(&bg_start(source, &route("shop", &blue)));
     let bgd = rt
         .block_on(seed.rds.describe_blue_green_deployments().send())
         .unwrap();
@@ -735,13 +676,7 @@ fn blue_green_end_to_end(aurora: bool) {
     // A row green lost is found, and the cutover refused with nothing switched.
     let lost: i64 = rt.block_on(async {
         let g = green.connect("postgres").await.unwrap();
-        g.query_one(
-            "DELETE FROM pgseal_ledger_events WHERE txid = (SELECT min(txid) FROM pgseal_ledger_events) RETURNING txid",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
+        pgseal_testkit::scalar(&g, "DELETE FROM pgseal_ledger_events WHERE txid = (SELECT min(txid) FROM pgseal_ledger_events) RETURNING txid").await
     });
     let out = with_green(&["migrate", "validate", "bg", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -906,20 +841,7 @@ fn against_stock_moto_a_blue_green_green_that_is_not_encrypted_is_refused_and_no
     rt.block_on(seed.key("alias/bg-e2e"));
     rt.block_on(seed.rds_instance("shop", None));
     let source = TestCluster::start().unwrap();
-    let out = aws.run(&[
-        "migrate",
-        "start",
-        "--source",
-        "rds:shop",
-        "--key",
-        "alias/bg-e2e",
-        "--name",
-        "bg",
-        "--strategy",
-        "blue-green",
-        "--connect-via",
-        &route("shop", &source),
-    ]);
+    let out = aws.run(&bg_start("rds:shop", &route("shop", &source)));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let text = stderr(&out);
     assert!(
@@ -1033,4 +955,23 @@ impl WaitRef for std::process::Child {
             stderr,
         }
     }
+}
+
+/// `migrate start` of blue/green migration `bg` of `source` under `alias/bg-e2e`,
+/// reaching blue through `via`.
+fn bg_start<'a>(source: &'a str, via: &'a str) -> [&'a str; 12] {
+    [
+        "migrate",
+        "start",
+        "--source",
+        source,
+        "--key",
+        "alias/bg-e2e",
+        "--name",
+        "bg",
+        "--strategy",
+        "blue-green",
+        "--connect-via",
+        via,
+    ]
 }

@@ -46,12 +46,7 @@ fn text_keys_and_settings_of_a_database_owner_inject_nothing_into_validation() {
     // which it pastes into SQL.
     tgt.exec("SET session_replication_role = replica; UPDATE t SET v = -v WHERE v % 10 = 0");
     let out = h.run(&["migrate", "validate", "h1", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(11),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 11);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let table = report["tables"]
         .as_array()
@@ -297,12 +292,7 @@ fn a_database_an_endpoint_cannot_route_apart_is_named_before_the_cutover_fences_
         "--leave-stale",
         "my db",
     ]);
-    assert_eq!(
-        accepted.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&accepted.stdout)
-    );
+    assert_exit(&accepted, 0);
 }
 
 #[test]

@@ -1,50 +1,13 @@
 //! `pgseal instance` as a user runs it, on real servers.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-struct Home(tempfile::TempDir);
-
-impl Home {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_pgseal"))
-            .env("PGSEAL_HOME", self.0.path().join("home"))
-            .env("PGSEAL_PASSPHRASE", "cli instance test passphrase")
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        for name in ["cli-plain", "cli-enc"] {
-            let _ = self.run(&["instance", "delete", name, "--yes"]);
-        }
-    }
-}
-
-fn free_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string()
-}
+mod common;
+use common::{Home, assert_exit, free_port};
 
 #[test]
 fn instance_commands_create_describe_stop_start_and_delete() {
-    let h = Home(tempfile::tempdir().unwrap());
+    let h = Home::new();
     let port = free_port();
     let created = h.json(&[
         "instance",
@@ -56,7 +19,6 @@ fn instance_commands_create_describe_stop_start_and_delete() {
         "512MiB",
         "--param",
         "wal_level=logical",
-        "--json",
     ]);
     assert_eq!(created["status"], "available");
     assert_eq!(created["params"]["wal_level"], "logical");
@@ -71,49 +33,36 @@ fn instance_commands_create_describe_stop_start_and_delete() {
         &free_port(),
         "--storage",
         "256MiB",
-        "--json",
     ]);
     assert_eq!(enc["encrypted"], true);
-    let default_key = h.json(&["key", "describe", "pgseal/default", "--json"]);
+    let default_key = h.json(&["key", "describe", "pgseal/default"]);
     assert_eq!(
         enc["key_id"], default_key["key_id"],
         "--encrypted without --key uses the managed default key"
     );
 
-    let list = h.json(&["instance", "list", "--json"]);
+    let list = h.json(&["instance", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 2);
 
     assert_eq!(
-        h.json(&["instance", "stop", "cli-enc", "--json"])["status"],
+        h.json(&["instance", "stop", "cli-enc"])["status"],
         "stopped"
     );
     assert_eq!(
-        h.json(&["instance", "start", "cli-enc", "--json"])["status"],
+        h.json(&["instance", "start", "cli-enc"])["status"],
         "available"
     );
 
-    let change = h.json(&[
-        "instance",
-        "set-param",
-        "cli-plain",
-        "max_wal_senders=13",
-        "--json",
-    ]);
+    let change = h.json(&["instance", "set-param", "cli-plain", "max_wal_senders=13"]);
     assert_eq!(change["pending_restart"][0], "max_wal_senders");
-    let url = h.json(&["instance", "url", "cli-plain", "--json"]);
+    let url = h.json(&["instance", "url", "cli-plain"]);
     assert_eq!(
         url["url"],
         format!("postgres://postgres@127.0.0.1:{port}/postgres")
     );
 
     // Precondition failures exit 3 and make nothing.
-    let out = h.run(&["instance", "create", "cli-plain", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&h.run(&["instance", "create", "cli-plain", "--json"]), 3);
     // A name that could not be an instance's is a wrong command line, refused by the
     // command line's own check.
     let out = h.run(&["instance", "create", "Bad_Name"]);
@@ -123,16 +72,10 @@ fn instance_commands_create_describe_stop_start_and_delete() {
     assert!(!out.status.success(), "delete asks for --yes");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
     assert_eq!(
-        h.json(&["instance", "delete", "cli-plain", "--yes", "--json"])["deleted"],
+        h.json(&["instance", "delete", "cli-plain", "--yes"])["deleted"],
         "cli-plain"
     );
-    assert_eq!(
-        h.json(&["instance", "list", "--json"])
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(h.json(&["instance", "list"]).as_array().unwrap().len(), 1);
 }
 
 #[test]

@@ -1246,12 +1246,7 @@ fn cutover_trusts_an_apply_worker_that_failed_once_and_runs_again_not_one_that_k
     h.sql("src", "postgres")
         .exec("INSERT INTO items VALUES (1)");
     let out = h.run(&["migrate", "cutover", "w1", "--dry-run"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_exit(&out, 0);
 
     // A change the target cannot apply: its worker fails at once, each time it restarts.
     h.sql("src-enc", "postgres")

@@ -149,12 +149,7 @@ fn a_difference_in_each_category_is_named_refuses_the_cutover_and_passes_once_re
     let tgt = h.sql("src-enc", "postgres");
     tgt.exec(PLANTED);
     let out = h.run(&["migrate", "verify", "v1", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(11),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 11);
     let verified: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names = named(&verified);
     for expected in [

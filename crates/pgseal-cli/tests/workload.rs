@@ -9,6 +9,13 @@ fn pgseal(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `pgseal workload verify` of the ledger `ledger` against `url`, as JSON.
+fn verify(url: &str, ledger: &str) -> std::process::Output {
+    pgseal(&[
+        "workload", "verify", "--url", url, "--ledger", ledger, "--json",
+    ])
+}
+
 #[test]
 fn run_then_verify_is_clean_and_a_lost_transaction_exits_11() {
     let db = pgseal_testkit::TestCluster::start().unwrap();
@@ -36,15 +43,7 @@ fn run_then_verify_is_clean_and_a_lost_transaction_exits_11() {
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(run["acknowledged"].as_u64().unwrap() > 200, "{run}");
 
-    let out = pgseal(&[
-        "workload",
-        "verify",
-        "--url",
-        &url,
-        "--ledger",
-        &ledger_arg,
-        "--json",
-    ]);
+    let out = verify(&url, &ledger_arg);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -163,15 +162,7 @@ fn sigterm_ends_a_run_early_with_its_summary_and_a_ledger_that_verifies() {
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(run["acknowledged"].as_u64().unwrap() > 50, "{run}");
-    let out = pgseal(&[
-        "workload",
-        "verify",
-        "--url",
-        &url,
-        "--ledger",
-        &ledger_arg,
-        "--json",
-    ]);
+    let out = verify(&url, &ledger_arg);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(0), "{v}");
     assert_eq!(v["acknowledged"], run["acknowledged"], "{v}");

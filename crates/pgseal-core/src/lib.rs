@@ -8,6 +8,7 @@
 //! - [`strategy`]: the [`strategy::Strategy`] trait and one module per strategy.
 //! - [`engine`]: the step runner's context and the steps the strategies share.
 //! - [`error`]: the engine's error type.
+//! - [`handle`]: one migration as the phases act on it (platform, journal, name).
 //! - [`sessions`]: a migration's streams and connections to either side.
 //! - [`status`]: lag, slot retention, apply errors, schema drift.
 //! - [`cutover`]: fence, drain, sequences, switch; lifted again on any failure.
@@ -33,6 +34,7 @@ pub mod engine;
 pub mod error;
 pub(crate) mod fence;
 pub mod follow;
+pub mod handle;
 pub mod initial_copy;
 pub mod journal;
 pub mod migration;

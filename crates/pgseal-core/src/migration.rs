@@ -19,6 +19,7 @@ use crate::cutover::{
 };
 use crate::engine::{Engine, Event};
 use crate::error::{EngineError, error_chain};
+use crate::handle::Handle;
 use crate::journal::{Journal, Phase};
 use crate::steps::failpoint;
 use crate::strategy::Strategy;
@@ -105,9 +106,8 @@ pub async fn cutover<P: Platform, S: Switch>(
     options: &CutoverOptions,
 ) -> Result<CutoverReport, EngineError> {
     let strategy = journal.migration(name)?.spec.strategy;
-    strategy
-        .cut_over(platform, journal, name, switch, options)
-        .await
+    let m = Handle::new(platform, journal, name);
+    strategy.cut_over(&m, switch, options).await
 }
 
 /// Rolls migration `name` back to its source through `switch` after a cutover, where its
@@ -126,11 +126,8 @@ pub async fn rollback<P: Platform, S: Switch>(
             record.phase.as_str()
         )));
     }
-    record
-        .spec
-        .strategy
-        .roll_back(platform, journal, name, switch, timeout)
-        .await
+    let m = Handle::new(platform, journal, name);
+    record.spec.strategy.roll_back(&m, switch, timeout).await
 }
 
 /// Settles a cutover of migration `name` that a killed run left `cutting_over`.
@@ -140,7 +137,9 @@ pub async fn recover_interrupted<P: Platform>(
     name: &str,
 ) -> Result<Recovered, EngineError> {
     let strategy = journal.migration(name)?.spec.strategy;
-    strategy.recover_cutover(platform, journal, name).await
+    strategy
+        .recover_cutover(&Handle::new(platform, journal, name))
+        .await
 }
 
 /// Removes what migration `name` left once it is cut over (or rolled back).
@@ -153,7 +152,8 @@ pub async fn cleanup<P: Platform>(
     match record.phase {
         Phase::CleanedUp => Ok(CleanupReport::default()),
         Phase::CutOver | Phase::RolledBack => {
-            record.spec.strategy.clean_up(platform, journal, name).await
+            let m = Handle::new(platform, journal, name);
+            record.spec.strategy.clean_up(&m).await
         }
         phase => Err(EngineError::Precondition(format!(
             "migration {name} is {}; cleanup follows a cutover (before one, `pgseal migrate abort {name}` removes everything)",
@@ -180,10 +180,8 @@ pub async fn validate<P: Platform>(
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<ValidationReport, EngineError> {
     let spec = journal.migration(name)?.spec;
-    let compared = spec
-        .strategy
-        .compared_with(platform, journal, name, &spec)
-        .await?;
+    let m = Handle::new(platform, journal, name);
+    let compared = spec.strategy.compared_with(&m, &spec).await?;
     crate::validate::validate(
         platform, journal, name, &compared, tables, copy_wait, progress,
     )
@@ -199,10 +197,8 @@ pub async fn verify<P: Platform>(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<VerifyReport, EngineError> {
     let spec = journal.migration(name)?.spec;
-    let compared = spec
-        .strategy
-        .compared_with(platform, journal, name, &spec)
-        .await?;
+    let m = Handle::new(platform, journal, name);
+    let compared = spec.strategy.compared_with(&m, &spec).await?;
     crate::verify::verify(platform, journal, name, &compared, progress).await
 }
 

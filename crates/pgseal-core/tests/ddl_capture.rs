@@ -379,14 +379,11 @@ async fn capture_serves_every_role_and_carries_only_schema_changes() {
         .batch_execute("CREATE TABLE pw_t (id int); CREATE ROLE pw_role LOGIN PASSWORD 'hunter2'")
         .await
         .unwrap();
-    let kept: String = pinned
-        .query_one(
-            "SELECT string_agg(statement || coalesce(verdict, ''), ' ') FROM pgseal_ddl.statements",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let kept: String = pgseal_testkit::scalar(
+        &pinned,
+        "SELECT string_agg(statement || coalesce(verdict, ''), ' ') FROM pgseal_ddl.statements",
+    )
+    .await;
     assert!(!kept.contains("hunter2"), "{kept}");
     assert!(kept.contains("PASSWORD '***'"), "{kept}");
 

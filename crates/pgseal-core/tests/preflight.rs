@@ -47,10 +47,7 @@ async fn a_clean_source_has_no_findings() {
     assert_eq!(report.tables, 2);
     // Without the cap (the default), a source pgseal does not manage gets a warning that
     // says how to set it.
-    let plain = tokio::task::spawn_blocking(TestCluster::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let plain = TestCluster::started().await;
     let p = plain.connect("postgres").await.unwrap();
     let uncapped = preflight(&p, sessions(&plain), &input()).await.unwrap();
     let ids: Vec<&str> = uncapped.findings.iter().map(|f| f.id).collect();
@@ -88,10 +85,7 @@ async fn a_clean_source_has_no_findings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scope_is_every_database_checked_in_each_and_narrowing_is_explicit() {
-    let db = tokio::task::spawn_blocking(TestCluster::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let db = TestCluster::started().await;
     let c = db.connect("postgres").await.unwrap();
     for name in ["billing", "app"] {
         c.batch_execute(&format!("CREATE DATABASE {name}"))

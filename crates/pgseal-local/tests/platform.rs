@@ -76,11 +76,7 @@ async fn snapshot_to_encrypted_copy<P: Platform>(p: &P, key: &str) -> pgseal_pla
     let target_client = pgseal_pg::connect(&p.connection("target").await.unwrap())
         .await
         .unwrap();
-    let n: i64 = target_client
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = pgseal_testkit::scalar(&target_client, "SELECT count(*) FROM t").await;
     assert_eq!(n, 777);
 
     assert_eq!(

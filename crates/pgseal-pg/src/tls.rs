@@ -113,12 +113,12 @@ impl TlsPolicy {
     /// Builds the rustls connector for this policy (never asked for [`TlsMode::Disable`]).
     fn build_connector(&self) -> Result<MakeRustlsConnect, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier: Arc<dyn ServerCertVerifier> = match (&self.root_cert, self.mode) {
+        let chain = match (&self.root_cert, self.mode) {
             (None, TlsMode::VerifyCa) => return Err(TlsError::NoRoots("verify-ca")),
             (None, TlsMode::VerifyFull) => return Err(TlsError::NoRoots("verify-full")),
-            (None, _) => Arc::new(EncryptOnly(provider.signature_verification_algorithms)),
-            (Some(path), mode) => {
-                let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            (None, _) => None,
+            (Some(path), _) => Some(
+                rustls::client::WebPkiServerVerifier::builder_with_provider(
                     Arc::new(roots(path)?),
                     provider.clone(),
                 )
@@ -126,13 +126,14 @@ impl TlsPolicy {
                 .map_err(|e| TlsError::Roots {
                     path: path.clone(),
                     reason: e.to_string(),
-                })?;
-                Arc::new(ChainVerifier {
-                    inner,
-                    check_name: mode == TlsMode::VerifyFull,
-                })
-            }
+                })?,
+            ),
         };
+        let verifier = Arc::new(Verifier {
+            chain,
+            check_name: self.mode == TlsMode::VerifyFull,
+            algorithms: provider.signature_verification_algorithms,
+        });
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("the default provider supports the default versions")
@@ -163,53 +164,20 @@ fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(store)
 }
 
-/// `require`/`prefer` without roots: encrypted, the certificate not checked (as libpq).
+/// How a server's certificate is checked: not at all for `require`/`prefer` without roots
+/// (encrypted, as libpq does); the chain against the roots otherwise, and the host name
+/// only for `verify-full`. Signatures are always checked with the provider's algorithms.
 #[derive(Debug)]
-struct EncryptOnly(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
-/// The chain checked against the roots; the host name only for `verify-full`.
-#[derive(Debug)]
-struct ChainVerifier {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
+struct Verifier {
+    /// The chain's verifier, when there are roots.
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    /// Whether the certificate must name the host (`verify-full`).
     check_name: bool,
+    /// The provider's signature algorithms.
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainVerifier {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -218,13 +186,10 @@ impl ServerCertVerifier for ChainVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
@@ -238,7 +203,7 @@ impl ServerCertVerifier for ChainVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -247,10 +212,10 @@ impl ServerCertVerifier for ChainVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }

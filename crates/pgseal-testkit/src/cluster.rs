@@ -135,6 +135,15 @@ impl TestCluster {
         Self::builder().start()
     }
 
+    /// [`TestCluster::start`] from async code (off the runtime's threads); panics (the
+    /// test fails) when the cluster cannot start.
+    pub async fn started() -> TestCluster {
+        tokio::task::spawn_blocking(TestCluster::start)
+            .await
+            .expect("the start did not panic")
+            .unwrap_or_else(|e| panic!("starting a test cluster: {e}"))
+    }
+
     fn start_on_free_port(&mut self, settings: &[(String, String)]) -> Result<(), Error> {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {

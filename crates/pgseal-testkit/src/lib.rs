@@ -20,8 +20,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod checks;
 mod cluster;
 pub mod moto;
 
+pub use checks::{assert_ledger_whole, scalar};
 pub use cluster::{ClusterBuilder, Error, TestCluster};
 pub use moto::MotoServer;

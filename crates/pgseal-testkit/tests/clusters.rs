@@ -30,11 +30,7 @@ async fn two_clusters_side_by_side_each_run_their_own_sql() {
     .await
     .unwrap();
 
-    let n: i64 = ca
-        .query_one("SELECT count(*) FROM only_on_a", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = pgseal_testkit::scalar(&ca, "SELECT count(*) FROM only_on_a").await;
     assert_eq!(n, 2);
     let missing = ca
         .query_one("SELECT to_regclass('only_on_b') IS NULL", &[])
@@ -44,30 +40,19 @@ async fn two_clusters_side_by_side_each_run_their_own_sql() {
         missing.get::<_, bool>(0),
         "cluster a must not see cluster b's table"
     );
-    let v: i32 = cb
-        .query_one("SELECT id FROM only_on_b", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let v: i32 = pgseal_testkit::scalar(&cb, "SELECT id FROM only_on_b").await;
     assert_eq!(v, 7);
 
     // Settings passed in reach the server; the defaults make logical replication possible.
-    let wal: String = ca.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
+    let wal: String = pgseal_testkit::scalar(&ca, "SHOW wal_level").await;
     assert_eq!(wal, "logical");
-    let maxc: String = cb
-        .query_one("SHOW max_connections", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let maxc: String = pgseal_testkit::scalar(&cb, "SHOW max_connections").await;
     assert_eq!(maxc, "25");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_runs_as_postgres_when_tests_run_as_root() {
-    let cluster = tokio::task::spawn_blocking(TestCluster::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let cluster = TestCluster::started().await;
     let client = cluster.connect("postgres").await.unwrap();
     // The data directory's owner is the OS user the server runs as.
     let owner_uid =
@@ -75,7 +60,7 @@ async fn server_runs_as_postgres_when_tests_run_as_root() {
     if nix::unistd::Uid::effective().is_root() {
         assert_ne!(owner_uid, 0, "server files must not belong to root");
     }
-    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = pgseal_testkit::scalar(&client, "SELECT 1").await;
     assert_eq!(one, 1);
 }
 

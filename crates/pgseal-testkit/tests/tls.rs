@@ -60,14 +60,11 @@ async fn ssl_in_use(
     policy: &TlsPolicy,
 ) -> Result<bool, ConnectError> {
     let client = connect_with(&config(cluster, host), policy).await?;
-    Ok(client
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0))
+    Ok(pgseal_testkit::scalar(
+        &client,
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .await)
 }
 
 fn policy(mode: TlsMode, root: Option<&Path>) -> TlsPolicy {

@@ -8,10 +8,7 @@ use pgseal_testkit::TestCluster;
 use pgseal_workload::{Ledger, RunOptions, read_ledger, run, verify};
 
 async fn cluster() -> TestCluster {
-    tokio::task::spawn_blocking(TestCluster::start)
-        .await
-        .unwrap()
-        .unwrap()
+    TestCluster::started().await
 }
 
 fn opts(seconds: u64) -> RunOptions {

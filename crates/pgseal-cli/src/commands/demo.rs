@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use pgseal_core::cutover::{CutoverOptions, cleanup, cutover};
+use pgseal_core::cutover::CutoverOptions;
+use pgseal_core::migration::{cleanup, cutover};
 use pgseal_core::{Engine, Journal, MigrationSpec, Surroundings};
 use pgseal_crypto::{LocalKms, Passphrase};
 use pgseal_exec::ExternalCommand;
@@ -462,53 +463,44 @@ fn story(
 
 /// The invariants the demo proves; each failure is named.
 fn invariants(s: &serde_json::Value) -> Vec<String> {
-    let mut failed = Vec::new();
-    let mut check = |ok: bool, what: &str| {
-        if !ok {
-            failed.push(what.to_string());
-        }
-    };
-    check(s["source"]["encrypted"] == false, "the source is plain");
-    check(s["target"]["encrypted"] == true, "the target is encrypted");
-    check(!s["target"]["key_id"].is_null(), "the target has a key id");
-    check(!s["handoff_lsn"].is_null(), "a handoff LSN was recorded");
-    check(
-        s["workload"]["acknowledged"].as_u64().unwrap_or(0) > 0,
-        "the workload wrote",
-    );
-    check(
-        s["workload"]["missing"] == 0,
-        "no acknowledged transaction missing",
-    );
-    check(
-        s["workload"]["duplicated"] == 0,
-        "no transaction applied twice",
-    );
-    check(
-        s["workload"]["unexpected"] == 0,
-        "no unexpected transaction",
-    );
-    check(
-        s["workload"]["client_errors"] == 0,
-        "no client error through the endpoint",
-    );
-    check(
-        !s["cutover"]["write_pause_ms"].is_null(),
-        "the write pause was measured",
-    );
-    check(
-        s["validation"]["mismatched_rows"] == 0,
-        "validation found no mismatch",
-    );
-    check(
-        s["plaintext_marker_found_on_source_storage"] == true,
-        "the marker is readable in the plain source's files (the scan works)",
-    );
-    check(
-        s["plaintext_marker_found_on_target_storage"] == false,
-        "the marker is not readable in the target's storage",
-    );
-    failed
+    let w = &s["workload"];
+    let held = [
+        (s["source"]["encrypted"] == false, "the source is plain"),
+        (s["target"]["encrypted"] == true, "the target is encrypted"),
+        (!s["target"]["key_id"].is_null(), "the target has a key id"),
+        (!s["handoff_lsn"].is_null(), "a handoff LSN was recorded"),
+        (
+            w["acknowledged"].as_u64().unwrap_or(0) > 0,
+            "the workload wrote",
+        ),
+        (w["missing"] == 0, "no acknowledged transaction missing"),
+        (w["duplicated"] == 0, "no transaction applied twice"),
+        (w["unexpected"] == 0, "no unexpected transaction"),
+        (
+            w["client_errors"] == 0,
+            "no client error through the endpoint",
+        ),
+        (
+            !s["cutover"]["write_pause_ms"].is_null(),
+            "the write pause was measured",
+        ),
+        (
+            s["validation"]["mismatched_rows"] == 0,
+            "validation found no mismatch",
+        ),
+        (
+            s["plaintext_marker_found_on_source_storage"] == true,
+            "the marker is readable in the plain source's files (the scan works)",
+        ),
+        (
+            s["plaintext_marker_found_on_target_storage"] == false,
+            "the marker is not readable in the target's storage",
+        ),
+    ];
+    held.into_iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, what)| what.to_string())
+        .collect()
 }
 
 fn render(s: &serde_json::Value) -> String {

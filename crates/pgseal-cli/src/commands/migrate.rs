@@ -259,19 +259,14 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
                 .context("preflight query failed")?,
         )
     })?;
-    if ctx.json {
-        print_json(&report)?;
-    } else {
-        print!(
-            "{}",
-            output::terminal_safe(&output::migrate::plan(
-                &report,
-                &args.source,
-                target.as_deref().unwrap_or("?"),
-                &args.name
-            ))
-        );
-    }
+    ctx.print(&report, || {
+        output::migrate::plan(
+            &report,
+            &args.source,
+            target.as_deref().unwrap_or("?"),
+            &args.name,
+        )
+    })?;
     Ok(exit::code(if report.ready() {
         exit::OK
     } else {
@@ -727,28 +722,56 @@ fn cutover(
     on_switch: Option<String>,
     options: &CutoverOptions,
 ) -> Outcome {
-    let _lock = MigrationLock::acquire(&ctx.home, name)?;
-    let journal = Journal::open(&ctx.home)?;
-    let spec = journal.migration(name)?.spec;
-    let instances = LocalInstances::open(&ctx.home)?;
-    let runtime = runtime()?;
-    let platform = platform(ctx, &runtime, &journal, name, false)?;
+    let s = Switching::open(ctx, name, endpoint, on_switch, Direction::ToTarget)?;
     if !options.dry_run {
-        revalidate_after_ddl(ctx, &runtime, &platform, &journal, name)?;
+        revalidate_after_ddl(ctx, &s.runtime, &s.platform, &s.journal, name)?;
     }
-    let switch = choose_switch(
-        ctx,
-        &platform,
-        &instances,
-        &spec,
-        endpoint,
-        on_switch,
-        Direction::ToTarget,
-    )?;
-    let report = runtime.block_on(pgseal_core::migration::cutover(
-        &platform, &journal, name, &switch, options,
+    let report = s.runtime.block_on(pgseal_core::migration::cutover(
+        &s.platform,
+        &s.journal,
+        name,
+        &s.switch,
+        options,
     ))?;
-    print_cutover(ctx, name, &spec, &report)
+    print_cutover(ctx, name, &s.spec, &report)
+}
+
+/// A migration opened by a command that moves its applications (cutover, rollback):
+/// locked, its journal, spec and platform, and the switch chosen for `direction`.
+struct Switching {
+    _lock: MigrationLock,
+    journal: Journal,
+    spec: MigrationSpec,
+    runtime: tokio::runtime::Runtime,
+    platform: AnyPlatform,
+    switch: super::switch::ChosenSwitch,
+}
+
+impl Switching {
+    fn open(
+        ctx: &Context,
+        name: &str,
+        endpoint: Option<&str>,
+        on_switch: Option<String>,
+        direction: Direction,
+    ) -> anyhow::Result<Switching> {
+        let lock = MigrationLock::acquire(&ctx.home, name)?;
+        let journal = Journal::open(&ctx.home)?;
+        let spec = journal.migration(name)?.spec;
+        let instances = LocalInstances::open(&ctx.home)?;
+        let runtime = runtime()?;
+        let platform = platform(ctx, &runtime, &journal, name, false)?;
+        let choice = (endpoint, on_switch, direction);
+        let switch = choose_switch(ctx, &platform, &instances, &spec, choice)?;
+        Ok(Switching {
+            _lock: lock,
+            journal,
+            spec,
+            runtime,
+            platform,
+            switch,
+        })
+    }
 }
 
 /// Which way a switch moves applications.
@@ -763,15 +786,14 @@ enum Direction {
 /// Chooses, once, how applications are moved at a cutover or a rollback: on AWS the
 /// instances are renamed; locally, the endpoint named by `--endpoint`, else a hook
 /// (`--on-switch`) or the new URL printed when one is given or the source is a URL, else
-/// the endpoint in front of the side applications leave (one only, at cutover).
+/// the endpoint in front of the side applications leave (one only, at cutover). The tuple is
+/// what the user asked for: `--endpoint`, `--on-switch`, and which way.
 fn choose_switch(
     ctx: &Context,
     platform: &AnyPlatform,
     instances: &LocalInstances,
     spec: &MigrationSpec,
-    endpoint: Option<&str>,
-    on_switch: Option<String>,
-    direction: Direction,
+    (endpoint, on_switch, direction): (Option<&str>, Option<String>, Direction),
 ) -> anyhow::Result<super::switch::ChosenSwitch> {
     use super::switch::ChosenSwitch;
     #[cfg(feature = "aws")]
@@ -842,14 +864,7 @@ fn print_cutover(
     spec: &MigrationSpec,
     report: &pgseal_core::cutover::CutoverReport,
 ) -> Outcome {
-    if ctx.json {
-        print_json(&report)?;
-    } else {
-        print!(
-            "{}",
-            output::terminal_safe(&output::migrate::cutover(name, spec, report))
-        );
-    }
+    ctx.print(&report, || output::migrate::cutover(name, spec, report))?;
     Ok(exit::code(
         if report.dry_run && !report.failed_checks.is_empty() {
             exit::PRECONDITION
@@ -1042,14 +1057,7 @@ fn ddl(
     };
     let Some((id, decision)) = decision else {
         let entries = runtime.block_on(pgseal_core::ddl::list(&platform, &journal, name))?;
-        if ctx.json {
-            print_json(&entries)?;
-        } else {
-            print!(
-                "{}",
-                output::terminal_safe(&output::migrate::ddl(name, &entries))
-            );
-        }
+        ctx.print(&entries, || output::migrate::ddl(name, &entries))?;
         return Ok(exit::code(exit::OK));
     };
     let _lock = MigrationLock::acquire(&ctx.home, name)?;
@@ -1069,14 +1077,9 @@ fn ddl(
     let entry = runtime.block_on(pgseal_core::ddl::decide(
         &platform, &journal, name, &database, id, decision,
     ))?;
-    if ctx.json {
-        print_json(&entry)?;
-    } else {
-        print!(
-            "{}",
-            output::terminal_safe(&output::migrate::ddl(name, std::slice::from_ref(&entry)))
-        );
-    }
+    ctx.print(&entry, || {
+        output::migrate::ddl(name, std::slice::from_ref(&entry))
+    })?;
     Ok(exit::code(exit::OK))
 }
 
@@ -1090,14 +1093,7 @@ fn validate(
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
     let report = run_validation(ctx, &runtime, &platform, &journal, name, tables, copy_wait)?;
-    if ctx.json {
-        print_json(&report)?;
-    } else {
-        print!(
-            "{}",
-            output::terminal_safe(&output::migrate::validation(name, &report))
-        );
-    }
+    ctx.print(&report, || output::migrate::validation(name, &report))?;
     Ok(exit::code(if report.clean {
         exit::OK
     } else {
@@ -1113,14 +1109,7 @@ fn verify(ctx: &Context, name: &str) -> Outcome {
     let report = runtime.block_on(pgseal_core::migration::verify(
         &platform, &journal, name, &progress,
     ))?;
-    if ctx.json {
-        print_json(&report)?;
-    } else {
-        print!(
-            "{}",
-            output::terminal_safe(&output::migrate::verification(name, &report))
-        );
-    }
+    ctx.print(&report, || output::migrate::verification(name, &report))?;
     Ok(exit::code(if report.clean {
         exit::OK
     } else {
@@ -1237,25 +1226,15 @@ fn rollback(
     on_switch: Option<String>,
     timeout: std::time::Duration,
 ) -> Outcome {
-    let _lock = MigrationLock::acquire(&ctx.home, name)?;
-    let journal = Journal::open(&ctx.home)?;
-    let spec = journal.migration(name)?.spec;
-    let instances = LocalInstances::open(&ctx.home)?;
-    let runtime = runtime()?;
-    let platform = platform(ctx, &runtime, &journal, name, false)?;
-    let switch = choose_switch(
-        ctx,
-        &platform,
-        &instances,
-        &spec,
-        endpoint,
-        on_switch,
-        Direction::BackToSource,
-    )?;
-    let report = runtime.block_on(pgseal_core::migration::rollback(
-        &platform, &journal, name, &switch, timeout,
+    let s = Switching::open(ctx, name, endpoint, on_switch, Direction::BackToSource)?;
+    let report = s.runtime.block_on(pgseal_core::migration::rollback(
+        &s.platform,
+        &s.journal,
+        name,
+        &s.switch,
+        timeout,
     ))?;
-    print_rollback(ctx, name, &spec, &report)
+    print_rollback(ctx, name, &s.spec, &report)
 }
 
 /// Prints what rollback did.
@@ -1265,14 +1244,7 @@ fn print_rollback(
     spec: &MigrationSpec,
     report: &pgseal_core::cutover::RollbackReport,
 ) -> Outcome {
-    if ctx.json {
-        print_json(&report)?;
-    } else {
-        print!(
-            "{}",
-            output::terminal_safe(&output::migrate::rollback(name, spec, report))
-        );
-    }
+    ctx.print(&report, || output::migrate::rollback(name, spec, report))?;
     Ok(exit::code(exit::OK))
 }
 
@@ -1365,14 +1337,7 @@ fn print_cleanup(
     spec: &MigrationSpec,
     report: &pgseal_core::cutover::CleanupReport,
 ) -> Outcome {
-    if ctx.json {
-        print_json(&report)?;
-    } else {
-        print!(
-            "{}",
-            output::terminal_safe(&output::migrate::cleanup(name, spec, report))
-        );
-    }
+    ctx.print(&report, || output::migrate::cleanup(name, spec, report))?;
     Ok(exit::code(exit::OK))
 }
 

@@ -48,6 +48,21 @@ impl Context {
         needed.then(|| self.open_kms()).transpose()
     }
 
+    /// Prints a command's result on stdout: `value` as pretty JSON with `--json`,
+    /// otherwise what `text` renders (from `output/`), made safe for a terminal.
+    pub fn print<T: serde::Serialize>(
+        &self,
+        value: &T,
+        text: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            print_json(value)
+        } else {
+            print!("{}", crate::output::terminal_safe(&text()));
+            Ok(())
+        }
+    }
+
     /// Writes a status line to stderr unless `--quiet`.
     pub fn status(&self, line: impl std::fmt::Display) {
         if !self.quiet {

@@ -49,6 +49,18 @@ impl Reporter {
             bar.finish_and_clear();
         }
     }
+
+    /// Runs `work` with progress shown as `verb`, and returns what it returned.
+    fn around<T>(
+        ctx: &Context,
+        verb: &'static str,
+        work: impl FnOnce(&(dyn Fn(u64, Option<u64>) + Sync)) -> T,
+    ) -> T {
+        let reporter = Reporter::new(ctx, verb);
+        let result = work(&|d, t| reporter.report(d, t));
+        reporter.done();
+        result
+    }
 }
 
 /// Runs one snapshot command.
@@ -72,16 +84,11 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
             let needs_kms = key.is_some()
                 || matches!(&from, SnapshotFrom::Instance(i) if instances.record(i).is_ok_and(|r| r.encryption.is_some()));
             let kms = ctx.open_kms_if(needs_kms)?;
-            let reporter = Reporter::new(ctx, "snapshot");
-            let record = instances.create_snapshot(
-                &from,
-                name,
-                key.as_deref(),
-                as_dyn(kms.as_ref()),
-                &|d, t| reporter.report(d, t),
-            );
-            reporter.done();
-            show(ctx, &record?)
+            let (key, kms) = (key.as_deref(), as_dyn(kms.as_ref()));
+            let record = Reporter::around(ctx, "snapshot", |progress| {
+                instances.create_snapshot(&from, name, key, kms, progress)
+            })?;
+            show(ctx, &record)
         }
         SnapshotCommand::Copy {
             source,
@@ -95,16 +102,11 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
                     .snapshot(source)
                     .is_ok_and(|s| s.encryption.is_some());
             let kms = ctx.open_kms_if(needs_kms)?;
-            let reporter = Reporter::new(ctx, "copy");
-            let record = instances.copy_snapshot(
-                source,
-                name,
-                key.as_deref(),
-                as_dyn(kms.as_ref()),
-                &|d, t| reporter.report(d, t),
-            );
-            reporter.done();
-            show(ctx, &record?)
+            let (key, kms) = (key.as_deref(), as_dyn(kms.as_ref()));
+            let record = Reporter::around(ctx, "copy", |progress| {
+                instances.copy_snapshot(source, name, key, kms, progress)
+            })?;
+            show(ctx, &record)
         }
         SnapshotCommand::Restore {
             snapshot,
@@ -125,13 +127,9 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
                 params: Default::default(),
                 master_password: None,
             };
-            let reporter = Reporter::new(ctx, "restore");
-            let info =
-                instances.restore_snapshot(snapshot, &spec, as_dyn(kms.as_ref()), &|d, t| {
-                    reporter.report(d, t)
-                });
-            reporter.done();
-            let info = info?;
+            let info = Reporter::around(ctx, "restore", |progress| {
+                instances.restore_snapshot(snapshot, &spec, as_dyn(kms.as_ref()), progress)
+            })?;
             if ctx.json {
                 print_json(&info)?;
             } else {

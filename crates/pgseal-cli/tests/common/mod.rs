@@ -20,6 +20,28 @@ pub const STEPS: [&str; 10] = [
     "replicating",
 ];
 
+/// `out` of `pgseal ARGS`, asserted to have succeeded (both streams shown otherwise).
+pub fn succeeded(out: Output, args: &[&str]) -> Output {
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Asserts that `out` exited with `code` (both streams shown otherwise).
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub struct Home {
     pub dir: tempfile::TempDir,
 }
@@ -50,14 +72,7 @@ impl Home {
     }
 
     pub fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        succeeded(self.run(args), args)
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -339,16 +354,10 @@ pub fn assert_crashed(out: &Output, failpoint: &str) {
 /// else.
 pub fn assert_all_landed(h: &Home, instance: &str, ledger: &str, run: &serde_json::Value) {
     let v = h.verify(&["--instance", instance], ledger);
-    assert_eq!(v["acknowledged"], run["acknowledged"], "{v}");
-    assert_eq!(
-        (
-            v["missing"].as_u64(),
-            v["duplicated"].as_u64(),
-            v["unexpected"].as_u64()
-        ),
-        (Some(0), Some(0), Some(0)),
-        "{instance}: {v}"
-    );
+    let acknowledged = run["acknowledged"]
+        .as_u64()
+        .expect("the run counts what it acknowledged");
+    pgseal_testkit::assert_ledger_whole(&v, Some(acknowledged), instance);
 }
 
 /// Runs `args` killed at `point`, then `migrate resume M`; checks what resume says, the

@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 use super::report::*;
 use crate::error::{EngineError, sql};
 use crate::fence::{admin_session, slip_in};
+use crate::handle::Handle;
 use crate::journal::{Journal, MigrationSpec, Phase};
 use crate::sessions::{connect_source_db, streams_of};
 
@@ -107,11 +108,8 @@ pub(super) async fn cleanup_after_rollback<P: Platform>(
 /// replica identity changes on the source, and the snapshot, in every database. The
 /// source stays fenced (its databases refuse connections); the target instance stays, it
 /// is the database now.
-pub async fn cleanup<P: Platform>(
-    platform: &P,
-    journal: &Journal,
-    name: &str,
-) -> Result<CleanupReport, EngineError> {
+pub async fn cleanup<P: Platform>(m: &Handle<'_, P>) -> Result<CleanupReport, EngineError> {
+    let (platform, journal, name) = (m.platform, m.journal, m.name);
     let record = journal.migration(name)?;
     if record.phase == Phase::RolledBack {
         return cleanup_after_rollback(platform, journal, name, record.spec).await;

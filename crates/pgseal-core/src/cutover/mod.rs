@@ -68,7 +68,8 @@ pub use switch::{Switch, SwitchError};
 
 use crate::error::{EngineError, sql};
 use crate::fence::{admin_session, fence, lift_fences};
-use crate::journal::{INSTANCE, Journal, Phase};
+use crate::handle::Handle;
+use crate::journal::{INSTANCE, Phase};
 use crate::sessions::streams_of;
 use crate::steps::{Step, failpoint_at, test_hook};
 use crate::stream::Stream;
@@ -142,12 +143,11 @@ async fn verify_before_pause(
 /// Runs pgseal's own cutover of migration `name` (the snapshot and full-load
 /// strategies); see the module documentation.
 pub async fn cutover<P: Platform, S: Switch>(
-    platform: &P,
-    journal: &Journal,
-    name: &str,
+    m: &Handle<'_, P>,
     switch: &S,
     options: &CutoverOptions,
 ) -> Result<CutoverReport, EngineError> {
+    let (platform, journal, name) = (m.platform, m.journal, m.name);
     let spec = journal.migration(name)?.spec;
     let mut report = CutoverReport {
         dry_run: options.dry_run,

@@ -6,6 +6,7 @@ use pgseal_platform::Platform;
 use super::report::*;
 use crate::error::{EngineError, sql};
 use crate::fence::{admin_session, lift_fences, slip_in};
+use crate::handle::Handle;
 use crate::journal::{Journal, Phase};
 use crate::sessions::streams_of;
 
@@ -54,11 +55,8 @@ pub async fn recover_interrupted_rollback<P: Platform>(
 /// After a crash during cutover: before the switch, drops the reverse objects it may have
 /// made, lifts the fences, re-enables the subscriptions and returns the migration to
 /// replicating; after it, marks it cut over.
-pub async fn recover_interrupted<P: Platform>(
-    platform: &P,
-    journal: &Journal,
-    name: &str,
-) -> Result<Recovered, EngineError> {
+pub async fn recover_interrupted<P: Platform>(m: &Handle<'_, P>) -> Result<Recovered, EngineError> {
+    let (platform, journal, name) = (m.platform, m.journal, m.name);
     let spec = journal.migration(name)?.spec;
     if journal.has_resource(name, "switched")? {
         journal.set_phase(name, Phase::CutOver, None)?;

@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::report::*;
 use crate::error::{EngineError, sql};
 use crate::fence::{admin_session, allow_connections, fence, lift_fences, slip_in};
-use crate::journal::{INSTANCE, Journal, Phase};
+use crate::handle::Handle;
+use crate::journal::{INSTANCE, Phase};
 use crate::sessions::streams_of;
 use crate::steps::{Step, failpoint_at};
 use crate::stream::Stream;
@@ -52,12 +53,11 @@ pub struct RollbackReport {
 /// on the target after cutover is lost. On failure before the switch the target serves
 /// again.
 pub async fn rollback<P: Platform, S: Switch>(
-    platform: &P,
-    journal: &Journal,
-    name: &str,
+    m: &Handle<'_, P>,
     switch: &S,
     timeout: Duration,
 ) -> Result<RollbackReport, EngineError> {
+    let (platform, journal, name) = (m.platform, m.journal, m.name);
     let spec = journal.migration(name)?.spec;
     if !journal.has_resource(name, "reverse_subscription")? {
         return Err(EngineError::Precondition(format!(

@@ -20,6 +20,7 @@ use crate::cutover::report::{
 use crate::cutover::{RollbackReport, Switch};
 use crate::engine::{Engine, StepResult};
 use crate::error::{EngineError, platform_error, sql};
+use crate::handle::Handle;
 use crate::journal::{DEPLOYMENT, INSTANCE, Journal, MigrationSpec, Phase};
 use crate::sessions::connect_source_db;
 use crate::steps::{Step, StrategyKind};
@@ -53,27 +54,23 @@ impl Strategy for BlueGreen {
     /// Green, and every database of the scope (the platform replicates them all).
     async fn compared_with<P: Platform>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
         spec: &MigrationSpec,
     ) -> Result<Compared, EngineError> {
         Ok(Compared {
-            target: green_instance(journal, name)?,
-            scope: scope(platform, spec, name).await?,
+            target: green_instance(m.journal, m.name)?,
+            scope: scope(m.platform, spec, m.name).await?,
             replicator: Replicator::Platform,
         })
     }
 
     async fn cut_over<P: Platform, S: Switch>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
         _switch: &S,
         options: &CutoverOptions,
     ) -> Result<CutoverReport, EngineError> {
-        switchover(platform, journal, name, options).await
+        switchover(m.platform, m.journal, m.name, options).await
     }
 
     /// The platform's switchover moves the names.
@@ -83,33 +80,25 @@ impl Strategy for BlueGreen {
 
     async fn roll_back<P: Platform, S: Switch>(
         &self,
-        _platform: &P,
-        _journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
         _switch: &S,
         _timeout: std::time::Duration,
     ) -> Result<RollbackReport, EngineError> {
         Err(EngineError::Precondition(format!(
-            "migration {name} was switched over by the platform's blue/green deployment, which has no way back: the old blue is kept as it was at the switchover (see `pgseal migrate status {name}`)"
+            "migration {name} was switched over by the platform's blue/green deployment, which has no way back: the old blue is kept as it was at the switchover (see `pgseal migrate status {name}`)",
+            name = m.name
         )))
     }
 
     async fn recover_cutover<P: Platform>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
     ) -> Result<Recovered, EngineError> {
-        recover(platform, journal, name).await
+        recover(m.platform, m.journal, m.name).await
     }
 
-    async fn clean_up<P: Platform>(
-        &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
-    ) -> Result<CleanupReport, EngineError> {
-        cleanup(platform, journal, name).await
+    async fn clean_up<P: Platform>(&self, m: &Handle<'_, P>) -> Result<CleanupReport, EngineError> {
+        cleanup(m.platform, m.journal, m.name).await
     }
 
     /// The old blue, which the platform renamed at its switchover.

@@ -23,6 +23,7 @@ use crate::cutover::Switch;
 use crate::cutover::{CleanupReport, CutoverOptions, CutoverReport, Recovered, RollbackReport};
 use crate::engine::{Engine, StepResult};
 use crate::error::EngineError;
+use crate::handle::Handle;
 use crate::journal::{Journal, MigrationSpec};
 use crate::sessions::streams_of;
 use crate::steps::{Step, StrategyKind};
@@ -66,16 +67,13 @@ pub trait Strategy {
     /// databases and who replicates into it.
     fn compared_with<P: Platform>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
         spec: &MigrationSpec,
     ) -> impl Future<Output = Result<Compared, EngineError>> {
-        let _ = platform;
         async move {
             Ok(Compared {
                 target: spec.target.clone(),
-                scope: streams_of(journal, name)?,
+                scope: streams_of(m.journal, m.name)?,
                 replicator: Replicator::Pgseal,
             })
         }
@@ -86,13 +84,11 @@ pub trait Strategy {
     /// [`Strategy::switch_moves_names`]).
     fn cut_over<P: Platform, S: Switch>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
         switch: &S,
         options: &CutoverOptions,
     ) -> impl Future<Output = Result<CutoverReport, EngineError>> {
-        crate::cutover::cutover(platform, journal, name, switch, options)
+        crate::cutover::cutover(m, switch, options)
     }
 
     /// Whether the cutover moved the applications' names itself (a platform switchover),
@@ -105,34 +101,28 @@ pub trait Strategy {
     /// strategy has no way back.
     fn roll_back<P: Platform, S: Switch>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
         switch: &S,
         timeout: std::time::Duration,
     ) -> impl Future<Output = Result<RollbackReport, EngineError>> {
-        crate::cutover::rollback(platform, journal, name, switch, timeout)
+        crate::cutover::rollback(m, switch, timeout)
     }
 
     /// Settles a cutover a killed run left `cutting_over`: undone before its switch,
     /// finished after it.
     fn recover_cutover<P: Platform>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
     ) -> impl Future<Output = Result<Recovered, EngineError>> {
-        crate::cutover::recover_interrupted(platform, journal, name)
+        crate::cutover::recover_interrupted(m)
     }
 
     /// What cleanup removes once the migration is cut over or rolled back.
     fn clean_up<P: Platform>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
     ) -> impl Future<Output = Result<CleanupReport, EngineError>> {
-        crate::cutover::cleanup(platform, journal, name)
+        crate::cutover::cleanup(m)
     }
 
     /// The instance the applications left at the switch, when it is not the spec's
@@ -186,23 +176,19 @@ impl Strategy for StrategyKind {
 
     async fn compared_with<P: Platform>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
         spec: &MigrationSpec,
     ) -> Result<Compared, EngineError> {
-        each!(self, s => s.compared_with(platform, journal, name, spec).await)
+        each!(self, s => s.compared_with(m, spec).await)
     }
 
     async fn cut_over<P: Platform, S: Switch>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
         switch: &S,
         options: &CutoverOptions,
     ) -> Result<CutoverReport, EngineError> {
-        each!(self, s => s.cut_over(platform, journal, name, switch, options).await)
+        each!(self, s => s.cut_over(m, switch, options).await)
     }
 
     fn switch_moves_names(&self) -> bool {
@@ -211,31 +197,22 @@ impl Strategy for StrategyKind {
 
     async fn roll_back<P: Platform, S: Switch>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
         switch: &S,
         timeout: std::time::Duration,
     ) -> Result<RollbackReport, EngineError> {
-        each!(self, s => s.roll_back(platform, journal, name, switch, timeout).await)
+        each!(self, s => s.roll_back(m, switch, timeout).await)
     }
 
     async fn recover_cutover<P: Platform>(
         &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
+        m: &Handle<'_, P>,
     ) -> Result<Recovered, EngineError> {
-        each!(self, s => s.recover_cutover(platform, journal, name).await)
+        each!(self, s => s.recover_cutover(m).await)
     }
 
-    async fn clean_up<P: Platform>(
-        &self,
-        platform: &P,
-        journal: &Journal,
-        name: &str,
-    ) -> Result<CleanupReport, EngineError> {
-        each!(self, s => s.clean_up(platform, journal, name).await)
+    async fn clean_up<P: Platform>(&self, m: &Handle<'_, P>) -> Result<CleanupReport, EngineError> {
+        each!(self, s => s.clean_up(m).await)
     }
 
     fn old_source(&self, journal: &Journal, name: &str) -> Result<Option<String>, EngineError> {

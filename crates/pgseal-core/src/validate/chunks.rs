@@ -135,15 +135,7 @@ pub(super) async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, 
     if shape.is_integer_key() {
         integer_key(sides, &shape, &mut report).await?;
         details(sides, &shape, &mut report).await?;
-        report.state = if report.mismatched_rows > 0 {
-            TableState::Mismatched
-        } else if report.unstable_chunks > 0 {
-            TableState::Suspended
-        } else {
-            TableState::Validated
-        };
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
+        return Ok(settled(report, started));
     }
     let key_cols: Vec<String> = shape
         .key
@@ -199,6 +191,12 @@ pub(super) async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, 
     // Rows beyond the source's last key exist only on the target: the last chunk is
     // unbounded above, so they were compared there.
     details(sides, &shape, &mut report).await?;
+    Ok(settled(report, started))
+}
+
+/// A table's report once every chunk is compared: mismatched when rows differ, suspended
+/// when a chunk never held still, validated otherwise; with the time since `started`.
+fn settled(mut report: TableReport, started: std::time::Instant) -> TableReport {
     report.state = if report.mismatched_rows > 0 {
         TableState::Mismatched
     } else if report.unstable_chunks > 0 {
@@ -207,5 +205,5 @@ pub(super) async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, 
         TableState::Validated
     };
     report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    report
 }
