@@ -98,6 +98,30 @@ fn three_databases_under_pgbench_and_the_ledger_cut_over_and_roll_back_with_noth
     std::thread::sleep(Duration::from_secs(4));
     let back = h.json(&["migrate", "rollback", "w1"]);
     assert_eq!(back["databases"].as_array().unwrap().len(), 3, "{back}");
+    // The rollback's pause part by part, as the cutover's: the parts add up to it.
+    let parts = back["phases"].as_array().unwrap();
+    let named: Vec<&str> = parts.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(
+        named,
+        [
+            "pause",
+            "fence",
+            "drain",
+            "sequences",
+            "reverse",
+            "carried",
+            "switch",
+            "resume",
+            "first_write"
+        ],
+        "{back}"
+    );
+    let summed: f64 = parts.iter().map(|p| p["ms"].as_f64().unwrap()).sum();
+    let pause = back["write_pause_ms"].as_f64().unwrap();
+    assert!((summed - pause).abs() < 5.0, "{summed} vs {pause}: {back}");
+    // The report shows it beside the cutover's.
+    let report = h.json(&["migrate", "report", "w1"]);
+    assert_eq!(report["rollback"]["phases"], back["phases"], "{report}");
     let billing_after = pgbench_processed(bench_billing);
     let app_after = pgbench_processed(bench_app);
     let run = writes.finish();

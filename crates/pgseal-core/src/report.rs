@@ -95,7 +95,8 @@ fn verified(v: &serde_json::Value) -> Option<Verified> {
     })
 }
 
-/// The cutover's pause.
+/// A switch's pause: the cutover's, or a rollback's (which has no final check and no
+/// rollback of its own).
 #[derive(Debug, Clone, Serialize)]
 pub struct Cutover {
     /// When it finished (unix ms).
@@ -160,6 +161,8 @@ pub struct MigrationReport {
     pub validation: Option<Validation>,
     /// The last cutover.
     pub cutover: Option<Cutover>,
+    /// The last rollback, part by part as the cutover.
+    pub rollback: Option<Cutover>,
     /// The target's encryption.
     pub encryption: Encryption,
     /// What cleanup removed or retired.
@@ -237,6 +240,7 @@ fn validation(run: &StepRun) -> Option<Validation> {
     })
 }
 
+/// A switch's pause as its step run (cutover or rollback) journaled it.
 fn cutover(run: &StepRun) -> Option<Cutover> {
     let v = run.outputs.as_ref()?;
     let strings = |key: &str| -> Vec<String> {
@@ -329,6 +333,7 @@ pub fn gather(journal: &Journal, name: &str) -> Result<MigrationReport, crate::J
         max_slot_retention: migration.spec.max_slot_retention,
         validation: last_done(&runs, Step::Validate).and_then(validation),
         cutover: last_done(&runs, Step::Cutover).and_then(cutover),
+        rollback: last_done(&runs, Step::Rollback).and_then(cutover),
         encryption: encryption(&migration, &runs, &facts),
         cleaned_up,
         migration,

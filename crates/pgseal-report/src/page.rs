@@ -89,15 +89,24 @@ fn timeline(report: &MigrationReport) -> Vec<TimelineRow> {
 pub fn render(report: &MigrationReport) -> Result<String, ReportError> {
     let origin = report.migration.created_ms;
     let cutover = report.cutover.as_ref();
-    let plots = vec![
+    let mut plots = vec![
         plots::lag(&report.samples, origin)?,
         plots::retention(&report.samples, origin, report.max_slot_retention)?,
         plots::catch_up(&report.samples, report.replication_started_ms)?,
         plots::pause(
+            "Cutover write pause",
             cutover.map(|c| c.phases.as_slice()).unwrap_or_default(),
             cutover.and_then(|c| c.client_wait_ms),
         )?,
     ];
+    // A rollback's pause beside the cutover's, when there was one.
+    if let Some(r) = &report.rollback {
+        plots.push(plots::pause(
+            "Rollback write pause",
+            &r.phases,
+            r.client_wait_ms,
+        )?);
+    }
     // Steps run again after a run that failed or was interrupted, each once (a step
     // such as validate may also be run again on purpose after it succeeded).
     let mut resumed_steps: Vec<String> = Vec::new();

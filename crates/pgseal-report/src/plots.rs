@@ -342,9 +342,13 @@ const PHASE_COLOURS: [RGBColor; 9] = [
     RGBColor(188, 189, 34),
 ];
 
-/// The cutover's write pause as a stacked bar of its parts (pgseal's clock), beside a bar
-/// of the longest client wait the switch saw.
-pub fn pause(phases: &[PauseTiming], client_wait_ms: Option<u64>) -> Result<Plot, ReportError> {
+/// A switch's write pause (`title`: the cutover's or the rollback's) as a stacked bar of
+/// its parts (pgseal's clock), beside a bar of the longest client wait the switch saw.
+pub fn pause(
+    title: &str,
+    phases: &[PauseTiming],
+    client_wait_ms: Option<u64>,
+) -> Result<Plot, ReportError> {
     let total: f64 = phases.iter().map(|p| p.ms).sum();
     let top = total.max(client_wait_ms.unwrap_or(0) as f64);
     // The right third stays free for the legend.
@@ -362,7 +366,7 @@ pub fn pause(phases: &[PauseTiming], client_wait_ms: Option<u64>) -> Result<Plot
         let root = SVGBackend::with_string(&mut svg, (SIZE.0, 240)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Cutover write pause", ("sans-serif", 16))
+            .caption(title, ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(36)
             .y_label_area_size(90)
@@ -381,7 +385,7 @@ pub fn pause(phases: &[PauseTiming], client_wait_ms: Option<u64>) -> Result<Plot
             .draw()
             .map_err(plot_error)?;
         if empty {
-            empty_note(&root, "no cutover recorded")?;
+            empty_note(&root, "none recorded")?;
         }
         let mut from = 0.0;
         for (i, phase) in phases.iter().enumerate() {
@@ -416,7 +420,7 @@ pub fn pause(phases: &[PauseTiming], client_wait_ms: Option<u64>) -> Result<Plot
         root.present().map_err(plot_error)?;
     }
     Ok(Plot {
-        title: "Cutover write pause".into(),
+        title: title.into(),
         svg,
         axes,
         empty,
@@ -513,7 +517,7 @@ mod tests {
             lag(&[], 0).unwrap(),
             retention(&[], 0, None).unwrap(),
             catch_up(&[], None).unwrap(),
-            pause(&[], None).unwrap(),
+            pause("Cutover write pause", &[], None).unwrap(),
         ] {
             assert!(plot.empty, "{}", plot.title);
             assert!(plot.svg.contains("no "), "{}", plot.title);
@@ -545,7 +549,7 @@ mod tests {
                 ms,
             })
             .collect();
-        let plot = pause(&phases, Some(130)).unwrap();
+        let plot = pause("Cutover write pause", &phases, Some(130)).unwrap();
         assert!((plot.axes.x.1 - 195.0).abs() < 1e-9, "{:?}", plot.axes.x);
         assert!(plot.svg.contains("drain 55 ms"));
         assert!(plot.svg.contains("longest client wait 130 ms"));

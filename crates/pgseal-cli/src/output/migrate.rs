@@ -91,20 +91,7 @@ pub fn cutover(name: &str, spec: &MigrationSpec, report: &CutoverReport) -> Stri
             report.sequences.len(),
             report.sessions_ended
         );
-        if !report.phases.is_empty() {
-            let parts: Vec<String> = report
-                .phases
-                .iter()
-                .map(|p| format!("{} {:.0}", p.phase, p.ms))
-                .collect();
-            outln!(out, "the pause in ms: {}", parts.join(", "));
-        }
-        if let Some(wait) = report.client_wait_ms {
-            outln!(
-                out,
-                "longest client wait behind the pause: {wait} ms (PgBouncer's maxwait)"
-            );
-        }
+        pause_lines(&mut out, &report.phases, report.client_wait_ms);
         carried_line(
             &mut out,
             "carried before the pause",
@@ -155,6 +142,7 @@ pub fn rollback(name: &str, spec: &MigrationSpec, report: &RollbackReport) -> St
         report.fence_lsn,
         report.sequences.len()
     );
+    pause_lines(&mut out, &report.phases, report.client_wait_ms);
     carried_line(
         &mut out,
         "carried back before the pause",
@@ -171,6 +159,27 @@ pub fn rollback(name: &str, spec: &MigrationSpec, report: &RollbackReport) -> St
         spec.target
     );
     out
+}
+
+/// A switch's pause part by part, and the longest client wait behind it when known.
+fn pause_lines(
+    out: &mut String,
+    phases: &[pgseal_core::cutover::PauseTiming],
+    client_wait_ms: Option<u64>,
+) {
+    if !phases.is_empty() {
+        let parts: Vec<String> = phases
+            .iter()
+            .map(|p| format!("{} {:.0}", p.phase, p.ms))
+            .collect();
+        outln!(out, "the pause in ms: {}", parts.join(", "));
+    }
+    if let Some(wait) = client_wait_ms {
+        outln!(
+            out,
+            "longest client wait behind the pause: {wait} ms (PgBouncer's maxwait)"
+        );
+    }
 }
 
 /// `migrate cleanup`: what it removed.

@@ -22,6 +22,25 @@ use super::sequences::*;
 use super::sides::*;
 use super::switch::*;
 
+/// How long each reverse subscription may take to start streaming before the pause, on
+/// top of the pause's own timeout: PostgreSQL's launcher starts one apply worker per
+/// `wal_retrieve_retry_interval` (5 s by default).
+const REVERSE_START_PER_DATABASE: Duration = Duration::from_secs(6);
+
+/// Waits until reverse slot `back` (on the target, read through `target`) is in use: its
+/// apply worker on the source streams.
+async fn wait_streaming(target: &tokio_postgres::Client, back: &str) -> Result<(), EngineError> {
+    loop {
+        let slot = replication::slot(target, back)
+            .await
+            .map_err(sql("target", "reading the reverse slot"))?;
+        if slot.is_some_and(|s| s.active) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// What `rollback` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackReport {
@@ -35,6 +54,9 @@ pub struct RollbackReport {
     pub sequences: Vec<SequenceSync>,
     /// Milliseconds from pause to the first write accepted on the source.
     pub write_pause_ms: u64,
+    /// The pause part by part (pause, fence, drain, sequences, reverse, carried, switch,
+    /// resume, first write), in milliseconds; they add up to `write_pause_ms`.
+    pub phases: Vec<PauseTiming>,
     /// The longest a client waited behind the pause, as the switch saw it (see
     /// [`CutoverReport::client_wait_ms`]).
     pub client_wait_ms: Option<u64>,
@@ -90,25 +112,24 @@ pub async fn rollback<P: Platform, S: Switch>(
     drop(fenced_sessions);
     let mut carried = None;
     let run = journal.step_started(name, Step::Rollback)?;
-    let paused = Instant::now();
+    let mut paused = None;
+    let mut laps = Laps::start();
     let mut sources: Option<Sessions> = None;
     let mut fence_lsn = None;
     let mut drained = None;
     let mut sequences = Vec::new();
-    let before_switch = async {
-        // On record before anything changes: a crash from here on leaves the endpoint
-        // paused and the source open, and `resume` recovers an interrupted rollback only
-        // when it finds these (lifting a fence that was never up is harmless).
-        for db in &dbs {
-            journal.add_resource(name, "target_fence", db, db)?;
-        }
-        switch.pause().await.map_err(|e| {
-            EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
-        })?;
-        failpoint_at("rollback:paused");
-        // The source databases let their apply workers in (anyone else is ended until the
-        // switch); the workers must reach the target before the target is fenced, since a
-        // fenced database refuses new walsender connections too.
+    // On record before anything changes: a crash from here on leaves the source open (and
+    // the endpoint perhaps paused), and `resume` recovers an interrupted rollback only
+    // when it finds these (lifting a fence that was never up is harmless).
+    for db in &dbs {
+        journal.add_resource(name, "target_fence", db, db)?;
+    }
+    // The source databases let their apply workers in; everyone else is ended until the
+    // switch. The reverse subscriptions start before the pause, so the launcher's wait
+    // between two apply workers (`wal_retrieve_retry_interval`, 5 s by default) is spent
+    // while the target still serves, and they apply what the target writes meanwhile:
+    // inside the pause only the last moments are left to drain.
+    let started = async {
         lift_fences(&source_admin, &dbs).await?;
         let opened = sessions(platform, &spec, &streams, "source").await?;
         for (i, s) in streams.iter().enumerate() {
@@ -128,73 +149,103 @@ pub async fn rollback<P: Platform, S: Switch>(
                 ))?;
         }
         set_subscriptions(&opened.clients, backs.iter().cloned(), true, "source").await?;
-        for back in &backs {
-            loop {
-                let slot = replication::slot(&targets.clients[0], back)
-                    .await
-                    .map_err(sql("target", "reading the reverse slot"))?;
-                if slot.is_some_and(|s| s.active) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        fence(&target_admin, &dbs, &targets.pids).await?;
-        failpoint_at("rollback:fenced");
-        let lsn = flushed_barrier(&targets.clients[0], "target").await?;
-        fence_lsn = Some(lsn);
-        let own = opened.pids.clone();
-        sources = Some(opened);
-        let back_sides = DrainSides {
-            publisher: &targets.clients[0],
-            publisher_role: "target",
-            subscriber: &sources.as_ref().expect("set above").clients[0],
-            subscriber_role: "source",
-        };
-        // Keep everyone else out of the source while its apply workers catch up.
-        let keep_out = async {
-            loop {
-                if let Err(e) = source_admin
-                    .execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                         WHERE datname = ANY($1) AND pid <> ALL($2) AND backend_type = 'client backend'",
-                        &[&dbs, &own],
-                    )
-                    .await
-                {
-                    return Err::<(), EngineError>(sql("source", "keeping other sessions out")(e));
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::select! {
-            done = drain(&back_sides, &backs, lsn) => drained = Some(done?),
-            failed = keep_out => return failed,
-        }
-        let opened = sources.as_ref().expect("connected above");
-        for (i, s) in streams.iter().enumerate() {
-            sequences.extend(
-                sync_sequences(&s.database, &targets.clients[i], &opened.clients[i]).await?,
-            );
-        }
-        set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source").await?;
-        let carry_sides = crate::carry::Sides {
-            from: &targets.clients,
-            from_role: "target",
-            to: &opened.clients,
-            to_role: "source",
-            databases: &dbs,
-            options: &carrying,
-        };
-        carried = Some(crate::carry::inside_pause(&carry_sides, &baseline).await?);
-        Ok::<(), EngineError>(())
+        Ok::<Sessions, EngineError>(opened)
     };
-    let outcome = match tokio::time::timeout(timeout, before_switch).await {
-        Ok(result) => result,
-        Err(_) => Err(EngineError::Timeout {
-            what: "fence, reverse drain and sequences".into(),
-            seconds: timeout.as_secs(),
-        }),
+    let outcome = match started.await {
+        Err(error) => Err(error),
+        Ok(opened) => {
+            let own = opened.pids.clone();
+            sources = Some(opened);
+            let opened = sources.as_ref().expect("set above");
+            // Keep everyone else out of the source until the switch.
+            let keep_out = async {
+                loop {
+                    if let Err(e) = source_admin
+                        .execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE datname = ANY($1) AND pid <> ALL($2) AND backend_type = 'client backend'",
+                            &[&dbs, &own],
+                        )
+                        .await
+                    {
+                        return Err::<(), EngineError>(sql("source", "keeping other sessions out")(e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            let streaming = async {
+                for back in &backs {
+                    wait_streaming(&targets.clients[0], back).await?;
+                }
+                Ok::<(), EngineError>(())
+            };
+            let start_limit = REVERSE_START_PER_DATABASE * dbs.len() as u32 + timeout;
+            let before_switch = async {
+                match tokio::time::timeout(start_limit, streaming).await {
+                    Ok(streaming) => streaming?,
+                    Err(_) => {
+                        return Err(EngineError::Timeout {
+                            what: "the reverse apply workers to stream from the target".into(),
+                            seconds: start_limit.as_secs(),
+                        });
+                    }
+                }
+                laps = Laps::start();
+                paused = Some(Instant::now());
+                let in_pause = async {
+                    switch.pause().await.map_err(|e| {
+                        EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
+                    })?;
+                    laps.lap("pause");
+                    failpoint_at("rollback:paused");
+                    fence(&target_admin, &dbs, &targets.pids).await?;
+                    failpoint_at("rollback:fenced");
+                    let lsn = flushed_barrier(&targets.clients[0], "target").await?;
+                    fence_lsn = Some(lsn);
+                    laps.lap("fence");
+                    let back_sides = DrainSides {
+                        publisher: &targets.clients[0],
+                        publisher_role: "target",
+                        subscriber: &opened.clients[0],
+                        subscriber_role: "source",
+                    };
+                    drained = Some(drain(&back_sides, &backs, lsn).await?);
+                    laps.lap("drain");
+                    for (i, s) in streams.iter().enumerate() {
+                        sequences.extend(
+                            sync_sequences(&s.database, &targets.clients[i], &opened.clients[i])
+                                .await?,
+                        );
+                    }
+                    laps.lap("sequences");
+                    set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source")
+                        .await?;
+                    laps.lap("reverse");
+                    let carry_sides = crate::carry::Sides {
+                        from: &targets.clients,
+                        from_role: "target",
+                        to: &opened.clients,
+                        to_role: "source",
+                        databases: &dbs,
+                        options: &carrying,
+                    };
+                    carried = Some(crate::carry::inside_pause(&carry_sides, &baseline).await?);
+                    laps.lap("carried");
+                    Ok::<(), EngineError>(())
+                };
+                match tokio::time::timeout(timeout, in_pause).await {
+                    Ok(result) => result,
+                    Err(_) => Err(EngineError::Timeout {
+                        what: "fence, reverse drain and sequences".into(),
+                        seconds: timeout.as_secs(),
+                    }),
+                }
+            };
+            tokio::select! {
+                done = before_switch => done,
+                failed = keep_out => failed,
+            }
+        }
     };
     if let Err(error) = outcome {
         // The target keeps serving: fence the source again, lift the target's fence.
@@ -213,7 +264,12 @@ pub async fn rollback<P: Platform, S: Switch>(
             Ok::<(), EngineError>(())
         }
         .await;
-        let resumed = switch.resume().await;
+        // Only a pause that began is lifted (resuming an endpoint that was never paused
+        // is harmless too).
+        let resumed = match paused {
+            Some(_) => switch.resume().await,
+            None => Ok(()),
+        };
         journal.step_failed(run, &crate::error::error_chain(&error))?;
         undo?;
         resumed.map_err(|e| {
@@ -222,14 +278,14 @@ pub async fn rollback<P: Platform, S: Switch>(
         return Err(error);
     }
     journal.add_resource(name, "switched_back", INSTANCE, &spec.source)?;
-    let mut laps = Laps::start();
     let client_wait_ms = switch_over(switch, &[], "source", "rollback:switched", &mut laps).await?;
     let report = RollbackReport {
         databases: dbs.clone(),
         fence_lsn: fence_lsn.expect("set before the switch"),
         drained_lsn: drained.expect("set before the switch"),
         sequences,
-        write_pause_ms: paused.elapsed().as_millis() as u64,
+        write_pause_ms: paused.expect("set before the switch").elapsed().as_millis() as u64,
+        phases: laps.laps,
         client_wait_ms,
         switch: switch.describe(),
         carried_before,
