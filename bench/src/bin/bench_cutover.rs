@@ -12,7 +12,9 @@
 //! 3. endpoint mode over DATABASES databases: the ledger in `postgres` and pgbench TPC-B
 //!    (50 tx/s) through the endpoint into each other database, every one fenced, drained
 //!    and switched at each cutover (target: max <= 1 s, 0 client errors, 0 pgbench
-//!    failures).
+//!    failures); each cutover is rolled back after 3 s of writes on the target, measured
+//!    the same three ways, and the next round migrates the same source again. The parts
+//!    of both pauses (medians) are printed.
 //! 4. endpoint mode with large objects: 1,000 of 64 KiB on the source before the first
 //!    round, and pgbench writing 20 more a second through the endpoint (a custom script:
 //!    `lo_from_bytea`) beside the ledger; replication does not carry them, the cutover
@@ -76,6 +78,54 @@ struct Chain {
     pgbench: (i64, i64),
     /// The `carried` part of each pause (ms) and the large objects copied in it.
     carried: Vec<(u64, u64)>,
+    /// Each cutover's pause part by part (ms).
+    phases: Vec<Vec<(String, f64)>>,
+    /// The rollback after each cutover, when the chain rolls back (measured as the
+    /// cutover is).
+    back: Back,
+}
+
+/// What the rollbacks of a chain measured, as [`Chain`] does for its cutovers.
+#[derive(Default)]
+struct Back {
+    pauses: Vec<u64>,
+    waits: Vec<u64>,
+    client_max: Vec<u64>,
+    phases: Vec<Vec<(String, f64)>>,
+}
+
+/// A switch's pause part by part, as its report journaled it.
+fn phases_of(report: &serde_json::Value) -> Vec<(String, f64)> {
+    report["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["phase"].as_str().unwrap_or("?").to_string(),
+                p["ms"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect()
+}
+
+/// Each part's median over `runs`, in the order of the first run: `pause 3, fence 12, ...`.
+fn median_phases(runs: &[Vec<(String, f64)>]) -> String {
+    let Some(first) = runs.first() else {
+        return "none".into();
+    };
+    first
+        .iter()
+        .map(|(name, _)| {
+            let mut xs: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.iter().find(|(n, _)| n == name).map(|(_, ms)| *ms))
+                .collect();
+            xs.sort_by(f64::total_cmp);
+            format!("{name} {:.0}", xs[xs.len() / 2])
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Large objects on the source before the first round, their size, and how many more a
@@ -91,17 +141,33 @@ fn pgbench_field(text: &str, label: &str) -> i64 {
         .unwrap_or(-1)
 }
 
-/// Runs `rounds` chained migrations with cutover over `databases` databases (the ledger in
-/// `postgres`, pgbench through the endpoint in the others).
+/// What a chain runs besides the ledger, and whether each round rolls back.
+#[derive(Clone, Copy)]
+struct Mode {
+    /// Databases: the ledger in `postgres`, pgbench through the endpoint in the others.
+    databases: u32,
+    /// Large objects written beside the ledger.
+    large_objects: bool,
+    /// Each cutover rolled back after writes on the target: the next round migrates the
+    /// same source again (otherwise it migrates the previous target).
+    roll_back: bool,
+}
+
+/// Runs `rounds` migrations with cutover (and, by `mode`, rollback), through an endpoint or
+/// a hook.
 fn chain(
     b: &Harness,
     label: &str,
     endpoint: bool,
     rounds: usize,
     rate: f64,
-    databases: u32,
-    large_objects: bool,
+    mode: Mode,
 ) -> anyhow::Result<Chain> {
+    let Mode {
+        databases,
+        large_objects,
+        roll_back,
+    } = mode;
     let first = format!("{label}0");
     b.json(&["instance", "create", &first, "--param", "wal_level=logical"])?;
     let (pool, size, per_second) = LARGE_OBJECTS;
@@ -178,6 +244,9 @@ fn chain(
     }
     let (mut pauses, mut waits, mut windows, mut ended) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut carried = Vec::new();
+    let mut phases = Vec::new();
+    let mut back = Back::default();
+    let mut back_windows = Vec::new();
     let mut source = first;
     for round in 0..rounds {
         let key = format!("bench/{label}{round}");
@@ -230,14 +299,36 @@ fn chain(
                 .unwrap_or(0),
         ));
         ended += report["sessions_ended"].as_i64().unwrap_or(0);
-        b.json(&["migrate", "cleanup", &name, "--delete-source"])?;
-        source = target;
+        phases.push(phases_of(&report));
+        if roll_back {
+            // Writes land on the target for a while, then everything goes back.
+            std::thread::sleep(Duration::from_secs(3));
+            let began = pgseal_workload::unix_ms();
+            let report = b.json(&["migrate", "rollback", &name, "--endpoint", &ep])?;
+            back_windows.push((began, pgseal_workload::unix_ms()));
+            back.pauses.push(
+                report["write_pause_ms"]
+                    .as_u64()
+                    .context("write_pause_ms")?,
+            );
+            back.waits.extend(report["client_wait_ms"].as_u64());
+            back.phases.push(phases_of(&report));
+            // Cleanup after a rollback removes the target too.
+            b.json(&["migrate", "cleanup", &name])?;
+        } else {
+            b.json(&["migrate", "cleanup", &name, "--delete-source"])?;
+            source = target;
+        }
     }
     let out = workload.wait_with_output()?;
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let slow: Vec<pgseal_workload::SlowTransaction> =
         serde_json::from_value(summary["slow_transactions"].clone()).unwrap_or_default();
     let client_max = windows
+        .iter()
+        .map(|&(from, to)| longest_during(&slow, from, to))
+        .collect();
+    back.client_max = back_windows
         .iter()
         .map(|&(from, to)| longest_during(&slow, from, to))
         .collect();
@@ -265,6 +356,8 @@ fn chain(
         ledger: summary,
         pgbench,
         carried,
+        phases,
+        back,
     })
 }
 
@@ -298,10 +391,24 @@ fn main() -> anyhow::Result<()> {
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let result = (|| {
-        let endpoint = chain(&b, "ep", true, rounds, rate, 1, false)?;
-        let hook = chain(&b, "hk", false, rounds, rate, 1, false)?;
-        let many = chain(&b, "db", true, rounds, rate, databases.max(2), false)?;
-        let objects = chain(&b, "lo", true, rounds, rate, 1, true)?;
+        let one = Mode {
+            databases: 1,
+            large_objects: false,
+            roll_back: false,
+        };
+        let endpoint = chain(&b, "ep", true, rounds, rate, one)?;
+        let hook = chain(&b, "hk", false, rounds, rate, one)?;
+        let several = Mode {
+            databases: databases.max(2),
+            roll_back: true,
+            ..one
+        };
+        let many = chain(&b, "db", true, rounds, rate, several)?;
+        let with_objects = Mode {
+            large_objects: true,
+            ..one
+        };
+        let objects = chain(&b, "lo", true, rounds, rate, with_objects)?;
         anyhow::Ok((endpoint, hook, many, objects))
     })();
     // Whatever happened, leave no server, endpoint or mount behind.
@@ -336,6 +443,21 @@ fn main() -> anyhow::Result<()> {
         many.ledger["client_errors"],
         many.pgbench.0,
         many.pgbench.1
+    );
+    println!(
+        "    its cutovers' parts (ms, median): {}",
+        median_phases(&many.phases)
+    );
+    println!(
+        "    rolled back after each cutover: client max {} (target <= 1000); pgseal's timer {}; PgBouncer's longest wait {}; parts (ms, median): {}",
+        spread(&many.back.client_max),
+        spread(&many.back.pauses),
+        spread(&many.back.waits),
+        median_phases(&many.back.phases)
+    );
+    println!(
+        "  endpoint, one database: its cutovers' parts (ms, median): {}",
+        median_phases(&ep.phases)
     );
     let lo_carried: Vec<u64> = lo.carried.iter().map(|c| c.0).collect();
     let lo_copied: Vec<u64> = lo.carried.iter().map(|c| c.1).collect();
@@ -377,6 +499,8 @@ fn main() -> anyhow::Result<()> {
             "databases_client_max_ms": many.client_max,
             "databases_client_errors": many.ledger["client_errors"],
             "databases_pgbench_processed": many.pgbench.0, "databases_pgbench_failed": many.pgbench.1,
+            "rollback_pauses_ms": many.back.pauses, "rollback_client_wait_ms": many.back.waits,
+            "rollback_client_max_ms": many.back.client_max,
         })
     );
     Ok(())

@@ -182,7 +182,11 @@ pub async fn cutover<P: Platform, S: Switch>(
         databases: &dbs,
         options: &carrying,
     };
+    let forward: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
     let before_pause = async {
+        // The apply commits flushed from now on, so the drain inside the pause waits for
+        // no WAL writer round (a failed cutover sets it back).
+        set_flushed_apply(&targets.clients, &forward, true, "target").await?;
         let ready = prepare_reverse(journal, &spec, &streams, &targets.clients).await?;
         failpoint_at("cutover:reverse_prepared");
         let (carried, baseline) = crate::carry::before_pause(&carry_sides).await?;
@@ -196,18 +200,26 @@ pub async fn cutover<P: Platform, S: Switch>(
             &carrying,
         )
         .await?;
-        Ok::<_, EngineError>((ready, carried, baseline, verified, checked))
+        // How the source reaches each target database, looked up and the reverse
+        // subscriptions put on record before the pause; inside it, only their creation.
+        let reverse_to = if ready {
+            plan_reverse(platform, journal, &spec, &streams).await?
+        } else {
+            Vec::new()
+        };
+        Ok::<_, EngineError>((ready, carried, baseline, verified, checked, reverse_to))
     };
-    let (baseline, checked) = match before_pause.await {
-        Ok((ready, carried, baseline, verified, checked)) => {
+    let (baseline, checked, reverse_to) = match before_pause.await {
+        Ok((ready, carried, baseline, verified, checked, reverse_to)) => {
             report.rollback_ready = ready;
             report.carried_before = Some(carried);
             report.verified_before = Some(verified);
-            (baseline, checked)
+            (baseline, checked, reverse_to)
         }
         Err(error) => {
             let undo =
                 drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await;
+            let _ = set_flushed_apply(&targets.clients, &forward, false, "target").await;
             journal.step_failed(run, &crate::error::error_chain(&error))?;
             journal.set_phase(name, Phase::Replicating, None)?;
             undo?;
@@ -311,15 +323,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         )
         .await?;
         if report.rollback_ready {
-            subscribe_reverse(
-                platform,
-                journal,
-                &spec,
-                &streams,
-                &sources.clients,
-                &targets.clients,
-            )
-            .await?;
+            subscribe_reverse(&streams, &reverse_to, &sources.clients, &targets.clients).await?;
         }
         laps.lap("reverse_setup");
         Ok::<(), EngineError>(())
@@ -344,13 +348,8 @@ pub async fn cutover<P: Platform, S: Switch>(
             for db in &dbs {
                 journal.remove_resource(name, "fence", db, db)?;
             }
-            set_subscriptions(
-                &targets.clients,
-                streams.iter().map(|s| s.name.clone()),
-                true,
-                "target",
-            )
-            .await
+            set_subscriptions(&targets.clients, forward.iter().cloned(), true, "target").await?;
+            set_flushed_apply(&targets.clients, &forward, false, "target").await
         }
         .await;
         let resumed = switch.resume().await;

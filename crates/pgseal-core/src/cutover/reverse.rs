@@ -56,18 +56,41 @@ pub(super) async fn prepare_reverse(
     Ok(true)
 }
 
-/// Inside the pause, once the forward subscriptions are drained and disabled and the
-/// change logs dropped (a subscription takes the publication's table list as it is then):
-/// a disabled reverse subscription on the source for every stream, started exactly at the
-/// switch point. Its replication origin is advanced to the target's current WAL position,
-/// so what the forward subscriptions applied on the target (since the reverse slot was
-/// made) is never sent back; what applications write after the switch is. (The slot's own
-/// start is earlier: a walsender starts at the later of the two.)
-pub(super) async fn subscribe_reverse<P: Platform>(
+/// Before the pause, for [`subscribe_reverse`]: how the source's server reaches each
+/// stream's target database (it may hold a password: never log it), and the reverse
+/// subscriptions put on record (before they exist, as every resource is: cleanup and
+/// `drop_reverse` drop what exists of them).
+pub(super) async fn plan_reverse<P: Platform>(
     platform: &P,
     journal: &Journal,
     spec: &MigrationSpec,
     streams: &[Stream],
+) -> Result<Vec<String>, EngineError> {
+    let mut conninfos = Vec::new();
+    for s in streams {
+        conninfos.push(target_conninfo(platform, spec, &s.database).await?);
+        journal.add_resource(
+            &spec.name,
+            "reverse_subscription",
+            &s.database,
+            &s.reverse_name(),
+        )?;
+    }
+    Ok(conninfos)
+}
+
+/// Inside the pause, once the forward subscriptions are drained and disabled and the
+/// change logs dropped (a subscription takes the publication's table list as it is then):
+/// a disabled reverse subscription on the source for every stream (each reaching its
+/// target database by `conninfos`, from [`plan_reverse`]), started exactly at the switch
+/// point. Its replication origin is advanced to the target's current WAL position, so what
+/// the forward subscriptions applied on the target (since the reverse slot was made) is
+/// never sent back; what applications write after the switch is. (The slot's own start is
+/// earlier: a walsender starts at the later of the two.) The databases are set up side by
+/// side, each on its own sessions.
+pub(super) async fn subscribe_reverse(
+    streams: &[Stream],
+    conninfos: &[String],
     sources: &[Client],
     targets: &[Client],
 ) -> Result<(), EngineError> {
@@ -76,30 +99,32 @@ pub(super) async fn subscribe_reverse<P: Platform>(
         .await
         .map_err(sql("target", "reading the switch point"))?
         .get(0);
-    for (i, s) in streams.iter().enumerate() {
+    let each = streams.iter().enumerate().map(|(i, s)| {
         let (back, db) = (s.reverse_name(), &s.database);
-        let conninfo = target_conninfo(platform, spec, db).await?;
-        journal.add_resource(&spec.name, "reverse_subscription", db, &back)?;
-        replication::create_subscription(&sources[i], &back, &conninfo, &back, &back, false)
-            .await
-            .map_err(sql("source", "creating the reverse subscription"))?;
-        let advanced = sources[i]
-            .query_opt(
-                "SELECT pg_replication_origin_advance('pg_' || oid, $1) \
-                 FROM pg_subscription WHERE subname = $2 AND subdbid = \
-                   (SELECT oid FROM pg_database WHERE datname = current_database())",
-                &[&switch_point, &back],
-            )
-            .await
-            .map_err(sql("source", "setting where reverse replication starts"))?;
-        if advanced.is_none() {
-            return Err(EngineError::Precondition(format!(
-                "the reverse subscription {back} is missing on the source's {db}"
-            )));
+        let (source, target, conninfo) = (&sources[i], &targets[i], &conninfos[i]);
+        async move {
+            replication::create_subscription(source, &back, conninfo, &back, &back, false)
+                .await
+                .map_err(sql("source", "creating the reverse subscription"))?;
+            let advanced = source
+                .query_opt(
+                    "SELECT pg_replication_origin_advance('pg_' || oid, $1) \
+                     FROM pg_subscription WHERE subname = $2 AND subdbid = \
+                       (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    &[&switch_point, &back],
+                )
+                .await
+                .map_err(sql("source", "setting where reverse replication starts"))?;
+            if advanced.is_none() {
+                return Err(EngineError::Precondition(format!(
+                    "the reverse subscription {back} is missing on the source's {db}"
+                )));
+            }
+            // DDL on the target from the switch on travels back too (pgseal_pg::ddl).
+            swap_ddl_roles((target, "target"), (source, "source")).await
         }
-        // DDL on the target from the switch on travels back too (pgseal_pg::ddl).
-        swap_ddl_roles((&targets[i], "target"), (&sources[i], "source")).await?;
-    }
+    });
+    futures_util::future::try_join_all(each).await?;
     Ok(())
 }
 

@@ -148,6 +148,8 @@ pub async fn rollback<P: Platform, S: Switch>(
                     "pointing the reverse subscription at the target",
                 ))?;
         }
+        // Flushed commits: the drain inside the pause waits for no WAL writer round.
+        set_flushed_apply(&opened.clients, &backs, true, "source").await?;
         set_subscriptions(&opened.clients, backs.iter().cloned(), true, "source").await?;
         Ok::<Sessions, EngineError>(opened)
     };
@@ -173,10 +175,21 @@ pub async fn rollback<P: Platform, S: Switch>(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             };
+            let back_sides = DrainSides {
+                publisher: &targets.clients[0],
+                publisher_role: "target",
+                subscriber: &opened.clients[0],
+                subscriber_role: "source",
+            };
             let streaming = async {
                 for back in &backs {
                     wait_streaming(&targets.clients[0], back).await?;
                 }
+                // Caught up before the pause: a worker the launcher started last has the
+                // target's writes since the cutover to apply, and the drain inside the
+                // pause is left only what arrives after this point.
+                let lsn = flushed_barrier(&targets.clients[0], "target").await?;
+                drain(&back_sides, &backs, lsn).await?;
                 Ok::<(), EngineError>(())
             };
             let start_limit = REVERSE_START_PER_DATABASE * dbs.len() as u32 + timeout;
@@ -185,7 +198,9 @@ pub async fn rollback<P: Platform, S: Switch>(
                     Ok(streaming) => streaming?,
                     Err(_) => {
                         return Err(EngineError::Timeout {
-                            what: "the reverse apply workers to stream from the target".into(),
+                            what:
+                                "the reverse apply workers to stream from the target and catch up"
+                                    .into(),
                             seconds: start_limit.as_secs(),
                         });
                     }
@@ -203,12 +218,6 @@ pub async fn rollback<P: Platform, S: Switch>(
                     let lsn = flushed_barrier(&targets.clients[0], "target").await?;
                     fence_lsn = Some(lsn);
                     laps.lap("fence");
-                    let back_sides = DrainSides {
-                        publisher: &targets.clients[0],
-                        publisher_role: "target",
-                        subscriber: &opened.clients[0],
-                        subscriber_role: "source",
-                    };
                     drained = Some(drain(&back_sides, &backs, lsn).await?);
                     laps.lap("drain");
                     for (i, s) in streams.iter().enumerate() {

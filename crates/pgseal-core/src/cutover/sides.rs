@@ -59,28 +59,58 @@ pub(super) async fn sessions<P: Platform>(
     Ok(sessions)
 }
 
+/// Makes each subscription of `names` (one per session of `clients`, on side `role`)
+/// commit what it applies flushed (`flushed`) or asynchronously again. Flushed, a drain
+/// waits for the apply and one flush, not for the WAL writer's next round
+/// (`wal_writer_delay`, 200 ms by default) before the slot confirms it. The apply worker
+/// takes it at its next transaction, without restarting.
+pub(super) async fn set_flushed_apply(
+    clients: &[Client],
+    names: &[String],
+    flushed: bool,
+    role: &'static str,
+) -> Result<(), EngineError> {
+    let clause = if flushed {
+        "SET (synchronous_commit = 'on')"
+    } else {
+        "SET (synchronous_commit = 'off')"
+    };
+    let what = (role, "setting how a subscription commits");
+    alter_subscriptions(clients, names.iter().cloned(), clause, what).await
+}
+
+/// Enables or disables each subscription of `names` (one per session of `clients`, on
+/// side `role`).
 pub(super) async fn set_subscriptions(
     clients: &[Client],
     names: impl Iterator<Item = String>,
     enabled: bool,
     role: &'static str,
 ) -> Result<(), EngineError> {
+    let (clause, what) = if enabled {
+        ("ENABLE", "enabling a subscription")
+    } else {
+        ("DISABLE", "disabling a subscription")
+    };
+    alter_subscriptions(clients, names, clause, (role, what)).await
+}
+
+/// `ALTER SUBSCRIPTION name clause` for each subscription of `names`, one per session of
+/// `clients`; an error names the side and what was being done.
+async fn alter_subscriptions(
+    clients: &[Client],
+    names: impl Iterator<Item = String>,
+    clause: &str,
+    (role, what): (&'static str, &'static str),
+) -> Result<(), EngineError> {
     for (client, name) in clients.iter().zip(names) {
         client
             .batch_execute(&format!(
-                "ALTER SUBSCRIPTION {} {}",
-                quote_ident(&name),
-                if enabled { "ENABLE" } else { "DISABLE" }
+                "ALTER SUBSCRIPTION {} {clause}",
+                quote_ident(&name)
             ))
             .await
-            .map_err(sql(
-                role,
-                if enabled {
-                    "enabling a subscription"
-                } else {
-                    "disabling a subscription"
-                },
-            ))?;
+            .map_err(sql(role, what))?;
     }
     Ok(())
 }
