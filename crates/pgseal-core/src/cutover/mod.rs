@@ -184,9 +184,6 @@ pub async fn cutover<P: Platform, S: Switch>(
     };
     let forward: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
     let before_pause = async {
-        // The apply commits flushed from now on, so the drain inside the pause waits for
-        // no WAL writer round (a failed cutover sets it back).
-        set_flushed_apply(&targets.clients, &forward, true, "target").await?;
         let ready = prepare_reverse(journal, &spec, &streams, &targets.clients).await?;
         failpoint_at("cutover:reverse_prepared");
         let (carried, baseline) = crate::carry::before_pause(&carry_sides).await?;
@@ -207,6 +204,11 @@ pub async fn cutover<P: Platform, S: Switch>(
         } else {
             Vec::new()
         };
+        // The apply commits flushed from now on, so the drain inside the pause waits for
+        // no WAL writer round (a failed cutover sets it back). Set last: flushing each
+        // applied commit slows the apply, and the catch-up the verification above waits
+        // for with it.
+        set_flushed_apply(&targets.clients, &forward, true, "target").await?;
         Ok::<_, EngineError>((ready, carried, baseline, verified, checked, reverse_to))
     };
     let (baseline, checked, reverse_to) = match before_pause.await {
