@@ -385,7 +385,7 @@ pub fn pause(
             .draw()
             .map_err(plot_error)?;
         if empty {
-            empty_note(&root, "none recorded")?;
+            empty_note(&root, "no pause recorded")?;
         }
         let mut from = 0.0;
         for (i, phase) in phases.iter().enumerate() {
