@@ -191,17 +191,25 @@ async fn client_loop(
     let mut seq: i64 = 0;
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         ticker.tick().await;
-        let c = match &client {
-            Some(c) if !c.is_closed() => c,
-            _ => match pgseal_pg::connect(&config).await {
-                Ok(c) => client.insert(c),
-                Err(error) => {
+        let c = match client.take() {
+            Some(c) if !c.is_closed() => client.insert(c),
+            lost => {
+                if lost.is_some() {
+                    // The server ended this session between two transactions: an
+                    // application's pool finds the same on its next use, an error to it.
                     counters.client_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(client_no, %error, "reconnecting");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    tracing::debug!(client_no, "the connection was closed; reconnecting");
                 }
-            },
+                match pgseal_pg::connect(&config).await {
+                    Ok(c) => client.insert(c),
+                    Err(error) => {
+                        counters.client_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(client_no, %error, "reconnecting");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            }
         };
         let txid = base + seq * clients as i64 + client_no as i64;
         seq += 1;
