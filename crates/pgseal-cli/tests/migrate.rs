@@ -691,6 +691,14 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
             0,
             "{point}: no reverse publication left on the target"
         );
+        // The forward apply commits asynchronously again (the cutover made it flush each
+        // commit just before its pause).
+        assert_eq!(
+            h.sql("src-enc", "postgres")
+                .count("SELECT count(*) FROM pg_subscription WHERE subsynccommit <> 'off'"),
+            0,
+            "{point}: the forward subscriptions' synchronous_commit is back to off"
+        );
         assert_eq!(
             h.json(&["migrate", "status", "c2"])["migration"]["phase"],
             "replicating"

@@ -317,13 +317,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         laps.lap("verified");
         report.carried = Some(crate::carry::inside_pause(&carry_sides, &baseline).await?);
         laps.lap("carried");
-        set_subscriptions(
-            &targets.clients,
-            streams.iter().map(|s| s.name.clone()),
-            false,
-            "target",
-        )
-        .await?;
+        set_subscriptions(&targets.clients, &forward, false, "target").await?;
         if report.rollback_ready {
             subscribe_reverse(&streams, &reverse_to, &sources.clients, &targets.clients).await?;
         }
@@ -350,8 +344,7 @@ pub async fn cutover<P: Platform, S: Switch>(
             for db in &dbs {
                 journal.remove_resource(name, "fence", db, db)?;
             }
-            set_subscriptions(&targets.clients, forward.iter().cloned(), true, "target").await?;
-            set_flushed_apply(&targets.clients, &forward, false, "target").await
+            resume_forward(&targets.clients, &forward).await
         }
         .await;
         let resumed = switch.resume().await;

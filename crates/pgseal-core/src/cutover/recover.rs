@@ -72,13 +72,8 @@ pub async fn recover_interrupted<P: Platform>(m: &Handle<'_, P>) -> Result<Recov
     let sources = sessions(platform, &spec, &streams, "source").await?;
     let targets = sessions(platform, &spec, &streams, "target").await?;
     drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await?;
-    set_subscriptions(
-        &targets.clients,
-        streams.iter().map(|s| s.name.clone()),
-        true,
-        "target",
-    )
-    .await?;
+    let forward: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
+    resume_forward(&targets.clients, &forward).await?;
     journal.set_phase(name, Phase::Replicating, None)?;
     Ok(Recovered::BackToReplicating)
 }

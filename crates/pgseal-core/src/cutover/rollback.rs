@@ -150,7 +150,7 @@ pub async fn rollback<P: Platform, S: Switch>(
         }
         // Flushed commits: the drain inside the pause waits for no WAL writer round.
         set_flushed_apply(&opened.clients, &backs, true, "source").await?;
-        set_subscriptions(&opened.clients, backs.iter().cloned(), true, "source").await?;
+        set_subscriptions(&opened.clients, &backs, true, "source").await?;
         Ok::<Sessions, EngineError>(opened)
     };
     let outcome = match started.await {
@@ -227,8 +227,7 @@ pub async fn rollback<P: Platform, S: Switch>(
                         );
                     }
                     laps.lap("sequences");
-                    set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source")
-                        .await?;
+                    set_subscriptions(&opened.clients, &backs, false, "source").await?;
                     laps.lap("reverse");
                     let carry_sides = crate::carry::Sides {
                         from: &targets.clients,
@@ -260,8 +259,7 @@ pub async fn rollback<P: Platform, S: Switch>(
         // The target keeps serving: fence the source again, lift the target's fence.
         let undo = async {
             if let Some(opened) = &sources {
-                let _ = set_subscriptions(&opened.clients, backs.iter().cloned(), false, "source")
-                    .await;
+                let _ = set_subscriptions(&opened.clients, &backs, false, "source").await;
             }
             for db in &dbs {
                 allow_connections(&source_admin, db, false, "fencing the source again").await?;

@@ -76,14 +76,14 @@ pub(super) async fn set_flushed_apply(
         "SET (synchronous_commit = 'off')"
     };
     let what = (role, "setting how a subscription commits");
-    alter_subscriptions(clients, names.iter().cloned(), clause, what).await
+    alter_subscriptions(clients, names, clause, what).await
 }
 
 /// Enables or disables each subscription of `names` (one per session of `clients`, on
 /// side `role`).
 pub(super) async fn set_subscriptions(
     clients: &[Client],
-    names: impl Iterator<Item = String>,
+    names: &[String],
     enabled: bool,
     role: &'static str,
 ) -> Result<(), EngineError> {
@@ -95,11 +95,23 @@ pub(super) async fn set_subscriptions(
     alter_subscriptions(clients, names, clause, (role, what)).await
 }
 
+/// The forward subscriptions `names` on the target (sessions `targets`) replicating again
+/// as before a cutover began: enabled, committing asynchronously (PostgreSQL's default;
+/// the cutover made them flush each commit just before its pause). What an undone or
+/// interrupted cutover leaves.
+pub(super) async fn resume_forward(
+    targets: &[Client],
+    names: &[String],
+) -> Result<(), EngineError> {
+    set_subscriptions(targets, names, true, "target").await?;
+    set_flushed_apply(targets, names, false, "target").await
+}
+
 /// `ALTER SUBSCRIPTION name clause` for each subscription of `names`, one per session of
 /// `clients`; an error names the side and what was being done.
 async fn alter_subscriptions(
     clients: &[Client],
-    names: impl Iterator<Item = String>,
+    names: &[String],
     clause: &str,
     (role, what): (&'static str, &'static str),
 ) -> Result<(), EngineError> {
@@ -107,7 +119,7 @@ async fn alter_subscriptions(
         client
             .batch_execute(&format!(
                 "ALTER SUBSCRIPTION {} {clause}",
-                quote_ident(&name)
+                quote_ident(name)
             ))
             .await
             .map_err(sql(role, what))?;
