@@ -196,7 +196,18 @@ pub async fn verify<P: Platform>(
     name: &str,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<VerifyReport, EngineError> {
-    let spec = journal.migration(name)?.spec;
+    // Checked before what is compared is looked up (blue/green reads green and lists
+    // blue's databases).
+    let record = journal.migration(name)?;
+    if record.phase != Phase::Replicating {
+        return Err(EngineError::Precondition(format!(
+            "migration {name} is {}: verify compares a target that follows its source. \
+             The cutover verified both sides before its pause and, where DDL ran since, inside it \
+             with the source fenced; `pgseal migrate report {name}` shows what it found",
+            record.phase.as_str()
+        )));
+    }
+    let spec = record.spec;
     let m = Handle::new(platform, journal, name);
     let compared = spec.strategy.compared_with(&m, &spec).await?;
     crate::verify::verify(platform, journal, name, &compared, progress).await
