@@ -4,7 +4,7 @@ use pgseal_pg::replication::{self};
 use pgseal_platform::Platform;
 use tokio_postgres::Client;
 
-use crate::error::{EngineError, sql};
+use crate::error::{EngineError, platform_error, sql};
 use crate::journal::{Journal, MigrationSpec};
 use crate::steps::failpoint_at;
 use crate::stream::Stream;
@@ -158,10 +158,7 @@ pub(super) async fn target_conninfo<P: Platform>(
     platform
         .subscriber_conninfo(&spec.target, db)
         .await
-        .map_err(|source| EngineError::Platform {
-            what: "finding how the source reaches the target".into(),
-            source,
-        })
+        .map_err(platform_error("finding how the source reaches the target"))
 }
 
 /// Removes every stream's reverse replication objects (after a failed or interrupted

@@ -279,10 +279,7 @@ async fn switchover<P: Platform>(
     let deployment = match switched {
         Ok(d) => d,
         Err(source) => {
-            let error = EngineError::Platform {
-                what: "switching the blue/green deployment over".into(),
-                source,
-            };
+            let error = platform_error("switching the blue/green deployment over")(source);
             journal.step_failed(run, &crate::error::error_chain(&error))?;
             // Settled by what the platform says now: back to replicating when nothing
             // moved, otherwise left cutting over for `resume`.
@@ -320,19 +317,12 @@ async fn schema_drift<P: Platform>(
         let blue = connect_source_db(platform, &spec, &s.database).await?;
         let target = crate::sessions::connect_to(platform, &green, &s.database, "target").await?;
         let tables = crate::validate::user_tables(&blue).await?;
-        let read = |role: &'static str| {
-            move |source| EngineError::Sql {
-                role,
-                what: "reading the schema".into(),
-                source,
-            }
-        };
         let on_blue = pgseal_pg::schema::definitions(&blue, &tables)
             .await
-            .map_err(read("source"))?;
+            .map_err(sql("source", "reading the schema"))?;
         let on_green = pgseal_pg::schema::definitions(&target, &tables)
             .await
-            .map_err(read("target"))?;
+            .map_err(sql("target", "reading the schema"))?;
         let drift = pgseal_pg::schema::drift(&on_blue, &on_green, "");
         if drift.is_empty() {
             continue;
@@ -365,10 +355,7 @@ async fn recover<P: Platform>(
     let deployment = platform
         .describe_blue_green(name)
         .await
-        .map_err(|source| EngineError::Platform {
-            what: "describing the blue/green deployment".into(),
-            source,
-        })?
+        .map_err(platform_error("describing the blue/green deployment"))?
         .ok_or_else(|| {
             EngineError::Precondition(format!(
                 "the blue/green deployment pgseal-{name} is gone: check the instances by hand"
@@ -408,10 +395,7 @@ async fn cleanup<P: Platform>(
     let deleted = platform
         .delete_blue_green(name, false)
         .await
-        .map_err(|source| EngineError::Platform {
-            what: "deleting the blue/green deployment".into(),
-            source,
-        })?;
+        .map_err(platform_error("deleting the blue/green deployment"))?;
     if deleted {
         report
             .removed
