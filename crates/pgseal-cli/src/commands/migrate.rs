@@ -761,8 +761,9 @@ impl Switching {
         let instances = LocalInstances::open(&ctx.home)?;
         let runtime = runtime()?;
         let platform = platform(ctx, &runtime, &journal, name, false)?;
-        let choice = (endpoint, on_switch, direction);
-        let switch = choose_switch(ctx, &platform, &instances, &spec, choice)?;
+        let switch = choose_switch(
+            ctx, &platform, &instances, &spec, endpoint, on_switch, direction,
+        )?;
         Ok(Switching {
             _lock: lock,
             journal,
@@ -786,14 +787,15 @@ enum Direction {
 /// Chooses, once, how applications are moved at a cutover or a rollback: on AWS the
 /// instances are renamed; locally, the endpoint named by `--endpoint`, else a hook
 /// (`--on-switch`) or the new URL printed when one is given or the source is a URL, else
-/// the endpoint in front of the side applications leave (one only, at cutover). The tuple is
-/// what the user asked for: `--endpoint`, `--on-switch`, and which way.
+/// the endpoint in front of the side applications leave (one only, at cutover).
 fn choose_switch(
     ctx: &Context,
     platform: &AnyPlatform,
     instances: &LocalInstances,
     spec: &MigrationSpec,
-    (endpoint, on_switch, direction): (Option<&str>, Option<String>, Direction),
+    endpoint: Option<&str>,
+    on_switch: Option<String>,
+    direction: Direction,
 ) -> anyhow::Result<super::switch::ChosenSwitch> {
     use super::switch::ChosenSwitch;
     #[cfg(feature = "aws")]

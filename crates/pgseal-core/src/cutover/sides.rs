@@ -75,8 +75,8 @@ pub(super) async fn set_flushed_apply(
     } else {
         "SET (synchronous_commit = 'off')"
     };
-    let what = (role, "setting how a subscription commits");
-    alter_subscriptions(clients, names, clause, what).await
+    let what = "setting how a subscription commits";
+    alter_subscriptions(clients, names, clause, role, what).await
 }
 
 /// Enables or disables each subscription of `names` (one per session of `clients`, on
@@ -92,7 +92,7 @@ pub(super) async fn set_subscriptions(
     } else {
         ("DISABLE", "disabling a subscription")
     };
-    alter_subscriptions(clients, names, clause, (role, what)).await
+    alter_subscriptions(clients, names, clause, role, what).await
 }
 
 /// The forward subscriptions `names` on the target (sessions `targets`) replicating again
@@ -113,7 +113,8 @@ async fn alter_subscriptions(
     clients: &[Client],
     names: &[String],
     clause: &str,
-    (role, what): (&'static str, &'static str),
+    role: &'static str,
+    what: &'static str,
 ) -> Result<(), EngineError> {
     for (client, name) in clients.iter().zip(names) {
         client
