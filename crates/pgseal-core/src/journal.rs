@@ -437,18 +437,11 @@ impl Journal {
         }
         let per_database = "('slot', 'publication', 'replica_identity', 'fence', 'target_fence', \
              'reverse_subscription', 'reverse_slot', 'reverse_publication')";
-        let specs: Vec<(String, String)> = self
-            .conn
-            .prepare("SELECT name, spec FROM migration")
-            .and_then(|mut s| {
-                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()
-            })
-            .map_err(self.wrap())?;
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(self.wrap())?;
-        let result = (|| {
+        let specs: Vec<(String, String)> =
+            self.query_all("SELECT name, spec FROM migration", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        self.in_transaction(|| {
             self.conn.execute_batch(&format!(
                 "ALTER TABLE resource RENAME TO resource_v0; {SCHEMA} \
                  INSERT INTO resource (migration, kind, database, name, added_ms) \
@@ -476,14 +469,7 @@ impl Journal {
                 )?;
             }
             Ok(())
-        })();
-        match result {
-            Ok(()) => self.conn.execute_batch("COMMIT").map_err(self.wrap()),
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(self.wrap()(e))
-            }
-        }
+        })
     }
 
     /// The home directory the journal lives in.
@@ -500,6 +486,48 @@ impl Journal {
         |source| JournalError::Sqlite {
             path: self.path.clone(),
             source,
+        }
+    }
+
+    /// Runs one statement; returns how many rows it changed.
+    fn execute(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize, JournalError> {
+        self.conn.execute(sql, params).map_err(self.wrap())
+    }
+
+    /// Every row `sql` returns for `params`, each read by `row`.
+    fn query_all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, JournalError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params, row)
+            .map_err(self.wrap())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.wrap());
+        rows
+    }
+
+    /// Runs `work` in one immediate transaction, committed when it succeeds and rolled
+    /// back when it fails.
+    fn in_transaction<T>(
+        &self,
+        work: impl FnOnce() -> rusqlite::Result<T>,
+    ) -> Result<T, JournalError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(self.wrap())?;
+        match work() {
+            Ok(value) => {
+                self.conn.execute_batch("COMMIT").map_err(self.wrap())?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(self.wrap()(e))
+            }
         }
     }
 
@@ -600,15 +628,11 @@ impl Journal {
 
     /// Every kept sample of a migration, oldest first.
     pub fn samples(&self, name: &str) -> Result<Vec<crate::samples::Sample>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT at_ms, database, source_lsn, confirmed_lsn, lag_bytes, lag_seconds, \
-                 retained_bytes FROM sample WHERE migration = ?1 ORDER BY at_ms, database",
-            )
-            .map_err(self.wrap())?;
-        let rows = stmt
-            .query_map(params![name], |r| {
+        self.query_all(
+            "SELECT at_ms, database, source_lsn, confirmed_lsn, lag_bytes, lag_seconds, \
+             retained_bytes FROM sample WHERE migration = ?1 ORDER BY at_ms, database",
+            params![name],
+            |r| {
                 Ok(crate::samples::Sample {
                     at_ms: r.get(0)?,
                     database: r.get(1)?,
@@ -618,9 +642,8 @@ impl Journal {
                     lag_seconds: r.get(5)?,
                     retained_bytes: r.get(6)?,
                 })
-            })
-            .map_err(self.wrap())?;
-        rows.collect::<Result<_, _>>().map_err(self.wrap())
+            },
+        )
     }
 
     /// Records a fact about a migration that is not a step's output (for example what a
@@ -631,40 +654,36 @@ impl Journal {
         kind: &str,
         body: &serde_json::Value,
     ) -> Result<(), JournalError> {
-        self.conn
-            .execute(
-                "INSERT INTO fact (migration, kind, recorded_ms, body) VALUES (?1, ?2, ?3, ?4)",
-                params![name, kind, now_ms(), body.to_string()],
-            )
-            .map_err(self.wrap())?;
+        self.execute(
+            "INSERT INTO fact (migration, kind, recorded_ms, body) VALUES (?1, ?2, ?3, ?4)",
+            params![name, kind, now_ms(), body.to_string()],
+        )?;
         Ok(())
     }
 
     /// Every fact recorded about a migration, oldest first, as `(kind, recorded_ms, body)`.
     pub fn facts(&self, name: &str) -> Result<Vec<(String, i64, serde_json::Value)>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT kind, recorded_ms, body FROM fact WHERE migration = ?1 ORDER BY rowid")
-            .map_err(self.wrap())?;
-        let rows = stmt
-            .query_map(params![name], |r| {
+        let rows = self.query_all(
+            "SELECT kind, recorded_ms, body FROM fact WHERE migration = ?1 ORDER BY rowid",
+            params![name],
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, String>(2)?,
                 ))
+            },
+        )?;
+        rows.into_iter()
+            .map(|(kind, at, body)| {
+                let body = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+                    path: self.path.clone(),
+                    migration: name.to_string(),
+                    detail: format!("fact {kind}: {e}"),
+                })?;
+                Ok((kind, at, body))
             })
-            .map_err(self.wrap())?;
-        rows.map(|row| {
-            let (kind, at, body) = row.map_err(self.wrap())?;
-            let body = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
-                path: self.path.clone(),
-                migration: name.to_string(),
-                detail: format!("fact {kind}: {e}"),
-            })?;
-            Ok((kind, at, body))
-        })
-        .collect()
+            .collect()
     }
 
     /// Records a new migration, phase `running`.
@@ -695,33 +714,25 @@ impl Journal {
                 detail: "cannot forget a migration that created resources; abort it".into(),
             });
         }
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(self.wrap())?;
-        let result = self
-            .conn
-            .execute("DELETE FROM step_run WHERE migration = ?1", params![name])
-            .and_then(|_| {
-                self.conn
-                    .execute("DELETE FROM sample WHERE migration = ?1", params![name])?;
-                self.conn
-                    .execute("DELETE FROM fact WHERE migration = ?1", params![name])
-            })
-            .and_then(|_| {
-                self.conn
-                    .execute("DELETE FROM stream WHERE migration = ?1", params![name])
-            })
-            .and_then(|_| {
-                self.conn
-                    .execute("DELETE FROM migration WHERE name = ?1", params![name])
-            });
-        match result {
-            Ok(_) => self.conn.execute_batch("COMMIT").map_err(self.wrap()),
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(self.wrap()(e))
-            }
-        }
+        self.in_transaction(|| {
+            self.conn
+                .execute("DELETE FROM step_run WHERE migration = ?1", params![name])
+                .and_then(|_| {
+                    self.conn
+                        .execute("DELETE FROM sample WHERE migration = ?1", params![name])?;
+                    self.conn
+                        .execute("DELETE FROM fact WHERE migration = ?1", params![name])
+                })
+                .and_then(|_| {
+                    self.conn
+                        .execute("DELETE FROM stream WHERE migration = ?1", params![name])
+                })
+                .and_then(|_| {
+                    self.conn
+                        .execute("DELETE FROM migration WHERE name = ?1", params![name])
+                })
+        })?;
+        Ok(())
     }
 
     /// Reads one migration.
@@ -768,12 +779,10 @@ impl Journal {
 
     /// Every migration, oldest first.
     pub fn list(&self) -> Result<Vec<MigrationRecord>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, spec, phase, error, created_ms, updated_ms FROM migration ORDER BY created_ms, name")
-            .map_err(self.wrap())?;
-        let rows = stmt
-            .query_map([], |r| {
+        let rows = self.query_all(
+            "SELECT name, spec, phase, error, created_ms, updated_ms FROM migration ORDER BY created_ms, name",
+            [],
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     (
@@ -784,10 +793,8 @@ impl Journal {
                         r.get::<_, i64>(5)?,
                     ),
                 ))
-            })
-            .map_err(self.wrap())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.wrap())?;
+            },
+        )?;
         rows.into_iter()
             .map(|(name, row)| self.decode(&name, row))
             .collect()
@@ -800,58 +807,46 @@ impl Journal {
         phase: Phase,
         error: Option<&str>,
     ) -> Result<(), JournalError> {
-        self.conn
-            .execute(
-                "UPDATE migration SET phase = ?2, error = ?3, updated_ms = ?4 WHERE name = ?1",
-                params![name, phase.as_str(), error, now_ms()],
-            )
-            .map_err(self.wrap())?;
+        self.execute(
+            "UPDATE migration SET phase = ?2, error = ?3, updated_ms = ?4 WHERE name = ?1",
+            params![name, phase.as_str(), error, now_ms()],
+        )?;
         Ok(())
     }
 
     /// Records that a step starts; returns the run's id.
     pub fn step_started(&self, name: &str, step: Step) -> Result<i64, JournalError> {
-        self.conn
-            .execute(
-                "INSERT INTO step_run (migration, step, started_ms, outcome) VALUES (?1, ?2, ?3, 'running')",
-                params![name, step.as_str(), now_ms()],
-            )
-            .map_err(self.wrap())?;
+        self.execute(
+            "INSERT INTO step_run (migration, step, started_ms, outcome) VALUES (?1, ?2, ?3, 'running')",
+            params![name, step.as_str(), now_ms()],
+        )?;
         Ok(self.conn.last_insert_rowid())
     }
 
     /// Records that a step run finished, with its outputs.
     pub fn step_done(&self, run: i64, outputs: &serde_json::Value) -> Result<(), JournalError> {
-        self.conn
-            .execute(
-                "UPDATE step_run SET outcome = 'done', finished_ms = ?2, outputs = ?3 WHERE id = ?1",
-                params![run, now_ms(), outputs.to_string()],
-            )
-            .map_err(self.wrap())?;
+        self.execute(
+            "UPDATE step_run SET outcome = 'done', finished_ms = ?2, outputs = ?3 WHERE id = ?1",
+            params![run, now_ms(), outputs.to_string()],
+        )?;
         Ok(())
     }
 
     /// Records that a step run failed.
     pub fn step_failed(&self, run: i64, error: &str) -> Result<(), JournalError> {
-        self.conn
-            .execute(
-                "UPDATE step_run SET outcome = 'failed', finished_ms = ?2, error = ?3 WHERE id = ?1",
-                params![run, now_ms(), error],
-            )
-            .map_err(self.wrap())?;
+        self.execute(
+            "UPDATE step_run SET outcome = 'failed', finished_ms = ?2, error = ?3 WHERE id = ?1",
+            params![run, now_ms(), error],
+        )?;
         Ok(())
     }
 
     /// Every step run of a migration, in order.
     pub fn step_runs(&self, name: &str) -> Result<Vec<StepRun>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT step, started_ms, finished_ms, outcome, outputs, error FROM step_run WHERE migration = ?1 ORDER BY id",
-            )
-            .map_err(self.wrap())?;
-        let rows = stmt
-            .query_map(params![name], |r| {
+        let rows = self.query_all(
+            "SELECT step, started_ms, finished_ms, outcome, outputs, error FROM step_run WHERE migration = ?1 ORDER BY id",
+            params![name],
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
@@ -860,10 +855,8 @@ impl Journal {
                     r.get::<_, Option<String>>(4)?,
                     r.get::<_, Option<String>>(5)?,
                 ))
-            })
-            .map_err(self.wrap())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.wrap())?;
+            },
+        )?;
         let corrupt = |detail: String| JournalError::Corrupt {
             path: self.path.clone(),
             migration: name.to_string(),
@@ -913,12 +906,10 @@ impl Journal {
         database: &str,
         resource: &str,
     ) -> Result<(), JournalError> {
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO resource (migration, kind, database, name, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![name, kind, database, resource, now_ms()],
-            )
-            .map_err(self.wrap())?;
+        self.execute(
+            "INSERT OR IGNORE INTO resource (migration, kind, database, name, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, kind, database, resource, now_ms()],
+        )?;
         Ok(())
     }
 
@@ -930,12 +921,10 @@ impl Journal {
         database: &str,
         resource: &str,
     ) -> Result<(), JournalError> {
-        self.conn
-            .execute(
-                "DELETE FROM resource WHERE migration = ?1 AND kind = ?2 AND database = ?3 AND name = ?4",
-                params![name, kind, database, resource],
-            )
-            .map_err(self.wrap())?;
+        self.execute(
+            "DELETE FROM resource WHERE migration = ?1 AND kind = ?2 AND database = ?3 AND name = ?4",
+            params![name, kind, database, resource],
+        )?;
         Ok(())
     }
 
@@ -955,65 +944,47 @@ impl Journal {
         if !existing.is_empty() {
             return Ok(existing);
         }
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(self.wrap())?;
-        let result = streams.iter().enumerate().try_for_each(|(i, s)| {
-            self.conn
-                .execute(
-                    "INSERT INTO stream (migration, position, database, name) VALUES (?1, ?2, ?3, ?4)",
-                    params![name, i as i64, s.database, s.name],
-                )
-                .map(|_| ())
-        });
-        match result {
-            Ok(()) => self.conn.execute_batch("COMMIT").map_err(self.wrap())?,
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                return Err(self.wrap()(e));
-            }
-        }
+        self.in_transaction(|| {
+            streams.iter().enumerate().try_for_each(|(i, s)| {
+                self.conn
+                    .execute(
+                        "INSERT INTO stream (migration, position, database, name) VALUES (?1, ?2, ?3, ?4)",
+                        params![name, i as i64, s.database, s.name],
+                    )
+                    .map(|_| ())
+            })
+        })?;
         self.streams(name)
     }
 
     /// A migration's streams, in the order they were recorded (empty before the source
     /// was prepared).
     pub fn streams(&self, name: &str) -> Result<Vec<crate::stream::Stream>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT database, name FROM stream WHERE migration = ?1 ORDER BY position")
-            .map_err(self.wrap())?;
-        let rows = stmt
-            .query_map(params![name], |r| {
+        self.query_all(
+            "SELECT database, name FROM stream WHERE migration = ?1 ORDER BY position",
+            params![name],
+            |r| {
                 Ok(crate::stream::Stream {
                     database: r.get(0)?,
                     name: r.get(1)?,
                 })
-            })
-            .map_err(self.wrap())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.wrap())?;
-        Ok(rows)
+            },
+        )
     }
 
     /// The resources a migration recorded, newest first.
     pub fn resources(&self, name: &str) -> Result<Vec<Resource>, JournalError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT kind, database, name FROM resource WHERE migration = ?1 ORDER BY added_ms DESC, rowid DESC")
-            .map_err(self.wrap())?;
-        let rows = stmt
-            .query_map(params![name], |r| {
+        self.query_all(
+            "SELECT kind, database, name FROM resource WHERE migration = ?1 ORDER BY added_ms DESC, rowid DESC",
+            params![name],
+            |r| {
                 Ok(Resource {
                     kind: r.get(0)?,
                     database: r.get(1)?,
                     name: r.get(2)?,
                 })
-            })
-            .map_err(self.wrap())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.wrap())?;
-        Ok(rows)
+            },
+        )
     }
 }
 
