@@ -742,15 +742,7 @@ impl Journal {
             .query_row(
                 "SELECT spec, phase, error, created_ms, updated_ms FROM migration WHERE name = ?1",
                 params![name],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                },
+                |r| migration_row(r, 0),
             )
             .optional()
             .map_err(self.wrap())?
@@ -761,7 +753,7 @@ impl Journal {
     fn decode(
         &self,
         name: &str,
-        (spec, phase, error, created_ms, updated_ms): (String, String, Option<String>, i64, i64),
+        (spec, phase, error, created_ms, updated_ms): MigrationRow,
     ) -> Result<MigrationRecord, JournalError> {
         let corrupt = |detail: String| JournalError::Corrupt {
             path: self.path.clone(),
@@ -782,18 +774,7 @@ impl Journal {
         let rows = self.query_all(
             "SELECT name, spec, phase, error, created_ms, updated_ms FROM migration ORDER BY created_ms, name",
             [],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    (
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                    ),
-                ))
-            },
+            |r| Ok((r.get::<_, String>(0)?, migration_row(r, 1)?)),
         )?;
         rows.into_iter()
             .map(|(name, row)| self.decode(&name, row))
@@ -986,6 +967,20 @@ impl Journal {
             },
         )
     }
+}
+
+/// A migration's row as stored: spec, phase, error, created_ms and updated_ms.
+type MigrationRow = (String, String, Option<String>, i64, i64);
+
+/// Reads a [`MigrationRow`] from the columns of `r` that start at `first`.
+fn migration_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<MigrationRow> {
+    Ok((
+        r.get(first)?,
+        r.get(first + 1)?,
+        r.get(first + 2)?,
+        r.get(first + 3)?,
+        r.get(first + 4)?,
+    ))
 }
 
 /// An exclusive lock on one migration, held while a process works on it (released when
