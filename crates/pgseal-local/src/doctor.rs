@@ -142,40 +142,35 @@ pub fn run_doctor(inputs: &DoctorInputs) -> DoctorReport {
     DoctorReport { ready, checks }
 }
 
-fn ok(
+/// What one check is about, the same whichever way it comes out.
+struct About {
     id: &'static str,
     title: &'static str,
     need: Need,
     needed_for: &'static str,
-    detail: String,
-) -> Check {
-    Check {
-        id,
-        title,
-        status: Status::Ok,
-        need,
-        needed_for,
-        detail,
-        fix: None,
-    }
 }
 
-fn missing(
-    id: &'static str,
-    title: &'static str,
-    need: Need,
-    needed_for: &'static str,
-    detail: String,
-    fix: String,
-) -> Check {
-    Check {
-        id,
-        title,
-        status: Status::Missing,
-        need,
-        needed_for,
-        detail,
-        fix: Some(fix),
+impl About {
+    /// The check found what it looks for.
+    fn ok(&self, detail: String) -> Check {
+        self.check(Status::Ok, detail, None)
+    }
+
+    /// The check did not find it; `fix` says how to get it.
+    fn missing(&self, detail: String, fix: String) -> Check {
+        self.check(Status::Missing, detail, Some(fix))
+    }
+
+    fn check(&self, status: Status, detail: String, fix: Option<String>) -> Check {
+        Check {
+            id: self.id,
+            title: self.title,
+            status,
+            need: self.need,
+            needed_for: self.needed_for,
+            detail,
+            fix,
+        }
     }
 }
 
@@ -183,16 +178,15 @@ fn check_server_binaries(
     inputs: &DoctorInputs,
     install: &Result<PgInstall, DiscoverError>,
 ) -> Check {
-    const ID: &str = "postgres_binaries";
-    const TITLE: &str = "PostgreSQL server binaries";
-    const FOR: &str = "every local instance, snapshot and restore";
+    const CHECK: About = About {
+        id: "postgres_binaries",
+        title: "PostgreSQL server binaries",
+        need: Need::Required,
+        needed_for: "every local instance, snapshot and restore",
+    };
     let apt = format!("apt-get install -y {SERVER_PACKAGE}");
     match install {
-        Ok(install) if install.version.major < MIN_PG_MAJOR => missing(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
+        Ok(install) if install.version.major < MIN_PG_MAJOR => CHECK.missing(
             format!(
                 "PostgreSQL {} in {} is older than {MIN_PG_MAJOR}",
                 install.version,
@@ -200,18 +194,12 @@ fn check_server_binaries(
             ),
             apt,
         ),
-        Ok(install) => ok(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
-            format!(
-                "PostgreSQL {} in {} (from {})",
-                install.version,
-                install.bindir.display(),
-                install.origin
-            ),
-        ),
+        Ok(install) => CHECK.ok(format!(
+            "PostgreSQL {} in {} (from {})",
+            install.version,
+            install.bindir.display(),
+            install.origin
+        )),
         Err(error) => {
             // Installed but not on PATH (Debian keeps server programs out of PATH): point at it.
             let packaged = packaged_bindirs(&inputs.system_root);
@@ -223,16 +211,18 @@ fn check_server_binaries(
                 }
                 _ => apt,
             };
-            missing(ID, TITLE, Need::Required, FOR, error.to_string(), fix)
+            CHECK.missing(error.to_string(), fix)
         }
     }
 }
 
 fn check_versions() -> Check {
-    const ID: &str = "postgres_versions";
-    const TITLE: &str = "PostgreSQL major versions";
-    const FOR: &str =
-        "`instance create --engine-version` and full-load migrations onto a newer version";
+    const CHECK: About = About {
+        id: "postgres_versions",
+        title: "PostgreSQL major versions",
+        need: Need::Recommended,
+        needed_for: "`instance create --engine-version` and full-load migrations onto a newer version",
+    };
     let installs = pgseal_pg::PgInstalls::discover();
     let listed: Vec<String> = installs
         .all
@@ -247,14 +237,9 @@ fn check_versions() -> Check {
         })
         .collect();
     if installs.all.len() > 1 {
-        ok(ID, TITLE, Need::Recommended, FOR, listed.join("; "))
+        CHECK.ok(listed.join("; "))
     } else {
-        missing(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
-            if listed.is_empty() {
+        CHECK.missing(if listed.is_empty() {
                 "none found".to_string()
             } else {
                 format!("only {}", listed.join("; "))
@@ -268,33 +253,24 @@ fn check_versions() -> Check {
 }
 
 fn check_pgbench(install: &Result<PgInstall, DiscoverError>) -> Check {
-    const ID: &str = "pgbench";
-    const TITLE: &str = "pgbench";
-    const FOR: &str = "pgseal demo and the benchmarks (sample data and load)";
+    const CHECK: About = About {
+        id: "pgbench",
+        title: "pgbench",
+        need: Need::Recommended,
+        needed_for: "pgseal demo and the benchmarks (sample data and load)",
+    };
     match install {
-        Ok(install) if install.program("pgbench").is_file() => ok(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
-            install.program("pgbench").display().to_string(),
-        ),
-        Ok(install) => missing(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
+        Ok(install) if install.program("pgbench").is_file() => {
+            CHECK.ok(install.program("pgbench").display().to_string())
+        }
+        Ok(install) => CHECK.missing(
             format!("not in {}", install.bindir.display()),
             format!(
                 "apt-get install -y postgresql-client-{}",
                 install.version.major
             ),
         ),
-        Err(_) => missing(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
+        Err(_) => CHECK.missing(
             "no PostgreSQL installation found".into(),
             format!("apt-get install -y {SERVER_PACKAGE}"),
         ),
@@ -302,40 +278,27 @@ fn check_pgbench(install: &Result<PgInstall, DiscoverError>) -> Check {
 }
 
 fn check_server_user(is_root: bool) -> Check {
-    const ID: &str = "server_os_user";
-    const TITLE: &str = "OS user to run servers as";
-    const FOR: &str = "running PostgreSQL servers (they refuse to run as root)";
+    const CHECK: About = About {
+        id: "server_os_user",
+        title: "OS user to run servers as",
+        need: Need::Required,
+        needed_for: "running PostgreSQL servers (they refuse to run as root)",
+    };
     if !is_root {
         let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
             .ok()
             .flatten()
             .map(|u| u.name)
             .unwrap_or_else(|| "the current user".into());
-        return ok(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
-            format!("servers run as {me}"),
-        );
+        return CHECK.ok(format!("servers run as {me}"));
     }
     match RunAs::user(SERVER_OS_USER) {
-        Ok(user) => ok(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
-            format!(
+        Ok(user) => CHECK.ok(format!(
                 "running as root; servers run as '{SERVER_OS_USER}' (uid {})",
                 user.ids().0
             ),
         ),
-        Err(error) => missing(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
-            format!("running as root and there is no '{SERVER_OS_USER}' user"),
+        Err(error) => CHECK.missing(format!("running as root and there is no '{SERVER_OS_USER}' user"),
             match error {
                 pgseal_exec::Error::NoSuchUser { user } => format!(
                     "useradd --system --create-home --home-dir /var/lib/postgresql --shell /bin/bash {user}"
@@ -347,9 +310,12 @@ fn check_server_user(is_root: bool) -> Check {
 }
 
 fn check_home(home: &Path) -> Check {
-    const ID: &str = "home";
-    const TITLE: &str = "pgseal home directory";
-    const FOR: &str = "instances, snapshots, keys and journals";
+    const CHECK: About = About {
+        id: "home",
+        title: "pgseal home directory",
+        need: Need::Required,
+        needed_for: "instances, snapshots, keys and journals",
+    };
     let existing = home.ancestors().find(|p| p.exists());
     let writable =
         existing.is_some_and(|p| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok());
@@ -359,19 +325,9 @@ fn check_home(home: &Path) -> Check {
         } else {
             "will be created"
         };
-        ok(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
-            format!("{} ({state})", home.display()),
-        )
+        CHECK.ok(format!("{} ({state})", home.display()))
     } else {
-        missing(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
+        CHECK.missing(
             format!("{} cannot be written", home.display()),
             "pass --home DIR (or set PGSEAL_HOME) to a directory you can write".into(),
         )
@@ -379,35 +335,24 @@ fn check_home(home: &Path) -> Check {
 }
 
 fn check_privileges(inputs: &DoctorInputs, is_root: bool) -> Check {
-    const ID: &str = "volume_privileges";
-    const TITLE: &str = "privileges for encrypted volumes";
-    const FOR: &str = "encrypted instances (loop mounts and fscrypt key ioctls)";
+    const CHECK: About = About {
+        id: "volume_privileges",
+        title: "privileges for encrypted volumes",
+        need: Need::Required,
+        needed_for: "encrypted instances (loop mounts and fscrypt key ioctls)",
+    };
     let has_cap = has_capability(&inputs.sys("/proc/self/status"), CAP_SYS_ADMIN);
     match (is_root, has_cap) {
-        (_, true) => ok(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
-            format!(
-                "{} with CAP_SYS_ADMIN",
-                if is_root { "root" } else { "non-root" }
-            ),
-        ),
-        (true, false) => missing(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
+        (_, true) => CHECK.ok(format!(
+            "{} with CAP_SYS_ADMIN",
+            if is_root { "root" } else { "non-root" }
+        )),
+        (true, false) => CHECK.missing(
             "root, but without CAP_SYS_ADMIN (a restricted container?)".into(),
             "run pgseal where root has CAP_SYS_ADMIN (e.g. a privileged container or the host)"
                 .into(),
         ),
-        (false, false) => missing(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
+        (false, false) => CHECK.missing(
             "not root and no CAP_SYS_ADMIN".into(),
             "run pgseal as root: sudo -E pgseal ...".into(),
         ),
@@ -415,34 +360,29 @@ fn check_privileges(inputs: &DoctorInputs, is_root: bool) -> Check {
 }
 
 fn check_kernel_fscrypt(inputs: &DoctorInputs) -> Check {
-    const ID: &str = "kernel_fscrypt";
-    const TITLE: &str = "kernel fscrypt support for ext4";
-    const FOR: &str = "encrypted instances (AES-256-XTS file contents)";
+    const CHECK: About = About {
+        id: "kernel_fscrypt",
+        title: "kernel fscrypt support for ext4",
+        need: Need::Required,
+        needed_for: "encrypted instances (AES-256-XTS file contents)",
+    };
     let feature = inputs.sys("/sys/fs/ext4/features/encryption");
     if feature.exists() {
-        ok(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
-            "/sys/fs/ext4/features/encryption present".into(),
-        )
+        CHECK.ok("/sys/fs/ext4/features/encryption present".into())
     } else {
-        missing(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
-            "/sys/fs/ext4/features/encryption is absent: this kernel's ext4 cannot encrypt".into(),
+        CHECK.missing("/sys/fs/ext4/features/encryption is absent: this kernel's ext4 cannot encrypt".into(),
             "boot a kernel built with CONFIG_FS_ENCRYPTION=y (Debian's stock kernels are); in a container the host's kernel decides; then modprobe ext4".into(),
         )
     }
 }
 
 fn check_loop_devices(inputs: &DoctorInputs) -> Check {
-    const ID: &str = "loop_devices";
-    const TITLE: &str = "loop devices";
-    const FOR: &str = "encrypted instances (each volume is a loop-mounted image)";
+    const CHECK: About = About {
+        id: "loop_devices",
+        title: "loop devices",
+        need: Need::Required,
+        needed_for: "encrypted instances (each volume is a loop-mounted image)",
+    };
     let control = inputs.sys("/dev/loop-control");
     let loop0 = inputs.sys("/dev/loop0");
     if control.exists() || loop0.exists() {
@@ -451,13 +391,9 @@ fn check_loop_devices(inputs: &DoctorInputs) -> Check {
         } else {
             "/dev/loop0"
         };
-        ok(ID, TITLE, Need::Required, FOR, format!("{which} present"))
+        CHECK.ok(format!("{which} present"))
     } else {
-        missing(
-            ID,
-            TITLE,
-            Need::Required,
-            FOR,
+        CHECK.missing(
             "neither /dev/loop-control nor /dev/loop0 exists".into(),
             "modprobe loop (in a container: give it the host's /dev/loop-control and loop devices)"
                 .into(),
@@ -471,19 +407,19 @@ fn check_program(
     program: &'static str,
     package: &str,
 ) -> Check {
-    const FOR: &str = "encrypted instances (making and mounting volumes)";
-    let title: &'static str = match id {
-        "mkfs_ext4" => "mkfs.ext4",
-        "losetup" => "losetup",
-        _ => "mount / umount",
+    let check = About {
+        id,
+        title: match id {
+            "mkfs_ext4" => "mkfs.ext4",
+            "losetup" => "losetup",
+            _ => "mount / umount",
+        },
+        need: Need::Required,
+        needed_for: "encrypted instances (making and mounting volumes)",
     };
     match find_program_in(program, inputs.search_path.as_deref()) {
-        Some(path) => ok(id, title, Need::Required, FOR, path.display().to_string()),
-        None => missing(
-            id,
-            title,
-            Need::Required,
-            FOR,
+        Some(path) => check.ok(path.display().to_string()),
+        None => check.missing(
             format!("{program} is not on PATH"),
             format!("apt-get install -y {package}"),
         ),
@@ -491,26 +427,21 @@ fn check_program(
 }
 
 fn check_pgbouncer(inputs: &DoctorInputs) -> Check {
-    const ID: &str = "pgbouncer";
-    const TITLE: &str = "PgBouncer";
-    const FOR: &str = "endpoints (switching applications without reconnects) and pgseal demo";
+    const CHECK: About = About {
+        id: "pgbouncer",
+        title: "PgBouncer",
+        need: Need::Recommended,
+        needed_for: "endpoints (switching applications without reconnects) and pgseal demo",
+    };
     match find_program_in("pgbouncer", inputs.search_path.as_deref()) {
         Some(path) => match crate::endpoint::pgbouncer::PgBouncer::at(path.clone()) {
-            Ok(found) => ok(ID, TITLE, Need::Recommended, FOR, pgbouncer_detail(&found)),
-            Err(e) => missing(
-                ID,
-                TITLE,
-                Need::Recommended,
-                FOR,
+            Ok(found) => CHECK.ok(pgbouncer_detail(&found)),
+            Err(e) => CHECK.missing(
                 format!("{} does not run: {e}", path.display()),
                 "apt-get install --reinstall -y pgbouncer".into(),
             ),
         },
-        None => missing(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
+        None => CHECK.missing(
             "pgbouncer is not on PATH".into(),
             "apt-get install -y pgbouncer".into(),
         ),
@@ -553,28 +484,21 @@ fn kernel_aes_drivers(crypto: &str) -> Vec<String> {
 }
 
 fn check_kernel_aes(inputs: &DoctorInputs) -> Check {
-    const ID: &str = "kernel_aes";
-    const TITLE: &str = "hardware AES for fscrypt";
-    const FOR: &str = "encrypted instances at full speed (software AES costs write throughput)";
+    const CHECK: About = About {
+        id: "kernel_aes",
+        title: "hardware AES for fscrypt",
+        need: Need::Recommended,
+        needed_for: "encrypted instances at full speed (software AES costs write throughput)",
+    };
     let crypto = std::fs::read_to_string(inputs.sys("/proc/crypto")).unwrap_or_default();
     let drivers = kernel_aes_drivers(&crypto);
     let accelerated = drivers
         .iter()
         .find(|d| d.contains("aesni") || d.contains("vaes") || d.contains("aes-ce"));
     match accelerated {
-        Some(d) => ok(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
-            format!("kernel driver {d}"),
+        Some(d) => CHECK.ok(format!("kernel driver {d}"),
         ),
-        None => missing(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
-            format!(
+        None => CHECK.missing(format!(
                 "the kernel encrypts with software AES ({}); measured here: fdatasync 2,456/s on an encrypted volume vs 4,743/s without fscrypt, pgbench 0.39x plain",
                 if drivers.is_empty() {
                     "no accelerated driver listed".to_string()
@@ -590,10 +514,12 @@ fn check_kernel_aes(inputs: &DoctorInputs) -> Check {
 /// Loop devices and mounts of pgseal volumes whose instance is gone: a crash between
 /// mounting and recording can leave them, and they survive until detached.
 fn check_leftovers(inputs: &DoctorInputs) -> Check {
-    const ID: &str = "leftover_volumes";
-    const TITLE: &str = "leftover volumes";
-    const FOR: &str =
-        "a clean machine (leaked loop devices and mounts hold disk space and devices)";
+    const CHECK: About = About {
+        id: "leftover_volumes",
+        title: "leftover volumes",
+        need: Need::Recommended,
+        needed_for: "a clean machine (leaked loop devices and mounts hold disk space and devices)",
+    };
     let instances = inputs.home.join("instances");
     let gone = |path: &Path| -> bool {
         // .../instances/NAME/(volume.img|mnt): the instance is gone when its record is.
@@ -624,13 +550,9 @@ fn check_leftovers(inputs: &DoctorInputs) -> Check {
         }
     }
     if fixes.is_empty() {
-        ok(ID, TITLE, Need::Recommended, FOR, "none".into())
+        CHECK.ok("none".into())
     } else {
-        missing(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
+        CHECK.missing(
             format!(
                 "{} left behind by instances that no longer exist",
                 fixes.len()
@@ -641,25 +563,17 @@ fn check_leftovers(inputs: &DoctorInputs) -> Check {
 }
 
 fn check_online_resize(inputs: &DoctorInputs) -> Check {
-    const ID: &str = "online_resize";
-    const TITLE: &str = "online volume growth";
-    const FOR: &str = "growing an encrypted instance without a restart (instance resize)";
+    const CHECK: About = About {
+        id: "online_resize",
+        title: "online volume growth",
+        need: Need::Recommended,
+        needed_for: "growing an encrypted instance without a restart (instance resize)",
+    };
     let has = has_capability(&inputs.sys("/proc/self/status"), CAP_SYS_RESOURCE);
     if has {
-        ok(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
-            "CAP_SYS_RESOURCE present".into(),
-        )
+        CHECK.ok("CAP_SYS_RESOURCE present".into())
     } else {
-        missing(
-            ID,
-            TITLE,
-            Need::Recommended,
-            FOR,
-            "no CAP_SYS_RESOURCE: ext4 cannot grow while mounted; resize restarts the instance briefly".into(),
+        CHECK.missing("no CAP_SYS_RESOURCE: ext4 cannot grow while mounted; resize restarts the instance briefly".into(),
             "run pgseal where root has CAP_SYS_RESOURCE (the host, or a container given that capability)".into(),
         )
     }
