@@ -235,6 +235,31 @@ impl Harness {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
+
+    /// Times `pgseal migrate start` of `bench-src` as migration `name` with replica identity
+    /// FULL (and `extra` arguments), then adds the seconds of its steps to `per_step`;
+    /// returns the time and the migration's `migrate status --json` report.
+    pub fn timed_start(
+        &self,
+        name: &str,
+        extra: &[&str],
+        per_step: &mut Vec<(String, Vec<f64>)>,
+    ) -> anyhow::Result<(Duration, serde_json::Value)> {
+        let mut args = vec![
+            "migrate",
+            "start",
+            "--source",
+            "bench-src",
+            "--name",
+            name,
+            "--replica-identity-full",
+        ];
+        args.extend_from_slice(extra);
+        let elapsed = timed(self.pgseal(&args))?.elapsed;
+        let status = self.json(&["migrate", "status", name])?;
+        add_step_seconds(per_step, &status);
+        Ok((elapsed, status))
+    }
 }
 
 /// Adds the seconds of each step a `migrate status --json` report shows to `per_step`

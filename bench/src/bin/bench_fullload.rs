@@ -132,26 +132,16 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
                 }
                 _ => {
                     let name = format!("r{round}");
-                    t_full.push(
-                        timed(b.pgseal(&[
-                            "migrate",
-                            "start",
-                            "--source",
-                            "bench-src",
-                            "--name",
-                            &name,
-                            "--target",
-                            "bench-full",
-                            "--strategy",
-                            "full-load",
-                            "--engine-version",
-                            &engine,
-                            "--replica-identity-full",
-                        ]))?
-                        .elapsed,
-                    );
-                    let status = b.json(&["migrate", "status", &name])?;
-                    pgseal_bench::add_step_seconds(&mut per_step, &status);
+                    let full_load = [
+                        "--target",
+                        "bench-full",
+                        "--strategy",
+                        "full-load",
+                        "--engine-version",
+                        &engine,
+                    ];
+                    let (elapsed, status) = b.timed_start(&name, &full_load, &mut per_step)?;
+                    t_full.push(elapsed);
                     for run in status["steps"].as_array().into_iter().flatten() {
                         if run["step"] == "initial_copy" {
                             for t in run["outputs"]["tables"].as_array().into_iter().flatten() {

@@ -73,20 +73,8 @@ fn run(
                 std::fs::remove_dir_all(&target)?;
             } else {
                 let name = format!("r{round}");
-                t_start.push(
-                    timed(b.pgseal(&[
-                        "migrate",
-                        "start",
-                        "--source",
-                        "bench-src",
-                        "--name",
-                        &name,
-                        "--replica-identity-full",
-                    ]))?
-                    .elapsed,
-                );
-                let status = b.json(&["migrate", "status", &name])?;
-                pgseal_bench::add_step_seconds(&mut per_step, &status);
+                let (elapsed, _) = b.timed_start(&name, &[], &mut per_step)?;
+                t_start.push(elapsed);
                 b.json(&["migrate", "abort", &name])?;
             }
         }
