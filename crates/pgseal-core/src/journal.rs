@@ -502,12 +502,10 @@ impl Journal {
         row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>, JournalError> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(self.wrap())?;
-        let rows = stmt
-            .query_map(params, row)
+        stmt.query_map(params, row)
             .map_err(self.wrap())?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(self.wrap());
-        rows
+            .map_err(self.wrap())
     }
 
     /// Runs `work` in one immediate transaction, committed when it succeeds and rolled
