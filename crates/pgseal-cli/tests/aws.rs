@@ -83,6 +83,41 @@ impl Aws {
         pgseal_testkit::assert_ledger_whole(&v, Some(acknowledged), url);
     }
 
+    /// `workload run` on the ledger at `url`: `rate` transactions a second from `clients`
+    /// clients for `seconds`, summed up as JSON.
+    fn workload(&self, url: &str, rate: u32, clients: u32, seconds: u32) -> Command {
+        self.command(&[
+            "workload",
+            "run",
+            "--url",
+            url,
+            "--ledger",
+            &self.ledger(),
+            "--rate",
+            &rate.to_string(),
+            "--clients",
+            &clients.to_string(),
+            "--duration",
+            &seconds.to_string(),
+            "--json",
+        ])
+    }
+
+    /// The same started in the background, its output piped (see [`WaitRef`]).
+    fn spawn_workload(
+        &self,
+        url: &str,
+        rate: u32,
+        clients: u32,
+        seconds: u32,
+    ) -> std::process::Child {
+        self.workload(url, rate, clients, seconds)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn verify(&self, url: &str) -> serde_json::Value {
         let out = self
             .command(&[
@@ -169,26 +204,7 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
 
-    let mut writes = aws
-        .command(&[
-            "workload",
-            "run",
-            "--url",
-            &source_url,
-            "--ledger",
-            &aws.ledger(),
-            "--rate",
-            "150",
-            "--clients",
-            "3",
-            "--duration",
-            "12",
-            "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut writes = aws.spawn_workload(&source_url, 150, 3, 12);
     std::thread::sleep(Duration::from_secs(2));
 
     // Publication, slot, snapshot and its encrypted copy; stopped before the restore.
@@ -345,21 +361,7 @@ fn an_rds_rollback_renames_back_and_keeps_what_was_written_on_the_target() {
     } = cut_over(&aws, &rt, &seed);
     // Applications write to the target after the cutover (the same ledger, appended).
     let after = aws
-        .command(&[
-            "workload",
-            "run",
-            "--url",
-            &target.url("postgres"),
-            "--ledger",
-            &aws.ledger(),
-            "--rate",
-            "100",
-            "--clients",
-            "2",
-            "--duration",
-            "3",
-            "--json",
-        ])
+        .workload(&target.url("postgres"), 100, 2, 3)
         .output()
         .unwrap();
     assert!(after.status.success(), "{}", stderr(&after));
@@ -625,26 +627,7 @@ fn blue_green_end_to_end(aurora: bool) {
     let blue = TestCluster::start().unwrap();
     let green = TestCluster::start().unwrap();
 
-    let mut writes = aws
-        .command(&[
-            "workload",
-            "run",
-            "--url",
-            &blue.url("postgres"),
-            "--ledger",
-            &aws.ledger(),
-            "--rate",
-            "100",
-            "--clients",
-            "3",
-            "--duration",
-            "8",
-            "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut writes = aws.spawn_workload(&blue.url("postgres"), 100, 3, 8);
     std::thread::sleep(Duration::from_millis(1500));
     aws.ok(&bg_start(source, &route("shop", &blue)));
     let bgd = rt
