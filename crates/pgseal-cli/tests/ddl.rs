@@ -33,8 +33,7 @@ fn wait_for(h: &Home, name: &str, what: &str, done: impl Fn(&Sql) -> bool) {
 
 #[test]
 fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     pgbench_init(&h, "src", "postgres");
     let src = h.sql("src", "postgres");
     src.exec(
@@ -225,8 +224,7 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
 
 #[test]
 fn a_cutover_then_cleanup_leaves_no_capture_on_either_side() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     h.sql("src", "postgres")
         .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
     h.ok(&["migrate", "start", "--source", "src", "--name", "d3"]);
@@ -244,8 +242,7 @@ fn a_cutover_then_cleanup_leaves_no_capture_on_either_side() {
 
 #[test]
 fn a_default_the_target_cannot_reproduce_stops_the_apply_until_the_user_applies_it_by_hand() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     src.exec(
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b')",

@@ -122,8 +122,7 @@ fn named_statement_failure(socket_dir: &str, port: u16) -> String {
 
 #[test]
 fn tcp_clients_with_passwords_and_tls_cross_cutover_and_rollback_without_an_error() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     src.exec(&format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"));
     src.exec("CREATE DATABASE shop OWNER app");
@@ -215,7 +214,7 @@ fn tcp_clients_with_passwords_and_tls_cross_cutover_and_rollback_without_an_erro
 
     // Writers: pgbench over TCP with TLS and a password; tokio-postgres with typed
     // statements over the socket; the ledger.
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "ep"], &ledger, 70);
     let bench = pgbench_tcp(&port, &ca, "shop", 45);
     let stop = Arc::new(AtomicBool::new(false));

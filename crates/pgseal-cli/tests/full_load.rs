@@ -32,21 +32,27 @@ fn app_schema(src: &Sql) {
     );
 }
 
+/// A home whose source `src` has a database `app` filled by pgbench, and a session on the
+/// source's `postgres` database.
+fn source_with_pgbench_app() -> (Home, Sql) {
+    let h = Home::with_source();
+    let src = h.sql("src", "postgres");
+    src.exec("CREATE DATABASE app");
+    pgbench_init(&h, "src", "app");
+    (h, src)
+}
+
 fn server_major(sql: &Sql) -> i64 {
     sql.count("SELECT current_setting('server_version_num')::bigint / 10000")
 }
 
 #[test]
 fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
-    let src = h.sql("src", "postgres");
-    src.exec("CREATE DATABASE app");
-    pgbench_init(&h, "src", "app");
+    let (h, _) = source_with_pgbench_app();
     let app = h.sql("src", "app");
     app_schema(&app);
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 60);
     let bench = pgbench(&h, "src-ep", "app", 60, 25);
 
@@ -199,8 +205,7 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
 
 #[test]
 fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     pgbench_init_scale(&h, "src", "postgres", 2);
     // Post-data beyond the keys, so that building it twice would fail.
     h.sql("src", "postgres").exec(
@@ -209,7 +214,7 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
          CREATE TABLE \"odd name\" (\"the key\" int PRIMARY KEY, v text); \
          CREATE INDEX \"odd index\" ON \"odd name\" (v)",
     );
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--instance", "src"], &ledger, 40);
     let start = [
         "migrate",
@@ -307,11 +312,7 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
 
 #[test]
 fn aborting_during_the_initial_copy_leaves_no_slot_publication_or_subscription() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
-    let src = h.sql("src", "postgres");
-    src.exec("CREATE DATABASE app");
-    pgbench_init(&h, "src", "app");
+    let (h, src) = source_with_pgbench_app();
     let start = [
         "migrate",
         "start",
@@ -381,8 +382,7 @@ fn aborting_during_the_initial_copy_leaves_no_slot_publication_or_subscription()
 
 #[test]
 fn bad_versions_and_missing_extensions_are_refused_before_anything_is_made() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     let start = |extra: &[&str]| {
         let mut args = vec!["migrate", "start", "--source", "src", "--name", "bad"];
@@ -445,8 +445,7 @@ fn bad_versions_and_missing_extensions_are_refused_before_anything_is_made() {
 #[test]
 fn objects_in_a_tablespace_are_loaded_onto_the_targets_encrypted_default_and_plan_says_so() {
     use std::os::unix::fs::PermissionsExt;
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     // A tablespace's directory the server's user owns, outside any data directory.
     let location = tempfile::Builder::new()
         .prefix("pgseal-test-tablespace-")

@@ -13,8 +13,7 @@ const INJECTION: &str = r"a\') OR (SELECT lo_import($$/etc/hostname$$)) > 0 --";
 
 #[test]
 fn text_keys_and_settings_of_a_database_owner_inject_nothing_into_validation() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let admin = h.sql("src", "postgres");
     for statement in ["CREATE ROLE owner LOGIN", "CREATE DATABASE inj OWNER owner"] {
         admin.exec(statement);
@@ -93,8 +92,7 @@ fn text_keys_and_settings_of_a_database_owner_inject_nothing_into_validation() {
 
 #[test]
 fn names_that_would_be_paths_or_fail_later_are_refused_before_anything_is_made() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let outside = h.path("escaped");
     let decoy = h.path("decoy");
     std::fs::create_dir_all(&decoy).unwrap();
@@ -209,8 +207,7 @@ fn a_home_the_user_made_keeps_its_mode() {
 
 #[test]
 fn tables_made_with_quoted_names_during_a_migration_get_their_rows() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     h.ok(&["migrate", "start", "--source", "src", "--name", "q1"]);
     let src = h.sql("src", "postgres");
     for statement in [
@@ -249,8 +246,7 @@ fn tables_made_with_quoted_names_during_a_migration_get_their_rows() {
 
 #[test]
 fn a_database_an_endpoint_cannot_route_apart_is_named_before_the_cutover_fences_anything() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let admin = h.sql("src", "postgres");
     for statement in ["CREATE DATABASE \"my db\"", "CREATE DATABASE shop"] {
         admin.exec(statement);
@@ -297,8 +293,7 @@ fn a_database_an_endpoint_cannot_route_apart_is_named_before_the_cutover_fences_
 
 #[test]
 fn resume_never_reports_a_cutover_done_that_a_write_through_the_endpoint_disproves() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     h.sql("src", "postgres")
         .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
     h.ok(&["endpoint", "create", "ep", "--instance", "src"]);
@@ -356,8 +351,7 @@ fn resume_never_reports_a_cutover_done_that_a_write_through_the_endpoint_disprov
 
 #[test]
 fn abort_completes_on_a_source_made_read_only_since_the_start() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let admin = h.sql("src", "postgres");
     admin.exec("CREATE TABLE t (id int PRIMARY KEY)");
     h.ok(&[

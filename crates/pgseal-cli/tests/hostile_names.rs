@@ -67,8 +67,7 @@ fn rows(h: &Home, instance: &str, db: &str) -> i64 {
 
 #[test]
 fn hostile_names_go_through_a_whole_migration_and_back_with_nothing_lost() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let admin = h.sql("src", "postgres");
     admin.exec(&format!(
         "CREATE DATABASE {}",

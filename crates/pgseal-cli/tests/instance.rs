@@ -22,7 +22,7 @@ fn three_databases_under_pgbench_and_the_ledger_cut_over_and_roll_back_with_noth
         pgbench_init(&h, "src", db);
     }
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 60);
     let bench_billing = pgbench(&h, "src-ep", "billing", 60, 22);
     let bench_app = pgbench(&h, "src-ep", "app", 60, 22);
@@ -144,8 +144,7 @@ fn three_databases_under_pgbench_and_the_ledger_cut_over_and_roll_back_with_noth
 
 #[test]
 fn a_narrowed_migration_keeps_the_rest_on_the_source_or_names_it_before_anything_moves() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     src.exec("CREATE DATABASE app");
     src.exec("CREATE DATABASE billing");
@@ -364,8 +363,7 @@ fn a_background_worker_writing_into_a_migrated_database_is_ended_by_the_fence_an
          INSERT INTO feed SELECT generate_series(1, 200)",
     ))
     .unwrap();
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     // The source is itself a subscriber: its apply worker (a background worker) writes
     // into the database being migrated.

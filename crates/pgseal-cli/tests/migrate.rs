@@ -4,14 +4,14 @@
 
 mod common;
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 #[test]
 fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     // Three databases: every stream must survive every crash.
     let others = ["billing", "app"];
     for db in others {
@@ -27,7 +27,7 @@ fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
                 .exec(&format!("INSERT INTO t VALUES ({written})"));
         }
     };
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--instance", "src"], &ledger, 20);
     std::thread::sleep(Duration::from_secs(1));
 
@@ -111,8 +111,7 @@ fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
 
 #[test]
 fn abort_after_any_step_leaves_no_slot_publication_target_or_snapshot() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     src.exec("CREATE TABLE loose (v text); INSERT INTO loose VALUES ('a')");
     src.exec("CREATE DATABASE billing");
@@ -171,9 +170,8 @@ fn abort_after_any_step_leaves_no_slot_publication_target_or_snapshot() {
 
 #[test]
 fn a_slot_created_after_the_snapshot_is_caught_and_the_subscription_stays_disabled() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
-    let ledger = h.path("ledger").display().to_string();
+    let h = Home::with_source();
+    let ledger = h.ledger();
     let writes = h.workload(&["--instance", "src"], &ledger, 8);
     std::thread::sleep(Duration::from_secs(1));
     let out = h.run_env(
@@ -303,8 +301,7 @@ fn bad_input_is_refused_with_a_clear_error_and_the_source_is_untouched() {
 
 #[test]
 fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     src.exec("CREATE TABLE items (id bigint PRIMARY KEY, v text)");
     src.exec("CREATE DATABASE other");
@@ -409,7 +406,7 @@ fn a_server_reached_by_url_migrates_under_live_writes_and_aborts_clean() {
     let db = pgseal_testkit::TestCluster::start().unwrap();
     let h = Home::new();
     let url = db.url("postgres");
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--url", &url], &ledger, 10);
     std::thread::sleep(Duration::from_secs(1));
 
@@ -520,8 +517,7 @@ fn direct_writer(
 
 #[test]
 fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_syncs_sequences() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     src.exec(
         "CREATE ROLE writer2 LOGIN; \
@@ -530,7 +526,7 @@ fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_sy
          CREATE TABLE owned (id bigserial PRIMARY KEY); INSERT INTO owned DEFAULT VALUES;",
     );
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
     h.ok(&["migrate", "start", "--source", "src", "--name", "c1"]);
     let info = h.json(&["instance", "describe", "src"]);
@@ -620,8 +616,7 @@ fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_sy
 
 #[test]
 fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     // Two more databases, written between the rounds: all three are fenced and drained.
     let others = ["app", "billing"];
     for db in others {
@@ -638,7 +633,7 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
         }
     };
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
     h.ok(&["migrate", "start", "--source", "src", "--name", "c2"]);
     let admin = h.sql("src", "template1");
@@ -649,12 +644,13 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
         )
     };
 
-    // Killed before the switch (reverse slots made before the pause; fenced; drained and
-    // sequences set): resume undoes it, reverse objects included (the next cutover makes
-    // them again).
+    // Killed before the switch (reverse slots and subscriptions made before the pause;
+    // fenced; drained and sequences set): resume undoes it, reverse objects included (the
+    // next cutover makes them again).
     for point in [
         "cutover:reverse_publication",
         "cutover:reverse_prepared",
+        "cutover:reverse_subscribed",
         "cutover:fenced",
         "cutover:drained",
     ] {
@@ -690,6 +686,12 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
                 .count("SELECT count(*) FROM pg_publication"),
             0,
             "{point}: no reverse publication left on the target"
+        );
+        assert_eq!(
+            h.sql("src", "postgres")
+                .count("SELECT count(*) FROM pg_subscription"),
+            0,
+            "{point}: no reverse subscription left on the source"
         );
         // The forward apply commits asynchronously again (the cutover made it flush each
         // commit just before its pause).
@@ -756,21 +758,45 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
 
 #[test]
 fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_nothing() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     h.sql("src", "postgres")
         .exec("CREATE SEQUENCE invoice_no; SELECT nextval('invoice_no')");
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 18);
     h.ok(&["migrate", "start", "--source", "src", "--name", "r1"]);
     std::thread::sleep(Duration::from_secs(2));
-    let cut = h.json(&["migrate", "cutover", "r1"]);
+    // A table made after the reverse subscriptions (which the cutover makes before its
+    // pause) and before the pause: the pause finds their table list out of date and makes
+    // them again, or the rollback would not carry the rows written into it.
+    let cutover = h
+        .command(&["migrate", "cutover", "r1", "--json"])
+        .env("PGSEAL_TEST_HOOK", "wait-before-pause")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let src = h.sql("src", "postgres");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while src.count("SELECT count(*) FROM pg_subscription") == 0 {
+        assert!(Instant::now() < deadline, "no reverse subscription was made");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    src.exec("CREATE TABLE \"late \"\"one\"\"\" (id int PRIMARY KEY)");
+    let target = h.sql("src-enc", "postgres");
+    while target.count("SELECT count(*) FROM pg_class WHERE relname = 'late \"one\"'") == 0 {
+        assert!(Instant::now() < deadline, "the new table was not replayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = cutover.wait_with_output().unwrap();
+    let cut: serde_json::Value =
+        serde_json::from_slice(&succeeded(out, &["migrate", "cutover", "r1"]).stdout).unwrap();
     assert_eq!(cut["rollback_ready"], true, "{cut}");
-    // Writes land on the target now, including a sequence advanced there.
+    // Writes land on the target now, including a sequence advanced there and a row in the
+    // late table.
     std::thread::sleep(Duration::from_secs(3));
-    h.sql("src-enc", "postgres")
-        .exec("SELECT nextval('invoice_no') FROM generate_series(1, 10)");
+    target.exec("SELECT nextval('invoice_no') FROM generate_series(1, 10)");
+    target.exec("INSERT INTO \"late \"\"one\"\"\" VALUES (7)");
     let back = h.json(&["migrate", "rollback", "r1"]);
     assert!(back["write_pause_ms"].as_u64().unwrap() < 5000, "{back}");
     assert_eq!(
@@ -782,8 +808,11 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
 
     // Everything acknowledged, before, during and after both switches, is on the source.
     assert_all_landed(&h, "src", &ledger, &run);
-    let src = h.sql("src", "postgres");
     assert_eq!(src.count("SELECT last_value FROM invoice_no"), 11);
+    assert_eq!(
+        src.count("SELECT count(*) FROM \"late \"\"one\"\"\" WHERE id = 7"),
+        1
+    );
     assert_eq!(
         h.json(&["migrate", "status", "r1"])["migration"]["phase"],
         "rolled_back"
@@ -799,8 +828,7 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
 
 #[test]
 fn cleanup_after_cutover_leaves_no_slot_publication_or_subscription_on_either_side() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     h.ok(&[
         "migrate",
         "start",
@@ -885,8 +913,7 @@ fn cleanup_after_cutover_leaves_no_slot_publication_or_subscription_on_either_si
 
 #[test]
 fn validate_is_clean_on_equal_data_of_every_type_and_names_each_planted_difference() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     src.exec(
         "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
@@ -997,9 +1024,8 @@ fn validate_is_clean_on_equal_data_of_every_type_and_names_each_planted_differen
 
 #[test]
 fn validate_under_the_ledger_workload_reports_no_false_mismatch() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
-    let ledger = h.path("ledger").display().to_string();
+    let h = Home::with_source();
+    let ledger = h.ledger();
     let writes = h.workload(&["--instance", "src"], &ledger, 20);
     std::thread::sleep(Duration::from_secs(1));
     h.ok(&["migrate", "start", "--source", "src", "--name", "w1"]);
@@ -1014,8 +1040,7 @@ fn validate_under_the_ledger_workload_reports_no_false_mismatch() {
 
 #[test]
 fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     h.sql("src", "postgres").exec(
         "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
          INSERT INTO items SELECT g, 'v' FROM generate_series(1, 5000) g; \
@@ -1078,14 +1103,13 @@ fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
 
 #[test]
 fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_lost() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     // A second database, written on the target between the rounds.
     h.sql("src", "postgres").exec("CREATE DATABASE billing");
     h.sql("src", "billing")
         .exec("CREATE TABLE t (id int PRIMARY KEY)");
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
     h.ok(&["migrate", "start", "--source", "src", "--name", "rb"]);
     std::thread::sleep(Duration::from_secs(1));
@@ -1153,8 +1177,7 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
 
 #[test]
 fn a_cutover_whose_undo_fails_stays_cutting_over_with_the_fence_shown_and_resume_lifts_it() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     h.ok(&["migrate", "start", "--source", "src", "--name", "u1"]);
     let out = h.run_env(
         ("PGSEAL_TEST_HOOK", "fail-after-fence,undo-fails"),
@@ -1186,8 +1209,7 @@ fn a_cutover_whose_undo_fails_stays_cutting_over_with_the_fence_shown_and_resume
 
 #[test]
 fn postgresql_itself_caps_the_slots_wal_on_a_managed_source_and_the_old_limit_comes_back() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     assert_eq!(src.text("SHOW max_slot_wal_keep_size"), "-1");
     h.ok(&[
@@ -1229,8 +1251,7 @@ fn postgresql_itself_caps_the_slots_wal_on_a_managed_source_and_the_old_limit_co
 
 #[test]
 fn cutover_trusts_an_apply_worker_that_failed_once_and_runs_again_not_one_that_keeps_failing() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let src = h.sql("src", "postgres");
     src.exec("CREATE TABLE items (id int PRIMARY KEY)");
     h.ok(&["migrate", "start", "--source", "src", "--name", "w1"]);

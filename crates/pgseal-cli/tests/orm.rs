@@ -40,8 +40,7 @@ fn as_app(port: &str, db: &str, program: &str, args: &[&str]) {
 }
 
 fn orm_migrations_replicate(strategy: &[&str], target: &str) {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let admin = h.sql("src", "postgres");
     for statement in [
         "CREATE ROLE app LOGIN PASSWORD 'app password'",

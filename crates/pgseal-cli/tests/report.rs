@@ -47,10 +47,9 @@ fn colours(png_path: &Path) -> usize {
 
 #[test]
 fn the_report_of_a_crashed_and_resumed_migration_shows_both_runs_and_renders_in_chromium() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
-    let ledger = h.path("ledger").display().to_string();
+    let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 20);
     std::thread::sleep(Duration::from_secs(1));
 

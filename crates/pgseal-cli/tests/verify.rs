@@ -78,8 +78,7 @@ fn named(verified: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn a_difference_in_each_category_is_named_refuses_the_cutover_and_passes_once_repaired() {
-    let h = Home::new();
-    h.source("src", &["wal_level=logical"]);
+    let h = Home::with_source();
     let admin = h.sql("src", "postgres");
     admin.exec(
         "CREATE ROLE app LOGIN; CREATE ROLE reporting; CREATE ROLE analyst LOGIN IN ROLE reporting; \

@@ -112,6 +112,19 @@ impl Home {
         assert!(seen > 3, "the home holds {seen} entries");
     }
 
+    /// A fresh home holding source instance `src`, plain, with `wal_level=logical`: where
+    /// most migration tests start.
+    pub fn with_source() -> Home {
+        let h = Home::new();
+        h.source("src", &["wal_level=logical"]);
+        h
+    }
+
+    /// The path of the ledger file the workload writes and verifies in this home.
+    pub fn ledger(&self) -> String {
+        self.path("ledger").display().to_string()
+    }
+
     /// A plain source instance with `params`.
     pub fn source(&self, name: &str, params: &[&str]) {
         let port = free_port();
