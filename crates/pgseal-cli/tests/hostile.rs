@@ -265,9 +265,10 @@ fn a_database_an_endpoint_cannot_route_apart_is_named_before_the_cutover_fences_
     // PgBouncer 1.18 cannot hold an entry named "my db": the endpoint cannot keep it on
     // the source, so the cutover names it instead of writing a configuration PgBouncer
     // would refuse after the fence.
-    let out = h.run(&["migrate", "cutover", "r1", "--endpoint", "ep", "--dry-run"]);
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{said}");
+    let (said, _) = h.exits(
+        3,
+        &["migrate", "cutover", "r1", "--endpoint", "ep", "--dry-run"],
+    );
     assert!(
         said.contains("cannot have an entry of its own") && said.contains("--leave-stale my db"),
         "{said}"

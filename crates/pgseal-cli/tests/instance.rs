@@ -180,16 +180,17 @@ fn a_narrowed_migration_keeps_the_rest_on_the_source_or_names_it_before_anything
     ]);
 
     // A switch that moves the whole instance names everything that would go stale.
-    let out = h.run(&[
-        "migrate",
-        "cutover",
-        "n1",
-        "--on-switch",
-        "true",
-        "--dry-run",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(3), "{text}");
+    let (text, _) = h.exits(
+        3,
+        &[
+            "migrate",
+            "cutover",
+            "n1",
+            "--on-switch",
+            "true",
+            "--dry-run",
+        ],
+    );
     for name in [
         "--leave-stale billing",
         "--leave-stale postgres",
@@ -285,9 +286,7 @@ fn prepared_transactions_block_the_plan_bound_the_slot_wait_and_are_applied_exac
     let src = h.sql("src", "postgres");
     src.exec("CREATE TABLE t (id int PRIMARY KEY)");
     src.exec("BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'before-start'");
-    let out = h.run(&["migrate", "plan", "--source", "src"]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(3), "{text}");
+    let (text, _) = h.exits(3, &["migrate", "plan", "--source", "src"]);
     assert!(text.contains("'before-start'"), "{text}");
     assert!(text.contains("COMMIT PREPARED"), "{text}");
     let out = h.run(&["migrate", "start", "--source", "src", "--name", "p1"]);
@@ -300,18 +299,19 @@ fn prepared_transactions_block_the_plan_bound_the_slot_wait_and_are_applied_exac
     let holder = h.sql("src", "postgres");
     holder.exec("BEGIN; INSERT INTO t VALUES (2)");
     let started = Instant::now();
-    let out = h.run(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "p1",
-        "--slot-wait",
-        "4",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let (_, stderr) = h.exits(
+        3,
+        &[
+            "migrate",
+            "start",
+            "--source",
+            "src",
+            "--name",
+            "p1",
+            "--slot-wait",
+            "4",
+        ],
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(stderr.contains("waits for pid"), "{stderr}");
     assert!(stderr.contains("--slot-wait"), "{stderr}");

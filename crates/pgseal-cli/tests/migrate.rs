@@ -256,16 +256,17 @@ fn bad_input_is_refused_with_a_clear_error_and_the_source_is_untouched() {
     untouched();
 
     // Unreachable server and wrong password, by URL (plan: the read-only check).
-    let out = h.run(&[
-        "migrate",
-        "plan",
-        "--source",
-        &format!("postgres://postgres@127.0.0.1:{}/postgres", free_port()),
-        "--target",
-        "x",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = h.exits(
+        1,
+        &[
+            "migrate",
+            "plan",
+            "--source",
+            &format!("postgres://postgres@127.0.0.1:{}/postgres", free_port()),
+            "--target",
+            "x",
+        ],
+    );
     assert!(stderr.contains("127.0.0.1"), "{stderr}");
     let url = h.json(&["instance", "url", "plainwal"])["url"]
         .as_str()
@@ -392,9 +393,7 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
     //    the limit, status aborts the migration.
     h.ok(&["instance", "stop", "src-enc"]);
     src.exec("INSERT INTO items SELECT g, 'w' FROM generate_series(1001, 5000) g");
-    let out = h.run(&["migrate", "status", "s1", "--max-slot-retention", "1"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let (_, stderr) = h.exits(3, &["migrate", "status", "s1", "--max-slot-retention", "1"]);
     assert!(stderr.contains("aborting migration s1"), "{stderr}");
     assert_eq!(src.pgseal_objects(), 0);
     let list = h.json(&["migrate", "list"]);
@@ -779,7 +778,10 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
     let src = h.sql("src", "postgres");
     let deadline = Instant::now() + Duration::from_secs(30);
     while src.count("SELECT count(*) FROM pg_subscription") == 0 {
-        assert!(Instant::now() < deadline, "no reverse subscription was made");
+        assert!(
+            Instant::now() < deadline,
+            "no reverse subscription was made"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     src.exec("CREATE TABLE \"late \"\"one\"\"\" (id int PRIMARY KEY)");
@@ -1054,9 +1056,7 @@ fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
         "SET session_replication_role = replica; UPDATE items SET v = 'sneaky' WHERE id = 321; \
          INSERT INTO loose VALUES ('b')",
     );
-    let out = h.run(&["migrate", "cutover", "f1"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let (_, stderr) = h.exits(3, &["migrate", "cutover", "f1"]);
     assert!(
         stderr.contains("final check") && stderr.contains("public.items: 321"),
         "{stderr}"
@@ -1084,9 +1084,7 @@ fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
         "SET session_replication_role = replica; UPDATE items SET v = 'v' WHERE id = 321; \
          DELETE FROM loose WHERE v = 'b'; DROP SCHEMA pgseal_validate CASCADE",
     );
-    let out = h.run(&["migrate", "cutover", "f1", "--dry-run"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let (stdout, _) = h.exits(3, &["migrate", "cutover", "f1", "--dry-run"]);
     assert!(
         stdout.contains("change log the final check reads is gone"),
         "{stdout}"
@@ -1288,9 +1286,7 @@ fn cutover_trusts_an_apply_worker_that_failed_once_and_runs_again_not_one_that_k
         assert!(Instant::now() < deadline, "the conflict counted no error");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = h.run(&["migrate", "cutover", "w1", "--dry-run"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let (stdout, _) = h.exits(3, &["migrate", "cutover", "w1", "--dry-run"]);
     assert!(stdout.contains("apply worker"), "{stdout}");
     h.ok(&["migrate", "abort", "w1"]);
 }

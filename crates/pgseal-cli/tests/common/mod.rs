@@ -75,6 +75,17 @@ impl Home {
         succeeded(self.run(args), args)
     }
 
+    /// Runs `pgseal ARGS`, asserts it exited with `code` (both streams shown otherwise)
+    /// and returns what it printed: `(stdout, stderr)`.
+    pub fn exits(&self, code: i32, args: &[&str]) -> (String, String) {
+        let out = self.run(args);
+        assert_exit(&out, code);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut args = args.to_vec();
         args.push("--json");
