@@ -227,7 +227,7 @@ fn a_cutover_then_cleanup_leaves_no_capture_on_either_side() {
     let h = Home::with_source();
     h.sql("src", "postgres")
         .exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
-    h.ok(&["migrate", "start", "--source", "src", "--name", "d3"]);
+    h.start("d3", &[]);
     h.ok(&["migrate", "cutover", "d3", "--on-switch", "true"]);
     let tgt = h.sql("src-enc", "postgres");
     // The target captures now (for a rollback); cleanup ends that too.
@@ -247,7 +247,7 @@ fn a_default_the_target_cannot_reproduce_stops_the_apply_until_the_user_applies_
     src.exec(
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b')",
     );
-    h.ok(&["migrate", "start", "--source", "src", "--name", "d2"]);
+    h.start("d2", &[]);
 
     // The target down while a statement is captured: it is replayed once, when it is back.
     h.ok(&["instance", "stop", "src-enc"]);

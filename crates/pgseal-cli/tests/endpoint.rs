@@ -220,15 +220,7 @@ fn tcp_clients_with_passwords_and_tls_cross_cutover_and_rollback_without_an_erro
     let stop = Arc::new(AtomicBool::new(false));
     let typed = typed_clients(ep_dir.clone(), ep_port, stop.clone());
 
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "t1",
-        "--replica-identity-full",
-    ]);
+    h.start("t1", &["--replica-identity-full"]);
     std::thread::sleep(Duration::from_secs(4));
     let validated = h.json(&["migrate", "validate", "t1"]);
     assert_eq!(validated["clean"], true, "{validated}");

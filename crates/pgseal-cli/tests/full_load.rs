@@ -488,16 +488,7 @@ fn objects_in_a_tablespace_are_loaded_onto_the_targets_encrypted_default_and_pla
         finding["detail"].as_str().unwrap().contains("fast"),
         "{finding}"
     );
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "t1",
-        "--strategy",
-        "full-load",
-    ]);
+    h.start("t1", &["--strategy", "full-load"]);
     let tgt = h.sql("src-enc", "postgres");
     assert_eq!(tgt.count("SELECT count(*) FROM placed"), 100);
     assert_eq!(

@@ -34,7 +34,7 @@ fn text_keys_and_settings_of_a_database_owner_inject_nothing_into_validation() {
     // A table whose name holds a terminal's escape sequence.
     owner.exec("CREATE TABLE \"clear\x1b[2Jscreen\" (id int PRIMARY KEY); INSERT INTO \"clear\x1b[2Jscreen\" VALUES (1)");
     owner.exec("ALTER DATABASE inj SET standard_conforming_strings = off");
-    h.ok(&["migrate", "start", "--source", "src", "--name", "h1"]);
+    h.start("h1", &[]);
     let tgt = h.sql("src-enc", "inj");
     let deadline = Instant::now() + Duration::from_secs(30);
     while tgt.count("SELECT count(*) FROM t") < 50 {
@@ -208,7 +208,7 @@ fn a_home_the_user_made_keeps_its_mode() {
 #[test]
 fn tables_made_with_quoted_names_during_a_migration_get_their_rows() {
     let h = Home::with_source();
-    h.ok(&["migrate", "start", "--source", "src", "--name", "q1"]);
+    h.start("q1", &[]);
     let src = h.sql("src", "postgres");
     for statement in [
         "CREATE TABLE public.\"NewTable\" (id int PRIMARY KEY)",
@@ -252,16 +252,7 @@ fn a_database_an_endpoint_cannot_route_apart_is_named_before_the_cutover_fences_
         admin.exec(statement);
     }
     h.ok(&["endpoint", "create", "ep", "--instance", "src"]);
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "r1",
-        "--database",
-        "shop",
-    ]);
+    h.start("r1", &["--database", "shop"]);
     // PgBouncer 1.18 cannot hold an entry named "my db": the endpoint cannot keep it on
     // the source, so the cutover names it instead of writing a configuration PgBouncer
     // would refuse after the fence.
@@ -355,15 +346,7 @@ fn abort_completes_on_a_source_made_read_only_since_the_start() {
     let h = Home::with_source();
     let admin = h.sql("src", "postgres");
     admin.exec("CREATE TABLE t (id int PRIMARY KEY)");
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "ro",
-        "--no-follow",
-    ]);
+    h.start("ro", &["--no-follow"]);
     admin.exec("ALTER SYSTEM SET default_transaction_read_only = on");
     admin.exec("SELECT pg_reload_conf()");
     std::thread::sleep(Duration::from_millis(500));

@@ -44,15 +44,7 @@ fn three_databases_under_pgbench_and_the_ledger_cut_over_and_roll_back_with_noth
         .map(|d| d["name"].as_str().unwrap())
         .collect();
     assert_eq!(carried, ["app", "billing", "postgres"], "{plan}");
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "w1",
-        "--replica-identity-full",
-    ]);
+    h.start("w1", &["--replica-identity-full"]);
     let status = h.json(&["migrate", "status", "w1"]);
     let streams = status["replication"]["streams"].as_array().unwrap();
     assert_eq!(streams.len(), 3, "{status}");
@@ -166,18 +158,7 @@ fn a_narrowed_migration_keeps_the_rest_on_the_source_or_names_it_before_anything
         "migrate", "start", "--source", "src", "--name", "n1", "--tables", "public.a",
     ]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "n1",
-        "--database",
-        "app",
-        "--tables",
-        "public.a",
-    ]);
+    h.start("n1", &["--database", "app", "--tables", "public.a"]);
 
     // A switch that moves the whole instance names everything that would go stale.
     let (text, _) = h.exits(
@@ -381,7 +362,7 @@ fn a_background_worker_writing_into_a_migrated_database_is_ended_by_the_fence_an
         }
     };
     wait_rows(&src, 200);
-    h.ok(&["migrate", "start", "--source", "src", "--name", "b1"]);
+    h.start("b1", &[]);
     rt.block_on(up.batch_execute("INSERT INTO feed SELECT generate_series(201, 300)"))
         .unwrap();
     wait_rows(&src, 300);

@@ -307,16 +307,7 @@ fn status_measures_lag_by_applied_position_shows_drift_and_guards_retention() {
     src.exec("CREATE TABLE items (id bigint PRIMARY KEY, v text)");
     src.exec("CREATE DATABASE other");
     // Narrowed to postgres: `other` is outside the migration.
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "s1",
-        "--database",
-        "postgres",
-    ]);
+    h.start("s1", &["--database", "postgres"]);
 
     // 1. WAL written in another database is not lag of ours once decoded past.
     let other = h.sql("src", "other");
@@ -527,7 +518,7 @@ fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_sy
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
     let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
-    h.ok(&["migrate", "start", "--source", "src", "--name", "c1"]);
+    h.start("c1", &[]);
     let info = h.json(&["instance", "describe", "src"]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let side = direct_writer(
@@ -634,7 +625,7 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
     let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
-    h.ok(&["migrate", "start", "--source", "src", "--name", "c2"]);
+    h.start("c2", &[]);
     let admin = h.sql("src", "template1");
     let allowed = || {
         admin.text(
@@ -763,7 +754,7 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
     let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 18);
-    h.ok(&["migrate", "start", "--source", "src", "--name", "r1"]);
+    h.start("r1", &[]);
     std::thread::sleep(Duration::from_secs(2));
     // A table made after the reverse subscriptions (which the cutover makes before its
     // pause) and before the pause: the pause finds their table list out of date and makes
@@ -831,16 +822,7 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
 #[test]
 fn cleanup_after_cutover_leaves_no_slot_publication_or_subscription_on_either_side() {
     let h = Home::with_source();
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "k1",
-        "--max-slot-retention",
-        "1GiB",
-    ]);
+    h.start("k1", &["--max-slot-retention", "1GiB"]);
     assert_eq!(
         h.sql("src", "template1")
             .text("SHOW max_slot_wal_keep_size"),
@@ -932,7 +914,7 @@ fn validate_is_clean_on_equal_data_of_every_type_and_names_each_planted_differen
          CREATE TABLE loose (v text); INSERT INTO loose VALUES ('a'), ('a'), ('b'); \
          ALTER TABLE loose REPLICA IDENTITY FULL",
     );
-    h.ok(&["migrate", "start", "--source", "src", "--name", "v1"]);
+    h.start("v1", &[]);
     let clean = h.json(&["migrate", "validate", "v1"]);
     assert_eq!(clean["clean"], true, "{clean}");
     assert_eq!(clean["mismatched_rows"], 0);
@@ -1030,7 +1012,7 @@ fn validate_under_the_ledger_workload_reports_no_false_mismatch() {
     let ledger = h.ledger();
     let writes = h.workload(&["--instance", "src"], &ledger, 20);
     std::thread::sleep(Duration::from_secs(1));
-    h.ok(&["migrate", "start", "--source", "src", "--name", "w1"]);
+    h.start("w1", &[]);
     for _ in 0..3 {
         let report = h.json(&["migrate", "validate", "w1"]);
         assert_eq!(report["mismatched_rows"], 0, "{report}");
@@ -1049,7 +1031,7 @@ fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
          CREATE TABLE loose (v text); ALTER TABLE loose REPLICA IDENTITY FULL; \
          INSERT INTO loose VALUES ('a')",
     );
-    h.ok(&["migrate", "start", "--source", "src", "--name", "f1"]);
+    h.start("f1", &[]);
     assert_eq!(h.json(&["migrate", "validate", "f1"])["clean"], true);
     // After the clean pass: a row changed on the target behind replication's back.
     h.sql("src-enc", "postgres").exec(
@@ -1109,7 +1091,7 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
     let ledger = h.ledger();
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 25);
-    h.ok(&["migrate", "start", "--source", "src", "--name", "rb"]);
+    h.start("rb", &[]);
     std::thread::sleep(Duration::from_secs(1));
     h.json(&["migrate", "cutover", "rb"]);
     std::thread::sleep(Duration::from_secs(2));
@@ -1176,7 +1158,7 @@ fn a_crash_during_rollback_then_resume_undoes_it_or_finishes_it_with_nothing_los
 #[test]
 fn a_cutover_whose_undo_fails_stays_cutting_over_with_the_fence_shown_and_resume_lifts_it() {
     let h = Home::with_source();
-    h.ok(&["migrate", "start", "--source", "src", "--name", "u1"]);
+    h.start("u1", &[]);
     let out = h.run_env(
         ("PGSEAL_TEST_HOOK", "fail-after-fence,undo-fails"),
         &["migrate", "cutover", "u1"],
@@ -1210,16 +1192,7 @@ fn postgresql_itself_caps_the_slots_wal_on_a_managed_source_and_the_old_limit_co
     let h = Home::with_source();
     let src = h.sql("src", "postgres");
     assert_eq!(src.text("SHOW max_slot_wal_keep_size"), "-1");
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "g1",
-        "--max-slot-retention",
-        "32MiB",
-    ]);
+    h.start("g1", &["--max-slot-retention", "32MiB"]);
     assert_eq!(src.text("SHOW max_slot_wal_keep_size"), "32MB");
     // With the target down and no `status` running, the server invalidates the slot once
     // it holds more than the limit, instead of filling the disk.
@@ -1252,7 +1225,7 @@ fn cutover_trusts_an_apply_worker_that_failed_once_and_runs_again_not_one_that_k
     let h = Home::with_source();
     let src = h.sql("src", "postgres");
     src.exec("CREATE TABLE items (id int PRIMARY KEY)");
-    h.ok(&["migrate", "start", "--source", "src", "--name", "w1"]);
+    h.start("w1", &[]);
     let errors = || {
         h.json(&["migrate", "status", "w1"])["replication"]["streams"][0]["subscription"]
             ["apply_errors"]

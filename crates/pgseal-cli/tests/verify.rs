@@ -87,15 +87,7 @@ fn a_difference_in_each_category_is_named_refuses_the_cutover_and_passes_once_re
     admin.exec(SCHEMA);
     // No follower: nothing carries roles or large objects, or refreshes the subscription,
     // behind the test's back.
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "v1",
-        "--no-follow",
-    ]);
+    h.start("v1", &["--no-follow"]);
     h.sql_as("src", "postgres", "app")
         .exec(r#"INSERT INTO "Shop. ünï"."Orders" (id) VALUES (101)"#);
     let clean = h.json(&["migrate", "verify", "v1"]);

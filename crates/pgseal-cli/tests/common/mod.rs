@@ -75,6 +75,14 @@ impl Home {
         succeeded(self.run(args), args)
     }
 
+    /// Starts migration `name` of source instance `src` (with `extra` arguments), which
+    /// must succeed.
+    pub fn start(&self, name: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["migrate", "start", "--source", "src", "--name", name];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+
     /// Runs `pgseal ARGS`, asserts it exited with `code` (both streams shown otherwise)
     /// and returns what it printed: `(stdout, stderr)`.
     pub fn exits(&self, code: i32, args: &[&str]) -> (String, String) {
