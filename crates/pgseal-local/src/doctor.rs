@@ -370,7 +370,8 @@ fn check_kernel_fscrypt(inputs: &DoctorInputs) -> Check {
     if feature.exists() {
         CHECK.ok("/sys/fs/ext4/features/encryption present".into())
     } else {
-        CHECK.missing("/sys/fs/ext4/features/encryption is absent: this kernel's ext4 cannot encrypt".into(),
+        CHECK.missing(
+            "/sys/fs/ext4/features/encryption is absent: this kernel's ext4 cannot encrypt".into(),
             "boot a kernel built with CONFIG_FS_ENCRYPTION=y (Debian's stock kernels are); in a container the host's kernel decides; then modprobe ext4".into(),
         )
     }
@@ -573,7 +574,8 @@ fn check_online_resize(inputs: &DoctorInputs) -> Check {
     if has {
         CHECK.ok("CAP_SYS_RESOURCE present".into())
     } else {
-        CHECK.missing("no CAP_SYS_RESOURCE: ext4 cannot grow while mounted; resize restarts the instance briefly".into(),
+        CHECK.missing(
+            "no CAP_SYS_RESOURCE: ext4 cannot grow while mounted; resize restarts the instance briefly".into(),
             "run pgseal where root has CAP_SYS_RESOURCE (the host, or a container given that capability)".into(),
         )
     }
