@@ -43,17 +43,14 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     );
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
     let bench = pgbench(&h, "src-ep", "postgres", 50, 20);
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
+    h.start(
         "d1",
-        "--replica-identity-full",
-        // The follower is started below, by the kill test of its refresh.
-        "--no-follow",
-    ]);
+        &[
+            "--replica-identity-full",
+            // The follower is started below, by the kill test of its refresh.
+            "--no-follow",
+        ],
+    );
 
     // Schema changes while pgbench writes, each with rows that depend on it.
     src.exec("ALTER TABLE t ADD COLUMN flag int NOT NULL DEFAULT 7");

@@ -291,17 +291,7 @@ fn resume_never_reports_a_cutover_done_that_a_write_through_the_endpoint_disprov
     h.ok(&["endpoint", "create", "ep", "--instance", "src"]);
     // A port of its own: stopped, the target must find it free again.
     let port = free_port();
-    h.ok(&[
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "s1",
-        "--no-follow",
-        "--target-port",
-        &port,
-    ]);
+    h.start("s1", &["--no-follow", "--target-port", &port]);
     // Killed after the switch; the target then goes away before `resume` finishes it.
     let out = h.run_env(
         ("PGSEAL_FAILPOINT", "cutover:switched"),
