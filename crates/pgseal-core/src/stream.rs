@@ -31,6 +31,13 @@ impl Stream {
     pub fn reverse_name(&self) -> String {
         format!("{}_back", self.name)
     }
+
+    /// The short-lived publication on the target that gives the reverse subscription its
+    /// table list when it is made before the cutover's pause (every table the reverse
+    /// publication has but pgseal's own change log): made and dropped in one step.
+    pub fn reverse_list_name(&self) -> String {
+        format!("{}_list", self.name)
+    }
 }
 
 /// The longest part of a migration's name kept in its streams' names: a slot name has

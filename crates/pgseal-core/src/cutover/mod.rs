@@ -169,8 +169,9 @@ pub async fn cutover<P: Platform, S: Switch>(
     let run = journal.step_started(name, Step::Cutover)?;
     journal.set_phase(name, Phase::CuttingOver, None)?;
 
-    // The reverse publications and slots are made before the pause (a slot waits for the
-    // target's running transactions); inside it, only the subscriptions and their start.
+    // The reverse publications, slots and subscriptions are made before the pause (a slot
+    // waits for the target's running transactions, a subscription connects to the
+    // target); inside it, only the subscriptions' start.
     // What replication does not carry is carried whole before the pause too; inside it,
     // only what changed since.
     let carrying = carry_options(options);
@@ -197,10 +198,18 @@ pub async fn cutover<P: Platform, S: Switch>(
             &carrying,
         )
         .await?;
-        // How the source reaches each target database, looked up and the reverse
-        // subscriptions put on record before the pause; inside it, only their creation.
+        // How the source reaches each target database, looked up, and the reverse
+        // subscriptions put on record and made (disabled) before the pause; inside it,
+        // only their start.
         let reverse_to = if ready {
-            plan_reverse(platform, journal, &spec, &streams).await?
+            let conninfos = plan_reverse(platform, journal, &spec, &streams).await?;
+            subscribe_reverse(&streams, &conninfos, &sources.clients, &targets.clients).await?;
+            failpoint_at("cutover:reverse_subscribed");
+            if test_hook("wait-before-pause") {
+                // Room for a test's DDL between the subscriptions and the pause.
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+            conninfos
         } else {
             Vec::new()
         };
@@ -267,17 +276,18 @@ pub async fn cutover<P: Platform, S: Switch>(
         if let Some(last) = journal.outputs(name, Step::Validate)?
             && crate::validate::lets_cutover(&last)
         {
+            // The databases side by side, each on its own sessions.
+            let checks = streams.iter().enumerate().filter_map(|(i, s)| {
+                let horizon = last["horizons"][&s.database].as_i64()?;
+                let (source, target) = (&sources.clients[i], &targets.clients[i]);
+                Some(async move {
+                    let check = crate::validate::final_check(source, target, horizon).await?;
+                    Ok::<_, EngineError>((&s.database, check))
+                })
+            });
             let mut total = crate::validate::FinalCheck::default();
-            for (i, s) in streams.iter().enumerate() {
-                if let Some(horizon) = last["horizons"][&s.database].as_i64() {
-                    let check = crate::validate::final_check(
-                        &sources.clients[i],
-                        &targets.clients[i],
-                        horizon,
-                    )
-                    .await?;
-                    total.add(&s.database, check);
-                }
+            for (database, check) in futures_util::future::try_join_all(checks).await? {
+                total.add(database, check);
             }
             let (mismatched, keys, withheld) = (
                 total.mismatched_rows,
@@ -300,11 +310,15 @@ pub async fn cutover<P: Platform, S: Switch>(
             }
         }
         laps.lap("final_check");
-        for (i, s) in streams.iter().enumerate() {
-            crate::validate::drop_change_log(&targets.clients[i]).await?;
-            report.sequences.extend(
-                sync_sequences(&s.database, &sources.clients[i], &targets.clients[i]).await?,
-            );
+        let each = streams.iter().enumerate().map(|(i, s)| {
+            let (source, target) = (&sources.clients[i], &targets.clients[i]);
+            async move {
+                crate::validate::drop_change_log(target).await?;
+                sync_sequences(&s.database, source, target).await
+            }
+        });
+        for synced in futures_util::future::try_join_all(each).await? {
+            report.sequences.extend(synced);
         }
         laps.lap("sequences");
         let verified =
@@ -319,7 +333,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         laps.lap("carried");
         set_subscriptions(&targets.clients, &forward, false, "target").await?;
         if report.rollback_ready {
-            subscribe_reverse(&streams, &reverse_to, &sources.clients, &targets.clients).await?;
+            start_reverse(&streams, &reverse_to, &sources.clients, &targets.clients).await?;
         }
         laps.lap("reverse_setup");
         Ok::<(), EngineError>(())

@@ -1,6 +1,6 @@
 //! Replication from the target back to the source, for a rollback.
 
-use pgseal_pg::replication::{self};
+use pgseal_pg::replication::{self, quote_ident};
 use pgseal_platform::Platform;
 use tokio_postgres::Client;
 
@@ -8,10 +8,12 @@ use crate::error::{EngineError, platform_error, sql};
 use crate::journal::{Journal, MigrationSpec};
 use crate::steps::failpoint_at;
 use crate::stream::Stream;
+use crate::validate::CHANGE_LOG_SCHEMA;
 
 /// Sets up replication from the target back to the source for every stream, before the
 /// pause: publication and slot on the target. [`subscribe_reverse`] then makes the
-/// disabled subscription on the source inside the pause; `rollback` enables it. Returns
+/// disabled subscription on the source, [`start_reverse`] sets where it starts inside the
+/// pause, and `rollback` enables it. Returns
 /// false (and sets nothing up) when the target's `wal_level` is not logical.
 pub(super) async fn prepare_reverse(
     journal: &Journal,
@@ -79,16 +81,86 @@ pub(super) async fn plan_reverse<P: Platform>(
     Ok(conninfos)
 }
 
-/// Inside the pause, once the forward subscriptions are drained and disabled and the
-/// change logs dropped (a subscription takes the publication's table list as it is then):
-/// a disabled reverse subscription on the source for every stream (each reaching its
-/// target database by `conninfos`, from [`plan_reverse`]), started exactly at the switch
-/// point. Its replication origin is advanced to the target's current WAL position, so what
-/// the forward subscriptions applied on the target (since the reverse slot was made) is
-/// never sent back; what applications write after the switch is. (The slot's own start is
-/// earlier: a walsender starts at the later of the two.) The databases are set up side by
-/// side, each on its own sessions.
+/// Before the pause: a disabled reverse subscription on the source for every stream
+/// (each reaching its target database by `conninfos`, from [`plan_reverse`]), so that the
+/// pause holds no connection from the source to the target. A subscription takes its
+/// table list when it is made, and the reverse publication (all tables) still holds
+/// pgseal's change log, which the source does not have: the list comes from a short-lived
+/// publication of every other table ([`Stream::reverse_list_name`]), and the subscription
+/// is then pointed at the reverse publication without a refresh. [`start_reverse`] checks
+/// the list again inside the pause. The databases are set up side by side.
 pub(super) async fn subscribe_reverse(
+    streams: &[Stream],
+    conninfos: &[String],
+    sources: &[Client],
+    targets: &[Client],
+) -> Result<(), EngineError> {
+    let each = streams.iter().enumerate().map(|(i, s)| {
+        let (back, list) = (s.reverse_name(), s.reverse_list_name());
+        let (source, target, conninfo) = (&sources[i], &targets[i], &conninfos[i]);
+        async move {
+            // The names quoted by the target itself, by PostgreSQL's rules.
+            let tables: Option<String> = target
+                .query_one(
+                    "SELECT string_agg(format('%I.%I', schemaname, tablename), ', ') \
+                     FROM pg_publication_tables WHERE pubname = $1 AND schemaname <> $2",
+                    &[&back, &CHANGE_LOG_SCHEMA],
+                )
+                .await
+                .map_err(sql("target", "listing the reverse publication's tables"))?
+                .get(0);
+            let list_sql = quote_ident(&list);
+            target
+                .batch_execute(&format!(
+                    "DROP PUBLICATION IF EXISTS {list_sql}; CREATE PUBLICATION {list_sql}{}",
+                    tables
+                        .map(|t| format!(" FOR TABLE {t}"))
+                        .unwrap_or_default()
+                ))
+                .await
+                .map_err(sql(
+                    "target",
+                    "making the reverse subscription's table list",
+                ))?;
+            let made =
+                replication::create_subscription(source, &back, conninfo, &list, &back, false)
+                    .await
+                    .map_err(sql("source", "creating the reverse subscription"));
+            let dropped = replication::drop_publication(target, &list)
+                .await
+                .map_err(sql(
+                    "target",
+                    "dropping the reverse subscription's table list",
+                ));
+            made?;
+            dropped?;
+            source
+                .batch_execute(&format!(
+                    "ALTER SUBSCRIPTION {} SET PUBLICATION {} WITH (refresh = false)",
+                    quote_ident(&back),
+                    quote_ident(&back)
+                ))
+                .await
+                .map_err(sql(
+                    "source",
+                    "pointing the reverse subscription at its publication",
+                ))
+        }
+    });
+    futures_util::future::try_join_all(each).await?;
+    Ok(())
+}
+
+/// Inside the pause, once the forward subscriptions are drained and disabled and the
+/// change logs dropped: every reverse subscription (made by [`subscribe_reverse`]) set to
+/// start exactly at the switch point. Its replication origin is advanced to the target's
+/// current WAL position, so what the forward subscriptions applied on the target (since
+/// the reverse slot was made) is never sent back; what applications write after the
+/// switch is. (The slot's own start is earlier: a walsender starts at the later of the
+/// two.) Where a table came or went since the subscription was made (DDL replayed in
+/// between), the subscription is made again with the list as it is now. The databases
+/// are set up side by side, each on its own sessions.
+pub(super) async fn start_reverse(
     streams: &[Stream],
     conninfos: &[String],
     sources: &[Client],
@@ -103,9 +175,49 @@ pub(super) async fn subscribe_reverse(
         let (back, db) = (s.reverse_name(), &s.database);
         let (source, target, conninfo) = (&sources[i], &targets[i], &conninfos[i]);
         async move {
-            replication::create_subscription(source, &back, conninfo, &back, &back, false)
-                .await
-                .map_err(sql("source", "creating the reverse subscription"))?;
+            let (published, subscribed) = futures_util::future::try_join(
+                async {
+                    target
+                        .query_one(
+                            "SELECT coalesce(array_agg(format('%I.%I', schemaname, tablename)), '{}') \
+                             FROM pg_publication_tables WHERE pubname = $1",
+                            &[&back],
+                        )
+                        .await
+                        .map_err(sql("target", "listing the reverse publication's tables"))
+                },
+                async {
+                    source
+                        .query_one(
+                            "SELECT coalesce(array_agg(format('%I.%I', n.nspname, c.relname)), '{}') \
+                             FROM pg_subscription_rel r \
+                             JOIN pg_class c ON c.oid = r.srrelid \
+                             JOIN pg_namespace n ON n.oid = c.relnamespace \
+                             WHERE r.srsubid = (SELECT oid FROM pg_subscription WHERE subname = $1 \
+                               AND subdbid = (SELECT oid FROM pg_database \
+                                              WHERE datname = current_database()))",
+                            &[&back],
+                        )
+                        .await
+                        .map_err(sql("source", "listing the reverse subscription's tables"))
+                },
+            )
+            .await?;
+            // Compared as sets: the two servers may sort text differently.
+            let (mut published, mut subscribed): (Vec<String>, Vec<String>) =
+                (published.get(0), subscribed.get(0));
+            published.sort();
+            subscribed.sort();
+            if published != subscribed {
+                // A disabled subscription cannot be refreshed: made again instead.
+                tracing::info!(database = %db, subscription = %back, "the reverse subscription's tables changed since it was made: made again");
+                replication::drop_subscription(source, &back)
+                    .await
+                    .map_err(sql("source", "dropping the reverse subscription"))?;
+                replication::create_subscription(source, &back, conninfo, &back, &back, false)
+                    .await
+                    .map_err(sql("source", "creating the reverse subscription"))?;
+            }
             let advanced = source
                 .query_opt(
                     "SELECT pg_replication_origin_advance('pg_' || oid, $1) \
@@ -178,9 +290,11 @@ pub(super) async fn drop_reverse(
         replication::drop_slot(&targets[i], &back)
             .await
             .map_err(sql("target", "dropping the reverse slot"))?;
-        replication::drop_publication(&targets[i], &back)
-            .await
-            .map_err(sql("target", "dropping the reverse publication"))?;
+        for publication in [back.clone(), s.reverse_list_name()] {
+            replication::drop_publication(&targets[i], &publication)
+                .await
+                .map_err(sql("target", "dropping the reverse publication"))?;
+        }
         // The source captures again, the target replays.
         swap_ddl_roles((&sources[i], "source"), (&targets[i], "target")).await?;
         for kind in [

@@ -5,12 +5,19 @@ use tokio_postgres::Client;
 use super::report::*;
 use crate::error::{EngineError, sql};
 
-/// Sets every sequence of `from`'s database on `to`, and reads them back.
+/// How many sequences one statement reads at the most.
+const READ_AT_ONCE: usize = 1000;
+
+/// Sets every sequence of `from`'s database on `to`, and reads them back. However many
+/// sequences there are, it takes one statement to list them and one to read them all on
+/// `from` (a statement per thousand), and one to set them all on `to`: the pause grows
+/// with the work, not with round trips.
 pub(super) async fn sync_sequences(
     database: &str,
     from: &Client,
     to: &Client,
 ) -> Result<Vec<SequenceSync>, EngineError> {
+    // Quoted by PostgreSQL's rules on the side that holds them.
     let names: Vec<String> = from
         .query(
             "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1",
@@ -21,24 +28,46 @@ pub(super) async fn sync_sequences(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut synced = Vec::new();
-    for seq in names {
-        let row = from
-            .query_one(&format!("SELECT last_value, is_called FROM {seq}"), &[])
+    let mut read: Vec<(i64, bool)> = Vec::with_capacity(names.len());
+    for chunk in names.chunks(READ_AT_ONCE) {
+        // `last_value` and `is_called` as the sequence itself holds them (a sequence
+        // restarted or set with `is_called = false` keeps a value no view shows).
+        let statement = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, seq)| format!("SELECT {i} AS n, last_value, is_called FROM {seq}"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let rows: Vec<(i32, i64, bool)> = from
+            .query(&format!("{statement} ORDER BY n"), &[])
             .await
-            .map_err(sql("source", "reading a sequence"))?;
-        let (last_value, is_called): (i64, bool) = (row.get(0), row.get(1));
-        let back: i64 = to
-            .query_one(
-                "SELECT setval($1::text::regclass, $2, $3)",
-                &[&seq, &last_value, &is_called],
-            )
-            .await
-            .map_err(sql("target", "setting a sequence"))?
-            .get(0);
-        if back != last_value {
+            .map_err(sql("source", "reading the sequences"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        read.extend(rows.into_iter().map(|(_, value, called)| (value, called)));
+    }
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (values, called): (Vec<i64>, Vec<bool>) = read.iter().copied().unzip();
+    let back: Vec<i64> = to
+        .query(
+            "SELECT setval(t.seq::regclass, t.value, t.called) \
+             FROM unnest($1::text[], $2::int8[], $3::bool[]) WITH ORDINALITY \
+                  AS t(seq, value, called, n) ORDER BY t.n",
+            &[&names, &values, &called],
+        )
+        .await
+        .map_err(sql("target", "setting the sequences"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut synced = Vec::with_capacity(names.len());
+    for ((seq, (last_value, is_called)), set) in names.into_iter().zip(read).zip(back) {
+        if set != last_value {
             return Err(EngineError::Precondition(format!(
-                "sequence {seq} of {database} reads {back} after setting {last_value}"
+                "sequence {seq} of {database} reads {set} after setting {last_value}"
             )));
         }
         synced.push(SequenceSync {

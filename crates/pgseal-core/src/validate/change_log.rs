@@ -9,6 +9,9 @@ use crate::error::{EngineError, sql};
 /// `ENABLE ALWAYS` trigger (it fires for the apply worker too) on each validated table.
 pub(super) const CHANGE_LOG: &str = "pgseal_validate.changes";
 
+/// The schema of the change log (and of nothing else): on the target only.
+pub const CHANGE_LOG_SCHEMA: &str = "pgseal_validate";
+
 /// Installs (idempotently) the change log and its triggers on the target's tables and
 /// returns the log's current position (the horizon of a pass that starts now).
 pub(super) async fn install_change_log(

@@ -29,7 +29,7 @@ mod reread;
 mod shape;
 
 use change_log::*;
-pub use change_log::{change_log_present, drop_change_log};
+pub use change_log::{CHANGE_LOG_SCHEMA, change_log_present, drop_change_log};
 use chunks::*;
 pub use final_check::{FinalCheck, final_check, lets_cutover, merge_partial};
 pub use report::{
