@@ -801,6 +801,8 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
 
     // Everything acknowledged, before, during and after both switches, is on the source.
     assert_all_landed(&h, "src", &ledger, &run);
+    // (The fences ended the session opened before the cutover.)
+    let src = h.sql("src", "postgres");
     assert_eq!(src.count("SELECT last_value FROM invoice_no"), 11);
     assert_eq!(
         src.count("SELECT count(*) FROM \"late \"\"one\"\"\" WHERE id = 7"),
