@@ -58,35 +58,70 @@ pub(crate) async fn fence(
     dbs: &[String],
     keep: &[i32],
 ) -> Result<Fenced, EngineError> {
-    for db in dbs {
-        allow_connections(admin, db, false, "refusing new connections to the database").await?;
-    }
+    // Every database in one transaction: one commit, whatever their number.
+    allow_connections_all(
+        admin,
+        dbs,
+        false,
+        "refusing new connections to the databases",
+    )
+    .await?;
     let mut fenced = Fenced::default();
     let mut returns: HashMap<String, usize> = HashMap::new();
     let mut ended_pids = HashSet::new();
     loop {
-        let starting: i64 = admin
-            .query_one(STARTING_SESSIONS, &[&dbs, &keep])
-            .await
-            .map_err(sql("source", "listing sessions starting up"))?
-            .get(0);
-        let others = admin
-            .query(FENCED_SESSIONS, &[&dbs, &keep])
-            .await
-            .map_err(sql("source", "listing the databases' sessions"))?;
-        for row in &others {
-            let (pid, kind, db): (i32, Option<String>, Option<String>) =
-                (row.get(0), row.get(1), row.get(2));
-            // Ended already, still exiting: signalled once, counted once.
-            if !ended_pids.insert(pid) {
-                continue;
-            }
-            let kind = kind.unwrap_or_else(|| "backend".into());
-            let ended: bool = admin
-                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-                .await
-                .map_err(sql("source", "ending a session"))?
-                .get(0);
+        // The three reads are sent together and run in the order sent, each in its own
+        // transaction (the proof needs the starting sessions read before the others):
+        // one round trip.
+        let (starting, others, prepared) = tokio::try_join!(
+            async {
+                admin
+                    .query_one(STARTING_SESSIONS, &[&dbs, &keep])
+                    .await
+                    .map_err(sql("source", "listing sessions starting up"))
+            },
+            async {
+                admin
+                    .query(FENCED_SESSIONS, &[&dbs, &keep])
+                    .await
+                    .map_err(sql("source", "listing the databases' sessions"))
+            },
+            async {
+                admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_prepared_xacts WHERE database = ANY($1)",
+                        &[&dbs],
+                    )
+                    .await
+                    .map_err(sql("source", "counting prepared transactions"))
+            },
+        )?;
+        let (starting, prepared): (i64, i64) = (starting.get(0), prepared.get(0));
+        // Ended already, still exiting: signalled once, counted once.
+        let new: Vec<(i32, String, String)> = others
+            .iter()
+            .map(|row| {
+                let (pid, kind, db): (i32, Option<String>, Option<String>) =
+                    (row.get(0), row.get(1), row.get(2));
+                (
+                    pid,
+                    kind.unwrap_or_else(|| "backend".into()),
+                    db.unwrap_or_default(),
+                )
+            })
+            .filter(|(pid, _, _)| ended_pids.insert(*pid))
+            .collect();
+        // Every session signalled at once: one round trip however many there are.
+        let signalled =
+            futures_util::future::try_join_all(new.iter().map(|(pid, _, _)| async move {
+                admin
+                    .query_one("SELECT pg_terminate_backend($1)", &[pid])
+                    .await
+                    .map_err(sql("source", "ending a session"))
+                    .map(|row| row.get::<_, bool>(0))
+            }))
+            .await?;
+        for ((pid, kind, db), ended) in new.into_iter().zip(signalled) {
             if !ended {
                 continue;
             }
@@ -94,7 +129,6 @@ pub(crate) async fn fence(
                 fenced.sessions += 1;
                 continue;
             }
-            let db = db.unwrap_or_default();
             tracing::warn!(pid, backend_type = %kind, database = %db, "fence ended a background worker");
             fenced.workers.push(format!("{kind} {pid} ({db})"));
             let seen = returns.entry(format!("{kind} ({db})")).or_default();
@@ -106,14 +140,6 @@ pub(crate) async fn fence(
                 )));
             }
         }
-        let prepared: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_prepared_xacts WHERE database = ANY($1)",
-                &[&dbs],
-            )
-            .await
-            .map_err(sql("source", "counting prepared transactions"))?
-            .get(0);
         if prepared > 0 {
             return Err(EngineError::Precondition(format!(
                 "{prepared} prepared transaction(s) of the migrated databases wait for COMMIT PREPARED or ROLLBACK PREPARED; resolve them first"
@@ -122,15 +148,42 @@ pub(crate) async fn fence(
         if starting == 0 && others.is_empty() {
             return Ok(fenced);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A session signalled exits within a millisecond or so: look again soon.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
 pub(crate) async fn lift_fences(admin: &Client, dbs: &[String]) -> Result<(), EngineError> {
-    for db in dbs {
-        allow_connections(admin, db, true, "lifting the fence").await?;
+    allow_connections_all(admin, dbs, true, "lifting the fence").await
+}
+
+/// `ALTER DATABASE db ALLOW_CONNECTIONS allow` for every database of `dbs` in one
+/// transaction, from `admin` (a session on another database); `what` names the step in
+/// an error.
+pub(crate) async fn allow_connections_all(
+    admin: &Client,
+    dbs: &[String],
+    allow: bool,
+    what: &str,
+) -> Result<(), EngineError> {
+    if dbs.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let statements: String = dbs
+        .iter()
+        .map(|db| {
+            format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS {allow};",
+                quote_ident(db)
+            )
+        })
+        .collect();
+    admin
+        // One query string: PostgreSQL runs it as one implicit transaction, rolled back
+        // whole on an error (no transaction block left open on the session).
+        .batch_execute(&statements)
+        .await
+        .map_err(sql("source", what))
 }
 
 /// `ALTER DATABASE db ALLOW_CONNECTIONS allow`, from `admin` (a session on another

@@ -545,6 +545,14 @@ async fn event_trigger_exists(client: &Client, name: &str) -> Result<bool, tokio
 /// own: the capture's triggers are off for that transaction only, which no other session
 /// ever sees (catalog changes show at commit).
 pub async fn install_capture(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    install_capture_with(client, true).await
+}
+
+/// [`install_capture`], with the event triggers it makes left on (`enable_new`) or off.
+async fn install_capture_with(
+    client: &Client,
+    enable_new: bool,
+) -> Result<bool, tokio_postgres::Error> {
     if !capture_possible(client).await? {
         return Ok(false);
     }
@@ -574,6 +582,9 @@ pub async fn install_capture(client: &Client) -> Result<bool, tokio_postgres::Er
             sql.push_str(&format!(
                 "CREATE EVENT TRIGGER {name} ON {event} EXECUTE FUNCTION pgseal_ddl.{function}();\n"
             ));
+            if !enable_new {
+                sql.push_str(&format!("ALTER EVENT TRIGGER {name} DISABLE;\n"));
+            }
         }
     }
     for t in &enabled {
@@ -644,9 +655,25 @@ pub async fn install_replay(client: &Client) -> Result<bool, tokio_postgres::Err
 /// captured so far. False (nothing done) where no capture is installed or the role cannot
 /// make event triggers.
 pub async fn capture_here(client: &Client) -> Result<bool, tokio_postgres::Error> {
-    if !installed(client).await? || !install_capture(client).await? {
+    if !prepare_capture(client).await? {
         return Ok(false);
     }
+    capture_now(client).await?;
+    Ok(true)
+}
+
+/// The first half of [`capture_here`], for a switch that must hold as little as possible:
+/// the capture installed with its event triggers off, so the connected database still only
+/// replays. [`capture_now`] then makes it capture, in one statement string. False
+/// (nothing done) where no capture is installed or the role cannot make event triggers.
+pub async fn prepare_capture(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(installed(client).await? && install_capture_with(client, false).await?)
+}
+
+/// The second half of [`capture_here`], after [`prepare_capture`]: the capture's event
+/// triggers on, the replay trigger dropped and the id sequence set past every row
+/// captured so far, in one implicit transaction.
+pub async fn capture_now(client: &Client) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
             "ALTER EVENT TRIGGER {DROP_TRIGGER} ENABLE; ALTER EVENT TRIGGER {EVENT_TRIGGER} ENABLE; \
@@ -654,8 +681,61 @@ pub async fn capture_here(client: &Client) -> Result<bool, tokio_postgres::Error
              SELECT setval(pg_get_serial_sequence('{SCHEMA}.statements', 'id'), \
                            greatest((SELECT max(id) FROM {SCHEMA}.statements), 1))"
         ))
+        .await
+}
+
+/// The first half of [`install_replay`], for a switch that must hold as little as
+/// possible: the replay installed with its trigger off, so the connected database still
+/// captures (and its captured rows replay nothing here). [`replay_now`] then makes it
+/// replay, in one statement string. False (nothing done) where no capture is installed.
+pub async fn prepare_replay(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    if !installed(client).await? {
+        return Ok(false);
+    }
+    // The capture is off for this transaction only (one query string is one implicit
+    // transaction, and catalog changes show at commit): it would otherwise capture the
+    // replay's own GRANTs, which name no schema it could skip.
+    let enabled: Vec<String> = client
+        .query(
+            "SELECT quote_ident(evtname) FROM pg_event_trigger \
+             WHERE starts_with(evtname, $1) AND evtenabled = 'O'",
+            &[&TRIGGER_PREFIX],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let switch = |to: &str| -> String {
+        enabled
+            .iter()
+            .map(|t| format!("ALTER EVENT TRIGGER {t} {to};\n"))
+            .collect()
+    };
+    client
+        .batch_execute(&format!(
+            "{}{REPLAY}ALTER TABLE {SCHEMA}.statements DISABLE TRIGGER replay;\n{}",
+            switch("DISABLE"),
+            switch("ENABLE")
+        ))
         .await?;
     Ok(true)
+}
+
+/// The second half of [`install_replay`], after [`prepare_replay`]: pgseal's event
+/// triggers off and the replay trigger on, in one implicit transaction.
+pub async fn replay_now(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "DO $pgseal$ DECLARE t text; BEGIN \
+               FOR t IN SELECT quote_ident(evtname) FROM pg_event_trigger \
+                        WHERE starts_with(evtname, {prefix}) LOOP \
+                 EXECUTE 'ALTER EVENT TRIGGER ' || t || ' DISABLE'; \
+               END LOOP; \
+             END $pgseal$; \
+             ALTER TABLE {SCHEMA}.statements ENABLE ALWAYS TRIGGER replay",
+            prefix = crate::sql::quote_literal(TRIGGER_PREFIX),
+        ))
+        .await
 }
 
 /// pgseal's event triggers in the connected database (capture, drops, hold), their names

@@ -76,6 +76,14 @@ impl Switch for EndpointSwitch {
         pgseal_local::endpoint::unroutable(db)
     }
 
+    async fn ready(&self) -> Result<(), SwitchError> {
+        // `pgbouncer --version` (which settings its configuration may use) is asked once
+        // a process: here, not inside the pause, where pointing the endpoint needs it.
+        pgseal_local::endpoint::pgbouncer::PgBouncer::find()?;
+        self.info()?;
+        Ok(())
+    }
+
     async fn pause(&self) -> Result<(), SwitchError> {
         admin(&self.info()?, "PAUSE").await?;
         Ok(())

@@ -203,21 +203,25 @@ pub async fn cutover<P: Platform, S: Switch>(
         // only their start.
         let reverse_to = if ready {
             let conninfos = plan_reverse(platform, journal, &spec, &streams).await?;
-            subscribe_reverse(&streams, &conninfos, &sources.clients, &targets.clients).await?;
+            let swaps =
+                subscribe_reverse(&streams, &conninfos, &sources.clients, &targets.clients).await?;
             failpoint_at("cutover:reverse_subscribed");
             if test_hook("wait-before-pause") {
                 // Room for a test's DDL between the subscriptions and the pause.
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             }
-            conninfos
+            (conninfos, swaps)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         // The apply commits flushed from now on, so the drain inside the pause waits for
         // no WAL writer round (a failed cutover sets it back). Set last: flushing each
         // applied commit slows the apply, and the catch-up the verification above waits
         // for with it.
         set_flushed_apply(&targets.clients, &forward, true, "target").await?;
+        switch.ready().await.map_err(|e| {
+            EngineError::Precondition(format!("preparing {}: {e}", switch.describe()))
+        })?;
         Ok::<_, EngineError>((ready, carried, baseline, verified, checked, reverse_to))
     };
     let (baseline, checked, reverse_to) = match before_pause.await {
@@ -333,7 +337,15 @@ pub async fn cutover<P: Platform, S: Switch>(
         laps.lap("carried");
         set_subscriptions(&targets.clients, &forward, false, "target").await?;
         if report.rollback_ready {
-            start_reverse(&streams, &reverse_to, &sources.clients, &targets.clients).await?;
+            let (conninfos, swaps) = &reverse_to;
+            start_reverse(
+                &streams,
+                conninfos,
+                swaps,
+                &sources.clients,
+                &targets.clients,
+            )
+            .await?;
         }
         laps.lap("reverse_setup");
         Ok::<(), EngineError>(())

@@ -94,7 +94,7 @@ pub(super) async fn subscribe_reverse(
     conninfos: &[String],
     sources: &[Client],
     targets: &[Client],
-) -> Result<(), EngineError> {
+) -> Result<Vec<DdlSwap>, EngineError> {
     let each = streams.iter().enumerate().map(|(i, s)| {
         let (back, list) = (s.reverse_name(), s.reverse_list_name());
         let (source, target, conninfo) = (&sources[i], &targets[i], &conninfos[i]);
@@ -144,10 +144,58 @@ pub(super) async fn subscribe_reverse(
                 .map_err(sql(
                     "source",
                     "pointing the reverse subscription at its publication",
-                ))
+                ))?;
+            prepare_ddl_swap(source, target).await
         }
     });
-    futures_util::future::try_join_all(each).await?;
+    futures_util::future::try_join_all(each).await
+}
+
+/// Which halves of the DDL capture's swap a database makes at the switch (see
+/// [`prepare_ddl_swap`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct DdlSwap {
+    /// The source replays from the switch on.
+    replay: bool,
+    /// The target captures from the switch on.
+    capture: bool,
+}
+
+/// Before the pause, where the migration captures DDL: the source's replay and the
+/// target's capture installed but off, so that inside the pause each side changes role in
+/// one statement string ([`swap_ddl_now`]); until then the source captures and the target
+/// replays, as before.
+async fn prepare_ddl_swap(source: &Client, target: &Client) -> Result<DdlSwap, EngineError> {
+    let replay = pgseal_pg::ddl::prepare_replay(source)
+        .await
+        .map_err(sql("source", "installing the DDL replay"))?;
+    let capture = replay
+        && pgseal_pg::ddl::prepare_capture(target)
+            .await
+            .map_err(sql("target", "installing the DDL capture"))?;
+    Ok(DdlSwap { replay, capture })
+}
+
+/// Inside the pause, after [`prepare_ddl_swap`]: DDL on the target from the switch on
+/// travels back to the source (pgseal_pg::ddl), both sides changed at once.
+async fn swap_ddl_now(swap: DdlSwap, source: &Client, target: &Client) -> Result<(), EngineError> {
+    let replay = async {
+        if swap.replay {
+            pgseal_pg::ddl::replay_now(source)
+                .await
+                .map_err(sql("source", "turning the DDL replay on"))?;
+        }
+        Ok::<(), EngineError>(())
+    };
+    let capture = async {
+        if swap.capture {
+            pgseal_pg::ddl::capture_now(target)
+                .await
+                .map_err(sql("target", "turning the DDL capture on"))?;
+        }
+        Ok::<(), EngineError>(())
+    };
+    futures_util::future::try_join(replay, capture).await?;
     Ok(())
 }
 
@@ -163,6 +211,7 @@ pub(super) async fn subscribe_reverse(
 pub(super) async fn start_reverse(
     streams: &[Stream],
     conninfos: &[String],
+    swaps: &[DdlSwap],
     sources: &[Client],
     targets: &[Client],
 ) -> Result<(), EngineError> {
@@ -174,6 +223,7 @@ pub(super) async fn start_reverse(
     let each = streams.iter().enumerate().map(|(i, s)| {
         let (back, db) = (s.reverse_name(), &s.database);
         let (source, target, conninfo) = (&sources[i], &targets[i], &conninfos[i]);
+        let swap = swaps[i];
         async move {
             let (published, subscribed) = futures_util::future::try_join(
                 async {
@@ -232,8 +282,7 @@ pub(super) async fn start_reverse(
                     "the reverse subscription {back} is missing on the source's {db}"
                 )));
             }
-            // DDL on the target from the switch on travels back too (pgseal_pg::ddl).
-            swap_ddl_roles((target, "target"), (source, "source")).await
+            swap_ddl_now(swap, source, target).await
         }
     });
     futures_util::future::try_join_all(each).await?;

@@ -25,6 +25,11 @@ pub trait Switch: Sync {
         let _ = db;
         None
     }
+    /// Looks up, before the pause, whatever the switch would otherwise look up inside it
+    /// (a program's version, a configuration), so the pause holds only the switch itself.
+    fn ready(&self) -> impl Future<Output = Result<(), SwitchError>> + Send {
+        async { Ok(()) }
+    }
     /// Holds new transactions (waiting for running ones to end).
     fn pause(&self) -> impl Future<Output = Result<(), SwitchError>> + Send;
     /// Sends applications to the other side from now on, except for the databases in
