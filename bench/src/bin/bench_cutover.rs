@@ -12,8 +12,9 @@
 //! 3. endpoint mode over DATABASES databases: the ledger in `postgres` and pgbench TPC-B
 //!    (50 tx/s) through the endpoint into each other database, every one fenced, drained
 //!    and switched at each cutover (target: max <= 1 s, 0 client errors, 0 pgbench
-//!    failures); each cutover is rolled back after 3 s of writes on the target, measured
-//!    the same three ways, and the next round migrates the same source again. The parts
+//!    failures); pgbench's own per-transaction log (`-l`) gives its longest transaction
+//!    during each switch; each cutover is rolled back after 3 s of writes on the target,
+//!    measured the same ways, and the next round migrates the same source again. The parts
 //!    of both pauses (medians) are printed.
 //! 4. endpoint mode with large objects: 1,000 of 64 KiB on the source before the first
 //!    round, and pgbench writing 20 more a second through the endpoint (a custom script:
@@ -21,8 +22,11 @@
 //!    does: what its `carried` phase takes inside the pause and how many objects it copied
 //!    there, against mode 1's pause (target: the pause no more than 100 ms longer).
 //!
-//! Usage: `bench-cutover [ROUNDS] [RATE] [DATABASES]` (default 5, 200, 3), as root, from
-//! the workspace root. Run `bench/cutover`.
+//! With TABLES, each chain's first source also holds that many small tables (one row each)
+//! in `postgres`: the pause should not grow with the catalog.
+//!
+//! Usage: `bench-cutover [ROUNDS] [RATE] [DATABASES] [TABLES]` (default 5, 200, 3, 0), as
+//! root, from the workspace root. Run `bench/cutover`.
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -80,6 +84,9 @@ struct Chain {
     carried: Vec<(u64, u64)>,
     /// Each cutover's pause part by part (ms).
     phases: Vec<Vec<(String, f64)>>,
+    /// pgbench's longest transaction under way during each cutover (ms, its own
+    /// per-transaction log; 0 without pgbench).
+    pgbench_max: Vec<u64>,
     /// The rollback after each cutover, when the chain rolls back (measured as the
     /// cutover is).
     back: Back,
@@ -91,7 +98,40 @@ struct Back {
     pauses: Vec<u64>,
     waits: Vec<u64>,
     client_max: Vec<u64>,
+    pgbench_max: Vec<u64>,
     phases: Vec<Vec<(String, f64)>>,
+}
+
+/// Every transaction pgbench logged (`-l`) in `dir`: (start, end) in Unix µs. A line is
+/// `client transaction latency_us script epoch_s epoch_us [lag_us]`; the latency is from
+/// the transaction's scheduled start under `-R`, as the application waits for it.
+fn pgbench_latencies(dir: &std::path::Path) -> anyhow::Result<Vec<(u64, u64)>> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        for line in text.lines() {
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            if let [_, _, latency, _, seconds, micros, ..] = fields[..] {
+                let end = seconds * 1_000_000 + micros;
+                all.push((end.saturating_sub(latency), end));
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// The longest of pgbench's `transactions` under way between `from` and `to` (Unix ms),
+/// in ms rounded up; 0 when none was.
+fn longest_pgbench(transactions: &[(u64, u64)], from: u64, to: u64) -> u64 {
+    transactions
+        .iter()
+        .filter(|&&(start, end)| start <= to * 1000 && end >= from * 1000)
+        .map(|&(start, end)| (end - start).div_ceil(1000))
+        .max()
+        .unwrap_or(0)
 }
 
 /// A switch's pause part by part, as its report journaled it.
@@ -151,6 +191,9 @@ struct Mode {
     /// Each cutover rolled back after writes on the target: the next round migrates the
     /// same source again (otherwise it migrates the previous target).
     roll_back: bool,
+    /// Small tables (one row each) made in `postgres` beside the ledger's before the first
+    /// round: a catalog the pause must not grow with.
+    tables: u32,
 }
 
 /// Runs `rounds` migrations with cutover (and, by `mode`, rollback), through an endpoint or
@@ -167,9 +210,21 @@ fn chain(
         databases,
         large_objects,
         roll_back,
+        tables,
     } = mode;
     let first = format!("{label}0");
     b.json(&["instance", "create", &first, "--param", "wal_level=logical"])?;
+    if tables > 0 {
+        b.psql(
+            &first,
+            &format!(
+                "DO $$ BEGIN FOR i IN 1..{tables} LOOP \
+                   EXECUTE format('CREATE TABLE small_%s (id int PRIMARY KEY, v int); \
+                                   INSERT INTO small_%s VALUES (1, 1)', i, i); \
+                 END LOOP; END $$"
+            ),
+        )?;
+    }
     let (pool, size, per_second) = LARGE_OBJECTS;
     let script = b.home.join(format!("{label}-lo.sql"));
     if large_objects {
@@ -202,6 +257,8 @@ fn chain(
     let on: Vec<&str> = on.iter().map(String::as_str).collect();
     let workload = spawn_workload(b, &on, &ledger, rate, seconds)?;
     let mut benches = Vec::new();
+    let pgbench_logs = b.home.join(format!("{label}-pgbench"));
+    std::fs::create_dir_all(&pgbench_logs)?;
     if endpoint && !extra.is_empty() {
         let info = b.json(&["endpoint", "describe", &ep])?;
         let (dir, port) = (
@@ -216,6 +273,9 @@ fn chain(
             c.args([
                 "-n", "-c", "1", "-R", "50", "-h", &dir, "-p", &port, "-U", "postgres",
             ])
+            // One line per transaction: pgbench's own clock, no row values.
+            .arg("-l")
+            .arg(format!("--log-prefix={}", pgbench_logs.join(db).display()))
             .args(["-T", &seconds.to_string(), db])
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -344,11 +404,22 @@ fn chain(
             1
         };
     }
+    // (pgbench has written its logs once it has exited.)
+    let latencies = pgbench_latencies(&pgbench_logs)?;
+    let pgbench_max = windows
+        .iter()
+        .map(|&(from, to)| longest_pgbench(&latencies, from, to))
+        .collect();
+    back.pgbench_max = back_windows
+        .iter()
+        .map(|&(from, to)| longest_pgbench(&latencies, from, to))
+        .collect();
     if endpoint {
         let _ = b.pgseal(&["endpoint", "delete", &ep]).output();
     }
     let _ = b.pgseal(&["instance", "delete", &source, "--yes"]).output();
     Ok(Chain {
+        pgbench_max,
         pauses,
         waits,
         client_max,
@@ -388,6 +459,7 @@ fn main() -> anyhow::Result<()> {
     let rounds: usize = args.next_or(5)?;
     let rate: f64 = args.next_or(200.0)?;
     let databases: u32 = args.next_or(3)?;
+    let tables: u32 = args.next_or(0)?;
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
     let result = (|| {
@@ -395,6 +467,7 @@ fn main() -> anyhow::Result<()> {
             databases: 1,
             large_objects: false,
             roll_back: false,
+            tables,
         };
         let endpoint = chain(&b, "ep", true, rounds, rate, one)?;
         let hook = chain(&b, "hk", false, rounds, rate, one)?;
@@ -415,7 +488,7 @@ fn main() -> anyhow::Result<()> {
     b.remove_everything();
     let (ep, hk, many, lo) = result?;
     println!(
-        "cutover benchmark: {rounds} chained cutovers per mode, ledger workload at {rate} tx/s \
+        "cutover benchmark: {rounds} chained cutovers per mode, ledger workload at {rate} tx/s, {tables} extra tables \
          (client max: the ledger's longest transaction during each cutover, by its own clock; \
          0 = none took {} ms)",
         pgseal_workload::SLOW_MS
@@ -445,12 +518,17 @@ fn main() -> anyhow::Result<()> {
         many.pgbench.1
     );
     println!(
+        "    pgbench's longest transaction during each cutover (its own log): {}",
+        spread(&many.pgbench_max)
+    );
+    println!(
         "    its cutovers' parts (ms, median): {}",
         median_phases(&many.phases)
     );
     println!(
-        "    rolled back after each cutover: client max {} (target <= 1000); pgseal's timer {}; PgBouncer's longest wait {}; parts (ms, median): {}",
+        "    rolled back after each cutover: client max {} (target <= 1000); pgbench's longest transaction {}; pgseal's timer {}; PgBouncer's longest wait {}; parts (ms, median): {}",
         spread(&many.back.client_max),
+        spread(&many.back.pgbench_max),
         spread(&many.back.pauses),
         spread(&many.back.waits),
         median_phases(&many.back.phases)
@@ -501,6 +579,9 @@ fn main() -> anyhow::Result<()> {
             "databases_pgbench_processed": many.pgbench.0, "databases_pgbench_failed": many.pgbench.1,
             "rollback_pauses_ms": many.back.pauses, "rollback_client_wait_ms": many.back.waits,
             "rollback_client_max_ms": many.back.client_max,
+            "databases_pgbench_max_ms": many.pgbench_max,
+            "rollback_pgbench_max_ms": many.back.pgbench_max,
+            "tables": tables,
         })
     );
     Ok(())

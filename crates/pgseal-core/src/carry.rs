@@ -111,18 +111,23 @@ pub async fn since(
     sides: &Sides<'_>,
     baseline: Option<&Baseline>,
 ) -> Result<(Carried, Baseline), EngineError> {
+    // The databases side by side, each on its own sessions.
+    let each = sides.databases.iter().enumerate().map(|(i, db)| {
+        let (from, to) = (&sides.from[i], &sides.to[i]);
+        async move {
+            match baseline {
+                None => large_objects::sync(from, to).await,
+                Some(b) => {
+                    let since = b.marks.get(i).cloned().unwrap_or_default();
+                    large_objects::sync_changed(from, to, &since).await
+                }
+            }
+            .map_err(sides.lo_error(db))
+        }
+    });
     let mut reports = Vec::new();
     let mut next = Baseline::default();
-    for (i, db) in sides.databases.iter().enumerate() {
-        let (from, to) = (&sides.from[i], &sides.to[i]);
-        let (report, marks) = match baseline {
-            None => large_objects::sync(from, to).await,
-            Some(b) => {
-                let since = b.marks.get(i).cloned().unwrap_or_default();
-                large_objects::sync_changed(from, to, &since).await
-            }
-        }
-        .map_err(sides.lo_error(db))?;
+    for (report, marks) in futures_util::future::try_join_all(each).await? {
         reports.push(report);
         next.marks.push(marks);
     }

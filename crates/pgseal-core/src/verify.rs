@@ -197,25 +197,6 @@ impl Verifying {
         Ok(&self.report.databases[db])
     }
 
-    /// Adds database `db`'s sequences only, with the source fenced (its catalog was
-    /// verified before the pause and no DDL ran since): one behind counts.
-    async fn sequences(
-        &mut self,
-        db: &str,
-        source: &Client,
-        target: &Client,
-    ) -> Result<(), EngineError> {
-        let began = Instant::now();
-        let verified = DatabaseVerified {
-            sequences_behind: sequences_behind(source, target).await?,
-            sequences_count: true,
-            ..Default::default()
-        };
-        self.report.databases.insert(db.to_string(), verified);
-        self.spent += began.elapsed();
-        Ok(())
-    }
-
     /// Compares (and, where `carry` allows, first carries) the roles, memberships and the
     /// properties of `databases` (see [`globals`]).
     pub(crate) async fn globals(
@@ -258,12 +239,20 @@ async fn sequences_behind(
     source: &Client,
     target: &Client,
 ) -> Result<Vec<SequenceBehind>, EngineError> {
-    let s = catalog::sequence_positions(source)
-        .await
-        .map_err(sql("source", "reading the sequences"))?;
-    let t = catalog::sequence_positions(target)
-        .await
-        .map_err(sql("target", "reading the sequences"))?;
+    // Both sides' reads sent at once.
+    let (s, t) = futures_util::future::try_join(
+        async {
+            catalog::sequence_positions(source)
+                .await
+                .map_err(sql("source", "reading the sequences"))
+        },
+        async {
+            catalog::sequence_positions(target)
+                .await
+                .map_err(sql("target", "reading the sequences"))
+        },
+    )
+    .await?;
     Ok(catalog::sequences_behind(&s, &t))
 }
 
@@ -503,19 +492,46 @@ pub(crate) async fn fenced(
     databases: &[String],
     checked: &BTreeMap<String, i64>,
 ) -> Result<VerifyReport, EngineError> {
-    let mut verifying = Verifying::default();
-    for (i, db) in databases.iter().enumerate() {
-        let last = pgseal_pg::ddl::last_id(&sources[i])
+    let began = Instant::now();
+    // Every database side by side, each on its own sessions: what DDL each captured last,
+    // then, where nothing changed the catalog since it was verified, only its sequences.
+    let lasts = futures_util::future::try_join_all(sources.iter().map(|source| async move {
+        pgseal_pg::ddl::last_id(source)
             .await
-            .map_err(sql("source", "reading the captured DDL"))?;
-        if checked.get(db) == Some(&last) {
-            // Nothing changed the catalog since it was verified: only the sequences.
-            verifying.sequences(db, &sources[i], &targets[i]).await?;
-        } else {
-            verifying
-                .database(db, &sources[i], &targets[i], None, Sequences::Set, false)
-                .await?;
-        }
+            .map_err(sql("source", "reading the captured DDL"))
+    }))
+    .await?;
+    let unchanged = |i: &usize| checked.get(&databases[*i]) == Some(&lasts[*i]);
+    let (same, moved): (Vec<usize>, Vec<usize>) = (0..databases.len()).partition(unchanged);
+    let behind = futures_util::future::try_join_all(
+        same.iter()
+            .map(|&i| sequences_behind(&sources[i], &targets[i])),
+    )
+    .await?;
+    let mut verifying = Verifying::default();
+    for (i, sequences_behind) in same.into_iter().zip(behind) {
+        let verified = DatabaseVerified {
+            sequences_behind,
+            sequences_count: true,
+            ..Default::default()
+        };
+        verifying
+            .report
+            .databases
+            .insert(databases[i].clone(), verified);
+    }
+    verifying.spent += began.elapsed();
+    for i in moved {
+        verifying
+            .database(
+                &databases[i],
+                &sources[i],
+                &targets[i],
+                None,
+                Sequences::Set,
+                false,
+            )
+            .await?;
     }
     Ok(verifying.finish())
 }

@@ -314,16 +314,13 @@ pub async fn cutover<P: Platform, S: Switch>(
             }
         }
         laps.lap("final_check");
-        let each = streams.iter().enumerate().map(|(i, s)| {
-            let (source, target) = (&sources.clients[i], &targets.clients[i]);
-            async move {
-                crate::validate::drop_change_log(target).await?;
-                sync_sequences(&s.database, source, target).await
-            }
-        });
-        for synced in futures_util::future::try_join_all(each).await? {
-            report.sequences.extend(synced);
-        }
+        let change_logs = targets.clients.iter().map(crate::validate::drop_change_log);
+        let (_, synced) = futures_util::future::try_join(
+            futures_util::future::try_join_all(change_logs),
+            sync_all_sequences(&streams, &sources.clients, &targets.clients),
+        )
+        .await?;
+        report.sequences.extend(synced);
         laps.lap("sequences");
         let verified =
             crate::verify::fenced(&sources.clients, &targets.clients, &dbs, &checked).await?;

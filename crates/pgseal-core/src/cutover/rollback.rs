@@ -223,12 +223,9 @@ pub async fn rollback<P: Platform, S: Switch>(
                     laps.lap("fence");
                     drained = Some(drain(&back_sides, &backs, lsn).await?);
                     laps.lap("drain");
-                    for (i, s) in streams.iter().enumerate() {
-                        sequences.extend(
-                            sync_sequences(&s.database, &targets.clients[i], &opened.clients[i])
-                                .await?,
-                        );
-                    }
+                    sequences.extend(
+                        sync_all_sequences(&streams, &targets.clients, &opened.clients).await?,
+                    );
                     laps.lap("sequences");
                     set_subscriptions(&opened.clients, &backs, false, "source").await?;
                     laps.lap("reverse");

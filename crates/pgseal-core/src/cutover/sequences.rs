@@ -4,6 +4,7 @@ use tokio_postgres::Client;
 
 use super::report::*;
 use crate::error::{EngineError, sql};
+use crate::stream::Stream;
 
 /// How many sequences one statement reads at the most.
 const READ_AT_ONCE: usize = 1000;
@@ -12,7 +13,7 @@ const READ_AT_ONCE: usize = 1000;
 /// sequences there are, it takes one statement to list them and one to read them all on
 /// `from` (a statement per thousand), and one to set them all on `to`: the pause grows
 /// with the work, not with round trips.
-pub(super) async fn sync_sequences(
+async fn sync_sequences(
     database: &str,
     from: &Client,
     to: &Client,
@@ -78,4 +79,22 @@ pub(super) async fn sync_sequences(
         });
     }
     Ok(synced)
+}
+
+/// [`sync_sequences`] for every stream's database, side by side (each on its own sessions:
+/// `from[i]` and `to[i]` are the stream `streams[i]`'s).
+pub(super) async fn sync_all_sequences(
+    streams: &[Stream],
+    from: &[Client],
+    to: &[Client],
+) -> Result<Vec<SequenceSync>, EngineError> {
+    let each = streams
+        .iter()
+        .enumerate()
+        .map(|(i, s)| sync_sequences(&s.database, &from[i], &to[i]));
+    Ok(futures_util::future::try_join_all(each)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
 }

@@ -108,7 +108,8 @@ pub(super) async fn resume_forward(
 }
 
 /// `ALTER SUBSCRIPTION name clause` for each subscription of `names`, one per session of
-/// `clients`; an error names the side and what was being done.
+/// `clients` (each in its own database), all at once; an error names the side and what
+/// was being done.
 async fn alter_subscriptions(
     clients: &[Client],
     names: &[String],
@@ -116,14 +117,15 @@ async fn alter_subscriptions(
     role: &'static str,
     what: &'static str,
 ) -> Result<(), EngineError> {
-    for (client, name) in clients.iter().zip(names) {
+    let each = clients.iter().zip(names).map(|(client, name)| async move {
         client
             .batch_execute(&format!(
                 "ALTER SUBSCRIPTION {} {clause}",
                 quote_ident(name)
             ))
             .await
-            .map_err(sql(role, what))?;
-    }
+            .map_err(sql(role, what))
+    });
+    futures_util::future::try_join_all(each).await?;
     Ok(())
 }
