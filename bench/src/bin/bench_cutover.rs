@@ -213,7 +213,24 @@ fn chain(
         tables,
     } = mode;
     let first = format!("{label}0");
-    b.json(&["instance", "create", &first, "--param", "wal_level=logical"])?;
+    // A slot and a sender per database each way, an apply worker per database (the
+    // defaults, 10 and 4, hold four databases); the targets inherit them.
+    let (senders, workers) = (2 * databases + 2, databases + 2);
+    b.json(&[
+        "instance",
+        "create",
+        &first,
+        "--param",
+        "wal_level=logical",
+        "--param",
+        &format!("max_replication_slots={senders}"),
+        "--param",
+        &format!("max_wal_senders={senders}"),
+        "--param",
+        &format!("max_logical_replication_workers={workers}"),
+        "--param",
+        &format!("max_worker_processes={}", workers + 6),
+    ])?;
     if tables > 0 {
         b.psql(
             &first,

@@ -782,19 +782,28 @@ pub async fn remove(client: &Client) -> Result<bool, tokio_postgres::Error> {
     Ok(schema || !triggers.is_empty())
 }
 
+/// The number of the last captured statement the connected database holds (on a
+/// replaying side: the last one replayed, whose row arrives in the transaction that ran
+/// it); `None` where no capture is installed, `Some(0)` where none arrived yet.
+pub async fn held_id(client: &Client) -> Result<Option<i64>, tokio_postgres::Error> {
+    if !installed(client).await? {
+        return Ok(None);
+    }
+    Ok(Some(
+        client
+            .query_one(
+                "SELECT coalesce(max(id), 0) FROM pgseal_ddl.statements",
+                &[],
+            )
+            .await?
+            .get(0),
+    ))
+}
+
 /// The number of the last statement captured in the connected (source) database; 0 when
 /// none was (or the capture is not installed).
 pub async fn last_id(client: &Client) -> Result<i64, tokio_postgres::Error> {
-    if !installed(client).await? {
-        return Ok(0);
-    }
-    Ok(client
-        .query_one(
-            "SELECT coalesce(max(id), 0) FROM pgseal_ddl.statements",
-            &[],
-        )
-        .await?
-        .get(0))
+    Ok(held_id(client).await?.unwrap_or(0))
 }
 
 /// The tables (`schema.table`, as publications list them) of the statements `which`

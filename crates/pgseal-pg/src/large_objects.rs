@@ -12,9 +12,12 @@
 //!   which keeps the share of a cutover's pause spent on large objects to the objects
 //!   written since the sync before it.
 //!
-//! An object is copied whole, in one transaction on the other side (unlinked, made again
-//! under the same OID, written in 1 MiB pieces, its owner, privileges and comment set),
-//! so a copy cut short leaves the object as it was.
+//! An object is copied whole (unlinked, made again under the same OID, written in 1 MiB
+//! pieces, its owner, privileges and comment set), in transactions on the other side
+//! that commit after every 64 MiB or so, so a copy cut short leaves each object whole, old
+//! or new, and a cutover's pause pays one commit for its few objects, not one per object
+//! (`bench/cutover`: 33 objects of 64 KiB took 111–161 ms inside the pause at one commit
+//! each). Up to 16 objects are in flight at once, their reads and writes pipelined.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -247,54 +250,85 @@ fn metadata_statements(oid: Oid, want: &Metadata, have: Option<&Metadata>) -> Ve
     out
 }
 
-/// Copies object `oid` from `from` to `to` whole (see the module documentation), with
-/// `meta` its metadata on `from`; returns its bytes.
-async fn copy(
+/// How many objects are copied at once (their reads and writes pipelined on the two
+/// sessions); each holds at most one [`PIECE`] in memory.
+const AT_ONCE: usize = 16;
+
+/// How many bytes one transaction of [`copy_all`] copies before it commits (a first sync
+/// of many gigabytes keeps its progress in steps; a cutover's few objects take one).
+const COMMIT_EVERY: i64 = 64 << 20;
+
+/// Copies the objects `objects` (with their metadata) whole from `from` to `to`, in one
+/// transaction on `to` per [`COMMIT_EVERY`] bytes, [`AT_ONCE`] objects in flight at a
+/// time. Returns the bytes copied.
+async fn copy_all(
+    from: &Client,
+    to: &Client,
+    objects: &[(Oid, &Metadata)],
+) -> Result<i64, tokio_postgres::Error> {
+    let (mut bytes, mut uncommitted) = (0, None::<i64>);
+    for chunk in objects.chunks(AT_ONCE) {
+        if uncommitted.is_none() {
+            to.batch_execute("BEGIN").await?;
+        }
+        let each = chunk
+            .iter()
+            .map(|(oid, meta)| copy_one(from, to, *oid, meta));
+        let copied = match futures_util::future::try_join_all(each).await {
+            Ok(sizes) => sizes.into_iter().sum::<i64>(),
+            Err(e) => {
+                let _ = to.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        bytes += copied;
+        let pending = uncommitted.unwrap_or(0) + copied;
+        if pending >= COMMIT_EVERY {
+            to.batch_execute("COMMIT").await?;
+            uncommitted = None;
+        } else {
+            uncommitted = Some(pending);
+        }
+    }
+    if uncommitted.is_some() {
+        to.batch_execute("COMMIT").await?;
+    }
+    Ok(bytes)
+}
+
+/// Copies one object whole, inside the caller's transaction on `to`; returns its bytes.
+async fn copy_one(
     from: &Client,
     to: &Client,
     oid: Oid,
     meta: &Metadata,
 ) -> Result<i64, tokio_postgres::Error> {
-    to.batch_execute("BEGIN").await?;
-    let result = async {
-        to.execute(
-            "SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = $1",
-            &[&oid],
-        )
-        .await?;
-        to.execute("SELECT lo_create($1)", &[&oid]).await?;
-        let mut offset: i64 = 0;
-        loop {
-            let piece: Vec<u8> = from
-                .query_one("SELECT lo_get($1, $2, $3)", &[&oid, &offset, &PIECE])
-                .await?
-                .get(0);
-            if piece.is_empty() {
-                break;
-            }
-            to.execute("SELECT lo_put($1, $2, $3)", &[&oid, &offset, &piece])
-                .await?;
-            offset += piece.len() as i64;
-            if piece.len() < PIECE as usize {
-                break;
-            }
+    to.execute(
+        "SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = $1",
+        &[&oid],
+    )
+    .await?;
+    to.execute("SELECT lo_create($1)", &[&oid]).await?;
+    let mut offset: i64 = 0;
+    loop {
+        let piece: Vec<u8> = from
+            .query_one("SELECT lo_get($1, $2, $3)", &[&oid, &offset, &PIECE])
+            .await?
+            .get(0);
+        if piece.is_empty() {
+            break;
         }
-        for statement in metadata_statements(oid, meta, None) {
-            to.batch_execute(&statement).await?;
-        }
-        Ok::<i64, tokio_postgres::Error>(offset)
-    }
-    .await;
-    match result {
-        Ok(bytes) => {
-            to.batch_execute("COMMIT").await?;
-            Ok(bytes)
-        }
-        Err(e) => {
-            let _ = to.batch_execute("ROLLBACK").await;
-            Err(e)
+        to.execute("SELECT lo_put($1, $2, $3)", &[&oid, &offset, &piece])
+            .await?;
+        offset += piece.len() as i64;
+        if piece.len() < PIECE as usize {
+            break;
         }
     }
+    for statement in metadata_statements(oid, meta, None) {
+        to.batch_execute(&statement).await?;
+    }
+    Ok(offset)
 }
 
 /// Unlinks on `to` the objects `from` does not have and sets the metadata of those both
@@ -338,17 +372,18 @@ pub async fn sync(
     let want = inventory(from).await?;
     let have = inventory(to).await?;
     let mut report = SyncReport::default();
-    let mut copied = BTreeSet::new();
-    for (oid, object) in &want {
-        let same = have
-            .get(oid)
-            .is_some_and(|h| h.bytes == object.bytes && h.md5 == object.md5);
-        if !same {
-            report.bytes += copy(from, to, *oid, &object.metadata).await?;
-            report.copied += 1;
-            copied.insert(*oid);
-        }
-    }
+    let differ: Vec<(Oid, &Metadata)> = want
+        .iter()
+        .filter(|(oid, object)| {
+            !have
+                .get(oid)
+                .is_some_and(|h| h.bytes == object.bytes && h.md5 == object.md5)
+        })
+        .map(|(oid, object)| (*oid, &object.metadata))
+        .collect();
+    report.bytes = copy_all(from, to, &differ).await?;
+    report.copied = differ.len();
+    let copied: BTreeSet<Oid> = differ.iter().map(|(oid, _)| *oid).collect();
     let from_meta = want.iter().map(|(o, w)| (*o, w.metadata.clone())).collect();
     let to_meta = have.iter().map(|(o, h)| (*o, h.metadata.clone())).collect();
     settle_metadata(to, &from_meta, &to_meta, &copied, &mut report).await?;
@@ -368,15 +403,14 @@ pub async fn sync_changed(
     let from_meta = metadata(from).await?;
     let to_meta = metadata(to).await?;
     let mut report = SyncReport::default();
-    let mut copied = BTreeSet::new();
-    for (oid, meta) in &from_meta {
-        let changed = now.get(oid) != since.get(oid) || !to_meta.contains_key(oid);
-        if changed {
-            report.bytes += copy(from, to, *oid, meta).await?;
-            report.copied += 1;
-            copied.insert(*oid);
-        }
-    }
+    let changed: Vec<(Oid, &Metadata)> = from_meta
+        .iter()
+        .filter(|(oid, _)| now.get(oid) != since.get(oid) || !to_meta.contains_key(oid))
+        .map(|(oid, meta)| (*oid, meta))
+        .collect();
+    report.bytes = copy_all(from, to, &changed).await?;
+    report.copied = changed.len();
+    let copied: BTreeSet<Oid> = changed.iter().map(|(oid, _)| *oid).collect();
     settle_metadata(to, &from_meta, &to_meta, &copied, &mut report).await?;
     Ok((report, now))
 }

@@ -334,11 +334,11 @@ pub async fn cutover<P: Platform, S: Switch>(
         laps.lap("carried");
         set_subscriptions(&targets.clients, &forward, false, "target").await?;
         if report.rollback_ready {
-            let (conninfos, swaps) = &reverse_to;
+            let (conninfos, prepared) = &reverse_to;
             start_reverse(
                 &streams,
                 conninfos,
-                swaps,
+                prepared,
                 &sources.clients,
                 &targets.clients,
             )

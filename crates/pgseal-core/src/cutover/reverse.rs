@@ -94,11 +94,16 @@ pub(super) async fn subscribe_reverse(
     conninfos: &[String],
     sources: &[Client],
     targets: &[Client],
-) -> Result<Vec<DdlSwap>, EngineError> {
+) -> Result<Vec<Prepared>, EngineError> {
     let each = streams.iter().enumerate().map(|(i, s)| {
         let (back, list) = (s.reverse_name(), s.reverse_list_name());
         let (source, target, conninfo) = (&sources[i], &targets[i], &conninfos[i]);
         async move {
+            // Read before the list: DDL replayed after this read makes the pause compare
+            // the lists ([`start_reverse`]); none replayed lets it skip that.
+            let replayed = pgseal_pg::ddl::held_id(target)
+                .await
+                .map_err(sql("target", "reading the DDL replayed"))?;
             // The names quoted by the target itself, by PostgreSQL's rules.
             let tables: Option<String> = target
                 .query_one(
@@ -145,10 +150,23 @@ pub(super) async fn subscribe_reverse(
                     "source",
                     "pointing the reverse subscription at its publication",
                 ))?;
-            prepare_ddl_swap(source, target).await
+            Ok(Prepared {
+                swap: prepare_ddl_swap(source, target).await?,
+                replayed,
+            })
         }
     });
     futures_util::future::try_join_all(each).await
+}
+
+/// What [`subscribe_reverse`] readied in a database, for [`start_reverse`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Prepared {
+    /// The DDL capture's swap.
+    swap: DdlSwap,
+    /// The last captured statement the target had replayed when the subscription's
+    /// table list was read (`None` where the target has no DDL replay).
+    replayed: Option<i64>,
 }
 
 /// Which halves of the DDL capture's swap a database makes at the switch (see
@@ -211,7 +229,7 @@ async fn swap_ddl_now(swap: DdlSwap, source: &Client, target: &Client) -> Result
 pub(super) async fn start_reverse(
     streams: &[Stream],
     conninfos: &[String],
-    swaps: &[DdlSwap],
+    prepared: &[Prepared],
     sources: &[Client],
     targets: &[Client],
 ) -> Result<(), EngineError> {
@@ -223,50 +241,22 @@ pub(super) async fn start_reverse(
     let each = streams.iter().enumerate().map(|(i, s)| {
         let (back, db) = (s.reverse_name(), &s.database);
         let (source, target, conninfo) = (&sources[i], &targets[i], &conninfos[i]);
-        let swap = swaps[i];
+        let Prepared { swap, replayed } = prepared[i];
         async move {
-            let (published, subscribed) = futures_util::future::try_join(
-                async {
-                    target
-                        .query_one(
-                            "SELECT coalesce(array_agg(format('%I.%I', schemaname, tablename)), '{}') \
-                             FROM pg_publication_tables WHERE pubname = $1",
-                            &[&back],
-                        )
+            // Tables come and go by DDL, which the target replays: none replayed since the
+            // list was read, the list holds. Otherwise (or with no replay to tell) the
+            // lists are compared.
+            let unchanged = match replayed {
+                Some(then) => {
+                    pgseal_pg::ddl::held_id(target)
                         .await
-                        .map_err(sql("target", "listing the reverse publication's tables"))
-                },
-                async {
-                    source
-                        .query_one(
-                            "SELECT coalesce(array_agg(format('%I.%I', n.nspname, c.relname)), '{}') \
-                             FROM pg_subscription_rel r \
-                             JOIN pg_class c ON c.oid = r.srrelid \
-                             JOIN pg_namespace n ON n.oid = c.relnamespace \
-                             WHERE r.srsubid = (SELECT oid FROM pg_subscription WHERE subname = $1 \
-                               AND subdbid = (SELECT oid FROM pg_database \
-                                              WHERE datname = current_database()))",
-                            &[&back],
-                        )
-                        .await
-                        .map_err(sql("source", "listing the reverse subscription's tables"))
-                },
-            )
-            .await?;
-            // Compared as sets: the two servers may sort text differently.
-            let (mut published, mut subscribed): (Vec<String>, Vec<String>) =
-                (published.get(0), subscribed.get(0));
-            published.sort();
-            subscribed.sort();
-            if published != subscribed {
-                // A disabled subscription cannot be refreshed: made again instead.
-                tracing::info!(database = %db, subscription = %back, "the reverse subscription's tables changed since it was made: made again");
-                replication::drop_subscription(source, &back)
-                    .await
-                    .map_err(sql("source", "dropping the reverse subscription"))?;
-                replication::create_subscription(source, &back, conninfo, &back, &back, false)
-                    .await
-                    .map_err(sql("source", "creating the reverse subscription"))?;
+                        .map_err(sql("target", "reading the DDL replayed"))?
+                        == Some(then)
+                }
+                None => false,
+            };
+            if !unchanged {
+                recheck_reverse_tables(&back, db, conninfo, source, target).await?;
             }
             let advanced = source
                 .query_opt(
@@ -286,6 +276,63 @@ pub(super) async fn start_reverse(
         }
     });
     futures_util::future::try_join_all(each).await?;
+    Ok(())
+}
+
+/// Compares the reverse publication's tables on the target with the reverse subscription's
+/// on the source (after the change log is gone) and, where they differ (DDL replayed
+/// between the subscription and the pause made or dropped a table), makes the
+/// subscription again with the list as it is now: a disabled subscription cannot be
+/// refreshed.
+async fn recheck_reverse_tables(
+    back: &str,
+    db: &str,
+    conninfo: &str,
+    source: &Client,
+    target: &Client,
+) -> Result<(), EngineError> {
+    let (published, subscribed) = futures_util::future::try_join(
+        async {
+            target
+                .query_one(
+                    "SELECT coalesce(array_agg(format('%I.%I', schemaname, tablename)), '{}') \
+                     FROM pg_publication_tables WHERE pubname = $1",
+                    &[&back],
+                )
+                .await
+                .map_err(sql("target", "listing the reverse publication's tables"))
+        },
+        async {
+            source
+                .query_one(
+                    "SELECT coalesce(array_agg(format('%I.%I', n.nspname, c.relname)), '{}') \
+                     FROM pg_subscription_rel r \
+                     JOIN pg_class c ON c.oid = r.srrelid \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE r.srsubid = (SELECT oid FROM pg_subscription WHERE subname = $1 \
+                       AND subdbid = (SELECT oid FROM pg_database \
+                                      WHERE datname = current_database()))",
+                    &[&back],
+                )
+                .await
+                .map_err(sql("source", "listing the reverse subscription's tables"))
+        },
+    )
+    .await?;
+    // Compared as sets: the two servers may sort text differently.
+    let (mut published, mut subscribed): (Vec<String>, Vec<String>) =
+        (published.get(0), subscribed.get(0));
+    published.sort();
+    subscribed.sort();
+    if published != subscribed {
+        tracing::info!(database = %db, subscription = %back, "the reverse subscription's tables changed since it was made: made again");
+        replication::drop_subscription(source, back)
+            .await
+            .map_err(sql("source", "dropping the reverse subscription"))?;
+        replication::create_subscription(source, back, conninfo, back, back, false)
+            .await
+            .map_err(sql("source", "creating the reverse subscription"))?;
+    }
     Ok(())
 }
 
