@@ -25,6 +25,18 @@ pub struct Carried {
     pub globals: Vec<String>,
 }
 
+impl Carried {
+    /// Adds what a later pass carried.
+    pub fn add(&mut self, later: Carried) {
+        let (lo, more) = (&mut self.large_objects, later.large_objects);
+        lo.copied += more.copied;
+        lo.bytes += more.bytes;
+        lo.unlinked += more.unlinked;
+        lo.metadata += more.metadata;
+        self.globals.extend(later.globals);
+    }
+}
+
 /// [`SyncReport`] as the journal keeps it.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct LargeObjects {

@@ -187,7 +187,7 @@ pub async fn cutover<P: Platform, S: Switch>(
     let before_pause = async {
         let ready = prepare_reverse(journal, &spec, &streams, &targets.clients).await?;
         failpoint_at("cutover:reverse_prepared");
-        let (carried, baseline) = crate::carry::before_pause(&carry_sides).await?;
+        let (mut carried, baseline) = crate::carry::before_pause(&carry_sides).await?;
         // The catalog and what no row comparison sees, verified before anything pauses;
         // inside the pause, again where DDL ran since.
         let (verified, checked) = verify_before_pause(
@@ -214,6 +214,10 @@ pub async fn cutover<P: Platform, S: Switch>(
         } else {
             (Vec::new(), Vec::new())
         };
+        // What applications wrote outside replication while all the above ran (seconds of
+        // large objects), carried once more: the pause carries only what comes after.
+        let (again, baseline) = crate::carry::since(&carry_sides, Some(&baseline)).await?;
+        carried.add(again);
         // The apply commits flushed from now on, so the drain inside the pause waits for
         // no WAL writer round (a failed cutover sets it back). Set last: flushing each
         // applied commit slows the apply, and the catch-up the verification above waits
