@@ -123,6 +123,14 @@ fn pgbench_latencies(dir: &std::path::Path) -> anyhow::Result<Vec<(u64, u64)>> {
     Ok(all)
 }
 
+/// `longest` of each switch's window (from, to: Unix ms), in order.
+fn per_window(windows: &[(u64, u64)], longest: impl Fn(u64, u64) -> u64) -> Vec<u64> {
+    windows
+        .iter()
+        .map(|&(from, to)| longest(from, to))
+        .collect()
+}
+
 /// The longest of pgbench's `transactions` under way between `from` and `to` (Unix ms),
 /// in ms rounded up; 0 when none was.
 fn longest_pgbench(transactions: &[(u64, u64)], from: u64, to: u64) -> u64 {
@@ -401,14 +409,8 @@ fn chain(
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let slow: Vec<pgseal_workload::SlowTransaction> =
         serde_json::from_value(summary["slow_transactions"].clone()).unwrap_or_default();
-    let client_max = windows
-        .iter()
-        .map(|&(from, to)| longest_during(&slow, from, to))
-        .collect();
-    back.client_max = back_windows
-        .iter()
-        .map(|&(from, to)| longest_during(&slow, from, to))
-        .collect();
+    let client_max = per_window(&windows, |from, to| longest_during(&slow, from, to));
+    back.client_max = per_window(&back_windows, |from, to| longest_during(&slow, from, to));
     let mut pgbench = (0, 0);
     for child in benches {
         let out = child.wait_with_output()?;
@@ -423,14 +425,10 @@ fn chain(
     }
     // (pgbench has written its logs once it has exited.)
     let latencies = pgbench_latencies(&pgbench_logs)?;
-    let pgbench_max = windows
-        .iter()
-        .map(|&(from, to)| longest_pgbench(&latencies, from, to))
-        .collect();
-    back.pgbench_max = back_windows
-        .iter()
-        .map(|&(from, to)| longest_pgbench(&latencies, from, to))
-        .collect();
+    let pgbench_max = per_window(&windows, |from, to| longest_pgbench(&latencies, from, to));
+    back.pgbench_max = per_window(&back_windows, |from, to| {
+        longest_pgbench(&latencies, from, to)
+    });
     if endpoint {
         let _ = b.pgseal(&["endpoint", "delete", &ep]).output();
     }

@@ -197,23 +197,35 @@ async fn prepare_ddl_swap(source: &Client, target: &Client) -> Result<DdlSwap, E
 /// Inside the pause, after [`prepare_ddl_swap`]: DDL on the target from the switch on
 /// travels back to the source (pgseal_pg::ddl), both sides changed at once.
 async fn swap_ddl_now(swap: DdlSwap, source: &Client, target: &Client) -> Result<(), EngineError> {
-    let replay = async {
-        if swap.replay {
-            pgseal_pg::ddl::replay_now(source)
-                .await
-                .map_err(sql("source", "turning the DDL replay on"))?;
-        }
-        Ok::<(), EngineError>(())
-    };
-    let capture = async {
-        if swap.capture {
-            pgseal_pg::ddl::capture_now(target)
-                .await
-                .map_err(sql("target", "turning the DDL capture on"))?;
-        }
-        Ok::<(), EngineError>(())
-    };
-    futures_util::future::try_join(replay, capture).await?;
+    futures_util::future::try_join(
+        flip_if(
+            swap.replay,
+            pgseal_pg::ddl::replay_now(source),
+            "source",
+            "turning the DDL replay on",
+        ),
+        flip_if(
+            swap.capture,
+            pgseal_pg::ddl::capture_now(target),
+            "target",
+            "turning the DDL capture on",
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs `flip` where `on` (a future does nothing until awaited); an error names the side
+/// and the step (`role`, `what`).
+async fn flip_if(
+    on: bool,
+    flip: impl std::future::Future<Output = Result<(), tokio_postgres::Error>>,
+    role: &'static str,
+    what: &'static str,
+) -> Result<(), EngineError> {
+    if on {
+        flip.await.map_err(sql(role, what))?;
+    }
     Ok(())
 }
 
