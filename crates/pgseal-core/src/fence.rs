@@ -59,7 +59,7 @@ pub(crate) async fn fence(
     keep: &[i32],
 ) -> Result<Fenced, EngineError> {
     // Every database in one transaction: one commit, whatever their number.
-    allow_connections_all(
+    allow_connections(
         admin,
         dbs,
         false,
@@ -154,13 +154,13 @@ pub(crate) async fn fence(
 }
 
 pub(crate) async fn lift_fences(admin: &Client, dbs: &[String]) -> Result<(), EngineError> {
-    allow_connections_all(admin, dbs, true, "lifting the fence").await
+    allow_connections(admin, dbs, true, "lifting the fence").await
 }
 
 /// `ALTER DATABASE db ALLOW_CONNECTIONS allow` for every database of `dbs` in one
 /// transaction, from `admin` (a session on another database); `what` names the step in
 /// an error.
-pub(crate) async fn allow_connections_all(
+pub(crate) async fn allow_connections(
     admin: &Client,
     dbs: &[String],
     allow: bool,
@@ -186,23 +186,6 @@ pub(crate) async fn allow_connections_all(
         .map_err(sql("source", what))
 }
 
-/// `ALTER DATABASE db ALLOW_CONNECTIONS allow`, from `admin` (a session on another
-/// database); `what` names the step in an error.
-pub(crate) async fn allow_connections(
-    admin: &Client,
-    db: &str,
-    allow: bool,
-    what: &str,
-) -> Result<(), EngineError> {
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
-            quote_ident(db)
-        ))
-        .await
-        .map_err(sql("source", what))
-}
-
 /// A session on the source's database `db` however it is fenced: the fence is lifted for
 /// a moment, pgseal connects, the fence is closed again at once and anyone else who
 /// slipped in is ended. Returns pgseal's session, with the fence in place.
@@ -212,12 +195,13 @@ pub(crate) async fn slip_in<P: Platform>(
     admin: &Client,
     db: &str,
 ) -> Result<Client, EngineError> {
-    allow_connections(admin, db, true, "lifting the fence").await?;
+    let one = [db.to_string()];
+    lift_fences(admin, &one).await?;
     let source = connect_source_db(platform, spec, db).await;
-    allow_connections(admin, db, false, "fencing the database again").await?;
+    allow_connections(admin, &one, false, "fencing the database again").await?;
     let source = source?;
     let own = backend_pid(&source, "source").await?;
-    fence(admin, &[db.to_string()], &[own]).await?;
+    fence(admin, &one, &[own]).await?;
     Ok(source)
 }
 

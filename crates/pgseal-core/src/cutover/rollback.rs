@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::report::*;
 use crate::error::{EngineError, sql};
-use crate::fence::{admin_session, allow_connections_all, fence, lift_fences, slip_in};
+use crate::fence::{admin_session, allow_connections, fence, lift_fences, slip_in};
 use crate::handle::Handle;
 use crate::journal::{INSTANCE, Phase};
 use crate::sessions::streams_of;
@@ -261,7 +261,7 @@ pub async fn rollback<P: Platform, S: Switch>(
             if let Some(opened) = &sources {
                 let _ = set_subscriptions(&opened.clients, &backs, false, "source").await;
             }
-            allow_connections_all(&source_admin, &dbs, false, "fencing the source again").await?;
+            allow_connections(&source_admin, &dbs, false, "fencing the source again").await?;
             lift_fences(&target_admin, &dbs).await?;
             for db in &dbs {
                 journal.remove_resource(name, "target_fence", db, db)?;
