@@ -223,9 +223,10 @@ pub async fn cutover<P: Platform, S: Switch>(
         // applied commit slows the apply, and the catch-up the verification above waits
         // for with it.
         set_flushed_apply(&targets.clients, &forward, true, "target").await?;
-        switch.ready().await.map_err(|e| {
-            EngineError::Precondition(format!("preparing {}: {e}", switch.describe()))
-        })?;
+        switch
+            .ready()
+            .await
+            .map_err(switch_failed(switch, "preparing"))?;
         Ok::<_, EngineError>((ready, carried, baseline, verified, checked, reverse_to))
     };
     let (baseline, checked, reverse_to) = match before_pause.await {
@@ -250,9 +251,10 @@ pub async fn cutover<P: Platform, S: Switch>(
     let paused = Instant::now();
     let mut laps = Laps::start();
     let before_switch = async {
-        switch.pause().await.map_err(|e| {
-            EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
-        })?;
+        switch
+            .pause()
+            .await
+            .map_err(switch_failed(switch, "pausing"))?;
         laps.lap("pause");
         for db in &dbs {
             journal.add_resource(name, "fence", db, db)?;
@@ -386,9 +388,7 @@ pub async fn cutover<P: Platform, S: Switch>(
             )));
         }
         journal.set_phase(name, Phase::Replicating, None)?;
-        resumed.map_err(|e| {
-            EngineError::Precondition(format!("resuming {}: {e}", switch.describe()))
-        })?;
+        resumed.map_err(switch_failed(switch, "resuming"))?;
         return Err(error);
     }
 

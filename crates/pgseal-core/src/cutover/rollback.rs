@@ -190,9 +190,10 @@ pub async fn rollback<P: Platform, S: Switch>(
                 // pause is left only what arrives after this point.
                 let lsn = flushed_barrier(&targets.clients[0], "target").await?;
                 drain(&back_sides, &backs, lsn).await?;
-                switch.ready().await.map_err(|e| {
-                    EngineError::Precondition(format!("preparing {}: {e}", switch.describe()))
-                })?;
+                switch
+                    .ready()
+                    .await
+                    .map_err(switch_failed(switch, "preparing"))?;
                 Ok::<(), EngineError>(())
             };
             let start_limit = REVERSE_START_PER_DATABASE * dbs.len() as u32 + timeout;
@@ -211,9 +212,10 @@ pub async fn rollback<P: Platform, S: Switch>(
                 laps = Laps::start();
                 paused = Some(Instant::now());
                 let in_pause = async {
-                    switch.pause().await.map_err(|e| {
-                        EngineError::Precondition(format!("pausing {}: {e}", switch.describe()))
-                    })?;
+                    switch
+                        .pause()
+                        .await
+                        .map_err(switch_failed(switch, "pausing"))?;
                     laps.lap("pause");
                     failpoint_at("rollback:paused");
                     fence(&target_admin, &dbs, &targets.pids).await?;
@@ -277,9 +279,7 @@ pub async fn rollback<P: Platform, S: Switch>(
         };
         journal.step_failed(run, &crate::error::error_chain(&error))?;
         undo?;
-        resumed.map_err(|e| {
-            EngineError::Precondition(format!("resuming {}: {e}", switch.describe()))
-        })?;
+        resumed.map_err(switch_failed(switch, "resuming"))?;
         return Err(error);
     }
     journal.add_resource(name, "switched_back", INSTANCE, &spec.source)?;

@@ -75,6 +75,15 @@ impl Laps {
     }
 }
 
+/// What an error of `switch` becomes while `doing` something with it (`pausing`,
+/// `resuming`, ...): the step, the switch, and the switch's own error.
+pub(super) fn switch_failed<'a, S: Switch>(
+    switch: &'a S,
+    doing: &'a str,
+) -> impl FnOnce(SwitchError) -> EngineError + 'a {
+    move |e| EngineError::Precondition(format!("{doing} {}: {e}", switch.describe()))
+}
+
 /// Points the switch at the other side (`to`, for messages) but for the databases in
 /// `stay`, resumes it, and makes the first write through it; `point` is the failpoint
 /// between pointing and resuming. Returns the longest client wait in milliseconds, when
@@ -86,24 +95,24 @@ pub(super) async fn switch_over<S: Switch>(
     point: &str,
     laps: &mut Laps,
 ) -> Result<Option<u64>, EngineError> {
-    let failed = |what: &str, e: SwitchError| {
-        EngineError::Precondition(format!("{what} {}: {e}", switch.describe()))
-    };
     let waited = switch.longest_client_wait().await;
     let read_at = Instant::now();
     switch
         .point_to_target(stay)
         .await
-        .map_err(|e| failed(&format!("pointing at the {to}:"), e))?;
+        .map_err(switch_failed(switch, &format!("pointing at the {to}:")))?;
     laps.lap("switch");
     failpoint_at(point);
-    switch.resume().await.map_err(|e| failed("resuming", e))?;
+    switch
+        .resume()
+        .await
+        .map_err(switch_failed(switch, "resuming"))?;
     laps.lap("resume");
     let client_wait = waited.map(|w| (w + read_at.elapsed()).as_millis() as u64);
     switch
         .probe_write()
         .await
-        .map_err(|e| failed("the first write failed through", e))?;
+        .map_err(switch_failed(switch, "the first write failed through"))?;
     laps.lap("first_write");
     Ok(client_wait)
 }
