@@ -556,19 +556,9 @@ async fn install_capture_with(
     if !capture_possible(client).await? {
         return Ok(false);
     }
-    let enabled: Vec<String> = client
-        .query(
-            "SELECT evtname::text FROM pg_event_trigger WHERE evtname = ANY($1) AND evtenabled = 'O'",
-            &[&[DROP_TRIGGER, EVENT_TRIGGER].as_slice()],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let enabled = enabled_triggers(client).await?;
     let mut sql = String::from("BEGIN;\n");
-    for t in &enabled {
-        sql.push_str(&format!("ALTER EVENT TRIGGER {t} DISABLE;\n"));
-    }
+    sql.push_str(&alter_triggers(&enabled, "DISABLE"));
     sql.push_str(TABLE);
     sql.push_str(STATEMENT_HEADS);
     sql.push_str(TABLES_OF);
@@ -587,9 +577,7 @@ async fn install_capture_with(
             }
         }
     }
-    for t in &enabled {
-        sql.push_str(&format!("ALTER EVENT TRIGGER {t} ENABLE;\n"));
-    }
+    sql.push_str(&alter_triggers(&enabled, "ENABLE"));
     sql.push_str("COMMIT;");
     client.batch_execute(&sql).await?;
     Ok(true)
@@ -636,15 +624,10 @@ pub async fn held(client: &Client) -> Result<bool, tokio_postgres::Error> {
 /// capture or hold nothing itself: its event triggers, copied with a snapshot, are
 /// disabled); a no-op where the source had no capture.
 pub async fn install_replay(client: &Client) -> Result<bool, tokio_postgres::Error> {
-    if !installed(client).await? {
+    if !prepare_replay(client).await? {
         return Ok(false);
     }
-    let disable: String = pgseal_triggers(client)
-        .await?
-        .iter()
-        .map(|t| format!("ALTER EVENT TRIGGER {t} DISABLE; "))
-        .collect();
-    client.batch_execute(&format!("{disable}{REPLAY}")).await?;
+    replay_now(client).await?;
     Ok(true)
 }
 
@@ -695,7 +678,21 @@ pub async fn prepare_replay(client: &Client) -> Result<bool, tokio_postgres::Err
     // The capture is off for this transaction only (one query string is one implicit
     // transaction, and catalog changes show at commit): it would otherwise capture the
     // replay's own GRANTs, which name no schema it could skip.
-    let enabled: Vec<String> = client
+    let enabled = enabled_triggers(client).await?;
+    client
+        .batch_execute(&format!(
+            "{}{REPLAY}ALTER TABLE {SCHEMA}.statements DISABLE TRIGGER replay;\n{}",
+            alter_triggers(&enabled, "DISABLE"),
+            alter_triggers(&enabled, "ENABLE")
+        ))
+        .await?;
+    Ok(true)
+}
+
+/// pgseal's event triggers that are on in the connected database, their names quoted:
+/// what a transaction that must capture nothing of its own turns off and on again.
+async fn enabled_triggers(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
         .query(
             "SELECT quote_ident(evtname) FROM pg_event_trigger \
              WHERE starts_with(evtname, $1) AND evtenabled = 'O'",
@@ -704,21 +701,15 @@ pub async fn prepare_replay(client: &Client) -> Result<bool, tokio_postgres::Err
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect();
-    let switch = |to: &str| -> String {
-        enabled
-            .iter()
-            .map(|t| format!("ALTER EVENT TRIGGER {t} {to};\n"))
-            .collect()
-    };
-    client
-        .batch_execute(&format!(
-            "{}{REPLAY}ALTER TABLE {SCHEMA}.statements DISABLE TRIGGER replay;\n{}",
-            switch("DISABLE"),
-            switch("ENABLE")
-        ))
-        .await?;
-    Ok(true)
+        .collect())
+}
+
+/// `ALTER EVENT TRIGGER t DISABLE` (or `ENABLE`, `to`) for each of `triggers` (quoted).
+fn alter_triggers(triggers: &[String], to: &str) -> String {
+    triggers
+        .iter()
+        .map(|t| format!("ALTER EVENT TRIGGER {t} {to};\n"))
+        .collect()
 }
 
 /// The second half of [`install_replay`], after [`prepare_replay`]: pgseal's event
