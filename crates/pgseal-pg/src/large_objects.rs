@@ -331,6 +331,26 @@ async fn copy_one(
     Ok(offset)
 }
 
+/// Copies `objects` whole from `from` to `to`, then unlinks what `from` no longer has and
+/// settles the metadata of the rest (`from_meta`, `to_meta`: each side's before the
+/// copy); what [`sync`] and [`sync_changed`] both end with.
+async fn copy_and_settle(
+    from: &Client,
+    to: &Client,
+    objects: &[(Oid, &Metadata)],
+    from_meta: &BTreeMap<Oid, Metadata>,
+    to_meta: &BTreeMap<Oid, Metadata>,
+) -> Result<SyncReport, tokio_postgres::Error> {
+    let mut report = SyncReport {
+        bytes: copy_all(from, to, objects).await?,
+        copied: objects.len(),
+        ..Default::default()
+    };
+    let copied: BTreeSet<Oid> = objects.iter().map(|(oid, _)| *oid).collect();
+    settle_metadata(to, from_meta, to_meta, &copied, &mut report).await?;
+    Ok(report)
+}
+
 /// Unlinks on `to` the objects `from` does not have and sets the metadata of those both
 /// have where it differs (`from_meta`, `to_meta`: each side's, `skip`: objects copied
 /// whole anyway).
@@ -371,7 +391,6 @@ pub async fn sync(
     let before = marks(from).await?;
     let want = inventory(from).await?;
     let have = inventory(to).await?;
-    let mut report = SyncReport::default();
     let differ: Vec<(Oid, &Metadata)> = want
         .iter()
         .filter(|(oid, object)| {
@@ -381,12 +400,9 @@ pub async fn sync(
         })
         .map(|(oid, object)| (*oid, &object.metadata))
         .collect();
-    report.bytes = copy_all(from, to, &differ).await?;
-    report.copied = differ.len();
-    let copied: BTreeSet<Oid> = differ.iter().map(|(oid, _)| *oid).collect();
     let from_meta = want.iter().map(|(o, w)| (*o, w.metadata.clone())).collect();
     let to_meta = have.iter().map(|(o, h)| (*o, h.metadata.clone())).collect();
-    settle_metadata(to, &from_meta, &to_meta, &copied, &mut report).await?;
+    let report = copy_and_settle(from, to, &differ, &from_meta, &to_meta).await?;
     Ok((report, before))
 }
 
@@ -402,16 +418,12 @@ pub async fn sync_changed(
     let now = marks(from).await?;
     let from_meta = metadata(from).await?;
     let to_meta = metadata(to).await?;
-    let mut report = SyncReport::default();
     let changed: Vec<(Oid, &Metadata)> = from_meta
         .iter()
         .filter(|(oid, _)| now.get(oid) != since.get(oid) || !to_meta.contains_key(oid))
         .map(|(oid, meta)| (*oid, meta))
         .collect();
-    report.bytes = copy_all(from, to, &changed).await?;
-    report.copied = changed.len();
-    let copied: BTreeSet<Oid> = changed.iter().map(|(oid, _)| *oid).collect();
-    settle_metadata(to, &from_meta, &to_meta, &copied, &mut report).await?;
+    let report = copy_and_settle(from, to, &changed, &from_meta, &to_meta).await?;
     Ok((report, now))
 }
 
