@@ -29,6 +29,9 @@ async fn sync_sequences(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut read: Vec<(i64, bool)> = Vec::with_capacity(names.len());
     for chunk in names.chunks(READ_AT_ONCE) {
         // `last_value` and `is_called` as the sequence itself holds them (a sequence
@@ -47,9 +50,6 @@ async fn sync_sequences(
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
         read.extend(rows.into_iter().map(|(_, value, called)| (value, called)));
-    }
-    if names.is_empty() {
-        return Ok(Vec::new());
     }
     let (values, called): (Vec<i64>, Vec<bool>) = read.iter().copied().unzip();
     let back: Vec<i64> = to
