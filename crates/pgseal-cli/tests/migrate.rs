@@ -665,32 +665,37 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
         let text = String::from_utf8_lossy(&h.ok(&["migrate", "resume", "c2"]).stdout).to_string();
         assert!(text.contains("undone"), "{point}: {text}");
         assert_eq!(allowed(), "true,true,true", "{point}");
-        assert_eq!(
-            h.sql("src-enc", "postgres")
-                .count("SELECT count(*) FROM pg_replication_slots"),
-            0,
-            "{point}: no reverse slot left on the target"
-        );
-        assert_eq!(
-            h.sql("src-enc", "postgres")
-                .count("SELECT count(*) FROM pg_publication"),
-            0,
-            "{point}: no reverse publication left on the target"
-        );
-        assert_eq!(
-            h.sql("src", "postgres")
-                .count("SELECT count(*) FROM pg_subscription"),
-            0,
-            "{point}: no reverse subscription left on the source"
-        );
-        // The forward apply commits asynchronously again (the cutover made it flush each
-        // commit just before its pause).
-        assert_eq!(
-            h.sql("src-enc", "postgres")
-                .count("SELECT count(*) FROM pg_subscription WHERE subsynccommit <> 'off'"),
-            0,
-            "{point}: the forward subscriptions' synchronous_commit is back to off"
-        );
+        // Nothing of the reverse replication left on either side, and the forward apply
+        // commits asynchronously again (the cutover made it flush each commit just before
+        // its pause).
+        for (instance, query, left) in [
+            (
+                "src-enc",
+                "SELECT count(*) FROM pg_replication_slots",
+                "a reverse slot on the target",
+            ),
+            (
+                "src-enc",
+                "SELECT count(*) FROM pg_publication",
+                "a reverse publication on the target",
+            ),
+            (
+                "src",
+                "SELECT count(*) FROM pg_subscription",
+                "a reverse subscription on the source",
+            ),
+            (
+                "src-enc",
+                "SELECT count(*) FROM pg_subscription WHERE subsynccommit <> 'off'",
+                "a forward subscription whose synchronous_commit is not back to off",
+            ),
+        ] {
+            assert_eq!(
+                h.sql(instance, "postgres").count(query),
+                0,
+                "{point}: {left}"
+            );
+        }
         assert_eq!(
             h.json(&["migrate", "status", "c2"])["migration"]["phase"],
             "replicating"
