@@ -9,7 +9,7 @@
 //! every green resource's encryption before anything is switched.
 
 use aws_sdk_rds::types::{BlueGreenDeployment, Filter, Tag, TargetResourceConfiguration};
-use pgseal_platform::{BlueGreen, GreenResource};
+use pgseal_platform::{BlueGreen, BlueGreenPlan, GreenResource, ReplicationMethod};
 
 use crate::error::{AwsError, Result, api};
 use crate::platform::{AwsPlatform, Described};
@@ -63,10 +63,147 @@ fn from_sdk(d: &BlueGreenDeployment) -> BlueGreen {
                 ))
             })
             .collect(),
+        method: None,
+    }
+}
+
+/// The major and minor numbers of an engine version (`15.4` → (15, 4); `17` → (17, 0)).
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().map_or(Some(0), |m| m.parse().ok())?;
+    Some((major, minor))
+}
+
+/// The lowest minor version of each RDS for PostgreSQL major version from which AWS makes
+/// a blue/green deployment with a major version upgrade (RDS User Guide, "PostgreSQL
+/// replication methods for blue/green deployments"); 16 and later from 16.1.
+fn upgrade_floor(major: u32) -> Option<u32> {
+    match major {
+        11 => Some(21),
+        12 => Some(16),
+        13 => Some(12),
+        14 => Some(9),
+        15 => Some(4),
+        m if m >= 16 => Some(1),
+        _ => None,
+    }
+}
+
+/// How AWS replicates a blue/green deployment of a source on engine version
+/// `source_version` (`aurora`: Aurora PostgreSQL) with green on major version `target`
+/// (`None`: the source's), as its documentation states: Aurora PostgreSQL logically;
+/// RDS for PostgreSQL physically at the same major version and logically with a major
+/// version upgrade (from the minor versions [`upgrade_floor`] names).
+pub fn replication_method(
+    aurora: bool,
+    source_version: &str,
+    target: Option<u32>,
+) -> Result<(ReplicationMethod, String)> {
+    let (major, minor) = major_minor(source_version).ok_or_else(|| {
+        AwsError::Precondition(format!(
+            "the source's engine version {source_version:?} is not a PostgreSQL version"
+        ))
+    })?;
+    let target = target.unwrap_or(major);
+    if target < major {
+        return Err(AwsError::Precondition(format!(
+            "a blue/green deployment cannot move {source_version} down to PostgreSQL {target}"
+        )));
+    }
+    if aurora {
+        let why = if target > major {
+            format!(
+                "Aurora PostgreSQL replicates blue/green logically; green is upgraded from {source_version} to {target}"
+            )
+        } else {
+            format!("Aurora PostgreSQL replicates blue/green logically ({source_version})")
+        };
+        return Ok((ReplicationMethod::Logical, why));
+    }
+    if target == major {
+        return Ok((
+            ReplicationMethod::Physical,
+            format!(
+                "RDS for PostgreSQL at the same major version ({source_version} on both sides) replicates blue/green physically"
+            ),
+        ));
+    }
+    match upgrade_floor(major) {
+        Some(floor) if minor >= floor => Ok((
+            ReplicationMethod::Logical,
+            format!(
+                "RDS for PostgreSQL replicates blue/green logically when green is upgraded ({source_version} to {target})"
+            ),
+        )),
+        Some(floor) => Err(AwsError::Precondition(format!(
+            "AWS makes a blue/green deployment with a major version upgrade only from {major}.{floor}; the source runs {source_version}: upgrade its minor version first"
+        ))),
+        None => Err(AwsError::Precondition(format!(
+            "AWS makes no blue/green deployment with a major version upgrade from {source_version}"
+        ))),
     }
 }
 
 impl AwsPlatform {
+    /// How a blue/green deployment of `source` with green on major version
+    /// `engine_version` would replicate (see [`replication_method`]).
+    pub async fn plan_deployment(
+        &self,
+        source: &str,
+        engine_version: Option<u32>,
+    ) -> Result<BlueGreenPlan> {
+        let id = self.resolve(source).await?;
+        let described = self.describe_raw(&id).await?;
+        let version = described.engine_version().unwrap_or_default().to_string();
+        let (method, why) = replication_method(
+            self.settings.flavor == Flavor::Aurora,
+            &version,
+            engine_version,
+        )?;
+        Ok(BlueGreenPlan {
+            method,
+            why,
+            source_version: version,
+        })
+    }
+
+    /// How `deployment` replicates, read from its resources: green's engine version
+    /// against blue's (a higher major version is an upgrade, replicated logically), and
+    /// the engine; `None` while it has no green.
+    pub async fn deployment_method(
+        &self,
+        deployment: &BlueGreen,
+    ) -> Result<Option<ReplicationMethod>> {
+        let Some(green) = deployment.target.as_deref() else {
+            return Ok(None);
+        };
+        let version = |d: Described| d.engine_version().unwrap_or_default().to_string();
+        let (blue, green) = match self.settings.flavor {
+            Flavor::Aurora => (
+                version(Described::Aurora(Box::new(
+                    self.describe_db_cluster(arn_id(&deployment.source)).await?,
+                ))),
+                version(Described::Aurora(Box::new(
+                    self.describe_db_cluster(arn_id(green)).await?,
+                ))),
+            ),
+            Flavor::Rds => (
+                version(Described::Rds(Box::new(
+                    self.describe_db_instance(arn_id(&deployment.source))
+                        .await?,
+                ))),
+                version(Described::Rds(Box::new(
+                    self.describe_db_instance(arn_id(green)).await?,
+                ))),
+            ),
+        };
+        let target = major_minor(&green).map(|(major, _)| major);
+        Ok(Some(
+            replication_method(self.settings.flavor == Flavor::Aurora, &blue, target)?.0,
+        ))
+    }
+
     /// The ARNs blue/green makes a green copy of for `source`, each of which gets its own
     /// `TargetKmsKeyId`: the instance and each of its read replicas (RDS), or the cluster
     /// (Aurora).
@@ -181,13 +318,15 @@ impl AwsPlatform {
     }
 
     /// Creates the deployment of migration `migration` for `source` with every blue
-    /// resource's green encrypted under `key_arn`, or adopts the one an earlier run made.
+    /// resource's green encrypted under `key_arn` (and on major version `engine_version`
+    /// when given: `TargetEngineVersion` beside the target configurations), or adopts the one an earlier run made.
     /// Returns it and whether it was adopted.
     pub async fn create_deployment(
         &self,
         migration: &str,
         source: &str,
         key_arn: &str,
+        engine_version: Option<u32>,
     ) -> Result<(BlueGreen, bool)> {
         if let Some(existing) = self.find_deployment(migration).await? {
             tracing::info!(migration, id = %existing.id, "adopting the blue/green deployment an earlier run made");
@@ -199,6 +338,8 @@ impl AwsPlatform {
             .create_blue_green_deployment()
             .blue_green_deployment_name(deployment_name(migration))
             .source(&blue[0])
+            // A major version upgrade in the same deployment (logical replication).
+            .set_target_engine_version(engine_version.map(|v| v.to_string()))
             .tags(Tag::builder().key(MIGRATION_TAG).value(migration).build());
         for arn in &blue {
             request = request.target_resource_configurations(
@@ -381,5 +522,39 @@ impl AwsPlatform {
             self.wait_gone(&green, &format!("green {green}")).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_method_follows_awss_table_and_refuses_what_aws_refuses() {
+        use ReplicationMethod::{Logical, Physical};
+        let cases = [
+            // RDS at the same major version (no upgrade, or none asked): physical.
+            (false, "15.4", None, Physical),
+            (false, "15.2", Some(15), Physical),
+            // RDS with a major version upgrade from a supported minor: logical.
+            (false, "15.4", Some(17), Logical),
+            (false, "16.1", Some(17), Logical),
+            (false, "14.9", Some(16), Logical),
+            // Aurora PostgreSQL: always logical.
+            (true, "15.4", None, Logical),
+            (true, "15.4", Some(16), Logical),
+        ];
+        for (aurora, version, target, expected) in cases {
+            let (method, _) = replication_method(aurora, version, target).unwrap();
+            assert_eq!(method, expected, "{aurora} {version} {target:?}");
+        }
+        let method = |aurora, version, target| replication_method(aurora, version, target);
+        // Below the documented floor, or downwards: refused, naming what to do.
+        let refused = method(false, "15.3", Some(17)).unwrap_err().to_string();
+        assert!(refused.contains("only from 15.4"), "{refused}");
+        assert!(method(false, "16.0", Some(17)).is_err());
+        assert!(method(false, "15.4", Some(14)).is_err());
+        assert!(method(false, "garbage", None).is_err());
+        assert_eq!(major_minor("17"), Some((17, 0)));
     }
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use pgseal_platform::{
-    BlueGreen, GreenResource, Handoff, Instance, InstanceStatus, NewInstance, ParamsChanged,
-    Platform, Snapshot,
+    BlueGreen, BlueGreenPlan, GreenResource, Handoff, Instance, InstanceStatus, NewInstance,
+    ParamsChanged, Platform, Snapshot,
 };
 
 use crate::error::{AwsError, Result, api};
@@ -314,6 +314,14 @@ impl Described {
         }
     }
 
+    /// `EngineVersion` (`15.4`).
+    pub fn engine_version(&self) -> Option<&str> {
+        match self {
+            Described::Rds(i) => i.engine_version(),
+            Described::Aurora(c) => c.engine_version(),
+        }
+    }
+
     /// `KmsKeyId` (an ARN once encrypted).
     pub fn key_id(&self) -> Option<&str> {
         match self {
@@ -573,19 +581,34 @@ impl Platform for AwsPlatform {
     async fn connection(&self, instance: &str) -> pgseal_platform::Result<tokio_postgres::Config> {
         Ok(self.sql_config(instance, false).await?)
     }
+    async fn blue_green_plan(
+        &self,
+        source: &str,
+        engine_version: Option<u32>,
+    ) -> pgseal_platform::Result<BlueGreenPlan> {
+        Ok(self.plan_deployment(source, engine_version).await?)
+    }
+
     async fn create_blue_green(
         &self,
         migration: &str,
         source: &str,
         key: &str,
+        engine_version: Option<u32>,
     ) -> pgseal_platform::Result<(BlueGreen, bool)> {
         let key = self.check_key(key).await?;
-        Ok(self.create_deployment(migration, source, &key.arn).await?)
+        let (mut deployment, adopted) = self
+            .create_deployment(migration, source, &key.arn, engine_version)
+            .await?;
+        deployment.method = self.deployment_method(&deployment).await?;
+        Ok((deployment, adopted))
     }
 
     async fn wait_blue_green(&self, migration: &str) -> pgseal_platform::Result<BlueGreen> {
         let deployment = self.our_deployment(migration).await?;
-        Ok(self.wait_deployment_available(&deployment.id).await?)
+        let mut ready = self.wait_deployment_available(&deployment.id).await?;
+        ready.method = self.deployment_method(&ready).await?;
+        Ok(ready)
     }
 
     async fn green_resources(

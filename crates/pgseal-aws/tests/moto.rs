@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pgseal_aws::{AwsPlatform, AwsSettings, Flavor};
-use pgseal_platform::{ErrorKind, InstanceStatus, NewInstance, Platform};
+use pgseal_platform::{ErrorKind, InstanceStatus, NewInstance, Platform, ReplicationMethod};
 use pgseal_testkit::MotoServer;
 use pgseal_testkit::moto::seed::Seed;
 
@@ -309,7 +309,10 @@ async fn blue_green_sends_a_target_key_for_the_instance_and_its_replica_adopts_i
     let replica = seed.rds_read_replica("shop-r1", "shop").await;
     let aws = platform(&moto, Flavor::Rds).await;
 
-    let (bg, adopted) = aws.create_deployment("m1", "rds:shop", &key).await.unwrap();
+    let (bg, adopted) = aws
+        .create_deployment("m1", "rds:shop", &key, None)
+        .await
+        .unwrap();
     assert!(!adopted);
     assert_eq!(bg.name, "pgseal-m1");
     // Exactly one configuration per blue resource, each under the key.
@@ -326,13 +329,32 @@ async fn blue_green_sends_a_target_key_for_the_instance_and_its_replica_adopts_i
 
     // A run killed after the create returned finds the deployment by its name and tag:
     // no second request, the same deployment.
-    let (again, adopted) = aws.create_deployment("m1", "rds:shop", &key).await.unwrap();
+    let (again, adopted) = aws
+        .create_deployment("m1", "rds:shop", &key, None)
+        .await
+        .unwrap();
     assert!(adopted);
     assert_eq!(again.id, bg.id);
     assert_eq!(pgseal_testkit::moto::blue_green_requests(&record).len(), 1);
 
     let ready = aws.wait_deployment_available(&bg.id).await.unwrap();
     assert_eq!(ready.status, "AVAILABLE");
+    // Same major version on RDS: AWS replicates physically, planned and read back alike.
+    assert_eq!(
+        aws.deployment_method(&ready).await.unwrap(),
+        Some(ReplicationMethod::Physical)
+    );
+    assert_eq!(
+        aws.plan_deployment("rds:shop", None).await.unwrap().method,
+        ReplicationMethod::Physical
+    );
+    assert_eq!(
+        aws.plan_deployment("rds:shop", Some(17))
+            .await
+            .unwrap()
+            .method,
+        ReplicationMethod::Logical
+    );
     assert_eq!(
         green_problems(&aws, &ready, &key).await,
         Vec::<String>::new()
@@ -369,7 +391,10 @@ async fn against_stock_moto_the_unencrypted_green_is_named_and_abort_deletes_it_
     let key = seed.key("alias/bg").await;
     seed.rds_instance("shop", None).await;
     let aws = platform(&moto, Flavor::Rds).await;
-    let (bg, _) = aws.create_deployment("m1", "rds:shop", &key).await.unwrap();
+    let (bg, _) = aws
+        .create_deployment("m1", "rds:shop", &key, None)
+        .await
+        .unwrap();
     let ready = aws.wait_deployment_available(&bg.id).await.unwrap();
     let problems = green_problems(&aws, &ready, &key).await;
     assert_eq!(problems.len(), 1, "{problems:?}");
@@ -395,7 +420,7 @@ async fn an_aurora_cluster_gets_its_green_cluster_under_the_key_and_a_foreign_de
     seed.aurora_cluster("orders").await;
     let aws = platform(&moto, Flavor::Aurora).await;
     let (bg, _) = aws
-        .create_blue_green("m2", "aurora:orders", &key)
+        .create_blue_green("m2", "aurora:orders", &key, None)
         .await
         .unwrap();
     let sent = pgseal_testkit::moto::blue_green_requests(&record);
@@ -406,6 +431,11 @@ async fn an_aurora_cluster_gets_its_green_cluster_under_the_key_and_a_foreign_de
     );
     assert!(sent[0].1[0].0.contains(":cluster:orders"), "{sent:?}");
     let ready = aws.wait_deployment_available(&bg.id).await.unwrap();
+    // Aurora PostgreSQL replicates blue/green logically.
+    assert_eq!(
+        aws.deployment_method(&ready).await.unwrap(),
+        Some(ReplicationMethod::Logical)
+    );
     let greens = aws.deployment_green(&ready, &key).await.unwrap();
     assert_eq!(greens.len(), 1, "{greens:?}");
     assert_eq!(
@@ -424,7 +454,7 @@ async fn an_aurora_cluster_gets_its_green_cluster_under_the_key_and_a_foreign_de
         .await
         .unwrap();
     let refused = aws
-        .create_blue_green("m3", "aurora:orders", &key)
+        .create_blue_green("m3", "aurora:orders", &key, None)
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("did not make it"), "{refused}");

@@ -136,6 +136,19 @@ impl Aws {
     }
 }
 
+/// Runs `sql` on `cluster`'s `postgres` database.
+fn exec(rt: &tokio::runtime::Runtime, cluster: &TestCluster, sql: &str) {
+    rt.block_on(async {
+        cluster
+            .connect("postgres")
+            .await
+            .unwrap()
+            .batch_execute(sql)
+            .await
+    })
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -597,20 +610,69 @@ fn replicate_into_green(rt: &tokio::runtime::Runtime, blue: &TestCluster, green:
 }
 
 #[test]
-fn a_blue_green_migration_under_writes_validates_green_survives_kills_in_its_switchover_and_loses_nothing()
+fn an_rds_blue_green_at_the_same_version_replicates_physically_without_a_reboot_survives_kills_and_loses_nothing()
  {
-    blue_green_end_to_end(false);
+    blue_green_end_to_end(Deployment::RdsSameVersion);
+}
+
+#[test]
+fn an_rds_blue_green_with_an_upgrade_to_17_replicates_logically_and_loses_nothing() {
+    blue_green_end_to_end(Deployment::RdsUpgrade);
 }
 
 #[test]
 fn an_aurora_blue_green_migration_puts_the_green_cluster_under_the_key_and_loses_nothing() {
-    blue_green_end_to_end(true);
+    blue_green_end_to_end(Deployment::Aurora);
+}
+
+/// Which blue/green deployment a test makes, and so how AWS replicates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deployment {
+    /// RDS for PostgreSQL at the same major version: physical replication.
+    RdsSameVersion,
+    /// RDS for PostgreSQL upgraded to 17 in the deployment: logical replication.
+    RdsUpgrade,
+    /// Aurora PostgreSQL: logical replication.
+    Aurora,
+}
+
+impl Deployment {
+    fn physical(self) -> bool {
+        self == Deployment::RdsSameVersion
+    }
+}
+
+/// `pgbench -i` of `url`'s database, then TPC-B at 50 tx/s for `seconds`, in the
+/// background.
+fn pgbench_on(blue: &TestCluster, url: &str, seconds: u32) -> std::process::Child {
+    let program = blue.install().program("pgbench");
+    let init = Command::new(&program)
+        .args(["-i", "-q", url])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "pgbench -i: {}", stderr(&init));
+    Command::new(program)
+        .args(["-n", "-c", "2", "-j", "1", "-R", "50", "-T"])
+        .arg(seconds.to_string())
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// A blue/green migration of `shop` (an RDS instance with a read replica, or an Aurora
-/// cluster) from start to cleanup under the ledger workload; on RDS, pgseal is also
-/// killed before and after the switchover request.
-fn blue_green_end_to_end(aurora: bool) {
+/// cluster) from start to cleanup under the ledger workload and pgbench on blue; on RDS,
+/// pgseal is also killed before and after the switchover request.
+///
+/// The stand-in plays AWS's data plane: for physical replication green is a real hot
+/// standby of blue (`pg_basebackup -R`, streaming), promoted at the switchover as AWS
+/// promotes it; for logical replication green subscribes to a publication of every table
+/// of blue (on PostgreSQL 17 for the upgrade). It cannot model AWS's own switchover
+/// guardrails (its replica-lag and long-transaction checks): pgseal's checks before the
+/// request are what the test proves.
+fn blue_green_end_to_end(deployment: Deployment) {
+    let aurora = deployment == Deployment::Aurora;
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("requests.jsonl");
     let aws = Aws::on(MotoServer::start_with_blue_green_target_keys(&record).unwrap());
@@ -624,12 +686,83 @@ fn blue_green_end_to_end(aurora: bool) {
         rt.block_on(seed.rds_read_replica("shop-r1", "shop"));
     }
     let source = if aurora { "aurora:shop" } else { "rds:shop" };
-    let blue = TestCluster::start().unwrap();
-    let green = TestCluster::start().unwrap();
+    // Physical replication needs no logical decoding: blue runs without it, and pgseal
+    // must not turn it on (that would take a reboot).
+    let blue = if deployment.physical() {
+        TestCluster::builder()
+            .setting("wal_level", "replica")
+            .start()
+            .unwrap()
+    } else {
+        TestCluster::start().unwrap()
+    };
 
     let mut writes = aws.spawn_workload(&blue.url("postgres"), 100, 3, 8);
+    let bench_url = blue.url("postgres");
+    let bench = pgbench_on(&blue, &bench_url, 8);
+    if !deployment.physical() {
+        // Logical replication cannot update a table without a key: the DBA gives
+        // pgbench's history one, as the plan's limits say.
+        exec(
+            &rt,
+            &blue,
+            "ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY",
+        );
+    }
     std::thread::sleep(Duration::from_millis(1500));
-    aws.ok(&bg_start(source, &route("shop", &blue)));
+    let via = route("shop", &blue);
+    let mut start: Vec<&str> = bg_start(source, &via).to_vec();
+    if deployment == Deployment::RdsUpgrade {
+        start.extend(["--engine-version", "17"]);
+    }
+
+    // The plan names the method and what follows from it.
+    let mut plan_args = vec!["migrate", "plan"];
+    plan_args.extend(&start[2..]);
+    let text = aws.ok(&plan_args);
+    assert!(
+        text.contains(&format!(
+            "blue/green: {} replication",
+            if deployment.physical() {
+                "physical"
+            } else {
+                "logical"
+            }
+        )),
+        "{text}"
+    );
+    let plan = aws.json(&plan_args);
+    let bg = &plan["blue_green"];
+    let method = if deployment.physical() {
+        "physical"
+    } else {
+        "logical"
+    };
+    assert_eq!(bg["method"], method, "{plan}");
+    assert_eq!(
+        bg["needs_logical_replication"],
+        !deployment.physical(),
+        "{plan}"
+    );
+    assert_eq!(bg["reboot"], false, "{plan}");
+    let limits = bg["limits"].as_array().expect("limits");
+    assert!(
+        limits
+            .iter()
+            .any(|l| l["limit"].as_str().unwrap().contains("read-only"))
+            == deployment.physical(),
+        "{plan}"
+    );
+    assert!(
+        limits.iter().any(|l| l["limit"]
+            .as_str()
+            .unwrap()
+            .contains("DDL is not replicated"))
+            != deployment.physical(),
+        "{plan}"
+    );
+
+    let started = aws.json(&start);
     let bgd = rt
         .block_on(seed.rds.describe_blue_green_deployments().send())
         .unwrap();
@@ -640,7 +773,63 @@ fn blue_green_end_to_end(aurora: bool) {
         .next()
         .unwrap()
         .to_string();
-    replicate_into_green(&rt, &blue, &green);
+    // What pgseal asked AWS for: the upgrade only where asked, beside the key.
+    let sent: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&record)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let upgrade = (deployment == Deployment::RdsUpgrade).then_some("17");
+    assert_eq!(sent["target_engine_version"].as_str(), upgrade, "{sent}");
+    // The method as planned, and as read back from the deployment AWS made.
+    let step = |name: &str| {
+        started["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .rev()
+            .find(|s| s["step"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} step: {started}"))
+    };
+    assert_eq!(
+        step("create_deployment")["outputs"]["plan"]["method"],
+        method,
+        "{started}"
+    );
+    assert_eq!(
+        step("green_ready")["outputs"]["deployment"]["method"],
+        method,
+        "{started}"
+    );
+    if deployment.physical() {
+        // No parameter change and no reboot: blue still runs without logical decoding.
+        assert_eq!(
+            step("create_deployment")["outputs"]["restarted"],
+            false,
+            "{started}"
+        );
+        let level: String = rt.block_on(async {
+            pgseal_testkit::scalar(&blue.connect("postgres").await.unwrap(), "SHOW wal_level").await
+        });
+        assert_eq!(level, "replica");
+    }
+    let green = match deployment {
+        Deployment::RdsSameVersion => blue.standby().unwrap(),
+        Deployment::RdsUpgrade => {
+            let green = TestCluster::builder().major(17).start().unwrap();
+            replicate_into_green(&rt, &blue, &green);
+            green
+        }
+        Deployment::Aurora => {
+            let green = TestCluster::start().unwrap();
+            replicate_into_green(&rt, &blue, &green);
+            green
+        }
+    };
     let via_green = route(&green_id, &green);
     let with_green = |args: &[&str]| {
         aws.command(args)
@@ -649,83 +838,108 @@ fn blue_green_end_to_end(aurora: bool) {
             .unwrap()
     };
 
-    // Green compared with blue while the ledger writes: clean.
+    // Green compared with blue while the ledger and pgbench write: clean.
     let out = with_green(&["migrate", "validate", "bg", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["clean"], true, "{v}");
     assert!(v["rows"].as_u64().unwrap() > 100, "{v}");
 
-    // A row green lost is found, and the cutover refused with nothing switched.
-    let lost: i64 = rt.block_on(async {
-        let g = green.connect("postgres").await.unwrap();
-        pgseal_testkit::scalar(&g, "DELETE FROM pgseal_ledger_events WHERE txid = (SELECT min(txid) FROM pgseal_ledger_events) RETURNING txid").await
-    });
-    let out = with_green(&["migrate", "validate", "bg", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["clean"], false, "{v}");
-    assert_eq!(v["mismatched_rows"], 1, "{v}");
-    let out = with_green(&["migrate", "cutover", "bg"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("mismatched"), "{}", stderr(&out));
-    assert!(rt.block_on(seed.instance("shop-old1")).is_none());
-    // Put back (as a repair would) and compared again.
-    rt.block_on(async {
-        let b = blue.connect("postgres").await.unwrap();
-        let row: String = b
-            .query_one(
-                "SELECT row_to_json(e)::text FROM pgseal_ledger_events e WHERE txid = $1",
-                &[&lost],
+    if deployment.physical() {
+        // A hot standby is read-only, so no row can go missing on it by hand; what can go
+        // wrong is green not following. Its replay paused while blue writes: validation
+        // says so instead of waiting or calling anything clean, and the cutover refuses.
+        exec(&rt, &green, "SELECT pg_wal_replay_pause()");
+        exec(
+            &rt,
+            &blue,
+            "CREATE TABLE written_while_paused (id int PRIMARY KEY); INSERT INTO written_while_paused VALUES (1)",
+        );
+        let out = with_green(&["migrate", "validate", "bg", "--json"]);
+        assert!(
+            !out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            stderr(&out).contains("replay of blue's WAL is paused"),
+            "{}",
+            stderr(&out)
+        );
+        let out = with_green(&["migrate", "cutover", "bg", "--dry-run"]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &stderr(&out);
+        assert!(
+            text.contains("the last validation of green did not finish"),
+            "{text}"
+        );
+        exec(&rt, &green, "SELECT pg_wal_replay_resume()");
+    } else {
+        // A row green lost is found, and the cutover refused with nothing switched.
+        let lost: i64 = rt.block_on(async {
+            let g = green.connect("postgres").await.unwrap();
+            pgseal_testkit::scalar(&g, "DELETE FROM pgseal_ledger_events WHERE txid = (SELECT min(txid) FROM pgseal_ledger_events) RETURNING txid").await
+        });
+        let out = with_green(&["migrate", "validate", "bg", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["clean"], false, "{v}");
+        assert_eq!(v["mismatched_rows"], 1, "{v}");
+        let out = with_green(&["migrate", "cutover", "bg"]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(stderr(&out).contains("mismatched"), "{}", stderr(&out));
+        assert!(rt.block_on(seed.instance("shop-old1")).is_none());
+        // Put back (as a repair would) and compared again.
+        rt.block_on(async {
+            let b = blue.connect("postgres").await.unwrap();
+            let row: String = b
+                .query_one(
+                    "SELECT row_to_json(e)::text FROM pgseal_ledger_events e WHERE txid = $1",
+                    &[&lost],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let g = green.connect("postgres").await.unwrap();
+            g.execute(
+                "INSERT INTO pgseal_ledger_events \
+                 SELECT * FROM json_populate_record(NULL::pgseal_ledger_events, $1::text::json)",
+                &[&row],
             )
             .await
-            .unwrap()
-            .get(0);
-        let g = green.connect("postgres").await.unwrap();
-        g.execute(
-            "INSERT INTO pgseal_ledger_events \
-             SELECT * FROM json_populate_record(NULL::pgseal_ledger_events, $1::text::json)",
-            &[&row],
-        )
-        .await
-        .unwrap();
-    });
+            .unwrap();
+        });
+    }
     let run: serde_json::Value =
         serde_json::from_slice(&writes.wait_with_output_ref().stdout).unwrap();
+    let processed = common::pgbench_processed(bench);
     let out = with_green(&["migrate", "validate", "bg", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["clean"], true, "{v}");
 
-    // DDL on blue, which blue/green does not carry: the cutover is refused until green
-    // has it too (done by hand, as the message says).
+    // DDL on blue: physical replication carries it, so the cutover goes ahead; logical
+    // replication does not, so the cutover is refused until green has it too (done by
+    // hand, as the message says).
     let ddl = "ALTER TABLE pgseal_ledger_accounts ADD COLUMN region text DEFAULT 'eu'";
-    rt.block_on(async {
-        blue.connect("postgres")
-            .await
-            .unwrap()
-            .batch_execute(ddl)
-            .await
-    })
-    .unwrap();
-    let out = with_green(&["migrate", "cutover", "bg", "--dry-run"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &stderr(&out);
-    assert!(
-        text.contains("DDL ran on blue since green was made") && text.contains("region"),
-        "{text}"
-    );
-    rt.block_on(async {
-        green
-            .connect("postgres")
-            .await
-            .unwrap()
-            .batch_execute(&format!("SET default_transaction_read_only = off; {ddl}"))
-            .await
-    })
-    .unwrap();
+    exec(&rt, &blue, ddl);
+    if !deployment.physical() {
+        let out = with_green(&["migrate", "cutover", "bg", "--dry-run"]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &stderr(&out);
+        assert!(
+            text.contains("DDL ran on blue since green was made") && text.contains("region"),
+            "{text}"
+        );
+        exec(
+            &rt,
+            &green,
+            &format!("SET default_transaction_read_only = off; {ddl}"),
+        );
+    }
     let out = with_green(&["migrate", "cutover", "bg", "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    // The switchover: AWS blocks blue's writes and moves the names (the workload has
+    // The switchover: AWS blocks blue's writes and moves the names (the writers have
     // ended, as writes on blue would be refused now).
     if !aurora {
         // Killed before the request: resume finds the deployment still available.
@@ -758,6 +972,37 @@ fn blue_green_end_to_end(aurora: bool) {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["phases"][0]["phase"], "switchover", "{report}");
     }
+    if deployment.physical() {
+        // AWS promotes green at the switchover; the stand-in does the same once green has
+        // replayed everything blue wrote.
+        rt.block_on(async {
+            let b = blue.connect("postgres").await.unwrap();
+            let g = green.connect("postgres").await.unwrap();
+            let lsn: String = pgseal_testkit::scalar(&b, "SELECT pg_current_wal_lsn()::text").await;
+            loop {
+                let caught: bool = pgseal_testkit::scalar(
+                    &g,
+                    &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
+                )
+                .await;
+                if caught {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            g.batch_execute("SELECT pg_promote()").await.unwrap();
+            // DDL and the table written while replay was paused came with the WAL.
+            let region: i64 = pgseal_testkit::scalar(
+                &g,
+                "SELECT count(*) FROM information_schema.columns WHERE column_name = 'region'",
+            )
+            .await;
+            assert_eq!(region, 1);
+            let paused: i64 =
+                pgseal_testkit::scalar(&g, "SELECT count(*) FROM written_while_paused").await;
+            assert_eq!(paused, 1);
+        });
+    }
     let status = aws.json(&["migrate", "status", "bg"]);
     assert_eq!(status["migration"]["phase"], "cut_over", "{status}");
     // The name applications use is green now, encrypted under the key; blue is kept.
@@ -778,11 +1023,19 @@ fn blue_green_end_to_end(aurora: bool) {
     };
     assert_eq!(encrypted, Some(true));
     assert_eq!(key.as_deref(), Some(key_arn.as_str()));
-    // Every acknowledged transaction is on green once.
+    // Every acknowledged transaction is on green once, and pgbench's own count.
     aws.assert_all_landed(
         &green.url("postgres"),
         run["acknowledged"].as_u64().unwrap(),
     );
+    let history: i64 = rt.block_on(async {
+        pgseal_testkit::scalar(
+            &green.connect("postgres").await.unwrap(),
+            "SELECT count(*) FROM pgbench_history",
+        )
+        .await
+    });
+    assert_eq!(history, processed, "pgbench's transactions on green");
 
     // There is no way back after the platform's switchover.
     let out = aws.run(&["migrate", "rollback", "bg"]);

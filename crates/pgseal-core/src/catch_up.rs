@@ -20,26 +20,41 @@ pub(crate) enum Follower {
         /// The stream's slot (and subscription slot) name.
         slot: String,
     },
-    /// The platform's own replication (blue/green): every subscription of the database
-    /// on the target (see [`platform_slots`] for its slots on the source).
+    /// The platform's own logical replication (blue/green on Aurora, or with an upgrade):
+    /// every subscription of the database on the target (see [`platform_slots`] for its
+    /// slots on the source).
     Platform,
+    /// The platform's physical replication (blue/green on RDS at the same major version):
+    /// green is a hot standby, and its replay position is what it has applied.
+    Standby,
 }
 
 impl Follower {
-    /// How the target follows `stream`'s database: pgseal's stream, or (blue/green) the
-    /// platform's replication, which must have its slots on the source (`source`).
+    /// How the target follows `stream`'s database: pgseal's stream (`platform` is
+    /// `None`), or the platform's replication by its method: logical (which must have its
+    /// slots on the source, `source`) or physical.
     pub(crate) async fn of(
         source: &Client,
         stream: &crate::stream::Stream,
-        blue_green: bool,
+        platform: Option<pgseal_platform::ReplicationMethod>,
     ) -> Result<Follower, EngineError> {
-        if blue_green {
-            platform_slots(source).await?;
-            return Ok(Follower::Platform);
+        use pgseal_platform::ReplicationMethod;
+        match platform {
+            None => Ok(Follower::Stream {
+                slot: stream.name.clone(),
+            }),
+            Some(ReplicationMethod::Logical) => {
+                platform_slots(source).await?;
+                Ok(Follower::Platform)
+            }
+            Some(ReplicationMethod::Physical) => Ok(Follower::Standby),
         }
-        Ok(Follower::Stream {
-            slot: stream.name.clone(),
-        })
+    }
+
+    /// Whether the platform replicates (no change log, nothing pgseal carries; the target
+    /// is read-only).
+    pub(crate) fn is_platform(&self) -> bool {
+        !matches!(self, Follower::Stream { .. })
     }
 }
 
@@ -172,6 +187,31 @@ impl<'a> CatchUp<'a> {
         {
             return Ok(Some(stopped_message(self.migration, self.database, &c)));
         }
+        if matches!(self.follower, Follower::Standby) {
+            let row = self
+                .target
+                .query_one(
+                    "SELECT pg_is_in_recovery(), \
+                            CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END",
+                    &[],
+                )
+                .await
+                .map_err(sql("target", "asking whether green replays blue's WAL"))?;
+            let (standby, paused): (bool, bool) = (row.get(0), row.get(1));
+            return Ok(if !standby {
+                Some(format!(
+                    "green's {} is not a standby (not in recovery): physical blue/green replication keeps green in recovery until the switchover, so it no longer follows blue",
+                    self.database
+                ))
+            } else if paused {
+                Some(format!(
+                    "green's replay of blue's WAL is paused (pg_wal_replay_pause), so green's {} does not follow blue: resume it (SELECT pg_wal_replay_resume() on green) and validate again",
+                    self.database
+                ))
+            } else {
+                None
+            });
+        }
         if failing_since.is_some_and(|t| t.elapsed() >= FAILING_FOR) {
             return Ok(Some(format!(
                 "the apply worker of {} keeps failing ({} error(s) since this began, pg_stat_subscription_stats); \
@@ -225,11 +265,14 @@ impl<'a> CatchUp<'a> {
     /// nudges the source's walsenders with a flushed barrier on each look. False when not
     /// in time, or when no apply worker runs.
     pub async fn received(&self, lsn: Lsn, deadline: Instant) -> Result<bool, EngineError> {
+        if matches!(self.follower, Follower::Standby) {
+            return self.replayed(lsn, deadline).await;
+        }
         loop {
             // pgseal's stream: its subscription; the platform's: every one of the database.
             let slot = match &self.follower {
                 Follower::Stream { slot } => Some(slot.as_str()),
-                Follower::Platform => None,
+                Follower::Platform | Follower::Standby => None,
             };
             let rows = self
                 .target
@@ -254,6 +297,36 @@ impl<'a> CatchUp<'a> {
                 row.get::<_, Option<PgLsn>>(0)
                     .is_some_and(|r| Lsn::from(r) > lsn)
             }) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            commit_barrier(self.source, "source").await?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl CatchUp<'_> {
+    /// [`CatchUp::received`] for a physical standby: waits until `deadline` for its replay
+    /// position (`pg_last_wal_replay_lsn()`, the end of the last record replayed, so
+    /// every commit before it is visible to its queries) to reach `lsn`, nudging the
+    /// source with a flushed barrier on each look (the walsender sends only flushed WAL).
+    /// False when not in time, or when the target is not a standby (no replay position:
+    /// nothing proves it has what the source committed).
+    async fn replayed(&self, lsn: Lsn, deadline: Instant) -> Result<bool, EngineError> {
+        loop {
+            let replayed: Option<PgLsn> = self
+                .target
+                .query_one("SELECT pg_last_wal_replay_lsn()", &[])
+                .await
+                .map_err(sql("target", "reading the standby's replay position"))?
+                .get(0);
+            let Some(replayed) = replayed else {
+                return Ok(false);
+            };
+            if Lsn::from(replayed) >= lsn {
                 return Ok(true);
             }
             if Instant::now() >= deadline {

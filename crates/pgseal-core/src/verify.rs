@@ -413,8 +413,9 @@ pub enum Replicator {
     /// pgseal's own streams: a publication, slot and subscription per database, the
     /// change log, and what pgseal carries besides (large objects, roles).
     Pgseal,
-    /// The platform's own replication (a blue/green deployment); pgseal carries nothing.
-    Platform,
+    /// The platform's own replication (a blue/green deployment), by its method; pgseal
+    /// carries nothing.
+    Platform(pgseal_platform::ReplicationMethod),
 }
 
 /// What a migration compares the source with, as its strategy says
@@ -427,6 +428,16 @@ pub struct Compared {
     pub scope: Vec<stream::Stream>,
     /// Who replicates into `target`.
     pub replicator: Replicator,
+}
+
+impl Replicator {
+    /// The platform's replication method; `None` when pgseal replicates.
+    pub fn method(self) -> Option<pgseal_platform::ReplicationMethod> {
+        match self {
+            Replicator::Pgseal => None,
+            Replicator::Platform(method) => Some(method),
+        }
+    }
 }
 
 impl Compared {
@@ -461,7 +472,7 @@ pub async fn verify<P: Platform>(
         let source = connect_source_db(platform, &spec, db).await?;
         let source_aux = connect_source_db(platform, &spec, db).await?;
         let target = connect_to(platform, target_name, db, "target").await?;
-        let follower = Follower::of(&source_aux, stream, !carried).await?;
+        let follower = Follower::of(&source_aux, stream, compared.replicator.method()).await?;
         let catch_up = CatchUp::new(name, db, &source_aux, &target, follower).await?;
         verifying
             .database(

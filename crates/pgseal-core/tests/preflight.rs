@@ -21,6 +21,19 @@ fn input() -> PreflightInput {
     }
 }
 
+/// A cluster started with `settings` besides the defaults.
+async fn started_with(settings: &'static [(&'static str, &'static str)]) -> TestCluster {
+    tokio::task::spawn_blocking(move || {
+        settings
+            .iter()
+            .fold(TestCluster::builder(), |b, (k, v)| b.setting(*k, *v))
+            .start()
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 /// A session on each database of `db`, as the engine gives preflight.
 fn sessions(db: &TestCluster) -> impl AsyncFn(&str) -> Result<tokio_postgres::Client, String> {
     async |name: &str| db.connect(name).await.map_err(|e| e.to_string())
@@ -29,14 +42,7 @@ fn sessions(db: &TestCluster) -> impl AsyncFn(&str) -> Result<tokio_postgres::Cl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_source_has_no_findings() {
     // Clean includes PostgreSQL's own cap on the WAL slots may hold.
-    let db = tokio::task::spawn_blocking(|| {
-        TestCluster::builder()
-            .setting("max_slot_wal_keep_size", "1GB")
-            .start()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let db = started_with(&[("max_slot_wal_keep_size", "1GB")]).await;
     let c = db.connect("postgres").await.unwrap();
     c.batch_execute("CREATE TABLE t (id int primary key, v text); CREATE TABLE f (v text); ALTER TABLE f REPLICA IDENTITY FULL")
         .await
@@ -145,16 +151,12 @@ async fn the_scope_is_every_database_checked_in_each_and_narrowing_is_explicit()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
-    let db = tokio::task::spawn_blocking(|| {
-        TestCluster::builder()
-            .setting("wal_level", "replica")
-            .setting("max_replication_slots", "2")
-            .setting("max_prepared_transactions", "2")
-            .start()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let db = started_with(&[
+        ("wal_level", "replica"),
+        ("max_replication_slots", "2"),
+        ("max_prepared_transactions", "2"),
+    ])
+    .await;
     let c = db.connect("postgres").await.unwrap();
     c.batch_execute(
         "CREATE TABLE keyed (id int primary key); CREATE TABLE loose (v text); \
@@ -289,4 +291,98 @@ async fn every_problem_is_reported_at_once_and_nothing_is_changed() {
     c.batch_execute("ROLLBACK PREPARED 'pgseal-test-gid'")
         .await
         .unwrap();
+}
+
+/// A blue/green input with the platform's plan for `method`.
+fn blue_green(method: pgseal_platform::ReplicationMethod) -> PreflightInput {
+    let mut input = input();
+    input.target_version = pgseal_core::preflight::TargetVersion {
+        strategy: pgseal_core::steps::StrategyKind::BlueGreen,
+        blue_green_plan: Some(pgseal_platform::BlueGreenPlan {
+            method,
+            why: "the platform's rule".into(),
+            source_version: "15.4".into(),
+        }),
+        ..Default::default()
+    };
+    input
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_plan_follows_its_method_and_marks_the_limits_this_source_meets() {
+    use pgseal_platform::ReplicationMethod::{Logical, Physical};
+    // A source without logical decoding, with a table without a key, an unlogged table,
+    // a large object and a publication of its own.
+    let db = started_with(&[("wal_level", "replica"), ("max_slot_wal_keep_size", "1GB")]).await;
+    let c = db.connect("postgres").await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY); CREATE TABLE loose (v text); \
+         CREATE UNLOGGED TABLE cache (v text); SELECT lo_from_bytea(0, 'scan'); \
+         CREATE PUBLICATION reporting FOR TABLE orders",
+    )
+    .await
+    .unwrap();
+    let ids = |r: &pgseal_core::preflight::PreflightReport| -> Vec<(&'static str, Severity)> {
+        r.findings.iter().map(|f| (f.id, f.severity)).collect()
+    };
+    let met = |r: &pgseal_core::preflight::PreflightReport, words: &str| -> bool {
+        let bg = r.blue_green.as_ref().expect("a blue/green section");
+        bg.limits
+            .iter()
+            .find(|l| l.limit.contains(words))
+            .unwrap_or_else(|| panic!("no limit with {words:?}: {:#?}", bg.limits))
+            .met
+    };
+
+    // Physical: no logical decoding needed (no wal_level blocker, no reboot), no replica
+    // identity needed, DDL and large objects carried; its own publication is refused as
+    // AWS refuses it.
+    let physical = preflight(&c, sessions(&db), &blue_green(Physical))
+        .await
+        .unwrap();
+    let found = ids(&physical);
+    assert!(!found.iter().any(|(id, _)| *id == "wal_level"), "{found:?}");
+    assert!(
+        !found.iter().any(|(id, _)| *id == "replica_identity"),
+        "{found:?}"
+    );
+    assert!(
+        !found
+            .iter()
+            .any(|(id, _)| *id == "blue_green_large_objects"),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("blue_green_replication", Severity::Blocker)),
+        "{found:?}"
+    );
+    let bg = physical.blue_green.as_ref().unwrap();
+    assert!(!bg.needs_logical_replication && !bg.reboot, "{bg:?}");
+    assert!(bg.ddl.starts_with("carried"), "{bg:?}");
+    assert!(met(&physical, "publisher"));
+    assert!(met(&physical, "unlogged"));
+
+    // Logical: logical decoding needed (wal_level blocks: this source is not managed),
+    // the key-less table and the large object refuse, DDL is not carried.
+    let logical = preflight(&c, sessions(&db), &blue_green(Logical))
+        .await
+        .unwrap();
+    let found = ids(&logical);
+    for id in [
+        "wal_level",
+        "replica_identity",
+        "blue_green_large_objects",
+        "blue_green_replication",
+    ] {
+        assert!(found.contains(&(id, Severity::Blocker)), "{id}: {found:?}");
+    }
+    let bg = logical.blue_green.as_ref().unwrap();
+    assert!(bg.needs_logical_replication && bg.reboot, "{bg:?}");
+    assert!(bg.ddl.starts_with("not carried"), "{bg:?}");
+    assert!(met(&logical, "large objects"));
+    assert!(met(&logical, "without a primary key"));
+    assert!(met(&logical, "unlogged"));
+    // Nothing was changed on the source.
+    let level: String = pgseal_testkit::scalar(&c, "SHOW wal_level").await;
+    assert_eq!(level, "replica");
 }

@@ -182,6 +182,62 @@ pub struct BlueGreen {
     pub target: Option<String>,
     /// Each blue member with its green twin.
     pub members: Vec<(String, String)>,
+    /// How green is kept current, as read from the deployment's resources (green's
+    /// engine version against blue's); `None` until green exists.
+    #[serde(default)]
+    pub method: Option<ReplicationMethod>,
+}
+
+/// How a platform's blue/green deployment keeps green current, which decides what
+/// validation waits for, which limits apply and whether DDL is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationMethod {
+    /// Green is a physical standby of blue (RDS for PostgreSQL at the same major
+    /// version): every byte of WAL is replayed, DDL and large objects included; green is
+    /// read-only until the switchover promotes it.
+    Physical,
+    /// Green subscribes to blue's logical replication (Aurora PostgreSQL, and RDS with a
+    /// major version upgrade): rows only, no DDL, no large objects.
+    Logical,
+}
+
+impl ReplicationMethod {
+    /// The method's word, as journaled and shown (`physical`, `logical`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationMethod::Physical => "physical",
+            ReplicationMethod::Logical => "logical",
+        }
+    }
+
+    /// Whether the source needs logical decoding on (`rds.logical_replication = 1`,
+    /// which takes a reboot) for this method.
+    pub fn needs_logical_wal(self) -> bool {
+        self == ReplicationMethod::Logical
+    }
+
+    /// Whether green receives blue's DDL.
+    pub fn carries_ddl(self) -> bool {
+        self == ReplicationMethod::Physical
+    }
+}
+
+impl fmt::Display for ReplicationMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The deployment a platform would make for a source: how it would replicate and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BlueGreenPlan {
+    /// The replication method.
+    pub method: ReplicationMethod,
+    /// Why this method, in the platform's terms (engine, versions).
+    pub why: String,
+    /// The source's engine version as the platform reports it (`15.4`).
+    pub source_version: String,
 }
 
 /// One green resource and its encryption.
@@ -292,17 +348,31 @@ pub trait Platform: Send + Sync {
         instance: &str,
     ) -> impl Future<Output = Result<tokio_postgres::Config>> + Send;
 
+    /// How a blue/green deployment of `source` would replicate, with green on major
+    /// version `engine_version` (`None`: the source's): the platform's own rule. Refused
+    /// with [`ErrorKind::Precondition`] where no deployment can make that version.
+    fn blue_green_plan(
+        &self,
+        source: &str,
+        engine_version: Option<u32>,
+    ) -> impl Future<Output = Result<BlueGreenPlan>> + Send {
+        let _ = (source, engine_version);
+        async { Err(no_blue_green()) }
+    }
+
     /// Creates the blue/green deployment of migration `migration` for `source`, every
-    /// green resource encrypted under `key`, or finds the one an earlier run made (named
-    /// and tagged after the migration). Returns it and whether it was found. Platforms
-    /// without blue/green deployments refuse with [`ErrorKind::Precondition`].
+    /// green resource encrypted under `key` and on major version `engine_version`
+    /// (`None`: the source's), or finds the one an earlier run made (named and tagged
+    /// after the migration). Returns it and whether it was found. Platforms without
+    /// blue/green deployments refuse with [`ErrorKind::Precondition`].
     fn create_blue_green(
         &self,
         migration: &str,
         source: &str,
         key: &str,
+        engine_version: Option<u32>,
     ) -> impl Future<Output = Result<(BlueGreen, bool)>> + Send {
-        let _ = (migration, source, key);
+        let _ = (migration, source, key, engine_version);
         async { Err(no_blue_green()) }
     }
 

@@ -8,8 +8,13 @@ patch models the API reference and nothing more: after moto made green, the gree
 each configured blue resource becomes `StorageEncrypted` under its `TargetKmsKeyId`. moto
 makes no green read replicas, so a replica's configuration is only recorded.
 
-Every configuration received is appended, as one JSON line per request, to the file named
-by `PGSEAL_MOTO_BLUEGREEN_RECORD` (when set), so a test can assert what pgseal sent.
+Every configuration received (and the request's `TargetEngineVersion`) is appended, as one
+JSON line per request, to the file named by `PGSEAL_MOTO_BLUEGREEN_RECORD` (when set), so
+a test can assert what pgseal sent.
+
+moto already makes green on `TargetEngineVersion` when one is given, which is what pgseal
+reads the replication method from (green's major version against blue's); nothing is
+patched for it.
 
 Run it as `moto_server` is run: `python bluegreen_target_key.py -H 127.0.0.1 -p PORT`.
 """
@@ -40,7 +45,8 @@ def _init_with_target_keys(self, backend, blue_green_deployment_name, source, ta
     if record:
         with open(record, "a") as f:
             f.write(json.dumps({"name": blue_green_deployment_name, "source": source,
-                                "configurations": pairs}) + "\n")
+                                "configurations": pairs,
+                                "target_engine_version": kwargs.get("target_engine_version")}) + "\n")
     for source_arn, key in pairs:
         if source_arn != source or not key:
             continue

@@ -56,6 +56,7 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
+    major: Option<u32>,
 }
 
 impl ClusterBuilder {
@@ -66,10 +67,29 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs the server of PostgreSQL major version `major` (one of those
+    /// [`pgseal_pg::PgInstalls::discover`] finds, as `scripts/setup` provides 17) instead of
+    /// the default installation.
+    pub fn major(mut self, major: u32) -> Self {
+        self.major = Some(major);
+        self
+    }
+
     /// Runs `initdb` and starts the server. Blocking: call it before or outside async code,
     /// or through `spawn_blocking`.
     pub fn start(self) -> Result<TestCluster, Error> {
-        let install = PgInstall::discover()?;
+        let install = match self.major {
+            None => PgInstall::discover()?,
+            Some(major) => pgseal_pg::PgInstalls::discover()
+                .for_major(major)
+                .cloned()
+                .ok_or_else(|| {
+                    io_error(format!("find PostgreSQL {major}"))(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "not installed: `bash scripts/setup` provides 17",
+                    ))
+                })?,
+        };
         let run_as = RunAs::server_user()?;
         let root = tempfile::Builder::new()
             .prefix("pgseal-test-")
@@ -127,6 +147,7 @@ impl TestCluster {
                 ("shared_buffers".into(), "32MB".into()),
                 ("fsync".into(), "off".into()),
             ],
+            major: None,
         }
     }
 

@@ -185,7 +185,7 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
                 .ok()
                 .map(|_| format!("{} already exists", spec.target));
             let key_problem = key_problem_on(ctx, &runtime, &platform, &spec.key);
-            support = target_versions(&runtime, &platform, &spec.source);
+            support = target_versions(&runtime, &platform, &spec.source, spec.engine_version);
             (
                 config,
                 Some(args.source.clone()),
@@ -200,6 +200,7 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
                 installed: Some(installed_versions(instances.installs())),
                 full_load_unsupported: None,
                 blue_green_unsupported: Some(LOCAL_HAS_NO_BLUE_GREEN.into()),
+                blue_green_plan: None,
             };
             let (config, managed) = if is_url(&args.source) {
                 (url_config(&args.source, "--source")?, None)
@@ -242,6 +243,7 @@ fn plan(ctx: &Context, args: &MigrationArgs) -> Outcome {
             installed: support.installed,
             full_load_unsupported: support.full_load_unsupported,
             blue_green_unsupported: support.blue_green_unsupported,
+            blue_green_plan: support.blue_green_plan,
         },
     };
     let report = runtime.block_on(async {
@@ -401,28 +403,30 @@ fn spec_from_args(
 }
 
 /// What the target's platform can run, for preflight: the local platform's installed
-/// major versions with their extensions; AWS decides for itself and runs no full load.
-/// What the platform can run: its installed major versions (local), why it cannot run the
-/// full-load strategy, and why it has no blue/green deployments.
+/// major versions with their extensions (AWS decides for itself and runs no full load),
+/// why it cannot run the full-load strategy, and whether and how it would make a
+/// blue/green deployment of `source` with green on `engine_version`.
 fn target_versions(
     runtime: &tokio::runtime::Runtime,
     platform: &AnyPlatform,
     source: &str,
+    engine_version: Option<u32>,
 ) -> TargetSupport {
-    let _ = (runtime, source);
+    let _ = (runtime, source, engine_version);
     match platform {
         AnyPlatform::Local(local) => TargetSupport {
             installed: Some(installed_versions(local.instances().installs())),
             full_load_unsupported: None,
             blue_green_unsupported: Some(LOCAL_HAS_NO_BLUE_GREEN.into()),
+            blue_green_plan: None,
         },
         #[cfg(feature = "aws")]
-        AnyPlatform::Aws(aws) => TargetSupport {
-            installed: None,
-            full_load_unsupported: Some("the full-load strategy runs on the local platform only: pgseal does not create empty RDS instances".into()),
-            // AWS's documented limits, read from the account.
-            blue_green_unsupported: match runtime.block_on(aws.blue_green_blockers(source)) {
-                Ok(found) if found.is_empty() => None,
+        AnyPlatform::Aws(aws) => {
+            // AWS's documented limits, read from the account, then its replication method
+            // for this source and version.
+            let plan = runtime.block_on(aws.plan_deployment(source, engine_version));
+            let blue_green_unsupported = match runtime.block_on(aws.blue_green_blockers(source)) {
+                Ok(found) if found.is_empty() => plan.as_ref().err().map(|e| e.to_string()),
                 Ok(found) => Some(format!(
                     "AWS blue/green deployments do not support {}",
                     found.join("; ")
@@ -430,8 +434,14 @@ fn target_versions(
                 Err(e) => Some(format!(
                     "the account's blue/green limits could not be read: {e}"
                 )),
-            },
-        },
+            };
+            TargetSupport {
+                installed: None,
+                full_load_unsupported: Some("the full-load strategy runs on the local platform only: pgseal does not create empty RDS instances".into()),
+                blue_green_unsupported,
+                blue_green_plan: plan.ok(),
+            }
+        }
     }
 }
 
@@ -443,6 +453,7 @@ struct TargetSupport {
     installed: Option<BTreeMap<u32, BTreeSet<String>>>,
     full_load_unsupported: Option<String>,
     blue_green_unsupported: Option<String>,
+    blue_green_plan: Option<pgseal_platform::BlueGreenPlan>,
 }
 
 fn installed_versions(installs: &pgseal_pg::PgInstalls) -> BTreeMap<u32, BTreeSet<String>> {
@@ -460,7 +471,7 @@ fn surroundings(
     platform: &AnyPlatform,
     spec: &MigrationSpec,
 ) -> Surroundings {
-    let support = target_versions(runtime, platform, &spec.source);
+    let support = target_versions(runtime, platform, &spec.source, spec.engine_version);
     let key = &spec.key;
     Surroundings {
         free_bytes: matches!(platform, AnyPlatform::Local(_))
@@ -470,6 +481,7 @@ fn surroundings(
         installed: support.installed,
         full_load_unsupported: support.full_load_unsupported,
         blue_green_unsupported: support.blue_green_unsupported,
+        blue_green_plan: support.blue_green_plan,
         // The local platform found them already; elsewhere they are looked for here.
         client_tools: match platform {
             AnyPlatform::Local(local) => local.instances().installs().clone(),

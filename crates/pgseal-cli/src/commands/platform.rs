@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use pgseal_core::{Journal, MigrationSpec};
 use pgseal_local::platform::LocalPlatform;
 use pgseal_platform::{
-    BlueGreen, GreenResource, Handoff, Instance, NewInstance, ParamsChanged, Platform, Result,
-    Snapshot,
+    BlueGreen, BlueGreenPlan, GreenResource, Handoff, Instance, NewInstance, ParamsChanged,
+    Platform, Result, Snapshot,
 };
 
 use super::Context;
@@ -106,13 +106,21 @@ impl Platform for AnyPlatform {
     async fn connection(&self, instance: &str) -> Result<tokio_postgres::Config> {
         each!(self, p => p.connection(instance).await)
     }
+    async fn blue_green_plan(
+        &self,
+        source: &str,
+        engine_version: Option<u32>,
+    ) -> Result<BlueGreenPlan> {
+        each!(self, p => p.blue_green_plan(source, engine_version).await)
+    }
     async fn create_blue_green(
         &self,
         migration: &str,
         source: &str,
         key: &str,
+        engine_version: Option<u32>,
     ) -> Result<(BlueGreen, bool)> {
-        each!(self, p => p.create_blue_green(migration, source, key).await)
+        each!(self, p => p.create_blue_green(migration, source, key, engine_version).await)
     }
     async fn wait_blue_green(&self, migration: &str) -> Result<BlueGreen> {
         each!(self, p => p.wait_blue_green(migration).await)

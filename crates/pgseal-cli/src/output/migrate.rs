@@ -731,6 +731,30 @@ pub fn plan(r: &PreflightReport, source: &str, target: &str, name: &str) -> Stri
             c.why
         ));
     }
+    if let Some(bg) = &r.blue_green {
+        out.push_str(&format!(
+            "\nblue/green: {} replication ({})\n  parameters: {}\n  DDL: {}\n  limits (* = this source meets it):\n",
+            bg.method,
+            bg.why,
+            match (bg.needs_logical_replication, bg.reboot) {
+                (false, _) => "none changed, no reboot (physical replication needs no logical decoding)".to_string(),
+                (true, false) => "rds.logical_replication is on already; no reboot".to_string(),
+                (true, true) => "rds.logical_replication = 1 is set at start, which reboots the source (--allow-restart)".to_string(),
+            },
+            bg.ddl
+        ));
+        for l in &bg.limits {
+            out.push_str(&format!(
+                "  {} {}{}\n",
+                if l.met { "*" } else { "-" },
+                l.limit,
+                l.detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     if !r.ddl_stops.is_empty() {
         out.push_str("\nDDL on the source is replayed on the target in its place in the stream, but for\nthese, where the target's apply stops until you decide (`pgseal migrate ddl`):\n");
         for s in &r.ddl_stops {

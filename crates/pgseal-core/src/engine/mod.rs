@@ -38,6 +38,8 @@ pub struct Surroundings {
     pub full_load_unsupported: Option<String>,
     /// Why the platform has no blue/green deployments, if it has none.
     pub blue_green_unsupported: Option<String>,
+    /// How the platform's blue/green deployment of the source would replicate.
+    pub blue_green_plan: Option<pgseal_platform::BlueGreenPlan>,
     /// The client programs (`pg_dump`, `pg_dumpall`, `psql`) the full load runs.
     pub client_tools: pgseal_pg::PgInstalls,
 }

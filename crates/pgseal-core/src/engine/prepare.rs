@@ -51,6 +51,7 @@ impl<P: Platform> Engine<'_, P> {
                 installed: self.surroundings.installed.clone(),
                 full_load_unsupported: self.surroundings.full_load_unsupported.clone(),
                 blue_green_unsupported: self.surroundings.blue_green_unsupported.clone(),
+                blue_green_plan: self.surroundings.blue_green_plan.clone(),
             },
         };
         let connect = async |db: &str| self.source_db(db).await.map_err(|e| error_chain(&e));

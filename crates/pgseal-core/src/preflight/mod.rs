@@ -10,6 +10,10 @@ use tokio_postgres::Client;
 use crate::steps::StrategyKind;
 use crate::stream::{self, DatabaseInfo, Stream};
 
+pub mod blue_green;
+
+pub use blue_green::{BlueGreenReport, Limit};
+
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,6 +78,19 @@ pub struct TargetVersion {
     pub full_load_unsupported: Option<String>,
     /// Why the platform has no blue/green deployments, if it has none.
     pub blue_green_unsupported: Option<String>,
+    /// How the platform's blue/green deployment of this source would replicate (where it
+    /// has them and can make the version asked for).
+    pub blue_green_plan: Option<pgseal_platform::BlueGreenPlan>,
+}
+
+impl TargetVersion {
+    /// The replication method of the blue/green deployment asked for (`None` for the
+    /// other strategies, or where the platform has none).
+    pub fn blue_green_method(&self) -> Option<pgseal_platform::ReplicationMethod> {
+        (self.strategy == StrategyKind::BlueGreen)
+            .then(|| self.blue_green_plan.as_ref().map(|p| p.method))
+            .flatten()
+    }
 }
 
 /// Whether a strategy can move this source, and why.
@@ -134,6 +151,9 @@ pub struct PreflightReport {
     /// (everything else DDL does is replayed).
     #[serde(default)]
     pub ddl_stops: Vec<String>,
+    /// The blue/green deployment asked for: its method, what follows, its limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenReport>,
 }
 
 impl PreflightReport {
@@ -247,9 +267,10 @@ where
         ));
     }
 
-    // 1. wal_level.
+    // 1. wal_level (a physical blue/green deployment replicates without it).
     let wal_level = setting(&settings, "wal_level");
-    if wal_level != "logical" {
+    let physical = wanted.blue_green_method() == Some(pgseal_platform::ReplicationMethod::Physical);
+    if wal_level != "logical" && !physical {
         let fix = match (&input.managed_source, input.allow_restart) {
             (Some(_), true) => "pgseal sets it and restarts the source at `migrate start` (--allow-restart given)".to_string(),
             (Some(name), false) => format!(
@@ -278,17 +299,23 @@ where
     }
 
     // 2. Free slots and senders: one of each per database for the migration, one more per
-    //    database for rollback.
+    //    database for rollback (pgseal's streams; a physical blue/green deployment makes
+    //    none of them).
     let used = client
         .query_one(
             "SELECT (SELECT count(*) FROM pg_replication_slots), (SELECT count(*) FROM pg_stat_replication)",
             &[],
         )
         .await?;
-    for (name, in_use) in [
-        ("max_replication_slots", used.get::<_, i64>(0)),
-        ("max_wal_senders", used.get::<_, i64>(1)),
-    ] {
+    let streams_needed = if physical {
+        Vec::new()
+    } else {
+        vec![
+            ("max_replication_slots", used.get::<_, i64>(0)),
+            ("max_wal_senders", used.get::<_, i64>(1)),
+        ]
+    };
+    for (name, in_use) in streams_needed {
         let max: i64 = setting(&settings, name).parse().unwrap_or(0);
         if max - in_use < 2 * n {
             findings.push(blocker(
@@ -306,7 +333,7 @@ where
     let processes: i64 = setting(&settings, "max_worker_processes")
         .parse()
         .unwrap_or(0);
-    if workers < n || processes < n + 1 {
+    if !physical && (workers < n || processes < n + 1) {
         findings.push(blocker(
             "replication_workers",
             format!("max_logical_replication_workers is {workers} and max_worker_processes {processes}; {n} database(s) need {n} apply workers (and one launcher)"),
@@ -360,6 +387,7 @@ where
     //    and large objects (not replicated), name clashes.
     let mut scope = Vec::new();
     let mut published_tables = 0;
+    let mut seen = blue_green::Seen::default();
     for db in &all {
         let Some(stream) = streams.iter().find(|s| s.database == db.name) else {
             scope.push(DatabaseScope {
@@ -383,7 +411,8 @@ where
                 continue;
             }
         };
-        let (entry, count) = database_checks(&session, db, stream, input, &mut findings).await?;
+        let (entry, count) =
+            database_checks(&session, db, stream, input, &mut findings, &mut seen).await?;
         if wanted.strategy == StrategyKind::FullLoad
             && let Some(available) = wanted.installed.as_ref().and_then(|i| i.get(&target_major))
         {
@@ -568,8 +597,19 @@ where
         }
     }
 
+    let blue_green = match (&wanted.blue_green_plan, wanted.strategy) {
+        (Some(plan), StrategyKind::BlueGreen) => Some(blue_green::report(
+            plan,
+            &wal_level,
+            &scope,
+            &seen,
+            &mut findings,
+        )),
+        _ => None,
+    };
     findings.sort_by_key(|f| f.severity == Severity::Warning);
     Ok(PreflightReport {
+        blue_green,
         source_major,
         target_major,
         strategy: wanted.strategy,
@@ -637,15 +677,26 @@ fn strategy_choices(
     };
     let blue_green = StrategyChoice {
         strategy: StrategyKind::BlueGreen,
-        possible: wanted.blue_green_unsupported.is_none() && same_version,
+        possible: wanted.blue_green_unsupported.is_none()
+            && (wanted.blue_green_plan.is_some() || same_version),
         why: if let Some(why) = &wanted.blue_green_unsupported {
             why.clone()
         } else {
-            "the platform's own Blue/Green deployment with green encrypted under the key: AWS runs the replication; same account only; not with RDS Proxy, cascading or cross-Region read replicas, or Multi-AZ DB clusters; the switchover drops connections and has no way back (pgseal's snapshot strategy rolls back by reverse replication). Chosen only when asked for".into()
+            let method = wanted
+                .blue_green_plan
+                .as_ref()
+                .map(|p| format!(" ({} replication: {})", p.method, p.why))
+                .unwrap_or_default();
+            format!(
+                "the platform's own Blue/Green deployment with green encrypted under the key{method}: AWS runs the replication; same account only; not with RDS Proxy, cascading or cross-Region read replicas, or Multi-AZ DB clusters; the switchover drops connections and has no way back (pgseal's snapshot strategy rolls back by reverse replication). Chosen only when asked for"
+            )
         },
     };
     let recommended = if !same_version && full_load.possible {
         StrategyKind::FullLoad
+    } else if !same_version && blue_green.possible {
+        // Where pgseal makes no empty target (AWS), the platform's deployment upgrades.
+        StrategyKind::BlueGreen
     } else if input.tables.is_some() && full_load.possible {
         // A snapshot copies every table to replicate a few.
         StrategyKind::FullLoad
@@ -677,10 +728,11 @@ fn version_checks(
                     why.clone(),
                     "use --strategy snapshot (or full-load) on this platform".into(),
                 ));
-            } else if target_major != source_major {
+            } else if target_major != source_major && wanted.blue_green_plan.is_none() {
+                // Where the platform planned the deployment, it allowed the upgrade.
                 findings.push(blocker(
                     "engine_version",
-                    format!("--engine-version {target_major} with the blue-green strategy: pgseal's blue/green keeps the source's major version {source_major}"),
+                    format!("--engine-version {target_major} with the blue-green strategy: the platform cannot make green on PostgreSQL {target_major} from {source_major}"),
                     format!("pass --strategy full-load to move onto PostgreSQL {target_major}, or leave --engine-version out"),
                 ));
             }
@@ -722,7 +774,11 @@ async fn database_checks(
     stream: &Stream,
     input: &PreflightInput,
     findings: &mut Vec<Finding>,
+    seen: &mut blue_green::Seen,
 ) -> Result<(DatabaseScope, u64), tokio_postgres::Error> {
+    let blue_green = input.target_version.strategy == StrategyKind::BlueGreen;
+    let physical = input.target_version.blue_green_method()
+        == Some(pgseal_platform::ReplicationMethod::Physical);
     let in_db = |what: String| format!("{}: {what}", db.name);
     let tables = client
         .query(
@@ -763,7 +819,10 @@ async fn database_checks(
             no_identity.push(name);
         }
     }
-    if !no_identity.is_empty() {
+    seen.keyless
+        .extend(no_identity.iter().map(|t| in_db(t.clone())));
+    // A physical copy needs no replica identity: nothing is published.
+    if !no_identity.is_empty() && !physical {
         let detail = in_db(format!(
             "{} table(s) without a primary key or replica identity: {}; once published, UPDATE and DELETE on them fail on the source",
             no_identity.len(),
@@ -824,7 +883,28 @@ async fn database_checks(
     }
     let mut carried_by_pgseal = Vec::new();
     let (large_objects, lo_bytes) = pgseal_pg::large_objects::count(client).await?;
-    if large_objects > 0 {
+    if blue_green {
+        // The platform replicates; pgseal carries nothing (see the method's limits).
+        if large_objects > 0 {
+            seen.large_objects.push(in_db(format!(
+                "{large_objects} large object(s), {} KiB",
+                lo_bytes >> 10
+            )));
+        }
+        seen.replication.extend(
+            client
+                .query(
+                    "SELECT 'publication ' || pubname FROM pg_publication WHERE pubname NOT LIKE 'pgseal%' \
+                     UNION ALL SELECT 'subscription ' || subname FROM pg_subscription \
+                     WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                       AND subname NOT LIKE 'pgseal%' ORDER BY 1",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| in_db(r.get(0))),
+        );
+    } else if large_objects > 0 {
         carried_by_pgseal.push(format!(
             "{large_objects} large object(s), {} KiB: copied by the follower, what changed since inside the cutover's pause",
             lo_bytes >> 10

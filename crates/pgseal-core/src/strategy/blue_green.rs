@@ -1,7 +1,14 @@
 //! The blue/green strategy's steps: the platform's own deployment (RDS and Aurora
-//! Blue/Green with a `TargetKmsKeyId` for each blue resource) made or found again, then
-//! green awaited and each green resource's encryption checked before anything can be
-//! switched. The platform replicates; pgseal journals, checks and cleans up.
+//! Blue/Green with a `TargetKmsKeyId` for each blue resource, and a `TargetEngineVersion`
+//! for an upgrade) made or found again, then green awaited and each green resource's
+//! encryption checked before anything can be switched. The platform replicates; pgseal
+//! journals, checks and cleans up.
+//!
+//! How the platform replicates decides the rest ([`method`]): physically (RDS at the same
+//! major version), green is a hot standby whose replay position validation waits for, no
+//! logical decoding is turned on and DDL is carried; logically (Aurora, or an upgrade),
+//! validation waits for green's subscriptions, the source needs logical decoding and the
+//! cutover compares both schemas, since DDL is not carried.
 //!
 //! Crash safety: the deployment is recorded as a resource (by its name,
 //! `pgseal-<migration>`) before it is asked for, and the platform names and tags it after
@@ -10,7 +17,7 @@
 
 use std::time::Instant;
 
-use pgseal_platform::Platform;
+use pgseal_platform::{Platform, ReplicationMethod};
 use serde_json::json;
 
 use super::{Strategy, not_its_step};
@@ -21,7 +28,7 @@ use crate::cutover::{RollbackReport, Switch};
 use crate::engine::{Engine, StepResult};
 use crate::error::{EngineError, platform_error, sql};
 use crate::handle::Handle;
-use crate::journal::{DEPLOYMENT, INSTANCE, Journal, MigrationSpec, Phase};
+use crate::journal::{DEPLOYMENT, INSTANCE, Journal, MigrationSpec, Outcome, Phase};
 use crate::sessions::connect_source_db;
 use crate::steps::{Step, StrategyKind};
 use crate::stream;
@@ -42,7 +49,8 @@ impl Strategy for BlueGreen {
         }
     }
 
-    /// AWS's replication carries no DDL (the cutover refuses on schema drift instead).
+    /// pgseal replays no DDL: the platform's physical replication carries it, its logical
+    /// replication does not (the cutover refuses on schema drift instead).
     fn replays_ddl(&self) -> bool {
         false
     }
@@ -60,7 +68,7 @@ impl Strategy for BlueGreen {
         Ok(Compared {
             target: green_instance(m.journal, m.name)?,
             scope: scope(m.platform, spec, m.name).await?,
-            replicator: Replicator::Platform,
+            replicator: Replicator::Platform(method(m.journal, m.name)?),
         })
     }
 
@@ -121,22 +129,39 @@ async fn scope<P: Platform>(
 }
 
 impl<P: Platform> Engine<'_, P> {
-    /// Logical replication on at the source (what blue/green replicates with), then the
-    /// deployment made, or found when an earlier run made it.
+    /// Logical replication on at the source where the platform's method needs it (not
+    /// for physical replication: no parameter change, no reboot), then the deployment
+    /// made (green on `--engine-version` when given), or found when an earlier run made
+    /// it.
     async fn create_deployment(&self) -> StepResult {
-        let (_, restarted) = self.ensure_logical_wal().await?;
+        let plan = self
+            .platform
+            .blue_green_plan(&self.spec.source, self.spec.engine_version)
+            .await
+            .map_err(platform_error("planning the blue/green deployment"))?;
+        let restarted = if plan.method.needs_logical_wal() {
+            self.ensure_logical_wal().await?.1
+        } else {
+            false
+        };
         let name = &self.spec.name;
         self.journal
             .add_resource(name, DEPLOYMENT, INSTANCE, &format!("pgseal-{name}"))?;
         let (deployment, adopted) = self
             .platform
-            .create_blue_green(name, &self.spec.source, &self.spec.key)
+            .create_blue_green(
+                name,
+                &self.spec.source,
+                &self.spec.key,
+                self.spec.engine_version,
+            )
             .await
             .map_err(platform_error("creating the blue/green deployment"))?;
         let summary = format!(
-            "blue/green deployment {} ({}) {} for {}{}",
+            "blue/green deployment {} ({}, {} replication) {} for {}{}",
             deployment.name,
             deployment.id,
+            plan.method,
             if adopted {
                 "found, made by an earlier run,"
             } else {
@@ -150,7 +175,7 @@ impl<P: Platform> Engine<'_, P> {
             }
         );
         Ok((
-            json!({ "deployment": deployment, "adopted": adopted, "restarted": restarted }),
+            json!({ "deployment": deployment, "adopted": adopted, "restarted": restarted, "plan": plan }),
             summary,
         ))
     }
@@ -182,9 +207,12 @@ impl<P: Platform> Engine<'_, P> {
             )));
         }
         let summary = format!(
-            "deployment {} is {}; {} green resource(s) encrypted under {} ({})",
+            "deployment {} is {} ({} replication); {} green resource(s) encrypted under {} ({})",
             deployment.id,
             deployment.status,
+            deployment
+                .method
+                .map_or("unknown", pgseal_platform::ReplicationMethod::as_str),
             green.len(),
             self.spec.key,
             green
@@ -211,6 +239,21 @@ pub fn green_instance(journal: &Journal, name: &str) -> Result<String, EngineErr
         ))
     })?;
     Ok(arn_tail(target).to_string())
+}
+
+/// How blue/green migration `name`'s deployment replicates: as its `green_ready` step read
+/// it from the deployment, else as `create_deployment` planned it; logical when neither
+/// says (the stricter: no position is trusted without the platform's slots, and DDL is
+/// compared).
+pub fn method(journal: &Journal, name: &str) -> Result<ReplicationMethod, EngineError> {
+    let read = |step: Step, pointer: &str| -> Result<Option<ReplicationMethod>, EngineError> {
+        Ok(journal
+            .outputs(name, step)?
+            .and_then(|o| serde_json::from_value(o.pointer(pointer)?.clone()).ok()))
+    };
+    Ok(read(Step::GreenReady, "/deployment/method")?
+        .or(read(Step::CreateDeployment, "/plan/method")?)
+        .unwrap_or(ReplicationMethod::Logical))
 }
 
 /// The identifier at the end of an ARN (`arn:aws:rds:...:db:prod` → `prod`).
@@ -243,7 +286,22 @@ async fn switchover<P: Platform>(
             record.phase.as_str()
         ));
     }
+    // The last validation is the one that counts: a later one that did not finish (green
+    // stopped following, say) leaves no earlier clean one standing.
+    let unfinished = journal
+        .step_runs(name)?
+        .into_iter()
+        .rev()
+        .find(|r| r.step == Step::Validate)
+        .filter(|r| r.outcome != Outcome::Done);
     match journal.outputs(name, Step::Validate)? {
+        _ if unfinished.is_some() => failed.push(format!(
+            "the last validation of green did not finish ({}): `pgseal migrate validate {name}` again once green follows blue",
+            unfinished
+                .as_ref()
+                .and_then(|r| r.error.as_deref())
+                .unwrap_or("interrupted")
+        )),
         None => failed.push(format!(
             "green was never compared with blue: run `pgseal migrate validate {name}` first"
         )),
@@ -257,7 +315,9 @@ async fn switchover<P: Platform>(
         Ok(green) => failed.extend(green.into_iter().filter_map(|g| g.problem)),
         Err(e) => failed.push(format!("green cannot be described: {e}")),
     }
-    if record.phase == Phase::Replicating {
+    // Physical replication replays blue's DDL; only logical replication leaves it out.
+    let method = method(journal, name)?;
+    if record.phase == Phase::Replicating && !method.carries_ddl() {
         match schema_drift(platform, journal, name).await {
             Ok(found) => failed.extend(found),
             Err(e) => failed.push(format!(

@@ -101,7 +101,7 @@ pub async fn validate<P: Platform>(
         );
         let target = connect_to(platform, target_name, db, "target").await?;
         let source_aux = connect_source_db(platform, &spec, db).await?;
-        let follower = Follower::of(&source_aux, stream, blue_green).await?;
+        let follower = Follower::of(&source_aux, stream, compared.replicator.method()).await?;
         let catch_up = CatchUp::new(name, db, &source_aux, &target, follower).await?;
         // An apply stopped on a statement is named at once, not after a wait per table.
         if let Some(why) = catch_up.stopped(None).await? {
@@ -175,7 +175,7 @@ pub async fn validate<P: Platform>(
                 Follower::Stream { slot } => {
                     copied(&target, slot, copy_wait, t, &shown, progress).await?
                 }
-                Follower::Platform => true,
+                Follower::Platform | Follower::Standby => true,
             };
             let outcome = if copied {
                 table(&sides, t).await

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::catch_up::{CatchUp, Follower};
+use crate::catch_up::CatchUp;
 use crate::error::{EngineError, sql};
 
 use super::change_log::*;
@@ -37,7 +37,7 @@ pub(super) const LOCK_TIMEOUT: &str = "100ms";
 impl Sides<'_> {
     /// Without a change log: the platform's replication (green is read-only).
     pub(super) fn platform(&self) -> bool {
-        matches!(self.catch_up.follower, Follower::Platform)
+        self.catch_up.follower.is_platform()
     }
 
     /// The target's change log position now (0 without a change log).
