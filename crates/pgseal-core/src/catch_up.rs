@@ -50,12 +50,6 @@ impl Follower {
             Some(ReplicationMethod::Physical) => Ok(Follower::Standby),
         }
     }
-
-    /// Whether the platform replicates (no change log, nothing pgseal carries; the target
-    /// is read-only).
-    pub(crate) fn is_platform(&self) -> bool {
-        !matches!(self, Follower::Stream { .. })
-    }
 }
 
 /// Commits a barrier on `session` with `synchronous_commit = on`: its commit is flushed,

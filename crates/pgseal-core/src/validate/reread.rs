@@ -7,7 +7,6 @@ use tokio_postgres::Client;
 use crate::catch_up::CatchUp;
 use crate::error::{EngineError, sql};
 
-use super::change_log::*;
 use super::report::*;
 use super::shape::*;
 
@@ -34,111 +33,35 @@ pub(super) const LOCKED_CATCH_UP: Duration = Duration::from_millis(50);
 /// queue behind the lock while it is asked for, and while the source side is read.
 pub(super) const LOCK_TIMEOUT: &str = "100ms";
 
-impl Sides<'_> {
-    /// Without a change log: the platform's replication (green is read-only).
-    pub(super) fn platform(&self) -> bool {
-        self.catch_up.follower.is_platform()
-    }
-
-    /// The target's change log position now (0 without a change log).
-    pub(super) async fn log_position(&self) -> Result<i64, EngineError> {
-        if self.platform() {
-            return Ok(0);
-        }
-        Ok(self
-            .target
-            .query_one(
-                &format!("SELECT coalesce(max(id), 0) FROM {CHANGE_LOG}"),
-                &[],
-            )
-            .await
-            .map_err(sql("target", "reading the change log"))?
-            .get(0))
-    }
-
-    /// What of `shape`'s table the target's change log shows changed after `since`; all
-    /// of it without a change log.
-    pub(super) async fn moved(&self, shape: &Shape, since: i64) -> Result<Moved, EngineError> {
-        if self.platform() {
-            return Ok(Moved::Table);
-        }
-        if shape.key.is_empty() {
-            let any = self
-                .target
-                .query_opt(
-                    &format!(
-                        "SELECT 1 FROM {CHANGE_LOG} WHERE id > $1 AND tbl = $2::text::regclass LIMIT 1"
-                    ),
-                    &[&since, &shape.table],
-                )
-                .await
-                .map_err(sql("target", "reading the change log"))?;
-            return Ok(if any.is_some() {
-                Moved::Table
-            } else {
-                Moved::Keys(Default::default())
-            });
-        }
-        let cols: Vec<String> = shape
-            .key_from_json("l.key")
-            .iter()
-            .zip(&shape.key)
-            .map(|(value, (c, _))| format!("{value} AS {c}"))
-            .collect();
-        let rows = self
-            .target
-            .query(
-                &format!(
-                    "SELECT DISTINCT {} FROM (SELECT {} FROM {CHANGE_LOG} l \
-                     WHERE l.id > $1 AND l.tbl = $2::text::regclass) k",
-                    shape.key_text(),
-                    cols.join(", ")
-                ),
-                &[&since, &shape.table],
-            )
-            .await
-            .map_err(sql("target", "reading the change log"))?;
-        Ok(Moved::Keys(rows.iter().map(|r| r.get(0)).collect()))
-    }
-}
-
-/// What moved on the target while a read was under way.
-pub(super) enum Moved {
-    /// These keys (possibly none).
-    Keys(std::collections::BTreeSet<String>),
-    /// Any row of the table (it has no key, or the target keeps no change log).
-    Table,
-}
-
 /// `row hash -> count` of both sides (a table without a key).
 pub(super) type MultisetPair = (
     std::collections::BTreeMap<i64, i64>,
     std::collections::BTreeMap<i64, i64>,
 );
 
-/// Reads both sides holding nothing: the target's change log position, the source side,
-/// then (once the target has applied everything the source had committed by then) the
-/// target side, then what the change log shows moved meanwhile.
+/// Reads both sides holding nothing: the source side, then (once the target has applied
+/// everything the source had committed by then) the target side.
 ///
-/// For a key that did not move, the two reads are of the same point of the stream: every
-/// change applied on the target before the first position was committed on the source
-/// before its read began, everything the source read was committed before the position
-/// the target then applied, and the key was not changed in between. A key that moved is
-/// inconclusive.
+/// Equal reads settle a range: everything the source read was committed before the
+/// position the target then applied, and a change the source's read missed would show on
+/// the target's side as a difference. A difference settles nothing, even for a key that
+/// did not move: PostgreSQL writes and flushes a commit record (and the walsender sends
+/// it) before the committing backend leaves the proc array, so a commit can be applied on
+/// the target (and logged in its change log) before the source's read could see it. Only
+/// the locked re-check ([`locked`]: the table's `SHARE` lock waits for that writer to
+/// end) settles a difference.
 pub(super) async fn unlocked<T>(
     sides: &Sides<'_>,
     shape: &Shape,
     read: impl AsyncFn(&Client, &'static str) -> Result<T, EngineError>,
-) -> Result<(T, T, Moved), EngineError> {
+) -> Result<(T, T), EngineError> {
     let started = Instant::now();
-    let since = sides.log_position().await?;
     let source_side = read(sides.source, "source").await?;
     let read_source = started.elapsed();
     let lsn = sides.catch_up.source_lsn(sides.source).await?;
     sides.catch_up.applied(lsn).await?;
     let caught_up = started.elapsed();
     let target_side = read(sides.target, "target").await?;
-    let moved = sides.moved(shape, since).await?;
     tracing::debug!(
         table = %shape.table,
         read_source_ms = read_source.as_secs_f64() * 1e3,
@@ -146,7 +69,7 @@ pub(super) async fn unlocked<T>(
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "re-read a differing range"
     );
-    Ok((source_side, target_side, moved))
+    Ok((source_side, target_side))
 }
 
 /// Reads both sides at one point of the stream, for a difference unlocked reads could not
@@ -218,10 +141,10 @@ pub(super) async fn locked<T>(
 pub(super) const TRIES: usize = 3;
 
 /// Compares the rows under `cond` key by key and adds what differs to `report`. Keys that
-/// moved while being read and differ are read again, by key, up to [`TRIES`] times, then
-/// once more under the lock; if they still cannot be settled the chunk counts as unstable
-/// (the cutover's final check compares them again with the source fenced: they are in the
-/// change log). Returns false in that case.
+/// differ are read again, by key, up to [`TRIES`] times, then once more under the lock,
+/// which alone makes a difference count (see [`unlocked`]); if they still cannot be
+/// settled the chunk counts as unstable (the cutover's final check compares them again
+/// with the source fenced: they are in the change log). Returns false in that case.
 pub(super) async fn settle_rows(
     sides: &Sides<'_>,
     shape: &Shape,
@@ -230,21 +153,14 @@ pub(super) async fn settle_rows(
 ) -> Result<bool, EngineError> {
     let mut cond = cond.to_string();
     for _ in 0..TRIES {
-        let (src, dst, moved) = unlocked(sides, shape, async |c, role| {
+        let (src, dst) = unlocked(sides, shape, async |c, role| {
             hashes(c, shape, &cond, role).await
         })
         .await?;
-        let unsettled = match moved {
-            Moved::Table => differing(&src, &dst),
-            Moved::Keys(keys) => differing(&src, &dst)
-                .into_iter()
-                .filter(|k| keys.contains(k))
-                .collect(),
-        };
-        let (mut a, mut b) = (src, dst);
-        a.retain(|k, _| !unsettled.contains(k));
-        b.retain(|k, _| !unsettled.contains(k));
-        merge(report, &a, &b);
+        // Only equality is settled without the lock: a difference may be a commit the
+        // target applied before the source's read could see it (see [`unlocked`]). What
+        // differs is read again, then under the lock.
+        let unsettled = differing(&src, &dst);
         if unsettled.is_empty() {
             return Ok(true);
         }
@@ -285,9 +201,11 @@ pub(super) async fn settle_multiset(
     shape: &Shape,
 ) -> Result<Option<MultisetPair>, EngineError> {
     for _ in 0..TRIES {
-        let (src, dst, moved) =
+        let (src, dst) =
             unlocked(sides, shape, async |c, role| multiset(c, shape, role).await).await?;
-        if src == dst || !matches!(moved, Moved::Table) {
+        // Equal settles it; a difference is read again and then under the lock (see
+        // [`settle_rows`]).
+        if src == dst {
             return Ok(Some((src, dst)));
         }
     }
