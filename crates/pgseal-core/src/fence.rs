@@ -57,6 +57,7 @@ pub(crate) async fn fence(
     admin: &Client,
     dbs: &[String],
     keep: &[i32],
+    role: &'static str,
 ) -> Result<Fenced, EngineError> {
     // Every database in one transaction: one commit, whatever their number.
     allow_connections(
@@ -64,6 +65,7 @@ pub(crate) async fn fence(
         dbs,
         false,
         "refusing new connections to the databases",
+        role,
     )
     .await?;
     let mut fenced = Fenced::default();
@@ -78,13 +80,13 @@ pub(crate) async fn fence(
                 admin
                     .query_one(STARTING_SESSIONS, &[&dbs, &keep])
                     .await
-                    .map_err(sql("source", "listing sessions starting up"))
+                    .map_err(sql(role, "listing sessions starting up"))
             },
             async {
                 admin
                     .query(FENCED_SESSIONS, &[&dbs, &keep])
                     .await
-                    .map_err(sql("source", "listing the databases' sessions"))
+                    .map_err(sql(role, "listing the databases' sessions"))
             },
             async {
                 admin
@@ -93,7 +95,7 @@ pub(crate) async fn fence(
                         &[&dbs],
                     )
                     .await
-                    .map_err(sql("source", "counting prepared transactions"))
+                    .map_err(sql(role, "counting prepared transactions"))
             },
         )?;
         let (starting, prepared): (i64, i64) = (starting.get(0), prepared.get(0));
@@ -117,7 +119,7 @@ pub(crate) async fn fence(
                 admin
                     .query_one("SELECT pg_terminate_backend($1)", &[pid])
                     .await
-                    .map_err(sql("source", "ending a session"))
+                    .map_err(sql(role, "ending a session"))
                     .map(|row| row.get::<_, bool>(0))
             }))
             .await?;
@@ -153,18 +155,25 @@ pub(crate) async fn fence(
     }
 }
 
-pub(crate) async fn lift_fences(admin: &Client, dbs: &[String]) -> Result<(), EngineError> {
-    allow_connections(admin, dbs, true, "lifting the fence").await
+/// Lets every database of `dbs` take connections again, from `admin` (a session on
+/// another database of side `role`).
+pub(crate) async fn lift_fences(
+    admin: &Client,
+    dbs: &[String],
+    role: &'static str,
+) -> Result<(), EngineError> {
+    allow_connections(admin, dbs, true, "lifting the fence", role).await
 }
 
 /// `ALTER DATABASE db ALLOW_CONNECTIONS allow` for every database of `dbs` in one
-/// transaction, from `admin` (a session on another database); `what` names the step in
-/// an error.
+/// transaction, from `admin` (a session on another database of side `role`); `what`
+/// names the step in an error.
 pub(crate) async fn allow_connections(
     admin: &Client,
     dbs: &[String],
     allow: bool,
-    what: &str,
+    what: &'static str,
+    role: &'static str,
 ) -> Result<(), EngineError> {
     if dbs.is_empty() {
         return Ok(());
@@ -183,7 +192,7 @@ pub(crate) async fn allow_connections(
         // whole on an error (no transaction block left open on the session).
         .batch_execute(&statements)
         .await
-        .map_err(sql("source", what))
+        .map_err(sql(role, what))
 }
 
 /// A session on the source's database `db` however it is fenced: the fence is lifted for
@@ -196,12 +205,12 @@ pub(crate) async fn slip_in<P: Platform>(
     db: &str,
 ) -> Result<Client, EngineError> {
     let one = [db.to_string()];
-    lift_fences(admin, &one).await?;
+    lift_fences(admin, &one, "source").await?;
     let source = connect_source_db(platform, spec, db).await;
-    allow_connections(admin, &one, false, "fencing the database again").await?;
+    allow_connections(admin, &one, false, "fencing the database again", "source").await?;
     let source = source?;
     let own = backend_pid(&source, "source").await?;
-    fence(admin, &one, &[own]).await?;
+    fence(admin, &one, &[own], "source").await?;
     Ok(source)
 }
 

@@ -207,6 +207,37 @@ pub fn failpoint_at(point: &str) {
     }
 }
 
+/// The environment variable naming a point where the process waits for the test (see
+/// [`wait_point`]).
+pub const WAITPOINT_VAR: &str = "PGSEAL_WAITPOINT";
+
+/// The file [`wait_point`] creates on arrival and waits to see removed.
+pub const WAITPOINT_FILE_VAR: &str = "PGSEAL_WAITPOINT_FILE";
+
+/// When `PGSEAL_WAITPOINT` names `point` (points as for [`failpoint_at`]): creates the
+/// file `PGSEAL_WAITPOINT_FILE` names and waits, up to two minutes, until the test removes
+/// it, so that the test can fail something outside (stop a server hard) at exactly this
+/// point; then the process goes on. Without the `failpoints` feature, nothing.
+pub async fn wait_point(point: &str) {
+    if !FAILPOINTS || std::env::var(WAITPOINT_VAR).map_or(true, |wanted| wanted != point) {
+        return;
+    }
+    let Some(file) = std::env::var_os(WAITPOINT_FILE_VAR).map(std::path::PathBuf::from) else {
+        return;
+    };
+    if std::fs::write(&file, point).is_err() {
+        return;
+    }
+    eprintln!(
+        "pgseal: wait point {point} reached: waiting for {} to go",
+        file.display()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while file.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The environment variable of test hooks that make the engine misbehave on purpose, to
 /// prove its guards: `late-slot` creates the slot after the snapshot instead of before;
 /// `fail-after-fence` fails a cutover once its fence is up, and `undo-fails` fails that

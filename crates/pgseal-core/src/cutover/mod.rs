@@ -259,10 +259,11 @@ pub async fn cutover<P: Platform, S: Switch>(
         for db in &dbs {
             journal.add_resource(name, "fence", db, db)?;
         }
-        let fenced = fence(&admin, &dbs, &sources.pids).await?;
+        let fenced = fence(&admin, &dbs, &sources.pids, "source").await?;
         report.sessions_ended = fenced.sessions;
         report.workers_ended = fenced.workers;
         failpoint_at("cutover:fenced");
+        crate::steps::wait_point("cutover:fenced").await;
         let fence_lsn = flushed_barrier(&sources.clients[0], "source").await?;
         report.fence_lsn = Some(fence_lsn);
         laps.lap("fence");
@@ -361,31 +362,53 @@ pub async fn cutover<P: Platform, S: Switch>(
         }),
     };
     if let Err(error) = outcome {
-        // Back to where we were: the source serves, the target replicates.
+        // Back to where we were: the source serves, the target replicates. The source's
+        // fence first, so that it comes down even when the target does not answer (a
+        // target that crashed inside the pause); then the target's side, on new sessions
+        // where the old ones died with it.
+        let mut lifted = false;
         let undo = async {
-            drop_reverse(journal, &spec, &streams, &sources.clients, &targets.clients).await?;
             if test_hook("undo-fails") {
                 return Err(EngineError::Precondition(
                     "test hook undo-fails: the fence is not lifted".into(),
                 ));
             }
-            lift_fences(&admin, &dbs).await?;
+            let admin_again = if answering(&[&admin]).await {
+                None
+            } else {
+                Some(reopen(async || admin_session(platform, &spec, &streams).await).await?)
+            };
+            lift_fences(admin_again.as_ref().unwrap_or(&admin), &dbs, "source").await?;
             for db in &dbs {
                 journal.remove_resource(name, "fence", db, db)?;
             }
-            resume_forward(&targets.clients, &forward).await
+            lifted = true;
+            let targets_again = reopened(platform, &spec, &streams, "target", &targets).await?;
+            let sources_again = reopened(platform, &spec, &streams, "source", &sources).await?;
+            let (t, s) = (
+                targets_again.as_ref().unwrap_or(&targets),
+                sources_again.as_ref().unwrap_or(&sources),
+            );
+            drop_reverse(journal, &spec, &streams, &s.clients, &t.clients).await?;
+            resume_forward(&t.clients, &forward).await
         }
         .await;
         let resumed = switch.resume().await;
         let text = crate::error::error_chain(&error);
         journal.step_failed(run, &text)?;
         if let Err(undo_error) = undo {
-            // The fence may still be up: the phase stays `cutting_over`, so `status` says
-            // so and `resume` lifts it (or finishes forward, once switched).
-            return Err(EngineError::Precondition(format!(
-                "the cutover failed ({text}) and undoing it failed too ({}): the source's databases may still refuse connections; `pgseal migrate resume {name}` lifts the fence",
-                crate::error::error_chain(&undo_error)
-            )));
+            // The phase stays `cutting_over`, so `status` says so and `resume` finishes the
+            // undo (or finishes forward, once switched).
+            let undo_text = crate::error::error_chain(&undo_error);
+            return Err(EngineError::Precondition(if lifted {
+                format!(
+                    "the cutover failed ({text}); the source serves again (its fence is lifted), but undoing it on the target failed ({undo_text}): `pgseal migrate resume {name}` finishes the undo once the target answers"
+                )
+            } else {
+                format!(
+                    "the cutover failed ({text}) and undoing it failed too ({undo_text}): the source's databases may still refuse connections; `pgseal migrate resume {name}` lifts the fence"
+                )
+            }));
         }
         journal.set_phase(name, Phase::Replicating, None)?;
         resumed.map_err(switch_failed(switch, "resuming"))?;

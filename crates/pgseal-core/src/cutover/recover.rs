@@ -45,7 +45,7 @@ pub async fn recover_interrupted_rollback<P: Platform>(
             .map_err(sql("source", "disabling the reverse subscription"))?;
     }
     let target_admin = target_admin(platform, &spec, &streams).await?;
-    lift_fences(&target_admin, &dbs).await?;
+    lift_fences(&target_admin, &dbs, "target").await?;
     for db in &dbs {
         journal.remove_resource(name, "target_fence", db, db)?;
     }
@@ -65,7 +65,7 @@ pub async fn recover_interrupted<P: Platform>(m: &Handle<'_, P>) -> Result<Recov
     let streams = streams_of(journal, name)?;
     let dbs: Vec<String> = streams.iter().map(|s| s.database.clone()).collect();
     let admin = admin_session(platform, &spec, &streams).await?;
-    lift_fences(&admin, &dbs).await?;
+    lift_fences(&admin, &dbs, "source").await?;
     for db in &dbs {
         journal.remove_resource(name, "fence", db, db)?;
     }

@@ -130,7 +130,7 @@ pub async fn rollback<P: Platform, S: Switch>(
     // while the target still serves, and they apply what the target writes meanwhile:
     // inside the pause only the last moments are left to drain.
     let started = async {
-        lift_fences(&source_admin, &dbs).await?;
+        lift_fences(&source_admin, &dbs, "source").await?;
         let opened = sessions(platform, &spec, &streams, "source").await?;
         for (i, s) in streams.iter().enumerate() {
             // The target's address may have changed since the reverse subscription was
@@ -218,8 +218,9 @@ pub async fn rollback<P: Platform, S: Switch>(
                         .map_err(switch_failed(switch, "pausing"))?;
                     laps.lap("pause");
                     failpoint_at("rollback:paused");
-                    fence(&target_admin, &dbs, &targets.pids).await?;
+                    fence(&target_admin, &dbs, &targets.pids, "target").await?;
                     failpoint_at("rollback:fenced");
+                    crate::steps::wait_point("rollback:fenced").await;
                     let lsn = flushed_barrier(&targets.clients[0], "target").await?;
                     fence_lsn = Some(lsn);
                     laps.lap("fence");
@@ -263,8 +264,30 @@ pub async fn rollback<P: Platform, S: Switch>(
             if let Some(opened) = &sources {
                 let _ = set_subscriptions(&opened.clients, &backs, false, "source").await;
             }
-            allow_connections(&source_admin, &dbs, false, "fencing the source again").await?;
-            lift_fences(&target_admin, &dbs).await?;
+            allow_connections(
+                &source_admin,
+                &dbs,
+                false,
+                "fencing the source again",
+                "source",
+            )
+            .await?;
+            // The target's fence is in its catalog and outlives a crash: a target that
+            // restarted inside the pause is reached again to lift it.
+            let target_admin_again = if answering(&[&target_admin]).await {
+                None
+            } else {
+                Some(
+                    reopen(async || super::sides::target_admin(platform, &spec, &streams).await)
+                        .await?,
+                )
+            };
+            lift_fences(
+                target_admin_again.as_ref().unwrap_or(&target_admin),
+                &dbs,
+                "target",
+            )
+            .await?;
             for db in &dbs {
                 journal.remove_resource(name, "target_fence", db, db)?;
             }

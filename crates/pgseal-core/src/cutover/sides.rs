@@ -1,5 +1,7 @@
 //! Sessions on both sides of every stream, admin sessions, and the subscriptions turned on or off.
 
+use std::time::{Duration, Instant};
+
 use pgseal_pg::replication::quote_ident;
 use pgseal_platform::Platform;
 use tokio_postgres::Client;
@@ -57,6 +59,55 @@ pub(super) async fn sessions<P: Platform>(
         sessions.clients.push(client);
     }
     Ok(sessions)
+}
+
+/// How long an undo waits for a side whose sessions stopped answering (its server
+/// restarting after a crash) to accept new ones.
+pub(super) const REOPEN_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether every session of `clients` still answers (one round trip each, all at once).
+pub(super) async fn answering(clients: &[&Client]) -> bool {
+    let each = clients.iter().map(|c| c.simple_query("SELECT 1"));
+    futures_util::future::join_all(each)
+        .await
+        .iter()
+        .all(Result::is_ok)
+}
+
+/// What `open` opens, tried again every 200 ms while it fails, up to [`REOPEN_WAIT`]: a
+/// server that crashed refuses connections until its recovery ends.
+pub(super) async fn reopen<T>(
+    open: impl AsyncFn() -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    let deadline = Instant::now() + REOPEN_WAIT;
+    loop {
+        match open().await {
+            Ok(opened) => return Ok(opened),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %crate::error::error_chain(&e), "reconnecting after a side stopped answering");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// New sessions on side `role` when any of `current` no longer answers (its server was
+/// restarted, say), opened as soon as the side accepts them; `None` while all answer.
+pub(super) async fn reopened<P: Platform>(
+    platform: &P,
+    spec: &MigrationSpec,
+    streams: &[Stream],
+    role: &'static str,
+    current: &Sessions,
+) -> Result<Option<Sessions>, EngineError> {
+    let all: Vec<&Client> = current.clients.iter().collect();
+    if answering(&all).await {
+        return Ok(None);
+    }
+    reopen(async || sessions(platform, spec, streams, role).await)
+        .await
+        .map(Some)
 }
 
 /// Makes each subscription of `names` (one per session of `clients`, on side `role`)

@@ -1,0 +1,161 @@
+//! Faults outside pgseal: the target stopped hard (SIGQUIT to its postmaster, as a crash
+//! or an OOM kill leaves it) during catch-up and inside the cutover's and the rollback's
+//! pauses, then started again, while the ledger and pgbench write through the endpoint.
+//! Nothing committed is lost or doubled, the fence is never left up, and the way on (the
+//! same command again) works.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Stops instance `name` hard and starts it again (crash recovery).
+fn crash_and_restart(h: &Home, name: &str) {
+    let info = h.json(&["instance", "describe", name]);
+    let data_dir = info["data_dir"].as_str().expect("data_dir");
+    pgseal_testkit::crash_postmaster(Path::new(data_dir)).unwrap();
+    h.ok(&["instance", "start", name]);
+}
+
+/// Runs `args` with pgseal waiting at `point`; once it is there, stops `instance` hard and
+/// starts it again, then lets pgseal go on. Returns what pgseal printed.
+fn crash_at(h: &Home, point: &str, instance: &str, args: &[&str]) -> Output {
+    let file = h.path("waitpoint");
+    let mut child = h
+        .command(args)
+        .env("PGSEAL_WAITPOINT", point)
+        .env("PGSEAL_WAITPOINT_FILE", &file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !file.exists() {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{args:?} ended before {point}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{point} never reached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    crash_and_restart(h, instance);
+    std::fs::remove_file(&file).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Whether every database of `instance` but the templates takes connections.
+fn takes_connections(h: &Home, instance: &str) -> bool {
+    h.sql(instance, "template1")
+        .text("SELECT bool_and(datallowconn)::text FROM pg_database WHERE NOT datistemplate")
+        == "true"
+}
+
+#[test]
+fn a_target_stopped_hard_in_catch_up_and_inside_both_pauses_loses_nothing_and_never_leaves_a_fence_up()
+ {
+    let h = Home::with_source();
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    pgbench_init(&h, "src", "postgres");
+    let ledger = h.ledger();
+    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 60);
+    let bench = pgbench(&h, "src-ep", "postgres", 20, 60);
+    h.start("tc", &["--replica-identity-full"]);
+
+    // During catch-up: the target restarts and follows again, nothing missing.
+    crash_and_restart(&h, "src-enc");
+    wait_caught_up(&h, "src-enc", &ledger);
+    assert_eq!(h.json(&["migrate", "validate", "tc"])["clean"], true);
+
+    // Inside the cutover's pause, with the source fenced: the cutover fails and undoes
+    // itself; the source serves again and the target follows it.
+    let out = crash_at(
+        &h,
+        "cutover:fenced",
+        "src-enc",
+        &["migrate", "cutover", "tc"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let status = h.json(&["migrate", "status", "tc"]);
+    assert_eq!(
+        status["migration"]["phase"], "replicating",
+        "{stderr}\n{status}"
+    );
+    assert!(takes_connections(&h, "src"), "{stderr}");
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        "src"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    wait_caught_up(&h, "src-enc", &ledger);
+    // The restarted target's apply worker found the source fenced and exited; the
+    // launcher starts it again after `wal_retrieve_retry_interval`. Until then the
+    // cutover refuses, naming it, as a user would see.
+    let ready = Instant::now();
+    loop {
+        let out = h.run(&["migrate", "cutover", "tc", "--dry-run"]);
+        if out.status.success() {
+            break;
+        }
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("apply worker is not running"), "{text}");
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "{text}\ntarget's log:\n{}",
+            server_log_tail(&h, "src-enc", 40)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    h.json(&["migrate", "cutover", "tc"]);
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        "src-enc"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Inside the rollback's pause, with the target fenced: its fence is in its catalog and
+    // survives the crash; the rollback undoes itself and lifts it, and the target serves.
+    let out = crash_at(
+        &h,
+        "rollback:fenced",
+        "src-enc",
+        &["migrate", "rollback", "tc"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let status = h.json(&["migrate", "status", "tc"]);
+    assert_eq!(
+        status["migration"]["phase"], "cut_over",
+        "{stderr}\n{status}"
+    );
+    assert!(takes_connections(&h, "src-enc"), "{stderr}");
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        "src-enc"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    h.json(&["migrate", "rollback", "tc"]);
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        "src"
+    );
+
+    // The writers' own counts: every acknowledged ledger transaction on the source once,
+    // and pgbench's processed transactions are its history there, balanced.
+    let run = writes.finish();
+    let processed = pgbench_processed(bench);
+    assert_all_landed(&h, "src", &ledger, &run);
+    let (history, balanced) = tpcb(&h.sql("src", "postgres"));
+    assert_eq!(history, processed, "pgbench's transactions on the source");
+    assert!(balanced, "every balance is the sum of its history");
+}
