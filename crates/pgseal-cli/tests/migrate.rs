@@ -1029,6 +1029,71 @@ fn validate_under_the_ledger_workload_reports_no_false_mismatch() {
     writes.finish();
 }
 
+/// Lifts the source's synchronous standby requirement on drop: the writers waiting for
+/// the standby's acknowledgement go on.
+struct ReleaseWaiters<'a>(&'a Home);
+
+impl Drop for ReleaseWaiters<'_> {
+    fn drop(&mut self) {
+        let src = self.0.sql("src", "postgres");
+        src.exec("ALTER SYSTEM RESET synchronous_standby_names");
+        src.exec("SELECT pg_reload_conf()");
+    }
+}
+
+/// A commit the target applies before the source shows it: PostgreSQL flushes (and sends)
+/// a commit before its backend leaves the proc array. A synchronous standby that never
+/// answers holds a committed writer in that gap for as long as the test likes (pgseal's
+/// own barriers commit `synchronous_commit = local` and do not wait for it).
+#[test]
+fn a_commit_the_target_shows_before_the_source_does_is_never_called_a_mismatch() {
+    let h = Home::with_source();
+    let src = h.sql("src", "postgres");
+    src.exec(
+        "CREATE TABLE k (id int PRIMARY KEY); CREATE TABLE nk (v int); \
+         ALTER TABLE nk REPLICA IDENTITY FULL",
+    );
+    h.start("vr", &[]);
+    assert_eq!(h.json(&["migrate", "validate", "vr"])["clean"], true);
+    // ALTER SYSTEM runs alone (not in a transaction block).
+    src.exec("ALTER SYSTEM SET synchronous_standby_names = 'pgseal_test_never_acks'");
+    src.exec("SELECT pg_reload_conf()");
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            h.sql("src", "postgres")
+                .exec("BEGIN; INSERT INTO k VALUES (1); INSERT INTO nk VALUES (1); COMMIT")
+        });
+        // Dropped first when an assertion below fails, so the writer ends and the scope's
+        // join does not wait for it forever.
+        let _release = ReleaseWaiters(&h);
+        let target = h.sql("src-enc", "postgres");
+        let started = Instant::now();
+        while target.count("SELECT (SELECT count(*) FROM k) + (SELECT count(*) FROM nk)") < 2 {
+            assert!(started.elapsed() < Duration::from_secs(30), "never applied");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            src.count("SELECT count(*) FROM k"),
+            0,
+            "the source shows it already"
+        );
+        // A keyed and a key-less table differ while the writer waits: neither difference
+        // can be settled (the lock waits for the writer), and neither is a mismatch.
+        let out = h.run(&["migrate", "validate", "vr", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(report["mismatched_rows"], 0, "{report}");
+        assert_eq!(report["clean"], false, "{report}");
+        // The standby requirement gone, the writer's commit is released and shown.
+        drop(_release);
+        writer.join().unwrap();
+    });
+    assert_eq!(src.count("SELECT count(*) FROM k"), 1);
+    let report = h.json(&["migrate", "validate", "vr"]);
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(report["mismatched_rows"], 0, "{report}");
+}
+
 #[test]
 fn the_cutover_final_check_catches_a_row_changed_after_the_last_validation() {
     let h = Home::with_source();

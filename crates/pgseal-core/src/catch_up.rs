@@ -52,15 +52,18 @@ impl Follower {
     }
 }
 
-/// Commits a barrier on `session` with `synchronous_commit = on`: its commit is flushed,
-/// and with it every earlier commit, asynchronous ones included, and the walsenders wake.
+/// Commits a barrier on `session` with `synchronous_commit = local`: its commit is
+/// flushed, and with it every earlier commit, asynchronous ones included, and the
+/// walsenders wake. `local`, not `on`: a server with synchronous standbys would make the
+/// barrier wait for their acknowledgement (forever, with one down), and logical walsenders
+/// send what is flushed locally without it.
 pub(crate) async fn commit_barrier(
     session: &Client,
     role: &'static str,
 ) -> Result<(), EngineError> {
     session
         .batch_execute(
-            "SET synchronous_commit = on; \
+            "SET synchronous_commit = local; \
              SELECT pg_logical_emit_message(true, 'pgseal', 'barrier')",
         )
         .await

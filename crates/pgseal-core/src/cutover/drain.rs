@@ -38,10 +38,11 @@ pub(super) struct DrainSides<'a> {
 }
 
 /// Flushes the WAL of `session`'s server: a transaction with an xid, committed with
-/// `synchronous_commit = on`, flushes every earlier commit with it.
+/// `synchronous_commit = local` (see [`commit_barrier`]), flushes every earlier commit
+/// with it.
 pub(super) async fn flush_wal(session: &Client, role: &'static str) -> Result<(), EngineError> {
     session
-        .batch_execute("SET synchronous_commit = on; SELECT pg_current_xact_id()")
+        .batch_execute("SET synchronous_commit = local; SELECT pg_current_xact_id()")
         .await
         .map_err(sql(role, "flushing the WAL"))
 }

@@ -17,7 +17,7 @@
 //!    comes back although connections are refused is named with the fix, and cutover
 //!    refuses. Proof: for a window, no such session is connected and no prepared
 //!    transaction of those databases waits.
-//! 4. Drain: a barrier is committed with `synchronous_commit = on` (so every earlier
+//! 4. Drain: a barrier is committed with `synchronous_commit = local` (so every earlier
 //!    commit, asynchronous ones included, is flushed before it), and pgseal waits until
 //!    every stream's slot has `confirmed_flush_lsn` — what the target reports applied
 //!    *and flushed* — at or past the flushed position after it.
