@@ -60,7 +60,7 @@ fn takes_connections(h: &Home, instance: &str) -> bool {
 }
 
 #[test]
-fn a_target_stopped_hard_in_catch_up_and_inside_both_pauses_loses_nothing_and_never_leaves_a_fence_up()
+fn a_target_stopped_hard_in_catch_up_in_a_validation_and_inside_both_pauses_loses_nothing_and_never_leaves_a_fence_up()
  {
     let h = Home::with_source();
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
@@ -72,6 +72,23 @@ fn a_target_stopped_hard_in_catch_up_and_inside_both_pauses_loses_nothing_and_ne
 
     // During catch-up: the target restarts and follows again, nothing missing.
     crash_and_restart(&h, "src-enc");
+    wait_caught_up(&h, "src-enc", &ledger);
+    assert_eq!(h.json(&["migrate", "validate", "tc"])["clean"], true);
+
+    // In the middle of a validation: it does not call anything clean it could not read,
+    // and the next one is clean.
+    let out = crash_at(
+        &h,
+        "validate:table",
+        "src-enc",
+        &["migrate", "validate", "tc", "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        report["clean"] != true,
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_caught_up(&h, "src-enc", &ledger);
     assert_eq!(h.json(&["migrate", "validate", "tc"])["clean"], true);
 
@@ -158,4 +175,46 @@ fn a_target_stopped_hard_in_catch_up_and_inside_both_pauses_loses_nothing_and_ne
     let (history, balanced) = tpcb(&h.sql("src", "postgres"));
     assert_eq!(history, processed, "pgbench's transactions on the source");
     assert!(balanced, "every balance is the sum of its history");
+}
+
+#[test]
+fn a_source_that_comes_back_without_its_slot_is_failed_by_name_and_never_resumed() {
+    let h = Home::with_source();
+    let ledger = h.ledger();
+    let writes = h.workload(&["--instance", "src"], &ledger, 6);
+    h.start("sf", &[]);
+    let slot = h.json(&["migrate", "status", "sf"])["replication"]["streams"][0]["name"]
+        .as_str()
+        .expect("the stream's name")
+        .to_string();
+    // What a failover to a PostgreSQL 15 standby leaves: the same databases, no logical
+    // slot (its walsender ended, the slot dropped before the apply worker reconnects).
+    h.sql("src", "postgres").exec(&format!(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+         WHERE slot_name = '{slot}' AND active_pid IS NOT NULL; \
+         SELECT pg_sleep(0.2); SELECT pg_drop_replication_slot('{slot}')"
+    ));
+    writes.finish();
+    let status = h.json(&["migrate", "status", "sf"]);
+    assert_eq!(status["migration"]["phase"], "failed", "{status}");
+    let why = status["migration"]["error"].to_string();
+    assert!(
+        why.contains(&slot) && why.contains("failover") && why.contains("pgseal migrate abort sf"),
+        "{why}"
+    );
+    // Never resumed as if nothing happened, never cut over.
+    let (_, stderr) = h.exits(3, &["migrate", "resume", "sf"]);
+    assert!(
+        stderr.contains("cannot mend it") && stderr.contains(&slot),
+        "{stderr}"
+    );
+    assert_eq!(
+        h.json(&["migrate", "status", "sf"])["migration"]["phase"],
+        "failed"
+    );
+    let out = h.run(&["migrate", "cutover", "sf"]);
+    assert!(!out.status.success());
+    // The way on: abort leaves nothing on the source.
+    h.ok(&["migrate", "abort", "sf"]);
+    assert_eq!(h.sql("src", "postgres").pgseal_objects(), 0);
 }

@@ -47,6 +47,26 @@ impl<P: Platform> Engine<'_, P> {
                     "migration {name} was interrupted during cutover; `pgseal migrate resume {name}` lifts the fence first"
                 )));
             }
+            Phase::Failed
+                if self
+                    .spec
+                    .strategy
+                    .steps()
+                    .iter()
+                    .try_fold(true, |all, &step| {
+                        Ok::<_, EngineError>(all && self.journal.outputs(name, step)?.is_some())
+                    })? =>
+            {
+                // Every step is done: what failed it came after (a slot lost while the
+                // target followed, as `status` found). Nothing to run again can mend that.
+                return Err(EngineError::Precondition(format!(
+                    "migration {name} failed after it replicated, and running its steps again cannot mend it: {}",
+                    record
+                        .error
+                        .as_deref()
+                        .unwrap_or("see `pgseal migrate status`")
+                )));
+            }
             Phase::Running | Phase::Failed => {}
         }
         self.journal.set_phase(name, Phase::Running, None)?;

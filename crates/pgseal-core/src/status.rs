@@ -315,22 +315,25 @@ pub async fn status<P: Platform>(
     }
     for st in replication_status.iter().flat_map(|r| &r.streams) {
         let (db, slot_name) = (&st.database, &st.name);
-        match &st.slot {
-            None => warnings.push(format!(
-                "slot {slot_name} ({db}) is missing on the source: replication cannot continue; abort this migration"
+        // A slot gone or invalidated while the target follows: what the source committed
+        // since can never reach the target. The migration is failed by name, and `resume`
+        // refuses it (see `Migration::run`): only abort and a new start go on.
+        let lost = match &st.slot {
+            None => Some(format!(
+                "slot {slot_name} ({db}) is gone from the source: a failover to a standby loses logical slots on PostgreSQL 15 (PostgreSQL 17 can keep them on a standby: failover slots with sync_replication_slots), or it was dropped; what the source committed since cannot reach the target. `pgseal migrate abort {name}` removes the migration, then start it again"
             )),
-            Some(s) if s.wal_status.as_deref() == Some("lost") => {
-                let why = format!(
-                    "slot {slot_name} ({db}) was invalidated by PostgreSQL (wal_status lost: it held more WAL than max_slot_wal_keep_size allows), so the target can no longer catch up; `pgseal migrate abort {name}` removes the migration, then start it again"
-                );
-                if migration.phase == Phase::Replicating {
-                    journal.set_phase(name, Phase::Failed, Some(&why))?;
-                    migration.phase = Phase::Failed;
-                    migration.error = Some(why.clone());
-                }
-                warnings.push(why);
+            Some(s) if s.wal_status.as_deref() == Some("lost") => Some(format!(
+                "slot {slot_name} ({db}) was invalidated by PostgreSQL (wal_status lost: it held more WAL than max_slot_wal_keep_size allows), so the target can no longer catch up; `pgseal migrate abort {name}` removes the migration, then start it again"
+            )),
+            _ => None,
+        };
+        if let Some(why) = lost {
+            if migration.phase == Phase::Replicating {
+                journal.set_phase(name, Phase::Failed, Some(&why))?;
+                migration.phase = Phase::Failed;
+                migration.error = Some(why.clone());
             }
-            _ => {}
+            warnings.push(why);
         }
         if let Some(sub) = &st.subscription {
             if sub.apply_errors > 0 {

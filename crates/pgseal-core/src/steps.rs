@@ -217,9 +217,15 @@ pub const WAITPOINT_FILE_VAR: &str = "PGSEAL_WAITPOINT_FILE";
 /// When `PGSEAL_WAITPOINT` names `point` (points as for [`failpoint_at`]): creates the
 /// file `PGSEAL_WAITPOINT_FILE` names and waits, up to two minutes, until the test removes
 /// it, so that the test can fail something outside (stop a server hard) at exactly this
-/// point; then the process goes on. Without the `failpoints` feature, nothing.
+/// point; then the process goes on. Only the first arrival waits. Without the
+/// `failpoints` feature, nothing.
 pub async fn wait_point(point: &str) {
+    // Once a process: a point inside a loop waits the first time it is reached.
+    static WAITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !FAILPOINTS || std::env::var(WAITPOINT_VAR).map_or(true, |wanted| wanted != point) {
+        return;
+    }
+    if WAITED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return;
     }
     let Some(file) = std::env::var_os(WAITPOINT_FILE_VAR).map(std::path::PathBuf::from) else {

@@ -202,6 +202,7 @@ pub async fn validate<P: Platform>(
                 std::mem::take(&mut *sides.longest_lock_ms.lock().expect("not poisoned"));
             progress(Progress::Done(&report));
             reports.push(report);
+            crate::steps::wait_point("validate:table").await;
         }
         // A whole pass also verifies the catalog and the data no row comparison sees.
         if tables.is_none() {
