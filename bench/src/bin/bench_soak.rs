@@ -3,7 +3,9 @@
 //! `migrate rollback`, each followed by `migrate resume` (and the command again when
 //! resume undid it) until the migration reaches the phase the command was for. Once per
 //! run the source server is also stopped hard (SIGQUIT to its postmaster: an immediate
-//! shutdown) mid-catch-up, and once mid-cutover, then started again.
+//! shutdown) mid-catch-up, and once mid-cutover, then started again; so is the target,
+//! once mid-catch-up and in every third round at a random moment of the cutover or (the
+//! next time) the rollback.
 //!
 //! Each round: a source instance with two databases (the ledger's `postgres` and a pgbench
 //! one), a PgBouncer endpoint in front of it, the ledger workload writing through the
@@ -62,6 +64,11 @@ struct Faults {
     crash_source_catching_up: bool,
     /// Stop the source hard while cutover runs (instead of killing pgseal there).
     crash_source_in_cutover: bool,
+    /// Stop the target hard while it catches up.
+    crash_target_catching_up: bool,
+    /// Stop the target hard while this command runs (1 cutover, 2 rollback), instead of
+    /// killing pgseal there.
+    crash_target_in: Option<usize>,
 }
 
 /// What one round found.
@@ -72,6 +79,7 @@ struct Round {
     /// Where each kill landed: `command@ms (phase after it)`.
     kill_points: Vec<String>,
     source_crashes: usize,
+    target_crashes: usize,
     resumes: usize,
     /// Commands run again after resume undid an interrupted one.
     retries: usize,
@@ -286,24 +294,40 @@ impl Soak<'_> {
                 // Mid-catch-up: the workload keeps writing; the target's apply worker
                 // loses its walsender and must pick up where it confirmed.
                 std::thread::sleep(self.rng.within(Duration::from_secs(2)));
-                self.crash_source(r)?;
+                self.crash(&format!("s{r}"))?;
                 round.source_crashes += 1;
                 self.wait_ready_for_cutover(r)?;
             }
-            let in_cutover_crash = i == 1 && faults.crash_source_in_cutover;
+            if i == 1 && faults.crash_target_catching_up {
+                // The target restarts and its apply worker goes on from what it confirmed.
+                std::thread::sleep(self.rng.within(Duration::from_secs(2)));
+                self.crash(&format!("t{r}"))?;
+                round.target_crashes += 1;
+                self.wait_ready_for_cutover(r)?;
+            }
+            let in_target_crash = faults.crash_target_in == Some(i);
+            let server_crash = (i == 1 && faults.crash_source_in_cutover) || in_target_crash;
             let kill_after =
-                (faults.kill && !in_cutover_crash).then(|| self.rng.within(calibration[i]));
+                (faults.kill && !server_crash).then(|| self.rng.within(calibration[i]));
             let began = Instant::now();
             let mut child = self.command(i, r).spawn()?;
             let mut killed = false;
-            if in_cutover_crash {
+            if server_crash {
                 let at = self.rng.within(calibration[i]);
                 std::thread::sleep(at);
-                self.crash_source(r)?;
-                round.source_crashes += 1;
-                round
-                    .kill_points
-                    .push(format!("source crash in cutover@{}ms", at.as_millis()));
+                let (side, instance) = if in_target_crash {
+                    round.target_crashes += 1;
+                    ("target", format!("t{r}"))
+                } else {
+                    round.source_crashes += 1;
+                    ("source", format!("s{r}"))
+                };
+                self.crash(&instance)?;
+                round.kill_points.push(format!(
+                    "{side} crash in {}@{}ms",
+                    COMMANDS[i],
+                    at.as_millis()
+                ));
             } else if let Some(delay) = kill_after {
                 killed = wait_or_kill(&mut child, delay)?;
             }
@@ -318,7 +342,7 @@ impl Soak<'_> {
                     self.phase(r)?.unwrap_or_else(|| "not journaled".into())
                 ));
             }
-            if !killed && !in_cutover_crash && !out.status.success() {
+            if !killed && !server_crash && !out.status.success() {
                 // Not a fault the soak injected: worth reading, and settled like one.
                 round.unforced_failures.push(format!(
                     "{}: {}",
@@ -326,7 +350,7 @@ impl Soak<'_> {
                     String::from_utf8_lossy(&out.stderr).trim()
                 ));
             }
-            if killed || !out.status.success() || in_cutover_crash {
+            if killed || !out.status.success() || server_crash {
                 self.settle(i, r, round)?;
             }
             // Let the workload write on this side for a moment.
@@ -358,10 +382,10 @@ impl Soak<'_> {
         }
     }
 
-    /// Stops the source server hard (SIGQUIT to the postmaster: immediate shutdown, crash
+    /// Stops instance `instance` hard (SIGQUIT to the postmaster: immediate shutdown, crash
     /// recovery at the next start) and starts it again.
-    fn crash_source(&self, r: usize) -> anyhow::Result<()> {
-        let info = self.b.json(&["instance", "describe", &format!("s{r}")])?;
+    fn crash(&self, instance: &str) -> anyhow::Result<()> {
+        let info = self.b.json(&["instance", "describe", instance])?;
         let data_dir = info["data_dir"].as_str().context("data_dir")?;
         let pid_file = std::fs::read_to_string(format!("{data_dir}/postmaster.pid"))?;
         let pid: i32 = pid_file
@@ -376,11 +400,11 @@ impl Soak<'_> {
         // SAFETY: signal 0 only checks that the process exists.
         while unsafe { libc::kill(pid, 0) } == 0 {
             if Instant::now() > deadline {
-                bail!("the source's postmaster {pid} did not exit after SIGQUIT");
+                bail!("{instance}'s postmaster {pid} did not exit after SIGQUIT");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.b.json(&["instance", "start", &format!("s{r}")])?;
+        self.b.json(&["instance", "start", instance])?;
         Ok(())
     }
 
@@ -487,12 +511,16 @@ fn main() -> anyhow::Result<()> {
         rate,
         rng: Rng(seed),
     };
-    // The two source crashes go to two different rounds the seed picks.
+    // The two source crashes go to two different rounds the seed picks, and so does the
+    // target's crash mid-catch-up.
     let catch_up_round = 1 + soak.rng.below(rounds);
     let mut cutover_round = 1 + soak.rng.below(rounds);
     if cutover_round == catch_up_round && rounds > 1 {
         cutover_round = cutover_round % rounds + 1;
     }
+    let target_catch_up_round = 1 + soak.rng.below(rounds);
+    // Every third round stops the target inside a command: cutover, then rollback, in turn.
+    let target_in = |r: usize| (r % 3 == 2).then_some(1 + (r / 3) % 2);
     let result = (|| {
         b.json(&["key", "create", "--alias", "soak"])?;
         let calibration = soak.round(0, Faults::default(), &[Duration::ZERO; 3])?;
@@ -507,6 +535,9 @@ fn main() -> anyhow::Result<()> {
                 kill: true,
                 crash_source_catching_up: r == catch_up_round,
                 crash_source_in_cutover: r == cutover_round,
+                crash_target_catching_up: r == target_catch_up_round,
+                // One server stopped at a time: the source's cutover round keeps its own.
+                crash_target_in: target_in(r).filter(|&i| !(i == 1 && r == cutover_round)),
             };
             let round = soak.round(r, faults, &durations)?;
             eprintln!("{}", serde_json::to_string(&round)?);
@@ -521,6 +552,7 @@ fn main() -> anyhow::Result<()> {
     let sum = |f: fn(&Round) -> u64| faulted.iter().map(f).sum::<u64>();
     let kills = sum(|r| r.kills as u64);
     let crashes = sum(|r| r.source_crashes as u64);
+    let target_crashes = sum(|r| r.target_crashes as u64);
     let (missing, duplicated, unexpected) = (
         sum(|r| r.missing),
         sum(|r| r.duplicated),
@@ -538,7 +570,7 @@ fn main() -> anyhow::Result<()> {
         "fault soak: {rounds} rounds (seed {seed}, ledger at {rate} tx/s through an endpoint, 2 databases)"
     );
     println!(
-        "  kills {kills} (SIGKILL of pgseal inside start/cutover/rollback), source crashes {crashes} (rounds {catch_up_round} mid-catch-up, {cutover_round} mid-cutover), resumes {}, commands run again {}",
+        "  kills {kills} (SIGKILL of pgseal inside start/cutover/rollback), source crashes {crashes} (rounds {catch_up_round} mid-catch-up, {cutover_round} mid-cutover), target crashes {target_crashes} (round {target_catch_up_round} mid-catch-up, every third round inside cutover or rollback), resumes {}, commands run again {}",
         sum(|r| r.resumes as u64),
         sum(|r| r.retries as u64)
     );
@@ -575,7 +607,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "rounds": rounds, "seed": seed, "rate": rate, "kills": kills,
-            "source_crashes": crashes, "missing": missing, "duplicated": duplicated,
+            "source_crashes": crashes, "target_crashes": target_crashes, "missing": missing, "duplicated": duplicated,
             "unexpected": unexpected, "leftovers": leftovers, "unforced_failures": unforced,
             "per_round": faulted,
         })
