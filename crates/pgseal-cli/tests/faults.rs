@@ -52,6 +52,23 @@ fn crash_at(h: &Home, point: &str, instance: &str, args: &[&str]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Runs `migrate COMMAND tc` with the target stopped hard and started again at `point`
+/// inside its pause, and checks the command failed and undid itself: the phase is
+/// `phase` again, and `serving` (the instance the endpoint `src-ep` still points at)
+/// takes connections.
+fn undone_after_a_crash(h: &Home, command: &str, point: &str, phase: &str, serving: &str) {
+    let out = crash_at(h, point, "src-enc", &["migrate", command, "tc"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let status = h.json(&["migrate", "status", "tc"]);
+    assert_eq!(status["migration"]["phase"], phase, "{stderr}\n{status}");
+    assert!(takes_connections(h, serving), "{stderr}");
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        serving
+    );
+}
+
 /// Whether every database of `instance` but the templates takes connections.
 fn takes_connections(h: &Home, instance: &str) -> bool {
     h.sql(instance, "template1")
@@ -94,24 +111,7 @@ fn a_target_stopped_hard_in_catch_up_in_a_validation_and_inside_both_pauses_lose
 
     // Inside the cutover's pause, with the source fenced: the cutover fails and undoes
     // itself; the source serves again and the target follows it.
-    let out = crash_at(
-        &h,
-        "cutover:fenced",
-        "src-enc",
-        &["migrate", "cutover", "tc"],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    let status = h.json(&["migrate", "status", "tc"]);
-    assert_eq!(
-        status["migration"]["phase"], "replicating",
-        "{stderr}\n{status}"
-    );
-    assert!(takes_connections(&h, "src"), "{stderr}");
-    assert_eq!(
-        h.json(&["endpoint", "describe", "src-ep"])["instance"],
-        "src"
-    );
+    undone_after_a_crash(&h, "cutover", "cutover:fenced", "replicating", "src");
     std::thread::sleep(Duration::from_secs(2));
     wait_caught_up(&h, "src-enc", &ledger);
     // The restarted target's apply worker found the source fenced and exited; the
@@ -142,24 +142,7 @@ fn a_target_stopped_hard_in_catch_up_in_a_validation_and_inside_both_pauses_lose
 
     // Inside the rollback's pause, with the target fenced: its fence is in its catalog and
     // survives the crash; the rollback undoes itself and lifts it, and the target serves.
-    let out = crash_at(
-        &h,
-        "rollback:fenced",
-        "src-enc",
-        &["migrate", "rollback", "tc"],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    let status = h.json(&["migrate", "status", "tc"]);
-    assert_eq!(
-        status["migration"]["phase"], "cut_over",
-        "{stderr}\n{status}"
-    );
-    assert!(takes_connections(&h, "src-enc"), "{stderr}");
-    assert_eq!(
-        h.json(&["endpoint", "describe", "src-ep"])["instance"],
-        "src-enc"
-    );
+    undone_after_a_crash(&h, "rollback", "rollback:fenced", "cut_over", "src-enc");
     std::thread::sleep(Duration::from_secs(2));
     h.json(&["migrate", "rollback", "tc"]);
     assert_eq!(
