@@ -201,3 +201,50 @@ fn a_source_that_comes_back_without_its_slot_is_failed_by_name_and_never_resumed
     h.ok(&["migrate", "abort", "sf"]);
     assert_eq!(h.sql("src", "postgres").pgseal_objects(), 0);
 }
+
+#[test]
+fn every_connection_to_the_source_cut_for_two_seconds_in_catch_up_loses_nothing() {
+    // A source reached by URL through a relay the test controls: the subscription and
+    // pgseal's own sessions cross it; the ledger writes to the source directly.
+    let db = pgseal_testkit::TestCluster::start().unwrap();
+    let relay = pgseal_testkit::Relay::start(&format!("127.0.0.1:{}", db.port())).unwrap();
+    let via = format!("postgres://postgres@127.0.0.1:{}/postgres", relay.port());
+    let h = Home::new();
+    let ledger = h.ledger();
+    let writes = h.workload(&["--url", &db.url("postgres")], &ledger, 15);
+    std::thread::sleep(Duration::from_secs(1));
+    h.ok(&[
+        "migrate", "start", "--source", &via, "--target", "cut-enc", "--name", "cut",
+    ]);
+    // The stream's walsender on the source, serving the subscription through the relay.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let source = rt.block_on(db.connect("postgres")).unwrap();
+    let walsender = || -> Option<i32> {
+        rt.block_on(source.query_opt(
+            "SELECT pid FROM pg_stat_replication WHERE application_name LIKE 'pgseal%'",
+            &[],
+        ))
+        .unwrap()
+        .map(|r| r.get(0))
+    };
+    let before = walsender().expect("the subscription streams");
+    // The network drops: every connection through the relay closes, and none is taken
+    // for 2 s, while the ledger goes on writing.
+    relay.cut();
+    std::thread::sleep(Duration::from_secs(2));
+    relay.restore();
+    let run = writes.finish();
+    let on_target = wait_caught_up(&h, "cut-enc", &ledger);
+    assert_eq!(
+        on_target["acknowledged"], run["acknowledged"],
+        "{on_target}"
+    );
+    // The cut ended the stream's connection: a new walsender serves it now.
+    let after = walsender().expect("the subscription streams again");
+    assert_ne!(before, after);
+    assert_eq!(h.json(&["migrate", "validate", "cut"])["clean"], true);
+    h.ok(&["migrate", "abort", "cut"]);
+}

@@ -24,8 +24,10 @@ pub mod checks;
 mod cluster;
 pub mod crash;
 pub mod moto;
+pub mod relay;
 
 pub use checks::{assert_ledger_whole, scalar};
 pub use cluster::{ClusterBuilder, Error, TestCluster};
 pub use crash::crash_postmaster;
 pub use moto::MotoServer;
+pub use relay::Relay;
