@@ -387,23 +387,8 @@ impl Soak<'_> {
     fn crash(&self, instance: &str) -> anyhow::Result<()> {
         let info = self.b.json(&["instance", "describe", instance])?;
         let data_dir = info["data_dir"].as_str().context("data_dir")?;
-        let pid_file = std::fs::read_to_string(format!("{data_dir}/postmaster.pid"))?;
-        let pid: i32 = pid_file
-            .lines()
-            .next()
-            .context("postmaster.pid is empty")?
-            .trim()
-            .parse()?;
-        // SAFETY: kill(2) with a pid read from the server's own pid file.
-        unsafe { libc::kill(pid, libc::SIGQUIT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // SAFETY: signal 0 only checks that the process exists.
-        while unsafe { libc::kill(pid, 0) } == 0 {
-            if Instant::now() > deadline {
-                bail!("{instance}'s postmaster {pid} did not exit after SIGQUIT");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        pgseal_testkit::crash_postmaster(std::path::Path::new(data_dir))
+            .with_context(|| format!("stopping {instance} hard"))?;
         self.b.json(&["instance", "start", instance])?;
         Ok(())
     }

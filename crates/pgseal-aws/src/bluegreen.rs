@@ -178,26 +178,11 @@ impl AwsPlatform {
         let Some(green) = deployment.target.as_deref() else {
             return Ok(None);
         };
-        let version = |d: Described| d.engine_version().unwrap_or_default().to_string();
-        let (blue, green) = match self.settings.flavor {
-            Flavor::Aurora => (
-                version(Described::Aurora(Box::new(
-                    self.describe_db_cluster(arn_id(&deployment.source)).await?,
-                ))),
-                version(Described::Aurora(Box::new(
-                    self.describe_db_cluster(arn_id(green)).await?,
-                ))),
-            ),
-            Flavor::Rds => (
-                version(Described::Rds(Box::new(
-                    self.describe_db_instance(arn_id(&deployment.source))
-                        .await?,
-                ))),
-                version(Described::Rds(Box::new(
-                    self.describe_db_instance(arn_id(green)).await?,
-                ))),
-            ),
+        let version = async |arn: &str| -> Result<String> {
+            let described = self.describe_raw(arn_id(arn)).await?;
+            Ok(described.engine_version().unwrap_or_default().to_string())
         };
+        let (blue, green) = (version(&deployment.source).await?, version(green).await?);
         let target = major_minor(&green).map(|(major, _)| major);
         Ok(Some(
             replication_method(self.settings.flavor == Flavor::Aurora, &blue, target)?.0,

@@ -27,6 +27,16 @@ use crate::validate::{Progress, ValidationReport};
 use crate::verify::VerifyReport;
 
 impl<P: Platform> Engine<'_, P> {
+    /// Whether every step of the migration's strategy is journaled as done.
+    fn every_step_done(&self) -> Result<bool, EngineError> {
+        for &step in self.spec.strategy.steps() {
+            if self.journal.outputs(&self.spec.name, step)?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Runs every step not yet done, in order, and returns once the target replicates.
     /// A failure is journaled (phase `failed`, the step's error) and returned; running
     /// again retries from the failed step.
@@ -47,16 +57,7 @@ impl<P: Platform> Engine<'_, P> {
                     "migration {name} was interrupted during cutover; `pgseal migrate resume {name}` lifts the fence first"
                 )));
             }
-            Phase::Failed
-                if self
-                    .spec
-                    .strategy
-                    .steps()
-                    .iter()
-                    .try_fold(true, |all, &step| {
-                        Ok::<_, EngineError>(all && self.journal.outputs(name, step)?.is_some())
-                    })? =>
-            {
+            Phase::Failed if self.every_step_done()? => {
                 // Every step is done: what failed it came after (a slot lost while the
                 // target followed, as `status` found). Nothing to run again can mend that.
                 return Err(EngineError::Precondition(format!(

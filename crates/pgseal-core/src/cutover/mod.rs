@@ -373,11 +373,10 @@ pub async fn cutover<P: Platform, S: Switch>(
                     "test hook undo-fails: the fence is not lifted".into(),
                 ));
             }
-            let admin_again = if answering(&[&admin]).await {
-                None
-            } else {
-                Some(reopen(async || admin_session(platform, &spec, &streams).await).await?)
-            };
+            let admin_again = reopened_if_silent(&[&admin], async || {
+                admin_session(platform, &spec, &streams).await
+            })
+            .await?;
             lift_fences(admin_again.as_ref().unwrap_or(&admin), &dbs, "source").await?;
             for db in &dbs {
                 journal.remove_resource(name, "fence", db, db)?;

@@ -274,14 +274,10 @@ pub async fn rollback<P: Platform, S: Switch>(
             .await?;
             // The target's fence is in its catalog and outlives a crash: a target that
             // restarted inside the pause is reached again to lift it.
-            let target_admin_again = if answering(&[&target_admin]).await {
-                None
-            } else {
-                Some(
-                    reopen(async || super::sides::target_admin(platform, &spec, &streams).await)
-                        .await?,
-                )
-            };
+            let target_admin_again = reopened_if_silent(&[&target_admin], async || {
+                super::sides::target_admin(platform, &spec, &streams).await
+            })
+            .await?;
             lift_fences(
                 target_admin_again.as_ref().unwrap_or(&target_admin),
                 &dbs,

@@ -65,24 +65,22 @@ pub(super) async fn sessions<P: Platform>(
 /// restarting after a crash) to accept new ones.
 pub(super) const REOPEN_WAIT: Duration = Duration::from_secs(60);
 
-/// Whether every session of `clients` still answers (one round trip each, all at once).
-pub(super) async fn answering(clients: &[&Client]) -> bool {
-    let each = clients.iter().map(|c| c.simple_query("SELECT 1"));
-    futures_util::future::join_all(each)
-        .await
-        .iter()
-        .all(Result::is_ok)
-}
-
-/// What `open` opens, tried again every 200 ms while it fails, up to [`REOPEN_WAIT`]: a
-/// server that crashed refuses connections until its recovery ends.
-pub(super) async fn reopen<T>(
+/// What `open` opens when any of `current` no longer answers (one round trip each, all at
+/// once: its server was restarted after a crash, say), tried every 200 ms while the side
+/// refuses connections, up to [`REOPEN_WAIT`]; `None` while all answer.
+pub(super) async fn reopened_if_silent<T>(
+    current: &[&Client],
     open: impl AsyncFn() -> Result<T, EngineError>,
-) -> Result<T, EngineError> {
+) -> Result<Option<T>, EngineError> {
+    let answers =
+        futures_util::future::join_all(current.iter().map(|c| c.simple_query("SELECT 1")));
+    if answers.await.iter().all(Result::is_ok) {
+        return Ok(None);
+    }
     let deadline = Instant::now() + REOPEN_WAIT;
     loop {
         match open().await {
-            Ok(opened) => return Ok(opened),
+            Ok(opened) => return Ok(Some(opened)),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(e) => {
                 tracing::debug!(error = %crate::error::error_chain(&e), "reconnecting after a side stopped answering");
@@ -92,8 +90,7 @@ pub(super) async fn reopen<T>(
     }
 }
 
-/// New sessions on side `role` when any of `current` no longer answers (its server was
-/// restarted, say), opened as soon as the side accepts them; `None` while all answer.
+/// [`reopened_if_silent`] for every stream's sessions on side `role`.
 pub(super) async fn reopened<P: Platform>(
     platform: &P,
     spec: &MigrationSpec,
@@ -102,12 +99,7 @@ pub(super) async fn reopened<P: Platform>(
     current: &Sessions,
 ) -> Result<Option<Sessions>, EngineError> {
     let all: Vec<&Client> = current.clients.iter().collect();
-    if answering(&all).await {
-        return Ok(None);
-    }
-    reopen(async || sessions(platform, spec, streams, role).await)
-        .await
-        .map(Some)
+    reopened_if_silent(&all, async || sessions(platform, spec, streams, role).await).await
 }
 
 /// Makes each subscription of `names` (one per session of `clients`, on side `role`)
