@@ -20,9 +20,9 @@ fn crash_and_restart(h: &Home, name: &str) {
     h.ok(&["instance", "start", name]);
 }
 
-/// Runs `args` with pgseal waiting at `point`; once it is there, stops `instance` hard and
-/// starts it again, then lets pgseal go on. Returns what pgseal printed.
-fn crash_at(h: &Home, point: &str, instance: &str, args: &[&str]) -> Output {
+/// Runs `args` with pgseal waiting at `point`; once it is there, runs `fault`, then lets
+/// pgseal go on. Returns what pgseal printed.
+fn fault_at(h: &Home, point: &str, args: &[&str], fault: impl FnOnce()) -> Output {
     let file = h.path("waitpoint");
     let mut child = h
         .command(args)
@@ -47,9 +47,14 @@ fn crash_at(h: &Home, point: &str, instance: &str, args: &[&str]) -> Output {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    crash_and_restart(h, instance);
+    fault();
     std::fs::remove_file(&file).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// [`fault_at`] `point`, where `instance` is stopped hard and started again.
+fn crash_at(h: &Home, point: &str, instance: &str, args: &[&str]) -> Output {
+    fault_at(h, point, args, || crash_and_restart(h, instance))
 }
 
 /// Runs `migrate COMMAND tc` with the target stopped hard and started again at `point`
@@ -204,18 +209,9 @@ fn a_source_that_comes_back_without_its_slot_is_failed_by_name_and_never_resumed
 
 #[test]
 fn every_connection_to_the_source_cut_for_two_seconds_in_catch_up_loses_nothing() {
-    // A source reached by URL through a relay the test controls: the subscription and
-    // pgseal's own sessions cross it; the ledger writes to the source directly.
-    let db = pgseal_testkit::TestCluster::start().unwrap();
-    let relay = pgseal_testkit::Relay::start(&format!("127.0.0.1:{}", db.port())).unwrap();
-    let via = format!("postgres://postgres@127.0.0.1:{}/postgres", relay.port());
     let h = Home::new();
     let ledger = h.ledger();
-    let writes = h.workload(&["--url", &db.url("postgres")], &ledger, 15);
-    std::thread::sleep(Duration::from_secs(1));
-    h.ok(&[
-        "migrate", "start", "--source", &via, "--target", "cut-enc", "--name", "cut",
-    ]);
+    let (db, relay, writes) = behind_a_relay(&h, "cut", "cut-enc", 15);
     // The stream's walsender on the source, serving the subscription through the relay.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -247,4 +243,147 @@ fn every_connection_to_the_source_cut_for_two_seconds_in_catch_up_loses_nothing(
     assert_ne!(before, after);
     assert_eq!(h.json(&["migrate", "validate", "cut"])["clean"], true);
     h.ok(&["migrate", "abort", "cut"]);
+}
+
+/// A source reached by URL through a relay the test controls (the subscription and
+/// pgseal's own sessions cross it; the ledger writes to the source directly), migrated
+/// onto instance `target` as migration `name`, with the ledger writing for `seconds`.
+fn behind_a_relay(
+    h: &Home,
+    name: &str,
+    target: &str,
+    seconds: u32,
+) -> (pgseal_testkit::TestCluster, pgseal_testkit::Relay, Workload) {
+    let db = pgseal_testkit::TestCluster::start().unwrap();
+    let relay = pgseal_testkit::Relay::start(&format!("127.0.0.1:{}", db.port())).unwrap();
+    let via = format!("postgres://postgres@127.0.0.1:{}/postgres", relay.port());
+    let writes = h.workload(&["--url", &db.url("postgres")], &h.ledger(), seconds);
+    std::thread::sleep(Duration::from_secs(1));
+    h.ok(&[
+        "migrate", "start", "--source", &via, "--target", target, "--name", name,
+    ]);
+    (db, relay, writes)
+}
+
+#[test]
+fn a_source_silent_for_two_seconds_in_catch_up_and_in_a_validation_loses_nothing() {
+    let h = Home::new();
+    let ledger = h.ledger();
+    let (_db, relay, writes) = behind_a_relay(&h, "hold", "hold-enc", 15);
+    // The network stalls: nothing crosses the relay either way for 2 s, connections stay
+    // open (TCP still answers), while the ledger goes on writing.
+    relay.hold();
+    std::thread::sleep(Duration::from_secs(2));
+    relay.release();
+    // A validation whose source goes silent for 2 s in the middle of a table goes on
+    // where it was and calls the data clean.
+    let out = fault_at(
+        &h,
+        "validate:table",
+        &["migrate", "validate", "hold", "--json"],
+        || {
+            relay.hold();
+            std::thread::sleep(Duration::from_secs(2));
+            relay.release();
+        },
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let validated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(validated["clean"], true, "{validated}");
+    let run = writes.finish();
+    let on_target = wait_caught_up(&h, "hold-enc", &ledger);
+    assert_eq!(
+        on_target["acknowledged"], run["acknowledged"],
+        "{on_target}"
+    );
+    h.ok(&["migrate", "abort", "hold"]);
+}
+
+#[test]
+fn a_source_silent_for_a_minute_inside_the_pause_ends_it_at_its_timeout_and_the_fence_comes_down_when_it_answers()
+ {
+    let h = Home::new();
+    let ledger = h.ledger();
+    let (db, relay, writes) = behind_a_relay(&h, "mute", "mute-enc", 20);
+    wait_caught_up(&h, "mute-enc", &ledger);
+    // Inside the pause, with the source fenced, the network to it stalls for 60 s: the
+    // drain cannot read the slots, and lifting the fence cannot reach the source either.
+    let (held, hold_began) = std::sync::mpsc::channel::<Instant>();
+    let out = std::thread::scope(|scope| {
+        let relay = &relay;
+        scope.spawn(move || {
+            let began = hold_began.recv().unwrap();
+            std::thread::sleep(Duration::from_secs(60).saturating_sub(began.elapsed()));
+            relay.release();
+        });
+        let args = [
+            "migrate",
+            "cutover",
+            "mute",
+            "--on-switch",
+            "true",
+            "--timeout",
+            "5",
+        ];
+        fault_at(&h, "cutover:draining", &args, || {
+            relay.hold();
+            held.send(Instant::now()).unwrap();
+        })
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    // It gave up at its timeout, naming what it waited for, and ended the pause then,
+    // before the source answered again.
+    assert!(
+        stderr.contains("timed out after 5 s waiting for every slot on the source to confirm the barrier (the drain) inside the pause (--timeout)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "the pause reached its --timeout with the source's fence up: the switch resumed"
+        ),
+        "{stderr}"
+    );
+    // Once the source answered, the fence came down and the migration replicates again.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let source = rt.block_on(db.connect("postgres")).unwrap();
+    let open: bool = rt
+        .block_on(source.query_one(
+            "SELECT bool_and(datallowconn) FROM pg_database WHERE NOT datistemplate",
+            &[],
+        ))
+        .unwrap()
+        .get(0);
+    assert!(open, "{stderr}");
+    let status = h.json(&["migrate", "status", "mute"]);
+    assert_eq!(status["migration"]["phase"], "replicating", "{status}");
+    // Nothing the ledger was told was committed is lost or doubled, and the cutover goes
+    // through once the network holds (the apply worker may be starting again after its
+    // own timeout).
+    let run = writes.finish();
+    let on_target = wait_caught_up(&h, "mute-enc", &ledger);
+    assert_eq!(
+        on_target["acknowledged"], run["acknowledged"],
+        "{on_target}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let again = h.run(&["migrate", "cutover", "mute", "--on-switch", "true"]);
+        if again.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let on_target = h.verify(&["--instance", "mute-enc"], &ledger);
+    assert_eq!(on_target["missing"], 0, "{on_target}");
+    assert_eq!(on_target["duplicated"], 0, "{on_target}");
 }

@@ -226,6 +226,21 @@ impl<'a> CatchUp<'a> {
     /// keeps failing.
     pub async fn applied(&self, lsn: Lsn) -> Result<(), EngineError> {
         let deadline = Instant::now() + APPLIED_TIMEOUT;
+        // Bounded as a whole too (with room for the loop's own, better-worded answer): a
+        // side that stops answering (the network to it stalled) holds a statement, not
+        // only the loop, past the deadline.
+        let timed_out = || EngineError::Timeout {
+            what: format!("the target to apply up to {lsn}"),
+            seconds: APPLIED_TIMEOUT.as_secs(),
+        };
+        let bound = deadline + Duration::from_secs(5);
+        tokio::time::timeout_at(bound.into(), self.applied_by(lsn, deadline))
+            .await
+            .map_err(|_| timed_out())?
+    }
+
+    /// [`CatchUp::applied`]'s loop, until `deadline`.
+    async fn applied_by(&self, lsn: Lsn, deadline: Instant) -> Result<(), EngineError> {
         let mut failing_since = None;
         let mut next_look = Instant::now();
         loop {

@@ -1,5 +1,7 @@
 //! Opening connections to PostgreSQL.
 
+use std::time::Duration;
+
 use tokio_postgres::config::Host;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls};
@@ -89,10 +91,58 @@ pub fn conninfo(config: &Config) -> String {
     // file pgseal was given, so the certificate is not checked there).
     let insists = ssl_mode(config)
         .is_some_and(|mode| matches!(mode.as_str(), "require" | "verify-ca" | "verify-full"));
-    if insists && matches!(config.get_hosts().first(), Some(Host::Tcp(_))) {
+    let tcp = matches!(config.get_hosts().first(), Some(Host::Tcp(_)));
+    if insists && tcp {
         parts.push("sslmode=require".to_string());
     }
+    if tcp {
+        // A peer that vanishes is noticed in seconds, as by pgseal's own sessions
+        // ([`with_link_bounds`]); a peer that answers TCP but sends nothing is
+        // `wal_receiver_timeout`'s to notice.
+        parts.push(format!(
+            "connect_timeout={} keepalives_idle={} keepalives_interval={} keepalives_count={}",
+            CONNECT_TIMEOUT.as_secs(),
+            KEEPALIVES_IDLE.as_secs(),
+            KEEPALIVES_INTERVAL.as_secs(),
+            KEEPALIVES_RETRIES
+        ));
+    }
     parts.join(" ")
+}
+
+/// How long opening a connection may take before it fails (libpq's `connect_timeout`, and
+/// `PGCONNECT_TIMEOUT` for the client programs pgseal runs).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may be idle before TCP asks the peer whether it is still there
+/// (the kernel's default is two hours).
+pub const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+/// How often TCP asks again while the peer does not answer.
+pub const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+/// How many unanswered questions end the connection: a peer gone from the network is
+/// noticed within `KEEPALIVES_IDLE + KEEPALIVES_RETRIES × KEEPALIVES_INTERVAL` (25 s) of
+/// silence, also while a query waits for its answer.
+pub const KEEPALIVES_RETRIES: u32 = 3;
+
+/// `config` with the bounds every pgseal session has on its link, where the URL set none:
+/// a connection attempt fails after [`CONNECT_TIMEOUT`], and TCP keepalives
+/// ([`KEEPALIVES_IDLE`], [`KEEPALIVES_INTERVAL`], [`KEEPALIVES_RETRIES`]) end a
+/// connection whose peer left the network instead of waiting for ever. A peer that keeps
+/// the connection up but says nothing is bounded by the waits of the work itself.
+pub fn with_link_bounds(config: &mut Config) -> &mut Config {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    // tokio-postgres' default is libpq's: two hours idle.
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(KEEPALIVES_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVES_RETRIES);
+    }
+    config.keepalives(true)
 }
 
 /// The `sslmode` pgseal's sessions to `config` follow when it is not libpq's default:
@@ -142,7 +192,7 @@ pub fn libpq_env(config: &Config) -> Vec<(&'static str, String)> {
         env.push(("PGPASSWORD", String::from_utf8_lossy(password).into_owned()));
     }
     env.extend(tls_env(config));
-    env.push(("PGCONNECT_TIMEOUT", "10".to_string()));
+    env.push(("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT.as_secs().to_string()));
     env
 }
 
@@ -175,6 +225,7 @@ pub async fn connect_with(config: &Config, policy: &TlsPolicy) -> Result<Client,
         (_, _) => SslMode::Require,
     };
     config.ssl_mode(mode);
+    with_link_bounds(&mut config);
     let client = if mode == SslMode::Disable {
         let (client, connection) = config.connect(NoTls).await.map_err(|e| failed(e.into()))?;
         spawn_connection(target.clone(), connection);
@@ -272,7 +323,7 @@ mod conninfo_tests {
             .password(r"p\w'd");
         assert_eq!(
             conninfo(&config),
-            r"host='db.internal' port=5433 user='app' dbname='it\'s' password='p\\w\'d'"
+            r"host='db.internal' port=5433 user='app' dbname='it\'s' password='p\\w\'d' connect_timeout=10 keepalives_idle=10 keepalives_interval=5 keepalives_count=3"
         );
     }
     #[test]
@@ -281,7 +332,7 @@ mod conninfo_tests {
             .parse()
             .unwrap();
         assert!(
-            conninfo(&config).ends_with(" sslmode=require"),
+            conninfo(&config).contains(" sslmode=require"),
             "{}",
             conninfo(&config)
         );
@@ -294,5 +345,26 @@ mod conninfo_tests {
             !conninfo(&socket).contains("sslmode"),
             "no TLS over a unix socket"
         );
+    }
+
+    #[test]
+    fn every_session_has_bounds_on_its_link_unless_the_url_set_its_own() {
+        let mut config: Config = "postgres://app@db.internal/shop".parse().unwrap();
+        with_link_bounds(&mut config);
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(config.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        assert!(config.get_keepalives());
+        let mut own: Config =
+            "postgres://app@db.internal/shop?connect_timeout=3&keepalives_idle=60"
+                .parse()
+                .unwrap();
+        with_link_bounds(&mut own);
+        assert_eq!(own.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(own.get_keepalives_idle(), Duration::from_secs(60));
+        // Over a socket, libpq's conninfo gets no TCP settings.
+        let socket: Config = "host=/run/postgresql user=app".parse().unwrap();
+        assert!(!conninfo(&socket).contains("keepalives"));
     }
 }

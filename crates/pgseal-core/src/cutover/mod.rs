@@ -140,6 +140,13 @@ async fn verify_before_pause(
     Ok((report, checked))
 }
 
+/// The share of a pause's `timeout` the work inside it may take: the rest is kept for
+/// lifting the fence again when it gives up, so that the pause ends by its timeout (a
+/// fifth of it, at most 2 s).
+fn in_pause_share(timeout: std::time::Duration) -> std::time::Duration {
+    timeout - (timeout / 5).min(std::time::Duration::from_secs(2))
+}
+
 /// Runs pgseal's own cutover of migration `name` (the snapshot and full-load
 /// strategies); see the module documentation.
 pub async fn cutover<P: Platform, S: Switch>(
@@ -247,8 +254,11 @@ pub async fn cutover<P: Platform, S: Switch>(
         }
     };
 
-    // Every wait below is bounded by `options.timeout` as a whole.
+    // Every wait below is bounded by `options.timeout` as a whole: the work inside the
+    // pause by its share of it, what it is doing at the time named when it runs out.
     let paused = Instant::now();
+    let deadline = paused + options.timeout;
+    let doing = std::cell::Cell::new("pausing the switch");
     let mut laps = Laps::start();
     let before_switch = async {
         switch
@@ -256,6 +266,7 @@ pub async fn cutover<P: Platform, S: Switch>(
             .await
             .map_err(switch_failed(switch, "pausing"))?;
         laps.lap("pause");
+        doing.set("fencing the source");
         for db in &dbs {
             journal.add_resource(name, "fence", db, db)?;
         }
@@ -264,6 +275,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         report.workers_ended = fenced.workers;
         failpoint_at("cutover:fenced");
         crate::steps::wait_point("cutover:fenced").await;
+        doing.set("the flushed barrier on the source");
         let fence_lsn = flushed_barrier(&sources.clients[0], "source").await?;
         report.fence_lsn = Some(fence_lsn);
         laps.lap("fence");
@@ -279,11 +291,14 @@ pub async fn cutover<P: Platform, S: Switch>(
             subscriber: &targets.clients[0],
             subscriber_role: "target",
         };
+        doing.set("every slot on the source to confirm the barrier (the drain)");
+        crate::steps::wait_point("cutover:draining").await;
         report.drained_lsn = Some(drain(&sides, &slots, fence_lsn).await?);
         report.drain_ms = Some(paused.elapsed().as_millis() as u64);
         laps.lap("drain");
         failpoint_at("cutover:drained");
         // Only what changed since the last validation pass began is verified again.
+        doing.set("the final check of rows changed since the last validation");
         if let Some(last) = journal.outputs(name, Step::Validate)?
             && crate::validate::lets_cutover(&last)
         {
@@ -321,6 +336,7 @@ pub async fn cutover<P: Platform, S: Switch>(
             }
         }
         laps.lap("final_check");
+        doing.set("setting the sequences on the target");
         let change_logs = targets.clients.iter().map(crate::validate::drop_change_log);
         let (_, synced) = futures_util::future::try_join(
             futures_util::future::try_join_all(change_logs),
@@ -329,6 +345,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         .await?;
         report.sequences.extend(synced);
         laps.lap("sequences");
+        doing.set("verifying both sides with the source fenced");
         let verified =
             crate::verify::fenced(&sources.clients, &targets.clients, &dbs, &checked).await?;
         let refusal = (!verified.clean).then(|| refusal("with the source fenced", &verified));
@@ -337,8 +354,10 @@ pub async fn cutover<P: Platform, S: Switch>(
             return Err(refusal);
         }
         laps.lap("verified");
+        doing.set("carrying large objects, roles and settings");
         report.carried = Some(crate::carry::inside_pause(&carry_sides, &baseline).await?);
         laps.lap("carried");
+        doing.set("starting reverse replication");
         set_subscriptions(&targets.clients, &forward, false, "target").await?;
         if report.rollback_ready {
             let (conninfos, prepared) = &reverse_to;
@@ -354,10 +373,10 @@ pub async fn cutover<P: Platform, S: Switch>(
         laps.lap("reverse_setup");
         Ok::<(), EngineError>(())
     };
-    let outcome = match tokio::time::timeout(options.timeout, before_switch).await {
+    let outcome = match tokio::time::timeout(in_pause_share(options.timeout), before_switch).await {
         Ok(result) => result,
         Err(_) => Err(EngineError::Timeout {
-            what: "fence, drain and sequences".into(),
+            what: format!("{} inside the pause (--timeout)", doing.get()),
             seconds: options.timeout.as_secs(),
         }),
     };
@@ -366,8 +385,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         // fence first, so that it comes down even when the target does not answer (a
         // target that crashed inside the pause); then the target's side, on new sessions
         // where the old ones died with it.
-        let mut lifted = false;
-        let undo = async {
+        let lift = async {
             if test_hook("undo-fails") {
                 return Err(EngineError::Precondition(
                     "test hook undo-fails: the fence is not lifted".into(),
@@ -381,33 +399,57 @@ pub async fn cutover<P: Platform, S: Switch>(
             for db in &dbs {
                 journal.remove_resource(name, "fence", db, db)?;
             }
-            lifted = true;
-            let targets_again = reopened(platform, &spec, &streams, "target", &targets).await?;
-            let sources_again = reopened(platform, &spec, &streams, "source", &sources).await?;
-            let (t, s) = (
-                targets_again.as_ref().unwrap_or(&targets),
-                sources_again.as_ref().unwrap_or(&sources),
-            );
-            drop_reverse(journal, &spec, &streams, &s.clients, &t.clients).await?;
-            resume_forward(&t.clients, &forward).await
-        }
-        .await;
+            Ok::<(), EngineError>(())
+        };
+        let mut lift = std::pin::pin!(lift);
+        // The pause ends by its deadline: where the source does not answer in time (the
+        // network to it stalled), the switch resumes first, and the fence comes down as
+        // soon as the source answers again.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let lifted_in_time = tokio::time::timeout(left, &mut lift).await.ok();
         let resumed = switch.resume().await;
+        let lifted = match lifted_in_time {
+            Some(lifted) => lifted,
+            None => {
+                tracing::warn!(migration = %name, "the pause reached its --timeout with the source's fence up: the switch resumed; the fence is lifted once the source answers");
+                lift.await
+            }
+        };
+        let undo = match &lifted {
+            Ok(()) => {
+                async {
+                    let targets_again =
+                        reopened(platform, &spec, &streams, "target", &targets).await?;
+                    let sources_again =
+                        reopened(platform, &spec, &streams, "source", &sources).await?;
+                    let (t, s) = (
+                        targets_again.as_ref().unwrap_or(&targets),
+                        sources_again.as_ref().unwrap_or(&sources),
+                    );
+                    drop_reverse(journal, &spec, &streams, &s.clients, &t.clients).await?;
+                    resume_forward(&t.clients, &forward).await
+                }
+                .await
+            }
+            Err(_) => Ok(()),
+        };
         let text = crate::error::error_chain(&error);
         journal.step_failed(run, &text)?;
+        if let Err(lift_error) = lifted {
+            // The phase stays `cutting_over`, so `status` says so and `resume` lifts the
+            // fence.
+            return Err(EngineError::Precondition(format!(
+                "the cutover failed ({text}) and undoing it failed too ({}): the source's databases may still refuse connections; `pgseal migrate resume {name}` lifts the fence",
+                crate::error::error_chain(&lift_error)
+            )));
+        }
         if let Err(undo_error) = undo {
             // The phase stays `cutting_over`, so `status` says so and `resume` finishes the
             // undo (or finishes forward, once switched).
-            let undo_text = crate::error::error_chain(&undo_error);
-            return Err(EngineError::Precondition(if lifted {
-                format!(
-                    "the cutover failed ({text}); the source serves again (its fence is lifted), but undoing it on the target failed ({undo_text}): `pgseal migrate resume {name}` finishes the undo once the target answers"
-                )
-            } else {
-                format!(
-                    "the cutover failed ({text}) and undoing it failed too ({undo_text}): the source's databases may still refuse connections; `pgseal migrate resume {name}` lifts the fence"
-                )
-            }));
+            return Err(EngineError::Precondition(format!(
+                "the cutover failed ({text}); the source serves again (its fence is lifted), but undoing it on the target failed ({}): `pgseal migrate resume {name}` finishes the undo once the target answers",
+                crate::error::error_chain(&undo_error)
+            )));
         }
         journal.set_phase(name, Phase::Replicating, None)?;
         resumed.map_err(switch_failed(switch, "resuming"))?;

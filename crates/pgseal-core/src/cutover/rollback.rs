@@ -244,7 +244,7 @@ pub async fn rollback<P: Platform, S: Switch>(
                     laps.lap("carried");
                     Ok::<(), EngineError>(())
                 };
-                match tokio::time::timeout(timeout, in_pause).await {
+                match tokio::time::timeout(super::in_pause_share(timeout), in_pause).await {
                     Ok(result) => result,
                     Err(_) => Err(EngineError::Timeout {
                         what: "fence, reverse drain and sequences".into(),
@@ -262,10 +262,17 @@ pub async fn rollback<P: Platform, S: Switch>(
         // The target keeps serving: fence the source again, lift the target's fence.
         let undo = async {
             if let Some(opened) = &sources {
-                let _ = set_subscriptions(&opened.clients, &backs, false, "source").await;
+                // Left enabled where the source does not answer, they only apply the
+                // target's writes to the fenced source, as replication would.
+                let disabled = set_subscriptions(&opened.clients, &backs, false, "source");
+                let _ = tokio::time::timeout(ANSWER_WAIT, disabled).await;
             }
+            let source_admin_again = reopened_if_silent(&[&source_admin], async || {
+                admin_session(platform, &spec, &streams).await
+            })
+            .await?;
             allow_connections(
-                &source_admin,
+                source_admin_again.as_ref().unwrap_or(&source_admin),
                 &dbs,
                 false,
                 "fencing the source again",

@@ -62,26 +62,41 @@ pub(super) async fn sessions<P: Platform>(
 }
 
 /// How long an undo waits for a side whose sessions stopped answering (its server
-/// restarting after a crash) to accept new ones.
-pub(super) const REOPEN_WAIT: Duration = Duration::from_secs(60);
+/// restarting after a crash, or the network between stalled) to accept new ones.
+pub(super) const REOPEN_WAIT: Duration = Duration::from_secs(90);
+
+/// How long a session may take to answer `SELECT 1` before it counts as silent.
+pub(super) const ANSWER_WAIT: Duration = Duration::from_secs(3);
 
 /// What `open` opens when any of `current` no longer answers (one round trip each, all at
-/// once: its server was restarted after a crash, say), tried every 200 ms while the side
-/// refuses connections, up to [`REOPEN_WAIT`]; `None` while all answer.
+/// once, each given [`ANSWER_WAIT`]: its server was restarted after a crash, or the
+/// network stalls), tried every 200 ms while the side refuses connections or stays
+/// silent (each attempt bounded by the connection timeout), up to [`REOPEN_WAIT`]; `None`
+/// while all answer.
 pub(super) async fn reopened_if_silent<T>(
     current: &[&Client],
     open: impl AsyncFn() -> Result<T, EngineError>,
 ) -> Result<Option<T>, EngineError> {
-    let answers =
-        futures_util::future::join_all(current.iter().map(|c| c.simple_query("SELECT 1")));
-    if answers.await.iter().all(Result::is_ok) {
+    let answers = futures_util::future::join_all(current.iter().map(|c| async move {
+        matches!(
+            tokio::time::timeout(ANSWER_WAIT, c.simple_query("SELECT 1")).await,
+            Ok(Ok(_))
+        )
+    }));
+    if answers.await.into_iter().all(|answered| answered) {
         return Ok(None);
     }
     let deadline = Instant::now() + REOPEN_WAIT;
     loop {
         match open().await {
             Ok(opened) => return Ok(Some(opened)),
-            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(EngineError::Precondition(format!(
+                    "no new session answered within {} s: {}",
+                    REOPEN_WAIT.as_secs(),
+                    crate::error::error_chain(&e)
+                )));
+            }
             Err(e) => {
                 tracing::debug!(error = %crate::error::error_chain(&e), "reconnecting after a side stopped answering");
                 tokio::time::sleep(Duration::from_millis(200)).await;
