@@ -619,7 +619,8 @@ pub enum MigrateCommand {
         /// The largest replication lag at which cutover may start (e.g. 16MiB)
         #[arg(long, default_value = "16MiB", value_parser = parse_storage)]
         max_lag: u64,
-        /// Seconds fence, drain and sequences may take before pgseal lifts the fence again
+        /// Seconds the write pause may last: the work inside it gives up in time for the
+        /// fence to be lifted and the endpoint resumed by then
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
         /// Only check the preconditions
@@ -794,7 +795,7 @@ Move applications from the source to the encrypted target with a pause, not an o
   3 fence every write path to every migrated database: no new session of any role
     (ALLOW_CONNECTIONS false), every other session and background worker ended;
     proven for a window
-  4 drain: a barrier committed with synchronous_commit=on, then wait until every slot
+  4 drain: a barrier committed with synchronous_commit=local, then wait until every slot
     confirms applied+flushed the position after it
   5 set every sequence of every database on the target from the source's
     last_value/is_called
@@ -802,7 +803,9 @@ Move applications from the source to the encrypted target with a pause, not an o
     migration stay on the source), resume, first write
 
 If anything fails or --timeout passes before the switch, the fence is lifted, the endpoint
-resumed on the source and the migration replicates again; the error says why. The write
+resumed on the source and the migration replicates again; the error says why (a timeout
+names the step it waited for). The endpoint is resumed by the timeout even when the source
+does not answer; its fence then comes down as soon as it does. The write
 pause (pause to first write accepted on the target) is journaled.
 
 Examples:
