@@ -394,6 +394,7 @@ impl Described {
             engine_version: engine_version.unwrap_or("").to_string(),
             params: BTreeMap::new(),
             source_snapshot: self.tag(SNAPSHOT_TAG),
+            storage: None,
             evidence,
         }
     }

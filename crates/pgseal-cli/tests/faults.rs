@@ -387,3 +387,154 @@ fn a_source_silent_for_a_minute_inside_the_pause_ends_it_at_its_timeout_and_the_
     assert_eq!(on_target["missing"], 0, "{on_target}");
     assert_eq!(on_target["duplicated"], 0, "{on_target}");
 }
+
+/// Takes all but `leave` bytes of what the file system under `dir` has free, with a file
+/// (allocated, not written) that `Drop` removes.
+struct Filler(std::path::PathBuf);
+
+impl Filler {
+    fn leaving(dir: &Path, leave: u64) -> Filler {
+        let fs = nix::sys::statvfs::statvfs(dir).unwrap();
+        let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+        let path = dir.join("pgseal-test-filler");
+        let file = std::fs::File::create(&path).unwrap();
+        nix::fcntl::posix_fallocate(&file, 0, free.saturating_sub(leave) as i64).unwrap();
+        Filler(path)
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_target_whose_disk_fills_in_catch_up_is_named_with_the_fix_and_goes_on_once_grown() {
+    let h = Home::with_source();
+    let ledger = h.ledger();
+    h.sql("src", "postgres")
+        .exec("CREATE TABLE bulk (id bigint PRIMARY KEY, pad text)");
+    let writes = h.workload(&["--instance", "src"], &ledger, 40);
+    h.start("full", &["--max-slot-retention", "512MiB"]);
+    wait_caught_up(&h, "src-enc", &ledger);
+    // The target's encrypted volume fills (a file beside its data, on the same volume):
+    // the apply worker cannot extend a table and stops.
+    let info = h.json(&["instance", "describe", "src-enc"]);
+    let data_dir = Path::new(info["data_dir"].as_str().unwrap());
+    let volume = data_dir.ancestors().nth(2).unwrap();
+    assert!(volume.ends_with("mnt"), "{}", volume.display());
+    let filler = Filler::leaving(volume, 512 << 10);
+    // 20 MiB more rows on the source than the target has room for.
+    h.sql("src", "postgres").exec(
+        "INSERT INTO bulk SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 20000) g",
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        let status = h.json(&["migrate", "status", "full"]);
+        let errors = status["replication"]["streams"][0]["subscription"]["apply_errors"]
+            .as_i64()
+            .unwrap_or(0);
+        if errors > 0 {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the apply never failed: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // status names the cause, the free space and the fix.
+    let free = status["storage"]["target"]["free_bytes"].as_u64().unwrap();
+    assert!(free < 64 << 20, "{status}");
+    let size = status["storage"]["target"]["size_bytes"].as_u64().unwrap();
+    let grown = format!("{}GiB", (size * 2).div_ceil(1 << 30));
+    let warnings = status["warnings"].to_string();
+    assert!(
+        warnings.contains("the target's storage (instance src-enc) has")
+            && warnings.contains(&format!("pgseal instance resize src-enc --storage {grown}")),
+        "{status}"
+    );
+    // The source is protected meanwhile: its slot keeps the WAL within the limit set at
+    // start, which PostgreSQL itself enforces.
+    assert_eq!(status["migration"]["phase"], "replicating", "{status}");
+    let limit = h
+        .sql("src", "postgres")
+        .text("SELECT current_setting('max_slot_wal_keep_size')");
+    assert_eq!(limit, "512MB");
+    let text = String::from_utf8_lossy(&h.ok(&["migrate", "status", "full"]).stdout).into_owned();
+    assert!(text.contains("storage: source"), "{text}");
+    // The fix: the volume grows online, the apply goes on, nothing is lost.
+    h.ok(&["instance", "resize", "src-enc", "--storage", &grown]);
+    let run = writes.finish();
+    let on_target = wait_caught_up(&h, "src-enc", &ledger);
+    assert_eq!(
+        on_target["acknowledged"], run["acknowledged"],
+        "{on_target}"
+    );
+    assert_eq!(h.json(&["migrate", "validate", "full"])["clean"], true);
+    assert_eq!(
+        h.sql("src-enc", "postgres")
+            .text("SELECT count(*)::text FROM bulk"),
+        "20000"
+    );
+    let status = h.json(&["migrate", "status", "full"]);
+    assert!(
+        !status["warnings"]
+            .to_string()
+            .contains("the target's storage"),
+        "{status}"
+    );
+    drop(filler);
+}
+
+#[test]
+fn a_source_disk_filling_while_the_slot_holds_wal_is_guarded_before_postgresql_stops() {
+    let h = Home::new();
+    h.ok(&[
+        "instance",
+        "create",
+        "esrc",
+        "--encrypted",
+        "--port",
+        &free_port(),
+        "--storage",
+        "1GiB",
+        "--param",
+        "wal_level=logical",
+    ]);
+    h.ok(&["migrate", "start", "--source", "esrc", "--name", "guard"]);
+    // The target stops: from now on the slot holds every byte of WAL the source writes.
+    h.ok(&["instance", "stop", "esrc-enc"]);
+    h.sql("esrc", "postgres").exec(
+        "CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 32) AS pad FROM generate_series(1, 30000) g",
+    );
+    let status = h.json(&["migrate", "status", "guard"]);
+    assert_eq!(status["retention"], "ok", "{status}");
+    assert!(
+        status["replication"]["retained_bytes"].as_i64().unwrap() >= 16 << 20,
+        "{status}"
+    );
+    // The source's volume runs low while the slot holds that WAL: under the tenth pgseal
+    // keeps free, status protects the source by aborting the migration (dropping its
+    // slot), while PostgreSQL still has room to run.
+    let info = h.json(&["instance", "describe", "esrc"]);
+    let data_dir = Path::new(info["data_dir"].as_str().unwrap());
+    let _filler = Filler::leaving(data_dir.ancestors().nth(2).unwrap(), 32 << 20);
+    let (_, stderr) = h.exits(3, &["migrate", "status", "guard"]);
+    assert!(
+        stderr.contains("the source's storage has")
+            && stderr.contains("aborting migration guard to protect the source's disk"),
+        "{stderr}"
+    );
+    let source = h.sql("esrc", "postgres");
+    assert_eq!(
+        source.text("SELECT count(*)::text FROM pg_replication_slots"),
+        "0"
+    );
+    source.exec("INSERT INTO bulk VALUES (0, 'the source still takes writes')");
+    assert_eq!(
+        h.json(&["migrate", "status", "guard"])["migration"]["phase"],
+        "aborted"
+    );
+}

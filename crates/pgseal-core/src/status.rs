@@ -111,6 +111,76 @@ pub struct MigrationStatus {
     pub warnings: Vec<String>,
     /// The follower (`pgseal migrate follow`), while the migration is one it follows.
     pub follower: Option<crate::follow::FollowerStatus>,
+    /// How full each side's storage is, where the platform says.
+    pub storage: StorageStatus,
+    /// Why the retention verdict is `exceeded`, when it is: the slots past
+    /// `--max-slot-retention`, or the source's storage under its reserve while the slots
+    /// hold WAL.
+    pub retention_why: Option<String>,
+}
+
+/// Both sides' storage, as their platform reads it now.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StorageStatus {
+    /// The source instance's (not for a source reached by URL).
+    pub source: Option<pgseal_platform::StorageUse>,
+    /// The target instance's, once it exists.
+    pub target: Option<pgseal_platform::StorageUse>,
+}
+
+/// What pgseal keeps free on a side's storage: a tenth of it, at least 64 MiB. Under it,
+/// on the target, `status` says the apply is about to stop (or has) for want of space; on
+/// the source, while the migration's slots hold WAL, the retention guard acts (the CLI's
+/// `status` aborts the migration) before PostgreSQL itself stops on a full disk.
+pub fn storage_reserve(storage: &pgseal_platform::StorageUse) -> u64 {
+    (storage.size_bytes / 10).max(64 << 20)
+}
+
+/// The slots hold this much WAL at least before a short source disk is laid at their door.
+const RETENTION_WORTH_NAMING: u64 = 16 << 20;
+
+/// Why the source's storage alone makes the retention verdict `exceeded`: under its
+/// reserve while the migration's slots hold at least [`RETENTION_WORTH_NAMING`] of WAL.
+pub fn source_storage_verdict(
+    storage: Option<&pgseal_platform::StorageUse>,
+    retained: Option<i64>,
+) -> Option<String> {
+    let (storage, retained) = (storage?, retained?);
+    let reserve = storage_reserve(storage);
+    (storage.free_bytes < reserve && retained.max(0) as u64 >= RETENTION_WORTH_NAMING).then(|| {
+        format!(
+            "the source's storage has {} MiB free of {} MiB (pgseal keeps {} MiB free) and the migration's slots hold {} MiB of WAL there",
+            storage.free_bytes >> 20,
+            storage.size_bytes >> 20,
+            reserve >> 20,
+            retained >> 20
+        )
+    })
+}
+
+/// The warning for a target whose storage is under its reserve, with the fix.
+fn target_storage_warning(
+    target: &str,
+    storage: &pgseal_platform::StorageUse,
+    stopped: bool,
+) -> Option<String> {
+    let reserve = storage_reserve(storage);
+    if storage.free_bytes >= reserve {
+        return None;
+    }
+    // Twice the size, in whole GiB.
+    let grown = (storage.size_bytes * 2).div_ceil(1 << 30);
+    Some(format!(
+        "the target's storage (instance {target}) has {} MiB free of {} MiB (pgseal keeps {} MiB free): {}; the source's slot keeps what the target has not applied, within --max-slot-retention. Grow it: `pgseal instance resize {target} --storage {grown}GiB` (online where the kernel allows); the apply goes on from where it stopped, nothing is lost",
+        storage.free_bytes >> 20,
+        storage.size_bytes >> 20,
+        reserve >> 20,
+        if stopped {
+            "its apply worker stops when it cannot write (`No space left on device` in the target's log) and is stopped now"
+        } else {
+            "its apply worker stops when it cannot write (`No space left on device`)"
+        }
+    ))
 }
 
 /// Stream `stream`'s initial copy while any of its tables is not ready yet.
@@ -303,14 +373,60 @@ pub async fn status<P: Platform>(
 
     let limit = max_slot_retention.or(spec.max_slot_retention);
     let retained = replication_status.as_ref().and_then(|r| r.retained_bytes);
-    let verdict = retention(retained, limit);
+    let mut verdict = retention(retained, limit);
+    let mut retention_why = None;
     if let (Some(r), Some(l)) = (retained, limit)
         && verdict != Retention::Ok
     {
-        warnings.push(format!(
+        let why = format!(
             "the migration's slots hold {} MiB of WAL on the source (limit {} MiB)",
             r >> 20,
             l >> 20
+        );
+        if verdict == Retention::Exceeded {
+            retention_why = Some(why.clone());
+        }
+        warnings.push(why);
+    }
+    // Each side's storage, where the platform reads it (a side that cannot be described
+    // now, or a source reached by URL, has none).
+    let mut storage = StorageStatus::default();
+    if live {
+        if spec.source_url().is_none() {
+            storage.source = platform
+                .describe_instance(&spec.source)
+                .await
+                .ok()
+                .and_then(|i| i.storage);
+        }
+        if target_made {
+            storage.target = platform
+                .describe_instance(&spec.target)
+                .await
+                .ok()
+                .and_then(|i| i.storage);
+        }
+    }
+    if migration.phase == Phase::Replicating
+        && let Some(why) = source_storage_verdict(storage.source.as_ref(), retained)
+    {
+        verdict = Retention::Exceeded;
+        warnings.push(why.clone());
+        retention_why.get_or_insert(why);
+    }
+    if let Some(target_storage) = &storage.target {
+        let stopped = replication_status
+            .iter()
+            .flat_map(|r| &r.streams)
+            .any(|st| {
+                st.subscription
+                    .as_ref()
+                    .is_some_and(|sub| sub.enabled && sub.worker_pid.is_none())
+            });
+        warnings.extend(target_storage_warning(
+            &spec.target,
+            target_storage,
+            stopped,
         ));
     }
     for st in replication_status.iter().flat_map(|r| &r.streams) {
@@ -423,6 +539,8 @@ pub async fn status<P: Platform>(
         );
     }
     Ok(MigrationStatus {
+        storage,
+        retention_why,
         follower,
         last_validation,
         migration,
@@ -469,5 +587,47 @@ mod tests {
         assert_eq!(retention(Some(100), Some(100)), Retention::Warning);
         assert_eq!(retention(Some(101), Some(100)), Retention::Exceeded);
         assert_eq!(retention(None, Some(100)), Retention::Ok);
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    fn used(size_mib: u64, free_mib: u64) -> pgseal_platform::StorageUse {
+        pgseal_platform::StorageUse {
+            size_bytes: size_mib * MIB,
+            free_bytes: free_mib * MIB,
+        }
+    }
+
+    #[test]
+    fn the_reserve_is_a_tenth_of_the_storage_and_at_least_64_mib() {
+        assert_eq!(storage_reserve(&used(10240, 0)), 1024 * MIB);
+        assert_eq!(storage_reserve(&used(256, 0)), 64 * MIB);
+    }
+
+    #[test]
+    fn a_short_source_disk_trips_the_guard_only_while_the_slots_hold_wal() {
+        let short = used(1024, 50);
+        let why = source_storage_verdict(Some(&short), Some(20 * MIB as i64)).unwrap();
+        assert!(why.contains("50 MiB free of 1024 MiB"), "{why}");
+        assert!(why.contains("slots hold 20 MiB"), "{why}");
+        // Full of something else: not the migration's doing, nothing to abort.
+        assert_eq!(source_storage_verdict(Some(&short), Some(1024)), None);
+        assert_eq!(
+            source_storage_verdict(Some(&used(1024, 200)), Some(500 * MIB as i64)),
+            None
+        );
+        assert_eq!(source_storage_verdict(None, Some(500 * MIB as i64)), None);
+    }
+
+    #[test]
+    fn a_short_target_disk_is_named_with_the_resize_that_fixes_it() {
+        assert_eq!(target_storage_warning("t", &used(10240, 2048), false), None);
+        let warning = target_storage_warning("t", &used(10000, 1), true).unwrap();
+        assert!(warning.contains("has 1 MiB free of 10000 MiB"), "{warning}");
+        assert!(warning.contains("is stopped now"), "{warning}");
+        assert!(
+            warning.contains("`pgseal instance resize t --storage 20GiB`"),
+            "{warning}"
+        );
     }
 }

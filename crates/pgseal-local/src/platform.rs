@@ -66,6 +66,7 @@ fn instance(info: InstanceInfo) -> Instance {
     let evidence = encryption_evidence(&info);
     Instance {
         evidence,
+        storage: storage_use(&info.data_dir),
         status: match info.status {
             "available" => InstanceStatus::Available,
             "stopped" => InstanceStatus::Stopped,
@@ -78,6 +79,18 @@ fn instance(info: InstanceInfo) -> Instance {
         params: info.params,
         source_snapshot: info.source_snapshot,
     }
+}
+
+/// The file system holding `data_dir` (an encrypted instance's volume, else the
+/// machine's): its size and what an unprivileged writer can still use; `None` while it
+/// cannot be read (an encrypted instance's volume is unmounted while it is stopped).
+fn storage_use(data_dir: &std::path::Path) -> Option<pgseal_platform::StorageUse> {
+    let fs = nix::sys::statvfs::statvfs(data_dir).ok()?;
+    let block = fs.fragment_size() as u64;
+    Some(pgseal_platform::StorageUse {
+        size_bytes: fs.blocks() as u64 * block,
+        free_bytes: fs.blocks_available() as u64 * block,
+    })
 }
 
 /// How `info`'s encryption is known: the fscrypt policy read back from the directory

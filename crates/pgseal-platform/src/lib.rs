@@ -122,6 +122,19 @@ pub struct Instance {
     /// fields of `DescribeDBInstances` / `DescribeDBClusters`).
     #[serde(default)]
     pub evidence: Vec<String>,
+    /// The file system holding its data, as read now; `None` where the platform does not
+    /// say (AWS: RDS reports free storage through CloudWatch, which pgseal does not read).
+    #[serde(default)]
+    pub storage: Option<StorageUse>,
+}
+
+/// How full the storage under an instance's data is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StorageUse {
+    /// The file system's size, in bytes.
+    pub size_bytes: u64,
+    /// What the server can still write, in bytes.
+    pub free_bytes: u64,
 }
 
 /// A snapshot as the engine sees it.

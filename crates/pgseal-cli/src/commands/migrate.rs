@@ -1423,7 +1423,11 @@ fn status(
         }
         if report.retention == Retention::Exceeded && report.migration.phase != Phase::Aborted {
             eprintln!(
-                "pgseal: the slot holds more WAL than --max-slot-retention allows: aborting migration {name} to protect the source's disk"
+                "pgseal: {}: aborting migration {name} to protect the source's disk",
+                report
+                    .retention_why
+                    .as_deref()
+                    .unwrap_or("the slot holds more WAL than --max-slot-retention allows")
             );
             let _lock = MigrationLock::acquire(&ctx.home, name)?;
             runtime.block_on(pgseal_core::abort::abort(&platform, &journal, name))?;

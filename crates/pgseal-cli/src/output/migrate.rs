@@ -656,6 +656,16 @@ pub fn status(s: &MigrationStatus) -> String {
             out.push_str(&table(&rows));
         }
     }
+    let sides = [("source", &s.storage.source), ("target", &s.storage.target)];
+    let storage: Vec<String> = sides
+        .iter()
+        .filter_map(|(side, use_)| {
+            use_.map(|u| format!("{side} {} free of {}", mib(u.free_bytes), mib(u.size_bytes)))
+        })
+        .collect();
+    if !storage.is_empty() {
+        out.push_str(&format!("\nstorage: {}\n", storage.join(", ")));
+    }
     if let Some(v) = &s.last_validation {
         out.push_str(&format!(
             "\nlast validation: {} rows, {} mismatched ({})\n",
