@@ -207,42 +207,62 @@ fn a_source_that_comes_back_without_its_slot_is_failed_by_name_and_never_resumed
     assert_eq!(h.sql("src", "postgres").pgseal_objects(), 0);
 }
 
-#[test]
-fn every_connection_to_the_source_cut_for_two_seconds_in_catch_up_loses_nothing() {
-    let h = Home::new();
-    let ledger = h.ledger();
-    let (db, relay, writes) = behind_a_relay(&h, "cut", "cut-enc", 15);
-    // The stream's walsender on the source, serving the subscription through the relay.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let source = rt.block_on(db.connect("postgres")).unwrap();
-    let walsender = || -> Option<i32> {
-        rt.block_on(source.query_opt(
-            "SELECT pid FROM pg_stat_replication WHERE application_name LIKE 'pgseal%'",
-            &[],
-        ))
-        .unwrap()
-        .map(|r| r.get(0))
-    };
-    let before = walsender().expect("the subscription streams");
-    // The network drops: every connection through the relay closes, and none is taken
-    // for 2 s, while the ledger goes on writing.
-    relay.cut();
-    std::thread::sleep(Duration::from_secs(2));
-    relay.restore();
-    let run = writes.finish();
-    let on_target = wait_caught_up(&h, "cut-enc", &ledger);
-    assert_eq!(
-        on_target["acknowledged"], run["acknowledged"],
-        "{on_target}"
-    );
-    // The cut ended the stream's connection: a new walsender serves it now.
-    let after = walsender().expect("the subscription streams again");
-    assert_ne!(before, after);
-    assert_eq!(h.json(&["migrate", "validate", "cut"])["clean"], true);
-    h.ok(&["migrate", "abort", "cut"]);
+/// A network fault on a relay: every connection cut (and new ones refused), or every
+/// connection held silent (open, TCP answering, nothing forwarded).
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    Cut,
+    Silent,
+}
+
+impl Outage {
+    fn begin(self, relay: &pgseal_testkit::Relay) {
+        match self {
+            Outage::Cut => relay.cut(),
+            Outage::Silent => relay.hold(),
+        }
+    }
+
+    fn end(self, relay: &pgseal_testkit::Relay) {
+        match self {
+            Outage::Cut => relay.restore(),
+            Outage::Silent => relay.release(),
+        }
+    }
+}
+
+/// `outage` on `relay` for `lasting`, the test waiting it out.
+fn outage(relay: &pgseal_testkit::Relay, outage: Outage, lasting: Duration) {
+    outage.begin(relay);
+    std::thread::sleep(lasting);
+    outage.end(relay);
+}
+
+/// Runs `args` with pgseal held at `point`; there `outage` begins on `relay`, pgseal goes
+/// on into it, and it ends `lasting` after it began, whatever pgseal does meanwhile.
+/// Returns what pgseal printed.
+fn outage_at(
+    h: &Home,
+    point: &str,
+    args: &[&str],
+    relay: &pgseal_testkit::Relay,
+    outage: Outage,
+    lasting: Duration,
+) -> Output {
+    let (began, when) = std::sync::mpsc::channel::<Instant>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // Nothing arrives when pgseal never reached the point (the test fails).
+            if let Ok(at) = when.recv() {
+                std::thread::sleep(lasting.saturating_sub(at.elapsed()));
+                outage.end(relay);
+            }
+        });
+        fault_at(h, point, args, move || {
+            outage.begin(relay);
+            began.send(Instant::now()).unwrap();
+        })
+    })
 }
 
 /// A source reached by URL through a relay the test controls (the subscription and
@@ -265,72 +285,159 @@ fn behind_a_relay(
     (db, relay, writes)
 }
 
-#[test]
-fn a_source_silent_for_two_seconds_in_catch_up_and_in_a_validation_loses_nothing() {
-    let h = Home::new();
-    let ledger = h.ledger();
-    let (_db, relay, writes) = behind_a_relay(&h, "hold", "hold-enc", 15);
-    // The network stalls: nothing crosses the relay either way for 2 s, connections stay
-    // open (TCP still answers), while the ledger goes on writing.
-    relay.hold();
-    std::thread::sleep(Duration::from_secs(2));
-    relay.release();
-    // A validation whose source goes silent for 2 s in the middle of a table goes on
-    // where it was and calls the data clean.
-    let out = fault_at(
-        &h,
-        "validate:table",
-        &["migrate", "validate", "hold", "--json"],
-        || {
-            relay.hold();
-            std::thread::sleep(Duration::from_secs(2));
-            relay.release();
-        },
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let validated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(validated["clean"], true, "{validated}");
+/// Ends `writes` and checks that every transaction the ledger had acknowledged is on
+/// `target`, once, and nothing else.
+fn nothing_lost(h: &Home, writes: Workload, target: &str) {
     let run = writes.finish();
-    let on_target = wait_caught_up(&h, "hold-enc", &ledger);
+    let on_target = wait_caught_up(h, target, &h.ledger());
     assert_eq!(
         on_target["acknowledged"], run["acknowledged"],
         "{on_target}"
     );
-    h.ok(&["migrate", "abort", "hold"]);
+}
+
+/// Whether the source's databases all take connections (no fence left up).
+fn source_open(db: &pgseal_testkit::TestCluster) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let source = rt.block_on(db.connect("postgres")).unwrap();
+    rt.block_on(source.query_one(
+        "SELECT bool_and(datallowconn) FROM pg_database WHERE NOT datistemplate",
+        &[],
+    ))
+    .unwrap()
+    .get(0)
+}
+
+/// Waits (up to a minute) until migration `name` may cut over (`--dry-run` passes: its
+/// apply worker may be starting again after an outage).
+fn ready_for_cutover(h: &Home, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = h.run(&["migrate", "cutover", name, "--dry-run"]);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]
-fn a_source_silent_for_a_minute_inside_the_pause_ends_it_at_its_timeout_and_the_fence_comes_down_when_it_answers()
+fn every_connection_to_the_source_cut_or_silent_for_two_seconds_in_catch_up_loses_nothing() {
+    let h = Home::new();
+    let (db, relay, writes) = behind_a_relay(&h, "cut", "cut-enc", 15);
+    // The stream's walsender on the source, serving the subscription through the relay.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let source = rt.block_on(db.connect("postgres")).unwrap();
+    let walsender = || -> Option<i32> {
+        rt.block_on(source.query_opt(
+            "SELECT pid FROM pg_stat_replication WHERE application_name LIKE 'pgseal%'",
+            &[],
+        ))
+        .unwrap()
+        .map(|r| r.get(0))
+    };
+    let before = walsender().expect("the subscription streams");
+    // The network drops: every connection through the relay closes, and none is taken
+    // for 2 s, while the ledger goes on writing.
+    outage(&relay, Outage::Cut, Duration::from_secs(2));
+    nothing_lost(&h, writes, "cut-enc");
+    // The cut ended the stream's connection: a new walsender serves it now.
+    let after = walsender().expect("the subscription streams again");
+    assert_ne!(before, after);
+    // Stalled for 2 s: nothing crosses the relay either way, connections stay open.
+    outage(&relay, Outage::Silent, Duration::from_secs(2));
+    assert_eq!(h.json(&["migrate", "validate", "cut"])["clean"], true);
+    h.ok(&["migrate", "abort", "cut"]);
+}
+
+#[test]
+fn a_source_cut_then_silent_for_a_minute_each_in_catch_up_loses_nothing() {
+    let h = Home::new();
+    let (_db, relay, writes) = behind_a_relay(&h, "long", "long-enc", 130);
+    // A minute without the network, then a minute of a network that answers TCP and
+    // carries nothing: the apply worker's walsender connection is ended by
+    // wal_receiver_timeout (60 s) and made again. The ledger writes throughout.
+    outage(&relay, Outage::Cut, Duration::from_secs(60));
+    outage(&relay, Outage::Silent, Duration::from_secs(60));
+    nothing_lost(&h, writes, "long-enc");
+    assert_eq!(h.json(&["migrate", "validate", "long"])["clean"], true);
+    h.ok(&["migrate", "abort", "long"]);
+}
+
+#[test]
+fn a_validation_whose_source_goes_silent_or_is_cut_waits_or_stops_by_name_and_the_next_is_clean() {
+    let h = Home::new();
+    let (_db, relay, writes) = behind_a_relay(&h, "vmin", "vmin-enc", 20);
+    let validate = ["migrate", "validate", "vmin", "--json"];
+    // Silent for 2 s, then for a minute, in the middle of a table: the pass waits it out
+    // (no chunk is waited on past 120 s) and calls the data clean.
+    for seconds in [2, 60] {
+        let lasting = Duration::from_secs(seconds);
+        let out = outage_at(
+            &h,
+            "validate:table",
+            &validate,
+            &relay,
+            Outage::Silent,
+            lasting,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["clean"], true, "{report}");
+    }
+    // Cut for a minute: the pass's sessions are gone; it stops at once and says where.
+    let minute = Duration::from_secs(60);
+    let out = outage_at(&h, "validate:table", &validate, &relay, Outage::Cut, minute);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("on the source: connection closed"),
+        "{stderr}"
+    );
+    // Once the network holds, the next pass is clean and nothing was lost.
+    nothing_lost(&h, writes, "vmin-enc");
+    assert_eq!(h.json(&["migrate", "validate", "vmin"])["clean"], true);
+    h.ok(&["migrate", "abort", "vmin"]);
+}
+
+#[test]
+fn a_source_silent_for_a_minute_inside_the_drain_ends_the_pause_at_its_timeout_and_the_fence_comes_down_when_it_answers()
  {
     let h = Home::new();
-    let ledger = h.ledger();
     let (db, relay, writes) = behind_a_relay(&h, "mute", "mute-enc", 20);
-    wait_caught_up(&h, "mute-enc", &ledger);
+    wait_caught_up(&h, "mute-enc", &h.ledger());
     // Inside the pause, with the source fenced, the network to it stalls for 60 s: the
     // drain cannot read the slots, and lifting the fence cannot reach the source either.
-    let (held, hold_began) = std::sync::mpsc::channel::<Instant>();
-    let out = std::thread::scope(|scope| {
-        let relay = &relay;
-        scope.spawn(move || {
-            let began = hold_began.recv().unwrap();
-            std::thread::sleep(Duration::from_secs(60).saturating_sub(began.elapsed()));
-            relay.release();
-        });
-        let args = [
-            "migrate",
-            "cutover",
-            "mute",
-            "--on-switch",
-            "true",
-            "--timeout",
-            "5",
-        ];
-        fault_at(&h, "cutover:draining", &args, || {
-            relay.hold();
-            held.send(Instant::now()).unwrap();
-        })
-    });
+    let cutover = [
+        "migrate",
+        "cutover",
+        "mute",
+        "--on-switch",
+        "true",
+        "--timeout",
+        "5",
+    ];
+    let minute = Duration::from_secs(60);
+    let out = outage_at(
+        &h,
+        "cutover:draining",
+        &cutover,
+        &relay,
+        Outage::Silent,
+        minute,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     // It gave up at its timeout, naming what it waited for, and ended the pause then,
@@ -346,46 +453,65 @@ fn a_source_silent_for_a_minute_inside_the_pause_ends_it_at_its_timeout_and_the_
         "{stderr}"
     );
     // Once the source answered, the fence came down and the migration replicates again.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let source = rt.block_on(db.connect("postgres")).unwrap();
-    let open: bool = rt
-        .block_on(source.query_one(
-            "SELECT bool_and(datallowconn) FROM pg_database WHERE NOT datistemplate",
-            &[],
-        ))
-        .unwrap()
-        .get(0);
-    assert!(open, "{stderr}");
+    assert!(source_open(&db), "{stderr}");
     let status = h.json(&["migrate", "status", "mute"]);
     assert_eq!(status["migration"]["phase"], "replicating", "{status}");
-    // Nothing the ledger was told was committed is lost or doubled, and the cutover goes
-    // through once the network holds (the apply worker may be starting again after its
-    // own timeout).
-    let run = writes.finish();
-    let on_target = wait_caught_up(&h, "mute-enc", &ledger);
-    assert_eq!(
-        on_target["acknowledged"], run["acknowledged"],
-        "{on_target}"
+    nothing_lost(&h, writes, "mute-enc");
+    // Silent for 2 s inside the drain: the cutover waits it out and goes through.
+    ready_for_cutover(&h, "mute");
+    let out = outage_at(
+        &h,
+        "cutover:draining",
+        &cutover,
+        &relay,
+        Outage::Silent,
+        Duration::from_secs(2),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let again = h.run(&["migrate", "cutover", "mute", "--on-switch", "true"]);
-        if again.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            String::from_utf8_lossy(&again.stderr)
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = h.json(&["migrate", "status", "mute"]);
+    assert_eq!(status["migration"]["phase"], "cut_over", "{status}");
+}
+
+#[test]
+fn a_source_cut_inside_the_drain_undoes_the_cutover_the_fence_comes_down_when_it_answers_and_the_next_goes_through()
+ {
+    let h = Home::new();
+    let (db, relay, writes) = behind_a_relay(&h, "drop", "drop-enc", 20);
+    wait_caught_up(&h, "drop-enc", &h.ledger());
+    let cutover = [
+        "migrate",
+        "cutover",
+        "drop",
+        "--on-switch",
+        "true",
+        "--timeout",
+        "5",
+    ];
+    for lasting in [60, 2].map(Duration::from_secs) {
+        ready_for_cutover(&h, "drop");
+        // The network drops inside the drain: the cutover fails on the closed session
+        // and undoes itself; the fence comes down once the source takes connections.
+        let out = outage_at(
+            &h,
+            "cutover:draining",
+            &cutover,
+            &relay,
+            Outage::Cut,
+            lasting,
         );
-        std::thread::sleep(Duration::from_secs(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(source_open(&db), "{stderr}");
+        let status = h.json(&["migrate", "status", "drop"]);
+        assert_eq!(status["migration"]["phase"], "replicating", "{status}");
     }
-    let on_target = h.verify(&["--instance", "mute-enc"], &ledger);
-    assert_eq!(on_target["missing"], 0, "{on_target}");
-    assert_eq!(on_target["duplicated"], 0, "{on_target}");
+    nothing_lost(&h, writes, "drop-enc");
+    ready_for_cutover(&h, "drop");
+    h.ok(&["migrate", "cutover", "drop", "--on-switch", "true"]);
 }
 
 /// Takes all but `leave` bytes of what the file system under `dir` has free, with a file

@@ -1,6 +1,6 @@
 //! A table cut into key ranges (chunks) sized by time, each compared, with integer keys per bucket.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
@@ -15,6 +15,27 @@ pub(super) const CHUNK_SECONDS: f64 = 0.5;
 
 /// Keys per bucket in the integer-key path (`key >> BUCKET_BITS`).
 pub(super) const BUCKET_BITS: u32 = 10;
+
+/// How long comparing one chunk may take before the pass gives up on it: far above the
+/// half second a chunk aims at, and above the longest wait inside one (the target
+/// applying what a re-read needs, 30 s, and the locked re-check's lock timeout).
+pub(super) const CHUNK_WAIT: Duration = Duration::from_secs(120);
+
+/// `work` (one chunk of `table`) within [`CHUNK_WAIT`]; past it, the whole pass stops
+/// (its sessions wait on an answer that has not come): nothing is called clean.
+async fn within_chunk_wait<T>(
+    table: &str,
+    work: impl std::future::Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    tokio::time::timeout(CHUNK_WAIT, work)
+        .await
+        .map_err(|_| {
+            EngineError::Precondition(format!(
+                "comparing a chunk of {table} took over {} s: a side stopped answering (the network to it stalled?) or a lock was held that long; nothing was called clean. Run validate again once both sides answer",
+                CHUNK_WAIT.as_secs()
+            ))
+        })?
+}
 
 /// `bucket -> (count, xor)` of a key range, one query.
 pub(super) async fn buckets(
@@ -74,11 +95,14 @@ pub(super) async fn integer_key(
         let hi = lo.saturating_add(width).min(max);
         let cond = format!("{key} > {lo} AND {key} <= {hi}");
         let t = Instant::now();
-        let (src, dst) = tokio::join!(
-            buckets(sides.source, shape, &cond, "source"),
-            buckets(sides.target, shape, &cond, "target")
-        );
-        let (src, dst) = (src?, dst?);
+        let (src, dst) = within_chunk_wait(&shape.table, async {
+            let (src, dst) = tokio::join!(
+                buckets(sides.source, shape, &cond, "source"),
+                buckets(sides.target, shape, &cond, "target")
+            );
+            Ok((src?, dst?))
+        })
+        .await?;
         report.rows += src.values().map(|v| v.0).sum::<i64>();
         (sides.progress)(Progress::Rows(report.rows));
         report.chunks += 1;
@@ -95,7 +119,7 @@ pub(super) async fn integer_key(
             let last = first + (1 << BUCKET_BITS) - 1;
             let cond =
                 format!("{key} > {lo} AND {key} <= {hi} AND {key} >= {first} AND {key} <= {last}");
-            if !settle_rows(sides, shape, &cond, report).await? {
+            if !within_chunk_wait(&shape.table, settle_rows(sides, shape, &cond, report)).await? {
                 report.unstable_chunks += 1;
             }
         }
@@ -146,26 +170,29 @@ pub(super) async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, 
     let mut chunk_rows: i64 = 20_000;
     loop {
         // The chunk's upper bound: the key `chunk_rows` rows on, on the source.
-        let bound = sides
-            .source
-            .query_opt(
-                &format!(
-                    "SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1",
-                    key_cols.join(", "),
-                    shape.table,
-                    shape.range(lo.as_deref(), None),
-                    shape
-                        .key
-                        .iter()
-                        .map(|(c, _)| c.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    chunk_rows - 1
-                ),
-                &[],
-            )
-            .await
-            .map_err(sql("source", "finding a chunk's bound"))?;
+        let bound = within_chunk_wait(&shape.table, async {
+            sides
+                .source
+                .query_opt(
+                    &format!(
+                        "SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1",
+                        key_cols.join(", "),
+                        shape.table,
+                        shape.range(lo.as_deref(), None),
+                        shape
+                            .key
+                            .iter()
+                            .map(|(c, _)| c.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        chunk_rows - 1
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(sql("source", "finding a chunk's bound"))
+        })
+        .await?;
         let hi: Option<Vec<String>> = bound.map(|r| {
             (0..shape.key.len())
                 .map(|i| r.get::<_, String>(i))
@@ -173,7 +200,11 @@ pub(super) async fn table(sides: &Sides<'_>, name: &str) -> Result<TableReport, 
         });
         let cond = shape.range(lo.as_deref(), hi.as_deref());
         let t = Instant::now();
-        let (rows, unstable) = compare_chunk(sides, &shape, &cond, &mut report).await?;
+        let (rows, unstable) = within_chunk_wait(
+            &shape.table,
+            compare_chunk(sides, &shape, &cond, &mut report),
+        )
+        .await?;
         report.rows += rows;
         (sides.progress)(Progress::Rows(report.rows));
         report.chunks += 1;
