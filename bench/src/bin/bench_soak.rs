@@ -5,7 +5,10 @@
 //! run the source server is also stopped hard (SIGQUIT to its postmaster: an immediate
 //! shutdown) mid-catch-up, and once mid-cutover, then started again; so is the target,
 //! once mid-catch-up and in every third round at a random moment of the cutover or (the
-//! next time) the rollback.
+//! next time) the rollback. One round in ten (the 4th, 14th, ...) fills the target's
+//! volume mid-catch-up: 20 MiB more is written on the source than the target has room
+//! for, the apply stops, `status` must name the fix (`pgseal instance resize`), the soak
+//! applies it, and the round goes on.
 //!
 //! Each round: a source instance with two databases (the ledger's `postgres` and a pgbench
 //! one), a PgBouncer endpoint in front of it, the ledger workload writing through the
@@ -69,6 +72,8 @@ struct Faults {
     /// Stop the target hard while this command runs (1 cutover, 2 rollback), instead of
     /// killing pgseal there.
     crash_target_in: Option<usize>,
+    /// Fill the target's volume while it catches up, then grow it as `status` says.
+    fill_target_disk: bool,
 }
 
 /// What one round found.
@@ -80,6 +85,8 @@ struct Round {
     kill_points: Vec<String>,
     source_crashes: usize,
     target_crashes: usize,
+    /// Times the target's volume filled and was grown.
+    disk_fulls: usize,
     resumes: usize,
     /// Commands run again after resume undid an interrupted one.
     retries: usize,
@@ -305,6 +312,11 @@ impl Soak<'_> {
                 round.target_crashes += 1;
                 self.wait_ready_for_cutover(r)?;
             }
+            if i == 1 && faults.fill_target_disk {
+                self.fill_target_disk(r)?;
+                round.disk_fulls += 1;
+                self.wait_ready_for_cutover(r)?;
+            }
             let in_target_crash = faults.crash_target_in == Some(i);
             let server_crash = (i == 1 && faults.crash_source_in_cutover) || in_target_crash;
             let kill_after =
@@ -380,6 +392,75 @@ impl Soak<'_> {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Fills round `r`'s target volume to 512 KiB free (a file beside the data, allocated
+    /// as root) and writes 20 MiB more on the source; waits (up to 90 s) for the apply to
+    /// fail and `status` to name the resize that fixes it, runs that resize, and removes
+    /// the file.
+    fn fill_target_disk(&self, r: usize) -> anyhow::Result<()> {
+        let b = self.b;
+        let (name, target) = (format!("m{r}"), format!("t{r}"));
+        let status = b.json(&["migrate", "status", &name])?;
+        let free = status["storage"]["target"]["free_bytes"]
+            .as_u64()
+            .context("the target's free storage")?;
+        let info = b.json(&["instance", "describe", &target])?;
+        let data_dir = std::path::PathBuf::from(info["data_dir"].as_str().context("data_dir")?);
+        let volume = data_dir.ancestors().nth(2).context("the target's volume")?;
+        let filler = volume.join("soak-filler");
+        let filled = Command::new("fallocate")
+            .args(["-l", &free.saturating_sub(512 << 10).to_string()])
+            .arg(&filler)
+            .output()?;
+        if !filled.status.success() {
+            bail!("fallocate: {}", String::from_utf8_lossy(&filled.stderr));
+        }
+        let result = (|| {
+            let bulk = b
+                .program("psql")
+                .args(b.conn(&format!("s{r}"))?)
+                .args(["-d", "bank", "-Atc"])
+                .arg(
+                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime, filler) \
+                     SELECT 1, 1, g, 0, now(), 'soak' FROM generate_series(1, 300000) g",
+                )
+                .output()?;
+            if !bulk.status.success() {
+                bail!("writing 20 MiB: {}", String::from_utf8_lossy(&bulk.stderr));
+            }
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let fix = loop {
+                let status = b.json(&["migrate", "status", &name])?;
+                let failing = status["replication"]["streams"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|st| st["subscription"]["apply_errors"].as_i64() > Some(0));
+                let fix = status["warnings"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|w| w.as_str())
+                    .find_map(|w| {
+                        let at = w.find("`pgseal instance resize ")?;
+                        let rest = &w[at + 1..];
+                        Some(rest[..rest.find('`')?].to_string())
+                    });
+                if let (true, Some(fix)) = (failing, fix) {
+                    break fix;
+                }
+                if Instant::now() > deadline {
+                    bail!("m{r}: the full target was not named with its fix: {status}");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            let args: Vec<&str> = fix.split_whitespace().skip(1).collect();
+            b.json(&args)?;
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&filler);
+        result
     }
 
     /// Stops instance `instance` hard (SIGQUIT to the postmaster: immediate shutdown, crash
@@ -523,6 +604,7 @@ fn main() -> anyhow::Result<()> {
                 crash_target_catching_up: r == target_catch_up_round,
                 // One server stopped at a time: the source's cutover round keeps its own.
                 crash_target_in: target_in(r).filter(|&i| !(i == 1 && r == cutover_round)),
+                fill_target_disk: r % 10 == 4,
             };
             let round = soak.round(r, faults, &durations)?;
             eprintln!("{}", serde_json::to_string(&round)?);
@@ -538,6 +620,7 @@ fn main() -> anyhow::Result<()> {
     let kills = sum(|r| r.kills as u64);
     let crashes = sum(|r| r.source_crashes as u64);
     let target_crashes = sum(|r| r.target_crashes as u64);
+    let disk_fulls = sum(|r| r.disk_fulls as u64);
     let (missing, duplicated, unexpected) = (
         sum(|r| r.missing),
         sum(|r| r.duplicated),
@@ -555,7 +638,7 @@ fn main() -> anyhow::Result<()> {
         "fault soak: {rounds} rounds (seed {seed}, ledger at {rate} tx/s through an endpoint, 2 databases)"
     );
     println!(
-        "  kills {kills} (SIGKILL of pgseal inside start/cutover/rollback), source crashes {crashes} (rounds {catch_up_round} mid-catch-up, {cutover_round} mid-cutover), target crashes {target_crashes} (round {target_catch_up_round} mid-catch-up, every third round inside cutover or rollback), resumes {}, commands run again {}",
+        "  kills {kills} (SIGKILL of pgseal inside start/cutover/rollback), source crashes {crashes} (rounds {catch_up_round} mid-catch-up, {cutover_round} mid-cutover), target crashes {target_crashes} (round {target_catch_up_round} mid-catch-up, every third round inside cutover or rollback), target disks filled and grown {disk_fulls} (rounds 4, 14, 24, ...), resumes {}, commands run again {}",
         sum(|r| r.resumes as u64),
         sum(|r| r.retries as u64)
     );
@@ -592,7 +675,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "rounds": rounds, "seed": seed, "rate": rate, "kills": kills,
-            "source_crashes": crashes, "target_crashes": target_crashes, "missing": missing, "duplicated": duplicated,
+            "source_crashes": crashes, "target_crashes": target_crashes, "disk_fulls": disk_fulls, "missing": missing, "duplicated": duplicated,
             "unexpected": unexpected, "leftovers": leftovers, "unforced_failures": unforced,
             "per_round": faulted,
         })

@@ -412,6 +412,27 @@ fn a_validation_whose_source_goes_silent_or_is_cut_waits_or_stops_by_name_and_th
     h.ok(&["migrate", "abort", "vmin"]);
 }
 
+/// `migrate cutover NAME --timeout 5` (the switch a no-op hook) with `outage` on `relay`
+/// from inside the drain, lasting `lasting`. Returns what pgseal printed.
+fn cutover_through(
+    h: &Home,
+    name: &str,
+    relay: &pgseal_testkit::Relay,
+    outage: Outage,
+    lasting: Duration,
+) -> Output {
+    let cutover = [
+        "migrate",
+        "cutover",
+        name,
+        "--on-switch",
+        "true",
+        "--timeout",
+        "5",
+    ];
+    outage_at(h, "cutover:draining", &cutover, relay, outage, lasting)
+}
+
 #[test]
 fn a_source_silent_for_a_minute_inside_the_drain_ends_the_pause_at_its_timeout_and_the_fence_comes_down_when_it_answers()
  {
@@ -420,24 +441,8 @@ fn a_source_silent_for_a_minute_inside_the_drain_ends_the_pause_at_its_timeout_a
     wait_caught_up(&h, "mute-enc", &h.ledger());
     // Inside the pause, with the source fenced, the network to it stalls for 60 s: the
     // drain cannot read the slots, and lifting the fence cannot reach the source either.
-    let cutover = [
-        "migrate",
-        "cutover",
-        "mute",
-        "--on-switch",
-        "true",
-        "--timeout",
-        "5",
-    ];
     let minute = Duration::from_secs(60);
-    let out = outage_at(
-        &h,
-        "cutover:draining",
-        &cutover,
-        &relay,
-        Outage::Silent,
-        minute,
-    );
+    let out = cutover_through(&h, "mute", &relay, Outage::Silent, minute);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     // It gave up at its timeout, naming what it waited for, and ended the pause then,
@@ -459,14 +464,7 @@ fn a_source_silent_for_a_minute_inside_the_drain_ends_the_pause_at_its_timeout_a
     nothing_lost(&h, writes, "mute-enc");
     // Silent for 2 s inside the drain: the cutover waits it out and goes through.
     ready_for_cutover(&h, "mute");
-    let out = outage_at(
-        &h,
-        "cutover:draining",
-        &cutover,
-        &relay,
-        Outage::Silent,
-        Duration::from_secs(2),
-    );
+    let out = cutover_through(&h, "mute", &relay, Outage::Silent, Duration::from_secs(2));
     assert!(
         out.status.success(),
         "{}",
@@ -482,27 +480,11 @@ fn a_source_cut_inside_the_drain_undoes_the_cutover_the_fence_comes_down_when_it
     let h = Home::new();
     let (db, relay, writes) = behind_a_relay(&h, "drop", "drop-enc", 20);
     wait_caught_up(&h, "drop-enc", &h.ledger());
-    let cutover = [
-        "migrate",
-        "cutover",
-        "drop",
-        "--on-switch",
-        "true",
-        "--timeout",
-        "5",
-    ];
     for lasting in [60, 2].map(Duration::from_secs) {
         ready_for_cutover(&h, "drop");
         // The network drops inside the drain: the cutover fails on the closed session
         // and undoes itself; the fence comes down once the source takes connections.
-        let out = outage_at(
-            &h,
-            "cutover:draining",
-            &cutover,
-            &relay,
-            Outage::Cut,
-            lasting,
-        );
+        let out = cutover_through(&h, "drop", &relay, Outage::Cut, lasting);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         assert!(source_open(&db), "{stderr}");
