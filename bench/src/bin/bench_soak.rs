@@ -8,7 +8,12 @@
 //! next time) the rollback. One round in ten (the 4th, 14th, ...) fills the target's
 //! volume mid-catch-up: 20 MiB more is written on the source than the target has room
 //! for, the apply stops, `status` must name the fix (`pgseal instance resize`), the soak
-//! applies it, and the round goes on.
+//! applies it, and the round goes on. Every third round (3, 6, 9, ...) migrates a server
+//! reached by URL through a TCP relay the soak controls (the subscription and pgseal's
+//! sessions cross it; the ledger writes to the server directly; cutover and rollback
+//! switch with a hook): the relay cuts every connection or holds them silent for 1 to
+//! 5 s once mid-catch-up and once at a seeded moment inside the cutover or (in turn) the
+//! rollback, instead of a kill there.
 //!
 //! Each round: a source instance with two databases (the ledger's `postgres` and a pgbench
 //! one), a PgBouncer endpoint in front of it, the ledger workload writing through the
@@ -74,6 +79,9 @@ struct Faults {
     crash_target_in: Option<usize>,
     /// Fill the target's volume while it catches up, then grow it as `status` says.
     fill_target_disk: bool,
+    /// Reach the source by URL through a relay, and cut or stall the relay mid-catch-up
+    /// and inside this command (1 cutover, 2 rollback).
+    relay_in: Option<usize>,
 }
 
 /// What one round found.
@@ -87,6 +95,8 @@ struct Round {
     target_crashes: usize,
     /// Times the target's volume filled and was grown.
     disk_fulls: usize,
+    /// Relay outages: `cut|silent N ms in WHERE@ms`.
+    outages: Vec<String>,
     resumes: usize,
     /// Commands run again after resume undid an interrupted one.
     retries: usize,
@@ -116,6 +126,38 @@ struct Soak<'a> {
     b: &'a Harness,
     rate: f64,
     rng: Rng,
+    /// This round's source, when reached by URL through a relay.
+    via: Option<Via>,
+}
+
+/// A source server reached by URL through a relay the soak controls.
+struct Via {
+    server: pgseal_testkit::TestCluster,
+    relay: pgseal_testkit::Relay,
+}
+
+impl Via {
+    /// The URL pgseal migrates from: through the relay.
+    fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.relay.port()
+        )
+    }
+
+    /// psql's arguments reaching the server directly.
+    fn psql(&self) -> Vec<String> {
+        [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.server.port().to_string(),
+            "-U",
+            "postgres",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
 }
 
 impl Soak<'_> {
@@ -123,11 +165,12 @@ impl Soak<'_> {
     fn args(&self, i: usize, r: usize) -> Vec<String> {
         let name = format!("m{r}");
         let mut args: Vec<String> = vec!["migrate".into(), COMMANDS[i].into()];
+        let source = self.via.as_ref().map_or(format!("s{r}"), Via::url);
         match i {
             0 => args.extend(
                 [
                     "--source",
-                    &format!("s{r}"),
+                    &source,
                     "--target",
                     &format!("t{r}"),
                     "--name",
@@ -138,6 +181,9 @@ impl Soak<'_> {
                 ]
                 .map(String::from),
             ),
+            // Through a relay there is no endpoint: a hook that does nothing (the ledger
+            // writes to the source, fenced while the migration is cut over).
+            _ if self.via.is_some() => args.extend([name, "--on-switch".into(), "true".into()]),
             _ => args.extend([name, "--endpoint".into(), format!("e{r}")]),
         }
         args
@@ -241,19 +287,59 @@ impl Soak<'_> {
             round: r,
             ..Default::default()
         };
+        self.via = None;
         let (source, endpoint) = (format!("s{r}"), format!("e{r}"));
-        b.json(&[
-            "instance",
-            "create",
-            &source,
-            "--param",
-            "wal_level=logical",
-        ])?;
-        b.pgbench_init_db(&source, "bank", 1)?;
-        b.json(&["endpoint", "create", &endpoint, "--instance", &source])?;
+        // Where the ledger writes and is verified: through the endpoint (a local source),
+        // or straight to the server (one reached through the relay).
+        let (writes_to, verified_on) = if faults.relay_in.is_some() {
+            let server = pgseal_testkit::TestCluster::start()
+                .map_err(|e| anyhow::anyhow!("a source server: {e}"))?;
+            let relay = pgseal_testkit::Relay::start(&format!("127.0.0.1:{}", server.port()))?;
+            let via = Via { server, relay };
+            let create = b
+                .program("psql")
+                .args(via.psql())
+                .args(["-d", "postgres", "-c", "CREATE DATABASE bank"])
+                // In the configuration the target's copy starts from: rollback needs
+                // logical WAL on the target.
+                .args(["-c", "ALTER SYSTEM SET wal_level = logical"])
+                .output()?;
+            if !create.status.success() {
+                bail!(
+                    "CREATE DATABASE bank: {}",
+                    String::from_utf8_lossy(&create.stderr)
+                );
+            }
+            let init = b
+                .program("pgbench")
+                .args(via.psql())
+                .args(["-i", "-s", "1", "-q", "bank"])
+                .output()?;
+            if !init.status.success() {
+                bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+            }
+            let direct = ["--url".to_string(), via.server.url("postgres")];
+            self.via = Some(via);
+            (direct.clone(), direct)
+        } else {
+            b.json(&[
+                "instance",
+                "create",
+                &source,
+                "--param",
+                "wal_level=logical",
+            ])?;
+            b.pgbench_init_db(&source, "bank", 1)?;
+            b.json(&["endpoint", "create", &endpoint, "--instance", &source])?;
+            (
+                ["--endpoint".to_string(), endpoint.clone()],
+                ["--instance".to_string(), source.clone()],
+            )
+        };
         let ledger = b.home.join(format!("soak{r}.ledger"));
         let workload = b
-            .pgseal(&["workload", "run", "--endpoint", &endpoint])
+            .pgseal(&["workload", "run"])
+            .args(&writes_to)
             .arg("--ledger")
             .arg(&ledger)
             .args(["--rate", &self.rate.to_string(), "--clients", "4"])
@@ -270,7 +356,9 @@ impl Soak<'_> {
         round.uncertain = summary["uncertain"].as_u64().unwrap_or(0);
         round.client_errors = summary["client_errors"].as_u64().unwrap_or(0);
         let verified = b
-            .pgseal(&["workload", "verify", "--instance", &source, "--ledger"])
+            .pgseal(&["workload", "verify"])
+            .args(&verified_on)
+            .arg("--ledger")
             .arg(&ledger)
             .arg("--json")
             .output()?;
@@ -281,8 +369,10 @@ impl Soak<'_> {
         round.unexpected = v["unexpected"].as_u64().context("unexpected")?;
         b.json(&["migrate", "cleanup", &format!("m{r}")])?;
         round.leftovers = self.leftovers(r)?;
-        b.json(&["endpoint", "delete", &endpoint])?;
-        b.json(&["instance", "delete", &source, "--yes"])?;
+        if self.via.take().is_none() {
+            b.json(&["endpoint", "delete", &endpoint])?;
+            b.json(&["instance", "delete", &source, "--yes"])?;
+        }
         let _ = std::fs::remove_file(&ledger);
         round.seconds = began.elapsed().as_secs_f64();
         Ok(round)
@@ -312,19 +402,35 @@ impl Soak<'_> {
                 round.target_crashes += 1;
                 self.wait_ready_for_cutover(r)?;
             }
+            if i == 1 && faults.relay_in.is_some() {
+                // Mid-catch-up: the network between the target (and pgseal) and the
+                // source drops or stalls; the apply worker must pick up where it
+                // confirmed.
+                std::thread::sleep(self.rng.within(Duration::from_secs(2)));
+                let outage = self.relay_outage("catch-up")?;
+                round.outages.push(outage);
+                self.wait_ready_for_cutover(r)?;
+            }
             if i == 1 && faults.fill_target_disk {
                 self.fill_target_disk(r)?;
                 round.disk_fulls += 1;
                 self.wait_ready_for_cutover(r)?;
             }
             let in_target_crash = faults.crash_target_in == Some(i);
-            let server_crash = (i == 1 && faults.crash_source_in_cutover) || in_target_crash;
+            let in_relay = faults.relay_in == Some(i);
+            let server_crash =
+                (i == 1 && faults.crash_source_in_cutover) || in_target_crash || in_relay;
             let kill_after =
                 (faults.kill && !server_crash).then(|| self.rng.within(calibration[i]));
             let began = Instant::now();
             let mut child = self.command(i, r).spawn()?;
             let mut killed = false;
-            if server_crash {
+            if in_relay {
+                let at = self.rng.within(calibration[i]);
+                std::thread::sleep(at);
+                let outage = self.relay_outage(&format!("{}@{}ms", COMMANDS[i], at.as_millis()))?;
+                round.outages.push(outage);
+            } else if server_crash {
                 let at = self.rng.within(calibration[i]);
                 std::thread::sleep(at);
                 let (side, instance) = if in_target_crash {
@@ -394,6 +500,38 @@ impl Soak<'_> {
         }
     }
 
+    /// psql's arguments reaching round `r`'s source.
+    fn source_psql(&self, r: usize) -> anyhow::Result<Vec<String>> {
+        match &self.via {
+            Some(via) => Ok(via.psql()),
+            None => self.b.conn(&format!("s{r}")),
+        }
+    }
+
+    /// Cuts the relay or holds it silent (drawn) for 1 to 5 s (drawn), noting `what` the
+    /// outage fell in.
+    fn relay_outage(&mut self, what: &str) -> anyhow::Result<String> {
+        let silent = self.rng.below(2) == 1;
+        let lasting = Duration::from_secs(1 + self.rng.below(5) as u64);
+        let via = self.via.as_ref().context("this round has no relay")?;
+        if silent {
+            via.relay.hold();
+        } else {
+            via.relay.cut();
+        }
+        std::thread::sleep(lasting);
+        if silent {
+            via.relay.release();
+        } else {
+            via.relay.restore();
+        }
+        Ok(format!(
+            "{} {} ms in {what}",
+            if silent { "silent" } else { "cut" },
+            lasting.as_millis()
+        ))
+    }
+
     /// Fills round `r`'s target volume to 512 KiB free (a file beside the data, allocated
     /// as root) and writes 20 MiB more on the source; waits (up to 90 s) for the apply to
     /// fail and `status` to name the resize that fixes it, runs that resize, and removes
@@ -419,7 +557,7 @@ impl Soak<'_> {
         let result = (|| {
             let bulk = b
                 .program("psql")
-                .args(b.conn(&format!("s{r}"))?)
+                .args(self.source_psql(r)?)
                 .args(["-d", "bank", "-Atc"])
                 .arg(
                     "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime, filler) \
@@ -499,7 +637,7 @@ impl Soak<'_> {
         let count = |db: &str, sql: &str| -> anyhow::Result<i64> {
             let out = b
                 .program("psql")
-                .args(b.conn(&source)?)
+                .args(self.source_psql(r)?)
                 .args(["-d", db, "-Atc", sql])
                 .output()?;
             if !out.status.success() {
@@ -576,13 +714,16 @@ fn main() -> anyhow::Result<()> {
         b: &b,
         rate,
         rng: Rng(seed),
+        via: None,
     };
     // The two source crashes go to two different rounds the seed picks, and so does the
     // target's crash mid-catch-up.
-    let catch_up_round = 1 + soak.rng.below(rounds);
-    let mut cutover_round = 1 + soak.rng.below(rounds);
+    // (Never a round through the relay: its source is not an instance of the soak's.)
+    let local = |r: usize| if r % 3 == 0 { r % rounds + 1 } else { r };
+    let catch_up_round = local(1 + soak.rng.below(rounds));
+    let mut cutover_round = local(1 + soak.rng.below(rounds));
     if cutover_round == catch_up_round && rounds > 1 {
-        cutover_round = cutover_round % rounds + 1;
+        cutover_round = local(cutover_round % rounds + 1);
     }
     let target_catch_up_round = 1 + soak.rng.below(rounds);
     // Every third round stops the target inside a command: cutover, then rollback, in turn.
@@ -605,6 +746,9 @@ fn main() -> anyhow::Result<()> {
                 // One server stopped at a time: the source's cutover round keeps its own.
                 crash_target_in: target_in(r).filter(|&i| !(i == 1 && r == cutover_round)),
                 fill_target_disk: r % 10 == 4,
+                // Every third round through the relay: an outage inside the cutover, then
+                // (the next time) inside the rollback.
+                relay_in: (r % 3 == 0).then_some(1 + (r / 3 + 1) % 2),
             };
             let round = soak.round(r, faults, &durations)?;
             eprintln!("{}", serde_json::to_string(&round)?);
@@ -621,6 +765,7 @@ fn main() -> anyhow::Result<()> {
     let crashes = sum(|r| r.source_crashes as u64);
     let target_crashes = sum(|r| r.target_crashes as u64);
     let disk_fulls = sum(|r| r.disk_fulls as u64);
+    let outages = sum(|r| r.outages.len() as u64);
     let (missing, duplicated, unexpected) = (
         sum(|r| r.missing),
         sum(|r| r.duplicated),
@@ -635,10 +780,10 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     println!(
-        "fault soak: {rounds} rounds (seed {seed}, ledger at {rate} tx/s through an endpoint, 2 databases)"
+        "fault soak: {rounds} rounds (seed {seed}, ledger at {rate} tx/s through an endpoint, straight to the source in the relay's rounds; 2 databases)"
     );
     println!(
-        "  kills {kills} (SIGKILL of pgseal inside start/cutover/rollback), source crashes {crashes} (rounds {catch_up_round} mid-catch-up, {cutover_round} mid-cutover), target crashes {target_crashes} (round {target_catch_up_round} mid-catch-up, every third round inside cutover or rollback), target disks filled and grown {disk_fulls} (rounds 4, 14, 24, ...), resumes {}, commands run again {}",
+        "  kills {kills} (SIGKILL of pgseal inside start/cutover/rollback), source crashes {crashes} (rounds {catch_up_round} mid-catch-up, {cutover_round} mid-cutover), target crashes {target_crashes} (round {target_catch_up_round} mid-catch-up, every third round inside cutover or rollback), target disks filled and grown {disk_fulls} (rounds 4, 14, 24, ...), relay outages {outages} (cut or silent 1-5 s, every third round: mid-catch-up and inside cutover or rollback), resumes {}, commands run again {}",
         sum(|r| r.resumes as u64),
         sum(|r| r.retries as u64)
     );
@@ -675,7 +820,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "rounds": rounds, "seed": seed, "rate": rate, "kills": kills,
-            "source_crashes": crashes, "target_crashes": target_crashes, "disk_fulls": disk_fulls, "missing": missing, "duplicated": duplicated,
+            "source_crashes": crashes, "target_crashes": target_crashes, "disk_fulls": disk_fulls, "relay_outages": outages, "missing": missing, "duplicated": duplicated,
             "unexpected": unexpected, "leftovers": leftovers, "unforced_failures": unforced,
             "per_round": faulted,
         })

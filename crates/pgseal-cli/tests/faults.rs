@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -277,10 +277,25 @@ fn behind_a_relay(
     let db = pgseal_testkit::TestCluster::start().unwrap();
     let relay = pgseal_testkit::Relay::start(&format!("127.0.0.1:{}", db.port())).unwrap();
     let via = format!("postgres://postgres@127.0.0.1:{}/postgres", relay.port());
+    // pgbench's tables, for the tests that run it too.
+    let init = Command::new(bin("pgbench"))
+        .args(["-i", "-q", "-h", "127.0.0.1", "-p", &db.port().to_string()])
+        .args(["-U", "postgres", "postgres"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
     let writes = h.workload(&["--url", &db.url("postgres")], &h.ledger(), seconds);
     std::thread::sleep(Duration::from_secs(1));
     h.ok(&[
-        "migrate", "start", "--source", &via, "--target", target, "--name", name,
+        "migrate",
+        "start",
+        "--source",
+        &via,
+        "--target",
+        target,
+        "--name",
+        name,
+        "--replica-identity-full",
     ]);
     (db, relay, writes)
 }
@@ -294,6 +309,38 @@ fn nothing_lost(h: &Home, writes: Workload, target: &str) {
         on_target["acknowledged"], run["acknowledged"],
         "{on_target}"
     );
+}
+
+/// pgbench TPC-B at 20 tx/s for `seconds`, straight to `db`'s `postgres` database (a
+/// source reached by URL has no endpoint in front of it).
+fn pgbench_direct(db: &pgseal_testkit::TestCluster, seconds: u32) -> Child {
+    Command::new(bin("pgbench"))
+        .args(["-n", "-c", "2", "-j", "1", "-h", "127.0.0.1"])
+        .args(["-p", &db.port().to_string(), "-U", "postgres", "-R", "20"])
+        .args(["-T", &seconds.to_string(), "postgres"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// pgbench's own count: it saw no failure, and every transaction it processed is on
+/// `target` (its history there, waited for up to a minute), balanced.
+fn pgbench_arrived(h: &Home, bench: Child, target: &str) {
+    let processed = pgbench_processed(bench);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (history, balanced) = tpcb(&h.sql(target, "postgres"));
+        if history == processed {
+            assert!(balanced, "TPC-B's balances on {target}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{history} of pgbench's {processed} transactions on {target}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Whether the source's databases all take connections (no fence left up).
@@ -333,6 +380,7 @@ fn ready_for_cutover(h: &Home, name: &str) {
 fn every_connection_to_the_source_cut_or_silent_for_two_seconds_in_catch_up_loses_nothing() {
     let h = Home::new();
     let (db, relay, writes) = behind_a_relay(&h, "cut", "cut-enc", 15);
+    let bench = pgbench_direct(&db, 12);
     // The stream's walsender on the source, serving the subscription through the relay.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -352,6 +400,7 @@ fn every_connection_to_the_source_cut_or_silent_for_two_seconds_in_catch_up_lose
     // for 2 s, while the ledger goes on writing.
     outage(&relay, Outage::Cut, Duration::from_secs(2));
     nothing_lost(&h, writes, "cut-enc");
+    pgbench_arrived(&h, bench, "cut-enc");
     // The cut ended the stream's connection: a new walsender serves it now.
     let after = walsender().expect("the subscription streams again");
     assert_ne!(before, after);
@@ -364,13 +413,15 @@ fn every_connection_to_the_source_cut_or_silent_for_two_seconds_in_catch_up_lose
 #[test]
 fn a_source_cut_then_silent_for_a_minute_each_in_catch_up_loses_nothing() {
     let h = Home::new();
-    let (_db, relay, writes) = behind_a_relay(&h, "long", "long-enc", 130);
+    let (db, relay, writes) = behind_a_relay(&h, "long", "long-enc", 130);
+    let bench = pgbench_direct(&db, 125);
     // A minute without the network, then a minute of a network that answers TCP and
     // carries nothing: the apply worker's walsender connection is ended by
     // wal_receiver_timeout (60 s) and made again. The ledger writes throughout.
     outage(&relay, Outage::Cut, Duration::from_secs(60));
     outage(&relay, Outage::Silent, Duration::from_secs(60));
     nothing_lost(&h, writes, "long-enc");
+    pgbench_arrived(&h, bench, "long-enc");
     assert_eq!(h.json(&["migrate", "validate", "long"])["clean"], true);
     h.ok(&["migrate", "abort", "long"]);
 }
@@ -378,7 +429,8 @@ fn a_source_cut_then_silent_for_a_minute_each_in_catch_up_loses_nothing() {
 #[test]
 fn a_validation_whose_source_goes_silent_or_is_cut_waits_or_stops_by_name_and_the_next_is_clean() {
     let h = Home::new();
-    let (_db, relay, writes) = behind_a_relay(&h, "vmin", "vmin-enc", 20);
+    let (db, relay, writes) = behind_a_relay(&h, "vmin", "vmin-enc", 20);
+    let bench = pgbench_direct(&db, 20);
     let validate = ["migrate", "validate", "vmin", "--json"];
     // Silent for 2 s, then for a minute, in the middle of a table: the pass waits it out
     // (no chunk is waited on past 120 s) and calls the data clean.
@@ -397,17 +449,28 @@ fn a_validation_whose_source_goes_silent_or_is_cut_waits_or_stops_by_name_and_th
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["clean"], true, "{report}");
     }
-    // Cut for a minute: the pass's sessions are gone; it stops at once and says where.
-    let minute = Duration::from_secs(60);
-    let out = outage_at(&h, "validate:table", &validate, &relay, Outage::Cut, minute);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("on the source: connection closed"),
-        "{stderr}"
-    );
+    // Cut for 2 s, then for a minute: the pass's sessions are gone; it stops at once and
+    // says where.
+    for seconds in [2, 60] {
+        let lasting = Duration::from_secs(seconds);
+        let out = outage_at(
+            &h,
+            "validate:table",
+            &validate,
+            &relay,
+            Outage::Cut,
+            lasting,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("on the source: connection closed"),
+            "{stderr}"
+        );
+    }
     // Once the network holds, the next pass is clean and nothing was lost.
     nothing_lost(&h, writes, "vmin-enc");
+    pgbench_arrived(&h, bench, "vmin-enc");
     assert_eq!(h.json(&["migrate", "validate", "vmin"])["clean"], true);
     h.ok(&["migrate", "abort", "vmin"]);
 }
@@ -437,6 +500,8 @@ fn cutover_through(
 fn a_source_silent_for_a_minute_inside_the_drain_ends_the_pause_at_its_timeout_and_the_fence_comes_down_when_it_answers()
  {
     let h = Home::new();
+    // The ledger alone writes here: it counts a transaction the fence refused as an error
+    // and goes on, where pgbench would end its clients.
     let (db, relay, writes) = behind_a_relay(&h, "mute", "mute-enc", 20);
     wait_caught_up(&h, "mute-enc", &h.ledger());
     // Inside the pause, with the source fenced, the network to it stalls for 60 s: the
@@ -523,8 +588,14 @@ fn a_target_whose_disk_fills_in_catch_up_is_named_with_the_fix_and_goes_on_once_
     let ledger = h.ledger();
     h.sql("src", "postgres")
         .exec("CREATE TABLE bulk (id bigint PRIMARY KEY, pad text)");
-    let writes = h.workload(&["--instance", "src"], &ledger, 40);
-    h.start("full", &["--max-slot-retention", "512MiB"]);
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    pgbench_init(&h, "src", "postgres");
+    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 40);
+    let bench = pgbench(&h, "src-ep", "postgres", 20, 40);
+    h.start(
+        "full",
+        &["--max-slot-retention", "512MiB", "--replica-identity-full"],
+    );
     wait_caught_up(&h, "src-enc", &ledger);
     // The target's encrypted volume fills (a file beside its data, on the same volume):
     // the apply worker cannot extend a table and stops.
@@ -581,6 +652,7 @@ fn a_target_whose_disk_fills_in_catch_up_is_named_with_the_fix_and_goes_on_once_
         "{on_target}"
     );
     assert_eq!(h.json(&["migrate", "validate", "full"])["clean"], true);
+    pgbench_arrived(&h, bench, "src-enc");
     assert_eq!(
         h.sql("src-enc", "postgres")
             .text("SELECT count(*)::text FROM bulk"),
