@@ -719,7 +719,13 @@ fn main() -> anyhow::Result<()> {
     // The two source crashes go to two different rounds the seed picks, and so does the
     // target's crash mid-catch-up.
     // (Never a round through the relay: its source is not an instance of the soak's.)
-    let local = |r: usize| if r % 3 == 0 { r % rounds + 1 } else { r };
+    let local = |r: usize| {
+        if r.is_multiple_of(3) {
+            r % rounds + 1
+        } else {
+            r
+        }
+    };
     let catch_up_round = local(1 + soak.rng.below(rounds));
     let mut cutover_round = local(1 + soak.rng.below(rounds));
     if cutover_round == catch_up_round && rounds > 1 {
@@ -748,7 +754,7 @@ fn main() -> anyhow::Result<()> {
                 fill_target_disk: r % 10 == 4,
                 // Every third round through the relay: an outage inside the cutover, then
                 // (the next time) inside the rollback.
-                relay_in: (r % 3 == 0).then_some(1 + (r / 3 + 1) % 2),
+                relay_in: r.is_multiple_of(3).then_some(1 + (r / 3 + 1) % 2),
             };
             let round = soak.round(r, faults, &durations)?;
             eprintln!("{}", serde_json::to_string(&round)?);
