@@ -35,6 +35,11 @@ const INHERITED: &[&str] = &[
     "AWS_ENDPOINT_URL",
 ];
 
+/// How long one pass may take before the follower gives it up (and the gate it holds): a
+/// pass is a few catalog reads and what it carries, so this only ends a pass a silent
+/// server (or network) holds; the next pass opens new sessions.
+const PASS_WAIT: Duration = Duration::from_secs(120);
+
 /// Starts `name`'s follower in the background, detached from this terminal, its output
 /// appended to its log; returns its process id, or `None` when one runs already.
 pub fn spawn(ctx: &Context, name: &str) -> anyhow::Result<Option<u32>> {
@@ -117,11 +122,28 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool) -> Outcome {
                 ..Default::default()
             },
             Some(_gate) => {
-                match runtime.block_on(pgseal_core::migration::follow_pass(
-                    &platform, &journal, name, &mut state,
-                )) {
-                    Ok(pass) => pass,
-                    Err(e) => {
+                let pass = runtime.block_on(async {
+                    tokio::time::timeout(
+                        PASS_WAIT,
+                        pgseal_core::migration::follow_pass(&platform, &journal, name, &mut state),
+                    )
+                    .await
+                });
+                match pass {
+                    Ok(Ok(pass)) => pass,
+                    Err(_) => {
+                        let error = format!(
+                            "the pass took over {} s: the source or the target stopped answering (the network to it?); the next pass starts afresh",
+                            PASS_WAIT.as_secs()
+                        );
+                        tracing::warn!(migration = name, %error, "follower pass failed");
+                        pgseal_core::follow::Pass {
+                            at_ms: pgseal_core::journal::now_ms(),
+                            error: Some(error),
+                            ..Default::default()
+                        }
+                    }
+                    Ok(Err(e)) => {
                         let error = pgseal_core::error::error_chain(&e);
                         tracing::warn!(migration = name, %error, "follower pass failed");
                         pgseal_core::follow::Pass {

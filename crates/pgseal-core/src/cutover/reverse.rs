@@ -28,7 +28,12 @@ pub(super) async fn prepare_reverse(
         .map_err(sql("target", "reading wal_level"))?
         .get(0);
     if wal_level != "logical" {
-        tracing::warn!(migration = %name, %wal_level, "no reverse replication: rollback will be unavailable");
+        tracing::warn!(
+            migration = %name,
+            %wal_level,
+            target = %spec.target,
+            "no reverse replication: rollback will be unavailable; for it, give the target wal_level=logical before the cutover (locally: pgseal instance set-param TARGET wal_level=logical --apply)"
+        );
         return Ok(false);
     }
     for (i, s) in streams.iter().enumerate() {
