@@ -74,11 +74,13 @@ fn undone_after_a_crash(h: &Home, command: &str, point: &str, phase: &str, servi
     );
 }
 
-/// Whether every database of `instance` but the templates takes connections.
+/// Whether every database but the templates takes connections (no fence left up).
+const ALL_TAKE_CONNECTIONS: &str =
+    "SELECT bool_and(datallowconn)::text FROM pg_database WHERE NOT datistemplate";
+
+/// [`ALL_TAKE_CONNECTIONS`] on instance `instance`.
 fn takes_connections(h: &Home, instance: &str) -> bool {
-    h.sql(instance, "template1")
-        .text("SELECT bool_and(datallowconn)::text FROM pg_database WHERE NOT datistemplate")
-        == "true"
+    h.sql(instance, "template1").text(ALL_TAKE_CONNECTIONS) == "true"
 }
 
 #[test]
@@ -343,19 +345,18 @@ fn pgbench_arrived(h: &Home, bench: Child, target: &str) {
     }
 }
 
-/// Whether the source's databases all take connections (no fence left up).
+/// [`ALL_TAKE_CONNECTIONS`] on a source reached by URL.
 fn source_open(db: &pgseal_testkit::TestCluster) -> bool {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let source = rt.block_on(db.connect("postgres")).unwrap();
-    rt.block_on(source.query_one(
-        "SELECT bool_and(datallowconn) FROM pg_database WHERE NOT datistemplate",
-        &[],
-    ))
-    .unwrap()
-    .get(0)
+    let open: String = rt
+        .block_on(source.query_one(ALL_TAKE_CONNECTIONS, &[]))
+        .unwrap()
+        .get(0);
+    open == "true"
 }
 
 /// Waits (up to a minute) until migration `name` may cut over (`--dry-run` passes: its

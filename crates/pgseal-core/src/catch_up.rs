@@ -229,14 +229,13 @@ impl<'a> CatchUp<'a> {
         // Bounded as a whole too (with room for the loop's own, better-worded answer): a
         // side that stops answering (the network to it stalled) holds a statement, not
         // only the loop, past the deadline.
-        let timed_out = || EngineError::Timeout {
-            what: format!("the target to apply up to {lsn}"),
-            seconds: APPLIED_TIMEOUT.as_secs(),
-        };
         let bound = deadline + Duration::from_secs(5);
         tokio::time::timeout_at(bound.into(), self.applied_by(lsn, deadline))
             .await
-            .map_err(|_| timed_out())?
+            .map_err(|_| EngineError::Timeout {
+                what: format!("the target to apply up to {lsn}"),
+                seconds: APPLIED_TIMEOUT.as_secs(),
+            })?
     }
 
     /// [`CatchUp::applied`]'s loop, until `deadline`.

@@ -128,22 +128,16 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool) -> Outcome {
                         pgseal_core::migration::follow_pass(&platform, &journal, name, &mut state),
                     )
                     .await
+                    .unwrap_or_else(|_| {
+                        Err(pgseal_core::EngineError::Timeout {
+                            what: "a follower pass (the source or the target stopped answering?); the next pass starts afresh".into(),
+                            seconds: PASS_WAIT.as_secs(),
+                        })
+                    })
                 });
                 match pass {
-                    Ok(Ok(pass)) => pass,
-                    Err(_) => {
-                        let error = format!(
-                            "the pass took over {} s: the source or the target stopped answering (the network to it?); the next pass starts afresh",
-                            PASS_WAIT.as_secs()
-                        );
-                        tracing::warn!(migration = name, %error, "follower pass failed");
-                        pgseal_core::follow::Pass {
-                            at_ms: pgseal_core::journal::now_ms(),
-                            error: Some(error),
-                            ..Default::default()
-                        }
-                    }
-                    Ok(Err(e)) => {
+                    Ok(pass) => pass,
+                    Err(e) => {
                         let error = pgseal_core::error::error_chain(&e);
                         tracing::warn!(migration = name, %error, "follower pass failed");
                         pgseal_core::follow::Pass {
