@@ -64,6 +64,61 @@ impl PendingFile {
     }
 }
 
+impl PendingFile {
+    /// Makes the file durable beside its path without putting it there yet: a
+    /// [`Staged`] file that [`put_all`] renames into place later, quickly (a rename and a
+    /// directory fsync), for a moment that must hold as little as possible.
+    pub fn stage(mut self) -> io::Result<Staged> {
+        let file = self.file.take().expect("staged once");
+        file.sync_all()?;
+        Ok(Staged {
+            tmp: std::mem::take(&mut self.tmp),
+            path: std::mem::take(&mut self.path),
+        })
+    }
+}
+
+/// A complete, durable file beside the path it will replace ([`PendingFile::stage`]).
+/// Dropped without [`put_all`], it is removed and the path is untouched.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl Staged {
+    /// Where the staged file is until it is put in place (to set its owner, say).
+    pub fn staged_path(&self) -> &Path {
+        &self.tmp
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Puts every staged file at its path, in order (each a rename over what is there), then
+/// makes the renames durable: one fsync per directory, however many files.
+pub fn put_all(files: Vec<Staged>) -> io::Result<()> {
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    for mut file in files {
+        fs::rename(&file.tmp, &file.path)?;
+        file.tmp = std::path::PathBuf::new();
+        let dir = parent_dir(&file.path)?.to_path_buf();
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
 impl Write for PendingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.as_mut().expect("not committed").write(buf)
@@ -186,6 +241,42 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["state.json"]);
+    }
+
+    #[test]
+    fn staged_files_appear_only_when_put_and_go_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+        write_atomic(&one, b"old", 0o600).unwrap();
+        let staged: Vec<Staged> = [(&one, b"new one"), (&two, b"new two")]
+            .into_iter()
+            .map(|(path, bytes)| {
+                let mut file = PendingFile::create(path, 0o640, true).unwrap();
+                file.write_all(bytes).unwrap();
+                file.stage().unwrap()
+            })
+            .collect();
+        assert_eq!(fs::read(&one).unwrap(), b"old");
+        assert!(!two.exists());
+        assert!(staged[1].staged_path().exists());
+        put_all(staged).unwrap();
+        assert_eq!(fs::read(&one).unwrap(), b"new one");
+        assert_eq!(fs::read(&two).unwrap(), b"new two");
+        assert_eq!(
+            fs::metadata(&two).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        // Dropped unput: nothing changes and no temp file stays.
+        let mut file = PendingFile::create(&one, 0o600, true).unwrap();
+        file.write_all(b"never").unwrap();
+        drop(file.stage().unwrap());
+        assert_eq!(fs::read(&one).unwrap(), b"new one");
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["one", "two"]);
     }
 
     #[test]

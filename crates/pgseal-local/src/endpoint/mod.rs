@@ -370,13 +370,28 @@ impl LocalInstances {
     /// Points an endpoint at another instance, but for the databases in `routes`, which
     /// go where it says: rewrites its configuration and has PgBouncer reload it. New
     /// server connections go to the new instance; with the endpoint paused, no
-    /// transaction sees the change.
+    /// transaction sees the change. ([`prepare_point`](Self::prepare_point) then
+    /// [`apply_point`](Self::apply_point), at once.)
     pub async fn point_endpoint(
         &self,
         name: &str,
         instance: &str,
         routes: std::collections::BTreeMap<String, String>,
     ) -> Result<EndpointInfo, LocalError> {
+        let prepared = self.prepare_point(name, instance, routes)?;
+        self.apply_point(prepared).await
+    }
+
+    /// The first half of [`point_endpoint`](Self::point_endpoint), for a switch whose
+    /// pause should hold only the second: the instances looked up, the endpoint's new
+    /// configuration and record written and made durable beside the files they replace.
+    /// Dropped unapplied, nothing changes.
+    pub fn prepare_point(
+        &self,
+        name: &str,
+        instance: &str,
+        routes: std::collections::BTreeMap<String, String>,
+    ) -> Result<PreparedPoint, LocalError> {
         let mut info = self.endpoint(name)?;
         self.describe(instance)?;
         for other in routes.values() {
@@ -384,17 +399,40 @@ impl LocalInstances {
         }
         info.record.instance = instance.to_string();
         info.record.routes = routes;
-        self.write_endpoint_config(&info.record, &pgbouncer::PgBouncer::find()?)?;
-        self.write_endpoint_record(&info.record)?;
+        let mut files = self.stage_endpoint_config(&info.record, &pgbouncer::PgBouncer::find()?)?;
+        files.push(self.stage_endpoint_record(&info.record)?);
+        Ok(PreparedPoint { info, files })
+    }
+
+    /// The second half of [`point_endpoint`](Self::point_endpoint): the prepared files
+    /// put in place (renames and one directory fsync) and PgBouncer's `RELOAD`.
+    pub async fn apply_point(&self, prepared: PreparedPoint) -> Result<EndpointInfo, LocalError> {
+        let PreparedPoint { info, files } = prepared;
+        let dir = self.endpoint_dir(&info.record.name);
+        pgseal_crashsafe::put_all(files).map_err(io_error(format!(
+            "cannot put the endpoint's files in {}",
+            dir.display()
+        )))?;
         admin(&info, "RELOAD").await?;
         Ok(info)
     }
 
     fn write_endpoint_record(&self, record: &EndpointRecord) -> Result<(), LocalError> {
+        let staged = self.stage_endpoint_record(record)?;
+        let dir = self.endpoint_dir(&record.name);
+        pgseal_crashsafe::put_all(vec![staged]).map_err(io_error(format!(
+            "cannot write the endpoint's record in {}",
+            dir.display()
+        )))
+    }
+
+    fn stage_endpoint_record(
+        &self,
+        record: &EndpointRecord,
+    ) -> Result<pgseal_crashsafe::Staged, LocalError> {
         let path = self.endpoint_dir(&record.name).join(RECORD_FILE);
         let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
-        pgseal_crashsafe::write_atomic(&path, &bytes, 0o600)
-            .map_err(io_error(format!("cannot write {}", path.display())))
+        stage(&path, &bytes).map_err(io_error(format!("cannot write {}", path.display())))
     }
 
     fn write_endpoint_config(
@@ -402,6 +440,18 @@ impl LocalInstances {
         record: &EndpointRecord,
         bouncer: &pgbouncer::PgBouncer,
     ) -> Result<(), LocalError> {
+        let staged = self.stage_endpoint_config(record, bouncer)?;
+        pgseal_crashsafe::put_all(staged)
+            .map_err(io_error("cannot put the endpoint's configuration in place"))
+    }
+
+    /// The endpoint's configuration files for `record`, staged beside the ones they
+    /// replace and handed to the server's user (PgBouncer reads them).
+    fn stage_endpoint_config(
+        &self,
+        record: &EndpointRecord,
+        bouncer: &pgbouncer::PgBouncer,
+    ) -> Result<Vec<pgseal_crashsafe::Staged>, LocalError> {
         let dir = self.endpoint_dir(&record.name);
         let run = dir.join("run");
         let mut backends = Vec::new();
@@ -432,20 +482,23 @@ impl LocalInstances {
             run: &run,
             prepared_statements: bouncer.prepared_statements,
         };
+        let mut staged = Vec::new();
         for (file, text) in [
             ("userlist.txt", config::userlist(tcp.is_some())),
             ("hba.conf", config::hba(tcp.is_some(), tls.is_some())),
             ("pgbouncer.ini", config::pgbouncer_ini(&settings)),
         ] {
             // Read by PgBouncer (the server's user) only.
-            let path = dir.join(file);
-            pgseal_crashsafe::write_atomic(&path, text.as_bytes(), 0o600)
+            let file_staged = stage(&dir.join(file), text.as_bytes())
                 .map_err(io_error(format!("cannot write the endpoint's {file}")))?;
-            self.run_as().chown(&path).map_err(io_error(format!(
-                "cannot hand the endpoint's {file} to the server's user"
-            )))?;
+            self.run_as()
+                .chown(file_staged.staged_path())
+                .map_err(io_error(format!(
+                    "cannot hand the endpoint's {file} to the server's user"
+                )))?;
+            staged.push(file_staged);
         }
-        Ok(())
+        Ok(staged)
     }
 
     fn stop_endpoint_process(&self, name: &str) -> Result<(), LocalError> {
@@ -485,6 +538,22 @@ impl LocalInstances {
             }
         }
     }
+}
+
+/// An endpoint's new configuration, written and durable beside the files it replaces:
+/// [`LocalInstances::apply_point`] puts it in place.
+#[derive(Debug)]
+pub struct PreparedPoint {
+    info: EndpointInfo,
+    files: Vec<pgseal_crashsafe::Staged>,
+}
+
+/// `bytes` staged (complete and durable) beside `path`, owner-only.
+fn stage(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<pgseal_crashsafe::Staged> {
+    use std::io::Write;
+    let mut file = pgseal_crashsafe::PendingFile::create(path, 0o600, true)?;
+    file.write_all(bytes)?;
+    file.stage()
 }
 
 /// Runs a command on an endpoint's admin console and returns its rows.
