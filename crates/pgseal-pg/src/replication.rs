@@ -63,19 +63,15 @@ pub struct SlotState {
     pub retained_bytes: Option<i64>,
 }
 
-/// Reads one slot, if it exists.
-pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotState>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT slot_name::text, slot_type, database::text, active, active_pid, restart_lsn, \
-                    confirmed_flush_lsn, wal_status, \
-                    CASE WHEN restart_lsn IS NULL THEN NULL \
-                         ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&name],
-        )
-        .await?;
-    Ok(row.map(|r| SlotState {
+/// What [`slot`] and [`slots`] read of a slot.
+const SLOT_COLUMNS: &str = "SELECT slot_name::text, slot_type, database::text, active, active_pid, restart_lsn, \
+            confirmed_flush_lsn, wal_status, \
+            CASE WHEN restart_lsn IS NULL THEN NULL \
+                 ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END \
+     FROM pg_replication_slots";
+
+fn slot_state(r: &tokio_postgres::Row) -> SlotState {
+    SlotState {
         name: r.get(0),
         slot_type: r.get(1),
         database: r.get(2),
@@ -85,7 +81,30 @@ pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotState>, toki
         confirmed_flush_lsn: r.get::<_, Option<PgLsn>>(6).map(Lsn::from),
         wal_status: r.get(7),
         retained_bytes: r.get(8),
-    }))
+    }
+}
+
+/// Reads one slot, if it exists.
+pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotState>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(&format!("{SLOT_COLUMNS} WHERE slot_name = $1"), &[&name])
+        .await?;
+    Ok(row.as_ref().map(slot_state))
+}
+
+/// Reads the slots named in `names` in one statement (one round trip however many);
+/// those that do not exist are left out.
+pub async fn slots(
+    client: &Client,
+    names: &[String],
+) -> Result<Vec<SlotState>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!("{SLOT_COLUMNS} WHERE slot_name = ANY($1)"),
+            &[&names],
+        )
+        .await?;
+    Ok(rows.iter().map(slot_state).collect())
 }
 
 /// Creates a logical slot with the `pgoutput` plugin in the connected database, unless

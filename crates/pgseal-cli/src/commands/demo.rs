@@ -336,13 +336,13 @@ fn story(
         ));
 
         // 5. Cut over through the endpoint; keep writing on the target.
-        let switch = EndpointSwitch {
-            instances: instances.clone(),
-            endpoint: names.endpoint.clone(),
-            from: names.source.clone(),
-            target: names.target.clone(),
-            database: "postgres".into(),
-        };
+        let switch = EndpointSwitch::new(
+            instances.clone(),
+            names.endpoint.clone(),
+            names.source.clone(),
+            names.target.clone(),
+            "postgres".into(),
+        );
         let report = runtime.block_on(cutover(
             &platform,
             &journal,

@@ -854,13 +854,13 @@ fn choose_switch(
             new_url: url.to_string(),
             target_config: url_config(url, "the source URL")?,
         }),
-        (Some(endpoint), ..) => ChosenSwitch::Endpoint(EndpointSwitch {
-            instances: instances.clone(),
+        (Some(endpoint), ..) => ChosenSwitch::Endpoint(EndpointSwitch::new(
+            instances.clone(),
             endpoint,
-            from: from.clone(),
-            target: to.clone(),
-            database: spec.database.clone(),
-        }),
+            from.clone(),
+            to.clone(),
+            spec.database.clone(),
+        )),
         (None, ..) => ChosenSwitch::Hook(HookSwitch::to_instance(
             instances,
             to,

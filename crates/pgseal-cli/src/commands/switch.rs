@@ -2,7 +2,7 @@
 //! at the target, resumed), a hook command, or the new URL printed.
 
 use pgseal_core::cutover::{Switch, SwitchError};
-use pgseal_local::endpoint::{EndpointInfo, admin};
+use pgseal_local::endpoint::{EndpointInfo, PreparedPoint, admin};
 use pgseal_local::instance::LocalInstances;
 
 /// What an `--on-switch` hook inherits from pgseal's environment; beside these it gets
@@ -42,6 +42,10 @@ pub async fn resume_endpoint(info: &EndpointInfo) -> Result<(), SwitchError> {
     }
 }
 
+/// What [`EndpointSwitch`]'s [`Switch::ready`] prepared: the databases it was told stay,
+/// and the configuration written for them.
+type Ready = (Vec<String>, PreparedPoint);
+
 /// A PgBouncer endpoint in front of the source: one entry per database, so the
 /// databases outside the migration keep going to the instance they were on.
 pub struct EndpointSwitch {
@@ -55,11 +59,45 @@ pub struct EndpointSwitch {
     pub target: String,
     /// The database applications use.
     pub database: String,
+    /// The configuration [`Switch::ready`] wrote beside the endpoint's, for the databases
+    /// it was told stay: the pause only puts it in place.
+    prepared: std::sync::Mutex<Option<Box<Ready>>>,
 }
 
 impl EndpointSwitch {
+    /// A switch of endpoint `endpoint` from instance `from` to `target`, probed through
+    /// `database`.
+    pub fn new(
+        instances: LocalInstances,
+        endpoint: String,
+        from: String,
+        target: String,
+        database: String,
+    ) -> EndpointSwitch {
+        EndpointSwitch {
+            instances,
+            endpoint,
+            from,
+            target,
+            database,
+            prepared: Default::default(),
+        }
+    }
+
     fn info(&self) -> Result<EndpointInfo, SwitchError> {
         Ok(self.instances.endpoint(&self.endpoint)?)
+    }
+
+    /// The endpoint pointed at the target but for the databases in `stay`, which keep
+    /// going to the instance they are on, written beside its configuration.
+    fn prepare(&self, stay: &[String]) -> Result<PreparedPoint, SwitchError> {
+        let routes = stay
+            .iter()
+            .map(|db| (db.clone(), self.from.clone()))
+            .collect();
+        Ok(self
+            .instances
+            .prepare_point(&self.endpoint, &self.target, routes)?)
     }
 }
 
@@ -76,11 +114,12 @@ impl Switch for EndpointSwitch {
         pgseal_local::endpoint::unroutable(db)
     }
 
-    async fn ready(&self) -> Result<(), SwitchError> {
-        // `pgbouncer --version` (which settings its configuration may use) is asked once
-        // a process: here, not inside the pause, where pointing the endpoint needs it.
-        pgseal_local::endpoint::pgbouncer::PgBouncer::find()?;
-        self.info()?;
+    async fn ready(&self, stay: &[String]) -> Result<(), SwitchError> {
+        // The instances looked up, `pgbouncer --version` asked (which settings its
+        // configuration may use) and the new configuration written and made durable
+        // here, not inside the pause, which only renames it into place and reloads.
+        let prepared = self.prepare(stay)?;
+        *self.prepared.lock().expect("not poisoned") = Some(Box::new((stay.to_vec(), prepared)));
         Ok(())
     }
 
@@ -90,13 +129,12 @@ impl Switch for EndpointSwitch {
     }
 
     async fn point_to_target(&self, stay: &[String]) -> Result<(), SwitchError> {
-        let routes = stay
-            .iter()
-            .map(|db| (db.clone(), self.from.clone()))
-            .collect();
-        self.instances
-            .point_endpoint(&self.endpoint, &self.target, routes)
-            .await?;
+        let ready = self.prepared.lock().expect("not poisoned").take();
+        let prepared = match ready.map(|ready| *ready) {
+            Some((prepared_for, prepared)) if prepared_for == stay => prepared,
+            _ => self.prepare(stay)?,
+        };
+        self.instances.apply_point(prepared).await?;
         Ok(())
     }
 
@@ -378,6 +416,10 @@ impl Switch for ChosenSwitch {
 
     fn cannot_keep(&self, db: &str) -> Option<String> {
         on_chosen!(self, s => s.cannot_keep(db))
+    }
+
+    async fn ready(&self, stay: &[String]) -> Result<(), SwitchError> {
+        on_chosen!(self, s => s.ready(stay).await)
     }
 
     async fn pause(&self) -> Result<(), SwitchError> {

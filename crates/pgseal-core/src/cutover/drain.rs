@@ -61,12 +61,16 @@ pub(super) async fn drain(
     lsn: Lsn,
 ) -> Result<Lsn, EngineError> {
     loop {
+        // Every slot in one statement: one round trip however many databases.
+        let states = replication::slots(sides.publisher, slots)
+            .await
+            .map_err(sql(sides.publisher_role, "reading the slots"))?;
         let mut lowest: Option<Lsn> = None;
         let mut behind = false;
         for slot in slots {
-            let state = replication::slot(sides.publisher, slot)
-                .await
-                .map_err(sql(sides.publisher_role, "reading the slot"))?
+            let state = states
+                .iter()
+                .find(|s| &s.name == slot)
                 .ok_or_else(|| EngineError::Precondition(format!("slot {slot} is gone")))?;
             match state.confirmed_flush_lsn {
                 Some(confirmed) if confirmed >= lsn => {

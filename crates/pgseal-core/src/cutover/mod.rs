@@ -9,6 +9,8 @@
 //!    table the target's subscription does not know — each refused unless the user
 //!    accepted it by name (`--leave-stale`, journaled with the cutover).
 //! 2. [`Switch::pause`]: the endpoint holds new transactions, waiting for running ones.
+//!    Meanwhile the fence's first half runs: the databases refuse new sessions and their
+//!    idle ones are ended, so that the backends' exit overlaps the wait.
 //! 3. Fence **every** write path to **every** database of the scope: `ALLOW_CONNECTIONS
 //!    false` (no new session of any role, superusers included), then every other session
 //!    of those databases is ended — client backends and background workers (job
@@ -21,13 +23,18 @@
 //!    commit, asynchronous ones included, is flushed before it), and pgseal waits until
 //!    every stream's slot has `confirmed_flush_lsn` — what the target reports applied
 //!    *and flushed* — at or past the flushed position after it.
-//! 5. Every sequence of every database is set on the target from the source's
-//!    `last_value`/`is_called` (not `MAX(column)`, not only owned sequences), and read back.
-//! 6. The subscriptions are disabled, reverse replication (publication and slot made per
-//!    database before the pause) gets its subscription, set to start at the target's WAL
-//!    position now, [`Switch::point_to_target`] (an endpoint keeps routing the databases
-//!    outside the scope to the source), [`Switch::resume`], and a first write through the
-//!    switch measures the write pause.
+//! 5. Side by side from here, each part waiting only for what it reads: the final check
+//!    of rows changed since the last validation, then the change log's drop; every
+//!    sequence of every database set on the target from the source's
+//!    `last_value`/`is_called` (not `MAX(column)`, not only owned sequences) and read
+//!    back; the forward subscriptions disabled; large objects and roles carried (on
+//!    sessions of their own). Then the fenced verification beside reverse replication's
+//!    start (publication, slot and subscription made per database before the pause; its
+//!    origin set to the target's WAL position now).
+//! 6. [`Switch::point_to_target`] (an endpoint keeps routing the databases outside the
+//!    scope to the source; what it writes was written by [`Switch::ready`] before the
+//!    pause), [`Switch::resume`], and a first write through the switch measures the
+//!    write pause.
 //!
 //! If anything fails (or `timeout` passes) before the switch, the fences are lifted, the
 //! subscriptions re-enabled, the endpoint resumed on the source, and the migration is back
@@ -67,7 +74,7 @@ use switch::*;
 pub use switch::{Switch, SwitchError};
 
 use crate::error::{EngineError, sql};
-use crate::fence::{admin_session, fence, lift_fences};
+use crate::fence::{admin_session, close_early, lift_fences, prove_fenced};
 use crate::handle::Handle;
 use crate::journal::{INSTANCE, Phase};
 use crate::sessions::streams_of;
@@ -173,6 +180,9 @@ pub async fn cutover<P: Platform, S: Switch>(
     let admin = admin_session(platform, &spec, &streams).await?;
     let sources = sessions(platform, &spec, &streams, "source").await?;
     let targets = sessions(platform, &spec, &streams, "target").await?;
+    // The carry writes on sessions of its own: it runs inside the pause beside other
+    // work on the target, and its large objects go in transactions of several statements.
+    let carry_targets = sessions(platform, &spec, &streams, "target").await?;
     let run = journal.step_started(name, Step::Cutover)?;
     journal.set_phase(name, Phase::CuttingOver, None)?;
 
@@ -185,7 +195,7 @@ pub async fn cutover<P: Platform, S: Switch>(
     let carry_sides = crate::carry::Sides {
         from: &sources.clients,
         from_role: "source",
-        to: &targets.clients,
+        to: &carry_targets.clients,
         to_role: "target",
         databases: &dbs,
         options: &carrying,
@@ -231,7 +241,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         // for with it.
         set_flushed_apply(&targets.clients, &forward, true, "target").await?;
         switch
-            .ready()
+            .ready(&report.kept_on_source)
             .await
             .map_err(switch_failed(switch, "preparing"))?;
         Ok::<_, EngineError>((ready, carried, baseline, verified, checked, reverse_to))
@@ -258,19 +268,28 @@ pub async fn cutover<P: Platform, S: Switch>(
     // pause by its share of it, what it is doing at the time named when it runs out.
     let paused = Instant::now();
     let deadline = paused + options.timeout;
-    let doing = std::cell::Cell::new("pausing the switch");
+    let doing = std::cell::Cell::new("pausing the switch and closing the source's databases");
     let mut laps = Laps::start();
     let before_switch = async {
-        switch
-            .pause()
-            .await
-            .map_err(switch_failed(switch, "pausing"))?;
-        laps.lap("pause");
-        doing.set("fencing the source");
         for db in &dbs {
             journal.add_resource(name, "fence", db, db)?;
         }
-        let fenced = fence(&admin, &dbs, &sources.pids, "source").await?;
+        // While the switch waits for running transactions, the source's databases stop
+        // taking sessions and their idle ones are ended: their exit overlaps the wait.
+        let (paused_at, early) = futures_util::future::try_join(
+            async {
+                switch
+                    .pause()
+                    .await
+                    .map_err(switch_failed(switch, "pausing"))?;
+                Ok::<_, EngineError>(Instant::now())
+            },
+            close_early(&admin, &dbs, &sources.pids, "source"),
+        )
+        .await?;
+        laps.lap_at("pause", paused_at);
+        doing.set("fencing the source");
+        let fenced = prove_fenced(&admin, &dbs, &sources.pids, "source", &early).await?;
         report.sessions_ended = fenced.sessions;
         report.workers_ended = fenced.workers;
         failpoint_at("cutover:fenced");
@@ -297,80 +316,122 @@ pub async fn cutover<P: Platform, S: Switch>(
         report.drain_ms = Some(paused.elapsed().as_millis() as u64);
         laps.lap("drain");
         failpoint_at("cutover:drained");
-        // Only what changed since the last validation pass began is verified again.
-        doing.set("the final check of rows changed since the last validation");
-        if let Some(last) = journal.outputs(name, Step::Validate)?
-            && crate::validate::lets_cutover(&last)
-        {
-            // The databases side by side, each on its own sessions.
-            let checks = streams.iter().enumerate().filter_map(|(i, s)| {
-                let horizon = last["horizons"][&s.database].as_i64()?;
-                let (source, target) = (&sources.clients[i], &targets.clients[i]);
-                Some(async move {
-                    let check = crate::validate::final_check(source, target, horizon).await?;
-                    Ok::<_, EngineError>((&s.database, check))
-                })
-            });
-            let mut total = crate::validate::FinalCheck::default();
-            for (database, check) in futures_util::future::try_join_all(checks).await? {
-                total.add(database, check);
+        // What needs the drain runs side by side from here, each part waiting only for
+        // what it reads: the final check then the change logs' drop, the sequences, the
+        // forward subscriptions' stop, and the carry (on its own sessions); then the
+        // fenced verification (it counts sequences behind and must not see the change
+        // log's triggers) beside reverse replication's start. Each part's lap is what the
+        // pause waited for it beyond the parts before it, so the laps still add up.
+        doing.set("the final check, the sequences and the carry (side by side)");
+        let rollback_ready = report.rollback_ready;
+        let checked_rows = async {
+            let mut rows_checked = None;
+            // Only what changed since the last validation pass began is verified again.
+            if let Some(last) = journal.outputs(name, Step::Validate)?
+                && crate::validate::lets_cutover(&last)
+            {
+                // The databases side by side, each on its own sessions.
+                let checks = streams.iter().enumerate().filter_map(|(i, s)| {
+                    let horizon = last["horizons"][&s.database].as_i64()?;
+                    let (source, target) = (&sources.clients[i], &targets.clients[i]);
+                    Some(async move {
+                        let check = crate::validate::final_check(source, target, horizon).await?;
+                        Ok::<_, EngineError>((&s.database, check))
+                    })
+                });
+                let mut total = crate::validate::FinalCheck::default();
+                for (database, check) in futures_util::future::try_join_all(checks).await? {
+                    total.add(database, check);
+                }
+                let (mismatched, keys, withheld) = (
+                    total.mismatched_rows,
+                    total.keys.clone(),
+                    total.keys_withheld,
+                );
+                if mismatched > 0 {
+                    let unlisted = if withheld > 0 {
+                        format!(
+                            " ({withheld} more whose keys are not identifiers; `pgseal migrate validate {name}` shows them)"
+                        )
+                    } else {
+                        String::new()
+                    };
+                    return Err(EngineError::Precondition(format!(
+                        "the final check found {mismatched} row(s) differing since the last validation: {}{unlisted}",
+                        keys.join(", ")
+                    )));
+                }
+                rows_checked = Some(total);
             }
-            let (mismatched, keys, withheld) = (
-                total.mismatched_rows,
-                total.keys.clone(),
-                total.keys_withheld,
-            );
-            report.final_check = Some(total);
-            if mismatched > 0 {
-                let unlisted = if withheld > 0 {
-                    format!(
-                        " ({withheld} more whose keys are not identifiers; `pgseal migrate validate {name}` shows them)"
+            let checked_at = Instant::now();
+            futures_util::future::try_join_all(
+                targets.clients.iter().map(crate::validate::drop_change_log),
+            )
+            .await?;
+            Ok::<_, EngineError>((rows_checked, checked_at))
+        };
+        let sequences_set = async {
+            let synced = sync_all_sequences(&streams, &sources.clients, &targets.clients).await?;
+            Ok::<_, EngineError>((synced, Instant::now()))
+        };
+        let carried_now = async {
+            let carried = crate::carry::inside_pause(&carry_sides, &baseline).await?;
+            Ok::<_, EngineError>((carried, Instant::now()))
+        };
+        let forward_stopped = set_subscriptions(&targets.clients, &forward, false, "target");
+        let first = futures_util::future::try_join3(checked_rows, sequences_set, forward_stopped);
+        let after = async {
+            let ((final_check, checked_at), (synced, sequences_at), ()) = first.await?;
+            doing.set("verifying both sides with the source fenced, and starting reverse replication (side by side)");
+            let verify = async {
+                let verified =
+                    crate::verify::fenced(&sources.clients, &targets.clients, &dbs, &checked)
+                        .await?;
+                Ok::<_, EngineError>((verified, Instant::now()))
+            };
+            let reverse = async {
+                if rollback_ready {
+                    let (conninfos, prepared) = &reverse_to;
+                    start_reverse(
+                        &streams,
+                        conninfos,
+                        prepared,
+                        &sources.clients,
+                        &targets.clients,
                     )
-                } else {
-                    String::new()
-                };
-                return Err(EngineError::Precondition(format!(
-                    "the final check found {mismatched} row(s) differing since the last validation: {}{unlisted}",
-                    keys.join(", ")
-                )));
-            }
-        }
-        laps.lap("final_check");
-        doing.set("setting the sequences on the target");
-        let change_logs = targets.clients.iter().map(crate::validate::drop_change_log);
-        let (_, synced) = futures_util::future::try_join(
-            futures_util::future::try_join_all(change_logs),
-            sync_all_sequences(&streams, &sources.clients, &targets.clients),
-        )
-        .await?;
+                    .await?;
+                }
+                Ok::<_, EngineError>(())
+            };
+            let ((verified, verified_at), ()) =
+                futures_util::future::try_join(verify, reverse).await?;
+            Ok::<_, EngineError>((
+                final_check,
+                checked_at,
+                synced,
+                sequences_at,
+                verified,
+                verified_at,
+            ))
+        };
+        let (
+            (final_check, checked_at, synced, sequences_at, verified, verified_at),
+            (carried, carried_at),
+        ) = futures_util::future::try_join(after, carried_now).await?;
+        let reverse_at = Instant::now();
+        report.final_check = final_check;
         report.sequences.extend(synced);
-        laps.lap("sequences");
-        doing.set("verifying both sides with the source fenced");
-        let verified =
-            crate::verify::fenced(&sources.clients, &targets.clients, &dbs, &checked).await?;
+        laps.lap_at("final_check", checked_at);
+        laps.lap_at("sequences", sequences_at);
+        laps.lap_at("verified", verified_at);
+        laps.lap_at("carried", carried_at);
+        laps.lap_at("reverse_setup", reverse_at);
         let refusal = (!verified.clean).then(|| refusal("with the source fenced", &verified));
         report.verified = Some(verified);
+        report.carried = Some(carried);
         if let Some(refusal) = refusal {
             return Err(refusal);
         }
-        laps.lap("verified");
-        doing.set("carrying large objects, roles and settings");
-        report.carried = Some(crate::carry::inside_pause(&carry_sides, &baseline).await?);
-        laps.lap("carried");
-        doing.set("starting reverse replication");
-        set_subscriptions(&targets.clients, &forward, false, "target").await?;
-        if report.rollback_ready {
-            let (conninfos, prepared) = &reverse_to;
-            start_reverse(
-                &streams,
-                conninfos,
-                prepared,
-                &sources.clients,
-                &targets.clients,
-            )
-            .await?;
-        }
-        laps.lap("reverse_setup");
         Ok::<(), EngineError>(())
     };
     let outcome = match tokio::time::timeout(in_pause_share(options.timeout), before_switch).await {

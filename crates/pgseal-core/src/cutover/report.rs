@@ -15,7 +15,9 @@ pub struct PauseTiming {
     /// The part: `pause`, `fence`, `drain`, `final_check`, `sequences`, `verified`, `carried`,
     /// `reverse_setup`, `switch`, `resume`, `first_write`.
     pub phase: String,
-    /// Milliseconds.
+    /// Milliseconds the pause waited for it. Parts that run side by side (after the
+    /// drain) count only what the pause waited for them beyond the parts listed before
+    /// them, so the parts add up to the pause.
     pub ms: f64,
 }
 

@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use super::report::*;
 use crate::error::{EngineError, sql};
-use crate::fence::{admin_session, allow_connections, fence, lift_fences, slip_in};
+use crate::fence::{
+    admin_session, allow_connections, close_early, lift_fences, prove_fenced, slip_in,
+};
 use crate::handle::Handle;
 use crate::journal::{INSTANCE, Phase};
 use crate::sessions::streams_of;
@@ -151,12 +153,16 @@ pub async fn rollback<P: Platform, S: Switch>(
         // Flushed commits: the drain inside the pause waits for no WAL writer round.
         set_flushed_apply(&opened.clients, &backs, true, "source").await?;
         set_subscriptions(&opened.clients, &backs, true, "source").await?;
-        Ok::<Sessions, EngineError>(opened)
+        // The carry inside the pause writes on sessions of its own: it runs beside other
+        // work on the source, and its large objects go in transactions of several
+        // statements.
+        let carry_to = sessions(platform, &spec, &streams, "source").await?;
+        Ok::<_, EngineError>((opened, carry_to))
     };
     let outcome = match started.await {
         Err(error) => Err(error),
-        Ok(opened) => {
-            let own = opened.pids.clone();
+        Ok((opened, carry_to)) => {
+            let own: Vec<i32> = opened.pids.iter().chain(&carry_to.pids).copied().collect();
             sources = Some(opened);
             let opened = sources.as_ref().expect("set above");
             // Keep everyone else out of the source until the switch.
@@ -191,7 +197,7 @@ pub async fn rollback<P: Platform, S: Switch>(
                 let lsn = flushed_barrier(&targets.clients[0], "target").await?;
                 drain(&back_sides, &backs, lsn).await?;
                 switch
-                    .ready()
+                    .ready(&[])
                     .await
                     .map_err(switch_failed(switch, "preparing"))?;
                 Ok::<(), EngineError>(())
@@ -212,13 +218,22 @@ pub async fn rollback<P: Platform, S: Switch>(
                 laps = Laps::start();
                 paused = Some(Instant::now());
                 let in_pause = async {
-                    switch
-                        .pause()
-                        .await
-                        .map_err(switch_failed(switch, "pausing"))?;
-                    laps.lap("pause");
+                    // While the switch waits for running transactions, the target's
+                    // databases stop taking sessions and their idle ones are ended.
+                    let (paused_at, early) = futures_util::future::try_join(
+                        async {
+                            switch
+                                .pause()
+                                .await
+                                .map_err(switch_failed(switch, "pausing"))?;
+                            Ok::<_, EngineError>(Instant::now())
+                        },
+                        close_early(&target_admin, &dbs, &targets.pids, "target"),
+                    )
+                    .await?;
+                    laps.lap_at("pause", paused_at);
                     failpoint_at("rollback:paused");
-                    fence(&target_admin, &dbs, &targets.pids, "target").await?;
+                    prove_fenced(&target_admin, &dbs, &targets.pids, "target", &early).await?;
                     failpoint_at("rollback:fenced");
                     crate::steps::wait_point("rollback:fenced").await;
                     let lsn = flushed_barrier(&targets.clients[0], "target").await?;
@@ -226,22 +241,41 @@ pub async fn rollback<P: Platform, S: Switch>(
                     laps.lap("fence");
                     drained = Some(drain(&back_sides, &backs, lsn).await?);
                     laps.lap("drain");
-                    sequences.extend(
-                        sync_all_sequences(&streams, &targets.clients, &opened.clients).await?,
-                    );
-                    laps.lap("sequences");
-                    set_subscriptions(&opened.clients, &backs, false, "source").await?;
-                    laps.lap("reverse");
+                    // The rest side by side, each lap what the pause waited for it
+                    // beyond the parts before it (so the laps still add up).
                     let carry_sides = crate::carry::Sides {
                         from: &targets.clients,
                         from_role: "target",
-                        to: &opened.clients,
+                        to: &carry_to.clients,
                         to_role: "source",
                         databases: &dbs,
                         options: &carrying,
                     };
-                    carried = Some(crate::carry::inside_pause(&carry_sides, &baseline).await?);
-                    laps.lap("carried");
+                    let (synced, stopped_at, (carried_now, carried_at)) =
+                        futures_util::future::try_join3(
+                            async {
+                                let synced =
+                                    sync_all_sequences(&streams, &targets.clients, &opened.clients)
+                                        .await?;
+                                Ok::<_, EngineError>((synced, Instant::now()))
+                            },
+                            async {
+                                set_subscriptions(&opened.clients, &backs, false, "source").await?;
+                                Ok::<_, EngineError>(Instant::now())
+                            },
+                            async {
+                                let carried =
+                                    crate::carry::inside_pause(&carry_sides, &baseline).await?;
+                                Ok::<_, EngineError>((carried, Instant::now()))
+                            },
+                        )
+                        .await?;
+                    let (synced, synced_at) = synced;
+                    sequences.extend(synced);
+                    carried = Some(carried_now);
+                    laps.lap_at("sequences", synced_at);
+                    laps.lap_at("reverse", stopped_at);
+                    laps.lap_at("carried", carried_at);
                     Ok::<(), EngineError>(())
                 };
                 match tokio::time::timeout(super::in_pause_share(timeout), in_pause).await {

@@ -25,9 +25,12 @@ pub trait Switch: Sync {
         let _ = db;
         None
     }
-    /// Looks up, before the pause, whatever the switch would otherwise look up inside it
-    /// (a program's version, a configuration), so the pause holds only the switch itself.
-    fn ready(&self) -> impl Future<Output = Result<(), SwitchError>> + Send {
+    /// Looks up and prepares, before the pause, whatever the switch would otherwise do
+    /// inside it (a program's version, a configuration written), so the pause holds
+    /// only the switch itself; `stay` is what [`point_to_target`](Self::point_to_target)
+    /// will be given.
+    fn ready(&self, stay: &[String]) -> impl Future<Output = Result<(), SwitchError>> + Send {
+        let _ = stay;
         async { Ok(()) }
     }
     /// Holds new transactions (waiting for running ones to end).
@@ -72,6 +75,18 @@ impl Laps {
             ms: (now - self.last).as_secs_f64() * 1000.0,
         });
         self.last = now;
+    }
+
+    /// Ends the part called `phase` at `at`, for parts that ran beside others: it counts
+    /// only what the pause waited for it beyond the parts before it (nothing where they
+    /// ended later), so the laps still add up to the pause.
+    pub(super) fn lap_at(&mut self, phase: &str, at: Instant) {
+        let at = at.max(self.last);
+        self.laps.push(PauseTiming {
+            phase: phase.to_string(),
+            ms: (at - self.last).as_secs_f64() * 1000.0,
+        });
+        self.last = at;
     }
 }
 
