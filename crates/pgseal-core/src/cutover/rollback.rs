@@ -286,9 +286,19 @@ pub async fn rollback<P: Platform, S: Switch>(
                     }),
                 }
             };
-            tokio::select! {
+            let done = tokio::select! {
                 done = before_switch => done,
                 failed = keep_out => failed,
+            };
+            // The loop may have left a round of ending sessions in flight; one more
+            // statement on its session runs after it, so none lands on the sessions the
+            // switch opens next.
+            match done {
+                Ok(()) => source_admin
+                    .batch_execute("")
+                    .await
+                    .map_err(sql("source", "ending the keep-out loop")),
+                failed => failed,
             }
         }
     };
