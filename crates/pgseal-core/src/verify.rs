@@ -506,19 +506,28 @@ pub(crate) async fn fenced(
     let began = Instant::now();
     // Every database side by side, each on its own sessions: what DDL each captured last,
     // then, where nothing changed the catalog since it was verified, only its sequences.
-    let lasts = futures_util::future::try_join_all(sources.iter().map(|source| async move {
-        pgseal_pg::ddl::last_id(source)
-            .await
-            .map_err(sql("source", "reading the captured DDL"))
-    }))
+    // Both read at once for every database (one round trip each side); a database whose
+    // catalog moved is verified whole below, sequences included.
+    let (lasts, mut behind) = futures_util::future::try_join(
+        futures_util::future::try_join_all(sources.iter().map(|source| async move {
+            pgseal_pg::ddl::last_id(source)
+                .await
+                .map_err(sql("source", "reading the captured DDL"))
+        })),
+        futures_util::future::try_join_all(
+            sources
+                .iter()
+                .zip(targets)
+                .map(|(source, target)| sequences_behind(source, target)),
+        ),
+    )
     .await?;
     let unchanged = |i: &usize| checked.get(&databases[*i]) == Some(&lasts[*i]);
     let (same, moved): (Vec<usize>, Vec<usize>) = (0..databases.len()).partition(unchanged);
-    let behind = futures_util::future::try_join_all(
-        same.iter()
-            .map(|&i| sequences_behind(&sources[i], &targets[i])),
-    )
-    .await?;
+    let behind: Vec<_> = same
+        .iter()
+        .map(|&i| std::mem::take(&mut behind[i]))
+        .collect();
     let mut verifying = Verifying::default();
     for (i, sequences_behind) in same.into_iter().zip(behind) {
         let verified = DatabaseVerified {

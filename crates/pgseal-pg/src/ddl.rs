@@ -777,18 +777,21 @@ pub async fn remove(client: &Client) -> Result<bool, tokio_postgres::Error> {
 /// replaying side: the last one replayed, whose row arrives in the transaction that ran
 /// it); `None` where no capture is installed, `Some(0)` where none arrived yet.
 pub async fn held_id(client: &Client) -> Result<Option<i64>, tokio_postgres::Error> {
-    if !installed(client).await? {
-        return Ok(None);
-    }
-    Ok(Some(
-        client
-            .query_one(
-                "SELECT coalesce(max(id), 0) FROM pgseal_ddl.statements",
-                &[],
-            )
-            .await?
-            .get(0),
-    ))
+    // One round trip (it runs inside cutover's pause), and no error in the server's log
+    // where the capture is missing: the table is read only where it exists
+    // (`query_to_xml` runs its query when called, which `CASE` does only then).
+    let messages = client
+        .simple_query(
+            "SELECT CASE WHEN to_regclass('pgseal_ddl.statements') IS NOT NULL THEN \
+               (xpath('/row/m/text()', query_to_xml( \
+                  'SELECT coalesce(max(id), 0) AS m FROM pgseal_ddl.statements', \
+                  false, true, '')))[1]::text END",
+        )
+        .await?;
+    Ok(messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
+        _ => None,
+    }))
 }
 
 /// The number of the last statement captured in the connected (source) database; 0 when
