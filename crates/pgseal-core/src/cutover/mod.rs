@@ -74,7 +74,7 @@ use switch::*;
 pub use switch::{Switch, SwitchError};
 
 use crate::error::{EngineError, sql};
-use crate::fence::{admin_session, close_early, lift_fences, prove_fenced};
+use crate::fence::{admin_session, lift_fences, prove_fenced};
 use crate::handle::Handle;
 use crate::journal::{INSTANCE, Phase};
 use crate::sessions::streams_of;
@@ -276,18 +276,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         }
         // While the switch waits for running transactions, the source's databases stop
         // taking sessions and their idle ones are ended: their exit overlaps the wait.
-        let (paused_at, early) = futures_util::future::try_join(
-            async {
-                switch
-                    .pause()
-                    .await
-                    .map_err(switch_failed(switch, "pausing"))?;
-                Ok::<_, EngineError>(Instant::now())
-            },
-            close_early(&admin, &dbs, &sources.pids, "source"),
-        )
-        .await?;
-        laps.lap_at("pause", paused_at);
+        let early = pause_closing(switch, &admin, &dbs, &sources.pids, "source", &mut laps).await?;
         doing.set("fencing the source");
         let fenced = prove_fenced(&admin, &dbs, &sources.pids, "source", &early).await?;
         report.sessions_ended = fenced.sessions;

@@ -9,9 +9,7 @@ use serde::Serialize;
 
 use super::report::*;
 use crate::error::{EngineError, sql};
-use crate::fence::{
-    admin_session, allow_connections, close_early, lift_fences, prove_fenced, slip_in,
-};
+use crate::fence::{admin_session, allow_connections, lift_fences, prove_fenced, slip_in};
 use crate::handle::Handle;
 use crate::journal::{INSTANCE, Phase};
 use crate::sessions::streams_of;
@@ -220,18 +218,15 @@ pub async fn rollback<P: Platform, S: Switch>(
                 let in_pause = async {
                     // While the switch waits for running transactions, the target's
                     // databases stop taking sessions and their idle ones are ended.
-                    let (paused_at, early) = futures_util::future::try_join(
-                        async {
-                            switch
-                                .pause()
-                                .await
-                                .map_err(switch_failed(switch, "pausing"))?;
-                            Ok::<_, EngineError>(Instant::now())
-                        },
-                        close_early(&target_admin, &dbs, &targets.pids, "target"),
+                    let early = pause_closing(
+                        switch,
+                        &target_admin,
+                        &dbs,
+                        &targets.pids,
+                        "target",
+                        &mut laps,
                     )
                     .await?;
-                    laps.lap_at("pause", paused_at);
                     failpoint_at("rollback:paused");
                     prove_fenced(&target_admin, &dbs, &targets.pids, "target", &early).await?;
                     failpoint_at("rollback:fenced");
