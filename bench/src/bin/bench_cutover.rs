@@ -273,7 +273,16 @@ fn chain(
         b.json(&["endpoint", "create", &ep, "--instance", &first])?;
     }
     let ledger = b.home.join(format!("{label}.ledger")).display().to_string();
-    let seconds = 20 * rounds as u64 + 10;
+    // Long enough for every round: a round that also rolls back takes longer, and more so
+    // with many databases (each cutover's sessions, slots and subscriptions are per
+    // database). A round that ends after the workload did is refused below, not measured.
+    let per_round = if roll_back {
+        40 + 3 * databases as u64
+    } else {
+        20
+    };
+    let seconds = per_round * rounds as u64 + 10;
+    let workload_ends = pgseal_workload::unix_ms() + seconds * 1000;
     let on: Vec<String> = if endpoint {
         vec!["--endpoint".into(), ep.clone()]
     } else {
@@ -404,6 +413,16 @@ fn chain(
             b.json(&["migrate", "cleanup", &name, "--delete-source"])?;
             source = target;
         }
+    }
+    if let Some(late) = windows
+        .iter()
+        .chain(&back_windows)
+        .find(|(_, to)| *to > workload_ends)
+    {
+        bail!(
+            "a switch ended at {} ms, after the workload's end ({workload_ends} ms): its clients were not measured; raise the workload's duration",
+            late.1
+        );
     }
     let out = workload.wait_with_output()?;
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
