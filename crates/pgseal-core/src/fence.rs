@@ -59,28 +59,7 @@ pub(crate) async fn fence(
     keep: &[i32],
     role: &'static str,
 ) -> Result<Fenced, EngineError> {
-    let early = close_early(admin, dbs, keep, role).await?;
-    prove_fenced(admin, dbs, keep, role, &early).await
-}
-
-/// The sessions [`close_early`] ends: idle ones, between transactions (a pooler's
-/// server connections while it pauses), of client backends only.
-const IDLE_SESSIONS: &str = "SELECT pid FROM pg_stat_activity \
-     WHERE datname = ANY($1) AND pid <> ALL($2) \
-       AND backend_type = 'client backend' AND state = 'idle'";
-
-/// The fence's first half, which can run while a switch is still pausing (waiting for
-/// running transactions to end): no new session of the databases `dbs` (every database
-/// in one transaction: one commit, whatever their number), and every session of theirs
-/// that is idle, between transactions, ended. Sessions inside a transaction are left to
-/// finish it. Returns the sessions ended, for [`prove_fenced`], which must follow: their
-/// exit overlaps the pause's wait instead of following it.
-pub(crate) async fn close_early(
-    admin: &Client,
-    dbs: &[String],
-    keep: &[i32],
-    role: &'static str,
-) -> Result<Vec<i32>, EngineError> {
+    // Every database in one transaction: one commit, whatever their number.
     allow_connections(
         admin,
         dbs,
@@ -89,40 +68,9 @@ pub(crate) async fn close_early(
         role,
     )
     .await?;
-    let ended: Vec<i32> = admin
-        .query(
-            // Materialized: the sessions are chosen before any is signalled (a
-            // subquery's conditions could be reordered after the signal's).
-            &format!(
-                "WITH idle AS MATERIALIZED ({IDLE_SESSIONS}) \
-                 SELECT pid FROM idle WHERE pg_terminate_backend(pid)"
-            ),
-            &[&dbs, &keep],
-        )
-        .await
-        .map_err(sql(role, "ending idle sessions"))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    Ok(ended)
-}
-
-/// The fence's second half, once nothing runs that should finish (the switch paused):
-/// every other session of `dbs` ended (see [`FENCED_SESSIONS`]), then the proof of
-/// [`fence`]. `early` are the sessions [`close_early`] ended, counted once.
-pub(crate) async fn prove_fenced(
-    admin: &Client,
-    dbs: &[String],
-    keep: &[i32],
-    role: &'static str,
-    early: &[i32],
-) -> Result<Fenced, EngineError> {
-    let mut fenced = Fenced {
-        sessions: early.len() as i64,
-        ..Default::default()
-    };
+    let mut fenced = Fenced::default();
     let mut returns: HashMap<String, usize> = HashMap::new();
-    let mut ended_pids: HashSet<i32> = early.iter().copied().collect();
+    let mut ended_pids = HashSet::new();
     loop {
         // The three reads are sent together and run in the order sent, each in its own
         // transaction (the proof needs the starting sessions read before the others):

@@ -9,8 +9,6 @@
 //!    table the target's subscription does not know — each refused unless the user
 //!    accepted it by name (`--leave-stale`, journaled with the cutover).
 //! 2. [`Switch::pause`]: the endpoint holds new transactions, waiting for running ones.
-//!    Meanwhile the fence's first half runs: the databases refuse new sessions and their
-//!    idle ones are ended, so that the backends' exit overlaps the wait.
 //! 3. Fence **every** write path to **every** database of the scope: `ALLOW_CONNECTIONS
 //!    false` (no new session of any role, superusers included), then every other session
 //!    of those databases is ended — client backends and background workers (job
@@ -74,7 +72,7 @@ use switch::*;
 pub use switch::{Switch, SwitchError};
 
 use crate::error::{EngineError, sql};
-use crate::fence::{admin_session, lift_fences, prove_fenced};
+use crate::fence::{admin_session, fence, lift_fences};
 use crate::handle::Handle;
 use crate::journal::{INSTANCE, Phase};
 use crate::sessions::streams_of;
@@ -268,17 +266,19 @@ pub async fn cutover<P: Platform, S: Switch>(
     // pause by its share of it, what it is doing at the time named when it runs out.
     let paused = Instant::now();
     let deadline = paused + options.timeout;
-    let doing = std::cell::Cell::new("pausing the switch and closing the source's databases");
+    let doing = std::cell::Cell::new("pausing the switch");
     let mut laps = Laps::start();
     let before_switch = async {
         for db in &dbs {
             journal.add_resource(name, "fence", db, db)?;
         }
-        // While the switch waits for running transactions, the source's databases stop
-        // taking sessions and their idle ones are ended: their exit overlaps the wait.
-        let early = pause_closing(switch, &admin, &dbs, &sources.pids, "source", &mut laps).await?;
+        switch
+            .pause()
+            .await
+            .map_err(switch_failed(switch, "pausing"))?;
+        laps.lap("pause");
         doing.set("fencing the source");
-        let fenced = prove_fenced(&admin, &dbs, &sources.pids, "source", &early).await?;
+        let fenced = fence(&admin, &dbs, &sources.pids, "source").await?;
         report.sessions_ended = fenced.sessions;
         report.workers_ended = fenced.workers;
         failpoint_at("cutover:fenced");

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::report::*;
 use crate::error::{EngineError, sql};
-use crate::fence::{admin_session, allow_connections, lift_fences, prove_fenced, slip_in};
+use crate::fence::{admin_session, allow_connections, fence, lift_fences, slip_in};
 use crate::handle::Handle;
 use crate::journal::{INSTANCE, Phase};
 use crate::sessions::streams_of;
@@ -216,19 +216,13 @@ pub async fn rollback<P: Platform, S: Switch>(
                 laps = Laps::start();
                 paused = Some(Instant::now());
                 let in_pause = async {
-                    // While the switch waits for running transactions, the target's
-                    // databases stop taking sessions and their idle ones are ended.
-                    let early = pause_closing(
-                        switch,
-                        &target_admin,
-                        &dbs,
-                        &targets.pids,
-                        "target",
-                        &mut laps,
-                    )
-                    .await?;
+                    switch
+                        .pause()
+                        .await
+                        .map_err(switch_failed(switch, "pausing"))?;
+                    laps.lap("pause");
                     failpoint_at("rollback:paused");
-                    prove_fenced(&target_admin, &dbs, &targets.pids, "target", &early).await?;
+                    fence(&target_admin, &dbs, &targets.pids, "target").await?;
                     failpoint_at("rollback:fenced");
                     crate::steps::wait_point("rollback:fenced").await;
                     let lsn = flushed_barrier(&targets.clients[0], "target").await?;

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use super::report::*;
 use crate::error::EngineError;
-use crate::fence::close_early;
 use crate::steps::failpoint_at;
 
 /// An error of a [`Switch`].
@@ -98,33 +97,6 @@ pub(super) fn switch_failed<'a, S: Switch>(
     doing: &'a str,
 ) -> impl FnOnce(SwitchError) -> EngineError + 'a {
     move |e| EngineError::Precondition(format!("{doing} {}: {e}", switch.describe()))
-}
-
-/// Pauses `switch` while the fence's first half ([`close_early`]) closes the databases
-/// `dbs` of side `role` from `admin` (keeping pgseal's sessions `keep`): the backends it
-/// ends exit while the switch waits for running transactions. Laps `pause` when the
-/// switch has paused; returns the sessions ended, for [`crate::fence::prove_fenced`].
-pub(super) async fn pause_closing<S: Switch>(
-    switch: &S,
-    admin: &tokio_postgres::Client,
-    dbs: &[String],
-    keep: &[i32],
-    role: &'static str,
-    laps: &mut Laps,
-) -> Result<Vec<i32>, EngineError> {
-    let (paused_at, early) = futures_util::future::try_join(
-        async {
-            switch
-                .pause()
-                .await
-                .map_err(switch_failed(switch, "pausing"))?;
-            Ok::<_, EngineError>(Instant::now())
-        },
-        close_early(admin, dbs, keep, role),
-    )
-    .await?;
-    laps.lap_at("pause", paused_at);
-    Ok(early)
 }
 
 /// Points the switch at the other side (`to`, for messages) but for the databases in
