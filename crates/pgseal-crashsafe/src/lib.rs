@@ -45,35 +45,21 @@ impl PendingFile {
 
     /// Makes the file durable and puts it at its path. Without `overwrite`, a file that
     /// appeared at the path meanwhile is not replaced (`AlreadyExists`).
-    pub fn commit(mut self) -> io::Result<()> {
-        let file = self.file.as_ref().expect("committed once");
-        file.sync_all()?;
-        if self.overwrite {
-            fs::rename(&self.tmp, &self.path)?;
-        } else {
-            renameat2(
-                AT_FDCWD,
-                &self.tmp,
-                AT_FDCWD,
-                &self.path,
-                RenameFlags::RENAME_NOREPLACE,
-            )?;
-        }
-        self.file = None;
-        sync_dir(parent_dir(&self.path)?)
+    pub fn commit(self) -> io::Result<()> {
+        put_all(vec![self.stage()?])
     }
-}
 
-impl PendingFile {
     /// Makes the file durable beside its path without putting it there yet: a
     /// [`Staged`] file that [`put_all`] renames into place later, quickly (a rename and a
     /// directory fsync), for a moment that must hold as little as possible.
     pub fn stage(mut self) -> io::Result<Staged> {
-        let file = self.file.take().expect("staged once");
+        let file = self.file.as_ref().expect("staged once");
         file.sync_all()?;
+        self.file = None;
         Ok(Staged {
             tmp: std::mem::take(&mut self.tmp),
             path: std::mem::take(&mut self.path),
+            overwrite: self.overwrite,
         })
     }
 }
@@ -84,6 +70,7 @@ impl PendingFile {
 pub struct Staged {
     tmp: std::path::PathBuf,
     path: std::path::PathBuf,
+    overwrite: bool,
 }
 
 impl Staged {
@@ -101,12 +88,24 @@ impl Drop for Staged {
     }
 }
 
-/// Puts every staged file at its path, in order (each a rename over what is there), then
-/// makes the renames durable: one fsync per directory, however many files.
+/// Puts every staged file at its path, in order (each a rename over what is there, or,
+/// for a file created without `overwrite`, refused with `AlreadyExists` where one
+/// appeared), then makes the renames durable: one fsync per directory, however many
+/// files.
 pub fn put_all(files: Vec<Staged>) -> io::Result<()> {
     let mut dirs: Vec<std::path::PathBuf> = Vec::new();
     for mut file in files {
-        fs::rename(&file.tmp, &file.path)?;
+        if file.overwrite {
+            fs::rename(&file.tmp, &file.path)?;
+        } else {
+            renameat2(
+                AT_FDCWD,
+                &file.tmp,
+                AT_FDCWD,
+                &file.path,
+                RenameFlags::RENAME_NOREPLACE,
+            )?;
+        }
         file.tmp = std::path::PathBuf::new();
         let dir = parent_dir(&file.path)?.to_path_buf();
         if !dirs.contains(&dir) {

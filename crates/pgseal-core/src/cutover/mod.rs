@@ -269,15 +269,15 @@ pub async fn cutover<P: Platform, S: Switch>(
     let doing = std::cell::Cell::new("pausing the switch");
     let mut laps = Laps::start();
     let before_switch = async {
-        for db in &dbs {
-            journal.add_resource(name, "fence", db, db)?;
-        }
         switch
             .pause()
             .await
             .map_err(switch_failed(switch, "pausing"))?;
         laps.lap("pause");
         doing.set("fencing the source");
+        for db in &dbs {
+            journal.add_resource(name, "fence", db, db)?;
+        }
         let fenced = fence(&admin, &dbs, &sources.pids, "source").await?;
         report.sessions_ended = fenced.sessions;
         report.workers_ended = fenced.workers;

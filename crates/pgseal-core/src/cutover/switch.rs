@@ -69,12 +69,7 @@ impl Laps {
 
     /// Ends the part called `phase` now.
     pub(super) fn lap(&mut self, phase: &str) {
-        let now = Instant::now();
-        self.laps.push(PauseTiming {
-            phase: phase.to_string(),
-            ms: (now - self.last).as_secs_f64() * 1000.0,
-        });
-        self.last = now;
+        self.lap_at(phase, Instant::now());
     }
 
     /// Ends the part called `phase` at `at`, for parts that ran beside others: it counts
