@@ -197,6 +197,10 @@ it stops. As with RDS, an instance's key never changes: a new key means a migrat
 Connect over the unix socket (trust, for root and `postgres` only), or over TCP as user
 postgres with the master password (--master-password-file or PGSEAL_MASTER_PASSWORD).
 
+An instance keeps its port. Without --port it gets the first free one from 5433, or from
+PGSEAL_FIRST_PORT: give each pgseal home on one machine a range of its own, so a port one
+home's instance frees while it is down is not taken by another's.
+
 Examples:
   pgseal instance create orders --param wal_level=logical
   pgseal instance create orders-enc --encrypted --key alias/orders --storage 20GiB
@@ -921,7 +925,7 @@ pub enum SnapshotCommand {
         /// The new instance's name
         #[arg(long)]
         instance: String,
-        /// TCP port on 127.0.0.1 [default: the first free from 5433]
+        /// TCP port on 127.0.0.1 [default: the first free from 5433, or from PGSEAL_FIRST_PORT]
         #[arg(long)]
         port: Option<u16>,
         /// Allocated storage [default: 10GiB, or more if the snapshot needs it]
@@ -958,7 +962,7 @@ pub enum InstanceCommand {
         /// KMS key for the volume (id or alias); implies --encrypted
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
-        /// TCP port on 127.0.0.1 [default: the first free from 5433]
+        /// TCP port on 127.0.0.1 [default: the first free from 5433, or from PGSEAL_FIRST_PORT]
         #[arg(long)]
         port: Option<u16>,
         /// Allocated storage, e.g. 10GiB or 512MiB (the encrypted volume's size)

@@ -1,13 +1,17 @@
 //! `pgseal demo --json` as a newcomer runs it (smaller): every invariant holds and nothing
 //! is left behind.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn the_demo_proves_every_invariant_and_leaves_nothing_behind() {
     let user_home = tempfile::tempdir().unwrap();
+    let ports = common::Ports::claim();
     let out = Command::new(env!("CARGO_BIN_EXE_pgseal"))
         .env_remove("PGSEAL_PASSPHRASE")
+        .env("PGSEAL_FIRST_PORT", ports.first.to_string())
         .env("PGSEAL_HOME", user_home.path())
         .args(["demo", "--scale", "2", "--duration", "2", "--json"])
         .output()

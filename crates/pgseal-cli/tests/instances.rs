@@ -29,12 +29,14 @@ fn instance_commands_create_describe_stop_start_and_delete() {
         "create",
         "cli-enc",
         "--encrypted",
-        "--port",
-        &free_port(),
         "--storage",
         "256MiB",
     ]);
     assert_eq!(enc["encrypted"], true);
+    assert_eq!(
+        enc["port"], h.ports.first,
+        "without --port: the first free port from PGSEAL_FIRST_PORT"
+    );
     let default_key = h.json(&["key", "describe", "pgseal/default"]);
     assert_eq!(
         enc["key_id"], default_key["key_id"],
@@ -48,6 +50,24 @@ fn instance_commands_create_describe_stop_start_and_delete() {
         h.json(&["instance", "stop", "cli-enc"])["status"],
         "stopped"
     );
+    // Another program took the port while the instance was down: start names it and
+    // the fix, and leaves the instance stopped (its key out of the kernel).
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", h.ports.first)).unwrap();
+    let out = h.run(&["instance", "start", "cli-enc"]);
+    assert_exit(&out, 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "instance 'cli-enc' cannot start: its port {} is now in use",
+            h.ports.first
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        h.json(&["instance", "describe", "cli-enc"])["status"],
+        "stopped"
+    );
+    drop(squatter);
     assert_eq!(
         h.json(&["instance", "start", "cli-enc"])["status"],
         "available"

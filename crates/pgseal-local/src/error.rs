@@ -33,6 +33,16 @@ pub enum LocalError {
         /// Which instance holds it, if one of ours.
         by: Option<String>,
     },
+    /// An instance's own port was taken by another program while the instance was down.
+    #[error(
+        "instance '{name}' cannot start: its port {port} is now in use by another program (`ss -ltnp 'sport = :{port}'` names it); stop that program, then start the instance again. Several pgseal homes on one machine should each set PGSEAL_FIRST_PORT to a range of their own"
+    )]
+    PortTakenWhileDown {
+        /// The instance.
+        name: String,
+        /// Its port.
+        port: u16,
+    },
     /// Encrypted volumes cannot be made here.
     #[error(
         "encrypted instances are not possible on this machine: {reason}; run `pgseal doctor` for the fix"
@@ -107,6 +117,7 @@ impl LocalError {
             LocalError::BadName(_)
                 | LocalError::NameTaken(_)
                 | LocalError::PortInUse { .. }
+                | LocalError::PortTakenWhileDown { .. }
                 | LocalError::EncryptionUnavailable { .. }
                 | LocalError::InvalidInput(_)
                 | LocalError::Unreachable { .. }

@@ -36,6 +36,11 @@ pub const DEFAULT_STORAGE_BYTES: u64 = 10 << 30;
 pub const MIN_STORAGE_BYTES: u64 = 256 << 20;
 /// The first port tried when none is given.
 pub const FIRST_AUTO_PORT: u16 = 5433;
+
+/// The environment variable that moves where automatic ports start (default
+/// [`FIRST_AUTO_PORT`]): several pgseal homes on one machine each get their own range, so
+/// a port an instance of one home frees while it is down is not picked by another.
+pub const FIRST_PORT_ENV: &str = "PGSEAL_FIRST_PORT";
 /// The encryption-context key that binds a volume key to its instance.
 pub const CONTEXT_INSTANCE: &str = "pgseal:instance";
 const RECORD_FILE: &str = "instance.json";
@@ -250,6 +255,8 @@ pub struct LocalInstances {
     /// Every installation, one per major version (`instance create --engine-version`).
     pub(crate) installs: PgInstalls,
     pub(crate) run_as: RunAs,
+    /// Where automatic ports start ([`FIRST_PORT_ENV`], else [`FIRST_AUTO_PORT`]).
+    pub(crate) first_auto_port: u16,
 }
 
 /// Checks an instance name (RDS-style identifier).
@@ -335,6 +342,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Where automatic ports start: [`FIRST_PORT_ENV`] when set, else [`FIRST_AUTO_PORT`].
+fn first_auto_port() -> Result<u16, LocalError> {
+    match std::env::var(FIRST_PORT_ENV) {
+        Err(_) => Ok(FIRST_AUTO_PORT),
+        Ok(text) => match text.trim().parse::<u16>() {
+            Ok(port) if port >= 1024 => Ok(port),
+            _ => Err(LocalError::InvalidInput(format!(
+                "{FIRST_PORT_ENV}={text:?}: expected a TCP port from 1024 to 65535"
+            ))),
+        },
+    }
+}
+
 fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
@@ -351,6 +371,7 @@ impl LocalInstances {
             install: PgInstall::discover()?,
             installs: PgInstalls::discover(),
             run_as: RunAs::server_user()?,
+            first_auto_port: first_auto_port()?,
         })
     }
 
@@ -520,7 +541,7 @@ impl LocalInstances {
     }
 
     /// Picks the port: the one asked for if free, else the first free one from
-    /// [`FIRST_AUTO_PORT`] that no other instance has.
+    /// [`FIRST_AUTO_PORT`] (or [`FIRST_PORT_ENV`]) that no other instance has.
     fn choose_port(&self, asked: Option<u16>) -> Result<u16, LocalError> {
         let records = self.all_records()?;
         let owner = |port: u16| {
@@ -541,7 +562,7 @@ impl LocalInstances {
                 None if !port_free(port) => Err(LocalError::PortInUse { port, by: None }),
                 None => Ok(port),
             },
-            None => self.choose_port_after(FIRST_AUTO_PORT - 1),
+            None => self.choose_port_after(self.first_auto_port - 1),
         }
     }
 
@@ -846,6 +867,15 @@ impl LocalInstances {
     pub fn start(&self, name: &str, kms: Option<&dyn Kms>) -> Result<InstanceInfo, LocalError> {
         let record = self.created_record(name)?;
         let paths = self.paths(&record);
+        let taken = || LocalError::PortTakenWhileDown {
+            name: record.name.clone(),
+            port: record.port,
+        };
+        // An unmounted volume means a stopped server: a taken port is named before the
+        // key reaches the kernel.
+        if paths.volume.as_ref().is_some_and(|v| !v.is_mounted()) && !port_free(record.port) {
+            return Err(taken());
+        }
         if let (Some(volume), Some(enc)) = (&paths.volume, &record.encryption) {
             let kms = kms.ok_or_else(|| {
                 LocalError::InvalidInput("starting an encrypted instance needs the KMS".into())
@@ -868,10 +898,7 @@ impl LocalInstances {
         let server = self.server(&paths);
         if !server.is_running() {
             if !port_free(record.port) {
-                return Err(LocalError::PortInUse {
-                    port: record.port,
-                    by: None,
-                });
+                return Err(taken());
             }
             // Settings are rewritten so a changed socket path or port always holds.
             server

@@ -42,14 +42,50 @@ pub fn assert_exit(out: &Output, code: i32) {
     );
 }
 
+/// A range of ports held by this test for the instances pgseal makes without `--port`
+/// (`PGSEAL_FIRST_PORT`). Tests run side by side: without it, a port one test's instance
+/// frees while it is down (a crash, a stop) is the first free one for another test's new
+/// instance, and the first cannot start again. The range is held by an abstract unix
+/// socket, which goes with the process and leaves no file.
+pub struct Ports {
+    /// The range's first port.
+    pub first: u16,
+    _held: std::os::unix::net::UnixListener,
+}
+
+impl Ports {
+    /// Ports in one range, held until dropped.
+    const PER_RANGE: u16 = 40;
+
+    /// Claims the first range no other test holds, from port 20000 (below the kernel's
+    /// ephemeral ports, where the tests' own servers get theirs).
+    pub fn claim() -> Ports {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixListener};
+        for slot in 0..100u16 {
+            let name = format!("pgseal-test-ports-{slot}");
+            let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+            if let Ok(held) = UnixListener::bind_addr(&addr) {
+                return Ports {
+                    first: 20000 + slot * Self::PER_RANGE,
+                    _held: held,
+                };
+            }
+        }
+        panic!("all 100 test port ranges are held");
+    }
+}
+
 pub struct Home {
     pub dir: tempfile::TempDir,
+    pub ports: Ports,
 }
 
 impl Home {
     pub fn new() -> Home {
         Home {
             dir: tempfile::tempdir().unwrap(),
+            ports: Ports::claim(),
         }
     }
 
@@ -57,6 +93,7 @@ impl Home {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pgseal"));
         c.env("PGSEAL_HOME", self.dir.path().join("home"))
             .env("PGSEAL_PASSPHRASE", "cli migrate test passphrase")
+            .env("PGSEAL_FIRST_PORT", self.ports.first.to_string())
             .env_remove("PGSEAL_FAILPOINT")
             .env_remove("PGSEAL_TEST_HOOK")
             .args(args);
