@@ -70,9 +70,15 @@ struct Chain {
     pauses: Vec<u64>,
     /// The longest client wait PgBouncer saw at each cutover (ms; empty without one).
     waits: Vec<u64>,
-    /// The longest transaction the ledger's clients saw during each cutover (ms, their
-    /// clocks; 0 when none took `SLOW_MS` or more).
+    /// The longest transaction the ledger's clients saw under way during each cutover's
+    /// pause (ms, their clocks; 0 when none took `SLOW_MS` or more).
     client_max: Vec<u64>,
+    /// The same over each whole `migrate cutover` command, work before the pause
+    /// included.
+    command_max: Vec<u64>,
+    /// The longest transaction (the ledger's or pgbench's) under way while no pgseal
+    /// command ran: the stalls of the machine itself, the baseline the others stand on.
+    background_max: u64,
     /// Sessions the fences ended.
     ended: i64,
     /// The ledger workload's summary.
@@ -84,7 +90,7 @@ struct Chain {
     carried: Vec<(u64, u64)>,
     /// Each cutover's pause part by part (ms).
     phases: Vec<Vec<(String, f64)>>,
-    /// pgbench's longest transaction under way during each cutover (ms, its own
+    /// pgbench's longest transaction under way during each cutover's pause (ms, its own
     /// per-transaction log; 0 without pgbench).
     pgbench_max: Vec<u64>,
     /// The rollback after each cutover, when the chain rolls back (measured as the
@@ -98,6 +104,7 @@ struct Back {
     pauses: Vec<u64>,
     waits: Vec<u64>,
     client_max: Vec<u64>,
+    command_max: Vec<u64>,
     pgbench_max: Vec<u64>,
     phases: Vec<Vec<(String, f64)>>,
 }
@@ -137,6 +144,51 @@ fn longest_pgbench(transactions: &[(u64, u64)], from: u64, to: u64) -> u64 {
     transactions
         .iter()
         .filter(|&&(start, end)| start <= to * 1000 && end >= from * 1000)
+        .map(|&(start, end)| (end - start).div_ceil(1000))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs a cutover or rollback (`args`) and returns its report. With `BENCH_LOGS=DIR` in
+/// the environment, pgseal logs every statement it sends (`PGSEAL_LOG=debug`) into
+/// `DIR/NAME-COMMAND.log`: where the time of a slow switch went.
+fn switch(b: &Harness, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let Some(dir) = std::env::var_os("BENCH_LOGS") else {
+        return b.json(args);
+    };
+    let out = b
+        .pgseal(args)
+        .arg("--json")
+        .env("PGSEAL_LOG", "debug,tokio_postgres=debug")
+        .output()?;
+    let file = std::path::Path::new(&dir).join(format!("{}-{}.log", args[2], args[1]));
+    std::fs::write(&file, &out.stderr)?;
+    if !out.status.success() {
+        bail!("pgseal {args:?} failed: see {}", file.display());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// When a switch's pause began and ended (Unix ms), from its report.
+fn pause_window(report: &serde_json::Value) -> anyhow::Result<(u64, u64)> {
+    let from = report["paused_at_unix_ms"]
+        .as_u64()
+        .context("paused_at_unix_ms")?;
+    let ms = report["write_pause_ms"]
+        .as_u64()
+        .context("write_pause_ms")?;
+    Ok((from, from + ms))
+}
+
+/// The longest of `transactions` (start, end: Unix µs) under way at no time in `busy`
+/// (Unix ms), in ms rounded up; 0 when none was.
+fn longest_outside(transactions: &[(u64, u64)], busy: &[(u64, u64)]) -> u64 {
+    transactions
+        .iter()
+        .filter(|&&(start, end)| {
+            busy.iter()
+                .all(|&(from, to)| start > to * 1000 || end < from * 1000)
+        })
         .map(|&(start, end)| (end - start).div_ceil(1000))
         .max()
         .unwrap_or(0)
@@ -337,6 +389,9 @@ fn chain(
         benches.push(c.spawn()?);
     }
     let (mut pauses, mut waits, mut windows, mut ended) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let (mut paused, mut back_paused) = (Vec::new(), Vec::new());
+    // When the other pgseal commands of the chain ran (start, cleanup).
+    let mut others = Vec::new();
     let mut carried = Vec::new();
     let mut phases = Vec::new();
     let mut back = Back::default();
@@ -344,6 +399,7 @@ fn chain(
     let mut source = first;
     for round in 0..rounds {
         let key = format!("bench/{label}{round}");
+        let started = pgseal_workload::unix_ms();
         b.json(&["key", "create", "--alias", &key])?;
         let name = format!("{label}m{round}");
         let target = format!("{label}{}", round + 1);
@@ -365,14 +421,16 @@ fn chain(
         if !out.status.success() {
             bail!("migrate start: {}", String::from_utf8_lossy(&out.stderr));
         }
+        others.push((started, pgseal_workload::unix_ms()));
         std::thread::sleep(Duration::from_secs(3));
         let began = pgseal_workload::unix_ms();
         let report = if endpoint {
-            b.json(&["migrate", "cutover", &name, "--endpoint", &ep])?
+            switch(b, &["migrate", "cutover", &name, "--endpoint", &ep])?
         } else {
-            b.json(&["migrate", "cutover", &name, "--on-switch", "true"])?
+            switch(b, &["migrate", "cutover", &name, "--on-switch", "true"])?
         };
         windows.push((began, pgseal_workload::unix_ms()));
+        paused.push(pause_window(&report)?);
         pauses.push(
             report["write_pause_ms"]
                 .as_u64()
@@ -398,8 +456,9 @@ fn chain(
             // Writes land on the target for a while, then everything goes back.
             std::thread::sleep(Duration::from_secs(3));
             let began = pgseal_workload::unix_ms();
-            let report = b.json(&["migrate", "rollback", &name, "--endpoint", &ep])?;
+            let report = switch(b, &["migrate", "rollback", &name, "--endpoint", &ep])?;
             back_windows.push((began, pgseal_workload::unix_ms()));
+            back_paused.push(pause_window(&report)?);
             back.pauses.push(
                 report["write_pause_ms"]
                     .as_u64()
@@ -408,9 +467,13 @@ fn chain(
             back.waits.extend(report["client_wait_ms"].as_u64());
             back.phases.push(phases_of(&report));
             // Cleanup after a rollback removes the target too.
+            let started = pgseal_workload::unix_ms();
             b.json(&["migrate", "cleanup", &name])?;
+            others.push((started, pgseal_workload::unix_ms()));
         } else {
+            let started = pgseal_workload::unix_ms();
             b.json(&["migrate", "cleanup", &name, "--delete-source"])?;
+            others.push((started, pgseal_workload::unix_ms()));
             source = target;
         }
     }
@@ -428,8 +491,10 @@ fn chain(
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let slow: Vec<pgseal_workload::SlowTransaction> =
         serde_json::from_value(summary["slow_transactions"].clone()).unwrap_or_default();
-    let client_max = per_window(&windows, |from, to| longest_during(&slow, from, to));
-    back.client_max = per_window(&back_windows, |from, to| longest_during(&slow, from, to));
+    let client_max = per_window(&paused, |from, to| longest_during(&slow, from, to));
+    let command_max = per_window(&windows, |from, to| longest_during(&slow, from, to));
+    back.client_max = per_window(&back_paused, |from, to| longest_during(&slow, from, to));
+    back.command_max = per_window(&back_windows, |from, to| longest_during(&slow, from, to));
     let mut pgbench = (0, 0);
     for child in benches {
         let out = child.wait_with_output()?;
@@ -444,10 +509,26 @@ fn chain(
     }
     // (pgbench has written its logs once it has exited.)
     let latencies = pgbench_latencies(&pgbench_logs)?;
-    let pgbench_max = per_window(&windows, |from, to| longest_pgbench(&latencies, from, to));
-    back.pgbench_max = per_window(&back_windows, |from, to| {
+    let pgbench_max = per_window(&paused, |from, to| longest_pgbench(&latencies, from, to));
+    back.pgbench_max = per_window(&back_paused, |from, to| {
         longest_pgbench(&latencies, from, to)
     });
+    // Outside every pgseal command of the chain.
+    let busy: Vec<(u64, u64)> = windows
+        .iter()
+        .chain(&back_windows)
+        .chain(&others)
+        .copied()
+        .collect();
+    let ledger_slow: Vec<(u64, u64)> = slow
+        .iter()
+        .map(|t| {
+            let start = t.began_unix_ms * 1000;
+            (start, start + (t.ms * 1000.0) as u64)
+        })
+        .collect();
+    let background_max =
+        longest_outside(&ledger_slow, &busy).max(longest_outside(&latencies, &busy));
     if endpoint {
         let _ = b.pgseal(&["endpoint", "delete", &ep]).output();
     }
@@ -457,6 +538,8 @@ fn chain(
         pauses,
         waits,
         client_max,
+        command_max,
+        background_max,
         ended,
         ledger: summary,
         pgbench,
@@ -488,6 +571,38 @@ fn spread(xs: &[u64]) -> String {
     )
 }
 
+/// Prints what the chain over several databases (mode 3) measured.
+fn print_databases(many: &Chain, databases: u32) {
+    println!(
+        "  endpoint over {databases} databases (ledger + pgbench in each other one): client max {} (target <= 1000), over the whole command {}, background {} ms; pgseal's timer {}; PgBouncer's longest wait {}; ledger client errors {}, pgbench {} processed, {} failed",
+        spread(&many.client_max),
+        spread(&many.command_max),
+        many.background_max,
+        spread(&many.pauses),
+        spread(&many.waits),
+        many.ledger["client_errors"],
+        many.pgbench.0,
+        many.pgbench.1
+    );
+    println!(
+        "    pgbench's longest transaction during each cutover's pause (its own log): {}",
+        spread(&many.pgbench_max)
+    );
+    println!(
+        "    its cutovers' parts (ms, median): {}",
+        median_phases(&many.phases)
+    );
+    println!(
+        "    rolled back after each cutover: client max {} (target <= 1000), over the whole command {}; pgbench's longest transaction {}; pgseal's timer {}; PgBouncer's longest wait {}; parts (ms, median): {}",
+        spread(&many.back.client_max),
+        spread(&many.back.command_max),
+        spread(&many.back.pgbench_max),
+        spread(&many.back.pauses),
+        spread(&many.back.waits),
+        median_phases(&many.back.phases)
+    );
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = pgseal_bench::Args::from_env();
     let rounds: usize = args.next_or(5)?;
@@ -496,20 +611,31 @@ fn main() -> anyhow::Result<()> {
     let tables: u32 = args.next_or(0)?;
     let dir = pgseal_bench::work_dir()?;
     let b = Harness::new(&dir.path().join("home"))?;
+    let one = Mode {
+        databases: 1,
+        large_objects: false,
+        roll_back: false,
+        tables,
+    };
+    let several = Mode {
+        databases: databases.max(2),
+        roll_back: true,
+        ..one
+    };
+    // Only mode 3, for work on the pause over several databases.
+    if std::env::var("BENCH_CUTOVER_ONLY").as_deref() == Ok("databases") {
+        let many = chain(&b, "db", true, rounds, rate, several);
+        b.remove_everything();
+        let many = many?;
+        println!(
+            "cutover benchmark, mode 3 only: {rounds} rounds, ledger at {rate} tx/s, {tables} extra tables"
+        );
+        print_databases(&many, databases);
+        return Ok(());
+    }
     let result = (|| {
-        let one = Mode {
-            databases: 1,
-            large_objects: false,
-            roll_back: false,
-            tables,
-        };
         let endpoint = chain(&b, "ep", true, rounds, rate, one)?;
         let hook = chain(&b, "hk", false, rounds, rate, one)?;
-        let several = Mode {
-            databases: databases.max(2),
-            roll_back: true,
-            ..one
-        };
         let many = chain(&b, "db", true, rounds, rate, several)?;
         let with_objects = Mode {
             large_objects: true,
@@ -523,13 +649,16 @@ fn main() -> anyhow::Result<()> {
     let (ep, hk, many, lo) = result?;
     println!(
         "cutover benchmark: {rounds} chained cutovers per mode, ledger workload at {rate} tx/s, {tables} extra tables \
-         (client max: the ledger's longest transaction during each cutover, by its own clock; \
-         0 = none took {} ms)",
+         (client max: the ledger's longest transaction under way during each pause, by its own clock; \
+         0 = none took {} ms; over the whole command: the same from the command's start to its end, work before the pause included; \
+         background: the longest transaction, the ledger's or pgbench's, while no pgseal command ran)",
         pgseal_workload::SLOW_MS
     );
     println!(
-        "  endpoint (PgBouncer PAUSE/RESUME): client max {} (target <= 1000); pgseal's timer {}; PgBouncer's longest wait {}; client errors {}, acknowledged {}",
+        "  endpoint (PgBouncer PAUSE/RESUME): client max {} (target <= 1000), over the whole command {}, background {} ms; pgseal's timer {}; PgBouncer's longest wait {}; client errors {}, acknowledged {}",
         spread(&ep.client_max),
+        spread(&ep.command_max),
+        ep.background_max,
         spread(&ep.pauses),
         spread(&ep.waits),
         ep.ledger["client_errors"],
@@ -542,31 +671,7 @@ fn main() -> anyhow::Result<()> {
         hk.ended,
         hk.ledger["client_errors"]
     );
-    println!(
-        "  endpoint over {databases} databases (ledger + pgbench in each other one): client max {} (target <= 1000); pgseal's timer {}; PgBouncer's longest wait {}; ledger client errors {}, pgbench {} processed, {} failed",
-        spread(&many.client_max),
-        spread(&many.pauses),
-        spread(&many.waits),
-        many.ledger["client_errors"],
-        many.pgbench.0,
-        many.pgbench.1
-    );
-    println!(
-        "    pgbench's longest transaction during each cutover (its own log): {}",
-        spread(&many.pgbench_max)
-    );
-    println!(
-        "    its cutovers' parts (ms, median): {}",
-        median_phases(&many.phases)
-    );
-    println!(
-        "    rolled back after each cutover: client max {} (target <= 1000); pgbench's longest transaction {}; pgseal's timer {}; PgBouncer's longest wait {}; parts (ms, median): {}",
-        spread(&many.back.client_max),
-        spread(&many.back.pgbench_max),
-        spread(&many.back.pauses),
-        spread(&many.back.waits),
-        median_phases(&many.back.phases)
-    );
+    print_databases(&many, databases);
     println!(
         "  endpoint, one database: its cutovers' parts (ms, median): {}",
         median_phases(&ep.phases)
@@ -613,6 +718,11 @@ fn main() -> anyhow::Result<()> {
             "databases_pgbench_processed": many.pgbench.0, "databases_pgbench_failed": many.pgbench.1,
             "rollback_pauses_ms": many.back.pauses, "rollback_client_wait_ms": many.back.waits,
             "rollback_client_max_ms": many.back.client_max,
+            "rollback_command_max_ms": many.back.command_max,
+            "databases_command_max_ms": many.command_max,
+            "endpoint_command_max_ms": ep.command_max,
+            "databases_background_max_ms": many.background_max,
+            "endpoint_background_max_ms": ep.background_max,
             "databases_pgbench_max_ms": many.pgbench_max,
             "rollback_pgbench_max_ms": many.back.pgbench_max,
             "tables": tables,

@@ -54,6 +54,8 @@ pub struct RollbackReport {
     pub sequences: Vec<SequenceSync>,
     /// Milliseconds from pause to the first write accepted on the source.
     pub write_pause_ms: u64,
+    /// When the pause began, in milliseconds since the Unix epoch.
+    pub paused_at_unix_ms: u64,
     /// The pause part by part (pause, fence, drain, sequences, reverse, carried, switch,
     /// resume, first write), in milliseconds; they add up to `write_pause_ms`.
     pub phases: Vec<PauseTiming>,
@@ -214,7 +216,7 @@ pub async fn rollback<P: Platform, S: Switch>(
                     }
                 }
                 laps = Laps::start();
-                paused = Some(Instant::now());
+                paused = Some((Instant::now(), super::unix_ms_now()));
                 let in_pause = async {
                     switch
                         .pause()
@@ -348,7 +350,12 @@ pub async fn rollback<P: Platform, S: Switch>(
         fence_lsn: fence_lsn.expect("set before the switch"),
         drained_lsn: drained.expect("set before the switch"),
         sequences,
-        write_pause_ms: paused.expect("set before the switch").elapsed().as_millis() as u64,
+        write_pause_ms: paused
+            .expect("set before the switch")
+            .0
+            .elapsed()
+            .as_millis() as u64,
+        paused_at_unix_ms: paused.expect("set before the switch").1,
         phases: laps.laps,
         client_wait_ms,
         switch: switch.describe(),
