@@ -131,24 +131,21 @@ impl Globals {
 
 /// Reads the roles, memberships and the properties of `databases` the session can see.
 pub async fn read(client: &Client, databases: &[String]) -> Result<Globals, tokio_postgres::Error> {
-    let passwords_readable: bool = client
+    let row = client
         .query_one(
-            "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')",
+            "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT'), session_user::text",
             &[],
         )
-        .await?
-        .get(0);
-    let session_user: String = client
-        .query_one("SELECT session_user::text", &[])
-        .await?
-        .get(0);
+        .await?;
+    let (passwords_readable, session_user): (bool, String) = (row.get(0), row.get(1));
     let secret = if passwords_readable {
         "(SELECT a.rolpassword FROM pg_catalog.pg_authid a WHERE a.oid = r.oid)"
     } else {
         "NULL::text"
     };
-    let rows = client
-        .query(
+    // The rest read at once, pipelined on the one connection.
+    let roles = async {
+        client.query(
             &format!(
                 "SELECT r.rolname::text, \
                         ARRAY[CASE WHEN r.rolsuper THEN 'SUPERUSER' ELSE 'NOSUPERUSER' END, \
@@ -169,9 +166,51 @@ pub async fn read(client: &Client, databases: &[String]) -> Result<Globals, toki
                  FROM pg_roles r WHERE r.rolname !~ $1 ORDER BY 1"
             ),
             &[&MANAGED_ROLES],
-        )
-        .await?;
-    let roles = rows
+        ).await
+    };
+    let memberships = async {
+        client
+            .query(
+                "SELECT g.rolname::text, m.rolname::text, bool_or(a.admin_option) \
+             FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid \
+             JOIN pg_roles m ON m.oid = a.member \
+             WHERE g.rolname !~ $1 AND m.rolname !~ $1 GROUP BY 1, 2",
+                &[&MANAGED_ROLES],
+            )
+            .await
+    };
+    let props = async {
+        client.query(
+            "SELECT d.datname::text, pg_get_userbyid(d.datdba)::text, \
+                    coalesce((SELECT array_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
+                                               ELSE pg_get_userbyid(a.grantee)::text END \
+                                          || ':' || a.privilege_type \
+                                          || CASE WHEN a.is_grantable THEN '*' ELSE '' END ORDER BY 1) \
+                              FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a), '{}'), \
+                    d.datconnlimit, shobj_description(d.oid, 'pg_database'), \
+                    coalesce((SELECT array_agg(c ORDER BY c) FROM pg_db_role_setting s, unnest(s.setconfig) c \
+                              WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}'), \
+                    coalesce((SELECT array_agg(l.provider || ':' || l.label ORDER BY 1) FROM pg_shseclabel l \
+                              WHERE l.objoid = d.oid AND l.classoid = 'pg_database'::regclass), '{}') \
+             FROM pg_database d WHERE d.datname = ANY($1) ORDER BY 1",
+            &[&databases],
+        ).await
+    };
+    // Every database's per-role settings in one read, in each database's order.
+    let role_settings = async {
+        client
+            .query(
+                "SELECT d.datname::text, pg_get_userbyid(s.setrole)::text, c \
+             FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, \
+                  unnest(s.setconfig) c \
+             WHERE d.datname = ANY($1) AND s.setrole <> 0 ORDER BY 1, 2, 3",
+                &[&databases],
+            )
+            .await
+    };
+    let (roles, memberships, props, role_settings) =
+        tokio::try_join!(roles, memberships, props, role_settings)?;
+    let roles = roles
         .iter()
         .map(|r| {
             let password: Option<String> = r.get(4);
@@ -188,66 +227,38 @@ pub async fn read(client: &Client, databases: &[String]) -> Result<Globals, toki
             (role.name.clone(), role)
         })
         .collect();
-    let memberships = client
-        .query(
-            "SELECT g.rolname::text, m.rolname::text, bool_or(a.admin_option) \
-             FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid \
-             JOIN pg_roles m ON m.oid = a.member \
-             WHERE g.rolname !~ $1 AND m.rolname !~ $1 GROUP BY 1, 2",
-            &[&MANAGED_ROLES],
-        )
-        .await?
+    let memberships = memberships
         .iter()
         .map(|r| ((r.get(0), r.get(1)), r.get(2)))
         .collect();
-    let mut props = BTreeMap::new();
-    for row in client
-        .query(
-            "SELECT d.datname::text, pg_get_userbyid(d.datdba)::text, \
-                    coalesce((SELECT array_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
-                                               ELSE pg_get_userbyid(a.grantee)::text END \
-                                          || ':' || a.privilege_type \
-                                          || CASE WHEN a.is_grantable THEN '*' ELSE '' END ORDER BY 1) \
-                              FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a), '{}'), \
-                    d.datconnlimit, shobj_description(d.oid, 'pg_database'), \
-                    coalesce((SELECT array_agg(c ORDER BY c) FROM pg_db_role_setting s, unnest(s.setconfig) c \
-                              WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}'), \
-                    coalesce((SELECT array_agg(l.provider || ':' || l.label ORDER BY 1) FROM pg_shseclabel l \
-                              WHERE l.objoid = d.oid AND l.classoid = 'pg_database'::regclass), '{}'), \
-                    d.oid \
-             FROM pg_database d WHERE d.datname = ANY($1) ORDER BY 1",
-            &[&databases],
-        )
-        .await?
-    {
-        let oid: tokio_postgres::types::Oid = row.get(7);
-        let mut role_settings: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for r in client
-            .query(
-                "SELECT pg_get_userbyid(s.setrole)::text, c FROM pg_db_role_setting s, unnest(s.setconfig) c \
-                 WHERE s.setdatabase = $1 AND s.setrole <> 0 ORDER BY 1, 2",
-                &[&oid],
-            )
-            .await?
-        {
-            role_settings.entry(r.get(0)).or_default().push(r.get(1));
-        }
+    let mut by_database: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for r in &role_settings {
+        by_database
+            .entry(r.get(0))
+            .or_default()
+            .entry(r.get(1))
+            .or_default()
+            .push(r.get(2));
+    }
+    let mut props_by_name = BTreeMap::new();
+    for row in &props {
+        let name: String = row.get(0);
         let p = DatabaseProps {
-            name: row.get(0),
+            role_settings: by_database.remove(&name).unwrap_or_default(),
+            name,
             owner: row.get(1),
             privileges: row.get(2),
             connection_limit: row.get(3),
             comment: row.get(4),
             settings: row.get(5),
-            role_settings,
             labels: row.get(6),
         };
-        props.insert(p.name.clone(), p);
+        props_by_name.insert(p.name.clone(), p);
     }
     Ok(Globals {
         roles,
         memberships,
-        databases: props,
+        databases: props_by_name,
         passwords_readable,
         session_user,
     })
@@ -661,10 +672,13 @@ pub async fn sync(
     databases: &[String],
     options: &DiffOptions,
 ) -> Result<Vec<Difference>, SyncFailure> {
-    let want = read(source, databases).await?;
+    // Both sides read at once; the target again after each round that changed it.
+    let (want, mut have) = tokio::try_join!(read(source, databases), read(target, databases))?;
     let mut carried = Vec::new();
-    for _ in 0..3 {
-        let have = read(target, databases).await?;
+    for round in 0..3 {
+        if round > 0 {
+            have = read(target, databases).await?;
+        }
         let differences = diff(&want, &have, options);
         if differences.is_empty() {
             break;

@@ -174,63 +174,56 @@ pub(super) struct Prepared {
     replayed: Option<i64>,
 }
 
-/// Which halves of the DDL capture's swap a database makes at the switch (see
+/// Whether a database's target starts capturing DDL at the switch (see
 /// [`prepare_ddl_swap`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct DdlSwap {
-    /// The source replays from the switch on.
-    replay: bool,
     /// The target captures from the switch on.
     capture: bool,
 }
 
-/// Before the pause, where the migration captures DDL: the source's replay and the
-/// target's capture installed but off, so that inside the pause each side changes role in
-/// one statement string ([`swap_ddl_now`]); until then the source captures and the target
-/// replays, as before.
+/// Before the pause, where the migration captures DDL: the target's capture installed
+/// but off, so that inside the pause it starts capturing in one statement string
+/// ([`swap_ddl_now`]); until then it replays what the source captures, as before.
+///
+/// The source's half of the swap (it stops capturing and replays what comes back) waits
+/// for a rollback, which makes it first ([`replay_on_source`]): after the switch the source
+/// is fenced and nothing reaches it until then (the reverse subscriptions stay disabled),
+/// so nothing is gained by doing it inside the pause.
 async fn prepare_ddl_swap(source: &Client, target: &Client) -> Result<DdlSwap, EngineError> {
-    let replay = pgseal_pg::ddl::prepare_replay(source)
+    let installed = pgseal_pg::ddl::installed(source)
         .await
-        .map_err(sql("source", "installing the DDL replay"))?;
-    let capture = replay
+        .map_err(sql("source", "reading whether DDL is captured"))?;
+    let capture = installed
         && pgseal_pg::ddl::prepare_capture(target)
             .await
             .map_err(sql("target", "installing the DDL capture"))?;
-    Ok(DdlSwap { replay, capture })
+    Ok(DdlSwap { capture })
 }
 
-/// Inside the pause, after [`prepare_ddl_swap`]: DDL on the target from the switch on
-/// travels back to the source (pgseal_pg::ddl), both sides changed at once.
-async fn swap_ddl_now(swap: DdlSwap, source: &Client, target: &Client) -> Result<(), EngineError> {
-    futures_util::future::try_join(
-        flip_if(
-            swap.replay,
-            pgseal_pg::ddl::replay_now(source),
-            "source",
-            "turning the DDL replay on",
-        ),
-        flip_if(
-            swap.capture,
-            pgseal_pg::ddl::capture_now(target),
-            "target",
-            "turning the DDL capture on",
-        ),
-    )
-    .await?;
+/// Inside the pause, after [`prepare_ddl_swap`]: DDL on the target from the switch on is
+/// captured, for the reverse replication to carry back to the source (pgseal_pg::ddl).
+async fn swap_ddl_now(swap: DdlSwap, target: &Client) -> Result<(), EngineError> {
+    if swap.capture {
+        pgseal_pg::ddl::capture_now(target)
+            .await
+            .map_err(sql("target", "turning the DDL capture on"))?;
+    }
     Ok(())
 }
 
-/// Runs `flip` where `on` (a future does nothing until awaited); an error names the side
-/// and the step (`role`, `what`).
-async fn flip_if(
-    on: bool,
-    flip: impl std::future::Future<Output = Result<(), tokio_postgres::Error>>,
-    role: &'static str,
-    what: &'static str,
-) -> Result<(), EngineError> {
-    if on {
-        flip.await.map_err(sql(role, what))?;
-    }
+/// At the start of a rollback, before pgseal changes anything on the source: each source
+/// database stops capturing DDL and replays what the reverse replication brings (the
+/// source's half of the swap the cutover began; see [`prepare_ddl_swap`]). Idempotent: a
+/// rollback that runs again finds it done. Nothing happens where the migration captures
+/// no DDL.
+pub(super) async fn replay_on_source(sources: &[Client]) -> Result<(), EngineError> {
+    let each = sources.iter().map(|source| async move {
+        pgseal_pg::ddl::install_replay(source)
+            .await
+            .map_err(sql("source", "turning the DDL replay on"))
+    });
+    futures_util::future::try_join_all(each).await?;
     Ok(())
 }
 
@@ -289,7 +282,7 @@ pub(super) async fn start_reverse(
                     "the reverse subscription {back} is missing on the source's {db}"
                 )));
             }
-            swap_ddl_now(swap, source, target).await
+            swap_ddl_now(swap, target).await
         }
     });
     futures_util::future::try_join_all(each).await?;

@@ -101,6 +101,9 @@ pub async fn rollback<P: Platform, S: Switch>(
     for db in &dbs {
         fenced_sessions.push(slip_in(platform, &spec, &source_admin, db).await?);
     }
+    // The source replays the DDL the target captured since the cutover (and captures none
+    // of what pgseal does on it from here on).
+    replay_on_source(&fenced_sessions).await?;
     let carrying = pgseal_pg::globals::DiffOptions::default();
     let (carried_before, baseline) = crate::carry::before_pause(&crate::carry::Sides {
         from: &targets.clients,
