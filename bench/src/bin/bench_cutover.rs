@@ -25,6 +25,14 @@
 //! With TABLES, each chain's first source also holds that many small tables (one row each)
 //! in `postgres`: the pause should not grow with the catalog.
 //!
+//! "During a pause" means under way at any moment between the pause's start (the report's
+//! `paused_at_unix_ms`) and its end (`write_pause_ms` later). The same is also measured over
+//! each whole command (work before the pause included), and outside every pgseal command
+//! of a chain (`background`: the machine's own stalls, the floor the others stand on).
+//!
+//! `BENCH_CUTOVER_ONLY=databases` runs mode 3 alone; `BENCH_LOGS=DIR` keeps the statement
+//! log of every cutover and rollback (`PGSEAL_LOG=debug`) in DIR.
+//!
 //! Usage: `bench-cutover [ROUNDS] [RATE] [DATABASES] [TABLES]` (default 5, 200, 3, 0), as
 //! root, from the workspace root. Run `bench/cutover`.
 
