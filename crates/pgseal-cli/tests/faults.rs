@@ -168,6 +168,41 @@ fn a_target_stopped_hard_in_catch_up_in_a_validation_and_inside_both_pauses_lose
 }
 
 #[test]
+fn a_source_stopped_hard_once_the_reverse_replication_is_set_keeps_the_rollback_whole() {
+    let h = Home::with_source();
+    h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
+    let ledger = h.ledger();
+    let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 30);
+    h.start("sr", &["--replica-identity-full"]);
+    wait_caught_up(&h, "src-enc", &ledger);
+    // Inside the cutover's pause, once where the reverse replication starts is set on the
+    // source: the source stops hard and starts again (crash recovery). The cutover goes
+    // on; that position must have reached the source's disk, or the rollback's
+    // replication would send every change the forward one applied back to the source
+    // (the fault soak once stopped the source within the WAL writer's round after it).
+    let out = crash_at(&h, "cutover:reversed", "src", &["migrate", "cutover", "sr"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        h.json(&["endpoint", "describe", "src-ep"])["instance"],
+        "src-enc"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let back = h.run(&["migrate", "rollback", "sr", "--timeout", "20"]);
+    assert!(
+        back.status.success(),
+        "{}\nsource's log:\n{}",
+        String::from_utf8_lossy(&back.stderr),
+        server_log_tail(&h, "src", 20)
+    );
+    let run = writes.finish();
+    assert_all_landed(&h, "src", &ledger, &run);
+}
+
+#[test]
 fn a_source_that_comes_back_without_its_slot_is_failed_by_name_and_never_resumed() {
     let h = Home::with_source();
     let ledger = h.ledger();

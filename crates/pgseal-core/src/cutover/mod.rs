@@ -402,6 +402,7 @@ pub async fn cutover<P: Platform, S: Switch>(
             };
             let ((verified, verified_at), ()) =
                 futures_util::future::try_join(verify, reverse).await?;
+            crate::steps::wait_point("cutover:reversed").await;
             Ok::<_, EngineError>((
                 final_check,
                 checked_at,

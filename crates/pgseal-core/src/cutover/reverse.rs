@@ -282,6 +282,20 @@ pub(super) async fn start_reverse(
                     "the reverse subscription {back} is missing on the source's {db}"
                 )));
             }
+            // The advance is WAL-logged but commits nothing, so nothing flushes it: a
+            // source that crashed before its WAL writer's next round would come back with
+            // the origin where it was, and send every forward-applied change back. A
+            // transaction with an id, committed with a local flush, makes it durable.
+            source
+                .batch_execute(
+                    "BEGIN; SET LOCAL synchronous_commit = local; \
+                     SELECT pg_current_xact_id(); COMMIT",
+                )
+                .await
+                .map_err(sql(
+                    "source",
+                    "making where reverse replication starts durable",
+                ))?;
             swap_ddl_now(swap, target).await
         }
     });
