@@ -15,6 +15,7 @@
 
 pub mod catalog;
 pub mod connect;
+pub mod copy;
 pub mod ddl;
 pub mod globals;
 pub mod install;
