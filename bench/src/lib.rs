@@ -170,6 +170,40 @@ impl Harness {
         ])
     }
 
+    /// libpq's environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`) for an
+    /// instance's `db` over its unix socket.
+    pub fn libpq(&self, instance: &str, db: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let info = self.json(&["instance", "describe", instance])?;
+        Ok(vec![
+            (
+                "PGHOST".into(),
+                info["socket_dir"].as_str().context("socket_dir")?.into(),
+            ),
+            ("PGPORT".into(), info["port"].to_string()),
+            ("PGUSER".into(), "postgres".into()),
+            ("PGDATABASE".into(), db.into()),
+        ])
+    }
+
+    /// `sh -c SCRIPT` with `from`'s libpq settings (instance, database) as `S_PGHOST`...
+    /// and `to`'s as `T_PGHOST`..., and the PostgreSQL programs' directory as `BIN`.
+    pub fn between(
+        &self,
+        script: &str,
+        from: (&str, &str),
+        to: (&str, &str),
+    ) -> anyhow::Result<Command> {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        for (prefix, (instance, db)) in [("S_", from), ("T_", to)] {
+            for (k, v) in self.libpq(instance, db)? {
+                c.env(format!("{prefix}{k}"), v);
+            }
+        }
+        c.env("BIN", &self.bindir);
+        Ok(c)
+    }
+
     /// A PostgreSQL program (`pgbench`, `pg_basebackup`, `psql`).
     pub fn program(&self, name: &str) -> Command {
         Command::new(self.bindir.join(name))

@@ -31,20 +31,6 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-/// libpq environment for an instance's `db` over its unix socket.
-fn libpq(b: &Harness, instance: &str, db: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let info = b.json(&["instance", "describe", instance])?;
-    Ok(vec![
-        (
-            "PGHOST".into(),
-            info["socket_dir"].as_str().context("socket_dir")?.into(),
-        ),
-        ("PGPORT".into(), info["port"].to_string()),
-        ("PGUSER".into(), "postgres".into()),
-        ("PGDATABASE".into(), db.into()),
-    ])
-}
-
 /// A fresh, empty database `copy` on the baseline target.
 fn fresh_db(b: &Harness) -> anyhow::Result<()> {
     b.psql("bench-dst", "DROP DATABASE IF EXISTS copy")?;
@@ -54,15 +40,7 @@ fn fresh_db(b: &Harness) -> anyhow::Result<()> {
 
 /// `sh -c SCRIPT` with the source's libpq settings as `S_*` and the target's as `T_*`.
 fn shell(b: &Harness, script: &str) -> anyhow::Result<Command> {
-    let mut c = Command::new("sh");
-    c.arg("-c").arg(script);
-    for (prefix, instance, db) in [("S_", "bench-src", "postgres"), ("T_", "bench-dst", "copy")] {
-        for (k, v) in libpq(b, instance, db)? {
-            c.env(format!("{prefix}{k}"), v);
-        }
-    }
-    c.env("BIN", &b.bindir);
-    Ok(c)
+    b.between(script, ("bench-src", "postgres"), ("bench-dst", "copy"))
 }
 
 /// One table's figures over the rounds: seconds from first seen to ready, its rows and
