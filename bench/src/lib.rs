@@ -314,6 +314,17 @@ pub fn add_step_seconds(per_step: &mut Vec<(String, Vec<f64>)>, status: &serde_j
     }
 }
 
+/// Runs `bench` on a harness over a fresh work directory (see [`work_dir`]), then removes
+/// whatever it left (migrations, endpoints, instances, their servers and mounts), whether
+/// it failed or not.
+pub fn on_harness(bench: impl FnOnce(&Harness) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let dir = work_dir()?;
+    let b = Harness::new(&dir.path().join("home"))?;
+    let result = bench(&b);
+    b.remove_everything();
+    result
+}
+
 /// A benchmark's positional arguments, each with its default when left out.
 pub struct Args(std::iter::Skip<std::env::Args>);
 

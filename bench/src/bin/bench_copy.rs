@@ -23,12 +23,7 @@ fn main() -> anyhow::Result<()> {
     let scale: u32 = args.next_or(20)?;
     let rounds: usize = args.next_or(3)?;
     let version: u32 = args.next_or(17)?;
-    let dir = pgseal_bench::work_dir()?;
-    let b = Harness::new(&dir.path().join("home"))?;
-    let result = run(&b, scale, rounds.max(1), version);
-    // Whatever happened, leave no server or mount behind.
-    b.remove_everything();
-    result
+    pgseal_bench::on_harness(|b| run(b, scale, rounds.max(1), version))
 }
 
 /// A pinned session on an instance's `postgres` database over its unix socket.

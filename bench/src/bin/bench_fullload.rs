@@ -23,12 +23,7 @@ fn main() -> anyhow::Result<()> {
     let scale: u32 = args.next_or(50)?;
     let rounds: usize = args.next_or(3)?;
     let version: u32 = args.next_or(17)?;
-    let dir = pgseal_bench::work_dir()?;
-    let b = Harness::new(&dir.path().join("home"))?;
-    let result = run(&b, scale, rounds.max(1), version);
-    // Whatever happened, leave no migration, server or mount behind.
-    b.remove_everything();
-    result
+    pgseal_bench::on_harness(|b| run(b, scale, rounds.max(1), version))
 }
 
 /// A fresh, empty database `copy` on the baseline target.
