@@ -145,3 +145,78 @@ async fn rows_stream_across_in_text_and_binary_under_a_snapshot_and_a_failed_cop
     assert!(failed.is_err(), "{failed:?}");
     assert_eq!(fingerprint(&dst).await.0, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_made_with_its_snapshot_exported_meets_a_copy_under_that_snapshot_exactly() {
+    use pgseal_pg::exported_slot::{ExportError, create_exported_slot};
+    let (a, b) = clusters().await;
+    let (src, dst) = (pinned(&a).await, pinned(&b).await);
+    for c in [&src, &dst] {
+        c.batch_execute("CREATE TABLE public.t (id int PRIMARY KEY, v text)")
+            .await
+            .unwrap();
+    }
+    src.batch_execute(
+        "INSERT INTO public.t SELECT g, 'before ' || g FROM generate_series(1, 1000) g; \
+         CREATE PUBLICATION p FOR TABLE public.t",
+    )
+    .await
+    .unwrap();
+    let psql = a.install().program("psql");
+    let held = create_exported_slot(&psql, &a.config("postgres"), "pgseal_export")
+        .await
+        .unwrap();
+    // Committed after the slot's consistent point: not in the snapshot, in the slot.
+    src.batch_execute(
+        "INSERT INTO public.t SELECT g, 'after ' || g FROM generate_series(1001, 1010) g; \
+         UPDATE public.t SET v = 'changed' WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    let reader = pinned(&a).await;
+    reader
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
+            pgseal_pg::sql::quote_literal(&held.snapshot)
+        ))
+        .await
+        .unwrap();
+    let copied = copy_table(&reader, &dst, ("public", "t"), &[], CopyFormat::Binary)
+        .await
+        .unwrap();
+    reader.batch_execute("COMMIT").await.unwrap();
+    held.release().await.unwrap();
+    assert_eq!(copied.rows, 1000);
+    let first: String = dst
+        .query_one("SELECT v FROM public.t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(first, "before 1");
+    // pgoutput's own messages: 'I'nserts and 'U'pdates the slot holds past its point.
+    let row = src
+        .query_one(
+            "SELECT count(*) FILTER (WHERE get_byte(data, 0) = 73), \
+                    count(*) FILTER (WHERE get_byte(data, 0) = 85) \
+             FROM pg_logical_slot_peek_binary_changes('pgseal_export', NULL, NULL, \
+                  'proto_version', '1', 'publication_names', 'p')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (inserts, updates): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((inserts, updates), (10, 1));
+
+    // The same name again is refused by the server, by name; a bad name before anything.
+    let again = create_exported_slot(&psql, &a.config("postgres"), "pgseal_export").await;
+    match again {
+        Err(ExportError::Refused { answer, .. }) => {
+            assert!(answer.contains("already exists"), "{answer}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        create_exported_slot(&psql, &a.config("postgres"), "Bad-Name").await,
+        Err(ExportError::BadName(_))
+    ));
+}

@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod connect;
 pub mod copy;
 pub mod ddl;
+pub mod exported_slot;
 pub mod globals;
 pub mod install;
 pub mod large_objects;
