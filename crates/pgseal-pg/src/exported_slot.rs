@@ -80,8 +80,8 @@ pub async fn create_exported_slot(
         .env_clear()
         .envs(libpq_env(config))
         // The connection string names only the protocol: the rest comes from libpq's
-        // environment.
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+        // environment. `-w`: never ask for a password on the terminal.
+        .args(["-X", "-w", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
         .arg("replication=database")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
