@@ -20,6 +20,19 @@ async fn pinned(cluster: &TestCluster) -> Client {
         .unwrap()
 }
 
+/// A session on `cluster` in a `REPEATABLE READ` transaction set to `snapshot`.
+async fn reading_under(cluster: &TestCluster, snapshot: &str) -> Client {
+    let reader = pinned(cluster).await;
+    reader
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
+            pgseal_pg::sql::quote_literal(snapshot)
+        ))
+        .await
+        .unwrap();
+    reader
+}
+
 const SCHEMA: &str = "Sales Dept";
 const TABLE: &str = "orders.2024 \"ü\"";
 
@@ -100,14 +113,7 @@ async fn rows_stream_across_in_text_and_binary_under_a_snapshot_and_a_failed_cop
     )
     .await
     .unwrap();
-    let reader = pinned(&a).await;
-    reader
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
-            pgseal_pg::sql::quote_literal(&snapshot)
-        ))
-        .await
-        .unwrap();
+    let reader = reading_under(&a, &snapshot).await;
     dst.batch_execute(r#"TRUNCATE "Sales Dept"."orders.2024 ""ü""""#)
         .await
         .unwrap();
@@ -173,14 +179,7 @@ async fn a_slot_made_with_its_snapshot_exported_meets_a_copy_under_that_snapshot
     )
     .await
     .unwrap();
-    let reader = pinned(&a).await;
-    reader
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
-            pgseal_pg::sql::quote_literal(&held.snapshot)
-        ))
-        .await
-        .unwrap();
+    let reader = reading_under(&a, &held.snapshot).await;
     let copied = copy_table(&reader, &dst, ("public", "t"), &[], CopyFormat::Binary)
         .await
         .unwrap();
