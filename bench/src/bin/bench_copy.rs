@@ -14,7 +14,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use pgseal_bench::{Harness, median, timed};
 use pgseal_pg::copy::{CopyFormat, copy_table};
 
@@ -141,8 +140,5 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
             "binary_bytes": binary_bytes,
         })
     );
-    let _ = b
-        .json(&["instance", "describe", "bench-dst"])
-        .context("the target")?;
     Ok(())
 }

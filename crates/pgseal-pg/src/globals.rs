@@ -172,9 +172,9 @@ pub async fn read(client: &Client, databases: &[String]) -> Result<Globals, toki
         client
             .query(
                 "SELECT g.rolname::text, m.rolname::text, bool_or(a.admin_option) \
-             FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid \
-             JOIN pg_roles m ON m.oid = a.member \
-             WHERE g.rolname !~ $1 AND m.rolname !~ $1 GROUP BY 1, 2",
+                 FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid \
+                 JOIN pg_roles m ON m.oid = a.member \
+                 WHERE g.rolname !~ $1 AND m.rolname !~ $1 GROUP BY 1, 2",
                 &[&MANAGED_ROLES],
             )
             .await
@@ -201,9 +201,9 @@ pub async fn read(client: &Client, databases: &[String]) -> Result<Globals, toki
         client
             .query(
                 "SELECT d.datname::text, pg_get_userbyid(s.setrole)::text, c \
-             FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, \
-                  unnest(s.setconfig) c \
-             WHERE d.datname = ANY($1) AND s.setrole <> 0 ORDER BY 1, 2, 3",
+                 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, \
+                      unnest(s.setconfig) c \
+                 WHERE d.datname = ANY($1) AND s.setrole <> 0 ORDER BY 1, 2, 3",
                 &[&databases],
             )
             .await

@@ -148,13 +148,6 @@ async fn verify_before_pause(
 /// The share of a pause's `timeout` the work inside it may take: the rest is kept for
 /// lifting the fence again when it gives up, so that the pause ends by its timeout (a
 /// fifth of it, at most 2 s).
-/// Now, in milliseconds since the Unix epoch (when a pause began, for the reports).
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn in_pause_share(timeout: std::time::Duration) -> std::time::Duration {
     timeout - (timeout / 5).min(std::time::Duration::from_secs(2))
 }
@@ -272,7 +265,7 @@ pub async fn cutover<P: Platform, S: Switch>(
     // Every wait below is bounded by `options.timeout` as a whole: the work inside the
     // pause by its share of it, what it is doing at the time named when it runs out.
     let paused = Instant::now();
-    report.paused_at_unix_ms = Some(unix_ms_now());
+    report.paused_at_unix_ms = Some(crate::journal::now_ms());
     let deadline = paused + options.timeout;
     let doing = std::cell::Cell::new("pausing the switch");
     let mut laps = Laps::start();

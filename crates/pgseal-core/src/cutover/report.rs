@@ -81,7 +81,7 @@ pub struct CutoverReport {
     pub write_pause_ms: Option<u64>,
     /// When the pause began, in milliseconds since the Unix epoch: the pause set beside
     /// the applications' own logs.
-    pub paused_at_unix_ms: Option<u64>,
+    pub paused_at_unix_ms: Option<i64>,
     /// The pause part by part, as pgseal's clock measured it.
     pub phases: Vec<PauseTiming>,
     /// The longest a client waited behind the pause, as the switch saw it (PgBouncer's

@@ -55,7 +55,7 @@ pub struct RollbackReport {
     /// Milliseconds from pause to the first write accepted on the source.
     pub write_pause_ms: u64,
     /// When the pause began, in milliseconds since the Unix epoch.
-    pub paused_at_unix_ms: u64,
+    pub paused_at_unix_ms: i64,
     /// The pause part by part (pause, fence, drain, sequences, reverse, carried, switch,
     /// resume, first write), in milliseconds; they add up to `write_pause_ms`.
     pub phases: Vec<PauseTiming>,
@@ -219,7 +219,7 @@ pub async fn rollback<P: Platform, S: Switch>(
                     }
                 }
                 laps = Laps::start();
-                paused = Some((Instant::now(), super::unix_ms_now()));
+                paused = Some((Instant::now(), crate::journal::now_ms()));
                 let in_pause = async {
                     switch
                         .pause()
@@ -348,17 +348,14 @@ pub async fn rollback<P: Platform, S: Switch>(
     }
     journal.add_resource(name, "switched_back", INSTANCE, &spec.source)?;
     let client_wait_ms = switch_over(switch, &[], "source", "rollback:switched", &mut laps).await?;
+    let (paused_at, paused_at_unix_ms) = paused.expect("set before the switch");
     let report = RollbackReport {
         databases: dbs.clone(),
         fence_lsn: fence_lsn.expect("set before the switch"),
         drained_lsn: drained.expect("set before the switch"),
         sequences,
-        write_pause_ms: paused
-            .expect("set before the switch")
-            .0
-            .elapsed()
-            .as_millis() as u64,
-        paused_at_unix_ms: paused.expect("set before the switch").1,
+        write_pause_ms: paused_at.elapsed().as_millis() as u64,
+        paused_at_unix_ms,
         phases: laps.laps,
         client_wait_ms,
         switch: switch.describe(),
