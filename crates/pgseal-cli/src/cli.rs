@@ -428,7 +428,8 @@ pub struct MigrationArgs {
     /// How the target gets its data: `snapshot` (a physical copy restored, then
     /// replication from the exact LSN where it ends; same major version) or `full-load`
     /// (an empty target of any newer major version; roles and schema copied, every table
-    /// loaded by native logical replication, which then streams on), or on AWS
+    /// copied by parallel COPY under the slot's snapshot, then native logical replication
+    /// streams on from that slot), or on AWS
     /// `blue-green` (RDS/Aurora's own Blue/Green deployment, green encrypted under --key;
     /// AWS replicates, there is no rollback after its switchover). `plan` recommends one;
     /// blue-green only when asked for
@@ -438,6 +439,15 @@ pub struct MigrationArgs {
     /// source's) [default: the source's]
     #[arg(long, value_name = "MAJOR")]
     pub engine_version: Option<u32>,
+    /// Full load: tables copied at once, each by a pair of sessions (one on each side)
+    /// [default: one per core of this machine]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: Option<u32>,
+    /// Full load: a table larger than this (its size by the source's statistics, e.g.
+    /// 256MiB) is copied in ranges of pages of about this size by several workers at once;
+    /// 0 never splits [default: 128MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_storage)]
+    pub split_tables_larger_than: Option<u64>,
     /// Accepted for scripts written for earlier versions: roles' passwords (their SCRAM
     /// verifiers, never plaintext) are copied whenever pgseal may read them
     #[arg(long, hide = true)]

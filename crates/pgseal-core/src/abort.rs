@@ -79,8 +79,8 @@ pub async fn abort<P: Platform>(
                     });
                 }
             },
-            // A full load's subscription, dropped on the target before the target goes:
-            // dropping it drops the tablesync slots of an unfinished copy on the source.
+            // A full load's subscription, dropped on the target before the target goes
+            // (detached from its slot, which is dropped on the source as a slot).
             "subscription" => {
                 match connect_to(platform, &spec.target, &resource.database, "target").await {
                     Ok(target) => replication::drop_subscription(&target, &resource.name)

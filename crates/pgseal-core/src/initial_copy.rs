@@ -1,12 +1,21 @@
-//! The full-load strategy's initial copy as the user watches it: each published table's
-//! tablesync state on the target (`pg_subscription_rel`), the rows and bytes its COPY has
-//! received (`pg_stat_progress_copy`), against the table's size on the source.
+//! The full-load strategy's initial copy as the user watches it, table by table: what the
+//! running copy reports of itself, and what `status` (another process) reads back from the
+//! journal's facts and the target's `pg_stat_progress_copy`.
 
 use std::collections::HashMap;
 
-use pgseal_pg::replication::TableSync;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
+
+/// The journal's fact for a copy's plan: `{database, consistent_point, tables: [{table,
+/// source_bytes, rows, ranges, format}]}`, recorded once its slot is made.
+pub const FACT_PLAN: &str = "copy_plan";
+/// The journal's fact for a table copied whole, its keys built: `{database,
+/// consistent_point, table, rows, bytes, seconds, keys_seconds}`.
+pub const FACT_TABLE: &str = "copy_table";
+/// The journal's fact for a database's copy done: `{database, consistent_point, tables,
+/// rows, bytes, seconds, workers, keys}`.
+pub const FACT_DONE: &str = "copy_done";
 
 /// One table's initial copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,48 +24,82 @@ pub struct TableCopy {
     pub database: String,
     /// `schema.table`.
     pub table: String,
-    /// The tablesync state: `init`, `data` (copying), `finishedcopy`, `syncdone`, `ready`.
+    /// `waiting` (not started), `copying`, `keys` (copied, its keys being built),
+    /// `ready` (copied, keys built).
     pub state: String,
-    /// Rows copied so far (while copying; the source's estimate once ready).
+    /// Rows copied so far (once started).
     pub rows: Option<i64>,
-    /// COPY bytes received so far (while copying).
+    /// `COPY` bytes copied so far (once started).
     pub bytes: Option<i64>,
     /// The table's size on the source as its statistics say (`relpages` of the heap and
     /// its TOAST table, as of the last VACUUM, ANALYZE or CREATE INDEX): read from the
     /// catalog, so that watching never waits for a lock on the table.
     pub source_bytes: Option<i64>,
+    /// The ranges of pages it is copied in (1: whole).
+    #[serde(default)]
+    pub ranges: u32,
+    /// The ranges copied so far.
+    #[serde(default)]
+    pub ranges_done: u32,
 }
 
 impl TableCopy {
-    /// True once the main apply worker applies this table's changes.
+    /// True once the table is copied whole and its keys are built.
     pub fn ready(&self) -> bool {
         self.state == "ready"
     }
 
-    /// True once the table's COPY is done (`finishedcopy`, `syncdone` or `ready`).
+    /// True once the table's copy is whole (`keys` or `ready`).
     pub fn copied(&self) -> bool {
-        matches!(self.state.as_str(), "finishedcopy" | "syncdone" | "ready")
+        matches!(self.state.as_str(), "keys" | "ready")
     }
 }
 
-/// The estimated size (bytes) and row count of every table publication `publication`
-/// publishes, read from the catalog of the source database `client` is connected to.
-pub async fn source_sizes(
-    client: &Client,
-    publication: &str,
+/// A database's latest copy as the journal's facts record it.
+#[derive(Debug, Clone, Copy)]
+pub struct LatestCopy<'a> {
+    /// Its plan ([`FACT_PLAN`]).
+    pub plan: &'a serde_json::Value,
+    /// Its end ([`FACT_DONE`]), once it ended.
+    pub done: Option<&'a serde_json::Value>,
+}
+
+/// The latest copy of `database` among `facts` (the journal's, oldest first), if one was
+/// begun.
+pub fn latest_copy<'a>(
+    facts: &'a [(String, i64, serde_json::Value)],
+    database: &str,
+) -> Option<LatestCopy<'a>> {
+    let of_db = |kind: &str, body: &serde_json::Value| {
+        body["database"] == database && (kind == FACT_PLAN || kind == FACT_DONE)
+    };
+    let at = facts
+        .iter()
+        .rposition(|(kind, _, body)| kind == FACT_PLAN && of_db(kind, body))?;
+    let done = facts[at..]
+        .iter()
+        .find(|(kind, _, body)| kind == FACT_DONE && of_db(kind, body))
+        .map(|(_, _, body)| body);
+    Some(LatestCopy {
+        plan: &facts[at].2,
+        done,
+    })
+}
+
+/// The `COPY ... FROM` commands running on the target, by `schema.table`: rows and bytes
+/// so far (ranges of one table summed).
+pub async fn copying_now(
+    target: &Client,
 ) -> Result<HashMap<String, (i64, i64)>, tokio_postgres::Error> {
-    let rows = client
+    let rows = target
         .query(
-            "SELECT format('%s.%s', p.schemaname, p.tablename), \
-                    ((c.relpages::bigint + coalesce(t.relpages, 0)::bigint) \
-                        * current_setting('block_size')::bigint), \
-                    greatest(c.reltuples, 0)::bigint \
-             FROM pg_publication_tables p \
-             JOIN pg_namespace n ON n.nspname = p.schemaname \
-             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
-             LEFT JOIN pg_class t ON t.oid = c.reltoastrelid \
-             WHERE p.pubname = $1",
-            &[&publication],
+            "SELECT format('%s.%s', n.nspname, c.relname), sum(p.tuples_processed)::bigint, \
+                    sum(p.bytes_processed)::bigint \
+             FROM pg_stat_progress_copy p \
+             JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE p.command = 'COPY FROM' AND p.datname = current_database() \
+             GROUP BY 1",
+            &[],
         )
         .await?;
     Ok(rows
@@ -65,54 +108,118 @@ pub async fn source_sizes(
         .collect())
 }
 
-/// The initial copy of database `database`, table by table: its subscription's sync states
-/// (`replication::table_syncs` on the target) with the source's sizes from
-/// [`source_sizes`].
+/// The tables of `database`'s latest copy while it is not done, from the journal's
+/// `facts` and what the target copies `now` ([`copying_now`]); empty once it is done.
+/// A table copied whole is `ready`, one the target copies is `copying`, the rest
+/// `waiting` (also when the copy is not running: `migrate resume` starts it over).
 pub fn progress(
     database: &str,
-    syncs: Vec<TableSync>,
-    sizes: &HashMap<String, (i64, i64)>,
+    facts: &[(String, i64, serde_json::Value)],
+    now: &HashMap<String, (i64, i64)>,
 ) -> Vec<TableCopy> {
-    syncs
+    let Some(latest) = latest_copy(facts, database) else {
+        return Vec::new();
+    };
+    if latest.done.is_some() {
+        return Vec::new();
+    }
+    let point = &latest.plan["consistent_point"];
+    let ready: HashMap<&str, &serde_json::Value> = facts
+        .iter()
+        .filter(|(kind, _, body)| {
+            kind == FACT_TABLE && body["database"] == database && body["consistent_point"] == *point
+        })
+        .filter_map(|(_, _, body)| body["table"].as_str().map(|t| (t, body)))
+        .collect();
+    latest.plan["tables"]
+        .as_array()
         .into_iter()
-        .map(
-            |TableSync {
-                 table,
-                 state,
-                 rows,
-                 bytes,
-             }| {
-                let size = sizes.get(&table).copied();
-                let rows = match (&rows, state.as_str()) {
-                    (Some(_), _) => rows,
-                    (None, "ready" | "syncdone" | "finishedcopy") => size.map(|s| s.1),
-                    _ => None,
-                };
-                TableCopy {
-                    database: database.to_string(),
-                    table,
-                    state,
-                    rows,
-                    bytes,
-                    source_bytes: size.map(|s| s.0),
-                }
-            },
-        )
+        .flatten()
+        .filter_map(|t| {
+            let table = t["table"].as_str()?;
+            let ranges = t["ranges"].as_u64().unwrap_or(1) as u32;
+            let (state, rows, bytes, done) = match (ready.get(table), now.get(table)) {
+                (Some(body), _) => (
+                    "ready",
+                    body["rows"].as_i64(),
+                    body["bytes"].as_i64(),
+                    ranges,
+                ),
+                (None, Some((rows, bytes))) => ("copying", Some(*rows), Some(*bytes), 0),
+                (None, None) => ("waiting", None, None, 0),
+            };
+            Some(TableCopy {
+                database: database.to_string(),
+                table: table.to_string(),
+                state: state.to_string(),
+                rows,
+                bytes,
+                source_bytes: t["source_bytes"].as_i64(),
+                ranges,
+                ranges_done: done,
+            })
+        })
         .collect()
 }
 
-/// Tablesync errors of subscription `subscription` so far
-/// (`pg_stat_subscription_stats.sync_error_count`); PostgreSQL retries each.
-pub async fn sync_errors(
-    target: &Client,
-    subscription: &str,
-) -> Result<i64, tokio_postgres::Error> {
-    let row = target
-        .query_opt(
-            "SELECT coalesce(st.sync_error_count, 0) FROM pg_subscription s \
-             LEFT JOIN pg_stat_subscription_stats st ON st.subid = s.oid WHERE s.subname = $1",
-            &[&subscription],
-        )
-        .await?;
-    Ok(row.map_or(0, |r| r.get(0)))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fact(kind: &str, body: serde_json::Value) -> (String, i64, serde_json::Value) {
+        (kind.to_string(), 0, body)
+    }
+
+    #[test]
+    fn progress_follows_the_latest_copy_of_the_database_until_it_is_done() {
+        let plan = |point: &str| {
+            fact(
+                FACT_PLAN,
+                json!({"database": "app", "consistent_point": point, "tables": [
+                    {"table": "public.big", "source_bytes": 1000, "ranges": 3},
+                    {"table": "public.small", "source_bytes": 10, "ranges": 1},
+                    {"table": "public.other", "source_bytes": 5, "ranges": 1},
+                ]}),
+            )
+        };
+        let mut facts = vec![
+            plan("0/1"),
+            // Of the first, interrupted copy: not of the latest.
+            fact(
+                FACT_TABLE,
+                json!({"database": "app", "consistent_point": "0/1", "table": "public.big", "rows": 7, "bytes": 70}),
+            ),
+            fact(
+                FACT_PLAN,
+                json!({"database": "other", "consistent_point": "0/9", "tables": []}),
+            ),
+            plan("0/2"),
+            fact(
+                FACT_TABLE,
+                json!({"database": "app", "consistent_point": "0/2", "table": "public.small", "rows": 3, "bytes": 30}),
+            ),
+        ];
+        let now: HashMap<String, (i64, i64)> = [("public.big".to_string(), (5, 50))].into();
+        let seen: Vec<(String, String, Option<i64>)> = progress("app", &facts, &now)
+            .into_iter()
+            .map(|t| (t.table, t.state, t.rows))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("public.big".into(), "copying".into(), Some(5)),
+                ("public.small".into(), "ready".into(), Some(3)),
+                ("public.other".into(), "waiting".into(), None),
+            ]
+        );
+        assert!(progress("nowhere", &facts, &now).is_empty());
+        facts.push(fact(
+            FACT_DONE,
+            json!({"database": "app", "consistent_point": "0/2"}),
+        ));
+        assert!(progress("app", &facts, &now).is_empty());
+        assert!(latest_copy(&facts, "app").unwrap().done.is_some());
+        assert!(latest_copy(&facts, "other").unwrap().done.is_none());
+    }
 }

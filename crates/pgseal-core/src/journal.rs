@@ -163,6 +163,15 @@ pub struct MigrationSpec {
     /// The target's PostgreSQL major version (full load); `None` for the source's.
     #[serde(default)]
     pub engine_version: Option<u32>,
+    /// Workers that copy the tables at once (full load, `--jobs`); `None` for one per
+    /// core of the machine pgseal runs on.
+    #[serde(default)]
+    pub copy_jobs: Option<u32>,
+    /// Tables larger than this many bytes are copied in ranges of about this size by
+    /// several workers at once (full load, `--split-tables-larger-than`); `None` for the
+    /// default, 0 to never split.
+    #[serde(default)]
+    pub split_tables_larger_than: Option<u64>,
     /// What `--copy-role-passwords` said, kept for journals of earlier versions: roles'
     /// password verifiers are copied whenever pgseal may read them.
     #[serde(default)]
@@ -1094,6 +1103,8 @@ mod tests {
             strategy: Default::default(),
             engine_version: None,
             copy_role_passwords: false,
+            copy_jobs: None,
+            split_tables_larger_than: None,
             platform: Default::default(),
         }
     }

@@ -183,26 +183,22 @@ fn target_storage_warning(
     ))
 }
 
-/// Stream `stream`'s initial copy while any of its tables is not ready yet.
+/// Stream `stream`'s initial copy (full load) while it is not done: its latest plan in
+/// the journal, the tables it finished, and what the target copies now.
 async fn copy_of(
-    source: &tokio_postgres::Client,
+    facts: &[(String, i64, serde_json::Value)],
     target: &tokio_postgres::Client,
     stream: &crate::stream::Stream,
 ) -> Result<Vec<crate::initial_copy::TableCopy>, EngineError> {
-    let syncs = replication::table_syncs(target, &stream.name)
-        .await
-        .map_err(sql("target", "reading the initial copy"))?;
-    if syncs.iter().all(replication::TableSync::ready) {
+    let running =
+        crate::initial_copy::latest_copy(facts, &stream.database).is_some_and(|l| l.done.is_none());
+    if !running {
         return Ok(Vec::new());
     }
-    let sizes = crate::initial_copy::source_sizes(source, &stream.name)
+    let now = crate::initial_copy::copying_now(target)
         .await
-        .map_err(sql("source", "reading table sizes"))?;
-    Ok(crate::initial_copy::progress(
-        &stream.database,
-        syncs,
-        &sizes,
-    ))
+        .map_err(sql("target", "reading the copy's progress"))?;
+    Ok(crate::initial_copy::progress(&stream.database, facts, &now))
 }
 
 /// The retention verdict for `retained` bytes under `limit`.
@@ -260,6 +256,7 @@ pub async fn status<P: Platform>(
         let sampled_ms = crate::journal::now_ms();
         let mut samples = Vec::with_capacity(streams.len());
         let mut per_stream = Vec::new();
+        let facts = journal.facts(name)?;
         for s in &streams {
             let slot = replication::slot(&source, &s.name)
                 .await
@@ -315,7 +312,7 @@ pub async fn status<P: Platform>(
                                 }
                             }
                             schema_status = Some(schema_of(&db_source, &target, &s.name).await?);
-                            copy = copy_of(&db_source, &target, s).await?;
+                            copy = copy_of(&facts, &target, s).await?;
                         }
                     }
                     Err(e) => warnings.push(format!("target ({}) not reachable: {e}", s.database)),

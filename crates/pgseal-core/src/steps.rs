@@ -12,8 +12,9 @@ pub enum StrategyKind {
     /// A physical snapshot restored into the target, replication from its handoff LSN.
     #[default]
     Snapshot,
-    /// An empty target of any newer major version: roles and schema copied, then native
-    /// logical replication with `copy_data = true` loads every table and streams on.
+    /// An empty target of any newer major version: roles and schema copied, every table
+    /// copied by pgseal's parallel `COPY` under its slot's exported snapshot, then native
+    /// logical replication streams on from that slot.
     FullLoad,
     /// The platform's own blue/green deployment (RDS, Aurora) with every green resource
     /// encrypted under the key: the platform replicates, pgseal checks before and after.
@@ -77,7 +78,8 @@ pub enum Step {
     /// sequences, types, functions) with the keys the apply needs (primary keys, unique
     /// constraints).
     Schema,
-    /// Full load: every table's initial copy by native tablesync, watched table by table.
+    /// Full load: every table copied under its database's slot snapshot by parallel
+    /// `COPY` streams from source to target, each table's keys built once it is in.
     InitialCopy,
     /// Full load: the rest of the schema once the data is in (indexes, foreign keys,
     /// triggers, rules, policies).
@@ -119,8 +121,8 @@ impl Step {
         Step::CreateTarget,
         Step::Schema,
         Step::Subscription,
-        Step::Enable,
         Step::InitialCopy,
+        Step::Enable,
         Step::PostData,
         Step::Replicating,
     ];

@@ -9,6 +9,8 @@
 //! snapshot needs. A copy that fails part way aborts the target's `COPY` (the session
 //! sends `CopyFail`), so nothing of it is committed there.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures_util::{SinkExt, TryStreamExt};
 use tokio_postgres::Client;
 
@@ -43,15 +45,65 @@ pub struct Copied {
     pub bytes: u64,
 }
 
+/// The pages of a table a copy reads: `(first, end)`, `end` excluded; `None` for no end
+/// (every page from `first` on, including any the table grew by).
+pub type Pages = (u32, Option<u32>);
+
+/// One copy: which table, which columns, which of its pages, how.
+#[derive(Debug, Clone, Copy)]
+pub struct CopySpec<'a> {
+    /// The schema, unquoted.
+    pub schema: &'a str,
+    /// The table, unquoted.
+    pub table: &'a str,
+    /// The columns in the order both sides list them; all of them (in each side's order)
+    /// when empty. A generated column is never listed (PostgreSQL computes it).
+    pub columns: &'a [String],
+    /// Only the rows in these pages of the source (a range of `ctid`, read by a TID range
+    /// scan on PostgreSQL 14 or newer); `None` for the whole table.
+    pub pages: Option<Pages>,
+    /// How the rows travel.
+    pub format: CopyFormat,
+}
+
 /// The table `schema.table` (unquoted names, quoted here) and its `columns` in that
 /// order (all of them when empty) as `COPY` names them.
 fn target_of(schema: &str, table: &str, columns: &[String]) -> String {
     let mut text = format!("{}.{}", quote_ident(schema), quote_ident(table));
     if !columns.is_empty() {
-        let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-        text.push_str(&format!(" ({})", list.join(", ")));
+        text.push_str(&format!(" ({})", column_list(columns)));
     }
     text
+}
+
+fn column_list(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the source's `COPY ... TO STDOUT` reads for `spec`: the table itself, or a query of
+/// its rows in a range of pages.
+fn source_of(spec: &CopySpec<'_>) -> String {
+    let Some((first, end)) = spec.pages else {
+        return target_of(spec.schema, spec.table, spec.columns);
+    };
+    let columns = if spec.columns.is_empty() {
+        "*".to_string()
+    } else {
+        column_list(spec.columns)
+    };
+    let mut filter = format!("ctid >= '({first},0)'::tid");
+    if let Some(end) = end {
+        filter.push_str(&format!(" AND ctid < '({end},0)'::tid"));
+    }
+    format!(
+        "(SELECT {columns} FROM ONLY {}.{} WHERE {filter})",
+        quote_ident(spec.schema),
+        quote_ident(spec.table)
+    )
 }
 
 /// Copies the rows of `schema.table` that `from` sees into the same table through `to`
@@ -65,16 +117,43 @@ pub async fn copy_table(
     columns: &[String],
     format: CopyFormat,
 ) -> Result<Copied, tokio_postgres::Error> {
-    let what = target_of(schema, table, columns);
-    let with = format.option();
+    let spec = CopySpec {
+        schema,
+        table,
+        columns,
+        pages: None,
+        format,
+    };
+    copy(from, to, &spec, None).await
+}
+
+/// Copies what `spec` names from `from` into the same table through `to`, adding the
+/// bytes to `seen` as they pass (for progress). Both sessions are used as they are.
+pub async fn copy(
+    from: &Client,
+    to: &Client,
+    spec: &CopySpec<'_>,
+    seen: Option<&AtomicU64>,
+) -> Result<Copied, tokio_postgres::Error> {
+    let with = spec.format.option();
     let rows_out = from
-        .copy_out(&format!("COPY {what} TO STDOUT{with}"))
+        .copy_out(&format!("COPY {} TO STDOUT{with}", source_of(spec)))
         .await?;
-    let sink = to.copy_in(&format!("COPY {what} FROM STDIN{with}")).await?;
+    let sink = to
+        .copy_in(&format!(
+            "COPY {} FROM STDIN{with}",
+            target_of(spec.schema, spec.table, spec.columns)
+        ))
+        .await?;
     futures_util::pin_mut!(rows_out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
-    let mut counted = rows_out.inspect_ok(|chunk| bytes += chunk.len() as u64);
+    let mut counted = rows_out.inspect_ok(|chunk| {
+        bytes += chunk.len() as u64;
+        if let Some(seen) = seen {
+            seen.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+    });
     // On an error the sink is dropped unfinished: the target's COPY is aborted.
     sink.send_all(&mut counted).await?;
     let rows = sink.finish().await?;
@@ -97,6 +176,26 @@ mod tests {
             "\"Sales Dept\".\"orders.2024 \"\"ü\"\"\" (\"id\", \"Note \"\"x\"\"\")"
         );
         assert_eq!(CopyFormat::Binary.option(), " (FORMAT binary)");
+        let columns = ["id".to_string(), "Note \"x\"".to_string()];
+        let mut spec = CopySpec {
+            schema: "Sales Dept",
+            table: "t.1",
+            columns: &columns,
+            pages: Some((10, Some(20))),
+            format: CopyFormat::Binary,
+        };
+        assert_eq!(
+            source_of(&spec),
+            "(SELECT \"id\", \"Note \"\"x\"\"\" FROM ONLY \"Sales Dept\".\"t.1\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid)"
+        );
+        spec.pages = Some((20, None));
+        spec.columns = &[];
+        assert_eq!(
+            source_of(&spec),
+            "(SELECT * FROM ONLY \"Sales Dept\".\"t.1\" WHERE ctid >= '(20,0)'::tid)"
+        );
+        spec.pages = None;
+        assert_eq!(source_of(&spec), "\"Sales Dept\".\"t.1\"");
         assert_eq!(CopyFormat::Text.option(), "");
     }
 }

@@ -18,7 +18,7 @@
 //!   `pgseal_ddl.decisions` records the user's choice (`skip`, or `applied` after doing it
 //!   by hand) and the next retry goes on.
 //!
-//! - A full load copies its tables with PostgreSQL's tablesync workers, which DDL would
+//! - A full load copies its tables under its slot's exported snapshot, which DDL would
 //!   race (a table's copy, then its changes from before the DDL applied onto the new
 //!   shape): the source holds DDL ([`install_hold`]) from before its slot until every
 //!   table is copied, and the replay is installed before the hold is lifted.
@@ -377,7 +377,7 @@ END $f$;
 "#;
 
 /// The source's DDL hold while a full load's tables are copied (`{migration}`: the
-/// migration's name as a literal): DDL then would race the tablesync workers (a table's
+/// migration's name as a literal): DDL then would race the copy (a table's
 /// copy and the changes after it in the old shape, replayed onto the new), so it is
 /// refused with a message saying why and until when. Temporary tables, publications and
 /// pgseal's own sessions pass.

@@ -271,6 +271,8 @@ fn story(
             strategy: Default::default(),
             engine_version: None,
             copy_role_passwords: false,
+            copy_jobs: None,
+            split_tables_larger_than: None,
             platform: Default::default(),
         };
         journal.create(&spec)?;

@@ -398,6 +398,8 @@ fn spec_from_args(
         strategy: args.strategy.into(),
         engine_version: args.engine_version,
         copy_role_passwords: args.copy_role_passwords,
+        copy_jobs: args.jobs,
+        split_tables_larger_than: args.split_tables_larger_than,
         platform,
     })
 }

@@ -141,7 +141,8 @@ impl<'a> MigrateObserver<'a> {
                     let due = match last.get(&key) {
                         None => true,
                         Some((state, at)) => {
-                            *state != t.state || (t.state == "data" && at.elapsed() >= LINE_EVERY)
+                            *state != t.state
+                                || (t.state == "copying" && at.elapsed() >= LINE_EVERY)
                         }
                     };
                     if due {

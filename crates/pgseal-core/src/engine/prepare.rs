@@ -107,9 +107,10 @@ impl<P: Platform> Engine<'_, P> {
 
     /// [`Step::PrepareSource`]: logical WAL, the scope's streams, replica identity (if
     /// opted in), DDL capture (unless the scope is narrowed to tables), one publication
-    /// and one slot per database. `hold_ddl`: DDL is held on the source until the target's
-    /// tables are copied (the full load's copy would race it).
-    pub(crate) async fn prepare_source(&self, hold_ddl: bool) -> StepResult {
+    /// per database, and one slot per database unless `copy_later`. `copy_later`: the
+    /// strategy copies the tables itself in a later step, which makes each slot with its
+    /// snapshot exported; DDL is held on the source until then (it would race the copy).
+    pub(crate) async fn prepare_source(&self, copy_later: bool) -> StepResult {
         let (source, restarted) = self.ensure_logical_wal().await?;
 
         // The scope is fixed here, once, before anything is created.
@@ -164,7 +165,7 @@ impl<P: Platform> Engine<'_, P> {
                 ))? {
                     ddl_capture.push(s.database.clone());
                 }
-                if hold_ddl {
+                if copy_later {
                     ddl::install_hold(&client, &self.spec.name)
                         .await
                         .map_err(sql(
@@ -191,7 +192,9 @@ impl<P: Platform> Engine<'_, P> {
         // is then past every slot's consistent point.
         let mut outputs = Vec::new();
         for (s, client, tables, identity_changed) in &prepared {
-            let slot = if test_hook("late-slot") {
+            let slot = if copy_later {
+                None
+            } else if test_hook("late-slot") {
                 tracing::warn!("test hook late-slot: the slot is created after the snapshot");
                 None
             } else {
@@ -207,13 +210,18 @@ impl<P: Platform> Engine<'_, P> {
         }
         let tables: usize = prepared.iter().map(|p| p.2.len()).sum();
         let summary = format!(
-            "{} stream(s) ({}): publications with {tables} tables, slots made{}",
+            "{} stream(s) ({}): publications with {tables} tables{}{}",
             streams.len(),
             streams
                 .iter()
                 .map(|s| s.database.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
+            if copy_later {
+                ", slots made by the copy"
+            } else {
+                ", slots made"
+            },
             if restarted {
                 ", wal_level set to logical (restarted)"
             } else {
@@ -320,40 +328,79 @@ impl<P: Platform> Engine<'_, P> {
             .await
             .map_err(sql("source", "reading pgseal's session id"))?
             .get(0);
+        let creating = async {
+            replication::create_logical_slot(client, &stream.name)
+                .await
+                .map(|(slot, _)| slot)
+                .map_err(sql(
+                    "source",
+                    format!(
+                        "creating logical slot {} in {}",
+                        stream.name, stream.database
+                    ),
+                ))
+        };
+        self.waiting_for_slot(
+            stream,
+            Step::PrepareSource,
+            "start again; nothing was left on the source",
+            Some(pid),
+            creating,
+        )
+        .await
+    }
+
+    /// Waits for `creating` (the making of `stream`'s slot, by the session `creator` when
+    /// it is a plain one, else by a walsender) and reports every few seconds what it waits
+    /// for: creating a logical slot waits for every transaction that has an id. Given up
+    /// after the spec's `slot_wait_seconds` ([`EngineError::SlotWait`], its advice ending
+    /// with what to do `then`), the creation cancelled so that it leaves no slot.
+    pub(crate) async fn waiting_for_slot<T>(
+        &self,
+        stream: &Stream,
+        step: Step,
+        then: &str,
+        creator: Option<i32>,
+        creating: impl std::future::Future<Output = Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
         let watcher = self.source().await?;
         let limit = Duration::from_secs(self.spec.slot_wait_seconds);
         let started = Instant::now();
-        let creating = replication::create_logical_slot(client, &stream.name);
         tokio::pin!(creating);
         loop {
             tokio::select! {
-                made = &mut creating => {
-                    let (slot, _) = made.map_err(sql(
-                        "source",
-                        format!("creating logical slot {} in {}", stream.name, stream.database),
-                    ))?;
-                    return Ok(slot);
-                }
+                made = &mut creating => return made,
                 _ = tokio::time::sleep(SLOT_WAIT_REPORT) => {
-                    let blockers = slot_blockers(&watcher, pid)
+                    let blockers = slot_blockers(&watcher, creator.unwrap_or(0))
                         .await
                         .map_err(sql("source", "reading what the slot waits for"))?;
                     let waited = started.elapsed();
                     tracing::warn!(slot = %stream.name, seconds = waited.as_secs(), %blockers, "slot creation waits");
                     if waited >= limit {
-                        let _ = watcher
-                            .execute("SELECT pg_cancel_backend($1)", &[&pid])
-                            .await;
-                        // The cancelled creation leaves no slot behind.
-                        let _ = (&mut creating).await;
+                        // A plain session is cancelled; a walsender (whose client may be
+                        // gone already) is ended. Either way the slot it was making,
+                        // not yet made, goes with it.
+                        let _ = match creator {
+                            Some(pid) => watcher.execute("SELECT pg_cancel_backend($1)", &[&pid]).await,
+                            None => watcher
+                                .execute(
+                                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                                     WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                                    &[&stream.name],
+                                )
+                                .await,
+                        };
+                        if creator.is_some() {
+                            let _ = (&mut creating).await;
+                        }
                         return Err(EngineError::SlotWait(format!(
-                            "creating slot {} waited {} s for running transactions, the limit (--slot-wait): {blockers}. Let them finish (prepared ones: COMMIT PREPARED or ROLLBACK PREPARED in their database) or end them, then start again; nothing was left on the source",
+                            "creating slot {} waited {} s for running transactions, the limit (--slot-wait): {blockers}. Let them finish (prepared ones: COMMIT PREPARED or ROLLBACK PREPARED in their database) or end them, then {then}",
                             stream.name,
                             waited.as_secs()
                         )));
                     }
                     (self.observer)(&Event::Waiting {
-                        step: Step::PrepareSource,
+                        step,
                         what: format!(
                             "creating slot {} ({} s): waits for {blockers}",
                             stream.name,

@@ -16,8 +16,9 @@ const WORKER_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl<P: Platform> Engine<'_, P> {
     /// [`Step::Subscription`]: one disabled subscription per stream on the target, to
-    /// its slot; `copy_data`: native tablesync copies every table first (the full load).
-    pub(crate) async fn subscription(&self, copy_data: bool) -> StepResult {
+    /// its slot (which need not exist yet), copying no data: the strategy brings the
+    /// tables' rows.
+    pub(crate) async fn subscription(&self) -> StepResult {
         let mut made = Vec::new();
         for s in &self.streams()? {
             let conninfo = match self.spec.source_url() {
@@ -36,7 +37,7 @@ impl<P: Platform> Engine<'_, P> {
             };
             let target = self.target_db(&s.database).await?;
             let (sub, _) = replication::create_subscription(
-                &target, &s.name, &conninfo, &s.name, &s.name, copy_data,
+                &target, &s.name, &conninfo, &s.name, &s.name, false,
             )
             .await
             .map_err(sql(
@@ -45,11 +46,7 @@ impl<P: Platform> Engine<'_, P> {
             ))?;
             made.push(json!({ "database": s.database, "subscription": sub.name, "oid": sub.oid }));
         }
-        let summary = format!(
-            "{} subscription(s), disabled, copy_data={}",
-            made.len(),
-            copy_data
-        );
+        let summary = format!("{} subscription(s), disabled, copy_data=false", made.len());
         Ok((json!({ "subscriptions": made }), summary))
     }
 

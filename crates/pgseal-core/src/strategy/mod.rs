@@ -6,7 +6,8 @@
 //!
 //! - [`snapshot`]: an encrypted physical snapshot restored, logical replication from its
 //!   handoff LSN; pgseal's own fence, drain and switch.
-//! - [`full_load`]: an empty target of any newer major version loaded by native tablesync;
+//! - [`full_load`]: an empty target of any newer major version loaded by parallel `COPY`
+//!   under its slot's exported snapshot;
 //!   pgseal's own fence, drain and switch.
 //! - [`blue_green`]: the platform's blue/green deployment under the key; the platform
 //!   replicates and switches over, pgseal checks before and after.

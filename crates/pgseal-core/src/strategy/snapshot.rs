@@ -35,7 +35,7 @@ impl Strategy for Snapshot {
             Step::Snapshot => engine.snapshot().await,
             Step::Restore => engine.restore().await,
             Step::TargetHousekeeping => engine.target_housekeeping().await,
-            Step::Subscription => engine.subscription(false).await,
+            Step::Subscription => engine.subscription().await,
             Step::Guards => engine.guards().await,
             Step::OriginAdvance => engine.origin_advance().await,
             Step::Enable => engine.enable().await,

@@ -1,22 +1,24 @@
 //! The full-load strategy's own steps: an empty encrypted target of the chosen major
-//! version, the roles and schema copied with the source's own `pg_dumpall`/`pg_dump`, the
-//! data loaded by native tablesync (`copy_data = true`) and the rest of the schema built
-//! once the data is in. The steps it shares with the snapshot strategy (preflight, the
-//! source's publications and slots, the subscriptions, enabling them, replicating) live in
-//! the engine itself; after `start`, its phases are pgseal's own (the [`Strategy`] trait's
-//! provided methods).
+//! version, the roles and schema copied with the source's own `pg_dumpall`/`pg_dump`,
+//! every table copied by pgseal's own parallel `COPY` under one snapshot per database
+//! ([`copy`]), and the rest of the schema built once the data is in. The steps it shares
+//! with the snapshot strategy (preflight, the source's publications, the subscriptions,
+//! enabling them, replicating) live in the engine itself; after `start`, its phases are
+//! pgseal's own (the [`Strategy`] trait's provided methods).
 //!
 //! Why nothing is lost or doubled between the copy and the stream (docs/migration.md):
-//! each stream's slot is made in `prepare_source`, before its subscription exists, so it
-//! holds every change from before any table's copy. Each tablesync worker copies its table
-//! from a snapshot it takes when it makes its own temporary slot, and catches up from that
-//! slot to where the main apply worker stands; the main apply worker applies a table's
-//! changes only past the point that table's sync ended (`should_apply_changes_for_rel`).
-//! So every change is either in a table's copy or applied after it, never both.
+//! each stream's slot is made by the copy, with its snapshot exported, and the copy reads
+//! under that snapshot; the subscription (`copy_data = false`, made before on that slot's
+//! name) is enabled once the copy is whole. A commit before the slot's consistent point is
+//! in the copy, one after it comes through the slot: never both, never neither.
 //!
-//! DDL would race that (a table's copy, then its changes from before the DDL applied onto
-//! the new shape), so the source holds DDL from `prepare_source` until the post-data is
-//! built; then the target replays what the source captures (pgseal_pg::ddl).
+//! DDL would race the copy (a table copied in its old shape, its changes arriving in the
+//! new one), so the source holds DDL from `prepare_source` until the post-data is built;
+//! then the target replays what the source captures (pgseal_pg::ddl).
+
+mod copy;
+
+pub use copy::DEFAULT_SPLIT_BYTES;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -31,20 +33,11 @@ use tokio_postgres::Client;
 use super::{Strategy, not_its_step};
 use crate::engine::{Engine, Event, StepResult};
 use crate::error::{EngineError, platform_error, sql};
-use crate::initial_copy::{self, TableCopy};
 use crate::journal::INSTANCE;
-use crate::steps::{Step, StrategyKind, failpoint_at};
-
-/// How often the initial copy is polled (a table's keys are built as soon as its copy is
-/// seen done) and how often it is reported.
-const COPY_POLL: Duration = Duration::from_millis(250);
-const COPY_REPORT: Duration = Duration::from_secs(1);
+use crate::steps::{Step, StrategyKind};
 
 /// Lag (bytes) under which a full-load target counts as replicating.
 const REPLICATING_LAG_BYTES: i64 = 64 << 20;
-
-/// Tablesync workers per subscription at most (PostgreSQL's default).
-const MAX_SYNC_WORKERS: i64 = 2;
 
 /// Run first in a transaction that builds indexes: a sort that fits in memory is not
 /// spilled onto the (encrypted, so slower) disk. The setting holds for that transaction.
@@ -112,13 +105,14 @@ impl Strategy for FullLoad {
     async fn run_step<P: Platform>(&self, engine: &Engine<'_, P>, step: Step) -> StepResult {
         match step {
             Step::Preflight => engine.preflight().await,
-            // DDL is held until the tables are copied (see the module's documentation).
+            // The copy makes the slots; DDL is held until the tables are copied (see the
+            // module's documentation).
             Step::PrepareSource => engine.prepare_source(true).await,
             Step::CreateTarget => engine.create_target().await,
             Step::Schema => engine.schema().await,
             Step::Subscription => {
                 engine.full_load_subscription_recorded().await?;
-                engine.subscription(true).await
+                engine.subscription().await
             }
             Step::Enable => engine.enable().await,
             Step::InitialCopy => engine.initial_copy().await,
@@ -265,9 +259,8 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     /// Creates the empty target with the settings replication needs: `wal_level=logical`
-    /// (rollback replicates back from it), the source's slot and sender limits, apply and
-    /// tablesync workers for every stream within the source's free slots, and a
-    /// `max_wal_size` for loading.
+    /// (rollback replicates back from it), the source's slot and sender limits, an apply
+    /// worker for every stream, and a `max_wal_size` for loading.
     async fn create_new_target(
         &self,
         major: u32,
@@ -278,23 +271,20 @@ impl<P: Platform> Engine<'_, P> {
             .query_one(
                 "SELECT current_setting('max_replication_slots')::bigint, \
                         current_setting('max_wal_senders')::bigint, \
-                        (SELECT count(*) FROM pg_replication_slots), \
                         (SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database)",
                 &[],
             )
             .await
             .map_err(sql("source", "reading replication limits"))?;
-        let (max_slots, max_senders, used, source_bytes): (i64, i64, i64, i64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        // Each tablesync worker holds a slot and a sender on the source while it copies.
-        let free = (max_slots - used).min(max_senders - used);
-        let sync = (free / streams.max(1)).clamp(1, MAX_SYNC_WORKERS);
-        let workers = streams * (1 + sync) + 2;
+        let (max_slots, max_senders, source_bytes): (i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2));
+        // One apply worker per stream (pgseal copies the tables itself), and room for the
+        // reverse replication's own slots and senders at cutover.
+        let workers = streams + 2;
         let params: BTreeMap<String, String> = [
             ("wal_level", "logical".to_string()),
             ("max_replication_slots", max_slots.max(10).to_string()),
             ("max_wal_senders", max_senders.max(10).to_string()),
-            ("max_sync_workers_per_subscription", sync.to_string()),
             ("max_logical_replication_workers", workers.to_string()),
             ("max_worker_processes", (workers + 8).to_string()),
             // Fewer checkpoints (and full-page images) while the tables load, as the
@@ -522,8 +512,8 @@ impl<P: Platform> Engine<'_, P> {
     /// Builds the keys in `keys` that the target lacks, in one transaction; returns how
     /// many were built.
     async fn build_keys(&self, target: &Client, keys: &[&TableKey]) -> Result<usize, EngineError> {
+        // `maintenance_work_mem` is the session's: the copy sized it for its workers.
         let mut sql = String::from("BEGIN; ");
-        sql.push_str(BUILD_SETTINGS);
         let mut built = 0;
         for k in keys {
             let exists: bool = target
@@ -550,34 +540,25 @@ impl<P: Platform> Engine<'_, P> {
         Ok(built)
     }
 
-    /// Full load 5: the subscription's slot is the stream's own, made before the copy.
+    /// Full load 5: the subscription is recorded before it is made, so that abort drops
+    /// it from the target first.
     async fn full_load_subscription_recorded(&self) -> Result<(), EngineError> {
         for s in &self.streams()? {
-            // Recorded so that abort drops it from the target first: dropping a
-            // subscription drops the tablesync slots its copy made on the source.
             self.journal
                 .add_resource(&self.spec.name, "subscription", &s.database, &s.name)?;
         }
         Ok(())
     }
 
-    // Full load 7.
+    // Full load 6: every database's tables copied under its slot's snapshot, one
+    // database after another, each by `--jobs` workers.
     async fn initial_copy(&self) -> StepResult {
         let streams = self.streams()?;
-        let started = Instant::now();
-        let mut sessions = Vec::new();
-        for s in &streams {
-            let source = self.source_db(&s.database).await?;
-            let sizes = initial_copy::source_sizes(&source, &s.name)
-                .await
-                .map_err(sql("source", "reading table sizes"))?;
-            sessions.push((s, self.target_db(&s.database).await?, sizes));
-        }
         let schema = self
             .journal
             .outputs(&self.spec.name, Step::Schema)?
             .ok_or_else(|| EngineError::Precondition("step schema has no outputs".into()))?;
-        let mut keys: Vec<(String, TableKey)> = Vec::new();
+        let mut keys: HashMap<String, Vec<TableKey>> = HashMap::new();
         for db in schema["databases"].as_array().into_iter().flatten() {
             let database = db["database"].as_str().unwrap_or_default().to_string();
             let listed: Vec<TableKey> =
@@ -586,140 +567,43 @@ impl<P: Platform> Engine<'_, P> {
                         "the journal's schema.keys cannot be read ({e})"
                     ))
                 })?;
-            keys.extend(listed.into_iter().map(|k| (database.clone(), k)));
+            keys.insert(database, listed);
         }
-        // What was seen of each table, by (database, table).
-        let mut watched: HashMap<(String, String), TableWatch> = HashMap::new();
-        let mut keys_built = 0;
-        let mut reported_errors = 0;
-        let mut crashed_once = false;
-        let mut last_report = Instant::now() - COPY_REPORT;
-        let tables = loop {
-            let mut tables: Vec<TableCopy> = Vec::new();
-            let mut errors = 0;
-            for (s, target, sizes) in &sessions {
-                let syncs = replication::table_syncs(target, &s.name)
-                    .await
-                    .map_err(sql("target", "reading the initial copy"))?;
-                tables.extend(initial_copy::progress(&s.database, syncs, sizes));
-                errors += initial_copy::sync_errors(target, &s.name)
-                    .await
-                    .map_err(sql("target", "reading tablesync errors"))?;
-            }
-            for t in &tables {
-                let watch = watched
-                    .entry((t.database.clone(), t.table.clone()))
-                    .or_insert_with(|| TableWatch::new(Instant::now()));
-                if t.state == "data"
-                    && let Some(rows) = t.rows
-                {
-                    watch.most_rows = Some(watch.most_rows.unwrap_or(0).max(rows));
-                }
-                if t.ready() && watch.ready_after.is_none() {
-                    watch.ready_after = Some(watch.first_seen.elapsed());
-                }
-            }
-            let all_ready = tables.iter().all(TableCopy::ready);
-            if last_report.elapsed() >= COPY_REPORT || all_ready {
-                last_report = Instant::now();
-                (self.observer)(&Event::Copy(tables.clone()));
-            }
-            // A table whose COPY is done gets its keys now: its catch-up (and then the
-            // main apply worker) needs them to apply an UPDATE or DELETE. One that meets
-            // such a change first fails and is retried by PostgreSQL once they exist.
-            for t in tables.iter().filter(|t| t.copied()) {
-                let watch = watched
-                    .get_mut(&(t.database.clone(), t.table.clone()))
-                    .expect("every table listed is watched");
-                if watch.keys_seconds.is_some() {
-                    continue;
-                }
-                let (_, target, _) = sessions
-                    .iter()
-                    .find(|(s, ..)| s.database == t.database)
-                    .expect("every table belongs to a stream");
-                let mine: Vec<&TableKey> = keys
-                    .iter()
-                    .filter(|(db, k)| *db == t.database && k.table == t.table)
-                    .map(|(_, k)| k)
-                    .collect();
-                let started = Instant::now();
-                if !mine.is_empty() {
-                    (self.observer)(&Event::Waiting {
-                        step: Step::InitialCopy,
-                        what: format!("building the keys of {}/{}", t.database, t.table),
-                    });
-                    keys_built += self.build_keys(target, &mine).await?;
-                }
-                watch.keys_seconds = Some(started.elapsed().as_secs_f64());
-            }
-            if errors > reported_errors {
-                reported_errors = errors;
-                (self.observer)(&Event::Waiting {
-                    step: Step::InitialCopy,
-                    what: format!(
-                        "{errors} tablesync error(s) so far; PostgreSQL retries each (the target's server log says why; a change that reached a table before its keys were built is one)"
-                    ),
-                });
-            }
-            if all_ready && watched.values().all(|w| w.keys_seconds.is_some()) {
-                break tables;
-            }
-            if !crashed_once {
-                crashed_once = true;
-                failpoint_at("initial_copy:copying");
-            }
-            tokio::time::sleep(COPY_POLL).await;
-        };
-        let watch_of = |t: &TableCopy| &watched[&(t.database.clone(), t.table.clone())];
-        // Rows as the COPY counted them where it was seen copying, else the estimate.
-        let rows_of = |t: &TableCopy| watch_of(t).most_rows.or(t.rows);
-        // Every table has its keys now. Errors counted so far were changes that met a
-        // table before its keys existed (PostgreSQL rolled each back and retried it);
-        // they are journaled here and the counters reset, so that an error from now on
-        // is a real one (cutover refuses while the counter is not 0).
-        let mut retried = 0i64;
-        for (s, target, ..) in &sessions {
-            let row = target
-                .query_one(
-                    "SELECT coalesce(st.apply_error_count, 0) + coalesce(st.sync_error_count, 0), \
-                            pg_stat_reset_subscription_stats(s.oid) IS NULL \
-                     FROM pg_subscription s \
-                     LEFT JOIN pg_stat_subscription_stats st ON st.subid = s.oid \
-                     WHERE s.subname = $1",
-                    &[&s.name],
-                )
-                .await
-                .map_err(sql("target", "resetting the subscription's error counts"))?;
-            retried += row.get::<_, i64>(0);
+        let jobs = self.spec.copy_jobs.map_or_else(
+            || std::thread::available_parallelism().map_or(2, usize::from),
+            |j| j as usize,
+        );
+        let split = self
+            .spec
+            .split_tables_larger_than
+            .unwrap_or(DEFAULT_SPLIT_BYTES);
+        let started = Instant::now();
+        let mut done = Vec::new();
+        for s in &streams {
+            let mine = keys.get(&s.database).map(Vec::as_slice).unwrap_or_default();
+            done.push(self.copy_database(s, mine, jobs, split).await?);
         }
-        let rows: i64 = tables.iter().filter_map(rows_of).sum();
-        let bytes: i64 = tables.iter().filter_map(|t| t.source_bytes).sum();
-        let per_table: Vec<serde_json::Value> = tables
+        let tables: Vec<serde_json::Value> = done
             .iter()
-            .map(|t| {
-                let watch = watch_of(t);
-                json!({
-                    "database": t.database, "table": t.table, "rows": rows_of(t),
-                    "source_bytes": t.source_bytes,
-                    "seconds": watch.ready_after.unwrap_or_default().as_secs_f64(),
-                    "keys_seconds": watch.keys_seconds.unwrap_or(0.0),
-                })
-            })
+            .flat_map(|d| d["tables"].as_array().cloned().unwrap_or_default())
             .collect();
+        let sum = |field: &str| done.iter().filter_map(|d| d[field].as_u64()).sum::<u64>();
+        let (rows, bytes, keys_built) = (sum("rows"), sum("bytes"), sum("keys"));
         let seconds = started.elapsed().as_secs_f64();
         let summary = format!(
-            "{} table(s) copied and ready: about {rows} rows, {} MiB in {seconds:.1} s, {keys_built} key(s) built after each table's copy{}",
+            "{} table(s) copied under each database's snapshot by {jobs} worker(s): {rows} rows, {} MiB of COPY data in {seconds:.1} s, {keys_built} key(s) built after each table's copy",
             tables.len(),
             bytes >> 20,
-            if retried > 0 {
-                format!(", {retried} change(s) that came before a table's keys retried")
-            } else {
-                String::new()
-            }
         );
         Ok((
-            json!({ "tables": per_table, "rows": rows, "source_bytes": bytes, "seconds": seconds, "errors_before_keys": retried, "keys_built": keys_built }),
+            json!({
+                "tables": tables, "rows": rows, "bytes": bytes, "seconds": seconds,
+                "keys_built": keys_built, "jobs": jobs, "split_bytes": split,
+                "databases": done.iter().map(|d| json!({
+                    "database": d["database"], "consistent_point": d["consistent_point"],
+                    "workers": d["workers"], "seconds": d["seconds"],
+                })).collect::<Vec<_>>(),
+            }),
             summary,
         ))
     }
@@ -824,29 +708,6 @@ impl<P: Platform> Engine<'_, P> {
                 });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
-/// What the initial copy has seen of one table.
-struct TableWatch {
-    /// When it was first listed.
-    first_seen: Instant,
-    /// How long after that it was ready.
-    ready_after: Option<Duration>,
-    /// The most rows its COPY was seen to have received.
-    most_rows: Option<i64>,
-    /// How long building its keys took, once they are built (or found to be none).
-    keys_seconds: Option<f64>,
-}
-
-impl TableWatch {
-    fn new(first_seen: Instant) -> Self {
-        TableWatch {
-            first_seen,
-            ready_after: None,
-            most_rows: None,
-            keys_seconds: None,
         }
     }
 }
