@@ -4,8 +4,10 @@
 //! 2. `pg_dump -Fd -j 2` then `pg_restore -j 2` (parallel; the dump directory lives on the
 //!    encrypted volume too, so no row reaches plaintext disk);
 //! 3. `pgseal migrate start --strategy full-load` until the target replicates (an empty
-//!    encrypted target created, roles and schema copied, tablesync, post-data), split by
-//!    step, with rows/s and MiB/s per table from the journal.
+//!    encrypted target created, roles and schema copied, the parallel copy under the
+//!    slot's snapshot, post-data), split by step, with rows/s and MiB/s per table from the
+//!    journal;
+//! 4. the same with `--split-tables-larger-than 128MiB` (the large table in ranges).
 //!
 //! Target: 3 no slower than the faster of 1 and 2.
 //!
@@ -88,13 +90,14 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
         d = dump_dir.display()
     );
 
-    let (mut t_plain, mut t_parallel, mut t_full) = (vec![], vec![], vec![]);
+    let (mut t_plain, mut t_parallel, mut t_full, mut t_split) = (vec![], vec![], vec![], vec![]);
+    let mut split_steps: Vec<(String, Vec<f64>)> = Vec::new();
     let mut per_step: Vec<(String, Vec<f64>)> = Vec::new();
     let mut tables: Vec<TableFigures> = Vec::new();
     for round in 0..rounds {
-        for turn in 0..3 {
+        for turn in 0..4 {
             let _ = timed(Command::new("sync"));
-            match (round + turn) % 3 {
+            match (round + turn) % 4 {
                 0 => {
                     fresh_db(b)?;
                     t_plain.push(timed(shell(b, &plain)?)?.elapsed);
@@ -102,6 +105,23 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
                 1 => {
                     fresh_db(b)?;
                     t_parallel.push(timed(shell(b, &parallel)?)?.elapsed);
+                }
+                3 => {
+                    // The same, with the large table split into ranges of 128 MiB.
+                    let name = format!("s{round}");
+                    let split = [
+                        "--target",
+                        "bench-split",
+                        "--strategy",
+                        "full-load",
+                        "--engine-version",
+                        &engine,
+                        "--split-tables-larger-than",
+                        "128MiB",
+                    ];
+                    let (elapsed, _) = b.timed_start(&name, &split, &mut split_steps)?;
+                    t_split.push(elapsed);
+                    b.json(&["migrate", "abort", &name])?;
                 }
                 _ => {
                     let name = format!("r{round}");
@@ -146,7 +166,12 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
     }
 
     let secs = |d: Duration| d.as_secs_f64();
-    let (plain_m, parallel_m, full_m) = (median(t_plain), median(t_parallel), median(t_full));
+    let (plain_m, parallel_m, full_m, split_m) = (
+        median(t_plain),
+        median(t_parallel),
+        median(t_full),
+        median(t_split),
+    );
     let best = plain_m.min(parallel_m);
     let med = |xs: &[f64]| {
         let mut v = xs.to_vec();
@@ -174,7 +199,16 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
         secs(full_m) / secs(best),
         (secs(full_m) - create) / secs(best)
     );
-    println!("    by step:");
+    let split_copy = split_steps
+        .iter()
+        .find(|(s, _)| s == "initial_copy")
+        .map_or(0.0, |(_, t)| med(t));
+    println!(
+        "  the same, --split-tables-larger-than 128MiB {:>7.2} s = {:.2}x the faster (initial_copy {split_copy:.2} s)",
+        secs(split_m),
+        secs(split_m) / secs(best),
+    );
+    println!("    by step (without splitting):");
     for (step, times) in &per_step {
         println!("      {step:<22} {:>7.2} s", med(times));
     }
@@ -203,6 +237,7 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
             "bench": "fullload", "scale": scale, "engine_version": version, "db_mib": db_mib,
             "plain_s": secs(plain_m), "parallel_s": secs(parallel_m), "full_load_s": secs(full_m),
             "ratio_to_best": secs(full_m) / secs(best),
+            "split_s": secs(split_m), "split_ratio_to_best": secs(split_m) / secs(best),
             "steps": per_step.iter().map(|(s, t)| (s.clone(), med(t))).collect::<std::collections::BTreeMap<_, _>>(),
         })
     );

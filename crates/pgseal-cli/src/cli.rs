@@ -444,8 +444,9 @@ pub struct MigrationArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: Option<u32>,
     /// Full load: a table larger than this (its size by the source's statistics, e.g.
-    /// 256MiB) is copied in ranges of pages of about this size by several workers at once;
-    /// 0 never splits [default: 128MiB]
+    /// 256MiB) is copied in ranges of pages of about this size by several workers at once.
+    /// Worth it when one table dominates and cores are to spare; a table copied whole is
+    /// written without WAL on the loading target, ranges are not [default: 0, never]
     #[arg(long, value_name = "SIZE", value_parser = parse_storage)]
     pub split_tables_larger_than: Option<u64>,
     /// Accepted for scripts written for earlier versions: roles' passwords (their SCRAM

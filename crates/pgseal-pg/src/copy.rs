@@ -34,6 +34,16 @@ impl CopyFormat {
             CopyFormat::Binary => " (FORMAT binary)",
         }
     }
+
+    /// The target's options: with `freeze`, rows are written frozen (PostgreSQL allows it
+    /// only into a table created or truncated in the same transaction).
+    fn target_option(self, freeze: bool) -> &'static str {
+        match (self, freeze) {
+            (format, false) => format.option(),
+            (CopyFormat::Text, true) => " (FREEZE)",
+            (CopyFormat::Binary, true) => " (FORMAT binary, FREEZE)",
+        }
+    }
 }
 
 /// What a copy moved.
@@ -64,6 +74,9 @@ pub struct CopySpec<'a> {
     pub pages: Option<Pages>,
     /// How the rows travel.
     pub format: CopyFormat,
+    /// `COPY ... FREEZE` on the target: the caller truncated (or created) the table in the
+    /// transaction the copy runs in.
+    pub freeze: bool,
 }
 
 /// The table `schema.table` (unquoted names, quoted here) and its `columns` in that
@@ -123,6 +136,7 @@ pub async fn copy_table(
         columns,
         pages: None,
         format,
+        freeze: false,
     };
     copy(from, to, &spec, None).await
 }
@@ -135,14 +149,18 @@ pub async fn copy(
     spec: &CopySpec<'_>,
     seen: Option<&AtomicU64>,
 ) -> Result<Copied, tokio_postgres::Error> {
-    let with = spec.format.option();
     let rows_out = from
-        .copy_out(&format!("COPY {} TO STDOUT{with}", source_of(spec)))
+        .copy_out(&format!(
+            "COPY {} TO STDOUT{}",
+            source_of(spec),
+            spec.format.option()
+        ))
         .await?;
     let sink = to
         .copy_in(&format!(
-            "COPY {} FROM STDIN{with}",
-            target_of(spec.schema, spec.table, spec.columns)
+            "COPY {} FROM STDIN{}",
+            target_of(spec.schema, spec.table, spec.columns),
+            spec.format.target_option(spec.freeze)
         ))
         .await?;
     futures_util::pin_mut!(rows_out);
@@ -183,7 +201,14 @@ mod tests {
             columns: &columns,
             pages: Some((10, Some(20))),
             format: CopyFormat::Binary,
+            freeze: true,
         };
+        assert_eq!(
+            spec.format.target_option(spec.freeze),
+            " (FORMAT binary, FREEZE)"
+        );
+        assert_eq!(CopyFormat::Text.target_option(true), " (FREEZE)");
+        assert_eq!(CopyFormat::Text.target_option(false), "");
         assert_eq!(
             source_of(&spec),
             "(SELECT \"id\", \"Note \"\"x\"\"\" FROM ONLY \"Sales Dept\".\"t.1\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid)"

@@ -40,9 +40,10 @@ use crate::stream::Stream;
 /// How often the copy is reported.
 const COPY_REPORT: Duration = Duration::from_secs(1);
 
-/// The default size above which a table is split into ranges of about this size
-/// (`--split-tables-larger-than`).
-pub const DEFAULT_SPLIT_BYTES: u64 = 128 << 20;
+/// The default of `--split-tables-larger-than`: 0, no table is split. A table copied
+/// whole is emptied in its copy's transaction and so written without WAL on the loading
+/// target (bench/README.md measures both).
+pub const DEFAULT_SPLIT_BYTES: u64 = 0;
 
 /// Ranges per worker at most: a table is not cut finer than keeps every worker busy.
 const RANGES_PER_JOB: u64 = 4;
@@ -472,16 +473,39 @@ impl<P: Platform> Engine<'_, P> {
             run.states.lock().expect("not poisoned")[i]
                 .started
                 .get_or_insert_with(Instant::now);
+            // A table copied whole is emptied in the copy's own transaction: its rows are
+            // then written frozen, and on a target at wal_level=minimal (as the full load
+            // makes it) without WAL, its file synced at commit instead. Ranges of one
+            // table copy side by side, so they cannot.
+            let whole_table = pages.is_none();
             let spec = CopySpec {
                 schema: &table.schema_name,
                 table: &table.table_name,
                 columns: &table.columns,
                 pages,
                 format: table.format,
+                freeze: whole_table,
             };
+            let what = || format!("copying {}", table.table);
+            if whole_table {
+                target
+                    .batch_execute(&format!(
+                        "BEGIN; TRUNCATE ONLY {}.{}",
+                        quote_ident(&table.schema_name),
+                        quote_ident(&table.table_name)
+                    ))
+                    .await
+                    .map_err(sql("target", what()))?;
+            }
             let copied = pgseal_pg::copy::copy(&source, &target, &spec, Some(&run.seen[i]))
                 .await
-                .map_err(sql("source or target", format!("copying {}", table.table)))?;
+                .map_err(sql("source or target", what()))?;
+            if whole_table {
+                target
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(sql("target", what()))?;
+            }
             let whole = {
                 let mut states = run.states.lock().expect("not poisoned");
                 let s = &mut states[i];

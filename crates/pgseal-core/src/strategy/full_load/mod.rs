@@ -276,15 +276,17 @@ impl<P: Platform> Engine<'_, P> {
             )
             .await
             .map_err(sql("source", "reading replication limits"))?;
-        let (max_slots, max_senders, source_bytes): (i64, i64, i64) =
-            (row.get(0), row.get(1), row.get(2));
+        let (max_slots, source_bytes): (i64, i64) = (row.get(0), row.get(2));
         // One apply worker per stream (pgseal copies the tables itself), and room for the
         // reverse replication's own slots and senders at cutover.
         let workers = streams + 2;
         let params: BTreeMap<String, String> = [
-            ("wal_level", "logical".to_string()),
+            // While it loads, nothing replicates out of the target: a table copied or an
+            // index built in the transaction that made (or emptied) it writes no WAL at
+            // `minimal`. Post-data sets `logical` (rollback replicates back out of it).
+            ("wal_level", "minimal".to_string()),
             ("max_replication_slots", max_slots.max(10).to_string()),
-            ("max_wal_senders", max_senders.max(10).to_string()),
+            ("max_wal_senders", "0".to_string()),
             ("max_logical_replication_workers", workers.to_string()),
             ("max_worker_processes", (workers + 8).to_string()),
             // Fewer checkpoints (and full-page images) while the tables load, as the
@@ -657,15 +659,48 @@ impl<P: Platform> Engine<'_, P> {
             ))
         })?;
         let entries: u64 = done.iter().filter_map(|d| d["entries"].as_u64()).sum();
+        let restarted = self.target_replicates_out().await?;
         Ok((
             json!({
                 "databases": done,
                 "carried": carried.iter().map(pgseal_pg::globals::Difference::summary).collect::<Vec<_>>(),
+                "target_restarted_for_wal_level": restarted,
             }),
             format!(
-                "{entries} index(es), constraint(s), trigger(s) and other post-data entries built; DDL on the source carried from here on"
+                "{entries} index(es), constraint(s), trigger(s) and other post-data entries built; DDL on the source carried from here on{}",
+                if restarted {
+                    "; the target restarted at wal_level=logical"
+                } else {
+                    ""
+                }
             ),
         ))
+    }
+
+    /// The target set to `wal_level=logical` with the source's sender limit (at least
+    /// 10), restarted if it was loading at `minimal`: a rollback replicates back out of it.
+    /// Returns whether it restarted.
+    async fn target_replicates_out(&self) -> Result<bool, EngineError> {
+        let senders: i64 = self
+            .source()
+            .await?
+            .query_one("SELECT current_setting('max_wal_senders')::bigint", &[])
+            .await
+            .map_err(sql("source", "reading max_wal_senders"))?
+            .get(0);
+        let params: BTreeMap<String, String> = [
+            ("wal_level".to_string(), "logical".to_string()),
+            ("max_wal_senders".to_string(), senders.max(10).to_string()),
+        ]
+        .into();
+        let changed = self
+            .platform
+            .set_params(&self.spec.target, &params, true)
+            .await
+            .map_err(platform_error(
+                "setting wal_level=logical on the target once it is loaded",
+            ))?;
+        Ok(changed.restarted)
     }
 
     /// Full load 9's extra condition: every stream's lag under
