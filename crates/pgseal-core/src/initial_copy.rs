@@ -10,8 +10,9 @@ use tokio_postgres::Client;
 /// The journal's fact for a copy's plan: `{database, consistent_point, tables: [{table,
 /// source_bytes, rows, ranges, format}]}`, recorded once its slot is made.
 pub const FACT_PLAN: &str = "copy_plan";
-/// The journal's fact for a table copied whole, its keys built: `{database,
-/// consistent_point, table, rows, bytes, seconds, keys_seconds}`.
+/// The journal's fact for tables copied whole, their keys built (a batch of them, as they
+/// finished): `{database, consistent_point, tables: [{table, rows, bytes, seconds,
+/// keys_seconds}]}`.
 pub const FACT_TABLE: &str = "copy_table";
 /// The journal's fact for a database's copy done: `{database, consistent_point, tables,
 /// rows, bytes, seconds, workers, keys}`.
@@ -129,7 +130,8 @@ pub fn progress(
         .filter(|(kind, _, body)| {
             kind == FACT_TABLE && body["database"] == database && body["consistent_point"] == *point
         })
-        .filter_map(|(_, _, body)| body["table"].as_str().map(|t| (t, body)))
+        .flat_map(|(_, _, body)| body["tables"].as_array().into_iter().flatten())
+        .filter_map(|t| t["table"].as_str().map(|name| (name, t)))
         .collect();
     latest.plan["tables"]
         .as_array()
@@ -188,7 +190,7 @@ mod tests {
             // Of the first, interrupted copy: not of the latest.
             fact(
                 FACT_TABLE,
-                json!({"database": "app", "consistent_point": "0/1", "table": "public.big", "rows": 7, "bytes": 70}),
+                json!({"database": "app", "consistent_point": "0/1", "tables": [{"table": "public.big", "rows": 7, "bytes": 70}]}),
             ),
             fact(
                 FACT_PLAN,
@@ -197,7 +199,7 @@ mod tests {
             plan("0/2"),
             fact(
                 FACT_TABLE,
-                json!({"database": "app", "consistent_point": "0/2", "table": "public.small", "rows": 3, "bytes": 30}),
+                json!({"database": "app", "consistent_point": "0/2", "tables": [{"table": "public.small", "rows": 3, "bytes": 30}]}),
             ),
         ];
         let now: HashMap<String, (i64, i64)> = [("public.big".to_string(), (5, 50))].into();

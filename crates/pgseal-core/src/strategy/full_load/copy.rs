@@ -48,7 +48,7 @@ pub const DEFAULT_SPLIT_BYTES: u64 = 0;
 /// Ranges per worker at most: a table is not cut finer than keeps every worker busy.
 const RANGES_PER_JOB: u64 = 4;
 
-/// The journal's fact kinds for the copy (see [`initial_copy::from_facts`]).
+/// The journal's fact kinds for the copy (see [`initial_copy::progress`]).
 pub(crate) const FACT_PLAN: &str = initial_copy::FACT_PLAN;
 const FACT_TABLE: &str = initial_copy::FACT_TABLE;
 const FACT_DONE: &str = initial_copy::FACT_DONE;
@@ -101,6 +101,8 @@ struct CopyRun<'a> {
     states: Mutex<Vec<TableState>>,
     /// Bytes seen so far per table, while its ranges copy.
     seen: Vec<AtomicU64>,
+    /// Tables finished and not journaled yet.
+    finished: Mutex<Vec<serde_json::Value>>,
     maintenance_work_mem_mib: u64,
 }
 
@@ -228,6 +230,17 @@ fn maintenance_work_mem_mib(jobs: usize) -> u64 {
     (available_kib / 1024 / 4 / jobs.max(1) as u64).clamp(64, 1024)
 }
 
+/// Every commit of the copy's workers (made with `synchronous_commit = off`) flushed to
+/// the target's disk: a commit that waits for its WAL waits for all the WAL before it.
+async fn flush_target(target: &Client) -> Result<(), EngineError> {
+    target
+        .batch_execute(
+            "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT",
+        )
+        .await
+        .map_err(sql("target", "flushing the copy's commits"))
+}
+
 impl<P: Platform> Engine<'_, P> {
     /// The copy of `stream`'s database with `jobs` workers; `keys` are its tables' keys.
     /// Returns what was copied (the journal's step outputs for this database).
@@ -264,10 +277,30 @@ impl<P: Platform> Engine<'_, P> {
         let exported = self.create_exported_slot(stream).await?;
         let snapshot = exported.snapshot.clone();
         let jobs = jobs.max(1);
+        // Keys an earlier, interrupted copy built stay (emptying a table keeps them).
+        let built: std::collections::HashSet<(String, String, String)> = target
+            .query(
+                "SELECT n.nspname::text, c.relname::text, k.conname::text FROM pg_constraint k \
+                 JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE k.contype IN ('p', 'u', 'x')",
+                &[],
+            )
+            .await
+            .map_err(sql("target", "listing the keys built"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
         for t in &mut tables {
             t.keys = keys
                 .iter()
-                .filter(|k| k.table == t.table)
+                .filter(|k| {
+                    k.table == t.table
+                        && !built.contains(&(
+                            k.schema_name.clone(),
+                            k.table_name.clone(),
+                            k.constraint.clone(),
+                        ))
+                })
                 .cloned()
                 .collect();
             t.ranges = ranges(t.pages, t.source_bytes, split_bytes, jobs);
@@ -304,6 +337,7 @@ impl<P: Platform> Engine<'_, P> {
             ),
             states: Mutex::new(tables.iter().map(|_| TableState::default()).collect()),
             seen: tables.iter().map(|_| AtomicU64::new(0)).collect(),
+            finished: Mutex::new(Vec::new()),
             tables,
             maintenance_work_mem_mib: maintenance_work_mem_mib(jobs),
         };
@@ -327,10 +361,17 @@ impl<P: Platform> Engine<'_, P> {
                         reported_once = true;
                         failpoint_at("initial_copy:copying");
                     }
+                    if self.journal_finished(&run)? {
+                        failpoint_at("initial_copy:table_copied");
+                    }
                 }
             }
         }
         (self.observer)(&Event::Copy(run.progress()));
+        if self.journal_finished(&run)? {
+            failpoint_at("initial_copy:table_copied");
+        }
+        flush_target(&target).await?;
         let seconds = started.elapsed().as_secs_f64();
         // The copy is whole: the snapshot is not needed any more.
         exported.release().await.map_err(|e| {
@@ -367,6 +408,26 @@ impl<P: Platform> Engine<'_, P> {
         });
         self.journal.add_fact(&self.spec.name, FACT_DONE, &done)?;
         Ok(done)
+    }
+
+    /// The tables `run` finished since the last call, journaled in one fact; returns
+    /// whether there were any.
+    fn journal_finished(&self, run: &CopyRun<'_>) -> Result<bool, EngineError> {
+        let finished: Vec<serde_json::Value> =
+            std::mem::take(&mut *run.finished.lock().expect("not poisoned"));
+        if finished.is_empty() {
+            return Ok(false);
+        }
+        self.journal.add_fact(
+            &self.spec.name,
+            FACT_TABLE,
+            &json!({
+                "database": run.database,
+                "consistent_point": run.consistent_point.to_string(),
+                "tables": finished,
+            }),
+        )?;
+        Ok(true)
     }
 
     /// Whether a copy of `database` was begun before, and the `copy_done` fact of the
@@ -461,13 +522,15 @@ impl<P: Platform> Engine<'_, P> {
             .await
             .map_err(sql("source", "reading under the slot's snapshot"))?;
         let target = self.target_db(run.database).await?;
+        // Commits do not wait for their WAL to reach the disk: the copy flushes it once,
+        // before it journals the database copied (`flush_target`).
         target
             .batch_execute(&format!(
-                "SET maintenance_work_mem = '{}MB'",
+                "SET maintenance_work_mem = '{}MB'; SET synchronous_commit = off",
                 run.maintenance_work_mem_mib
             ))
             .await
-            .map_err(sql("target", "setting maintenance_work_mem"))?;
+            .map_err(sql("target", "setting the copy's session"))?;
         while let Some((i, pages)) = run.next() {
             let table = &run.tables[i];
             run.states.lock().expect("not poisoned")[i]
@@ -487,6 +550,10 @@ impl<P: Platform> Engine<'_, P> {
                 freeze: whole_table,
             };
             let what = || format!("copying {}", table.table);
+            // Its keys, in the copy's own transaction for a table copied whole (built on
+            // a table made in that transaction, they write no WAL either), else in one of
+            // their own once the last range is in.
+            let keys: String = table.keys.iter().map(|k| format!("{};\n", k.sql)).collect();
             if whole_table {
                 target
                     .batch_execute(&format!(
@@ -500,12 +567,6 @@ impl<P: Platform> Engine<'_, P> {
             let copied = pgseal_pg::copy::copy(&source, &target, &spec, Some(&run.seen[i]))
                 .await
                 .map_err(sql("source or target", what()))?;
-            if whole_table {
-                target
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(sql("target", what()))?;
-            }
             let whole = {
                 let mut states = run.states.lock().expect("not poisoned");
                 let s = &mut states[i];
@@ -523,9 +584,18 @@ impl<P: Platform> Engine<'_, P> {
                 continue;
             }
             let keys_started = Instant::now();
-            let keys: Vec<&TableKey> = table.keys.iter().collect();
-            if !keys.is_empty() {
-                self.build_keys(&target, &keys).await?;
+            let building = if whole_table {
+                format!("{keys}COMMIT")
+            } else if keys.is_empty() {
+                String::new()
+            } else {
+                format!("BEGIN; {keys}COMMIT")
+            };
+            if !building.is_empty() {
+                target.batch_execute(&building).await.map_err(sql(
+                    "target",
+                    format!("building the keys of {}", table.table),
+                ))?;
             }
             let (rows, bytes, seconds) = {
                 let mut states = run.states.lock().expect("not poisoned");
@@ -534,18 +604,13 @@ impl<P: Platform> Engine<'_, P> {
                 s.keys_seconds = Some(keys_started.elapsed().as_secs_f64());
                 (s.rows, s.bytes, s.copy_seconds.unwrap_or_default())
             };
-            self.journal.add_fact(
-                &self.spec.name,
-                FACT_TABLE,
-                &json!({
-                    "database": run.database,
-                    "consistent_point": run.consistent_point.to_string(),
-                    "table": table.table, "rows": rows, "bytes": bytes,
-                    "seconds": seconds,
-                    "keys_seconds": keys_started.elapsed().as_secs_f64(),
-                }),
-            )?;
-            failpoint_at("initial_copy:table_copied");
+            // Journaled by the reporter, a batch at a time: a journal write waits for the
+            // disk, and one per table would hold every worker up with many small tables.
+            run.finished.lock().expect("not poisoned").push(json!({
+                "table": table.table, "rows": rows, "bytes": bytes,
+                "seconds": seconds,
+                "keys_seconds": keys_started.elapsed().as_secs_f64(),
+            }));
         }
         source
             .batch_execute("COMMIT")

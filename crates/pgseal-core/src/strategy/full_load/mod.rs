@@ -466,23 +466,30 @@ impl<P: Platform> Engine<'_, P> {
         post: &PostData,
     ) -> Result<usize, EngineError> {
         let source = self.source_db(database).await?;
-        let mut missing = Vec::new();
-        for (line, entry) in &post.entries {
-            let identity = entry
-                .identity_on(&source)
-                .await
-                .map_err(sql("source", "naming a schema object"))?;
-            let built = match &identity {
-                Some(identity) => identity
-                    .exists_on(target)
-                    .await
-                    .map_err(sql("target", "checking built objects"))?,
-                None => false,
-            };
-            if !built {
-                missing.push(line.clone());
+        // Every entry's questions at once, pipelined on each session: with thousands of
+        // tables, one round trip after another was most of this step.
+        let identities = futures_util::future::try_join_all(
+            post.entries
+                .iter()
+                .map(|(_, entry)| entry.identity_on(&source)),
+        )
+        .await
+        .map_err(sql("source", "naming a schema object"))?;
+        let built = futures_util::future::try_join_all(identities.iter().map(|identity| async {
+            match identity {
+                Some(identity) => identity.exists_on(target).await,
+                None => Ok(false),
             }
-        }
+        }))
+        .await
+        .map_err(sql("target", "checking built objects"))?;
+        let missing: Vec<String> = post
+            .entries
+            .iter()
+            .zip(built)
+            .filter(|(_, built)| !built)
+            .map(|((line, _), _)| line.clone())
+            .collect();
         if missing.is_empty() {
             return Ok(0);
         }
@@ -509,37 +516,6 @@ impl<P: Platform> Engine<'_, P> {
         text.extend(sql);
         self.psql(database, text).await?;
         Ok(missing.len())
-    }
-
-    /// Builds the keys in `keys` that the target lacks, in one transaction; returns how
-    /// many were built.
-    async fn build_keys(&self, target: &Client, keys: &[&TableKey]) -> Result<usize, EngineError> {
-        // `maintenance_work_mem` is the session's: the copy sized it for its workers.
-        let mut sql = String::from("BEGIN; ");
-        let mut built = 0;
-        for k in keys {
-            let exists: bool = target
-                .query_one(
-                    CONSTRAINT_EXISTS,
-                    &[&k.schema_name, &k.table_name, &k.constraint],
-                )
-                .await
-                .map_err(crate::error::sql("target", "checking a key"))?
-                .get(0);
-            if !exists {
-                sql.push_str(&k.sql);
-                sql.push_str(";\n");
-                built += 1;
-            }
-        }
-        if built > 0 {
-            sql.push_str("COMMIT;");
-            target.batch_execute(&sql).await.map_err(crate::error::sql(
-                "target",
-                format!("building the keys of {}", keys[0].table),
-            ))?;
-        }
-        Ok(built)
     }
 
     /// Full load 5: the subscription is recorded before it is made, so that abort drops
