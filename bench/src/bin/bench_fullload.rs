@@ -7,9 +7,12 @@
 //!    encrypted target created, roles and schema copied, the parallel copy under the
 //!    slot's snapshot, post-data), split by step, with rows/s and MiB/s per table from the
 //!    journal;
-//! 4. the same with `--split-tables-larger-than 128MiB` (the large table in ranges).
+//! 4. the same with `--split-tables-larger-than 128MiB` (the large table in ranges);
+//! 5. once more, with `pgbench -R 100` (TPC-B at 100 tx/s) writing on the source the whole
+//!    time: the source's peak WAL held by the migration's slot, and how long after the copy
+//!    ended the stream was caught up (under 256 KiB behind), with pgbench's own counts.
 //!
-//! Target: 3 no slower than the faster of 1 and 2.
+//! Target (issue 35): 3 at most 0.8× the faster of 1 and 2; 5 caught up within 10 s.
 //!
 //! Usage: `bench-fullload [SCALE] [ROUNDS] [ENGINE_VERSION]` (default 50, 3, 17), as root,
 //! from the workspace root. Run `bench/fullload`.
@@ -165,6 +168,8 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
         }
     }
 
+    let writes = under_writes(b, &engine)?;
+
     let secs = |d: Duration| d.as_secs_f64();
     let (plain_m, parallel_m, full_m, split_m) = (
         median(t_plain),
@@ -238,8 +243,120 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
             "plain_s": secs(plain_m), "parallel_s": secs(parallel_m), "full_load_s": secs(full_m),
             "ratio_to_best": secs(full_m) / secs(best),
             "split_s": secs(split_m), "split_ratio_to_best": secs(split_m) / secs(best),
+            "under_writes": writes,
             "steps": per_step.iter().map(|(s, t)| (s.clone(), med(t))).collect::<std::collections::BTreeMap<_, _>>(),
         })
     );
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch, as the journal records its steps.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A full load with pgbench TPC-B writing on the source at 100 tx/s throughout: the peak
+/// WAL the migration's slots hold on the source (sampled every 250 ms), and the seconds
+/// from the end of the copy until the stream is under 256 KiB behind.
+fn under_writes(b: &Harness, engine: &str) -> anyhow::Result<serde_json::Value> {
+    let mut pgbench = b.program("pgbench");
+    pgbench
+        .args(["-n", "-R", "100", "-T", "3600", "-c", "2", "-j", "1"])
+        .args(b.conn("bench-src")?)
+        .arg("postgres")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let pgbench = pgbench.spawn().context("starting pgbench")?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        let conn = b.conn("bench-src")?;
+        let psql = b.program("psql").get_program().to_owned();
+        std::thread::spawn(move || {
+            let mut peak = 0i64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new(&psql)
+                    .args(&conn)
+                    .args([
+                        "-d",
+                        "postgres",
+                        "-Atc",
+                        "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), 0)::bigint \
+                         FROM pg_replication_slots WHERE slot_name LIKE 'pgseal%'",
+                    ])
+                    .output();
+                if let Ok(out) = out
+                    && let Ok(v) = String::from_utf8_lossy(&out.stdout).trim().parse::<i64>()
+                {
+                    peak = peak.max(v);
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            peak
+        })
+    };
+    let mut steps = Vec::new();
+    let full_load = [
+        "--target",
+        "bench-writes",
+        "--strategy",
+        "full-load",
+        "--engine-version",
+        engine,
+    ];
+    let started = b.timed_start("w0", &full_load, &mut steps);
+    let caught_up_ms = started.as_ref().ok().map(|_| loop {
+        let lag: i64 = b
+            .psql(
+                "bench-src",
+                "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)), 0)::bigint \
+                 FROM pg_replication_slots WHERE slot_name LIKE 'pgseal%'",
+            )
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(i64::MAX);
+        if lag < 256 << 10 {
+            break now_ms();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or(0);
+    let _ = Command::new("kill")
+        .args(["-INT", &pgbench.id().to_string()])
+        .status();
+    let out = pgbench.wait_with_output()?;
+    let (elapsed, status) = started?;
+    b.json(&["migrate", "abort", "w0"])?;
+    let copy_end = status["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["step"] == "initial_copy")
+        .filter_map(|r| r["finished_ms"].as_i64())
+        .next_back()
+        .unwrap_or(0);
+    let caught_up_s = caught_up_ms.map(|ms| (ms - copy_end) as f64 / 1000.0);
+    let report = String::from_utf8_lossy(&out.stdout);
+    let counted = |label: &str| {
+        report
+            .lines()
+            .find(|l| l.contains(label))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "  under pgbench at 100 tx/s: full load {:.2} s, the slot held at most {:.1} MiB of WAL, caught up {} after the copy ended; pgbench: {}; {}",
+        elapsed.as_secs_f64(),
+        peak as f64 / 1048576.0,
+        caught_up_s.map_or("never".to_string(), |s| format!("{s:.2} s")),
+        counted("number of transactions actually processed"),
+        counted("number of failed transactions"),
+    );
+    Ok(serde_json::json!({
+        "full_load_s": elapsed.as_secs_f64(), "peak_slot_wal_bytes": peak,
+        "caught_up_after_copy_s": caught_up_s,
+    }))
 }

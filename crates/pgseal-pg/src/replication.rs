@@ -394,67 +394,6 @@ pub async fn drop_subscription(client: &Client, name: &str) -> Result<bool, toki
     Ok(true)
 }
 
-/// One table of a subscription as its initial copy sees it (`pg_subscription_rel`, and
-/// `pg_stat_progress_copy` while its tablesync worker copies).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TableSync {
-    /// `schema.table`.
-    pub table: String,
-    /// `init`, `data` (copying), `finishedcopy`, `syncdone`, `ready` (applied by the
-    /// main apply worker from here on) or `unknown`.
-    pub state: String,
-    /// Rows copied so far, while copying.
-    pub rows: Option<i64>,
-    /// Bytes of COPY data received so far, while copying.
-    pub bytes: Option<i64>,
-}
-
-impl TableSync {
-    /// True once the main apply worker applies this table's changes.
-    pub fn ready(&self) -> bool {
-        self.state == "ready"
-    }
-}
-
-/// The tables of subscription `name` (in the connected database) and their sync states.
-pub async fn table_syncs(
-    client: &Client,
-    name: &str,
-) -> Result<Vec<TableSync>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT format('%s.%s', n.nspname, c.relname), sr.srsubstate::text, \
-                    p.tuples_processed, p.bytes_processed \
-             FROM pg_subscription s \
-             JOIN pg_subscription_rel sr ON sr.srsubid = s.oid \
-             JOIN pg_class c ON c.oid = sr.srrelid \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             LEFT JOIN pg_stat_progress_copy p ON p.relid = sr.srrelid AND p.datid = s.subdbid \
-             WHERE s.subname = $1 \
-               AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-             ORDER BY 1",
-            &[&name],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| TableSync {
-            table: r.get(0),
-            state: match r.get::<_, String>(1).as_str() {
-                "i" => "init",
-                "d" => "data",
-                "f" => "finishedcopy",
-                "s" => "syncdone",
-                "r" => "ready",
-                _ => "unknown",
-            }
-            .to_string(),
-            rows: r.get(2),
-            bytes: r.get(3),
-        })
-        .collect())
-}
-
 /// The publisher's WAL insert position: past every commit already visible, including
 /// asynchronous ones (`synchronous_commit = off`) whose records are still in WAL buffers,
 /// beyond the write position `pg_current_wal_lsn()` returns.
