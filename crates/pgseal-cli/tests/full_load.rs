@@ -128,6 +128,22 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
             "copy done: {s}"
         );
     }
+    // The report has the copy's rate over time (pgbench's database has rows to copy) and
+    // draws it.
+    let report = h.json(&["migrate", "report", "f1"]);
+    let rates = report["copy_rates"].as_array().unwrap();
+    assert!(
+        rates
+            .iter()
+            .any(|r| r[1] == "app" && r[2].as_f64().unwrap() > 0.0),
+        "{rates:?}"
+    );
+    let out = h.ok(&["migrate", "report", "f1"]);
+    let page = std::fs::read_to_string(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert!(
+        page.contains("Initial copy: COPY data per second"),
+        "the page draws the copy"
+    );
 
     // DDL on 15 replayed on 17, with the rows that depend on it.
     app.exec("ALTER TABLE notes ADD COLUMN stars int NOT NULL DEFAULT 3");

@@ -14,6 +14,9 @@ pub const FACT_PLAN: &str = "copy_plan";
 /// finished): `{database, consistent_point, tables: [{table, rows, bytes, seconds,
 /// keys_seconds}]}`.
 pub const FACT_TABLE: &str = "copy_table";
+/// The journal's fact for how far a copy had come, once a second while it runs and once
+/// at its end: `{database, consistent_point, bytes}` (`COPY` bytes so far).
+pub const FACT_PROGRESS: &str = "copy_progress";
 /// The journal's fact for a database's copy done: `{database, consistent_point, tables,
 /// rows, bytes, seconds, workers, keys}`.
 pub const FACT_DONE: &str = "copy_done";
@@ -85,6 +88,39 @@ pub fn latest_copy<'a>(
         plan: &facts[at].2,
         done,
     })
+}
+
+/// The rate of each database's latest copy over time, from the journal's `facts`: as
+/// `(at_ms, database, bytes_per_second)` between consecutive [`FACT_PROGRESS`] facts of
+/// the same copy (the report's plot of the copy).
+pub fn copy_rates(facts: &[(String, i64, serde_json::Value)]) -> Vec<(i64, String, f64)> {
+    let mut last: HashMap<String, (String, i64, f64)> = HashMap::new();
+    let mut rates = Vec::new();
+    for (kind, at_ms, body) in facts {
+        if kind != FACT_PROGRESS {
+            continue;
+        }
+        let (Some(database), Some(bytes)) = (body["database"].as_str(), body["bytes"].as_f64())
+        else {
+            continue;
+        };
+        let point = body["consistent_point"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Some((before_point, before_ms, before_bytes)) = last.get(database)
+            && *before_point == point
+            && *at_ms > *before_ms
+        {
+            rates.push((
+                *at_ms,
+                database.to_string(),
+                (bytes - before_bytes).max(0.0) * 1000.0 / (*at_ms - *before_ms) as f64,
+            ));
+        }
+        last.insert(database.to_string(), (point, *at_ms, bytes));
+    }
+    rates
 }
 
 /// The `COPY ... FROM` commands running on the target, by `schema.table`: rows and bytes
@@ -171,6 +207,34 @@ mod tests {
 
     fn fact(kind: &str, body: serde_json::Value) -> (String, i64, serde_json::Value) {
         (kind.to_string(), 0, body)
+    }
+
+    #[test]
+    fn copy_rates_are_the_slopes_between_one_copys_progress_facts() {
+        let progress = |at: i64, db: &str, point: &str, bytes: i64| {
+            (
+                FACT_PROGRESS.to_string(),
+                at,
+                json!({"database": db, "consistent_point": point, "bytes": bytes}),
+            )
+        };
+        let facts = vec![
+            progress(1_000, "app", "0/1", 0),
+            progress(2_000, "app", "0/1", 4_000),
+            // A new copy (started over): no slope across the two.
+            progress(3_000, "app", "0/2", 0),
+            progress(3_500, "other", "0/9", 0),
+            progress(3_500, "app", "0/2", 1_000),
+            progress(4_500, "other", "0/9", 10_000),
+        ];
+        assert_eq!(
+            copy_rates(&facts),
+            [
+                (2_000, "app".to_string(), 4_000.0),
+                (3_500, "app".to_string(), 2_000.0),
+                (4_500, "other".to_string(), 10_000.0),
+            ]
+        );
     }
 
     #[test]

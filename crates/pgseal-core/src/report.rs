@@ -152,6 +152,9 @@ pub struct MigrationReport {
     /// The apply rate between consecutive samples of each database, as
     /// `(at_ms, database, bytes_per_second)` (the slope of the slot's confirmed position).
     pub apply_rates: Vec<(i64, String, f64)>,
+    /// The full load's copy rate over time, as `(at_ms, database, bytes_per_second)` of
+    /// `COPY` data (empty for other strategies).
+    pub copy_rates: Vec<(i64, String, f64)>,
     /// When replication into the target began (the `enable` step's end), for the
     /// catch-up plot.
     pub replication_started_ms: Option<i64>,
@@ -328,6 +331,7 @@ pub fn gather(journal: &Journal, name: &str) -> Result<MigrationReport, crate::J
         generated_ms: crate::journal::now_ms(),
         steps: step_lines(&runs),
         apply_rates: crate::samples::apply_rates(&samples),
+        copy_rates: crate::initial_copy::copy_rates(&facts),
         samples,
         replication_started_ms: last_done(&runs, Step::Enable).and_then(|r| r.finished_ms),
         max_slot_retention: migration.spec.max_slot_retention,

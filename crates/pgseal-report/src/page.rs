@@ -99,6 +99,10 @@ pub fn render(report: &MigrationReport) -> Result<String, ReportError> {
             cutover.and_then(|c| c.client_wait_ms),
         )?,
     ];
+    // A full load's copy rate, when it copied.
+    if !report.copy_rates.is_empty() {
+        plots.push(plots::copy_rate(&report.copy_rates, origin)?);
+    }
     // A rollback's pause beside the cutover's, when there was one.
     if let Some(r) = &report.rollback {
         plots.push(plots::pause(

@@ -309,6 +309,25 @@ pub fn retention(
     )
 }
 
+/// The full load's copy rate (`COPY` bytes per second) per database over time, from
+/// `rates` as `(at_ms, database, bytes_per_second)`.
+pub fn copy_rate(rates: &[(i64, String, f64)], origin_ms: i64) -> Result<Plot, ReportError> {
+    let mut by_db: Vec<Series> = Vec::new();
+    for (at_ms, database, rate) in rates {
+        match by_db.iter_mut().find(|(db, _)| db == database) {
+            Some((_, points)) => points.push((*at_ms, *rate)),
+            None => by_db.push((database.clone(), vec![(*at_ms, *rate)])),
+        }
+    }
+    time_plot(
+        "Initial copy: COPY data per second, per database",
+        by_db,
+        origin_ms,
+        "the migration began",
+        None,
+    )
+}
+
 /// How long catch-up after the snapshot (or the initial copy) is shown at most.
 const CATCH_UP_WINDOW_MS: i64 = 15 * 60_000;
 

@@ -52,6 +52,7 @@ const RANGES_PER_JOB: u64 = 4;
 pub(crate) const FACT_PLAN: &str = initial_copy::FACT_PLAN;
 const FACT_TABLE: &str = initial_copy::FACT_TABLE;
 const FACT_DONE: &str = initial_copy::FACT_DONE;
+const FACT_PROGRESS: &str = initial_copy::FACT_PROGRESS;
 
 /// One published table as the copy plans it.
 #[derive(Debug, Clone)]
@@ -357,6 +358,7 @@ impl<P: Platform> Engine<'_, P> {
                 }
                 _ = report.tick() => {
                     (self.observer)(&Event::Copy(run.progress()));
+                    self.journal_progress(&run)?;
                     if !reported_once {
                         reported_once = true;
                         failpoint_at("initial_copy:copying");
@@ -368,6 +370,7 @@ impl<P: Platform> Engine<'_, P> {
             }
         }
         (self.observer)(&Event::Copy(run.progress()));
+        self.journal_progress(&run)?;
         if self.journal_finished(&run)? {
             failpoint_at("initial_copy:table_copied");
         }
@@ -408,6 +411,22 @@ impl<P: Platform> Engine<'_, P> {
         });
         self.journal.add_fact(&self.spec.name, FACT_DONE, &done)?;
         Ok(done)
+    }
+
+    /// How far `run` has come (`COPY` bytes so far), journaled for the report's plot of
+    /// the copy's rate.
+    fn journal_progress(&self, run: &CopyRun<'_>) -> Result<(), EngineError> {
+        let bytes: u64 = run.seen.iter().map(|b| b.load(Ordering::Relaxed)).sum();
+        self.journal.add_fact(
+            &self.spec.name,
+            FACT_PROGRESS,
+            &json!({
+                "database": run.database,
+                "consistent_point": run.consistent_point.to_string(),
+                "bytes": bytes,
+            }),
+        )?;
+        Ok(())
     }
 
     /// The tables `run` finished since the last call, journaled in one fact; returns
