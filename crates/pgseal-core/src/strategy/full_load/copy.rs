@@ -1,7 +1,10 @@
 //! The full load's copy of one database: every published table copied straight from the
 //! source to the target by `COPY`, under the snapshot the stream's slot exported when it
-//! was made, by several workers at once, largest table first, a large table split into
-//! ranges of pages, each table's keys built as soon as its last range is in.
+//! was made, by several workers at once, largest table first (a large table split into
+//! ranges of pages when `--split-tables-larger-than` asks for it), each table's keys built
+//! as soon as its last range is in. A table copied whole is emptied in its copy's own
+//! transaction, so on the target (at `wal_level = minimal` while it loads) it is written
+//! without WAL and frozen.
 //!
 //! Why nothing is lost or doubled (docs/migration.md): the slot is made here, on the
 //! replication protocol, with its snapshot exported. A commit before the slot's consistent
@@ -14,7 +17,8 @@
 //! A snapshot dies with the session that exported it: a copy that is interrupted cannot
 //! go on under it. Run again, the copy of that database starts over: the old slot is
 //! dropped, every published table emptied on the target, a new slot made. A database
-//! whose copy finished (a `copy_done` fact naming the slot, which still exists) is kept.
+//! whose copy finished (a `copy_done` fact after its latest `copy_plan`, and its slot
+//! still there) is kept.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
