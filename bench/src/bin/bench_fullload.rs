@@ -15,7 +15,9 @@
 //! Target (issue 35): 3 at most 0.8× the faster of 1 and 2; 5 caught up within 10 s.
 //!
 //! Usage: `bench-fullload [SCALE] [ROUNDS] [ENGINE_VERSION]` (default 50, 3, 17), as root,
-//! from the workspace root. Run `bench/fullload`.
+//! from the workspace root. Run `bench/fullload`. `BENCH_FULLLOAD_TABLES=N` adds N small
+//! tables (a key and 100 rows each) to the source's database besides pgbench's, for the
+//! cost a table pays (e.g. `BENCH_FULLLOAD_TABLES=2000 bench/fullload 1 2`).
 
 use std::process::Command;
 use std::time::Duration;
@@ -56,7 +58,29 @@ struct TableFigures {
 fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<()> {
     let storage = format!("{}MiB", 2048 + scale * 60);
     let engine = version.to_string();
-    let db_mib = b.pgbench_source(&storage, scale)?;
+    let mut db_mib = b.pgbench_source(&storage, scale)?;
+    let extra_tables: u32 = std::env::var("BENCH_FULLLOAD_TABLES")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()
+        .context("BENCH_FULLLOAD_TABLES is a number")?
+        .unwrap_or(0);
+    if extra_tables > 0 {
+        b.psql(
+            "bench-src",
+            &format!(
+                "DO $$ BEGIN FOR i IN 1..{extra_tables} LOOP \
+                   EXECUTE format('CREATE TABLE small_%s (id int PRIMARY KEY, v text)', i); \
+                   EXECUTE format('INSERT INTO small_%s SELECT g, md5(g::text) FROM generate_series(1, 100) g', i); \
+                 END LOOP; END $$"
+            ),
+        )?;
+        b.psql("bench-src", "VACUUM ANALYZE")?;
+        db_mib = b
+            .psql("bench-src", "SELECT pg_database_size('postgres') >> 20")?
+            .parse()?;
+        println!("  the source also has {extra_tables} tables of 100 rows");
+    }
     b.json(&[
         "instance",
         "create",
@@ -217,14 +241,18 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
     for (step, times) in &per_step {
         println!("      {step:<22} {:>7.2} s", med(times));
     }
-    println!("    initial copy by table (copy until ready, then its keys):");
+    println!("    initial copy by table (copy until ready, then its keys; the 8 largest):");
+    tables.sort_by(|a, b| b.bytes.total_cmp(&a.bytes));
+    if tables.len() > 8 {
+        println!("      ({} tables in all)", tables.len());
+    }
     for TableFigures {
         table,
         seconds: times,
         rows,
         bytes,
         key_seconds: key_times,
-    } in &tables
+    } in tables.iter().take(8)
     {
         let s = med(times).max(0.001);
         println!(
