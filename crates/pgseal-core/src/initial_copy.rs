@@ -74,15 +74,13 @@ pub fn latest_copy<'a>(
     facts: &'a [(String, i64, serde_json::Value)],
     database: &str,
 ) -> Option<LatestCopy<'a>> {
-    let of_db = |kind: &str, body: &serde_json::Value| {
-        body["database"] == database && (kind == FACT_PLAN || kind == FACT_DONE)
+    let is = |(kind, _, body): &(String, i64, serde_json::Value), wanted: &str| {
+        kind == wanted && body["database"] == database
     };
-    let at = facts
-        .iter()
-        .rposition(|(kind, _, body)| kind == FACT_PLAN && of_db(kind, body))?;
+    let at = facts.iter().rposition(|fact| is(fact, FACT_PLAN))?;
     let done = facts[at..]
         .iter()
-        .find(|(kind, _, body)| kind == FACT_DONE && of_db(kind, body))
+        .find(|fact| is(fact, FACT_DONE))
         .map(|(_, _, body)| body);
     Some(LatestCopy {
         plan: &facts[at].2,

@@ -28,6 +28,14 @@ pub enum CopyFormat {
 }
 
 impl CopyFormat {
+    /// `text` or `binary`, as `COPY`'s `FORMAT` option names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyFormat::Text => "text",
+            CopyFormat::Binary => "binary",
+        }
+    }
+
     fn option(self) -> &'static str {
         match self {
             CopyFormat::Text => "",

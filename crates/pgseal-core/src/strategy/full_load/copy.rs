@@ -156,12 +156,7 @@ async fn plan(source: &Client, publication: &str) -> Result<Vec<TablePlan>, toki
     let rows = source
         .query(
             "SELECT format('%s.%s', n.nspname, c.relname), n.nspname::text, c.relname::text, \
-                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) \
-                              FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
-                                AND NOT a.attisdropped AND a.attgenerated = ''), '{}'), \
-                    coalesce((SELECT bool_and(a.atttypid < 16384) \
-                              FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
-                                AND NOT a.attisdropped AND a.attgenerated = ''), true), \
+                    coalesce(a.names, '{}'), coalesce(a.built_in, true), \
                     greatest(c.relpages, 0)::bigint, \
                     ((c.relpages::bigint + coalesce(t.relpages, 0)::bigint) \
                         * current_setting('block_size')::bigint), \
@@ -170,6 +165,11 @@ async fn plan(source: &Client, publication: &str) -> Result<Vec<TablePlan>, toki
              JOIN pg_namespace n ON n.nspname = p.schemaname \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
              LEFT JOIN pg_class t ON t.oid = c.reltoastrelid \
+             CROSS JOIN LATERAL ( \
+                 SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names, \
+                        bool_and(a.atttypid < 16384) AS built_in \
+                 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
+                   AND NOT a.attisdropped AND a.attgenerated = '') a \
              WHERE p.pubname = $1 ORDER BY 7 DESC, 1",
             &[&publication],
         )
@@ -316,7 +316,7 @@ impl<P: Platform> Engine<'_, P> {
                 json!({
                     "table": t.table, "source_bytes": t.source_bytes,
                     "rows": t.estimated_rows, "ranges": t.ranges.len(),
-                    "format": format!("{:?}", t.format).to_lowercase(),
+                    "format": t.format.as_str(),
                 })
             })
             .collect();
@@ -394,7 +394,7 @@ impl<P: Platform> Engine<'_, P> {
                     "database": database, "table": t.table, "rows": s.rows,
                     "bytes": s.bytes, "source_bytes": t.source_bytes,
                     "ranges": t.ranges.len(),
-                    "format": format!("{:?}", t.format).to_lowercase(),
+                    "format": t.format.as_str(),
                     "seconds": s.copy_seconds.unwrap_or_default(),
                     "keys_seconds": s.keys_seconds.unwrap_or_default(),
                 })

@@ -49,7 +49,7 @@ const BUILD_SETTINGS: &str = "SET LOCAL maintenance_work_mem = '1GB';\n";
 /// table twice as slow (docs/migration.md).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct TableKey {
-    /// `schema.table`, as `pg_subscription_rel` names it.
+    /// `schema.table`, as `pg_publication_tables` names it (unquoted).
     table: String,
     /// The schema and table, unquoted.
     schema_name: String,
