@@ -85,6 +85,7 @@ pub struct ExternalCommand {
     current_dir: Option<PathBuf>,
     run_as: RunAs,
     stdin: Option<Vec<u8>>,
+    die_with_parent: bool,
 }
 
 impl fmt::Debug for ExternalCommand {
@@ -134,6 +135,7 @@ impl ExternalCommand {
             current_dir: None,
             run_as: RunAs::CurrentUser,
             stdin: None,
+            die_with_parent: false,
         }
     }
 
@@ -176,6 +178,15 @@ impl ExternalCommand {
     /// Feeds these bytes to the child's stdin (otherwise stdin is empty).
     pub fn stdin_bytes(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Has the kernel kill the program (SIGKILL) when the thread that runs it, and so this
+    /// process, dies: for a one-off tool whose work must not go on behind a killed pgseal.
+    /// Never for a server or daemon the program starts. Holds for [`run`](Self::run) and
+    /// [`output`](Self::output), whose thread waits for the program.
+    pub fn die_with_parent(mut self) -> Self {
+        self.die_with_parent = true;
         self
     }
 
@@ -238,6 +249,16 @@ impl ExternalCommand {
     pub fn output(&self) -> Result<Output> {
         tracing::debug!(command = %self.display_command_line(), run_as = ?self.run_as, "running external program");
         let mut cmd = self.to_std_command();
+        if self.die_with_parent {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl(2) is async-signal-safe; the closure touches nothing else.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.stdin(if self.stdin.is_some() {
             Stdio::piped()
@@ -409,6 +430,66 @@ mod tests {
         let mut names: Vec<&str> = out.lines().filter_map(|l| l.split('=').next()).collect();
         names.sort();
         assert_eq!(names, ["LANG", "LC_ALL", "PATH", "PGSEAL_TEST_VAR"]);
+    }
+
+    /// Set for the helper process of the test below, to the file it writes its program's
+    /// pid into.
+    const DIE_HELPER_VAR: &str = "PGSEAL_EXEC_DIE_WITH_PARENT_PIDFILE";
+
+    /// In the helper process only (the test below runs this test binary again with
+    /// [`DIE_HELPER_VAR`] set): runs a long `sleep` that should die with it.
+    #[test]
+    fn die_with_parent_helper() {
+        if let Some(pidfile) = std::env::var_os(DIE_HELPER_VAR) {
+            let _ = ExternalCommand::new("sh")
+                .args(["-c", "echo $$ > \"$0\"; exec sleep 60"])
+                .arg(pidfile)
+                .die_with_parent()
+                .run();
+        }
+    }
+
+    #[test]
+    fn a_program_asked_to_die_with_its_parent_dies_when_it_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let mut helper = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::die_with_parent_helper",
+                "--test-threads=1",
+            ])
+            .env(DIE_HELPER_VAR, &pidfile)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                break nix::unistd::Pid::from_raw(pid);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the helper never started its program"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+        // The sleep is the helper's child: gone once the kernel's SIGKILL lands.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the program outlived the process that ran it"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]
