@@ -38,30 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use pgseal_bench::Harness;
-
-/// A small seeded generator (splitmix64): the same seed draws the same kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A duration drawn uniformly from `[0, upto)`.
-    fn within(&mut self, upto: Duration) -> Duration {
-        let ms = upto.as_millis().max(1) as u64;
-        Duration::from_millis(self.next() % ms)
-    }
-
-    /// A number drawn uniformly from `[0, n)`.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use pgseal_testkit::SeededRng;
 
 /// The faults one round injects.
 #[derive(Debug, Clone, Copy, Default)]
@@ -125,7 +102,7 @@ const GOALS: [&str; 3] = ["replicating", "cut_over", "rolled_back"];
 struct Soak<'a> {
     b: &'a Harness,
     rate: f64,
-    rng: Rng,
+    rng: SeededRng,
     /// This round's source, when reached by URL through a relay.
     via: Option<Via>,
 }
@@ -713,7 +690,7 @@ fn main() -> anyhow::Result<()> {
     let mut soak = Soak {
         b: &b,
         rate,
-        rng: Rng(seed),
+        rng: SeededRng::new(seed),
         via: None,
     };
     // The two source crashes go to two different rounds the seed picks, and so does the

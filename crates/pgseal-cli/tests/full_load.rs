@@ -237,7 +237,12 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
          CREATE TABLE \"Mixed \"\"types\"\"\" (id int PRIMARY KEY, moods \"mood.ü\"[], \
              twice int GENERATED ALWAYS AS (id * 2) STORED, note text); \
          INSERT INTO \"Mixed \"\"types\"\"\" (id, moods, note) \
-             SELECT g, ARRAY['sad', 'o''k']::\"mood.ü\"[], E'tab\\there ' || g FROM generate_series(1, 500) g",
+             SELECT g, ARRAY['sad', 'o''k']::\"mood.ü\"[], E'tab\\there ' || g FROM generate_series(1, 500) g; \
+         CREATE MATERIALIZED VIEW \"branch totals\" AS \
+             SELECT bid, count(*) AS accounts FROM pgbench_accounts GROUP BY bid; \
+         CREATE STATISTICS \"odd stats\" ON \"the key\", v FROM \"odd name\"; \
+         CREATE PUBLICATION \"user's pub\" FOR TABLE pgbench_branches; \
+         COMMENT ON INDEX accounts_by_branch IS 'by branch'",
     );
     let ledger = h.ledger();
     let writes = h.workload(&["--instance", "src"], &ledger, 40);
@@ -353,10 +358,16 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
     wait_caught_up(&h, "src-enc", &ledger);
     let validated = h.json(&["migrate", "validate", "f1"]);
     assert_eq!(validated["clean"], true, "{validated}");
-    // Every index and constraint once: post-data was not built twice.
+    // Every index, constraint, statistics object and publication once: post-data was
+    // not built twice (built in parallel, and again after the kill that followed it);
+    // the materialized view refreshed, as pg_restore does.
     for catalog in [
         "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'",
         "SELECT count(*) FROM pg_constraint WHERE connamespace = 'public'::regnamespace",
+        "SELECT count(*) FROM pg_statistic_ext WHERE stxname = 'odd stats'",
+        "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'user''s pub'",
+        "SELECT count(*) FROM pg_description WHERE description = 'by branch'",
+        "SELECT sum(accounts)::bigint FROM public.\"branch totals\"",
     ] {
         assert_eq!(
             h.sql("src-enc", "postgres").count(catalog),
@@ -556,4 +567,123 @@ fn objects_in_a_tablespace_are_loaded_onto_the_targets_encrypted_default_and_pla
     // The tablespace's directory goes with the test: the table and the tablespace first.
     src.exec("DROP TABLE placed");
     src.exec("DROP TABLESPACE fast");
+}
+
+/// Waits until `seen` counts a session on `src` (or `child` exits first: false), polling
+/// every 10 ms for at most 120 s.
+fn wait_for_session(src: &Sql, seen: &str, child: &mut std::process::Child) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while src.count(seen) == 0 {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw: {seen}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+#[test]
+fn full_load_killed_at_random_moments_of_its_copy_and_post_data_loses_and_doubles_nothing() {
+    let h = Home::with_source();
+    pgbench_init_scale(&h, "src", "postgres", 5);
+    let src = h.sql("src", "postgres");
+    // Post-data with work in it (an index and a foreign key over 500,000 rows).
+    src.exec(
+        "CREATE INDEX accounts_by_balance ON pgbench_accounts (abalance, bid); \
+         ALTER TABLE pgbench_accounts ADD CONSTRAINT accounts_branch_fk FOREIGN KEY (bid) REFERENCES pgbench_branches",
+    );
+    let ledger = h.ledger();
+    // (`wait_caught_up` below waits for the writes to end: they last as long as the kills.)
+    let writes = h.workload(&["--instance", "src"], &ledger, 15);
+    let (mut rng, seed) = pgseal_testkit::SeededRng::from_env_or_clock("PGSEAL_TEST_SEED");
+    let start = [
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "rk",
+        "--strategy",
+        "full-load",
+        "--replica-identity-full",
+        "--jobs",
+        "2",
+        "--split-tables-larger-than",
+        "16MiB",
+    ];
+    let resume = ["migrate", "resume", "rk"];
+    // pgseal's copy reading the source, and its post-data's pg_dump of the source.
+    let copying = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE pid <> pg_backend_pid() AND query LIKE 'COPY %TO STDOUT%'";
+    let post_data = "SELECT count(*) FROM pg_stat_activity \
+                     WHERE pid <> pg_backend_pid() AND application_name = 'pg_dump'";
+    // Two kills at a random moment of the copy's first 1.5 s (each resume copies that
+    // database again, from a new slot), then one in the 2 s after post-data begins (its
+    // pg_restore builds several entries at once; some are built when it dies).
+    let rounds = [(copying, 1500), (copying, 1500), (post_data, 2000)];
+    let mut kills = Vec::new();
+    let began = std::time::Instant::now();
+    for (i, (seen, window)) in rounds.iter().enumerate() {
+        let args: &[&str] = if i == 0 { &start } else { &resume };
+        let mut child = h
+            .command(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for_session(&src, seen, &mut child),
+            "round {i} (seed {seed}): pgseal ended before it began what the round kills"
+        );
+        let delay = rng.within(Duration::from_millis(*window));
+        std::thread::sleep(delay);
+        let copying_then = src.count(copying) > 0;
+        let ran_on = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills.push(format!(
+            "round {i}: +{} ms{}{}",
+            delay.as_millis(),
+            if copying_then { ", copying" } else { "" },
+            if ran_on { "" } else { " (it had ended)" }
+        ));
+        assert!(ran_on, "seed {seed}: {kills:?}");
+    }
+    eprintln!("seed {seed}: {kills:?} after {:?}", began.elapsed());
+    h.ok(&resume);
+    // One slot (the migration's), no other left by the killed copies.
+    assert_eq!(
+        src.count("SELECT count(*) FROM pg_replication_slots"),
+        1,
+        "seed {seed}"
+    );
+    let dst = h.sql("src-enc", "postgres");
+    for catalog in [
+        "SELECT count(*) FROM public.pgbench_accounts",
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'",
+        "SELECT count(*) FROM pg_constraint WHERE connamespace = 'public'::regnamespace",
+    ] {
+        assert_eq!(
+            dst.count(catalog),
+            src.count(catalog),
+            "seed {seed}: {catalog}"
+        );
+    }
+    wait_caught_up(&h, "src-enc", &ledger);
+    let validated = h.json(&["migrate", "validate", "rk"]);
+    assert_eq!(validated["clean"], true, "seed {seed}: {validated}");
+    eprintln!("replicating and validated after {:?}", began.elapsed());
+    h.ok(&["migrate", "cutover", "rk", "--on-switch", "true"]);
+    let run = writes.finish();
+    assert_all_landed(&h, "src-enc", &ledger, &run);
+    h.ok(&["migrate", "cleanup", "rk"]);
+    assert_eq!(dst.pgseal_everything(), 0, "seed {seed}");
+    // No slot left on the source (its databases stay fenced after the cutover).
+    assert_eq!(
+        h.sql("src", "template1")
+            .count("SELECT count(*) FROM pg_replication_slots"),
+        0,
+        "seed {seed}"
+    );
 }

@@ -25,9 +25,11 @@ mod cluster;
 pub mod crash;
 pub mod moto;
 pub mod relay;
+pub mod rng;
 
 pub use checks::{assert_ledger_whole, scalar};
 pub use cluster::{ClusterBuilder, Error, TestCluster};
 pub use crash::crash_postmaster;
 pub use moto::MotoServer;
 pub use relay::Relay;
+pub use rng::SeededRng;

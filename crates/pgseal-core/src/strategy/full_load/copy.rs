@@ -222,7 +222,7 @@ fn ranges(pages: u32, bytes: i64, split_bytes: u64, jobs: usize) -> Vec<Option<P
 /// `maintenance_work_mem` for a key built while `jobs` others may build at once: a
 /// quarter of the memory the machine has available, shared, between 64 MiB and 1 GiB
 /// (a sort that fits is not spilled onto the encrypted, so slower, disk).
-fn maintenance_work_mem_mib(jobs: usize) -> u64 {
+pub(super) fn maintenance_work_mem_mib(jobs: usize) -> u64 {
     let available_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {

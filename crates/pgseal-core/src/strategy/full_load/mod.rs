@@ -39,10 +39,6 @@ use crate::steps::{Step, StrategyKind};
 /// Lag (bytes) under which a full-load target counts as replicating.
 const REPLICATING_LAG_BYTES: i64 = 64 << 20;
 
-/// Run first in a transaction that builds indexes: a sort that fits in memory is not
-/// spilled onto the (encrypted, so slower) disk. The setting holds for that transaction.
-const BUILD_SETTINGS: &str = "SET LOCAL maintenance_work_mem = '1GB';\n";
-
 /// A table's key (primary key, unique or exclusion constraint), built on the target as
 /// soon as the table's copy is done: the apply needs it to find the row an UPDATE or
 /// DELETE names. Built before the copy instead, keys made the copy of a pgbench scale-50
@@ -182,8 +178,26 @@ impl<P: Platform> Engine<'_, P> {
         config: &tokio_postgres::Config,
         stdin: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, EngineError> {
-        let mut cmd = ExternalCommand::new(self.tool(program)?).args(args);
-        for (key, value) in pgseal_pg::libpq_env(config) {
+        self.run_tool_with(program, args, config, stdin, &[]).await
+    }
+
+    /// [`run_tool`](Self::run_tool) with more variables in its environment. The program
+    /// dies with pgseal (a killed `migrate` leaves no restore running on behind `resume`).
+    async fn run_tool_with(
+        &self,
+        program: &str,
+        args: &[&str],
+        config: &tokio_postgres::Config,
+        stdin: Option<Vec<u8>>,
+        env: &[(&str, String)],
+    ) -> Result<Vec<u8>, EngineError> {
+        let mut cmd = ExternalCommand::new(self.tool(program)?)
+            .args(args)
+            .die_with_parent();
+        for (key, value) in pgseal_pg::libpq_env(config)
+            .into_iter()
+            .chain(env.iter().map(|(k, v)| (*k, v.clone())))
+        {
             cmd = cmd.env(key, value);
         }
         if let Some(bytes) = stdin {
@@ -198,6 +212,14 @@ impl<P: Platform> Engine<'_, P> {
                 source: e,
             })?;
         Ok(out.stdout)
+    }
+
+    /// How many sessions copy and build at once: `--jobs`, by default this machine's cores.
+    fn jobs(&self) -> usize {
+        self.spec.copy_jobs.map_or_else(
+            || std::thread::available_parallelism().map_or(2, usize::from),
+            |j| j as usize,
+        )
     }
 
     /// Runs SQL text on the target's database `database` through `psql`, in one
@@ -422,8 +444,10 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     /// The post-data part of `database`'s schema on the source: the archive
-    /// (`pg_dump -Fc`, schema only, so no row values) and its entries (`pg_restore -l`
-    /// lines), without pgseal's own publications.
+    /// (`pg_dump -Fc --section=post-data`: definitions and `REFRESH MATERIALIZED VIEW`
+    /// statements, no row values) and its entries (`pg_restore -l` lines), without
+    /// pgseal's own publications. (`--schema-only` would leave out the refreshes, and
+    /// every materialized view unpopulated on the target.)
     async fn post_data_schema(
         &self,
         database: &str,
@@ -433,7 +457,6 @@ impl<P: Platform> Engine<'_, P> {
             .run_tool(
                 "pg_dump",
                 &[
-                    "--schema-only",
                     "--section=post-data",
                     "--no-subscriptions",
                     "--no-tablespaces",
@@ -457,7 +480,7 @@ impl<P: Platform> Engine<'_, P> {
         Ok(PostData { archive, entries })
     }
 
-    /// Builds the entries of `post` on the target's `database`, in one transaction,
+    /// Builds the entries of `post` on the target's `database`, `--jobs` at a time,
     /// leaving out what is there already; returns how many were built.
     async fn build_entries(
         &self,
@@ -493,28 +516,51 @@ impl<P: Platform> Engine<'_, P> {
         if missing.is_empty() {
             return Ok(0);
         }
+        // pg_restore builds in parallel only from an archive file it can seek in: the
+        // archive (schema only, no row values) and the list live in a private temporary
+        // directory for the call.
         let dir = tempfile::tempdir().map_err(|e| {
             EngineError::Precondition(format!("cannot make a temporary directory: {e}"))
         })?;
-        // The list names objects only (no row values) and lives for the call.
-        let list = dir.path().join("entries.list");
-        std::fs::write(&list, missing.join("\n") + "\n").map_err(|e| {
-            EngineError::Precondition(format!("cannot write {}: {e}", list.display()))
-        })?;
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).map(|()| path).map_err(|e| {
+                EngineError::Precondition(format!(
+                    "cannot write {}: {e}",
+                    dir.path().join(name).display()
+                ))
+            })
+        };
+        let list = write("entries.list", (missing.join("\n") + "\n").as_bytes())?;
+        let archive = write("post-data.archive", &post.archive)?;
         let list_arg = format!("--use-list={}", list.display());
-        let source = self.source_config(database).await?;
-        let sql = self
-            .run_tool(
-                "pg_restore",
-                // (pg_dump's --no-tablespaces holds for plain text only.)
-                &["-f", "-", "--no-tablespaces", &list_arg],
-                &source,
-                Some(post.archive.clone()),
-            )
-            .await?;
-        let mut text = BUILD_SETTINGS.as_bytes().to_vec();
-        text.extend(sql);
-        self.psql(database, text).await?;
+        let jobs = self.jobs().to_string();
+        let config = self.target_config(database).await?;
+        // Each entry in a transaction of its own, `jobs` at a time in dependency order,
+        // as `pg_restore -j` restores any archive: indexes and constraints of different
+        // tables at once, a foreign key after the keys it needs. After a crash, `resume`
+        // leaves out what was built (above). The connection string names no database,
+        // so libpq takes it from the environment with the rest of the connection.
+        let options = format!(
+            "-c maintenance_work_mem={}MB",
+            copy::maintenance_work_mem_mib(self.jobs())
+        );
+        self.run_tool_with(
+            "pg_restore",
+            &[
+                "--dbname=application_name=pgseal_post_data",
+                "--jobs",
+                &jobs,
+                "--exit-on-error",
+                "--no-tablespaces",
+                &list_arg,
+                &archive.display().to_string(),
+            ],
+            &config,
+            None,
+            &[("PGOPTIONS", options)],
+        )
+        .await?;
         Ok(missing.len())
     }
 
@@ -547,10 +593,7 @@ impl<P: Platform> Engine<'_, P> {
                 })?;
             keys.insert(database, listed);
         }
-        let jobs = self.spec.copy_jobs.map_or_else(
-            || std::thread::available_parallelism().map_or(2, usize::from),
-            |j| j as usize,
-        );
+        let jobs = self.jobs();
         let split = self
             .spec
             .split_tables_larger_than
@@ -588,14 +631,15 @@ impl<P: Platform> Engine<'_, P> {
 
     // Full load 8.
     async fn post_data(&self) -> StepResult {
+        self.target_up().await?;
         let mut done = Vec::new();
         for s in &self.streams()? {
             let source = self.source_config(&s.database).await?;
             let post = self.post_data_schema(&s.database, &source).await?;
             let target = self.target_db(&s.database).await?;
-            // All of a database's post-data goes in one transaction, so after a crash it
-            // is there entirely or not at all; what is there (the keys built during the
-            // copy among it) is not made again.
+            // Each entry is built in a transaction of its own, several at once; what is
+            // there (the keys built during the copy, what a crashed run built) is not made
+            // again.
             let started = Instant::now();
             let built = self.build_entries(&s.database, &target, &post).await?;
             // The schema is whole: DDL from now on streams to the target and is replayed
@@ -651,6 +695,36 @@ impl<P: Platform> Engine<'_, P> {
                 }
             ),
         ))
+    }
+
+    /// Waits (up to 2 min) until the target takes connections. A `migrate` killed while
+    /// this step restarted the target leaves it stopped (the stop done, the start never
+    /// run) or still stopping: a stopped target is started again, as the restart meant to.
+    async fn target_up(&self) -> Result<(), EngineError> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let failed = match self.target_db("template1").await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            let instance = self
+                .platform
+                .describe_instance(&self.spec.target)
+                .await
+                .map_err(platform_error("describing the target"))?;
+            if instance.status == InstanceStatus::Stopped {
+                tracing::warn!(target = %instance.name, "target stopped (a restart was cut short): starting it");
+                self.platform
+                    .reboot_instance(&self.spec.target)
+                    .await
+                    .map_err(platform_error("starting the target again"))?;
+            } else if Instant::now() > deadline {
+                return Err(failed);
+            } else {
+                tracing::debug!(error = %failed, "waiting for the target to take connections");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
     }
 
     /// The target set to `wal_level=logical` with the source's sender limit (at least
@@ -752,15 +826,120 @@ const TWO_WORD_DESCS: &[&str] = &[
     "ROW SECURITY",
 ];
 
-/// A table-level schema object by name: what it is, its schema, table and own name.
+/// A schema object by name, as a post-data entry makes it: what it is (its catalog), its
+/// schema, table and own name (empty where the kind has none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ObjectIdentity {
-    /// `index`, `constraint`, `trigger`, `rule`, `event trigger` or `policy`.
-    kind: &'static str,
+    kind: &'static IdentityKind,
     schema: String,
     table: String,
     name: String,
 }
+
+/// How one kind of post-data object is named on the source (by the entry's oid) and found
+/// on the target (by those names): `$1` schema, `$2` table, `$3` name.
+#[derive(Debug, PartialEq, Eq)]
+struct IdentityKind {
+    /// The catalog the archive names the entry by (`pg_restore -l`'s TABLEOID).
+    catalog: u32,
+    /// The entry types that make such an object (`ROW SECURITY` and `MATERIALIZED VIEW
+    /// DATA` name a pg_class oid too: a table's, which is there already).
+    descs: &'static [&'static str],
+    /// Its (schema, table, name) on the source, from its oid `$1`.
+    names: &'static str,
+    /// Whether the target has it.
+    exists: &'static str,
+}
+
+/// Every kind of post-data entry whose object can be found again: on `resume`, what is
+/// there already is left out (a second `CREATE` of it would fail). The rest (comments,
+/// grants, security labels, index attachments, `REFRESH MATERIALIZED VIEW`) can run twice.
+const IDENTITY_KINDS: &[IdentityKind] = &[
+    // pg_class: an index.
+    IdentityKind {
+        catalog: 1259,
+        descs: &["INDEX"],
+        names: "SELECT n.nspname::text, ''::text, c.relname::text FROM pg_class c \
+                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        exists: "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $3 AND $2::text IS NOT NULL)",
+    },
+    IdentityKind {
+        catalog: 2606,
+        descs: &["CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT"],
+        names: "SELECT n.nspname::text, c.relname::text, k.conname::text FROM pg_constraint k \
+                JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE k.oid = $1",
+        exists: CONSTRAINT_EXISTS,
+    },
+    IdentityKind {
+        catalog: 2620,
+        descs: &["TRIGGER"],
+        names: "SELECT n.nspname::text, c.relname::text, t.tgname::text FROM pg_trigger t \
+                JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.oid = $1",
+        exists: "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = $3)",
+    },
+    IdentityKind {
+        catalog: 2618,
+        descs: &["RULE"],
+        names: "SELECT n.nspname::text, c.relname::text, r.rulename::text FROM pg_rewrite r \
+                JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = $1",
+        exists: "SELECT EXISTS (SELECT 1 FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND r.rulename = $3)",
+    },
+    IdentityKind {
+        catalog: 3466,
+        descs: &["EVENT TRIGGER"],
+        names: "SELECT ''::text, ''::text, evtname::text FROM pg_event_trigger WHERE oid = $1",
+        exists: "SELECT EXISTS (SELECT 1 FROM pg_event_trigger \
+                 WHERE evtname = $3 AND $1::text IS NOT NULL AND $2::text IS NOT NULL)",
+    },
+    IdentityKind {
+        catalog: 3256,
+        descs: &["POLICY"],
+        names: "SELECT n.nspname::text, c.relname::text, p.polname::text FROM pg_policy p \
+                JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.oid = $1",
+        exists: "SELECT EXISTS (SELECT 1 FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND p.polname = $3)",
+    },
+    // pg_statistic_ext: CREATE STATISTICS.
+    IdentityKind {
+        catalog: 3381,
+        descs: &["STATISTICS"],
+        names: "SELECT n.nspname::text, ''::text, s.stxname::text FROM pg_statistic_ext s \
+                JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.oid = $1",
+        exists: "SELECT EXISTS (SELECT 1 FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace \
+                 WHERE n.nspname = $1 AND s.stxname = $3 AND $2::text IS NOT NULL)",
+    },
+    // pg_publication: the user's own publications (pgseal's are left out of the list).
+    IdentityKind {
+        catalog: 6104,
+        descs: &["PUBLICATION"],
+        names: "SELECT ''::text, ''::text, pubname::text FROM pg_publication WHERE oid = $1",
+        exists: "SELECT EXISTS (SELECT 1 FROM pg_publication \
+                 WHERE pubname = $3 AND $1::text IS NOT NULL AND $2::text IS NOT NULL)",
+    },
+    // pg_publication_rel: a table in a publication.
+    IdentityKind {
+        catalog: 6106,
+        descs: &["PUBLICATION TABLE"],
+        names: "SELECT n.nspname::text, c.relname::text, p.pubname::text FROM pg_publication_rel r \
+                JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid \
+                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = $1",
+        exists: "SELECT EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+                 JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND p.pubname = $3)",
+    },
+    // pg_publication_namespace: a schema in a publication.
+    IdentityKind {
+        catalog: 6237,
+        descs: &["PUBLICATION TABLES IN SCHEMA"],
+        names: "SELECT n.nspname::text, ''::text, p.pubname::text FROM pg_publication_namespace r \
+                JOIN pg_publication p ON p.oid = r.pnpubid JOIN pg_namespace n ON n.oid = r.pnnspid WHERE r.oid = $1",
+        exists: "SELECT EXISTS (SELECT 1 FROM pg_publication_namespace r JOIN pg_publication p ON p.oid = r.pnpubid \
+                 JOIN pg_namespace n ON n.oid = r.pnnspid WHERE n.nspname = $1 AND p.pubname = $3 AND $2::text IS NOT NULL)",
+    },
+];
 
 impl TocEntry {
     fn parse(line: &str) -> Option<TocEntry> {
@@ -787,51 +966,19 @@ impl TocEntry {
         })
     }
 
-    /// The object this entry makes, named from the source's catalog by its oid (indexes,
-    /// constraints, triggers, rules, event triggers, policies); `None` for other entries.
+    /// The object this entry makes, named from the source's catalog by its oid; `None`
+    /// for entries of no [`IDENTITY_KINDS`] kind.
     async fn identity_on(
         &self,
         source: &Client,
     ) -> Result<Option<ObjectIdentity>, tokio_postgres::Error> {
-        let (kind, sql) = match self.catalog {
-            // pg_class
-            1259 => (
-                "index",
-                "SELECT n.nspname::text, ''::text, c.relname::text FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-            ),
-            // pg_constraint
-            2606 => (
-                "constraint",
-                "SELECT n.nspname::text, c.relname::text, k.conname::text FROM pg_constraint k \
-                 JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE k.oid = $1",
-            ),
-            // pg_trigger
-            2620 => (
-                "trigger",
-                "SELECT n.nspname::text, c.relname::text, t.tgname::text FROM pg_trigger t \
-                 JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.oid = $1",
-            ),
-            // pg_rewrite
-            2618 => (
-                "rule",
-                "SELECT n.nspname::text, c.relname::text, r.rulename::text FROM pg_rewrite r \
-                 JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = $1",
-            ),
-            // pg_event_trigger
-            3466 => (
-                "event trigger",
-                "SELECT ''::text, ''::text, evtname::text FROM pg_event_trigger WHERE oid = $1",
-            ),
-            // pg_policy
-            3256 => (
-                "policy",
-                "SELECT n.nspname::text, c.relname::text, p.polname::text FROM pg_policy p \
-                 JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.oid = $1",
-            ),
-            _ => return Ok(None),
+        let Some(kind) = IDENTITY_KINDS
+            .iter()
+            .find(|k| k.catalog == self.catalog && k.descs.contains(&self.desc.as_str()))
+        else {
+            return Ok(None);
         };
-        let row = source.query_opt(sql, &[&self.oid]).await?;
+        let row = source.query_opt(kind.names, &[&self.oid]).await?;
         Ok(row.map(|r| ObjectIdentity {
             kind,
             schema: r.get(0),
@@ -844,31 +991,8 @@ impl TocEntry {
 impl ObjectIdentity {
     /// True when the target has this object already.
     async fn exists_on(&self, target: &Client) -> Result<bool, tokio_postgres::Error> {
-        let sql = match self.kind {
-            "index" => {
-                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $3 AND $2::text IS NOT NULL)"
-            }
-            "constraint" => CONSTRAINT_EXISTS,
-            "trigger" => {
-                "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = $3)"
-            }
-            "event trigger" => {
-                "SELECT EXISTS (SELECT 1 FROM pg_event_trigger \
-                 WHERE evtname = $3 AND $1::text IS NOT NULL AND $2::text IS NOT NULL)"
-            }
-            "rule" => {
-                "SELECT EXISTS (SELECT 1 FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND r.rulename = $3)"
-            }
-            _ => {
-                "SELECT EXISTS (SELECT 1 FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND p.polname = $3)"
-            }
-        };
         let row = target
-            .query_one(sql, &[&self.schema, &self.table, &self.name])
+            .query_one(self.kind.exists, &[&self.schema, &self.table, &self.name])
             .await?;
         Ok(row.get(0))
     }
