@@ -17,7 +17,9 @@
 //! Usage: `bench-fullload [SCALE] [ROUNDS] [ENGINE_VERSION]` (default 50, 3, 17), as root,
 //! from the workspace root. Run `bench/fullload`. `BENCH_FULLLOAD_TABLES=N` adds N small
 //! tables (a key and 100 rows each) to the source's database besides pgbench's, for the
-//! cost a table pays (e.g. `BENCH_FULLLOAD_TABLES=2000 bench/fullload 1 2`).
+//! cost a table pays (e.g. `BENCH_FULLLOAD_TABLES=2000 bench/fullload 1 2`);
+//! `BENCH_FULLLOAD_INDEXES=N` (up to 4) adds N secondary indexes to `pgbench_accounts`,
+//! for post-data with work in it.
 
 use std::process::Command;
 use std::time::Duration;
@@ -80,6 +82,30 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
             .psql("bench-src", "SELECT pg_database_size('postgres') >> 20")?
             .parse()?;
         println!("  the source also has {extra_tables} tables of 100 rows");
+    }
+    let indexes: usize = std::env::var("BENCH_FULLLOAD_INDEXES")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()
+        .context("BENCH_FULLLOAD_INDEXES is a number")?
+        .unwrap_or(0);
+    // Secondary indexes beside the keys: post-data with work in it, which every way of
+    // copying builds after the data (pg_restore -j 2 two at a time, as pgseal --jobs).
+    let columns = ["bid, abalance", "abalance", "aid DESC", "bid, aid"];
+    for (i, cols) in columns.iter().take(indexes).enumerate() {
+        b.psql(
+            "bench-src",
+            &format!("CREATE INDEX accounts_extra_{i} ON pgbench_accounts ({cols})"),
+        )?;
+    }
+    if indexes > 0 {
+        db_mib = b
+            .psql("bench-src", "SELECT pg_database_size('postgres') >> 20")?
+            .parse()?;
+        println!(
+            "  pgbench_accounts also has {} secondary index(es)",
+            indexes.min(columns.len())
+        );
     }
     b.json(&[
         "instance",

@@ -439,8 +439,9 @@ pub struct MigrationArgs {
     /// source's) [default: the source's]
     #[arg(long, value_name = "MAJOR")]
     pub engine_version: Option<u32>,
-    /// Full load: tables copied at once, each by a pair of sessions (one on each side)
-    /// [default: one per core of this machine]
+    /// Full load: tables copied at once, each by a pair of sessions (one on each side), and
+    /// indexes, constraints and the rest of the post-data built at once (`pg_restore
+    /// --jobs N`) [default: one per core of this machine]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: Option<u32>,
     /// Full load: a table larger than this (its size by the source's statistics, e.g.

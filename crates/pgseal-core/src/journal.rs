@@ -163,8 +163,8 @@ pub struct MigrationSpec {
     /// The target's PostgreSQL major version (full load); `None` for the source's.
     #[serde(default)]
     pub engine_version: Option<u32>,
-    /// Workers that copy the tables at once (full load, `--jobs`); `None` for one per
-    /// core of the machine pgseal runs on.
+    /// Workers that copy the tables and build the post-data at once (full load, `--jobs`);
+    /// `None` for one per core of the machine pgseal runs on.
     #[serde(default)]
     pub copy_jobs: Option<u32>,
     /// Tables larger than this many bytes are copied in ranges of about this size by

@@ -157,20 +157,16 @@ pub async fn copy(
     spec: &CopySpec<'_>,
     seen: Option<&AtomicU64>,
 ) -> Result<Copied, tokio_postgres::Error> {
-    let rows_out = from
-        .copy_out(&format!(
-            "COPY {} TO STDOUT{}",
-            source_of(spec),
-            spec.format.option()
-        ))
-        .await?;
-    let sink = to
-        .copy_in(&format!(
-            "COPY {} FROM STDIN{}",
-            target_of(spec.schema, spec.table, spec.columns),
-            spec.format.target_option(spec.freeze)
-        ))
-        .await?;
+    let out = format!("COPY {} TO STDOUT{}", source_of(spec), spec.format.option());
+    let into = format!(
+        "COPY {} FROM STDIN{}",
+        target_of(spec.schema, spec.table, spec.columns),
+        spec.format.target_option(spec.freeze)
+    );
+    // Both sides' statements at once: each is prepared, then started (two round trips
+    // a side), which with many small tables is most of a table's time.
+    let (rows_out, sink) =
+        futures_util::future::try_join(from.copy_out(&out), to.copy_in(&into)).await?;
     futures_util::pin_mut!(rows_out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;

@@ -44,6 +44,12 @@ use crate::stream::Stream;
 /// How often the copy is reported.
 const COPY_REPORT: Duration = Duration::from_secs(1);
 
+/// Tables smaller than this on the source are copied without emptying them first in the
+/// copy's transaction: PostgreSQL writes a relation this small to WAL at commit anyway
+/// (its `wal_skip_threshold`, 2 MB), so emptying it would only make new files, which with
+/// thousands of small tables was most of the copy.
+const SMALL_TABLE_BYTES: i64 = 2 << 20;
+
 /// The default of `--split-tables-larger-than`: 0, no table is split. A table copied
 /// whole is emptied in its copy's transaction and so written without WAL on the loading
 /// target (bench/README.md measures both).
@@ -77,6 +83,9 @@ struct TablePlan {
     source_bytes: i64,
     /// The rows its statistics estimate.
     estimated_rows: i64,
+    /// Whether it was ever vacuumed or analyzed (else its statistics say 0 pages,
+    /// whatever its size).
+    measured: bool,
     /// Its keys, built on the target once its copy is whole.
     keys: Vec<TableKey>,
     /// The ranges it is copied in (1: whole).
@@ -160,7 +169,7 @@ async fn plan(source: &Client, publication: &str) -> Result<Vec<TablePlan>, toki
                     greatest(c.relpages, 0)::bigint, \
                     ((c.relpages::bigint + coalesce(t.relpages, 0)::bigint) \
                         * current_setting('block_size')::bigint), \
-                    greatest(c.reltuples, 0)::bigint \
+                    greatest(c.reltuples, 0)::bigint, c.reltuples >= 0 \
              FROM pg_publication_tables p \
              JOIN pg_namespace n ON n.nspname = p.schemaname \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
@@ -189,6 +198,7 @@ async fn plan(source: &Client, publication: &str) -> Result<Vec<TablePlan>, toki
             pages: r.get::<_, i64>(5).clamp(0, u32::MAX as i64) as u32,
             source_bytes: r.get(6),
             estimated_rows: r.get(7),
+            measured: r.get(8),
             keys: Vec::new(),
             ranges: vec![None],
         })
@@ -564,20 +574,23 @@ impl<P: Platform> Engine<'_, P> {
             // makes it) without WAL, its file synced at commit instead. Ranges of one
             // table copy side by side, so they cannot.
             let whole_table = pages.is_none();
+            // (A small one is empty: made by the schema step, or emptied by `restart_copy`.)
+            let emptied =
+                whole_table && (table.source_bytes >= SMALL_TABLE_BYTES || !table.measured);
             let spec = CopySpec {
                 schema: &table.schema_name,
                 table: &table.table_name,
                 columns: &table.columns,
                 pages,
                 format: table.format,
-                freeze: whole_table,
+                freeze: emptied,
             };
             let what = || format!("copying {}", table.table);
             // Its keys, in the copy's own transaction for a table copied whole (built on
             // a table made in that transaction, they write no WAL either), else in one of
             // their own once the last range is in.
             let keys: String = table.keys.iter().map(|k| format!("{};\n", k.sql)).collect();
-            if whole_table {
+            if emptied {
                 target
                     .batch_execute(&format!(
                         "BEGIN; TRUNCATE ONLY {}.{}",
@@ -607,10 +620,11 @@ impl<P: Platform> Engine<'_, P> {
                 continue;
             }
             let keys_started = Instant::now();
-            let building = if whole_table {
+            let building = if emptied {
                 format!("{keys}COMMIT")
-            } else if keys.is_empty() {
-                String::new()
+            } else if keys.is_empty() || whole_table {
+                // (A small table's keys, each statement its own transaction.)
+                keys
             } else {
                 format!("BEGIN; {keys}COMMIT")
             };
