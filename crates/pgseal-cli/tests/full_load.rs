@@ -120,6 +120,19 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
     );
     let status = h.json(&["migrate", "status", "f1"]);
     assert_eq!(status["migration"]["phase"], "replicating", "{status}");
+    // A source this small is loaded onto a target at wal_level=logical from the start:
+    // post-data had no restart to make.
+    let post_data = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["step"] == "post_data")
+        .expect("post_data ran");
+    assert_eq!(
+        post_data["outputs"]["target_restarted_for_wal_level"], false,
+        "{post_data}"
+    );
+    assert_eq!(dst_app.text("SHOW wal_level"), "logical");
     for s in status["replication"]["streams"].as_array().unwrap() {
         assert_eq!(s["slot"]["active"], true, "{s}");
         assert_eq!(
@@ -273,7 +286,14 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
         "after:initial_copy",
         "after:post_data",
     ];
-    let first = h.run_env(("PGSEAL_FAILPOINT", points[0]), &start);
+    // Loaded at wal_level=minimal, as a source of 256 MiB or more is, so that post-data
+    // restarts the target at logical.
+    let first = h
+        .command(&start)
+        .env("PGSEAL_FAILPOINT", points[0])
+        .env("PGSEAL_TEST_HOOK", "minimal-wal")
+        .output()
+        .unwrap();
     assert_crashed(&first, points[0]);
     // DDL is held from before the slot until the copy and its indexes are done: it would
     // race the tables' copy. Temporary tables pass.
@@ -323,6 +343,11 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
     let status = h.json(&["migrate", "status", "f1"]);
     assert_eq!(status["migration"]["phase"], "replicating", "{status}");
     assert_eq!(server_major(&h.sql("src-enc", "postgres")), 15);
+    // Loaded at minimal (the test hook), replicating at logical.
+    assert_eq!(
+        h.sql("src-enc", "postgres").text("SHOW wal_level"),
+        "logical"
+    );
     // The copy ran three times (two were cut short); the last one's figures stand, with
     // the large table in ranges and each table in the format its types allow.
     let copy = status["steps"]
@@ -626,8 +651,11 @@ fn full_load_killed_at_random_moments_of_its_copy_and_post_data_loses_and_double
     let began = std::time::Instant::now();
     for (i, (seen, window)) in rounds.iter().enumerate() {
         let args: &[&str] = if i == 0 { &start } else { &resume };
+        // Loaded at wal_level=minimal, as a source of 256 MiB or more is: post-data
+        // restarts the target, and a kill may land in the restart.
         let mut child = h
             .command(args)
+            .env("PGSEAL_TEST_HOOK", "minimal-wal")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -659,6 +687,7 @@ fn full_load_killed_at_random_moments_of_its_copy_and_post_data_loses_and_double
         "seed {seed}"
     );
     let dst = h.sql("src-enc", "postgres");
+    assert_eq!(dst.text("SHOW wal_level"), "logical", "seed {seed}");
     for catalog in [
         "SELECT count(*) FROM public.pgbench_accounts",
         "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'",

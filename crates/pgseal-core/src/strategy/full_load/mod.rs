@@ -28,13 +28,17 @@ use pgseal_exec::ExternalCommand;
 use pgseal_pg::replication::{self, quote_ident, quote_literal};
 use pgseal_platform::{InstanceStatus, NewInstance, Platform};
 use serde_json::json;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::{Strategy, not_its_step};
 use crate::engine::{Engine, Event, StepResult};
 use crate::error::{EngineError, platform_error, sql};
 use crate::journal::INSTANCE;
-use crate::steps::{Step, StrategyKind};
+use crate::steps::{Step, StrategyKind, test_hook};
+
+/// A source (all its databases) at least this large is loaded onto a target at
+/// `wal_level = minimal`; a smaller one onto `logical` from the start (no restart).
+const MINIMAL_WAL_FROM_BYTES: i64 = 256 << 20;
 
 /// Lag (bytes) under which a full-load target counts as replicating.
 const REPLICATING_LAG_BYTES: i64 = 64 << 20;
@@ -298,17 +302,27 @@ impl<P: Platform> Engine<'_, P> {
             )
             .await
             .map_err(sql("source", "reading replication limits"))?;
-        let (max_slots, source_bytes): (i64, i64) = (row.get(0), row.get(2));
+        let (max_slots, max_senders, source_bytes): (i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2));
         // One apply worker per stream (pgseal copies the tables itself), and room for the
         // reverse replication's own slots and senders at cutover.
         let workers = streams + 2;
+        // While it loads, nothing replicates out of the target: a table copied or an index
+        // built in the transaction that made (or emptied) it writes no WAL at `minimal`.
+        // Post-data then sets `logical` (rollback replicates back out of it), which takes
+        // a restart, whose shutdown checkpoint syncs every file the load made: for a small
+        // source that costs more than the WAL it saved (2,000 small tables: 2.3 s).
+        // (Tests of small sources load at `minimal` too through the test hook.)
+        let minimal = source_bytes >= MINIMAL_WAL_FROM_BYTES || test_hook("minimal-wal");
+        let (wal_level, senders) = if minimal {
+            ("minimal", 0)
+        } else {
+            ("logical", max_senders.max(10))
+        };
         let params: BTreeMap<String, String> = [
-            // While it loads, nothing replicates out of the target: a table copied or an
-            // index built in the transaction that made (or emptied) it writes no WAL at
-            // `minimal`. Post-data sets `logical` (rollback replicates back out of it).
-            ("wal_level", "minimal".to_string()),
+            ("wal_level", wal_level.to_string()),
             ("max_replication_slots", max_slots.max(10).to_string()),
-            ("max_wal_senders", "0".to_string()),
+            ("max_wal_senders", senders.to_string()),
             ("max_logical_replication_workers", workers.to_string()),
             ("max_worker_processes", (workers + 8).to_string()),
             // Fewer checkpoints (and full-page images) while the tables load, as the
@@ -489,18 +503,35 @@ impl<P: Platform> Engine<'_, P> {
         post: &PostData,
     ) -> Result<usize, EngineError> {
         let source = self.source_db(database).await?;
-        // Every entry's questions at once, pipelined on each session: with thousands of
-        // tables, one round trip after another was most of this step.
-        let identities = futures_util::future::try_join_all(
-            post.entries
-                .iter()
-                .map(|(_, entry)| entry.identity_on(&source)),
-        )
-        .await
-        .map_err(sql("source", "naming a schema object"))?;
+        // Every entry's questions at once, pipelined on each session, each kind's question
+        // prepared once: with thousands of tables, one round trip (then one parse) after
+        // another was most of this step.
+        let mut used: Vec<&'static IdentityKind> =
+            post.entries.iter().filter_map(|(_, e)| e.kind()).collect();
+        used.sort_by_key(|k| k.catalog);
+        used.dedup_by_key(|k| k.catalog);
+        let names = prepare_kinds(&source, &used, |k| k.names)
+            .await
+            .map_err(sql("source", "naming schema objects"))?;
+        let exists = prepare_kinds(target, &used, |k| k.exists)
+            .await
+            .map_err(sql("target", "checking built objects"))?;
+        let identities =
+            futures_util::future::try_join_all(post.entries.iter().map(|(_, entry)| async {
+                match names.get(&entry.catalog).filter(|_| entry.kind().is_some()) {
+                    Some(statement) => entry.identity_on(&source, statement).await,
+                    None => Ok(None),
+                }
+            }))
+            .await
+            .map_err(sql("source", "naming a schema object"))?;
         let built = futures_util::future::try_join_all(identities.iter().map(|identity| async {
             match identity {
-                Some(identity) => identity.exists_on(target).await,
+                Some(identity) => {
+                    identity
+                        .exists_on(target, &exists[&identity.kind.catalog])
+                        .await
+                }
                 None => Ok(false),
             }
         }))
@@ -738,6 +769,19 @@ impl<P: Platform> Engine<'_, P> {
             .await
             .map_err(sql("source", "reading max_wal_senders"))?
             .get(0);
+        let target = self.target_db("template1").await?;
+        let row = target
+            .query_one(
+                "SELECT current_setting('wal_level') = 'logical', \
+                        current_setting('max_wal_senders')::bigint >= $1",
+                &[&senders.max(10)],
+            )
+            .await
+            .map_err(sql("target", "reading wal_level"))?;
+        if row.get::<_, bool>(0) && row.get::<_, bool>(1) {
+            // Made at `logical` (a small source): nothing to change.
+            return Ok(false);
+        }
         let params: BTreeMap<String, String> = [
             ("wal_level".to_string(), "logical".to_string()),
             ("max_wal_senders".to_string(), senders.max(10).to_string()),
@@ -941,6 +985,17 @@ const IDENTITY_KINDS: &[IdentityKind] = &[
     },
 ];
 
+/// Each of `kinds`' statements (`sql_of` picks which) prepared on `client`, by catalog.
+async fn prepare_kinds(
+    client: &Client,
+    kinds: &[&'static IdentityKind],
+    sql_of: fn(&IdentityKind) -> &'static str,
+) -> Result<HashMap<u32, Statement>, tokio_postgres::Error> {
+    let statements =
+        futures_util::future::try_join_all(kinds.iter().map(|k| client.prepare(sql_of(k)))).await?;
+    Ok(kinds.iter().map(|k| k.catalog).zip(statements).collect())
+}
+
 impl TocEntry {
     fn parse(line: &str) -> Option<TocEntry> {
         if line.starts_with(';') || line.trim().is_empty() {
@@ -966,19 +1021,25 @@ impl TocEntry {
         })
     }
 
-    /// The object this entry makes, named from the source's catalog by its oid; `None`
-    /// for entries of no [`IDENTITY_KINDS`] kind.
+    /// The kind of object this entry makes, if it is one of [`IDENTITY_KINDS`].
+    fn kind(&self) -> Option<&'static IdentityKind> {
+        IDENTITY_KINDS
+            .iter()
+            .find(|k| k.catalog == self.catalog && k.descs.contains(&self.desc.as_str()))
+    }
+
+    /// The object this entry makes, named from the source's catalog by its oid with
+    /// `names` (its kind's [`IdentityKind::names`], prepared); `None` for entries of no
+    /// kind.
     async fn identity_on(
         &self,
         source: &Client,
+        names: &Statement,
     ) -> Result<Option<ObjectIdentity>, tokio_postgres::Error> {
-        let Some(kind) = IDENTITY_KINDS
-            .iter()
-            .find(|k| k.catalog == self.catalog && k.descs.contains(&self.desc.as_str()))
-        else {
+        let Some(kind) = self.kind() else {
             return Ok(None);
         };
-        let row = source.query_opt(kind.names, &[&self.oid]).await?;
+        let row = source.query_opt(names, &[&self.oid]).await?;
         Ok(row.map(|r| ObjectIdentity {
             kind,
             schema: r.get(0),
@@ -989,10 +1050,15 @@ impl TocEntry {
 }
 
 impl ObjectIdentity {
-    /// True when the target has this object already.
-    async fn exists_on(&self, target: &Client) -> Result<bool, tokio_postgres::Error> {
+    /// True when the target has this object already (`exists`: its kind's
+    /// [`IdentityKind::exists`], prepared).
+    async fn exists_on(
+        &self,
+        target: &Client,
+        exists: &Statement,
+    ) -> Result<bool, tokio_postgres::Error> {
         let row = target
-            .query_one(self.kind.exists, &[&self.schema, &self.table, &self.name])
+            .query_one(exists, &[&self.schema, &self.table, &self.name])
             .await?;
         Ok(row.get(0))
     }
