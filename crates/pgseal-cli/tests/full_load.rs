@@ -716,3 +716,50 @@ fn full_load_killed_at_random_moments_of_its_copy_and_post_data_loses_and_double
         "seed {seed}"
     );
 }
+
+#[test]
+fn a_source_of_thousands_of_tables_loads_and_resumes_within_the_lock_table() {
+    let h = Home::with_source();
+    let src = h.sql("src", "postgres");
+    // 6,500 tables (each with its TOAST table and index, and a key): made in one
+    // transaction, their schema alone would need about 26,000 locks, past the lock table
+    // of a server at the default max_locks_per_transaction.
+    for batch in 0..13 {
+        src.exec(&format!(
+            "DO $$ BEGIN FOR i IN {}..{} LOOP \
+               EXECUTE format('CREATE TABLE \"many %s\" (id int PRIMARY KEY, v text)', i); \
+               EXECUTE format('INSERT INTO \"many %s\" VALUES (%s, ''row'')', i, i); \
+             END LOOP; END $$",
+            batch * 500 + 1,
+            batch * 500 + 500
+        ));
+    }
+    let start = [
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        "many",
+        "--strategy",
+        "full-load",
+    ];
+    let began = std::time::Instant::now();
+    // Killed once the copy runs: resume empties what it copied and copies it again.
+    let out = h.run_env(("PGSEAL_FAILPOINT", "initial_copy:copying"), &start);
+    assert_crashed(&out, "initial_copy:copying");
+    eprintln!("killed after {:?}", began.elapsed());
+    h.ok(&["migrate", "resume", "many"]);
+    eprintln!("resumed after {:?}", began.elapsed());
+    let dst = h.sql("src-enc", "postgres");
+    let tables = "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'many %'";
+    assert_eq!(dst.count(tables), 6500);
+    let keys = "SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conname LIKE 'many %'";
+    assert_eq!(dst.count(keys), 6500);
+    // One row in each, once (ANALYZE takes a transaction a table; its counts are exact
+    // for tables this small).
+    dst.exec("ANALYZE");
+    let rows =
+        "SELECT sum(reltuples)::bigint FROM pg_class WHERE relkind = 'r' AND relname LIKE 'many %'";
+    assert_eq!(dst.count(rows), 6500);
+}

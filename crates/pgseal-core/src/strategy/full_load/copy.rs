@@ -20,7 +20,7 @@
 //! whose copy finished (a `copy_done` fact after its latest `copy_plan`, and its slot
 //! still there) is kept.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -44,11 +44,17 @@ use crate::stream::Stream;
 /// How often the copy is reported.
 const COPY_REPORT: Duration = Duration::from_secs(1);
 
+/// Tables a source session reads (or a statement empties) in one transaction: each holds
+/// a lock on every table it touched until it ends, and the lock table, shared with the
+/// source's own sessions, holds `max_locks_per_transaction` per connection. A worker ends
+/// its transaction after this many and begins another in the same exported snapshot.
+const TABLES_PER_TRANSACTION: usize = 16;
+
 /// Tables smaller than this on the source are copied without emptying them first in the
 /// copy's transaction: PostgreSQL writes a relation this small to WAL at commit anyway
 /// (its `wal_skip_threshold`, 2 MB), so emptying it would only make new files, which with
 /// thousands of small tables was most of the copy.
-const SMALL_TABLE_BYTES: i64 = 2 << 20;
+pub(super) const SMALL_TABLE_BYTES: i64 = 2 << 20;
 
 /// The default of `--split-tables-larger-than`: 0, no table is split. A table copied
 /// whole is emptied in its copy's transaction and so written without WAL on the loading
@@ -247,7 +253,7 @@ pub(super) fn maintenance_work_mem_mib(jobs: usize) -> u64 {
 
 /// Every commit of the copy's workers (made with `synchronous_commit = off`) flushed to
 /// the target's disk: a commit that waits for its WAL waits for all the WAL before it.
-async fn flush_target(target: &Client) -> Result<(), EngineError> {
+pub(super) async fn flush_target(target: &Client) -> Result<(), EngineError> {
     target
         .batch_execute(
             "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT",
@@ -305,19 +311,22 @@ impl<P: Platform> Engine<'_, P> {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
+        // By table (with thousands of tables, a scan of every key for each was seconds).
+        let mut by_table: HashMap<&str, Vec<TableKey>> = HashMap::new();
+        for k in keys {
+            if !built.contains(&(
+                k.schema_name.clone(),
+                k.table_name.clone(),
+                k.constraint.clone(),
+            )) {
+                by_table
+                    .entry(k.table.as_str())
+                    .or_default()
+                    .push(k.clone());
+            }
+        }
         for t in &mut tables {
-            t.keys = keys
-                .iter()
-                .filter(|k| {
-                    k.table == t.table
-                        && !built.contains(&(
-                            k.schema_name.clone(),
-                            k.table_name.clone(),
-                            k.constraint.clone(),
-                        ))
-                })
-                .cloned()
-                .collect();
+            t.keys = by_table.remove(t.table.as_str()).unwrap_or_default();
             t.ranges = ranges(t.pages, t.source_bytes, split_bytes, jobs);
         }
         let planned: Vec<serde_json::Value> = tables
@@ -490,8 +499,10 @@ impl<P: Platform> Engine<'_, P> {
         replication::drop_slot(source, &stream.name)
             .await
             .map_err(sql("source", "dropping the interrupted copy's slot"))?;
-        if !tables.is_empty() {
-            let list: Vec<String> = tables
+        // A batch of tables a statement: one statement for thousands would hold a lock
+        // on each until it ends, past the lock table's size.
+        for batch in tables.chunks(TABLES_PER_TRANSACTION) {
+            let list: Vec<String> = batch
                 .iter()
                 .map(|t| {
                     format!(
@@ -547,13 +558,15 @@ impl<P: Platform> Engine<'_, P> {
     /// its keys.
     async fn copy_worker(&self, run: &CopyRun<'_>) -> Result<(), EngineError> {
         let source = self.source_db(run.database).await?;
+        let in_snapshot = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(run.snapshot)
+        );
         source
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                quote_literal(run.snapshot)
-            ))
+            .batch_execute(&in_snapshot)
             .await
             .map_err(sql("source", "reading under the slot's snapshot"))?;
+        let mut read_in_transaction = 0;
         let target = self.target_db(run.database).await?;
         // Commits do not wait for their WAL to reach the disk: the copy flushes it once,
         // before it journals the database copied (`flush_target`).
@@ -565,6 +578,16 @@ impl<P: Platform> Engine<'_, P> {
             .await
             .map_err(sql("target", "setting the copy's session"))?;
         while let Some((i, pages)) = run.next() {
+            if read_in_transaction == TABLES_PER_TRANSACTION {
+                // The locks of what was read let go; the snapshot is the same (its
+                // exporting session holds it until the copy is whole).
+                source
+                    .batch_execute(&format!("COMMIT; {in_snapshot}"))
+                    .await
+                    .map_err(sql("source", "reading under the slot's snapshot"))?;
+                read_in_transaction = 0;
+            }
+            read_in_transaction += 1;
             let table = &run.tables[i];
             run.states.lock().expect("not poisoned")[i]
                 .started

@@ -36,8 +36,9 @@ use crate::error::{EngineError, platform_error, sql};
 use crate::journal::INSTANCE;
 use crate::steps::{Step, StrategyKind, test_hook};
 
-/// A source (all its databases) at least this large is loaded onto a target at
-/// `wal_level = minimal`; a smaller one onto `logical` from the start (no restart).
+/// A source whose tables of 2 MB and more ([`copy::SMALL_TABLE_BYTES`], the ones the copy
+/// writes without WAL at `minimal`) add up to this much is loaded onto a target at
+/// `wal_level = minimal`; any other onto `logical` from the start (no restart).
 const MINIMAL_WAL_FROM_BYTES: i64 = 256 << 20;
 
 /// Lag (bytes) under which a full-load target counts as replicating.
@@ -226,21 +227,24 @@ impl<P: Platform> Engine<'_, P> {
         )
     }
 
-    /// Runs SQL text on the target's database `database` through `psql`, in one
-    /// transaction, stopping at the first error.
+    /// Runs SQL text on the target's database `database` through `psql`, stopping at the
+    /// first error, each statement committed on its own without waiting for the disk;
+    /// then one commit that waits, so all of it is durable. Not one transaction: that
+    /// would hold a lock on every table it makes until it ends, and with thousands of
+    /// tables run out of the lock table (`max_locks_per_transaction`). Its caller makes
+    /// the database anew when it runs again.
     async fn psql(&self, database: &str, sql: Vec<u8>) -> Result<(), EngineError> {
         let config = self.target_config(database).await?;
-        let args = [
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "--single-transaction",
-            "-f",
-            "-",
-        ];
-        self.run_tool("psql", &args, &config, Some(sql)).await?;
-        Ok(())
+        let args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"];
+        self.run_tool_with(
+            "psql",
+            &args,
+            &config,
+            Some(sql),
+            &[("PGOPTIONS", "-c synchronous_commit=off".to_string())],
+        )
+        .await?;
+        copy::flush_target(&self.target_db(database).await?).await
     }
 
     // Full load 3.
@@ -297,23 +301,42 @@ impl<P: Platform> Engine<'_, P> {
             .query_one(
                 "SELECT current_setting('max_replication_slots')::bigint, \
                         current_setting('max_wal_senders')::bigint, \
-                        (SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database)",
+                        (SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database), \
+                        current_setting('max_locks_per_transaction')::bigint",
                 &[],
             )
             .await
             .map_err(sql("source", "reading replication limits"))?;
-        let (max_slots, max_senders, source_bytes): (i64, i64, i64) =
-            (row.get(0), row.get(1), row.get(2));
+        let (max_slots, max_senders, source_bytes, max_locks): (i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        // What `minimal` keeps out of WAL: the tables the copy empties in its own
+        // transaction (2 MB and more, by the statistics), in every database it copies.
+        let mut emptied_bytes = 0i64;
+        for s in &self.streams()? {
+            let row = self
+                .source_db(&s.database)
+                .await?
+                .query_one(
+                    "SELECT coalesce(sum(c.relpages::bigint), 0)::bigint \
+                            * current_setting('block_size')::bigint FROM pg_class c \
+                     WHERE c.relkind = 'r' AND c.relpages::bigint * current_setting('block_size')::bigint >= $1 \
+                       AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)",
+                    &[&copy::SMALL_TABLE_BYTES],
+                )
+                .await
+                .map_err(sql("source", "reading the tables' sizes"))?;
+            emptied_bytes += row.get::<_, i64>(0);
+        }
         // One apply worker per stream (pgseal copies the tables itself), and room for the
         // reverse replication's own slots and senders at cutover.
         let workers = streams + 2;
         // While it loads, nothing replicates out of the target: a table copied or an index
         // built in the transaction that made (or emptied) it writes no WAL at `minimal`.
         // Post-data then sets `logical` (rollback replicates back out of it), which takes
-        // a restart, whose shutdown checkpoint syncs every file the load made: for a small
-        // source that costs more than the WAL it saved (2,000 small tables: 2.3 s).
-        // (Tests of small sources load at `minimal` too through the test hook.)
-        let minimal = source_bytes >= MINIMAL_WAL_FROM_BYTES || test_hook("minimal-wal");
+        // a restart, whose shutdown checkpoint syncs every file the load made: when
+        // little is kept out of WAL that costs more than it saved (2,000 small tables:
+        // 2.3 s). (Tests of small sources load at `minimal` through the test hook.)
+        let minimal = emptied_bytes >= MINIMAL_WAL_FROM_BYTES || test_hook("minimal-wal");
         let (wal_level, senders) = if minimal {
             ("minimal", 0)
         } else {
@@ -323,6 +346,9 @@ impl<P: Platform> Engine<'_, P> {
             ("wal_level", wal_level.to_string()),
             ("max_replication_slots", max_slots.max(10).to_string()),
             ("max_wal_senders", senders.to_string()),
+            // A source with many tables may have its lock table raised (pg_dump locks
+            // every table it dumps): the target, holding the same tables, gets as much.
+            ("max_locks_per_transaction", max_locks.max(64).to_string()),
             ("max_logical_replication_workers", workers.to_string()),
             ("max_worker_processes", (workers + 8).to_string()),
             // Fewer checkpoints (and full-page images) while the tables load, as the
