@@ -86,6 +86,8 @@ pub struct ExternalCommand {
     run_as: RunAs,
     stdin: Option<Vec<u8>>,
     die_with_parent: bool,
+    /// Descriptors the program inherits (memory files it reads by path).
+    inherited: Vec<std::os::fd::RawFd>,
 }
 
 impl fmt::Debug for ExternalCommand {
@@ -101,6 +103,32 @@ impl fmt::Debug for ExternalCommand {
             .field("current_dir", &self.current_dir)
             .field("run_as", &self.run_as)
             .finish()
+    }
+}
+
+/// A file that lives in memory only (`memfd_create(2)`), for a program that must open a
+/// path it can seek in (`pg_restore --jobs` reads its archive so): nothing reaches a disk,
+/// and it is gone with this process however it ends, where a temporary file would stay
+/// behind a killed one. Pass it with [`ExternalCommand::memory_file`].
+#[derive(Debug)]
+pub struct MemoryFile {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl MemoryFile {
+    /// A memory file named `name` (for `/proc` listings only) holding `bytes`.
+    pub fn new(name: &str, bytes: &[u8]) -> std::io::Result<Self> {
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(std::io::Error::from)?;
+        let mut file = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut file, bytes)?;
+        Ok(Self { fd: file.into() })
+    }
+
+    /// The path the program opens it by (`/dev/fd/N`: a fresh open, from the start).
+    pub fn path(&self) -> String {
+        use std::os::fd::AsRawFd;
+        format!("/dev/fd/{}", self.fd.as_raw_fd())
     }
 }
 
@@ -136,6 +164,7 @@ impl ExternalCommand {
             run_as: RunAs::CurrentUser,
             stdin: None,
             die_with_parent: false,
+            inherited: Vec::new(),
         }
     }
 
@@ -187,6 +216,14 @@ impl ExternalCommand {
     /// [`output`](Self::output), whose thread waits for the program.
     pub fn die_with_parent(mut self) -> Self {
         self.die_with_parent = true;
+        self
+    }
+
+    /// Lets the program open `file` by its [`path`](MemoryFile::path). Holds for
+    /// [`run`](Self::run) and [`output`](Self::output).
+    pub fn memory_file(mut self, file: &MemoryFile) -> Self {
+        use std::os::fd::AsRawFd;
+        self.inherited.push(file.fd.as_raw_fd());
         self
     }
 
@@ -249,13 +286,28 @@ impl ExternalCommand {
     pub fn output(&self) -> Result<Output> {
         tracing::debug!(command = %self.display_command_line(), run_as = ?self.run_as, "running external program");
         let mut cmd = self.to_std_command();
-        if self.die_with_parent {
+        if self.die_with_parent || !self.inherited.is_empty() {
             use std::os::unix::process::CommandExt;
-            // SAFETY: prctl(2) is async-signal-safe; the closure touches nothing else.
+            let (die, inherited) = (self.die_with_parent, self.inherited.clone());
+            // SAFETY: prctl(2) and fcntl(2) are async-signal-safe; the closure allocates
+            // nothing (the list was copied before the fork).
             unsafe {
-                cmd.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                        .map_err(std::io::Error::from)
+                cmd.pre_exec(move || {
+                    if die {
+                        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                            .map_err(std::io::Error::from)?;
+                    }
+                    for fd in &inherited {
+                        // The program keeps this one across exec. (Open: the command
+                        // borrows its MemoryFile until it has run.)
+                        let fd = std::os::fd::BorrowedFd::borrow_raw(*fd);
+                        nix::fcntl::fcntl(
+                            fd,
+                            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                        )
+                        .map_err(std::io::Error::from)?;
+                    }
+                    Ok(())
                 });
             }
         }
@@ -490,6 +542,20 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    fn a_memory_file_is_read_by_path_and_seeks() {
+        let file = MemoryFile::new("test", b"first line\nsecond line\n").unwrap();
+        // tail reads it by path, seeking from the end.
+        let out = ExternalCommand::new("tail")
+            .args(["-n", "1", &file.path()])
+            .memory_file(&file)
+            .run()
+            .unwrap();
+        assert_eq!(out.stdout_text(), "second line\n");
+        // Not passed, the program cannot open it.
+        assert!(ExternalCommand::new("cat").arg(file.path()).run().is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pgseal_exec::ExternalCommand;
+use pgseal_exec::{ExternalCommand, MemoryFile};
 use pgseal_pg::replication::{self, quote_ident, quote_literal};
 use pgseal_platform::{InstanceStatus, NewInstance, Platform};
 use serde_json::json;
@@ -183,11 +183,13 @@ impl<P: Platform> Engine<'_, P> {
         config: &tokio_postgres::Config,
         stdin: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, EngineError> {
-        self.run_tool_with(program, args, config, stdin, &[]).await
+        self.run_tool_with(program, args, config, stdin, &[], &[])
+            .await
     }
 
-    /// [`run_tool`](Self::run_tool) with more variables in its environment. The program
-    /// dies with pgseal (a killed `migrate` leaves no restore running on behind `resume`).
+    /// [`run_tool`](Self::run_tool) with more variables in its environment and memory
+    /// files it opens by path. The program dies with pgseal (a killed `migrate` leaves no
+    /// restore running on behind `resume`).
     async fn run_tool_with(
         &self,
         program: &str,
@@ -195,10 +197,14 @@ impl<P: Platform> Engine<'_, P> {
         config: &tokio_postgres::Config,
         stdin: Option<Vec<u8>>,
         env: &[(&str, String)],
+        files: &[&MemoryFile],
     ) -> Result<Vec<u8>, EngineError> {
         let mut cmd = ExternalCommand::new(self.tool(program)?)
             .args(args)
             .die_with_parent();
+        for file in files {
+            cmd = cmd.memory_file(file);
+        }
         for (key, value) in pgseal_pg::libpq_env(config)
             .into_iter()
             .chain(env.iter().map(|(k, v)| (*k, v.clone())))
@@ -242,6 +248,7 @@ impl<P: Platform> Engine<'_, P> {
             &config,
             Some(sql),
             &[("PGOPTIONS", "-c synchronous_commit=off".to_string())],
+            &[],
         )
         .await?;
         copy::flush_target(&self.target_db(database).await?).await
@@ -574,23 +581,16 @@ impl<P: Platform> Engine<'_, P> {
             return Ok(0);
         }
         // pg_restore builds in parallel only from an archive file it can seek in: the
-        // archive (schema only, no row values) and the list live in a private temporary
-        // directory for the call.
-        let dir = tempfile::tempdir().map_err(|e| {
-            EngineError::Precondition(format!("cannot make a temporary directory: {e}"))
-        })?;
-        let write = |name: &str, bytes: &[u8]| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, bytes).map(|()| path).map_err(|e| {
-                EngineError::Precondition(format!(
-                    "cannot write {}: {e}",
-                    dir.path().join(name).display()
-                ))
+        // archive (schema only, no row values) and the list are files in memory, gone
+        // with pgseal however it ends.
+        let in_memory = |name: &str, bytes: &[u8]| {
+            MemoryFile::new(name, bytes).map_err(|e| {
+                EngineError::Precondition(format!("cannot make a file in memory: {e}"))
             })
         };
-        let list = write("entries.list", (missing.join("\n") + "\n").as_bytes())?;
-        let archive = write("post-data.archive", &post.archive)?;
-        let list_arg = format!("--use-list={}", list.display());
+        let list = in_memory("entries.list", (missing.join("\n") + "\n").as_bytes())?;
+        let archive = in_memory("post-data.archive", &post.archive)?;
+        let list_arg = format!("--use-list={}", list.path());
         let jobs = self.jobs().to_string();
         let config = self.target_config(database).await?;
         // Each entry in a transaction of its own, `jobs` at a time in dependency order,
@@ -611,11 +611,12 @@ impl<P: Platform> Engine<'_, P> {
                 "--exit-on-error",
                 "--no-tablespaces",
                 &list_arg,
-                &archive.display().to_string(),
+                &archive.path(),
             ],
             &config,
             None,
             &[("PGOPTIONS", options)],
+            &[&list, &archive],
         )
         .await?;
         Ok(missing.len())
