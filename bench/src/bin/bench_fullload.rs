@@ -57,16 +57,21 @@ struct TableFigures {
     key_seconds: Vec<f64>,
 }
 
+/// The number in the environment variable `name`, 0 when it is not set.
+fn env_count(name: &str) -> anyhow::Result<u32> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse())
+        .transpose()
+        .with_context(|| format!("{name} is a number"))
+        .map(Option::unwrap_or_default)
+}
+
 fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<()> {
     let storage = format!("{}MiB", 2048 + scale * 60);
     let engine = version.to_string();
     let mut db_mib = b.pgbench_source(&storage, scale)?;
-    let extra_tables: u32 = std::env::var("BENCH_FULLLOAD_TABLES")
-        .ok()
-        .map(|v| v.parse())
-        .transpose()
-        .context("BENCH_FULLLOAD_TABLES is a number")?
-        .unwrap_or(0);
+    let extra_tables = env_count("BENCH_FULLLOAD_TABLES")?;
     if extra_tables > 0 {
         b.psql(
             "bench-src",
@@ -83,12 +88,7 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
             .parse()?;
         println!("  the source also has {extra_tables} tables of 100 rows");
     }
-    let indexes: usize = std::env::var("BENCH_FULLLOAD_INDEXES")
-        .ok()
-        .map(|v| v.parse())
-        .transpose()
-        .context("BENCH_FULLLOAD_INDEXES is a number")?
-        .unwrap_or(0);
+    let indexes = env_count("BENCH_FULLLOAD_INDEXES")? as usize;
     // Secondary indexes beside the keys: post-data with work in it, which every way of
     // copying builds after the data (pg_restore -j 2 two at a time, as pgseal --jobs).
     let columns = ["bid, abalance", "abalance", "aid DESC", "bid, aid"];

@@ -43,6 +43,23 @@ fn source_with_pgbench_app() -> (Home, Sql) {
     (h, src)
 }
 
+/// `migrate start` of a full load of instance `src` named `name`, with `extra` arguments.
+fn start_full_load<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "migrate",
+        "start",
+        "--source",
+        "src",
+        "--name",
+        name,
+        "--strategy",
+        "full-load",
+        "--replica-identity-full",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn server_major(sql: &Sql) -> i64 {
     sql.count("SELECT current_setting('server_version_num')::bigint / 10000")
 }
@@ -259,22 +276,8 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
     );
     let ledger = h.ledger();
     let writes = h.workload(&["--instance", "src"], &ledger, 40);
-    let start = [
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "f1",
-        "--strategy",
-        "full-load",
-        "--replica-identity-full",
-        // pgbench_accounts (about 26 MB at scale 2) in ranges copied by two workers.
-        "--jobs",
-        "2",
-        "--split-tables-larger-than",
-        "4MiB",
-    ];
+    // pgbench_accounts (about 26 MB at scale 2) in ranges copied by two workers.
+    let start = start_full_load("f1", &["--jobs", "2", "--split-tables-larger-than", "4MiB"]);
     // Killed after each step's work but before it is journaled (the hardest case), as
     // the copy starts and once a table is copied; each time `resume` takes it on.
     let points = [
@@ -411,17 +414,7 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
 #[test]
 fn aborting_during_the_initial_copy_leaves_no_slot_publication_or_subscription() {
     let (h, src) = source_with_pgbench_app();
-    let start = [
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "f2",
-        "--strategy",
-        "full-load",
-        "--replica-identity-full",
-    ];
+    let start = start_full_load("f2", &[]);
     // Stopped before the copy, which makes the slot.
     let out = h.run_env(("PGSEAL_FAILPOINT", "after:subscription"), &start);
     assert_crashed(&out, "after:subscription");
@@ -622,21 +615,10 @@ fn full_load_killed_at_random_moments_of_its_copy_and_post_data_loses_and_double
     // (`wait_caught_up` below waits for the writes to end: they last as long as the kills.)
     let writes = h.workload(&["--instance", "src"], &ledger, 15);
     let (mut rng, seed) = pgseal_testkit::SeededRng::from_env_or_clock("PGSEAL_TEST_SEED");
-    let start = [
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
+    let start = start_full_load(
         "rk",
-        "--strategy",
-        "full-load",
-        "--replica-identity-full",
-        "--jobs",
-        "2",
-        "--split-tables-larger-than",
-        "16MiB",
-    ];
+        &["--jobs", "2", "--split-tables-larger-than", "16MiB"],
+    );
     let resume = ["migrate", "resume", "rk"];
     // pgseal's copy reading the source, and its post-data's pg_dump of the source.
     let copying = "SELECT count(*) FROM pg_stat_activity \
@@ -734,16 +716,7 @@ fn a_source_of_thousands_of_tables_loads_and_resumes_within_the_lock_table() {
             batch * 500 + 500
         ));
     }
-    let start = [
-        "migrate",
-        "start",
-        "--source",
-        "src",
-        "--name",
-        "many",
-        "--strategy",
-        "full-load",
-    ];
+    let start = start_full_load("many", &[]);
     let began = std::time::Instant::now();
     // Killed once the copy runs: resume empties what it copied and copies it again.
     let out = h.run_env(("PGSEAL_FAILPOINT", "initial_copy:copying"), &start);

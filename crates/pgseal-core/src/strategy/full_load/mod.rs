@@ -94,10 +94,6 @@ async fn table_keys(
         .collect())
 }
 
-const CONSTRAINT_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_constraint k \
-     JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-     WHERE n.nspname = $1 AND c.relname = $2 AND k.conname = $3)";
-
 /// The full-load strategy (`--strategy full-load`).
 #[derive(Debug, Clone, Copy)]
 pub struct FullLoad;
@@ -175,40 +171,23 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     /// Runs `program` against `config`'s server (its connection in the environment, never
-    /// the arguments), feeding `stdin`; returns its stdout.
+    /// the arguments) with `input`; returns its stdout. The program dies with pgseal (a
+    /// killed `migrate` leaves no restore running on behind `resume`).
     async fn run_tool(
         &self,
         program: &str,
         args: &[&str],
         config: &tokio_postgres::Config,
-        stdin: Option<Vec<u8>>,
+        input: ToolInput<'_>,
     ) -> Result<Vec<u8>, EngineError> {
-        self.run_tool_with(program, args, config, stdin, &[], &[])
-            .await
-    }
-
-    /// [`run_tool`](Self::run_tool) with more variables in its environment and memory
-    /// files it opens by path. The program dies with pgseal (a killed `migrate` leaves no
-    /// restore running on behind `resume`).
-    async fn run_tool_with(
-        &self,
-        program: &str,
-        args: &[&str],
-        config: &tokio_postgres::Config,
-        stdin: Option<Vec<u8>>,
-        env: &[(&str, String)],
-        files: &[&MemoryFile],
-    ) -> Result<Vec<u8>, EngineError> {
+        let ToolInput { stdin, env, files } = input;
         let mut cmd = ExternalCommand::new(self.tool(program)?)
             .args(args)
             .die_with_parent();
-        for file in files {
+        for file in &files {
             cmd = cmd.memory_file(file);
         }
-        for (key, value) in pgseal_pg::libpq_env(config)
-            .into_iter()
-            .chain(env.iter().map(|(k, v)| (*k, v.clone())))
-        {
+        for (key, value) in pgseal_pg::libpq_env(config).into_iter().chain(env) {
             cmd = cmd.env(key, value);
         }
         if let Some(bytes) = stdin {
@@ -242,15 +221,12 @@ impl<P: Platform> Engine<'_, P> {
     async fn psql(&self, database: &str, sql: Vec<u8>) -> Result<(), EngineError> {
         let config = self.target_config(database).await?;
         let args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"];
-        self.run_tool_with(
-            "psql",
-            &args,
-            &config,
-            Some(sql),
-            &[("PGOPTIONS", "-c synchronous_commit=off".to_string())],
-            &[],
-        )
-        .await?;
+        let input = ToolInput {
+            stdin: Some(sql),
+            env: vec![("PGOPTIONS", "-c synchronous_commit=off".to_string())],
+            ..ToolInput::default()
+        };
+        self.run_tool("psql", &args, &config, input).await?;
         copy::flush_target(&self.target_db(database).await?).await
     }
 
@@ -415,7 +391,7 @@ impl<P: Platform> Engine<'_, P> {
                         "--no-tablespaces",
                     ],
                     &source,
-                    None,
+                    ToolInput::default(),
                 )
                 .await?;
             self.psql(&s.database, pre_data).await?;
@@ -510,11 +486,19 @@ impl<P: Platform> Engine<'_, P> {
                     "-Fc",
                 ],
                 source,
-                None,
+                ToolInput::default(),
             )
             .await?;
         let list = self
-            .run_tool("pg_restore", &["-l"], source, Some(archive.clone()))
+            .run_tool(
+                "pg_restore",
+                &["-l"],
+                source,
+                ToolInput {
+                    stdin: Some(archive.clone()),
+                    ..ToolInput::default()
+                },
+            )
             .await?;
         let entries: Vec<(String, TocEntry)> = String::from_utf8_lossy(&list)
             .lines()
@@ -543,10 +527,10 @@ impl<P: Platform> Engine<'_, P> {
             post.entries.iter().filter_map(|(_, e)| e.kind()).collect();
         used.sort_by_key(|k| k.catalog);
         used.dedup_by_key(|k| k.catalog);
-        let names = prepare_kinds(&source, &used, |k| k.names)
+        let names = prepare_kinds(&source, &used, IdentityKind::names)
             .await
             .map_err(sql("source", "naming schema objects"))?;
-        let exists = prepare_kinds(target, &used, |k| k.exists)
+        let exists = prepare_kinds(target, &used, IdentityKind::exists)
             .await
             .map_err(sql("target", "checking built objects"))?;
         let identities =
@@ -602,7 +586,7 @@ impl<P: Platform> Engine<'_, P> {
             "-c maintenance_work_mem={}MB",
             copy::maintenance_work_mem_mib(self.jobs())
         );
-        self.run_tool_with(
+        self.run_tool(
             "pg_restore",
             &[
                 "--dbname=application_name=pgseal_post_data",
@@ -614,9 +598,11 @@ impl<P: Platform> Engine<'_, P> {
                 &archive.path(),
             ],
             &config,
-            None,
-            &[("PGOPTIONS", options)],
-            &[&list, &archive],
+            ToolInput {
+                env: vec![("PGOPTIONS", options)],
+                files: vec![&list, &archive],
+                ..ToolInput::default()
+            },
         )
         .await?;
         Ok(missing.len())
@@ -868,6 +854,17 @@ impl<P: Platform> Engine<'_, P> {
     }
 }
 
+/// What a tool gets besides its arguments and its connection.
+#[derive(Default)]
+struct ToolInput<'a> {
+    /// Fed to its stdin (else it reads nothing).
+    stdin: Option<Vec<u8>>,
+    /// More variables in its environment.
+    env: Vec<(&'static str, String)>,
+    /// Files in memory it opens by path.
+    files: Vec<&'a MemoryFile>,
+}
+
 /// A database's post-data schema: the archive and its entries (line, parsed).
 struct PostData {
     archive: Vec<u8>,
@@ -908,7 +905,7 @@ struct ObjectIdentity {
 }
 
 /// How one kind of post-data object is named on the source (by the entry's oid) and found
-/// on the target (by those names): `$1` schema, `$2` table, `$3` name.
+/// on the target (by those names): schema, table and own name, empty where it has none.
 #[derive(Debug, PartialEq, Eq)]
 struct IdentityKind {
     /// The catalog the archive names the entry by (`pg_restore -l`'s TABLEOID).
@@ -916,10 +913,98 @@ struct IdentityKind {
     /// The entry types that make such an object (`ROW SECURITY` and `MATERIALIZED VIEW
     /// DATA` name a pg_class oid too: a table's, which is there already).
     descs: &'static [&'static str],
-    /// Its (schema, table, name) on the source, from its oid `$1`.
-    names: &'static str,
-    /// Whether the target has it.
-    exists: &'static str,
+    naming: Naming,
+}
+
+/// The statements that name an object and find it again.
+#[derive(Debug, PartialEq, Eq)]
+enum Naming {
+    /// An object of a table, in `catalog`: `table` is the column naming its table,
+    /// `name` its own name's.
+    OfTable {
+        catalog: &'static str,
+        table: &'static str,
+        name: &'static str,
+    },
+    /// An object of a schema, in `catalog`: `namespace` is the column naming its schema,
+    /// `name` its own name's.
+    InSchema {
+        catalog: &'static str,
+        namespace: &'static str,
+        name: &'static str,
+    },
+    /// An object of the database, in `catalog`, named by its column `name`.
+    Global {
+        catalog: &'static str,
+        name: &'static str,
+    },
+    /// Its (schema, table, name) on the source from its oid `$1`; whether the target has
+    /// it from `$1` schema, `$2` table, `$3` name.
+    Own {
+        names: &'static str,
+        exists: &'static str,
+    },
+}
+
+/// A named kind's statement parts: what to read from, its schema, table and name.
+type Parts = (String, &'static str, &'static str, String);
+
+impl IdentityKind {
+    /// What to read from (the object as `x`), and its schema, table and name as
+    /// expressions there (`''` where it has none); for [`Naming::Own`], its statements.
+    fn parts(&self) -> Result<Parts, (&'static str, &'static str)> {
+        Ok(match self.naming {
+            Naming::OfTable {
+                catalog,
+                table,
+                name,
+            } => (
+                format!(
+                    "{catalog} x JOIN pg_class c ON c.oid = x.{table} \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace"
+                ),
+                "n.nspname",
+                "c.relname",
+                format!("x.{name}"),
+            ),
+            Naming::InSchema {
+                catalog,
+                namespace,
+                name,
+            } => (
+                format!("{catalog} x JOIN pg_namespace n ON n.oid = x.{namespace}"),
+                "n.nspname",
+                "''",
+                format!("x.{name}"),
+            ),
+            Naming::Global { catalog, name } => {
+                (format!("{catalog} x"), "''", "''", format!("x.{name}"))
+            }
+            Naming::Own { names, exists } => return Err((names, exists)),
+        })
+    }
+
+    /// The statement naming the object of oid `$1` on the source.
+    fn names(&self) -> String {
+        match self.parts() {
+            Ok((from, schema, table, name)) => format!(
+                "SELECT {schema}::text, {table}::text, {name}::text FROM {from} WHERE x.oid = $1"
+            ),
+            Err((names, _)) => names.to_string(),
+        }
+    }
+
+    /// The statement saying whether the target has it (each name compared in its own
+    /// type, so that the catalogs' indexes serve).
+    fn exists(&self) -> String {
+        match self.parts() {
+            Ok((from, schema, table, name)) => format!(
+                "SELECT EXISTS (SELECT 1 FROM {from} \
+                 WHERE {schema} = $1 AND {table} = $2 AND {name} = $3)"
+            ),
+            Err((_, exists)) => exists.to_string(),
+        }
+    }
 }
 
 /// Every kind of post-data entry whose object can be found again: on `resume`, what is
@@ -930,85 +1015,98 @@ const IDENTITY_KINDS: &[IdentityKind] = &[
     IdentityKind {
         catalog: 1259,
         descs: &["INDEX"],
-        names: "SELECT n.nspname::text, ''::text, c.relname::text FROM pg_class c \
-                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        exists: "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $3 AND $2::text IS NOT NULL)",
+        naming: Naming::InSchema {
+            catalog: "pg_class",
+            namespace: "relnamespace",
+            name: "relname",
+        },
     },
     IdentityKind {
         catalog: 2606,
         descs: &["CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT"],
-        names: "SELECT n.nspname::text, c.relname::text, k.conname::text FROM pg_constraint k \
-                JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE k.oid = $1",
-        exists: CONSTRAINT_EXISTS,
+        naming: Naming::OfTable {
+            catalog: "pg_constraint",
+            table: "conrelid",
+            name: "conname",
+        },
     },
     IdentityKind {
         catalog: 2620,
         descs: &["TRIGGER"],
-        names: "SELECT n.nspname::text, c.relname::text, t.tgname::text FROM pg_trigger t \
-                JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.oid = $1",
-        exists: "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = $3)",
+        naming: Naming::OfTable {
+            catalog: "pg_trigger",
+            table: "tgrelid",
+            name: "tgname",
+        },
     },
     IdentityKind {
         catalog: 2618,
         descs: &["RULE"],
-        names: "SELECT n.nspname::text, c.relname::text, r.rulename::text FROM pg_rewrite r \
-                JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = $1",
-        exists: "SELECT EXISTS (SELECT 1 FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND r.rulename = $3)",
-    },
-    IdentityKind {
-        catalog: 3466,
-        descs: &["EVENT TRIGGER"],
-        names: "SELECT ''::text, ''::text, evtname::text FROM pg_event_trigger WHERE oid = $1",
-        exists: "SELECT EXISTS (SELECT 1 FROM pg_event_trigger \
-                 WHERE evtname = $3 AND $1::text IS NOT NULL AND $2::text IS NOT NULL)",
+        naming: Naming::OfTable {
+            catalog: "pg_rewrite",
+            table: "ev_class",
+            name: "rulename",
+        },
     },
     IdentityKind {
         catalog: 3256,
         descs: &["POLICY"],
-        names: "SELECT n.nspname::text, c.relname::text, p.polname::text FROM pg_policy p \
-                JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.oid = $1",
-        exists: "SELECT EXISTS (SELECT 1 FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND p.polname = $3)",
+        naming: Naming::OfTable {
+            catalog: "pg_policy",
+            table: "polrelid",
+            name: "polname",
+        },
+    },
+    IdentityKind {
+        catalog: 3466,
+        descs: &["EVENT TRIGGER"],
+        naming: Naming::Global {
+            catalog: "pg_event_trigger",
+            name: "evtname",
+        },
     },
     // pg_statistic_ext: CREATE STATISTICS.
     IdentityKind {
         catalog: 3381,
         descs: &["STATISTICS"],
-        names: "SELECT n.nspname::text, ''::text, s.stxname::text FROM pg_statistic_ext s \
-                JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.oid = $1",
-        exists: "SELECT EXISTS (SELECT 1 FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace \
-                 WHERE n.nspname = $1 AND s.stxname = $3 AND $2::text IS NOT NULL)",
+        naming: Naming::InSchema {
+            catalog: "pg_statistic_ext",
+            namespace: "stxnamespace",
+            name: "stxname",
+        },
     },
     // pg_publication: the user's own publications (pgseal's are left out of the list).
     IdentityKind {
         catalog: 6104,
         descs: &["PUBLICATION"],
-        names: "SELECT ''::text, ''::text, pubname::text FROM pg_publication WHERE oid = $1",
-        exists: "SELECT EXISTS (SELECT 1 FROM pg_publication \
-                 WHERE pubname = $3 AND $1::text IS NOT NULL AND $2::text IS NOT NULL)",
+        naming: Naming::Global {
+            catalog: "pg_publication",
+            name: "pubname",
+        },
     },
     // pg_publication_rel: a table in a publication.
     IdentityKind {
         catalog: 6106,
         descs: &["PUBLICATION TABLE"],
-        names: "SELECT n.nspname::text, c.relname::text, p.pubname::text FROM pg_publication_rel r \
-                JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid \
-                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = $1",
-        exists: "SELECT EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
-                 JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND p.pubname = $3)",
+        naming: Naming::Own {
+            names: "SELECT n.nspname::text, c.relname::text, p.pubname::text FROM pg_publication_rel r \
+                    JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid \
+                    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.oid = $1",
+            exists: "SELECT EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+                     JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname = $2 AND p.pubname = $3)",
+        },
     },
     // pg_publication_namespace: a schema in a publication.
     IdentityKind {
         catalog: 6237,
         descs: &["PUBLICATION TABLES IN SCHEMA"],
-        names: "SELECT n.nspname::text, ''::text, p.pubname::text FROM pg_publication_namespace r \
-                JOIN pg_publication p ON p.oid = r.pnpubid JOIN pg_namespace n ON n.oid = r.pnnspid WHERE r.oid = $1",
-        exists: "SELECT EXISTS (SELECT 1 FROM pg_publication_namespace r JOIN pg_publication p ON p.oid = r.pnpubid \
-                 JOIN pg_namespace n ON n.oid = r.pnnspid WHERE n.nspname = $1 AND p.pubname = $3 AND $2::text IS NOT NULL)",
+        naming: Naming::Own {
+            names: "SELECT n.nspname::text, ''::text, p.pubname::text FROM pg_publication_namespace r \
+                    JOIN pg_publication p ON p.oid = r.pnpubid JOIN pg_namespace n ON n.oid = r.pnnspid WHERE r.oid = $1",
+            exists: "SELECT EXISTS (SELECT 1 FROM pg_publication_namespace r JOIN pg_publication p ON p.oid = r.pnpubid \
+                     JOIN pg_namespace n ON n.oid = r.pnnspid WHERE n.nspname = $1 AND p.pubname = $3 AND $2::text IS NOT NULL)",
+        },
     },
 ];
 
@@ -1016,10 +1114,14 @@ const IDENTITY_KINDS: &[IdentityKind] = &[
 async fn prepare_kinds(
     client: &Client,
     kinds: &[&'static IdentityKind],
-    sql_of: fn(&IdentityKind) -> &'static str,
+    sql_of: fn(&IdentityKind) -> String,
 ) -> Result<HashMap<u32, Statement>, tokio_postgres::Error> {
-    let statements =
-        futures_util::future::try_join_all(kinds.iter().map(|k| client.prepare(sql_of(k)))).await?;
+    let statements = futures_util::future::try_join_all(
+        kinds
+            .iter()
+            .map(|k| async move { client.prepare(&sql_of(k)).await }),
+    )
+    .await?;
     Ok(kinds.iter().map(|k| k.catalog).zip(statements).collect())
 }
 
@@ -1094,6 +1196,66 @@ impl ObjectIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn every_kinds_statements_prepare_on_a_real_server() {
+        let cluster = pgseal_testkit::TestCluster::builder().start().unwrap();
+        let client = cluster.connect("postgres").await.unwrap();
+        for kind in IDENTITY_KINDS {
+            for sql in [kind.names(), kind.exists()] {
+                let statement = client
+                    .prepare(&sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                assert_eq!(
+                    statement.columns().len(),
+                    if sql.contains("EXISTS") { 1 } else { 3 },
+                    "{sql}"
+                );
+            }
+        }
+        // A trigger is named by its table and found again by those names.
+        client
+            .batch_execute(
+                "CREATE TABLE \"a t\" (id int); \
+                 CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'; \
+                 CREATE TRIGGER \"the trigger\" BEFORE INSERT ON \"a t\" FOR EACH ROW EXECUTE FUNCTION f()",
+            )
+            .await
+            .unwrap();
+        let oid: u32 = client
+            .query_one(
+                "SELECT oid FROM pg_trigger WHERE tgname = 'the trigger'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let entry = TocEntry {
+            catalog: 2620,
+            oid,
+            desc: "TRIGGER".into(),
+            tag: String::new(),
+        };
+        let kind = entry.kind().unwrap();
+        let names = client.prepare(&kind.names()).await.unwrap();
+        let identity = entry.identity_on(&client, &names).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                identity.schema.as_str(),
+                identity.table.as_str(),
+                identity.name.as_str()
+            ),
+            ("public", "a t", "the trigger")
+        );
+        let exists = client.prepare(&kind.exists()).await.unwrap();
+        assert!(identity.exists_on(&client, &exists).await.unwrap());
+        client
+            .batch_execute("DROP TRIGGER \"the trigger\" ON \"a t\"")
+            .await
+            .unwrap();
+        assert!(!identity.exists_on(&client, &exists).await.unwrap());
+    }
 
     #[test]
     fn archive_list_lines_parse() {
