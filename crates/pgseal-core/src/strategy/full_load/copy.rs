@@ -2,9 +2,11 @@
 //! source to the target by `COPY`, under the snapshot the stream's slot exported when it
 //! was made, by several workers at once, largest table first (a large table split into
 //! ranges of pages when `--split-tables-larger-than` asks for it), each table's keys built
-//! as soon as its last range is in. A table copied whole is emptied in its copy's own
-//! transaction, so on the target (at `wal_level = minimal` while it loads) it is written
-//! without WAL and frozen.
+//! as soon as its last range is in. A table of 2 MB or more copied whole is emptied in its
+//! copy's own transaction, so it is written frozen, and without WAL on a target loading at
+//! `wal_level = minimal` (made so when such tables add up to enough to matter). A worker's
+//! source transaction ends every [`TABLES_PER_TRANSACTION`] tables and the next begins in
+//! the same snapshot, so that it never holds locks on thousands of tables at once.
 //!
 //! Why nothing is lost or doubled (docs/migration.md): the slot is made here, on the
 //! replication protocol, with its snapshot exported. A commit before the slot's consistent
