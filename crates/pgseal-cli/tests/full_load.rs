@@ -736,3 +736,70 @@ fn a_source_of_thousands_of_tables_loads_and_resumes_within_the_lock_table() {
         "SELECT sum(reltuples)::bigint FROM pg_class WHERE relkind = 'r' AND relname LIKE 'many %'";
     assert_eq!(dst.count(rows), 6500);
 }
+
+#[test]
+fn plan_warns_when_pg_dump_would_outgrow_the_sources_lock_table() {
+    let h = Home::new();
+    // A lock table with room for about 10 × 20 = 200 locks.
+    h.source(
+        "locky",
+        &["max_locks_per_transaction=10", "max_connections=20"],
+    );
+    let src = h.sql("locky", "postgres");
+    for batch in 0..6 {
+        src.exec(&format!(
+            "DO $$ BEGIN FOR i IN {}..{} LOOP \
+               EXECUTE format('CREATE TABLE \"t %s\" (id int PRIMARY KEY)', i); \
+             END LOOP; END $$",
+            batch * 25 + 1,
+            batch * 25 + 25
+        ));
+    }
+    let findings = |source: &str| {
+        let out = h.run(&[
+            "migrate",
+            "plan",
+            "--source",
+            source,
+            "--strategy",
+            "full-load",
+            "--json",
+        ]);
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        plan["findings"].as_array().unwrap().clone()
+    };
+    let found = findings("locky");
+    let warning = found
+        .iter()
+        .find(|f| f["id"] == "lock_table")
+        .unwrap_or_else(|| panic!("{found:?}"));
+    assert_eq!(warning["severity"], "warning", "{warning}");
+    assert!(
+        warning["detail"]
+            .as_str()
+            .unwrap()
+            .contains("all 150 tables")
+            && warning["detail"]
+                .as_str()
+                .unwrap()
+                .contains("room for about 200"),
+        "{warning}"
+    );
+    assert!(
+        warning["fix"]
+            .as_str()
+            .unwrap()
+            .contains("raise max_locks_per_transaction to 64"),
+        "{warning}"
+    );
+    // With room to spare, nothing is said.
+    h.ok(&[
+        "instance",
+        "set-param",
+        "locky",
+        "max_locks_per_transaction=64",
+        "--apply",
+    ]);
+    let found = findings("locky");
+    assert!(!found.iter().any(|f| f["id"] == "lock_table"), "{found:?}");
+}

@@ -768,6 +768,45 @@ fn version_checks(
 
 /// The checks of one database of the scope; returns its scope entry and how many tables
 /// it publishes.
+/// The full load reads a database's schema with `pg_dump`, which locks every table it
+/// dumps in one transaction: past the room of the source's lock table it fails with "out
+/// of shared memory", and so may the source's own sessions meanwhile. A warning when the
+/// tables would take more than half of that room (PostgreSQL's own sizing:
+/// `max_locks_per_transaction × (max_connections + max_prepared_transactions)`).
+async fn lock_table_check(
+    client: &Client,
+    in_db: &dyn Fn(String) -> String,
+    findings: &mut Vec<Finding>,
+) -> Result<(), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind IN ('r', 'p') \
+                       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                       AND n.nspname NOT LIKE 'pg_toast%'), \
+                    current_setting('max_locks_per_transaction')::bigint, \
+                    current_setting('max_connections')::bigint \
+                      + current_setting('max_prepared_transactions')::bigint",
+            &[],
+        )
+        .await?;
+    let (tables, per_transaction, slots): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let room = per_transaction * slots.max(1);
+    if tables * 2 > room {
+        let enough = ((tables * 2 + slots.max(1) - 1) / slots.max(1)).max(64);
+        findings.push(warning(
+            "lock_table",
+            in_db(format!(
+                "pg_dump, which reads the schema for the full load, locks all {tables} tables at once; the lock table has room for about {room} locks (max_locks_per_transaction {per_transaction}), shared with every other session: past it pg_dump fails with \"out of shared memory\", and so may the applications' own transactions meanwhile"
+            )),
+            format!(
+                "raise max_locks_per_transaction to {enough} or more on the source (a restart) before the migration; pgseal gives the target the source's value"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn database_checks(
     client: &Client,
     db: &DatabaseInfo,
@@ -858,6 +897,7 @@ async fn database_checks(
     // A full load makes every object in the target's default tablespace (its encrypted
     // volume): the source's placement is a physical layout the target does not have.
     if input.target_version.strategy == StrategyKind::FullLoad {
+        lock_table_check(client, &in_db, findings).await?;
         let spaces: Vec<String> = client
             .query(
                 "SELECT DISTINCT t.spcname::text FROM pg_class c \
