@@ -92,33 +92,13 @@ pub fn latest_copy<'a>(
 /// `(at_ms, database, bytes_per_second)` between consecutive [`FACT_PROGRESS`] facts of
 /// the same copy (the report's plot of the copy).
 pub fn copy_rates(facts: &[(String, i64, serde_json::Value)]) -> Vec<(i64, String, f64)> {
-    let mut last: HashMap<String, (String, i64, f64)> = HashMap::new();
-    let mut rates = Vec::new();
-    for (kind, at_ms, body) in facts {
-        if kind != FACT_PROGRESS {
-            continue;
-        }
-        let (Some(database), Some(bytes)) = (body["database"].as_str(), body["bytes"].as_f64())
-        else {
-            continue;
-        };
-        let point = body["consistent_point"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if let Some((before_point, before_ms, before_bytes)) = last.get(database)
-            && *before_point == point
-            && *at_ms > *before_ms
-        {
-            rates.push((
-                *at_ms,
-                database.to_string(),
-                (bytes - before_bytes).max(0.0) * 1000.0 / (*at_ms - *before_ms) as f64,
-            ));
-        }
-        last.insert(database.to_string(), (point, *at_ms, bytes));
-    }
-    rates
+    // One series a copy: a copy started over (a new consistent point) begins anew.
+    crate::samples::rates(facts.iter().filter_map(|(kind, at_ms, body)| {
+        let database = body["database"].as_str()?;
+        let point = body["consistent_point"].as_str().unwrap_or_default();
+        (kind == FACT_PROGRESS).then_some(())?;
+        Some(((database, point), database, *at_ms, body["bytes"].as_f64()?))
+    }))
 }
 
 /// The `COPY ... FROM` commands running on the target, by `schema.table`: rows and bytes

@@ -108,24 +108,37 @@ pub async fn read(
 /// The apply rate of each sample after the first of its database: bytes the slot
 /// confirmed per second since the previous sample, as `(at_ms, database, bytes_per_s)`.
 pub fn apply_rates(samples: &[Sample]) -> Vec<(i64, String, f64)> {
-    let mut last: std::collections::BTreeMap<&str, (i64, u64)> = Default::default();
-    let mut rates = Vec::new();
-    for s in samples {
-        let Some(confirmed) = s.confirmed_lsn else {
-            continue;
-        };
-        if let Some((at, before)) = last.insert(&s.database, (s.at_ms, confirmed))
-            && s.at_ms > at
+    rates(samples.iter().filter_map(|s| {
+        let confirmed = s.confirmed_lsn? as f64;
+        Some((
+            (s.database.as_str(), ""),
+            s.database.as_str(),
+            s.at_ms,
+            confirmed,
+        ))
+    }))
+}
+
+/// The slope of a growing count between consecutive `points` of one series, as
+/// `(at_ms, label, per_second)`: each point is `(series, label, at_ms, count)`, a count
+/// that went down gives 0, and two points at one instant give none.
+pub(crate) fn rates<'a>(
+    points: impl IntoIterator<Item = ((&'a str, &'a str), &'a str, i64, f64)>,
+) -> Vec<(i64, String, f64)> {
+    let mut last: std::collections::HashMap<(&str, &str), (i64, f64)> = Default::default();
+    let mut out = Vec::new();
+    for (series, label, at_ms, count) in points {
+        if let Some((before_ms, before)) = last.insert(series, (at_ms, count))
+            && at_ms > before_ms
         {
-            let bytes = confirmed.saturating_sub(before) as f64;
-            rates.push((
-                s.at_ms,
-                s.database.clone(),
-                bytes * 1000.0 / (s.at_ms - at) as f64,
+            out.push((
+                at_ms,
+                label.to_string(),
+                (count - before).max(0.0) * 1000.0 / (at_ms - before_ms) as f64,
             ));
         }
     }
-    rates
+    out
 }
 
 #[cfg(test)]

@@ -141,12 +141,21 @@ fn series(
     since_ms: i64,
     value: impl Fn(&Sample) -> Option<f64>,
 ) -> Vec<Series> {
+    by_database(
+        samples
+            .iter()
+            .filter(|s| s.at_ms >= since_ms)
+            .filter_map(|s| Some((s.database.as_str(), s.at_ms, value(s)?))),
+    )
+}
+
+/// `(database, at_ms, value)` points as one series a database, in the order first seen.
+fn by_database<'a>(points: impl IntoIterator<Item = (&'a str, i64, f64)>) -> Vec<Series> {
     let mut by_db: Vec<Series> = Vec::new();
-    for s in samples.iter().filter(|s| s.at_ms >= since_ms) {
-        let Some(v) = value(s) else { continue };
-        match by_db.iter_mut().find(|(db, _)| *db == s.database) {
-            Some((_, points)) => points.push((s.at_ms, v)),
-            None => by_db.push((s.database.clone(), vec![(s.at_ms, v)])),
+    for (database, at_ms, v) in points {
+        match by_db.iter_mut().find(|(db, _)| db == database) {
+            Some((_, points)) => points.push((at_ms, v)),
+            None => by_db.push((database.to_string(), vec![(at_ms, v)])),
         }
     }
     by_db
@@ -312,13 +321,11 @@ pub fn retention(
 /// The full load's copy rate (`COPY` bytes per second) per database over time, from
 /// `rates` as `(at_ms, database, bytes_per_second)`.
 pub fn copy_rate(rates: &[(i64, String, f64)], origin_ms: i64) -> Result<Plot, ReportError> {
-    let mut by_db: Vec<Series> = Vec::new();
-    for (at_ms, database, rate) in rates {
-        match by_db.iter_mut().find(|(db, _)| db == database) {
-            Some((_, points)) => points.push((*at_ms, *rate)),
-            None => by_db.push((database.clone(), vec![(*at_ms, *rate)])),
-        }
-    }
+    let by_db = by_database(
+        rates
+            .iter()
+            .map(|(at_ms, db, rate)| (db.as_str(), *at_ms, *rate)),
+    );
     time_plot(
         "Initial copy: COPY data per second, per database",
         by_db,

@@ -535,8 +535,12 @@ impl<P: Platform> Engine<'_, P> {
             .map_err(sql("target", "checking built objects"))?;
         let identities =
             futures_util::future::try_join_all(post.entries.iter().map(|(_, entry)| async {
-                match names.get(&entry.catalog).filter(|_| entry.kind().is_some()) {
-                    Some(statement) => entry.identity_on(&source, statement).await,
+                match entry.kind() {
+                    Some(kind) => {
+                        entry
+                            .identity_on(&source, kind, &names[&kind.catalog])
+                            .await
+                    }
                     None => Ok(None),
                 }
             }))
@@ -575,7 +579,7 @@ impl<P: Platform> Engine<'_, P> {
         let list = in_memory("entries.list", (missing.join("\n") + "\n").as_bytes())?;
         let archive = in_memory("post-data.archive", &post.archive)?;
         let list_arg = format!("--use-list={}", list.path());
-        let jobs = self.jobs().to_string();
+        let jobs = self.jobs();
         let config = self.target_config(database).await?;
         // Each entry in a transaction of its own, `jobs` at a time in dependency order,
         // as `pg_restore -j` restores any archive: indexes and constraints of different
@@ -584,14 +588,14 @@ impl<P: Platform> Engine<'_, P> {
         // so libpq takes it from the environment with the rest of the connection.
         let options = format!(
             "-c maintenance_work_mem={}MB",
-            copy::maintenance_work_mem_mib(self.jobs())
+            copy::maintenance_work_mem_mib(jobs)
         );
         self.run_tool(
             "pg_restore",
             &[
                 "--dbname=application_name=pgseal_post_data",
                 "--jobs",
-                &jobs,
+                &jobs.to_string(),
                 "--exit-on-error",
                 "--no-tablespaces",
                 &list_arg,
@@ -1157,17 +1161,15 @@ impl TocEntry {
             .find(|k| k.catalog == self.catalog && k.descs.contains(&self.desc.as_str()))
     }
 
-    /// The object this entry makes, named from the source's catalog by its oid with
-    /// `names` (its kind's [`IdentityKind::names`], prepared); `None` for entries of no
-    /// kind.
+    /// The object of `kind` this entry makes, named from the source's catalog by its oid
+    /// with `names` (the kind's [`IdentityKind::names`], prepared); `None` when the source
+    /// has no such object.
     async fn identity_on(
         &self,
         source: &Client,
+        kind: &'static IdentityKind,
         names: &Statement,
     ) -> Result<Option<ObjectIdentity>, tokio_postgres::Error> {
-        let Some(kind) = self.kind() else {
-            return Ok(None);
-        };
         let row = source.query_opt(names, &[&self.oid]).await?;
         Ok(row.map(|r| ObjectIdentity {
             kind,
@@ -1239,7 +1241,11 @@ mod tests {
         };
         let kind = entry.kind().unwrap();
         let names = client.prepare(&kind.names()).await.unwrap();
-        let identity = entry.identity_on(&client, &names).await.unwrap().unwrap();
+        let identity = entry
+            .identity_on(&client, kind, &names)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (
                 identity.schema.as_str(),
