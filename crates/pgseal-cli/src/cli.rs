@@ -308,25 +308,13 @@ pub enum EndpointCommand {
         tls_key: Option<PathBuf>,
     },
     /// Look for prepared-statement failures through an endpoint (exit 11 when found)
-    Check {
-        /// The endpoint's name.
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Check(Named),
     /// List endpoints
     List,
     /// Show one endpoint: the instance behind it, its URL, whether it runs
-    Describe {
-        /// The endpoint's name.
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Describe(Named),
     /// Stop an endpoint's PgBouncer and remove it
-    Delete {
-        /// The endpoint's name.
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Delete(Named),
 }
 
 const MIGRATE_ABOUT: &str = "\
@@ -521,11 +509,7 @@ pub enum MigrateCommand {
         once: bool,
     },
     /// Remove everything a migration created (target, snapshot, slot, publication)
-    Abort {
-        /// The migration's name.
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Abort(Named),
     /// Phase, steps, lag, slot retention, apply errors and schema drift
     Status {
         /// The migration's name.
@@ -570,11 +554,7 @@ pub enum MigrateCommand {
     },
     /// Compare both sides' catalogs and what no row comparison sees, object by object
     #[command(long_about = VERIFY_ABOUT)]
-    Verify {
-        /// The migration's name.
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Verify(Named),
     /// DDL captured on the source during the migration, and what became of it on the target
     #[command(long_about = DDL_ABOUT)]
     Ddl {
@@ -947,17 +927,18 @@ pub enum SnapshotCommand {
     /// List snapshots
     List,
     /// Show one snapshot
-    Describe {
-        /// The snapshot
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Describe(Named),
     /// Delete a snapshot
-    Delete {
-        /// The snapshot
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Delete(Named),
+}
+
+/// The one argument of a command that acts on a thing by its name (an instance, a
+/// snapshot, an endpoint).
+#[derive(Debug, Args)]
+pub struct Named {
+    /// Its name
+    #[arg(value_parser = parse_name)]
+    pub name: String,
 }
 
 /// `pgseal instance ...`
@@ -995,29 +976,13 @@ pub enum InstanceCommand {
     /// List instances with their status
     List,
     /// Show one instance: status, port, encryption, key, storage, parameters, paths
-    Describe {
-        /// Instance name
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Describe(Named),
     /// Start an instance (an encrypted one is reopened through the KMS)
-    Start {
-        /// Instance name
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Start(Named),
     /// Stop an instance (an encrypted one's key leaves the kernel; only ciphertext remains)
-    Stop {
-        /// Instance name
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Stop(Named),
     /// Restart an instance's server
-    Reboot {
-        /// Instance name
-        #[arg(value_parser = parse_name)]
-        name: String,
-    },
+    Reboot(Named),
     /// Delete an instance and all its data
     Delete {
         /// Instance name

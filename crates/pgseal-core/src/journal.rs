@@ -191,6 +191,33 @@ fn default_slot_wait() -> u64 {
 }
 
 impl MigrationSpec {
+    /// A migration of the whole instance `source` onto `target` under `key`, with every
+    /// choice at its default (the `migrate start` flags left out); `database` is where
+    /// pgseal connects first.
+    pub fn new(name: &str, source: &str, target: &str, key: &str, database: &str) -> Self {
+        MigrationSpec {
+            name: name.into(),
+            source: source.into(),
+            target: target.into(),
+            target_port: None,
+            key: key.into(),
+            database: database.into(),
+            databases: None,
+            tables: None,
+            allow_restart: false,
+            replica_identity_full: false,
+            long_transaction_seconds: 60,
+            max_slot_retention: None,
+            slot_wait_seconds: DEFAULT_SLOT_WAIT_SECONDS,
+            strategy: Default::default(),
+            engine_version: None,
+            copy_jobs: None,
+            split_tables_larger_than: None,
+            copy_role_passwords: false,
+            platform: Default::default(),
+        }
+    }
+
     /// The source's URL when it is a server outside the platform (`postgres://...`, no
     /// password: that comes from `PGPASSWORD` at each run and is never journaled).
     pub fn source_url(&self) -> Option<&str> {
@@ -1086,27 +1113,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str) -> MigrationSpec {
-        MigrationSpec {
-            name: name.into(),
-            source: "src".into(),
-            target: "src-enc".into(),
-            target_port: None,
-            key: "pgseal/default".into(),
-            database: "postgres".into(),
-            databases: None,
-            tables: None,
-            allow_restart: false,
-            replica_identity_full: false,
-            long_transaction_seconds: 60,
-            max_slot_retention: None,
-            slot_wait_seconds: DEFAULT_SLOT_WAIT_SECONDS,
-            strategy: Default::default(),
-            engine_version: None,
-            copy_role_passwords: false,
-            copy_jobs: None,
-            split_tables_larger_than: None,
-            platform: Default::default(),
-        }
+        MigrationSpec::new(name, "src", "src-enc", "pgseal/default", "postgres")
     }
 
     #[test]

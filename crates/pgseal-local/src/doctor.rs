@@ -151,6 +151,20 @@ struct About {
 }
 
 impl About {
+    const fn new(
+        id: &'static str,
+        title: &'static str,
+        need: Need,
+        needed_for: &'static str,
+    ) -> Self {
+        About {
+            id,
+            title,
+            need,
+            needed_for,
+        }
+    }
+
     /// The check found what it looks for.
     fn ok(&self, detail: String) -> Check {
         self.check(Status::Ok, detail, None)
@@ -178,12 +192,12 @@ fn check_server_binaries(
     inputs: &DoctorInputs,
     install: &Result<PgInstall, DiscoverError>,
 ) -> Check {
-    const CHECK: About = About {
-        id: "postgres_binaries",
-        title: "PostgreSQL server binaries",
-        need: Need::Required,
-        needed_for: "every local instance, snapshot and restore",
-    };
+    const CHECK: About = About::new(
+        "postgres_binaries",
+        "PostgreSQL server binaries",
+        Need::Required,
+        "every local instance, snapshot and restore",
+    );
     let apt = format!("apt-get install -y {SERVER_PACKAGE}");
     match install {
         Ok(install) if install.version.major < MIN_PG_MAJOR => CHECK.missing(
@@ -217,12 +231,12 @@ fn check_server_binaries(
 }
 
 fn check_versions() -> Check {
-    const CHECK: About = About {
-        id: "postgres_versions",
-        title: "PostgreSQL major versions",
-        need: Need::Recommended,
-        needed_for: "`instance create --engine-version` and full-load migrations onto a newer version",
-    };
+    const CHECK: About = About::new(
+        "postgres_versions",
+        "PostgreSQL major versions",
+        Need::Recommended,
+        "`instance create --engine-version` and full-load migrations onto a newer version",
+    );
     let installs = pgseal_pg::PgInstalls::discover();
     let listed: Vec<String> = installs
         .all
@@ -253,12 +267,12 @@ fn check_versions() -> Check {
 }
 
 fn check_pgbench(install: &Result<PgInstall, DiscoverError>) -> Check {
-    const CHECK: About = About {
-        id: "pgbench",
-        title: "pgbench",
-        need: Need::Recommended,
-        needed_for: "pgseal demo and the benchmarks (sample data and load)",
-    };
+    const CHECK: About = About::new(
+        "pgbench",
+        "pgbench",
+        Need::Recommended,
+        "pgseal demo and the benchmarks (sample data and load)",
+    );
     match install {
         Ok(install) if install.program("pgbench").is_file() => {
             CHECK.ok(install.program("pgbench").display().to_string())
@@ -278,12 +292,12 @@ fn check_pgbench(install: &Result<PgInstall, DiscoverError>) -> Check {
 }
 
 fn check_server_user(is_root: bool) -> Check {
-    const CHECK: About = About {
-        id: "server_os_user",
-        title: "OS user to run servers as",
-        need: Need::Required,
-        needed_for: "running PostgreSQL servers (they refuse to run as root)",
-    };
+    const CHECK: About = About::new(
+        "server_os_user",
+        "OS user to run servers as",
+        Need::Required,
+        "running PostgreSQL servers (they refuse to run as root)",
+    );
     if !is_root {
         let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
             .ok()
@@ -310,12 +324,12 @@ fn check_server_user(is_root: bool) -> Check {
 }
 
 fn check_home(home: &Path) -> Check {
-    const CHECK: About = About {
-        id: "home",
-        title: "pgseal home directory",
-        need: Need::Required,
-        needed_for: "instances, snapshots, keys and journals",
-    };
+    const CHECK: About = About::new(
+        "home",
+        "pgseal home directory",
+        Need::Required,
+        "instances, snapshots, keys and journals",
+    );
     let existing = home.ancestors().find(|p| p.exists());
     let writable =
         existing.is_some_and(|p| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok());
@@ -335,12 +349,12 @@ fn check_home(home: &Path) -> Check {
 }
 
 fn check_privileges(inputs: &DoctorInputs, is_root: bool) -> Check {
-    const CHECK: About = About {
-        id: "volume_privileges",
-        title: "privileges for encrypted volumes",
-        need: Need::Required,
-        needed_for: "encrypted instances (loop mounts and fscrypt key ioctls)",
-    };
+    const CHECK: About = About::new(
+        "volume_privileges",
+        "privileges for encrypted volumes",
+        Need::Required,
+        "encrypted instances (loop mounts and fscrypt key ioctls)",
+    );
     let has_cap = has_capability(&inputs.sys("/proc/self/status"), CAP_SYS_ADMIN);
     match (is_root, has_cap) {
         (_, true) => CHECK.ok(format!(
@@ -360,12 +374,12 @@ fn check_privileges(inputs: &DoctorInputs, is_root: bool) -> Check {
 }
 
 fn check_kernel_fscrypt(inputs: &DoctorInputs) -> Check {
-    const CHECK: About = About {
-        id: "kernel_fscrypt",
-        title: "kernel fscrypt support for ext4",
-        need: Need::Required,
-        needed_for: "encrypted instances (AES-256-XTS file contents)",
-    };
+    const CHECK: About = About::new(
+        "kernel_fscrypt",
+        "kernel fscrypt support for ext4",
+        Need::Required,
+        "encrypted instances (AES-256-XTS file contents)",
+    );
     let feature = inputs.sys("/sys/fs/ext4/features/encryption");
     if feature.exists() {
         CHECK.ok("/sys/fs/ext4/features/encryption present".into())
@@ -378,12 +392,12 @@ fn check_kernel_fscrypt(inputs: &DoctorInputs) -> Check {
 }
 
 fn check_loop_devices(inputs: &DoctorInputs) -> Check {
-    const CHECK: About = About {
-        id: "loop_devices",
-        title: "loop devices",
-        need: Need::Required,
-        needed_for: "encrypted instances (each volume is a loop-mounted image)",
-    };
+    const CHECK: About = About::new(
+        "loop_devices",
+        "loop devices",
+        Need::Required,
+        "encrypted instances (each volume is a loop-mounted image)",
+    );
     let control = inputs.sys("/dev/loop-control");
     let loop0 = inputs.sys("/dev/loop0");
     if control.exists() || loop0.exists() {
@@ -428,12 +442,12 @@ fn check_program(
 }
 
 fn check_pgbouncer(inputs: &DoctorInputs) -> Check {
-    const CHECK: About = About {
-        id: "pgbouncer",
-        title: "PgBouncer",
-        need: Need::Recommended,
-        needed_for: "endpoints (switching applications without reconnects) and pgseal demo",
-    };
+    const CHECK: About = About::new(
+        "pgbouncer",
+        "PgBouncer",
+        Need::Recommended,
+        "endpoints (switching applications without reconnects) and pgseal demo",
+    );
     match find_program_in("pgbouncer", inputs.search_path.as_deref()) {
         Some(path) => match crate::endpoint::pgbouncer::PgBouncer::at(path.clone()) {
             Ok(found) => CHECK.ok(pgbouncer_detail(&found)),
@@ -485,12 +499,12 @@ fn kernel_aes_drivers(crypto: &str) -> Vec<String> {
 }
 
 fn check_kernel_aes(inputs: &DoctorInputs) -> Check {
-    const CHECK: About = About {
-        id: "kernel_aes",
-        title: "hardware AES for fscrypt",
-        need: Need::Recommended,
-        needed_for: "encrypted instances at full speed (software AES costs write throughput)",
-    };
+    const CHECK: About = About::new(
+        "kernel_aes",
+        "hardware AES for fscrypt",
+        Need::Recommended,
+        "encrypted instances at full speed (software AES costs write throughput)",
+    );
     let crypto = std::fs::read_to_string(inputs.sys("/proc/crypto")).unwrap_or_default();
     let drivers = kernel_aes_drivers(&crypto);
     let accelerated = drivers
@@ -515,12 +529,12 @@ fn check_kernel_aes(inputs: &DoctorInputs) -> Check {
 /// Loop devices and mounts of pgseal volumes whose instance is gone: a crash between
 /// mounting and recording can leave them, and they survive until detached.
 fn check_leftovers(inputs: &DoctorInputs) -> Check {
-    const CHECK: About = About {
-        id: "leftover_volumes",
-        title: "leftover volumes",
-        need: Need::Recommended,
-        needed_for: "a clean machine (leaked loop devices and mounts hold disk space and devices)",
-    };
+    const CHECK: About = About::new(
+        "leftover_volumes",
+        "leftover volumes",
+        Need::Recommended,
+        "a clean machine (leaked loop devices and mounts hold disk space and devices)",
+    );
     let instances = inputs.home.join("instances");
     let gone = |path: &Path| -> bool {
         // .../instances/NAME/(volume.img|mnt): the instance is gone when its record is.
@@ -564,12 +578,12 @@ fn check_leftovers(inputs: &DoctorInputs) -> Check {
 }
 
 fn check_online_resize(inputs: &DoctorInputs) -> Check {
-    const CHECK: About = About {
-        id: "online_resize",
-        title: "online volume growth",
-        need: Need::Recommended,
-        needed_for: "growing an encrypted instance without a restart (instance resize)",
-    };
+    const CHECK: About = About::new(
+        "online_resize",
+        "online volume growth",
+        Need::Recommended,
+        "growing an encrypted instance without a restart (instance resize)",
+    );
     let has = has_capability(&inputs.sys("/proc/self/status"), CAP_SYS_RESOURCE);
     if has {
         CHECK.ok("CAP_SYS_RESOURCE present".into())

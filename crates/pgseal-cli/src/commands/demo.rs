@@ -255,25 +255,14 @@ fn story(
         let platform = LocalPlatform::new(instances.clone(), Some(kms));
         let journal = Journal::open(home)?;
         let spec = MigrationSpec {
-            name: names.migration.clone(),
-            source: names.source.clone(),
-            target: names.target.clone(),
-            target_port: None,
-            key: names.key_alias.clone(),
-            database: "postgres".into(),
-            databases: None,
-            tables: None,
-            allow_restart: false,
             replica_identity_full: true,
-            long_transaction_seconds: 60,
-            max_slot_retention: None,
-            slot_wait_seconds: pgseal_core::journal::DEFAULT_SLOT_WAIT_SECONDS,
-            strategy: Default::default(),
-            engine_version: None,
-            copy_role_passwords: false,
-            copy_jobs: None,
-            split_tables_larger_than: None,
-            platform: Default::default(),
+            ..MigrationSpec::new(
+                &names.migration,
+                &names.source,
+                &names.target,
+                &names.key_alias,
+                "postgres",
+            )
         };
         journal.create(&spec)?;
         let observe = |e: &pgseal_core::Event| {

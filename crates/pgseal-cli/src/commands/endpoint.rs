@@ -5,7 +5,7 @@ use pgseal_local::endpoint::{EndpointOptions, TlsChoice};
 use pgseal_local::instance::LocalInstances;
 
 use super::{Context, Outcome, print_json};
-use crate::cli::EndpointCommand;
+use crate::cli::{EndpointCommand, Named};
 use crate::exit;
 use crate::output::endpoint::{check, describe, prepared_statement_advice};
 use crate::output::table;
@@ -44,7 +44,7 @@ pub fn run(ctx: &Context, action: &EndpointCommand) -> Outcome {
                 print!("{}", prepared_statement_advice(&PgBouncer::find()?));
             }
         }
-        EndpointCommand::Check { name } => {
+        EndpointCommand::Check(Named { name }) => {
             let report = instances.check_endpoint(name)?;
             if ctx.json {
                 print_json(&report)?;
@@ -81,7 +81,7 @@ pub fn run(ctx: &Context, action: &EndpointCommand) -> Outcome {
                 print!("{}", table(&rows));
             }
         }
-        EndpointCommand::Describe { name } => {
+        EndpointCommand::Describe(Named { name }) => {
             let info = instances.endpoint(name)?;
             if ctx.json {
                 print_json(&info)?;
@@ -89,7 +89,7 @@ pub fn run(ctx: &Context, action: &EndpointCommand) -> Outcome {
                 print!("{}", describe(&info));
             }
         }
-        EndpointCommand::Delete { name } => {
+        EndpointCommand::Delete(Named { name }) => {
             instances.delete_endpoint(name)?;
             ctx.status(format!("deleted endpoint {name}"));
             if ctx.json {

@@ -7,7 +7,7 @@ use pgseal_local::instance::{InstanceInfo, InstanceSpec, LocalInstances, ResizeH
 use zeroize::Zeroizing;
 
 use super::{Context, Outcome, as_dyn, chosen_key, print_json};
-use crate::cli::InstanceCommand;
+use crate::cli::{InstanceCommand, Named};
 use crate::exit;
 
 /// The environment variable that may hold the master password.
@@ -82,13 +82,13 @@ pub fn run(ctx: &Context, action: &InstanceCommand) -> Outcome {
             }
             Ok(exit::code(exit::OK))
         }
-        InstanceCommand::Describe { name } => show(ctx, &instances.describe(name)?),
-        InstanceCommand::Start { name } => {
+        InstanceCommand::Describe(Named { name }) => show(ctx, &instances.describe(name)?),
+        InstanceCommand::Start(Named { name }) => {
             let kms = kms_for(name)?;
             show(ctx, &instances.start(name, as_dyn(kms.as_ref()))?)
         }
-        InstanceCommand::Stop { name } => show(ctx, &instances.stop(name)?),
-        InstanceCommand::Reboot { name } => {
+        InstanceCommand::Stop(Named { name }) => show(ctx, &instances.stop(name)?),
+        InstanceCommand::Reboot(Named { name }) => {
             let kms = kms_for(name)?;
             show(ctx, &instances.reboot(name, as_dyn(kms.as_ref()))?)
         }

@@ -21,7 +21,7 @@ use super::platform::{AnyPlatform, aws_id, for_spec, is_aws_source};
 use super::progress::MigrateObserver;
 use super::switch::{EndpointSwitch, HookSwitch, resume_endpoint};
 use super::{Context, Outcome, print_json, url_config};
-use crate::cli::{MigrateCommand, MigrationArgs};
+use crate::cli::{MigrateCommand, MigrationArgs, Named};
 use crate::exit;
 use crate::output;
 
@@ -81,7 +81,7 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             interval,
             once,
         } => super::follow::run(ctx, name, *interval, *once),
-        MigrateCommand::Abort { name } => abort(ctx, name),
+        MigrateCommand::Abort(Named { name }) => abort(ctx, name),
         MigrateCommand::Status {
             name,
             watch,
@@ -100,7 +100,7 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             tables.as_deref(),
             std::time::Duration::from_secs(*wait_for_copies),
         ),
-        MigrateCommand::Verify { name } => verify(ctx, name),
+        MigrateCommand::Verify(Named { name }) => verify(ctx, name),
         MigrateCommand::Ddl {
             name,
             skip,

@@ -7,7 +7,7 @@ use pgseal_local::instance::{DEFAULT_STORAGE_BYTES, InstanceSpec, LocalInstances
 use pgseal_local::snapshot::{SnapshotFrom, SnapshotRecord, SnapshotSource};
 
 use super::{Context, Outcome, as_dyn, chosen_key, print_json};
-use crate::cli::SnapshotCommand;
+use crate::cli::{Named, SnapshotCommand};
 use crate::exit;
 
 /// Shows byte progress: a bar on a terminal, a log line every 5 seconds otherwise.
@@ -180,8 +180,8 @@ pub fn run(ctx: &Context, action: &SnapshotCommand) -> Outcome {
             }
             Ok(exit::code(exit::OK))
         }
-        SnapshotCommand::Describe { name } => show(ctx, &instances.snapshot(name)?),
-        SnapshotCommand::Delete { name } => {
+        SnapshotCommand::Describe(Named { name }) => show(ctx, &instances.snapshot(name)?),
+        SnapshotCommand::Delete(Named { name }) => {
             instances.delete_snapshot(name)?;
             ctx.status(format!("deleted snapshot {name}"));
             Ok(exit::code(exit::OK))
