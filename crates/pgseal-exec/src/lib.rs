@@ -285,6 +285,30 @@ impl ExternalCommand {
     /// that give meaning to particular exit codes (as `pg_ctl status` does).
     pub fn output(&self) -> Result<Output> {
         tracing::debug!(command = %self.display_command_line(), run_as = ?self.run_as, "running external program");
+        let mut cmd = self.prepared_command();
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let spawn_error = |source| Error::Spawn {
+            program: self.program_name(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_error)?;
+        if let Some(bytes) = &self.stdin {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin was piped");
+            // A child that exits without reading all of stdin is reported by its exit status.
+            let _ = stdin.write_all(bytes);
+        }
+        child.wait_with_output().map_err(spawn_error)
+    }
+
+    /// The std command with its environment, and with what must happen between fork and
+    /// exec: the parent-death signal and the inherited memory files.
+    fn prepared_command(&self) -> Command {
         let mut cmd = self.to_std_command();
         if self.die_with_parent || !self.inherited.is_empty() {
             use std::os::unix::process::CommandExt;
@@ -311,24 +335,41 @@ impl ExternalCommand {
                 });
             }
         }
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if self.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        cmd
+    }
+
+    /// Runs the program to its end with stdout collected, handing each line it writes on
+    /// stderr to `line` as soon as it is written (for a program whose progress is shown
+    /// while it runs). Stdin is empty. As with [`output`](Self::output), the exit status
+    /// is the caller's to judge, and [`die_with_parent`](Self::die_with_parent) holds.
+    pub fn output_with_stderr_lines(&self, mut line: impl FnMut(&str)) -> Result<Output> {
+        use std::io::BufRead;
+        tracing::debug!(command = %self.display_command_line(), run_as = ?self.run_as, "running external program, streaming its stderr");
+        let mut cmd = self.prepared_command();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let spawn_error = |source| Error::Spawn {
             program: self.program_name(),
             source,
         };
         let mut child = cmd.spawn().map_err(spawn_error)?;
-        if let Some(bytes) = &self.stdin {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().expect("stdin was piped");
-            // A child that exits without reading all of stdin is reported by its exit status.
-            let _ = stdin.write_all(bytes);
+        let mut stdout_pipe = child.stdout.take().expect("stdout was piped");
+        let stdout = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stdout_pipe, &mut buf);
+            buf
+        });
+        let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr was piped"));
+        for text in stderr.split(b'\n').map_while(std::result::Result::ok) {
+            line(String::from_utf8_lossy(&text).trim_end_matches('\r'));
         }
-        child.wait_with_output().map_err(spawn_error)
+        let status = child.wait().map_err(spawn_error)?;
+        Ok(Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: Vec::new(),
+        })
     }
 }
 
