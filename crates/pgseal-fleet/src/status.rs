@@ -1,0 +1,139 @@
+//! Where each migration of a fleet stands, read from the journal alone (no connection to
+//! any source or target): its phase, its replication lag and slot retention as last
+//! sampled, its last validation and the pauses of its cutover and rollback.
+
+use pgseal_core::report::{MigrationReport, gather};
+use pgseal_core::{Journal, JournalError, Phase};
+use serde::Serialize;
+
+use crate::inventory::{Inventory, Source};
+
+/// One migration of the fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// The migration's name.
+    pub name: String,
+    /// Its source.
+    pub source: String,
+    /// Its wave.
+    pub wave: u32,
+    /// Its phase; `None` while it has not been started.
+    pub phase: Option<Phase>,
+    /// The last error, while failed.
+    pub error: Option<String>,
+    /// When replication was last sampled (unix ms), by its follower or `status`.
+    pub sampled_ms: Option<i64>,
+    /// Bytes of source WAL the target had not applied then (the largest of its databases).
+    pub lag_bytes: Option<u64>,
+    /// Bytes of WAL its slots held on the source then (the largest of its databases).
+    pub retained_bytes: Option<i64>,
+    /// Its last validation: when it finished and whether every table matched.
+    pub validation: Option<Validation>,
+    /// The cutover's write pause, in milliseconds.
+    pub cutover_pause_ms: Option<u64>,
+    /// The rollback's write pause, in milliseconds.
+    pub rollback_pause_ms: Option<u64>,
+    /// The size of the source when preflight read it, in bytes.
+    pub source_bytes: Option<u64>,
+}
+
+/// A validation, in brief.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    /// When it finished (unix ms).
+    pub finished_ms: Option<i64>,
+    /// True when every table matched.
+    pub clean: bool,
+    /// Rows that differed.
+    pub mismatched_rows: i64,
+}
+
+impl Row {
+    /// True when its last validation found every table the same.
+    pub fn validated_clean(&self) -> bool {
+        self.validation.as_ref().is_some_and(|v| v.clean)
+    }
+
+    fn of(source: &Source, report: Option<&MigrationReport>) -> Row {
+        let mut row = Row {
+            name: source.name.clone(),
+            source: source.source.clone(),
+            wave: source.wave,
+            phase: None,
+            error: None,
+            sampled_ms: None,
+            lag_bytes: None,
+            retained_bytes: None,
+            validation: None,
+            cutover_pause_ms: None,
+            rollback_pause_ms: None,
+            source_bytes: None,
+        };
+        let Some(report) = report else {
+            return row;
+        };
+        row.phase = Some(report.migration.phase);
+        row.error = report.migration.error.clone();
+        if let Some(last) = report.samples.iter().map(|s| s.at_ms).max() {
+            let latest = report.samples.iter().filter(|s| s.at_ms == last);
+            row.sampled_ms = Some(last);
+            row.lag_bytes = latest.clone().filter_map(|s| s.lag_bytes).max();
+            row.retained_bytes = latest.filter_map(|s| s.retained_bytes).max();
+        }
+        row.validation = report.validation.as_ref().map(|v| Validation {
+            finished_ms: v.finished_ms,
+            clean: v.clean,
+            mismatched_rows: v.mismatched_rows,
+        });
+        row.cutover_pause_ms = report.cutover.as_ref().and_then(|c| c.write_pause_ms);
+        row.rollback_pause_ms = report.rollback.as_ref().and_then(|c| c.write_pause_ms);
+        row.source_bytes = report.source_bytes;
+        row
+    }
+}
+
+/// The report of each source's migration (`None` where none was started).
+pub fn reports(
+    journal: &Journal,
+    sources: &[&Source],
+) -> Result<Vec<Option<MigrationReport>>, JournalError> {
+    sources
+        .iter()
+        .map(|s| match gather(journal, &s.name) {
+            Ok(report) => Ok(Some(report)),
+            Err(JournalError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .collect()
+}
+
+/// A row for each source of the inventory, in the file's order.
+pub fn rows(journal: &Journal, inventory: &Inventory) -> Result<Vec<Row>, JournalError> {
+    let sources: Vec<&Source> = inventory.sources.iter().collect();
+    let reports = reports(journal, &sources)?;
+    Ok(sources
+        .iter()
+        .zip(&reports)
+        .map(|(s, r)| Row::of(s, r.as_ref()))
+        .collect())
+}
+
+/// Another migration in the journal, outside this inventory's names, that still holds
+/// `source` (not aborted, rolled back or cleaned up): a source is never in two.
+pub fn other_migration_of(
+    journal: &Journal,
+    source: &Source,
+) -> Result<Option<String>, JournalError> {
+    Ok(journal
+        .list()?
+        .into_iter()
+        .find(|m| {
+            m.spec.name != source.name
+                && m.spec.source == source.source
+                && !matches!(
+                    m.phase,
+                    Phase::Aborted | Phase::RolledBack | Phase::CleanedUp
+                )
+        })
+        .map(|m| m.spec.name))
+}
