@@ -170,6 +170,10 @@ pub struct MigrationReport {
     pub encryption: Encryption,
     /// What cleanup removed or retired.
     pub cleaned_up: Vec<String>,
+    /// The source's size in bytes, as preflight read it.
+    pub source_bytes: Option<u64>,
+    /// When the migration's first step started (unix ms).
+    pub started_ms: Option<i64>,
 }
 
 /// Numbers each run of a step: the n-th run of the same step is attempt n.
@@ -340,6 +344,10 @@ pub fn gather(journal: &Journal, name: &str) -> Result<MigrationReport, crate::J
         rollback: last_done(&runs, Step::Rollback).and_then(cutover),
         encryption: encryption(&migration, &runs, &facts),
         cleaned_up,
+        source_bytes: last_done(&runs, Step::Preflight)
+            .and_then(|r| r.outputs.as_ref())
+            .and_then(|o| o["report"]["source_bytes"].as_u64()),
+        started_ms: runs.first().map(|r| r.started_ms),
         migration,
     })
 }

@@ -5,6 +5,7 @@
 //! - [`page`]: the page, an `askama` template with inline CSS; it fetches nothing (no
 //!   script, font, stylesheet or image from anywhere) and prints on A4.
 
+pub mod fleet;
 pub mod page;
 pub mod plots;
 

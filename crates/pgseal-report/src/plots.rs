@@ -191,6 +191,30 @@ fn plot_error<E: std::fmt::Display>(e: E) -> ReportError {
     ReportError::Plot(e.to_string())
 }
 
+/// A chart titled `title` over `axes` on `root`, with `y_labels` pixels for the y axis's
+/// labels.
+fn chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    axes: &Axes,
+    y_labels: u32,
+) -> Result<
+    ChartContext<
+        'a,
+        SVGBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    ReportError,
+> {
+    ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(y_labels)
+        .build_cartesian_2d(axes.x.0..axes.x.1, axes.y.0..axes.y.1)
+        .map_err(plot_error)
+}
+
 /// Writes `note` across the middle of an empty plot.
 fn empty_note<DB: DrawingBackend>(
     root: &DrawingArea<DB, plotters::coord::Shift>,
@@ -235,13 +259,7 @@ fn time_plot(
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
-            .build_cartesian_2d(axes.x.0..axes.x.1, axes.y.0..axes.y.1)
-            .map_err(plot_error)?;
+        let mut chart = chart(&root, title, &axes, 64)?;
         chart
             .configure_mesh()
             .x_desc(format!("time since {since} ({})", axes.x_unit.name()))
@@ -335,6 +353,114 @@ pub fn copy_rate(rates: &[(i64, String, f64)], origin_ms: i64) -> Result<Plot, R
     )
 }
 
+/// A fleet's replication lag over time, one line per migration (the largest of its
+/// databases at each sample), from `migrations` as `(name, samples)`.
+pub fn fleet_lag(migrations: &[(&str, &[Sample])], origin_ms: i64) -> Result<Plot, ReportError> {
+    let series = migrations
+        .iter()
+        .map(|(name, samples)| {
+            let mut at: std::collections::BTreeMap<i64, f64> = Default::default();
+            for s in samples.iter().filter(|s| s.at_ms >= origin_ms) {
+                if let Some(lag) = s.lag_bytes {
+                    let v = at.entry(s.at_ms).or_insert(0.0);
+                    *v = v.max(lag as f64);
+                }
+            }
+            (name.to_string(), at.into_iter().collect())
+        })
+        .collect();
+    time_plot(
+        "Replication lag per migration",
+        series,
+        origin_ms,
+        "the first migration began",
+        None,
+    )
+}
+
+/// A fleet's write pauses side by side: for each `(migration, cutover ms, rollback ms)`
+/// a bar of its cutover's pause and one of its rollback's, where there was one.
+pub fn fleet_pauses(pauses: &[(&str, Option<u64>, Option<u64>)]) -> Result<Plot, ReportError> {
+    let top = pauses
+        .iter()
+        .flat_map(|(_, c, r)| [*c, *r])
+        .flatten()
+        .max()
+        .unwrap_or(0) as f64;
+    let n = pauses.len().max(1);
+    let axes = Axes {
+        x: (0.0, n as f64),
+        y: (0.0, if top > 0.0 { top * 1.25 } else { 1.0 }),
+        x_unit: TimeUnit::Milliseconds,
+        y_unit: "ms",
+        y_divisor: 1.0,
+        origin_ms: 0,
+    };
+    let empty = pauses.iter().all(|(_, c, r)| c.is_none() && r.is_none());
+    let names: Vec<String> = pauses.iter().map(|(n, _, _)| n.to_string()).collect();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let mut chart = chart(&root, "Write pauses per migration", &axes, 64)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - x.floor() - 0.5).abs() < 0.26 {
+                    names.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("milliseconds")
+            .draw()
+            .map_err(plot_error)?;
+        if empty {
+            empty_note(&root, "no pause recorded")?;
+        }
+        for (which, colour, offset) in [
+            ("cutover", PHASE_COLOURS[0], 0.15),
+            ("rollback", PHASE_COLOURS[1], 0.5),
+        ] {
+            let bars: Vec<Rectangle<(f64, f64)>> = pauses
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, c, r))| {
+                    let ms = if which == "cutover" { *c } else { *r }?;
+                    let x = i as f64 + offset;
+                    Some(Rectangle::new(
+                        [(x, 0.0), (x + 0.35, ms as f64)],
+                        colour.filled(),
+                    ))
+                })
+                .collect();
+            if bars.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(bars)
+                .map_err(plot_error)?
+                .label(which)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled())
+                });
+        }
+        if !empty {
+            legend(&mut chart)?;
+        }
+        root.present().map_err(plot_error)?;
+    }
+    Ok(Plot {
+        title: "Write pauses per migration".into(),
+        svg,
+        axes,
+        empty,
+    })
+}
+
 /// How long catch-up after the snapshot (or the initial copy) is shown at most.
 const CATCH_UP_WINDOW_MS: i64 = 15 * 60_000;
 
@@ -391,13 +517,7 @@ pub fn pause(
     {
         let root = SVGBackend::with_string(&mut svg, (SIZE.0, 240)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(90)
-            .build_cartesian_2d(axes.x.0..axes.x.1, axes.y.0..axes.y.1)
-            .map_err(plot_error)?;
+        let mut chart = chart(&root, title, &axes, 90)?;
         chart
             .configure_mesh()
             .disable_y_mesh()
