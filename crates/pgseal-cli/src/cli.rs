@@ -119,6 +119,14 @@ listed as warnings).")]
         action: MigrateCommand,
     },
 
+    /// Many migrations from one inventory file: plan, start, status, validate, cutover by wave
+    #[command(long_about = FLEET_ABOUT)]
+    Fleet {
+        /// What to do.
+        #[command(subcommand)]
+        action: FleetCommand,
+    },
+
     /// The whole story on local instances under live writes: migrate, validate, cut over, verify
     #[command(long_about = DEMO_ABOUT)]
     Demo {
@@ -930,6 +938,101 @@ pub enum SnapshotCommand {
     Describe(Named),
     /// Delete a snapshot
     Delete(Named),
+}
+
+const FLEET_ABOUT: &str = "\
+Migrate many sources from one inventory file (TOML; see docs/fleet.md): one normal
+migration per [[source]], named in the file, run a few at a time and cut over in waves.
+
+  plan      preflight of every source: version, size, databases, the recommended strategy,
+            blockers, warnings and the estimated start (exit 3 while a blocker remains)
+  start     start every source's migration, at most --parallel at once; run it again after
+            a failure or a kill and it resumes what stopped and skips what replicates
+  status    one row per migration from the journal: phase, lag, slot retention, last
+            validation, pauses (--watch redraws)
+  validate  validate every migration that replicates
+  cutover   cut over one wave's migrations whose last validation is clean; the others are
+            refused by name; stops at the first failure unless --keep-going
+  rollback  roll back one wave's cut-over migrations
+  cleanup   clean up one wave's cut-over migrations
+  report    one HTML page: every migration's summary, linked to its own report, and the
+            fleet's plots
+
+Each migration stays a normal one: `pgseal migrate ... NAME` works on it alone. At most
+--parallel commands run at once across every `pgseal fleet` process of this home, and a
+source already held by a migration outside the file is refused before anything starts.
+A URL source's password comes from the environment variable its `password_env` names.";
+
+/// The inventory file and how many migrations run at once.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The inventory (TOML)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Migration commands at most at once, across every fleet process of this home
+    /// [default: the cores of this machine]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: Option<u32>,
+}
+
+/// The inventory file, the wave and how many at once.
+#[derive(Debug, Args)]
+pub struct FleetWaveArgs {
+    /// The inventory and how many at once.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// The wave (the sources whose `wave` is W)
+    #[arg(long, value_name = "W")]
+    pub wave: u32,
+    /// Carry on with the wave's other migrations after one fails [default: stop at the
+    /// first failure; those already running finish]
+    #[arg(long)]
+    pub keep_going: bool,
+}
+
+/// `pgseal fleet ...`
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Preflight of every source, several at a time, in one table (exit 3 while a blocker remains)
+    Plan(FleetArgs),
+    /// Start (or resume) every source's migration until it replicates, at most --parallel at once
+    Start(FleetArgs),
+    /// One row per migration: phase, lag, slot retention, last validation, pause
+    Status {
+        /// The inventory.
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Redraw every INTERVAL seconds until interrupted
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between redraws with --watch
+        #[arg(long, default_value_t = 5.0)]
+        interval: f64,
+    },
+    /// Validate every migration that replicates (exit 11 when rows differ)
+    Validate(FleetArgs),
+    /// Cut over the wave's migrations whose last validation is clean; refuse the others by name
+    Cutover(FleetWaveArgs),
+    /// Roll back the wave's cut-over migrations
+    Rollback(FleetWaveArgs),
+    /// Clean up the wave's cut-over migrations
+    Cleanup {
+        /// The inventory, the wave and how many at once.
+        #[command(flatten)]
+        wave: FleetWaveArgs,
+        /// Also stop each old source instance
+        #[arg(long)]
+        retire_source: bool,
+    },
+    /// Write one HTML page of the fleet: each migration's summary linked to its own report
+    Report {
+        /// The inventory.
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Where to write the page [default: PGSEAL_HOME/fleet/NAME-OF-FILE.html]
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// The one argument of a command that acts on a thing by its name (an instance, a

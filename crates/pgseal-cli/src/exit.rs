@@ -33,7 +33,7 @@ pub const HELP_TEXT: &str = "\
 Exit codes:
   0  success
   1  failure (the message says why)
-  2  usage error (wrong command line)
+  2  usage error (wrong command line, or a fleet inventory that cannot be used)
   3  precondition not met: nothing was changed; fix what is listed and run again
   4  no passphrase for the key store (set PGSEAL_PASSPHRASE or pass --passphrase-file)
   5  wrong passphrase for the key store
@@ -54,6 +54,13 @@ pub fn for_error(error: &anyhow::Error) -> u8 {
         .find_map(|e| e.downcast_ref::<pgseal_local::instance::LocalError>());
     if local.is_some_and(|e| e.is_precondition()) {
         return PRECONDITION;
+    }
+    // A fleet's inventory that cannot be used is bad input, like a wrong command line.
+    if error
+        .chain()
+        .any(|e| e.downcast_ref::<pgseal_fleet::InventoryError>().is_some())
+    {
+        return USAGE;
     }
     for cause in error.chain() {
         if let Some(engine) = cause.downcast_ref::<pgseal_core::EngineError>() {

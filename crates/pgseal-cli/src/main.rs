@@ -72,6 +72,7 @@ fn run(cli: Cli) -> commands::Outcome {
         Command::Snapshot { action } => commands::snapshot::run(&ctx, &action),
         Command::Workload { action } => commands::workload::run(&ctx, &action),
         Command::Migrate { action } => commands::migrate::run(&ctx, &action),
+        Command::Fleet { action } => commands::fleet::run(&ctx, &action),
         Command::Seal(args) => commands::seal::seal(&ctx, &args),
         Command::Unseal(args) => commands::seal::unseal(&ctx, &args),
     }

@@ -1211,3 +1211,81 @@ fn bg_start<'a>(source: &'a str, via: &'a str) -> [&'a str; 12] {
         via,
     ]
 }
+
+/// A fleet on AWS: three RDS instances and one Aurora cluster in one inventory, each
+/// planned through its own route to its data plane; a key that does not exist is a
+/// blocker of its source alone.
+#[test]
+fn a_fleet_of_three_rds_instances_and_an_aurora_cluster_is_planned_in_one_table() {
+    let aws = Aws::new();
+    let rt = runtime();
+    let seed = rt.block_on(Seed::new(&aws.moto));
+    rt.block_on(seed.key("alias/fleet-e2e"));
+    let mut clusters = Vec::new();
+    let mut text = String::from("[defaults]\nkey = \"alias/fleet-e2e\"\n");
+    for (i, id) in ["shop", "billing", "audit", "orders"]
+        .into_iter()
+        .enumerate()
+    {
+        let (kind, wave) = if id == "orders" {
+            rt.block_on(seed.aurora_cluster(id));
+            ("aurora", 2)
+        } else {
+            rt.block_on(seed.rds_instance(id, None));
+            ("rds", 1)
+        };
+        let cluster = TestCluster::start().unwrap();
+        // Each data plane a different size, so that the rows differ.
+        exec(
+            &rt,
+            &cluster,
+            &format!(
+                "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, {}) g",
+                (i + 1) * 20_000
+            ),
+        );
+        let key = if id == "audit" {
+            "key = \"alias/no-such-key\"\n"
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "\n[[source]]\nname = \"{id}\"\nsource = \"{kind}:{id}\"\nwave = {wave}\n{key}options = {{ connect_via = [\"{}\"] }}\n",
+            route(id, &cluster)
+        ));
+        clusters.push(cluster);
+    }
+    let file = aws.home.path().join("fleet.toml");
+    std::fs::write(&file, &text).unwrap();
+    let file = file.display().to_string();
+    let out = aws.run(&["fleet", "plan", &file, "--parallel", "2", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = plan["sources"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{plan}");
+    let mut sizes = Vec::new();
+    for r in rows {
+        assert_eq!(r["planned"], true, "{r}");
+        assert!(r["server_version"].as_str().is_some(), "{r}");
+        sizes.push(r["source_bytes"].as_u64().unwrap());
+        let blockers = r["blockers"].as_array().unwrap();
+        if r["name"] == "audit" {
+            assert!(
+                blockers
+                    .iter()
+                    .any(|b| b.as_str().unwrap().contains("alias/no-such-key")),
+                "{r}"
+            );
+        } else {
+            assert!(blockers.is_empty(), "{r}");
+        }
+    }
+    assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
+    assert_eq!(rows[3]["source"], "aurora:orders");
+    assert_eq!(rows[3]["wave"], 2);
+    // Planning made nothing.
+    assert!(rt.block_on(seed.snapshots()).is_empty());
+    assert!(rt.block_on(seed.instance("shop-enc")).is_none());
+    let text = String::from_utf8_lossy(&aws.run(&["fleet", "plan", &file]).stdout).to_string();
+    assert!(text.contains("audit: BLOCKER"), "{text}");
+}

@@ -6,44 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Home, assert_all_landed, assert_crashed};
-
-/// Chromium as the machine's probe runs it: no sandbox (root), no GPU, and none of the
-/// background services that would reach for the network.
-fn chromium(profile: &Path) -> Command {
-    let mut c = Command::new("chromium");
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
-    c
-}
-
-/// Distinct colours in a PNG screenshot (a blank page has one).
-fn colours(png_path: &Path) -> usize {
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(png_path).unwrap(),
-    ));
-    let mut reader = decoder.read_info().unwrap();
-    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
-    let frame = reader.next_frame(&mut pixels).unwrap();
-    let channels = frame.color_type.samples();
-    let mut seen = std::collections::HashSet::new();
-    for px in pixels[..frame.buffer_size()].chunks(channels) {
-        seen.insert(px[..3.min(channels)].to_vec());
-    }
-    seen.len()
-}
+use common::{Home, assert_all_landed, assert_crashed, screenshot_colours, svg_sizes};
 
 #[test]
 fn the_report_of_a_crashed_and_resumed_migration_shows_both_runs_and_renders_in_chromium() {
@@ -176,21 +141,13 @@ fn the_report_of_a_crashed_and_resumed_migration_shows_both_runs_and_renders_in_
     // Chromium renders it: a screenshot that is not blank...
     let work = h.path("chromium");
     std::fs::create_dir_all(&work).unwrap();
-    let screenshot = work.join("report.png");
     let net_log = work.join("net-log.json");
-    let shot = chromium(&work.join("profile-1"))
-        .arg(format!("--screenshot={}", screenshot.display()))
-        .arg("--window-size=1100,3000")
-        .arg(format!("--log-net-log={}", net_log.display()))
-        .arg(format!("file://{path}"))
-        .output()
-        .unwrap();
-    assert!(
-        shot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shot.stderr)
+    let distinct = screenshot_colours(
+        &work,
+        &format!("file://{path}"),
+        "1100,3000",
+        &[format!("--log-net-log={}", net_log.display())],
     );
-    let distinct = colours(&screenshot);
     assert!(distinct > 50, "a near-blank screenshot: {distinct} colours");
     // ... for which nothing was fetched: in Chromium's own network log, a request the
     // page makes carries the page's origin as its initiator (`null` for a file); the
@@ -207,40 +164,8 @@ fn the_report_of_a_crashed_and_resumed_migration_shows_both_runs_and_renders_in_
             );
         }
     }
-    // ... and lays out every plot with a size: a copy of the page with a measuring
-    // script (the page itself has none), whose result --dump-dom prints.
-    let measured = work.join("measured.html");
-    std::fs::write(
-        &measured,
-        page.replace(
-            "</body>",
-            "<script>document.body.insertAdjacentHTML('beforeend', '<pre id=\"svg-sizes\">' + \
-             Array.from(document.querySelectorAll('svg')).map(function (s) { \
-               var r = s.getBoundingClientRect(); return r.width + 'x' + r.height; }).join(' ') \
-             + '</pre>');</script></body>",
-        ),
-    )
-    .unwrap();
-    let dom = chromium(&work.join("profile-2"))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", measured.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&dom.stdout);
-    // The last occurrence: the first is in the script's own text.
-    let sizes = dom
-        .rsplit("<pre id=\"svg-sizes\">")
-        .next()
-        .filter(|_| dom.matches("<pre id=\"svg-sizes\">").count() == 2)
-        .and_then(|rest| rest.split("</pre>").next())
-        .unwrap_or_else(|| panic!("no sizes in the DOM: {}", &dom[..dom.len().min(500)]));
-    let sizes: Vec<(f64, f64)> = sizes
-        .split_whitespace()
-        .map(|wh| {
-            let (w, h) = wh.split_once('x').unwrap();
-            (w.parse().unwrap(), h.parse().unwrap())
-        })
-        .collect();
+    // ... and lays out every plot with a size.
+    let sizes = svg_sizes(&work, &page);
     assert_eq!(sizes.len(), 4, "{sizes:?}");
     assert!(
         sizes.iter().all(|(w, h)| *w > 100.0 && *h > 50.0),

@@ -1030,6 +1030,13 @@ pub fn write_report(
     let facts = pgseal_core::report::gather(&journal, name)?;
     let page = pgseal_report::render(&facts)?;
     let path = output.map_or_else(|| default_report_path(home, name), Path::to_path_buf);
+    write_page(home, &path, &page)?;
+    Ok(path)
+}
+
+/// Writes a report page at `path`, its folder made when missing (the owner's only under
+/// PGSEAL_HOME), atomically.
+pub fn write_page(home: &Path, path: &Path, page: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if dir.starts_with(home) {
             // Under PGSEAL_HOME everything is the owner's only.
@@ -1039,9 +1046,8 @@ pub fn write_report(
         }
         .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    pgseal_crashsafe::write_atomic(&path, page.as_bytes(), 0o600)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
+    pgseal_crashsafe::write_atomic(path, page.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn report(ctx: &Context, name: &str, output: Option<&Path>) -> Outcome {
@@ -1412,17 +1418,7 @@ fn status(
             name,
             max_slot_retention,
         ))?;
-        if ctx.json {
-            print_json(&report)?;
-        } else {
-            if redraw {
-                print!("\x1b[2J\x1b[H");
-            }
-            print!(
-                "{}",
-                output::terminal_safe(&output::migrate::status(&report))
-            );
-        }
+        super::show_frame(ctx, redraw, &report, || output::migrate::status(&report))?;
         if report.retention == Retention::Exceeded && report.migration.phase != Phase::Aborted {
             eprintln!(
                 "pgseal: {}: aborting migration {name} to protect the source's disk",

@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod doctor;
 pub mod endpoint;
+pub mod fleet;
 pub mod follow;
 pub mod instance;
 pub mod key;
@@ -69,6 +70,24 @@ impl Context {
             eprintln!("{}", crate::output::terminal_safe(&line.to_string()));
         }
     }
+}
+
+/// Prints one frame of a `status` that may `--watch`: `value` as JSON with `--json`,
+/// else what `text` renders, the screen cleared first when `redraw`.
+pub fn show_frame<T: serde::Serialize>(
+    ctx: &Context,
+    redraw: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if ctx.json {
+        return print_json(value);
+    }
+    if redraw {
+        print!("\x1b[2J\x1b[H");
+    }
+    print!("{}", crate::output::terminal_safe(&text()));
+    Ok(())
 }
 
 /// A byte progress bar labelled `verb`, when progress should show: on a terminal, and

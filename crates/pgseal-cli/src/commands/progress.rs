@@ -159,3 +159,106 @@ impl<'a> MigrateObserver<'a> {
         }
     }
 }
+
+/// How `fleet` commands show their migrations while they run: on a terminal a line per
+/// running migration with the last thing it said; otherwise (and with `--json`) JSON
+/// lines on stderr, each naming its migration; nothing with `--quiet`.
+pub struct FleetProgress {
+    view: Mutex<FleetView>,
+}
+
+enum FleetView {
+    Silent,
+    Bars {
+        multi: indicatif::MultiProgress,
+        bars: HashMap<String, indicatif::ProgressBar>,
+    },
+    Lines,
+}
+
+/// The most of a migration's line a terminal bar shows.
+const BAR_LINE_CHARS: usize = 100;
+
+impl FleetProgress {
+    /// A view for `ctx`'s output.
+    pub fn new(ctx: &Context) -> Self {
+        let view = if ctx.quiet {
+            FleetView::Silent
+        } else if std::io::stderr().is_terminal() && !ctx.json {
+            FleetView::Bars {
+                multi: indicatif::MultiProgress::new(),
+                bars: HashMap::new(),
+            }
+        } else {
+            FleetView::Lines
+        };
+        FleetProgress {
+            view: Mutex::new(view),
+        }
+    }
+
+    /// Shows one event of the fleet's runner.
+    pub fn show(&self, event: &pgseal_fleet::Event<'_>) {
+        use pgseal_fleet::Event;
+        let mut view = self.view.lock().expect("progress view");
+        match &mut *view {
+            FleetView::Silent => {}
+            FleetView::Lines => {
+                let line = match event {
+                    Event::Started { migration, slot } => serde_json::json!({
+                        "migration": migration, "event": "started", "slot": slot,
+                    }),
+                    Event::Line { migration, line } => {
+                        match serde_json::from_str::<serde_json::Value>(line) {
+                            Ok(serde_json::Value::Object(mut fields)) => {
+                                fields.insert("migration".into(), (*migration).into());
+                                serde_json::Value::Object(fields)
+                            }
+                            _ => serde_json::json!({
+                                "migration": migration, "event": "line", "line": line,
+                            }),
+                        }
+                    }
+                    Event::Finished(f) => serde_json::json!({
+                        "migration": f.migration, "event": "finished",
+                        "exit_code": f.exit_code, "skipped": f.skipped,
+                        "seconds": (f.finished_ms - f.started_ms).max(0) as f64 / 1000.0,
+                    }),
+                };
+                eprintln!("{line}");
+            }
+            FleetView::Bars { multi, bars } => match event {
+                Event::Started { migration, .. } => {
+                    let bar = multi.add(indicatif::ProgressBar::new_spinner());
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{spinner} {prefix:<16} {elapsed:>4} {wide_msg}",
+                        )
+                        .expect("a valid template"),
+                    );
+                    bar.set_prefix(crate::output::terminal_safe(migration));
+                    bar.enable_steady_tick(Duration::from_millis(200));
+                    bars.insert(migration.to_string(), bar);
+                }
+                Event::Line { migration, line } => {
+                    if let Some(bar) = bars.get(*migration) {
+                        let text: String = crate::output::terminal_safe(line)
+                            .chars()
+                            .take(BAR_LINE_CHARS)
+                            .collect();
+                        bar.set_message(text);
+                    }
+                }
+                Event::Finished(f) => {
+                    if let Some(bar) = bars.get(&f.migration) {
+                        bar.finish_with_message(if f.succeeded() {
+                            "done".to_string()
+                        } else {
+                            crate::output::terminal_safe(&f.why())
+                        });
+                    }
+                }
+            },
+        }
+    }
+}

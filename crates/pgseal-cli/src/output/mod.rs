@@ -2,6 +2,7 @@
 //! Commands gather the data and hand it here; JSON output is serde's, not this module's.
 
 pub mod endpoint;
+pub mod fleet;
 pub mod migrate;
 
 /// `text` as it may reach a terminal: names in it come from the databases (a table, a

@@ -3,7 +3,7 @@
 // Each test file uses some of these.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -843,4 +843,96 @@ pub fn through_endpoint(
         .env("PGSSLMODE", "disable")
         .env("PGDATABASE", db);
     c
+}
+
+/// Chromium as the machine's probe runs it: no sandbox (root), no GPU, and none of the
+/// background services that would reach for the network.
+pub fn chromium(profile: &Path) -> Command {
+    let mut c = Command::new("chromium");
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+/// Distinct colours in a PNG screenshot (a blank page has one).
+pub fn colours(png_path: &Path) -> usize {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    let channels = frame.color_type.samples();
+    let mut seen = std::collections::HashSet::new();
+    for px in pixels[..frame.buffer_size()].chunks(channels) {
+        seen.insert(px[..3.min(channels)].to_vec());
+    }
+    seen.len()
+}
+
+/// A screenshot of `url` by Chromium at `window` (`W,H`), with `extra` arguments, kept in
+/// `work`; Chromium must succeed. Returns the distinct colours in it (a blank page has
+/// one).
+pub fn screenshot_colours(work: &Path, url: &str, window: &str, extra: &[String]) -> usize {
+    let png = work.join("screenshot.png");
+    let shot = chromium(&work.join("profile-shot"))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("--window-size={window}"))
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    colours(&png)
+}
+
+/// The size Chromium lays each SVG of `page` out at, as `(width, height)`: a copy of the
+/// page with a measuring script (the page itself has none) in `work`, whose result
+/// `--dump-dom` prints.
+pub fn svg_sizes(work: &Path, page: &str) -> Vec<(f64, f64)> {
+    let measured = work.join("measured.html");
+    std::fs::write(
+        &measured,
+        page.replace(
+            "</body>",
+            "<script>document.body.insertAdjacentHTML('beforeend', '<pre id=\"svg-sizes\">' + \
+             Array.from(document.querySelectorAll('svg')).map(function (s) { \
+               var r = s.getBoundingClientRect(); return r.width + 'x' + r.height; }).join(' ') \
+             + '</pre>');</script></body>",
+        ),
+    )
+    .unwrap();
+    let dom = chromium(&work.join("profile-measure"))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", measured.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    // The last occurrence: the first is in the script's own text.
+    let sizes = dom
+        .rsplit("<pre id=\"svg-sizes\">")
+        .next()
+        .filter(|_| dom.matches("<pre id=\"svg-sizes\">").count() == 2)
+        .and_then(|rest| rest.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no sizes in the DOM: {}", &dom[..dom.len().min(500)]));
+    sizes
+        .split_whitespace()
+        .map(|wh| {
+            let (w, h) = wh.split_once('x').unwrap();
+            (w.parse().unwrap(), h.parse().unwrap())
+        })
+        .collect()
 }
