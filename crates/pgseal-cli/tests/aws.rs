@@ -164,6 +164,54 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// Plays RDS's part in a restore that moto cannot: `target_id`'s server, a copy of
+/// `source` taken now, whose first start logs where its WAL ends, in moto's CloudWatch
+/// Logs as RDS logs it. Returns the server and its `redo done at` line.
+fn rds_restores(
+    rt: &tokio::runtime::Runtime,
+    seed: &Seed,
+    source: &TestCluster,
+    target_id: &str,
+) -> (TestCluster, String) {
+    let target = source
+        .restore_copy(&[
+            ("wal_level".into(), "logical".into()),
+            ("max_replication_slots".into(), "10".into()),
+            ("max_wal_senders".into(), "10".into()),
+            ("fsync".into(), "off".into()),
+        ])
+        .unwrap();
+    // What RDS logs at the first start of a restored crash copy: `redo starts at`,
+    // `invalid record length at END` and `redo done at`. A copy recovered from a backup label may end its
+    // recovery without the second line, so the test writes it from the copy's own end
+    // of WAL (pg_last_wal_replay_lsn), checked against the real line when there is one.
+    let log = target.log_text();
+    let end: String = rt.block_on(async {
+        let c = target.connect("postgres").await.unwrap();
+        pgseal_testkit::scalar(&c, "SELECT pg_last_wal_replay_lsn()::text").await
+    });
+    let redo = log
+        .lines()
+        .find(|l| l.contains("redo done at"))
+        .unwrap_or_else(|| panic!("no redo line: {log}"))
+        .to_string();
+    if let Some(real) = log.lines().find(|l| l.contains("invalid record length at")) {
+        assert!(real.contains(&format!("at {end}:")), "{real} vs {end}");
+    }
+    let end_line = format!("LOG:  invalid record length at {end}: wanted 24, got 0");
+    let starts = log
+        .lines()
+        .find(|l| l.contains("redo starts at"))
+        .unwrap_or_else(|| panic!("no redo starts line: {log}"))
+        .to_string();
+    // In the order PostgreSQL logs a crash start: the end line before `redo done at`.
+    rt.block_on(seed.log_lines(
+        &format!("/aws/rds/instance/{target_id}/postgresql"),
+        &[starts.as_str(), end_line.as_str(), redo.as_str()],
+    ));
+    (target, redo)
+}
+
 /// What [`cut_over`] leaves: the two servers, the workload's summary, the routes.
 struct CutOver {
     source: TestCluster,
@@ -245,42 +293,7 @@ fn cut_over(aws: &Aws, rt: &tokio::runtime::Runtime, seed: &Seed) -> CutOver {
 
     // RDS's part: the restored server, from a copy of the source taken after the slot,
     // under the writes; its first start logs where its WAL ends.
-    let target = source
-        .restore_copy(&[
-            ("wal_level".into(), "logical".into()),
-            ("max_replication_slots".into(), "10".into()),
-            ("max_wal_senders".into(), "10".into()),
-            ("fsync".into(), "off".into()),
-        ])
-        .unwrap();
-    // What RDS logs at the first start of a restored crash copy: `redo starts at`,
-    // `invalid record length at END` and `redo done at`. A copy recovered from a backup label may end its
-    // recovery without the second line, so the test writes it from the copy's own end
-    // of WAL (pg_last_wal_replay_lsn), checked against the real line when there is one.
-    let log = target.log_text();
-    let end: String = rt.block_on(async {
-        let c = target.connect("postgres").await.unwrap();
-        pgseal_testkit::scalar(&c, "SELECT pg_last_wal_replay_lsn()::text").await
-    });
-    let redo = log
-        .lines()
-        .find(|l| l.contains("redo done at"))
-        .unwrap_or_else(|| panic!("no redo line: {log}"))
-        .to_string();
-    if let Some(real) = log.lines().find(|l| l.contains("invalid record length at")) {
-        assert!(real.contains(&format!("at {end}:")), "{real} vs {end}");
-    }
-    let end_line = format!("LOG:  invalid record length at {end}: wanted 24, got 0");
-    let starts = log
-        .lines()
-        .find(|l| l.contains("redo starts at"))
-        .unwrap_or_else(|| panic!("no redo starts line: {log}"))
-        .to_string();
-    // In the order PostgreSQL logs a crash start: the end line before `redo done at`.
-    rt.block_on(seed.log_lines(
-        "/aws/rds/instance/shop-enc/postgresql",
-        &[starts.as_str(), end_line.as_str(), redo.as_str()],
-    ));
+    let (target, redo) = rds_restores(rt, seed, &source, "shop-enc");
 
     let target_route = route("shop-enc", &target);
     aws.ok_via(&["migrate", "resume", "e2e"], &target_route);
@@ -1288,4 +1301,131 @@ fn a_fleet_of_three_rds_instances_and_an_aurora_cluster_is_planned_in_one_table(
     assert!(rt.block_on(seed.instance("shop-enc")).is_none());
     let text = String::from_utf8_lossy(&aws.run(&["fleet", "plan", &file]).stdout).to_string();
     assert!(text.contains("audit: BLOCKER"), "{text}");
+}
+
+/// A fleet on AWS started two at a time: each RDS migration stops before its restore
+/// (moto restores nothing), the test plays RDS's part for each, and the same `fleet start`
+/// resumes them to replicating; the Aurora source, whose target moto leaves unencrypted,
+/// fails alone, both times, without holding the others up.
+#[test]
+fn a_fleet_on_aws_starts_two_at_a_time_resumes_after_the_restores_and_fails_one_alone() {
+    let aws = Aws::new();
+    let rt = runtime();
+    let seed = rt.block_on(Seed::new(&aws.moto));
+    rt.block_on(seed.key("alias/fleet-e2e"));
+    rt.block_on(seed.aurora_cluster("orders"));
+    let mut text = String::from("[defaults]\nkey = \"alias/fleet-e2e\"\n");
+    let mut sources = Vec::new();
+    for (i, id) in ["shop", "billing", "audit", "orders"]
+        .into_iter()
+        .enumerate()
+    {
+        let cluster = TestCluster::start().unwrap();
+        exec(
+            &rt,
+            &cluster,
+            &format!(
+                "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, {}) g",
+                (i + 1) * 1000
+            ),
+        );
+        let kind = if id == "orders" {
+            "aurora"
+        } else {
+            rt.block_on(seed.rds_instance(id, None));
+            "rds"
+        };
+        let via = route(id, &cluster);
+        text.push_str(&format!(
+            "\n[[source]]\nname = \"{id}\"\nsource = \"{kind}:{id}\"\noptions = {{ connect_via = [\"{via}\"], peer_via = [\"{via}\"] }}\n"
+        ));
+        sources.push((id, cluster));
+    }
+    let file = aws.home.path().join("fleet.toml");
+    std::fs::write(&file, &text).unwrap();
+    let file = file.display().to_string();
+    let outcome = |out: &Output| -> Vec<(String, String, String)> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(out)));
+        v["migrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["migration"].as_str().unwrap().to_string(),
+                    m["action"].as_str().unwrap().to_string(),
+                    m["detail"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+
+    // Each stops before its restore (the failpoint reaches every migration the fleet
+    // runs).
+    let first = aws
+        .command(&["fleet", "start", &file, "--parallel", "2", "--json"])
+        .env("PGSEAL_FAILPOINT", "before:restore")
+        .output()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
+    for (name, action, detail) in outcome(&first) {
+        assert_eq!(action, "failed", "{name}: {detail}");
+        assert!(detail.contains("before:restore"), "{name}: {detail}");
+    }
+    let mut snapshots = rt.block_on(seed.snapshots());
+    snapshots.sort();
+    assert!(
+        ["pgseal-audit", "pgseal-billing", "pgseal-shop"]
+            .iter()
+            .all(|s| snapshots.iter().any(|have| have == s)),
+        "{snapshots:?}"
+    );
+
+    // RDS restores each; the same command again resumes them.
+    let mut targets = Vec::new();
+    for (id, cluster) in sources.iter().filter(|(id, _)| *id != "orders") {
+        let (target, _) = rds_restores(&rt, &seed, cluster, &format!("{id}-enc"));
+        targets.push((*id, target));
+    }
+    let routes: Vec<String> = targets
+        .iter()
+        .map(|(id, t)| route(&format!("{id}-enc"), t))
+        .collect();
+    let again = aws
+        .command(&["fleet", "start", &file, "--parallel", "2", "--json"])
+        .env("PGSEAL_CONNECT_VIA", routes.join(","))
+        .env("PGSEAL_PEER_VIA", routes.join(","))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    for (name, action, detail) in outcome(&again) {
+        if name == "orders" {
+            assert_eq!(action, "failed", "{name}: {detail}");
+            assert!(detail.contains("NOT encrypted"), "{name}: {detail}");
+        } else {
+            assert_eq!(
+                (action.as_str(), detail.as_str()),
+                ("resumed", "replicating")
+            );
+        }
+    }
+    // Each target holds its source's rows.
+    for ((id, source), (_, target)) in sources.iter().zip(&targets) {
+        let count = |c: &TestCluster| -> i64 {
+            rt.block_on(async {
+                let client = c.connect("postgres").await.unwrap();
+                pgseal_testkit::scalar(&client, "SELECT count(*) FROM public.t").await
+            })
+        };
+        assert_eq!(count(source), count(target), "{id}");
+    }
+    let status = aws.json(&["fleet", "status", &file]);
+    let phases: Vec<&str> = status["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases[..3], ["replicating"; 3], "{status}");
 }
