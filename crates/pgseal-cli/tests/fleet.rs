@@ -223,6 +223,7 @@ fn six_sources_in_two_waves_start_two_at_a_time_survive_a_kill_and_lose_nothing(
     }
     assert_eq!(page.matches("class=\"migration\"").count(), 6);
     assert!(page.contains("rollback "), "the rolled-back pause is shown");
+    assert_eq!(page.matches("handoff at ").count(), 6, "each handoff LSN");
     // Chromium renders it, not blank, with both plots laid out.
     let work = h.path("chromium");
     std::fs::create_dir_all(&work).unwrap();
@@ -295,6 +296,11 @@ fn a_bad_inventory_is_refused_by_line_and_field_before_anything_starts() {
             );
         }
     }
+    assert_eq!(
+        h.json(&["migrate", "list"]),
+        serde_json::json!([]),
+        "nothing started"
+    );
     let file = inventory(&h, "[[source]]\nname = \"a\"\nsource = \"src\"\nwave = 2\n");
     let (_, err) = h.exits(2, &["fleet", "cutover", &file, "--wave", "1"]);
     assert!(
@@ -331,5 +337,25 @@ fn a_bad_inventory_is_refused_by_line_and_field_before_anything_starts() {
     assert!(first.wait().unwrap().success());
     let status = h.json(&["fleet", "status", &file]);
     assert_eq!(status["migrations"][0]["phase"], "replicating", "{status}");
+    // Planning the same source under another name: held, a blocker; and the starts of
+    // `held` (aborted since) and f1 are what this machine has measured, so the plan
+    // estimates one.
+    let other = inventory(&h, "[[source]]\nname = \"f2\"\nsource = \"src\"\n");
+    let out = h.run(&["fleet", "plan", &other, "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &plan["sources"][0];
+    assert!(
+        row["blockers"][0]
+            .as_str()
+            .unwrap()
+            .contains("already in migration f1"),
+        "{plan}"
+    );
+    assert_eq!(plan["rates"]["snapshot"]["migrations"], 2, "{plan}");
+    assert!(
+        row["estimated_start_seconds"].as_f64().unwrap() > 0.5,
+        "{plan}"
+    );
     h.ok(&["migrate", "abort", "f1"]);
 }

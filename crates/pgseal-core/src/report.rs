@@ -174,6 +174,9 @@ pub struct MigrationReport {
     pub source_bytes: Option<u64>,
     /// When the migration's first step started (unix ms).
     pub started_ms: Option<i64>,
+    /// The LSN the restored target's WAL ends at, from which it subscribes (snapshot
+    /// strategy), as PostgreSQL writes it.
+    pub handoff_lsn: Option<String>,
 }
 
 /// Numbers each run of a step: the n-th run of the same step is attempt n.
@@ -348,6 +351,9 @@ pub fn gather(journal: &Journal, name: &str) -> Result<MigrationReport, crate::J
             .and_then(|r| r.outputs.as_ref())
             .and_then(|o| o["report"]["source_bytes"].as_u64()),
         started_ms: runs.first().map(|r| r.started_ms),
+        handoff_lsn: last_done(&runs, Step::Restore)
+            .and_then(|r| r.outputs.as_ref())
+            .and_then(|o| o["handoff"]["lsn"].as_str().map(str::to_string)),
         migration,
     })
 }

@@ -80,9 +80,13 @@ fn row(m: &FleetMigration<'_>) -> Row {
     row.target = r.migration.spec.target.clone();
     row.phase = r.migration.phase.as_str().replace('_', " ");
     row.started = r.started_ms.map(format_ms).unwrap_or_default();
-    row.handoff = match (r.started_ms, r.replication_started_ms) {
+    let replicating = match (r.started_ms, r.replication_started_ms) {
         (Some(s), Some(e)) => format!("replicating {:.1} s after start", (e - s) as f64 / 1000.0),
         _ => "not replicating yet".into(),
+    };
+    row.handoff = match &r.handoff_lsn {
+        Some(lsn) => format!("handoff at {lsn}, {replicating}"),
+        None => replicating,
     };
     row.pause = [
         r.cutover

@@ -378,6 +378,16 @@ fn plan(ctx: &Context, args: &FleetArgs) -> Outcome {
         }
     }
     let results = run_jobs(ctx, &runner, jobs);
+    // A source another migration holds is a blocker of its own: `start` would refuse it.
+    let mut held_by = BTreeMap::new();
+    for s in &all {
+        if let Some(other) = other_migration_of(&journal, s)? {
+            held_by.insert(
+                s.name.clone(),
+                format!("held: {} is already in migration {other}", s.source),
+            );
+        }
+    }
     let sources: Vec<PlanRow> = all
         .iter()
         .zip(&phases)
@@ -415,7 +425,12 @@ fn plan(ctx: &Context, args: &FleetArgs) -> Outcome {
                     .collect(),
                 strategy,
                 recommended: r["recommended"].as_str().map(str::to_string),
-                blockers: findings(r, "blocker"),
+                blockers: held_by
+                    .get(&s.name)
+                    .cloned()
+                    .into_iter()
+                    .chain(findings(r, "blocker"))
+                    .collect(),
                 warnings: findings(r, "warning"),
                 estimated_start_seconds: estimate,
             }
