@@ -5,6 +5,7 @@
 //! over, rolls back and cleans up as it would alone. The fleet chooses which, how many at
 //! once and in which wave:
 //! - [`inventory`] reads and checks the file;
+//! - [`outcome`] says what a fleet command did with each migration;
 //! - [`runner`] runs one `pgseal migrate` command per migration, a few at a time;
 //! - [`slots`] bounds how many run at once across every fleet process of a home;
 //! - [`status`] reads where each stands from the journal;
@@ -12,10 +13,12 @@
 
 pub mod estimate;
 pub mod inventory;
+pub mod outcome;
 pub mod runner;
 pub mod slots;
 pub mod status;
 
 pub use inventory::{Inventory, InventoryError, Source};
+pub use outcome::MigrationOutcome;
 pub use runner::{Event, Finished, Job, Runner};
 pub use slots::{InventoryLock, Slots};

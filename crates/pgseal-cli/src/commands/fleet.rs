@@ -19,6 +19,7 @@ use super::{Context, Outcome, print_json};
 use crate::cli::{Cli, FleetArgs, FleetCommand, FleetWaveArgs};
 use crate::exit;
 use crate::output;
+use pgseal_fleet::MigrationOutcome;
 
 /// Runs one fleet command.
 pub fn run(ctx: &Context, action: &FleetCommand) -> Outcome {
@@ -179,61 +180,12 @@ fn run_jobs(ctx: &Context, runner: &Runner, jobs: Vec<Job>) -> Vec<Finished> {
     runner.run(jobs, &|e: Event<'_>| progress.show(&e))
 }
 
-/// What a fleet command did with one migration.
-#[derive(Debug, Clone, Serialize)]
-pub struct Outcome1 {
-    /// The migration.
-    pub migration: String,
-    /// Its wave.
-    pub wave: u32,
-    /// `started`, `resumed`, `ran`, `skipped`, `refused` or `failed`.
-    pub action: &'static str,
-    /// Why, or what came of it, in a line.
-    pub detail: String,
-    /// What the migrate command printed (JSON), when it ran.
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub output: serde_json::Value,
-    /// Seconds it ran.
-    pub seconds: f64,
-}
-
-impl Outcome1 {
-    fn without_run(s: &Source, action: &'static str, detail: String) -> Outcome1 {
-        Outcome1 {
-            migration: s.name.clone(),
-            wave: s.wave,
-            action,
-            detail,
-            output: serde_json::Value::Null,
-            seconds: 0.0,
-        }
-    }
-
-    fn of_run(s: &Source, action: &'static str, f: &Finished, done: String) -> Outcome1 {
-        let failed = !f.succeeded();
-        Outcome1 {
-            migration: s.name.clone(),
-            wave: s.wave,
-            action: if f.skipped {
-                "skipped"
-            } else if failed {
-                "failed"
-            } else {
-                action
-            },
-            detail: if failed { f.why() } else { done },
-            output: f.output.clone(),
-            seconds: (f.finished_ms - f.started_ms).max(0) as f64 / 1000.0,
-        }
-    }
-}
-
 /// What `fleet start`, `validate`, `cutover`, `rollback` and `cleanup` print.
 #[derive(Debug, Serialize)]
 struct Done {
     command: &'static str,
     file: PathBuf,
-    migrations: Vec<Outcome1>,
+    migrations: Vec<MigrationOutcome>,
 }
 
 /// Prints what `command` did with each of `sources`, in their order, and returns the exit
@@ -243,7 +195,7 @@ fn summarise(
     command: &'static str,
     inventory: &Inventory,
     sources: &[&Source],
-    mut outcomes: BTreeMap<String, Outcome1>,
+    mut outcomes: BTreeMap<String, MigrationOutcome>,
     refused_code: u8,
 ) -> Outcome {
     let done = Done {
@@ -513,7 +465,7 @@ fn start(ctx: &Context, args: &FleetArgs) -> Outcome {
             conflicts.join("\n")
         ));
     }
-    let mut outcomes: BTreeMap<String, Outcome1> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, MigrationOutcome> = BTreeMap::new();
     let mut jobs = Vec::new();
     let mut actions = BTreeMap::new();
     for (s, phase) in sources.iter().zip(&phases) {
@@ -533,7 +485,7 @@ fn start(ctx: &Context, args: &FleetArgs) -> Outcome {
             Some(Phase::Aborted | Phase::Aborting) => {
                 outcomes.insert(
                     s.name.clone(),
-                    Outcome1::without_run(
+                    MigrationOutcome::without_run(
                         s,
                         "refused",
                         format!(
@@ -547,7 +499,7 @@ fn start(ctx: &Context, args: &FleetArgs) -> Outcome {
             Some(Phase::CuttingOver) => {
                 outcomes.insert(
                     s.name.clone(),
-                    Outcome1::without_run(
+                    MigrationOutcome::without_run(
                         s,
                         "refused",
                         format!(
@@ -561,7 +513,11 @@ fn start(ctx: &Context, args: &FleetArgs) -> Outcome {
             Some(other) => {
                 outcomes.insert(
                     s.name.clone(),
-                    Outcome1::without_run(s, "skipped", format!("already {}", other.as_str())),
+                    MigrationOutcome::without_run(
+                        s,
+                        "skipped",
+                        format!("already {}", other.as_str()),
+                    ),
                 );
                 continue;
             }
@@ -584,7 +540,7 @@ fn start(ctx: &Context, args: &FleetArgs) -> Outcome {
             .expect("a job of the fleet's");
         outcomes.insert(
             s.name.clone(),
-            Outcome1::of_run(s, actions[&s.name], f, "replicating".into()),
+            MigrationOutcome::of_run(s, actions[&s.name], f, "replicating".into()),
         );
     }
     summarise(
@@ -642,7 +598,7 @@ fn validate(ctx: &Context, args: &FleetArgs) -> Outcome {
             other => {
                 outcomes.insert(
                     s.name.clone(),
-                    Outcome1::without_run(s, "skipped", not_replicating(other)),
+                    MigrationOutcome::without_run(s, "skipped", not_replicating(other)),
                 );
             }
         }
@@ -663,7 +619,7 @@ fn validate(ctx: &Context, args: &FleetArgs) -> Outcome {
             None => String::new(),
         };
         // Exit 11 is "rows differ", a finding, not a failure of the command.
-        let mut outcome = Outcome1::of_run(s, "validated", f, line.clone());
+        let mut outcome = MigrationOutcome::of_run(s, "validated", f, line.clone());
         if f.exit_code == Some(i32::from(exit::VERIFY_FAILED)) && clean == Some(false) {
             outcome.action = "differs";
             outcome.detail = line;
@@ -710,10 +666,16 @@ fn wave_command(
         match choose(s, report.as_ref()) {
             Choice::Run(words) => jobs.push(job(&inventory, s, words)?),
             Choice::Skip(why) => {
-                outcomes.insert(s.name.clone(), Outcome1::without_run(s, "skipped", why));
+                outcomes.insert(
+                    s.name.clone(),
+                    MigrationOutcome::without_run(s, "skipped", why),
+                );
             }
             Choice::Refuse(why) => {
-                outcomes.insert(s.name.clone(), Outcome1::without_run(s, "refused", why));
+                outcomes.insert(
+                    s.name.clone(),
+                    MigrationOutcome::without_run(s, "refused", why),
+                );
             }
         }
     }
@@ -726,7 +688,7 @@ fn wave_command(
         let line = f.output["write_pause_ms"]
             .as_u64()
             .map_or_else(String::new, |ms| format!("writes paused {ms} ms"));
-        outcomes.insert(s.name.clone(), Outcome1::of_run(s, done, &f, line));
+        outcomes.insert(s.name.clone(), MigrationOutcome::of_run(s, done, &f, line));
     }
     summarise(
         ctx,

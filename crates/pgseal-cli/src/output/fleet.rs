@@ -2,7 +2,7 @@
 //! a command did with each migration.
 
 use super::table;
-use crate::commands::fleet::Outcome1;
+use pgseal_fleet::MigrationOutcome;
 use pgseal_fleet::status::Row;
 
 /// Bytes as B, MiB or GiB.
@@ -189,7 +189,7 @@ pub fn status(rows: &[Row], now_ms: i64) -> String {
 
 /// What `fleet start`, `validate`, `cutover`, `rollback` or `cleanup` did with each
 /// migration.
-pub fn done(command: &str, migrations: &[Outcome1]) -> String {
+pub fn done(command: &str, migrations: &[MigrationOutcome]) -> String {
     let mut rows = vec![
         ["MIGRATION", "WAVE", "DID", "SECONDS", "DETAIL"]
             .map(String::from)
