@@ -533,6 +533,11 @@ pub enum MigrateCommand {
         /// (warning at 80%) [default: the limit given at start]
         #[arg(long, value_parser = parse_storage)]
         max_slot_retention: Option<u64>,
+        /// Serve the migration's metrics in Prometheus' text format at
+        /// http://HOST:PORT/metrics until interrupted, read from the journal at each scrape
+        /// (port 0: a free one, printed on stderr)
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "watch")]
+        serve: Option<String>,
     },
     /// List migrations
     List,
@@ -1008,6 +1013,10 @@ pub enum FleetCommand {
         /// Seconds between redraws with --watch
         #[arg(long, default_value_t = 5.0)]
         interval: f64,
+        /// Serve every migration's metrics in Prometheus' text format at
+        /// http://HOST:PORT/metrics until interrupted (port 0: a free one, printed on stderr)
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "watch")]
+        serve: Option<String>,
     },
     /// Validate every migration that replicates (exit 11 when rows differ)
     Validate(FleetArgs),

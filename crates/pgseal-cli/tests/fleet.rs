@@ -71,6 +71,41 @@ fn step_runs(h: &Home, names: &[&str], killed_ms: i64) -> Vec<(String, i64, i64)
     runs
 }
 
+/// Serves `pgseal ARGS --serve` on a free port, scrapes `/metrics` once, stops it, and
+/// returns what a Prometheus text-format parser read.
+fn scrape(h: &Home, args: &[&str]) -> Vec<prometheus_parse::Sample> {
+    use std::io::{BufRead, Read, Write};
+    let mut server = h
+        .command(args)
+        .args(["--serve", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address: {first}"))
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: pgseal\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(head.contains("version=0.0.4"), "{head}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .unwrap()
+        .samples
+}
+
 #[test]
 fn six_sources_in_two_waves_start_two_at_a_time_survive_a_kill_and_lose_nothing() {
     let h = Home::new();
@@ -161,6 +196,31 @@ fn six_sources_in_two_waves_start_two_at_a_time_survive_a_kill_and_lose_nothing(
     let status = h.json(&["fleet", "status", &file]);
     for m in status["migrations"].as_array().unwrap() {
         assert_eq!(m["phase"], "replicating", "{status}");
+    }
+    // A scrape of the fleet's metrics while they replicate: a Prometheus text-format
+    // parser reads it, and it holds each migration's phase and lag.
+    let metrics = scrape(&h, &["fleet", "status", &file]);
+    for name in &names {
+        let of = |metric: &str| {
+            metrics
+                .iter()
+                .find(|s| s.metric == metric && s.labels.get("migration") == Some(name))
+                .unwrap_or_else(|| panic!("no {metric} of {name}: {metrics:?}"))
+        };
+        assert_eq!(
+            of("pgseal_migration_phase").labels.get("phase"),
+            Some("replicating")
+        );
+        assert_eq!(
+            of("pgseal_stream_lag_bytes").labels.get("database"),
+            Some("postgres")
+        );
+        assert!(
+            of("pgseal_slot_retained_bytes")
+                .labels
+                .get("source")
+                .is_some()
+        );
     }
     // Never more than two at once: at each step's start, at most two migrations had a
     // step under way (the journal's clocks).
@@ -337,6 +397,19 @@ fn a_bad_inventory_is_refused_by_line_and_field_before_anything_starts() {
     assert!(first.wait().unwrap().success());
     let status = h.json(&["fleet", "status", &file]);
     assert_eq!(status["migrations"][0]["phase"], "replicating", "{status}");
+    // One migration's metrics, as `migrate status --serve` gives them.
+    let metrics = scrape(&h, &["migrate", "status", "f1"]);
+    let lag = metrics
+        .iter()
+        .find(|s| s.metric == "pgseal_stream_lag_bytes")
+        .unwrap_or_else(|| panic!("no lag: {metrics:?}"));
+    assert_eq!(lag.labels.get("migration"), Some("f1"));
+    assert!(
+        metrics
+            .iter()
+            .all(|s| s.labels.get("migration") == Some("f1")),
+        "{metrics:?}"
+    );
     // Planning the same source under another name: held, a blocker; and the starts of
     // `held` (aborted since) and f1 are what this machine has measured, so the plan
     // estimates one.

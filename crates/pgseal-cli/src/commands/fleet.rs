@@ -28,8 +28,22 @@ pub fn run(ctx: &Context, action: &FleetCommand) -> Outcome {
         FleetCommand::Start(args) => start(ctx, args),
         FleetCommand::Status {
             fleet,
+            serve: Some(addr),
+            ..
+        } => {
+            let inventory = load(fleet)?;
+            let home = ctx.home.clone();
+            super::serve_metrics(addr, move || {
+                let journal = Journal::open(&home)?;
+                let sources: Vec<&Source> = inventory.sources.iter().collect();
+                Ok(reports(&journal, &sources)?.into_iter().flatten().collect())
+            })
+        }
+        FleetCommand::Status {
+            fleet,
             watch,
             interval,
+            serve: None,
         } => status(ctx, fleet, *watch, *interval),
         FleetCommand::Validate(args) => validate(ctx, args),
         FleetCommand::Cutover(args) => cutover(ctx, args),

@@ -83,10 +83,23 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
         } => super::follow::run(ctx, name, *interval, *once),
         MigrateCommand::Abort(Named { name }) => abort(ctx, name),
         MigrateCommand::Status {
+            serve: Some(addr),
+            name,
+            ..
+        } => {
+            let home = ctx.home.clone();
+            let name = name.clone();
+            super::serve_metrics(addr, move || {
+                let journal = Journal::open(&home)?;
+                Ok(vec![pgseal_core::report::gather(&journal, &name)?])
+            })
+        }
+        MigrateCommand::Status {
             name,
             watch,
             interval,
             max_slot_retention,
+            serve: None,
         } => status(ctx, name, *watch, *interval, *max_slot_retention),
         MigrateCommand::List => list(ctx),
         MigrateCommand::Report { name, output } => report(ctx, name, output.as_deref()),

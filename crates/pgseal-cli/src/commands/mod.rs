@@ -72,6 +72,26 @@ impl Context {
     }
 }
 
+/// Serves `/metrics` on `addr` until the process is interrupted: at each scrape,
+/// `reports` reads the migrations from the journal anew and `pgseal_metrics` renders them.
+/// The address listened on goes to stderr first (with port 0, the one chosen).
+pub fn serve_metrics(
+    addr: &str,
+    reports: impl Fn() -> anyhow::Result<Vec<pgseal_core::report::MigrationReport>>,
+) -> Outcome {
+    let server = pgseal_metrics::serve(addr)?;
+    eprintln!(
+        "pgseal: serving metrics at http://{}/metrics",
+        server.addr()
+    );
+    server.run(|| {
+        let reports = reports().map_err(|e| format!("{e:#}"))?;
+        let refs: Vec<&pgseal_core::report::MigrationReport> = reports.iter().collect();
+        pgseal_metrics::render(&refs, pgseal_core::journal::now_ms()).map_err(|e| e.to_string())
+    });
+    Ok(crate::exit::code(crate::exit::OK))
+}
+
 /// Prints one frame of a `status` that may `--watch`: `value` as JSON with `--json`,
 /// else what `text` renders, the screen cleared first when `redraw`.
 pub fn show_frame<T: serde::Serialize>(
