@@ -515,6 +515,10 @@ pub enum MigrateCommand {
         /// One pass, then exit
         #[arg(long)]
         once: bool,
+        /// Also serve the migration's metrics in Prometheus' text format at
+        /// http://HOST:PORT/metrics while it follows (port 0: a free one, printed on stderr)
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "once")]
+        serve: Option<String>,
     },
     /// Remove everything a migration created (target, snapshot, slot, publication)
     Abort(Named),

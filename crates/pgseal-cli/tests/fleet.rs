@@ -374,6 +374,14 @@ fn a_bad_inventory_is_refused_by_line_and_field_before_anything_starts() {
     assert!(err.contains("already in migration held"), "{err}");
     let list = h.json(&["migrate", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    // Its follower, run by hand, serves its metrics while it follows.
+    let metrics = scrape(&h, &["migrate", "follow", "held"]);
+    assert!(
+        metrics.iter().any(|s| s.metric == "pgseal_migration_phase"
+            && s.labels.get("migration") == Some("held")
+            && s.labels.get("phase") == Some("replicating")),
+        "{metrics:?}"
+    );
     h.ok(&["migrate", "abort", "held"]);
 
     // A second fleet command on a file one is working on is refused, not raced.

@@ -32,12 +32,13 @@ pub fn run(ctx: &Context, action: &FleetCommand) -> Outcome {
             ..
         } => {
             let inventory = load(fleet)?;
-            let home = ctx.home.clone();
-            super::serve_metrics(addr, move || {
-                let journal = Journal::open(&home)?;
+            let server = super::metrics_server(addr)?;
+            super::answer_metrics(&server, || {
+                let journal = Journal::open(&ctx.home)?;
                 let sources: Vec<&Source> = inventory.sources.iter().collect();
                 Ok(reports(&journal, &sources)?.into_iter().flatten().collect())
-            })
+            });
+            Ok(exit::code(exit::OK))
         }
         FleetCommand::Status {
             fleet,

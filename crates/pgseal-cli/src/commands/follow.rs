@@ -77,7 +77,7 @@ pub fn spawn(ctx: &Context, name: &str) -> anyhow::Result<Option<u32>> {
 
 /// Runs `name`'s follower: a pass every `interval` seconds until the migration no longer
 /// needs one (or once).
-pub fn run(ctx: &Context, name: &str, interval: f64, once: bool) -> Outcome {
+pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&str>) -> Outcome {
     let Some(_follower) = FollowerLock::acquire(&ctx.home, name)? else {
         let running = follow::follower_status(&ctx.home, name)?;
         let pid = running.heartbeat.map(|h| h.pid.to_string());
@@ -89,6 +89,12 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool) -> Outcome {
     };
     let journal = Journal::open(&ctx.home)?;
     let spec = journal.migration(name)?.spec;
+    // The metrics beside the loop, for as long as it runs.
+    if let Some(addr) = serve {
+        let server = super::metrics_server(addr)?;
+        let reports = super::migration_reports(ctx.home.clone(), name.to_string());
+        std::thread::spawn(move || super::answer_metrics(&server, reports));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -80,19 +80,20 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             name,
             interval,
             once,
-        } => super::follow::run(ctx, name, *interval, *once),
+            serve,
+        } => super::follow::run(ctx, name, *interval, *once, serve.as_deref()),
         MigrateCommand::Abort(Named { name }) => abort(ctx, name),
         MigrateCommand::Status {
             serve: Some(addr),
             name,
             ..
         } => {
-            let home = ctx.home.clone();
-            let name = name.clone();
-            super::serve_metrics(addr, move || {
-                let journal = Journal::open(&home)?;
-                Ok(vec![pgseal_core::report::gather(&journal, &name)?])
-            })
+            let server = super::metrics_server(addr)?;
+            super::answer_metrics(
+                &server,
+                super::migration_reports(ctx.home.clone(), name.clone()),
+            );
+            Ok(exit::code(exit::OK))
         }
         MigrateCommand::Status {
             name,

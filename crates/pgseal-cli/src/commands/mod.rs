@@ -72,24 +72,40 @@ impl Context {
     }
 }
 
-/// Serves `/metrics` on `addr` until the process is interrupted: at each scrape,
-/// `reports` reads the migrations from the journal anew and `pgseal_metrics` renders them.
-/// The address listened on goes to stderr first (with port 0, the one chosen).
-pub fn serve_metrics(
-    addr: &str,
-    reports: impl Fn() -> anyhow::Result<Vec<pgseal_core::report::MigrationReport>>,
-) -> Outcome {
+/// Listens for `/metrics` scrapes on `addr`; the address listened on goes to stderr
+/// (with port 0, the one chosen).
+pub fn metrics_server(addr: &str) -> anyhow::Result<pgseal_metrics::Server> {
     let server = pgseal_metrics::serve(addr)?;
     eprintln!(
         "pgseal: serving metrics at http://{}/metrics",
         server.addr()
     );
+    Ok(server)
+}
+
+/// Answers `server`'s scrapes until the process ends: at each, `reports` reads the
+/// migrations from the journal anew and `pgseal_metrics` renders them.
+pub fn answer_metrics(
+    server: &pgseal_metrics::Server,
+    reports: impl Fn() -> anyhow::Result<Vec<pgseal_core::report::MigrationReport>>,
+) {
     server.run(|| {
         let reports = reports().map_err(|e| format!("{e:#}"))?;
         let refs: Vec<&pgseal_core::report::MigrationReport> = reports.iter().collect();
         pgseal_metrics::render(&refs, pgseal_core::journal::now_ms()).map_err(|e| e.to_string())
     });
-    Ok(crate::exit::code(crate::exit::OK))
+}
+
+/// What one migration's metrics are made of: its report, read from the journal in
+/// `home` at each call.
+pub fn migration_reports(
+    home: PathBuf,
+    name: String,
+) -> impl Fn() -> anyhow::Result<Vec<pgseal_core::report::MigrationReport>> {
+    move || {
+        let journal = pgseal_core::Journal::open(&home)?;
+        Ok(vec![pgseal_core::report::gather(&journal, &name)?])
+    }
 }
 
 /// Prints one frame of a `status` that may `--watch`: `value` as JSON with `--json`,
