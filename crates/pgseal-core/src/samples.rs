@@ -45,6 +45,20 @@ pub fn spacing(age: Duration) -> Duration {
 }
 
 impl Sample {
+    /// A sample of which only the lag and the slot's retention are known (no positions,
+    /// no replay lag): what a plot or a metric reads, made by hand.
+    pub fn lag_only(at_ms: i64, database: &str, lag_bytes: u64, retained_bytes: i64) -> Sample {
+        Sample {
+            at_ms,
+            database: database.into(),
+            source_lsn: 0,
+            confirmed_lsn: None,
+            lag_bytes: Some(lag_bytes),
+            lag_seconds: None,
+            retained_bytes: Some(retained_bytes),
+        }
+    }
+
     /// Stream `database`'s sample at `at_ms` from what the source showed: its WAL position
     /// `source_lsn`, the stream's slot (if it exists) and the walsender's `replay_lag`.
     pub fn of(

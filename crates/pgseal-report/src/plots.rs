@@ -578,15 +578,7 @@ mod tests {
     use super::*;
 
     fn sample(at_ms: i64, database: &str, lag: u64, retained: i64) -> Sample {
-        Sample {
-            at_ms,
-            database: database.into(),
-            source_lsn: 0,
-            confirmed_lsn: None,
-            lag_bytes: Some(lag),
-            lag_seconds: None,
-            retained_bytes: Some(retained),
-        }
+        Sample::lag_only(at_ms, database, lag, retained)
     }
 
     #[test]
