@@ -519,6 +519,12 @@ pub enum MigrateCommand {
         /// http://HOST:PORT/metrics while it follows (port 0: a free one, printed on stderr)
         #[arg(long, value_name = "HOST:PORT", conflicts_with = "once")]
         serve: Option<String>,
+        /// Run in the background, detached from this terminal (its output in
+        /// PGSEAL_HOME/migrations/NAME.follow.log), and write its process id to
+        /// PGSEAL_HOME/migrations/NAME.follow.pid; without it the follower runs in the
+        /// foreground, as a systemd service wants it
+        #[arg(long, conflicts_with = "once")]
+        detach: bool,
     },
     /// Remove everything a migration created (target, snapshot, slot, publication)
     Abort(Named),

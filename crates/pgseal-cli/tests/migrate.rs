@@ -1335,3 +1335,47 @@ fn cutover_trusts_an_apply_worker_that_failed_once_and_runs_again_not_one_that_k
     assert!(stdout.contains("apply worker"), "{stdout}");
     h.ok(&["migrate", "abort", "w1"]);
 }
+
+#[test]
+fn a_detached_follower_writes_its_pid_is_started_once_and_leaves_with_its_migration() {
+    let h = Home::with_source();
+    h.start("fd", &["--no-follow"]);
+    let first = h.json(&["migrate", "follow", "fd", "--detach", "--interval", "0.5"]);
+    assert_eq!(first["started"], true, "{first}");
+    let pid = first["pid"].as_u64().unwrap();
+    let pid_file = std::fs::read_to_string(first["pid_file"].as_str().unwrap()).unwrap();
+    assert_eq!(pid_file.trim(), pid.to_string());
+    let alive =
+        |pid: u64| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+    assert!(alive(pid));
+    // Detached from this terminal: its own process group.
+    assert_eq!(
+        nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)))
+            .unwrap()
+            .as_raw() as u64,
+        pid
+    );
+    // Once it runs (its first heartbeat written), a second --detach starts none and
+    // names it.
+    let heartbeat = h.path("home").join("migrations").join("fd.follow.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&heartbeat).is_ok_and(|t| t.contains(&pid.to_string())) {
+        assert!(Instant::now() < deadline, "no heartbeat from the follower");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = h.json(&["migrate", "follow", "fd", "--detach"]);
+    assert_eq!(again["started"], false, "{again}");
+    assert_eq!(again["pid"].as_u64(), Some(pid), "{again}");
+    // The migration gone, its follower leaves by itself.
+    h.ok(&["migrate", "abort", "fd"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the follower outlived its migration"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A migration that does not exist is refused before anything starts.
+    h.exits(3, &["migrate", "follow", "nope", "--detach"]);
+}

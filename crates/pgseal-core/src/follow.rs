@@ -106,6 +106,11 @@ pub fn heartbeat_path(home: &Path, name: &str) -> PathBuf {
     home.join("migrations").join(format!("{name}.follow.json"))
 }
 
+/// Where `migrate follow --detach` writes the process id of the follower it started.
+pub fn pid_path(home: &Path, name: &str) -> PathBuf {
+    home.join("migrations").join(format!("{name}.follow.pid"))
+}
+
 /// Where `name`'s follower writes its log.
 pub fn log_path(home: &Path, name: &str) -> PathBuf {
     home.join("migrations").join(format!("{name}.follow.log"))

@@ -41,8 +41,9 @@ const INHERITED: &[&str] = &[
 const PASS_WAIT: Duration = Duration::from_secs(120);
 
 /// Starts `name`'s follower in the background, detached from this terminal, its output
-/// appended to its log; returns its process id, or `None` when one runs already.
-pub fn spawn(ctx: &Context, name: &str) -> anyhow::Result<Option<u32>> {
+/// appended to its log, with `extra` arguments of `migrate follow`; returns its process
+/// id, or `None` when one runs already.
+pub fn spawn(ctx: &Context, name: &str, extra: &[String]) -> anyhow::Result<Option<u32>> {
     if FollowerLock::held(&ctx.home, name)? {
         return Ok(None);
     }
@@ -60,6 +61,7 @@ pub fn spawn(ctx: &Context, name: &str) -> anyhow::Result<Option<u32>> {
         .env_clear()
         .args(["-v", "migrate", "follow", name, "--home"])
         .arg(&ctx.home)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -73,6 +75,49 @@ pub fn spawn(ctx: &Context, name: &str) -> anyhow::Result<Option<u32>> {
     let child = command.spawn()?;
     tracing::info!(migration = name, pid = child.id(), log = %log_path.display(), "follower started");
     Ok(Some(child.id()))
+}
+
+/// `migrate follow --detach`: starts `name`'s follower in the background (every
+/// `interval` seconds, serving metrics on `serve`) and writes its process id to its pid
+/// file; says so, or names the follower that runs already.
+pub fn detach(ctx: &Context, name: &str, interval: f64, serve: Option<&str>) -> Outcome {
+    // A migration that does not exist is refused here, not in the background.
+    Journal::open(&ctx.home)?.migration(name)?;
+    let mut extra = vec!["--interval".to_string(), interval.to_string()];
+    if let Some(addr) = serve {
+        extra.extend(["--serve".to_string(), addr.to_string()]);
+    }
+    let pid_file = follow::pid_path(&ctx.home, name);
+    let (pid, started) = match spawn(ctx, name, &extra)? {
+        Some(pid) => {
+            pgseal_crashsafe::write_atomic(&pid_file, format!("{pid}\n").as_bytes(), 0o600)?;
+            (Some(pid), true)
+        }
+        None => {
+            let running = follow::follower_status(&ctx.home, name)?;
+            (running.heartbeat.map(|h| h.pid), false)
+        }
+    };
+    let log = follow::log_path(&ctx.home, name);
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "migration": name, "pid": pid, "started": started,
+            "pid_file": started.then_some(&pid_file), "log": log,
+        }))?;
+    } else if started {
+        println!(
+            "follower of {name} started in the background: pid {} (in {}), log {}",
+            pid.unwrap_or_default(),
+            pid_file.display(),
+            log.display()
+        );
+    } else {
+        println!(
+            "migration {name} has a follower already (pid {}); nothing started",
+            pid.map_or("?".to_string(), |p| p.to_string())
+        );
+    }
+    Ok(exit::code(exit::OK))
 }
 
 /// Runs `name`'s follower: a pass every `interval` seconds until the migration no longer

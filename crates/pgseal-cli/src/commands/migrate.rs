@@ -79,8 +79,16 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
         MigrateCommand::Follow {
             name,
             interval,
+            serve,
+            detach: true,
+            ..
+        } => super::follow::detach(ctx, name, *interval, serve.as_deref()),
+        MigrateCommand::Follow {
+            name,
+            interval,
             once,
             serve,
+            detach: false,
         } => super::follow::run(ctx, name, *interval, *once, serve.as_deref()),
         MigrateCommand::Abort(Named { name }) => abort(ctx, name),
         MigrateCommand::Status {
@@ -706,7 +714,7 @@ fn drive(
             .follower_idle()
             .is_none()
     {
-        super::follow::spawn(ctx, name)?
+        super::follow::spawn(ctx, name, &[])?
     } else {
         None
     };
