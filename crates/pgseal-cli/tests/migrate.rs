@@ -1379,3 +1379,39 @@ fn a_detached_follower_writes_its_pid_is_started_once_and_leaves_with_its_migrat
     // A migration that does not exist is refused before anything starts.
     h.exits(3, &["migrate", "follow", "nope", "--detach"]);
 }
+
+#[test]
+fn the_follower_aborts_a_migration_whose_slot_holds_more_wal_than_its_limit() {
+    let h = Home::with_source();
+    let src = h.sql("src", "postgres");
+    src.exec("CREATE TABLE filler (id serial PRIMARY KEY, x text)");
+    // The follower start leaves running (every 2 s), and a limit of 40 MiB (a start
+    // itself holds about 27 MiB until the target confirms).
+    h.start("r1", &["--max-slot-retention", "40MiB"]);
+    // The target stops confirming: its subscription disabled, the slot holds what the
+    // source writes (no checkpoint, so PostgreSQL's own cap does not step in first).
+    let dst = h.sql("src-enc", "postgres");
+    let sub = dst.text("SELECT subname FROM pg_subscription");
+    dst.exec(&format!("ALTER SUBSCRIPTION {sub} DISABLE"));
+    src.exec(
+        "INSERT INTO filler (x) SELECT repeat(md5(g::text), 32) FROM generate_series(1, 60000) g",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = h.json(&["migrate", "list"]);
+        if list[0]["phase"] == "aborted" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never aborted it: {list}\n{}",
+            std::fs::read_to_string(h.path("home").join("migrations").join("r1.follow.log"))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log =
+        std::fs::read_to_string(h.path("home").join("migrations").join("r1.follow.log")).unwrap();
+    assert!(log.contains("to protect the source's disk"), "{log}");
+    assert_eq!(src.pgseal_objects(), 0);
+}

@@ -83,6 +83,10 @@ pub struct Pass {
     pub globals: Vec<String>,
     /// Why the pass stopped short, if it did (the next one tries again).
     pub error: Option<String>,
+    /// The most WAL one of the migration's slots held on the source (bytes), as the pass
+    /// read it: what the follower holds against `--max-slot-retention`.
+    #[serde(default)]
+    pub retained_bytes: Option<i64>,
     /// What it did not do and why, when it did nothing (another command was running, the
     /// migration is not replicating).
     pub idle: Option<String>,
@@ -219,8 +223,19 @@ pub async fn pass<P: Platform>(
     state.baseline = Some(baseline);
     done.large_objects = carried.large_objects;
     done.globals = carried.globals;
+    // The slots' WAL is read at every pass (the retention guard needs it now), and kept
+    // as a sample when one is due.
     if let Some(source) = sources.first() {
-        journal.record_samples(name, source, &streams).await;
+        let now = crate::journal::now_ms();
+        match crate::samples::read(source, &streams, now).await {
+            Ok(samples) => {
+                done.retained_bytes = samples.iter().filter_map(|s| s.retained_bytes).max();
+                if journal.sample_due(name, now)? {
+                    journal.insert_samples(name, &samples)?;
+                }
+            }
+            Err(e) => tracing::warn!(migration = %name, error = %e, "the slots' WAL was not read"),
+        }
     }
     done.seconds = started.elapsed().as_secs_f64();
     Ok(done)

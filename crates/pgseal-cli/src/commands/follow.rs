@@ -5,8 +5,9 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pgseal_core::Journal;
 use pgseal_core::follow::{self, FollowState, FollowerLock, Heartbeat, PassGate};
+use pgseal_core::status::Retention;
+use pgseal_core::{Journal, MigrationLock};
 
 use super::platform::for_spec;
 use super::{Context, Outcome, print_json};
@@ -157,8 +158,8 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&
         if !journal.path().exists() {
             return Ok(exit::code(exit::OK));
         }
-        let phase = match journal.migration(name) {
-            Ok(record) => record.phase,
+        let (phase, limit) = match journal.migration(name) {
+            Ok(record) => (record.phase, record.spec.max_slot_retention),
             Err(pgseal_core::JournalError::NotFound(_)) => return Ok(exit::code(exit::OK)),
             Err(e) => return Err(e.into()),
         };
@@ -213,9 +214,35 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&
                 "follower pass"
             );
         }
+        let retained = pass.retained_bytes;
         heartbeat.passes += 1;
         heartbeat.last = pass;
         follow::write_heartbeat(&ctx.home, name, &heartbeat)?;
+        // The source's disk before the migration: over --max-slot-retention, it is aborted,
+        // as `status` does, between two passes (the gate is free).
+        if pgseal_core::status::retention(retained, limit) == Retention::Exceeded {
+            let why = format!(
+                "a slot holds {} MiB of WAL on the source, over --max-slot-retention ({} MiB)",
+                retained.unwrap_or_default() >> 20,
+                limit.unwrap_or_default() >> 20
+            );
+            // Another command works on it: the next pass looks again.
+            match MigrationLock::acquire(&ctx.home, name) {
+                Err(pgseal_core::JournalError::Busy(..)) => {
+                    tracing::warn!(migration = name, %why, "over the retention limit; another command holds the migration");
+                }
+                lock => {
+                    let _lock = lock?;
+                    tracing::error!(migration = name, %why, "aborting the migration to protect the source's disk");
+                    eprintln!(
+                        "pgseal: {why}: aborting migration {name} to protect the source's disk"
+                    );
+                    runtime.block_on(pgseal_core::abort::abort(&platform, &journal, name))?;
+                    eprintln!("pgseal: migration {name} aborted (slot and publication dropped)");
+                    return Ok(exit::code(exit::PRECONDITION));
+                }
+            }
+        }
         if once {
             if ctx.json {
                 print_json(&heartbeat.last)?;
