@@ -327,7 +327,7 @@ fn a_bad_inventory_is_refused_by_line_and_field_before_anything_starts() {
         (
             "[[source]]\nname = \"a\"\nsource = \"src\"\n\n[[source]]\nname = \"b\"\nsource = \"src\"\n",
             ":5:",
-            "is also the source of the source at line 1",
+            "`src` is already given at line 1",
         ),
         (
             "[[source]]\nname = \"a\"\nsource = \"src\"\nkee = \"k\"\n",

@@ -353,7 +353,7 @@ impl Inventory {
                     return Err(invalid(
                         line,
                         format!(
-                            "field `{field}`: `{value}` is also the {field} of the source at line {first}; a {field} may stand once in a fleet"
+                            "field `{field}`: `{value}` is already given at line {first}; a {field} may stand once in a fleet"
                         ),
                     ));
                 }
