@@ -662,9 +662,30 @@ impl Journal {
 
     /// Every kept sample of a migration, oldest first.
     pub fn samples(&self, name: &str) -> Result<Vec<crate::samples::Sample>, JournalError> {
+        self.samples_where(name, "")
+    }
+
+    /// The latest sample of each of a migration's databases (those taken at its last
+    /// sampling), without reading the rest of its history.
+    pub fn latest_samples(&self, name: &str) -> Result<Vec<crate::samples::Sample>, JournalError> {
+        self.samples_where(
+            name,
+            "AND at_ms = (SELECT max(at_ms) FROM sample WHERE migration = ?1)",
+        )
+    }
+
+    /// A migration's samples that also meet `and` (an SQL condition on the sample table,
+    /// written by this file, never from input), oldest first.
+    fn samples_where(
+        &self,
+        name: &str,
+        and: &str,
+    ) -> Result<Vec<crate::samples::Sample>, JournalError> {
         self.query_all(
-            "SELECT at_ms, database, source_lsn, confirmed_lsn, lag_bytes, lag_seconds, \
-             retained_bytes FROM sample WHERE migration = ?1 ORDER BY at_ms, database",
+            &format!(
+                "SELECT at_ms, database, source_lsn, confirmed_lsn, lag_bytes, lag_seconds, \
+                 retained_bytes FROM sample WHERE migration = ?1 {and} ORDER BY at_ms, database"
+            ),
             params![name],
             |r| {
                 Ok(crate::samples::Sample {

@@ -322,8 +322,29 @@ fn encryption(
     }
 }
 
+/// How much of a migration's replication history a report reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// Every kept sample: what the report page plots.
+    Whole,
+    /// The latest sample of each database only: where it stands now, for a status, a
+    /// metrics scrape or an estimate, which a day of samples would only slow down. The
+    /// report's `apply_rates` are then empty.
+    Latest,
+}
+
 /// Gathers the report of migration `name` from the journal.
 pub fn gather(journal: &Journal, name: &str) -> Result<MigrationReport, crate::JournalError> {
+    gather_with(journal, name, History::Whole)
+}
+
+/// Gathers the report of migration `name` from the journal, with `history` of its
+/// samples.
+pub fn gather_with(
+    journal: &Journal,
+    name: &str,
+    history: History,
+) -> Result<MigrationReport, crate::JournalError> {
     let migration = journal.migration(name)?;
     let runs = journal.step_runs(name)?;
     let facts = journal.facts(name)?;
@@ -333,7 +354,10 @@ pub fn gather(journal: &Journal, name: &str) -> Result<MigrationReport, crate::J
         .flat_map(|(_, _, body)| body["removed"].as_array().cloned().unwrap_or_default())
         .filter_map(|line| line.as_str().map(str::to_string))
         .collect();
-    let samples = journal.samples(name)?;
+    let samples = match history {
+        History::Whole => journal.samples(name)?,
+        History::Latest => journal.latest_samples(name)?,
+    };
     Ok(MigrationReport {
         generated_ms: crate::journal::now_ms(),
         steps: step_lines(&runs),

@@ -2,7 +2,9 @@
 //! any source or target): its phase, its replication lag and slot retention as last
 //! sampled, its last validation and the pauses of its cutover and rollback.
 
-use pgseal_core::report::{MigrationReport, gather};
+use std::collections::BTreeMap;
+
+use pgseal_core::report::{History, MigrationReport, gather_with};
 use pgseal_core::{Journal, JournalError, Phase};
 use serde::Serialize;
 
@@ -92,14 +94,16 @@ impl Row {
     }
 }
 
-/// The report of each source's migration (`None` where none was started).
+/// The report of each source's migration (`None` where none was started), with
+/// `history` of its samples.
 pub fn reports(
     journal: &Journal,
     sources: &[&Source],
+    history: History,
 ) -> Result<Vec<Option<MigrationReport>>, JournalError> {
     sources
         .iter()
-        .map(|s| match gather(journal, &s.name) {
+        .map(|s| match gather_with(journal, &s.name, history) {
             Ok(report) => Ok(Some(report)),
             Err(JournalError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -110,7 +114,7 @@ pub fn reports(
 /// A row for each source of the inventory, in the file's order.
 pub fn rows(journal: &Journal, inventory: &Inventory) -> Result<Vec<Row>, JournalError> {
     let sources: Vec<&Source> = inventory.sources.iter().collect();
-    let reports = reports(journal, &sources)?;
+    let reports = reports(journal, &sources, History::Latest)?;
     Ok(sources
         .iter()
         .zip(&reports)
@@ -118,22 +122,28 @@ pub fn rows(journal: &Journal, inventory: &Inventory) -> Result<Vec<Row>, Journa
         .collect())
 }
 
-/// Another migration in the journal, outside this inventory's names, that still holds
-/// `source` (not aborted, rolled back or cleaned up): a source is never in two.
-pub fn other_migration_of(
+/// For each of `sources` that another migration in the journal still holds (one of
+/// another name, not aborted, rolled back or cleaned up), that migration's name, by
+/// source name: a source is never in two. The journal's migrations are listed once.
+pub fn held_elsewhere(
     journal: &Journal,
-    source: &Source,
-) -> Result<Option<String>, JournalError> {
-    Ok(journal
-        .list()?
-        .into_iter()
-        .find(|m| {
-            m.spec.name != source.name
-                && m.spec.source == source.source
-                && !matches!(
-                    m.phase,
-                    Phase::Aborted | Phase::RolledBack | Phase::CleanedUp
-                )
+    sources: &[&Source],
+) -> Result<BTreeMap<String, String>, JournalError> {
+    let migrations = journal.list()?;
+    Ok(sources
+        .iter()
+        .filter_map(|source| {
+            migrations
+                .iter()
+                .find(|m| {
+                    m.spec.name != source.name
+                        && m.spec.source == source.source
+                        && !matches!(
+                            m.phase,
+                            Phase::Aborted | Phase::RolledBack | Phase::CleanedUp
+                        )
+                })
+                .map(|m| (source.name.clone(), m.spec.name.clone()))
         })
-        .map(|m| m.spec.name))
+        .collect())
 }

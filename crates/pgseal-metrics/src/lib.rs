@@ -243,6 +243,25 @@ mod tests {
             .map(|n| pgseal_core::report::gather(&journal, n).unwrap())
             .collect();
         let text = render(&reports.iter().collect::<Vec<_>>(), 5_000).unwrap();
+        // A scrape reads only each database's latest sample, and says the same.
+        let latest: Vec<_> = ["shop", "odd \"name\""]
+            .iter()
+            .map(|n| {
+                pgseal_core::report::gather_with(&journal, n, pgseal_core::report::History::Latest)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(latest[0].samples.len(), 2);
+        // (A family's series come in no fixed order: compared as sets.)
+        let sorted = |text: &str| {
+            let mut all: Vec<String> = parsed(text).iter().map(|s| format!("{s:?}")).collect();
+            all.sort();
+            all
+        };
+        assert_eq!(
+            sorted(&render(&latest.iter().collect::<Vec<_>>(), 5_000).unwrap()),
+            sorted(&text)
+        );
         let samples = parsed(&text);
         let get = |metric: &str, labels: &[(&str, &str)]| -> Option<f64> {
             let mut want: Vec<(String, String)> = labels

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use pgseal_core::report::MigrationReport;
+use pgseal_core::report::{History, MigrationReport};
 use pgseal_core::{Journal, JournalError, Phase};
-use pgseal_fleet::status::{Row, other_migration_of, reports, rows};
+use pgseal_fleet::status::{Row, held_elsewhere, reports, rows};
 use pgseal_fleet::{
     Event, Finished, Inventory, InventoryError, InventoryLock, Job, Runner, Slots, Source,
 };
@@ -36,7 +36,10 @@ pub fn run(ctx: &Context, action: &FleetCommand) -> Outcome {
             super::answer_metrics(&server, || {
                 let journal = Journal::open(&ctx.home)?;
                 let sources: Vec<&Source> = inventory.sources.iter().collect();
-                Ok(reports(&journal, &sources)?.into_iter().flatten().collect())
+                Ok(reports(&journal, &sources, History::Latest)?
+                    .into_iter()
+                    .flatten()
+                    .collect())
             });
             Ok(exit::code(exit::OK))
         }
@@ -329,7 +332,9 @@ fn plan(ctx: &Context, args: &FleetArgs) -> Outcome {
     let measured: Vec<_> = journal
         .list()?
         .iter()
-        .filter_map(|m| pgseal_core::report::gather(&journal, &m.spec.name).ok())
+        .filter_map(|m| {
+            pgseal_core::report::gather_with(&journal, &m.spec.name, History::Latest).ok()
+        })
         .collect();
     let rates = pgseal_fleet::estimate::Rates::measure(&measured);
     let runner = runner(ctx, args.parallel, false)?;
@@ -346,15 +351,7 @@ fn plan(ctx: &Context, args: &FleetArgs) -> Outcome {
     }
     let results = run_jobs(ctx, &runner, jobs);
     // A source another migration holds is a blocker of its own: `start` would refuse it.
-    let mut held_by = BTreeMap::new();
-    for s in &all {
-        if let Some(other) = other_migration_of(&journal, s)? {
-            held_by.insert(
-                s.name.clone(),
-                format!("held: {} is already in migration {other}", s.source),
-            );
-        }
-    }
+    let held_by = held_elsewhere(&journal, &all)?;
     let sources: Vec<PlanRow> = all
         .iter()
         .zip(&phases)
@@ -394,7 +391,7 @@ fn plan(ctx: &Context, args: &FleetArgs) -> Outcome {
                 recommended: r["recommended"].as_str().map(str::to_string),
                 blockers: held_by
                     .get(&s.name)
-                    .cloned()
+                    .map(|other| format!("held: {} is already in migration {other}", s.source))
                     .into_iter()
                     .chain(findings(r, "blocker"))
                     .collect(),
@@ -450,8 +447,9 @@ fn start(ctx: &Context, args: &FleetArgs) -> Outcome {
     // A source held by a migration outside the file, or a name the journal keeps for
     // another source: refused before anything starts.
     let mut conflicts = Vec::new();
+    let held_by = held_elsewhere(&journal, &sources)?;
     for s in &sources {
-        if let Some(other) = other_migration_of(&journal, s)? {
+        if let Some(other) = held_by.get(&s.name) {
             conflicts.push(format!(
                 "{}:{}: source `{}` ({}) is already in migration {other}; a source is never in two migrations (abort or clean up {other} first)",
                 inventory.path.display(),
@@ -674,7 +672,7 @@ fn wave_command(
     let _lock = lock(ctx, &inventory)?;
     let journal = Journal::open(&ctx.home)?;
     let sources = inventory.wave(Some(args.wave))?;
-    let reports = reports(&journal, &sources)?;
+    let reports = reports(&journal, &sources, History::Latest)?;
     let mut outcomes = BTreeMap::new();
     let mut jobs = Vec::new();
     for (s, report) in sources.iter().zip(&reports) {
@@ -779,13 +777,15 @@ fn report(ctx: &Context, args: &FleetArgs, output: Option<PathBuf>) -> Outcome {
     let inventory = load(args)?;
     let journal = Journal::open(&ctx.home)?;
     let sources: Vec<&Source> = inventory.sources.iter().collect();
-    let reports = reports(&journal, &sources)?;
+    let reports = reports(&journal, &sources, History::Whole)?;
     // Each migration's own page, written where `migrate report` writes it, so that the
     // fleet's links lead somewhere current.
     let mut links = Vec::new();
     for (s, r) in sources.iter().zip(&reports) {
         links.push(match r {
-            Some(_) => Some(super::migrate::write_report(&ctx.home, &s.name, None)?),
+            Some(report) => Some(super::migrate::write_report_of(
+                &ctx.home, &s.name, report, None,
+            )?),
             None => None,
         });
     }

@@ -1049,8 +1049,23 @@ pub fn write_report(
     output: Option<&Path>,
 ) -> anyhow::Result<std::path::PathBuf> {
     let journal = Journal::open(home)?;
-    let facts = pgseal_core::report::gather(&journal, name)?;
-    let page = pgseal_report::render(&facts)?;
+    write_report_of(
+        home,
+        name,
+        &pgseal_core::report::gather(&journal, name)?,
+        output,
+    )
+}
+
+/// Writes the page of `report`, migration `name`'s report already gathered, and returns
+/// the path written.
+pub fn write_report_of(
+    home: &Path,
+    name: &str,
+    report: &pgseal_core::report::MigrationReport,
+    output: Option<&Path>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let page = pgseal_report::render(report)?;
     let path = output.map_or_else(|| default_report_path(home, name), Path::to_path_buf);
     write_page(home, &path, &page)?;
     Ok(path)

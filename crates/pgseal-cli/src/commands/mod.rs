@@ -96,15 +96,19 @@ pub fn answer_metrics(
     });
 }
 
-/// What one migration's metrics are made of: its report, read from the journal in
-/// `home` at each call.
+/// What one migration's metrics are made of: its report with its latest samples, read
+/// from the journal in `home` at each call.
 pub fn migration_reports(
     home: PathBuf,
     name: String,
 ) -> impl Fn() -> anyhow::Result<Vec<pgseal_core::report::MigrationReport>> {
     move || {
         let journal = pgseal_core::Journal::open(&home)?;
-        Ok(vec![pgseal_core::report::gather(&journal, &name)?])
+        Ok(vec![pgseal_core::report::gather_with(
+            &journal,
+            &name,
+            pgseal_core::report::History::Latest,
+        )?])
     }
 }
 
