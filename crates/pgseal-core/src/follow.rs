@@ -230,9 +230,7 @@ pub async fn pass<P: Platform>(
         match crate::samples::read(source, &streams, now).await {
             Ok(samples) => {
                 done.retained_bytes = samples.iter().filter_map(|s| s.retained_bytes).max();
-                if journal.sample_due(name, now)? {
-                    journal.insert_samples(name, &samples)?;
-                }
+                journal.keep_samples(name, now, &samples);
             }
             Err(e) => tracing::warn!(migration = %name, error = %e, "the slots' WAL was not read"),
         }

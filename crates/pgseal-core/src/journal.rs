@@ -610,18 +610,28 @@ impl Journal {
         source: &tokio_postgres::Client,
         streams: &[crate::stream::Stream],
     ) {
-        let result = async {
-            let now = now_ms();
-            if self.sample_due(name, now).map_err(|e| e.to_string())? {
-                let samples = crate::samples::read(source, streams, now)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.insert_samples(name, &samples)
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok::<(), String>(())
+        let now = now_ms();
+        if matches!(self.sample_due(name, now), Ok(false)) {
+            return;
         }
-        .await;
+        match crate::samples::read(source, streams, now).await {
+            Ok(samples) => self.keep_samples(name, now, &samples),
+            Err(error) => {
+                tracing::warn!(migration = %name, %error, "a replication sample was not recorded")
+            }
+        }
+    }
+
+    /// Keeps `samples`, read at `at_ms`, when one is due (see [`Journal::sample_due`]). A
+    /// failure is logged, not returned: a lost sample costs one point of a plot.
+    pub fn keep_samples(&self, name: &str, at_ms: i64, samples: &[crate::samples::Sample]) {
+        let result = self.sample_due(name, at_ms).and_then(|due| {
+            if due {
+                self.insert_samples(name, samples)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(error) = result {
             tracing::warn!(migration = %name, %error, "a replication sample was not recorded");
         }

@@ -121,6 +121,23 @@ pub fn detach(ctx: &Context, name: &str, interval: f64, serve: Option<&str>) -> 
     Ok(exit::code(exit::OK))
 }
 
+/// Aborts migration `name` because `why` (a slot over its retention limit), saying so on
+/// stderr before and after: what `status` and the follower do to protect the source's
+/// disk. The caller holds the migration's lock.
+pub fn abort_protecting_source(
+    runtime: &tokio::runtime::Runtime,
+    platform: &super::platform::AnyPlatform,
+    journal: &Journal,
+    name: &str,
+    why: &str,
+) -> anyhow::Result<()> {
+    tracing::error!(migration = name, %why, "aborting the migration to protect the source's disk");
+    eprintln!("pgseal: {why}: aborting migration {name} to protect the source's disk");
+    runtime.block_on(pgseal_core::abort::abort(platform, journal, name))?;
+    eprintln!("pgseal: migration {name} aborted (slot and publication dropped)");
+    Ok(())
+}
+
 /// Runs `name`'s follower: a pass every `interval` seconds until the migration no longer
 /// needs one (or once).
 pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&str>) -> Outcome {
@@ -233,12 +250,7 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&
                 }
                 lock => {
                     let _lock = lock?;
-                    tracing::error!(migration = name, %why, "aborting the migration to protect the source's disk");
-                    eprintln!(
-                        "pgseal: {why}: aborting migration {name} to protect the source's disk"
-                    );
-                    runtime.block_on(pgseal_core::abort::abort(&platform, &journal, name))?;
-                    eprintln!("pgseal: migration {name} aborted (slot and publication dropped)");
+                    abort_protecting_source(&runtime, &platform, &journal, name, &why)?;
                     return Ok(exit::code(exit::PRECONDITION));
                 }
             }

@@ -1457,16 +1457,17 @@ fn status(
         ))?;
         super::show_frame(ctx, redraw, &report, || output::migrate::status(&report))?;
         if report.retention == Retention::Exceeded && report.migration.phase != Phase::Aborted {
-            eprintln!(
-                "pgseal: {}: aborting migration {name} to protect the source's disk",
+            let _lock = MigrationLock::acquire(&ctx.home, name)?;
+            super::follow::abort_protecting_source(
+                &runtime,
+                &platform,
+                &journal,
+                name,
                 report
                     .retention_why
                     .as_deref()
-                    .unwrap_or("the slot holds more WAL than --max-slot-retention allows")
-            );
-            let _lock = MigrationLock::acquire(&ctx.home, name)?;
-            runtime.block_on(pgseal_core::abort::abort(&platform, &journal, name))?;
-            eprintln!("pgseal: migration {name} aborted (slot and publication dropped)");
+                    .unwrap_or("the slot holds more WAL than --max-slot-retention allows"),
+            )?;
             return Ok(exit::code(exit::PRECONDITION));
         }
         if !watch {
