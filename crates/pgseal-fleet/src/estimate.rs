@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pgseal_core::report::MigrationReport;
-use pgseal_core::steps::StrategyKind;
 use serde::Serialize;
 
 /// Below this much time beyond the fixed cost, in all, there is no rate to tell.
@@ -46,7 +45,7 @@ impl Rates {
             };
             if end > start {
                 points
-                    .entry(key(r.migration.spec.strategy))
+                    .entry(r.migration.spec.strategy.as_str().to_string())
                     .or_default()
                     .push((bytes, (end - start) as f64));
             }
@@ -71,10 +70,10 @@ impl Rates {
         )
     }
 
-    /// The estimated start of a source of `bytes` by `strategy`; `None` where nothing of
-    /// that strategy was measured here.
-    pub fn estimate(&self, strategy: StrategyKind, bytes: u64) -> Option<Duration> {
-        let m = self.0.get(&key(strategy))?;
+    /// The estimated start of a source of `bytes` by `strategy` (its `--strategy` name);
+    /// `None` where nothing of that strategy was measured here.
+    pub fn estimate(&self, strategy: &str, bytes: u64) -> Option<Duration> {
+        let m = self.0.get(strategy)?;
         let seconds = match m.bytes_per_second {
             Some(rate) => m.fixed_seconds + bytes as f64 / rate,
             None if m.largest_bytes > 0 => {
@@ -86,13 +85,6 @@ impl Rates {
     }
 }
 
-fn key(strategy: StrategyKind) -> String {
-    serde_json::to_value(strategy)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{strategy:?}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,7 +93,9 @@ mod tests {
     fn a_fixed_cost_and_a_rate_are_told_apart_from_two_sizes() {
         let mut rates = Rates::default();
         rates.0.insert(
-            key(StrategyKind::Snapshot),
+            pgseal_core::steps::StrategyKind::Snapshot
+                .as_str()
+                .to_string(),
             Measured {
                 migrations: 2,
                 fixed_seconds: 10.0,
@@ -109,8 +103,8 @@ mod tests {
                 largest_bytes: 20_000_000,
             },
         );
-        let est = rates.estimate(StrategyKind::Snapshot, 5_000_000).unwrap();
+        let est = rates.estimate("snapshot", 5_000_000).unwrap();
         assert_eq!(est.as_secs(), 15);
-        assert!(rates.estimate(StrategyKind::FullLoad, 1).is_none());
+        assert!(rates.estimate("full-load", 1).is_none());
     }
 }

@@ -364,10 +364,9 @@ fn plan(ctx: &Context, args: &FleetArgs) -> Outcome {
             let strategy = r["strategy"].as_str().map(str::to_string);
             let bytes = r["source_bytes"].as_u64();
             let estimate = match (&strategy, bytes) {
-                (Some(strategy), Some(bytes)) => serde_json::from_value(strategy.as_str().into())
-                    .ok()
-                    .and_then(|k| rates.estimate(k, bytes))
-                    .map(|d| d.as_secs_f64()),
+                (Some(strategy), Some(bytes)) => {
+                    rates.estimate(strategy, bytes).map(|d| d.as_secs_f64())
+                }
                 _ => None,
             };
             PlanRow {
