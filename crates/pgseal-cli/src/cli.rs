@@ -62,6 +62,36 @@ pub struct GlobalArgs {
     /// Read the key store's passphrase from FILE (first line) instead of PGSEAL_PASSPHRASE
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+
+    /// Keep the journal in a PostgreSQL database a team shares (postgres://USER@HOST/DB,
+    /// best given as PGSEAL_JOURNAL, the password from PGPASSWORD when the URL has none) or
+    /// in an SQLite FILE [default: $PGSEAL_HOME/journal.sqlite]. Runners on several hosts
+    /// naming one database see and drive the same migrations, one runner at a time
+    #[arg(
+        long,
+        global = true,
+        env = "PGSEAL_JOURNAL",
+        hide_env_values = true,
+        value_name = "URL|FILE"
+    )]
+    pub journal: Option<String>,
+
+    /// How long a lease on a migration in a shared journal lasts without renewal: a runner
+    /// that dies is taken over after this
+    #[arg(
+        long,
+        global = true,
+        env = "PGSEAL_LEASE_SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(3..=3600),
+        value_name = "SECONDS"
+    )]
+    pub lease_seconds: u64,
+
+    /// The name this process records as its runner in the journal (its leases and step
+    /// runs) [default: HOST:PID]; `fleet run` names its children after itself
+    #[arg(long, global = true, env = "PGSEAL_RUNNER", value_name = "NAME")]
+    pub runner: Option<String>,
 }
 
 /// The commands.
@@ -117,6 +147,14 @@ listed as warnings).")]
         /// What to do.
         #[command(subcommand)]
         action: MigrateCommand,
+    },
+
+    /// The journal of migrations: copy one into a shared PostgreSQL journal, see its leases
+    #[command(long_about = JOURNAL_ABOUT)]
+    Journal {
+        /// What to do.
+        #[command(subcommand)]
+        action: JournalCommand,
     },
 
     /// Many migrations from one inventory file: plan, start, status, validate, cutover by wave
@@ -1003,6 +1041,37 @@ pub struct FleetWaveArgs {
     /// first failure; those already running finish]
     #[arg(long)]
     pub keep_going: bool,
+}
+
+const JOURNAL_ABOUT: &str = "\
+The journal records every migration: its spec, phase, each step run (with its outputs, its
+error and the runner that ran it), the resources it made, samples and facts for the report.
+
+By default it is an SQLite file in PGSEAL_HOME, for one machine. With --journal URL (or
+PGSEAL_JOURNAL) it is a PostgreSQL database: DBAs on several hosts see and drive the same
+migrations, and a migration is driven by one runner at a time, which holds a lease on it
+(renewed every --lease-seconds/6; a runner that dies is taken over after --lease-seconds).
+The database needs no superuser: its owner is enough; pgseal makes schema pgseal_journal.
+
+Examples:
+  PGSEAL_JOURNAL=postgres://pgseal@db.internal/pgseal pgseal journal copy
+  pgseal journal leases --journal postgres://pgseal@db.internal/pgseal";
+
+/// `pgseal journal ...`
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Copy every migration of an SQLite journal into a PostgreSQL one (nothing written when
+    /// the receiver holds a migration of the same name, or one is in use)
+    Copy {
+        /// The journal to copy [default: $PGSEAL_HOME/journal.sqlite]
+        #[arg(long, value_name = "FILE")]
+        from: Option<std::path::PathBuf>,
+        /// The journal to copy into (a postgres:// URL) [default: --journal]
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+    },
+    /// The leases held on migrations: which runner drives which migration, until when
+    Leases,
 }
 
 /// `pgseal fleet ...`

@@ -27,6 +27,10 @@ pub const NOT_SEALED: u8 = 10;
 /// `workload verify` found missing, duplicated or unexpected transactions, `migrate
 /// validate` found differing rows, or `endpoint check` found prepared-statement failures.
 pub const VERIFY_FAILED: u8 = 11;
+/// This process's lease on a migration in a shared journal was lost (it was paused or cut
+/// off past the lease): it stopped before changing anything more; another runner may
+/// have taken the migration over.
+pub const LEASE_LOST: u8 = 12;
 
 /// The text for `--help`.
 pub const HELP_TEXT: &str = "\
@@ -44,7 +48,9 @@ Exit codes:
   10 input is not a pgseal sealed stream
   11 workload verify found missing, duplicated or unexpected transactions,
      migrate validate found differing rows, or endpoint check found
-     prepared-statement failures";
+     prepared-statement failures
+  12 the lease on a migration in a shared journal was lost (this process was
+     paused or cut off too long): it stopped before changing anything more";
 
 /// The exit code for a failed command: a library error's kind decides; anything else is 1.
 pub fn for_error(error: &anyhow::Error) -> u8 {
@@ -84,8 +90,11 @@ pub fn for_error(error: &anyhow::Error) -> u8 {
             }
         }
         if let Some(journal) = cause.downcast_ref::<pgseal_core::JournalError>() {
-            use pgseal_core::JournalError::{Busy, Exists, NotFound};
-            if matches!(journal, NotFound(_) | Exists(_) | Busy(..)) {
+            use pgseal_core::JournalError::{BadLocation, Exists, LeaseLost, NotFound};
+            if matches!(journal, LeaseLost(_)) {
+                return LEASE_LOST;
+            }
+            if journal.is_busy() || matches!(journal, NotFound(_) | Exists(_) | BadLocation(_)) {
                 return PRECONDITION;
             }
         }

@@ -42,12 +42,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// What a lost lease does: this process stops at once, as a crash would, so that no
+/// further step, and no clean-up path either, acts on a migration another runner may now
+/// drive. Its children (`pg_dump`, `pg_restore`, PgBouncer reloads) die with it.
+fn lease_lost(migration: &str) {
+    let error = pgseal_core::JournalError::LeaseLost(migration.to_string());
+    tracing::error!(%migration, "lease lost; stopping");
+    eprintln!("error: {}", output::terminal_safe(&error.to_string()));
+    std::process::exit(i32::from(exit::LEASE_LOST));
+}
+
 fn run(cli: Cli) -> commands::Outcome {
+    let home = home::resolve(cli.global.home.clone())?;
+    let journal = pgseal_core::JournalConfig {
+        location: pgseal_core::journal::Location::parse(cli.global.journal.as_deref(), &home)?,
+        home: home.clone(),
+        runner: pgseal_core::journal::Runner::here(cli.global.runner.clone()),
+        terms: pgseal_core::journal::LeaseTerms {
+            ttl: std::time::Duration::from_secs(cli.global.lease_seconds),
+            on_lost: std::sync::Arc::new(lease_lost),
+        },
+    };
     let ctx = commands::Context {
-        home: home::resolve(cli.global.home.clone())?,
+        home,
         json: cli.global.json,
         quiet: cli.global.quiet,
         passphrase_file: cli.global.passphrase_file.clone(),
+        journal,
     };
     tracing::debug!(home = %ctx.home.display(), json = ctx.json, "starting");
     match cli.command {
@@ -73,6 +94,7 @@ fn run(cli: Cli) -> commands::Outcome {
         Command::Workload { action } => commands::workload::run(&ctx, &action),
         Command::Migrate { action } => commands::migrate::run(&ctx, &action),
         Command::Fleet { action } => commands::fleet::run(&ctx, &action),
+        Command::Journal { action } => commands::journal::run(&ctx, &action),
         Command::Seal(args) => commands::seal::seal(&ctx, &args),
         Command::Unseal(args) => commands::seal::unseal(&ctx, &args),
     }

@@ -92,10 +92,9 @@ impl EngineError {
             | EngineError::Guard(_)
             | EngineError::Precondition(_)
             | EngineError::SlotWait(_) => true,
-            EngineError::Journal(e) => matches!(
-                e,
-                JournalError::NotFound(_) | JournalError::Exists(_) | JournalError::Busy(..)
-            ),
+            EngineError::Journal(e) => {
+                e.is_busy() || matches!(e, JournalError::NotFound(_) | JournalError::Exists(_))
+            }
             EngineError::Platform { source, .. } => {
                 matches!(source.kind, ErrorKind::Precondition | ErrorKind::Key)
             }

@@ -2,7 +2,8 @@
 //!
 //! - [`preflight`]: the read-only checks `migrate plan` runs; every problem at once.
 //! - [`steps`]: the ten steps from source to replicating target, and the failpoints.
-//! - [`journal`]: the SQLite journal of specs, phases, step runs and created resources.
+//! - [`journal`]: the journal of specs, phases, step runs and created resources, in SQLite
+//!   or PostgreSQL, with the leases that let one runner at a time drive a migration.
 //! - [`migration`]: the commands (`start`, `cutover`, `rollback`, `resume`, `cleanup`,
 //!   `validate`, `verify`, `follow`), each through the migration's strategy.
 //! - [`strategy`]: the [`strategy::Strategy`] trait and one module per strategy.
@@ -52,5 +53,5 @@ pub mod verify;
 
 pub use engine::{Engine, Event, Surroundings};
 pub use error::EngineError;
-pub use journal::{Journal, JournalError, MigrationLock, MigrationSpec, Phase};
+pub use journal::{Journal, JournalConfig, JournalError, MigrationLock, MigrationSpec, Phase};
 pub use steps::Step;

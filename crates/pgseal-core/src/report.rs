@@ -394,6 +394,7 @@ mod tests {
             outcome,
             outputs: None,
             error: (outcome == Outcome::Failed).then(|| "boom".to_string()),
+            runner: None,
         }
     }
 

@@ -136,6 +136,7 @@ pub fn run(ctx: &Context, options: &DemoOptions) -> Outcome {
     // The report is written where the user's home keeps it, even when the demo's own
     // home is a throwaway directory.
     let report = super::migrate::write_report(
+        &Journal::open(&home)?,
         &home,
         &names.migration,
         Some(&super::migrate::default_report_path(

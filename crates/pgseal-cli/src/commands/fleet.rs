@@ -34,7 +34,7 @@ pub fn run(ctx: &Context, action: &FleetCommand) -> Outcome {
             let inventory = load(fleet)?;
             let server = super::metrics_server(addr)?;
             super::answer_metrics(&server, || {
-                let journal = Journal::open(&ctx.home)?;
+                let journal = ctx.journal()?;
                 let sources: Vec<&Source> = inventory.sources.iter().collect();
                 Ok(reports(&journal, &sources, History::Latest)?
                     .into_iter()
@@ -173,7 +173,14 @@ fn runner(ctx: &Context, parallel: Option<u32>, stop: bool) -> anyhow::Result<Ru
     Ok(Runner {
         program: std::env::current_exe().context("cannot find pgseal's own program")?,
         common_args,
-        env: common_env(),
+        env: common_env()
+            .into_iter()
+            .chain(
+                ctx.journal_env()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v)),
+            )
+            .collect(),
         slots: Slots::new(&ctx.home.join("fleet").join("slots"), count)
             .context("cannot make the fleet's slots")?,
         stop_at_first_failure: stop,
@@ -328,7 +335,7 @@ fn findings(report: &serde_json::Value, severity: &str) -> Vec<String> {
 
 fn plan(ctx: &Context, args: &FleetArgs) -> Outcome {
     let inventory = load(args)?;
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let measured: Vec<_> = journal
         .list()?
         .iter()
@@ -441,7 +448,7 @@ fn plan(ctx: &Context, args: &FleetArgs) -> Outcome {
 fn start(ctx: &Context, args: &FleetArgs) -> Outcome {
     let inventory = load(args)?;
     let _lock = lock(ctx, &inventory)?;
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let sources = inventory.by_wave();
     // A source held by a migration outside the file, or a name the journal keeps for
     // another source: refused before anything starts.
@@ -578,7 +585,7 @@ fn status(ctx: &Context, args: &FleetArgs, watch: bool, interval: f64) -> Outcom
     let inventory = load(args)?;
     let redraw = watch && std::io::stdout().is_terminal() && !ctx.json;
     loop {
-        let journal = Journal::open(&ctx.home)?;
+        let journal = ctx.journal()?;
         let status = Status {
             file: inventory.path.clone(),
             generated_ms: pgseal_core::journal::now_ms(),
@@ -597,7 +604,7 @@ fn status(ctx: &Context, args: &FleetArgs, watch: bool, interval: f64) -> Outcom
 fn validate(ctx: &Context, args: &FleetArgs) -> Outcome {
     let inventory = load(args)?;
     let _lock = lock(ctx, &inventory)?;
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let sources: Vec<&Source> = inventory.sources.iter().collect();
     let phases = phases(&journal, &sources)?;
     let mut outcomes = BTreeMap::new();
@@ -669,7 +676,7 @@ fn wave_command(
 ) -> Outcome {
     let inventory = load(&args.fleet)?;
     let _lock = lock(ctx, &inventory)?;
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let sources = inventory.wave(Some(args.wave))?;
     let reports = reports(&journal, &sources, History::Latest)?;
     let mut outcomes = BTreeMap::new();
@@ -774,7 +781,7 @@ fn cleanup(ctx: &Context, args: &FleetWaveArgs, retire_source: bool) -> Outcome 
 
 fn report(ctx: &Context, args: &FleetArgs, output: Option<PathBuf>) -> Outcome {
     let inventory = load(args)?;
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let sources: Vec<&Source> = inventory.sources.iter().collect();
     let reports = reports(&journal, &sources, History::Whole)?;
     // Each migration's own page, written where `migrate report` writes it, so that the

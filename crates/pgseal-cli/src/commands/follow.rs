@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use pgseal_core::follow::{self, FollowState, FollowerLock, Heartbeat, PassGate};
 use pgseal_core::status::Retention;
-use pgseal_core::{Journal, MigrationLock};
 
 use super::platform::for_spec;
 use super::{Context, Outcome, print_json};
@@ -71,6 +70,7 @@ pub fn spawn(ctx: &Context, name: &str, extra: &[String]) -> anyhow::Result<Opti
             command.env(key, value);
         }
     }
+    command.envs(ctx.journal_env());
     // Its own process group: a Ctrl-C meant for this command does not end it.
     command.process_group(0);
     let child = command.spawn()?;
@@ -83,7 +83,7 @@ pub fn spawn(ctx: &Context, name: &str, extra: &[String]) -> anyhow::Result<Opti
 /// file; says so, or names the follower that runs already.
 pub fn detach(ctx: &Context, name: &str, interval: f64, serve: Option<&str>) -> Outcome {
     // A migration that does not exist is refused here, not in the background.
-    Journal::open(&ctx.home)?.migration(name)?;
+    ctx.journal()?.migration(name)?;
     let mut extra = vec!["--interval".to_string(), interval.to_string()];
     if let Some(addr) = serve {
         extra.extend(["--serve".to_string(), addr.to_string()]);
@@ -127,7 +127,7 @@ pub fn detach(ctx: &Context, name: &str, interval: f64, serve: Option<&str>) -> 
 pub fn abort_protecting_source(
     runtime: &tokio::runtime::Runtime,
     platform: &super::platform::AnyPlatform,
-    journal: &Journal,
+    journal: &pgseal_core::Journal,
     name: &str,
     why: &str,
 ) -> anyhow::Result<()> {
@@ -150,12 +150,12 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&
         ));
         return Ok(exit::code(exit::OK));
     };
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let spec = journal.migration(name)?.spec;
     // The metrics beside the loop, for as long as it runs.
     if let Some(addr) = serve {
         let server = super::metrics_server(addr)?;
-        let reports = super::migration_reports(ctx.home.clone(), name.to_string());
+        let reports = super::migration_reports(ctx.journal.clone(), name.to_string());
         std::thread::spawn(move || super::answer_metrics(&server, reports));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -172,7 +172,7 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&
     tracing::info!(migration = name, pid = heartbeat.pid, "following");
     loop {
         // Gone with its home (a test's temporary one), or forgotten: nothing to follow.
-        if !journal.path().exists() {
+        if !ctx.home.exists() {
             return Ok(exit::code(exit::OK));
         }
         let (phase, limit) = match journal.migration(name) {
@@ -244,8 +244,8 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&
                 limit.unwrap_or_default() >> 20
             );
             // Another command works on it: the next pass looks again.
-            match MigrationLock::acquire(&ctx.home, name) {
-                Err(pgseal_core::JournalError::Busy(..)) => {
+            match journal.hold(name) {
+                Err(e) if e.is_busy() => {
                     tracing::warn!(migration = name, %why, "over the retention limit; another command holds the migration");
                 }
                 lock => {

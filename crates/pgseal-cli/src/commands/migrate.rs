@@ -12,9 +12,7 @@ use pgseal_local::instance::LocalInstances;
 
 use pgseal_core::cutover::{CutoverOptions, Recovered};
 use pgseal_core::status::Retention;
-use pgseal_core::{
-    Engine, EngineError, Event, Journal, MigrationLock, MigrationSpec, Phase, Surroundings,
-};
+use pgseal_core::{Engine, EngineError, Event, Journal, MigrationSpec, Phase, Surroundings};
 use pgseal_local::instance::LocalError;
 
 use super::platform::{AnyPlatform, aws_id, for_spec, is_aws_source};
@@ -99,7 +97,7 @@ pub fn run(ctx: &Context, action: &MigrateCommand) -> Outcome {
             let server = super::metrics_server(addr)?;
             super::answer_metrics(
                 &server,
-                super::migration_reports(ctx.home.clone(), name.clone()),
+                super::migration_reports(ctx.journal.clone(), name.clone()),
             );
             Ok(exit::code(exit::OK))
         }
@@ -544,8 +542,8 @@ fn start(
     follow: bool,
 ) -> Outcome {
     let spec = spec_from_args(ctx, args, tables, target_port, max_slot_retention)?;
-    let _lock = MigrationLock::acquire(&ctx.home, &spec.name)?;
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
+    let _lock = journal.hold(&spec.name)?;
     let runtime = runtime()?;
     let platform = for_spec(ctx, &runtime, None, &spec, true)?;
     match &platform {
@@ -573,7 +571,7 @@ fn start(
         spec.source,
         spec.target,
         spec.key,
-        journal.path().display()
+        journal.location()
     ));
     let result = drive(
         ctx,
@@ -600,8 +598,8 @@ fn start(
 }
 
 fn resume(ctx: &Context, name: &str, follow: bool) -> Outcome {
-    let _lock = MigrationLock::acquire(&ctx.home, name)?;
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
+    let _lock = journal.hold(name)?;
     let record = journal.migration(name)?;
     if record.phase == Phase::CuttingOver {
         return recover_cutover(ctx, &journal, name);
@@ -775,7 +773,7 @@ fn cutover(
 /// A migration opened by a command that moves its applications (cutover, rollback):
 /// locked, its journal, spec and platform, and the switch chosen for `direction`.
 struct Switching {
-    _lock: MigrationLock,
+    _lock: pgseal_core::journal::Hold,
     journal: Journal,
     spec: MigrationSpec,
     runtime: tokio::runtime::Runtime,
@@ -791,8 +789,8 @@ impl Switching {
         on_switch: Option<String>,
         direction: Direction,
     ) -> anyhow::Result<Switching> {
-        let lock = MigrationLock::acquire(&ctx.home, name)?;
-        let journal = Journal::open(&ctx.home)?;
+        let journal = ctx.journal()?;
+        let lock = journal.hold(name)?;
         let spec = journal.migration(name)?.spec;
         let instances = LocalInstances::open(&ctx.home)?;
         let runtime = runtime()?;
@@ -930,7 +928,7 @@ fn rename_switch(
     }
     Ok(super::switch::RenameSwitch {
         platform: aws.clone(),
-        home: ctx.home.clone(),
+        journal: ctx.journal.clone(),
         migration: spec.name.clone(),
         source: spec.source.clone(),
         target: spec.target.clone(),
@@ -1042,17 +1040,18 @@ pub fn default_report_path(home: &Path, name: &str) -> std::path::PathBuf {
     home.join("migrations").join(name).join("report.html")
 }
 
-/// Writes the migration's report page and returns the path written.
+/// Writes the report page of migration `name` in `journal`, whose home is `home`, and
+/// returns the path written.
 pub fn write_report(
+    journal: &Journal,
     home: &Path,
     name: &str,
     output: Option<&Path>,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let journal = Journal::open(home)?;
     write_report_of(
         home,
         name,
-        &pgseal_core::report::gather(&journal, name)?,
+        &pgseal_core::report::gather(journal, name)?,
         output,
     )
 }
@@ -1089,11 +1088,11 @@ pub fn write_page(home: &Path, path: &Path, page: &str) -> anyhow::Result<()> {
 
 fn report(ctx: &Context, name: &str, output: Option<&Path>) -> Outcome {
     if ctx.json {
-        let journal = Journal::open(&ctx.home)?;
+        let journal = ctx.journal()?;
         print_json(&pgseal_core::report::gather(&journal, name)?)?;
         return Ok(exit::code(exit::OK));
     }
-    let path = write_report(&ctx.home, name, output)?;
+    let path = write_report(&ctx.journal()?, &ctx.home, name, output)?;
     println!("{}", path.display());
     Ok(exit::code(exit::OK))
 }
@@ -1106,7 +1105,7 @@ fn ddl(
     apply: Option<i64>,
     database: Option<&str>,
 ) -> Outcome {
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
     let decision = match (skip, apply) {
@@ -1119,7 +1118,7 @@ fn ddl(
         ctx.print(&entries, || output::migrate::ddl(name, &entries))?;
         return Ok(exit::code(exit::OK));
     };
-    let _lock = MigrationLock::acquire(&ctx.home, name)?;
+    let _lock = journal.hold(name)?;
     let database = match database {
         Some(d) => d.to_string(),
         None => {
@@ -1148,7 +1147,7 @@ fn validate(
     tables: Option<&[String]>,
     copy_wait: std::time::Duration,
 ) -> Outcome {
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
     let report = run_validation(ctx, &runtime, &platform, &journal, name, tables, copy_wait)?;
@@ -1161,7 +1160,7 @@ fn validate(
 }
 
 fn verify(ctx: &Context, name: &str) -> Outcome {
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
     let progress = |db: &str| ctx.status(format!("verifying {db}"));
@@ -1308,8 +1307,8 @@ fn print_rollback(
 }
 
 fn cleanup(ctx: &Context, name: &str, retire: bool, delete: bool) -> Outcome {
-    let _lock = MigrationLock::acquire(&ctx.home, name)?;
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
+    let _lock = journal.hold(name)?;
     let spec = journal.migration(name)?.spec;
     if (retire || delete) && spec.source_url().is_some() {
         anyhow::bail!(LocalError::InvalidInput(
@@ -1401,8 +1400,8 @@ fn print_cleanup(
 }
 
 fn abort(ctx: &Context, name: &str) -> Outcome {
-    let _lock = MigrationLock::acquire(&ctx.home, name)?;
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
+    let _lock = journal.hold(name)?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
     let report = runtime.block_on(pgseal_core::abort::abort(&platform, &journal, name))?;
@@ -1424,7 +1423,7 @@ fn abort(ctx: &Context, name: &str) -> Outcome {
 }
 
 fn list(ctx: &Context) -> Outcome {
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let migrations = journal.list()?;
     if ctx.json {
         return print_json(&migrations).map(|()| exit::code(exit::OK));
@@ -1444,7 +1443,7 @@ fn status(
     max_slot_retention: Option<u64>,
 ) -> Outcome {
     use std::io::IsTerminal;
-    let journal = Journal::open(&ctx.home)?;
+    let journal = ctx.journal()?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
     let redraw = watch && std::io::stdout().is_terminal() && !ctx.json;
@@ -1457,7 +1456,7 @@ fn status(
         ))?;
         super::show_frame(ctx, redraw, &report, || output::migrate::status(&report))?;
         if report.retention == Retention::Exceeded && report.migration.phase != Phase::Aborted {
-            let _lock = MigrationLock::acquire(&ctx.home, name)?;
+            let _lock = journal.hold(name)?;
             super::follow::abort_protecting_source(
                 &runtime,
                 &platform,

@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod fleet;
 pub mod follow;
 pub mod instance;
+pub mod journal;
 pub mod key;
 pub mod migrate;
 pub mod platform;
@@ -33,9 +34,30 @@ pub struct Context {
     pub quiet: bool,
     /// `--passphrase-file`, if given.
     pub passphrase_file: Option<PathBuf>,
+    /// Where the journal is (`--journal`), and who this process is as a runner.
+    pub journal: pgseal_core::JournalConfig,
 }
 
 impl Context {
+    /// Opens the journal (`--journal`, or the home's SQLite file).
+    pub fn journal(&self) -> anyhow::Result<pgseal_core::Journal> {
+        Ok(self.journal.open()?)
+    }
+
+    /// The environment a child `pgseal` needs to use the same journal as this process:
+    /// `PGSEAL_JOURNAL` (it may hold a password, so never a command line) and the lease's
+    /// length.
+    pub fn journal_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![(
+            "PGSEAL_LEASE_SECONDS",
+            self.journal.terms.ttl.as_secs().to_string(),
+        )];
+        if let pgseal_core::journal::Location::Postgres(url) = &self.journal.location {
+            env.push(("PGSEAL_JOURNAL", url.clone()));
+        }
+        env
+    }
+
     /// Opens (or on first use creates) the local key store under the home directory.
     pub fn open_kms(&self) -> anyhow::Result<LocalKms> {
         let passphrase = Passphrase::from_file_or_env(self.passphrase_file.as_deref())?;
@@ -97,13 +119,13 @@ pub fn answer_metrics(
 }
 
 /// What one migration's metrics are made of: its report with its latest samples, read
-/// from the journal in `home` at each call.
+/// from the journal at each call.
 pub fn migration_reports(
-    home: PathBuf,
+    journal: pgseal_core::JournalConfig,
     name: String,
 ) -> impl Fn() -> anyhow::Result<Vec<pgseal_core::report::MigrationReport>> {
     move || {
-        let journal = pgseal_core::Journal::open(&home)?;
+        let journal = journal.open()?;
         Ok(vec![pgseal_core::report::gather_with(
             &journal,
             &name,

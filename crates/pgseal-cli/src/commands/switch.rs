@@ -264,8 +264,8 @@ impl Switch for HookSwitch {
 pub struct RenameSwitch {
     /// The AWS platform (shares its rename map with the engine's).
     pub platform: pgseal_aws::AwsPlatform,
-    /// pgseal's home (the journal is opened there for each rename).
-    pub home: std::path::PathBuf,
+    /// The journal (opened again for each rename).
+    pub journal: pgseal_core::JournalConfig,
     /// The migration's name.
     pub migration: String,
     /// The source's name, as the migration knows it (`rds:prod`).
@@ -333,7 +333,7 @@ impl Switch for RenameSwitch {
     }
 
     async fn point_to_target(&self, _stay: &[String]) -> Result<(), SwitchError> {
-        let journal = pgseal_core::Journal::open(&self.home)?;
+        let journal = self.journal.open()?;
         for (name, new_id) in self.renames() {
             if self.back {
                 self.platform.rename(&name, &new_id).await?;

@@ -3,6 +3,7 @@
 
 pub mod endpoint;
 pub mod fleet;
+pub mod journal;
 pub mod migrate;
 
 /// `text` as it may reach a terminal: names in it come from the databases (a table, a

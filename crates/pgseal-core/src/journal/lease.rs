@@ -1,0 +1,321 @@
+//! Leases: which runner drives a migration, when the journal is shared (PostgreSQL).
+//!
+//! A lease is a row — migration, runner, host, pid, expiry — taken by one conditional
+//! upsert (`INSERT … ON CONFLICT DO UPDATE … WHERE the lease expired or is the runner's
+//! own … RETURNING`), atomic under the row lock PostgreSQL takes for it, and renewed by a
+//! heartbeat thread. Expiry is by the journal database's clock, the one every host shares.
+//!
+//! A runner that stops renewing (killed, paused, cut off) loses the lease when it expires,
+//! and another runner may take the migration over through `resume`. The runner that lost
+//! it must act no more. Two rules make sure of it:
+//! - The holder's own view of its lease ends a margin ([`LeaseTerms::margin`]) *before*
+//!   the database's: it is measured from the moment before each renewal was sent, on the
+//!   monotonic clock, so a pause of the whole process (SIGSTOP, a frozen VM) counts.
+//! - Every journal write checks that view first (no round trip), and the engine records a
+//!   step or a resource in the journal before it changes anything. A write after the
+//!   view ended calls the lease's `on_lost` (the CLI stops the process at once, as a crash
+//!   would, so no clean-up path acts either), and so does a renewal the database refuses.
+//!
+//! What remains is a pause longer than the margin that falls between a write's check and
+//! the change that follows it; the margin (a third of the lease) is there for it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::JournalError;
+use super::store::{Store, params};
+
+/// Who drives a migration: recorded with each lease and each step run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runner {
+    /// The runner's name (`fleet run --runner`, or `host:pid` for a single command).
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+}
+
+impl Runner {
+    /// This process, named `id` or, without one, `host:pid`.
+    pub fn here(id: Option<String>) -> Runner {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        let pid = std::process::id();
+        Runner {
+            id: id.unwrap_or_else(|| format!("{host}:{pid}")),
+            host,
+            pid,
+        }
+    }
+}
+
+/// Called once when a lease is lost: the holder must stop before it changes anything.
+pub type OnLost = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How long leases last and what losing one does.
+#[derive(Clone)]
+pub struct LeaseTerms {
+    /// How long a lease lasts without a renewal.
+    pub ttl: Duration,
+    /// Called with the migration's name when the lease is lost.
+    pub on_lost: OnLost,
+}
+
+impl std::fmt::Debug for LeaseTerms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseTerms")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// The default lease: 30 seconds.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+impl Default for LeaseTerms {
+    fn default() -> Self {
+        LeaseTerms {
+            ttl: DEFAULT_TTL,
+            on_lost: Arc::new(|migration| {
+                tracing::error!(%migration, "the lease on this migration was lost");
+            }),
+        }
+    }
+}
+
+impl LeaseTerms {
+    /// How much earlier than the database the holder considers its lease ended.
+    pub fn margin(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    /// How often the heartbeat renews.
+    pub fn beat(&self) -> Duration {
+        self.ttl / 6
+    }
+}
+
+/// The holder's own view of a lease.
+#[derive(Debug)]
+pub(crate) struct Validity {
+    migration: String,
+    until: Mutex<Instant>,
+    lost: AtomicBool,
+}
+
+impl Validity {
+    /// Fails (after calling `on_lost`, once) when the lease may have ended.
+    pub(crate) fn check(&self, terms: &LeaseTerms) -> Result<(), JournalError> {
+        let ended = Instant::now() >= *self.until.lock().unwrap_or_else(|p| p.into_inner());
+        if ended || self.lost.load(Ordering::SeqCst) {
+            self.lose(terms);
+            return Err(JournalError::LeaseLost(self.migration.clone()));
+        }
+        Ok(())
+    }
+
+    fn lose(&self, terms: &LeaseTerms) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            (terms.on_lost)(&self.migration);
+        }
+    }
+}
+
+/// A lease held, renewed by a heartbeat thread until dropped (which gives it back).
+#[derive(Debug)]
+pub struct Lease {
+    pub(crate) validity: Arc<Validity>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    heartbeat: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Takes or renews: succeeds (returning a row) when there is no lease, when it expired, or
+/// when it is this runner's own.
+fn take_sql(now: &str) -> String {
+    format!(
+        "INSERT INTO lease (migration, runner, host, pid, taken_ms, expires_ms) \
+         VALUES (?1, ?2, ?3, ?4, {now}, {now} + ?5) \
+         ON CONFLICT (migration) DO UPDATE SET runner = excluded.runner, host = excluded.host, \
+           pid = excluded.pid, taken_ms = excluded.taken_ms, expires_ms = excluded.expires_ms \
+         WHERE lease.expires_ms < {now} OR lease.runner = excluded.runner \
+         RETURNING runner"
+    )
+}
+
+impl Lease {
+    /// Takes the lease on `migration` for `runner`, or says who holds it. `beat` is a
+    /// connection of the heartbeat's own.
+    pub(crate) fn take(
+        store: &dyn Store,
+        beat: Box<dyn Store>,
+        migration: &str,
+        runner: &super::Runner,
+        terms: &LeaseTerms,
+    ) -> Result<Lease, JournalError> {
+        let now = store.dialect().now_ms();
+        let ttl_ms = terms.ttl.as_millis() as i64;
+        let sent = Instant::now();
+        let taken = store
+            .query(
+                &take_sql(now),
+                &params![
+                    migration,
+                    &runner.id,
+                    &runner.host,
+                    i64::from(runner.pid),
+                    ttl_ms
+                ],
+            )
+            .map_err(|e| JournalError::store("lease", e))?;
+        if taken.is_empty() {
+            let holder = store
+                .query(
+                    &format!(
+                        "SELECT runner, host, pid, expires_ms - {now} FROM lease WHERE migration = ?1"
+                    ),
+                    &params![migration],
+                )
+                .map_err(|e| JournalError::store("lease", e))?;
+            let row = holder.first();
+            let get = |i: usize| {
+                row.and_then(|r| r.get::<String>(i).ok())
+                    .unwrap_or_default()
+            };
+            return Err(JournalError::Leased {
+                migration: migration.to_string(),
+                runner: get(0),
+                host: get(1),
+                pid: row.and_then(|r| r.get::<i64>(2).ok()).unwrap_or(0),
+                seconds: row
+                    .and_then(|r| r.get::<i64>(3).ok())
+                    .map_or(0, |ms| (ms.max(0) + 999) / 1000),
+            });
+        }
+        let validity = Arc::new(Validity {
+            migration: migration.to_string(),
+            until: Mutex::new(sent + terms.ttl - terms.margin()),
+            lost: AtomicBool::new(false),
+        });
+        tracing::info!(migration, runner = %runner.id, ttl_s = terms.ttl.as_secs(), "lease taken");
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let heartbeat = {
+            let (validity, stop, terms) = (validity.clone(), stop.clone(), terms.clone());
+            let (migration, runner) = (migration.to_string(), runner.id.clone());
+            std::thread::Builder::new()
+                .name("pgseal-lease".into())
+                .spawn(move || heartbeat(&*beat, &migration, &runner, &terms, &validity, &stop))
+                .map_err(|e| JournalError::store("lease", e.into()))?
+        };
+        Ok(Lease {
+            validity,
+            stop,
+            heartbeat: Some(heartbeat),
+        })
+    }
+
+    /// True while this holder may still act.
+    pub fn held(&self) -> bool {
+        !self.validity.lost.load(Ordering::SeqCst)
+            && Instant::now()
+                < *self
+                    .validity
+                    .until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        wake.notify_all();
+        if let Some(thread) = self.heartbeat.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Renews the lease every [`LeaseTerms::beat`] until stopped, then gives it back. A
+/// renewal the database refuses (the lease expired, or another runner has it) loses it;
+/// a renewal that fails (the journal unreachable) is tried again until the holder's view
+/// ends.
+fn heartbeat(
+    store: &dyn Store,
+    migration: &str,
+    runner: &str,
+    terms: &LeaseTerms,
+    validity: &Validity,
+    stop: &(Mutex<bool>, Condvar),
+) {
+    let now = store.dialect().now_ms();
+    let renew = format!(
+        "UPDATE lease SET expires_ms = {now} + ?3 \
+         WHERE migration = ?1 AND runner = ?2 AND expires_ms >= {now}"
+    );
+    let ttl_ms = terms.ttl.as_millis() as i64;
+    let (stopped, wake) = stop;
+    loop {
+        {
+            let guard = stopped.lock().unwrap_or_else(|p| p.into_inner());
+            let (guard, _) = wake
+                .wait_timeout_while(guard, terms.beat(), |s| !*s)
+                .unwrap_or_else(|p| p.into_inner());
+            if *guard {
+                break;
+            }
+        }
+        if validity.lost.load(Ordering::SeqCst) {
+            return;
+        }
+        let sent = Instant::now();
+        match store.execute(&renew, &params![migration, runner, ttl_ms]) {
+            Ok(1) => {
+                *validity.until.lock().unwrap_or_else(|p| p.into_inner()) =
+                    sent + terms.ttl - terms.margin();
+            }
+            Ok(_) => {
+                tracing::error!(
+                    migration,
+                    runner,
+                    "the lease expired or was taken by another runner"
+                );
+                validity.lose(terms);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(migration, runner, %error, "the lease could not be renewed; trying again");
+                if validity.check(terms).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    if !validity.lost.load(Ordering::SeqCst)
+        && let Err(error) = store.execute(
+            "DELETE FROM lease WHERE migration = ?1 AND runner = ?2",
+            &params![migration, runner],
+        )
+    {
+        tracing::warn!(migration, runner, %error, "the lease was not given back; it expires by itself");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_and_the_beat_leave_renewals_to_spare() {
+        let terms = LeaseTerms {
+            ttl: Duration::from_secs(30),
+            ..LeaseTerms::default()
+        };
+        // Four renewals fit in the holder's own view of the lease.
+        assert!(terms.ttl - terms.margin() >= terms.beat() * 4);
+    }
+}
