@@ -11,7 +11,17 @@ use common::*;
 
 #[test]
 fn a_crash_after_every_step_then_resume_converges_exactly_under_live_writes() {
-    let h = Home::with_source();
+    crash_after_every_step_then_resume(Kept::Sqlite);
+}
+
+/// The same test, the journal kept in PostgreSQL.
+#[test]
+fn with_the_journal_in_postgresql_a_crash_after_every_step_then_resume_converges() {
+    crash_after_every_step_then_resume(Kept::Postgres);
+}
+
+fn crash_after_every_step_then_resume(kept: Kept) {
+    let h = Home::with_source_kept(kept);
     // Three databases: every stream must survive every crash.
     let others = ["billing", "app"];
     for db in others {
@@ -606,7 +616,17 @@ fn cutover_through_an_endpoint_under_load_loses_nothing_fences_every_role_and_sy
 
 #[test]
 fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
-    let h = Home::with_source();
+    crash_at_each_cutover_failpoint(Kept::Sqlite);
+}
+
+/// The same test, the journal kept in PostgreSQL.
+#[test]
+fn with_the_journal_in_postgresql_a_crash_at_each_cutover_failpoint_then_resume_converges() {
+    crash_at_each_cutover_failpoint(Kept::Postgres);
+}
+
+fn crash_at_each_cutover_failpoint(kept: Kept) {
+    let h = Home::with_source_kept(kept);
     // Two more databases, written between the rounds: all three are fenced and drained.
     let others = ["app", "billing"];
     for db in others {
@@ -753,7 +773,17 @@ fn a_crash_at_each_cutover_failpoint_then_resume_converges_with_nothing_lost() {
 
 #[test]
 fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_nothing() {
-    let h = Home::with_source();
+    start_validate_cutover_rollback_cleanup_report(Kept::Sqlite);
+}
+
+/// One whole migration with the journal kept in PostgreSQL: the same test.
+#[test]
+fn with_the_journal_in_postgresql_a_migration_validates_cuts_over_rolls_back_and_cleans_up() {
+    start_validate_cutover_rollback_cleanup_report(Kept::Postgres);
+}
+
+fn start_validate_cutover_rollback_cleanup_report(kept: Kept) {
+    let h = Home::with_source_kept(kept);
     h.sql("src", "postgres")
         .exec("CREATE SEQUENCE invoice_no; SELECT nextval('invoice_no')");
     h.ok(&["endpoint", "create", "src-ep", "--instance", "src"]);
@@ -761,6 +791,8 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
     let writes = h.workload(&["--endpoint", "src-ep"], &ledger, 18);
     h.start("r1", &[]);
     std::thread::sleep(Duration::from_secs(2));
+    let validated = h.json(&["migrate", "validate", "r1"]);
+    assert_eq!(validated["clean"], true, "{validated}");
     // A table made after the reverse subscriptions (which the cutover makes before its
     // pause) and before the pause: the pause finds their table list out of date and makes
     // them again, or the rollback would not carry the rows written into it.
@@ -824,6 +856,30 @@ fn rollback_after_cutover_keeps_rows_written_on_the_target_and_cleanup_leaves_no
     assert_eq!(h.json(&["instance", "list"]).as_array().unwrap().len(), 1);
     assert_eq!(h.json(&["snapshot", "list"]).as_array().unwrap().len(), 0);
     h.ok(&["endpoint", "delete", "src-ep"]);
+
+    // The report tells the whole story from the journal: each step once done, by the
+    // runner this process was, the validation, the cutover and the rollback.
+    let report = h.json(&["migrate", "report", "r1"]);
+    assert_eq!(report["migration"]["phase"], "cleaned_up", "{report}");
+    assert_eq!(report["validation"]["clean"], true, "{report}");
+    assert!(
+        report["cutover"].is_object() && report["rollback"].is_object(),
+        "{report}"
+    );
+    let page = String::from_utf8(h.ok(&["migrate", "report", "r1"]).stdout).unwrap();
+    let page = std::fs::read_to_string(page.trim()).unwrap();
+    assert!(page.contains("<h2>Rollback</h2>"), "{page}");
+    let status = h.json(&["migrate", "status", "r1"]);
+    let runs = status["steps"].as_array().unwrap();
+    assert!(
+        runs.iter()
+            .all(|r| r["runner"].as_str().is_some_and(|r| r.contains(':'))),
+        "{status}"
+    );
+    if kept == Kept::Postgres {
+        // Nothing of it in the home: the journal is the team's database.
+        assert!(!h.path("home").join("journal.sqlite").exists());
+    }
 }
 
 #[test]

@@ -76,16 +76,63 @@ impl Ports {
     }
 }
 
+/// Where a test's journal is kept: the home's SQLite file, or a PostgreSQL database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    Sqlite,
+    Postgres,
+}
+
+/// A journal in PostgreSQL for a test: a server of its own (Debian's PostgreSQL, stopped
+/// and removed on drop) with a database owned by a role that is not a superuser, as a
+/// team would give pgseal.
+pub struct SharedJournal {
+    pub server: pgseal_testkit::TestCluster,
+    pub url: String,
+}
+
+impl SharedJournal {
+    pub fn start() -> SharedJournal {
+        let server = pgseal_testkit::TestCluster::start().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let admin = server.connect("postgres").await.unwrap();
+            for sql in [
+                "CREATE ROLE \"pgseal runner\" LOGIN",
+                "CREATE DATABASE \"migrations.journal\" OWNER \"pgseal runner\"",
+            ] {
+                admin.batch_execute(sql).await.unwrap();
+            }
+        });
+        let url = format!(
+            "postgres://pgseal%20runner@127.0.0.1:{}/migrations.journal",
+            server.port()
+        );
+        SharedJournal { server, url }
+    }
+}
+
 pub struct Home {
     pub dir: tempfile::TempDir,
     pub ports: Ports,
+    /// The journal's server, when it is kept in PostgreSQL.
+    pub journal: Option<SharedJournal>,
 }
 
 impl Home {
     pub fn new() -> Home {
+        Home::kept(Kept::Sqlite)
+    }
+
+    /// A fresh home whose journal is kept as `kept` says.
+    pub fn kept(kept: Kept) -> Home {
         Home {
             dir: tempfile::tempdir().unwrap(),
             ports: Ports::claim(),
+            journal: (kept == Kept::Postgres).then(SharedJournal::start),
         }
     }
 
@@ -96,7 +143,12 @@ impl Home {
             .env("PGSEAL_FIRST_PORT", self.ports.first.to_string())
             .env_remove("PGSEAL_FAILPOINT")
             .env_remove("PGSEAL_TEST_HOOK")
+            .env_remove("PGSEAL_JOURNAL")
+            .env_remove("PGSEAL_RUNNER")
             .args(args);
+        if let Some(journal) = &self.journal {
+            c.env("PGSEAL_JOURNAL", &journal.url);
+        }
         c
     }
 
@@ -171,7 +223,12 @@ impl Home {
     /// A fresh home holding source instance `src`, plain, with `wal_level=logical`: where
     /// most migration tests start.
     pub fn with_source() -> Home {
-        let h = Home::new();
+        Home::with_source_kept(Kept::Sqlite)
+    }
+
+    /// [`Home::with_source`], its journal kept as `kept` says.
+    pub fn with_source_kept(kept: Kept) -> Home {
+        let h = Home::kept(kept);
         h.source("src", &["wal_level=logical"]);
         h
     }

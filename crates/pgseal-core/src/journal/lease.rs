@@ -33,8 +33,32 @@ pub struct Runner {
     pub id: String,
     /// The host it runs on.
     pub host: String,
+    /// The process-id space it runs in (the kernel's boot and pid namespace): where two
+    /// runners share one, a lease's pid can be asked whether it still lives.
+    pub space: String,
     /// Its process id.
     pub pid: u32,
+}
+
+/// This process's pid space: the boot id and the pid namespace, so that two hosts of one
+/// name, or two containers on one kernel, are never taken for one another.
+fn pid_space() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    format!("{}/{namespace}", boot.trim())
+}
+
+/// True when process `pid` of this pid space is gone.
+fn gone(pid: i64) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 impl Runner {
@@ -48,6 +72,7 @@ impl Runner {
         Runner {
             id: id.unwrap_or_else(|| format!("{host}:{pid}")),
             host,
+            space: pid_space(),
             pid,
         }
     }
@@ -135,13 +160,17 @@ pub struct Lease {
 
 /// Takes or renews: succeeds (returning a row) when there is no lease, when it expired, or
 /// when it is this runner's own.
+/// With `?7` and `?8` (a holder's runner and pid as last read), it also takes a lease whose
+/// holder is that one, seen gone.
 fn take_sql(now: &str) -> String {
     format!(
-        "INSERT INTO lease (migration, runner, host, pid, taken_ms, expires_ms) \
-         VALUES (?1, ?2, ?3, ?4, {now}, {now} + ?5) \
+        "INSERT INTO lease (migration, runner, host, space, pid, taken_ms, expires_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, {now}, {now} + ?6) \
          ON CONFLICT (migration) DO UPDATE SET runner = excluded.runner, host = excluded.host, \
-           pid = excluded.pid, taken_ms = excluded.taken_ms, expires_ms = excluded.expires_ms \
+           space = excluded.space, pid = excluded.pid, taken_ms = excluded.taken_ms, \
+           expires_ms = excluded.expires_ms \
          WHERE lease.expires_ms < {now} OR lease.runner = excluded.runner \
+           OR (lease.runner = ?7 AND lease.pid = ?8) \
          RETURNING runner"
     )
 }
@@ -158,42 +187,60 @@ impl Lease {
     ) -> Result<Lease, JournalError> {
         let now = store.dialect().now_ms();
         let ttl_ms = terms.ttl.as_millis() as i64;
-        let sent = Instant::now();
-        let taken = store
-            .query(
+        let fail = |e| JournalError::store("lease", e);
+        let mut sent = Instant::now();
+        let take = |gone_holder: Option<(&str, i64)>| {
+            store.query(
                 &take_sql(now),
                 &params![
                     migration,
                     &runner.id,
                     &runner.host,
+                    &runner.space,
                     i64::from(runner.pid),
-                    ttl_ms
+                    ttl_ms,
+                    gone_holder.map(|(r, _)| r),
+                    gone_holder.map(|(_, p)| p)
                 ],
             )
-            .map_err(|e| JournalError::store("lease", e))?;
+        };
+        let mut taken = take(None).map_err(fail)?;
         if taken.is_empty() {
             let holder = store
                 .query(
                     &format!(
-                        "SELECT runner, host, pid, expires_ms - {now} FROM lease WHERE migration = ?1"
+                        "SELECT runner, host, pid, expires_ms - {now}, space FROM lease \
+                         WHERE migration = ?1"
                     ),
                     &params![migration],
                 )
-                .map_err(|e| JournalError::store("lease", e))?;
+                .map_err(fail)?;
             let row = holder.first();
-            let get = |i: usize| {
+            let text = |i: usize| {
                 row.and_then(|r| r.get::<String>(i).ok())
                     .unwrap_or_default()
             };
-            return Err(JournalError::Leased {
-                migration: migration.to_string(),
-                runner: get(0),
-                host: get(1),
-                pid: row.and_then(|r| r.get::<i64>(2).ok()).unwrap_or(0),
-                seconds: row
-                    .and_then(|r| r.get::<i64>(3).ok())
-                    .map_or(0, |ms| (ms.max(0) + 999) / 1000),
-            });
+            let pid = row.and_then(|r| r.get::<i64>(2).ok()).unwrap_or(0);
+            let (holder_runner, space) = (text(0), text(4));
+            // A holder in this pid space whose process is gone (killed, crashed) left its
+            // lease behind: it is taken at once rather than after its expiry. A paused one
+            // still lives and keeps it.
+            if space == runner.space && pid != i64::from(runner.pid) && gone(pid) {
+                tracing::warn!(migration, holder = %holder_runner, pid, "the lease's holder is gone from this host; taking the lease over");
+                sent = Instant::now();
+                taken = take(Some((&holder_runner, pid))).map_err(fail)?;
+            }
+            if taken.is_empty() {
+                return Err(JournalError::Leased {
+                    migration: migration.to_string(),
+                    runner: holder_runner,
+                    host: text(1),
+                    pid,
+                    seconds: row
+                        .and_then(|r| r.get::<i64>(3).ok())
+                        .map_or(0, |ms| (ms.max(0) + 999) / 1000),
+                });
+            }
         }
         let validity = Arc::new(Validity {
             migration: migration.to_string(),

@@ -1598,4 +1598,34 @@ mod tests {
         ));
         assert_eq!(to.step_runs("m1").unwrap().len(), 2);
     }
+
+    #[test]
+    fn a_lease_left_by_a_process_gone_from_this_host_is_taken_at_once_a_live_ones_is_not() {
+        let place = Place::postgres();
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let j = place.open().with_runner(runner("new"), short_terms(&lost));
+        j.create(&spec("m1")).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let plant = |pid: u32| {
+            j.store
+                .execute(
+                    "INSERT INTO lease (migration, runner, host, space, pid, taken_ms, expires_ms) \
+                     VALUES ('m1', 'old', ?1, ?2, ?3, 0, 9000000000000) \
+                     ON CONFLICT (migration) DO UPDATE SET pid = excluded.pid, runner = 'old'",
+                    &params![&j.runner.host, &j.runner.space, i64::from(pid)],
+                )
+                .unwrap()
+        };
+        // Alive (as a paused process would be): its lease holds until it expires.
+        plant(child.id());
+        assert!(j.hold("m1").unwrap_err().is_busy());
+        // Gone: taken at once.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _held = j.hold("m1").unwrap();
+        assert_eq!(j.leases().unwrap()[0].runner, "new");
+    }
 }

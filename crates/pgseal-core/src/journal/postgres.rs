@@ -88,6 +88,7 @@ CREATE TABLE pgseal_journal.lease (
     migration  text PRIMARY KEY,
     runner     text NOT NULL,
     host       text NOT NULL,
+    space      text NOT NULL DEFAULT '',
     pid        bigint NOT NULL,
     taken_ms   bigint NOT NULL,
     expires_ms bigint NOT NULL

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS lease (
     migration  TEXT PRIMARY KEY,
     runner     TEXT NOT NULL,
     host       TEXT NOT NULL,
+    space      TEXT NOT NULL DEFAULT '',
     pid        INTEGER NOT NULL,
     taken_ms   INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL
