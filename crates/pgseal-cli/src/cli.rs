@@ -1028,6 +1028,43 @@ pub struct FleetArgs {
     pub parallel: Option<u32>,
 }
 
+const FLEET_RUN_ABOUT: &str = "\
+Drive every migration of the inventory as far as the file allows, and stop when each is
+there: start (or resume) it, validate it once it replicates, and cut it over only when its
+wave says `cutover = \"auto\"` (inside its `window`, when it has one). Waves go in order.
+
+Run it on any number of hosts with one shared journal (--journal postgres://..., or
+PGSEAL_JOURNAL): each runner takes up to --parallel migrations at a time, each under a lease
+(see `pgseal journal --help`); a runner that dies is taken over by another once its lease
+expires, through `migrate resume`. The journal records which runner ran each step.
+Which runners can take over which migrations: AWS sources and targets from any host; local
+instances and URL sources only from hosts that share this PGSEAL_HOME (the instances live
+where the home is).
+
+Exit 0 when every migration is where the file lets it go, 1 when one failed --attempts
+times on this runner.
+
+Example:
+  PGSEAL_JOURNAL=postgres://pgseal@db.internal/pgseal pgseal fleet run fleet.toml --parallel 2";
+
+/// `fleet run`: the inventory, this runner's share of the work, and how it waits.
+#[derive(Debug, Args)]
+pub struct FleetRunArgs {
+    /// The inventory; --parallel is this runner's own
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Seconds between looks at the journal while other runners hold the rest, or a wave
+    /// waits for its window
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub poll: f64,
+    /// Run what can run now, then stop, without waiting for other runners or windows
+    #[arg(long)]
+    pub once: bool,
+    /// Times one migration's command may fail on this runner before it leaves it to a person
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub attempts: u32,
+}
+
 /// The inventory file, the wave and how many at once.
 #[derive(Debug, Args)]
 pub struct FleetWaveArgs {
@@ -1079,6 +1116,9 @@ pub enum JournalCommand {
 pub enum FleetCommand {
     /// Preflight of every source, several at a time, in one table (exit 3 while a blocker remains)
     Plan(FleetArgs),
+    /// Drive every migration as far as the file allows, beside other runners on other hosts
+    #[command(long_about = FLEET_RUN_ABOUT)]
+    Run(FleetRunArgs),
     /// Start (or resume) every source's migration until it replicates, at most --parallel at once
     Start(FleetArgs),
     /// One row per migration: phase, lag, slot retention, last validation, pause

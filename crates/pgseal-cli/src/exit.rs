@@ -31,6 +31,9 @@ pub const VERIFY_FAILED: u8 = 11;
 /// off past the lease): it stopped before changing anything more; another runner may
 /// have taken the migration over.
 pub const LEASE_LOST: u8 = 12;
+/// Another process or runner drives the migration now (its lock or lease is held):
+/// nothing was changed; wait for it, or for its lease to expire.
+pub const BUSY: u8 = 13;
 
 /// The text for `--help`.
 pub const HELP_TEXT: &str = "\
@@ -50,7 +53,9 @@ Exit codes:
      migrate validate found differing rows, or endpoint check found
      prepared-statement failures
   12 the lease on a migration in a shared journal was lost (this process was
-     paused or cut off too long): it stopped before changing anything more";
+     paused or cut off too long): it stopped before changing anything more
+  13 another process or runner drives the migration now (its lock or lease is
+     held): nothing was changed";
 
 /// The exit code for a failed command: a library error's kind decides; anything else is 1.
 pub fn for_error(error: &anyhow::Error) -> u8 {
@@ -94,7 +99,10 @@ pub fn for_error(error: &anyhow::Error) -> u8 {
             if matches!(journal, LeaseLost(_)) {
                 return LEASE_LOST;
             }
-            if journal.is_busy() || matches!(journal, NotFound(_) | Exists(_) | BadLocation(_)) {
+            if journal.is_busy() {
+                return BUSY;
+            }
+            if matches!(journal, NotFound(_) | Exists(_) | BadLocation(_)) {
                 return PRECONDITION;
             }
         }

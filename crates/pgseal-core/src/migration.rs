@@ -84,6 +84,7 @@ impl<P: Platform> Engine<'_, P> {
             match self.spec.strategy.run_step(self, step).await {
                 Ok((outputs, summary)) => {
                     failpoint("after", step);
+                    crate::steps::wait_point(&format!("after:{}", step.as_str())).await;
                     self.journal.step_done(run, &outputs)?;
                     let elapsed = started.elapsed();
                     tracing::info!(migration = %name, %step, seconds = elapsed.as_secs_f64(), "step done");

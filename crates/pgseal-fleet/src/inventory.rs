@@ -199,6 +199,15 @@ struct RawSource {
     options: Options,
 }
 
+/// One `[[wave]]` as written: what `fleet run` may do with a wave on its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWave {
+    number: Spanned<u32>,
+    cutover: Option<Spanned<String>>,
+    window: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInventory {
@@ -206,6 +215,67 @@ struct RawInventory {
     defaults: RawDefaults,
     #[serde(default)]
     source: Vec<Spanned<RawSource>>,
+    #[serde(default)]
+    wave: Vec<RawWave>,
+}
+
+/// Minutes of a day, UTC, from `HH:MM`.
+fn minutes(text: &str) -> Option<u32> {
+    let (h, m) = text.trim().split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && text.trim().len() == 5).then_some(h * 60 + m)
+}
+
+/// A daily window, UTC (`"02:00-04:30"`; one that ends before it starts runs past
+/// midnight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Its first minute of the day.
+    pub from: u32,
+    /// The minute it ends (not in it).
+    pub to: u32,
+}
+
+impl Window {
+    /// Reads `HH:MM-HH:MM`.
+    pub fn parse(text: &str) -> Option<Window> {
+        let (from, to) = text.split_once('-')?;
+        let (from, to) = (minutes(from)?, minutes(to)?);
+        (from != to).then_some(Window { from, to })
+    }
+
+    /// True when unix time `at_ms` falls in the window.
+    pub fn contains(&self, at_ms: i64) -> bool {
+        let minute = (at_ms.rem_euclid(86_400_000) / 60_000) as u32;
+        if self.from < self.to {
+            (self.from..self.to).contains(&minute)
+        } else {
+            minute >= self.from || minute < self.to
+        }
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:02}:{:02}-{:02}:{:02} UTC",
+            self.from / 60,
+            self.from % 60,
+            self.to / 60,
+            self.to % 60
+        )
+    }
+}
+
+/// What `fleet run` may do with a wave without a person: by default start and validate;
+/// with `cutover = "auto"`, cut over too, inside its window when it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WavePolicy {
+    /// `cutover = "auto"`.
+    pub auto_cutover: bool,
+    /// When an automatic cutover may run; `None`: at any time.
+    pub window: Option<Window>,
 }
 
 /// One source of the fleet, with the defaults applied: one migration.
@@ -299,6 +369,8 @@ pub struct Inventory {
     pub path: PathBuf,
     /// The sources, in the file's order.
     pub sources: Vec<Source>,
+    /// The waves' `[[wave]]` settings (a wave without one has the default policy).
+    pub policies: BTreeMap<u32, WavePolicy>,
 }
 
 impl Inventory {
@@ -411,10 +483,74 @@ impl Inventory {
                 options: s.options.or(&defaults.options),
             });
         }
+        let mut policies = BTreeMap::new();
+        for w in raw.wave {
+            let number = *w.number.get_ref();
+            let line = line_of(w.number.span().start);
+            if !sources.iter().any(|s| s.wave == number) {
+                return Err(invalid(
+                    line,
+                    format!("field `number`: no source is in wave {number}"),
+                ));
+            }
+            let auto_cutover = match &w.cutover {
+                None => false,
+                Some(c) if c.get_ref() == "auto" => true,
+                Some(c) if c.get_ref() == "manual" => false,
+                Some(c) => {
+                    return Err(invalid(
+                        line_of(c.span().start),
+                        format!(
+                            "field `cutover`: `{}` is neither \"auto\" nor \"manual\"",
+                            c.get_ref()
+                        ),
+                    ));
+                }
+            };
+            let window = match &w.window {
+                None => None,
+                Some(text) => Some(Window::parse(text.get_ref()).ok_or_else(|| {
+                    invalid(
+                        line_of(text.span().start),
+                        format!(
+                            "field `window`: `{}` is not HH:MM-HH:MM (UTC, for example \"02:00-04:30\")",
+                            text.get_ref()
+                        ),
+                    )
+                })?),
+            };
+            if window.is_some() && !auto_cutover {
+                return Err(invalid(
+                    line,
+                    "field `window`: a window is for `cutover = \"auto\"`".into(),
+                ));
+            }
+            if policies
+                .insert(
+                    number,
+                    WavePolicy {
+                        auto_cutover,
+                        window,
+                    },
+                )
+                .is_some()
+            {
+                return Err(invalid(
+                    line,
+                    format!("field `number`: wave {number} is given twice"),
+                ));
+            }
+        }
         Ok(Inventory {
             path: path.to_path_buf(),
             sources,
+            policies,
         })
+    }
+
+    /// What `fleet run` may do with `wave` on its own.
+    pub fn policy(&self, wave: u32) -> WavePolicy {
+        self.policies.get(&wave).copied().unwrap_or_default()
     }
 
     /// The waves, in order.
@@ -596,5 +732,43 @@ options = { jobs = 4, max_slot_retention = 1000000 }
         assert_eq!(inv.wave(None).unwrap().len(), 2);
         let e = inv.wave(Some(7)).unwrap_err().to_string();
         assert!(e.contains("wave 7") && e.contains("1, 2"), "{e}");
+    }
+
+    #[test]
+    fn waves_say_when_they_cut_over_on_their_own_and_a_bad_setting_is_named() {
+        let base = "[[source]]\nname = \"a\"\nsource = \"s1\"\nwave = 2\n";
+        let inv = parse(&format!(
+            "{base}[[wave]]\nnumber = 2\ncutover = \"auto\"\nwindow = \"23:30-01:00\"\n"
+        ))
+        .unwrap();
+        let policy = inv.policy(2);
+        assert!(policy.auto_cutover);
+        let window = policy.window.unwrap();
+        let at = |h: i64, m: i64| (h * 60 + m) * 60_000 + 20 * 86_400_000;
+        assert!(window.contains(at(23, 45)) && window.contains(at(0, 59)));
+        assert!(!window.contains(at(1, 0)) && !window.contains(at(12, 0)));
+        assert_eq!(inv.policy(1), WavePolicy::default());
+        for (wave, wanted) in [
+            (
+                "number = 3",
+                "fleet.toml:6: field `number`: no source is in wave 3",
+            ),
+            (
+                "number = 2\ncutover = \"soon\"",
+                "fleet.toml:7: field `cutover`: `soon`",
+            ),
+            (
+                "number = 2\ncutover = \"auto\"\nwindow = \"2am\"",
+                "fleet.toml:8: field `window`: `2am` is not HH:MM-HH:MM",
+            ),
+            (
+                "number = 2\nwindow = \"01:00-02:00\"",
+                "fleet.toml:6: field `window`: a window is for",
+            ),
+            ("number = 2\nlater = 1", "unknown field `later`"),
+        ] {
+            let e = error(&format!("{base}[[wave]]\n{wave}\n"));
+            assert!(e.contains(wanted), "{wave}: {e}");
+        }
     }
 }

@@ -5,12 +5,14 @@
 //! over, rolls back and cleans up as it would alone. The fleet chooses which, how many at
 //! once and in which wave:
 //! - [`inventory`] reads and checks the file;
+//! - [`drive`] says what `fleet run` does next with each migration;
 //! - [`outcome`] says what a fleet command did with each migration;
 //! - [`runner`] runs one `pgseal migrate` command per migration, a few at a time;
 //! - [`slots`] bounds how many run at once across every fleet process of a home;
 //! - [`status`] reads where each stands from the journal;
 //! - [`estimate`] tells how long a start will take from what this machine measured.
 
+pub mod drive;
 pub mod estimate;
 pub mod inventory;
 pub mod outcome;

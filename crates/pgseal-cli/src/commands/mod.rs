@@ -5,6 +5,8 @@ pub mod demo;
 pub mod doctor;
 pub mod endpoint;
 pub mod fleet;
+pub mod fleet_jobs;
+pub mod fleet_run;
 pub mod follow;
 pub mod instance;
 pub mod journal;
