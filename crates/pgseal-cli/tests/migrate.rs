@@ -1438,7 +1438,18 @@ fn a_detached_follower_writes_its_pid_is_started_once_and_leaves_with_its_migrat
 
 #[test]
 fn the_follower_aborts_a_migration_whose_slot_holds_more_wal_than_its_limit() {
-    let h = Home::with_source();
+    follower_aborts_over_the_limit(Kept::Sqlite);
+}
+
+/// The same, the journal kept in PostgreSQL: the follower's passes take the lease, and
+/// its abort holds it.
+#[test]
+fn with_the_journal_in_postgresql_the_follower_aborts_a_migration_over_its_limit() {
+    follower_aborts_over_the_limit(Kept::Postgres);
+}
+
+fn follower_aborts_over_the_limit(kept: Kept) {
+    let h = Home::with_source_kept(kept);
     let src = h.sql("src", "postgres");
     src.exec("CREATE TABLE filler (id serial PRIMARY KEY, x text)");
     // The follower start leaves running (every 2 s), and a limit of 40 MiB (a start

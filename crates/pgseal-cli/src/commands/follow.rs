@@ -150,7 +150,13 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&
         ));
         return Ok(exit::code(exit::OK));
     };
-    let journal = ctx.journal()?;
+    // With a shared journal, each pass takes the migration's lease under the follower's
+    // own name: a runner on another host is held off too, and a command waits for it.
+    let journal = pgseal_core::JournalConfig {
+        runner: pgseal_core::journal::Runner::follower(),
+        ..ctx.journal.clone()
+    }
+    .open()?;
     let spec = journal.migration(name)?.spec;
     // The metrics beside the loop, for as long as it runs.
     if let Some(addr) = serve {
@@ -184,13 +190,23 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&
             tracing::info!(migration = name, phase = phase.as_str(), "follower stops");
             return Ok(exit::code(exit::OK));
         }
-        let pass = match PassGate::open(&ctx.home, name)? {
+        let gate = PassGate::open(&ctx.home, name)?;
+        let leased = match (&gate, ctx.journal.location.is_shared()) {
+            (Some(_), true) => match journal.hold(name) {
+                Ok(lease) => Some(Some(lease)),
+                Err(e) if e.is_busy() => None,
+                Err(e) => return Err(e.into()),
+            },
+            (Some(_), false) => Some(None),
+            (None, _) => None,
+        };
+        let pass = match leased {
             None => pgseal_core::follow::Pass {
                 at_ms: pgseal_core::journal::now_ms(),
                 idle: Some("another pgseal command works on the migration".into()),
                 ..Default::default()
             },
-            Some(_gate) => {
+            Some(_lease) => {
                 let pass = runtime.block_on(async {
                     tokio::time::timeout(
                         PASS_WAIT,
@@ -218,6 +234,8 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&
                 }
             }
         };
+        // The gate (and the lease, given back at the end of its pass) free for commands.
+        drop(gate);
         if !pass.refreshed.is_empty()
             || pass.large_objects.copied + pass.large_objects.unlinked > 0
             || !pass.globals.is_empty()

@@ -40,6 +40,26 @@ pub struct Runner {
     pub pid: u32,
 }
 
+/// How a follower's runner name begins (`follower@HOST:PID`).
+pub const FOLLOWER: &str = "follower@";
+
+impl Runner {
+    /// This process as a migration's follower: its passes take the lease under this name,
+    /// and commands wait for a pass to end rather than fail.
+    pub fn follower() -> Runner {
+        let here = Runner::here(None);
+        Runner {
+            id: format!("{FOLLOWER}{}", here.id),
+            ..here
+        }
+    }
+
+    /// True for a follower (see [`Runner::follower`]).
+    pub fn is_follower(&self) -> bool {
+        self.id.starts_with(FOLLOWER)
+    }
+}
+
 /// This process's pid space: the boot id and the pid namespace, so that two hosts of one
 /// name, or two containers on one kernel, are never taken for one another.
 fn pid_space() -> String {

@@ -18,7 +18,7 @@ pub struct MigrationLock {
 }
 
 /// How long a command waits for the follower to finish its pass.
-const PASS_WAIT: Duration = Duration::from_secs(120);
+pub(crate) const PASS_WAIT: Duration = Duration::from_secs(120);
 
 /// `PGSEAL_HOME/migrations/NAME.KIND`, a migration's lock file of that kind.
 fn lock_path(home: &Path, name: &str, kind: &str) -> PathBuf {

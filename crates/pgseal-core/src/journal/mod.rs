@@ -585,11 +585,26 @@ impl Journal {
         if self.store.dialect() == store::Dialect::Sqlite {
             return MigrationLock::acquire(&self.home, name).map(Hold::Lock);
         }
-        let beat = self
-            .store
-            .reopen()
-            .map_err(|e| JournalError::store(&self.location, e))?;
-        let lease = Lease::take(&*self.store, beat, name, &self.runner, &self.terms)?;
+        // A follower holds the lease for one pass, seconds long: a command waits for it
+        // to end, as it waits for the pass gate with SQLite. A follower never waits.
+        let follower = self.runner.is_follower();
+        let waited = std::time::Instant::now();
+        let lease = loop {
+            let beat = self
+                .store
+                .reopen()
+                .map_err(|e| JournalError::store(&self.location, e))?;
+            match Lease::take(&*self.store, beat, name, &self.runner, &self.terms) {
+                Err(JournalError::Leased { runner, .. })
+                    if !follower
+                        && runner.starts_with(lease::FOLLOWER)
+                        && waited.elapsed() < lock::PASS_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                taken => break taken?,
+            }
+        };
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         held.retain(|v| v.strong_count() > 0);
         held.push(std::sync::Arc::downgrade(&lease.validity));
