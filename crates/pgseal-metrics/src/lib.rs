@@ -18,6 +18,7 @@
 //! | `pgseal_validation_clean` | migration | 1 when the last validation matched every table |
 //! | `pgseal_validation_mismatched_rows` | migration | rows the last validation found different |
 //! | `pgseal_validation_timestamp_seconds` | migration | when the last validation finished |
+//! | `pgseal_lease_seconds_left` | migration, runner, host | until the runner's lease expires (shared journal) |
 
 mod serve;
 
@@ -25,6 +26,7 @@ pub use serve::{Server, serve};
 
 use std::sync::atomic::AtomicU64;
 
+use pgseal_core::journal::LeaseRecord;
 use pgseal_core::report::MigrationReport;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -62,8 +64,27 @@ fn family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Flo
 
 /// The metrics of `reports` (each a migration as its journal has it), at `now_ms`, in
 /// Prometheus' text format.
-pub fn render(reports: &[&MigrationReport], now_ms: i64) -> Result<String, MetricsError> {
+pub fn render(
+    reports: &[&MigrationReport],
+    leases: &[LeaseRecord],
+    now_ms: i64,
+) -> Result<String, MetricsError> {
     let mut registry = Registry::with_prefix("pgseal");
+    let lease = family(
+        &mut registry,
+        "lease_seconds_left",
+        "Seconds before the runner's lease on the migration expires unless renewed \
+         (negative: expired, another runner may take it over)",
+    );
+    for l in leases {
+        lease
+            .get_or_create(&vec![
+                ("migration", l.migration.clone()),
+                ("runner", l.runner.clone()),
+                ("host", l.host.clone()),
+            ])
+            .set(l.left_ms as f64 / 1000.0);
+    }
     let phase = family(
         &mut registry,
         "migration_phase",
@@ -242,7 +263,7 @@ mod tests {
             .iter()
             .map(|n| pgseal_core::report::gather(&journal, n).unwrap())
             .collect();
-        let text = render(&reports.iter().collect::<Vec<_>>(), 5_000).unwrap();
+        let text = render(&reports.iter().collect::<Vec<_>>(), &[], 5_000).unwrap();
         // A scrape reads only each database's latest sample, and says the same.
         let latest: Vec<_> = ["shop", "odd \"name\""]
             .iter()
@@ -259,7 +280,7 @@ mod tests {
             all
         };
         assert_eq!(
-            sorted(&render(&latest.iter().collect::<Vec<_>>(), 5_000).unwrap()),
+            sorted(&render(&latest.iter().collect::<Vec<_>>(), &[], 5_000).unwrap()),
             sorted(&text)
         );
         let samples = parsed(&text);
@@ -348,5 +369,45 @@ mod tests {
         assert!(metrics.contains(CONTENT_TYPE), "{metrics}");
         assert!(metrics.ends_with("pgseal_x 1\n"), "{metrics}");
         assert!(get("/").starts_with("HTTP/1.0 404"));
+    }
+
+    #[test]
+    fn leases_read_as_the_seconds_each_runner_has_left() {
+        let leases = [
+            LeaseRecord {
+                migration: "shop".into(),
+                runner: "runner \"a\"".into(),
+                host: "h1".into(),
+                pid: 7,
+                taken_ms: 0,
+                expires_ms: 30_000,
+                left_ms: 12_500,
+            },
+            LeaseRecord {
+                migration: "audit".into(),
+                runner: "b".into(),
+                host: "h2".into(),
+                pid: 8,
+                taken_ms: 0,
+                expires_ms: 1_000,
+                left_ms: -4_000,
+            },
+        ];
+        let samples = parsed(&render(&[], &leases, 0).unwrap());
+        let left: Vec<(String, f64)> = samples
+            .iter()
+            .filter(|(m, _, _)| m == "pgseal_lease_seconds_left")
+            .map(|(_, l, v)| (l.iter().map(|(k, v)| format!("{k}={v}")).collect(), *v))
+            .collect();
+        assert_eq!(left.len(), 2, "{samples:?}");
+        assert!(
+            left.contains(&("host=h2migration=auditrunner=b".to_string(), -4.0)),
+            "{left:?}"
+        );
+        assert!(
+            left.iter()
+                .any(|(l, v)| l.starts_with("host=h1migration=shop") && *v == 12.5),
+            "{left:?}"
+        );
     }
 }

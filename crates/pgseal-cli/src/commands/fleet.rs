@@ -35,10 +35,14 @@ pub fn run(ctx: &Context, action: &FleetCommand) -> Outcome {
             super::answer_metrics(&server, || {
                 let journal = ctx.journal()?;
                 let sources: Vec<&Source> = inventory.sources.iter().collect();
-                Ok(reports(&journal, &sources, History::Latest)?
-                    .into_iter()
-                    .flatten()
-                    .collect())
+                let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+                Ok((
+                    reports(&journal, &sources, History::Latest)?
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                    super::leases_of(&journal, &names)?,
+                ))
             });
             Ok(exit::code(exit::OK))
         }

@@ -107,32 +107,49 @@ pub fn metrics_server(addr: &str) -> anyhow::Result<pgseal_metrics::Server> {
     Ok(server)
 }
 
-/// Answers `server`'s scrapes until the process ends: at each, `reports` reads the
-/// migrations from the journal anew and `pgseal_metrics` renders them.
-pub fn answer_metrics(
-    server: &pgseal_metrics::Server,
-    reports: impl Fn() -> anyhow::Result<Vec<pgseal_core::report::MigrationReport>>,
-) {
+/// What a scrape shows: the migrations' reports and the leases held on them.
+pub type Scraped = (
+    Vec<pgseal_core::report::MigrationReport>,
+    Vec<pgseal_core::journal::LeaseRecord>,
+);
+
+/// Answers `server`'s scrapes until the process ends: at each, `read` reads the
+/// migrations and their leases from the journal anew and `pgseal_metrics` renders them.
+pub fn answer_metrics(server: &pgseal_metrics::Server, read: impl Fn() -> anyhow::Result<Scraped>) {
     server.run(|| {
-        let reports = reports().map_err(|e| format!("{e:#}"))?;
+        let (reports, leases) = read().map_err(|e| format!("{e:#}"))?;
         let refs: Vec<&pgseal_core::report::MigrationReport> = reports.iter().collect();
-        pgseal_metrics::render(&refs, pgseal_core::journal::now_ms()).map_err(|e| e.to_string())
+        pgseal_metrics::render(&refs, &leases, pgseal_core::journal::now_ms())
+            .map_err(|e| e.to_string())
     });
 }
 
-/// What one migration's metrics are made of: its report with its latest samples, read
-/// from the journal at each call.
+/// The leases `journal` holds on the migrations `names`.
+pub fn leases_of(
+    journal: &pgseal_core::Journal,
+    names: &[&str],
+) -> anyhow::Result<Vec<pgseal_core::journal::LeaseRecord>> {
+    Ok(journal
+        .leases()?
+        .into_iter()
+        .filter(|l| names.contains(&l.migration.as_str()))
+        .collect())
+}
+
+/// What one migration's metrics are made of: its report with its latest samples and its
+/// lease, read from the journal at each call.
 pub fn migration_reports(
     journal: pgseal_core::JournalConfig,
     name: String,
-) -> impl Fn() -> anyhow::Result<Vec<pgseal_core::report::MigrationReport>> {
+) -> impl Fn() -> anyhow::Result<Scraped> {
     move || {
         let journal = journal.open()?;
-        Ok(vec![pgseal_core::report::gather_with(
+        let report = pgseal_core::report::gather_with(
             &journal,
             &name,
             pgseal_core::report::History::Latest,
-        )?])
+        )?;
+        Ok((vec![report], leases_of(&journal, &[&name])?))
     }
 }
 
