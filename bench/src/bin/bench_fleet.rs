@@ -5,6 +5,10 @@
 //! Prints each N's time, its speed-up over the sum, and the machine's load during it
 //! (cores busy, from /proc/stat), where the two cores run out.
 //!
+//! Then the runners of a shared journal (issue 38): the same six to replicating and
+//! validated by one `pgseal fleet run --parallel 1` against two such runners at once, the
+//! journal in a PostgreSQL server started here (fsync on).
+//!
 //! Usage: `bench-fleet [SCALE] [ROUNDS]` (default 8, 1), as root, from the workspace
 //! root. Run `bench/fleet`.
 
@@ -155,6 +159,68 @@ fn run(b: &Harness, scale: u32, rounds: usize) -> anyhow::Result<()> {
                 "speedup": sum.as_secs_f64() / t.as_secs_f64(), "cores_busy": cores,
             }));
     }
+    json["runners"] = runners(b, rounds)?;
     println!("{json}");
     Ok(())
+}
+
+/// One `fleet run --parallel 1` against two at once, over a PostgreSQL journal.
+fn runners(b: &Harness, rounds: usize) -> anyhow::Result<serde_json::Value> {
+    let server = pgseal_testkit::TestCluster::builder()
+        .setting("fsync", "on")
+        .start()?;
+    let url = server.url("postgres");
+    let shared = |args: &[&str]| {
+        let mut c = b.pgseal(args);
+        c.env("PGSEAL_JOURNAL", &url);
+        c
+    };
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for count in [1, 2] {
+            let (file, names) = inventory(b, &format!("run-{round}-{count}"))?;
+            let _ = timed(Command::new("sync"));
+            let started = Instant::now();
+            let children: Vec<_> = (0..count)
+                .map(|r| {
+                    shared(&[
+                        "fleet",
+                        "run",
+                        &file,
+                        "--parallel",
+                        "1",
+                        "--poll",
+                        "0.5",
+                        "--runner",
+                        &format!("bench-{r}"),
+                        "--quiet",
+                    ])
+                    .spawn()
+                })
+                .collect::<Result<_, _>>()?;
+            for mut child in children {
+                anyhow::ensure!(child.wait()?.success(), "a fleet runner failed");
+            }
+            let elapsed = started.elapsed();
+            if count == 1 { &mut one } else { &mut two }.push(elapsed);
+            for name in &names {
+                anyhow::ensure!(
+                    shared(&["migrate", "abort", name]).output()?.status.success(),
+                    "abort {name}"
+                );
+            }
+        }
+    }
+    let (one, two) = (median(one), median(two));
+    println!(
+        "  fleet run, shared journal in PostgreSQL, to replicating and validated: one runner \
+         --parallel 1 {:.2} s, two runners --parallel 1 each {:.2} s = {:.2}x faster",
+        one.as_secs_f64(),
+        two.as_secs_f64(),
+        one.as_secs_f64() / two.as_secs_f64()
+    );
+    Ok(serde_json::json!({
+        "one_runner_seconds": one.as_secs_f64(), "two_runners_seconds": two.as_secs_f64(),
+        "speedup": one.as_secs_f64() / two.as_secs_f64(),
+    }))
 }

@@ -2,7 +2,8 @@
 //! one-per-second samples (86,400, the densest a caller could offer, well above what the
 //! journal keeps: see `pgseal_core::samples`) vs `pgseal migrate list` on the same journal
 //! (the cost of starting pgseal and opening the journal); then the cost of offering a
-//! sample (the spacing check that refuses it, and a kept insert) vs journaling one step.
+//! sample (the spacing check that refuses it, and a kept insert) vs journaling one step,
+//! in the SQLite journal and in a PostgreSQL one (the cost of a shared journal).
 //! Args: [ROUNDS].
 
 use std::time::{Duration, Instant};
@@ -72,7 +73,52 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Offering samples: refused by the spacing rule (the common case while watching),
-    // kept (an insert with a synchronous commit), against journaling one step.
+    // kept (an insert with a synchronous commit), against journaling one step; in the
+    // SQLite journal, then in a PostgreSQL one (a server started here, with fsync on, as a
+    // team's would be, reached over TCP loopback).
+    let (refused, kept, step) = offers(&journal)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "sqlite: offer a sample: refused {:.3} ms, kept {:.3} ms; journaling one step {:.3} ms; kept/step {:.2}x",
+        ms(refused),
+        ms(kept),
+        ms(step),
+        kept.as_secs_f64() / step.as_secs_f64()
+    );
+    let server = pgseal_testkit::TestCluster::builder()
+        .setting("fsync", "on")
+        .start()?;
+    let shared = Journal::open_at(
+        &home,
+        &pgseal_core::journal::Location::Postgres(server.url("postgres")),
+    )?;
+    let (pg_refused, pg_kept, pg_step) = offers(&shared)?;
+    println!(
+        "postgresql: offer a sample: refused {:.3} ms, kept {:.3} ms; journaling one step {:.3} ms; \
+         against sqlite: refused {:.2}x, kept {:.2}x, step {:.2}x",
+        ms(pg_refused),
+        ms(pg_kept),
+        ms(pg_step),
+        pg_refused.as_secs_f64() / refused.as_secs_f64(),
+        pg_kept.as_secs_f64() / kept.as_secs_f64(),
+        pg_step.as_secs_f64() / step.as_secs_f64()
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "report", "samples": DAY, "report_s": report.as_secs_f64(),
+            "list_s": list.as_secs_f64(), "page_bytes": bytes,
+            "offer_refused_ms": ms(refused), "offer_kept_ms": ms(kept), "step_ms": ms(step),
+            "pg_offer_refused_ms": ms(pg_refused), "pg_offer_kept_ms": ms(pg_kept),
+            "pg_step_ms": ms(pg_step),
+        })
+    );
+    Ok(())
+}
+
+/// The cost of an offered sample refused by the spacing rule, of one kept, and of
+/// journaling one step (started, then done), in `journal`.
+fn offers(journal: &Journal) -> anyhow::Result<(Duration, Duration, Duration)> {
     journal.create(&spec("offers")?)?;
     let now = pgseal_core::journal::now_ms();
     journal.offer_samples("offers", &[sample(now, 1)])?;
@@ -94,21 +140,5 @@ fn main() -> anyhow::Result<()> {
         journal.step_done(run, &serde_json::json!({}))?;
     }
     let step = started.elapsed() / kept_n as u32;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "offer a sample: refused {:.3} ms, kept {:.3} ms; journaling one step {:.3} ms; kept/step {:.2}x",
-        ms(refused),
-        ms(kept),
-        ms(step),
-        kept.as_secs_f64() / step.as_secs_f64()
-    );
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "report", "samples": DAY, "report_s": report.as_secs_f64(),
-            "list_s": list.as_secs_f64(), "page_bytes": bytes,
-            "offer_refused_ms": ms(refused), "offer_kept_ms": ms(kept), "step_ms": ms(step),
-        })
-    );
-    Ok(())
+    Ok((refused, kept, step))
 }
