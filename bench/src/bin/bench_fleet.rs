@@ -205,7 +205,10 @@ fn runners(b: &Harness, rounds: usize) -> anyhow::Result<serde_json::Value> {
             if count == 1 { &mut one } else { &mut two }.push(elapsed);
             for name in &names {
                 anyhow::ensure!(
-                    shared(&["migrate", "abort", name]).output()?.status.success(),
+                    shared(&["migrate", "abort", name])
+                        .output()?
+                        .status
+                        .success(),
                     "abort {name}"
                 );
             }

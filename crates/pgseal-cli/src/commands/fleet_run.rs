@@ -68,6 +68,11 @@ pub fn run(ctx: &Context, args: &FleetRunArgs) -> Outcome {
     runner.env.push(("PGSEAL_RUNNER".into(), me.clone()));
     tracing::info!(runner = %me, file = %inventory.path.display(), "fleet runner starts");
     let mut kept: BTreeMap<String, Kept> = BTreeMap::new();
+    let share = args.fleet.parallel.map_or_else(
+        || std::thread::available_parallelism().map_or(2, usize::from),
+        |n| n as usize,
+    );
+    let mut seed = u64::from(std::process::id()) ^ pgseal_core::journal::now_ms() as u64 | 1;
     let poll = Duration::from_secs_f64(args.poll.max(0.2));
     let last = loop {
         let journal = ctx.journal()?;
@@ -88,6 +93,11 @@ pub fn run(ctx: &Context, args: &FleetRunArgs) -> Outcome {
                 jobs.push(job(&inventory, s, words)?);
             }
         }
+        // A round takes at most this runner's share, in an order of its own, so that
+        // runners starting together seldom reach for the same migration; the next look
+        // sees what the others took meanwhile.
+        shuffle(&mut jobs, &mut seed);
+        jobs.truncate(share);
         if jobs.is_empty() {
             let waiting = plan.iter().any(|(name, step)| {
                 matches!(step, Next::Wait(_))
@@ -177,4 +187,14 @@ fn source<'a>(inventory: &'a Inventory, name: &str) -> &'a Source {
         .iter()
         .find(|s| s.name == name)
         .expect("a source of the inventory")
+}
+
+/// Shuffles `items` (Fisher-Yates, xorshift64 from `seed`): an order, not a secret.
+fn shuffle<T>(items: &mut [T], seed: &mut u64) {
+    for i in (1..items.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        items.swap(i, (*seed % (i as u64 + 1)) as usize);
+    }
 }

@@ -179,7 +179,8 @@ pub struct Lease {
 }
 
 /// Takes or renews: succeeds (returning a row) when there is no lease, when it expired, or
-/// when it is this runner's own.
+/// when it is this very process's own (same runner, pid space and pid: two processes
+/// given one runner name by mistake still never share a lease).
 /// With `?7` and `?8` (a holder's runner and pid as last read), it also takes a lease whose
 /// holder is that one, seen gone.
 fn take_sql(now: &str) -> String {
@@ -189,7 +190,9 @@ fn take_sql(now: &str) -> String {
          ON CONFLICT (migration) DO UPDATE SET runner = excluded.runner, host = excluded.host, \
            space = excluded.space, pid = excluded.pid, taken_ms = excluded.taken_ms, \
            expires_ms = excluded.expires_ms \
-         WHERE lease.expires_ms < {now} OR lease.runner = excluded.runner \
+         WHERE lease.expires_ms < {now} \
+           OR (lease.runner = excluded.runner AND lease.space = excluded.space \
+               AND lease.pid = excluded.pid) \
            OR (lease.runner = ?7 AND lease.pid = ?8) \
          RETURNING runner"
     )
@@ -271,7 +274,7 @@ impl Lease {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let heartbeat = {
             let (validity, stop, terms) = (validity.clone(), stop.clone(), terms.clone());
-            let (migration, runner) = (migration.to_string(), runner.id.clone());
+            let (migration, runner) = (migration.to_string(), runner.clone());
             std::thread::Builder::new()
                 .name("pgseal-lease".into())
                 .spawn(move || heartbeat(&*beat, &migration, &runner, &terms, &validity, &stop))
@@ -314,7 +317,7 @@ impl Drop for Lease {
 fn heartbeat(
     store: &dyn Store,
     migration: &str,
-    runner: &str,
+    holder: &Runner,
     terms: &LeaseTerms,
     validity: &Validity,
     stop: &(Mutex<bool>, Condvar),
@@ -322,9 +325,11 @@ fn heartbeat(
     let now = store.dialect().now_ms();
     let renew = format!(
         "UPDATE lease SET expires_ms = {now} + ?3 \
-         WHERE migration = ?1 AND runner = ?2 AND expires_ms >= {now}"
+         WHERE migration = ?1 AND runner = ?2 AND space = ?4 AND pid = ?5 \
+           AND expires_ms >= {now}"
     );
     let ttl_ms = terms.ttl.as_millis() as i64;
+    let (runner, pid) = (holder.id.as_str(), i64::from(holder.pid));
     let (stopped, wake) = stop;
     loop {
         {
@@ -340,7 +345,10 @@ fn heartbeat(
             return;
         }
         let sent = Instant::now();
-        match store.execute(&renew, &params![migration, runner, ttl_ms]) {
+        match store.execute(
+            &renew,
+            &params![migration, runner, ttl_ms, &holder.space, pid],
+        ) {
             Ok(1) => {
                 *validity.until.lock().unwrap_or_else(|p| p.into_inner()) =
                     sent + terms.ttl - terms.margin();
@@ -364,8 +372,8 @@ fn heartbeat(
     }
     if !validity.lost.load(Ordering::SeqCst)
         && let Err(error) = store.execute(
-            "DELETE FROM lease WHERE migration = ?1 AND runner = ?2",
-            &params![migration, runner],
+            "DELETE FROM lease WHERE migration = ?1 AND runner = ?2 AND space = ?3 AND pid = ?4",
+            &params![migration, runner, &holder.space, pid],
         )
     {
         tracing::warn!(migration, runner, %error, "the lease was not given back; it expires by itself");
