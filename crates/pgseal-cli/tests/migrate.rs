@@ -1482,3 +1482,50 @@ fn follower_aborts_over_the_limit(kept: Kept) {
     assert!(log.contains("to protect the source's disk"), "{log}");
     assert_eq!(src.pgseal_objects(), 0);
 }
+
+#[test]
+fn a_journal_copied_into_postgresql_drives_the_same_migration_and_is_copied_once() {
+    let h = Home::with_source();
+    h.start("c1", &["--no-follow"]);
+    let shared = SharedJournal::start();
+    // A password in the URL (the server trusts loopback, so it is not checked): never shown.
+    let url = shared
+        .url
+        .replace("pgseal%20runner@", "pgseal%20runner:s3cr3t@");
+    let shared_run = |args: &[&str]| {
+        h.command(args)
+            .env("PGSEAL_JOURNAL", &url)
+            .output()
+            .unwrap()
+    };
+    // Not a journal pgseal keeps: refused before anything is read.
+    let (_, refused) = h.exits(3, &["journal", "copy", "--to", "mysql://x/y"]);
+    assert!(refused.contains("a journal is a postgres://"), "{refused}");
+    let copied = succeeded(
+        shared_run(&["journal", "copy", "--json"]),
+        &["journal", "copy"],
+    );
+    let copied: serde_json::Value = serde_json::from_slice(&copied.stdout).unwrap();
+    assert_eq!(copied["migrations"], serde_json::json!(["c1"]), "{copied}");
+    // The shared journal has it all: its phase, each step once done, its resources; it
+    // drives it from now on.
+    let status = succeeded(
+        shared_run(&["migrate", "status", "c1", "--json"]),
+        &["status"],
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["migration"]["phase"], "replicating", "{status}");
+    let local = h.json(&["migrate", "status", "c1"]);
+    assert_eq!(status["steps"], local["steps"]);
+    // Copied once: a second copy writes nothing and says why (exit 3), without the password.
+    let again = shared_run(&["journal", "copy"]);
+    assert_exit(&again, 3);
+    let text = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        text.contains("'c1' exists already") && !text.contains("s3cr3t"),
+        "{text}"
+    );
+    let aborted = shared_run(&["migrate", "abort", "c1"]);
+    succeeded(aborted, &["migrate", "abort", "c1"]);
+    assert_eq!(h.sql("src", "postgres").pgseal_objects(), 0);
+}

@@ -1643,4 +1643,37 @@ mod tests {
         let _held = j.hold("m1").unwrap();
         assert_eq!(j.leases().unwrap()[0].runner, "new");
     }
+
+    #[test]
+    fn a_version_1_journal_gains_runners_and_leases_in_place() {
+        let home = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(home.path()).unwrap();
+            j.create(&spec("m1")).unwrap();
+            let run = j.step_started("m1", Step::Preflight).unwrap();
+            j.step_done(run, &serde_json::json!({})).unwrap();
+        }
+        {
+            // As version 1 left it: step runs without a runner, no lease table.
+            let conn = Connection::open(home.path().join("journal.sqlite")).unwrap();
+            conn.execute_batch(
+                "DROP TABLE lease; ALTER TABLE step_run RENAME TO step_run_v2; \
+                 CREATE TABLE step_run (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+                   migration TEXT NOT NULL REFERENCES migration(name), step TEXT NOT NULL, \
+                   started_ms INTEGER NOT NULL, finished_ms INTEGER, outcome TEXT NOT NULL, \
+                   outputs TEXT, error TEXT); \
+                 INSERT INTO step_run SELECT id, migration, step, started_ms, finished_ms, \
+                   outcome, outputs, error FROM step_run_v2; \
+                 DROP TABLE step_run_v2; PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let j = Journal::open(home.path()).unwrap();
+        let runs = j.step_runs("m1").unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].runner, None);
+        assert!(j.leases().unwrap().is_empty());
+        j.step_started("m1", Step::PrepareSource).unwrap();
+        assert!(j.step_runs("m1").unwrap()[1].runner.is_some());
+    }
 }
