@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -22,36 +22,6 @@ fn inventory(h: &Home, text: &str) -> String {
     let path = h.path("fleet.toml");
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
-}
-
-/// The ledger writing through `endpoint` at a rate the six of them can share two cores at.
-fn ledger_through(h: &Home, endpoint: &str, ledger: &str) -> Child {
-    h.command(&["workload", "run", "--endpoint", endpoint])
-        .args([
-            "--ledger",
-            ledger,
-            "--rate",
-            "20",
-            "--clients",
-            "1",
-            "--duration",
-            "600",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Stops a ledger workload as an operator would (SIGINT) and returns its summary.
-fn stop_ledger(child: Child) -> serde_json::Value {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    Workload(Some(child)).finish()
 }
 
 /// Every step run of every migration as `(migration, started_ms, finished_ms)`; a run

@@ -45,6 +45,15 @@ pub enum Error {
         /// The end of the server log.
         log_tail: String,
     },
+    /// An SQL statement of the harness failed.
+    #[error("{what}: {source}")]
+    Sql {
+        /// What was being done.
+        what: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -316,6 +325,57 @@ impl TestCluster {
             .dbname(dbname)
             .application_name("pgseal-testkit");
         config
+    }
+
+    /// Makes login role `role` (not a superuser) and database `db` owned by it, as a team
+    /// gives a tool a database of its own, and returns the URL that reaches it as that role
+    /// over TCP loopback (names percent-encoded). For synchronous code: it runs its own
+    /// runtime.
+    pub fn owned_database(&self, role: &str, db: &str) -> Result<String, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io_error("a runtime for the harness"))?;
+        runtime.block_on(async {
+            let sql = |what: &str| {
+                let what = what.to_string();
+                move |source| Error::Sql { what, source }
+            };
+            let admin = self.connect("postgres").await.map_err(|e| Error::Io {
+                what: "connecting as the superuser".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let (role_q, db_q) = (
+                pgseal_pg::sql::quote_ident(role),
+                pgseal_pg::sql::quote_ident(db),
+            );
+            admin
+                .batch_execute(&format!("CREATE ROLE {role_q} LOGIN"))
+                .await
+                .map_err(sql("CREATE ROLE"))?;
+            admin
+                .batch_execute(&format!("CREATE DATABASE {db_q} OWNER {role_q}"))
+                .await
+                .map_err(sql("CREATE DATABASE"))?;
+            Ok::<_, Error>(())
+        })?;
+        let encode = |text: &str| -> String {
+            text.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect()
+        };
+        Ok(format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            encode(role),
+            self.port,
+            encode(db)
+        ))
     }
 
     /// Connects to `dbname` as the superuser.

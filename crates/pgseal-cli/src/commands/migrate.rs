@@ -1148,6 +1148,7 @@ fn validate(
     copy_wait: std::time::Duration,
 ) -> Outcome {
     let journal = ctx.journal()?;
+    let _held = journal.hold_if_shared(name)?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
     let report = run_validation(ctx, &runtime, &platform, &journal, name, tables, copy_wait)?;
@@ -1161,6 +1162,7 @@ fn validate(
 
 fn verify(ctx: &Context, name: &str) -> Outcome {
     let journal = ctx.journal()?;
+    let _held = journal.hold_if_shared(name)?;
     let runtime = runtime()?;
     let platform = platform(ctx, &runtime, &journal, name, false)?;
     let progress = |db: &str| ctx.status(format!("verifying {db}"));

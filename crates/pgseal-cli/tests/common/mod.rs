@@ -94,23 +94,9 @@ pub struct SharedJournal {
 impl SharedJournal {
     pub fn start() -> SharedJournal {
         let server = pgseal_testkit::TestCluster::start().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        let url = server
+            .owned_database("pgseal runner", "migrations.journal")
             .unwrap();
-        runtime.block_on(async {
-            let admin = server.connect("postgres").await.unwrap();
-            for sql in [
-                "CREATE ROLE \"pgseal runner\" LOGIN",
-                "CREATE DATABASE \"migrations.journal\" OWNER \"pgseal runner\"",
-            ] {
-                admin.batch_execute(sql).await.unwrap();
-            }
-        });
-        let url = format!(
-            "postgres://pgseal%20runner@127.0.0.1:{}/migrations.journal",
-            server.port()
-        );
         SharedJournal { server, url }
     }
 }
@@ -992,4 +978,35 @@ pub fn svg_sizes(work: &Path, page: &str) -> Vec<(f64, f64)> {
             (w.parse().unwrap(), h.parse().unwrap())
         })
         .collect()
+}
+
+/// The ledger writing through `endpoint` for up to ten minutes, at a rate six of them can
+/// share two cores at (the fleet tests).
+pub fn ledger_through(h: &Home, endpoint: &str, ledger: &str) -> Child {
+    h.command(&["workload", "run", "--endpoint", endpoint])
+        .args([
+            "--ledger",
+            ledger,
+            "--rate",
+            "20",
+            "--clients",
+            "1",
+            "--duration",
+            "600",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a ledger workload as an operator would (SIGINT) and returns its summary.
+pub fn stop_ledger(child: Child) -> serde_json::Value {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    Workload(Some(child)).finish()
 }

@@ -611,6 +611,17 @@ impl Journal {
         Ok(Hold::Lease(lease))
     }
 
+    /// With a shared journal, [`Journal::hold`] for a command that only reads and reports
+    /// (`validate`, `verify`): two runners never run one at once on the same migration.
+    /// With SQLite, nothing: on one machine they run beside the other commands, as they
+    /// always have.
+    pub fn hold_if_shared(&self, name: &str) -> Result<Option<Hold>, JournalError> {
+        match self.store.dialect() {
+            store::Dialect::Sqlite => Ok(None),
+            store::Dialect::Postgres => self.hold(name).map(Some),
+        }
+    }
+
     /// Every lease on record (a shared journal's; none with SQLite), by migration, with
     /// the seconds each has left by the journal database's clock (negative: expired).
     pub fn leases(&self) -> Result<Vec<LeaseRecord>, JournalError> {
@@ -1186,26 +1197,12 @@ mod tests {
 
         fn postgres() -> Place {
             let server = pgseal_testkit::TestCluster::start().unwrap();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+            let url = server
+                .owned_database("journal keeper", "pgseal journal")
                 .unwrap();
-            runtime.block_on(async {
-                let admin = server.connect("postgres").await.unwrap();
-                for sql in [
-                    "CREATE ROLE \"journal keeper\" LOGIN",
-                    "CREATE DATABASE \"pgseal journal\" OWNER \"journal keeper\"",
-                ] {
-                    admin.batch_execute(sql).await.unwrap();
-                }
-            });
-            let location = Location::Postgres(format!(
-                "postgres://journal%20keeper@127.0.0.1:{}/pgseal%20journal",
-                server.port()
-            ));
             Place {
                 home: tempfile::tempdir().unwrap(),
-                location,
+                location: Location::Postgres(url),
                 _server: Some(server),
             }
         }
@@ -1215,26 +1212,24 @@ mod tests {
         }
     }
 
-    /// Declares `NAME_on_sqlite` and `NAME_on_postgres`, running the same test body
-    /// (`fn NAME(&Place)`) on each store.
+    /// Declares module `NAME` with tests `on_sqlite` and `on_postgres`, each running the
+    /// same test body (`fn NAME(&Place)`) on its store.
     macro_rules! on_both {
-        ($name:ident, $sqlite:ident, $postgres:ident) => {
-            #[test]
-            fn $sqlite() {
-                $name(&Place::sqlite());
-            }
-            #[test]
-            fn $postgres() {
-                $name(&Place::postgres());
+        ($name:ident) => {
+            mod $name {
+                #[test]
+                fn on_sqlite() {
+                    super::$name(&super::Place::sqlite());
+                }
+                #[test]
+                fn on_postgres() {
+                    super::$name(&super::Place::postgres());
+                }
             }
         };
     }
 
-    on_both!(
-        streams_are_recorded_once_in_order,
-        streams_are_recorded_once_in_order_on_sqlite,
-        streams_are_recorded_once_in_order_on_postgres
-    );
+    on_both!(streams_are_recorded_once_in_order);
     fn streams_are_recorded_once_in_order(place: &Place) {
         use crate::stream::Stream;
         let j = place.open();
@@ -1309,11 +1304,7 @@ mod tests {
         assert_eq!(j.resources("m1").unwrap().len(), 2);
     }
 
-    on_both!(
-        steps_outputs_and_resources_survive_reopening,
-        steps_outputs_and_resources_survive_reopening_on_sqlite,
-        steps_outputs_and_resources_survive_reopening_on_postgres
-    );
+    on_both!(steps_outputs_and_resources_survive_reopening);
     fn steps_outputs_and_resources_survive_reopening(place: &Place) {
         {
             let j = place.open();
@@ -1386,11 +1377,7 @@ mod tests {
         MigrationLock::acquire(home.path(), "m1").unwrap();
     }
 
-    on_both!(
-        samples_and_facts_read_back_as_written,
-        samples_and_facts_read_back_as_written_on_sqlite,
-        samples_and_facts_read_back_as_written_on_postgres
-    );
+    on_both!(samples_and_facts_read_back_as_written);
     fn samples_and_facts_read_back_as_written(place: &Place) {
         use crate::samples::Sample;
         let j = place.open();
@@ -1441,11 +1428,7 @@ mod tests {
         assert!(j.samples("m1").unwrap().is_empty());
     }
 
-    on_both!(
-        a_journal_of_a_newer_pgseal_is_refused,
-        a_journal_of_a_newer_pgseal_is_refused_on_sqlite,
-        a_journal_of_a_newer_pgseal_is_refused_on_postgres
-    );
+    on_both!(a_journal_of_a_newer_pgseal_is_refused);
     fn a_journal_of_a_newer_pgseal_is_refused(place: &Place) {
         let j = place.open();
         j.create(&spec("m1")).unwrap();
@@ -1487,6 +1470,22 @@ mod tests {
         }
     }
 
+    /// A PostgreSQL journal holding migration `m1`, its runners `a` and `b` on short
+    /// leases, and how many times a lease was lost.
+    fn two_runners() -> (
+        Place,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        Journal,
+        Journal,
+    ) {
+        let place = Place::postgres();
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a = place.open().with_runner(runner("a"), short_terms(&lost));
+        let b = place.open().with_runner(runner("b"), short_terms(&lost));
+        a.create(&spec("m1")).unwrap();
+        (place, lost, a, b)
+    }
+
     fn runner(id: &str) -> Runner {
         Runner {
             id: id.into(),
@@ -1496,11 +1495,7 @@ mod tests {
 
     #[test]
     fn a_lease_is_renewed_while_held_refused_to_others_and_given_back() {
-        let place = Place::postgres();
-        let lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let a = place.open().with_runner(runner("a"), short_terms(&lost));
-        let b = place.open().with_runner(runner("b"), short_terms(&lost));
-        a.create(&spec("m1")).unwrap();
+        let (_place, lost, a, b) = two_runners();
         let held = a.hold("m1").unwrap();
         // Well past the lease's length, the heartbeat has kept it.
         std::thread::sleep(Duration::from_millis(3500));
@@ -1520,11 +1515,7 @@ mod tests {
 
     #[test]
     fn a_runner_whose_lease_expired_is_stopped_at_its_next_write_and_another_takes_over() {
-        let place = Place::postgres();
-        let lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let a = place.open().with_runner(runner("a"), short_terms(&lost));
-        let b = place.open().with_runner(runner("b"), short_terms(&lost));
-        a.create(&spec("m1")).unwrap();
+        let (place, lost, a, b) = two_runners();
         let held = a.hold("m1").unwrap();
         // What a long pause does: the heartbeat cannot renew (here, its lease row is made
         // to expire by the database's clock as if it had not), then the holder writes.
