@@ -242,6 +242,9 @@ fn a_runner_paused_past_its_lease_stops_at_its_next_write_and_the_other_finishes
     stop(child, nix::sys::signal::Signal::SIGSTOP);
     stop(a.id() as i32, nix::sys::signal::Signal::SIGSTOP);
     std::fs::remove_file(&wait).unwrap();
+    // Until it expires, the fleet's status names the runner that holds it.
+    let status = h.json(&["fleet", "status", &file]);
+    assert_eq!(status["migrations"][0]["runner"], "runner-a", "{status}");
     until("A's lease expired", Duration::from_secs(30), || {
         h.json(&["journal", "leases"])[0]["left_ms"]
             .as_i64()

@@ -150,6 +150,7 @@ mod tests {
             cutover_pause_ms: None,
             rollback_pause_ms: None,
             source_bytes: None,
+            runner: None,
         }
     }
 

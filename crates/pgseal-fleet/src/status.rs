@@ -37,6 +37,8 @@ pub struct Row {
     pub rollback_pause_ms: Option<u64>,
     /// The size of the source when preflight read it, in bytes.
     pub source_bytes: Option<u64>,
+    /// The runner that holds the migration's lease now (a shared journal), if any.
+    pub runner: Option<String>,
 }
 
 /// A validation, in brief.
@@ -70,6 +72,7 @@ impl Row {
             cutover_pause_ms: None,
             rollback_pause_ms: None,
             source_bytes: None,
+            runner: None,
         };
         let Some(report) = report else {
             return row;
@@ -115,10 +118,17 @@ pub fn reports(
 pub fn rows(journal: &Journal, inventory: &Inventory) -> Result<Vec<Row>, JournalError> {
     let sources: Vec<&Source> = inventory.sources.iter().collect();
     let reports = reports(journal, &sources, History::Latest)?;
+    let leases = journal.leases()?;
     Ok(sources
         .iter()
         .zip(&reports)
-        .map(|(s, r)| Row::of(s, r.as_ref()))
+        .map(|(s, r)| Row {
+            runner: leases
+                .iter()
+                .find(|l| l.migration == s.name && l.left_ms > 0)
+                .map(|l| l.runner.clone()),
+            ..Row::of(s, r.as_ref())
+        })
         .collect())
 }
 

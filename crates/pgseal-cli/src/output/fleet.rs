@@ -144,6 +144,7 @@ pub fn status(rows: &[Row], now_ms: i64) -> String {
             "SAMPLED",
             "VALIDATION",
             "PAUSE",
+            "RUNNER",
         ]
         .map(String::from)
         .to_vec(),
@@ -176,6 +177,7 @@ pub fn status(rows: &[Row], now_ms: i64) -> String {
             }),
             validation,
             if pause.is_empty() { "-".into() } else { pause },
+            r.runner.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     let mut out = table(&lines);
