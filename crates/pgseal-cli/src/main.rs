@@ -36,7 +36,11 @@ fn main() -> ExitCode {
             // The whole chain: the outer context says what failed, the inner causes say why.
             // Names from the databases may be in it: no control character reaches the
             // terminal raw.
-            eprintln!("error: {}", output::terminal_safe(&format!("{error:#}")));
+            // (Each cause once: an error that shows its cause is not followed by it again.)
+            let chain = pgseal_core::error::error_chain(
+                AsRef::<dyn std::error::Error + Send + Sync>::as_ref(&error),
+            );
+            eprintln!("error: {}", output::terminal_safe(&chain));
             exit::code(exit::for_error(&error))
         }
     }
