@@ -50,7 +50,7 @@ fn copy(ctx: &Context, from: Option<&std::path::Path>, to: Option<&str>) -> Outc
         .open()
     };
     let (source, target) = (open(&from)?, open(&to)?);
-    let copied = pgseal_core::journal::copy(&source, &target)?;
+    let copied = pgseal_core::journal::copy::copy(&source, &target)?;
     ctx.print(&copied, || {
         output::journal::copied(&copied, source.location(), target.location())
     })?;

@@ -1,6 +1,7 @@
 //! What `pgseal journal` prints for a person.
 
-use pgseal_core::journal::{Copied, LeaseRecord};
+use pgseal_core::journal::LeaseRecord;
+use pgseal_core::journal::copy::Copied;
 
 /// The result of `journal copy`.
 pub fn copied(copied: &Copied, from: &str, to: &str) -> String {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::JournalError;
+use super::error::JournalError;
 use super::store::{Store, params};
 
 /// Who drives a migration: recorded with each lease and each step run.
@@ -205,7 +205,7 @@ impl Lease {
         store: &dyn Store,
         beat: Box<dyn Store>,
         migration: &str,
-        runner: &super::Runner,
+        runner: &Runner,
         terms: &LeaseTerms,
     ) -> Result<Lease, JournalError> {
         let now = store.dialect().now_ms();

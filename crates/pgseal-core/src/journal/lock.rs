@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::JournalError;
+use super::error::JournalError;
 
 /// An exclusive lock on one migration, held while a process works on it (released when
 /// dropped, or by the kernel when the process dies). It holds the migration's follower
