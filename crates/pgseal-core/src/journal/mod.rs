@@ -1375,10 +1375,12 @@ mod tests {
 
     /// Lease terms that make a test's runner lose its lease within a second or two, and
     /// count the times it is told.
+    /// (Three seconds: the holder's own view ends a second after each renewal, which a
+    /// loaded machine's stalls stay well inside.)
     fn short_terms(lost: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> LeaseTerms {
         let lost = lost.clone();
         LeaseTerms {
-            ttl: Duration::from_millis(1500),
+            ttl: Duration::from_secs(3),
             on_lost: std::sync::Arc::new(move |_| {
                 lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }),
@@ -1413,7 +1415,7 @@ mod tests {
         let (_place, lost, a, b) = two_runners();
         let held = a.hold("m1").unwrap();
         // Well past the lease's length, the heartbeat has kept it.
-        std::thread::sleep(Duration::from_millis(3500));
+        std::thread::sleep(Duration::from_millis(7000));
         assert!(matches!(held, Hold::Lease(ref l) if l.held()));
         let refused = b.hold("m1").unwrap_err();
         assert!(
@@ -1442,9 +1444,16 @@ mod tests {
             )
             .unwrap();
         let taken = b.hold("m1").unwrap();
-        // `a`'s heartbeat finds the lease gone at its next beat; its next write fails
-        // before it is made, and `on_lost` was called once.
-        std::thread::sleep(Duration::from_millis(600));
+        // `a`'s heartbeat finds the lease gone at its next beat (every half second); its
+        // next write fails before it is made, and `on_lost` was called once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while lost.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the heartbeat never noticed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let refused = a.step_started("m1", Step::Preflight).unwrap_err();
         assert!(matches!(refused, JournalError::LeaseLost(_)), "{refused}");
         assert!(a.set_phase("m1", Phase::Failed, Some("x")).is_err());
