@@ -17,9 +17,32 @@ fn inventory(h: &Home, text: &str) -> String {
     path.display().to_string()
 }
 
+/// A runner's process, killed if the test ends before it does (a failed assertion): its
+/// migration commands die with it, before the home is cleaned up.
+struct Running(Option<Child>);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    fn take(mut self) -> Child {
+        self.0.take().expect("a running runner")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `pgseal fleet run FILE` as runner `name`, one migration at a time, its progress lines
 /// (JSON, one per event) on a pipe.
-fn runner(h: &Home, file: &str, name: &str, env: &[(&str, &str)]) -> Child {
+fn runner(h: &Home, file: &str, name: &str, env: &[(&str, &str)]) -> Running {
     let mut c = h.command(&[
         "fleet",
         "run",
@@ -38,11 +61,15 @@ fn runner(h: &Home, file: &str, name: &str, env: &[(&str, &str)]) -> Child {
     for (k, v) in env {
         c.env(k, v);
     }
-    c.spawn().unwrap()
+    Running(Some(c.spawn().unwrap()))
 }
 
 /// Waits for a runner to end and returns its summary (stdout) and its progress lines.
-fn finished(child: Child, within: Duration) -> (i32, serde_json::Value, Vec<serde_json::Value>) {
+fn finished(
+    running: Running,
+    within: Duration,
+) -> (i32, serde_json::Value, Vec<serde_json::Value>) {
+    let child = running.take();
     let pid = child.id();
     let watchdog = std::thread::spawn(move || {
         std::thread::sleep(within);
@@ -126,7 +153,7 @@ fn two_runners_share_six_sources_the_one_killed_mid_start_is_taken_over_and_all_
     }
     let file = inventory(&h, &text);
 
-    let mut a = runner(&h, &file, "runner-a", &[]);
+    let a = runner(&h, &file, "runner-a", &[]);
     let b = runner(&h, &file, "runner-b", &[]);
     // Runner A in the middle of a start: a step after preflight under way, by A.
     let mut taken = String::new();
@@ -147,8 +174,7 @@ fn two_runners_share_six_sources_the_one_killed_mid_start_is_taken_over_and_all_
         }
         false
     });
-    a.kill().unwrap();
-    a.wait().unwrap();
+    drop(a);
     let killed_ms = pgseal_core::journal::now_ms();
 
     let (code, summary, _) = finished(b, Duration::from_secs(420));
