@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::store::{Row, Statement, Value};
+use super::store::{Row, Statement};
 use super::{Hold, Journal, JournalError};
 
 /// The columns of each table, in the order rows are read and written (ids and `rowid`s are
@@ -90,8 +90,7 @@ pub fn copy(from: &Journal, to: &Journal) -> Result<Copied, JournalError> {
         .iter()
         .zip(&rows)
         .flat_map(|(insert, (_, read))| {
-            read.iter()
-                .map(move |row| (insert.as_str(), row.0.clone() as Vec<Value>))
+            read.iter().map(move |row| (insert.as_str(), row.0.clone()))
         })
         .collect();
     to.transaction(&statements)?;

@@ -142,6 +142,11 @@ impl LeaseTerms {
     pub fn beat(&self) -> Duration {
         self.ttl / 6
     }
+
+    /// Until when the holder may act after a take or a renewal sent at `sent`.
+    fn valid_until(&self, sent: Instant) -> Instant {
+        sent + self.ttl - self.margin()
+    }
 }
 
 /// The holder's own view of a lease.
@@ -153,10 +158,15 @@ pub(crate) struct Validity {
 }
 
 impl Validity {
+    /// True when the lease was lost, or may have ended by the holder's own clock.
+    fn ended(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+            || Instant::now() >= *self.until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Fails (after calling `on_lost`, once) when the lease may have ended.
     pub(crate) fn check(&self, terms: &LeaseTerms) -> Result<(), JournalError> {
-        let ended = Instant::now() >= *self.until.lock().unwrap_or_else(|p| p.into_inner());
-        if ended || self.lost.load(Ordering::SeqCst) {
+        if self.ended() {
             self.lose(terms);
             return Err(JournalError::LeaseLost(self.migration.clone()));
         }
@@ -199,18 +209,19 @@ fn take_sql(now: &str) -> String {
 }
 
 impl Lease {
-    /// Takes the lease on `migration` for `runner`, or says who holds it. `beat` is a
-    /// connection of the heartbeat's own.
+    /// Takes the lease on `migration` for `runner`, or says who holds it. `location` names
+    /// the journal in errors. The heartbeat gets a connection of its own once the lease is
+    /// taken.
     pub(crate) fn take(
         store: &dyn Store,
-        beat: Box<dyn Store>,
+        location: &str,
         migration: &str,
         runner: &Runner,
         terms: &LeaseTerms,
     ) -> Result<Lease, JournalError> {
         let now = store.dialect().now_ms();
         let ttl_ms = terms.ttl.as_millis() as i64;
-        let fail = |e| JournalError::store("lease", e);
+        let fail = |e| JournalError::store(location, e);
         let mut sent = Instant::now();
         let take = |gone_holder: Option<(&str, i64)>| {
             store.query(
@@ -265,9 +276,16 @@ impl Lease {
                 });
             }
         }
+        let beat = match store.reopen() {
+            Ok(beat) => beat,
+            Err(e) => {
+                give_back(store, migration, runner);
+                return Err(fail(e));
+            }
+        };
         let validity = Arc::new(Validity {
             migration: migration.to_string(),
-            until: Mutex::new(sent + terms.ttl - terms.margin()),
+            until: Mutex::new(terms.valid_until(sent)),
             lost: AtomicBool::new(false),
         });
         tracing::info!(migration, runner = %runner.id, ttl_s = terms.ttl.as_secs(), "lease taken");
@@ -278,7 +296,7 @@ impl Lease {
             std::thread::Builder::new()
                 .name("pgseal-lease".into())
                 .spawn(move || heartbeat(&*beat, &migration, &runner, &terms, &validity, &stop))
-                .map_err(|e| JournalError::store("lease", e.into()))?
+                .map_err(|e| fail(e.into()))?
         };
         Ok(Lease {
             validity,
@@ -289,13 +307,7 @@ impl Lease {
 
     /// True while this holder may still act.
     pub fn held(&self) -> bool {
-        !self.validity.lost.load(Ordering::SeqCst)
-            && Instant::now()
-                < *self
-                    .validity
-                    .until
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+        !self.validity.ended()
     }
 }
 
@@ -350,8 +362,7 @@ fn heartbeat(
             &params![migration, runner, ttl_ms, &holder.space, pid],
         ) {
             Ok(1) => {
-                *validity.until.lock().unwrap_or_else(|p| p.into_inner()) =
-                    sent + terms.ttl - terms.margin();
+                *validity.until.lock().unwrap_or_else(|p| p.into_inner()) = terms.valid_until(sent);
             }
             Ok(_) => {
                 tracing::error!(
@@ -370,13 +381,19 @@ fn heartbeat(
             }
         }
     }
-    if !validity.lost.load(Ordering::SeqCst)
-        && let Err(error) = store.execute(
-            "DELETE FROM lease WHERE migration = ?1 AND runner = ?2 AND space = ?3 AND pid = ?4",
-            &params![migration, runner, &holder.space, pid],
-        )
-    {
-        tracing::warn!(migration, runner, %error, "the lease was not given back; it expires by itself");
+    if !validity.lost.load(Ordering::SeqCst) {
+        give_back(store, migration, holder);
+    }
+}
+
+/// Gives a lease back: deletes its row, if it is still `holder`'s very own. A failure is
+/// logged; the lease then expires by itself.
+fn give_back(store: &dyn Store, migration: &str, holder: &Runner) {
+    if let Err(error) = store.execute(
+        "DELETE FROM lease WHERE migration = ?1 AND runner = ?2 AND space = ?3 AND pid = ?4",
+        &params![migration, &holder.id, &holder.space, i64::from(holder.pid)],
+    ) {
+        tracing::warn!(migration, runner = %holder.id, %error, "the lease was not given back; it expires by itself");
     }
 }
 

@@ -366,16 +366,6 @@ pub struct JournalConfig {
 }
 
 impl JournalConfig {
-    /// The home's own SQLite journal, this process as runner `host:pid`.
-    pub fn local(home: &Path) -> JournalConfig {
-        JournalConfig {
-            home: home.to_path_buf(),
-            location: Location::File(home.join("journal.sqlite")),
-            runner: Runner::here(None),
-            terms: LeaseTerms::default(),
-        }
-    }
-
     /// Opens the journal.
     pub fn open(&self) -> Result<Journal, JournalError> {
         Ok(Journal::open_at(&self.home, &self.location)?
@@ -487,11 +477,6 @@ impl Journal {
         self
     }
 
-    /// The runner this process is.
-    pub fn runner(&self) -> &Runner {
-        &self.runner
-    }
-
     /// Takes migration `name` for this process until the returned hold is dropped:
     /// the home's lock with an SQLite journal (failing with [`JournalError::Busy`]), a
     /// lease with a shared one (failing with [`JournalError::Leased`]). While a lease is
@@ -505,11 +490,13 @@ impl Journal {
         let follower = self.runner.is_follower();
         let waited = std::time::Instant::now();
         let lease = loop {
-            let beat = self
-                .store
-                .reopen()
-                .map_err(|e| JournalError::store(&self.location, e))?;
-            match Lease::take(&*self.store, beat, name, &self.runner, &self.terms) {
+            match Lease::take(
+                &*self.store,
+                &self.location,
+                name,
+                &self.runner,
+                &self.terms,
+            ) {
                 Err(JournalError::Leased { runner, .. })
                     if !follower
                         && runner.starts_with(lease::FOLLOWER)
@@ -526,10 +513,10 @@ impl Journal {
         Ok(Hold::Lease(lease))
     }
 
-    /// With a shared journal, [`Journal::hold`] for a command that only reads and reports
-    /// (`validate`, `verify`): two runners never run one at once on the same migration.
-    /// With SQLite, nothing: on one machine they run beside the other commands, as they
-    /// always have.
+    /// With a shared journal, [`Journal::hold`]; with SQLite, nothing. For what runs beside
+    /// the other commands on one machine but must not run twice at once across runners:
+    /// `validate` and `verify`, and a follower's pass (which holds the home's pass gate
+    /// too).
     pub fn hold_if_shared(&self, name: &str) -> Result<Option<Hold>, JournalError> {
         match self.store.dialect() {
             store::Dialect::Sqlite => Ok(None),

@@ -160,6 +160,11 @@ fn row(r: &tokio_postgres::Row) -> Result<Row, StoreError> {
         .map(Row)
 }
 
+/// Parameters as the driver takes them.
+fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p as _).collect()
+}
+
 /// What the connection's thread is asked to do.
 enum Request {
     Execute(String, Vec<Value>, mpsc::Sender<Result<u64, StoreError>>),
@@ -226,17 +231,15 @@ impl Connection {
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let statement = self.statement(sql)?;
-        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
         Ok(self
             .runtime
-            .block_on(self.client.execute(&statement, &params))?)
+            .block_on(self.client.execute(&statement, &refs(params)))?)
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let statement = self.statement(sql)?;
-        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
         self.runtime
-            .block_on(self.client.query(&statement, &params))?
+            .block_on(self.client.query(&statement, &refs(params)))?
             .iter()
             .map(row)
             .collect()
@@ -251,8 +254,7 @@ impl Connection {
         self.runtime.block_on(async {
             let tx = client.transaction().await?;
             for (statement, (_, params)) in prepared.iter().zip(statements) {
-                let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                tx.execute(statement, &params).await?;
+                tx.execute(statement, &refs(params)).await?;
             }
             tx.commit().await?;
             Ok(())
