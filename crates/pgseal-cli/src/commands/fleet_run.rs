@@ -68,28 +68,19 @@ pub fn run(ctx: &Context, args: &FleetRunArgs) -> Outcome {
     runner.env.push(("PGSEAL_RUNNER".into(), me.clone()));
     tracing::info!(runner = %me, file = %inventory.path.display(), "fleet runner starts");
     let mut kept: BTreeMap<String, Kept> = BTreeMap::new();
-    let share = args.fleet.parallel.map_or_else(
-        || std::thread::available_parallelism().map_or(2, usize::from),
-        |n| n as usize,
-    );
     let mut seed = u64::from(std::process::id()) ^ pgseal_core::journal::now_ms() as u64 | 1;
     let poll = Duration::from_secs_f64(args.poll.max(0.2));
+    let mut ran_once = false;
     let last = loop {
-        let journal = ctx.journal()?;
-        let rows = pgseal_fleet::status::rows(&journal, &inventory)?;
-        let leased: BTreeMap<String, String> = journal
-            .leases()?
-            .into_iter()
-            .filter(|l| l.left_ms > 0 && l.runner != me)
-            .map(|l| (l.migration, l.runner))
-            .collect();
-        drop(journal);
-        let plan = next(&inventory, &rows, &leased, pgseal_core::journal::now_ms());
+        let plan = look(ctx, &inventory, &me)?;
+        if ran_once {
+            break plan;
+        }
+        let given_up = |name: &str| kept.get(name).is_some_and(|k| k.failures >= args.attempts);
         let mut jobs = Vec::new();
         for (name, step) in &plan {
             let s = source(&inventory, name);
-            let given_up = kept.get(name).is_some_and(|k| k.failures >= args.attempts);
-            if let (false, Some(words)) = (given_up, words(s, step)) {
+            if let (false, Some(words)) = (given_up(name), words(s, step)) {
                 jobs.push(job(&inventory, s, words)?);
             }
         }
@@ -97,12 +88,10 @@ pub fn run(ctx: &Context, args: &FleetRunArgs) -> Outcome {
         // runners starting together seldom reach for the same migration; the next look
         // sees what the others took meanwhile.
         shuffle(&mut jobs, &mut seed);
-        jobs.truncate(share);
+        jobs.truncate(runner.slots.count());
         if jobs.is_empty() {
             let waiting = plan.iter().any(|(name, step)| {
-                matches!(step, Next::Wait(_))
-                    || (step.verb().is_some()
-                        && kept.get(name).is_none_or(|k| k.failures < args.attempts))
+                matches!(step, Next::Wait(_)) || (step.verb().is_some() && !given_up(name))
             });
             if !waiting || args.once {
                 break plan;
@@ -128,16 +117,8 @@ pub fn run(ctx: &Context, args: &FleetRunArgs) -> Outcome {
                 }
             }
         }
-        if args.once {
-            let journal = ctx.journal()?;
-            let rows = pgseal_fleet::status::rows(&journal, &inventory)?;
-            break next(
-                &inventory,
-                &rows,
-                &BTreeMap::new(),
-                pgseal_core::journal::now_ms(),
-            );
-        }
+        // With --once, one more look, for the summary.
+        ran_once = args.once;
     };
     let outcomes: Vec<MigrationOutcome> = last
         .iter()
@@ -177,6 +158,23 @@ pub fn run(ctx: &Context, args: &FleetRunArgs) -> Outcome {
         } else {
             exit::OK
         },
+    ))
+}
+
+/// One look at the journal: what each migration needs next, those another runner holds
+/// now waiting for it.
+fn look(ctx: &Context, inventory: &Inventory, me: &str) -> anyhow::Result<Vec<(String, Next)>> {
+    let rows = pgseal_fleet::status::rows(&ctx.journal()?, inventory)?;
+    let leased: BTreeMap<String, String> = rows
+        .iter()
+        .filter_map(|r| Some((r.name.clone(), r.runner.clone()?)))
+        .filter(|(_, runner)| runner != me)
+        .collect();
+    Ok(next(
+        inventory,
+        &rows,
+        &leased,
+        pgseal_core::journal::now_ms(),
     ))
 }
 

@@ -191,14 +191,13 @@ pub fn run(ctx: &Context, name: &str, interval: f64, once: bool, serve: Option<&
             return Ok(exit::code(exit::OK));
         }
         let gate = PassGate::open(&ctx.home, name)?;
-        let leased = match (&gate, ctx.journal.location.is_shared()) {
-            (Some(_), true) => match journal.hold(name) {
-                Ok(lease) => Some(Some(lease)),
+        let leased = match &gate {
+            Some(_) => match journal.hold_if_shared(name) {
+                Ok(lease) => Some(lease),
                 Err(e) if e.is_busy() => None,
                 Err(e) => return Err(e.into()),
             },
-            (Some(_), false) => Some(None),
-            (None, _) => None,
+            None => None,
         };
         let pass = match leased {
             None => pgseal_core::follow::Pass {
