@@ -75,7 +75,7 @@ pub fn next(
         .iter()
         .map(|s| {
             let row = rows.iter().find(|r| r.name == s.name);
-            let phase = phase_of(s);
+            let phase = row.and_then(|r| r.phase);
             let policy = inventory.policy(s.wave);
             let next = if let Some(runner) = leased.get(&s.name) {
                 Next::Wait(format!("runner {runner} drives it"))

@@ -21,10 +21,10 @@ pub fn run(ctx: &Context, action: &JournalCommand) -> Outcome {
 /// `journal copy`: the SQLite journal `from` (the home's by default) into the PostgreSQL
 /// journal `to` (`--journal` by default).
 fn copy(ctx: &Context, from: Option<&std::path::Path>, to: Option<&str>) -> Outcome {
-    let from = Location::File(from.map_or_else(
-        || ctx.home.join("journal.sqlite"),
-        std::path::Path::to_path_buf,
-    ));
+    let from = from.map_or_else(
+        || Location::in_home(&ctx.home),
+        |f| Location::File(f.into()),
+    );
     let to = match to {
         Some(url) => Location::parse(Some(url), &ctx.home)?,
         None => ctx.journal.location.clone(),

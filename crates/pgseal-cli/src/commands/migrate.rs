@@ -1087,12 +1087,12 @@ pub fn write_page(home: &Path, path: &Path, page: &str) -> anyhow::Result<()> {
 }
 
 fn report(ctx: &Context, name: &str, output: Option<&Path>) -> Outcome {
+    let journal = ctx.journal()?;
     if ctx.json {
-        let journal = ctx.journal()?;
         print_json(&pgseal_core::report::gather(&journal, name)?)?;
         return Ok(exit::code(exit::OK));
     }
-    let path = write_report(&ctx.journal()?, &ctx.home, name, output)?;
+    let path = write_report(&journal, &ctx.home, name, output)?;
     println!("{}", path.display());
     Ok(exit::code(exit::OK))
 }

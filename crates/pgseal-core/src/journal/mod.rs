@@ -328,7 +328,7 @@ impl Location {
     /// without one.
     pub fn parse(given: Option<&str>, home: &Path) -> Result<Location, JournalError> {
         match given.map(str::trim) {
-            None | Some("") => Ok(Location::File(home.join("journal.sqlite"))),
+            None | Some("") => Ok(Location::in_home(home)),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 pgseal_pg::connect::config_from_url(url).map_err(|e| {
                     JournalError::BadLocation(format!("--journal: not a PostgreSQL URL: {e}"))
@@ -342,6 +342,11 @@ impl Location {
             ))),
             Some(path) => Ok(Location::File(PathBuf::from(path))),
         }
+    }
+
+    /// The home's own SQLite journal, `PGSEAL_HOME/journal.sqlite`: the default.
+    pub fn in_home(home: &Path) -> Location {
+        Location::File(home.join("journal.sqlite"))
     }
 
     /// True for a journal several hosts can share.
@@ -438,7 +443,7 @@ pub fn format_ms(ms: i64) -> String {
 impl Journal {
     /// Opens (creating if needed) the SQLite journal at `PGSEAL_HOME/journal.sqlite`.
     pub fn open(home: &Path) -> Result<Journal, JournalError> {
-        Journal::open_at(home, &Location::File(home.join("journal.sqlite")))
+        Journal::open_at(home, &Location::in_home(home))
     }
 
     /// Opens (creating or upgrading if needed) the journal at `location`; `home` is the
@@ -1089,7 +1094,7 @@ mod tests {
     impl Place {
         fn sqlite() -> Place {
             let home = tempfile::tempdir().unwrap();
-            let location = Location::File(home.path().join("journal.sqlite"));
+            let location = Location::in_home(home.path());
             Place {
                 home,
                 location,
