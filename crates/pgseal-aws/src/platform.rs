@@ -582,6 +582,14 @@ impl Platform for AwsPlatform {
     async fn connection(&self, instance: &str) -> pgseal_platform::Result<tokio_postgres::Config> {
         Ok(self.sql_config(instance, false).await?)
     }
+    /// RDS's files are not on this machine: nothing to write out from here.
+    async fn write_out(
+        &self,
+        _instance: &str,
+        _relations: &[String],
+    ) -> pgseal_platform::Result<Option<u64>> {
+        Ok(None)
+    }
     async fn blue_green_plan(
         &self,
         source: &str,

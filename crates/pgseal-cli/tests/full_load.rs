@@ -411,6 +411,65 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
     assert_eq!(dst.pgseal_everything(), 0);
 }
 
+/// A table copied whole onto a target loading at `wal_level = minimal` has its files
+/// written out from every core while its keys build, before its commit syncs them (the
+/// hook takes every such table as large enough): the bytes are journaled, and a crash
+/// between the write-out and the commit loses and doubles nothing once resumed.
+#[test]
+fn a_table_written_out_beside_its_keys_survives_a_crash_before_its_commit() {
+    let h = Home::with_source();
+    pgbench_init_scale(&h, "src", "postgres", 1);
+    let ledger = h.ledger();
+    let writes = h.workload(&["--instance", "src"], &ledger, 10);
+    let hooks = ("PGSEAL_TEST_HOOK", "minimal-wal,write-out");
+    let point = "initial_copy:written_out";
+    let start = start_full_load("wo", &[]);
+    let out = h
+        .command(&start)
+        .env(hooks.0, hooks.1)
+        .env("PGSEAL_FAILPOINT", point)
+        .output()
+        .unwrap();
+    assert_crashed(&out, point);
+    let resume = ["migrate", "resume", "wo"];
+    succeeded(h.run_env(hooks, &resume), &resume);
+    let status = h.json(&["migrate", "status", "wo"]);
+    let copied = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|r| r["step"] == "initial_copy")
+        .expect("initial_copy ran");
+    let accounts = copied["outputs"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.pgbench_accounts")
+        .unwrap_or_else(|| panic!("{copied}"));
+    let dst = h.sql("src-enc", "postgres");
+    let on_disk = dst.count(
+        "SELECT pg_relation_size('pgbench_accounts') \
+         + pg_relation_size('pgbench_accounts_pkey')",
+    );
+    assert_eq!(
+        accounts["written_out_bytes"].as_i64(),
+        Some(on_disk),
+        "the table and its key written out: {accounts}"
+    );
+    assert!(
+        accounts["written_out_seconds"].as_f64().unwrap() > 0.0,
+        "{accounts}"
+    );
+    assert_eq!(dst.text("SHOW wal_level"), "logical");
+    wait_caught_up(&h, "src-enc", &ledger);
+    let validated = h.json(&["migrate", "validate", "wo"]);
+    assert_eq!(validated["clean"], true, "{validated}");
+    h.ok(&["migrate", "cutover", "wo", "--on-switch", "true"]);
+    let run = writes.finish();
+    assert_all_landed(&h, "src-enc", &ledger, &run);
+    h.ok(&["migrate", "cleanup", "wo"]);
+}
+
 #[test]
 fn aborting_during_the_initial_copy_leaves_no_slot_publication_or_subscription() {
     let (h, src) = source_with_pgbench_app();

@@ -12,6 +12,7 @@
 //!   restores with the handoff LSN.
 //! - [`volume`] and [`fscrypt`]: kernel-encrypted volumes (ext4 image, loop mount, fscrypt
 //!   v2 policy, AES-256-XTS).
+//! - [`writeout`]: a server's freshly written files written out from several threads.
 
 pub(crate) mod capabilities;
 pub mod doctor;
@@ -22,3 +23,4 @@ pub mod instance;
 pub mod platform;
 pub mod snapshot;
 pub mod volume;
+pub mod writeout;

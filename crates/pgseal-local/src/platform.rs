@@ -338,4 +338,15 @@ impl Platform for LocalPlatform {
         })
         .await
     }
+
+    async fn write_out(&self, name: &str, relations: &[String]) -> Result<Option<u64>> {
+        let name = name.to_string();
+        let relations = relations.to_vec();
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        self.blocking(move |s| {
+            let info = s.instances.describe(&name)?;
+            crate::writeout::write_out(&info.data_dir, &relations, threads).map(Some)
+        })
+        .await
+    }
 }

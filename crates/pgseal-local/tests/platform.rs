@@ -79,6 +79,33 @@ async fn snapshot_to_encrypted_copy<P: Platform>(p: &P, key: &str) -> pgseal_pla
     let n: i64 = pgseal_testkit::scalar(&target_client, "SELECT count(*) FROM t").await;
     assert_eq!(n, 777);
 
+    // A table made and filled in a transaction still open (as the full load's copy has
+    // it), written out by its files' paths as the server names them.
+    target_client
+        .batch_execute(
+            "BEGIN; CREATE TABLE fresh AS SELECT g AS id, repeat('x', 500) AS pad \
+             FROM generate_series(1, 20000) g",
+        )
+        .await
+        .unwrap();
+    let row = target_client
+        .query_one(
+            "SELECT pg_relation_filepath('fresh'), pg_relation_size('fresh')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (path, size): (String, i64) = (row.get(0), row.get(1));
+    assert!(size > 8 << 20, "{size}");
+    let written = p.write_out("target", &[path]).await.unwrap();
+    assert_eq!(written, Some(size as u64));
+    let refused = p
+        .write_out("target", &["../../etc/passwd".into()])
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("etc/passwd"), "{refused}");
+    target_client.batch_execute("COMMIT").await.unwrap();
+
     assert_eq!(
         p.handoff("src").await.unwrap_err().kind,
         ErrorKind::Precondition,

@@ -355,6 +355,20 @@ pub trait Platform: Send + Sync {
         dbname: &str,
     ) -> impl Future<Output = Result<String>> + Send;
 
+    /// Writes the files of `instance`'s data directory named by `relations` (paths
+    /// relative to it, as `pg_relation_filepath` gives them) out to its storage from
+    /// several threads at once, and waits for them; returns the bytes they hold, or
+    /// `None` where the platform's files are not on this machine (AWS).
+    ///
+    /// Only a head start: a server syncs a table written without WAL from the one
+    /// process that commits it, and on storage whose cipher runs on the CPU that one
+    /// process is the bound. The commit's own sync still makes the files durable.
+    fn write_out(
+        &self,
+        instance: &str,
+        relations: &[String],
+    ) -> impl Future<Output = Result<Option<u64>>> + Send;
+
     /// How to reach an instance over SQL as its master user.
     fn connection(
         &self,

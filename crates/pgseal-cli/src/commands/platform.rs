@@ -106,6 +106,9 @@ impl Platform for AnyPlatform {
     async fn connection(&self, instance: &str) -> Result<tokio_postgres::Config> {
         each!(self, p => p.connection(instance).await)
     }
+    async fn write_out(&self, instance: &str, relations: &[String]) -> Result<Option<u64>> {
+        each!(self, p => p.write_out(instance, relations).await)
+    }
     async fn blue_green_plan(
         &self,
         source: &str,

@@ -40,7 +40,7 @@ use super::TableKey;
 use crate::engine::{Engine, Event};
 use crate::error::{EngineError, sql};
 use crate::initial_copy::{self, TableCopy};
-use crate::steps::{Step, failpoint_at};
+use crate::steps::{Step, failpoint_at, test_hook};
 use crate::stream::Stream;
 
 /// How often the copy is reported.
@@ -65,6 +65,11 @@ pub const DEFAULT_SPLIT_BYTES: u64 = 0;
 
 /// Ranges per worker at most: a table is not cut finer than keeps every worker busy.
 const RANGES_PER_JOB: u64 = 4;
+
+/// Tables at least this large on the source, copied whole onto a target at
+/// `wal_level = minimal`, have their files written out from every core before their
+/// commit syncs them (`Engine::keys_beside_write_out`); smaller ones are synced at once.
+const WRITE_OUT_FROM_BYTES: i64 = 64 << 20;
 
 /// The journal's fact kinds for the copy (see [`initial_copy::progress`]).
 pub(crate) const FACT_PLAN: &str = initial_copy::FACT_PLAN;
@@ -110,6 +115,7 @@ struct TableState {
     copy_seconds: Option<f64>,
     keys_seconds: Option<f64>,
     building_keys: bool,
+    written_out: WrittenOut,
 }
 
 /// One database's copy in progress, shared by its workers.
@@ -418,6 +424,8 @@ impl<P: Platform> Engine<'_, P> {
                     "format": t.format.as_str(),
                     "seconds": s.copy_seconds.unwrap_or_default(),
                     "keys_seconds": s.keys_seconds.unwrap_or_default(),
+                    "written_out_bytes": s.written_out.bytes,
+                    "written_out_seconds": s.written_out.seconds,
                 })
             })
             .collect();
@@ -579,6 +587,13 @@ impl<P: Platform> Engine<'_, P> {
             ))
             .await
             .map_err(sql("target", "setting the copy's session"))?;
+        // At `minimal`, a table emptied in its copy's transaction is synced at commit
+        // rather than written to WAL: large ones are written out from every core first.
+        let minimal: bool = target
+            .query_one("SELECT current_setting('wal_level') = 'minimal'", &[])
+            .await
+            .map_err(sql("target", "reading wal_level"))?
+            .get(0);
         while let Some((i, pages)) = run.next() {
             if read_in_transaction == TABLES_PER_TRANSACTION {
                 // The locks of what was read let go; the snapshot is the same (its
@@ -645,7 +660,15 @@ impl<P: Platform> Engine<'_, P> {
                 continue;
             }
             let keys_started = Instant::now();
-            let building = if emptied {
+            let mut written_out = WrittenOut::default();
+            let building = if emptied
+                && minimal
+                && (table.source_bytes >= WRITE_OUT_FROM_BYTES || test_hook("write-out"))
+            {
+                written_out = self.keys_beside_write_out(&target, table, &keys).await?;
+                failpoint_at("initial_copy:written_out");
+                "COMMIT".to_string()
+            } else if emptied {
                 format!("{keys}COMMIT")
             } else if keys.is_empty() || whole_table {
                 // (A small table's keys, each statement its own transaction.)
@@ -664,6 +687,7 @@ impl<P: Platform> Engine<'_, P> {
                 let s = &mut states[i];
                 s.building_keys = false;
                 s.keys_seconds = Some(keys_started.elapsed().as_secs_f64());
+                s.written_out = written_out;
                 (s.rows, s.bytes, s.copy_seconds.unwrap_or_default())
             };
             // Journaled by the reporter, a batch at a time: a journal write waits for the
@@ -672,6 +696,8 @@ impl<P: Platform> Engine<'_, P> {
                 "table": table.table, "rows": rows, "bytes": bytes,
                 "seconds": seconds,
                 "keys_seconds": keys_started.elapsed().as_secs_f64(),
+                "written_out_bytes": written_out.bytes,
+                "written_out_seconds": written_out.seconds,
             }));
         }
         source
@@ -680,6 +706,109 @@ impl<P: Platform> Engine<'_, P> {
             .map_err(sql("source", "ending the snapshot's transaction"))?;
         Ok(())
     }
+
+    /// The keys of `table`, copied whole into a file its transaction made on a target at
+    /// `wal_level = minimal`, built while the table's files are written out from every
+    /// core ([`Platform::write_out`]); then the keys' own files written out. The commit
+    /// that follows syncs them all, and finds little left to write: synced by the one
+    /// committing process, a large table's pages were encrypted on one core
+    /// (bench/README.md). A write-out that fails is only logged: the commit syncs
+    /// everything anyway.
+    async fn keys_beside_write_out(
+        &self,
+        target: &Client,
+        table: &TablePlan,
+        keys: &str,
+    ) -> Result<WrittenOut, EngineError> {
+        let name = format!(
+            "{}.{}",
+            quote_ident(&table.schema_name),
+            quote_ident(&table.table_name)
+        );
+        // The files this transaction made: the table's, its TOAST table's and index's.
+        let files = relation_files(
+            target,
+            "SELECT pg_relation_filepath(c.oid) FROM pg_class c, pg_class t \
+             WHERE t.oid = $1::text::regclass \
+               AND (c.oid = t.oid OR c.oid = t.reltoastrelid \
+                    OR c.oid IN (SELECT indexrelid FROM pg_index \
+                                 WHERE indrelid = t.reltoastrelid))",
+            &name,
+        )
+        .await?;
+        let began = Instant::now();
+        let (table_out, built) = tokio::join!(
+            async {
+                let out = self.platform.write_out(&self.spec.target, &files).await;
+                (out, began.elapsed())
+            },
+            async {
+                let built = target.batch_execute(keys).await;
+                (built, began.elapsed())
+            }
+        );
+        let ((table_out, table_took), (built, keys_took)) = (table_out, built);
+        built.map_err(sql(
+            "target",
+            format!("building the keys of {}", table.table),
+        ))?;
+        let keys_files = relation_files(
+            target,
+            "SELECT pg_relation_filepath(indexrelid) FROM pg_index \
+             WHERE indrelid = $1::text::regclass",
+            &name,
+        )
+        .await?;
+        let keys_out = self
+            .platform
+            .write_out(&self.spec.target, &keys_files)
+            .await;
+        tracing::info!(
+            table = %table.table,
+            table_written_out_s = table_took.as_secs_f64(),
+            keys_built_s = keys_took.as_secs_f64(),
+            keys_written_out_s = began
+                .elapsed()
+                .saturating_sub(keys_took.max(table_took))
+                .as_secs_f64(),
+            "copied files written out beside the keys"
+        );
+        match (table_out, keys_out) {
+            (Ok(a), Ok(b)) => Ok(WrittenOut {
+                bytes: a.zip(b).map(|(a, b)| a + b),
+                seconds: Some(table_took.as_secs_f64()),
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(table = %table.table, error = %e, "writing out the copied files failed; the commit syncs them");
+                Ok(WrittenOut::default())
+            }
+        }
+    }
+}
+
+/// What [`Engine::keys_beside_write_out`] did, for the table's journaled figures.
+#[derive(Debug, Default, Clone, Copy)]
+struct WrittenOut {
+    /// The bytes of the table's and its keys' files written out (`None`: not done, or
+    /// the platform cannot).
+    bytes: Option<u64>,
+    /// How long the table's own files took, beside its keys being built.
+    seconds: Option<f64>,
+}
+
+/// The paths (relative to the data directory) that `query` returns for the table `name`.
+async fn relation_files(
+    target: &Client,
+    query: &str,
+    name: &str,
+) -> Result<Vec<String>, EngineError> {
+    Ok(target
+        .query(query, &[&name])
+        .await
+        .map_err(sql("target", format!("reading the files of {name}")))?
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .collect())
 }
 
 #[cfg(test)]
