@@ -650,7 +650,12 @@ impl LocalInstances {
         let plan = self.plan_new(spec, spec.encryption_key.as_deref(), kms)?;
         let record = self.build(plan, |paths, server| {
             server
-                .initdb(MASTER_USER, "scram-sha-256", "C.UTF-8")
+                .initdb(
+                    MASTER_USER,
+                    "scram-sha-256",
+                    "C.UTF-8",
+                    paths.volume.is_some(),
+                )
                 .map_err(|e| self.server_error(paths, e))
         })?;
         if let Some(password) = &spec.master_password

@@ -131,8 +131,12 @@ pub async fn columns(
              ORDER BY 1, a.attnum",
         varies = varies_sql("pg_get_expr(d.adbin, d.adrelid)")
     );
-    let rows = client.query(&query, &[&tables]).await?;
-    Ok(rows
+    // Without JIT: PostgreSQL 15 built with LLVM (Debian's) compiled this query for
+    // 0.41 s of its 0.46 s on a source of 2,000 tables (0.05 s without), in every status.
+    client.batch_execute("SET jit = off").await?;
+    let rows = client.query(&query, &[&tables]).await;
+    client.batch_execute("RESET jit").await?;
+    Ok(rows?
         .iter()
         .map(|r| Column {
             table: r.get(0),

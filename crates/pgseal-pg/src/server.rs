@@ -68,22 +68,30 @@ impl ServerControl {
     }
 
     /// Runs `initdb` with superuser `superuser`: trust on the unix socket (whose directory
-    /// only the server's OS user and root can enter), `host_auth` for TCP.
+    /// only the server's OS user and root can enter), `host_auth` for TCP. With
+    /// `own_file_system` (the data directory is alone on its file system, as on an
+    /// encrypted instance's volume) PostgreSQL 17 and later sync the new cluster with one
+    /// `syncfs()` instead of an `fsync()` a file: 1.16-1.27 s against 1.41-1.60 s for
+    /// initdb on an encrypted volume here. (On a shared file system `syncfs()` would wait
+    /// for everything else written to it too.)
     pub fn initdb(
         &self,
         superuser: &str,
         host_auth: &str,
         locale: &str,
+        own_file_system: bool,
     ) -> Result<(), ServerError> {
-        ExternalCommand::new(self.install.program("initdb"))
+        let mut initdb = ExternalCommand::new(self.install.program("initdb"))
             .arg("-D")
             .arg(&self.data_dir)
             .args(["-U", superuser, "--auth-local=trust"])
             .arg(format!("--auth-host={host_auth}"))
             .args(["--encoding=UTF8", "--no-instructions"])
-            .arg(format!("--locale={locale}"))
-            .run_as(self.run_as.clone())
-            .run()?;
+            .arg(format!("--locale={locale}"));
+        if own_file_system && self.install.version.major >= 17 {
+            initdb = initdb.arg("--sync-method=syncfs");
+        }
+        initdb.run_as(self.run_as.clone()).run()?;
         Ok(())
     }
 

@@ -120,7 +120,7 @@ impl ClusterBuilder {
             log_path: root.path().join("server.log"),
             data_dir,
         };
-        server.initdb(SUPERUSER, "trust", "C")?;
+        server.initdb(SUPERUSER, "trust", "C", false)?;
 
         let mut cluster = TestCluster {
             root: Some(root),
