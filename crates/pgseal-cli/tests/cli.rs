@@ -1,6 +1,10 @@
 //! The `pgseal` binary as a user runs it.
 
+mod common;
+
 use std::process::{Command, Output};
+
+use common::find_in;
 
 fn pgseal() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgseal"));
@@ -82,12 +86,7 @@ fn doctor_json(path: &std::path::Path, home: &std::path::Path) -> (Option<i32>, 
 }
 
 fn check<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("no check {id}"))
+    find_in(&report["checks"], "id", id)
 }
 
 #[test]

@@ -139,12 +139,7 @@ fn full_load_onto_17_under_writes_cuts_over_and_rolls_back_with_nothing_lost() {
     assert_eq!(status["migration"]["phase"], "replicating", "{status}");
     // A source this small is loaded onto a target at wal_level=logical from the start:
     // post-data had no restart to make.
-    let post_data = status["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["step"] == "post_data")
-        .expect("post_data ran");
+    let post_data = find_in(&status["steps"], "step", "post_data");
     assert_eq!(
         post_data["outputs"]["target_restarted_for_wal_level"], false,
         "{post_data}"
@@ -361,15 +356,7 @@ fn full_load_onto_the_same_version_survives_crashes_in_every_step_of_its_own() {
         .find(|r| r["step"] == "initial_copy" && r["outputs"].is_object())
         .map(|r| r["outputs"].clone())
         .expect("the copy's outputs");
-    let table = |name: &str| {
-        copy["tables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["table"] == name)
-            .unwrap_or_else(|| panic!("{name} in {copy}"))
-            .clone()
-    };
+    let table = |name: &str| find_in(&copy["tables"], "table", name).clone();
     let accounts = table("public.pgbench_accounts");
     assert!(accounts["ranges"].as_u64().unwrap() >= 4, "{accounts}");
     assert_eq!(accounts["rows"], 200_000, "{accounts}");
@@ -434,18 +421,12 @@ fn a_table_written_out_beside_its_keys_survives_a_crash_before_its_commit() {
     let resume = ["migrate", "resume", "wo"];
     succeeded(h.run_env(hooks, &resume), &resume);
     let status = h.json(&["migrate", "status", "wo"]);
-    let copied = status["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rfind(|r| r["step"] == "initial_copy")
-        .expect("initial_copy ran");
-    let accounts = copied["outputs"]["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["table"] == "public.pgbench_accounts")
-        .unwrap_or_else(|| panic!("{copied}"));
+    let copied = find_in(&status["steps"], "step", "initial_copy");
+    let accounts = find_in(
+        &copied["outputs"]["tables"],
+        "table",
+        "public.pgbench_accounts",
+    );
     let dst = h.sql("src-enc", "postgres");
     let on_disk = dst.count(
         "SELECT pg_relation_size('pgbench_accounts') \

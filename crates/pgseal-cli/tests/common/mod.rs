@@ -449,6 +449,16 @@ pub fn free_port() -> String {
         .to_string()
 }
 
+/// The last element of the JSON array `list` whose `field` is `value` (a step's last run in
+/// a status, a table in a copy's outputs, a check in doctor's report).
+pub fn find_in<'a>(list: &'a serde_json::Value, field: &str, value: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .rfind(|item| item[field] == value)
+        .unwrap_or_else(|| panic!("no {field} {value} in {list}"))
+}
+
 /// Asserts the process ended by SIGABRT at a failpoint.
 pub fn assert_crashed(out: &Output, failpoint: &str) {
     use std::os::unix::process::ExitStatusExt;

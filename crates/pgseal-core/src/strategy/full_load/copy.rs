@@ -776,7 +776,7 @@ impl<P: Platform> Engine<'_, P> {
         match (table_out, keys_out) {
             (Ok(a), Ok(b)) => Ok(WrittenOut {
                 bytes: a.zip(b).map(|(a, b)| a + b),
-                seconds: Some(table_took.as_secs_f64()),
+                seconds: a.map(|_| table_took.as_secs_f64()),
             }),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(table = %table.table, error = %e, "writing out the copied files failed; the commit syncs them");

@@ -94,6 +94,9 @@ async fn table_keys(
         .collect())
 }
 
+/// The `application_name` of post-data's `pg_restore` sessions on the target.
+const POST_DATA_APPLICATION: &str = "pgseal_post_data";
+
 /// The full-load strategy (`--strategy full-load`).
 #[derive(Debug, Clone, Copy)]
 pub struct FullLoad;
@@ -466,6 +469,42 @@ impl<P: Platform> Engine<'_, P> {
             .map_err(sql("target", format!("creating database {database}")))
     }
 
+    /// Ends the target's sessions that an earlier, killed run's `pg_restore` left
+    /// building, and waits until they are gone. Its program dies with pgseal, but the
+    /// server runs each session's statement on to its end (a foreign key's check over
+    /// millions of rows), and one that committed after the check of what is built would
+    /// be built twice ("constraint ... already exists", caught by the random kills of
+    /// the full-load test). Ended, its transaction rolls back: what exists is what was
+    /// committed.
+    async fn end_earlier_post_data(&self) -> Result<(), EngineError> {
+        let admin = self.target_db("template1").await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = admin
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                    &[&POST_DATA_APPLICATION],
+                )
+                .await
+                .map_err(sql("target", "ending an earlier run's post-data sessions"))?
+                .len();
+            if left == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(EngineError::Precondition(format!(
+                    "{left} session(s) of an earlier post-data run on the target did not end within 30 s"
+                )));
+            }
+            tracing::info!(
+                sessions = left,
+                "ending an earlier run's post-data sessions"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The post-data part of `database`'s schema on the source: the archive
     /// (`pg_dump -Fc --section=post-data`: definitions and `REFRESH MATERIALIZED VIEW`
     /// statements, no row values) and its entries (`pg_restore -l` lines), without
@@ -593,7 +632,7 @@ impl<P: Platform> Engine<'_, P> {
         self.run_tool(
             "pg_restore",
             &[
-                "--dbname=application_name=pgseal_post_data",
+                &format!("--dbname=application_name={POST_DATA_APPLICATION}"),
                 "--jobs",
                 &jobs.to_string(),
                 "--exit-on-error",
@@ -680,6 +719,7 @@ impl<P: Platform> Engine<'_, P> {
     // Full load 8.
     async fn post_data(&self) -> StepResult {
         self.target_up().await?;
+        self.end_earlier_post_data().await?;
         let mut done = Vec::new();
         for s in &self.streams()? {
             let source = self.source_config(&s.database).await?;
