@@ -35,13 +35,12 @@ pub fn write_out(data_dir: &Path, relations: &[String], threads: usize) -> Resul
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
         {
-            return Err(LocalError::Io {
-                what: format!("writing out {relation}"),
-                source: std::io::Error::new(
+            return Err(io_error(format!("writing out {relation}"))(
+                std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     "not a path inside the data directory",
                 ),
-            });
+            ));
         }
         let first = data_dir.join(relative);
         for segment in 0.. {
