@@ -318,6 +318,9 @@ pub(crate) struct NewInstance {
 /// takes its port between the choice and the server's start.
 const PORT_RETRIES: usize = 5;
 
+/// How long a settings change waits for the server to have re-read its files.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Parses a size such as `10GiB`, `512MiB`, `1TiB` or a plain number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -1084,12 +1087,28 @@ impl LocalInstances {
         server
             .write_settings(&self.settings(&record, &paths))
             .map_err(|e| self.server_error(&paths, e))?;
-        server.reload().map_err(|e| self.server_error(&paths, e))?;
         self.write_record(&record)?;
         let names: Vec<String> = params.keys().cloned().collect();
+        let instance = record.name.clone();
         let pending: Vec<String> = self.with_client(&record, |client| async move {
-            // pg_reload_conf() is asynchronous; wait for the postmaster to have re-read.
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            // The reload is asked for from this session, which handles the postmaster's
+            // signal before its next statement: its own load time changes once the files
+            // are re-read (a few milliseconds; a fixed 300 ms wait before).
+            let load_time = "SELECT pg_conf_load_time()::text";
+            let before: String = client.query_one(load_time, &[]).await?.get(0);
+            client.execute("SELECT pg_reload_conf()", &[]).await?;
+            let deadline = std::time::Instant::now() + RELOAD_WAIT;
+            loop {
+                let now: String = client.query_one(load_time, &[]).await?.get(0);
+                if now != before {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    tracing::warn!(instance = %instance, "the server has not re-read its settings yet; what needs a restart may be under-reported");
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
             let rows = client
                 .query(
                     "SELECT name FROM pg_settings WHERE pending_restart AND name = ANY($1)",
