@@ -51,6 +51,40 @@ fn quiet_dst(b: &Harness) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The MiB the kernel holds dirty or under writeback (`/proc/meminfo`): what a command
+/// that has returned left for later to write (and, on an encrypted volume, to encrypt).
+fn dirty_mib() -> anyhow::Result<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let kib = |field: &str| -> f64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((kib("Dirty:") + kib("Writeback:")) / 1024.0)
+}
+
+/// What one way of copying left behind when it returned: the MiB it left dirty, and the
+/// seconds its server's `CHECKPOINT` then took to put its data in the data files.
+#[derive(Default)]
+struct LeftBehind {
+    dirty_mib: Vec<f64>,
+    checkpoint_s: Vec<f64>,
+}
+
+impl LeftBehind {
+    /// Measures what `instance` left since `dirty_before` (MiB dirty before it ran).
+    fn measure(&mut self, b: &Harness, instance: &str, dirty_before: f64) -> anyhow::Result<()> {
+        self.dirty_mib.push((dirty_mib()? - dirty_before).max(0.0));
+        let started = std::time::Instant::now();
+        b.psql(instance, "CHECKPOINT")?;
+        self.checkpoint_s.push(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
 /// `sh -c SCRIPT` with the source's libpq settings as `S_*` and the target's as `T_*`.
 fn shell(b: &Harness, script: &str) -> anyhow::Result<Command> {
     b.between(script, ("bench-src", "postgres"), ("bench-dst", "copy"))
@@ -156,18 +190,27 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
     let mut split_steps: Vec<(String, Vec<f64>)> = Vec::new();
     let mut per_step: Vec<(String, Vec<f64>)> = Vec::new();
     let mut tables: Vec<TableFigures> = Vec::new();
+    let (mut left_plain, mut left_parallel, mut left_full) = (
+        LeftBehind::default(),
+        LeftBehind::default(),
+        LeftBehind::default(),
+    );
     for round in 0..rounds {
         for turn in 0..4 {
             let _ = timed(Command::new("sync"));
             match (round + turn) % 4 {
                 0 => {
                     fresh_db(b)?;
+                    let dirty = dirty_mib()?;
                     t_plain.push(timed(shell(b, &plain)?)?.elapsed);
+                    left_plain.measure(b, "bench-dst", dirty)?;
                     quiet_dst(b)?;
                 }
                 1 => {
                     fresh_db(b)?;
+                    let dirty = dirty_mib()?;
                     t_parallel.push(timed(shell(b, &parallel)?)?.elapsed);
+                    left_parallel.measure(b, "bench-dst", dirty)?;
                     quiet_dst(b)?;
                 }
                 3 => {
@@ -197,8 +240,10 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
                         "--engine-version",
                         &engine,
                     ];
+                    let dirty = dirty_mib()?;
                     let (elapsed, status) = b.timed_start(&name, &full_load, &mut per_step)?;
                     t_full.push(elapsed);
+                    left_full.measure(b, "bench-full", dirty)?;
                     for run in status["steps"].as_array().into_iter().flatten() {
                         if run["step"] == "initial_copy" {
                             for t in run["outputs"]["tables"].as_array().into_iter().flatten() {
@@ -274,6 +319,30 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
         secs(split_m),
         secs(split_m) / secs(best),
     );
+    // What each left to write when it returned, and the ratio with that counted: the
+    // full load's commits sync its tables, a restore at wal_level=replica syncs only its
+    // WAL and leaves the tables' pages to the next checkpoint (encrypted then).
+    println!("  left for later when it returned (MiB dirty; then its server's CHECKPOINT):");
+    let on_disk = |t: f64, left: &LeftBehind| t + med(&left.checkpoint_s);
+    for (way, t, left) in [
+        ("pg_dump | psql", secs(plain_m), &left_plain),
+        ("pg_restore -j 2", secs(parallel_m), &left_parallel),
+        ("full load", secs(full_m), &left_full),
+    ] {
+        println!(
+            "    {way:<22} {:>7.0} MiB, CHECKPOINT {:>5.2} s: {:>6.2} s with it",
+            med(&left.dirty_mib),
+            med(&left.checkpoint_s),
+            on_disk(t, left)
+        );
+    }
+    let best_on_disk =
+        on_disk(secs(plain_m), &left_plain).min(on_disk(secs(parallel_m), &left_parallel));
+    let full_on_disk = on_disk(secs(full_m), &left_full);
+    println!(
+        "  each with its CHECKPOINT counted: full load {full_on_disk:.2} s = {:.2}x the faster",
+        full_on_disk / best_on_disk
+    );
     println!("    by step (without splitting):");
     for (step, times) in &per_step {
         println!("      {step:<22} {:>7.2} s", med(times));
@@ -307,6 +376,15 @@ fn run(b: &Harness, scale: u32, rounds: usize, version: u32) -> anyhow::Result<(
             "bench": "fullload", "scale": scale, "engine_version": version, "db_mib": db_mib,
             "plain_s": secs(plain_m), "parallel_s": secs(parallel_m), "full_load_s": secs(full_m),
             "ratio_to_best": secs(full_m) / secs(best),
+            "left_dirty_mib": {
+                "plain": med(&left_plain.dirty_mib), "parallel": med(&left_parallel.dirty_mib),
+                "full_load": med(&left_full.dirty_mib),
+            },
+            "checkpoint_after_s": {
+                "plain": med(&left_plain.checkpoint_s), "parallel": med(&left_parallel.checkpoint_s),
+                "full_load": med(&left_full.checkpoint_s),
+            },
+            "ratio_to_best_with_checkpoints": full_on_disk / best_on_disk,
             "split_s": secs(split_m), "split_ratio_to_best": secs(split_m) / secs(best),
             "under_writes": writes,
             "steps": per_step.iter().map(|(s, t)| (s.clone(), med(t))).collect::<std::collections::BTreeMap<_, _>>(),
