@@ -282,7 +282,8 @@ impl ExternalCommand {
     }
 
     /// Runs the program and returns its raw outcome whatever the exit status, for callers
-    /// that give meaning to particular exit codes (as `pg_ctl status` does).
+    /// that give particular exit codes their own meaning (`e2fsck`'s 1: something fixed;
+    /// `test -x DIR`'s failure: the directory is not reachable).
     pub fn output(&self) -> Result<Output> {
         tracing::debug!(command = %self.display_command_line(), run_as = ?self.run_as, "running external program");
         let mut cmd = self.prepared_command();

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -319,7 +319,7 @@ pub(crate) struct NewInstance {
 const PORT_RETRIES: usize = 5;
 
 /// How long a settings change waits for the server to have re-read its files.
-const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
 
 /// Parses a size such as `10GiB`, `512MiB`, `1TiB` or a plain number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -1097,17 +1097,17 @@ impl LocalInstances {
             let load_time = "SELECT pg_conf_load_time()::text";
             let before: String = client.query_one(load_time, &[]).await?.get(0);
             client.execute("SELECT pg_reload_conf()", &[]).await?;
-            let deadline = std::time::Instant::now() + RELOAD_WAIT;
+            let deadline = Instant::now() + RELOAD_WAIT;
             loop {
                 let now: String = client.query_one(load_time, &[]).await?.get(0);
                 if now != before {
                     break;
                 }
-                if std::time::Instant::now() > deadline {
+                if Instant::now() > deadline {
                     tracing::warn!(instance = %instance, "the server has not re-read its settings yet; what needs a restart may be under-reported");
                     break;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let rows = client
                 .query(
