@@ -7,6 +7,8 @@
 //!   database, DDL capture);
 //! - `subscribe`: the target's subscriptions, enabling them, waiting for the apply workers.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgseal_platform::{ErrorKind, Platform};
@@ -78,6 +80,10 @@ pub struct Engine<'a, P: Platform> {
     pub(crate) spec: MigrationSpec,
     pub(crate) surroundings: Surroundings,
     pub(crate) observer: Box<dyn Fn(&Event) + 'a>,
+    /// Each database's schema archive (`pg_dump -Fc`, definitions and no row values),
+    /// taken once by one step while the source holds DDL and read by the later steps of
+    /// the same run. In memory only: a run that resumes takes it again.
+    pub(crate) schema_archives: Mutex<HashMap<String, Arc<Vec<u8>>>>,
 }
 
 impl<'a, P: Platform> Engine<'a, P> {
@@ -96,6 +102,7 @@ impl<'a, P: Platform> Engine<'a, P> {
             spec,
             surroundings,
             observer: Box::new(observer),
+            schema_archives: Mutex::default(),
         })
     }
 

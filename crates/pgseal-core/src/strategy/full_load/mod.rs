@@ -22,6 +22,7 @@ pub use copy::DEFAULT_SPLIT_BYTES;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use pgseal_exec::{ExternalCommand, MemoryFile};
@@ -174,13 +175,14 @@ impl<P: Platform> Engine<'_, P> {
     }
 
     /// Runs `program` against `config`'s server (its connection in the environment, never
-    /// the arguments) with `input`; returns its stdout. The program dies with pgseal (a
-    /// killed `migrate` leaves no restore running on behind `resume`).
+    /// the arguments; `None` for a program that connects to none) with `input`; returns
+    /// its stdout. The program dies with pgseal (a killed `migrate` leaves no restore
+    /// running on behind `resume`).
     async fn run_tool(
         &self,
         program: &str,
         args: &[&str],
-        config: &tokio_postgres::Config,
+        config: Option<&tokio_postgres::Config>,
         input: ToolInput<'_>,
     ) -> Result<Vec<u8>, EngineError> {
         let ToolInput { stdin, env, files } = input;
@@ -190,20 +192,25 @@ impl<P: Platform> Engine<'_, P> {
         for file in &files {
             cmd = cmd.memory_file(file);
         }
-        for (key, value) in pgseal_pg::libpq_env(config).into_iter().chain(env) {
+        let connection = config.map(pgseal_pg::libpq_env).unwrap_or_default();
+        for (key, value) in connection.into_iter().chain(env) {
             cmd = cmd.env(key, value);
         }
         if let Some(bytes) = stdin {
             cmd = cmd.stdin_bytes(bytes);
         }
-        let what = format!("{program} {}", args.join(" "));
+        let what = match config {
+            Some(config) => format!(
+                "{program} {} ({})",
+                args.join(" "),
+                pgseal_pg::describe_target(config)
+            ),
+            None => format!("{program} {}", args.join(" ")),
+        };
         let out = tokio::task::spawn_blocking(move || cmd.run())
             .await
             .map_err(|e| EngineError::Precondition(format!("{what} did not finish: {e}")))?
-            .map_err(|e| EngineError::Tool {
-                what: format!("{what} ({})", pgseal_pg::describe_target(config)),
-                source: e,
-            })?;
+            .map_err(|e| EngineError::Tool { what, source: e })?;
         Ok(out.stdout)
     }
 
@@ -229,7 +236,7 @@ impl<P: Platform> Engine<'_, P> {
             env: vec![("PGOPTIONS", "-c synchronous_commit=off".to_string())],
             ..ToolInput::default()
         };
-        self.run_tool("psql", &args, &config, input).await?;
+        self.run_tool("psql", &args, Some(&config), input).await?;
         copy::flush_target(&self.target_db(database).await?).await
     }
 
@@ -237,23 +244,14 @@ impl<P: Platform> Engine<'_, P> {
     async fn create_target(&self) -> StepResult {
         let target = &self.spec.target;
         let (_, target_major) = self.majors()?;
-        let instance = match self.existing_target().await? {
-            Some(i) if i.status == InstanceStatus::Available => i,
-            Some(i) => {
-                // A creation that was interrupted: start again.
-                tracing::warn!(target = %i.name, status = ?i.status, "removing an interrupted creation");
-                self.platform
-                    .delete_instance(target)
-                    .await
-                    .map_err(platform_error("removing the interrupted target"))?;
-                self.create_new_target(target_major).await?
-            }
-            None => {
-                self.journal
-                    .add_resource(&self.spec.name, "instance", INSTANCE, target)?;
-                self.create_new_target(target_major).await?
-            }
-        };
+        // The source's schema is dumped meanwhile (the source holds DDL already): with
+        // thousands of tables the dump is most of the next step, and the target's
+        // creation is mostly its initdb, on the target's side.
+        let (instance, ()) = tokio::join!(
+            self.empty_target(target_major),
+            self.prefetch_schema_archives()
+        );
+        let instance = instance?;
         if !instance.encrypted || instance.key_id.is_none() {
             return Err(EngineError::Precondition(format!(
                 "target {} is NOT encrypted; refusing to go on",
@@ -272,6 +270,102 @@ impl<P: Platform> Engine<'_, P> {
             instance.key_id.as_deref().unwrap_or("?")
         );
         Ok((json!({ "instance": instance }), summary))
+    }
+
+    /// The empty target: the one an earlier run made, or a new one (again, where an
+    /// earlier run's creation was interrupted).
+    async fn empty_target(
+        &self,
+        target_major: u32,
+    ) -> Result<pgseal_platform::Instance, EngineError> {
+        let target = &self.spec.target;
+        Ok(match self.existing_target().await? {
+            Some(i) if i.status == InstanceStatus::Available => i,
+            Some(i) => {
+                // A creation that was interrupted: start again.
+                tracing::warn!(target = %i.name, status = ?i.status, "removing an interrupted creation");
+                self.platform
+                    .delete_instance(target)
+                    .await
+                    .map_err(platform_error("removing the interrupted target"))?;
+                self.create_new_target(target_major).await?
+            }
+            None => {
+                self.journal
+                    .add_resource(&self.spec.name, "instance", INSTANCE, target)?;
+                self.create_new_target(target_major).await?
+            }
+        })
+    }
+
+    /// Takes every database's schema archive ([`Self::schema_archive`]) for the steps
+    /// after this one. A failure is left for the schema step, which dumps again and
+    /// reports it.
+    async fn prefetch_schema_archives(&self) {
+        let Ok(streams) = self.streams() else { return };
+        for s in &streams {
+            if let Err(e) = self.schema_archive(&s.database).await {
+                tracing::debug!(
+                    database = %s.database,
+                    error = %crate::error::error_chain(&e),
+                    "schema archive not taken beside the target's creation"
+                );
+                return;
+            }
+        }
+    }
+
+    /// `database`'s schema archive: its pre- and post-data sections in one `pg_dump -Fc`
+    /// (definitions and `REFRESH MATERIALIZED VIEW` statements, no row values; with
+    /// `--schema-only` every materialized view would stay unpopulated), the one this run
+    /// took already or a new one. One dump serves the schema and the post-data steps: the
+    /// source holds DDL from `prepare_source` until the post-data is built, so the
+    /// catalog it read stays as it was. In memory only.
+    async fn schema_archive(&self, database: &str) -> Result<Arc<Vec<u8>>, EngineError> {
+        let taken = |archives: &HashMap<String, Arc<Vec<u8>>>| archives.get(database).cloned();
+        if let Some(archive) = taken(
+            &self
+                .schema_archives
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        ) {
+            return Ok(archive);
+        }
+        let source = self.source_config(database).await?;
+        let archive = Arc::new(
+            self.run_tool(
+                "pg_dump",
+                &[
+                    "--section=pre-data",
+                    "--section=post-data",
+                    "--no-subscriptions",
+                    "-Fc",
+                ],
+                Some(&source),
+                ToolInput::default(),
+            )
+            .await?,
+        );
+        self.schema_archives
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(database.to_string(), Arc::clone(&archive));
+        Ok(archive)
+    }
+
+    /// Runs `pg_restore` with `args` over `archive` (fed on its stdin) and returns what it
+    /// writes: a script (`-f -`) or the archive's entries (`-l`). No connection.
+    async fn read_archive(&self, archive: &[u8], args: &[&str]) -> Result<Vec<u8>, EngineError> {
+        self.run_tool(
+            "pg_restore",
+            args,
+            None,
+            ToolInput {
+                stdin: Some(archive.to_vec()),
+                ..ToolInput::default()
+            },
+        )
+        .await
     }
 
     /// Creates the empty target with the settings replication needs: `wal_level=logical`
@@ -383,18 +477,11 @@ impl<P: Platform> Engine<'_, P> {
         let mut loaded = Vec::new();
         for s in &streams {
             self.create_database(&home, &admin, &s.database).await?;
-            let source = self.source_config(&s.database).await?;
+            let archive = self.schema_archive(&s.database).await?;
             let pre_data = self
-                .run_tool(
-                    "pg_dump",
-                    &[
-                        "--schema-only",
-                        "--section=pre-data",
-                        "--no-subscriptions",
-                        "--no-tablespaces",
-                    ],
-                    &source,
-                    ToolInput::default(),
+                .read_archive(
+                    &archive,
+                    &["--section=pre-data", "--no-tablespaces", "-f", "-"],
                 )
                 .await?;
             self.psql(&s.database, pre_data).await?;
@@ -505,39 +592,13 @@ impl<P: Platform> Engine<'_, P> {
         }
     }
 
-    /// The post-data part of `database`'s schema on the source: the archive
-    /// (`pg_dump -Fc --section=post-data`: definitions and `REFRESH MATERIALIZED VIEW`
-    /// statements, no row values) and its entries (`pg_restore -l` lines), without
-    /// pgseal's own publications. (`--schema-only` would leave out the refreshes, and
-    /// every materialized view unpopulated on the target.)
-    async fn post_data_schema(
-        &self,
-        database: &str,
-        source: &tokio_postgres::Config,
-    ) -> Result<PostData, EngineError> {
-        let archive = self
-            .run_tool(
-                "pg_dump",
-                &[
-                    "--section=post-data",
-                    "--no-subscriptions",
-                    "--no-tablespaces",
-                    "-Fc",
-                ],
-                source,
-                ToolInput::default(),
-            )
-            .await?;
+    /// The post-data part of `database`'s schema on the source: its schema archive
+    /// ([`Self::schema_archive`]) and the archive's post-data entries (`pg_restore -l`
+    /// lines), without pgseal's own publications.
+    async fn post_data_schema(&self, database: &str) -> Result<PostData, EngineError> {
+        let archive = self.schema_archive(database).await?;
         let list = self
-            .run_tool(
-                "pg_restore",
-                &["-l"],
-                source,
-                ToolInput {
-                    stdin: Some(archive.clone()),
-                    ..ToolInput::default()
-                },
-            )
+            .read_archive(&archive, &["-l", "--section=post-data"])
             .await?;
         let entries: Vec<(String, TocEntry)> = String::from_utf8_lossy(&list)
             .lines()
@@ -640,7 +701,7 @@ impl<P: Platform> Engine<'_, P> {
                 &list_arg,
                 &archive.path(),
             ],
-            &config,
+            Some(&config),
             ToolInput {
                 env: vec![("PGOPTIONS", options)],
                 files: vec![&list, &archive],
@@ -722,8 +783,7 @@ impl<P: Platform> Engine<'_, P> {
         self.end_earlier_post_data().await?;
         let mut done = Vec::new();
         for s in &self.streams()? {
-            let source = self.source_config(&s.database).await?;
-            let post = self.post_data_schema(&s.database, &source).await?;
+            let post = self.post_data_schema(&s.database).await?;
             let target = self.target_db(&s.database).await?;
             // Each entry is built in a transaction of its own, several at once; what is
             // there (the keys built during the copy, what a crashed run built) is not made
@@ -911,7 +971,7 @@ struct ToolInput<'a> {
 
 /// A database's post-data schema: the archive and its entries (line, parsed).
 struct PostData {
-    archive: Vec<u8>,
+    archive: Arc<Vec<u8>>,
     entries: Vec<(String, TocEntry)>,
 }
 
