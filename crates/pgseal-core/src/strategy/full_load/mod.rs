@@ -17,6 +17,7 @@
 //! then the target replays what the source captures (pgseal_pg::ddl).
 
 mod copy;
+mod pre_data;
 
 pub use copy::DEFAULT_SPLIT_BYTES;
 
@@ -94,6 +95,9 @@ async fn table_keys(
         })
         .collect())
 }
+
+/// The `application_name` of the schema step's `pg_restore` sessions on the target.
+const PRE_DATA_APPLICATION: &str = "pgseal_pre_data";
 
 /// The `application_name` of post-data's `pg_restore` sessions on the target.
 const POST_DATA_APPLICATION: &str = "pgseal_post_data";
@@ -222,21 +226,71 @@ impl<P: Platform> Engine<'_, P> {
         )
     }
 
-    /// Runs SQL text on the target's database `database` through `psql`, stopping at the
-    /// first error, each statement committed on its own without waiting for the disk;
-    /// then one commit that waits, so all of it is durable. Not one transaction: that
-    /// would hold a lock on every table it makes until it ends, and with thousands of
-    /// tables run out of the lock table (`max_locks_per_transaction`). Its caller makes
-    /// the database anew when it runs again.
-    async fn psql(&self, database: &str, sql: Vec<u8>) -> Result<(), EngineError> {
+    /// Builds the pre-data entries of `archive` on the target's database `database`: up to
+    /// `jobs` `pg_restore` sessions at once where the archive's dependencies allow it
+    /// ([`pre_data`]), each entry committed on its own without waiting for the disk; then
+    /// one commit that waits, so all of it is durable. Not one transaction: that would
+    /// hold a lock on every table it makes until it ends, and with thousands of tables run
+    /// out of the lock table (`max_locks_per_transaction`). Its caller makes the database
+    /// anew when it runs again.
+    async fn build_pre_data(
+        &self,
+        database: &str,
+        archive: &[u8],
+        jobs: usize,
+    ) -> Result<(), EngineError> {
+        // The section's entries; then every entry with its dependencies (`-v` lists
+        // them all, whatever the section).
+        let section = self
+            .read_archive(archive, &["-l", "--section=pre-data"])
+            .await?;
+        let listing = self.read_archive(archive, &["-l", "-v"]).await?;
+        let entries = pre_data::parse(
+            &String::from_utf8_lossy(&listing),
+            &String::from_utf8_lossy(&section),
+        );
+        let rounds = pre_data::rounds(&entries, jobs);
+        tracing::debug!(
+            database,
+            entries = entries.len(),
+            rounds = rounds.len(),
+            sessions = rounds.iter().map(Vec::len).sum::<usize>(),
+            "building the pre-data"
+        );
+        let archive = in_memory("pre-data.archive", archive)?;
         let config = self.target_config(database).await?;
-        let args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"];
-        let input = ToolInput {
-            stdin: Some(sql),
-            env: vec![("PGOPTIONS", "-c synchronous_commit=off".to_string())],
-            ..ToolInput::default()
-        };
-        self.run_tool("psql", &args, Some(&config), input).await?;
+        for round in &rounds {
+            let lists = round
+                .iter()
+                .map(|batch| in_memory("entries.list", (batch.join("\n") + "\n").as_bytes()))
+                .collect::<Result<Vec<_>, _>>()?;
+            futures_util::future::try_join_all(lists.iter().map(|list| {
+                let list_arg = format!("--use-list={}", list.path());
+                let archive_path = archive.path();
+                let config = &config;
+                let archive = &archive;
+                async move {
+                    self.run_tool(
+                        "pg_restore",
+                        &[
+                            &format!("--dbname=application_name={PRE_DATA_APPLICATION}"),
+                            "--exit-on-error",
+                            "--no-tablespaces",
+                            &list_arg,
+                            &archive_path,
+                        ],
+                        Some(config),
+                        ToolInput {
+                            env: vec![("PGOPTIONS", "-c synchronous_commit=off".to_string())],
+                            files: vec![list, archive],
+                            ..ToolInput::default()
+                        },
+                    )
+                    .await
+                }
+            }))
+            .await?;
+        }
         copy::flush_target(&self.target_db(database).await?).await
     }
 
@@ -478,13 +532,21 @@ impl<P: Platform> Engine<'_, P> {
         for s in &streams {
             self.create_database(&home, &admin, &s.database).await?;
             let archive = self.schema_archive(&s.database).await?;
-            let pre_data = self
-                .read_archive(
-                    &archive,
-                    &["--section=pre-data", "--no-tablespaces", "-f", "-"],
-                )
-                .await?;
-            self.psql(&s.database, pre_data).await?;
+            let jobs = self.jobs();
+            if let Err(e) = self.build_pre_data(&s.database, &archive, jobs).await {
+                if jobs == 1 {
+                    return Err(e);
+                }
+                // Sessions side by side that the archive's dependencies did not keep
+                // apart (a lock taken in another order): once more, in one session.
+                tracing::warn!(
+                    database = %s.database,
+                    error = %crate::error::error_chain(&e),
+                    "the pre-data built in parallel failed; building it again in one session"
+                );
+                self.create_database(&home, &admin, &s.database).await?;
+                self.build_pre_data(&s.database, &archive, 1).await?;
+            }
             let session = self.source_db(&s.database).await?;
             let keys = table_keys(&session, &s.name)
                 .await
@@ -671,11 +733,6 @@ impl<P: Platform> Engine<'_, P> {
         // pg_restore builds in parallel only from an archive file it can seek in: the
         // archive (schema only, no row values) and the list are files in memory, gone
         // with pgseal however it ends.
-        let in_memory = |name: &str, bytes: &[u8]| {
-            MemoryFile::new(name, bytes).map_err(|e| {
-                EngineError::Precondition(format!("cannot make a file in memory: {e}"))
-            })
-        };
         let list = in_memory("entries.list", (missing.join("\n") + "\n").as_bytes())?;
         let archive = in_memory("post-data.archive", &post.archive)?;
         let list_arg = format!("--use-list={}", list.path());
@@ -956,6 +1013,12 @@ impl<P: Platform> Engine<'_, P> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// A file in memory (an archive, a list of its entries), gone with pgseal however it ends.
+fn in_memory(name: &str, bytes: &[u8]) -> Result<MemoryFile, EngineError> {
+    MemoryFile::new(name, bytes)
+        .map_err(|e| EngineError::Precondition(format!("cannot make a file in memory: {e}")))
 }
 
 /// What a tool gets besides its arguments and its connection.
