@@ -758,7 +758,19 @@ fn a_source_of_thousands_of_tables_loads_and_resumes_within_the_lock_table() {
             batch * 500 + 500
         ));
     }
-    let start = start_full_load("many", &[]);
+    // What the pre-data's sessions side by side must keep in order (its thousands of
+    // tables are built by several at once): a view on two of them, an inheriting table,
+    // a privilege, and a default privilege granted after the tables were made (built
+    // before them, it would grant on every table).
+    src.exec(
+        "CREATE ROLE reader; \
+         CREATE TABLE \"child of many 1\" (extra text, PRIMARY KEY (id)) INHERITS (\"many 1\"); \
+         INSERT INTO \"child of many 1\" VALUES (0, 'child', 'extra'); \
+         CREATE VIEW \"many joined\" AS SELECT a.id FROM \"many 1\" a JOIN \"many 2\" b USING (id); \
+         GRANT SELECT ON \"many 3\" TO reader; \
+         ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO reader",
+    );
+    let start = start_full_load("many", &["--jobs", "2"]);
     let began = std::time::Instant::now();
     // Killed once the copy runs: resume empties what it copied and copies it again.
     let out = h.run_env(("PGSEAL_FAILPOINT", "initial_copy:copying"), &start);
@@ -777,6 +789,74 @@ fn a_source_of_thousands_of_tables_loads_and_resumes_within_the_lock_table() {
     let rows =
         "SELECT sum(reltuples)::bigint FROM pg_class WHERE relkind = 'r' AND relname LIKE 'many %'";
     assert_eq!(dst.count(rows), 6500);
+    let granted = "SELECT string_agg(relname || ' ' || relacl::text, ', ' ORDER BY relname) \
+                   FROM pg_class WHERE relacl IS NOT NULL AND relnamespace = 'public'::regnamespace";
+    assert_eq!(dst.text(granted), src.text(granted));
+    assert!(
+        dst.text(granted).starts_with("many 3 "),
+        "{}",
+        dst.text(granted)
+    );
+    let defaults = "SELECT defaclacl::text FROM pg_default_acl";
+    assert_eq!(dst.text(defaults), src.text(defaults));
+    let inherits = "SELECT inhparent::regclass::text FROM pg_inherits \
+                    WHERE inhrelid = '\"child of many 1\"'::regclass";
+    assert_eq!(dst.text(inherits), "\"many 1\"");
+    // The parent's row and its child's, once each.
+    assert_eq!(dst.count("SELECT count(*) FROM \"many 1\""), 2);
+    // Built by two sessions side by side, not again in one after a failure.
+    let status = h.json(&["migrate", "status", "many"]);
+    let schema = find_in(&status["steps"], "step", "schema");
+    assert_eq!(
+        schema["outputs"]["databases"][0]["pre_data_sessions"], 2,
+        "{schema}"
+    );
+    assert_eq!(dst.count("SELECT count(*) FROM \"many joined\""), 0);
+}
+
+#[test]
+fn a_pre_data_whose_sessions_side_by_side_fail_is_built_again_in_one() {
+    let h = Home::with_source();
+    let src = h.sql("src", "postgres");
+    // Enough tables for the pre-data to be split over two sessions, and a view on two
+    // of them (built after them).
+    src.exec(
+        "DO $$ BEGIN FOR i IN 1..100 LOOP \
+           EXECUTE format('CREATE TABLE \"few %s\" (id int PRIMARY KEY)', i); \
+         END LOOP; END $$; \
+         INSERT INTO \"few 7\" VALUES (7); \
+         CREATE VIEW both_sides AS SELECT * FROM \"few 7\" UNION ALL SELECT * FROM \"few 8\"",
+    );
+    let start = start_full_load("fb", &["--jobs", "2"]);
+    let out = h
+        .command(&start)
+        .env("PGSEAL_TEST_HOOK", "fail-parallel-pre-data")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The failure is said, and the database made again and built in one session.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("building it again in one session"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = h.json(&["migrate", "status", "fb"]);
+    assert_eq!(status["migration"]["phase"], "replicating", "{status}");
+    let schema = find_in(&status["steps"], "step", "schema");
+    assert_eq!(
+        schema["outputs"]["databases"][0]["pre_data_sessions"], 1,
+        "{schema}"
+    );
+    let dst = h.sql("src-enc", "postgres");
+    assert_eq!(
+        dst.count("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'few %'"),
+        100
+    );
+    assert_eq!(dst.count("SELECT count(*) FROM both_sides"), 1);
 }
 
 #[test]

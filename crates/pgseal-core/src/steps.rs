@@ -249,7 +249,8 @@ pub async fn wait_point(point: &str) {
 /// The environment variable of test hooks that make the engine misbehave on purpose, to
 /// prove its guards: `late-slot` creates the slot after the snapshot instead of before;
 /// `fail-after-fence` fails a cutover once its fence is up, and `undo-fails` fails that
-/// cutover's undo before it lifts the fence.
+/// cutover's undo before it lifts the fence; `fail-parallel-pre-data` fails the full
+/// load's pre-data built by several sessions, after its first round.
 pub const TEST_HOOK_VAR: &str = "PGSEAL_TEST_HOOK";
 
 /// True when the test hook `name` is set (and the build has the `failpoints` feature).

@@ -232,13 +232,13 @@ impl<P: Platform> Engine<'_, P> {
     /// one commit that waits, so all of it is durable. Not one transaction: that would
     /// hold a lock on every table it makes until it ends, and with thousands of tables run
     /// out of the lock table (`max_locks_per_transaction`). Its caller makes the database
-    /// anew when it runs again.
+    /// anew when it runs again. Returns the most sessions that ran at once.
     async fn build_pre_data(
         &self,
         database: &str,
         archive: &[u8],
         jobs: usize,
-    ) -> Result<(), EngineError> {
+    ) -> Result<usize, EngineError> {
         // The section's entries; then every entry with its dependencies (`-v` lists
         // them all, whatever the section).
         let section = self
@@ -290,8 +290,15 @@ impl<P: Platform> Engine<'_, P> {
                 }
             }))
             .await?;
+            if round.len() > 1 && test_hook("fail-parallel-pre-data") {
+                return Err(EngineError::Precondition(
+                    "test hook fail-parallel-pre-data: the pre-data's sessions side by side fail"
+                        .into(),
+                ));
+            }
         }
-        copy::flush_target(&self.target_db(database).await?).await
+        copy::flush_target(&self.target_db(database).await?).await?;
+        Ok(rounds.iter().map(Vec::len).max().unwrap_or(0))
     }
 
     // Full load 3.
@@ -533,25 +540,28 @@ impl<P: Platform> Engine<'_, P> {
             self.create_database(&home, &admin, &s.database).await?;
             let archive = self.schema_archive(&s.database).await?;
             let jobs = self.jobs();
-            if let Err(e) = self.build_pre_data(&s.database, &archive, jobs).await {
-                if jobs == 1 {
-                    return Err(e);
+            let sessions = match self.build_pre_data(&s.database, &archive, jobs).await {
+                Ok(sessions) => sessions,
+                Err(e) if jobs == 1 => return Err(e),
+                Err(e) => {
+                    // Sessions side by side that the archive's dependencies did not keep
+                    // apart (a lock taken in another order): once more, in one session.
+                    tracing::warn!(
+                        database = %s.database,
+                        error = %crate::error::error_chain(&e),
+                        "the pre-data built in parallel failed; building it again in one session"
+                    );
+                    self.create_database(&home, &admin, &s.database).await?;
+                    self.build_pre_data(&s.database, &archive, 1).await?
                 }
-                // Sessions side by side that the archive's dependencies did not keep
-                // apart (a lock taken in another order): once more, in one session.
-                tracing::warn!(
-                    database = %s.database,
-                    error = %crate::error::error_chain(&e),
-                    "the pre-data built in parallel failed; building it again in one session"
-                );
-                self.create_database(&home, &admin, &s.database).await?;
-                self.build_pre_data(&s.database, &archive, 1).await?;
-            }
+            };
             let session = self.source_db(&s.database).await?;
             let keys = table_keys(&session, &s.name)
                 .await
                 .map_err(sql("source", "reading the tables' keys"))?;
-            loaded.push(json!({ "database": s.database, "keys": keys }));
+            loaded.push(json!({
+                "database": s.database, "keys": keys, "pre_data_sessions": sessions,
+            }));
         }
         let made = roles.iter().filter(|d| d.detail == "missing").count();
         let summary = format!(
