@@ -435,6 +435,17 @@ impl RunningCommand {
         }
     }
 
+    /// Whether the program has ended (then [`finish`](Self::finish) returns at once).
+    pub fn has_ended(&mut self) -> Result<bool> {
+        self.child
+            .try_wait()
+            .map(|status| status.is_some())
+            .map_err(|source| Error::Spawn {
+                program: self.program.clone(),
+                source,
+            })
+    }
+
     /// Stops the program at once (SIGKILL) and reaps it; for cleaning up after a failure
     /// on the caller's side.
     pub fn kill(mut self) {

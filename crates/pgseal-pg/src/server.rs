@@ -5,12 +5,14 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use pgseal_exec::{ExternalCommand, RunAs};
+use pgseal_exec::{ExternalCommand, Pipe, RunAs};
 
 use crate::PgInstall;
 
 /// Seconds `pg_ctl` waits for a start or stop.
 const PG_CTL_WAIT_SECONDS: &str = "120";
+/// How often pgseal looks whether a server has started or stopped.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 /// The settings file pgseal owns, included from `postgresql.conf`.
 pub const SETTINGS_FILE: &str = "postgresql.pgseal.conf";
 
@@ -33,6 +35,14 @@ pub enum ServerError {
     /// break or another control character.
     #[error("'{0}' is not a valid parameter name, or its value holds a control character")]
     BadParameter(String),
+    /// The server was told to stop and had not within the time allowed.
+    #[error("the server on {} did not stop within {seconds} s", data_dir.display())]
+    StopTimeout {
+        /// Its data directory.
+        data_dir: PathBuf,
+        /// The seconds waited.
+        seconds: u64,
+    },
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -133,30 +143,65 @@ impl ServerControl {
         Ok(())
     }
 
-    /// Starts the server and waits until it accepts connections.
+    /// Starts the server and waits until it accepts connections. `pg_ctl start -w` looks
+    /// every 100 ms; pgseal looks at `postmaster.pid` every few ms beside it, as `pg_ctl`
+    /// does (its start time, then its status `ready`, or `standby` for a server in
+    /// recovery), and returns at the first sight, leaving `pg_ctl` to end on its own. A
+    /// server that fails to start is `pg_ctl`'s error, as before.
     pub fn start(&self) -> Result<(), ServerError> {
-        self.pg_ctl()
+        // pg_ctl allows its own start time 2 s of slack against the file's; and the
+        // file must name another process than before (where pg_ctl knows its child's).
+        let launched = unix_seconds().saturating_sub(2);
+        let before = postmaster_pid(&self.data_dir);
+        let mut pg_ctl = self
+            .pg_ctl()
             .args(["start", "-w", "-t", PG_CTL_WAIT_SECONDS, "-D"])
             .arg(&self.data_dir)
             .arg("-l")
             .arg(&self.log_path)
-            .run()?;
-        Ok(())
+            .spawn(Pipe::Stdout)?;
+        loop {
+            if pg_ctl.has_ended()? {
+                pg_ctl.finish()?;
+                return Ok(());
+            }
+            if postmaster_ready(&self.data_dir, launched)
+                && postmaster_pid(&self.data_dir) != before
+            {
+                std::thread::spawn(move || pg_ctl.finish());
+                return Ok(());
+            }
+            std::thread::sleep(LOOK_EVERY);
+        }
     }
 
     /// Stops the server and waits until it is down. A server that is not running is fine.
+    /// `pg_ctl stop -W` sends the signal; pgseal then looks every few ms (where `pg_ctl -w`
+    /// looks every 100 ms) until, as `pg_ctl` would have it, `postmaster.pid` is gone or
+    /// the process it named has ended.
     pub fn stop(&self, mode: StopMode) -> Result<(), ServerError> {
-        if !self.is_running() {
+        let Some(pid) = postmaster_pid(&self.data_dir).filter(|_| self.is_running()) else {
             return Ok(());
-        }
+        };
         let mode = match mode {
             StopMode::Fast => "fast",
             StopMode::Immediate => "immediate",
         };
         self.pg_ctl()
-            .args(["stop", "-w", "-t", PG_CTL_WAIT_SECONDS, "-m", mode, "-D"])
+            .args(["stop", "-W", "-m", mode, "-D"])
             .arg(&self.data_dir)
             .run()?;
+        let seconds: u64 = PG_CTL_WAIT_SECONDS.parse().unwrap_or(120);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        while postmaster_pid(&self.data_dir) == Some(pid) && process_alive(pid) {
+            if std::time::Instant::now() > deadline {
+                return Err(ServerError::StopTimeout {
+                    data_dir: self.data_dir.clone(),
+                    seconds,
+                });
+            }
+            std::thread::sleep(LOOK_EVERY);
+        }
         Ok(())
     }
 
@@ -180,16 +225,45 @@ impl ServerControl {
 /// Whether the process that `data_dir/postmaster.pid` names (its first line; negative for
 /// a single-user server) is alive.
 fn postmaster_alive(data_dir: &Path) -> bool {
+    postmaster_pid(data_dir).is_some_and(process_alive)
+}
+
+/// The PID `data_dir/postmaster.pid` names (negated for a single-user server), if any.
+fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid = text.lines().next()?.trim().parse::<i32>().ok()?;
+    (pid != 0).then_some(pid)
+}
+
+/// Whether process `pid` (or `-pid`) is alive.
+fn process_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.saturating_abs()), None).is_ok()
+}
+
+/// Whether the server on `data_dir` takes connections, as `pg_ctl start -w` decides it:
+/// `postmaster.pid` names a live process started at `launched` or later (its third
+/// line, in seconds since the epoch) whose status (its eighth line) is `ready`, or
+/// `standby` for a server in recovery that takes read-only sessions.
+fn postmaster_ready(data_dir: &Path, launched: u64) -> bool {
     let Ok(text) = fs::read_to_string(data_dir.join("postmaster.pid")) else {
         return false;
     };
-    match text.lines().next().map(|l| l.trim().parse::<i32>()) {
-        Some(Ok(pid)) if pid != 0 => {
-            let pid = nix::unistd::Pid::from_raw(pid.saturating_abs());
-            nix::sys::signal::kill(pid, None).is_ok()
-        }
-        _ => false,
-    }
+    let lines: Vec<&str> = text.lines().collect();
+    let (Some(pid), Some(started), Some(status)) = (
+        lines.first().and_then(|l| l.trim().parse::<i32>().ok()),
+        lines.get(2).and_then(|l| l.trim().parse::<u64>().ok()),
+        lines.get(7).map(|l| l.trim()),
+    ) else {
+        return false;
+    };
+    pid > 0 && started >= launched && matches!(status, "ready" | "standby") && process_alive(pid)
+}
+
+/// Seconds since the epoch, now.
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Creates `dir` (if missing) owned by `run_as` with mode 0700, as PostgreSQL requires of
@@ -205,7 +279,7 @@ pub fn create_owned_dir(dir: &Path, run_as: &RunAs) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::postmaster_alive;
+    use super::{postmaster_alive, postmaster_ready};
 
     #[test]
     fn a_server_runs_while_the_process_its_pid_file_names_is_alive() {
@@ -229,5 +303,41 @@ mod tests {
             pid_file(text);
             assert!(!postmaster_alive(dir.path()), "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_server_is_ready_when_its_pid_file_says_so_for_a_live_process_started_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = |pid: String, started: u64, status: &str| {
+            std::fs::write(
+                dir.path().join("postmaster.pid"),
+                format!("{pid}\n/data\n{started}\n5432\n/tmp\n*\n  1234    5678\n{status}\n"),
+            )
+            .unwrap()
+        };
+        let me = std::process::id();
+        let now = super::unix_seconds();
+        assert!(!postmaster_ready(dir.path(), now), "no pid file");
+        pid_file(me.to_string(), now, "starting");
+        assert!(!postmaster_ready(dir.path(), now));
+        for status in ["ready", "standby"] {
+            pid_file(me.to_string(), now, status);
+            assert!(postmaster_ready(dir.path(), now), "{status}");
+        }
+        // Started before the launch (an earlier server's file), stopping, a single-user
+        // server, a process that has ended, a file cut short.
+        pid_file(me.to_string(), now - 10, "ready");
+        assert!(!postmaster_ready(dir.path(), now));
+        pid_file(me.to_string(), now, "stopping");
+        assert!(!postmaster_ready(dir.path(), now));
+        pid_file(format!("-{me}"), now, "ready");
+        assert!(!postmaster_ready(dir.path(), now));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        pid_file(gone.to_string(), now, "ready");
+        assert!(!postmaster_ready(dir.path(), now));
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{me}\n/data\n")).unwrap();
+        assert!(!postmaster_ready(dir.path(), now));
     }
 }
