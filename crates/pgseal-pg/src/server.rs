@@ -177,8 +177,10 @@ impl ServerControl {
 
     /// Stops the server and waits until it is down. A server that is not running is fine.
     /// `pg_ctl stop -W` sends the signal; pgseal then looks every few ms (where `pg_ctl -w`
-    /// looks every 100 ms) until, as `pg_ctl` would have it, `postmaster.pid` is gone or
-    /// the process it named has ended.
+    /// looks every 100 ms) until the process `postmaster.pid` named has ended. (Not until
+    /// the file is gone, as `pg_ctl` has it: the postmaster removes it just before it
+    /// exits, with its working directory still in the data directory, and a volume
+    /// unmounted at that moment is busy.)
     pub fn stop(&self, mode: StopMode) -> Result<(), ServerError> {
         let Some(pid) = postmaster_pid(&self.data_dir).filter(|_| self.is_running()) else {
             return Ok(());
@@ -193,7 +195,7 @@ impl ServerControl {
             .run()?;
         let seconds: u64 = PG_CTL_WAIT_SECONDS.parse().unwrap_or(120);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
-        while postmaster_pid(&self.data_dir) == Some(pid) && process_alive(pid) {
+        while process_alive(pid) {
             if std::time::Instant::now() > deadline {
                 return Err(ServerError::StopTimeout {
                     data_dir: self.data_dir.clone(),
@@ -235,9 +237,21 @@ fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     (pid != 0).then_some(pid)
 }
 
-/// Whether process `pid` (or `-pid`) is alive.
+/// Whether process `pid` (or `-pid`) is alive: it exists and has not ended (a zombie
+/// has; it lingers where nothing reaps it, as under a container's first process).
 fn process_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.saturating_abs()), None).is_ok()
+    let pid = pid.saturating_abs();
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    // `/proc/PID/stat`: "PID (NAME) STATE ...", the name in parentheses may hold any.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z"),
+        Err(_) => true,
+    }
 }
 
 /// Whether the server on `data_dir` takes connections, as `pg_ctl start -w` decides it:
@@ -303,6 +317,17 @@ mod tests {
             pid_file(text);
             assert!(!postmaster_alive(dir.path()), "{text:?}");
         }
+        // A process that has ended but is not reaped yet (a zombie) has ended too.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let stat = format!("/proc/{}/stat", zombie.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_to_string(&stat).unwrap().contains(") Z ") {
+            assert!(std::time::Instant::now() < deadline, "never a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        pid_file(&format!("{}\n", zombie.id()));
+        assert!(!postmaster_alive(dir.path()), "a zombie");
+        zombie.wait().unwrap();
     }
 
     #[test]
