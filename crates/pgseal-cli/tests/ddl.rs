@@ -186,7 +186,35 @@ fn ddl_under_pgbench_is_replayed_in_order_and_the_cutover_loses_nothing() {
     let validated = h.json(&["migrate", "validate", "d1", "--tables", "public.r"]);
     assert_eq!(validated["clean"], true, "{validated}");
     assert!(dry_run().contains(planned), "{}", dry_run());
-    let cut = h.ok(&["migrate", "cutover", "d1", "--endpoint", "src-ep"]);
+    // DDL that changes no table, landing after the cutover compared the tables again and
+    // before its own check (as an application's periodic refresh did once): nothing to
+    // compare, so the cutover goes on.
+    let wait = h.path("checking");
+    let wait_env = wait.display().to_string();
+    let cutting = h
+        .command(&["migrate", "cutover", "d1", "--endpoint", "src-ep"])
+        .env("PGSEAL_WAITPOINT", "cutover:checking")
+        .env("PGSEAL_WAITPOINT_FILE", &wait_env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !wait.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the cutover never reached its check"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    src.exec("CREATE FUNCTION after_the_check() RETURNS int LANGUAGE sql AS 'SELECT 1'");
+    std::fs::remove_file(&wait).unwrap();
+    let cut = cutting.wait_with_output().unwrap();
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
     let said = String::from_utf8_lossy(&cut.stderr);
     assert!(
         said.contains("postgres (statements 7..=7: public.t): comparing those tables again")

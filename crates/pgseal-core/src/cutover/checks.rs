@@ -297,22 +297,27 @@ pub(super) async fn check<P: Platform, S: Switch>(
                     .flat_map(crate::ddl::DdlSinceValidation::qualified_tables)
                     .collect();
             } else {
-                for d in &since {
+                // DDL that changed no table (a materialized view's refresh, a comment, a
+                // grant, a drop) left no rows behind the change log's back: nothing to
+                // compare again, so it does not hold the cutover up. An application that
+                // refreshes a view every few seconds would otherwise refuse cutover after
+                // cutover, its refresh landing between `validate` and the cutover's check.
+                for d in since.iter().filter(|d| d.tables.is_empty()) {
+                    tracing::info!(
+                        database = %d.database,
+                        first = d.first,
+                        last = d.last,
+                        "DDL since the last validation changed no table: nothing to compare again"
+                    );
+                }
+                for d in since.iter().filter(|d| !d.tables.is_empty()) {
                     failed.push(format!(
-                        "{}: DDL ran on the source since the last validation (captured statements {}..={}, `pgseal migrate ddl {name}`){}; `pgseal migrate cutover {name}` again compares {} first",
+                        "{}: DDL ran on the source since the last validation (captured statements {}..={}, `pgseal migrate ddl {name}`), changing {}; `pgseal migrate cutover {name}` again compares them (`pgseal migrate validate {name} --tables {}`) first",
                         d.database,
                         d.first,
                         d.last,
-                        if d.tables.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", changing {}", d.tables.join(", "))
-                        },
-                        if d.tables.is_empty() {
-                            "nothing (no table changed) but records it".to_string()
-                        } else {
-                            format!("them (`pgseal migrate validate {name} --tables {}`)", d.qualified_tables().join(","))
-                        }
+                        d.tables.join(", "),
+                        d.qualified_tables().join(","),
                     ));
                 }
             }

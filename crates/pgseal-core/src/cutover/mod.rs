@@ -166,6 +166,7 @@ pub async fn cutover<P: Platform, S: Switch>(
         switch: switch.describe(),
         ..Default::default()
     };
+    crate::steps::wait_point("cutover:checking").await;
     let failed = check(platform, journal, name, switch, options, &mut report).await?;
     report.failed_checks = failed;
     if options.dry_run {
