@@ -82,14 +82,17 @@ impl Sample {
 }
 
 /// The `replay_lag` of stream `name`'s walsender on the source, in seconds (absent when
-/// idle or not connected).
+/// idle or not connected). After either side restarted, the walsender of the apply worker
+/// that went can linger beside the new one's for a moment, both under the stream's name:
+/// the newer is the stream's.
 pub async fn replay_lag(
     source: &tokio_postgres::Client,
     name: &str,
 ) -> Result<Option<f64>, tokio_postgres::Error> {
     Ok(source
         .query_opt(
-            "SELECT EXTRACT(epoch FROM replay_lag)::float8 FROM pg_stat_replication WHERE application_name = $1",
+            "SELECT EXTRACT(epoch FROM replay_lag)::float8 FROM pg_stat_replication \
+             WHERE application_name = $1 ORDER BY backend_start DESC LIMIT 1",
             &[&name],
         )
         .await?
