@@ -9,8 +9,8 @@ use pgseal_exec::{ExternalCommand, Pipe, RunAs};
 
 use crate::PgInstall;
 
-/// Seconds `pg_ctl` waits for a start or stop.
-const PG_CTL_WAIT_SECONDS: &str = "120";
+/// Seconds a start or stop may take.
+const WAIT_SECONDS: u64 = 120;
 /// How often pgseal looks whether a server has started or stopped.
 const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 /// The settings file pgseal owns, included from `postgresql.conf`.
@@ -155,7 +155,7 @@ impl ServerControl {
         let before = postmaster_pid(&self.data_dir);
         let mut pg_ctl = self
             .pg_ctl()
-            .args(["start", "-w", "-t", PG_CTL_WAIT_SECONDS, "-D"])
+            .args(["start", "-w", "-t", &WAIT_SECONDS.to_string(), "-D"])
             .arg(&self.data_dir)
             .arg("-l")
             .arg(&self.log_path)
@@ -165,9 +165,7 @@ impl ServerControl {
                 pg_ctl.finish()?;
                 return Ok(());
             }
-            if postmaster_ready(&self.data_dir, launched)
-                && postmaster_pid(&self.data_dir) != before
-            {
+            if postmaster_ready(&self.data_dir, launched, before) {
                 std::thread::spawn(move || pg_ctl.finish());
                 return Ok(());
             }
@@ -182,7 +180,7 @@ impl ServerControl {
     /// exits, with its working directory still in the data directory, and a volume
     /// unmounted at that moment is busy.)
     pub fn stop(&self, mode: StopMode) -> Result<(), ServerError> {
-        let Some(pid) = postmaster_pid(&self.data_dir).filter(|_| self.is_running()) else {
+        let Some(pid) = postmaster_pid(&self.data_dir).filter(|&pid| process_alive(pid)) else {
             return Ok(());
         };
         let mode = match mode {
@@ -193,13 +191,12 @@ impl ServerControl {
             .args(["stop", "-W", "-m", mode, "-D"])
             .arg(&self.data_dir)
             .run()?;
-        let seconds: u64 = PG_CTL_WAIT_SECONDS.parse().unwrap_or(120);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(WAIT_SECONDS);
         while process_alive(pid) {
             if std::time::Instant::now() > deadline {
                 return Err(ServerError::StopTimeout {
                     data_dir: self.data_dir.clone(),
-                    seconds,
+                    seconds: WAIT_SECONDS,
                 });
             }
             std::thread::sleep(LOOK_EVERY);
@@ -255,10 +252,11 @@ fn process_alive(pid: i32) -> bool {
 }
 
 /// Whether the server on `data_dir` takes connections, as `pg_ctl start -w` decides it:
-/// `postmaster.pid` names a live process started at `launched` or later (its third
-/// line, in seconds since the epoch) whose status (its eighth line) is `ready`, or
-/// `standby` for a server in recovery that takes read-only sessions.
-fn postmaster_ready(data_dir: &Path, launched: u64) -> bool {
+/// `postmaster.pid` names a live process other than `before` (the one it named before
+/// the launch), started at `launched` or later (its third line, in seconds since the
+/// epoch), whose status (its eighth line) is `ready`, or `standby` for a server in
+/// recovery that takes read-only sessions.
+fn postmaster_ready(data_dir: &Path, launched: u64, before: Option<i32>) -> bool {
     let Ok(text) = fs::read_to_string(data_dir.join("postmaster.pid")) else {
         return false;
     };
@@ -270,7 +268,11 @@ fn postmaster_ready(data_dir: &Path, launched: u64) -> bool {
     ) else {
         return false;
     };
-    pid > 0 && started >= launched && matches!(status, "ready" | "standby") && process_alive(pid)
+    pid > 0
+        && Some(pid) != before
+        && started >= launched
+        && matches!(status, "ready" | "standby")
+        && process_alive(pid)
 }
 
 /// Seconds since the epoch, now.
@@ -342,27 +344,29 @@ mod tests {
         };
         let me = std::process::id();
         let now = super::unix_seconds();
-        assert!(!postmaster_ready(dir.path(), now), "no pid file");
+        assert!(!postmaster_ready(dir.path(), now, None), "no pid file");
         pid_file(me.to_string(), now, "starting");
-        assert!(!postmaster_ready(dir.path(), now));
+        assert!(!postmaster_ready(dir.path(), now, None));
         for status in ["ready", "standby"] {
             pid_file(me.to_string(), now, status);
-            assert!(postmaster_ready(dir.path(), now), "{status}");
+            assert!(postmaster_ready(dir.path(), now, None), "{status}");
         }
+        // The process the file named before the launch.
+        assert!(!postmaster_ready(dir.path(), now, Some(me as i32)));
         // Started before the launch (an earlier server's file), stopping, a single-user
         // server, a process that has ended, a file cut short.
         pid_file(me.to_string(), now - 10, "ready");
-        assert!(!postmaster_ready(dir.path(), now));
+        assert!(!postmaster_ready(dir.path(), now, None));
         pid_file(me.to_string(), now, "stopping");
-        assert!(!postmaster_ready(dir.path(), now));
+        assert!(!postmaster_ready(dir.path(), now, None));
         pid_file(format!("-{me}"), now, "ready");
-        assert!(!postmaster_ready(dir.path(), now));
+        assert!(!postmaster_ready(dir.path(), now, None));
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let gone = child.id();
         child.wait().unwrap();
         pid_file(gone.to_string(), now, "ready");
-        assert!(!postmaster_ready(dir.path(), now));
+        assert!(!postmaster_ready(dir.path(), now, None));
         std::fs::write(dir.path().join("postmaster.pid"), format!("{me}\n/data\n")).unwrap();
-        assert!(!postmaster_ready(dir.path(), now));
+        assert!(!postmaster_ready(dir.path(), now, None));
     }
 }

@@ -150,6 +150,25 @@ impl<'a, P: Platform> Engine<'a, P> {
         })
     }
 
+    /// Deletes `instance`, the target an earlier run began to make and did not finish
+    /// (`what`: its creation, its restore), so that it can be made again.
+    pub(crate) async fn remove_interrupted_target(
+        &self,
+        instance: &pgseal_platform::Instance,
+        what: &str,
+    ) -> Result<(), EngineError> {
+        tracing::warn!(
+            target = %instance.name,
+            status = ?instance.status,
+            interrupted = what,
+            "removing a target whose making was interrupted"
+        );
+        self.platform
+            .delete_instance(&self.spec.target)
+            .await
+            .map_err(platform_error(format!("removing the interrupted {what}")))
+    }
+
     /// The target instance if it exists and this migration made it (an earlier run of the
     /// step that makes it); one that exists but was not made by it is refused.
     pub(crate) async fn existing_target(

@@ -157,11 +157,7 @@ impl<P: Platform> Engine<'_, P> {
             }
             Some(i) => {
                 // A restore that was interrupted: start again from the snapshot.
-                tracing::warn!(target = %i.name, status = ?i.status, "removing an interrupted restore");
-                self.platform
-                    .delete_instance(target)
-                    .await
-                    .map_err(platform_error("removing the interrupted restore"))?;
+                self.remove_interrupted_target(&i, "restore").await?;
                 self.restore_new(&snap).await?
             }
             None => {

@@ -344,11 +344,7 @@ impl<P: Platform> Engine<'_, P> {
             Some(i) if i.status == InstanceStatus::Available => i,
             Some(i) => {
                 // A creation that was interrupted: start again.
-                tracing::warn!(target = %i.name, status = ?i.status, "removing an interrupted creation");
-                self.platform
-                    .delete_instance(target)
-                    .await
-                    .map_err(platform_error("removing the interrupted target"))?;
+                self.remove_interrupted_target(&i, "creation").await?;
                 self.create_new_target(target_major).await?
             }
             None => {
@@ -383,13 +379,13 @@ impl<P: Platform> Engine<'_, P> {
     /// source holds DDL from `prepare_source` until the post-data is built, so the
     /// catalog it read stays as it was. In memory only.
     async fn schema_archive(&self, database: &str) -> Result<Arc<Vec<u8>>, EngineError> {
-        let taken = |archives: &HashMap<String, Arc<Vec<u8>>>| archives.get(database).cloned();
-        if let Some(archive) = taken(
-            &self
-                .schema_archives
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        ) {
+        let taken = self
+            .schema_archives
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(database)
+            .cloned();
+        if let Some(archive) = taken {
             return Ok(archive);
         }
         let source = self.source_config(database).await?;
